@@ -1,0 +1,46 @@
+# legacygpu: the two commands a newcomer needs are `make run` and `make test`.
+# `make setup` is the idempotent install step both use.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+LEGACYGPU := $(VENV)/bin/legacygpu
+PYTHON ?= python3
+APT_PACKAGES := pocl-opencl-icd ocl-icd-libopencl1 ocl-icd-opencl-dev clinfo libclblast-dev \
+	prometheus chromium chromium-driver etcd-server
+SETUP_STAMP := $(VENV)/.setup-done
+
+.PHONY: help setup run test lint bench bench-local clean
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+setup: $(SETUP_STAMP) ## install system packages and the .venv (idempotent)
+
+$(SETUP_STAMP): pyproject.toml setup.py
+	@bash scripts/install-system-packages.sh $(APT_PACKAGES)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev]'
+	$(LEGACYGPU) model build-demo
+	@touch $@
+
+run: setup ## start the embedded local cluster with the demo model
+	$(LEGACYGPU) cluster start
+
+test: setup ## run every test (unit, integration, browser, e2e)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check .
+
+bench-local: setup ## throughput and latency of the local cluster against direct onnxruntime
+	$(PY) -m legacygpu.api.bench_local
+
+clean: ## remove the venv, caches and local data
+	rm -rf $(VENV) .cache .data .pytest_cache
+
+-include mk/*.mk

@@ -1,0 +1,163 @@
+"""Scheduling strategies: which worker gets a task.
+
+Written once for both backends. The local coordinator builds
+:class:`WorkerInfo` from SQLite rows, the operator from worker pods and their
+reported stats; both hand the candidates to the strategy named by the cluster
+(``spec.schedulingStrategy`` in Kubernetes, ``--strategy`` locally).
+
+Every strategy first drops workers that cannot take the task at all
+(:func:`eligible`: not accepting work, full, or short of the task's
+requirements) and then ranks what is left. A strategy returns ``None`` when
+no worker can take the task now; the task then stays queued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = [
+    "STRATEGIES",
+    "AdaptiveStrategy",
+    "CapabilityMatchStrategy",
+    "LeastLoadedStrategy",
+    "Requirements",
+    "RoundRobinStrategy",
+    "Strategy",
+    "WorkerInfo",
+    "eligible",
+    "make_strategy",
+]
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a task needs from the worker that runs it."""
+
+    min_vram_mib: int = 0
+    gpu_family: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A scheduler's view of one worker."""
+
+    id: str
+    accepting: bool = True
+    assigned: int = 0
+    """Tasks scheduled to or running on this worker."""
+    capacity: int = 1
+    """How many tasks the worker holds at once (running plus prefetched)."""
+    vram_mib: int = 0
+    gpu_family: str | None = None
+    recent_latency_ms: float | None = None
+    """Moving average of recent task latency; None before the first task."""
+    models: frozenset[str] = field(default_factory=frozenset)
+    """Models known to be loadable here; empty means any model in the repository."""
+
+    @property
+    def load(self) -> float:
+        return self.assigned / self.capacity if self.capacity > 0 else 1.0
+
+
+def eligible(worker: WorkerInfo, needs: Requirements) -> bool:
+    """Whether ``worker`` could take a task with ``needs`` right now."""
+    if not worker.accepting or worker.assigned >= worker.capacity:
+        return False
+    if needs.min_vram_mib and worker.vram_mib < needs.min_vram_mib:
+        return False
+    if needs.gpu_family and (worker.gpu_family or "").lower() != needs.gpu_family.lower():
+        return False
+    return not (needs.model and worker.models and needs.model not in worker.models)
+
+
+class Strategy(Protocol):
+    """Picks a worker for a task among candidates; ``None`` if none can take it."""
+
+    name: str
+
+    def pick(self, needs: Requirements, workers: Sequence[WorkerInfo]) -> WorkerInfo | None: ...
+
+
+class RoundRobinStrategy:
+    """Takes eligible workers in turn, by id order, remembering where it stopped."""
+
+    name = "round-robin"
+
+    def __init__(self) -> None:
+        self._last: str | None = None
+
+    def pick(self, needs: Requirements, workers: Sequence[WorkerInfo]) -> WorkerInfo | None:
+        candidates = sorted((w for w in workers if eligible(w, needs)), key=lambda w: w.id)
+        if not candidates:
+            return None
+        after = [w for w in candidates if self._last is not None and w.id > self._last]
+        chosen = after[0] if after else candidates[0]
+        self._last = chosen.id
+        return chosen
+
+
+class LeastLoadedStrategy:
+    """Takes the eligible worker with the smallest share of its capacity in use."""
+
+    name = "least-loaded"
+
+    def pick(self, needs: Requirements, workers: Sequence[WorkerInfo]) -> WorkerInfo | None:
+        candidates = [w for w in workers if eligible(w, needs)]
+        return min(candidates, key=lambda w: (w.load, w.assigned, w.id), default=None)
+
+
+class CapabilityMatchStrategy:
+    """Best fit: the eligible worker with the least VRAM that still meets the task.
+
+    Keeps the big cards free for the tasks that need them; ties go to the
+    least loaded worker.
+    """
+
+    name = "capability-match"
+
+    def pick(self, needs: Requirements, workers: Sequence[WorkerInfo]) -> WorkerInfo | None:
+        candidates = [w for w in workers if eligible(w, needs)]
+        return min(candidates, key=lambda w: (w.vram_mib, w.load, w.id), default=None)
+
+
+class AdaptiveStrategy:
+    """Lowest expected wait: recent latency scaled by how busy the worker is.
+
+    The score is ``latency * (1 + assigned)``: a worker twice as fast may hold
+    twice the queue before a slower one is preferred. A worker with no
+    latency yet is scored with the mean of the others so new workers get
+    tried rather than starved.
+    """
+
+    name = "adaptive"
+
+    def pick(self, needs: Requirements, workers: Sequence[WorkerInfo]) -> WorkerInfo | None:
+        candidates = [w for w in workers if eligible(w, needs)]
+        if not candidates:
+            return None
+        known = [w.recent_latency_ms for w in candidates if w.recent_latency_ms is not None]
+        default = sum(known) / len(known) if known else 1.0
+
+        def score(w: WorkerInfo) -> tuple[float, str]:
+            latency = w.recent_latency_ms if w.recent_latency_ms is not None else default
+            return (max(latency, 1e-3) * (1 + w.assigned), w.id)
+
+        return min(candidates, key=score)
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls  # type: ignore[misc]
+    for cls in (RoundRobinStrategy, LeastLoadedStrategy, CapabilityMatchStrategy, AdaptiveStrategy)
+}
+
+
+def make_strategy(name: str) -> Strategy:
+    """A fresh strategy by name; ``ValueError`` naming the choices otherwise."""
+    try:
+        return STRATEGIES[name]()
+    except KeyError:
+        choices = ", ".join(sorted(STRATEGIES))
+        raise ValueError(f"unknown scheduling strategy {name!r}; choose one of: {choices}") from None

@@ -1,0 +1,21 @@
+"""Package layout for setuptools.
+
+One distribution, one namespace (``legacygpu``), four source roots: ``core/``
+(shared core and CLI), ``worker/``, ``api/`` and ``operator/``. None of those
+folders is itself a package, so nothing run from the repository root can shadow
+the standard library's ``operator`` module. Images install only the roots they
+need (see the Dockerfiles); everything else is in pyproject.toml.
+"""
+
+from setuptools import find_namespace_packages, setup
+
+ROOTS = ("core", "worker", "api", "operator")
+
+packages: list[str] = []
+package_dir: dict[str, str] = {}
+for root in ROOTS:
+    for package in find_namespace_packages(where=root, include=["legacygpu.*"]):
+        packages.append(package)
+        package_dir[package] = f"{root}/{package.replace('.', '/')}"
+
+setup(packages=packages, package_dir=package_dir)
