@@ -1,0 +1,70 @@
+"""The backend seam: create_backend names, the onnxruntime backend's contract, shared input checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from legacygpu.core.errors import ModelError, ValidationError
+from legacygpu.worker.backends import create_backend, gpu_present
+
+
+def test_unknown_backend_name_is_a_validation_error() -> None:
+    with pytest.raises(ValidationError, match="unknown backend 'cuda'"):
+        create_backend("cuda")
+
+
+def test_auto_picks_onnxruntime_without_a_gpu() -> None:
+    backend = create_backend("auto")
+    expected = "opencl" if gpu_present() else "onnxruntime"
+    assert backend.name == expected
+
+
+def test_onnxruntime_runs_digits(digits_model: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    path, x, y = digits_model
+    model = create_backend("onnxruntime").load(path)
+    assert model.input_names == ["X"]
+    assert set(model.output_names) == {"label", "probabilities"}
+    out = model.run({"X": x})
+    assert out["probabilities"].shape == (len(x), 10)
+    assert (out["label"] == y).mean() > 0.9
+    # float64 is the same kind: cast, not refused; batch size may change per call
+    assert model.run({"X": x[:3].astype(np.float64)})["label"].shape == (3,)
+
+
+@pytest.mark.parametrize("backend_name", ["onnxruntime", "opencl"])
+def test_wrong_inputs_are_validation_errors(
+    backend_name: str, digits_model: tuple[Path, np.ndarray, np.ndarray]
+) -> None:
+    path, x, _ = digits_model
+    model = create_backend(backend_name).load(path)
+    with pytest.raises(ValidationError, match="unknown input"):
+        model.run({"x": x})
+    with pytest.raises(ValidationError, match="missing input"):
+        model.run({})
+    with pytest.raises(ValidationError, match="axis 1"):
+        model.run({"X": np.zeros((2, 63), np.float32)})
+    with pytest.raises(ValidationError, match="rank"):
+        model.run({"X": np.zeros((64,), np.float32)})
+    with pytest.raises(ValidationError, match="dtype"):
+        model.run({"X": np.array([["a"] * 64])})
+
+
+@pytest.mark.parametrize("backend_name", ["onnxruntime", "opencl"])
+def test_missing_and_truncated_files_are_model_errors(
+    backend_name: str, tmp_path: Path, digits_model: tuple[Path, np.ndarray, np.ndarray]
+) -> None:
+    backend = create_backend(backend_name)
+    with pytest.raises(ModelError, match="does not exist"):
+        backend.load(tmp_path / "nope.onnx")
+    data = digits_model[0].read_bytes()
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match=r"truncated\.onnx"):
+        backend.load(truncated)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"this is not a protobuf at all \x00\xff" * 10)
+    with pytest.raises(ModelError, match=r"garbage\.onnx"):
+        backend.load(garbage)

@@ -1,0 +1,60 @@
+"""Inference backends behind one interface, chosen by name.
+
+``create_backend(name)`` is the only way the worker gets a backend:
+
+* ``onnxruntime``: onnxruntime's CPU execution provider.
+* ``opencl``: the project's own ONNX executor on an OpenCL device
+  (:mod:`legacygpu.worker.backends.opencl`), with onnxruntime running the
+  ops it cannot.
+* ``auto``: ``opencl`` when an OpenCL GPU is present, else ``onnxruntime``:
+  on a CPU-only host onnxruntime beats PoCL running our kernels on the same
+  cores.
+
+Backend modules are imported lazily so a host without OpenCL can still use
+onnxruntime.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from legacygpu.core.errors import ValidationError
+from legacygpu.worker.backends.base import BackendInfo, InferenceBackend, LoadedModel
+
+__all__ = ["BACKENDS", "BackendInfo", "InferenceBackend", "LoadedModel", "create_backend", "gpu_present"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("onnxruntime", "opencl", "auto")
+
+
+def gpu_present(device_index: int | None = None) -> bool:
+    """Whether OpenCL reports a GPU (the one at ``device_index`` when given)."""
+    try:
+        import pyopencl as cl
+
+        devices = [d for p in cl.get_platforms() for d in p.get_devices()]
+    except Exception as exc:  # no ICD loader, no platform: simply no GPU
+        log.debug("no OpenCL platform: %s", exc)
+        return False
+    if device_index is not None:
+        if not 0 <= device_index < len(devices):
+            return False
+        devices = [devices[device_index]]
+    return any(d.type & cl.device_type.GPU for d in devices)
+
+
+def create_backend(name: str, device_index: int | None = None) -> InferenceBackend:
+    """Build the backend called ``name``; ``device_index`` picks the OpenCL device."""
+    if name == "auto":
+        name = "opencl" if gpu_present(device_index) else "onnxruntime"
+        log.info("backend auto: chose %s", name)
+    if name == "onnxruntime":
+        from legacygpu.worker.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend()
+    if name == "opencl":
+        from legacygpu.worker.backends.opencl import OpenCLBackend
+
+        return OpenCLBackend(device_index)
+    raise ValidationError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
