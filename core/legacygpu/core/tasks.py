@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     """Where a task is in its life."""
 
     PENDING = "Pending"
@@ -51,11 +51,8 @@ class Phase(str, enum.Enum):
     FAILED = "Failed"
     CANCELLED = "Cancelled"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Machine-readable reasons recorded with a phase change (CamelCase, as Kubernetes does)."""
 
     ACCEPTED = "Accepted"
@@ -65,16 +62,11 @@ class Reason(str, enum.Enum):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     WORKER_LOST = "WorkerLost"
     WORKER_DRAINED = "WorkerDrained"
-    RETRYING = "Retrying"
-    RETRIES_EXHAUSTED = "RetriesExhausted"
     MODEL_ERROR = "ModelError"
     INVALID_INPUT = "InvalidInput"
     UNKNOWN_MODEL = "UnknownModel"
     CLUSTER_NOT_FOUND = "ClusterNotFound"
     CANCELLED = "Cancelled"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})

@@ -1,0 +1,118 @@
+"""The FastAPI application: routes, error mapping, limits and lifecycle.
+
+:func:`create_app` wires one cluster backend (local or Kubernetes, chosen by
+``LEGACYGPU_CLUSTER_BACKEND``) behind the routers. Errors from the core's
+exception tree become HTTP answers here and only here:
+
+=========================  ====
+``ValidationError``        422
+``PayloadTooLargeError``   413
+``NotFoundError``          404
+``ConflictError``          409
+``ModelError``             422
+=========================  ====
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
+
+from legacygpu.api.backends.base import ClusterBackend
+from legacygpu.api.limits import BodySizeLimit
+from legacygpu.api.metrics import Metrics
+from legacygpu.api.routes import cluster, events, tasks, ui, workers
+from legacygpu.core.config import Settings, ensure_token
+from legacygpu.core.errors import (
+    ConflictError,
+    LegacyGPUError,
+    ModelError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ValidationError,
+)
+
+__all__ = ["create_app", "make_backend"]
+
+log = logging.getLogger(__name__)
+
+_STATUS: list[tuple[type[LegacyGPUError], int]] = [
+    (PayloadTooLargeError, 413),
+    (ValidationError, 422),
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (ModelError, 422),
+]
+
+
+def _operation_id(route: APIRoute) -> str:
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+def make_backend(settings: Settings, metrics: Metrics) -> ClusterBackend:
+    """The backend ``settings`` ask for."""
+    if settings.cluster_backend == "kubernetes":
+        from legacygpu.api.backends.kubernetes import KubernetesBackend  # the operator extra
+
+        return KubernetesBackend(settings, metrics=metrics)  # type: ignore[no-any-return]
+    from legacygpu.api.backends.local import LocalBackend
+
+    return LocalBackend(settings, metrics=metrics)
+
+
+def create_app(settings: Settings | None = None, *, backend: ClusterBackend | None = None) -> FastAPI:
+    """The facade for ``settings``; pass ``backend`` to use one built elsewhere."""
+    settings = settings or Settings()
+    metrics = getattr(backend, "metrics", None) or Metrics()
+    backend = backend or make_backend(settings, metrics)
+    snapshot = getattr(backend, "snapshot", None)
+    if snapshot is not None:
+        metrics.watch(snapshot)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await backend.start()
+        try:
+            yield
+        finally:
+            await backend.stop()
+
+    app = FastAPI(
+        title="legacygpu",
+        version=version("legacygpu"),
+        description="Inference on legacy OpenCL GPUs. Every endpoint except `/cluster/health` needs "
+        "`Authorization: Bearer <token>`.",
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    app.state.backend = backend
+    app.state.metrics = metrics
+    app.state.token = ensure_token(settings)
+
+    for router in (cluster.router, workers.router, tasks.router, events.router, ui.router):
+        app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+
+    @app.exception_handler(LegacyGPUError)
+    async def _core_error(request: Request, exc: LegacyGPUError) -> JSONResponse:
+        code = next((c for kind, c in _STATUS if isinstance(exc, kind)), 500)
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    @app.middleware("http")
+    async def _count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        metrics.http_requests.labels(request.method, template, str(response.status_code)).inc()
+        return response
+
+    return app

@@ -1,0 +1,1 @@
+"""Cluster backends behind the facade; see :mod:`legacygpu.api.backends.base`."""

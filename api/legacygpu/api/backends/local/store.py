@@ -1,0 +1,234 @@
+"""SQLite persistence for the local cluster: tasks and workers.
+
+The database (WAL mode) is the only truth in local mode: the coordinator
+keeps no state it cannot rebuild from it, so a restarted facade resumes
+every accepted task. Rows come back as plain dicts; JSON columns are
+decoded on the way out and encoded on the way in.
+
+Updates to tasks are compare-and-set (:meth:`Store.update_task` with
+``expect``): a write that raced with another change touches no row and
+returns False, which is how the coordinator refuses a stale completion.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from legacygpu.core.errors import NotFoundError
+
+__all__ = ["Store"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    device TEXT NOT NULL,
+    concurrency INTEGER NOT NULL,
+    registered_at REAL NOT NULL,
+    last_heartbeat REAL NOT NULL,
+    tasks_succeeded INTEGER NOT NULL DEFAULT 0,
+    tasks_failed INTEGER NOT NULL DEFAULT 0,
+    stats TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    model TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    timeout_seconds INTEGER NOT NULL,
+    max_retries INTEGER NOT NULL,
+    requirements TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    reason TEXT,
+    message TEXT,
+    worker_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    scheduled_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    not_before REAL NOT NULL DEFAULT 0,
+    latency_ms REAL,
+    compute_ms REAL,
+    history TEXT NOT NULL DEFAULT '[]',
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_phase ON tasks (phase, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS tasks_worker ON tasks (worker_id, phase);
+"""
+
+_JSON_COLUMNS = {"device", "stats", "inputs", "parameters", "requirements", "history", "result"}
+
+
+def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    record = dict(row)
+    for key in _JSON_COLUMNS & record.keys():
+        if record[key] is not None:
+            record[key] = json.loads(record[key])
+    return record
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: json.dumps(v) if k in _JSON_COLUMNS and v is not None else v for k, v in fields.items()}
+
+
+class Store:
+    """Tasks and workers in one SQLite file; safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [_decode(row) for row in self._db.execute(sql, tuple(params)).fetchall()]
+
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> int:
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).rowcount
+
+    @staticmethod
+    def _insert_sql(table: str, record: dict[str, Any]) -> tuple[str, list[Any]]:
+        columns = ", ".join(record)
+        marks = ", ".join("?" for _ in record)
+        return f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(record.values())
+
+    # workers ------------------------------------------------------------------------------
+
+    def add_worker(self, worker: dict[str, Any]) -> None:
+        self._execute(*self._insert_sql("workers", _encode(worker)))
+
+    def get_worker(self, worker_id: str) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM workers WHERE id = ?", [worker_id])
+        if not rows:
+            raise NotFoundError(f"no worker {worker_id!r}")
+        return rows[0]
+
+    def list_workers(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        if states is None:
+            return self._query("SELECT * FROM workers ORDER BY registered_at")
+        states = list(states)
+        marks = ", ".join("?" for _ in states)
+        return self._query(f"SELECT * FROM workers WHERE state IN ({marks}) ORDER BY registered_at", states)
+
+    def update_worker(self, worker_id: str, **fields: Any) -> None:
+        sets = ", ".join(f"{key} = ?" for key in fields)
+        if not self._execute(f"UPDATE workers SET {sets} WHERE id = ?", [*_encode(fields).values(), worker_id]):
+            raise NotFoundError(f"no worker {worker_id!r}")
+
+    def bump_worker_counter(self, worker_id: str, column: str) -> None:
+        assert column in ("tasks_succeeded", "tasks_failed")
+        self._execute(f"UPDATE workers SET {column} = {column} + 1 WHERE id = ?", [worker_id])
+
+    # tasks --------------------------------------------------------------------------------
+
+    def add_task(self, task: dict[str, Any]) -> None:
+        self._execute(*self._insert_sql("tasks", _encode(task)))
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM tasks WHERE id = ?", [task_id])
+        if not rows:
+            raise NotFoundError(f"no task {task_id!r}")
+        return rows[0]
+
+    def list_tasks(
+        self,
+        *,
+        phases: Iterable[str] | None = None,
+        worker_id: str | None = None,
+        model: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        newest_first: bool = True,
+    ) -> tuple[list[dict[str, Any]], int]:
+        where, params = self._task_filter(phases, worker_id, model)
+        order = "seq DESC" if newest_first else "seq"
+        rows = self._query(f"SELECT * FROM tasks {where} ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset])
+        with self._lock:
+            count = self._db.execute(f"SELECT COUNT(*) FROM tasks {where}", params).fetchone()[0]
+        return rows, int(count)
+
+    @staticmethod
+    def _task_filter(
+        phases: Iterable[str] | None, worker_id: str | None, model: str | None
+    ) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if phases is not None:
+            phases = list(phases)
+            clauses.append(f"phase IN ({', '.join('?' for _ in phases)})")
+            params.extend(phases)
+        if worker_id is not None:
+            clauses.append("worker_id = ?")
+            params.append(worker_id)
+        if model is not None:
+            clauses.append("model = ?")
+            params.append(model)
+        return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+    def runnable_tasks(self, now: float, limit: int = 500) -> list[dict[str, Any]]:
+        """Queued tasks whose backoff has passed: higher priority first, then oldest first."""
+        return self._query(
+            "SELECT id, model, priority, requirements FROM tasks WHERE phase = 'Queued' AND not_before <= ? "
+            "ORDER BY priority DESC, seq LIMIT ?",
+            [now, limit],
+        )
+
+    def assigned_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT worker_id, COUNT(*) FROM tasks WHERE phase IN ('Scheduled', 'Running') "
+                "AND worker_id IS NOT NULL GROUP BY worker_id"
+            ).fetchall()
+        return {row[0]: int(row[1]) for row in rows}
+
+    def phase_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT phase, COUNT(*) FROM tasks GROUP BY phase").fetchall()
+        return {row[0]: int(row[1]) for row in rows}
+
+    def update_task(self, task_id: str, *, expect: dict[str, Any] | None = None, **fields: Any) -> bool:
+        """Set ``fields`` if the row still matches ``expect``; False when it no longer does."""
+        sets = ", ".join(f"{key} = ?" for key in fields)
+        conditions = ["id = ?"]
+        params: list[Any] = [*_encode(fields).values(), task_id]
+        for key, value in (expect or {}).items():
+            if value is None:
+                conditions.append(f"{key} IS NULL")
+            else:
+                conditions.append(f"{key} = ?")
+                params.append(value)
+        return self._execute(f"UPDATE tasks SET {sets} WHERE {' AND '.join(conditions)}", params) == 1
+
+    def deadline_candidates(self) -> list[dict[str, Any]]:
+        return self._query(
+            "SELECT id, phase, created_at, timeout_seconds, worker_id, attempts FROM tasks "
+            "WHERE phase NOT IN ('Succeeded', 'Failed', 'Cancelled')"
+        )
+
+    def recent_finished(self, since: float) -> list[dict[str, Any]]:
+        return self._query(
+            "SELECT id, phase, latency_ms, compute_ms, finished_at FROM tasks WHERE finished_at >= ? "
+            "ORDER BY finished_at",
+            [since],
+        )

@@ -1,0 +1,41 @@
+"""Cluster-wide endpoints: health (no token), models, the JSON summary and Prometheus metrics."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from legacygpu.api.deps import Authorized, BackendDep
+from legacygpu.api.metrics import CONTENT_TYPE
+from legacygpu.api.schemas import HealthPublic, ModelsPublic
+
+router = APIRouter(tags=["cluster"])
+
+
+@router.get("/cluster/health")
+async def health(backend: BackendDep) -> HealthPublic:
+    """Liveness and a one-line verdict; needs no token."""
+    summary = await backend.summary()
+    active = summary["workers_by_state"].get("active", 0)
+    return HealthPublic(
+        status="ok" if active else "degraded", backend=backend.name, workers_active=active, version=version("legacygpu")
+    )
+
+
+@router.get("/cluster/models", dependencies=[Authorized])
+async def list_models(backend: BackendDep) -> ModelsPublic:
+    models = await backend.list_models()
+    return ModelsPublic(data=models, count=len(models))
+
+
+@router.get("/cluster/metrics", dependencies=[Authorized])
+async def cluster_metrics(backend: BackendDep) -> dict[str, Any]:
+    """Tasks by phase, workers by state, throughput (last minute) and latency percentiles (last 5 minutes)."""
+    return await backend.summary()
+
+
+@router.get("/metrics", dependencies=[Authorized], include_in_schema=False)
+async def prometheus_metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,69 @@
+"""``/cluster/tasks``: submit, follow, list and cancel inference tasks; workers post results here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from legacygpu.api.deps import Authorized, BackendDep
+from legacygpu.api.schemas import Completion, TaskCreate, TaskPublic, TasksPublic
+from legacygpu.core.tasks import Phase
+
+router = APIRouter(prefix="/cluster/tasks", tags=["tasks"], dependencies=[Authorized])
+
+
+@router.post("/submit", status_code=status.HTTP_201_CREATED)
+async def submit_task(body: TaskCreate, backend: BackendDep) -> TaskPublic:
+    """Accept a task after checking the model exists and the inputs fit it."""
+    return await backend.submit_task(body)
+
+
+@router.get("")
+async def list_tasks(
+    backend: BackendDep,
+    phase: Annotated[list[Phase] | None, Query(description="Only these phases (repeatable).")] = None,
+    worker: Annotated[str | None, Query(description="Only tasks assigned to this worker id.")] = None,
+    model: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> TasksPublic:
+    """Tasks, newest first, without their results."""
+    phases = [str(p) for p in phase] if phase else None
+    data, count = await backend.list_tasks(phases=phases, worker_id=worker, model=model, limit=limit, offset=offset)
+    return TasksPublic(data=data, count=count)
+
+
+@router.get("/{task_id}")
+async def get_task(task_id: str, backend: BackendDep) -> TaskPublic:
+    """The whole task, result included."""
+    return await backend.get_task(task_id)
+
+
+@router.get("/{task_id}/status")
+async def get_task_status(task_id: str, backend: BackendDep) -> TaskPublic:
+    """Phase, reason, attempts and timings (no result)."""
+    task = await backend.get_task(task_id)
+    return task.model_copy(update={"result": None})
+
+
+@router.get("/{task_id}/result")
+async def get_task_result(task_id: str, backend: BackendDep) -> dict[str, Any]:
+    """The result of a succeeded task; 409 naming the phase otherwise."""
+    task = await backend.get_task(task_id)
+    if task.phase != Phase.SUCCEEDED:
+        why = f": {task.reason}: {task.message}" if task.reason else ""
+        raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} is {task.phase.value}, not Succeeded{why}")
+    return {"id": task.id, "model": task.model, "phase": task.phase, "result": task.result}
+
+
+@router.post("/{task_id}/cancel")
+async def cancel_task(task_id: str, backend: BackendDep) -> TaskPublic:
+    """Cancel a task that has not finished."""
+    return await backend.cancel_task(task_id)
+
+
+@router.post("/{task_id}/complete", include_in_schema=True)
+async def complete_task(task_id: str, body: Completion, backend: BackendDep) -> TaskPublic:
+    """Worker-facing: the outcome of one attempt. Idempotent; a stale attempt gets 409."""
+    return await backend.complete_task(task_id, body)

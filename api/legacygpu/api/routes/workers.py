@@ -1,0 +1,83 @@
+"""``/cluster/workers``: registration, heartbeats and task claims from workers; listing and draining for users."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, status
+
+from legacygpu.api.deps import Authorized, BackendDep
+from legacygpu.api.schemas import (
+    ClaimedTask,
+    Heartbeat,
+    HeartbeatReply,
+    WorkerPublic,
+    WorkerRegister,
+    WorkerRegistered,
+    WorkersPublic,
+)
+
+router = APIRouter(prefix="/cluster/workers", tags=["workers"], dependencies=[Authorized])
+
+
+@router.post("/register", status_code=status.HTTP_201_CREATED)
+async def register_worker(body: WorkerRegister, backend: BackendDep) -> WorkerRegistered:
+    """A worker joins the cluster and gets its id."""
+    return await backend.register_worker(body)
+
+
+@router.get("")
+async def list_workers(backend: BackendDep) -> WorkersPublic:
+    workers = await backend.list_workers()
+    return WorkersPublic(data=workers, count=len(workers))
+
+
+@router.get("/{worker_id}")
+async def get_worker(worker_id: str, backend: BackendDep) -> WorkerPublic:
+    return await backend.get_worker(worker_id)
+
+
+@router.get("/{worker_id}/stats")
+async def get_worker_stats(worker_id: str, backend: BackendDep) -> dict[str, Any]:
+    """The worker's latest reported figures plus its task counters."""
+    worker = await backend.get_worker(worker_id)
+    return {
+        "id": worker.id,
+        "name": worker.name,
+        "state": worker.state,
+        "device": worker.device,
+        "assigned": worker.assigned,
+        "tasks_succeeded": worker.tasks_succeeded,
+        "tasks_failed": worker.tasks_failed,
+        "last_heartbeat": worker.last_heartbeat,
+        **worker.stats,
+    }
+
+
+@router.post("/{worker_id}/heartbeat")
+async def heartbeat(worker_id: str, body: Heartbeat, backend: BackendDep) -> HeartbeatReply:
+    """Worker-facing: I am alive, here are my stats. The reply says whether to keep taking work."""
+    return await backend.heartbeat(worker_id, body)
+
+
+@router.post("/{worker_id}/claim")
+async def claim_tasks(
+    worker_id: str,
+    backend: BackendDep,
+    max_tasks: Annotated[int, Query(ge=1, le=64)] = 1,
+    wait: Annotated[float, Query(ge=0, le=30, description="Long-poll up to this many seconds.")] = 0,
+) -> list[ClaimedTask]:
+    """Worker-facing: take the tasks assigned to me (they become Running)."""
+    return await backend.claim_tasks(worker_id, max_tasks, wait)
+
+
+@router.post("/{worker_id}/drain")
+async def drain_worker(worker_id: str, backend: BackendDep) -> WorkerPublic:
+    """Stop giving the worker new tasks; it finishes what it runs, then exits."""
+    return await backend.drain_worker(worker_id)
+
+
+@router.delete("/{worker_id}")
+async def deregister_worker(worker_id: str, backend: BackendDep) -> WorkerPublic:
+    """Worker-facing: leaving now; whatever it still holds goes back to the queue."""
+    return await backend.deregister_worker(worker_id)

@@ -1,0 +1,192 @@
+"""Request and response bodies of the REST facade.
+
+Named by role, as the FastAPI template does: ``XCreate`` is what a client
+sends to make an X, ``XPublic`` what it gets back, ``XsPublic`` a page of
+them (``data`` + ``count``). Both cluster backends (local and Kubernetes)
+return exactly these shapes, so the CLI and the dashboard cannot tell them
+apart.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from legacygpu.core.tasks import Phase
+from legacygpu.core.tensors import Tensor
+
+__all__ = [
+    "ClaimedTask",
+    "Completion",
+    "DeviceInfoPublic",
+    "HealthPublic",
+    "Heartbeat",
+    "HeartbeatReply",
+    "ModelPublic",
+    "ModelsPublic",
+    "RequirementsIn",
+    "TaskCreate",
+    "TaskError",
+    "TaskPublic",
+    "TasksPublic",
+    "WorkerPublic",
+    "WorkerRegister",
+    "WorkerRegistered",
+    "WorkersPublic",
+]
+
+WorkerState = Literal["active", "draining", "stopped", "lost"]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequirementsIn(_In):
+    min_vram_mib: int = Field(0, ge=0, description="Only workers whose device has at least this much memory.")
+    gpu_family: str | None = Field(None, description="Only workers with this GPU family, e.g. polaris.")
+
+
+class TaskCreate(_In):
+    """An inference job: run ``model`` on ``inputs``."""
+
+    model: str = Field(min_length=1, description="Name of a model in the repository.")
+    inputs: list[Tensor] = Field(min_length=1, description="Open Inference Protocol v2 tensors.")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; FIFO within a priority.")
+    timeout_seconds: int | None = Field(None, ge=1, le=7 * 24 * 3600, description="From submission.")
+    max_retries: int | None = Field(None, ge=0, le=20)
+    requirements: RequirementsIn = Field(default_factory=RequirementsIn)
+
+
+class TaskError(_In):
+    reason: str
+    message: str
+    retryable: bool = False
+
+
+class AttemptRecord(BaseModel):
+    attempt: int
+    worker_id: str | None = None
+    outcome: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class TaskPublic(BaseModel):
+    id: str
+    model: str
+    phase: Phase
+    reason: str | None = None
+    message: str | None = None
+    priority: int = 0
+    worker_id: str | None = None
+    attempts: int = 0
+    max_retries: int = 0
+    timeout_seconds: int = 0
+    created_at: datetime
+    scheduled_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    latency_ms: float | None = Field(None, description="Submission to completion.")
+    compute_ms: float | None = Field(None, description="Time the worker spent running the model.")
+    history: list[AttemptRecord] = Field(default_factory=list)
+    result: dict[str, Any] | None = None
+
+
+class TasksPublic(BaseModel):
+    data: list[TaskPublic]
+    count: int
+
+
+class DeviceInfoPublic(BaseModel):
+    name: str = "cpu"
+    type: str = "cpu"
+    backend: str = "onnxruntime"
+    vram_mib: int = 0
+    gpu_family: str | None = None
+
+
+class WorkerRegister(_In):
+    name: str = Field(min_length=1, max_length=128)
+    host: str = ""
+    pid: int = 0
+    device: DeviceInfoPublic = Field(default_factory=DeviceInfoPublic)
+    concurrency: int = Field(1, ge=1, le=64)
+
+
+class Heartbeat(_In):
+    running: int = Field(0, ge=0)
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+
+class HeartbeatReply(BaseModel):
+    state: WorkerState
+    heartbeat_interval_seconds: float
+
+
+class WorkerPublic(BaseModel):
+    id: str
+    name: str
+    host: str
+    pid: int
+    state: WorkerState
+    device: DeviceInfoPublic
+    concurrency: int
+    assigned: int = Field(0, description="Tasks scheduled to or running on the worker now.")
+    registered_at: datetime
+    last_heartbeat: datetime
+    tasks_succeeded: int = 0
+    tasks_failed: int = 0
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkersPublic(BaseModel):
+    data: list[WorkerPublic]
+    count: int
+
+
+class WorkerRegistered(BaseModel):
+    id: str
+    heartbeat_interval_seconds: float
+    model_repository: str | None = None
+
+
+class ClaimedTask(BaseModel):
+    id: str
+    model: str
+    attempt: int
+    inputs: list[dict[str, Any]]
+    parameters: dict[str, Any]
+
+
+class Completion(_In):
+    worker_id: str
+    attempt: int = Field(ge=1)
+    result: dict[str, Any] | None = None
+    error: TaskError | None = None
+    compute_ms: float | None = Field(None, ge=0)
+
+
+class ModelPublic(BaseModel):
+    name: str
+    description: str
+    task: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    labels: int = Field(0, description="How many class labels the card has.")
+    metrics: dict[str, float | str] = Field(default_factory=dict)
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok", "degraded"]
+    backend: str
+    workers_active: int
+    version: str

@@ -1,0 +1,77 @@
+"""Settings shared by the CLI, the facade and the workers.
+
+One settings class, read from flags (passed as keyword arguments) and
+``LEGACYGPU_*`` environment variables. The API token is never made up by a
+client: the facade generates one on first start, stores it in the data dir
+(mode 0600) and every local command on the same machine reads it from there.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["TOKEN_FILE", "Settings", "default_data_dir", "ensure_token", "read_token"]
+
+TOKEN_FILE = "api-token"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "legacygpu"
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with the environment variable that sets it."""
+
+    model_config = SettingsConfigDict(env_prefix="LEGACYGPU_", env_ignore_empty=True, extra="ignore")
+
+    api_url: str = Field("http://127.0.0.1:8000", description="Where clients and workers find the facade.")
+    api_token: str | None = Field(None, description="Bearer token; generated and stored when unset.")
+    data_dir: Path = Field(default_factory=default_data_dir, description="Database, token, models.")
+    cluster_backend: Literal["local", "kubernetes"] = "local"
+    kube_namespace: str = "default"
+    kube_cluster: str = Field("default", description="InferenceCluster the facade submits to (kubernetes).")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    heartbeat_interval_seconds: float = Field(2.0, gt=0)
+    heartbeat_timeout_seconds: float = Field(10.0, gt=0, description="Silence after which a worker is lost.")
+    retry_base_seconds: float = Field(1.0, ge=0)
+    retry_cap_seconds: float = Field(60.0, ge=0)
+    default_timeout_seconds: int = Field(600, ge=1)
+    default_max_retries: int = Field(3, ge=0)
+    scheduling_strategy: str = "least-loaded"
+    worker_prefetch: int = Field(2, ge=1, description="Tasks a worker may hold at once (running + next).")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "cluster.db"
+
+
+def read_token(data_dir: Path) -> str | None:
+    path = Path(data_dir) / TOKEN_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def ensure_token(settings: Settings) -> str:
+    """The token in force: the configured one, else the stored one, else a new stored one."""
+    if settings.api_token:
+        return settings.api_token
+    existing = read_token(settings.data_dir)
+    if existing:
+        return existing
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    path = settings.data_dir / TOKEN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token

@@ -1,0 +1,170 @@
+"""Model cards and the model repository.
+
+A model repository is a folder with one sub-folder per model::
+
+    <root>/digits/model.onnx
+    <root>/digits/card.yaml
+
+The card says what the model takes and gives, and how to turn what a person
+has (an image file, a ``.npy`` array, a JSON tensor) into what the model
+wants, and the raw outputs back into something readable (softmax, top-k
+with labels). Cards are plain data: this module reads and writes them; the
+numeric pre/post-processing lives with the worker
+(:mod:`legacygpu.worker.processing`), so the API can validate requests
+without importing any inference library.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from legacygpu.core.errors import UnknownModelError, ValidationError
+
+__all__ = [
+    "CARD_FILE",
+    "DATATYPES",
+    "MODEL_FILE",
+    "ImageSpec",
+    "ModelCard",
+    "ModelRepository",
+    "PostprocessSpec",
+    "TensorSpec",
+]
+
+CARD_FILE = "card.yaml"
+MODEL_FILE = "model.onnx"
+DATATYPES = ("BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageSpec(_Strict):
+    """How an image file becomes this input tensor."""
+
+    color: Literal["grayscale", "rgb", "bgr"] = "rgb"
+    size: tuple[int, int] = Field(description="Target (width, height) in pixels.")
+    crop_to_content: bool = Field(
+        False, description="Crop to the bounding box of the ink before resizing (for drawn digits)."
+    )
+    invert: bool = Field(False, description="Invert intensities (dark ink on light paper -> light on dark).")
+    scale: tuple[float, float] = Field((0.0, 1.0), description="Map pixel values 0..1 onto this range.")
+    mean: list[float] | None = Field(None, description="Per-channel mean subtracted after scaling.")
+    std: list[float] | None = Field(None, description="Per-channel std divided after the mean.")
+    layout: Literal["NCHW", "NHWC", "flat"] = "NCHW"
+
+
+class TensorSpec(_Strict):
+    """One model input or output."""
+
+    name: str
+    datatype: str = "FP32"
+    shape: list[int] = Field(default_factory=list, description="-1 marks a dynamic dimension.")
+    image: ImageSpec | None = Field(None, description="Accept an image file for this input.")
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, value: str) -> str:
+        if value not in DATATYPES:
+            raise ValueError(f"datatype must be one of {', '.join(DATATYPES)}, not {value!r}")
+        return value
+
+
+class PostprocessSpec(_Strict):
+    """How raw outputs become a readable result."""
+
+    output: str | None = Field(None, description="The output holding class scores.")
+    softmax: bool = False
+    top_k: int = Field(0, ge=0, description="Report the k best classes; 0 turns it off.")
+    labels: list[str] = Field(default_factory=list)
+
+
+class ModelCard(_Strict):
+    """Everything the platform knows about one model."""
+
+    name: str
+    description: str = ""
+    file: str = MODEL_FILE
+    task: str = "generic"
+    inputs: list[TensorSpec] = Field(default_factory=list)
+    outputs: list[TensorSpec] = Field(default_factory=list)
+    postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
+    metrics: dict[str, float | str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"model name {value!r} must be 1-63 lowercase letters, digits, '.', '_' or '-', "
+                "starting and ending with a letter or digit"
+            )
+        return value
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((spec for spec in self.inputs if spec.name == name), None)
+
+
+class ModelRepository:
+    """A folder of models, each with its card."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / CARD_FILE).is_file())
+
+    def list(self) -> list[ModelCard]:
+        return [self.get(name) for name in self.names()]
+
+    def get(self, name: str) -> ModelCard:
+        card_path = self.root / name / CARD_FILE
+        if not _NAME.match(name) or not card_path.is_file():
+            known = ", ".join(self.names()) or "none"
+            raise UnknownModelError(f"unknown model {name!r} (models in the repository: {known})")
+        return load_card(card_path)
+
+    def model_path(self, name: str) -> Path:
+        card = self.get(name)
+        return self.root / name / card.file
+
+    def add(self, card: ModelCard, onnx_file: Path, *, replace: bool = False) -> Path:
+        """Copy ``onnx_file`` into the repository under ``card.name`` and write its card."""
+        onnx_file = Path(onnx_file)
+        if not onnx_file.is_file():
+            raise ValidationError(f"model file {onnx_file} does not exist")
+        folder = self.root / card.name
+        if folder.exists() and not replace:
+            raise ValidationError(f"model {card.name!r} already exists; pass replace=True to overwrite it")
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / card.file
+        if onnx_file.resolve() != target.resolve():
+            shutil.copyfile(onnx_file, target)
+        save_card(card, folder / CARD_FILE)
+        return folder
+
+
+def load_card(path: Path) -> ModelCard:
+    """Read a card from YAML; a :class:`ValidationError` says what is wrong with it."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+        return ModelCard.model_validate(raw)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValidationError(f"cannot read model card {path}: {exc}") from exc
+    except ValueError as exc:
+        raise ValidationError(f"invalid model card {path}: {exc}") from exc
+
+
+def save_card(card: ModelCard, path: Path) -> None:
+    data = card.model_dump(mode="json", exclude_defaults=False)
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
