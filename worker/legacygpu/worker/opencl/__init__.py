@@ -1,0 +1,25 @@
+"""The OpenCL core: devices, kernels, autotuner, executor.
+
+Public names are re-exported here; each import line belongs to one module.
+"""
+
+from __future__ import annotations
+
+from .device import DeviceContext, DeviceInfo, DeviceNotFoundError, KernelBuildError, OpenCLError
+from .device import discover, open_device
+from .gemm import Gemm, GemmParams, shape_class
+from .tuning import TuningCache
+
+__all__ = [
+    "DeviceContext",
+    "DeviceInfo",
+    "DeviceNotFoundError",
+    "Gemm",
+    "GemmParams",
+    "KernelBuildError",
+    "OpenCLError",
+    "TuningCache",
+    "discover",
+    "open_device",
+    "shape_class",
+]

@@ -1,0 +1,357 @@
+"""SGEMM on OpenCL with a fused bias + activation epilogue.
+
+Design
+------
+One parameterised kernel source (``kernels/gemm.cl``) is compiled into a
+family of kernels by -D defines collected in :class:`GemmParams`: the
+register block of a work-item (``mwi`` rows x ``nwv`` vectors of ``vw``
+floats), the work-group shape (``mdimc`` x ``ndimc``), the k-loop unroll
+``ku``, and whether tiles are staged in local memory (``local``, with depth
+``kwg``; the GPU style of CLBlast's xgemm) or read straight from global
+memory through the caches (the style PoCL's CPU device prefers). ``strn``
+interleaves a work-item's vectors across the work-group (coalesced loads on
+GPUs) instead of keeping them adjacent (one cache line per work-item on CPUs).
+
+The kernel computes ``C = act(alpha * A @ B + bias)`` for row-major A (M x K)
+and B (K x N). Arbitrary sizes: M is handled inside the kernel (clamped
+loads, masked stores), K by a loop tail (or zero-filled local tiles), N by
+masked stores plus, when N is not a multiple of the work-group tile, a
+zero-padded copy of B. ``trans_a``/``trans_b`` are served by a packing
+kernel that writes the transposed operand once; callers that reuse a
+transposed weight matrix should transpose it once themselves.
+
+Which parameters run is decided per call from the problem's shape class
+(:func:`shape_class`: ``gemv`` M<=4, ``skinny`` M<=32, ``square`` otherwise):
+the winner the autotuner cached for this device and driver
+(:mod:`legacygpu.worker.opencl.tuning`), else :func:`default_params` for the
+device type. Compiled programs are cached per (params, epilogue).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from legacygpu.core.errors import ValidationError
+
+from .device import DeviceContext, DeviceInfo, KernelBuildError
+
+if TYPE_CHECKING:
+    import pyopencl.array as cla
+
+    from .tuning import TuningCache
+
+__all__ = [
+    "ACTIVATIONS",
+    "SHAPE_CLASSES",
+    "Gemm",
+    "GemmParams",
+    "default_params",
+    "kernel_source",
+    "shape_class",
+]
+
+KERNEL_PATH = Path(__file__).with_name("kernels") / "gemm.cl"
+
+# name -> (ACT id, default activation_params)
+ACTIVATIONS: dict[str, tuple[int, tuple[float, ...]]] = {
+    "none": (0, ()),
+    "relu": (1, ()),
+    "relu6": (2, ()),
+    "sigmoid": (3, ()),
+    "tanh": (4, ()),
+    "leaky_relu": (5, (0.01,)),
+    "clip": (6, (float("-inf"), float("inf"))),
+}
+
+SHAPE_CLASSES = ("gemv", "skinny", "square")
+
+
+@functools.cache
+def kernel_source() -> str:
+    """The GEMM kernel family's OpenCL source."""
+    return KERNEL_PATH.read_text()
+
+
+def shape_class(m: int, n: int, k: int) -> str:
+    """The tuning class of an (M, N, K) problem: ``gemv``, ``skinny`` or ``square``."""
+    if m <= 4:
+        return "gemv"
+    if m <= 32:
+        return "skinny"
+    return "square"
+
+
+@dataclass(frozen=True)
+class GemmParams:
+    """One member of the kernel family (see the module docstring)."""
+
+    mwi: int = 4
+    nwv: int = 1
+    vw: int = 8
+    mdimc: int = 1
+    ndimc: int = 8
+    ku: int = 4
+    local: bool = False
+    kwg: int = 16
+    strn: bool = False
+
+    @property
+    def mwg(self) -> int:
+        return self.mwi * self.mdimc
+
+    @property
+    def nwg(self) -> int:
+        return self.vw * self.nwv * self.ndimc
+
+    def defines(self) -> list[str]:
+        return [
+            f"-DMWI={self.mwi}",
+            f"-DNWV={self.nwv}",
+            f"-DVW={self.vw}",
+            f"-DMDIMC={self.mdimc}",
+            f"-DNDIMC={self.ndimc}",
+            f"-DKU={self.ku}",
+            f"-DLOCAL={int(self.local)}",
+            f"-DKWG={self.kwg}",
+            f"-DSTRN={int(self.strn)}",
+        ]
+
+    def problems(self, info: DeviceInfo | None = None) -> list[str]:
+        """Why these parameters cannot run (on ``info``); empty when they can."""
+        out = []
+        if self.vw not in (1, 2, 4, 8, 16):
+            out.append(f"vw={self.vw} is not 1, 2, 4, 8 or 16")
+        if min(self.mwi, self.nwv, self.mdimc, self.ndimc, self.ku, self.kwg) < 1:
+            out.append("sizes must be >= 1")
+        if self.local and self.kwg % self.ku:
+            out.append(f"kwg={self.kwg} is not a multiple of ku={self.ku}")
+        if info is not None:
+            if info.max_work_group_size and self.mdimc * self.ndimc > info.max_work_group_size:
+                out.append(f"work-group {self.mdimc}x{self.ndimc} > {info.max_work_group_size}")
+            if self.local and 4 * self.kwg * (self.mwg + self.nwg) > info.local_mem_bytes:
+                out.append("local tiles exceed local memory")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GemmParams:
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown GEMM parameters: {sorted(unknown)}")
+        return cls(**data)
+
+    def short(self) -> str:
+        style = f"local kwg={self.kwg}" if self.local else "global"
+        return (
+            f"{self.mwi}x{self.nwv}x{self.vw} wg={self.mdimc}x{self.ndimc} ku={self.ku} {style}"
+            + (" strn" if self.strn else "")
+        )
+
+
+_CPU_DEFAULTS = {
+    "gemv": GemmParams(mwi=1, nwv=2, vw=16, mdimc=1, ndimc=4, ku=4),
+    "skinny": GemmParams(mwi=8, nwv=2, vw=16, mdimc=1, ndimc=2, ku=2),
+    "square": GemmParams(mwi=8, nwv=2, vw=16, mdimc=1, ndimc=2, ku=2),
+}
+_GPU_DEFAULTS = {
+    "gemv": GemmParams(mwi=1, nwv=1, vw=4, mdimc=1, ndimc=64, ku=4, local=False, strn=True),
+    "skinny": GemmParams(mwi=2, nwv=1, vw=4, mdimc=8, ndimc=32, ku=2, local=True, kwg=16, strn=True),
+    "square": GemmParams(mwi=4, nwv=2, vw=4, mdimc=16, ndimc=8, ku=2, local=True, kwg=16, strn=True),
+}
+
+
+def default_params(info: DeviceInfo, cls: str) -> GemmParams:
+    """Untuned parameters that are correct and reasonable for the device type."""
+    table = _CPU_DEFAULTS if info.device_type == "cpu" else _GPU_DEFAULTS
+    params = table[cls]
+    if params.problems(info):  # a small device: fall back to a tiny work-group
+        params = GemmParams(mwi=1, nwv=1, vw=4, mdimc=1, ndimc=1, ku=1)
+    return params
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def _elem_offset(arr: cla.Array) -> int:
+    if arr.offset % 4:
+        raise ValidationError("GEMM operands must be float32 aligned")
+    return int(arr.offset // 4)
+
+
+class Gemm:
+    """``C = act(alpha * op(A) @ op(B) + bias[None, :])`` on one device.
+
+    ``tuning`` supplies tuned parameters; by default the on-disk cache of
+    :class:`~legacygpu.worker.opencl.tuning.TuningCache` is read, and device
+    defaults are used for classes that were never tuned.
+    """
+
+    def __init__(self, dctx: DeviceContext, tuning: TuningCache | None = None) -> None:
+        import pyopencl.tools as cltools
+
+        if tuning is None:
+            from .tuning import TuningCache
+
+            tuning = TuningCache.load_default()
+        self.dctx = dctx
+        self.tuning = tuning
+        self._lock = threading.Lock()
+        self._kernels: dict[tuple[Any, ...], Any] = {}
+        self._pool = cltools.MemoryPool(cltools.ImmediateAllocator(dctx.queue))
+
+    # -- parameters and programs -------------------------------------------------
+
+    def params_for(self, m: int, n: int, k: int) -> GemmParams:
+        cls = shape_class(m, n, k)
+        tuned = self.tuning.lookup(self.dctx.info, cls)
+        return tuned if tuned is not None else default_params(self.dctx.info, cls)
+
+    def kernel(self, params: GemmParams, act: int = 0, has_bias: bool = False, source: str | None = None) -> Any:
+        """The compiled ``gemm_nn`` kernel for ``params`` and epilogue (cached)."""
+        key = (params, act, has_bias, source)
+        with self._lock:
+            kern = self._kernels.get(key)
+            if kern is None:
+                options = [*params.defines(), f"-DACT={act}", f"-DHAS_BIAS={int(has_bias)}", "-cl-mad-enable"]
+                program = self._build(source or kernel_source(), options)
+                kern = program.gemm_nn
+                kern.set_scalar_arg_dtypes(
+                    [np.int32, np.int32, np.int32, np.float32,
+                     None, np.int32, np.int32, None, np.int32, np.int32,
+                     None, np.int32, np.int32, None, np.int32, np.float32, np.float32]
+                )  # fmt: skip
+                self._kernels[key] = kern
+        return kern
+
+    def _pack_kernel(self) -> Any:
+        with self._lock:
+            kern = self._kernels.get("pack")  # type: ignore[call-overload]
+            if kern is None:
+                kern = self._build(kernel_source(), GemmParams().defines()).gemm_pack
+                kern.set_scalar_arg_dtypes([np.int32, np.int32, None, np.int32, np.int32, np.int32, None, np.int32])
+                self._kernels["pack"] = kern  # type: ignore[index]
+        return kern
+
+    def _build(self, source: str, options: list[str]) -> Any:
+        import pyopencl as cl
+
+        try:
+            return cl.Program(self.dctx.ctx, source).build(options=options)
+        except cl.Error as exc:
+            raise KernelBuildError(
+                f"GEMM kernel failed to build on {self.dctx.info.name} ({' '.join(options)}): {exc}"
+            ) from exc
+
+    # -- running -----------------------------------------------------------------
+
+    def _pack(self, src: cla.Array, rows: int, cols: int, ld: int, trans: bool, pcols: int) -> cla.Array:
+        import pyopencl.array as cla
+
+        dst = cla.empty(self.dctx.queue, (rows, pcols), np.float32, allocator=self._pool)
+        self._pack_kernel()(
+            self.dctx.queue, (pcols, rows), None,
+            rows, cols, src.base_data, _elem_offset(src), ld, int(trans), dst.data, pcols,
+        )  # fmt: skip
+        return dst
+
+    def __call__(
+        self,
+        a: cla.Array,
+        b: cla.Array,
+        *,
+        bias: cla.Array | None = None,
+        activation: str = "none",
+        alpha: float = 1.0,
+        trans_a: bool = False,
+        trans_b: bool = False,
+        out: cla.Array | None = None,
+        activation_params: tuple[float, ...] = (),
+    ) -> cla.Array:
+        m, k, n = self._check(a, b, trans_a, trans_b, bias, out)
+        return self.run(
+            self.params_for(m, n, k), a, b,
+            bias=bias, activation=activation, alpha=alpha, trans_a=trans_a, trans_b=trans_b,
+            out=out, activation_params=activation_params,
+        )  # fmt: skip
+
+    def run(
+        self,
+        params: GemmParams,
+        a: cla.Array,
+        b: cla.Array,
+        *,
+        bias: cla.Array | None = None,
+        activation: str = "none",
+        alpha: float = 1.0,
+        trans_a: bool = False,
+        trans_b: bool = False,
+        out: cla.Array | None = None,
+        activation_params: tuple[float, ...] = (),
+        source: str | None = None,
+    ) -> cla.Array:
+        """Like ``__call__`` but with explicit kernel parameters (used by the autotuner)."""
+        import pyopencl.array as cla
+
+        m, k, n = self._check(a, b, trans_a, trans_b, bias, out)
+        if activation not in ACTIVATIONS:
+            raise ValidationError(f"unknown activation {activation!r}; one of {sorted(ACTIVATIONS)}")
+        act, defaults = ACTIVATIONS[activation]
+        act_params = tuple(activation_params) + tuple(defaults[len(activation_params) :])
+        p0, p1 = (*act_params, 0.0, 0.0)[:2]
+        queue = self.dctx.queue
+        kern = self.kernel(params, act, bias is not None, source)
+
+        if trans_a:
+            a = self._pack(a, m, k, m, True, k)
+        n_pad = _round_up(n, params.nwg)
+        if trans_b or n_pad != n:
+            b = self._pack(b, k, n, k if trans_b else n, trans_b, n_pad)
+        if out is None:
+            out = cla.empty(queue, (m, n), np.float32)
+        bias_buf, bias_off = (bias.base_data, _elem_offset(bias)) if bias is not None else (out.base_data, 0)
+        gsize = (n_pad // (params.vw * params.nwv), _round_up(m, params.mwg) // params.mwi)
+        event = kern(
+            queue, gsize, (params.ndimc, params.mdimc),
+            m, n, k, float(alpha),
+            a.base_data, _elem_offset(a), k,
+            b.base_data, _elem_offset(b), n_pad,
+            out.base_data, _elem_offset(out), n,
+            bias_buf, bias_off, float(p0), float(p1),
+        )  # fmt: skip
+        out.add_event(event)
+        return out
+
+    @staticmethod
+    def _check(
+        a: cla.Array, b: cla.Array, trans_a: bool, trans_b: bool, bias: cla.Array | None, out: cla.Array | None
+    ) -> tuple[int, int, int]:
+        for name, arr in (("a", a), ("b", b), ("bias", bias), ("out", out)):
+            if arr is None:
+                continue
+            if arr.dtype != np.float32:
+                raise ValidationError(f"GEMM operand {name} must be float32, got {arr.dtype}")
+            if not arr.flags.c_contiguous:
+                raise ValidationError(f"GEMM operand {name} must be C-contiguous")
+        if a.ndim != 2 or b.ndim != 2:
+            raise ValidationError(f"GEMM operands must be 2-D, got {a.shape} and {b.shape}")
+        m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+        k2, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+        if k != k2:
+            raise ValidationError(f"GEMM inner dimensions differ: op(A) is {m}x{k}, op(B) is {k2}x{n}")
+        if min(m, n, k) < 1:
+            raise ValidationError(f"GEMM needs M, N, K >= 1, got {m}, {n}, {k}")
+        if bias is not None and bias.shape not in ((n,), (1, n)):
+            raise ValidationError(f"bias must have shape ({n},), got {bias.shape}")
+        if out is not None and out.shape != (m, n):
+            raise ValidationError(f"out must have shape ({m}, {n}), got {out.shape}")
+        return int(m), int(k), int(n)

@@ -1,0 +1,262 @@
+// legacygpu SGEMM kernel family: C = act(alpha * A @ B + bias), row-major, float32.
+//
+// A is M x K (row stride LDA), B is K x N (row stride LDB), C is M x N (row
+// stride LDC). The host guarantees N is a multiple of the work-group tile
+// NWG (it pads B otherwise) and handles transposes by packing; M and K are
+// arbitrary: rows past M are clamped on load and skipped on store, and K is
+// consumed by an unrolled main loop plus a tail (or zero-filled local tiles).
+//
+// Compile-time parameters (all -D defines):
+//   MWI   rows of C per work-item              MDIMC  work-group size along M
+//   VW    vector width along N (1,2,4,8,16)    NWV    vectors of C per work-item along N
+//   NDIMC work-group size along N              KU     unroll of the k loop
+//   LOCAL 1: stage A and B tiles of KWG in local memory (GPU style), 0: read global (CPU style)
+//   KWG   k tile when LOCAL=1                  STRN   1: a work-item's N vectors are NDIMC*VW apart
+//   ACT   0 none,1 relu,2 relu6,3 sigmoid,4 tanh,5 leaky_relu(P0),6 clip(P0,P1)
+//   HAS_BIAS 0/1
+
+#ifndef MWI
+#define MWI 4
+#endif
+#ifndef MDIMC
+#define MDIMC 1
+#endif
+#ifndef VW
+#define VW 8
+#endif
+#ifndef NWV
+#define NWV 1
+#endif
+#ifndef NDIMC
+#define NDIMC 8
+#endif
+#ifndef KU
+#define KU 4
+#endif
+#ifndef LOCAL
+#define LOCAL 0
+#endif
+#ifndef KWG
+#define KWG 16
+#endif
+#ifndef STRN
+#define STRN 0
+#endif
+#ifndef ACT
+#define ACT 0
+#endif
+#ifndef HAS_BIAS
+#define HAS_BIAS 0
+#endif
+
+#define MWG (MWI * MDIMC)
+#define NWI (VW * NWV)
+#define NWG (NWI * NDIMC)
+
+#if VW == 1
+  typedef float realV;
+  #define LOADV(p) (*(p))
+  #define STOREV(v, p) (*(p) = (v))
+#elif VW == 2
+  typedef float2 realV;
+  #define LOADV(p) vload2(0, (p))
+  #define STOREV(v, p) vstore2((v), 0, (p))
+#elif VW == 4
+  typedef float4 realV;
+  #define LOADV(p) vload4(0, (p))
+  #define STOREV(v, p) vstore4((v), 0, (p))
+#elif VW == 8
+  typedef float8 realV;
+  #define LOADV(p) vload8(0, (p))
+  #define STOREV(v, p) vstore8((v), 0, (p))
+#elif VW == 16
+  typedef float16 realV;
+  #define LOADV(p) vload16(0, (p))
+  #define STOREV(v, p) vstore16((v), 0, (p))
+#else
+  #error "VW must be 1, 2, 4, 8 or 16"
+#endif
+
+// Column offset (inside the work-group tile) of vector j of work-item lid_n.
+#if STRN
+  #define COL_IN_TILE(lid_n, j) ((j) * (NDIMC * VW) + (lid_n) * VW)
+#else
+  #define COL_IN_TILE(lid_n, j) ((lid_n) * NWI + (j) * VW)
+#endif
+
+#if ACT == 0
+  #define ACTIVATE(x) (x)
+#elif ACT == 1
+  #define ACTIVATE(x) fmax((x), 0.0f)
+#elif ACT == 2
+  #define ACTIVATE(x) fmin(fmax((x), 0.0f), 6.0f)
+#elif ACT == 3
+  #define ACTIVATE(x) (1.0f / (1.0f + exp(-(x))))
+#elif ACT == 4
+  #define ACTIVATE(x) tanh(x)
+#elif ACT == 5
+  #define ACTIVATE(x) (fmax((x), 0.0f) + p0 * fmin((x), 0.0f))
+#elif ACT == 6
+  #define ACTIVATE(x) fmin(fmax((x), p0), p1)
+#else
+  #error "unknown ACT"
+#endif
+
+__kernel __attribute__((reqd_work_group_size(NDIMC, MDIMC, 1)))
+void gemm_nn(const int M, const int N, const int K, const float alpha,
+             const __global float* restrict A, const int a_off, const int lda,
+             const __global float* restrict B, const int b_off, const int ldb,
+             __global float* restrict C, const int c_off, const int ldc,
+             const __global float* restrict bias, const int bias_off,
+             const float p0, const float p1)
+{
+  const int lid_n = get_local_id(0);
+  const int lid_m = get_local_id(1);
+  const int tile_n = get_group_id(0) * NWG;
+  const int tile_m = get_group_id(1) * MWG;
+  const int m0 = tile_m + lid_m * MWI;
+
+  realV acc[MWI][NWV];
+  #pragma unroll
+  for (int i = 0; i < MWI; i++) {
+    #pragma unroll
+    for (int j = 0; j < NWV; j++) {
+      acc[i][j] = (realV)(0.0f);
+    }
+  }
+
+#if LOCAL
+  // GPU style: the work-group stages a KWG-deep slab of A (transposed, so a
+  // work-item's MWI rows are contiguous) and of B in local memory.
+  __local float a_tile[KWG * MWG];
+  __local float b_tile[KWG * NWG];
+  const int tid = lid_m * NDIMC + lid_n;
+  for (int k0 = 0; k0 < K; k0 += KWG) {
+    for (int idx = tid; idx < KWG * MWG; idx += MDIMC * NDIMC) {
+      const int kk = idx % KWG;
+      const int mm = idx / KWG;
+      const int row = min(tile_m + mm, M - 1);
+      const int kg = k0 + kk;
+      a_tile[kk * MWG + mm] = (kg < K) ? A[a_off + row * lda + kg] : 0.0f;
+    }
+    for (int idx = tid; idx < KWG * (NWG / VW); idx += MDIMC * NDIMC) {
+      const int vv = idx % (NWG / VW);
+      const int kk = idx / (NWG / VW);
+      const int kg = k0 + kk;
+      realV v = (realV)(0.0f);
+      if (kg < K) {
+        v = LOADV(B + b_off + kg * ldb + tile_n + vv * VW);
+      }
+      STOREV(v, b_tile + kk * NWG + vv * VW);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    #pragma unroll KU
+    for (int kk = 0; kk < KWG; kk++) {
+      realV bv[NWV];
+      #pragma unroll
+      for (int j = 0; j < NWV; j++) {
+        bv[j] = LOADV(b_tile + kk * NWG + COL_IN_TILE(lid_n, j));
+      }
+      #pragma unroll
+      for (int i = 0; i < MWI; i++) {
+        const float av = a_tile[kk * MWG + lid_m * MWI + i];
+        #pragma unroll
+        for (int j = 0; j < NWV; j++) {
+          acc[i][j] = mad((realV)(av), bv[j], acc[i][j]);
+        }
+      }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+  }
+#else
+  // CPU style: every work-item streams its rows of A and its columns of B
+  // straight from global memory (the caches do the tiling).
+  const __global float* arow[MWI];
+  #pragma unroll
+  for (int i = 0; i < MWI; i++) {
+    arow[i] = A + a_off + min(m0 + i, M - 1) * lda;
+  }
+  const __global float* bcol = B + b_off + tile_n;
+  int k = 0;
+  for (; k + KU <= K; k += KU) {
+    #pragma unroll
+    for (int u = 0; u < KU; u++) {
+      realV bv[NWV];
+      #pragma unroll
+      for (int j = 0; j < NWV; j++) {
+        bv[j] = LOADV(bcol + (k + u) * ldb + COL_IN_TILE(lid_n, j));
+      }
+      #pragma unroll
+      for (int i = 0; i < MWI; i++) {
+        const float av = arow[i][k + u];
+        #pragma unroll
+        for (int j = 0; j < NWV; j++) {
+          acc[i][j] = mad((realV)(av), bv[j], acc[i][j]);
+        }
+      }
+    }
+  }
+  for (; k < K; k++) {
+    realV bv[NWV];
+    #pragma unroll
+    for (int j = 0; j < NWV; j++) {
+      bv[j] = LOADV(bcol + k * ldb + COL_IN_TILE(lid_n, j));
+    }
+    #pragma unroll
+    for (int i = 0; i < MWI; i++) {
+      const float av = arow[i][k];
+      #pragma unroll
+      for (int j = 0; j < NWV; j++) {
+        acc[i][j] = mad((realV)(av), bv[j], acc[i][j]);
+      }
+    }
+  }
+#endif
+
+  // Epilogue: scale, bias, activation, store (masked at the M and N edges).
+  #pragma unroll
+  for (int i = 0; i < MWI; i++) {
+    const int m = m0 + i;
+    if (m < M) {
+      #pragma unroll
+      for (int j = 0; j < NWV; j++) {
+        const int n = tile_n + COL_IN_TILE(lid_n, j);
+        realV v = acc[i][j] * alpha;
+        if (n + VW <= N) {
+#if HAS_BIAS
+          v += LOADV(bias + bias_off + n);
+#endif
+          v = ACTIVATE(v);
+          STOREV(v, C + c_off + m * ldc + n);
+        } else {
+          realV t = v;
+          const float* lanes = (const float*)&t;
+          for (int l = 0; l < VW; l++) {
+            if (n + l < N) {
+              float s = lanes[l];
+#if HAS_BIAS
+              s += bias[bias_off + n + l];
+#endif
+              C[c_off + m * ldc + n + l] = ACTIVATE(s);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// dst[r, c] = op(src)[r, c] for r < rows, c < cols, else 0; dst is prows x pcols.
+// op(src) is src (rows x cols, stride ld) or, with trans, src^T (src is cols x rows).
+__kernel void gemm_pack(const int rows, const int cols,
+                        const __global float* restrict src, const int src_off, const int ld,
+                        const int trans, __global float* restrict dst, const int pcols)
+{
+  const int c = get_global_id(0);
+  const int r = get_global_id(1);
+  float v = 0.0f;
+  if (r < rows && c < cols) {
+    v = trans ? src[src_off + c * ld + r] : src[src_off + r * ld + c];
+  }
+  dst[r * pcols + c] = v;
+}
