@@ -5,12 +5,12 @@ Public names are re-exported here; each import line belongs to one module.
 
 from __future__ import annotations
 
-from .device import DeviceContext, DeviceInfo, DeviceNotFoundError, KernelBuildError, OpenCLError
-from .device import discover, open_device
+from .device import DeviceContext, DeviceInfo, DeviceNotFoundError, KernelBuildError, OpenCLError, discover, open_device
 from .gemm import Gemm, GemmParams, shape_class
-from .tuning import TuningCache
+from .tuning import Autotuner, TuningCache
 
 __all__ = [
+    "Autotuner",
     "DeviceContext",
     "DeviceInfo",
     "DeviceNotFoundError",

@@ -198,7 +198,9 @@ def _pci_address(dev: Any) -> tuple[int, int, int, int] | None:
     return None
 
 
-def _pci_id_from_sysfs(addr: tuple[int, int, int, int] | None, sysfs: Path = Path("/sys/bus/pci/devices")) -> str | None:
+def _pci_id_from_sysfs(
+    addr: tuple[int, int, int, int] | None, sysfs: Path = Path("/sys/bus/pci/devices")
+) -> str | None:
     if addr is None:
         return None
     node = sysfs / f"{addr[0]:04x}:{addr[1]:02x}:{addr[2]:02x}.{addr[3]:x}"

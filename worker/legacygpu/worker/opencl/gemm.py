@@ -100,6 +100,8 @@ class GemmParams:
     local: bool = False
     kwg: int = 16
     strn: bool = False
+    pa: bool = False
+    pb: bool = False
 
     @property
     def mwg(self) -> int:
@@ -120,6 +122,8 @@ class GemmParams:
             f"-DLOCAL={int(self.local)}",
             f"-DKWG={self.kwg}",
             f"-DSTRN={int(self.strn)}",
+            f"-DPA={int(self.pa)}",
+            f"-DPB={int(self.pb)}",
         ]
 
     def problems(self, info: DeviceInfo | None = None) -> list[str]:
@@ -154,6 +158,8 @@ class GemmParams:
         return (
             f"{self.mwi}x{self.nwv}x{self.vw} wg={self.mdimc}x{self.ndimc} ku={self.ku} {style}"
             + (" strn" if self.strn else "")
+            + (" pa" if self.pa else "")
+            + (" pb" if self.pb else "")
         )
 
 
@@ -254,13 +260,14 @@ class Gemm:
 
     # -- running -----------------------------------------------------------------
 
-    def _pack(self, src: cla.Array, rows: int, cols: int, ld: int, trans: bool, pcols: int) -> cla.Array:
+    def _pack(self, src: cla.Array, rows: int, cols: int, ld: int, trans: bool, width: int, pcols: int) -> cla.Array:
+        """Copy ``op(src)`` (rows x cols) into zero-padded panels ``width`` columns wide."""
         import pyopencl.array as cla
 
-        dst = cla.empty(self.dctx.queue, (rows, pcols), np.float32, allocator=self._pool)
+        dst = cla.empty(self.dctx.queue, (rows * pcols,), np.float32, allocator=self._pool)
         self._pack_kernel()(
             self.dctx.queue, (pcols, rows), None,
-            rows, cols, src.base_data, _elem_offset(src), ld, int(trans), dst.data, pcols,
+            rows, cols, src.base_data, _elem_offset(src), ld, int(trans), dst.data, width,
         )  # fmt: skip
         return dst
 
@@ -311,11 +318,16 @@ class Gemm:
         queue = self.dctx.queue
         kern = self.kernel(params, act, bias is not None, source)
 
-        if trans_a:
-            a = self._pack(a, m, k, m, True, k)
+        if params.pa:  # panels of op(A)^T, MWG wide
+            m_pad = _round_up(m, params.mwg)
+            a = self._pack(a, k, m, m if trans_a else k, not trans_a, params.mwg, m_pad)
+        elif trans_a:
+            a = self._pack(a, m, k, m, True, k, k)
         n_pad = _round_up(n, params.nwg)
-        if trans_b or n_pad != n:
-            b = self._pack(b, k, n, k if trans_b else n, trans_b, n_pad)
+        if params.pb:
+            b = self._pack(b, k, n, k if trans_b else n, trans_b, params.nwg, n_pad)
+        elif trans_b or n_pad != n:
+            b = self._pack(b, k, n, k if trans_b else n, trans_b, n_pad, n_pad)
         if out is None:
             out = cla.empty(queue, (m, n), np.float32)
         bias_buf, bias_off = (bias.base_data, _elem_offset(bias)) if bias is not None else (out.base_data, 0)
@@ -323,7 +335,7 @@ class Gemm:
         event = kern(
             queue, gsize, (params.ndimc, params.mdimc),
             m, n, k, float(alpha),
-            a.base_data, _elem_offset(a), k,
+            a.base_data, _elem_offset(a), k,  # (lda/ldb unused for packed panels)
             b.base_data, _elem_offset(b), n_pad,
             out.base_data, _elem_offset(out), n,
             bias_buf, bias_off, float(p0), float(p1),

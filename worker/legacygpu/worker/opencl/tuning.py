@@ -21,24 +21,24 @@ Progress is reported through a callback (the CLI draws a rich progress bar).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
+import random
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .device import DeviceContext, DeviceInfo, KernelBuildError
-from .gemm import SHAPE_CLASSES, Gemm, GemmParams, kernel_source
-
-if TYPE_CHECKING:
-    import pyopencl.array as cla
+from .device import DeviceContext, DeviceInfo, KernelBuildError, OpenCLError
+from .gemm import SHAPE_CLASSES, Gemm, GemmParams, default_params, kernel_source
 
 __all__ = [
     "TUNING_PROBLEMS",
@@ -143,3 +143,220 @@ class TuningCache:
         tmp.write_text(json.dumps(self._doc(info), indent=2, sort_keys=True))
         tmp.replace(path)
         return path
+
+
+# -- the search space --------------------------------------------------------------
+
+# Per (device kind, shape class): parameter -> values. Filtered by _plausible().
+_SPACES: dict[tuple[str, str], dict[str, Sequence[Any]]] = {
+    ("cpu", "gemv"): {"mwi": [1, 2, 4], "mdimc": [1], "vw": [8, 16], "nwv": [1, 2, 4],
+                      "ndimc": [1, 2, 4, 8, 16], "ku": [1, 2, 4, 8], "pb": [False, True]},
+    ("cpu", "skinny"): {"mwi": [4, 8, 16], "mdimc": [1, 2, 4], "vw": [8, 16], "nwv": [1, 2],
+                        "ndimc": [1, 2, 4, 8], "ku": [1, 2, 4], "pa": [False, True], "pb": [False, True]},
+    ("cpu", "square"): {"mwi": [4, 6, 8], "mdimc": [1, 2, 4, 8], "vw": [8, 16], "nwv": [1, 2],
+                        "ndimc": [1, 2, 4], "ku": [1, 2, 4], "pa": [False, True], "pb": [False, True]},
+    ("gpu", "gemv"): {"mwi": [1, 2, 4], "mdimc": [1], "vw": [1, 2, 4], "nwv": [1, 2],
+                      "ndimc": [32, 64, 128, 256], "ku": [1, 2, 4], "strn": [False, True], "pb": [False, True]},
+    ("gpu", "skinny"): {"local": [True], "mwi": [1, 2, 4], "mdimc": [4, 8, 16], "vw": [1, 2, 4],
+                        "nwv": [1, 2], "ndimc": [8, 16, 32], "ku": [1, 2, 4], "kwg": [8, 16, 32],
+                        "strn": [False, True], "pb": [False, True]},
+    ("gpu", "square"): {"local": [True], "mwi": [2, 4, 8], "mdimc": [8, 16, 32], "vw": [1, 2, 4, 8],
+                        "nwv": [1, 2], "ndimc": [8, 16, 32], "ku": [1, 2, 4], "kwg": [8, 16, 32],
+                        "strn": [False, True], "pa": [False, True], "pb": [False, True]},
+}  # fmt: skip
+
+
+def _kind(info: DeviceInfo) -> str:
+    return "cpu" if info.device_type == "cpu" else "gpu"
+
+
+def _plausible(p: GemmParams, info: DeviceInfo) -> bool:
+    block = p.mwi * p.nwv * p.vw  # accumulators per work-item, in floats
+    regs = 256 if _kind(info) == "cpu" else 64
+    wg = p.mdimc * p.ndimc
+    if block > regs or p.problems(info):
+        return False
+    if _kind(info) == "gpu":
+        return 64 <= wg <= 256
+    return block >= 8 and wg <= 64
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Parameters to try; ``source`` overrides the kernel source (fault-injection tests)."""
+
+    params: GemmParams
+    source: str | None = None
+    label: str = ""
+
+    def describe(self) -> str:
+        return self.label or self.params.short()
+
+
+def candidates(info: DeviceInfo, cls: str, *, count: int = 24, seed: int = 0) -> list[Candidate]:
+    """A reproducible sample of ``count`` plausible candidates, the device default first."""
+    space = _SPACES[(_kind(info), cls)]
+    names = list(space)
+    grid = [GemmParams(**dict(zip(names, values, strict=True))) for values in itertools.product(*space.values())]
+    grid = [p for p in grid if _plausible(p, info)]
+    default = default_params(info, cls)
+    rng = random.Random(f"{seed}-{info.cache_key}-{cls}")
+    rng.shuffle(grid)
+    chosen = [default, *(p for p in grid if p != default)][:count]
+    return [Candidate(p) for p in chosen]
+
+
+def neighbours(params: GemmParams, info: DeviceInfo, cls: str) -> list[Candidate]:
+    """Candidates that differ from ``params`` in one parameter by one step in the space."""
+    space = _SPACES[(_kind(info), cls)]
+    out: list[Candidate] = []
+    for name, values in space.items():
+        values = list(values)
+        current = getattr(params, name)
+        if current not in values:
+            continue
+        i = values.index(current)
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(values):
+                p = dataclasses.replace(params, **{name: values[j]})
+                if _plausible(p, info):
+                    out.append(Candidate(p))
+    return out
+
+
+# -- the search ---------------------------------------------------------------------
+
+
+@dataclass
+class CandidateResult:
+    """What happened to one candidate: ``status`` is ok, build-failed, wrong or error."""
+
+    candidate: Candidate
+    status: str
+    gflops: float = 0.0
+    max_rel_error: float | None = None
+    message: str = ""
+
+
+ProgressFn = Callable[[str, int, int, CandidateResult], None]
+
+REL_TOLERANCE = 1e-4
+
+
+def _check_problem(cls: str) -> tuple[int, int, int]:
+    """A small odd-sized problem of the class, to catch edge handling bugs."""
+    return {"gemv": (3, 77, 45), "skinny": (19, 77, 45), "square": (67, 77, 45)}[cls]
+
+
+class Autotuner:
+    """Finds the fastest verified GEMM parameters per shape class and caches them."""
+
+    def __init__(
+        self,
+        dctx: DeviceContext,
+        cache: TuningCache | None = None,
+        *,
+        repeats: int = 3,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.dctx = dctx
+        self.cache = cache if cache is not None else TuningCache()
+        self.repeats = repeats
+        self.progress = progress
+        self.gemm = Gemm(dctx, tuning=self.cache)
+        self._rng = np.random.default_rng(1234)
+
+    def _operands(self, m: int, n: int, k: int) -> tuple[Any, ...]:
+        import pyopencl.array as cla
+
+        a = self._rng.uniform(-1, 1, (m, k)).astype(np.float32)
+        b = self._rng.uniform(-1, 1, (k, n)).astype(np.float32)
+        bias = self._rng.uniform(-1, 1, n).astype(np.float32)
+        q = self.dctx.queue
+        ref = a.astype(np.float64) @ b.astype(np.float64)
+        return (cla.to_device(q, a), cla.to_device(q, b), cla.to_device(q, bias),
+                cla.empty(q, (m, n), np.float32), ref, bias.astype(np.float64))  # fmt: skip
+
+    def evaluate(self, cand: Candidate, problem: tuple[int, int, int], operands: Any, check: Any) -> CandidateResult:
+        """Build, verify (on the odd-sized check problem and the timed one), then time a candidate."""
+        m, n, k = problem
+        try:
+            for ops, with_epilogue in ((check, True), (operands, False)):
+                a, b, bias, c, ref, bias64 = ops
+                if with_epilogue:
+                    self.gemm.run(cand.params, a, b, bias=bias, activation="relu", out=c, source=cand.source)
+                    want = np.maximum(ref + bias64, 0.0)
+                else:
+                    self.gemm.run(cand.params, a, b, out=c, source=cand.source)
+                    want = ref
+                got = c.get()
+                err = float(np.max(np.abs(got - want)) / max(1e-30, float(np.max(np.abs(want)))))
+                if not np.isfinite(err) or err > REL_TOLERANCE:
+                    return CandidateResult(cand, "wrong", max_rel_error=err,
+                                           message=f"relative error {err:.2e} > {REL_TOLERANCE:g}")  # fmt: skip
+            a, b, _, c, _, _ = operands
+            best = float("inf")
+            for _ in range(self.repeats):
+                start = time.perf_counter()
+                self.gemm.run(cand.params, a, b, out=c, source=cand.source)
+                self.dctx.queue.finish()
+                best = min(best, time.perf_counter() - start)
+        except KernelBuildError as exc:
+            log.warning("skipping GEMM candidate %s: it does not build: %s", cand.describe(), str(exc)[:300])
+            return CandidateResult(cand, "build-failed", message=str(exc)[:2000])
+        except Exception as exc:  # a driver error at run time: skip, never abort the search
+            log.warning("skipping GEMM candidate %s: %s", cand.describe(), exc)
+            return CandidateResult(cand, "error", message=str(exc)[:2000])
+        return CandidateResult(cand, "ok", gflops=2.0 * m * n * k / best / 1e9, max_rel_error=err)
+
+    def search(
+        self, cls: str, cands: Sequence[Candidate], problem: tuple[int, int, int], *, refine: int = 0
+    ) -> tuple[CandidateResult | None, list[CandidateResult]]:
+        """Evaluate ``cands`` (then up to ``refine`` neighbours of the leader); return the winner."""
+        operands = self._operands(*problem)
+        check = self._operands(*_check_problem(cls))
+        results: list[CandidateResult] = []
+        seen: set[Candidate] = set()
+        queue = list(cands)
+        total = len(queue) + refine
+        refined = False
+        while queue:
+            cand = queue.pop(0)
+            if cand in seen:
+                total -= 1
+                continue
+            seen.add(cand)
+            result = self.evaluate(cand, problem, operands, check)
+            results.append(result)
+            if self.progress is not None:
+                self.progress(cls, len(results), total, result)
+            if not queue and refine and not refined:
+                refined = True
+                leader = max((r for r in results if r.status == "ok"), key=lambda r: r.gflops, default=None)
+                if leader is not None:
+                    queue = [c for c in neighbours(leader.candidate.params, self.dctx.info, cls) if c not in seen]
+                    queue = queue[:refine]
+                total = len(results) + len(queue)
+        ok = [r for r in results if r.status == "ok"]
+        return (max(ok, key=lambda r: r.gflops) if ok else None), results
+
+    def tune(
+        self, classes: Sequence[str] = SHAPE_CLASSES, *, quick: bool = False, count: int | None = None
+    ) -> dict[str, CandidateResult]:
+        """Tune each shape class, store the winners in the cache and save it."""
+        info = self.dctx.info
+        problems = TUNING_PROBLEMS["quick" if quick else "full"]
+        n_first = count if count is not None else (8 if quick else 24)
+        refine = max(2, n_first * 2 // 3)
+        winners: dict[str, CandidateResult] = {}
+        for cls in classes:
+            winner, results = self.search(cls, candidates(info, cls, count=n_first), problems[cls], refine=refine)
+            if winner is None:
+                raise OpenCLError(f"no GEMM candidate for {cls} built and verified on {info.name}")
+            winners[cls] = winner
+            self.cache.store(
+                info, cls, winner.candidate.params, gflops=round(winner.gflops, 2), problem=list(problems[cls]),
+                tried=len(results), verified=sum(r.status == "ok" for r in results),
+            )  # fmt: skip
+        self.cache.save(info)
+        return winners

@@ -12,6 +12,8 @@
 //   NDIMC work-group size along N              KU     unroll of the k loop
 //   LOCAL 1: stage A and B tiles of KWG in local memory (GPU style), 0: read global (CPU style)
 //   KWG   k tile when LOCAL=1                  STRN   1: a work-item's N vectors are NDIMC*VW apart
+//   PA    1: A arrives packed in panels: [ceil(M/MWG)][K][MWG] (zero rows past M)
+//   PB    1: B arrives packed in panels: [N/NWG][K][NWG]; 0: B is K x N with stride LDB
 //   ACT   0 none,1 relu,2 relu6,3 sigmoid,4 tanh,5 leaky_relu(P0),6 clip(P0,P1)
 //   HAS_BIAS 0/1
 
@@ -41,6 +43,12 @@
 #endif
 #ifndef STRN
 #define STRN 0
+#endif
+#ifndef PA
+#define PA 0
+#endif
+#ifndef PB
+#define PB 0
 #endif
 #ifndef ACT
 #define ACT 0
@@ -115,6 +123,19 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
   const int tile_n = get_group_id(0) * NWG;
   const int tile_m = get_group_id(1) * MWG;
   const int m0 = tile_m + lid_m * MWI;
+#if PA
+  const __global float* a_base = A + a_off + get_group_id(1) * K * MWG;
+  #define A_AT(mt, kg) a_base[(kg) * MWG + (mt)]
+#else
+  #define A_AT(mt, kg) A[a_off + min(tile_m + (mt), M - 1) * lda + (kg)]
+#endif
+#if PB
+  const __global float* b_base = B + b_off + get_group_id(0) * K * NWG;
+  const int b_stride = NWG;
+#else
+  const __global float* b_base = B + b_off + tile_n;
+  const int b_stride = ldb;
+#endif
 
   realV acc[MWI][NWV];
   #pragma unroll
@@ -135,9 +156,8 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
     for (int idx = tid; idx < KWG * MWG; idx += MDIMC * NDIMC) {
       const int kk = idx % KWG;
       const int mm = idx / KWG;
-      const int row = min(tile_m + mm, M - 1);
       const int kg = k0 + kk;
-      a_tile[kk * MWG + mm] = (kg < K) ? A[a_off + row * lda + kg] : 0.0f;
+      a_tile[kk * MWG + mm] = (kg < K) ? A_AT(mm, kg) : 0.0f;
     }
     for (int idx = tid; idx < KWG * (NWG / VW); idx += MDIMC * NDIMC) {
       const int vv = idx % (NWG / VW);
@@ -145,7 +165,7 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
       const int kg = k0 + kk;
       realV v = (realV)(0.0f);
       if (kg < K) {
-        v = LOADV(B + b_off + kg * ldb + tile_n + vv * VW);
+        v = LOADV(b_base + kg * b_stride + vv * VW);
       }
       STOREV(v, b_tile + kk * NWG + vv * VW);
     }
@@ -172,11 +192,20 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
   // CPU style: every work-item streams its rows of A and its columns of B
   // straight from global memory (the caches do the tiling).
   const __global float* arow[MWI];
+#if PA
+  const int a_stride = MWG;
+  #pragma unroll
+  for (int i = 0; i < MWI; i++) {
+    arow[i] = a_base + lid_m * MWI + i;
+  }
+#else
+  const int a_stride = 1;
   #pragma unroll
   for (int i = 0; i < MWI; i++) {
     arow[i] = A + a_off + min(m0 + i, M - 1) * lda;
   }
-  const __global float* bcol = B + b_off + tile_n;
+#endif
+  const __global float* bcol = b_base;
   int k = 0;
   for (; k + KU <= K; k += KU) {
     #pragma unroll
@@ -184,11 +213,11 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
       realV bv[NWV];
       #pragma unroll
       for (int j = 0; j < NWV; j++) {
-        bv[j] = LOADV(bcol + (k + u) * ldb + COL_IN_TILE(lid_n, j));
+        bv[j] = LOADV(bcol + (k + u) * b_stride + COL_IN_TILE(lid_n, j));
       }
       #pragma unroll
       for (int i = 0; i < MWI; i++) {
-        const float av = arow[i][k + u];
+        const float av = arow[i][(k + u) * a_stride];
         #pragma unroll
         for (int j = 0; j < NWV; j++) {
           acc[i][j] = mad((realV)(av), bv[j], acc[i][j]);
@@ -200,11 +229,11 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
     realV bv[NWV];
     #pragma unroll
     for (int j = 0; j < NWV; j++) {
-      bv[j] = LOADV(bcol + k * ldb + COL_IN_TILE(lid_n, j));
+      bv[j] = LOADV(bcol + k * b_stride + COL_IN_TILE(lid_n, j));
     }
     #pragma unroll
     for (int i = 0; i < MWI; i++) {
-      const float av = arow[i][k];
+      const float av = arow[i][k * a_stride];
       #pragma unroll
       for (int j = 0; j < NWV; j++) {
         acc[i][j] = mad((realV)(av), bv[j], acc[i][j]);
@@ -246,17 +275,19 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
   }
 }
 
-// dst[r, c] = op(src)[r, c] for r < rows, c < cols, else 0; dst is prows x pcols.
-// op(src) is src (rows x cols, stride ld) or, with trans, src^T (src is cols x rows).
+// Panel packing. X = op(src) is rows x cols (src is rows x ld, or with trans
+// cols x ld and X = src^T). dst holds X in panels of `width` columns:
+// dst[(c / width) * rows * width + r * width + c % width], zero for c >= cols,
+// for c < pcols (a multiple of width). width == pcols is a plain padded copy.
 __kernel void gemm_pack(const int rows, const int cols,
                         const __global float* restrict src, const int src_off, const int ld,
-                        const int trans, __global float* restrict dst, const int pcols)
+                        const int trans, __global float* restrict dst, const int width)
 {
   const int c = get_global_id(0);
   const int r = get_global_id(1);
   float v = 0.0f;
-  if (r < rows && c < cols) {
+  if (c < cols) {
     v = trans ? src[src_off + c * ld + r] : src[src_off + r * ld + c];
   }
-  dst[r * pcols + c] = v;
+  dst[(c / width) * rows * width + r * width + c % width] = v;
 }
