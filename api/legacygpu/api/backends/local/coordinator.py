@@ -103,6 +103,11 @@ class LocalBackend:
     # lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Silence while the coordinator itself was down proves nothing about a worker:
+        # restart every live worker's heartbeat clock instead of declaring them all lost.
+        now = self._clock()
+        for worker in self.store.list_workers(_LIVE_WORKER_STATES):
+            self.store.update_worker(worker["id"], last_heartbeat=now)
         self._kick = asyncio.Event()
         self._loop_task = asyncio.create_task(self._loop(), name="local-coordinator")
 

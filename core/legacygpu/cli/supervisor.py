@@ -1,0 +1,187 @@
+"""Runs the embedded local cluster: one facade process and one worker process per device.
+
+Children are real processes (``python -m legacygpu.cli ...``), the same ones
+a user could start by hand, so the embedded cluster exercises exactly what a
+multi-machine setup would. A worker that dies unexpectedly is started again;
+SIGINT/SIGTERM stop the workers first (each finishes its running task and
+deregisters), then the facade. A pidfile in the data dir lets
+``legacygpu cluster stop`` find the supervisor from another terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+__all__ = ["PIDFILE", "Supervisor", "local_device_count"]
+
+log = logging.getLogger(__name__)
+
+PIDFILE = "cluster.pid"
+_STOP_GRACE_SECONDS = 30.0
+
+
+def local_device_count() -> tuple[int, str]:
+    """How many workers to start by default: one per OpenCL GPU, else one for the CPU."""
+    try:
+        from legacygpu.worker.opencl.device import discover
+
+        gpus = [d for d in discover() if d.device_type == "gpu"]
+    except Exception as exc:  # no OpenCL at all is normal on a CPU-only host
+        log.debug("OpenCL discovery failed: %s", exc)
+        gpus = []
+    if gpus:
+        return len(gpus), ", ".join(d.name for d in gpus)
+    return 1, "the CPU (no OpenCL GPU found)"
+
+
+@dataclass
+class _Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Supervisor:
+    """Starts, watches and stops the facade and its workers."""
+
+    def __init__(self, *, data_dir: Path, host: str, port: int, workers: int, token: str, backend: str = "auto"):
+        self.data_dir = data_dir
+        self.url = f"http://{host}:{port}"
+        self.token = token
+        self._stop = False
+        env = {"LEGACYGPU_DATA_DIR": str(data_dir), "LEGACYGPU_API_TOKEN": token, "LEGACYGPU_API_URL": self.url}
+        python = [sys.executable, "-m", "legacygpu.cli"]
+        logs = data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.api = _Child("api", [*python, "api", "serve", "--host", host, "--port", str(port),
+                                  "--data-dir", str(data_dir), "--log-level", "warning"],
+                          log_path=logs / "api.log", env=env)
+        self.workers = [
+            _Child(
+                f"worker-{i}",
+                [*python, "worker", "start", "--api", self.url, "--backend", backend,
+                 "--name", f"local-{i}", *(["--device-index", str(i)] if workers > 1 else [])],
+                log_path=logs / f"worker-{i}.log",
+                env=env,
+            )
+            for i in range(workers)
+        ]
+
+    def _spawn(self, child: _Child) -> None:
+        assert child.log_path is not None
+        handle = child.log_path.open("ab")
+        child.process = subprocess.Popen(
+            child.argv, env={**os.environ, **child.env}, stdout=handle, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        handle.close()
+
+    def _wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.api.process is not None
+            if self.api.process.poll() is not None:
+                code = self.api.process.returncode
+                raise RuntimeError(f"the facade exited with code {code}; see {self.api.log_path}")
+            try:
+                if httpx.get(f"{self.url}/cluster/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the facade did not answer on {self.url} within {timeout:.0f}s; see {self.api.log_path}")
+
+    def start(self) -> None:
+        pidfile = self.data_dir / PIDFILE
+        if pidfile.exists():
+            pid = int(pidfile.read_text().strip() or 0)
+            if pid and _alive(pid):
+                raise RuntimeError(f"a cluster is already running from {self.data_dir} (pid {pid})")
+        pidfile.write_text(str(os.getpid()))
+        self._spawn(self.api)
+        self._wait_healthy()
+        for worker in self.workers:
+            self._spawn(worker)
+
+    def wait_for_workers(self, timeout: float = 120.0) -> int:
+        """Block until every worker has registered (or ``timeout``); returns how many did."""
+        deadline = time.monotonic() + timeout
+        headers = {"Authorization": f"Bearer {self.token}"}
+        active = 0
+        while time.monotonic() < deadline and not self._stop:
+            try:
+                workers = httpx.get(f"{self.url}/cluster/workers", headers=headers, timeout=2.0).json()["data"]
+                active = sum(1 for w in workers if w["state"] == "active")
+            except (httpx.HTTPError, KeyError, ValueError):
+                active = 0
+            if active >= len(self.workers):
+                break
+            time.sleep(0.2)
+        return active
+
+    def request_stop(self, signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
+        self._stop = True
+
+    def watch(self) -> None:
+        """Restart workers that die, until asked to stop."""
+        while not self._stop:
+            for worker in self.workers:
+                assert worker.process is not None
+                code = worker.process.poll()
+                if code is not None and not self._stop:
+                    worker.restarts += 1
+                    log.warning("%s exited with code %s; starting it again (restart %d)", worker.name, code,
+                                worker.restarts)
+                    self._spawn(worker)
+            assert self.api.process is not None
+            if self.api.process.poll() is not None and not self._stop:
+                log.warning("the facade exited with code %s; starting it again", self.api.process.returncode)
+                self._spawn(self.api)
+            time.sleep(0.5)
+
+    def shutdown(self) -> None:
+        """Workers first (they finish their task and deregister), then the facade."""
+        for child in [*self.workers, self.api]:
+            if child is self.api:
+                for worker in self.workers:
+                    _wait(worker)
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        _wait(self.api)
+        pidfile = self.data_dir / PIDFILE
+        if pidfile.exists() and pidfile.read_text().strip() == str(os.getpid()):
+            pidfile.unlink()
+
+
+def _wait(child: _Child) -> None:
+    if child.process is None:
+        return
+    try:
+        child.process.wait(timeout=_STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not stop within %.0fs; killing it", child.name, _STOP_GRACE_SECONDS)
+        child.process.kill()
+        child.process.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

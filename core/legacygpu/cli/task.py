@@ -1,0 +1,203 @@
+"""``legacygpu task``: submit, follow, list and cancel inference tasks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from legacygpu.cli.client import ApiClient, CliError, api_options, make_client
+from legacygpu.cli.output import Column, emit, output_option
+from legacygpu.core.tensors import from_numpy
+
+__all__ = ["command", "read_inputs"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
+TERMINAL = {"Succeeded", "Failed", "Cancelled"}
+
+TASK_COLUMNS: list[Column] = [
+    ("ID", lambda t: t["id"]),
+    ("MODEL", lambda t: t["model"]),
+    ("PHASE", lambda t: t["phase"]),
+    ("REASON", lambda t: t.get("reason")),
+    ("WORKER", lambda t: t.get("worker_id")),
+    ("ATTEMPTS", lambda t: t.get("attempts")),
+    ("LATENCY_MS", lambda t: None if t.get("latency_ms") is None else f"{t['latency_ms']:.1f}"),
+    ("CREATED", lambda t: t["created_at"][:19]),
+]
+
+
+def _model_inputs(client: ApiClient, model: str) -> list[dict[str, Any]]:
+    models = {m["name"]: m for m in client.get("/cluster/models")["data"]}
+    if model not in models:
+        known = ", ".join(sorted(models)) or "none"
+        raise CliError(f"unknown model {model!r} (models: {known}); add one with `legacygpu model add`")
+    return models[model]["inputs"]
+
+
+def read_inputs(path: Path, input_name: str | None, model_inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Request tensors from an image file, a ``.npy`` array or a JSON tensor file."""
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        image_inputs = [spec["name"] for spec in model_inputs if spec.get("image")]
+        name = input_name or (image_inputs[0] if image_inputs else None)
+        if name is None:
+            raise CliError("this model takes no image input; send a .npy array or a JSON tensor instead")
+        data = base64.b64encode(path.read_bytes()).decode()
+        return [{"name": name, "shape": [1], "datatype": "BYTES", "data": [data]}]
+    default_name = input_name or (model_inputs[0]["name"] if model_inputs else "input")
+    if suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise CliError(f"{path} is not a readable .npy array: {exc}") from exc
+        return [from_numpy(default_name, array)]
+    if suffix == ".json":
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{path} is not valid JSON: {exc}") from exc
+        if isinstance(raw, dict) and "inputs" in raw:
+            return list(raw["inputs"])
+        if isinstance(raw, list):
+            return raw
+        if isinstance(raw, dict):
+            return [{"name": default_name, **raw}]
+    raise CliError(f"cannot read {path}: give an image, a .npy array or a .json tensor")
+
+
+def _follow(client: ApiClient, task_id: str, show_progress: bool, timeout: float | None) -> dict[str, Any]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last_phase = None
+    while True:
+        task = client.get(f"/cluster/tasks/{task_id}")
+        if show_progress and task["phase"] != last_phase:
+            click.echo(f"  {task['phase']:<10} {task.get('message') or ''}", err=True)
+            last_phase = task["phase"]
+        if task["phase"] in TERMINAL:
+            return task
+        if deadline is not None and time.monotonic() > deadline:
+            raise CliError(f"gave up waiting for task {task_id} (still {task['phase']})")
+        time.sleep(0.1)
+
+
+def _describe(task: dict[str, Any]) -> str:
+    failed = task["phase"] != "Succeeded" and task.get("reason")
+    lines = [f"task {task['id']}: {task['phase']}" + (f" ({task['reason']}: {task['message']})" if failed else "")]
+    result = task.get("result") or {}
+    if result.get("top_k"):
+        lines.append("top classes:")
+        lines += [f"  {entry['label']:<12} {entry['score']:.4f}" for entry in result["top_k"]]
+    for output in result.get("outputs", []):
+        preview = output["data"][:8]
+        lines.append(f"output {output['name']} {output['datatype']}{output['shape']}: {preview}")
+    if task.get("latency_ms") is not None:
+        lines.append(f"latency {task['latency_ms']:.1f} ms, attempts {task['attempts']}, worker {task['worker_id']}")
+    return "\n".join(lines)
+
+
+@click.group()
+def command() -> None:
+    """Submit, follow, list and cancel inference tasks."""
+
+
+@command.command("submit")
+@click.option("--model", "-m", required=True, help="Model name (see `legacygpu model list`).")
+@click.option("--input", "-i", "input_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An image (png/jpg/...), a .npy array or a .json tensor.")
+@click.option("--input-name", help="Model input to feed (default: the model's first image or first input).")
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
+@click.option("--timeout", "timeout_seconds", type=click.IntRange(min=1), help="Fail after this many seconds.")
+@click.option("--max-retries", type=click.IntRange(min=0), help="Retries after a lost worker.")
+@click.option("--min-vram", "min_vram_mib", type=click.IntRange(min=0), default=0, help="Minimum device MiB.")
+@click.option("--gpu-family", help="Only run on this GPU family (e.g. polaris).")
+@click.option("--wait", "-w", is_flag=True, help="Follow the task and print its result.")
+@output_option
+@api_options
+def submit(model: str, input_path: Path, input_name: str | None, priority: int, timeout_seconds: int | None,
+           max_retries: int | None, min_vram_mib: int, gpu_family: str | None, wait: bool, output: str,
+           api: str | None, token: str | None) -> None:
+    """Submit a task; with --wait, follow it to the end and print the result."""
+    client = make_client(api, token)
+    inputs = read_inputs(input_path, input_name, _model_inputs(client, model))
+    body: dict[str, Any] = {
+        "model": model,
+        "inputs": inputs,
+        "priority": priority,
+        "requirements": {"min_vram_mib": min_vram_mib, "gpu_family": gpu_family},
+    }
+    if timeout_seconds is not None:
+        body["timeout_seconds"] = timeout_seconds
+    if max_retries is not None:
+        body["max_retries"] = max_retries
+    task = client.post("/cluster/tasks/submit", json=body)
+    if not wait:
+        emit(task, output, TASK_COLUMNS)
+        return
+    if output != "json":
+        click.echo(f"submitted {task['id']}", err=True)
+    task = _follow(client, task["id"], show_progress=output != "json", timeout=None)
+    if output == "json":
+        emit(task, "json")
+    else:
+        click.echo(_describe(task))
+    if task["phase"] != "Succeeded":
+        raise SystemExit(1)
+
+
+@command.command("status")
+@click.argument("task_id")
+@output_option
+@api_options
+def status(task_id: str, output: str, api: str | None, token: str | None) -> None:
+    """Phase, reason, attempts and timings of a task."""
+    emit(make_client(api, token).get(f"/cluster/tasks/{task_id}/status"), output, TASK_COLUMNS)
+
+
+@command.command("result")
+@click.argument("task_id")
+@output_option
+@api_options
+def result(task_id: str, output: str, api: str | None, token: str | None) -> None:
+    """The result of a succeeded task."""
+    client = make_client(api, token)
+    if output == "json":
+        emit(client.get(f"/cluster/tasks/{task_id}/result"), "json")
+    else:
+        click.echo(_describe(client.get(f"/cluster/tasks/{task_id}")))
+
+
+@command.command("list")
+@click.option("--phase", multiple=True, help="Only these phases (repeatable).")
+@click.option("--worker", help="Only tasks of this worker id.")
+@click.option("--model", help="Only tasks of this model.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@output_option
+@api_options
+def list_tasks(phase: tuple[str, ...], worker: str | None, model: str | None, limit: int, output: str,
+               api: str | None, token: str | None) -> None:
+    """Tasks, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if phase:
+        params["phase"] = list(phase)
+    if worker:
+        params["worker"] = worker
+    if model:
+        params["model"] = model
+    page = make_client(api, token).get("/cluster/tasks", params=params)
+    emit(page if output == "json" else page["data"], output, TASK_COLUMNS)
+
+
+@command.command("cancel")
+@click.argument("task_id")
+@output_option
+@api_options
+def cancel(task_id: str, output: str, api: str | None, token: str | None) -> None:
+    """Cancel a task that has not finished."""
+    emit(make_client(api, token).post(f"/cluster/tasks/{task_id}/cancel"), output, TASK_COLUMNS)

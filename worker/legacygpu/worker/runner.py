@@ -1,0 +1,78 @@
+"""Runs one task: model card → pre-processing → backend → post-processing.
+
+Shared by the local worker process and the Kubernetes worker loop. Loaded
+models are cached per name and file modification time, so a model replaced
+in the repository is reloaded on its next task.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from legacygpu.core.errors import ModelError, ValidationError
+from legacygpu.core.modelcards import ModelRepository
+from legacygpu.core.tensors import validate_inputs
+from legacygpu.worker.backends.base import InferenceBackend, LoadedModel
+from legacygpu.worker.processing import postprocess, preprocess
+
+__all__ = ["TaskRunner"]
+
+log = logging.getLogger(__name__)
+
+
+class TaskRunner:
+    """Turns (model, inputs) into a result with one backend."""
+
+    def __init__(self, repository: ModelRepository, backend: InferenceBackend, max_cached_models: int = 4) -> None:
+        self.repository = repository
+        self.backend = backend
+        self.max_cached_models = max_cached_models
+        self._cache: dict[str, tuple[float, LoadedModel]] = {}
+        self._lock = threading.Lock()
+        self.last_compute_ms: float | None = None
+
+    def loaded_models(self) -> list[str]:
+        return sorted(self._cache)
+
+    def _model(self, name: str) -> LoadedModel:
+        path: Path = self.repository.model_path(name)
+        try:
+            mtime = path.stat().st_mtime
+        except OSError as exc:
+            raise ModelError(f"model {name!r}: cannot read {path}: {exc}") from exc
+        cached = self._cache.get(name)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        log.info("loading model %s from %s", name, path)
+        model = self.backend.load(path)
+        if len(self._cache) >= self.max_cached_models:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[name] = (mtime, model)
+        return model
+
+    def run(self, model: str, inputs: list[dict[str, Any]], parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The result of running ``model`` on ``inputs``.
+
+        Raises ``UnknownModelError`` or ``ValidationError`` for bad requests
+        (permanent) and ``ModelError`` when the model fails to load or run.
+        """
+        card = self.repository.get(model)
+        validate_inputs(card, inputs)
+        feeds = preprocess(card, inputs)
+        with self._lock:
+            loaded = self._model(model)
+            started = time.perf_counter()
+            try:
+                outputs = loaded.run(feeds)
+            except (ModelError, ValidationError):
+                raise
+            except Exception as exc:  # a backend must not take the worker down
+                raise ModelError(f"model {model!r} failed: {exc}") from exc
+            self.last_compute_ms = (time.perf_counter() - started) * 1000
+        result = postprocess(card, outputs)
+        result["model"] = model
+        return result
