@@ -35,7 +35,7 @@ from e2ecluster import procs
 from e2ecluster.certs import Pki, ensure_pki
 from e2ecluster.errors import BuildError, StartupError
 
-__all__ = ["REPO_ROOT", "Cluster", "ClusterState", "NodePool"]
+__all__ = ["REPO_ROOT", "Cluster", "ClusterState", "NodePool", "kube_version"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,15 @@ class ClusterState:
     @property
     def kubeconfig(self) -> Path:
         return Path(self.root) / "admin.kubeconfig"
+
+
+def kube_version() -> str:
+    """The k8s.io/kubernetes release pinned in e2e/kube/go.mod (e.g. ``v1.37.2``)."""
+    for line in (REPO_ROOT / "e2e" / "kube" / "go.mod").read_text().splitlines():
+        words = line.split()
+        if "k8s.io/kubernetes" in words:
+            return words[words.index("k8s.io/kubernetes") + 1]
+    raise BuildError("e2e/kube/go.mod does not require k8s.io/kubernetes")
 
 
 def _etcd_binary() -> str:
@@ -144,6 +153,12 @@ class Cluster:
         return state is not None and all(self.status().values()) and self._ready(state.server)
 
     # -- binaries --------------------------------------------------------------------------
+    def kube_bin_cached(self) -> bool:
+        """True when the kube-* binaries exist (so no Go build is needed)."""
+        explicit = os.environ.get("E2E_KUBE_BIN")
+        folder = Path(explicit) if explicit else REPO_ROOT / ".cache" / "kube" / kube_version() / "bin"
+        return all((folder / c).is_file() for c in COMPONENTS[1:4])
+
     def kube_bin(self) -> Path:
         """The directory with the kube-* binaries, building them first if needed."""
         explicit = os.environ.get("E2E_KUBE_BIN")

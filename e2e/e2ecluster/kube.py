@@ -80,6 +80,15 @@ class Kube:
         """True when this is the local cluster whose nodes the simulator plays."""
         return self.cluster is not None
 
+    def raw_get(self, path: str, query: list[tuple[str, str]] | None = None) -> str:
+        """GET a non-resource path (``/readyz``, ``/version``...) with this client's credentials."""
+        method, url, headers, body, post = self.api.param_serialize(
+            "GET", path, query_params=query or [], auth_settings=["BearerToken"]
+        )
+        resp = self.api.call_api(method, url, headers, body, post)
+        resp.read()
+        return bytes(resp.data).decode()
+
     def close(self) -> None:
         self._cache.unlink(missing_ok=True)
         self.api.close()

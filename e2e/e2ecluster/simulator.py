@@ -332,6 +332,7 @@ class Simulator:
     def _exited(self, rec: PodRecord, pod: dict[str, Any], code: int) -> None:
         proc, rec.proc = rec.proc, None
         (rec.pod_dir / "pid").unlink(missing_ok=True)
+        code = 128 - code if code < 0 else code  # killed by signal N: 128+N, as a kubelet reports
         rec.last_exit, rec.last_finished = code, now_rfc3339()
         rec.set_ready(False)
         policy = pod["spec"].get("restartPolicy", "Always")
