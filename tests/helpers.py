@@ -1,0 +1,161 @@
+"""Helpers shared by every test tier: free ports, polling, the slow model, a real local cluster.
+
+:class:`LocalCluster` runs a real facade and real worker processes on
+loopback, the way ``legacygpu cluster start`` does, with short heartbeat and
+retry timings so fault tests are quick.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "examples" / "digits"
+TOKEN = "test-token-0123456789"
+
+FAST_TIMINGS = {
+    "LEGACYGPU_HEARTBEAT_INTERVAL_SECONDS": "0.3",
+    "LEGACYGPU_HEARTBEAT_TIMEOUT_SECONDS": "2.0",
+    "LEGACYGPU_RETRY_BASE_SECONDS": "0.2",
+    "LEGACYGPU_RETRY_CAP_SECONDS": "1.0",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def slow_model(path: Path, layers: int = 24, rows: int = 1024, width: int = 1024) -> Path:
+    """An ONNX model that takes a few seconds per run: ``layers`` big MatMuls on a broadcast input.
+
+    Input ``x`` FP32 [1, width]; output ``y`` FP32 [1]. Used where a test needs
+    a task to be running long enough to kill its worker.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([rows, width], dtype=np.int64), "shape")
+    nodes = [helper.make_node("Expand", ["x", "shape"], ["h0"])]
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]))
+    nodes.append(helper.make_node("ReduceMean", [f"h{layers}"], ["m"], keepdims=0))
+    nodes.append(helper.make_node("Reshape", ["m", "one"], ["y"]))
+    one = numpy_helper.from_array(np.array([1], dtype=np.int64), "one")
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        initializer=[weight, shape, one],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+class LocalCluster:
+    """A real facade process plus real worker processes, on a free loopback port."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            **FAST_TIMINGS,
+            "LEGACYGPU_DATA_DIR": str(data_dir),
+            "LEGACYGPU_API_TOKEN": TOKEN,
+            "LEGACYGPU_API_URL": self.url,
+            **(env or {}),
+        }
+        self.api: subprocess.Popen[bytes] | None = None
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        self.logs = data_dir / "test-logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("ab")
+        return subprocess.Popen([sys.executable, "-m", "legacygpu.cli", *args], env=self.env, stdout=log, stderr=log)
+
+    def start_api(self) -> None:
+        self.api = self._spawn("api", "api", "serve", "--port", str(self.port), "--log-level", "warning")
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{self.url}/cluster/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, timeout=60, what="the facade to answer")
+
+    def kill_api(self) -> None:
+        assert self.api is not None
+        self.api.send_signal(signal.SIGKILL)
+        self.api.wait()
+
+    def start_worker(self, name: str, backend: str = "onnxruntime") -> None:
+        self.workers[name] = self._spawn(name, "worker", "start", "--backend", backend, "--name", name)
+        wait_until(lambda: self.worker(name), timeout=60, what=f"worker {name} to register")
+
+    def worker(self, name: str) -> dict[str, Any] | None:
+        workers = self.http.get("/cluster/workers").json()["data"]
+        live = [w for w in workers if w["name"] == name and w["state"] == "active"]
+        return live[-1] if live else None
+
+    def submit(self, **body: Any) -> dict[str, Any]:
+        response = self.http.post("/cluster/tasks/submit", json=body)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        return self.http.get(f"/cluster/tasks/{task_id}").json()
+
+    def wait_phase(self, task_id: str, phases: set[str], timeout: float = 60) -> dict[str, Any]:
+        return wait_until(lambda: (t := self.task(task_id))["phase"] in phases and t, timeout=timeout,
+                          what=f"task {task_id} to reach {phases}")
+
+    def stop(self) -> None:
+        for process in [*self.workers.values(), self.api]:
+            if process is not None and process.poll() is None:
+                process.terminate()
+        for process in [*self.workers.values(), self.api]:
+            if process is not None:
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        self.http.close()
+
+
+def image_tensor(path: Path, name: str = "input") -> dict[str, Any]:
+    import base64
+
+    return {"name": name, "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(path.read_bytes()).decode()]}
