@@ -47,6 +47,7 @@ class FakeCard:
     numa_node: int = -1
     temperature_millideg: int = 41000
     hwmon_index: int = 0
+    driver: str = "amdgpu"
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -96,7 +97,6 @@ class NodeTree:
         self.cards: dict[str, FakeCard] = {}
         (self.sysfs / "class/drm").mkdir(parents=True, exist_ok=True)
         (self.sysfs / "class/hwmon").mkdir(parents=True, exist_ok=True)
-        (self.sysfs / "bus/pci/drivers/amdgpu").mkdir(parents=True, exist_ok=True)
         (self.dev / "dri").mkdir(parents=True, exist_ok=True)
         self.kubelet_dir.mkdir(parents=True, exist_ok=True)
         _write(self.sysfs / "class/drm/version", "drm 1.1.0 20060810\n")
@@ -129,7 +129,7 @@ class NodeTree:
             "current_link_speed": "8.0 GT/s PCIe\n",
             "current_link_width": "16\n",
             "uevent": (
-                f"DRIVER=amdgpu\nPCI_CLASS=30000\nPCI_ID={vendor_device}\n"
+                f"DRIVER={card.driver}\nPCI_CLASS=30000\nPCI_ID={vendor_device}\n"
                 f"PCI_SUBSYS_ID={card.subsystem_vendor:04X}:{card.subsystem_device:04X}\n"
                 f"PCI_SLOT_NAME={card.pci_address}\n"
                 f"MODALIAS=pci:v0000{card.vendor:04X}d0000{card.device:04X}"
@@ -139,8 +139,10 @@ class NodeTree:
         }
         for name, text in attributes.items():
             _write(pci / name, text)
-        _link(pci / "driver", self.sysfs / "bus/pci/drivers/amdgpu")
-        _link(self.sysfs / "bus/pci/drivers/amdgpu" / card.pci_address, pci)
+        driver = self.sysfs / "bus/pci/drivers" / card.driver
+        driver.mkdir(parents=True, exist_ok=True)
+        _link(pci / "driver", driver)
+        _link(driver / card.pci_address, pci)
         for node, minor in ((card.card_node, card.card_index), (card.render_node, card.render_minor)):
             minor_dir = pci / "drm" / node
             _write(minor_dir / "dev", f"226:{minor}\n")
@@ -150,7 +152,7 @@ class NodeTree:
             _link(self.sysfs / "class/drm" / node, minor_dir)
             _write(self.dev / "dri" / node, "")
         hwmon = pci / "hwmon" / f"hwmon{card.hwmon_index}"
-        _write(hwmon / "name", "amdgpu\n")
+        _write(hwmon / "name", f"{card.driver}\n")
         _write(hwmon / "temp1_input", f"{card.temperature_millideg}\n")
         _write(hwmon / "temp1_crit", "94000\n")
         _write(hwmon / "temp1_crit_hyst", "-273150\n")
@@ -172,7 +174,7 @@ class NodeTree:
             (self.dev / "dri/by-path" / f"pci-{pci_address}-{'card' if node == card.card_node else 'render'}"
              ).unlink(missing_ok=True)
         (self.sysfs / "class/hwmon" / f"hwmon{card.hwmon_index}").unlink(missing_ok=True)
-        (self.sysfs / "bus/pci/drivers/amdgpu" / pci_address).unlink(missing_ok=True)
+        (self.sysfs / "bus/pci/drivers" / card.driver / pci_address).unlink(missing_ok=True)
         shutil.rmtree(self.pci_dir(card))
         return card
 

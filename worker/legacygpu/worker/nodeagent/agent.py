@@ -134,7 +134,7 @@ class NodeAgent:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=seconds)
 
-    async def _register(self, kubelet_identity: tuple[int, int], stop: asyncio.Event) -> bool:
+    async def _register(self, kubelet_identity: tuple[int, int, int], stop: asyncio.Event) -> bool:
         """Register, retrying with backoff while the same kubelet is up; False if it went away."""
         backoff = 1.0
         while not stop.is_set() and socket_identity(self.config.kubelet_socket) == kubelet_identity:

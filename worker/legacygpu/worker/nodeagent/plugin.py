@@ -40,13 +40,17 @@ logger = logging.getLogger(__name__)
 MAX_SOCKET_PATH = 107
 
 
-def socket_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file at ``path``, or None if there is none."""
+def socket_identity(path: Path) -> tuple[int, int, int] | None:
+    """(device, inode, ctime) of the file at ``path``, or None if there is none.
+
+    The change time is part of it because filesystems hand a freed inode number
+    to the next file created, so a socket recreated at once can reuse it.
+    """
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino)
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
 
 def device_message(device: PluginDevice) -> api_pb2.Device:
@@ -136,7 +140,7 @@ class PluginServer:
         self.grace = grace
         self.servicer = DevicePluginServicer(inventory, dev_root)
         self._server: grpc.aio.Server | None = None
-        self._identity: tuple[int, int] | None = None
+        self._identity: tuple[int, int, int] | None = None
 
     async def start(self, self_check_timeout: float = 5.0) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)

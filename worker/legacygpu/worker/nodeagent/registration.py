@@ -47,7 +47,7 @@ async def register(kubelet_socket: Path, endpoint: str, resource_name: str, *, t
     logger.info("registered %s with the kubelet at %s (endpoint %s)", resource_name, kubelet_socket, endpoint)
 
 
-async def wait_for_socket(path: Path, stop: asyncio.Event, interval: float = 0.5) -> tuple[int, int] | None:
+async def wait_for_socket(path: Path, stop: asyncio.Event, interval: float = 0.5) -> tuple[int, int, int] | None:
     """Wait until a file exists at ``path``; returns its identity, or None if ``stop`` was set first."""
     logged = False
     while not stop.is_set():
@@ -70,7 +70,7 @@ class SocketWatch:
         self.interval = interval
 
     async def wait(
-        self, kubelet_identity: tuple[int, int], plugin_intact: Callable[[], bool], stop: asyncio.Event
+        self, kubelet_identity: tuple[int, int, int], plugin_intact: Callable[[], bool], stop: asyncio.Event
     ) -> str:
         """Return ``"stop"``, ``"kubelet restarted"`` or ``"plugin socket removed"``.
 
