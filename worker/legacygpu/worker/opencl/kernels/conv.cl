@@ -1,0 +1,100 @@
+// legacygpu convolution helpers, channels-last (N, H, W, C) activations.
+// 1-D convolutions run as 2-D with H = 1.
+
+inline float act_fn(float x, int act, float p0, float p1) {
+    switch (act) {
+    case 0: return x;
+    case 1: return fmax(x, 0.0f);
+    case 2: return fmin(fmax(x, p0), p1);
+    case 3: return 1.0f / (1.0f + exp(-x));
+    case 4: return tanh(x);
+    case 5: return x >= 0.0f ? x : p0 * x;
+    case 6: return clamp(p0 * x + p1, 0.0f, 1.0f);
+    case 7: return x * clamp(x / 6.0f + 0.5f, 0.0f, 1.0f);
+    case 26: return fmin(fmax(x, 0.0f), 6.0f);
+    default: return x;
+    }
+}
+
+// col[m, (ky * KW + kx) * CG + c] = x[n, oy*SH - PH + ky*DH, ox*SW - PW + kx*DW, C0 + c] (0 outside).
+// m = (n * OH + oy) * OW + ox; one work-item per column element, columns fastest.
+__kernel void im2col(__global const float* x, __global float* col, int m0, int rows,
+                     int H, int W, int C, int OH, int OW, int KH, int KW,
+                     int SH, int SW, int PH, int PW, int DH, int DW, int C0, int CG) {
+    int k = get_global_id(0);
+    int r = get_global_id(1);
+    int K = KH * KW * CG;
+    if (k >= K || r >= rows) return;
+    int m = m0 + r;
+    int c = k % CG;
+    int kk = k / CG;
+    int kx = kk % KW, ky = kk / KW;
+    int ox = m % OW;
+    int t = m / OW;
+    int oy = t % OH;
+    int n = t / OH;
+    int iy = oy * SH - PH + ky * DH;
+    int ix = ox * SW - PW + kx * DW;
+    float v = 0.0f;
+    if (iy >= 0 && iy < H && ix >= 0 && ix < W)
+        v = x[((n * H + iy) * W + ix) * C + C0 + c];
+    col[(long)r * K + k] = v;
+}
+
+// Depthwise (group == in channels) convolution, channel multiplier MULT: out channel co reads
+// input channel co / MULT. w is (KH, KW, COUT); one work-item per output element.
+__kernel void depthwise(__global const float* x, __global const float* w, __global const float* bias,
+                        __global float* y, int N, int H, int W, int C, int OH, int OW, int COUT,
+                        int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW, int MULT,
+                        int act, float p0, float p1) {
+    int co = get_global_id(0);
+    int p = get_global_id(1);
+    if (co >= COUT || p >= N * OH * OW) return;
+    int ox = p % OW;
+    int t = p / OW;
+    int oy = t % OH;
+    int n = t / OH;
+    int ci = co / MULT;
+    float acc = bias[co];
+    for (int ky = 0; ky < KH; ++ky) {
+        int iy = oy * SH - PH + ky * DH;
+        if (iy < 0 || iy >= H) continue;
+        for (int kx = 0; kx < KW; ++kx) {
+            int ix = ox * SW - PW + kx * DW;
+            if (ix < 0 || ix >= W) continue;
+            acc = fma(x[((n * H + iy) * W + ix) * C + ci], w[(ky * KW + kx) * COUT + co], acc);
+        }
+    }
+    y[(long)p * COUT + co] = act_fn(acc, act, p0, p1);
+}
+
+// Transposed convolution, gather form: col is (N*H*W, KH*KW*COUT) = x @ W; every output pixel sums
+// the columns whose kernel tap lands on it, then adds bias and applies the activation.
+__kernel void col2im_transposed(__global const float* col, __global const float* bias, __global float* y,
+                                int N, int H, int W, int OH, int OW, int COUT, int KH, int KW,
+                                int SH, int SW, int PH, int PW, int DH, int DW,
+                                int act, float p0, float p1) {
+    int co = get_global_id(0);
+    int p = get_global_id(1);
+    if (co >= COUT || p >= N * OH * OW) return;
+    int ox = p % OW;
+    int t = p / OW;
+    int oy = t % OH;
+    int n = t / OH;
+    float acc = bias[co];
+    int K = KH * KW * COUT;
+    for (int ky = 0; ky < KH; ++ky) {
+        int ty = oy + PH - ky * DH;
+        if (ty < 0 || ty % SH) continue;
+        int iy = ty / SH;
+        if (iy >= H) continue;
+        for (int kx = 0; kx < KW; ++kx) {
+            int tx = ox + PW - kx * DW;
+            if (tx < 0 || tx % SW) continue;
+            int ix = tx / SW;
+            if (ix >= W) continue;
+            acc += col[(long)((n * H + iy) * W + ix) * K + (ky * KW + kx) * COUT + co];
+        }
+    }
+    y[(long)p * COUT + co] = act_fn(acc, act, p0, p1);
+}

@@ -1,0 +1,322 @@
+"""The plan data model: values, steps, and the context op planners write into.
+
+A :class:`Plan` is built for one set of concrete input shapes (the executor
+keeps one per batch size it has seen). It is a straight list of
+:class:`Step` objects; each step reads and writes named values:
+
+* ``host`` values live in numpy arrays (graph inputs, onnxruntime results),
+* ``device`` values live in OpenCL buffers, in a *format*: ``plain``
+  (row-major in the ONNX shape) or ``cl`` (channels-last: a rank-3/4 tensor
+  whose logical shape is N,C,(H,)W stored as N,(H,)W,C, the layout every
+  convolution and pooling kernel works in),
+* ``const`` values are known when planning (weights, folded shapes); a
+  device copy of one is a *weight*, uploaded once per model.
+
+Op planners (:mod:`legacygpu.worker.opencl.ops`) get a :class:`PlanContext`:
+they ask for their inputs on the device in the formats they accept
+(:meth:`PlanContext.device`, which inserts uploads and layout conversions as
+needed), declare their outputs (:meth:`PlanContext.define`), and emit a step
+whose ``bind`` callback, given the plan's buffers, returns the function that
+enqueues the kernels. An op planner raises :class:`Unsupported` when it
+cannot run a node; the context then rolls back whatever it had inserted and
+the node goes to onnxruntime.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from legacygpu.core.errors import ModelError
+
+from .device import KernelBuildError
+
+if TYPE_CHECKING:
+    from .device import DeviceContext
+    from .graph import Graph, Node
+    from .programs import Programs
+    from .weights import WeightStore
+
+__all__ = ["F32", "Binding", "Plan", "PlanContext", "Step", "Unsupported", "Val", "physical_shape"]
+
+log = logging.getLogger(__name__)
+
+F32 = np.dtype(np.float32)
+Runner = Callable[[dict[str, np.ndarray]], None]
+
+
+class Unsupported(Exception):
+    """Raised by an op planner: this node cannot run on OpenCL (the message says why)."""
+
+
+def physical_shape(shape: Sequence[int], fmt: str) -> tuple[int, ...]:
+    """The stored shape of a device value: channels-last moves axis 1 to the end."""
+    shape = tuple(int(d) for d in shape)
+    if fmt == "cl":
+        return (shape[0], *shape[2:], shape[1])
+    return shape
+
+
+@dataclass
+class Val:
+    """A value of the plan."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    where: str  # 'host' | 'device' | 'const' | 'weight'
+    fmt: str = "plain"
+    const: np.ndarray | None = None
+    alias_of: str | None = None
+    origin: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass
+class Step:
+    """One unit of work; ``bind`` turns it into a runner once buffers exist."""
+
+    kind: str  # 'opencl' | 'fallback' | 'upload' | 'download' | 'convert' | 'alias'
+    label: str
+    inputs: list[str]
+    outputs: list[str]
+    bind: Callable[[Binding], Runner] | None = None
+    nodes: list[str] = field(default_factory=list)
+    flops: float = 0.0
+    scratch: list[str] = field(default_factory=list)
+    onnx_nodes: list[Any] = field(default_factory=list)
+    reason: str = ""
+    feeds: dict[str, str] = field(default_factory=dict)
+    """Fallback steps: ONNX input name -> plan value holding it on the host."""
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
+    """Fallback steps: constants the ONNX nodes read (initializers of the subgraph)."""
+
+
+@dataclass
+class NodeReport:
+    """How one (possibly fused) node was planned, for ``model check``."""
+
+    name: str
+    op: str
+    sources: list[str]
+    placement: str  # 'opencl' | 'onnxruntime' | 'folded'
+    flops: float
+    reason: str = ""
+
+
+class Binding:
+    """The buffers of a plan instance: slot buffers, weights, and views on them."""
+
+    def __init__(self, plan: Plan, buffers: list[Any], weights: WeightStore) -> None:
+        self.plan = plan
+        self.buffers = buffers
+        self.weights = weights
+        self.queue = plan.dctx.queue
+        self.programs = plan.programs
+
+    def root(self, name: str) -> Val:
+        val = self.plan.values[name]
+        while val.alias_of is not None:
+            val = self.plan.values[val.alias_of]
+        return val
+
+    def buf(self, name: str) -> Any:
+        val = self.root(name)
+        if val.where == "weight":
+            return self.weights.buffer(val.name)
+        return self.buffers[self.plan.slot_of[val.name]]
+
+    def arr(self, name: str, shape: Sequence[int] | None = None, offset_elems: int = 0) -> Any:
+        """A pyopencl Array view of a device value (physical shape unless ``shape`` is given)."""
+        import pyopencl.array as cla
+
+        val = self.plan.values[name]
+        shape = tuple(shape) if shape is not None else physical_shape(val.shape, val.fmt)
+        return cla.Array(self.queue, shape, np.float32, data=self.buf(name), offset=4 * offset_elems)
+
+
+@dataclass
+class Plan:
+    """Everything needed to run a model for one set of input shapes."""
+
+    dctx: DeviceContext
+    programs: Programs
+    input_shapes: dict[str, tuple[int, ...]]
+    values: dict[str, Val] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    reports: list[NodeReport] = field(default_factory=list)
+    slot_of: dict[str, int] = field(default_factory=dict)
+    slot_sizes: list[int] = field(default_factory=list)
+    opsets: dict[str, int] = field(default_factory=dict)
+    ir_version: int = 8
+
+    @property
+    def peak_bytes(self) -> int:
+        return sum(self.slot_sizes)
+
+    def flop_share(self) -> float:
+        total = sum(r.flops for r in self.reports if r.placement != "folded")
+        ocl = sum(r.flops for r in self.reports if r.placement == "opencl")
+        return ocl / total if total > 0 else 1.0
+
+
+class PlanContext:
+    """What op planners see while a plan is being built."""
+
+    def __init__(
+        self, plan: Plan, graph: Graph, weights: WeightStore, gemm: Any, node: Node | None = None
+    ) -> None:
+        self.plan = plan
+        self.graph = graph
+        self.weights = weights
+        self.gemm = gemm
+        self.node = node
+        self.programs = plan.programs
+        self.dctx = plan.dctx
+        self.versions: dict[tuple[str, str], str] = {}
+        self._journal: list[str] | None = None
+        self._steps_mark = 0
+        self._versions_mark: dict[tuple[str, str], str] = {}
+        self.opsets = graph.opsets
+
+    # -- transactions --------------------------------------------------------
+
+    def begin(self, node: Node) -> None:
+        self.node = node
+        self._journal = []
+        self._steps_mark = len(self.plan.steps)
+        self._versions_mark = dict(self.versions)
+
+    def rollback(self) -> None:
+        for name in self._journal or []:
+            self.plan.values.pop(name, None)
+        del self.plan.steps[self._steps_mark :]
+        self.versions = self._versions_mark
+        self._journal = None
+
+    def commit(self) -> None:
+        self._journal = None
+
+    def add_value(self, val: Val) -> Val:
+        if val.name in self.plan.values:
+            raise ModelError(f"value {val.name!r} is defined twice")
+        self.plan.values[val.name] = val
+        if self._journal is not None:
+            self._journal.append(val.name)
+        return val
+
+    # -- reading -------------------------------------------------------------
+
+    @property
+    def opset(self) -> int:
+        return self.graph.opset
+
+    def val(self, name: str) -> Val:
+        return self.plan.values[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.plan.values[name].shape
+
+    def const(self, name: str) -> np.ndarray | None:
+        if not name:
+            return None
+        return self.plan.values[name].const
+
+    def need_const(self, name: str, what: str) -> np.ndarray:
+        value = self.const(name)
+        if value is None:
+            raise Unsupported(f"{what} is computed at run time")
+        return value
+
+    def kernel(self, family: str, name: str) -> Any:
+        try:
+            return self.programs.kernel(family, name)
+        except KernelBuildError as exc:
+            raise Unsupported(str(exc)) from exc
+
+    # -- placing values --------------------------------------------------------
+
+    def device(self, name: str, fmts: Sequence[str] = ("plain",)) -> str:
+        """The name of a device copy of ``name`` in one of ``fmts`` (inserting steps as needed)."""
+        from . import transfers
+
+        val = self.plan.values[name]
+        if val.dtype != F32:
+            raise Unsupported(f"input {name!r} is {val.dtype.name}; OpenCL kernels take float32")
+        if val.where in ("device", "weight") and val.fmt in fmts:
+            return name
+        for fmt in fmts:
+            found = self.versions.get((name, fmt))
+            if found:
+                return found
+        if val.where == "const":
+            assert val.const is not None
+            return self.weight(f"const:{name}", val.const, val.shape)
+        if val.where == "host":
+            dev = self.versions.get((name, "plain")) or transfers.upload(self, name)
+            self.versions[(name, "plain")] = dev
+        else:
+            dev = name
+        if self.plan.values[dev].fmt in fmts:
+            return dev
+        out = transfers.convert(self, dev, fmts[0])
+        self.versions[(name, fmts[0])] = out
+        return out
+
+    def host(self, name: str) -> str:
+        """The name of a host copy of ``name`` (downloading from the device as needed)."""
+        from . import transfers
+
+        val = self.plan.values[name]
+        if val.where in ("host", "const"):
+            return name
+        found = self.versions.get((name, "host"))
+        if found:
+            return found
+        out = transfers.download(self, name)
+        self.versions[(name, "host")] = out
+        return out
+
+    def define(self, name: str, shape: Sequence[int], fmt: str = "plain", alias_of: str | None = None) -> str:
+        """Declare a float32 device output of the current node."""
+        self.add_value(Val(name, tuple(int(d) for d in shape), F32, "device", fmt, alias_of=alias_of,
+                           origin=self.node.name if self.node else ""))  # fmt: skip
+        return name
+
+    def weight(self, key: str, array: np.ndarray, shape: Sequence[int] | None = None) -> str:
+        """A device copy of a constant array (uploaded once per model, shared by plans)."""
+        name = f"w:{key}"
+        arr = np.ascontiguousarray(array, dtype=np.float32)
+        if name not in self.plan.values:
+            self.weights.add(name, arr)
+            self.plan.values[name] = Val(name, tuple(shape) if shape is not None else arr.shape, F32, "weight")
+        return name
+
+    def table(self, ints: Sequence[int]) -> str:
+        """A small int32 table on the device (kernel metadata), keyed by its content."""
+        import hashlib
+
+        arr = np.asarray(list(ints), np.int32)
+        key = hashlib.sha1(arr.tobytes()).hexdigest()[:16]
+        return self.weight(f"table:{key}", arr.view(np.float32))
+
+    def scratch(self, nelems: int, label: str = "scratch") -> str:
+        name = f"scratch:{len(self.plan.values)}:{label}"
+        self.add_value(Val(name, (int(nelems),), F32, "device", origin=label))
+        return name
+
+    def emit(self, step: Step) -> Step:
+        self.plan.steps.append(step)
+        return step
