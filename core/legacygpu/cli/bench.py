@@ -73,11 +73,13 @@ def _shape_list(value: str) -> list[tuple[int, int, int]]:
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs per shape (best is kept).")
 @click.option("--device", "device_index", type=int, default=None, help="Device index (see `legacygpu devices`).")
 @click.option("--no-numpy", is_flag=True, help="Skip the numpy reference.")
+@click.option("--no-clblast", is_flag=True, help="Skip the CLBlast reference.")
 @click.option(
     "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True
 )
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def gemm(sizes: str, inference: bool, shapes: str, repeats: int, device_index: int | None, no_numpy: bool,
+    no_clblast: bool,
          out_dir: Path, output: str) -> None:  # fmt: skip
     """SGEMM: ours vs CLBlast vs numpy on the same device, in GFLOPS and ratios."""
     from legacygpu.worker.opencl.bench_gemm import bench_shapes, default_shapes, save_results
@@ -96,7 +98,9 @@ def gemm(sizes: str, inference: bool, shapes: str, repeats: int, device_index: i
             click.echo(f"[{i + 1}/{total}] {shape[0]}x{shape[1]}x{shape[2]}", err=True)
 
     started = time.time()
-    rows = bench_shapes(dctx, todo, repeats=repeats, with_numpy=not no_numpy, progress=progress)
+    rows = bench_shapes(
+        dctx, todo, repeats=repeats, with_numpy=not no_numpy, with_clblast=not no_clblast, progress=progress
+    )
     meta: dict[str, Any] = {
         "device": dctx.info.name, "platform": dctx.info.platform, "driver": dctx.info.driver_version,
         "device_type": dctx.info.device_type, "compute_units": dctx.info.compute_units,

@@ -75,6 +75,11 @@ def _gflops(m: int, n: int, k: int, seconds: float) -> float:
     return 2.0 * m * n * k / seconds / 1e9
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    """``x`` rounded to ``digits`` significant digits (for readable JSON)."""
+    return float(f"{x:.{digits}g}")
+
+
 def _numpy_worker(shapes: list[tuple[int, int, int]], repeats: int) -> list[float]:
     rng = np.random.default_rng(0)
     out = []
@@ -108,6 +113,7 @@ def bench_shapes(
     *,
     repeats: int = 3,
     with_numpy: bool = True,
+    with_clblast: bool = True,
     gemm: Gemm | None = None,
     progress: Callable[[int, int, tuple[int, int, int]], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -115,7 +121,7 @@ def bench_shapes(
     import pyopencl.array as cla
 
     gemm = gemm or Gemm(dctx)
-    clblast = _clblast(dctx)
+    clblast = _clblast(dctx) if with_clblast else None
     q = dctx.queue
     rng = np.random.default_rng(0)
     rows: list[dict[str, Any]] = []
@@ -132,7 +138,7 @@ def bench_shapes(
         err = float(np.max(np.abs(c.get() - ref)) / max(1e-30, float(np.max(np.abs(ref)))))
         row: dict[str, Any] = {
             "m": m, "n": n, "k": k, "shape_class": shape_class(m, n, k),
-            "ours_gflops": round(_gflops(m, n, k, ours_s), 3), "ours_ms": round(ours_s * 1e3, 4),
+            "ours_gflops": _sig(_gflops(m, n, k, ours_s)), "ours_ms": _sig(ours_s * 1e3),
             "ours_params": params.to_dict(),
             "tuned": gemm.tuning.lookup(dctx.info, shape_class(m, n, k)) is not None,
             "ours_max_rel_error": err,
@@ -146,19 +152,19 @@ def bench_shapes(
 
             try:
                 cl_s = _best_time(run_clblast, q.finish, repeats)
-                row["clblast_gflops"] = round(_gflops(m, n, k, cl_s), 3)
-                row["clblast_ms"] = round(cl_s * 1e3, 4)
+                row["clblast_gflops"] = _sig(_gflops(m, n, k, cl_s))
+                row["clblast_ms"] = _sig(cl_s * 1e3)
             except Exception as exc:  # CLBlast fails on some drivers: record, continue
                 log.warning("CLBlast failed on %dx%dx%d: %s", m, n, k, exc)
         rows.append(row)
         del a, b, c
     if with_numpy:
         for row, gf in zip(rows, numpy_gflops([(r["m"], r["n"], r["k"]) for r in rows], repeats), strict=True):
-            row["numpy_gflops"] = round(gf, 3)
+            row["numpy_gflops"] = _sig(gf)
     for row in rows:
         cl_gf, np_gf = row["clblast_gflops"], row["numpy_gflops"]
-        row["ours_vs_clblast"] = round(row["ours_gflops"] / cl_gf, 3) if cl_gf else None
-        row["ours_vs_numpy"] = round(row["ours_gflops"] / np_gf, 3) if np_gf else None
+        row["ours_vs_clblast"] = _sig(row["ours_gflops"] / cl_gf, 3) if cl_gf else None
+        row["ours_vs_numpy"] = _sig(row["ours_gflops"] / np_gf, 3) if np_gf else None
     return rows
 
 

@@ -24,7 +24,9 @@ Which parameters run is decided per call from the problem's shape class
 (:func:`shape_class`: ``gemv`` M<=4, ``skinny`` M<=32, ``square`` otherwise):
 the winner the autotuner cached for this device and driver
 (:mod:`legacygpu.worker.opencl.tuning`), else :func:`default_params` for the
-device type. Compiled programs are cached per (params, epilogue).
+device type. Compiled programs are cached per parameter set; the epilogue
+(bias or not, which activation) is a run-time argument, so one build serves
+every layer of a model.
 """
 
 from __future__ import annotations
@@ -222,19 +224,18 @@ class Gemm:
         tuned = self.tuning.lookup(self.dctx.info, cls)
         return tuned if tuned is not None else default_params(self.dctx.info, cls)
 
-    def kernel(self, params: GemmParams, act: int = 0, has_bias: bool = False, source: str | None = None) -> Any:
-        """The compiled ``gemm_nn`` kernel for ``params`` and epilogue (cached)."""
-        key = (params, act, has_bias, source)
+    def kernel(self, params: GemmParams, source: str | None = None) -> Any:
+        """The compiled ``gemm_nn`` kernel for ``params`` (cached; the epilogue is a run-time argument)."""
+        key = (params, source)
         with self._lock:
             kern = self._kernels.get(key)
             if kern is None:
-                options = [*params.defines(), f"-DACT={act}", f"-DHAS_BIAS={int(has_bias)}", "-cl-mad-enable"]
-                program = self._build(source or kernel_source(), options)
+                program = self._build(source or kernel_source(), [*params.defines(), "-cl-mad-enable"])
                 kern = program.gemm_nn
                 kern.set_scalar_arg_dtypes(
                     [np.int32, np.int32, np.int32, np.float32,
-                     None, np.int32, np.int32, None, np.int32, np.int32,
-                     None, np.int32, np.int32, None, np.int32, np.float32, np.float32]
+                     None, np.int32, np.int32, None, np.int32, np.int32, None, np.int32, np.int32,
+                     None, np.int32, np.int32, np.int32, np.float32, np.float32]
                 )  # fmt: skip
                 self._kernels[key] = kern
         return kern
@@ -316,7 +317,7 @@ class Gemm:
         act_params = tuple(activation_params) + tuple(defaults[len(activation_params) :])
         p0, p1 = (*act_params, 0.0, 0.0)[:2]
         queue = self.dctx.queue
-        kern = self.kernel(params, act, bias is not None, source)
+        kern = self.kernel(params, source)
 
         if params.pa:  # panels of op(A)^T, MWG wide
             m_pad = _round_up(m, params.mwg)
@@ -338,7 +339,7 @@ class Gemm:
             a.base_data, _elem_offset(a), k,  # (lda/ldb unused for packed panels)
             b.base_data, _elem_offset(b), n_pad,
             out.base_data, _elem_offset(out), n,
-            bias_buf, bias_off, float(p0), float(p1),
+            bias_buf, bias_off, int(bias is not None), act, float(p0), float(p1),
         )  # fmt: skip
         out.add_event(event)
         return out

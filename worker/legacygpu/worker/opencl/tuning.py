@@ -341,13 +341,24 @@ class Autotuner:
         return (max(ok, key=lambda r: r.gflops) if ok else None), results
 
     def tune(
-        self, classes: Sequence[str] = SHAPE_CLASSES, *, quick: bool = False, count: int | None = None
+        self,
+        classes: Sequence[str] = SHAPE_CLASSES,
+        *,
+        quick: bool = False,
+        count: int | None = None,
+        problems: dict[str, tuple[int, int, int]] | None = None,
+        refine: int | None = None,
     ) -> dict[str, CandidateResult]:
-        """Tune each shape class, store the winners in the cache and save it."""
+        """Tune each shape class, store the winners in the cache and save it.
+
+        ``count`` candidates are sampled per class (8 with ``quick``, else 24),
+        then up to ``refine`` (default: two thirds as many) neighbours of the leader.
+        ``problems`` overrides the representative (M, N, K) per class.
+        """
         info = self.dctx.info
-        problems = TUNING_PROBLEMS["quick" if quick else "full"]
+        problems = {**TUNING_PROBLEMS["quick" if quick else "full"], **(problems or {})}
         n_first = count if count is not None else (8 if quick else 24)
-        refine = max(2, n_first * 2 // 3)
+        refine = refine if refine is not None else max(2, n_first * 2 // 3)
         winners: dict[str, CandidateResult] = {}
         for cls in classes:
             winner, results = self.search(cls, candidates(info, cls, count=n_first), problems[cls], refine=refine)

@@ -14,8 +14,8 @@
 //   KWG   k tile when LOCAL=1                  STRN   1: a work-item's N vectors are NDIMC*VW apart
 //   PA    1: A arrives packed in panels: [ceil(M/MWG)][K][MWG] (zero rows past M)
 //   PB    1: B arrives packed in panels: [N/NWG][K][NWG]; 0: B is K x N with stride LDB
-//   ACT   0 none,1 relu,2 relu6,3 sigmoid,4 tanh,5 leaky_relu(P0),6 clip(P0,P1)
-//   HAS_BIAS 0/1
+// Run-time epilogue arguments: has_bias (0/1) and act: 0 none, 1 relu, 2 relu6,
+// 3 sigmoid, 4 tanh, 5 leaky_relu (slope p0), 6 clip (p0, p1).
 
 #ifndef MWI
 #define MWI 4
@@ -49,12 +49,6 @@
 #endif
 #ifndef PB
 #define PB 0
-#endif
-#ifndef ACT
-#define ACT 0
-#endif
-#ifndef HAS_BIAS
-#define HAS_BIAS 0
 #endif
 
 #define MWG (MWI * MDIMC)
@@ -92,31 +86,30 @@
   #define COL_IN_TILE(lid_n, j) ((lid_n) * NWI + (j) * VW)
 #endif
 
-#if ACT == 0
-  #define ACTIVATE(x) (x)
-#elif ACT == 1
-  #define ACTIVATE(x) fmax((x), 0.0f)
-#elif ACT == 2
-  #define ACTIVATE(x) fmin(fmax((x), 0.0f), 6.0f)
-#elif ACT == 3
-  #define ACTIVATE(x) (1.0f / (1.0f + exp(-(x))))
-#elif ACT == 4
-  #define ACTIVATE(x) tanh(x)
-#elif ACT == 5
-  #define ACTIVATE(x) (fmax((x), 0.0f) + p0 * fmin((x), 0.0f))
-#elif ACT == 6
-  #define ACTIVATE(x) fmin(fmax((x), p0), p1)
-#else
-  #error "unknown ACT"
-#endif
+// The epilogue's activation is a run-time argument (one program serves every
+// activation, which matters where each build costs seconds, as on PoCL).
+#define DEFINE_ACTIVATE(NAME, T)                                              \
+  inline T NAME(const T x, const int act, const float p0, const float p1) {  \
+    switch (act) {                                                            \
+      case 1: return fmax(x, (T)(0.0f));                                      \
+      case 2: return fmin(fmax(x, (T)(0.0f)), (T)(6.0f));                     \
+      case 3: return (T)(1.0f) / ((T)(1.0f) + exp(-x));                       \
+      case 4: return tanh(x);                                                 \
+      case 5: return fmax(x, (T)(0.0f)) + p0 * fmin(x, (T)(0.0f));            \
+      case 6: return fmin(fmax(x, (T)(p0)), (T)(p1));                         \
+      default: return x;                                                      \
+    }                                                                         \
+  }
+DEFINE_ACTIVATE(activate_v, realV)
+DEFINE_ACTIVATE(activate_s, float)
 
 __kernel __attribute__((reqd_work_group_size(NDIMC, MDIMC, 1)))
 void gemm_nn(const int M, const int N, const int K, const float alpha,
              const __global float* restrict A, const int a_off, const int lda,
              const __global float* restrict B, const int b_off, const int ldb,
              __global float* restrict C, const int c_off, const int ldc,
-             const __global float* restrict bias, const int bias_off,
-             const float p0, const float p1)
+             const __global float* restrict bias, const int bias_off, const int has_bias,
+             const int act, const float p0, const float p1)
 {
   const int lid_n = get_local_id(0);
   const int lid_m = get_local_id(1);
@@ -252,10 +245,10 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
         const int n = tile_n + COL_IN_TILE(lid_n, j);
         realV v = acc[i][j] * alpha;
         if (n + VW <= N) {
-#if HAS_BIAS
-          v += LOADV(bias + bias_off + n);
-#endif
-          v = ACTIVATE(v);
+          if (has_bias) {
+            v += LOADV(bias + bias_off + n);
+          }
+          v = activate_v(v, act, p0, p1);
           STOREV(v, C + c_off + m * ldc + n);
         } else {
           realV t = v;
@@ -263,10 +256,10 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
           for (int l = 0; l < VW; l++) {
             if (n + l < N) {
               float s = lanes[l];
-#if HAS_BIAS
-              s += bias[bias_off + n + l];
-#endif
-              C[c_off + m * ldc + n + l] = ACTIVATE(s);
+              if (has_bias) {
+                s += bias[bias_off + n + l];
+              }
+              C[c_off + m * ldc + n + l] = activate_s(s, act, p0, p1);
             }
           }
         }

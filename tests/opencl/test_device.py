@@ -1,0 +1,122 @@
+"""Device discovery and legacy-GPU identification.
+
+Identification is tested on the strings real drivers report (Mesa Clover,
+rusticl, AMD's legacy OpenCL, ROCm) since no Polaris card is attached here;
+discovery and `legacygpu devices` run for real on PoCL.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from legacygpu.cli import main as cli
+from legacygpu.worker.opencl import device as devmod
+from legacygpu.worker.opencl.device import DeviceNotFoundError, discover, identify_legacy_family, open_device
+
+AMD = "Advanced Micro Devices, Inc."
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "family"),
+    [
+        # Mesa Clover
+        (
+            "AMD Radeon RX 580 Series (POLARIS10, DRM 3.42.0, 5.15.0, LLVM 12.0.0)",
+            {"vendor": "AMD"},
+            "polaris",
+        ),
+        ("AMD Radeon (TM) RX 470 Graphics (POLARIS10, DRM 3.40.0, 5.10.0, LLVM 11.0.1)", {"vendor": "AMD"}, "polaris"),
+        # Mesa rusticl
+        (
+            "AMD Radeon RX 590 Series (radeonsi, polaris10, LLVM 15.0.6, DRM 3.49, 6.1.0-18-amd64)",
+            {"vendor": "AMD"},
+            "polaris",
+        ),
+        ("AMD Radeon RX 560 Series (radeonsi, polaris11, LLVM 15.0.6, DRM 3.49)", {"vendor_id": 0x1002}, "polaris"),
+        # AMD APP / amdgpu-pro: codename as the name, marketing name as the board name
+        ("Ellesmere", {"vendor": AMD, "board_name": "Radeon RX 580 Series"}, "polaris"),
+        ("Baffin", {"vendor": AMD}, "polaris"),
+        ("Fiji", {"vendor": AMD, "board_name": "AMD Radeon R9 Fury Series"}, "fiji"),
+        ("Tonga", {"vendor": AMD}, "tonga"),
+        # ROCm
+        ("gfx803", {"vendor": AMD}, "polaris"),
+        # PCI ids win even when the name says nothing
+        ("AMD Radeon Graphics", {"pci_id": "1002:67df"}, "polaris"),
+        ("unknown", {"pci_id": "1002:6FDF"}, "polaris"),
+        ("unknown", {"pci_id": "1002:67ef"}, "polaris"),
+        ("unknown", {"pci_id": "1002:67ff"}, "polaris"),
+        ("unknown", {"pci_id": "1002:7300"}, "fiji"),
+        # not legacy
+        ("AMD Radeon RX 5700 XT (radeonsi, navi10, LLVM 15.0.6)", {"vendor": "AMD"}, None),
+        ("AMD Radeon RX 5500 XT (navi14, LLVM 15)", {"vendor": "AMD"}, None),
+        ("gfx1030", {"vendor": AMD}, None),
+        ("AMD Radeon RX 6800", {"pci_id": "1002:73bf"}, None),
+        ("NVIDIA GeForce GTX 1080", {"vendor": "NVIDIA Corporation", "pci_id": "10de:1b80"}, None),
+        ("Intel(R) UHD Graphics 630", {"vendor": "Intel(R) Corporation"}, None),
+        # PoCL on an AMD CPU is a CPU, whatever the name says
+        ("pthread-AMD Ryzen 5 2600 Six-Core Processor", {"vendor": "AuthenticAMD", "device_type": "cpu"}, None),
+        ("cpu-haswell-Ellesmere", {"vendor": AMD, "device_type": "cpu"}, None),
+    ],
+)
+def test_identify_legacy_family(name: str, kwargs: dict, family: str | None) -> None:
+    assert identify_legacy_family(name, **kwargs) == family
+
+
+def test_pci_id_read_from_sysfs(tmp_path) -> None:
+    node = tmp_path / "0000:03:00.0"
+    node.mkdir()
+    (node / "vendor").write_text("0x1002\n")
+    (node / "device").write_text("0x67df\n")
+    assert devmod._pci_id_from_sysfs((0, 3, 0, 0), tmp_path) == "1002:67df"
+    assert devmod._pci_id_from_sysfs((0, 4, 0, 0), tmp_path) is None
+    assert devmod._pci_id_from_sysfs(None, tmp_path) is None
+
+
+@pytest.fixture(scope="module")
+def devices():
+    found = discover()
+    if not found:
+        pytest.skip("no OpenCL platform here (install pocl-opencl-icd)")
+    return found
+
+
+def test_discover_lists_pocl_as_cpu(devices) -> None:
+    assert [d.index for d in devices] == list(range(len(devices)))
+    assert discover() == devices  # stable order and content
+    pocl = [d for d in devices if "Portable Computing Language" in d.platform]
+    assert pocl, "PoCL is installed on the test machines"
+    for d in pocl:
+        assert d.device_type == "cpu"
+        assert not d.is_legacy_amd and d.legacy_family is None
+        assert d.compute_units >= 1 and d.global_mem_bytes > 0 and d.max_alloc_bytes > 0
+        assert d.opencl_version.startswith("OpenCL") and d.driver_version
+
+
+def test_open_device_by_index_and_env(devices, monkeypatch) -> None:
+    dctx = open_device(devices[-1].index)
+    assert dctx.info == devices[-1]
+    assert dctx.device.name.strip() == devices[-1].name
+    monkeypatch.setenv("LEGACYGPU_OPENCL_DEVICE", "0")
+    assert open_device().info == devices[0]
+    with pytest.raises(DeviceNotFoundError, match="no OpenCL device with index"):
+        open_device(len(devices))
+    monkeypatch.setenv("LEGACYGPU_OPENCL_DEVICE", "first")
+    with pytest.raises(DeviceNotFoundError, match="not an index"):
+        open_device()
+
+
+def test_devices_cli_json_and_table(devices) -> None:
+    runner = CliRunner()
+    res = runner.invoke(cli, ["devices", "--output", "json"])
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.output)
+    assert [d["name"] for d in listed] == [d.name for d in devices]
+    assert {"index", "platform", "device_type", "compute_units", "fp16", "legacy_family", "is_legacy_amd"} <= set(
+        listed[0]
+    )
+    res = runner.invoke(cli, ["devices"])
+    assert res.exit_code == 0, res.output
+    assert devices[0].name in res.output and "cpu" in res.output

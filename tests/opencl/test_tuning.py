@@ -1,0 +1,136 @@
+"""The autotuner and its cache, on PoCL: wrong kernels rejected, broken builds skipped, winners reused."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from click.testing import CliRunner
+
+from legacygpu.cli import main as cli
+from legacygpu.worker.opencl.device import DeviceNotFoundError, open_device
+from legacygpu.worker.opencl.gemm import Gemm, GemmParams, default_params, kernel_source
+from legacygpu.worker.opencl.tuning import (
+    Autotuner,
+    Candidate,
+    TuningCache,
+    candidates,
+    default_cache_dir,
+    kernel_hash,
+)
+
+GOOD = GemmParams(mwi=2, nwv=1, vw=4, mdimc=1, ndimc=4, ku=2)
+MAD = "acc[i][j] = mad((realV)(av), bv[j], acc[i][j]);"
+
+
+@pytest.fixture(scope="module")
+def dctx():
+    try:
+        return open_device(prefer="cpu")
+    except DeviceNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+def test_tuner_rejects_wrong_kernel_and_skips_broken_build(dctx, tmp_path, caplog) -> None:
+    """A kernel that builds but computes wrong loses even if fast; one that fails to build is skipped."""
+    assert kernel_source().count(MAD) == 3
+    wrong = Candidate(GemmParams(mwi=4, nwv=1, vw=8, mdimc=1, ndimc=2, ku=1),
+                      source=kernel_source().replace(MAD, "acc[i][j] = mad((realV)(av * 1.01f), bv[j], acc[i][j]);"),
+                      label="wrong")  # fmt: skip
+    skips_k = Candidate(GemmParams(mwi=1, nwv=1, vw=4, mdimc=1, ndimc=1, ku=4),
+                        source=kernel_source().replace("for (; k < K; k++)", "for (; k < K - 1; k++)"),
+                        label="drops-last-k")  # fmt: skip
+    broken = Candidate(GemmParams(mwi=1, nwv=1, vw=1, mdimc=1, ndimc=1, ku=1),
+                       source=kernel_source().replace("realV acc[MWI][NWV];", "realV acc[MWI][NWV] = oops;"),
+                       label="broken")  # fmt: skip
+    seen = []
+    tuner = Autotuner(dctx, TuningCache(tmp_path), repeats=1, progress=lambda *args: seen.append(args))
+    with caplog.at_level(logging.WARNING):
+        winner, results = tuner.search("square", [wrong, skips_k, broken, Candidate(GOOD)], (64, 64, 33))
+    status = {r.candidate.describe(): r.status for r in results}
+    assert status == {"wrong": "wrong", "drops-last-k": "wrong", "broken": "build-failed", GOOD.short(): "ok"}
+    assert winner is not None and winner.candidate.params == GOOD and winner.gflops > 0
+    assert any("does not build" in rec.getMessage() and "broken" in rec.getMessage() for rec in caplog.records)
+    assert [s[1] for s in seen] == [1, 2, 3, 4] and all(s[0] == "square" for s in seen)
+
+
+def test_tuner_without_any_valid_candidate_reports_none(dctx, tmp_path) -> None:
+    broken = Candidate(GOOD, source="__kernel void gemm_nn( {", label="broken")
+    winner, results = Autotuner(dctx, TuningCache(tmp_path), repeats=1).search("gemv", [broken], (1, 32, 32))
+    assert winner is None and results[0].status == "build-failed"
+
+
+def test_cache_roundtrip_and_reuse_by_gemm(dctx, tmp_path) -> None:
+    info = dctx.info
+    cache = TuningCache(tmp_path)
+    assert cache.lookup(info, "square") is None
+    cache.store(info, "square", GOOD, gflops=12.5)
+    path = cache.save(info)
+    assert path.parent == tmp_path and path.suffix == ".json"
+    doc = json.loads(path.read_text())
+    assert doc["device"] == info.name and doc["driver"] == info.driver_version and doc["platform"] == info.platform
+    assert doc["entries"]["square"]["kernel"] == kernel_hash()
+
+    fresh = TuningCache(tmp_path)
+    assert fresh.lookup(info, "square") == GOOD
+    assert fresh.lookup(info, "skinny") is None
+    gemm = Gemm(dctx, tuning=fresh)
+    assert gemm.params_for(100, 100, 100) == GOOD
+    assert gemm.params_for(8, 100, 100) == default_params(info, "skinny")
+
+
+def test_cache_ignores_stale_kernel_and_corrupt_files(dctx, tmp_path, caplog) -> None:
+    info = dctx.info
+    cache = TuningCache(tmp_path)
+    cache.store(info, "gemv", GOOD)
+    path = cache.save(info)
+    doc = json.loads(path.read_text())
+    doc["entries"]["gemv"]["kernel"] = "0123456789abcdef"  # tuned for another kernel version
+    path.write_text(json.dumps(doc))
+    assert TuningCache(tmp_path).lookup(info, "gemv") is None
+    path.write_text("{not json")
+    with caplog.at_level(logging.WARNING):
+        assert TuningCache(tmp_path).lookup(info, "gemv") is None
+    assert any("unreadable tuning cache" in r.getMessage() for r in caplog.records)
+
+
+def test_default_cache_dir_honours_env(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("LEGACYGPU_CACHE_DIR", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "tuning"
+    monkeypatch.delenv("LEGACYGPU_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "legacygpu" / "tuning"
+
+
+def test_candidates_are_reproducible_and_plausible(dctx) -> None:
+    info = dctx.info
+    for cls in ("gemv", "skinny", "square"):
+        first = candidates(info, cls, count=10)
+        assert first == candidates(info, cls, count=10)
+        assert first[0].params == default_params(info, cls)
+        assert len(set(first)) == 10
+        assert all(not c.params.problems(info) for c in first)
+
+
+def test_tune_stores_winners_that_gemm_then_uses(dctx, tmp_path) -> None:
+    cache = TuningCache(tmp_path)
+    tuner = Autotuner(dctx, cache, repeats=1)
+    winners = tuner.tune(["square"], count=1, refine=1, problems={"square": (64, 64, 64)})
+    assert set(winners) == {"square"}
+    reloaded = TuningCache(tmp_path)
+    assert reloaded.lookup(dctx.info, "square") == winners["square"].candidate.params
+    entry = reloaded.entry(dctx.info, "square")
+    assert entry is not None and entry["problem"] == [64, 64, 64] and entry["tried"] == 2
+
+
+def test_tune_cli_quick(dctx, tmp_path) -> None:
+    res = CliRunner().invoke(
+        cli, ["tune", "--quick", "--classes", "gemv", "--count", "1", "--cache-dir", str(tmp_path), "-o", "json"]
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert set(out["winners"]) == {"gemv"} and out["winners"]["gemv"]["gflops"] > 0
+    assert TuningCache(tmp_path).lookup(dctx.info, "gemv") == GemmParams(**out["winners"]["gemv"]["params"])
+    res = CliRunner().invoke(cli, ["tune", "--classes", "huge", "--cache-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown class" in res.output
