@@ -45,6 +45,9 @@ class _Registration(api_pb2_grpc.RegistrationServicer):
     async def Register(self, request: api_pb2.RegisterRequest, context: grpc.aio.ServicerContext) -> api_pb2.Empty:
         if request.version != VERSION:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unsupported version {request.version!r}")
+        if self.kubelet.refused < self.kubelet.refuse:
+            self.kubelet.refused += 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "device manager not ready")
         if "/" not in request.resource_name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad resource name {request.resource_name!r}")
         self.kubelet.registrations.append(request)
@@ -53,8 +56,10 @@ class _Registration(api_pb2_grpc.RegistrationServicer):
 
 
 class FakeKubelet:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, refuse: int = 0) -> None:
         self.directory = directory
+        self.refuse = refuse  # answer this many Register calls with an error first
+        self.refused = 0
         self.socket = directory / "kubelet.sock"
         self.registrations: list[api_pb2.RegisterRequest] = []
         self.options: list[api_pb2.DevicePluginOptions] = []
@@ -65,9 +70,9 @@ class FakeKubelet:
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
 
-    async def start(self) -> None:
+    async def start(self, *, wipe: bool = True) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        for leftover in self.directory.glob("*.sock"):  # the kubelet's device manager does this too
+        for leftover in self.directory.glob("*.sock") if wipe else ():  # the kubelet's device manager does this
             leftover.unlink()
         server = grpc.aio.server()
         api_pb2_grpc.add_RegistrationServicer_to_server(_Registration(self), server)
@@ -88,9 +93,9 @@ class FakeKubelet:
             self._server = None
         self.socket.unlink(missing_ok=True)
 
-    async def restart(self) -> None:
+    async def restart(self, *, wipe: bool = True) -> None:
         await self.stop()
-        await self.start()
+        await self.start(wipe=wipe)
 
     # -- the kubelet's side of a registered plugin --------------------------------
 

@@ -149,6 +149,28 @@ async def test_kubelet_restart_leads_to_a_new_register(node: NodeTree, kubelet: 
         assert response.container_responses[0].envs["LEGACYGPU_VISIBLE_DEVICES"] == A
 
 
+async def test_kubelet_restart_that_keeps_our_socket_is_still_noticed(node: NodeTree, kubelet: FakeKubelet) -> None:
+    node.plug(rx580(0))
+    agent = NodeAgent(agent_config(node))
+    async with running(agent):
+        await kubelet.wait_for(lambda: kubelet.lists)
+        await kubelet.restart(wipe=False)  # only kubelet.sock is recreated (it may reuse the inode number)
+        await kubelet.wait_for(lambda: len(kubelet.registrations) == 2)
+        assert agent.registrations == 2
+
+
+async def test_registration_refused_is_retried(node: NodeTree) -> None:
+    node.plug(rx580(0))
+    kubelet = FakeKubelet(node.kubelet_dir, refuse=2)
+    await kubelet.start()
+    try:
+        async with running(NodeAgent(agent_config(node))):
+            await kubelet.wait_for(lambda: kubelet.lists)
+            assert kubelet.refused == 2 and len(kubelet.registrations) == 1
+    finally:
+        await kubelet.stop()
+
+
 async def test_plugin_waits_for_the_kubelet_and_removes_its_socket_on_stop(node: NodeTree) -> None:
     node.plug(rx580(0))
     kubelet = FakeKubelet(node.kubelet_dir)

@@ -18,10 +18,11 @@ health is the device plugin's business). Keys, all under ``legacygpu.io/``:
 
 Minimums, not sums: a pod is placed by what any one of its cards can do. A
 label whose value is unknown is removed rather than guessed. The patch is a
-merge patch over exactly these keys (``None`` deletes a key), so labels the
-agent does not own are never touched. :class:`NodeLabeller` takes any client
-with ``patch_node(name, body)`` (the kubernetes client's ``CoreV1Api`` has it)
-and patches only when the labels change.
+JSON merge patch (RFC 7386) over exactly these keys (``None`` deletes a key),
+so labels the agent does not own are never touched. :class:`NodeLabeller`
+takes any client with ``patch_node(name, body, _content_type=...)`` (the
+kubernetes client's ``CoreV1Api`` has it) and patches only when the labels
+change.
 """
 
 from __future__ import annotations
@@ -34,7 +35,15 @@ from typing import Any, Protocol
 from legacygpu.worker.nodeagent.errors import LabelError
 from legacygpu.worker.nodeagent.health import CardStatus
 
-__all__ = ["LABEL_KEYS", "NodeLabeller", "NodePatcher", "compute_labels", "kubernetes_client", "label_patch"]
+__all__ = [
+    "LABEL_KEYS",
+    "MERGE_PATCH",
+    "NodeLabeller",
+    "NodePatcher",
+    "compute_labels",
+    "kubernetes_client",
+    "label_patch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +89,18 @@ def label_patch(labels: Mapping[str, str]) -> dict[str, Any]:
     return {"metadata": {"labels": {key: labels.get(key) for key in LABEL_KEYS}}}
 
 
-class NodePatcher(Protocol):
-    """The one call the labeller needs (``kubernetes.client.CoreV1Api`` fits)."""
+MERGE_PATCH = "application/merge-patch+json"
 
-    def patch_node(self, name: str, body: Any) -> Any: ...
+
+class NodePatcher(Protocol):
+    """The one call the labeller needs (``kubernetes.client.CoreV1Api`` fits).
+
+    The labeller passes ``_content_type`` explicitly: recent kubernetes clients
+    otherwise pick ``application/json-patch+json`` for a dict body, which the
+    API server rejects.
+    """
+
+    def patch_node(self, name: str, body: Any, *, _content_type: str) -> Any: ...
 
 
 class NodeLabeller:
@@ -100,7 +117,7 @@ class NodeLabeller:
         if wanted == self.applied:
             return False
         try:
-            self.client.patch_node(self.node_name, label_patch(wanted))
+            self.client.patch_node(self.node_name, label_patch(wanted), _content_type=MERGE_PATCH)
         except Exception as exc:  # the client raises ApiException, urllib3 errors, ...
             raise LabelError(f"cannot label node {self.node_name!r}: {exc}") from exc
         self.applied = wanted
@@ -115,10 +132,10 @@ def kubernetes_client() -> NodePatcher:
     except ImportError as exc:
         raise LabelError("labelling a Node needs the 'kubernetes' package") from exc
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         try:
-            config.load_kube_config()
+            config.load_kube_config()  # type: ignore[no-untyped-call]
         except (config.ConfigException, OSError) as exc:
             raise LabelError(f"no in-cluster service account and no usable kubeconfig: {exc}") from exc
-    return client.CoreV1Api()  # type: ignore[no-any-return]
+    return client.CoreV1Api()

@@ -146,7 +146,7 @@ class PluginServer:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self._remove_socket(force=True)
         server = grpc.aio.server()
-        api_pb2_grpc.add_DevicePluginServicer_to_server(self.servicer, server)
+        api_pb2_grpc.add_DevicePluginServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
         try:
             bound = server.add_insecure_port(f"unix:{self.socket_path}")
         except RuntimeError as exc:
@@ -158,7 +158,7 @@ class PluginServer:
         self._identity = socket_identity(self.socket_path)
         try:
             async with grpc.aio.insecure_channel(f"unix:{self.socket_path}") as channel:
-                stub = api_pb2_grpc.DevicePluginStub(channel)
+                stub = api_pb2_grpc.DevicePluginStub(channel)  # type: ignore[no-untyped-call]
                 await stub.GetDevicePluginOptions(api_pb2.Empty(), timeout=self_check_timeout,
                                                   wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:

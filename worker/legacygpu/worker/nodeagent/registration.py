@@ -38,7 +38,7 @@ async def register(kubelet_socket: Path, endpoint: str, resource_name: str, *, t
     )
     try:
         async with grpc.aio.insecure_channel(f"unix:{kubelet_socket}") as channel:
-            await api_pb2_grpc.RegistrationStub(channel).Register(request, timeout=timeout)
+            await api_pb2_grpc.RegistrationStub(channel).Register(request, timeout=timeout)  # type: ignore[no-untyped-call]
     except grpc.aio.AioRpcError as exc:
         raise RegistrationError(
             f"kubelet at {kubelet_socket} did not register {resource_name!r} "
