@@ -34,7 +34,7 @@ from legacygpu.core.errors import ModelError
 from legacygpu.worker.backends.onnxruntime import InputSpec, validate_feeds
 
 from .device import DeviceContext, KernelBuildError
-from .graph import Graph, load_graph
+from .graph import Graph, concrete_shapes, load_graph
 from .passes import infer_ranks, optimize
 from .plan import Binding, Plan
 from .planner import build_plan
@@ -94,17 +94,18 @@ class BoundPlan:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import pyopencl as cl
 
+        current = "allocating buffers"
         try:
             if self._runners is None:
                 self._runners = self._bind()
             host: dict[str, np.ndarray] = dict(feeds)
-            label = "start"
             for label, runner in self._runners:
+                current = label
                 runner(host)
             self.plan.dctx.queue.finish()
         except (cl.MemoryError, cl.Error) as exc:
             self.release()
-            raise ModelError(f"OpenCL failed in step {label!r}: {exc}") from exc
+            raise ModelError(f"OpenCL failed in step {current!r}: {exc}") from exc
         except ModelError:
             self.release()
             raise
@@ -142,17 +143,7 @@ class OpenCLModel:
 
     def default_shapes(self, dims: Mapping[str, int] | None = None) -> dict[str, tuple[int, ...]]:
         """Input shapes with dynamic dimensions set from ``dims`` (by name) or to 1."""
-        dims = dict(dims or {})
-        shapes = {}
-        for spec in self.graph.inputs:
-            shape = []
-            for d in spec.shape or ():
-                if isinstance(d, int) and d > 0:
-                    shape.append(d)
-                else:
-                    shape.append(int(dims.get(str(d), 1)) if d else 1)
-            shapes[spec.name] = tuple(shape)
-        return shapes
+        return concrete_shapes(self.graph.inputs, dict(dims or {}))
 
     def plan(self, shapes: Mapping[str, tuple[int, ...]]) -> BoundPlan:
         key = tuple((n, tuple(shapes[n])) for n in self.input_names)

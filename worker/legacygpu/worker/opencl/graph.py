@@ -36,6 +36,7 @@ __all__ = [
     "Graph",
     "Node",
     "ValueSpec",
+    "concrete_shapes",
     "load_graph",
     "onnx_dtype",
 ]
@@ -198,6 +199,21 @@ class Graph:
 
     def output_names(self) -> set[str]:
         return {o.name for o in self.outputs}
+
+
+def concrete_shapes(specs: list[ValueSpec], dims: dict[str, int] | None = None) -> dict[str, tuple[int, ...]]:
+    """Input shapes with each dynamic dimension taken from ``dims`` (by its name) or set to 1."""
+    dims = dict(dims or {})
+    shapes = {}
+    for spec in specs:
+        shape = []
+        for d in spec.shape or ():
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+            else:
+                shape.append(int(dims.get(str(d), 1)) if d else 1)
+        shapes[spec.name] = tuple(shape)
+    return shapes
 
 
 def _value_spec(vi: Any) -> ValueSpec:
