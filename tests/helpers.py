@@ -49,7 +49,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
-def slow_model(path: Path, layers: int = 24, rows: int = 1024, width: int = 1024) -> Path:
+def slow_model(path: Path, layers: int = 200, rows: int = 1024, width: int = 1024) -> Path:
     """An ONNX model that takes a few seconds per run: ``layers`` big MatMuls on a broadcast input.
 
     Input ``x`` FP32 [1, width]; output ``y`` FP32 [1]. Used where a test needs

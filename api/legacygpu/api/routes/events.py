@@ -2,7 +2,7 @@
 
 Browsers cannot set headers on a WebSocket, so the token may come as the
 ``token`` query parameter as well as an ``Authorization`` header. A bad or
-missing token closes the socket with code 4401 before anything is sent.
+missing token closes the socket with code 4401 before any event is sent.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ UNAUTHORIZED_CLOSE_CODE = 4401
 async def cluster_events(websocket: WebSocket) -> None:
     header = websocket.headers.get("authorization", "")
     token = websocket.query_params.get("token") or (header[7:] if header.lower().startswith("bearer ") else None)
+    await websocket.accept()  # accept first: a browser only sees close codes of accepted sockets
     if not token_matches(token, websocket.app.state.token):
         await websocket.close(code=UNAUTHORIZED_CLOSE_CODE, reason="missing or invalid token")
         return
-    await websocket.accept()
     backend = websocket.app.state.backend
     async with backend.events.subscribe() as queue:
         await websocket.send_json({"type": "hello", "object": await backend.summary()})

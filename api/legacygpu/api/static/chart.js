@@ -78,6 +78,10 @@ export class ActivityChart {
       const points = samples.map((s, i) => `${x(i).toFixed(1)},${(PAD.top + innerH * (1 - s[key] / max)).toFixed(1)}`);
       svg.append(el("polyline", { points: points.join(" "), class: cls, fill: "none" }));
     };
+    if (samples.length < 2) {
+      svg.append(el("text", { x: WIDTH / 2, y: PAD.top + innerH / 2, class: "axis", "text-anchor": "middle" },
+        "collecting samples…"));
+    }
     line("queue", queueMax, "series-queue");
     line("done", doneMax, "series-done");
 
