@@ -1,0 +1,114 @@
+"""``legacygpu operator``: run the Kubernetes operator, or print its CRDs.
+
+Design: a thin click layer over :mod:`legacygpu.operator`, imported inside
+each command so ``legacygpu --help`` never loads kopf. ``run`` connects with
+``--server`` (tests, tunnels), else in-cluster credentials, else the
+kubeconfig; every flag also reads a ``LEGACYGPU_OPERATOR_*`` variable so
+the chart can configure it through the environment. ``crds`` prints both
+CustomResourceDefinitions (``legacygpu operator crds | kubectl apply -f -``)
+or writes them into a folder (``--output-dir crds``, how ``crds/`` is made).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+__all__ = ["command"]
+
+
+@click.group()
+def command() -> None:
+    """Run the Kubernetes operator, or print its CustomResourceDefinitions."""
+
+
+@command.command("crds")
+@click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Write one YAML file per CRD here instead of printing them.")
+def crds(output_dir: Path | None) -> None:
+    """Print the InferenceCluster and InferenceTask CRDs (or write them with --output-dir)."""
+    from legacygpu.operator.crdgen import render_all, write_crds
+
+    if output_dir is None:
+        click.echo(render_all(), nl=False)
+        return
+    for path in write_crds(output_dir):
+        click.echo(f"wrote {path}")
+
+
+@command.command("run")
+@click.option("--namespace", "namespaces", multiple=True, envvar="LEGACYGPU_OPERATOR_NAMESPACES",
+              help="Namespace to serve (repeatable; comma-separated in the variable); default: all.")
+@click.option("--server", envvar="LEGACYGPU_OPERATOR_SERVER", default=None,
+              help="API server URL; default: in-cluster credentials, else the kubeconfig.")
+@click.option("--token", envvar="LEGACYGPU_OPERATOR_TOKEN", default=None, help="Bearer token for --server.")
+@click.option("--insecure", is_flag=True, envvar="LEGACYGPU_OPERATOR_INSECURE",
+              help="Do not verify the --server certificate.")
+@click.option("--kubeconfig", envvar="KUBECONFIG", default=None, help="Kubeconfig file (without --server).")
+@click.option("--context", default=None, help="Kubeconfig context.")
+@click.option("--worker-image", envvar="LEGACYGPU_OPERATOR_WORKER_IMAGE", default="legacygpu/worker:0.1.0",
+              show_default=True, help="Image of worker pods when the cluster's spec.image is unset.")
+@click.option("--metrics-port", envvar="LEGACYGPU_OPERATOR_METRICS_PORT", type=click.IntRange(0, 65535),
+              default=8080, show_default=True, help="Port of /metrics; 0 picks a free one.")
+@click.option("--no-metrics", is_flag=True, help="Serve no /metrics.")
+@click.option("--leader-elect/--no-leader-elect", envvar="LEGACYGPU_OPERATOR_LEADER_ELECT", default=False,
+              show_default=True, help="Run as one of several replicas: only the Lease holder acts.")
+@click.option("--lease-namespace", envvar="LEGACYGPU_OPERATOR_LEASE_NAMESPACE", default="default",
+              show_default=True, help="Namespace of the leader-election Lease (the operator's own).")
+@click.option("--lease-name", default="legacygpu-operator", show_default=True, help="Name of the Lease.")
+@click.option("--identity", envvar="POD_NAME", default=None,
+              help="This replica's name in the Lease; default: the host name.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+def run(
+    namespaces: tuple[str, ...],
+    server: str | None,
+    token: str | None,
+    insecure: bool,
+    kubeconfig: str | None,
+    context: str | None,
+    worker_image: str,
+    metrics_port: int,
+    no_metrics: bool,
+    leader_elect: bool,
+    lease_namespace: str,
+    lease_name: str,
+    identity: str | None,
+    log_level: str,
+) -> None:
+    """Reconcile InferenceClusters and InferenceTasks until SIGTERM/SIGINT."""
+    from legacygpu.operator.app import run_operator
+    from legacygpu.operator.config import OperatorConfig
+    from legacygpu.operator.kubeapi import load_configuration
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    served = tuple(ns for item in namespaces for ns in item.split(",") if ns.strip())
+    extra = {"identity": identity} if identity else {}
+    config = OperatorConfig(
+        namespaces=served,
+        worker_image=worker_image,
+        metrics_port=None if no_metrics else metrics_port,
+        leader_election=leader_elect,
+        lease_namespace=lease_namespace,
+        lease_name=lease_name,
+        **extra,
+    )
+    try:
+        configuration = load_configuration(
+            server=server, kubeconfig=kubeconfig, context=context, token=token, insecure=insecure
+        )
+    except Exception as exc:  # the kubernetes config loaders raise several unrelated types
+        raise click.ClickException(f"cannot load Kubernetes credentials: {exc}") from exc
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_operator(config, configuration, stop=stop)
+
+    asyncio.run(main())

@@ -1,0 +1,151 @@
+"""Running the operator: registry, kopf settings, login, leader election, metrics.
+
+:func:`run_operator` is what ``legacygpu operator run`` calls and what the
+tests start in-process: it builds a fresh kopf registry (no module-level
+handlers, so several operators can live in one process one after another),
+waits for the Lease when leader election is on, serves ``/metrics``, and
+runs kopf until ``stop`` is set or the Lease is lost.
+
+kopf and the operator's own client share one
+``kubernetes.client.Configuration``: :func:`connection_info` turns it into
+kopf's credentials, so both talk to the same server as the same identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+import kubernetes
+
+from legacygpu.operator import cluster_handlers, task_handlers
+from legacygpu.operator.config import OperatorConfig
+from legacygpu.operator.kubeapi import KubeApi
+from legacygpu.operator.leader import LeaseElector
+from legacygpu.operator.runtime import OperatorRuntime
+
+__all__ = ["FINALIZER", "build_registry", "build_settings", "connection_info", "run_operator"]
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "legacygpu.io/operator"
+
+
+def connection_info(configuration: kubernetes.client.Configuration) -> kopf.ConnectionInfo:
+    """kopf credentials equivalent to a client configuration (refreshing in-cluster tokens first)."""
+    hook = getattr(configuration, "refresh_api_key_hook", None)
+    if hook is not None:
+        hook(configuration)
+    header = (configuration.api_key or {}).get("authorization") or (configuration.api_key or {}).get("BearerToken")
+    prefix = (configuration.api_key_prefix or {}).get("authorization")
+    scheme = token = None
+    if header:
+        if " " in header:
+            scheme, token = header.split(" ", 1)
+        else:
+            scheme, token = prefix or "Bearer", header
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert or None,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file or None,
+        private_key_path=configuration.key_file or None,
+    )
+
+
+def build_registry(configuration: kubernetes.client.Configuration) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(configuration)
+
+    kopf.on.login(id="login", registry=registry)(login)
+    cluster_handlers.register(registry)
+    task_handlers.register(registry)
+    return registry
+
+
+def build_settings() -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="legacygpu.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="legacygpu.io", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # explicit events only, not every log line
+    settings.posting.reporting_component = "legacygpu-operator"
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    return settings
+
+
+async def _watch_flags(stop: asyncio.Event, lost: asyncio.Event, kopf_stop: asyncio.Event) -> None:
+    waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait())}
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()
+    kopf_stop.set()
+
+
+async def run_operator(
+    config: OperatorConfig,
+    configuration: kubernetes.client.Configuration,
+    *,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+    runtime_ready: asyncio.Future[OperatorRuntime] | None = None,
+) -> None:
+    """Run until ``stop`` is set (or, with leader election, the Lease is lost)."""
+    stop = stop or asyncio.Event()
+    api = KubeApi(configuration, concurrency=config.api_concurrency)
+    rt = OperatorRuntime(config=config, api=api)
+    if runtime_ready is not None and not runtime_ready.done():
+        runtime_ready.set_result(rt)
+    if config.metrics_port is not None:
+        port = rt.metrics.serve(config.metrics_port, config.metrics_host)
+        log.info("serving /metrics on %s:%d", config.metrics_host, port)
+    elector: LeaseElector | None = None
+    keeper: asyncio.Task[None] | None = None
+    lost = asyncio.Event()
+    kopf_stop = asyncio.Event()
+    flags = asyncio.ensure_future(_watch_flags(stop, lost, kopf_stop))
+    try:
+        if config.leader_election:
+            elector = LeaseElector(
+                api, namespace=config.lease_namespace, name=config.lease_name, identity=config.identity,
+                lease_seconds=config.lease_seconds, renew_seconds=config.renew_seconds,
+            )
+            if not await elector.acquire(stop):
+                return
+            keeper = asyncio.ensure_future(elector.keep(lost))
+            log.info("leading as %s", config.identity)
+        rt.metrics.leader.set(1)
+        await kopf.operator(
+            registry=build_registry(configuration),
+            settings=build_settings(),
+            memo=kopf.Memo(runtime=rt),
+            standalone=True,
+            clusterwide=not config.namespaces,
+            namespaces=list(config.namespaces),
+            stop_flag=kopf_stop,
+            ready_flag=ready,
+        )
+    finally:
+        rt.metrics.leader.set(0)
+        flags.cancel()
+        if keeper is not None:
+            keeper.cancel()
+        await rt.shutdown()
+        if elector is not None and not lost.is_set():
+            await elector.release()
+        api.close()
+        rt.metrics.close()

@@ -1,0 +1,146 @@
+"""kopf handlers for InferenceCluster and its worker pods.
+
+Each cluster gets one daemon, :func:`cluster_loop`, that runs
+:func:`~legacygpu.operator.reconciler.reconcile_cluster` whenever something
+about the cluster changes (its spec, one of its pods, one of its tasks:
+the event handlers only *poke* the loop) and otherwise when the next timed
+event is due, or every ``resync_seconds`` to catch drift. A daemon is
+kopf's way to keep one long-lived coroutine per object, so passes for one
+cluster never overlap and different clusters proceed in parallel.
+
+The daemon makes kopf put a finalizer on the cluster. That finalizer is the
+one the operator needs: on deletion, :func:`on_cluster_delete` fails the
+cluster's unfinished tasks (``ClusterNotFound``) and deletes its pods before
+the object goes (the pods' owner references would also let the garbage
+collector remove them). kopf removes the finalizer afterwards.
+
+Indexes (kopf keeps them from its watches; handlers receive them by id):
+``legacygpu_clusters`` (namespace, name) → True; ``legacygpu_pods``
+(namespace, cluster) → :class:`PodView`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+
+from legacygpu.core.tasks import Phase, Reason
+from legacygpu.operator import events
+from legacygpu.operator.clusterstate import PodView, pod_view
+from legacygpu.operator.contract import CLUSTER_PLURAL, GROUP, LABEL_CLUSTER, VERSION, now_utc, terminal_status
+from legacygpu.operator.events import EventReason
+from legacygpu.operator.reconciler import reconcile_cluster, write_task
+from legacygpu.operator.runtime import OperatorRuntime
+
+__all__ = [
+    "cluster_loop",
+    "index_clusters",
+    "index_pods",
+    "on_cluster_delete",
+    "on_cluster_event",
+    "on_pod_event",
+    "register",
+]
+
+_BACKOFF_START, _BACKOFF_CAP = 1.0, 30.0
+
+
+def index_clusters(namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
+    return {(namespace, name): True}
+
+
+def index_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodView]:
+    return {(namespace, labels[LABEL_CLUSTER]): pod_view(body)}
+
+
+async def on_cluster_event(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.poke((namespace, name))
+
+
+async def on_pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.poke((namespace, labels[LABEL_CLUSTER]))
+
+
+async def cluster_loop(
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    stopped: kopf.DaemonStopped,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    legacygpu_tasks: kopf.Index[tuple[str, str], Any],
+    legacygpu_pods: kopf.Index[tuple[str, str], PodView],
+    **_: Any,
+) -> None:
+    """Reconcile the cluster until kopf stops the daemon (deletion or operator exit)."""
+    rt: OperatorRuntime = memo.runtime
+    key = (namespace, name)
+    waker = rt.waker(key)
+    stop = asyncio.ensure_future(stopped.wait())
+    backoff = _BACKOFF_START
+    logger.info("reconcile loop started")
+    try:
+        while not stopped:
+            waker.clear()
+            try:
+                delay = await reconcile_cluster(
+                    rt, body, tasks=legacygpu_tasks.get(key, ()), pods=legacygpu_pods.get(key, ()), logger=logger
+                )
+                backoff = _BACKOFF_START
+            except Exception as exc:
+                rt.metrics.reconcile_errors.labels("InferenceCluster").inc()
+                logger.warning("reconcile failed, retrying in %.0fs: %s", backoff, exc, exc_info=True)
+                delay, backoff = backoff, min(_BACKOFF_CAP, backoff * 2)
+            wake = asyncio.ensure_future(waker.wait())
+            await asyncio.wait({wake, stop}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            wake.cancel()
+    finally:
+        stop.cancel()
+        logger.info("reconcile loop stopped (%s)", stopped.reason)
+
+
+async def on_cluster_delete(
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    legacygpu_tasks: kopf.Index[tuple[str, str], Any],
+    legacygpu_pods: kopf.Index[tuple[str, str], PodView],
+    **_: Any,
+) -> None:
+    """Fail the cluster's unfinished tasks and remove its pods before the finalizer goes."""
+    rt: OperatorRuntime = memo.runtime
+    key = (namespace, name)
+    now = now_utc()
+    left = 0
+    for task in rt.tasks_seen(legacygpu_tasks.get(key, ())):
+        if task.terminal:
+            continue
+        status = terminal_status(
+            task.status, created=task.created, phase=Phase.FAILED, reason=Reason.CLUSTER_NOT_FOUND,
+            message=f"InferenceCluster {name!r} was deleted", now=now,
+        )
+        if not await write_task(rt, task, status, event=("Warning", Reason.CLUSTER_NOT_FOUND.value, status["message"])):
+            left += 1
+    for pod in legacygpu_pods.get(key, ()):
+        await rt.api.delete_pod(namespace, pod.name)
+    if left:
+        raise kopf.TemporaryError(f"{left} task(s) changed while failing them; retrying", delay=1)
+    rt.forget(key)
+    rt.metrics.forget_cluster(namespace, name)
+    events.post(body, "Normal", EventReason.CLUSTER_DELETED, "workers removed; unfinished tasks failed")
+    logger.info("cluster deleted: workers removed, unfinished tasks failed")
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Attach the cluster handlers to ``registry``."""
+    resource = (GROUP, VERSION, CLUSTER_PLURAL)
+    kopf.index(*resource, id="legacygpu_clusters", registry=registry)(index_clusters)
+    kopf.index("v1", "pods", labels={LABEL_CLUSTER: kopf.PRESENT}, id="legacygpu_pods", registry=registry)(index_pods)
+    kopf.on.event(*resource, id="cluster_event", registry=registry)(on_cluster_event)
+    kopf.on.event("v1", "pods", labels={LABEL_CLUSTER: kopf.PRESENT}, id="pod_event", registry=registry)(on_pod_event)
+    kopf.daemon(*resource, id="reconcile", cancellation_timeout=10.0, registry=registry)(cluster_loop)
+    kopf.on.delete(*resource, id="finalize", registry=registry)(on_cluster_delete)

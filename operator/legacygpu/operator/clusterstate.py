@@ -1,0 +1,266 @@
+"""What a cluster's worker pods look like, and what to do about it (pure functions).
+
+:func:`pod_view` reduces a Pod to the few facts the operator uses (ready,
+failed, terminating, unschedulable and why, the worker's published stats).
+:func:`plan_scale` decides which pods to create and which to delete: failed
+pods are replaced, and on scale-down the victims are, in order, pods not
+yet scheduled, pods not ready, pods holding the fewest tasks, and the
+newest. :func:`cluster_status` computes the status and conditions from a
+snapshot, and :func:`worker_infos` turns ready pods into the
+:class:`~legacygpu.core.scheduling.WorkerInfo` the shared strategies rank.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from legacygpu.core.scheduling import WorkerInfo
+from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Desired, merge_conditions
+from legacygpu.operator.contract import ANNOTATION_WORKER_STATS, WorkerStats
+
+__all__ = [
+    "BAD_WAITING_REASONS",
+    "PodView",
+    "ScalePlan",
+    "cluster_status",
+    "desired_workers",
+    "plan_scale",
+    "pod_view",
+    "worker_infos",
+]
+
+BAD_WAITING_REASONS = frozenset(
+    {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName"}
+)
+
+
+@dataclass(frozen=True)
+class PodView:
+    """The facts about one worker pod the operator acts on."""
+
+    name: str
+    uid: str = ""
+    phase: str = "Pending"
+    ready: bool = False
+    deleting: bool = False
+    node: str | None = None
+    created: str = ""
+    unschedulable: str | None = None
+    """The scheduler's message while the pod cannot be placed."""
+    waiting: str | None = None
+    """``Reason: message`` of a container stuck waiting (crash loop, image pull)."""
+    stats: WorkerStats = field(default_factory=lambda: WorkerStats())
+
+    @property
+    def failed(self) -> bool:
+        return self.phase in ("Failed", "Succeeded")
+
+    @property
+    def live(self) -> bool:
+        """Counts toward replicas: exists, not terminating, not finished."""
+        return not self.deleting and not self.failed
+
+
+def pod_view(body: Mapping[str, Any]) -> PodView:
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or ()}
+    ready = (conditions.get("Ready") or {}).get("status") == "True"
+    scheduled = conditions.get("PodScheduled") or {}
+    unschedulable = None
+    if scheduled.get("status") == "False":
+        unschedulable = scheduled.get("message") or scheduled.get("reason") or "Unschedulable"
+    waiting = None
+    for container in status.get("containerStatuses") or ():
+        state = (container.get("state") or {}).get("waiting") or {}
+        if state.get("reason") in BAD_WAITING_REASONS:
+            waiting = f"{state['reason']}: {state.get('message', '')}".rstrip(": ")
+            break
+    stats: WorkerStats = WorkerStats()
+    raw_stats = (meta.get("annotations") or {}).get(ANNOTATION_WORKER_STATS)
+    if raw_stats:
+        try:
+            loaded = json.loads(raw_stats)
+            if isinstance(loaded, dict):
+                stats = WorkerStats(**{k: v for k, v in loaded.items() if k in WorkerStats.__annotations__})
+        except ValueError:
+            pass
+    return PodView(
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        phase=status.get("phase") or "Pending",
+        ready=ready and not meta.get("deletionTimestamp"),
+        deleting=bool(meta.get("deletionTimestamp")),
+        node=(body.get("spec") or {}).get("nodeName"),
+        created=meta.get("creationTimestamp") or "",
+        unschedulable=unschedulable,
+        waiting=waiting,
+        stats=stats,
+    )
+
+
+def desired_workers(spec: Mapping[str, Any]) -> int:
+    """Workers wanted now: none while suspended, else replicas within [min, max]."""
+    if spec.get("suspend"):
+        return 0
+    replicas = int(spec.get("replicas", 1))
+    low, high = int(spec.get("minReplicas", 0)), int(spec.get("maxReplicas", replicas))
+    return max(low, min(high, replicas))
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    create: int = 0
+    delete: tuple[str, ...] = ()
+    replaced: tuple[str, ...] = ()
+    """The failed pods among ``delete``."""
+
+
+def plan_scale(desired: int, pods: Sequence[PodView], assigned: Mapping[str, int]) -> ScalePlan:
+    """Which pods to add and remove so ``desired`` live workers remain."""
+    failed = tuple(p.name for p in pods if p.failed and not p.deleting)
+    live = [p for p in pods if p.live]
+    if len(live) <= desired:
+        return ScalePlan(create=desired - len(live), delete=failed, replaced=failed)
+    newest_first = sorted(live, key=lambda p: (p.created, p.name), reverse=True)
+    ranked = sorted(
+        newest_first, key=lambda p: (p.node is not None, p.ready, assigned.get(p.name, 0))
+    )
+    victims = tuple(p.name for p in ranked[: len(live) - desired])
+    return ScalePlan(create=0, delete=failed + victims, replaced=failed)
+
+
+def worker_infos(pods: Sequence[PodView], assigned: Mapping[str, int], capacity: int) -> list[WorkerInfo]:
+    """Ready, live pods as scheduling candidates."""
+    infos = []
+    for pod in pods:
+        if not (pod.ready and pod.live):
+            continue
+        stats = pod.stats
+        infos.append(
+            WorkerInfo(
+                id=pod.name,
+                accepting=True,
+                assigned=assigned.get(pod.name, 0),
+                capacity=capacity,
+                vram_mib=int(stats.get("vramMiB") or 0),
+                gpu_family=stats.get("gpuFamily"),
+                recent_latency_ms=stats.get("recentLatencyMs"),
+            )
+        )
+    return infos
+
+
+def _conditions(spec: Mapping[str, Any], desired: int, pods: Sequence[PodView]) -> list[Desired]:
+    live = [p for p in pods if p.live]
+    ready = sum(1 for p in live if p.ready)
+    suspended = bool(spec.get("suspend"))
+    unschedulable = [p for p in live if p.unschedulable]
+    waiting = [p for p in live if p.waiting]
+    failed = [p for p in pods if p.failed]
+    if unschedulable:
+        degraded = Desired(
+            ClusterCondition.DEGRADED, True, ConditionReason.UNSCHEDULABLE,
+            f"worker pod {unschedulable[0].name} cannot be scheduled: {unschedulable[0].unschedulable}",
+        )
+    elif waiting:
+        degraded = Desired(
+            ClusterCondition.DEGRADED, True, ConditionReason.CONTAINER_WAITING,
+            f"worker pod {waiting[0].name}: {waiting[0].waiting}",
+        )
+    elif failed:
+        degraded = Desired(
+            ClusterCondition.DEGRADED, True, ConditionReason.WORKER_FAILED,
+            f"worker pod {failed[0].name} ended in phase {failed[0].phase}; replacing it",
+        )
+    else:
+        degraded = Desired(ClusterCondition.DEGRADED, False, ConditionReason.AS_EXPECTED, "all workers healthy")
+    if ready >= desired and len(live) == desired:
+        workers_ready = Desired(
+            ClusterCondition.WORKERS_READY, True, ConditionReason.ALL_WORKERS_READY,
+            f"{ready}/{desired} workers ready",
+        )
+    elif unschedulable:
+        workers_ready = Desired(
+            ClusterCondition.WORKERS_READY, False, ConditionReason.UNSCHEDULABLE,
+            f"{ready}/{desired} workers ready; {len(unschedulable)} cannot be scheduled: "
+            f"{unschedulable[0].unschedulable}",
+        )
+    else:
+        workers_ready = Desired(
+            ClusterCondition.WORKERS_READY, False, ConditionReason.WORKERS_NOT_READY,
+            f"{ready}/{desired} workers ready",
+        )
+    if suspended:
+        ready_cond = Desired(ClusterCondition.READY, False, ConditionReason.SUSPENDED, "the cluster is suspended")
+    elif ready:
+        ready_cond = Desired(
+            ClusterCondition.READY, True, ConditionReason.WORKERS_AVAILABLE, f"{ready} worker(s) take tasks"
+        )
+    else:
+        ready_cond = Desired(ClusterCondition.READY, False, ConditionReason.NO_READY_WORKERS, "no worker is ready")
+    suspended_cond = Desired(
+        ClusterCondition.SUSPENDED,
+        suspended,
+        ConditionReason.SUSPENDED if suspended else ConditionReason.NOT_SUSPENDED,
+        "spec.suspend is true: workers removed, tasks wait" if suspended else "workers run",
+    )
+    return [ready_cond, workers_ready, degraded, suspended_cond]
+
+
+def _summary(pod: PodView, assigned: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": pod.name, "phase": pod.phase, "ready": pod.ready, "assignedTasks": assigned}
+    if pod.node:
+        entry["node"] = pod.node
+    for src, dst in (
+        ("completed", "completed"),
+        ("failed", "failed"),
+        ("recentLatencyMs", "recentLatencyMs"),
+        ("gpuFamily", "gpuFamily"),
+        ("vramMiB", "vramMiB"),
+        ("backend", "backend"),
+    ):
+        value = pod.stats.get(src)  # type: ignore[misc]
+        if value is not None:
+            entry[dst] = value
+    return entry
+
+
+def cluster_status(
+    *,
+    spec: Mapping[str, Any],
+    generation: int | None,
+    pods: Sequence[PodView],
+    assigned: Mapping[str, int],
+    queued: int,
+    running: int,
+    previous_conditions: Sequence[Mapping[str, Any]] | None,
+    selector: str,
+    now: datetime.datetime,
+    extra_conditions: Sequence[Desired] = (),
+) -> dict[str, Any]:
+    """The whole ``status`` of a cluster from a snapshot of its pods and tasks."""
+    desired = desired_workers(spec)
+    live = [p for p in pods if p.live]
+    ready = sum(1 for p in live if p.ready)
+    wanted = _conditions(spec, desired, pods)
+    overridden = {c.type for c in extra_conditions}
+    wanted = [c for c in wanted if c.type not in overridden] + list(extra_conditions)
+    status: dict[str, Any] = {
+        "desiredWorkers": desired,
+        "replicas": len(live),
+        "readyWorkers": ready,
+        "devices": ready * int(spec.get("gpusPerWorker", 1)),
+        "queuedTasks": queued,
+        "runningTasks": running,
+        "selector": selector,
+        "workers": [_summary(p, assigned.get(p.name, 0)) for p in sorted(live, key=lambda p: p.name)],
+        "conditions": merge_conditions(previous_conditions, wanted, now=now, generation=generation),
+    }
+    if generation is not None:
+        status["observedGeneration"] = generation
+    return status

@@ -1,0 +1,321 @@
+"""A Kubernetes API emulator for tests and benchmarks, built on kmock.
+
+There is no kube-apiserver on the development machines (see the e2e
+fixtures for the real one once it exists), so the operator's integration
+tests and the benchmark talk HTTP to :class:`ApiServerEmulator`, a subclass
+of kmock's ``KubernetesEmulator`` that fills the gaps this project depends on
+(kmock keeps objects as plain JSON and leaves these out on purpose):
+
+* ``metadata.uid``, ``resourceVersion`` (one global counter),
+  ``generation`` (bumped when ``spec`` changes), ``creationTimestamp``,
+  and ``generateName``;
+* JSON patches (RFC 6902) besides merge patches;
+* optimistic concurrency: a merge patch carrying ``metadata.resourceVersion``
+  is refused with ``409 Conflict`` unless it matches the stored object,
+  exactly as the real API server does;
+* the ``status`` subresource: ``PATCH .../status`` changes only ``status``,
+  a patch of the main resource leaves ``status`` alone;
+* equality-based label selectors (``a=b``, ``a!=b``, ``a``, ``!a``) and the
+  ``metadata.name`` field selector on lists and watches;
+* cascading deletion through ``ownerReferences`` (the garbage collector);
+* ``201 Created`` on create (the generated client insists on it);
+* the events and leases resources declared up front, and ``GET
+  /api/v1/namespaces`` (a path kmock cannot parse) answered here.
+
+It is an emulator, not a conformance target: no admission, no schema
+validation, no server-side apply, no ``PUT``. Tests that need those run
+against the real control plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import aiohttp.web
+import attrs
+import jsonpatch
+import jsonpointer
+import kmock
+from kmock._internal import dicts, k8s, rendering
+
+__all__ = ["DEFAULT_RESOURCES", "ApiServerEmulator", "match_labels"]
+
+# Resources every emulator serves: plural path -> (kind, namespaced, has status subresource).
+DEFAULT_RESOURCES: dict[str, tuple[str, bool, bool]] = {
+    "v1/namespaces": ("Namespace", False, True),
+    "v1/pods": ("Pod", True, True),
+    "v1/services": ("Service", True, True),
+    "v1/events": ("Event", True, False),
+    "v1/configmaps": ("ConfigMap", True, False),
+    "v1/nodes": ("Node", False, True),
+    "coordination.k8s.io/v1/leases": ("Lease", True, False),
+    "events.k8s.io/v1/events": ("Event", True, False),
+}
+
+
+def match_labels(labels: Mapping[str, str], selector: str) -> bool:
+    """Whether ``labels`` satisfy an equality-based label selector string."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = (s.strip() for s in term.split("!=", 1))
+            if labels.get(key) == value:
+                return False
+        elif "==" in term or "=" in term:
+            key, value = (s.strip() for s in term.replace("==", "=").split("=", 1))
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _conflict(message: str) -> k8s.KubernetesError:
+    return k8s.KubernetesError(status=409, reason="Conflict", message=message, details={})
+
+
+@attrs.define(kw_only=True)
+class ApiServerEmulator(k8s.KubernetesEmulator):
+    """kmock's emulator plus the API server semantics listed in the module docstring."""
+
+    _counter: Iterable[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _current_rv: int = attrs.field(default=0, init=False)
+    _status_subresources: set[str] = attrs.field(factory=set, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for path, (kind, namespaced, status) in DEFAULT_RESOURCES.items():
+            self.declare(path, kind=kind, namespaced=namespaced, status=status)
+
+    def declare(
+        self,
+        path: str,
+        *,
+        kind: str,
+        namespaced: bool = True,
+        status: bool = True,
+        singular: str | None = None,
+        shortnames: Iterable[str] = (),
+        categories: Iterable[str] = (),
+    ) -> None:
+        """Serve a resource, ``group/version/plural`` (``v1/plural`` for the core group)."""
+        self.resources[path] = kmock.ResourceInfo(
+            kind=kind,
+            singular=singular or kind.lower(),
+            namespaced=namespaced,
+            shortnames=set(shortnames),
+            categories=set(categories),
+            subresources={"status"} if status else set(),
+            verbs={"list", "watch", "get", "create", "patch", "delete"},
+        )
+        if status:
+            self._status_subresources.add(path.rsplit("/", 1)[-1])
+
+    def declare_crd(self, crd: Mapping[str, Any]) -> None:
+        """Serve the resource a CustomResourceDefinition manifest describes."""
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            self.declare(
+                f"{spec['group']}/{version['name']}/{spec['names']['plural']}",
+                kind=spec["names"]["kind"],
+                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                status="status" in version.get("subresources", {}),
+                singular=spec["names"].get("singular"),
+                shortnames=spec["names"].get("shortNames", ()),
+                categories=spec["names"].get("categories", ()),
+            )
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock cannot parse the cluster-scoped "/api/v1/namespaces" path: serve it here.
+        if raw_request.path.rstrip("/") == "/api/v1/namespaces" and raw_request.method == "GET":
+            if raw_request.query.get("watch") in ("true", "1"):
+                response = aiohttp.web.StreamResponse()
+                await response.prepare(raw_request)
+                while True:  # nothing ever changes; the client closes the stream
+                    await asyncio.sleep(3600)
+            names = {ns for (_, ns, _) in self._objects if ns} | {"default"}
+            return aiohttp.web.json_response({
+                "apiVersion": "v1", "kind": "NamespaceList",
+                "metadata": {"resourceVersion": str(self._current_rv)},
+                "items": [{"metadata": {"name": ns}} for ns in sorted(names)],
+            })
+        return await super().__call__(raw_request)
+
+    # -- state changes -------------------------------------------------------------------------
+
+    def _next_rv(self) -> str:
+        self._current_rv = next(self._counter)  # type: ignore[call-overload]
+        return str(self._current_rv)
+
+    async def _handle(self, request: rendering.Request) -> Any:
+        if request.resource is None or request.action not in (
+            kmock.action.CREATE,
+            kmock.action.UPDATE,
+            kmock.action.DELETE,
+        ) or (request.action != kmock.action.CREATE and request.name is None):
+            return await super()._handle(request)
+        async with self._lock:
+            if request.action == kmock.action.CREATE:
+                return aiohttp.web.json_response(await self._create(request), status=201)
+            key = (request.resource, request.namespace, request.name)
+            if request.action == kmock.action.UPDATE:
+                await self._patch(request)
+            else:
+                await self._delete(request.resource, request.namespace, request.name)
+            return aiohttp.web.json_response(self._objects[key].last.raw)
+
+    async def _create(self, request: rendering.Request) -> dict[str, Any]:
+        body = dict(request.data or {})
+        meta = dict(body.get("metadata") or {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + secrets.token_hex(3)
+        namespace = request.namespace or meta.get("namespace")
+        if namespace:
+            meta["namespace"] = namespace
+        meta.update(
+            uid=str(uuid.uuid4()),
+            resourceVersion=self._next_rv(),
+            generation=1,
+            creationTimestamp=_now(),
+        )
+        body["metadata"] = meta
+        key = (request.resource, namespace, meta["name"])
+        if key in self._objects and not self._objects[key].deleted:
+            raise k8s.KubernetesObjectConflictError(
+                status=409, reason="AlreadyExists", message=f'"{meta["name"]}" already exists'
+            )
+        if key in self._objects:
+            self._objects[key].create(body)
+        else:
+            self._objects[key] = body
+        raw = self._objects[key].raw
+        await self._buses[request.resource].put({"type": "ADDED", "object": raw})
+        return raw
+
+    async def _patch(self, request: rendering.Request) -> None:
+        key = (request.resource, request.namespace, request.name)
+        if key not in self._objects or self._objects[key].deleted:
+            raise k8s.KubernetesObjectNotFoundError()
+        obj = self._objects[key]
+        current = json.loads(json.dumps(obj.raw))
+        patch = request.data
+        if isinstance(patch, list):  # RFC 6902 JSON patch (kopf uses these for finalizers)
+            try:
+                new = jsonpatch.apply_patch(current, patch, in_place=False)
+            except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+                raise k8s.KubernetesError(status=422, reason="Invalid", message=str(exc), details={}) from exc
+        elif isinstance(patch, Mapping):  # RFC 7386 merge patch
+            patch = json.loads(json.dumps(patch))
+            wanted_rv = (patch.get("metadata") or {}).pop("resourceVersion", None)
+            if wanted_rv is not None and str(wanted_rv) != current["metadata"].get("resourceVersion"):
+                raise _conflict(
+                    f'Operation cannot be fulfilled on {request.resource.plural} "{request.name}": '
+                    "the object has been modified; please apply your changes to the latest version "
+                    "and try again"
+                )
+            new = dict(dicts.merge_patch_dict(current, patch))
+        else:
+            raise k8s.KubernetesError(status=415, reason="UnsupportedMediaType", message="unknown patch", details={})
+        plural = request.resource.plural or ""
+        if request.subresource == "status":
+            new = {**current, "status": new.get("status")}
+        elif plural in self._status_subresources:
+            new["status"] = current.get("status")
+        if new.get("status") is None:
+            new.pop("status", None)
+        meta = dict(new.get("metadata") or {})
+        for field in ("uid", "creationTimestamp", "generation", "deletionTimestamp", "name", "namespace"):
+            if field in current["metadata"]:
+                meta[field] = current["metadata"][field]
+            else:
+                meta.pop(field, None)
+        meta["resourceVersion"] = self._next_rv()
+        if new.get("spec") != current.get("spec"):
+            meta["generation"] = int(current["metadata"].get("generation", 1)) + 1
+        new["metadata"] = meta
+        obj.history.append(new)
+        await self._buses[request.resource].put({"type": "MODIFIED", "object": obj.raw})
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            await self._really_delete(request.resource, request.namespace, request.name)
+
+    async def _delete(self, resource: Any, namespace: str | None, name: str) -> None:
+        key = (resource, namespace, name)
+        if key not in self._objects or self._objects[key].deleted:
+            raise k8s.KubernetesObjectNotFoundError()
+        obj = self._objects[key]
+        meta = obj.raw.get("metadata", {})
+        if meta.get("deletionTimestamp"):
+            return
+        if meta.get("finalizers"):
+            obj.patch({"metadata": {"deletionTimestamp": _now(), "resourceVersion": self._next_rv()}})
+            await self._buses[resource].put({"type": "MODIFIED", "object": obj.raw})
+            return
+        await self._really_delete(resource, namespace, name)
+
+    async def _really_delete(self, resource: Any, namespace: str | None, name: str) -> None:
+        obj = self._objects[resource, namespace, name]
+        obj.patch({"metadata": {"resourceVersion": self._next_rv()}})
+        raw = obj.raw
+        obj.delete()
+        await self._buses[resource].put({"type": "DELETED", "object": raw})
+        uid = raw.get("metadata", {}).get("uid")
+        # Garbage collection: delete the dependents this object owned.
+        dependents = [
+            (res, ns, nm)
+            for (res, ns, nm), dep in list(self._objects.items())
+            if not dep.deleted
+            and any(ref.get("uid") == uid for ref in dep.raw.get("metadata", {}).get("ownerReferences", []))
+        ]
+        for res, ns, nm in dependents:
+            await self._delete(res, ns, nm)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _visible(self, request: rendering.Request, obj: Mapping[str, Any]) -> bool:
+        meta = obj.get("metadata", {})
+        selector = request.params.get("labelSelector")
+        if selector and not match_labels(meta.get("labels") or {}, selector):
+            return False
+        fields = request.params.get("fieldSelector")
+        if fields:
+            for term in fields.split(","):
+                key, _, value = term.partition("=")
+                if key.strip() == "metadata.name" and meta.get("name") != value.strip():
+                    return False
+        return True
+
+    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        payload = await super()._serve_list(request)
+        assert isinstance(payload, dict)
+        payload["items"] = [item for item in payload["items"] if self._visible(request, item)]
+        payload["metadata"] = {"resourceVersion": str(self._current_rv)}
+        return payload
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        seen: set[str | None] = set()
+        async for event in super()._serve_watch(request):
+            if not isinstance(event, dict):
+                yield event
+                continue
+            obj = event.get("object", {})
+            uid = obj.get("metadata", {}).get("uid")
+            if self._visible(request, obj):
+                seen.add(uid)
+                yield event
+            elif uid in seen:
+                # Like the API server: an object that leaves the selector is DELETED for this watch.
+                seen.discard(uid)
+                yield {"type": "DELETED", "object": obj}

@@ -1,0 +1,76 @@
+"""The operator's exception tree, rooted in the core's.
+
+::
+
+    LegacyGPUError (core)
+    └── OperatorError
+        ├── ApiError                 the Kubernetes API answered with an error
+        │   ├── ApiConflictError     409: the object changed (also a core ConflictError)
+        │   └── ApiNotFoundError     404: no such object (also a core NotFoundError)
+        └── InvalidSpecError         a spec the CRD schema let through but the operator refuses
+
+The Kubernetes client's ``ApiException`` never leaves
+:mod:`legacygpu.operator.kubeapi`; :func:`from_api_exception` translates it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from legacygpu.core.errors import ConflictError, LegacyGPUError, NotFoundError, ValidationError
+
+__all__ = [
+    "ApiConflictError",
+    "ApiError",
+    "ApiNotFoundError",
+    "InvalidSpecError",
+    "OperatorError",
+    "from_api_exception",
+]
+
+
+class OperatorError(LegacyGPUError):
+    """Root of the operator's own errors."""
+
+
+class ApiError(OperatorError):
+    """The API server refused a request; ``status`` is the HTTP code."""
+
+    def __init__(self, message: str, *, status: int = 0, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class ApiConflictError(ApiError, ConflictError):
+    """409: the object was modified (or already exists)."""
+
+
+class ApiNotFoundError(ApiError, NotFoundError):
+    """404: the object or resource does not exist."""
+
+
+class InvalidSpecError(OperatorError, ValidationError):
+    """The spec is valid to the schema but not to the operator."""
+
+
+def from_api_exception(exc: Any, what: str) -> ApiError:
+    """An :class:`ApiError` for a ``kubernetes.client.ApiException`` raised while doing ``what``."""
+    status = int(getattr(exc, "status", 0) or 0)
+    reason = str(getattr(exc, "reason", "") or "")
+    message = reason
+    body = getattr(exc, "body", None)
+    if body:
+        try:
+            decoded = json.loads(body)
+            message = decoded.get("message") or message
+            reason = decoded.get("reason") or reason
+        except (ValueError, AttributeError):
+            message = str(body)[:500]
+    text = f"{what}: {status} {message}".strip()
+    if status == 409:
+        return ApiConflictError(text, status=status, reason=reason)
+    if status == 404:
+        return ApiNotFoundError(text, status=status, reason=reason)
+    return ApiError(text, status=status, reason=reason)

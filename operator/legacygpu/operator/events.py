@@ -1,0 +1,42 @@
+"""Kubernetes Events: the reasons the operator reports, and one way to post them.
+
+Events go through kopf's poster (queued, rate-limited, never failing a
+handler). Reasons are CamelCase constants; ``kubectl describe icl/NAME``
+shows the cluster's story (workers created, replaced, removed, conditions
+changing), ``kubectl describe itask/NAME`` the task's (assigned, requeued,
+failed by the operator).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+__all__ = ["EventReason", "post"]
+
+log = logging.getLogger(__name__)
+
+
+class EventReason:
+    WORKER_CREATED = "WorkerCreated"
+    WORKER_DELETED = "WorkerDeleted"
+    WORKER_REPLACED = "WorkerReplaced"
+    SERVICE_CREATED = "ServiceCreated"
+    SCALED = "Scaled"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    INVALID_SPEC = "InvalidSpec"
+    CONDITION_CHANGED = "ConditionChanged"
+    CLUSTER_DELETED = "ClusterDeleted"
+    TASK_ASSIGNED = "Assigned"
+
+
+def post(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """Queue one Event about ``body`` (needs ``apiVersion``, ``kind`` and ``metadata``)."""
+    try:
+        kopf.event(dict(body), type=type_, reason=reason, message=message)  # type: ignore[arg-type]
+    except Exception:  # events are best effort: never let one break a reconcile
+        log.exception("could not queue event %s for %s", reason, body.get("metadata", {}).get("name"))

@@ -1,0 +1,188 @@
+"""The operator's Kubernetes calls, async, with errors translated.
+
+kopf watches and patches the object a handler runs for; everything else
+(children, other tasks, leases) goes through :class:`KubeApi`, which runs
+the official client's blocking calls on a small thread pool so a reconcile
+pass can issue several at once without blocking the event loop. The same
+client configuration feeds kopf's login (:func:`connection_info`), so both
+talk to the same API server with the same identity.
+
+Every phase-changing status write passes ``resource_version``: the API
+server then refuses it with 409 (:class:`ApiConflictError`) when the task
+changed since it was read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import kubernetes
+
+from legacygpu.operator.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL, VERSION
+from legacygpu.operator.errors import ApiConflictError, ApiNotFoundError, from_api_exception
+
+__all__ = ["MERGE_PATCH", "KubeApi", "load_configuration", "resource_path"]
+MERGE_PATCH = "application/merge-patch+json"
+"""Always named: the generated client otherwise sends core patches as JSON patches."""
+
+
+def load_configuration(
+    *, server: str | None = None, kubeconfig: str | None = None, context: str | None = None,
+    token: str | None = None, insecure: bool = False,
+) -> kubernetes.client.Configuration:
+    """A client configuration: an explicit server, else in-cluster, else the kubeconfig."""
+    if server:
+        config = kubernetes.client.Configuration(host=server.rstrip("/"))
+        config.verify_ssl = not insecure
+        if token:
+            config.api_key = {"authorization": f"Bearer {token}"}
+        return config
+    config = kubernetes.client.Configuration()
+    if kubeconfig is None and context is None:
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=config)
+            return config
+        except kubernetes.config.ConfigException:
+            pass
+    kubernetes.config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=config)
+    return config
+
+
+def resource_path(group: str, version: str, plural: str, namespace: str | None, name: str | None = None,
+          subresource: str | None = None) -> str:
+    base = f"/api/{version}" if not group else f"/apis/{group}/{version}"
+    if namespace:
+        base += f"/namespaces/{namespace}"
+    base += f"/{plural}"
+    if name:
+        base += f"/{name}"
+    if subresource:
+        base += f"/{subresource}"
+    return base
+
+
+class KubeApi:
+    """Async, dict-in dict-out access to any resource, plus the calls the operator makes."""
+
+    def __init__(self, configuration: kubernetes.client.Configuration, *, concurrency: int = 8) -> None:
+        self.configuration = configuration
+        self.client = kubernetes.client.ApiClient(configuration)
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kubeapi")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+    def request_sync(
+        self, method: str, path: str, *, body: Any = None, query: dict[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> dict[str, Any]:
+        """One blocking API call with the client's authentication; raises ``ApiException``."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        _, url, headers, payload, _ = self.client.param_serialize(
+            method=method, resource_path=path, query_params=list((query or {}).items()),
+            header_params=headers, body=body, auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(method, url, headers, payload)
+        response.read()
+        text = response.data.decode("utf-8") if response.data else ""
+        if not 200 <= response.status <= 299:
+            raise kubernetes.client.ApiException.from_response(http_resp=response, body=text, data=None)
+        return json.loads(text) if text else {}
+
+    async def request(
+        self, method: str, path: str, *, body: Any = None, query: dict[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`request_sync` on the pool; ``ApiException`` becomes the operator's errors."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self.request_sync, method, path, body=body, query=query, content_type=content_type)
+        try:
+            return await loop.run_in_executor(self._pool, call)
+        except kubernetes.client.ApiException as exc:
+            raise from_api_exception(exc, f"{method} {path}") from exc
+
+    async def get(self, group: str, version: str, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        return await self.request("GET", resource_path(group, version, plural, namespace, name))
+
+    async def create(self, group: str, version: str, plural: str, namespace: str, body: Any) -> dict[str, Any]:
+        return await self.request("POST", resource_path(group, version, plural, namespace), body=body)
+
+    async def patch(
+        self, group: str, version: str, plural: str, namespace: str, name: str, body: Any,
+        *, subresource: str | None = None,
+    ) -> dict[str, Any]:
+        return await self.request(
+            "PATCH", resource_path(group, version, plural, namespace, name, subresource),
+            body=body, content_type=MERGE_PATCH,
+        )
+
+    async def delete(self, group: str, version: str, plural: str, namespace: str, name: str) -> None:
+        with contextlib.suppress(ApiNotFoundError):
+            await self.request("DELETE", resource_path(group, version, plural, namespace, name))
+
+    async def list(
+        self, group: str, version: str, plural: str, namespace: str, *, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        answer = await self.request("GET", resource_path(group, version, plural, namespace), query=query)
+        return list(answer.get("items") or [])
+
+    # -- tasks -----------------------------------------------------------------------------------
+
+    async def get_task(self, namespace: str, name: str) -> dict[str, Any]:
+        return await self.get(GROUP, VERSION, TASK_PLURAL, namespace, name)
+
+    async def patch_task_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return await self.patch(GROUP, VERSION, TASK_PLURAL, namespace, name, body, subresource="status")
+
+    async def patch_task_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> dict[str, Any]:
+        return await self.patch(GROUP, VERSION, TASK_PLURAL, namespace, name, {"metadata": {"labels": labels}})
+
+    async def delete_task(self, namespace: str, name: str) -> None:
+        await self.delete(GROUP, VERSION, TASK_PLURAL, namespace, name)
+
+    # -- clusters --------------------------------------------------------------------------------
+
+    async def get_cluster(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.get(GROUP, VERSION, CLUSTER_PLURAL, namespace, name)
+        except ApiNotFoundError:
+            return None
+
+    async def patch_cluster_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await self.patch(GROUP, VERSION, CLUSTER_PLURAL, namespace, name, {"status": status}, subresource="status")
+
+    # -- children --------------------------------------------------------------------------------
+
+    async def create_pod(self, body: dict[str, Any]) -> None:
+        await self.create("", "v1", "pods", body["metadata"]["namespace"], body)
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        await self.delete("", "v1", "pods", namespace, name)
+
+    async def ensure_service(self, body: dict[str, Any]) -> bool:
+        """Create the Service unless it exists; True when created."""
+        meta = body["metadata"]
+        try:
+            await self.get("", "v1", "services", meta["namespace"], meta["name"])
+            return False
+        except ApiNotFoundError:
+            pass
+        try:
+            await self.create("", "v1", "services", meta["namespace"], body)
+        except ApiConflictError:
+            return False
+        return True

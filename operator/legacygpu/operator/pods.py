@@ -1,0 +1,217 @@
+"""Building a cluster's children: worker Pods and the headless Service (pure functions).
+
+Worker pods are managed directly, KubeRay-style, rather than through a
+Deployment: the operator must choose which worker goes on scale-down (the
+idle one, not a random one) and must know which pod an assignment points
+at. Each pod:
+
+* runs ``legacygpu worker start --kubernetes --backend <backend>`` with
+  ``POD_NAME``/``POD_NAMESPACE`` from the downward API, so the worker can
+  watch the tasks assigned to it;
+* requests ``gpusPerWorker`` of the device resource (``legacygpu.io/gpu``
+  by default) and, unless the spec gives its own affinity, must land on a
+  node labelled ``legacygpu.io/gpu.present=true``;
+* runs as non-root with no privilege escalation, all capabilities dropped
+  and a read-only root file system;
+* answers the readiness probe on ``/readyz`` of the health port.
+
+Owner references (``kopf.adopt``) are added by the caller.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import string
+from collections.abc import Mapping
+from typing import Any
+
+from legacygpu.operator.config import OperatorConfig
+from legacygpu.operator.contract import (
+    DEFAULT_DEVICE_RESOURCE,
+    GPU_NODE_LABEL,
+    LABEL_CLUSTER,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    MANAGER,
+)
+
+__all__ = [
+    "MODEL_DIR",
+    "WORKER_CONTAINER",
+    "build_service",
+    "build_worker_pod",
+    "new_pod_name",
+    "selector_labels",
+    "service_name",
+]
+
+WORKER_CONTAINER = "worker"
+MODEL_DIR = "/models"
+_SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def selector_labels(cluster: str) -> dict[str, str]:
+    """Labels that select a cluster's worker pods."""
+    return {LABEL_CLUSTER: cluster, LABEL_COMPONENT: "worker"}
+
+
+def service_name(cluster: str) -> str:
+    return f"{cluster}-workers"[:63].rstrip("-")
+
+
+def new_pod_name(cluster: str) -> str:
+    """A fresh worker pod name: ``<cluster>-worker-<5 random characters>`` (at most 63)."""
+    suffix = "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))
+    return f"{cluster[:50].rstrip('-')}-worker-{suffix}"
+
+
+def _default_affinity() -> dict[str, Any]:
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": GPU_NODE_LABEL, "operator": "In", "values": ["true"]}]}
+                ]
+            }
+        }
+    }
+
+
+def _container(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any]:
+    backend = spec.get("backend", "auto")
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "LEGACYGPU_HEALTH_PORT", "value": str(config.health_port)},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    if spec.get("models"):
+        env.append({"name": "LEGACYGPU_PRELOAD_MODELS", "value": ",".join(spec["models"])})
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if spec.get("modelVolume"):
+        env.append({"name": "LEGACYGPU_MODEL_DIR", "value": MODEL_DIR})
+        mounts.append({"name": "models", "mountPath": MODEL_DIR, "readOnly": True})
+    resources = copy.deepcopy(dict(spec.get("resources") or {}))
+    gpus = int(spec.get("gpusPerWorker", 1))
+    if gpus > 0:
+        device = spec.get("deviceResource") or DEFAULT_DEVICE_RESOURCE
+        for section in ("limits", "requests"):
+            resources.setdefault(section, {})[device] = str(gpus)
+    container: dict[str, Any] = {
+        "name": WORKER_CONTAINER,
+        "image": spec.get("image") or config.worker_image,
+        "command": ["legacygpu", "worker", "start", "--kubernetes", "--backend", backend],
+        "env": env,
+        "ports": [{"name": "health", "containerPort": config.health_port, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "health"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "health"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "resources": resources,
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if spec.get("imagePullPolicy"):
+        container["imagePullPolicy"] = spec["imagePullPolicy"]
+    return container
+
+
+def _apply_template(pod_spec: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    for key, value in overrides.items():
+        if key == "containers":
+            for extra in value or ():
+                target = next((c for c in pod_spec["containers"] if c["name"] == extra.get("name")), None)
+                if target is None:
+                    pod_spec["containers"].append(copy.deepcopy(extra))
+                    continue
+                for ckey, cvalue in extra.items():
+                    if ckey in ("env", "volumeMounts", "ports"):
+                        target[ckey] = target.get(ckey, []) + copy.deepcopy(list(cvalue))
+                    else:
+                        target[ckey] = copy.deepcopy(cvalue)
+        elif key == "volumes":
+            pod_spec["volumes"] = pod_spec.get("volumes", []) + copy.deepcopy(list(value))
+        else:
+            pod_spec[key] = copy.deepcopy(value)
+
+
+def build_worker_pod(
+    *, cluster: str, namespace: str, name: str, spec: Mapping[str, Any], config: OperatorConfig
+) -> dict[str, Any]:
+    """The Pod manifest for one worker of ``cluster`` (without owner references)."""
+    template = spec.get("template") or {}
+    template_meta = template.get("metadata") or {}
+    labels = {**(template_meta.get("labels") or {}), **selector_labels(cluster), LABEL_MANAGED_BY: MANAGER}
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    if spec.get("modelVolume"):
+        volumes.append({"name": "models", **copy.deepcopy(dict(spec["modelVolume"]))})
+    pod_spec: dict[str, Any] = {
+        "containers": [_container(spec, config)],
+        "volumes": volumes,
+        "restartPolicy": "Always",
+        "hostname": name,
+        "subdomain": service_name(cluster),
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    account = spec.get("serviceAccountName") or config.worker_service_account
+    if account:
+        pod_spec["serviceAccountName"] = account
+    if spec.get("nodeSelector"):
+        pod_spec["nodeSelector"] = dict(spec["nodeSelector"])
+    if spec.get("affinity"):
+        pod_spec["affinity"] = copy.deepcopy(dict(spec["affinity"]))
+    elif int(spec.get("gpusPerWorker", 1)) > 0:
+        pod_spec["affinity"] = _default_affinity()
+    if spec.get("tolerations"):
+        pod_spec["tolerations"] = copy.deepcopy(list(spec["tolerations"]))
+    _apply_template(pod_spec, template.get("spec") or {})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": dict(template_meta.get("annotations") or {}),
+        },
+        "spec": pod_spec,
+    }
+
+
+def build_service(*, cluster: str, namespace: str, health_port: int) -> dict[str, Any]:
+    """The headless Service giving each worker a stable DNS name (<pod>.<cluster>-workers)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(cluster),
+            "namespace": namespace,
+            "labels": {**selector_labels(cluster), LABEL_MANAGED_BY: MANAGER},
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": False,
+            "selector": selector_labels(cluster),
+            "ports": [{"name": "health", "port": health_port, "targetPort": "health", "protocol": "TCP"}],
+        },
+    }

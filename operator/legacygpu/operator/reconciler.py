@@ -1,0 +1,302 @@
+"""One reconcile pass of an InferenceCluster: workers, tasks, status, in that order.
+
+A pass is level-triggered and idempotent: it reads a snapshot (the kopf
+indexes of the cluster's pods and tasks, plus the runtime's read-your-writes
+overlays), decides with the pure functions of :mod:`clusterstate` and
+:mod:`taskstate`, and writes only differences:
+
+1. **workers**: ensure the headless Service; create, replace or delete
+   worker pods per :func:`~legacygpu.operator.clusterstate.plan_scale`;
+2. **tasks**: apply :func:`~legacygpu.operator.taskstate.decide` to every
+   task (admit, requeue from lost workers, deadlines, cancellation, TTL),
+   then place queued tasks with the cluster's strategy. A task admitted and
+   placed in the same pass gets one write (Pending → Queued → Scheduled,
+   each move checked by the state machine). Every write carries the
+   resourceVersion it was decided on: a 409 means the object moved on (a
+   worker claimed it, a user cancelled it) and the pass is simply run again;
+3. **status**: written only when it changed (counts at most once a second).
+
+It returns how long the loop may sleep before the next timed event (a retry
+backoff ending, a deadline, a TTL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import kopf
+
+from legacygpu.core.scheduling import STRATEGIES
+from legacygpu.core.tasks import Phase
+from legacygpu.operator import events
+from legacygpu.operator.clusterstate import PodView, cluster_status, desired_workers, plan_scale, worker_infos
+from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Desired, conditions_changed, find
+from legacygpu.operator.contract import (
+    LABEL_WORKER,
+    TaskStatus,
+    assigned_status,
+    format_time,
+    now_utc,
+    parse_time,
+)
+from legacygpu.operator.errors import ApiConflictError, ApiNotFoundError
+from legacygpu.operator.events import EventReason
+from legacygpu.operator.pods import build_service, build_worker_pod, new_pod_name, selector_labels
+from legacygpu.operator.runtime import ClusterKey, OperatorRuntime
+from legacygpu.operator.taskstate import TaskView, decide, plan_assignments, task_view
+
+__all__ = ["cluster_problem", "reconcile_cluster", "write_task"]
+
+ACTIVE = (Phase.SCHEDULED, Phase.RUNNING)
+_STATUS_COUNTS_EVERY = 1.0
+_SERVICE_CHECK_EVERY = 60.0
+_STARTUP_REASONS = (ConditionReason.NO_READY_WORKERS, ConditionReason.WORKERS_NOT_READY)
+
+
+def cluster_problem(spec: Mapping[str, Any]) -> str | None:
+    """What the operator refuses in a spec the schema let through (e.g. applied without CEL)."""
+    low, high = int(spec.get("minReplicas", 0)), int(spec.get("maxReplicas", 64))
+    replicas = int(spec.get("replicas", 1))
+    if low > high:
+        return f"spec.minReplicas ({low}) is greater than spec.maxReplicas ({high})"
+    if not low <= replicas <= high:
+        return f"spec.replicas ({replicas}) is outside [spec.minReplicas, spec.maxReplicas] = [{low}, {high}]"
+    strategy = spec.get("schedulingStrategy", "least-loaded")
+    if strategy not in STRATEGIES:
+        return f"spec.schedulingStrategy {strategy!r} is not one of {', '.join(sorted(STRATEGIES))}"
+    return None
+
+
+async def write_task(
+    rt: OperatorRuntime,
+    task: TaskView,
+    status: TaskStatus,
+    *,
+    event: tuple[str, str, str] | None = None,
+    worker_label: str | None = None,
+) -> bool:
+    """Write ``status`` if the task is still at the version it was decided on; True when written."""
+    try:
+        body = await rt.api.patch_task_status(
+            task.namespace, task.name, dict(status), resource_version=task.resource_version or None
+        )
+    except ApiConflictError:
+        rt.poke((task.namespace, task.cluster))
+        return False
+    except ApiNotFoundError:
+        return False
+    after = task_view(body)
+    rt.wrote_task(task, after)
+    phase = Phase(status.get("phase", task.phase.value))
+    rt.metrics.transitions.labels(phase.value, status.get("reason", "")).inc()
+    if phase == Phase.SCHEDULED and after.attempts == 1:
+        created = parse_time(task.created)
+        if created is not None:
+            rt.metrics.assignment.observe(max(0.0, (now_utc() - created).total_seconds()))
+    try:
+        if worker_label is not None:
+            await rt.api.patch_task_labels(task.namespace, task.name, {LABEL_WORKER: worker_label})
+        elif phase == Phase.QUEUED and task.label_worker:
+            await rt.api.patch_task_labels(task.namespace, task.name, {LABEL_WORKER: None})
+    except ApiNotFoundError:
+        pass
+    if event is not None and rt.config.task_events:
+        events.post(task.ref(), *event)
+    return True
+
+
+async def _children(
+    rt: OperatorRuntime, body: Mapping[str, Any], pods: list[PodView], assigned: Mapping[str, int],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> list[PodView]:
+    meta, spec = body["metadata"], body.get("spec") or {}
+    namespace, name = meta["namespace"], meta["name"]
+    key: ClusterKey = (namespace, name)
+    checked = rt.service_checked.get(key, 0.0)
+    if time.monotonic() - checked > _SERVICE_CHECK_EVERY:
+        service = build_service(cluster=name, namespace=namespace, health_port=rt.config.health_port)
+        kopf.adopt(service, owner=dict(body))  # type: ignore[arg-type]
+        if await rt.api.ensure_service(service):
+            message = f"created headless Service {service['metadata']['name']}"
+            events.post(body, "Normal", EventReason.SERVICE_CREATED, message)
+        rt.service_checked[key] = time.monotonic()
+    desired = desired_workers(spec)
+    plan = plan_scale(desired, pods, assigned)
+    for victim in plan.delete:
+        await rt.api.delete_pod(namespace, victim)
+        rt.deleted_pod(key, victim)
+        if victim in plan.replaced:
+            events.post(body, "Warning", EventReason.WORKER_REPLACED, f"worker pod {victim} failed; replacing it")
+        else:
+            why = "cluster suspended" if spec.get("suspend") else f"scaling to {desired}"
+            events.post(body, "Normal", EventReason.WORKER_DELETED, f"deleted worker pod {victim}: {why}")
+    created = []
+    for _ in range(plan.create):
+        pod_name = new_pod_name(name)
+        pod = build_worker_pod(cluster=name, namespace=namespace, name=pod_name, spec=spec, config=rt.config)
+        kopf.adopt(pod, owner=dict(body))  # type: ignore[arg-type]
+        await rt.api.create_pod(pod)
+        rt.created_pod(key, pod_name)
+        created.append(pod_name)
+        events.post(body, "Normal", EventReason.WORKER_CREATED, f"created worker pod {pod_name} ({desired} wanted)")
+    if plan.create or plan.delete:
+        logger.info("workers: created %s, deleted %s (%d wanted)", created, list(plan.delete), desired)
+    placeholder = PodView(name="", phase="Pending", created=format_time(now_utc()))
+    return rt.pods_seen(key, pods, placeholder)
+
+
+async def _tasks(
+    rt: OperatorRuntime, body: Mapping[str, Any], tasks: Sequence[TaskView], pods: Sequence[PodView],
+    *, schedule: bool, now: datetime.datetime,
+) -> list[datetime.datetime]:
+    meta, spec = body["metadata"], body.get("spec") or {}
+    key: ClusterKey = (meta["namespace"], meta["name"])
+    pod_map = {p.name: p for p in pods}
+    wakes: list[datetime.datetime] = []
+    writes: list[tuple[TaskView, TaskStatus, tuple[str, str, str] | None, str | None]] = []
+    deletes: list[TaskView] = []
+    admitted: dict[tuple[str, str], TaskStatus] = {}
+    for task in tasks:
+        action = decide(
+            task, cluster_exists=True, pods=pod_map, now=now, policy=rt.policy,
+            grace_seconds=rt.config.cluster_not_found_grace_seconds,
+        )
+        if action is None:
+            continue
+        if action.wake_at is not None:
+            wakes.append(action.wake_at)
+        if action.delete:
+            deletes.append(task)
+        elif action.status is not None:
+            if task.phase == Phase.PENDING and action.phase == Phase.QUEUED:
+                admitted[task.namespace, task.name] = action.status
+            else:
+                writes.append((task, action.status, action.event, None))
+    changing = {(t.namespace, t.name) for t, *_ in writes}
+    if schedule:
+        still = [t for t in tasks if (t.namespace, t.name) not in changing]
+        assigned = Counter(t.worker for t in still if t.phase in ACTIVE and t.worker)
+        candidates = [t for t in still if t.phase == Phase.QUEUED] + [
+            replace(t, phase=Phase.QUEUED) for t in tasks if (t.namespace, t.name) in admitted
+        ]
+        workers = worker_infos(pods, assigned, int(spec.get("tasksPerWorker", 2)))
+        strategy = rt.strategy(key, spec.get("schedulingStrategy", "least-loaded"))
+        originals = {(t.namespace, t.name): t for t in tasks}
+        for task, worker in plan_assignments(candidates, workers, strategy, now):
+            original = originals[task.namespace, task.name]
+            base = admitted.pop((task.namespace, task.name), TaskStatus())
+            status = TaskStatus(**base)
+            status.update(
+                assigned_status({**original.status, **base}, pod=worker.id, node=pod_map[worker.id].node, now=now)
+            )
+            message = f"assigned to worker {worker.id} by {strategy.name}"
+            writes.append((original, status, ("Normal", EventReason.TASK_ASSIGNED, message), worker.id))
+    for (namespace, name), status in admitted.items():
+        original = next(t for t in tasks if t.namespace == namespace and t.name == name)
+        writes.append((original, status, None, None))
+    results = await asyncio.gather(
+        *(write_task(rt, t, s, event=e, worker_label=label) for t, s, e, label in writes),
+        *(rt.api.delete_task(t.namespace, t.name) for t in deletes),
+        return_exceptions=True,
+    )
+    for outcome in results:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return wakes
+
+
+def _condition_events(body: Mapping[str, Any], old: Any, new: list[dict[str, Any]]) -> None:
+    for type_ in conditions_changed(old, new):
+        condition = find(new, type_)
+        assert condition is not None
+        before = find(old, type_)
+        if type_ == ClusterCondition.SUSPENDED and before is not None and before.get("status") != condition["status"]:
+            suspended = condition["status"] == "True"
+            events.post(
+                body, "Normal", EventReason.SUSPENDED if suspended else EventReason.RESUMED,
+                "cluster suspended: workers removed" if suspended else "cluster resumed: workers start",
+            )
+            continue
+        bad = (type_ == ClusterCondition.DEGRADED and condition["status"] == "True") or (
+            type_ != ClusterCondition.DEGRADED and condition["status"] == "False"
+            and condition["reason"] not in (ConditionReason.SUSPENDED, ConditionReason.NOT_SUSPENDED)
+        )
+        if before is None and not (bad and condition["reason"] not in _STARTUP_REASONS):
+            continue
+        events.post(
+            body, "Warning" if bad else "Normal", condition["reason"],
+            f"{type_} is {condition['status']}: {condition['message']}",
+        )
+
+
+async def reconcile_cluster(
+    rt: OperatorRuntime,
+    body: Mapping[str, Any],
+    *,
+    tasks: Iterable[TaskView],
+    pods: Iterable[PodView],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> float:
+    """One pass; returns the seconds the loop may sleep before the next timed event."""
+    started = time.perf_counter()
+    meta, spec = body["metadata"], dict(body.get("spec") or {})
+    namespace, name = meta["namespace"], meta["name"]
+    key: ClusterKey = (namespace, name)
+    now = now_utc()
+    placeholder = PodView(name="", phase="Pending", created=format_time(now))
+    pod_list = rt.pods_seen(key, list(pods), placeholder)
+    indexed_tasks = list(tasks)
+    task_list = rt.tasks_seen(indexed_tasks)
+    problem = cluster_problem(spec)
+    if problem is None:
+        assigned = Counter(t.worker for t in task_list if t.phase in ACTIVE and t.worker)
+        pod_list = await _children(rt, body, pod_list, assigned, logger)
+    wakes = await _tasks(
+        rt, body, task_list, pod_list, schedule=problem is None and not spec.get("suspend"), now=now
+    )
+    final = rt.tasks_seen(indexed_tasks)
+    phases = Counter(t.phase for t in final)
+    assigned = Counter(t.worker for t in final if t.phase in ACTIVE and t.worker)
+    extra = []
+    if problem is not None:
+        extra.append(Desired(ClusterCondition.READY, False, ConditionReason.INVALID_SPEC, problem))
+    previous = rt.cluster_status.get(key) or dict(body.get("status") or {})
+    status = cluster_status(
+        spec=spec,
+        generation=meta.get("generation"),
+        pods=pod_list,
+        assigned=assigned,
+        queued=phases[Phase.PENDING] + phases[Phase.QUEUED],
+        running=phases[Phase.SCHEDULED] + phases[Phase.RUNNING],
+        previous_conditions=previous.get("conditions"),
+        selector=",".join(f"{k}={v}" for k, v in selector_labels(name).items()),
+        now=now,
+        extra_conditions=extra,
+    )
+    delay = rt.config.resync_seconds
+    if status != {k: previous.get(k) for k in status}:
+        counts_only = all(
+            status[k] == previous.get(k) for k in status if k not in ("queuedTasks", "runningTasks", "workers")
+        )
+        last = rt.status_written.get(key, 0.0)
+        if counts_only and time.monotonic() - last < _STATUS_COUNTS_EVERY:
+            delay = min(delay, _STATUS_COUNTS_EVERY)
+        else:
+            await rt.api.patch_cluster_status(namespace, name, status)
+            rt.status_written[key] = time.monotonic()
+            rt.cluster_status[key] = status
+            _condition_events(body, previous.get("conditions"), status["conditions"])
+    ready = sum(1 for p in pod_list if p.ready and p.live)
+    rt.metrics.observe_cluster(namespace, name, phases, ready, sum(1 for p in pod_list if p.live) - ready)
+    if wakes:
+        delay = min(delay, max(0.0, (min(wakes) - now_utc()).total_seconds()) + 0.01)
+    rt.metrics.reconcile_duration.labels("InferenceCluster").observe(time.perf_counter() - started)
+    return delay
+

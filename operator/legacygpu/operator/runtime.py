@@ -1,0 +1,144 @@
+"""The operator's in-memory runtime: caches and wake-ups, never the truth.
+
+All state lives in the objects; what is kept here only makes the operator
+fast and is rebuilt from nothing on restart:
+
+* a wake-up event per cluster, set by task and pod events, so a cluster's
+  reconcile loop runs as soon as something changes instead of polling;
+* read-your-writes overlays: after a status write the watch may lag by a
+  few milliseconds, so the next pass would see a task as still ``Queued``
+  and assign it twice, or a pod as missing and create another. An overlay
+  entry lives until the index shows a newer version of the object;
+* the strategy instance per cluster (round-robin remembers its position);
+* background tasks spawned by handlers (delayed re-checks), cancelled on
+  shutdown.
+
+One runtime is handed to every handler as kopf's ``memo.runtime``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from legacygpu.core.scheduling import Strategy, make_strategy
+from legacygpu.core.tasks import RetryPolicy
+from legacygpu.operator.clusterstate import PodView
+from legacygpu.operator.config import OperatorConfig
+from legacygpu.operator.kubeapi import KubeApi
+from legacygpu.operator.metrics import OperatorMetrics
+from legacygpu.operator.taskstate import TaskView
+
+__all__ = ["ClusterKey", "OperatorRuntime"]
+
+ClusterKey = tuple[str, str]
+"""(namespace, cluster name)."""
+
+_OVERLAY_TTL = 60.0
+
+
+@dataclass
+class OperatorRuntime:
+    config: OperatorConfig
+    api: KubeApi
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    wakers: dict[ClusterKey, asyncio.Event] = field(default_factory=dict)
+    strategies: dict[ClusterKey, Strategy] = field(default_factory=dict)
+    task_overlay: dict[tuple[str, str], tuple[str, TaskView, float]] = field(default_factory=dict)
+    created_pods: dict[ClusterKey, dict[str, float]] = field(default_factory=dict)
+    deleted_pods: dict[ClusterKey, dict[str, float]] = field(default_factory=dict)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    service_checked: dict[ClusterKey, float] = field(default_factory=dict)
+    status_written: dict[ClusterKey, float] = field(default_factory=dict)
+    cluster_status: dict[ClusterKey, dict[str, Any]] = field(default_factory=dict)
+    """The status last written per cluster (the daemon's body may lag behind it)."""
+    orphan_checks: set[tuple[str, str]] = field(default_factory=set)
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(self.config.retry_base_seconds, self.config.retry_cap_seconds)
+
+    # -- wake-ups --------------------------------------------------------------------------------
+
+    def waker(self, key: ClusterKey) -> asyncio.Event:
+        return self.wakers.setdefault(key, asyncio.Event())
+
+    def poke(self, key: ClusterKey) -> None:
+        self.waker(key).set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def shutdown(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+
+    def strategy(self, key: ClusterKey, name: str) -> Strategy:
+        current = self.strategies.get(key)
+        if current is None or current.name != name:
+            current = self.strategies[key] = make_strategy(name)
+        return current
+
+    def forget(self, key: ClusterKey) -> None:
+        self.wakers.pop(key, None)
+        self.strategies.pop(key, None)
+        self.created_pods.pop(key, None)
+        self.deleted_pods.pop(key, None)
+        self.service_checked.pop(key, None)
+        self.status_written.pop(key, None)
+        self.cluster_status.pop(key, None)
+
+    # -- read-your-writes ------------------------------------------------------------------------
+
+    def wrote_task(self, before: TaskView, after: TaskView) -> None:
+        self.task_overlay[before.namespace, before.name] = (before.resource_version, after, time.monotonic())
+
+    def tasks_seen(self, views: Iterable[TaskView]) -> list[TaskView]:
+        """The indexed tasks, with our own writes the index has not caught up with."""
+        now = time.monotonic()
+        result = []
+        for view in views:
+            key = (view.namespace, view.name)
+            entry = self.task_overlay.get(key)
+            if entry is not None:
+                base_rv, written, at = entry
+                if view.resource_version == base_rv and now - at < _OVERLAY_TTL:
+                    result.append(written)
+                    continue
+                del self.task_overlay[key]
+            result.append(view)
+        return result
+
+    def created_pod(self, key: ClusterKey, name: str) -> None:
+        self.created_pods.setdefault(key, {})[name] = time.monotonic()
+
+    def deleted_pod(self, key: ClusterKey, name: str) -> None:
+        self.deleted_pods.setdefault(key, {})[name] = time.monotonic()
+
+    def pods_seen(self, key: ClusterKey, views: Iterable[PodView], placeholder: PodView) -> list[PodView]:
+        """Indexed pods, plus pods we created that the index lacks, minus pods we deleted."""
+        now = time.monotonic()
+        deleted = self.deleted_pods.get(key, {})
+        created = self.created_pods.get(key, {})
+        pods = []
+        for pod in views:
+            at = deleted.get(pod.name)
+            if at is not None and not pod.deleting and now - at < _OVERLAY_TTL:
+                pod = dataclasses.replace(pod, deleting=True, ready=False)
+            pods.append(pod)
+        names = {pod.name for pod in pods}
+        for name in [n for n, at in deleted.items() if n not in names or now - at >= _OVERLAY_TTL]:
+            del deleted[name]
+        for name, at in list(created.items()):
+            if name in names or now - at >= _OVERLAY_TTL:
+                del created[name]
+            else:
+                pods.append(dataclasses.replace(placeholder, name=name))
+        return pods

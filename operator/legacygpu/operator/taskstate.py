@@ -1,0 +1,287 @@
+"""What a task needs next, decided from a snapshot (pure functions).
+
+:func:`task_view` reduces an InferenceTask to what the operator indexes
+(never its inputs, which may be megabytes). :func:`decide` is the
+operator's whole per-task policy, in this order:
+
+1. finished tasks are deleted once ``ttlSecondsAfterFinished`` has passed;
+2. ``spec.cancel`` ends any unfinished task ``Cancelled``;
+3. ``timeoutSeconds`` after creation an unfinished task ends ``Failed`` /
+   ``DeadlineExceeded``;
+4. a ``Pending`` task is failed ``ClusterNotFound`` if its cluster is
+   still unknown after a short grace, ``InvalidInput`` if its tensors do not
+   add up, and queued otherwise;
+5. a ``Scheduled``/``Running`` task whose worker pod is gone, terminating,
+   failed or not ready goes back to the queue (``WorkerLost``) after a
+   backoff, or ends ``RetriesExhausted``.
+
+Queued tasks are then placed by :func:`plan_assignments`, highest
+``priority`` first (ties: oldest first), with the cluster's shared
+scheduling strategy. Every status written comes from the builders in
+:mod:`legacygpu.operator.contract`, which check each move against the core
+state machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from legacygpu.core.errors import ValidationError
+from legacygpu.core.scheduling import Requirements, Strategy, WorkerInfo
+from legacygpu.core.tasks import TERMINAL_PHASES, Phase, Reason, RetryPolicy
+from legacygpu.core.tensors import Tensor, to_numpy
+from legacygpu.operator.clusterstate import PodView
+from legacygpu.operator.contract import (
+    LABEL_WORKER,
+    TaskStatus,
+    parse_time,
+    queued_status,
+    requeue_status,
+    terminal_status,
+)
+
+__all__ = ["Action", "TaskView", "decide", "plan_assignments", "task_view", "validate_inputs"]
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """The indexed facts about one task."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    resource_version: str = ""
+    generation: int | None = None
+    cluster: str = ""
+    model: str = ""
+    priority: int = 0
+    created: str = ""
+    timeout_seconds: int | None = None
+    max_retries: int = 3
+    ttl_seconds: int | None = None
+    cancel: bool = False
+    requirements: Requirements = field(default_factory=Requirements)
+    phase: Phase = Phase.PENDING
+    attempts: int = 0
+    worker: str | None = None
+    label_worker: str | None = None
+    retry_after: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    problem: str | None = None
+    """Why the inputs are invalid (checked only while Pending)."""
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL_PHASES
+
+    @property
+    def status(self) -> TaskStatus:
+        """The status fields the builders read."""
+        status = TaskStatus(phase=self.phase.value, attempts=self.attempts)
+        if self.start_time:
+            status["startTime"] = self.start_time
+        return status
+
+    def ref(self) -> dict[str, Any]:
+        """A minimal body for Kubernetes Events about this task."""
+        from legacygpu.operator.contract import API_VERSION, TASK_KIND
+
+        return {
+            "apiVersion": API_VERSION,
+            "kind": TASK_KIND,
+            "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid},
+        }
+
+
+def validate_inputs(spec: Mapping[str, Any]) -> str | None:
+    """What is wrong with the inline tensors, or None; the model's own needs are the worker's to check."""
+    for index, raw in enumerate(spec.get("inputs") or ()):
+        try:
+            tensor = Tensor.model_validate(raw)
+            if tensor.datatype == "BYTES":
+                if len(tensor.data) != math.prod(tensor.shape):
+                    raise ValidationError(
+                        f"input {tensor.name!r}: shape {tensor.shape} needs {math.prod(tensor.shape)} "
+                        f"values but data has {len(tensor.data)}"
+                    )
+            else:
+                to_numpy(tensor)
+        except ValidationError as exc:
+            return f"spec.inputs[{index}]: {exc}"
+        except ValueError as exc:
+            return f"spec.inputs[{index}]: malformed tensor: {exc}"
+    return None
+
+
+def task_view(body: Mapping[str, Any]) -> TaskView:
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    needs = spec.get("requirements") or {}
+    phase = Phase(status.get("phase") or Phase.PENDING.value)
+    return TaskView(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        resource_version=str(meta.get("resourceVersion", "")),
+        generation=meta.get("generation"),
+        cluster=spec.get("clusterRef", ""),
+        model=spec.get("model", ""),
+        priority=int(spec.get("priority") or 0),
+        created=meta.get("creationTimestamp") or "",
+        timeout_seconds=spec.get("timeoutSeconds"),
+        max_retries=int(spec.get("maxRetries", 3)),
+        ttl_seconds=spec.get("ttlSecondsAfterFinished"),
+        cancel=bool(spec.get("cancel")),
+        requirements=Requirements(
+            min_vram_mib=int(needs.get("minVramMiB") or 0),
+            gpu_family=needs.get("gpuFamily"),
+            model=spec.get("model"),
+        ),
+        phase=phase,
+        attempts=int(status.get("attempts") or 0),
+        worker=(status.get("workerRef") or {}).get("pod"),
+        label_worker=(meta.get("labels") or {}).get(LABEL_WORKER),
+        retry_after=status.get("retryAfter"),
+        start_time=status.get("startTime"),
+        completion_time=status.get("completionTime"),
+        problem=validate_inputs(spec) if phase == Phase.PENDING else None,
+    )
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing to do about a task: write a status, delete it, or look again later."""
+
+    status: TaskStatus | None = None
+    delete: bool = False
+    wake_at: datetime.datetime | None = None
+    event: tuple[str, str, str] | None = None
+    """(type, reason, message) of the Kubernetes Event to post."""
+
+    @property
+    def phase(self) -> Phase | None:
+        return Phase(self.status["phase"]) if self.status and "phase" in self.status else None
+
+
+def _later(*moments: datetime.datetime | None) -> datetime.datetime | None:
+    present = [m for m in moments if m is not None]
+    return min(present) if present else None
+
+
+def _deadline(task: TaskView) -> datetime.datetime | None:
+    created = parse_time(task.created)
+    if created is None or not task.timeout_seconds:
+        return None
+    return created + datetime.timedelta(seconds=int(task.timeout_seconds))
+
+
+def _end(task: TaskView, phase: Phase, reason: Reason, message: str, now: datetime.datetime) -> Action:
+    status = terminal_status(task.status, created=task.created, phase=phase, reason=reason, message=message, now=now)
+    kind = "Normal" if phase == Phase.CANCELLED else "Warning"
+    return Action(status=status, event=(kind, reason.value, message))
+
+
+def decide(
+    task: TaskView,
+    *,
+    cluster_exists: bool,
+    pods: Mapping[str, PodView],
+    now: datetime.datetime,
+    policy: RetryPolicy,
+    grace_seconds: float = 5.0,
+    rng: random.Random | None = None,
+) -> Action | None:
+    """The next step for ``task``, or None when only scheduling (or nothing) can move it."""
+    if task.terminal:
+        finished = parse_time(task.completion_time)
+        if task.ttl_seconds is None or finished is None:
+            return None
+        expires = finished + datetime.timedelta(seconds=int(task.ttl_seconds))
+        return Action(delete=True) if now >= expires else Action(wake_at=expires)
+    if task.cancel:
+        return _end(task, Phase.CANCELLED, Reason.CANCELLED, "cancelled by spec.cancel", now)
+    deadline = _deadline(task)
+    if deadline is not None and now >= deadline:
+        return _end(
+            task, Phase.FAILED, Reason.DEADLINE_EXCEEDED,
+            f"not finished within timeoutSeconds={task.timeout_seconds} of creation", now,
+        )
+    if task.phase == Phase.PENDING:
+        if not cluster_exists:
+            created = parse_time(task.created) or now
+            give_up = created + datetime.timedelta(seconds=grace_seconds)
+            if now < give_up:
+                return Action(wake_at=_later(give_up, deadline))
+            return _end(
+                task, Phase.FAILED, Reason.CLUSTER_NOT_FOUND,
+                f"InferenceCluster {task.cluster!r} does not exist in namespace {task.namespace!r}", now,
+            )
+        if task.problem:
+            return _end(task, Phase.FAILED, Reason.INVALID_INPUT, task.problem, now)
+        return Action(status=queued_status(task.status, now, f"queued for cluster {task.cluster}"))
+    if task.phase in (Phase.SCHEDULED, Phase.RUNNING):
+        if not cluster_exists:
+            return _end(
+                task, Phase.FAILED, Reason.CLUSTER_NOT_FOUND, f"InferenceCluster {task.cluster!r} was deleted", now
+            )
+        pod = pods.get(task.worker or "")
+        problem = None
+        if pod is None:
+            problem = f"worker pod {task.worker} is gone"
+        elif pod.deleting:
+            problem = f"worker pod {task.worker} is terminating"
+        elif pod.failed:
+            problem = f"worker pod {task.worker} ended in phase {pod.phase}"
+        elif not pod.ready:
+            problem = f"worker pod {task.worker} is not ready"
+        if problem:
+            status = requeue_status(
+                task.status, created=task.created, max_retries=task.max_retries,
+                reason=Reason.WORKER_LOST, message=problem, now=now, policy=policy, rng=rng,
+            )
+            return Action(status=status, event=("Warning", status["reason"], status["message"]))
+    if task.phase == Phase.QUEUED:
+        retry = parse_time(task.retry_after)
+        if retry is not None and retry > now:
+            return Action(wake_at=_later(retry, deadline))
+    return Action(wake_at=deadline) if deadline is not None else None
+
+
+def plan_assignments(
+    queued: Sequence[TaskView],
+    workers: Sequence[WorkerInfo],
+    strategy: Strategy,
+    now: datetime.datetime,
+) -> list[tuple[TaskView, WorkerInfo]]:
+    """Place queued tasks on workers, highest priority (then oldest) first.
+
+    Stops at the first task no worker has room for when nobody has room
+    at all (so lower priorities never overtake a task that only waits for
+    capacity); a task that waits for a worker with special capabilities does
+    not hold the others back.
+    """
+    ready = [
+        t for t in queued
+        if t.phase in (Phase.QUEUED, Phase.PENDING)
+        and (parse_time(t.retry_after) is None or parse_time(t.retry_after) <= now)  # type: ignore[operator]
+    ]
+    ready.sort(key=lambda t: (-t.priority, t.created, t.name))
+    pool = list(workers)
+    plan: list[tuple[TaskView, WorkerInfo]] = []
+    for task in ready:
+        if not any(w.accepting and w.assigned < w.capacity for w in pool):
+            break
+        chosen = strategy.pick(task.requirements, pool)
+        if chosen is None:
+            continue
+        plan.append((task, chosen))
+        pool = [dataclasses.replace(w, assigned=w.assigned + 1) if w.id == chosen.id else w for w in pool]
+    return plan

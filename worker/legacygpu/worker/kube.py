@@ -1,0 +1,556 @@
+"""The worker in Kubernetes: watch the tasks assigned to this pod, claim, run, report.
+
+``legacygpu worker start --kubernetes`` calls :func:`run_kube_worker` with
+the pod's name and namespace (``POD_NAME``/``POD_NAMESPACE`` from the
+downward API). Nothing connects to the worker: it watches InferenceTasks
+labelled ``legacygpu.io/worker=<pod>`` (the operator sets the label when it
+assigns a task; ``status.workerRef.pod`` is the truth and is checked too),
+and for each ``Scheduled`` attempt, highest priority first:
+
+1. **claim**: write ``Running`` with the ``resourceVersion`` it read; the API
+   server refuses the write (409) if the task moved on (the operator took it
+   back, a user cancelled it), so two workers never run one attempt;
+2. **run** it with the lead's :class:`~legacygpu.worker.runner.TaskRunner`
+   (inline inputs, or ``inputsUri``: a ConfigMap key or an http(s) URL);
+3. **report**: read the task again and write the terminal phase, timings
+   and result only if the attempt is still the current one (same
+   ``attempts``, still ``Running`` on this pod), again guarded by the
+   ``resourceVersion``. A stale attempt's result is dropped, so a retried
+   task never ends with two results.
+
+Bad input and unknown models end the task ``Failed`` for good; a model that
+cannot load or run ends it ``Failed`` with the loader's message; anything
+else (the API or the input URL unreachable) sends it back to the queue with
+the shared retry policy. Results over the inline limit go to a ConfigMap
+owned by the task. The pod publishes its device, backend and recent latency
+in an annotation the operator's strategies read, and serves ``/healthz`` and
+``/readyz`` for its probes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+from legacygpu.core.errors import LegacyGPUError, ModelError, UnknownModelError, ValidationError
+from legacygpu.core.tasks import Phase, Reason, RetryPolicy
+from legacygpu.operator.contract import (
+    ANNOTATION_WORKER_STATS,
+    API_VERSION,
+    DEFAULT_RESULT_INLINE_BYTES,
+    GROUP,
+    LABEL_WORKER,
+    TASK_KIND,
+    TASK_PLURAL,
+    VERSION,
+    TaskStatus,
+    WorkerStats,
+    format_time,
+    now_utc,
+    requeue_status,
+    running_status,
+    terminal_status,
+)
+
+__all__ = ["KubeWorker", "WorkerApiError", "run_kube_worker"]
+
+log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+CONFIGMAP_LIMIT = 900 * 1024
+_TASKS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{TASK_PLURAL}"
+
+
+class WorkerApiError(LegacyGPUError):
+    """The API server refused a worker's request; ``status`` is the HTTP code."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Health(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    worker: KubeWorker
+
+
+class _HealthHandler(http.server.BaseHTTPRequestHandler):
+    server: _Health
+
+    def do_GET(self) -> None:
+        ok = {"/healthz": True, "/readyz": self.server.worker.ready.is_set()}.get(self.path.split("?")[0])
+        self.send_response(404 if ok is None else 200 if ok else 503)
+        self.end_headers()
+        self.wfile.write(b"ok\n" if ok else b"not ready\n")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+class KubeWorker:
+    """One worker pod's task loop (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        api_client: kubernetes.client.ApiClient,
+        pod_name: str,
+        namespace: str,
+        runner: Any,
+        inline_limit: int = DEFAULT_RESULT_INLINE_BYTES,
+        policy: RetryPolicy | None = None,
+        watch_timeout: float = 30.0,
+        resync_seconds: float = 30.0,
+    ) -> None:
+        self.api = api_client
+        self.pod = pod_name
+        self.namespace = namespace
+        self.runner = runner
+        self.inline_limit = inline_limit
+        self.policy = policy or RetryPolicy()
+        self.watch_timeout = watch_timeout
+        self.resync_seconds = resync_seconds
+        self.ready = threading.Event()
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.stats = WorkerStats(completed=0, failed=0)
+        self._stats_sent = 0.0
+        self.node = os.environ.get("NODE_NAME")
+
+    # -- API access ------------------------------------------------------------------------------
+
+    def request(
+        self, method: str, path: str, *, body: Any = None, query: dict[str, str] | None = None,
+        content_type: str | None = None, stream: bool = False, timeout: Any = 30,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        _, url, headers, payload, _ = self.api.param_serialize(
+            method=method, resource_path=path, query_params=list((query or {}).items()),
+            header_params=headers, body=body, auth_settings=["BearerToken"],
+        )
+        # The generated client's REST layer never preloads: .response is the raw urllib3 response.
+        response = self.api.rest_client.request(method, url, headers=headers, body=payload, _request_timeout=timeout)
+        if stream:
+            return response.response
+        response.read()
+        text = response.data.decode("utf-8") if response.data else ""
+        if not 200 <= response.status <= 299:
+            try:
+                message = json.loads(text).get("message", text)
+            except ValueError:
+                message = text
+            raise WorkerApiError(f"{method} {path}: {response.status} {message}", response.status)
+        return json.loads(text) if text else {}
+
+    def get_task(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", f"{_TASKS.format(ns=self.namespace)}/{name}")  # type: ignore[no-any-return]
+        except WorkerApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_status(self, name: str, status: TaskStatus, resource_version: str) -> dict[str, Any]:
+        body = {"metadata": {"resourceVersion": resource_version}, "status": dict(status)}
+        return self.request(  # type: ignore[no-any-return]
+            "PATCH", f"{_TASKS.format(ns=self.namespace)}/{name}/status", body=body, content_type=MERGE_PATCH
+        )
+
+    # -- watching --------------------------------------------------------------------------------
+
+    def _watch_once(self, stop: threading.Event) -> None:
+        query = {
+            "watch": "true",
+            "labelSelector": f"{LABEL_WORKER}={self.pod}",
+            "timeoutSeconds": str(int(self.watch_timeout)),
+        }
+        response = self.request(
+            "GET", _TASKS.format(ns=self.namespace), query=query, stream=True, timeout=(5, self.watch_timeout + 5)
+        )
+        try:
+            if response.status != 200:
+                raise WorkerApiError(f"watch tasks: {response.status}", response.status)
+            self.ready.set()
+            buffer = b""
+            for chunk in response.stream(4096, decode_content=True):
+                if stop.is_set():
+                    return
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        event = json.loads(line)
+                        if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                            self.events.put(event)
+        finally:
+            response.release_conn()
+
+    def _watch(self, stop: threading.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                self._watch_once(stop)
+                backoff = 0.5
+            except Exception as exc:  # the watch must survive anything the network does
+                if stop.is_set():
+                    return
+                log.debug("task watch ended (%s); reconnecting in %.1fs", exc, backoff)
+                stop.wait(backoff)
+                backoff = min(10.0, backoff * 2)
+
+    def _resync(self) -> None:
+        answer = self.request(
+            "GET", _TASKS.format(ns=self.namespace), query={"labelSelector": f"{LABEL_WORKER}={self.pod}"}
+        )
+        for item in answer.get("items") or ():
+            self.events.put({"type": "MODIFIED", "object": item})
+
+    def _mine(self, body: dict[str, Any]) -> bool:
+        status = body.get("status") or {}
+        return (
+            (body.get("metadata", {}).get("labels") or {}).get(LABEL_WORKER) == self.pod
+            and (status.get("workerRef") or {}).get("pod") == self.pod
+            and status.get("phase") == Phase.SCHEDULED.value
+            and not (body.get("spec") or {}).get("cancel")
+        )
+
+    def _absorb(self, event: dict[str, Any]) -> None:
+        body = event.get("object") or {}
+        name = body.get("metadata", {}).get("name")
+        if not name:
+            return
+        if event.get("type") != "DELETED" and self._mine(body):
+            self.pending[name] = body
+        else:
+            self.pending.pop(name, None)
+
+    def _next(self) -> dict[str, Any] | None:
+        if not self.pending:
+            return None
+        name = min(
+            self.pending,
+            key=lambda n: (
+                -int((self.pending[n].get("spec") or {}).get("priority") or 0),
+                self.pending[n]["metadata"].get("creationTimestamp") or "",
+                n,
+            ),
+        )
+        return self.pending.pop(name)
+
+    # -- one task --------------------------------------------------------------------------------
+
+    def claim(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Scheduled → Running for this pod; None when the task is no longer ours to run."""
+        for _ in range(5):
+            if not self._mine(body):
+                return None
+            name = body["metadata"]["name"]
+            try:
+                return self.patch_status(
+                    name, running_status(body.get("status") or {}, pod=self.pod, now=now_utc()),
+                    body["metadata"]["resourceVersion"],
+                )
+            except WorkerApiError as exc:
+                if exc.status != 409:
+                    raise
+            fresh = self.get_task(name)
+            if fresh is None:
+                return None
+            body = fresh
+        return None
+
+    def finish(self, body: dict[str, Any], build: Any) -> bool:
+        """Write ``build(status, created)`` if the claimed attempt is still current."""
+        name, attempt = body["metadata"]["name"], int((body.get("status") or {}).get("attempts") or 0)
+        for _ in range(5):
+            current = self.get_task(name)
+            if current is None:
+                log.info("task %s was deleted while it ran; result dropped", name)
+                return False
+            status = current.get("status") or {}
+            if (
+                status.get("phase") != Phase.RUNNING.value
+                or int(status.get("attempts") or 0) != attempt
+                or (status.get("workerRef") or {}).get("pod") != self.pod
+            ):
+                log.info(
+                    "task %s attempt %d is stale (now %s, attempt %s); result dropped",
+                    name, attempt, status.get("phase"), status.get("attempts"),
+                )
+                return False
+            try:
+                self.patch_status(
+                    name, build(status, current["metadata"].get("creationTimestamp")),
+                    current["metadata"]["resourceVersion"],
+                )
+                return True
+            except WorkerApiError as exc:
+                if exc.status != 409:
+                    raise
+        return False
+
+    def inputs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        spec = body.get("spec") or {}
+        if spec.get("inputs"):
+            return list(spec["inputs"])
+        uri = spec.get("inputsUri") or ""
+        try:
+            if uri.startswith("configmap://"):
+                name, _, key = uri[len("configmap://"):].partition("/")
+                configmap = self.request("GET", f"/api/v1/namespaces/{self.namespace}/configmaps/{name}")
+                raw = (configmap.get("data") or {}).get(key)
+                if raw is None:
+                    raise ValidationError(f"spec.inputsUri: ConfigMap {name} has no key {key!r}")
+                loaded = json.loads(raw)
+            elif uri.startswith(("http://", "https://")):
+                import httpx
+
+                response = httpx.get(uri, timeout=30.0, follow_redirects=True)
+                response.raise_for_status()
+                loaded = response.json()
+            else:
+                raise ValidationError(f"spec.inputsUri: unsupported URI {uri!r}")
+        except WorkerApiError as exc:
+            if exc.status == 404:
+                raise ValidationError(f"spec.inputsUri: {exc}") from exc
+            raise
+        except ValueError as exc:
+            raise ValidationError(f"spec.inputsUri: not JSON: {exc}") from exc
+        tensors = loaded.get("inputs") if isinstance(loaded, dict) else loaded
+        if not isinstance(tensors, list):
+            raise ValidationError("spec.inputsUri: expected a JSON list of tensors or an object with 'inputs'")
+        return tensors
+
+    def _store_result(self, body: dict[str, Any], result: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        encoded = json.dumps(result, separators=(",", ":"))
+        if len(encoded) <= self.inline_limit:
+            return result, None
+        if len(encoded) > CONFIGMAP_LIMIT:
+            raise ModelError(f"the result is {len(encoded)} bytes, over the {CONFIGMAP_LIMIT} bytes a ConfigMap holds")
+        meta = body["metadata"]
+        name = f"{meta['name']}-result"[:253]
+        configmap = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "labels": {LABEL_WORKER: self.pod},
+                "ownerReferences": [
+                    {"apiVersion": API_VERSION, "kind": TASK_KIND, "name": meta["name"], "uid": meta["uid"]}
+                ],
+            },
+            "data": {"result.json": encoded},
+        }
+        try:
+            self.request("POST", f"/api/v1/namespaces/{self.namespace}/configmaps", body=configmap)
+        except WorkerApiError as exc:
+            if exc.status != 409:
+                raise
+            self.request(
+                "PATCH", f"/api/v1/namespaces/{self.namespace}/configmaps/{name}",
+                body={"data": configmap["data"]}, content_type=MERGE_PATCH,
+            )
+        summary = {k: v for k, v in result.items() if k != "outputs"}
+        summary["outputsOmitted"] = True
+        return summary, f"configmap://{name}/result.json"
+
+    def execute(self, body: dict[str, Any]) -> None:
+        """Claim, run and report one task."""
+        name = body["metadata"]["name"]
+        claimed = self.claim(body)
+        if claimed is None:
+            return
+        spec = claimed.get("spec") or {}
+        started = time.perf_counter()
+        outcome: tuple[Phase, Reason, str]
+        result: dict[str, Any] | None = None
+        ref: str | None = None
+        retry = False
+        try:
+            output = self.runner.run(spec.get("model", ""), self.inputs(claimed), spec.get("parameters"))
+            result, ref = self._store_result(claimed, output)
+            outcome = (Phase.SUCCEEDED, Reason.COMPLETED, f"completed on worker {self.pod}")
+        except UnknownModelError as exc:
+            outcome = (Phase.FAILED, Reason.UNKNOWN_MODEL, str(exc))
+        except ValidationError as exc:
+            outcome = (Phase.FAILED, Reason.INVALID_INPUT, str(exc))
+        except ModelError as exc:
+            outcome = (Phase.FAILED, Reason.MODEL_ERROR, str(exc))
+        except Exception as exc:  # the API, the input URL: worth another attempt
+            log.warning("task %s failed in a retryable way: %s", name, exc)
+            outcome, retry = (Phase.QUEUED, Reason.RETRYING, f"worker {self.pod}: {exc}"), True
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        phase, reason, message = outcome
+
+        def build(status: dict[str, Any], created: str | None) -> TaskStatus:
+            if retry:
+                return requeue_status(
+                    status, created=created, max_retries=int(spec.get("maxRetries", 3)), reason=reason,
+                    message=message, now=now_utc(), policy=self.policy,
+                )
+            return terminal_status(
+                status, created=created, phase=phase, reason=reason, message=message, now=now_utc(),
+                result=result, result_ref=ref,
+            )
+
+        written = self.finish(claimed, build)
+        if written and retry:
+            with contextlib.suppress(WorkerApiError):
+                self.request(
+                    "PATCH", f"{_TASKS.format(ns=self.namespace)}/{name}",
+                    body={"metadata": {"labels": {LABEL_WORKER: None}}}, content_type=MERGE_PATCH,
+                )
+        if written and not retry:
+            self._record(phase == Phase.SUCCEEDED, elapsed_ms)
+            self._event(claimed, phase, reason, message)
+        log.info("task %s: %s (%s) in %.1f ms", name, phase.value, reason.value, elapsed_ms)
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def _record(self, ok: bool, elapsed_ms: float) -> None:
+        key = "completed" if ok else "failed"
+        self.stats[key] = int(self.stats.get(key) or 0) + 1  # type: ignore[literal-required]
+        previous = self.stats.get("recentLatencyMs")
+        self.stats["recentLatencyMs"] = round(
+            elapsed_ms if previous is None else 0.7 * previous + 0.3 * elapsed_ms, 3
+        )
+        self.publish_stats()
+
+    def publish_stats(self, *, force: bool = False) -> None:
+        """Patch this pod's stats annotation (at most every 2 s unless forced)."""
+        if not force and time.monotonic() - self._stats_sent < 2.0:
+            return
+        with contextlib.suppress(Exception):
+            info = self.runner.backend.info()
+            self.stats.update(backend=info.backend, device=info.device, vramMiB=int(info.vram_mib))
+            if info.gpu_family:
+                self.stats["gpuFamily"] = info.gpu_family
+        with contextlib.suppress(Exception):
+            self.stats["models"] = list(self.runner.loaded_models())
+        try:
+            self.request(
+                "PATCH", f"/api/v1/namespaces/{self.namespace}/pods/{self.pod}",
+                body={"metadata": {"annotations": {ANNOTATION_WORKER_STATS: json.dumps(self.stats)}}},
+                content_type=MERGE_PATCH,
+            )
+            self._stats_sent = time.monotonic()
+        except WorkerApiError as exc:
+            log.debug("could not publish worker stats: %s", exc)
+
+    def _event(self, body: dict[str, Any], phase: Phase, reason: Reason, message: str) -> None:
+        meta = body["metadata"]
+        now = format_time(now_utc())
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": self.namespace},
+            "involvedObject": {
+                "apiVersion": API_VERSION, "kind": TASK_KIND, "name": meta["name"],
+                "namespace": self.namespace, "uid": meta.get("uid"),
+            },
+            "type": "Normal" if phase == Phase.SUCCEEDED else "Warning",
+            "reason": reason.value,
+            "message": message[:1024],
+            "source": {"component": "legacygpu-worker", "host": self.node or self.pod},
+            "reportingComponent": "legacygpu-worker",
+            "reportingInstance": self.pod,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        with contextlib.suppress(WorkerApiError):
+            self.request("POST", f"/api/v1/namespaces/{self.namespace}/events", body=event)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set."""
+        watcher = threading.Thread(target=self._watch, args=(stop,), name=f"watch-{self.pod}", daemon=True)
+        watcher.start()
+        self.publish_stats(force=True)
+        last_resync = time.monotonic()
+        while not stop.is_set():
+            try:
+                self._absorb(self.events.get(timeout=0.2))
+                while True:
+                    self._absorb(self.events.get_nowait())
+            except queue.Empty:
+                pass
+            if time.monotonic() - last_resync > self.resync_seconds:
+                last_resync = time.monotonic()
+                with contextlib.suppress(Exception):
+                    self._resync()
+            body = self._next()
+            if body is None:
+                continue
+            try:
+                self.execute(body)
+            except Exception:
+                log.exception("task %s could not be handled", body["metadata"].get("name"))
+        self.ready.clear()
+        watcher.join(timeout=1.0)
+
+
+def _default_client() -> kubernetes.client.ApiClient:
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=configuration)
+    return kubernetes.client.ApiClient(configuration)
+
+
+def run_kube_worker(
+    *,
+    pod_name: str,
+    namespace: str,
+    backend: str,
+    model_dir: Path,
+    api_client: kubernetes.client.ApiClient | None = None,
+    stop_event: threading.Event | None = None,
+    health_port: int | None = None,
+    runner: Any = None,
+) -> None:
+    """Run this pod's worker loop until ``stop_event`` is set (forever when None).
+
+    ``health_port`` (default: ``$LEGACYGPU_HEALTH_PORT``, none when unset)
+    serves ``/healthz`` and ``/readyz``. ``runner`` replaces the TaskRunner
+    built from ``model_dir`` and ``backend`` (tests).
+    """
+    if runner is None:
+        from legacygpu.core.modelcards import ModelRepository
+        from legacygpu.worker.backends import create_backend
+        from legacygpu.worker.runner import TaskRunner
+
+        runner = TaskRunner(ModelRepository(Path(model_dir)), create_backend(backend))
+    worker = KubeWorker(
+        api_client=api_client or _default_client(), pod_name=pod_name, namespace=namespace, runner=runner
+    )
+    stop = stop_event or threading.Event()
+    if health_port is None and os.environ.get("LEGACYGPU_HEALTH_PORT"):
+        health_port = int(os.environ["LEGACYGPU_HEALTH_PORT"])
+    server: _Health | None = None
+    if health_port is not None:
+        server = _Health(("0.0.0.0", health_port), _HealthHandler)
+        server.worker = worker
+        threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    log.info("worker %s/%s watching its tasks (backend %s)", namespace, pod_name, backend)
+    try:
+        worker.run(stop)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
