@@ -1,28 +1,12 @@
-"""Fixtures for the model tests: a small digits MLP exported with skl2onnx, and model paths."""
+"""Fixtures for the model tests."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-
-def build_digits_model(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Train a small MLP on sklearn's digits and export it; return (X_test, y_test)."""
-    from skl2onnx import to_onnx
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    from sklearn.neural_network import MLPClassifier
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0)
-    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=500, random_state=0).fit(x_tr, y_tr)
-    onx = to_onnx(clf, x_tr[:1], options={id(clf): {"zipmap": False}}, target_opset=17)
-    path.write_bytes(onx.SerializeToString())
-    return x_te, y_te
+from opencl_models.model_helpers import build_digits_model
 
 
 @pytest.fixture(scope="session")
@@ -30,53 +14,3 @@ def digits_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.nda
     path = tmp_path_factory.mktemp("digits") / "digits.onnx"
     x_te, y_te = build_digits_model(path)
     return path, x_te, y_te
-
-
-def light_model(name: str) -> Path:
-    import onnx
-
-    return Path(os.path.dirname(onnx.__file__)) / "backend/test/data/light" / f"light_{name}.onnx"
-
-
-def randomize_light_model(src: Path, dst: Path, seed: int = 0) -> Path:
-    """Replace a light model's constant (ConstantOfShape) weights with seeded random ones.
-
-    The onnx package's light_* models fill every weight with one constant, so every class
-    scores the same and top-1 means nothing. Random weights with fan-in scaling (and
-    plausible batch-norm statistics) keep the architecture and give varied outputs.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    rng = np.random.default_rng(seed)
-    model = onnx.load(str(src))
-    g = model.graph
-    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    consumers: dict[str, list[tuple[object, int]]] = {}
-    for node in g.node:
-        for idx, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node, idx))
-    keep = []
-    for node in g.node:
-        if node.op_type != "ConstantOfShape" or node.input[0] not in inits:
-            keep.append(node)
-            continue
-        shape = tuple(int(d) for d in inits[node.input[0]])
-        users = consumers.get(node.output[0], [])
-        op, idx = (users[0][0].op_type, users[0][1]) if users else ("", 0)
-        if op == "Conv" and idx == 1:
-            value = rng.standard_normal(shape) * np.sqrt(2.0 / max(int(np.prod(shape[1:])), 1))
-        elif op == "Gemm" and idx == 1:
-            trans_b = any(a.name == "transB" and a.i for a in users[0][0].attribute)
-            fan_in = shape[1] if trans_b else shape[0]
-            value = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
-        elif (op == "BatchNormalization" and idx in (1, 4)) or op == "Mul":
-            value = rng.uniform(0.5, 1.5, shape)
-        else:
-            value = rng.standard_normal(shape) * 0.1
-        g.initializer.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
-    del g.node[:]
-    g.node.extend(keep)
-    model.ir_version = max(model.ir_version, 4)  # initializers that are not graph inputs
-    onnx.save(model, str(dst))
-    return dst

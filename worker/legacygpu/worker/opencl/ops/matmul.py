@@ -219,8 +219,11 @@ def gemm_op(node: Node, pc: PlanContext) -> None:
         gemm_call(pc, src, sa, bmat, bias, out, node.activation, key=f"gemm:{node.name}", trans_a=trans_a,
                   alpha=alpha)  # fmt: skip
         return
-    target = f"{node.outputs[0]}__mm"
+    plain = not has_c and node.bias is None and node.activation[0] == "none"
+    target = node.outputs[0] if plain else f"{node.outputs[0]}__mm"
     shape = _bmm(pc, node, a, b, target, trans_a, trans_b, alpha)
+    if plain:
+        return
     if has_c:
         _add_c(pc, node, target, shape, c, beta)
     else:
