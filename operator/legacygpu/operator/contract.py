@@ -6,7 +6,8 @@ annotations, the shape of ``InferenceTask.status`` and the pure functions
 that build status patches for each move of the shared state machine
 (:mod:`legacygpu.core.tasks`). The operator writes ``Queued`` and
 ``Scheduled`` (and takes tasks back from lost workers); the worker writes
-``Running`` and the terminal phases; both go through these builders so the
+``Running`` (which counts an attempt, as in local mode) and the terminal
+phases; both go through these builders so the
 fields, the timestamps and the retry arithmetic are the same on both sides.
 
 Assignment travels in two places: ``status.workerRef.pod`` is the truth, and
@@ -54,6 +55,7 @@ __all__ = [
     "running_status",
     "seconds_between",
     "terminal_status",
+    "unassigned_status",
 ]
 
 GROUP = "legacygpu.io"
@@ -160,17 +162,16 @@ def queued_status(status: TaskStatus | dict[str, Any], now: datetime.datetime, m
 def assigned_status(
     status: TaskStatus | dict[str, Any], *, pod: str, node: str | None, now: datetime.datetime
 ) -> TaskStatus:
-    """Queued → Scheduled on ``pod``: a new attempt begins."""
+    """Queued → Scheduled on ``pod``; the attempt only counts once the worker starts it."""
     check_transition(_phase(status), Phase.SCHEDULED)
     ref = WorkerRef(pod=pod)
     if node:
         ref["node"] = node
-    attempt = int(status.get("attempts") or 0) + 1
     return TaskStatus(
         phase=Phase.SCHEDULED.value,
         reason=Reason.ASSIGNED.value,
-        message=f"attempt {attempt} assigned to worker {pod}",
-        attempts=attempt,
+        message=f"assigned to worker {pod}",
+        attempts=int(status.get("attempts") or 0),
         workerRef=ref,
         scheduledTime=format_time(now),
         retryAfter=None,
@@ -178,12 +179,14 @@ def assigned_status(
 
 
 def running_status(status: TaskStatus | dict[str, Any], *, pod: str, now: datetime.datetime) -> TaskStatus:
-    """Scheduled → Running: the worker picked the attempt up."""
+    """Scheduled → Running: the worker starts the attempt, which now counts."""
     check_transition(_phase(status), Phase.RUNNING)
+    attempt = int(status.get("attempts") or 0) + 1
     return TaskStatus(
         phase=Phase.RUNNING.value,
         reason=Reason.STARTED.value,
-        message=f"attempt {int(status.get('attempts') or 0)} running on worker {pod}",
+        message=f"attempt {attempt} running on worker {pod}",
+        attempts=attempt,
         startTime=format_time(now),
     )
 
@@ -221,6 +224,19 @@ def terminal_status(
     return patch
 
 
+def unassigned_status(status: TaskStatus | dict[str, Any], *, reason: Reason, message: str) -> TaskStatus:
+    """Scheduled → Queued at once: the worker never started the attempt, so none is spent."""
+    check_transition(_phase(status), Phase.QUEUED)
+    return TaskStatus(
+        phase=Phase.QUEUED.value,
+        reason=reason.value,
+        message=f"{message}; back in the queue",
+        workerRef=None,
+        scheduledTime=None,
+        retryAfter=None,
+    )
+
+
 def requeue_status(
     status: TaskStatus | dict[str, Any],
     *,
@@ -232,10 +248,10 @@ def requeue_status(
     policy: RetryPolicy,
     rng: random.Random | None = None,
 ) -> TaskStatus:
-    """Scheduled | Running → Queued after a backoff, or Failed once the retries are spent.
+    """Running → Queued after a backoff, or Failed (same reason) once the retries are spent.
 
     The attempt that just ended counts; :func:`attempts_left` decides, and
-    :class:`RetryPolicy` draws the delay, exactly as in local mode.
+    :class:`RetryPolicy` draws the delay, exactly as the local coordinator does.
     """
     attempts = int(status.get("attempts") or 0)
     if attempts_left(attempts, max_retries) <= 0:
@@ -243,7 +259,7 @@ def requeue_status(
             status,
             created=created,
             phase=Phase.FAILED,
-            reason=Reason.RETRIES_EXHAUSTED,
+            reason=reason,
             message=f"{message}; no retries left after {attempts} attempt(s)",
             now=now,
         )
@@ -252,7 +268,7 @@ def requeue_status(
     return TaskStatus(
         phase=Phase.QUEUED.value,
         reason=reason.value,
-        message=f"{message}; retrying in {delay:.1f}s (attempt {attempts + 1} of {1 + max_retries})",
+        message=f"{message}; attempt {attempts + 1} of {1 + max_retries} in {delay:.1f}s",
         workerRef=None,
         scheduledTime=None,
         startTime=None,

@@ -96,7 +96,7 @@ async def write_task(
     rt.wrote_task(task, after)
     phase = Phase(status.get("phase", task.phase.value))
     rt.metrics.transitions.labels(phase.value, status.get("reason", "")).inc()
-    if phase == Phase.SCHEDULED and after.attempts == 1:
+    if phase == Phase.SCHEDULED and after.attempts == 0:
         created = parse_time(task.created)
         if created is not None:
             rt.metrics.assignment.observe(max(0.0, (now_utc() - created).total_seconds()))

@@ -87,8 +87,7 @@ class SimulatedNodes:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for handle in self.workers.values():
-            await asyncio.to_thread(handle.stop)
+        await asyncio.gather(*(asyncio.to_thread(h.stop) for h in self.workers.values()))
         self.workers.clear()
         if self._session is not None:
             await self._session.close()

@@ -12,8 +12,9 @@ operator's whole per-task policy, in this order:
    still unknown after a short grace, ``InvalidInput`` if its tensors do not
    add up, and queued otherwise;
 5. a ``Scheduled``/``Running`` task whose worker pod is gone, terminating,
-   failed or not ready goes back to the queue (``WorkerLost``) after a
-   backoff, or ends ``RetriesExhausted``.
+   failed or not ready goes back to the queue (``WorkerLost``): at once if
+   the worker never started it, after a backoff if it did, or ``Failed``
+   (``WorkerLost``) once the retries are spent.
 
 Queued tasks are then placed by :func:`plan_assignments`, highest
 ``priority`` first (ties: oldest first), with the cluster's shared
@@ -44,6 +45,7 @@ from legacygpu.operator.contract import (
     queued_status,
     requeue_status,
     terminal_status,
+    unassigned_status,
 )
 
 __all__ = ["Action", "TaskView", "decide", "plan_assignments", "task_view", "validate_inputs"]
@@ -243,10 +245,13 @@ def decide(
         elif not pod.ready:
             problem = f"worker pod {task.worker} is not ready"
         if problem:
-            status = requeue_status(
-                task.status, created=task.created, max_retries=task.max_retries,
-                reason=Reason.WORKER_LOST, message=problem, now=now, policy=policy, rng=rng,
-            )
+            if task.phase == Phase.SCHEDULED:
+                status = unassigned_status(task.status, reason=Reason.WORKER_LOST, message=problem)
+            else:
+                status = requeue_status(
+                    task.status, created=task.created, max_retries=task.max_retries,
+                    reason=Reason.WORKER_LOST, message=problem, now=now, policy=policy, rng=rng,
+                )
             return Action(status=status, event=("Warning", status["reason"], status["message"]))
     if task.phase == Phase.QUEUED:
         retry = parse_time(task.retry_after)

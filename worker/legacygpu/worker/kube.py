@@ -125,6 +125,7 @@ class KubeWorker:
         self.pending: dict[str, dict[str, Any]] = {}
         self.stats = WorkerStats(completed=0, failed=0)
         self._stats_sent = 0.0
+        self._stream: Any = None
         self.node = os.environ.get("NODE_NAME")
 
     # -- API access ------------------------------------------------------------------------------
@@ -179,6 +180,7 @@ class KubeWorker:
         response = self.request(
             "GET", _TASKS.format(ns=self.namespace), query=query, stream=True, timeout=(5, self.watch_timeout + 5)
         )
+        self._stream = response
         try:
             if response.status != 200:
                 raise WorkerApiError(f"watch tasks: {response.status}", response.status)
@@ -195,6 +197,7 @@ class KubeWorker:
                         if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
                             self.events.put(event)
         finally:
+            self._stream = None
             response.release_conn()
 
     def _watch(self, stop: threading.Event) -> None:
@@ -274,6 +277,7 @@ class KubeWorker:
     def finish(self, body: dict[str, Any], build: Any) -> bool:
         """Write ``build(status, created)`` if the claimed attempt is still current."""
         name, attempt = body["metadata"]["name"], int((body.get("status") or {}).get("attempts") or 0)
+        # ``body`` is the claim's answer: its attempts already count this attempt.
         for _ in range(5):
             current = self.get_task(name)
             if current is None:
@@ -391,7 +395,7 @@ class KubeWorker:
             outcome = (Phase.FAILED, Reason.MODEL_ERROR, str(exc))
         except Exception as exc:  # the API, the input URL: worth another attempt
             log.warning("task %s failed in a retryable way: %s", name, exc)
-            outcome, retry = (Phase.QUEUED, Reason.RETRYING, f"worker {self.pod}: {exc}"), True
+            outcome, retry = (Phase.QUEUED, Reason.WORKER_LOST, f"worker {self.pod} could not finish: {exc}"), True
         elapsed_ms = (time.perf_counter() - started) * 1000
         phase, reason, message = outcome
 
@@ -501,7 +505,11 @@ class KubeWorker:
             except Exception:
                 log.exception("task %s could not be handled", body["metadata"].get("name"))
         self.ready.clear()
-        watcher.join(timeout=1.0)
+        stream = self._stream
+        if stream is not None:  # unblock the watcher's read at once
+            with contextlib.suppress(Exception):
+                stream.shutdown()
+        watcher.join(timeout=2.0)
 
 
 def _default_client() -> kubernetes.client.ApiClient:

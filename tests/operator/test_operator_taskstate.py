@@ -1,0 +1,180 @@
+"""The operator's per-task policy (taskstate.decide, plan_assignments) and the status builders."""
+
+from __future__ import annotations
+
+import datetime
+import random
+from typing import Any
+
+import pytest
+
+from legacygpu.core.errors import ConflictError
+from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
+from legacygpu.core.tasks import Phase, Reason, RetryPolicy
+from legacygpu.operator.clusterstate import PodView
+from legacygpu.operator.contract import (
+    assigned_status,
+    format_time,
+    parse_time,
+    requeue_status,
+    running_status,
+    terminal_status,
+)
+from legacygpu.operator.taskstate import TaskView, decide, plan_assignments, task_view, validate_inputs
+
+T0 = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
+POLICY = RetryPolicy(base_seconds=1.0, cap_seconds=8.0)
+READY = PodView(name="w1", phase="Running", ready=True, node="n1")
+
+
+def body(phase: str | None = None, **spec: Any) -> dict[str, Any]:
+    status: dict[str, Any] = {}
+    if phase:
+        status["phase"] = phase
+    base = {
+        "clusterRef": "c", "model": "digits", "maxRetries": 2, "timeoutSeconds": 600,
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}],
+    }
+    base.update(spec)
+    return {
+        "metadata": {"name": "t", "namespace": "ns", "uid": "u", "resourceVersion": "7",
+                     "creationTimestamp": format_time(T0)},
+        "spec": base,
+        "status": status,
+    }
+
+
+def view(phase: str | None = None, status: dict[str, Any] | None = None, **spec: Any) -> TaskView:
+    b = body(phase, **spec)
+    b["status"].update(status or {})
+    return task_view(b)
+
+
+def run(task: TaskView, *, at: float = 1.0, exists: bool = True, pods: dict[str, PodView] | None = None) -> Any:
+    return decide(
+        task, cluster_exists=exists, pods=pods if pods is not None else {"w1": READY},
+        now=T0 + datetime.timedelta(seconds=at), policy=POLICY, grace_seconds=5.0, rng=random.Random(1),
+    )
+
+
+def test_pending_task_for_an_existing_cluster_is_queued() -> None:
+    action = run(view())
+    assert action.status["phase"] == "Queued" and action.status["reason"] == "Accepted"
+
+
+def test_missing_cluster_waits_out_the_grace_then_fails() -> None:
+    waiting = run(view(), at=1.0, exists=False)
+    assert waiting.status is None and waiting.wake_at == T0 + datetime.timedelta(seconds=5)
+    failed = run(view(), at=6.0, exists=False)
+    assert failed.status["phase"] == "Failed" and failed.status["reason"] == "ClusterNotFound"
+    assert "'c' does not exist" in failed.status["message"]
+
+
+def test_inconsistent_tensor_fails_with_invalid_input_naming_it() -> None:
+    bad = [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [1, 2]}]
+    action = run(view(inputs=bad))
+    assert action.status["phase"] == "Failed" and action.status["reason"] == "InvalidInput"
+    assert action.status["message"].startswith("spec.inputs[0]:") and "needs 3 values" in action.status["message"]
+    assert validate_inputs({"inputs": [{"name": "i", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}]}) is None
+
+
+def test_deadline_fails_an_unfinished_task() -> None:
+    action = run(view("Queued", timeoutSeconds=10), at=11)
+    assert (action.status["phase"], action.status["reason"]) == ("Failed", "DeadlineExceeded")
+    assert run(view("Queued", timeoutSeconds=10), at=3).wake_at == T0 + datetime.timedelta(seconds=10)
+
+
+def test_cancel_ends_the_task() -> None:
+    action = run(view("Running", status={"attempts": 1, "workerRef": {"pod": "w1"}}, cancel=True))
+    assert (action.status["phase"], action.status["reason"]) == ("Cancelled", "Cancelled")
+
+
+@pytest.mark.parametrize(
+    ("pods", "words"),
+    [
+        ({}, "is gone"),
+        ({"w1": PodView(name="w1", phase="Running", ready=False)}, "is not ready"),
+        ({"w1": PodView(name="w1", phase="Running", ready=True, deleting=True)}, "is terminating"),
+        ({"w1": PodView(name="w1", phase="Failed")}, "ended in phase Failed"),
+    ],
+)
+def test_lost_worker_sends_a_running_task_back_with_backoff(pods: dict[str, PodView], words: str) -> None:
+    task = view("Running", status={"attempts": 1, "workerRef": {"pod": "w1"}, "startTime": format_time(T0)})
+    action = run(task, pods=pods)
+    assert action.status["phase"] == "Queued" and action.status["reason"] == "WorkerLost"
+    assert words in action.status["message"] and action.status["workerRef"] is None
+    delay = (parse_time(action.status["retryAfter"]) - (T0 + datetime.timedelta(seconds=1))).total_seconds()
+    assert 0.5 <= delay <= 1.0  # after attempt 1: nominal 1 s, equal jitter
+    assert run(task, pods={"w1": READY}).status is None
+
+
+def test_lost_worker_that_never_started_the_task_costs_no_attempt() -> None:
+    task = view("Scheduled", status={"attempts": 0, "workerRef": {"pod": "w1"}})
+    action = run(task, pods={})
+    assert action.status["phase"] == "Queued" and action.status["retryAfter"] is None
+    assert "attempts" not in action.status
+
+
+def test_retries_are_exhausted_after_max_retries() -> None:
+    task = view("Running", status={"attempts": 3, "workerRef": {"pod": "w1"}})  # maxRetries=2: 3 attempts
+    action = run(task, pods={})
+    assert (action.status["phase"], action.status["reason"]) == ("Failed", "WorkerLost")
+    assert "no retries left after 3 attempt(s)" in action.status["message"]
+
+
+def test_queued_task_waits_for_its_backoff() -> None:
+    retry = T0 + datetime.timedelta(seconds=4)
+    action = run(view("Queued", status={"retryAfter": format_time(retry)}), at=2)
+    assert action.status is None and action.wake_at == retry
+
+
+def test_ttl_deletes_finished_tasks_only_when_due() -> None:
+    finished = {"completionTime": format_time(T0 + datetime.timedelta(seconds=2))}
+    task = view("Succeeded", status=finished, ttlSecondsAfterFinished=5)
+    assert run(task, at=3).wake_at == T0 + datetime.timedelta(seconds=7)
+    assert run(task, at=8).delete is True
+    assert run(view("Succeeded", status=finished), at=1000) is None
+
+
+def _workers(*specs: tuple[str, int, int]) -> list[WorkerInfo]:
+    return [WorkerInfo(id=i, assigned=a, capacity=c, vram_mib=8192, gpu_family="polaris") for i, a, c in specs]
+
+
+def test_assignments_go_by_priority_then_age_and_respect_capacity() -> None:
+    def queued(name: str, priority: int, second: int) -> TaskView:
+        return TaskView(namespace="ns", name=name, phase=Phase.QUEUED, priority=priority,
+                        created=format_time(T0 + datetime.timedelta(seconds=second)))
+
+    tasks = [queued("old-low", 0, 0), queued("new-high", 5, 9), queued("old-high", 5, 1), queued("newest", 0, 10)]
+    plan = plan_assignments(tasks, _workers(("a", 0, 1), ("b", 1, 2)), make_strategy("least-loaded"), T0)
+    assert [t.name for t, _ in plan] == ["old-high", "new-high"]
+    assert sorted(w.id for _, w in plan) == ["a", "b"]
+
+
+def test_tasks_waiting_for_capabilities_do_not_block_others() -> None:
+    needy = TaskView(namespace="ns", name="needy", phase=Phase.QUEUED, priority=9, created=format_time(T0),
+                     requirements=Requirements(min_vram_mib=16384))
+    plain = TaskView(namespace="ns", name="plain", phase=Phase.QUEUED, created=format_time(T0))
+    plan = plan_assignments([needy, plain], _workers(("a", 0, 2)), make_strategy("capability-match"), T0)
+    assert [t.name for t, _ in plan] == ["plain"]
+
+
+def test_status_builders_follow_the_state_machine() -> None:
+    created = format_time(T0)
+    queued = {"phase": "Queued", "attempts": 0}
+    scheduled = assigned_status(queued, pod="w1", node="n1", now=T0)
+    assert scheduled["attempts"] == 0 and scheduled["workerRef"] == {"pod": "w1", "node": "n1"}
+    running = running_status({**queued, **scheduled}, pod="w1", now=T0 + datetime.timedelta(seconds=2))
+    assert running["attempts"] == 1
+    done = terminal_status(
+        {**queued, **scheduled, **running}, created=created, phase=Phase.SUCCEEDED, reason=Reason.COMPLETED,
+        message="ok", now=T0 + datetime.timedelta(seconds=5), result={"top_k": []},
+    )
+    assert done["latency"] == {"queueSeconds": 2.0, "runSeconds": 3.0, "totalSeconds": 5.0}
+    with pytest.raises(ConflictError):
+        running_status({"phase": "Succeeded"}, pod="w1", now=T0)
+    with pytest.raises(ConflictError):
+        assigned_status({"phase": "Pending"}, pod="w1", node=None, now=T0)
+    with pytest.raises(ConflictError):
+        requeue_status({"phase": "Failed", "attempts": 1}, created=created, max_retries=3,
+                       reason=Reason.WORKER_LOST, message="x", now=T0, policy=POLICY)
