@@ -7,13 +7,15 @@ the standard library's ``operator`` module. Images install only the roots they
 need (see the Dockerfiles); everything else is in pyproject.toml.
 """
 
+from pathlib import Path
+
 from setuptools import find_namespace_packages, setup
 
 ROOTS = ("core", "worker", "api", "operator")
 
 packages: list[str] = []
 package_dir: dict[str, str] = {}
-for root in ROOTS:
+for root in (r for r in ROOTS if Path(r).is_dir()):  # an image copies only the roots it needs
     for package in find_namespace_packages(where=root, include=["legacygpu.*"]):
         packages.append(package)
         package_dir[package] = f"{root}/{package.replace('.', '/')}"
