@@ -104,7 +104,7 @@ def gemm(sizes: str, inference: bool, shapes: str, repeats: int, device_index: i
     meta: dict[str, Any] = {
         "device": dctx.info.name, "platform": dctx.info.platform, "driver": dctx.info.driver_version,
         "device_type": dctx.info.device_type, "compute_units": dctx.info.compute_units,
-        "repeats": repeats, "timing": "best of the timed runs, queue finished after each call",
+        "repeats": repeats, "timing": "best of the timed runs; ours and CLBlast take turns; queue finished after each call",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
     }  # fmt: skip
@@ -116,8 +116,9 @@ def gemm(sizes: str, inference: bool, shapes: str, repeats: int, device_index: i
     click.echo(f"device: {dctx.info.name} ({dctx.info.platform}); saved {', '.join(str(p) for p in paths)}")
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _fmt(value: Any, spec: str, suffix: str = "") -> str:
+    width = int(spec.split(".")[0] or 0) + len(suffix)
+    return ("-" if value is None else format(value, spec) + suffix).rjust(width)
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -127,7 +128,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{r['m']:>5} {r['n']:>5} {r['k']:>5} {_fmt(r['ours_gflops'], '9.2f')} "
             f"{_fmt(r['clblast_gflops'], '9.2f')} {_fmt(r['numpy_gflops'], '9.2f')} "
-            f"{_fmt(r['ours_vs_clblast'], '9.2f')}x {_fmt(r['ours_vs_numpy'], '8.2f')}x"
+            f"{_fmt(r['ours_vs_clblast'], '9.2f', 'x')} {_fmt(r['ours_vs_numpy'], '8.2f', 'x')}"
         )
     lines.append("GFLOPS, best of the timed runs; ratios are ours / reference.")
     return "\n".join(lines)

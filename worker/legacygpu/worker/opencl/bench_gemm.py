@@ -6,9 +6,10 @@ For every (M, N, K) the same random float32 operands are multiplied by our
 :class:`~legacygpu.worker.opencl.gemm.Gemm` and by CLBlast (``pyclblast``,
 on the same OpenCL context and queue), and the result of ours is checked
 against numpy. Each is warmed up once (kernel compilation is not timed),
-then timed ``repeats`` times with a queue finish per call; the figure kept
-is the best run (the least disturbed one on a shared machine), from which
-GFLOPS = 2*M*N*K / seconds / 1e9.
+then the two take turns, ``repeats`` rounds (more for small problems, up
+to ~0.5 s), with a queue finish after every call, so both see the same
+machine load; the figure kept is each one's best run (the least disturbed
+one on a shared machine), from which GFLOPS = 2*M*N*K / seconds / 1e9.
 
 numpy (OpenBLAS) runs last, in a separate process, so its threads never
 compete with PoCL's for the same cores.
@@ -54,20 +55,23 @@ def default_shapes(sizes: Sequence[int] = DEFAULT_SQUARE_SIZES, inference: bool 
     return shapes
 
 
-def _best_time(run: Callable[[], None], finish: Callable[[], None], repeats: int) -> float:
-    run()  # warm-up: compiles and faults pages in
-    finish()
-    start = time.perf_counter()
-    run()
-    finish()
-    best = time.perf_counter() - start
-    # Small problems: repeat more, up to ~0.5 s of timing per measurement.
-    reps = max(repeats, min(50, int(0.5 / max(best, 1e-6)))) - 1
-    for _ in range(reps):
-        start = time.perf_counter()
+def _best_times(runs: Sequence[Callable[[], None]], finish: Callable[[], None], repeats: int) -> list[float]:
+    """Best wall time of each callable; the callables take turns so they see the same machine load."""
+    for run in runs:  # warm-up: compiles and faults pages in
         run()
         finish()
-        best = min(best, time.perf_counter() - start)
+    best = [float("inf")] * len(runs)
+    rounds = repeats
+    done = 0
+    while done < rounds:
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            run()
+            finish()
+            best[i] = min(best[i], time.perf_counter() - start)
+        done += 1
+        if done == 1:  # small problems: more rounds, up to ~0.5 s for the slowest
+            rounds = max(repeats, min(50, int(0.5 / max(max(best), 1e-6))))
     return best
 
 
@@ -87,7 +91,7 @@ def _numpy_worker(shapes: list[tuple[int, int, int]], repeats: int) -> list[floa
         a = rng.uniform(-1, 1, (m, k)).astype(np.float32)
         b = rng.uniform(-1, 1, (k, n)).astype(np.float32)
         c = np.empty((m, n), np.float32)
-        seconds = _best_time(lambda a=a, b=b, c=c: np.matmul(a, b, out=c), lambda: None, repeats)
+        (seconds,) = _best_times([lambda a=a, b=b, c=c: np.matmul(a, b, out=c)], lambda: None, repeats)
         out.append(_gflops(m, n, k, seconds))
     return out
 
@@ -133,29 +137,33 @@ def bench_shapes(
         a, b = cla.to_device(q, a_h), cla.to_device(q, b_h)
         c = cla.empty(q, (m, n), np.float32)
         params = gemm.params_for(m, n, k)
-        ours_s = _best_time(lambda a=a, b=b, c=c: gemm(a, b, out=c), q.finish, repeats)
-        ref = a_h.astype(np.float64) @ b_h.astype(np.float64)
-        err = float(np.max(np.abs(c.get() - ref)) / max(1e-30, float(np.max(np.abs(ref)))))
-        row: dict[str, Any] = {
-            "m": m, "n": n, "k": k, "shape_class": shape_class(m, n, k),
-            "ours_gflops": _sig(_gflops(m, n, k, ours_s)), "ours_ms": _sig(ours_s * 1e3),
-            "ours_params": params.to_dict(),
-            "tuned": gemm.tuning.lookup(dctx.info, shape_class(m, n, k)) is not None,
-            "ours_max_rel_error": err,
-            "clblast_gflops": None, "clblast_ms": None, "numpy_gflops": None,
-        }  # fmt: skip
+        runs: list[Callable[[], None]] = [lambda a=a, b=b, c=c: gemm(a, b, out=c)]
         if clblast is not None:
             c2 = cla.empty(q, (m, n), np.float32)
 
             def run_clblast(a: Any = a, b: Any = b, c2: Any = c2, m: int = m, n: int = n, k: int = k) -> None:
                 clblast.gemm(q, m, n, k, a, b, c2, a_ld=k, b_ld=n, c_ld=n)
 
-            try:
-                cl_s = _best_time(run_clblast, q.finish, repeats)
-                row["clblast_gflops"] = _sig(_gflops(m, n, k, cl_s))
-                row["clblast_ms"] = _sig(cl_s * 1e3)
-            except Exception as exc:  # CLBlast fails on some drivers: record, continue
+            try:  # CLBlast fails on some drivers: record that and carry on
+                run_clblast()
+                q.finish()
+                runs.append(run_clblast)
+            except Exception as exc:
                 log.warning("CLBlast failed on %dx%dx%d: %s", m, n, k, exc)
+        times = _best_times(runs, q.finish, repeats)
+        ref = a_h.astype(np.float64) @ b_h.astype(np.float64)
+        err = float(np.max(np.abs(c.get() - ref)) / max(1e-30, float(np.max(np.abs(ref)))))
+        row: dict[str, Any] = {
+            "m": m, "n": n, "k": k, "shape_class": shape_class(m, n, k),
+            "ours_gflops": _sig(_gflops(m, n, k, times[0])), "ours_ms": _sig(times[0] * 1e3),
+            "ours_params": params.to_dict(),
+            "tuned": gemm.tuning.lookup(dctx.info, shape_class(m, n, k)) is not None,
+            "ours_max_rel_error": err,
+            "clblast_gflops": None, "clblast_ms": None, "numpy_gflops": None,
+        }  # fmt: skip
+        if len(times) > 1:
+            row["clblast_gflops"] = _sig(_gflops(m, n, k, times[1]))
+            row["clblast_ms"] = _sig(times[1] * 1e3)
         rows.append(row)
         del a, b, c
     if with_numpy:

@@ -15,8 +15,9 @@ GPUs) instead of keeping them adjacent (one cache line per work-item on CPUs).
 The kernel computes ``C = act(alpha * A @ B + bias)`` for row-major A (M x K)
 and B (K x N). Arbitrary sizes: M is handled inside the kernel (clamped
 loads, masked stores), K by a loop tail (or zero-filled local tiles), N by
-masked stores plus, when N is not a multiple of the work-group tile, a
-zero-padded copy of B. ``trans_a``/``trans_b`` are served by a packing
+shifting the last vector of a row left so it ends at N and masking the
+stores (B is copied with zero padding only when N is narrower than one
+vector). ``trans_a``/``trans_b`` are served by a packing
 kernel that writes the transposed operand once; callers that reuse a
 transposed weight matrix should transpose it once themselves.
 
@@ -215,14 +216,20 @@ class Gemm:
         self.tuning = tuning
         self._lock = threading.Lock()
         self._kernels: dict[tuple[Any, ...], Any] = {}
+        self._chosen: dict[str, GemmParams] = {}  # shape class -> params, read once from the cache
         self._pool = cltools.MemoryPool(cltools.ImmediateAllocator(dctx.queue))
 
     # -- parameters and programs -------------------------------------------------
 
     def params_for(self, m: int, n: int, k: int) -> GemmParams:
+        """The parameters a call of this shape runs with (tuned if cached, else the default)."""
         cls = shape_class(m, n, k)
-        tuned = self.tuning.lookup(self.dctx.info, cls)
-        return tuned if tuned is not None else default_params(self.dctx.info, cls)
+        params = self._chosen.get(cls)
+        if params is None:
+            tuned = self.tuning.lookup(self.dctx.info, cls)
+            params = tuned if tuned is not None else default_params(self.dctx.info, cls)
+            self._chosen[cls] = params
+        return params
 
     def kernel(self, params: GemmParams, source: str | None = None) -> Any:
         """The compiled ``gemm_nn`` kernel for ``params`` (cached; the epilogue is a run-time argument)."""
@@ -233,7 +240,7 @@ class Gemm:
                 program = self._build(source or kernel_source(), [*params.defines(), "-cl-mad-enable"])
                 kern = program.gemm_nn
                 kern.set_scalar_arg_dtypes(
-                    [np.int32, np.int32, np.int32, np.float32,
+                    [np.int32, np.int32, np.int32, np.int32, np.float32,
                      None, np.int32, np.int32, None, np.int32, np.int32, None, np.int32, np.int32,
                      None, np.int32, np.int32, np.int32, np.float32, np.float32]
                 )  # fmt: skip
@@ -325,19 +332,22 @@ class Gemm:
         elif trans_a:
             a = self._pack(a, m, k, m, True, k, k)
         n_pad = _round_up(n, params.nwg)
+        ldb = n
         if params.pb:
             b = self._pack(b, k, n, k if trans_b else n, trans_b, params.nwg, n_pad)
-        elif trans_b or n_pad != n:
+            ldb = params.nwg
+        elif trans_b or n < params.vw:  # narrow B: pad so that every vector load stays inside
             b = self._pack(b, k, n, k if trans_b else n, trans_b, n_pad, n_pad)
+            ldb = n_pad
         if out is None:
             out = cla.empty(queue, (m, n), np.float32)
         bias_buf, bias_off = (bias.base_data, _elem_offset(bias)) if bias is not None else (out.base_data, 0)
         gsize = (n_pad // (params.vw * params.nwv), _round_up(m, params.mwg) // params.mwi)
         event = kern(
             queue, gsize, (params.ndimc, params.mdimc),
-            m, n, k, float(alpha),
+            m, n, k, ldb if not params.pb else n_pad, float(alpha),
             a.base_data, _elem_offset(a), k,  # (lda/ldb unused for packed panels)
-            b.base_data, _elem_offset(b), n_pad,
+            b.base_data, _elem_offset(b), ldb,
             out.base_data, _elem_offset(out), n,
             bias_buf, bias_off, int(bias is not None), act, float(p0), float(p1),
         )  # fmt: skip

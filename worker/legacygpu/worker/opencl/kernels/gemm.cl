@@ -1,10 +1,12 @@
 // legacygpu SGEMM kernel family: C = act(alpha * A @ B + bias), row-major, float32.
 //
 // A is M x K (row stride LDA), B is K x N (row stride LDB), C is M x N (row
-// stride LDC). The host guarantees N is a multiple of the work-group tile
-// NWG (it pads B otherwise) and handles transposes by packing; M and K are
-// arbitrary: rows past M are clamped on load and skipped on store, and K is
-// consumed by an unrolled main loop plus a tail (or zero-filled local tiles).
+// stride LDC); transposes are handled by the host (packing). Any M, N, K:
+// rows past M are clamped on load and skipped on store; K is consumed by an
+// unrolled main loop plus a tail (or zero-filled local tiles); B has NB >= VW
+// loadable columns (NB = N, or the padded width when the host padded B), and a
+// vector that would cross NB is loaded shifted left to end at NB, its lanes
+// mapped back in the epilogue, so edge work-items never read out of bounds.
 //
 // Compile-time parameters (all -D defines):
 //   MWI   rows of C per work-item              MDIMC  work-group size along M
@@ -104,7 +106,7 @@ DEFINE_ACTIVATE(activate_v, realV)
 DEFINE_ACTIVATE(activate_s, float)
 
 __kernel __attribute__((reqd_work_group_size(NDIMC, MDIMC, 1)))
-void gemm_nn(const int M, const int N, const int K, const float alpha,
+void gemm_nn(const int M, const int N, const int K, const int NB, const float alpha,
              const __global float* restrict A, const int a_off, const int lda,
              const __global float* restrict B, const int b_off, const int ldb,
              __global float* restrict C, const int c_off, const int ldc,
@@ -129,6 +131,16 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
   const __global float* b_base = B + b_off + tile_n;
   const int b_stride = ldb;
 #endif
+  // Column (relative to the tile) where this work-item's vector j is loaded from.
+  int bcol_of[NWV];
+  #pragma unroll
+  for (int j = 0; j < NWV; j++) {
+#if PB
+    bcol_of[j] = COL_IN_TILE(lid_n, j);
+#else
+    bcol_of[j] = min(tile_n + COL_IN_TILE(lid_n, j), NB - VW) - tile_n;
+#endif
+  }
 
   realV acc[MWI][NWV];
   #pragma unroll
@@ -158,7 +170,11 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
       const int kg = k0 + kk;
       realV v = (realV)(0.0f);
       if (kg < K) {
+#if PB
         v = LOADV(b_base + kg * b_stride + vv * VW);
+#else
+        v = LOADV(b_base + kg * b_stride + (min(tile_n + vv * VW, NB - VW) - tile_n));
+#endif
       }
       STOREV(v, b_tile + kk * NWG + vv * VW);
     }
@@ -206,7 +222,7 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
       realV bv[NWV];
       #pragma unroll
       for (int j = 0; j < NWV; j++) {
-        bv[j] = LOADV(bcol + (k + u) * b_stride + COL_IN_TILE(lid_n, j));
+        bv[j] = LOADV(bcol + (k + u) * b_stride + bcol_of[j]);
       }
       #pragma unroll
       for (int i = 0; i < MWI; i++) {
@@ -222,7 +238,7 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
     realV bv[NWV];
     #pragma unroll
     for (int j = 0; j < NWV; j++) {
-      bv[j] = LOADV(bcol + k * b_stride + COL_IN_TILE(lid_n, j));
+      bv[j] = LOADV(bcol + k * b_stride + bcol_of[j]);
     }
     #pragma unroll
     for (int i = 0; i < MWI; i++) {
@@ -242,9 +258,10 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
     if (m < M) {
       #pragma unroll
       for (int j = 0; j < NWV; j++) {
-        const int n = tile_n + COL_IN_TILE(lid_n, j);
+        const int n = tile_n + COL_IN_TILE(lid_n, j);  // first column this vector owns
+        const int n_load = tile_n + bcol_of[j];          // first column it holds
         realV v = acc[i][j] * alpha;
-        if (n + VW <= N) {
+        if (n_load == n && n + VW <= N) {
           if (has_bias) {
             v += LOADV(bias + bias_off + n);
           }
@@ -254,12 +271,13 @@ void gemm_nn(const int M, const int N, const int K, const float alpha,
           realV t = v;
           const float* lanes = (const float*)&t;
           for (int l = 0; l < VW; l++) {
-            if (n + l < N) {
+            const int col = n_load + l;
+            if (col >= n && col < N) {
               float s = lanes[l];
               if (has_bias) {
-                s += bias[bias_off + n + l];
+                s += bias[bias_off + col];
               }
-              C[c_off + m * ldc + n + l] = activate_s(s, act, p0, p1);
+              C[c_off + m * ldc + col] = activate_s(s, act, p0, p1);
             }
           }
         }
