@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["build_digits_model", "light_model", "randomize_light_model"]
+__all__ = ["build_digits_model", "light_model", "randomize_light_model", "site_model", "text_image"]
 
 
 def build_digits_model(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +71,44 @@ def randomize_light_model(src: Path, dst: Path, seed: int = 0) -> Path:
         g.initializer.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
     del g.node[:]
     g.node.extend(keep)
+    # expose the logits (the classifier's Softmax input) too: a sharper comparison than probabilities
+    from onnx import helper
+
+    used = {name for node in keep for name in node.input}
+    live = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(live)
+    inputs = [i for i in g.input if i.name not in {x.name for x in live} and (i.name in used)]
+    del g.input[:]
+    g.input.extend(inputs)
+    outputs = {o.name for o in g.output}
+    for node in keep:
+        if node.op_type == "Softmax" and node.input[0] not in outputs:
+            g.output.append(helper.make_tensor_value_info(node.input[0], 1, None))
     model.ir_version = max(model.ir_version, 4)  # initializers that are not graph inputs
     onnx.save(model, str(dst))
     return dst
+
+
+def site_model(relpath: str) -> Path:
+    """A model file shipped inside an installed package (site-packages)."""
+    import site
+
+    for root in site.getsitepackages():
+        path = Path(root) / relpath
+        if path.is_file():
+            return path
+    raise FileNotFoundError(relpath)
+
+
+def text_image(width: int, height: int, lines: list[str]) -> np.ndarray:
+    """Black text on white, normalised like PP-OCR's preprocessing ((x/255 - 0.5) / 0.5), NCHW float32."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=max(height // (len(lines) * 2), 10))
+    for i, line in enumerate(lines):
+        draw.text((8, 4 + i * height // len(lines)), line, fill="black", font=font)
+    x = (np.asarray(img, np.float32) / 255.0 - 0.5) / 0.5
+    return x.transpose(2, 0, 1)[None].copy()

@@ -41,6 +41,33 @@ __kernel void im2col(__global const float* x, __global float* col, int m0, int r
     col[(long)r * K + k] = v;
 }
 
+// The same patch matrix, one work-item per (row, kernel tap) copying CG contiguous channels:
+// on CPU devices (PoCL) this is 15-40x faster than one work-item per element; on GPUs the
+// per-element form above keeps neighbouring work-items on neighbouring addresses.
+__kernel void im2col_tap(__global const float* x, __global float* col, int m0, int rows,
+                         int H, int W, int C, int OH, int OW, int KH, int KW,
+                         int SH, int SW, int PH, int PW, int DH, int DW, int C0, int CG) {
+    int tap = get_global_id(0);
+    int r = get_global_id(1);
+    if (tap >= KH * KW || r >= rows) return;
+    int K = KH * KW * CG;
+    int m = m0 + r;
+    int kx = tap % KW, ky = tap / KW;
+    int ox = m % OW;
+    int t = m / OW;
+    int oy = t % OH;
+    int n = t / OH;
+    int iy = oy * SH - PH + ky * DH;
+    int ix = ox * SW - PW + kx * DW;
+    __global float* dst = col + (long)r * K + tap * CG;
+    if (iy >= 0 && iy < H && ix >= 0 && ix < W) {
+        __global const float* src = x + ((long)(n * H + iy) * W + ix) * C + C0;
+        for (int c = 0; c < CG; ++c) dst[c] = src[c];
+    } else {
+        for (int c = 0; c < CG; ++c) dst[c] = 0.0f;
+    }
+}
+
 // Depthwise (group == in channels) convolution, channel multiplier MULT: out channel co reads
 // input channel co / MULT. w is (KH, KW, COUT); one work-item per output element.
 __kernel void depthwise(__global const float* x, __global const float* w, __global const float* bias,

@@ -10,7 +10,9 @@ epilogue finishes the layer:
 * **depthwise** (groups == input channels): a direct kernel, one work-item
   per output element, bias and activation fused.
 * **everything else**: ``im2col`` writes the (rows, KH*KW*Cin/g) patch
-  matrix for a block of rows into scratch space, then a GEMM per group.
+  matrix for a block of rows into scratch space, then a GEMM per group
+  (on CPU devices one work-item copies a kernel tap's channel run, on GPUs
+  one work-item writes one element so neighbours stay coalesced).
   Row blocks bound the scratch space (a 3x3 layer on a 224x224 image would
   otherwise need a patch matrix of hundreds of MiB). With groups > 1 each
   group's result is block-copied into its channel columns.
@@ -132,15 +134,18 @@ def conv(node: Node, pc: PlanContext) -> None:
     rows = max(1, min(m, IM2COL_BUDGET // (4 * kdim)))
     col = pc.scratch(rows * kdim, "im2col")
     tmp = pc.scratch(rows * cout_g, "group_out") if group > 1 else None
+    per_tap = pc.dctx.info.device_type == "cpu"  # see kernels/conv.cl: im2col_tap
+    im2col = "im2col_tap" if per_tap else "im2col"
     for g in range(group):
         b_g = bias[g * cout_g : (g + 1) * cout_g]
         for m0 in range(0, m, rows):
             r = min(rows, m - m0)
-            kernel_step(pc, "conv", "im2col", (kdim, r),
+            kernel_step(pc, "conv", im2col, (kh * kw, r) if per_tap else (kdim, r),
                         [Buf(src), Buf(col), i32(m0), i32(r), i32(h), i32(wd), i32(cin), i32(oh), i32(ow),
                          i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw), i32(dh), i32(dw),
                          i32(g * cin_g), i32(cin_g)],
-                        inputs=[src], outputs=[col], label="Conv im2col")  # fmt: skip
+                        inputs=[src], outputs=[col], label="Conv im2col",
+                        local_size=(1, 64) if per_tap else None)  # fmt: skip
             if tmp is None:
                 gemm_call(pc, col, (r, kdim), wg[g], b_g, out, node.activation, key=f"conv:{node.name}:{g}",
                           out_offset=m0 * cout, inputs=[col])
