@@ -51,14 +51,22 @@ def spawn(
 
 
 def is_ours(pid: int, marker: str) -> bool:
-    """True when ``pid`` is alive and its command line contains ``marker``."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state != "Z" and marker in cmdline
+    """True when ``pid`` is alive and its command line contains ``marker``.
+
+    Right after ``exec`` the kernel may briefly show an empty command line; that is
+    retried for up to a second rather than taken as "not ours".
+    """
+    for _ in range(20):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return False
+        if not _alive(pid):
+            return False
+        if cmdline:
+            return marker in cmdline
+        time.sleep(0.05)
+    return False
 
 
 def _alive(pid: int) -> bool:
