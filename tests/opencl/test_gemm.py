@@ -69,6 +69,8 @@ FAMILY = [
     GemmParams(mwi=2, nwv=2, vw=4, mdimc=4, ndimc=8, ku=2, local=True, kwg=8, strn=True),
     GemmParams(mwi=4, nwv=1, vw=4, mdimc=8, ndimc=4, ku=4, local=True, kwg=16, pa=True, pb=True),
     GemmParams(mwi=1, nwv=2, vw=8, mdimc=1, ndimc=16, ku=8, strn=True),
+    GemmParams(mwi=3, nwv=1, vw=8, mdimc=2, ndimc=2, ku=2, pb=True, mfirst=True),
+    GemmParams(mwi=2, nwv=1, vw=4, mdimc=8, ndimc=8, ku=2, local=True, kwg=8, strn=True, mfirst=True),
 ]
 
 

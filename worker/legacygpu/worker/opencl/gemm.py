@@ -11,6 +11,9 @@ floats), the work-group shape (``mdimc`` x ``ndimc``), the k-loop unroll
 memory through the caches (the style PoCL's CPU device prefers). ``strn``
 interleaves a work-item's vectors across the work-group (coalesced loads on
 GPUs) instead of keeping them adjacent (one cache line per work-item on CPUs).
+``pa``/``pb`` repack A/B into contiguous panels first (no power-of-two
+strides, no cache-set aliasing), and ``mfirst`` orders the work-groups down
+M so that neighbours in time share one panel of B (better cache reuse).
 
 The kernel computes ``C = act(alpha * A @ B + bias)`` for row-major A (M x K)
 and B (K x N). Arbitrary sizes: M is handled inside the kernel (clamped
@@ -105,6 +108,7 @@ class GemmParams:
     strn: bool = False
     pa: bool = False
     pb: bool = False
+    mfirst: bool = False
 
     @property
     def mwg(self) -> int:
@@ -127,6 +131,7 @@ class GemmParams:
             f"-DSTRN={int(self.strn)}",
             f"-DPA={int(self.pa)}",
             f"-DPB={int(self.pb)}",
+            f"-DMFIRST={int(self.mfirst)}",
         ]
 
     def problems(self, info: DeviceInfo | None = None) -> list[str]:
@@ -163,13 +168,16 @@ class GemmParams:
             + (" strn" if self.strn else "")
             + (" pa" if self.pa else "")
             + (" pb" if self.pb else "")
+            + (" mfirst" if self.mfirst else "")
         )
 
 
+# Measured on PoCL (skylake-avx512): wide float16 register blocks, tiny
+# work-groups, no local memory; B repacked into panels for M > 4.
 _CPU_DEFAULTS = {
-    "gemv": GemmParams(mwi=1, nwv=2, vw=16, mdimc=1, ndimc=4, ku=4),
-    "skinny": GemmParams(mwi=8, nwv=2, vw=16, mdimc=1, ndimc=2, ku=2),
-    "square": GemmParams(mwi=8, nwv=2, vw=16, mdimc=1, ndimc=2, ku=2),
+    "gemv": GemmParams(mwi=1, nwv=8, vw=16, mdimc=1, ndimc=1, ku=4),
+    "skinny": GemmParams(mwi=8, nwv=2, vw=16, mdimc=1, ndimc=2, ku=2, pb=True, mfirst=True),
+    "square": GemmParams(mwi=8, nwv=2, vw=16, mdimc=1, ndimc=2, ku=2, pb=True, mfirst=True),
 }
 _GPU_DEFAULTS = {
     "gemv": GemmParams(mwi=1, nwv=1, vw=4, mdimc=1, ndimc=64, ku=4, local=False, strn=True),
@@ -274,7 +282,7 @@ class Gemm:
 
         dst = cla.empty(self.dctx.queue, (rows * pcols,), np.float32, allocator=self._pool)
         self._pack_kernel()(
-            self.dctx.queue, (pcols, rows), None,
+            self.dctx.queue, (pcols // width, rows), None,
             rows, cols, src.base_data, _elem_offset(src), ld, int(trans), dst.data, width,
         )  # fmt: skip
         return dst
@@ -342,7 +350,11 @@ class Gemm:
         if out is None:
             out = cla.empty(queue, (m, n), np.float32)
         bias_buf, bias_off = (bias.base_data, _elem_offset(bias)) if bias is not None else (out.base_data, 0)
-        gsize = (n_pad // (params.vw * params.nwv), _round_up(m, params.mwg) // params.mwi)
+        n_groups, m_groups = n_pad // params.nwg, _round_up(m, params.mwg) // params.mwg
+        if params.mfirst:
+            gsize = (m_groups * params.ndimc, n_groups * params.mdimc)
+        else:
+            gsize = (n_groups * params.ndimc, m_groups * params.mdimc)
         event = kern(
             queue, gsize, (params.ndimc, params.mdimc),
             m, n, k, ldb if not params.pb else n_pad, float(alpha),

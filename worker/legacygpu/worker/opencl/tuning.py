@@ -154,9 +154,11 @@ _SPACES: dict[tuple[str, str], dict[str, Sequence[Any]]] = {
     ("cpu", "gemv"): {"mwi": [1, 2, 4], "mdimc": [1], "vw": [8, 16], "nwv": [1, 2, 4, 8, 16],
                       "ndimc": [1, 2, 4, 8, 16], "ku": [1, 2, 4, 8], "pb": [False, True]},
     ("cpu", "skinny"): {"mwi": [2, 4, 8, 16], "mdimc": [1, 2, 4], "vw": [8, 16], "nwv": [1, 2, 4],
-                        "ndimc": [1, 2, 4, 8], "ku": [1, 2, 4], "pa": [False, True], "pb": [False, True]},
+                        "ndimc": [1, 2, 4, 8], "ku": [1, 2, 4], "pa": [False, True], "pb": [False, True],
+                        "mfirst": [False, True]},
     ("cpu", "square"): {"mwi": [4, 6, 8], "mdimc": [1, 2, 4, 8], "vw": [8, 16], "nwv": [1, 2],
-                        "ndimc": [1, 2, 4], "ku": [1, 2, 4], "pa": [False, True], "pb": [False, True]},
+                        "ndimc": [1, 2, 4], "ku": [1, 2, 4], "pa": [False, True], "pb": [False, True],
+                        "mfirst": [False, True]},
     ("gpu", "gemv"): {"mwi": [1, 2, 4], "mdimc": [1], "vw": [1, 2, 4], "nwv": [1, 2],
                       "ndimc": [32, 64, 128, 256], "ku": [1, 2, 4], "strn": [False, True], "pb": [False, True]},
     ("gpu", "skinny"): {"local": [True], "mwi": [1, 2, 4], "mdimc": [4, 8, 16], "vw": [1, 2, 4],
@@ -164,7 +166,8 @@ _SPACES: dict[tuple[str, str], dict[str, Sequence[Any]]] = {
                         "strn": [False, True], "pb": [False, True]},
     ("gpu", "square"): {"local": [True], "mwi": [2, 4, 8], "mdimc": [8, 16, 32], "vw": [1, 2, 4, 8],
                         "nwv": [1, 2], "ndimc": [8, 16, 32], "ku": [1, 2, 4], "kwg": [8, 16, 32],
-                        "strn": [False, True], "pa": [False, True], "pb": [False, True]},
+                        "strn": [False, True], "pa": [False, True], "pb": [False, True],
+                        "mfirst": [False, True]},
 }  # fmt: skip
 
 

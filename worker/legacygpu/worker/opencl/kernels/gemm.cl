@@ -15,6 +15,7 @@
 //   LOCAL 1: stage A and B tiles of KWG in local memory (GPU style), 0: read global (CPU style)
 //   KWG   k tile when LOCAL=1                  STRN   1: a work-item's N vectors are NDIMC*VW apart
 //   PA    1: A arrives packed in panels: [ceil(M/MWG)][K][MWG] (zero rows past M)
+//   MFIRST 1: consecutive work-groups walk down M (sharing a B panel), 0: along N
 //   PB    1: B arrives packed in panels: [N/NWG][K][NWG]; 0: B is K x N with stride LDB
 // Run-time epilogue arguments: has_bias (0/1) and act: 0 none, 1 relu, 2 relu6,
 // 3 sigmoid, 4 tanh, 5 leaky_relu (slope p0), 6 clip (p0, p1).
@@ -45,6 +46,16 @@
 #endif
 #ifndef STRN
 #define STRN 0
+#endif
+#ifndef MFIRST
+#define MFIRST 0
+#endif
+#if MFIRST
+  #define GROUP_M get_group_id(0)
+  #define GROUP_N get_group_id(1)
+#else
+  #define GROUP_M get_group_id(1)
+  #define GROUP_N get_group_id(0)
 #endif
 #ifndef PA
 #define PA 0
@@ -115,17 +126,17 @@ void gemm_nn(const int M, const int N, const int K, const int NB, const float al
 {
   const int lid_n = get_local_id(0);
   const int lid_m = get_local_id(1);
-  const int tile_n = get_group_id(0) * NWG;
-  const int tile_m = get_group_id(1) * MWG;
+  const int tile_n = GROUP_N * NWG;
+  const int tile_m = GROUP_M * MWG;
   const int m0 = tile_m + lid_m * MWI;
 #if PA
-  const __global float* a_base = A + a_off + get_group_id(1) * K * MWG;
+  const __global float* a_base = A + a_off + GROUP_M * K * MWG;
   #define A_AT(mt, kg) a_base[(kg) * MWG + (mt)]
 #else
   #define A_AT(mt, kg) A[a_off + min(tile_m + (mt), M - 1) * lda + (kg)]
 #endif
 #if PB
-  const __global float* b_base = B + b_off + get_group_id(0) * K * NWG;
+  const __global float* b_base = B + b_off + GROUP_N * K * NWG;
   const int b_stride = NWG;
 #else
   const __global float* b_base = B + b_off + tile_n;
@@ -288,17 +299,30 @@ void gemm_nn(const int M, const int N, const int K, const int NB, const float al
 
 // Panel packing. X = op(src) is rows x cols (src is rows x ld, or with trans
 // cols x ld and X = src^T). dst holds X in panels of `width` columns:
-// dst[(c / width) * rows * width + r * width + c % width], zero for c >= cols,
-// for c < pcols (a multiple of width). width == pcols is a plain padded copy.
+// dst[(c / width) * rows * width + r * width + c % width], zero for c >= cols.
+// width == padded cols gives a plain zero-padded copy. One work-item copies
+// one row of one panel: global size (panels, rows).
 __kernel void gemm_pack(const int rows, const int cols,
                         const __global float* restrict src, const int src_off, const int ld,
                         const int trans, __global float* restrict dst, const int width)
 {
-  const int c = get_global_id(0);
+  const int p = get_global_id(0);
   const int r = get_global_id(1);
-  float v = 0.0f;
-  if (c < cols) {
-    v = trans ? src[src_off + c * ld + r] : src[src_off + r * ld + c];
+  const int c0 = p * width;
+  __global float* out = dst + ((size_t)p * rows + r) * width;
+  const int n = clamp(cols - c0, 0, width);
+  if (trans) {
+    const __global float* in = src + src_off + (size_t)c0 * ld + r;
+    for (int cc = 0; cc < n; cc++) {
+      out[cc] = in[(size_t)cc * ld];
+    }
+  } else {
+    const __global float* in = src + src_off + (size_t)r * ld + c0;
+    for (int cc = 0; cc < n; cc++) {
+      out[cc] = in[cc];
+    }
   }
-  dst[(c / width) * rows * width + r * width + c % width] = v;
+  for (int cc = n; cc < width; cc++) {
+    out[cc] = 0.0f;
+  }
 }
