@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-from kmock import Server
+import yaml
 
 from legacygpu.core.modelcards import ModelRepository
 from legacygpu.core.tasks import RetryPolicy
@@ -34,7 +34,7 @@ from legacygpu.operator.app import run_operator
 from legacygpu.operator.config import OperatorConfig
 from legacygpu.operator.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL, VERSION
 from legacygpu.operator.crdgen import all_crds
-from legacygpu.operator.emulator import ApiServerEmulator
+from legacygpu.operator.emulator import EmulatorThread
 from legacygpu.operator.errors import ApiNotFoundError
 from legacygpu.operator.kubeapi import KubeApi, load_configuration
 from legacygpu.operator.runtime import OperatorRuntime
@@ -56,7 +56,7 @@ FAST = OperatorConfig(
 class WorkerThread:
     """One worker pod's loop on a thread (what the kubelet would run in the container)."""
 
-    def __init__(self, server: str, namespace: str, pod: str, repository: Path) -> None:
+    def __init__(self, server: str, namespace: str, pod: str, repository: Path, **options: Any) -> None:
         from legacygpu.worker.backends import create_backend
         from legacygpu.worker.kube import KubeWorker
         from legacygpu.worker.runner import TaskRunner
@@ -65,7 +65,7 @@ class WorkerThread:
         client = kubernetes.client.ApiClient(load_configuration(server=server))
         self.worker = KubeWorker(
             api_client=client, pod_name=pod, namespace=namespace, runner=runner,
-            policy=RetryPolicy(0.2, 1.0), watch_timeout=5.0, resync_seconds=2.0,
+            policy=RetryPolicy(0.2, 1.0), watch_timeout=5.0, resync_seconds=2.0, **options,
         )
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.worker.run, args=(self.stop_event,), name=pod, daemon=True)
@@ -78,46 +78,120 @@ class WorkerThread:
         self.stop_event.set()
         self.thread.join(timeout=10)
 
+    def kill(self) -> None:
+        """Play a killed process: a thread cannot be killed, so it is cut off from the API instead.
 
-@dataclass
+        Whatever the loop is running finishes, but writes nothing, as a dead container would.
+        """
+
+        def dead(*_: Any, **__: Any) -> bool:
+            return False
+
+        self.worker.finish = dead  # type: ignore[method-assign]
+        self.worker.claim = lambda *_: None  # type: ignore[method-assign]
+        self.worker.ready.clear()
+        self.stop_event.set()
+
+
 class OperatorHandle:
-    task: asyncio.Task[None]
-    stop: asyncio.Event
-    runtime: OperatorRuntime
+    """One operator on its own thread and event loop, as a separate process would be.
+
+    (kopf, when it exits, waits for every task spawned in its loop while it ran; a test's
+    teardown task must not be one of them.)
+    """
+
+    def __init__(self, config: OperatorConfig, configuration: kubernetes.client.Configuration) -> None:
+        self.config = config
+        self.configuration = configuration
+        self.runtime: OperatorRuntime | None = None
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="operator", daemon=True)
+        self._thread.start()
+        self._started.wait(timeout=30)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            ready = asyncio.Event()
+            runtime: asyncio.Future[OperatorRuntime] = self._loop.create_future()
+            runtime.add_done_callback(lambda f: setattr(self, "runtime", f.result()))
+            self._loop.create_task(self._relay(ready))
+            self._started.set()
+            await run_operator(self.config, self.configuration, stop=self._stop, ready=ready, runtime_ready=runtime)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self._started.set()
+            self.done.set()
+
+    async def _relay(self, ready: asyncio.Event) -> None:
+        await ready.wait()
+        self.ready.set()
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        await asyncio.to_thread(self.ready.wait, timeout)
+        if not self.ready.is_set():
+            raise AssertionError(f"operator not ready after {timeout}s (error: {self.error!r})")
 
     async def close(self) -> None:
-        self.stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(self.task, timeout=30)
+        if self._loop is not None and self._stop is not None and not self.done.is_set():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        await asyncio.to_thread(self._thread.join, 30)
 
 
 @dataclass
 class Deployment:
-    emulator: ApiServerEmulator
+    emulator: EmulatorThread
     url: str
     api: KubeApi
     repository: Path
     nodes: SimulatedNodes | None = None
     operators: list[OperatorHandle] = field(default_factory=list)
+    worker_options: dict[str, Any] = field(default_factory=dict)
+    workers: dict[str, WorkerThread] = field(default_factory=dict)
 
     @property
     def configuration(self) -> kubernetes.client.Configuration:
         return load_configuration(server=self.url)
 
     async def start_operator(self, config: OperatorConfig = FAST, *, wait_ready: bool = True) -> OperatorHandle:
-        stop, ready = asyncio.Event(), asyncio.Event()
-        runtime: asyncio.Future[OperatorRuntime] = asyncio.get_running_loop().create_future()
-        task = asyncio.ensure_future(
-            run_operator(config, self.configuration, stop=stop, ready=ready, runtime_ready=runtime)
-        )
-        handle = OperatorHandle(task, stop, await runtime)
+        handle = OperatorHandle(config, self.configuration)
         self.operators.append(handle)
         if wait_ready:
-            await asyncio.wait_for(ready.wait(), timeout=30)
+            await handle.wait_ready()
         return handle
 
     def start_worker(self, namespace: str, pod: str) -> WorkerThread:
-        return WorkerThread(self.url, namespace, pod, self.repository)
+        worker = WorkerThread(self.url, namespace, pod, self.repository, **self.worker_options)
+        self.workers[pod] = worker
+        return worker
+
+    async def kill_worker(self, pod: str) -> None:
+        """The worker process in ``pod`` dies and the kubelet reports the pod Failed."""
+        self.workers[pod].kill()
+        assert self.nodes is not None
+        await self.nodes.fail_pod(NS, pod)
+
+    async def apply_file(self, path: Path) -> list[dict[str, Any]]:
+        """Create every object in a YAML file, as ``kubectl apply -f`` would for new objects."""
+        created = []
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            if doc["kind"] == "ConfigMap":
+                created.append(await self.api.create("", "v1", "configmaps", NS, doc))
+            else:
+                created.append(await self.create(doc))
+        return created
 
     # -- objects ---------------------------------------------------------------------------------
 
@@ -188,15 +262,12 @@ def task_manifest(name: str, cluster: str, inputs: list[dict[str, Any]] | None =
 @contextlib.asynccontextmanager
 async def deployment(repository: Path, *, nodes: dict[str, int] | None = None, workers: bool = True) -> Any:
     """The emulated API server with the CRDs, simulated GPU nodes, and a client; operators are started by tests."""
-    async with ApiServerEmulator() as emulator, Server(emulator) as server:
-        for crd in all_crds():
-            emulator.declare_crd(crd)
-        url = str(server.url).rstrip("/")
-        api = KubeApi(load_configuration(server=url))
-        dep = Deployment(emulator=emulator, url=url, api=api, repository=repository)
+    with EmulatorThread(all_crds()) as server:
+        api = KubeApi(load_configuration(server=server.url))
+        dep = Deployment(emulator=server, url=server.url, api=api, repository=repository)
         try:
             async with SimulatedNodes(
-                url, nodes=nodes or {"gpu-node-1": 4, "gpu-node-2": 4},
+                server.url, nodes=nodes or {"gpu-node-1": 4, "gpu-node-2": 4},
                 start_worker=dep.start_worker if workers else None,
             ) as sim:
                 dep.nodes = sim

@@ -86,7 +86,9 @@ def build_settings() -> kopf.OperatorSettings:
     return settings
 
 
-async def _watch_flags(stop: asyncio.Event, lost: asyncio.Event, kopf_stop: asyncio.Event) -> None:
+async def _watch_flags(
+    stop: asyncio.Event, lost: asyncio.Event, kopf_stop: asyncio.Event, rt: OperatorRuntime
+) -> None:
     waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait())}
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -94,6 +96,7 @@ async def _watch_flags(stop: asyncio.Event, lost: asyncio.Event, kopf_stop: asyn
         for waiter in waits:
             waiter.cancel()
     kopf_stop.set()
+    await rt.shutdown()  # kopf waits for tasks spawned while it ran: end ours first
 
 
 async def run_operator(
@@ -117,7 +120,7 @@ async def run_operator(
     keeper: asyncio.Task[None] | None = None
     lost = asyncio.Event()
     kopf_stop = asyncio.Event()
-    flags = asyncio.ensure_future(_watch_flags(stop, lost, kopf_stop))
+    flags = asyncio.ensure_future(_watch_flags(stop, lost, kopf_stop, rt))
     try:
         if config.leader_election:
             elector = LeaseElector(

@@ -34,6 +34,7 @@ import datetime
 import itertools
 import json
 import secrets
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -45,7 +46,7 @@ import jsonpointer
 import kmock
 from kmock._internal import dicts, k8s, rendering
 
-__all__ = ["DEFAULT_RESOURCES", "ApiServerEmulator", "match_labels"]
+__all__ = ["DEFAULT_RESOURCES", "ApiServerEmulator", "EmulatorThread", "match_labels"]
 
 # Resources every emulator serves: plural path -> (kind, namespaced, has status subresource).
 DEFAULT_RESOURCES: dict[str, tuple[str, bool, bool]] = {
@@ -319,3 +320,54 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
                 # Like the API server: an object that leaves the selector is DELETED for this watch.
                 seen.discard(uid)
                 yield {"type": "DELETED", "object": obj}
+
+
+class EmulatorThread:
+    """An :class:`ApiServerEmulator` on loopback, served from its own thread and event loop.
+
+    Keeps the server's request handlers out of the caller's event loop (kopf, for one, waits
+    for every task spawned while it ran before it exits). Use as a context manager::
+
+        with EmulatorThread(crds) as server:
+            client = ... server.url ...
+    """
+
+    def __init__(self, crds: Iterable[Mapping[str, Any]] = ()) -> None:
+        self.crds = list(crds)
+        self.url = ""
+        self.emulator: ApiServerEmulator | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="api-emulator", daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to the caller of __enter__
+            self._error = exc
+            self._started.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with ApiServerEmulator() as emulator, kmock.Server(emulator) as server:
+            for crd in self.crds:
+                emulator.declare_crd(crd)
+            self.emulator = emulator
+            self.url = str(server.url).rstrip("/")
+            self._started.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> EmulatorThread:
+        self._thread.start()
+        self._started.wait(timeout=30)
+        if self._error is not None or not self.url:
+            raise RuntimeError(f"the API emulator did not start: {self._error!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)

@@ -76,6 +76,7 @@ class SimulatedNodes:
         self.failed: set[tuple[str, str]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Future[None]] = set()
 
     async def __aenter__(self) -> SimulatedNodes:
         self._session = aiohttp.ClientSession()
@@ -87,7 +88,7 @@ class SimulatedNodes:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await asyncio.gather(*(asyncio.to_thread(h.stop) for h in self.workers.values()))
+        await asyncio.gather(*(asyncio.to_thread(h.stop) for h in self.workers.values()), *self._stopping)
         self.workers.clear()
         if self._session is not None:
             await self._session.close()
@@ -195,32 +196,25 @@ class SimulatedNodes:
         })
 
     async def _release(self, key: tuple[str, str]) -> None:
-        handle = self.workers.pop(key, None)
-        if handle is not None:
-            await asyncio.to_thread(handle.stop)
+        await self._stop(key)
         for node in self.nodes.values():
             node.used.pop(key, None)
 
     async def fail_pod(self, namespace: str, name: str, message: str = "container exited with code 137") -> None:
-        """Play a worker that died: stop it, then report the pod ``Failed``."""
+        """Play a worker that died: the pod is reported ``Failed``, then its worker is stopped."""
         key = (namespace, name)
         self.failed.add(key)
-        handle = self.workers.pop(key, None)
-        if handle is not None:
-            await asyncio.to_thread(handle.stop)
         now = format_time(now_utc())
         await self._patch_status(namespace, name, {
             "phase": "Failed", "message": message,
             "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}],
         })
+        await self._stop(key)
 
     async def unready_pod(self, namespace: str, name: str) -> None:
-        """Play a failing readiness probe: the worker stops, the pod stays but is not Ready."""
+        """Play a failing readiness probe: the pod stays but is not Ready, and its worker stops."""
         key = (namespace, name)
         self.failed.add(key)
-        handle = self.workers.pop(key, None)
-        if handle is not None:
-            await asyncio.to_thread(handle.stop)
         now = format_time(now_utc())
         await self._patch_status(namespace, name, {
             "phase": "Running",
@@ -229,3 +223,12 @@ class SimulatedNodes:
                 {"type": "Ready", "status": "False", "lastTransitionTime": now},
             ],
         })
+        await self._stop(key)
+
+    async def _stop(self, key: tuple[str, str]) -> None:
+        """Stop a pod's worker in the background (a busy worker finishes its task first)."""
+        handle = self.workers.pop(key, None)
+        if handle is not None:
+            stopping = asyncio.ensure_future(asyncio.to_thread(handle.stop))
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)

@@ -1,0 +1,126 @@
+"""InferenceCluster reconciliation with the real kopf operator over HTTP.
+
+The API server and the nodes are stand-ins (no kube-apiserver or kubelet
+runs on these machines; see operator_harness); the operator, its HTTP
+traffic and the worker loops are real.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from operator_harness import NS, Deployment, cluster_manifest, condition, eventually
+
+from legacygpu.operator.contract import CLUSTER_PLURAL
+
+
+async def _ready_workers(dep: Deployment, name: str, count: int) -> dict[str, Any] | None:
+    body = await dep.cluster(name)
+    status = (body or {}).get("status") or {}
+    live = [p for p in await dep.pods(name) if not p["metadata"].get("deletionTimestamp")]
+    if status.get("readyWorkers") == count and status.get("replicas") == count and len(live) == count:
+        return body
+    return None
+
+
+async def _reasons(dep: Deployment, name: str) -> list[str]:
+    return [e["reason"] for e in await dep.events(name)]
+
+
+async def test_create_scale_suspend_resume_delete(dep: Deployment) -> None:
+    await dep.start_operator()
+    created = await dep.create(cluster_manifest("pool", replicas=2))
+    body = await eventually(lambda: _ready_workers(dep, "pool", 2), what="2 ready workers")
+    status = body["status"]
+    assert status["desiredWorkers"] == 2 and status["devices"] == 2
+    assert condition(body, "Ready")["status"] == "True" and condition(body, "WorkersReady")["status"] == "True"
+    assert condition(body, "Degraded")["status"] == "False" and condition(body, "Suspended")["status"] == "False"
+    assert status["observedGeneration"] == 1 and status["selector"].startswith("legacygpu.io/cluster=pool")
+    assert "legacygpu.io/operator" in body["metadata"]["finalizers"]
+    pods = await dep.pods("pool")
+    for pod in pods:
+        owner = pod["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"], owner["uid"]) == ("InferenceCluster", "pool", created["metadata"]["uid"])
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["legacygpu.io/gpu"] == "1"
+    service = await dep.api.get("", "v1", "services", NS, "pool-workers")
+    assert service["spec"]["clusterIP"] == "None"
+    assert await _reasons(dep, "pool") >= ["ServiceCreated"]
+
+    await dep.patch_spec(CLUSTER_PLURAL, "pool", {"replicas": 3})
+    body = await eventually(lambda: _ready_workers(dep, "pool", 3), what="scaled up to 3")
+    assert body["status"]["observedGeneration"] == 2
+    before = {p["metadata"]["name"] for p in await dep.pods("pool")}
+
+    await dep.patch_spec(CLUSTER_PLURAL, "pool", {"replicas": 1})
+    await eventually(lambda: _ready_workers(dep, "pool", 1), what="scaled down to 1")
+    after = {p["metadata"]["name"] for p in await dep.pods("pool")}
+    assert after < before
+
+    await dep.patch_spec(CLUSTER_PLURAL, "pool", {"suspend": True})
+
+    async def suspended() -> Any:
+        body = await dep.cluster("pool")
+        return body if condition(body, "Suspended").get("status") == "True" and not await dep.pods("pool") else None
+
+    body = await eventually(suspended, what="suspended with no pods")
+    assert condition(body, "Ready")["reason"] == "Suspended" and body["status"]["desiredWorkers"] == 0
+
+    await dep.patch_spec(CLUSTER_PLURAL, "pool", {"suspend": False})
+    await eventually(lambda: _ready_workers(dep, "pool", 1), what="resumed")
+    reasons = await _reasons(dep, "pool")
+    assert {"WorkerCreated", "WorkerDeleted", "Suspended", "Resumed"} <= set(reasons)
+
+    await dep.api.delete("legacygpu.io", "v1alpha1", CLUSTER_PLURAL, NS, "pool")
+
+    async def gone() -> bool:
+        return await dep.cluster("pool") is None and not await dep.pods("pool")
+
+    await eventually(gone, what="cluster and pods gone (finalizer removed)")
+    assert "ClusterDeleted" in await _reasons(dep, "pool")
+
+
+async def test_unschedulable_worker_is_shown_with_the_scheduler_reason(dep: Deployment) -> None:
+    await dep.start_operator()
+    await dep.create(cluster_manifest("big", replicas=1, gpusPerWorker=5))  # nodes have 4 GPUs each
+
+    async def degraded() -> Any:
+        body = await dep.cluster("big")
+        return body if condition(body, "Degraded").get("reason") == "Unschedulable" else None
+
+    body = await eventually(degraded, what="Degraded/Unschedulable")
+    message = "0/2 nodes are available: 2 Insufficient legacygpu.io/gpu."
+    assert message in condition(body, "Degraded")["message"]
+    assert message in condition(body, "WorkersReady")["message"]
+    assert condition(body, "Ready")["status"] == "False"
+    events = await dep.events("big")
+    assert any(e["type"] == "Warning" and message in e["message"] for e in events)
+
+
+async def test_failed_worker_is_replaced(dep: Deployment) -> None:
+    await dep.start_operator()
+    await dep.create(cluster_manifest("heal", replicas=2))
+    await eventually(lambda: _ready_workers(dep, "heal", 2), what="2 ready workers")
+    victim = (await dep.pods("heal"))[0]["metadata"]["name"]
+    await dep.kill_worker(victim)
+
+    async def replaced() -> bool:
+        names = {p["metadata"]["name"] for p in await dep.pods("heal")}
+        return victim not in names and await _ready_workers(dep, "heal", 2) is not None
+
+    await eventually(replaced, what="failed pod replaced")
+    assert "WorkerReplaced" in await _reasons(dep, "heal")
+
+
+async def test_spec_the_schema_would_refuse_is_refused_by_the_operator(dep: Deployment) -> None:
+    """The emulator validates nothing, like an API server without the CRD's CEL rules."""
+    await dep.start_operator()
+    await dep.create(cluster_manifest("odd", replicas=10, maxReplicas=4))
+
+    async def refused() -> Any:
+        body = await dep.cluster("odd")
+        return body if condition(body, "Ready").get("reason") == "InvalidSpec" else None
+
+    body = await eventually(refused, what="Ready=False/InvalidSpec")
+    assert "spec.replicas (10) is outside" in condition(body, "Ready")["message"]
+    assert await dep.pods("odd") == []
+    assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in await dep.events("odd"))
