@@ -395,6 +395,7 @@ def command(tasks: int, workers: int, concurrency: int, out_dir: Path, models_fr
     logging.getLogger("httpx").setLevel(logging.WARNING)
     data_dir = Path(tempfile.mkdtemp(prefix="legacygpu-bench-"))
     load_before = os.getloadavg()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     try:
         models_dir = _prepare_models(data_dir, models_from)
         inputs, truth = make_inputs(tasks)
@@ -415,7 +416,7 @@ def command(tasks: int, workers: int, concurrency: int, out_dir: Path, models_fr
         "cpu_count": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg(),
         "platform": platform.platform(), "python": platform.python_version(), "onnxruntime": direct["onnxruntime"],
     }
-    report["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    report["started"], report["finished"] = started_at, datetime.now(UTC).isoformat(timespec="seconds")
     report["raw"] = {
         "cluster_latency_ms": [round(t["latency_ms"], 3) for t in run["tasks"] if t.get("latency_ms") is not None],
         "unloaded_latency_ms": [round(t["latency_ms"], 3) for t in run["probe"] if t.get("latency_ms") is not None],
