@@ -194,6 +194,7 @@ class Cluster:
             self.set_worker_command(self.worker_command)
         data = self.root / "etcd-data"
         shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(self.root / "pods", ignore_errors=True)  # per-pod files of the last cluster
         for old in self.logs.glob("*.log"):
             old.unlink()
         ports = {

@@ -53,9 +53,17 @@ def spawn(
 def is_ours(pid: int, marker: str) -> bool:
     """True when ``pid`` is alive and its command line contains ``marker``.
 
+    A marker ``env:NAME=VALUE`` is looked up in the process's environment instead: it
+    survives the process exec-ing another program (``sh -c '...; exec sleep 300'``).
     Right after ``exec`` the kernel may briefly show an empty command line; that is
     retried for up to a second rather than taken as "not ours".
     """
+    if marker.startswith("env:"):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            return False
+        return _alive(pid) and marker[4:] in environ
     for _ in range(20):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")

@@ -75,6 +75,7 @@ class Simulator:
         self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.records: dict[str, PodRecord] = {}
         self.pods: dict[str, dict[str, Any]] = {}
+        self.finalising: dict[str, float] = {}  # uid -> when to retry the final delete
         self.stopping = threading.Event()
         kubeconfig = root / "admin.kubeconfig"
         self.server = ""
@@ -182,10 +183,13 @@ class Simulator:
             return
         if kind == "DELETED":
             self.pods.pop(uid, None)
+            self.finalising.pop(uid, None)
             rec = self.records.pop(uid, None)
             if rec is not None:
                 self._stop_process(rec, grace=0.0)
                 log.info("pod %s/%s gone", rec.namespace, rec.name)
+                with contextlib.suppress(OSError):
+                    rec.pod_dir.rmdir()  # only when empty: a worker's log and files stay
             return
         self.pods[uid] = pod
         if meta.get("deletionTimestamp"):
@@ -245,14 +249,18 @@ class Simulator:
 
     def _finalise(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
+        self.finalising[meta["uid"]] = time.monotonic() + 5.0
         rec = self.records.pop(meta["uid"], None)
         if rec is not None:
             grace = float(meta.get("deletionGracePeriodSeconds") or 0)
             self._stop_process(rec, grace=min(grace, 10.0))
+            with contextlib.suppress(OSError):
+                rec.pod_dir.rmdir()
         try:
+            # Options go in the body: with a body present the API server ignores the query.
             self.core.delete_namespaced_pod(
-                meta["name"], meta["namespace"], grace_period_seconds=0,
-                body={"preconditions": {"uid": meta["uid"]}},
+                meta["name"], meta["namespace"],
+                body={"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}},
             )  # fmt: skip
             log.info("pod %s/%s finalised", meta["namespace"], meta["name"])
         except ApiException as exc:
@@ -283,7 +291,7 @@ class Simulator:
         except (OSError, ValueError, KeyError, ApiException) as exc:
             self._wait(rec, "E2EStartError", f"{type(exc).__name__}: {exc}", crash=True)
             return
-        (rec.pod_dir / "pid").write_text(f"{rec.proc.pid}\n{argv[0]}\n")
+        (rec.pod_dir / "pid").write_text(f"{rec.proc.pid}\nenv:POD_UID={rec.uid}\n")
         rec.started_at, rec.waiting_reason, rec.waiting_message = now_rfc3339(), "", ""
         rec.set_ready(False)
         probe = container.get("readinessProbe") or {}
@@ -312,6 +320,9 @@ class Simulator:
         log.info("pod %s/%s: process %d stopped (exit %s)", rec.namespace, rec.name, proc.pid, proc.returncode)
 
     def _tick(self) -> None:
+        for uid, when in list(self.finalising.items()):
+            if uid in self.pods and time.monotonic() >= when:
+                self._finalise(self.pods[uid])
         for rec in list(self.records.values()):
             pod = self.pods.get(rec.uid)
             if pod is None:
