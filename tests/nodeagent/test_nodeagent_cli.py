@@ -78,3 +78,7 @@ def test_bad_options_are_usage_errors(node: NodeTree) -> None:
     assert bad_name.exit_code == 2 and "not an extended resource name" in bad_name.output
     bad_replicas = runner.invoke(command, agent_args(node, "--replicas-per-gpu", "0"))
     assert bad_replicas.exit_code == 2
+    long_dir = node.root / ("d" * 100)
+    long_dir.mkdir()
+    too_long = runner.invoke(command, agent_args(node, "--health-checks", "sysfs", "--kubelet-dir", str(long_dir)))
+    assert too_long.exit_code == 1 and "use a shorter --kubelet-dir" in too_long.output

@@ -241,3 +241,18 @@ async def test_preferred_allocation_keeps_a_pod_on_one_numa_node(node: NodeTree,
         first, second = (list(r.deviceIDs) for r in response.container_responses)
         assert first == [cards[3], cards[2]]  # the other card on NUMA node 1
         assert sorted(second) == [cards[2], cards[3]]  # the node that can hold both
+
+
+async def test_opencl_check_in_the_agent_marks_a_card_without_a_driver_unhealthy(
+    node: NodeTree, kubelet: FakeKubelet
+) -> None:
+    """PoCL's CPU device stands in for card A's OpenCL device; card B has none, like a broken driver."""
+    node.plug(rx580(0))
+    node.plug(rx580(1))
+    agent = NodeAgent(agent_config(node, health_checks=("sysfs", "opencl"), opencl_device_types=("cpu",),
+                                   health_interval=0.5))
+    async with running(agent):
+        devices = await kubelet.wait_for_list(lambda d: len(d) == 2)
+        assert ids(devices) == {A: "Healthy", B: "Unhealthy"}
+        assert agent.inventory.get(B).reason.startswith(f"no OpenCL device for card {B}")
+        assert agent.labels is not None and agent.labels["legacygpu.io/gpu.count"] == "2"

@@ -100,18 +100,14 @@ def command(
     )
     try:
         labeller = NodeLabeller(node_name, kubernetes_client()) if node_name else None
-    except LabelError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-    if print_labels:
-        agent = NodeAgent(config, labeller=labeller)
-        statuses = asyncio.run(agent.health_round())
-        click.echo(json.dumps(compute_labels(statuses), indent=2, sort_keys=True))
-        if labeller is not None and labeller.applied is None:
-            raise click.ClickException(f"labels were computed but could not be applied to node {node_name}")
-        return
-    try:
+        if print_labels:
+            agent = NodeAgent(config, labeller=labeller)
+            statuses = asyncio.run(agent.health_round())
+            click.echo(json.dumps(compute_labels(statuses), indent=2, sort_keys=True))
+            if labeller is not None and labeller.applied is None:
+                raise click.ClickException(f"labels were computed but could not be applied to node {node_name}")
+            return
         code = run_agent(config, labeller=labeller)
-    except PluginServerError as exc:
+    except (LabelError, PluginServerError) as exc:
         raise click.ClickException(str(exc)) from exc
     raise SystemExit(code)

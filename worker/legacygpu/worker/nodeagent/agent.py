@@ -34,7 +34,7 @@ from legacygpu.worker.nodeagent.health import CHECKS, CardStatus, HealthChecker
 from legacygpu.worker.nodeagent.inventory import DeviceInventory
 from legacygpu.worker.nodeagent.labeller import NodeLabeller, compute_labels
 from legacygpu.worker.nodeagent.openclprobe import OpenCLProbe, PyOpenCLProbe
-from legacygpu.worker.nodeagent.plugin import PluginServer, socket_identity
+from legacygpu.worker.nodeagent.plugin import PluginServer, check_socket_path, socket_identity
 from legacygpu.worker.nodeagent.registration import SocketWatch, register, wait_for_socket
 from legacygpu.worker.nodeagent.v1beta1 import DEVICE_PLUGIN_PATH, KUBELET_SOCKET
 
@@ -85,6 +85,8 @@ class NodeAgent:
     def __init__(self, config: AgentConfig, *, probe: OpenCLProbe | None = None,
                  labeller: NodeLabeller | None = None) -> None:
         self.config = config
+        check_socket_path(config.socket_path)
+        check_socket_path(config.kubelet_socket)
         if probe is None and "opencl" in config.health_checks:
             probe = PyOpenCLProbe(config.opencl_device_types)
         self.checker = HealthChecker(config.sysfs_root, config.dev_root, checks=config.health_checks,

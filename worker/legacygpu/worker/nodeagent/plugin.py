@@ -32,7 +32,7 @@ from legacygpu.worker.nodeagent.errors import PluginServerError, UnhealthyDevice
 from legacygpu.worker.nodeagent.inventory import DeviceInventory, PluginDevice
 from legacygpu.worker.nodeagent.v1beta1 import HEALTHY, UNHEALTHY, api_pb2, api_pb2_grpc
 
-__all__ = ["DevicePluginServicer", "PluginServer", "device_message", "socket_identity"]
+__all__ = ["DevicePluginServicer", "PluginServer", "check_socket_path", "device_message", "socket_identity"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,15 @@ def socket_identity(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
+def check_socket_path(path: Path) -> None:
+    """Raise :class:`PluginServerError` if ``path`` is too long to bind a unix socket to."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise PluginServerError(
+            f"socket path {path} is {len(os.fsencode(path))} bytes; unix sockets allow "
+            f"{MAX_SOCKET_PATH}: use a shorter --kubelet-dir"
+        )
 
 
 def device_message(device: PluginDevice) -> api_pb2.Device:
@@ -131,11 +140,7 @@ class PluginServer:
 
     def __init__(self, inventory: DeviceInventory, socket_path: Path, dev_root: Path,
                  *, grace: float = 5.0) -> None:
-        if len(str(socket_path)) > MAX_SOCKET_PATH:
-            raise PluginServerError(
-                f"socket path {socket_path} is {len(str(socket_path))} bytes; unix sockets allow "
-                f"{MAX_SOCKET_PATH}: use a shorter --kubelet-dir"
-            )
+        check_socket_path(socket_path)
         self.socket_path = socket_path
         self.grace = grace
         self.servicer = DevicePluginServicer(inventory, dev_root)
