@@ -12,11 +12,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from e2ecluster import Kube
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import UnprocessableEntityError
-
-from e2ecluster import Kube
 
 
 def _crd(plural: str) -> str:
