@@ -2,7 +2,9 @@
 
 The page itself is public (it holds no data); it reads the token from the
 URL fragment (``/ui#token=...``, never sent to the server) or asks for it,
-and then uses it for every API call.
+and then uses it for every API call. Its Content-Security-Policy allows
+nothing but this origin: the page loads no external resource, and a script
+injected through data it shows could not send the token elsewhere.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse
 
+__all__ = ["CONTENT_SECURITY_POLICY", "STATIC_DIR", "router"]
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
+)
 
 router = APIRouter(tags=["ui"], include_in_schema=False)
 
@@ -24,4 +33,10 @@ async def root() -> RedirectResponse:
 
 @router.get("/ui")
 async def dashboard() -> FileResponse:
-    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+    headers = {
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+    }
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=headers)

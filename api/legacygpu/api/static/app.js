@@ -234,9 +234,11 @@ function wantLabel(task) {
 }
 
 function pumpLabels() {
+  // Only rows on screen are worth a request; a burst of thousands of tasks scrolls most past unseen.
+  const shown = new Set(newestTasks(MAX_TASKS).map((t) => t.id));
   while (state.labelActive < LABEL_FETCHES && state.labelQueue.length) {
     const id = state.labelQueue.shift();
-    if (!state.tasks.has(id) || state.labels.has(id)) continue;
+    if (!shown.has(id) || state.labels.has(id)) continue;
     state.labelActive += 1;
     api(`/cluster/tasks/${encodeURIComponent(id)}`)
       .then((task) => {
