@@ -63,6 +63,19 @@ def test_conv2d(run_node, case, with_bias: bool) -> None:
     assert_close(out["y"], conv_ref(x, wt, b, (s, s), [p] * 4, (d, d), g), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[-1] == 1 or c[-1] == c[1]], ids=lambda c: "x".join(map(str, c)))
+def test_conv2d_gpu_style_kernels(run_node, monkeypatch, case) -> None:
+    """The per-element im2col and per-channel depthwise kernels GPUs get, checked here on PoCL."""
+    from legacygpu.worker.opencl.ops import conv
+
+    monkeypatch.setattr(conv, "cpu_style", lambda _pc: False)
+    n, c, h, w, cout, k, s, p, d, g = case
+    x, wt, b = rand(n, c, h, w, seed=1), rand(cout, c // g, k, k, seed=2), rand(cout, seed=3)
+    attrs = {"kernel_shape": [k, k], "strides": [s, s], "pads": [p] * 4, "dilations": [d, d], "group": g}
+    out = run_node("Conv", {"x": x}, {"w": wt, "b": b}, attrs)
+    assert_close(out["y"], conv_ref(x, wt, b, (s, s), [p] * 4, (d, d), g), rtol=1e-4, atol=1e-5)
+
+
 def test_conv_asymmetric_pads_and_same_upper(run_node) -> None:
     x = rand(1, 3, 10, 11, seed=4)
     wt = rand(4, 3, 3, 3, seed=5)

@@ -132,3 +132,86 @@ def test_fused_add_relu_from_a_two_node_model(tmp_path, runtime) -> None:
     assert [n.op for n in model.graph.nodes] == ["Add"] and model.graph.nodes[0].activation[0] == "relu"
     a, b = rand(3, 8, seed=1), rand(3, 8, seed=2)
     assert_close(model.run({"a": a, "b": b})["y"], np.maximum(a + b, 0))
+
+
+def _model(tmp_path, name, nodes, shape, inits=(), opset=17):
+    from onnx import helper
+
+    g = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", 1, list(shape))],
+                          [helper.make_tensor_value_info("y", 1, None)], initializer=list(inits))  # fmt: skip
+    path = tmp_path / f"{name}.onnx"
+    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString())
+    return path
+
+
+def _hard_swish_se_model(tmp_path):
+    """x -> Add 3 -> Clip 0..6 -> Div 6 -> Mul x (hard-swish) -> Mul per-channel -> Sigmoid."""
+    from onnx import helper, numpy_helper
+
+    c = lambda n, v: numpy_helper.from_array(np.asarray(v, np.float32), n)  # noqa: E731
+    nodes = [
+        helper.make_node("Add", ["x", "three"], ["a"]),
+        helper.make_node("Clip", ["a", "zero", "six"], ["b"]),
+        helper.make_node("Div", ["b", "six"], ["d"]),
+        helper.make_node("Mul", ["x", "d"], ["h"]),
+        helper.make_node("Mul", ["h", "scale"], ["s"]),
+        helper.make_node("Sigmoid", ["s"], ["y"]),
+    ]
+    inits = [c("three", 3.0), c("zero", 0.0), c("six", 6.0), c("scale", rand(4, 1, 1, seed=5))]
+    return _model(tmp_path, "hswish", nodes, (2, 4, 5, 3), inits), inits[-1]
+
+
+def test_elementwise_chain_is_one_generated_kernel(tmp_path, runtime) -> None:
+    from onnx import numpy_helper
+
+    path, scale = _hard_swish_se_model(tmp_path)
+    model = runtime.load(path)
+    assert [n.op for n in model.graph.nodes] == ["ElementwiseChain"]
+    x = rand(2, 4, 5, 3, seed=6, low=-5, high=5)
+    hs = x * np.clip(x + 3, 0, 6) / 6
+    want = 1 / (1 + np.exp(-(hs * numpy_helper.to_array(scale))))
+    assert_close(model.run({"x": x})["y"], want)
+    labels = [s.label for s in model.plan({"x": x.shape}).plan.steps if s.kind == "opencl"]
+    assert labels == ["ElementwiseChain"]
+
+
+def test_chain_falls_back_to_its_original_nodes_when_kernels_do_not_build(tmp_path) -> None:
+    from onnx import numpy_helper
+
+    from legacygpu.worker.opencl.device import open_device
+    from legacygpu.worker.opencl.executor import OpenCLRuntime
+
+    path, scale = _hard_swish_se_model(tmp_path)
+    broken = OpenCLRuntime(open_device(), {"elementwise": "not OpenCL"})
+    model = broken.load(path)
+    x = rand(2, 4, 5, 3, seed=7, low=-5, high=5)
+    hs = x * np.clip(x + 3, 0, 6) / 6
+    assert_close(model.run({"x": x})["y"], 1 / (1 + np.exp(-(hs * numpy_helper.to_array(scale)))))
+    reports = model.plan({"x": x.shape}).plan.reports
+    assert [(r.op, r.placement) for r in reports] == [("ElementwiseChain", "onnxruntime")]
+    assert len(reports[0].sources) == 6
+
+
+def test_decomposed_layer_norm_becomes_one_kernel(tmp_path, runtime) -> None:
+    from onnx import helper, numpy_helper
+
+    gamma, beta = rand(24, seed=8), rand(24, seed=9)
+    c = lambda n, v: numpy_helper.from_array(np.asarray(v, np.float32), n)  # noqa: E731
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1]),
+        helper.make_node("Sub", ["x", "m"], ["d"]),
+        helper.make_node("Pow", ["d", "two"], ["p"]),
+        helper.make_node("ReduceMean", ["p"], ["v"], axes=[-1]),
+        helper.make_node("Add", ["v", "eps"], ["e"]),
+        helper.make_node("Sqrt", ["e"], ["s"]),
+        helper.make_node("Div", ["d", "s"], ["n"]),
+        helper.make_node("Mul", ["n", "g"], ["t"]),
+        helper.make_node("Add", ["t", "b"], ["y"]),
+    ]
+    path = _model(tmp_path, "ln", nodes, (3, 7, 24), [c("two", 2.0), c("eps", 1e-5), c("g", gamma), c("b", beta)],
+                  opset=12)  # fmt: skip
+    model = runtime.load(path)
+    assert [n.op for n in model.graph.nodes] == ["LayerNormalization"]
+    x = rand(3, 7, 24, seed=10, low=-1, high=3)
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    assert_close(model.run({"x": x})["y"], (x - mu) / np.sqrt(var + 1e-5) * gamma + beta, atol=1e-5)

@@ -57,6 +57,8 @@ def node_flops(node: Node, ins: Sequence[tuple[int, ...] | None], outs: Sequence
         base = 8.0 * out
     elif op == "Resize":
         base = out * (8.0 if node.attr("mode", "nearest") == "linear" else 1.0)
+    elif op == "ElementwiseChain":
+        base = out * len(node.attr("program", []))
     elif op == "Sum":
         base = out * max(len(ins) - 1, 1)
     elif op in MOVEMENT_OPS:

@@ -91,6 +91,8 @@ class Node:
     activation: tuple[str, tuple[float, ...]] = ("none", ())
     bias: str | None = None
     """A fused bias constant (Gemm/MatMul/Conv epilogue) added by the passes."""
+    composite: list[Node] = field(default_factory=list)
+    """For a node that replaced a group of nodes (a fused chain): the original nodes."""
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
@@ -106,6 +108,8 @@ class Node:
         """
         from onnx import helper
 
+        if self.composite:
+            return [p for n in self.composite for p in n.to_onnx(consts)]
         if self.proto is not None and self.activation[0] == "none" and self.bias is None:
             return [self.proto]
         if self.op == "ChannelAffine":

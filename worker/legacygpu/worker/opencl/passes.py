@@ -15,9 +15,12 @@ In order:
 5. **Bias fusion**: ``MatMul`` by a constant matrix followed by ``Add`` of a
    row vector, and ``Gemm`` with a constant ``C`` row, carry the bias in the
    node (the GEMM epilogue adds it).
-6. **Activation fusion**: ``Relu``, ``Clip``, ``Sigmoid``, ``Tanh``,
+6. **Layer norms** written out as nine ops become one node
+   (:mod:`~legacygpu.worker.opencl.fusion`).
+7. **Activation fusion**: ``Relu``, ``Clip``, ``Sigmoid``, ``Tanh``,
    ``LeakyRelu`` (and ``HardSigmoid`` for element-wise producers) following a
    node whose only consumer they are become that node's epilogue.
+8. **Element-wise chains** become one node and one kernel (:mod:`~.fusion`).
 
 A rewrite only happens when the intermediate value has one consumer and is
 not a graph output, so every graph output keeps its name and meaning.
@@ -74,7 +77,11 @@ def optimize(graph: Graph, ranks: dict[str, int] | None = None) -> Graph:
     merge_channel_ops(graph, ranks)
     fold_into_conv(graph)
     fuse_bias(graph)
+    from .fusion import fuse_elementwise_chains, fuse_layer_norm
+
+    fuse_layer_norm(graph, ranks)
     fuse_activations(graph)
+    fuse_elementwise_chains(graph, ranks)
     return graph
 
 

@@ -140,8 +140,10 @@ def _plan_fallback(pc: PlanContext, node: Node, reason: str) -> None:
     protos = node.to_onnx(extra)
     feeds: dict[str, str] = {}
     consts: dict[str, np.ndarray] = dict(extra)
-    for name in node.inputs:
-        if not name or name in feeds or name in consts:
+    produced = {o for p in protos for o in p.output}
+    needed = [n for p in protos for n in p.input if n and n not in produced]  # composites read more than inputs
+    for name in needed:
+        if name in feeds or name in consts:
             continue
         val = pc.val(name)
         if val.where == "const":

@@ -99,6 +99,41 @@ class Programs:
             self._programs[family] = program
             return program
 
+    def custom(self, family: str, key: str, extra_source: str) -> Any:
+        """A program made of ``family``'s source plus generated code (cached by ``key``).
+
+        Generated kernels reuse a family's helper functions, so a family that does
+        not build (or is overridden with a broken source) fails its generated
+        kernels too.
+        """
+        import pyopencl as cl
+
+        name = f"{family}+{key}"
+        with self._build_lock:
+            if name in self._programs:
+                return self._programs[name]
+            if family in self._failures or name in self._failures:
+                raise self._failures.get(name) or self._failures[family]
+            try:
+                source = self.source(family) + "\n" + extra_source
+                program = cl.Program(self.dctx.ctx, source).build(options=["-cl-mad-enable"])
+            except (cl.Error, OSError) as exc:
+                err = KernelBuildError(f"OpenCL kernels '{name}' failed to build on {self.dctx.info.name}: {exc}")
+                log.warning("%s", err)
+                self._failures[name] = err
+                raise err from exc
+            self._programs[name] = program
+            return program
+
+    def custom_kernel(self, family: str, key: str, extra_source: str, name: str) -> Any:
+        """Kernel ``name`` of :meth:`custom`'s program (one shared object per program and name)."""
+        cache_key = (f"{family}+{key}", name)
+        kern = self._kernels.get(cache_key)
+        if kern is None:
+            kern = getattr(self.custom(family, key, extra_source), name)
+            self._kernels[cache_key] = kern
+        return kern
+
     def failed(self, family: str) -> KernelBuildError | None:
         return self._failures.get(family)
 

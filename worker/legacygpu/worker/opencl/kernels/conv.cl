@@ -95,6 +95,34 @@ __kernel void depthwise(__global const float* x, __global const float* w, __glob
     y[(long)p * COUT + co] = act_fn(acc, act, p0, p1);
 }
 
+// Depthwise convolution (multiplier 1), one work-item per output pixel running over all channels:
+// on CPU devices the inner channel loops are contiguous and vectorise; GPUs use `depthwise`.
+__kernel void depthwise_pixel(__global const float* x, __global const float* w, __global const float* bias,
+                              __global float* y, int N, int H, int W, int C, int OH, int OW,
+                              int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
+                              int act, float p0, float p1) {
+    int p = get_global_id(0);
+    if (p >= N * OH * OW) return;
+    int ox = p % OW;
+    int t = p / OW;
+    int oy = t % OH;
+    int n = t / OH;
+    __global float* dst = y + (long)p * C;
+    for (int c = 0; c < C; ++c) dst[c] = bias[c];
+    for (int ky = 0; ky < KH; ++ky) {
+        int iy = oy * SH - PH + ky * DH;
+        if (iy < 0 || iy >= H) continue;
+        for (int kx = 0; kx < KW; ++kx) {
+            int ix = ox * SW - PW + kx * DW;
+            if (ix < 0 || ix >= W) continue;
+            __global const float* src = x + ((long)(n * H + iy) * W + ix) * C;
+            __global const float* wt = w + (ky * KW + kx) * C;
+            for (int c = 0; c < C; ++c) dst[c] = fma(src[c], wt[c], dst[c]);
+        }
+    }
+    if (act) for (int c = 0; c < C; ++c) dst[c] = act_fn(dst[c], act, p0, p1);
+}
+
 // Transposed convolution, gather form: col is (N*H*W, KH*KW*COUT) = x @ W; every output pixel sums
 // the columns whose kernel tap lands on it, then adds bias and applies the activation.
 __kernel void col2im_transposed(__global const float* col, __global const float* bias, __global float* y,

@@ -105,3 +105,4 @@ __kernel void channel_affine(__global const float* x, __global const float* scal
     int c = (i / inner) % channels;
     y[i] = apply_act(fma(x[i], scale[c], shift[c]), act, p0, p1);
 }
+

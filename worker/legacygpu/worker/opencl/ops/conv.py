@@ -38,7 +38,7 @@ from .registry import Buf, act_args, kernel_step, register
 if TYPE_CHECKING:
     from ..plan import PlanContext
 
-__all__ = ["IM2COL_BUDGET", "conv_geometry"]
+__all__ = ["IM2COL_BUDGET", "conv_geometry", "cpu_style"]
 
 IM2COL_BUDGET = 32 * 2**20
 """Bytes of patch matrix built at once; larger convolutions are done in row blocks."""
@@ -83,6 +83,11 @@ def conv_geometry(
             o -= 1
         out.append(o)
     return strides, dil, begin, end, out
+
+
+def cpu_style(pc: PlanContext) -> bool:
+    """Whether to use the kernel variants that suit CPU devices (PoCL) over the GPU ones."""
+    return bool(pc.dctx.info.device_type == "cpu")
 
 
 def _as2d(values: list[int], fill: int) -> list[int]:
@@ -134,7 +139,7 @@ def conv(node: Node, pc: PlanContext) -> None:
     rows = max(1, min(m, IM2COL_BUDGET // (4 * kdim)))
     col = pc.scratch(rows * kdim, "im2col")
     tmp = pc.scratch(rows * cout_g, "group_out") if group > 1 else None
-    per_tap = pc.dctx.info.device_type == "cpu"  # see kernels/conv.cl: im2col_tap
+    per_tap = cpu_style(pc)  # see kernels/conv.cl: im2col_tap
     im2col = "im2col_tap" if per_tap else "im2col"
     for g in range(group):
         b_g = bias[g * cout_g : (g + 1) * cout_g]
@@ -162,6 +167,13 @@ def _depthwise(node: Node, pc: PlanContext, src: str, out: str, w: np.ndarray, b
     n, h, wd, cin, oh, ow, cout, kh, kw, sh, sw, ph, pw, dh, dw = dims
     wt = pc.weight(f"dw:{node.name}", w.reshape(cout, kh * kw).T.copy())
     bt = pc.weight(f"dwb:{node.name}", bias)
+    if cpu_style(pc) and cout == cin:
+        kernel_step(pc, "conv", "depthwise_pixel", (n * oh * ow,),
+                    [Buf(src), Buf(wt), Buf(bt), Buf(out), i32(n), i32(h), i32(wd), i32(cin), i32(oh), i32(ow),
+                     i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw), i32(dh), i32(dw),
+                     *act_args(node.activation)],
+                    inputs=[src, wt, bt], outputs=[out], label="Conv depthwise")  # fmt: skip
+        return
     kernel_step(pc, "conv", "depthwise", (cout, n * oh * ow),
                 [Buf(src), Buf(wt), Buf(bt), Buf(out), i32(n), i32(h), i32(wd), i32(cin), i32(oh), i32(ow),
                  i32(cout), i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw), i32(dh), i32(dw),

@@ -12,12 +12,13 @@ passes) runs in the same kernel.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..device import KernelBuildError
 from ..graph import Node
-from ..plan import Unsupported, physical_shape
+from ..plan import Binding, Step, Unsupported, physical_shape
 from ..programs import f32, i32
 from .registry import Buf, act_args, kernel_step, nelem, prefer_fmt, register
 
@@ -192,3 +193,92 @@ def _prelu_check(pc: PlanContext, names: list[str]) -> None:
     x, slope = pc.val(names[0]).shape, pc.val(names[1]).shape
     if tuple(np.broadcast_shapes(x, slope)) != tuple(x):
         raise Unsupported("PRelu slope broadcasts beyond the input")
+
+
+def _literal(value: float) -> str:
+    """An exact OpenCL C float literal."""
+    if np.isnan(value):
+        return "NAN"
+    if np.isinf(value):
+        return "INFINITY" if value > 0 else "-INFINITY"
+    return float(np.float32(value)).hex() + "f"
+
+
+def chain_source(program: list[tuple[str, int, int, float, float]]) -> str:
+    """Straight-line OpenCL C for a chain: constants inlined, so the compiler folds every switch."""
+    lines = []
+    for kind, op, off, p0, p1 in program:
+        if kind == "unary":
+            lines.append(f"    v = apply_act(v, {op}, {_literal(p0)}, {_literal(p1)});")
+        elif kind == "scalar":
+            lines.append(f"    v = apply_binary(v, {_literal(p0)}, {op});")
+        elif kind == "channel":
+            lines.append(f"    v = apply_binary(v, vecs[{off} + c], {op});")
+        else:
+            lines.append(f"    v = apply_binary(v, x0, {op});")
+    body = "\n".join(lines)
+    return f"""
+__kernel void chain_fused(__global const float* x, __global float* y, int n, int inner, int channels,
+                          __global const float* vecs) {{
+    int i = get_global_id(0);
+    if (i >= n) return;
+    float x0 = x[i];
+    float v = x0;
+    int c = (i / inner) % channels;
+{body}
+    y[i] = v;
+}}
+"""
+
+
+@register("ElementwiseChain")
+def elementwise_chain(node: Node, pc: PlanContext) -> None:
+    """One generated kernel for a fused chain of element-wise nodes (see :mod:`..fusion`)."""
+    import hashlib
+
+    from ..passes import channel_vector
+
+    x = node.input(0)
+    shape = pc.shape(x)
+    channels = shape[1] if len(shape) >= 2 else 1
+    program: list[tuple[str, int, int, float, float]] = []
+    vecs: list[np.ndarray] = []
+    offsets: dict[str, int] = {}
+    for kind, op, operand, p0, p1 in node.attr("program"):
+        off = 0
+        if kind == "channel":
+            const = pc.need_const(operand, "chain operand")
+            vec = channel_vector(np.asarray(const), len(shape))
+            if vec is None or vec.size not in (1, channels):
+                raise Unsupported(f"chain operand {operand!r} does not broadcast per channel over {shape}")
+            if vec.size == 1:
+                kind, p0 = "scalar", float(vec[0])
+            else:
+                if operand not in offsets:
+                    offsets[operand] = sum(v.size for v in vecs)
+                    vecs.append(vec)
+                off = offsets[operand]
+        program.append((kind, int(op), off, float(p0), float(p1)))
+    source = chain_source(program)
+    key = hashlib.sha1(source.encode()).hexdigest()[:16]
+    try:
+        kern = pc.programs.custom_kernel("elementwise", key, source, "chain_fused")
+    except KernelBuildError as exc:
+        raise Unsupported(str(exc)) from exc
+    src = pc.device(x, prefer_fmt(pc, x))
+    val = pc.val(src)
+    out = pc.define(node.outputs[0], shape, val.fmt)
+    inner = 1 if val.fmt == "cl" else nelem(shape[2:])
+    vec_w = pc.weight(f"chainv:{node.name}", np.concatenate(vecs) if vecs else np.zeros(1, np.float32))
+    n = nelem(shape)
+    args = [Buf(src), Buf(out), i32(n), i32(inner), i32(channels if vecs else 1), Buf(vec_w)]
+
+    def bind(b: Binding) -> Any:
+        resolved = [b.buf(a) if isinstance(a, Buf) else a for a in args]
+
+        def run(_host: dict[str, np.ndarray]) -> None:
+            b.programs.launch(kern, (n,), resolved)
+
+        return run
+
+    pc.emit(Step("opencl", "ElementwiseChain", [src, vec_w], [out], bind, nodes=list(node.sources)))
