@@ -38,7 +38,7 @@ lint: setup ## ruff
 	$(VENV)/bin/ruff check .
 
 bench-local: setup ## throughput and latency of the local cluster against direct onnxruntime
-	$(PY) -m legacygpu.api.bench_local
+	$(LEGACYGPU) bench local
 
 clean: ## remove the venv, caches and local data
 	rm -rf $(VENV) .cache .data .pytest_cache

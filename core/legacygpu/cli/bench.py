@@ -18,6 +18,7 @@ __all__ = ["SUBCOMMANDS", "command", "gemm"]
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gemm": ("legacygpu.cli.bench", "gemm"),
+    "local": ("legacygpu.cli.bench_local", "command"),
     "model": ("legacygpu.worker.opencl.bench_model", "model_bench"),
 }
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -179,29 +180,29 @@ class LocalBackend:
         return self._finish(task, Phase.FAILED, reason, message, now, history=history)
 
     def _enforce_deadlines(self, now: float) -> None:
-        for task in self.store.deadline_candidates():
-            if now > task["created_at"] + task["timeout_seconds"]:
-                full = self.store.get_task(task["id"])
-                history = self._close_attempt(full, Reason.DEADLINE_EXCEEDED, now)
-                message = f"task did not finish within timeoutSeconds={task['timeout_seconds']}"
-                self._finish(full, Phase.FAILED, Reason.DEADLINE_EXCEEDED, message, now, history=history)
+        for task in self.store.expired_tasks(now):
+            history = self._close_attempt(task, Reason.DEADLINE_EXCEEDED, now)
+            message = f"task did not finish within timeoutSeconds={task['timeout_seconds']}"
+            self._finish(task, Phase.FAILED, Reason.DEADLINE_EXCEEDED, message, now, history=history)
 
     def _schedule(self, now: float) -> None:
-        queued = self.store.runnable_tasks(now)
-        if not queued:
-            return
         workers = self._worker_infos()
+        free = sum(max(0, w.capacity - w.assigned) for w in workers.values())
+        if free == 0:
+            return  # nothing can be placed: do not even read the queue
         names = {w["id"]: w["name"] for w in self.store.list_workers(["active"])}
-        for task in queued:
+        for task in self.store.runnable_tasks(now):
             needs = Requirements(model=task["model"], **task["requirements"])
             chosen = self.strategy.pick(needs, list(workers.values()))
             if chosen is None:
                 continue
-            full = self.store.get_task(task["id"])
             message = f"assigned to worker {names.get(chosen.id, chosen.id)}"
-            if self._transition(full, Phase.SCHEDULED, Reason.ASSIGNED, message, worker_id=chosen.id, scheduled_at=now):
-                workers[chosen.id] = WorkerInfo(**{**chosen.__dict__, "assigned": chosen.assigned + 1})
+            if self._transition(task, Phase.SCHEDULED, Reason.ASSIGNED, message, worker_id=chosen.id, scheduled_at=now):
+                workers[chosen.id] = dataclasses.replace(chosen, assigned=chosen.assigned + 1)
                 self._wake(chosen.id)
+                free -= 1
+                if free == 0:
+                    return
 
     def _worker_infos(self) -> dict[str, WorkerInfo]:
         counts = self.store.assigned_counts()

@@ -189,7 +189,8 @@ class Store:
     def runnable_tasks(self, now: float, limit: int = 500) -> list[dict[str, Any]]:
         """Queued tasks whose backoff has passed: higher priority first, then oldest first."""
         return self._query(
-            "SELECT id, model, priority, requirements FROM tasks WHERE phase = 'Queued' AND not_before <= ? "
+            "SELECT id, model, priority, requirements, phase, attempts, worker_id FROM tasks "
+            "WHERE phase = 'Queued' AND not_before <= ? "
             "ORDER BY priority DESC, seq LIMIT ?",
             [now, limit],
         )
@@ -220,10 +221,12 @@ class Store:
                 params.append(value)
         return self._execute(f"UPDATE tasks SET {sets} WHERE {' AND '.join(conditions)}", params) == 1
 
-    def deadline_candidates(self) -> list[dict[str, Any]]:
+    def expired_tasks(self, now: float) -> list[dict[str, Any]]:
+        """Unfinished tasks whose deadline (submission + timeout) has passed."""
         return self._query(
-            "SELECT id, phase, created_at, timeout_seconds, worker_id, attempts FROM tasks "
-            "WHERE phase NOT IN ('Succeeded', 'Failed', 'Cancelled')"
+            "SELECT * FROM tasks WHERE phase NOT IN ('Succeeded', 'Failed', 'Cancelled') "
+            "AND created_at + timeout_seconds < ?",
+            [now],
         )
 
     def recent_finished(self, since: float) -> list[dict[str, Any]]:

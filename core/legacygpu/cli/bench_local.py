@@ -1,4 +1,4 @@
-"""``make bench-local``: throughput and latency of the embedded local cluster, against onnxruntime alone.
+"""``legacygpu bench local`` (``make bench-local``): the embedded local cluster against onnxruntime alone.
 
 One run does, in order:
 
@@ -372,7 +372,7 @@ def _table(report: dict[str, Any]) -> str:
     return "\n".join([head, "-" * len(head), *(f"{k.ljust(width)}  {v}" for k, v in rows)])
 
 
-@click.command()
+@click.command("local")
 @click.option("--tasks", type=click.IntRange(min=1), default=2000, show_default=True, envvar="BENCH_TASKS",
               help="Tasks to submit [env BENCH_TASKS].")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, envvar="BENCH_WORKERS",
@@ -431,7 +431,3 @@ def command(tasks: int, workers: int, concurrency: int, out_dir: Path, models_fr
     if (os.cpu_count() or 1) <= 4:
         click.echo(f"note: {os.cpu_count()} CPU cores shared by the facade, {workers} worker(s), the submitting "
                    "clients and anything else running here; the numbers move with the machine's load.")
-
-
-if __name__ == "__main__":
-    command()

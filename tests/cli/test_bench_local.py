@@ -1,0 +1,26 @@
+"""`legacygpu bench local` runs end to end on a tiny workload and writes its JSON and PNG."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_local_smoke(demo_repository: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "bench"
+    result = subprocess.run(
+        [sys.executable, "-m", "legacygpu.cli", "bench", "local", "--tasks", "20", "--workers", "1",
+         "--concurrency", "2", "--probe", "3", "--out-dir", str(out_dir), "--models-from", str(demo_repository)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    [report_path] = list(out_dir.glob("*.json"))
+    assert list(out_dir.glob("*.png")), "a plot is saved next to the JSON"
+    report = json.loads(report_path.read_text())
+    assert report["cluster"]["succeeded"] == 20 and report["cluster"]["failed"] == 0
+    assert report["cluster"]["throughput_per_second"] > 0 and report["direct"]["throughput_per_second"] > 0
+    assert report["agreement"] == 1.0, "the cluster answers what onnxruntime answers"
+    assert len(report["raw"]["cluster_latency_ms"]) == 20
+    assert "tasks/s" in result.stdout
