@@ -53,15 +53,37 @@ FAST = OperatorConfig(
 )
 
 
+class GatedRunner:
+    """The real TaskRunner behind a gate the test opens and closes.
+
+    A stand-in for a slow model: the digits model answers in milliseconds, and burning
+    seconds of CPU on a shared 2-core machine to keep a task ``Running`` would be wasteful.
+    """
+
+    def __init__(self, runner: Any, gate: threading.Event) -> None:
+        self.runner = runner
+        self.gate = gate
+        self.backend = runner.backend
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        self.gate.wait()
+        return self.runner.run(*args, **kwargs)
+
+    def loaded_models(self) -> list[str]:
+        return self.runner.loaded_models()  # type: ignore[no-any-return]
+
+
 class WorkerThread:
     """One worker pod's loop on a thread (what the kubelet would run in the container)."""
 
-    def __init__(self, server: str, namespace: str, pod: str, repository: Path, **options: Any) -> None:
+    def __init__(
+        self, server: str, namespace: str, pod: str, repository: Path, gate: threading.Event, **options: Any
+    ) -> None:
         from legacygpu.worker.backends import create_backend
         from legacygpu.worker.kube import KubeWorker
         from legacygpu.worker.runner import TaskRunner
 
-        runner = TaskRunner(ModelRepository(repository), create_backend("onnxruntime"))
+        runner = GatedRunner(TaskRunner(ModelRepository(repository), create_backend("onnxruntime")), gate)
         client = kubernetes.client.ApiClient(load_configuration(server=server))
         self.worker = KubeWorker(
             api_client=client, pod_name=pod, namespace=namespace, runner=runner,
@@ -76,7 +98,7 @@ class WorkerThread:
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=30)
 
     def kill(self) -> None:
         """Play a killed process: a thread cannot be killed, so it is cut off from the API instead.
@@ -158,6 +180,11 @@ class Deployment:
     operators: list[OperatorHandle] = field(default_factory=list)
     worker_options: dict[str, Any] = field(default_factory=dict)
     workers: dict[str, WorkerThread] = field(default_factory=dict)
+    gate: threading.Event = field(default_factory=threading.Event)
+    """Workers run tasks only while this is set (it is, unless a test clears it)."""
+
+    def __post_init__(self) -> None:
+        self.gate.set()
 
     @property
     def configuration(self) -> kubernetes.client.Configuration:
@@ -171,7 +198,7 @@ class Deployment:
         return handle
 
     def start_worker(self, namespace: str, pod: str) -> WorkerThread:
-        worker = WorkerThread(self.url, namespace, pod, self.repository, **self.worker_options)
+        worker = WorkerThread(self.url, namespace, pod, self.repository, self.gate, **self.worker_options)
         self.workers[pod] = worker
         return worker
 
@@ -274,6 +301,7 @@ async def deployment(repository: Path, *, nodes: dict[str, int] | None = None, w
                 try:
                     yield dep
                 finally:
+                    dep.gate.set()
                     for handle in dep.operators:
                         await handle.close()
         finally:

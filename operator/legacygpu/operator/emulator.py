@@ -14,7 +14,7 @@ of kmock's ``KubernetesEmulator`` that fills the gaps this project depends on
   is refused with ``409 Conflict`` unless it matches the stored object,
   exactly as the real API server does;
 * the ``status`` subresource: ``PATCH .../status`` changes only ``status``,
-  a patch of the main resource leaves ``status`` alone;
+  a create or a patch of the main resource leaves ``status`` alone;
 * equality-based label selectors (``a=b``, ``a!=b``, ``a``, ``!a``) and the
   ``metadata.name`` field selector on lists and watches;
 * cascading deletion through ``ownerReferences`` (the garbage collector);
@@ -193,6 +193,8 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
             creationTimestamp=_now(),
         )
         body["metadata"] = meta
+        if (request.resource.plural or "") in self._status_subresources:
+            body.pop("status", None)  # status is the status subresource's to write
         key = (request.resource, namespace, meta["name"])
         if key in self._objects and not self._objects[key].deleted:
             raise k8s.KubernetesObjectConflictError(

@@ -30,9 +30,11 @@ from typing import Any
 
 from legacygpu.operator.contract import format_time, now_utc, parse_time
 from legacygpu.operator.errors import ApiConflictError, ApiError, ApiNotFoundError
-from legacygpu.operator.kubeapi import MERGE_PATCH, KubeApi
+from legacygpu.operator.kubeapi import KubeApi
 
 __all__ = ["LeaseElector"]
+
+_LEASES = ("coordination.k8s.io", "v1", "leases")
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +62,12 @@ class LeaseElector:
 
     async def _get(self) -> dict[str, Any] | None:
         try:
-            lease = await self.api.call(
-                f"get lease {self.namespace}/{self.name}",
-                self.api.coordination.read_namespaced_lease, self.name, self.namespace,
-            )
+            return await self.api.get(*_LEASES, self.namespace, self.name)
         except ApiNotFoundError:
             return None
-        return self.api.client.sanitize_for_serialization(lease)  # type: ignore[no-any-return]
+
+    async def _patch(self, patch: dict[str, Any]) -> None:
+        await self.api.patch(*_LEASES, self.namespace, self.name, patch)
 
     def _spec(self, now: datetime.datetime, transitions: int, acquired: str | None) -> dict[str, Any]:
         return {
@@ -89,10 +90,7 @@ class LeaseElector:
                 "spec": self._spec(now, 0, None),
             }
             try:
-                await self.api.call(
-                    f"create lease {self.namespace}/{self.name}",
-                    self.api.coordination.create_namespaced_lease, self.namespace, body,
-                )
+                await self.api.create(*_LEASES, self.namespace, body)
             except ApiConflictError:
                 return False
             self.last_renewed = now
@@ -111,11 +109,7 @@ class LeaseElector:
             "spec": self._spec(now, transitions, acquired),
         }
         try:
-            await self.api.call(
-                f"patch lease {self.namespace}/{self.name}",
-                self.api.coordination.patch_namespaced_lease, self.name, self.namespace, patch,
-                _content_type=MERGE_PATCH,
-            )
+            await self._patch(patch)
         except (ApiConflictError, ApiNotFoundError):
             return False
         if holder != self.identity:
@@ -168,11 +162,7 @@ class LeaseElector:
                 "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
                 "spec": {"holderIdentity": None, "renewTime": None, "acquireTime": None},
             }
-            await self.api.call(
-                f"release lease {self.namespace}/{self.name}",
-                self.api.coordination.patch_namespaced_lease, self.name, self.namespace, patch,
-                _content_type=MERGE_PATCH,
-            )
+            await self._patch(patch)
             log.info("released lease %s/%s", self.namespace, self.name)
         except ApiError as exc:
             log.warning("could not release lease %s/%s: %s", self.namespace, self.name, exc)

@@ -76,6 +76,9 @@ class OperatorMetrics:
             "legacygpu_operator_workers", "Worker pods by state.", ["namespace", "cluster", "state"], registry=r
         )
         self.leader = Gauge("legacygpu_operator_leader", "1 while this operator replica is the leader.", registry=r)
+        for kind in ("InferenceCluster", "InferenceTask"):  # series exist from the start, at zero
+            self.reconcile_errors.labels(kind)
+            self.reconcile_duration.labels(kind)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -104,6 +107,11 @@ class OperatorMetrics:
         """Serve ``/metrics`` on a background thread; returns the bound port (``port=0`` picks one)."""
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         return int(self._server.server_port)
+
+    @property
+    def port(self) -> int | None:
+        """The port ``/metrics`` is served on, once :meth:`serve` ran."""
+        return int(self._server.server_port) if self._server is not None else None
 
     def close(self) -> None:
         if self._server is not None:

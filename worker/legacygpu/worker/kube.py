@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 CONFIGMAP_LIMIT = 900 * 1024
+STATS_INTERVAL = 1.0
 _TASKS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{TASK_PLURAL}"
 
 
@@ -125,6 +126,7 @@ class KubeWorker:
         self.pending: dict[str, dict[str, Any]] = {}
         self.stats = WorkerStats(completed=0, failed=0)
         self._stats_sent = 0.0
+        self._stats_dirty = False
         self._stream: Any = None
         self.node = os.environ.get("NODE_NAME")
 
@@ -431,12 +433,14 @@ class KubeWorker:
         self.stats["recentLatencyMs"] = round(
             elapsed_ms if previous is None else 0.7 * previous + 0.3 * elapsed_ms, 3
         )
+        self._stats_dirty = True
         self.publish_stats()
 
     def publish_stats(self, *, force: bool = False) -> None:
-        """Patch this pod's stats annotation (at most every 2 s unless forced)."""
-        if not force and time.monotonic() - self._stats_sent < 2.0:
+        """Patch this pod's stats annotation (at most once a second unless forced; the loop retries)."""
+        if not force and time.monotonic() - self._stats_sent < STATS_INTERVAL:
             return
+        self._stats_dirty = False
         with contextlib.suppress(Exception):
             info = self.runner.backend.info()
             self.stats.update(backend=info.backend, device=info.device, vramMiB=int(info.vram_mib))
@@ -452,6 +456,7 @@ class KubeWorker:
             )
             self._stats_sent = time.monotonic()
         except WorkerApiError as exc:
+            self._stats_dirty = True
             log.debug("could not publish worker stats: %s", exc)
 
     def _event(self, body: dict[str, Any], phase: Phase, reason: Reason, message: str) -> None:
@@ -493,6 +498,8 @@ class KubeWorker:
                     self._absorb(self.events.get_nowait())
             except queue.Empty:
                 pass
+            if self._stats_dirty:
+                self.publish_stats()
             if time.monotonic() - last_resync > self.resync_seconds:
                 last_resync = time.monotonic()
                 with contextlib.suppress(Exception):

@@ -1,0 +1,214 @@
+"""The pieces under the operator that talk to the API: the emulator's semantics, the Lease, the worker's claim.
+
+These run against :class:`ApiServerEmulator` over HTTP (there is no kube-apiserver on these
+machines); the e2e tier repeats the Lease and claim checks on the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import kubernetes
+import pytest
+
+from legacygpu.operator.contract import LABEL_WORKER, TASK_PLURAL, format_time, now_utc
+from legacygpu.operator.crdgen import all_crds
+from legacygpu.operator.emulator import EmulatorThread
+from legacygpu.operator.errors import ApiConflictError, ApiNotFoundError
+from legacygpu.operator.kubeapi import KubeApi, load_configuration
+from legacygpu.operator.leader import LeaseElector
+
+G, V, NS = "legacygpu.io", "v1alpha1", "default"
+
+
+@pytest.fixture
+def server() -> Iterator[EmulatorThread]:
+    with EmulatorThread(all_crds()) as running:
+        yield running
+
+
+@pytest.fixture
+async def api(server: EmulatorThread) -> Any:
+    client = KubeApi(load_configuration(server=server.url))
+    yield client
+    client.close()
+
+
+def task(name: str, **status: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{G}/{V}", "kind": "InferenceTask", "metadata": {"name": name},
+        "spec": {"clusterRef": "c", "model": "digits",
+                 "inputs": [{"name": "input", "datatype": "FP32", "shape": [1], "data": [1.0]}]},
+        **({"status": status} if status else {}),
+    }
+
+
+async def test_emulator_versions_conflicts_and_subresources(api: KubeApi) -> None:
+    created = await api.create(G, V, TASK_PLURAL, NS, task("t", phase="Running"))
+    meta = created["metadata"]
+    assert meta["uid"] and meta["generation"] == 1 and meta["creationTimestamp"]
+    assert "status" not in created  # the status subresource ignores status on create... and on patch:
+    patched = await api.patch(G, V, TASK_PLURAL, NS, "t", {"spec": {"priority": 5}, "status": {"phase": "X"}})
+    assert patched["metadata"]["generation"] == 2 and "status" not in patched
+    version = patched["metadata"]["resourceVersion"]
+    status = await api.patch_task_status(NS, "t", {"phase": "Queued"}, resource_version=version)
+    assert status["status"]["phase"] == "Queued" and status["metadata"]["generation"] == 2
+    with pytest.raises(ApiConflictError, match="the object has been modified"):
+        await api.patch_task_status(NS, "t", {"phase": "Failed"}, resource_version=version)
+    await api.patch_task_labels(NS, "t", {LABEL_WORKER: "pod-a"})
+    await api.create(G, V, TASK_PLURAL, NS, task("u"))
+
+    async def names(selector: str) -> list[str]:
+        return [t["metadata"]["name"] for t in await api.list(G, V, TASK_PLURAL, NS, label_selector=selector)]
+
+    assert await names(f"{LABEL_WORKER}=pod-a") == ["t"]
+    assert await names(f"!{LABEL_WORKER}") == ["u"]
+
+
+async def test_emulator_collects_garbage_by_owner(api: KubeApi) -> None:
+    owner = await api.create(G, V, TASK_PLURAL, NS, task("owner"))
+    ref = {"apiVersion": f"{G}/{V}", "kind": "InferenceTask", "name": "owner", "uid": owner["metadata"]["uid"]}
+    await api.create("", "v1", "configmaps", NS, {"metadata": {"name": "dep", "ownerReferences": [ref]}, "data": {}})
+    await api.delete_task(NS, "owner")
+    with pytest.raises(ApiNotFoundError):
+        await api.get("", "v1", "configmaps", NS, "dep")
+
+
+def elector(api: KubeApi, identity: str) -> LeaseElector:
+    return LeaseElector(api, namespace=NS, name="lease", identity=identity, lease_seconds=1.0, renew_seconds=0.2)
+
+
+async def test_lease_one_holder_release_and_expiry(api: KubeApi) -> None:
+    a, b = elector(api, "a"), elector(api, "b")
+    assert await a.try_acquire() is True
+    assert await b.try_acquire() is False
+    assert await a.try_acquire() is True  # renewal
+    await a.release()
+    assert await b.try_acquire() is True
+    lease = await api.get("coordination.k8s.io", "v1", "leases", NS, "lease")
+    assert lease["spec"]["holderIdentity"] == "b" and lease["spec"]["leaseTransitions"] == 1
+    await asyncio.sleep(1.2)  # b stops renewing: its lease expires
+    assert await a.try_acquire() is True
+    lost = asyncio.Event()
+    keeper = asyncio.ensure_future(b.keep(lost))
+    await asyncio.wait_for(lost.wait(), timeout=5)  # b learns it lost the lease
+    keeper.cancel()
+
+
+async def test_lease_race_for_an_expired_lease_has_one_winner(api: KubeApi) -> None:
+    stale = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "lease"},
+             "spec": {"holderIdentity": "gone", "leaseDurationSeconds": 1, "renewTime": "2020-01-01T00:00:00.000000Z"}}
+    await api.create("coordination.k8s.io", "v1", "leases", NS, stale)
+    results = await asyncio.gather(*(elector(api, f"r{i}").try_acquire() for i in range(4)))
+    assert sorted(results) == [False, False, False, True]
+
+
+class _Runner:
+    """Records calls; the claim and finish rules under test do not depend on what runs."""
+
+    backend = None
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def run(self, model: str, inputs: list[dict[str, Any]], parameters: Any = None) -> dict[str, Any]:
+        self.calls += 1
+        return {"model": model, "outputs": [], "top_k": [{"label": "x", "index": 0, "score": 1.0}]}
+
+    def loaded_models(self) -> list[str]:
+        return []
+
+
+def _worker(server: EmulatorThread, pod: str, runner: _Runner) -> Any:
+    from legacygpu.worker.kube import KubeWorker
+
+    client = kubernetes.client.ApiClient(load_configuration(server=server.url))
+    return KubeWorker(api_client=client, pod_name=pod, namespace=NS, runner=runner)
+
+
+async def _scheduled(api: KubeApi, name: str, pod: str, attempts: int = 0) -> dict[str, Any]:
+    await api.create(G, V, TASK_PLURAL, NS, task(name))
+    await api.patch_task_labels(NS, name, {LABEL_WORKER: pod})
+    return await api.patch_task_status(NS, name, {
+        "phase": "Scheduled", "attempts": attempts, "workerRef": {"pod": pod}, "scheduledTime": format_time(now_utc()),
+    })
+
+
+async def test_two_claims_on_one_attempt_have_one_winner(server: EmulatorThread, api: KubeApi) -> None:
+    body = await _scheduled(api, "t", "pod-a")
+    runner = _Runner()
+    first, second = _worker(server, "pod-a", runner), _worker(server, "pod-a", runner)
+    won = await asyncio.to_thread(first.claim, copy.deepcopy(body))
+    lost = await asyncio.to_thread(second.claim, copy.deepcopy(body))  # same resourceVersion: 409, then not ours
+    assert won is not None and won["status"]["phase"] == "Running" and won["status"]["attempts"] == 1
+    assert lost is None
+    assert (await api.get_task(NS, "t"))["status"]["attempts"] == 1
+
+
+async def test_result_of_a_stale_attempt_is_refused(server: EmulatorThread, api: KubeApi) -> None:
+    body = await _scheduled(api, "t", "pod-a")
+    runner = _Runner()
+    worker_a = _worker(server, "pod-a", runner)
+    claimed = await asyncio.to_thread(worker_a.claim, body)
+    # Meanwhile the operator took the task back and pod-b started attempt 2.
+    now = format_time(now_utc())
+    await api.patch_task_status(NS, "t", {"phase": "Queued", "workerRef": None})
+    await api.patch_task_status(NS, "t", {"phase": "Scheduled", "workerRef": {"pod": "pod-b"}, "scheduledTime": now})
+    await api.patch_task_status(NS, "t", {"phase": "Running", "attempts": 2, "startTime": now})
+    before = await api.get_task(NS, "t")
+
+    def build(status: dict[str, Any], created: str | None) -> dict[str, Any]:
+        return {"phase": "Succeeded", "reason": "Completed", "message": "late"}
+
+    assert await asyncio.to_thread(worker_a.finish, claimed, build) is False
+    after = await api.get_task(NS, "t")
+    assert after["status"] == before["status"]
+
+
+async def test_worker_serves_health_and_runs_its_own_tasks_only(server: EmulatorThread, api: KubeApi) -> None:
+    import threading
+
+    import httpx
+    from helpers import free_port
+
+    from legacygpu.worker.kube import run_kube_worker
+
+    port, stop, runner = free_port(), threading.Event(), _Runner()
+    client = kubernetes.client.ApiClient(load_configuration(server=server.url))
+    thread = threading.Thread(target=run_kube_worker, kwargs={
+        "pod_name": "pod-a", "namespace": NS, "backend": "onnxruntime", "model_dir": ".", "api_client": client,
+        "stop_event": stop, "health_port": port, "runner": runner,
+    })
+    await api.create("", "v1", "pods", NS, {"metadata": {"name": "pod-a"}, "spec": {"containers": []}})
+    thread.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            for _ in range(100):
+                try:
+                    if (await http.get("/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+            assert (await http.get("/readyz")).status_code == 200 and (await http.get("/healthz")).status_code == 200
+        await _scheduled(api, "mine", "pod-a")
+        await _scheduled(api, "theirs", "pod-b")
+        for _ in range(200):
+            if ((await api.get_task(NS, "mine")).get("status") or {}).get("phase") == "Succeeded":
+                break
+            await asyncio.sleep(0.05)
+        assert (await api.get_task(NS, "mine"))["status"]["phase"] == "Succeeded"
+        assert (await api.get_task(NS, "theirs"))["status"]["phase"] == "Scheduled"
+        assert runner.calls == 1
+        for _ in range(100):  # stats are published at most once a second
+            pod = await api.get("", "v1", "pods", NS, "pod-a")
+            if '"completed": 1' in pod["metadata"]["annotations"]["legacygpu.io/worker-stats"]:
+                break
+            await asyncio.sleep(0.05)
+        assert '"completed": 1' in pod["metadata"]["annotations"]["legacygpu.io/worker-stats"]
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 10)

@@ -1,0 +1,145 @@
+"""Faults: workers lost mid-task, retries and their limit, stale results, operator restarts and failover.
+
+The API server and the nodes are stand-ins (see operator_harness). A killed
+worker is played by cutting its loop off from the API (a thread cannot be
+killed) while the simulated kubelet reports its pod Failed; a slow task is
+played by holding the real runner behind a gate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from operator_harness import FAST, NS, Deployment, cluster_manifest, eventually, phase, task_manifest
+
+FLAT = {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}
+
+
+async def _when(dep: Deployment, name: str, *phases: str) -> dict[str, Any] | None:
+    body = await dep.task(name)
+    return body if phase(body) in phases else None
+
+
+async def _ready(dep: Deployment, cluster: str, count: int) -> bool:
+    body = await dep.cluster(cluster)
+    return ((body or {}).get("status") or {}).get("readyWorkers") == count
+
+
+async def test_lost_worker_task_is_retried_elsewhere(dep: Deployment) -> None:
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=2, tasksPerWorker=1))
+    await eventually(lambda: _ready(dep, "c", 2), what="2 ready workers")
+    dep.gate.clear()
+    await dep.create(task_manifest("t", "c", [FLAT], maxRetries=2))
+    running = await eventually(lambda: _when(dep, "t", "Running"), what="task running")
+    first = running["status"]["workerRef"]["pod"]
+    await dep.kill_worker(first)
+    requeued = await eventually(lambda: _when(dep, "t", "Queued", "Scheduled", "Running", "Succeeded"), what="requeue")
+    dep.gate.set()
+    done = await eventually(lambda: _when(dep, "t", "Succeeded", "Failed"), what="task finished")
+    status = done["status"]
+    assert phase(done) == "Succeeded" and status["attempts"] == 2, status
+    assert status["workerRef"]["pod"] != first
+    assert requeued["status"]["attempts"] >= 1
+    reasons = [e["reason"] for e in await dep.events("t")]
+    assert "WorkerLost" in reasons and reasons.count("Completed") == 1
+
+
+async def test_retries_run_out(dep: Deployment) -> None:
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1, tasksPerWorker=1))
+    await eventually(lambda: _ready(dep, "c", 1), what="1 ready worker")
+    dep.gate.clear()
+    await dep.create(task_manifest("t", "c", [FLAT], maxRetries=0))
+    running = await eventually(lambda: _when(dep, "t", "Running"), what="task running")
+    await dep.kill_worker(running["status"]["workerRef"]["pod"])
+    done = await eventually(lambda: _when(dep, "t", "Failed", "Succeeded"), what="task failed")
+    dep.gate.set()
+    assert (phase(done), done["status"]["reason"]) == ("Failed", "WorkerLost")
+    assert "no retries left after 1 attempt(s)" in done["status"]["message"]
+
+
+async def test_unready_worker_gives_back_its_tasks_and_its_late_result_is_refused(dep: Deployment) -> None:
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=2, tasksPerWorker=2))
+    await eventually(lambda: _ready(dep, "c", 2), what="2 ready workers")
+    dep.gate.clear()
+    names = [f"t{i}" for i in range(4)]
+    for name in names:
+        await dep.create(task_manifest(name, "c", [FLAT]))
+
+    async def one_pod_with_running_and_scheduled() -> tuple[str, str, str] | None:
+        bodies = [await dep.task(n) for n in names]
+        for body in bodies:
+            if phase(body) != "Running":
+                continue
+            pod = body["status"]["workerRef"]["pod"]
+            waiting = [b for b in bodies if phase(b) == "Scheduled" and b["status"]["workerRef"]["pod"] == pod]
+            if waiting:
+                return pod, body["metadata"]["name"], waiting[0]["metadata"]["name"]
+        return None
+
+    pod, was_running, was_scheduled = await eventually(one_pod_with_running_and_scheduled, what="a busy worker")
+    assert dep.nodes is not None
+    await dep.nodes.unready_pod(NS, pod)
+    await eventually(lambda: _when(dep, was_scheduled, "Queued", "Scheduled", "Running"), what="given back")
+    await eventually(lambda: _when(dep, was_running, "Queued"), what="running task requeued")
+    dep.gate.set()  # the unready worker now finishes its run, too late: its result must be refused
+    for name in names:
+        await eventually(lambda n=name: _when(dep, n, "Succeeded", "Failed"), what=f"{name} finished")
+    bodies = {n: await dep.task(n) for n in names}
+    assert all(phase(b) == "Succeeded" for b in bodies.values())
+    assert bodies[was_scheduled]["status"]["attempts"] == 1  # it never started on the lost worker
+    assert bodies[was_running]["status"]["attempts"] == 2
+    assert bodies[was_running]["status"]["workerRef"]["pod"] != pod
+    assert [e["reason"] for e in await dep.events(was_running)].count("Completed") == 1
+
+
+async def test_operator_restart_resumes_without_duplicates(dep: Deployment) -> None:
+    first = await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=2, tasksPerWorker=2))
+    await eventually(lambda: _ready(dep, "c", 2), what="2 ready workers")
+    pods = {p["metadata"]["name"] for p in await dep.pods("c")}
+    dep.gate.clear()
+    names = [f"t{i}" for i in range(6)]
+    for name in names:
+        await dep.create(task_manifest(name, "c", [FLAT]))
+
+    async def four_assigned() -> bool:
+        phases = [phase(await dep.task(n)) for n in names]
+        return sum(p in ("Scheduled", "Running") for p in phases) == 4
+
+    await eventually(four_assigned, what="4 tasks on workers, 2 queued")
+    await first.close()
+    dep.gate.set()  # the workers go on without the operator
+    await eventually(lambda: _when(dep, "t0", "Succeeded"), what="a task done while the operator is down")
+    await dep.start_operator()
+    for name in names:
+        await eventually(lambda n=name: _when(dep, n, "Succeeded", "Failed"), what=f"{name} finished")
+    bodies = [await dep.task(n) for n in names]
+    assert [phase(b) for b in bodies] == ["Succeeded"] * 6
+    assert [b["status"]["attempts"] for b in bodies] == [1] * 6
+    assert {p["metadata"]["name"] for p in await dep.pods("c")} == pods
+    assert [e["reason"] for e in await dep.events("c")].count("WorkerCreated") == 2
+
+
+async def test_only_the_lease_holder_acts_and_a_standby_takes_over(dep: Deployment) -> None:
+    from dataclasses import replace
+
+    leader = await dep.start_operator(replace(FAST, leader_election=True, identity="replica-a"))
+    standby = await dep.start_operator(replace(FAST, leader_election=True, identity="replica-b"), wait_ready=False)
+    await dep.create(cluster_manifest("c", replicas=1))
+    await eventually(lambda: _ready(dep, "c", 1), what="cluster reconciled by the leader")
+    lease = await dep.api.get("coordination.k8s.io", "v1", "leases", NS, "legacygpu-operator")
+    assert lease["spec"]["holderIdentity"] == "replica-a"
+    assert not standby.ready.is_set() and standby.runtime is not None and not standby.runtime.wakers
+    assert leader.runtime is not None and leader.runtime.metrics.leader._value.get() == 1
+
+    await leader.close()
+    await standby.wait_ready()
+    await dep.create(task_manifest("after-failover", "c", [FLAT]))
+    done = await eventually(lambda: _when(dep, "after-failover", "Succeeded", "Failed"), what="task after failover")
+    assert phase(done) == "Succeeded"
+    lease = await dep.api.get("coordination.k8s.io", "v1", "leases", NS, "legacygpu-operator")
+    assert lease["spec"]["holderIdentity"] == "replica-b" and lease["spec"]["leaseTransitions"] == 1
+    assert len(await dep.pods("c")) == 1
