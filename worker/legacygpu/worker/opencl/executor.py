@@ -35,7 +35,7 @@ from legacygpu.worker.backends.onnxruntime import InputSpec, validate_feeds
 
 from .device import DeviceContext, KernelBuildError
 from .graph import Graph, concrete_shapes, load_graph
-from .passes import infer_ranks, optimize
+from .passes import optimize
 from .plan import Binding, Plan
 from .planner import build_plan
 from .programs import Programs
@@ -125,7 +125,7 @@ class OpenCLModel:
         self.disabled_ops = disabled_ops
         graph = load_graph(path)
         try:
-            self.graph: Graph = optimize(graph, infer_ranks(str(path)))
+            self.graph: Graph = optimize(graph)
         except ModelError:
             raise
         except Exception as exc:  # a pass tripping over an unusual graph is a load error, clearly named

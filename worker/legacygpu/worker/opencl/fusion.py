@@ -18,8 +18,10 @@ unchanged when OpenCL cannot.
 
 A chain's program is a list of instructions ``(kind, op, operand, p0, p1)``:
 kind ``unary`` applies activation id ``op``; ``scalar`` applies binary op
-``op`` with the constant ``p0``; ``channel`` with entry ``c`` of a constant
-vector; ``input`` with the chain's input value.
+``op`` with the constant ``p0``; ``channel`` with the entry of constant
+vector ``operand`` along axis ``int(p0)`` (one axis per chain: the channel
+axis of NCHW data, the last axis of NHWC data); ``input`` with the chain's
+input value.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ import logging
 import numpy as np
 
 from .graph import ACTIVATION_IDS, Graph, Node
-from .passes import _sole_consumer, activation_of, channel_vector
+from .passes import _sole_consumer, activation_of
 
-__all__ = ["fuse_elementwise_chains", "fuse_layer_norm"]
+__all__ = ["fuse_elementwise_chains", "fuse_layer_norm", "vector_axis"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,15 @@ def fuse_layer_norm(graph: Graph, ranks: dict[str, int]) -> None:
         consumers = graph.consumers()
 
 
+def vector_axis(const: np.ndarray, rank: int | None) -> int | None:
+    """The one axis along which a float constant varies when broadcast against a rank-``rank`` tensor."""
+    if rank is None or const.ndim > rank or const.dtype.kind != "f":
+        return None
+    full = (1,) * (rank - const.ndim) + const.shape
+    axes = [i for i, d in enumerate(full) if d != 1]
+    return axes[0] if len(axes) == 1 else None
+
+
 def _instruction(graph: Graph, node: Node, value: str, x0: str, ranks: dict[str, int]) -> list[tuple] | None:
     """The instructions computing ``node`` from the chain value ``value``, or None if it cannot join."""
     if len(node.outputs) != 1 or node.domain not in ("", "ai.onnx"):
@@ -135,10 +146,10 @@ def _instruction(graph: Graph, node: Node, value: str, x0: str, ranks: dict[str,
             out.append(("scalar", op, None, scalar, 0.0))
         else:
             const = _const(graph, other)
-            vec = channel_vector(const, ranks.get(value)) if const is not None else None
-            if vec is None or const.ndim > (ranks.get(value) or 0):  # type: ignore[union-attr]
+            axis = vector_axis(const, ranks.get(value)) if const is not None else None
+            if axis is None:
                 return None
-            out.append(("channel", op, other, 0.0, 0.0))
+            out.append(("channel", op, other, float(axis), 0.0))
     else:
         return None
     if node.activation[0] != "none":
@@ -162,8 +173,8 @@ def fuse_elementwise_chains(graph: Graph, ranks: dict[str, int]) -> None:
         while True:
             nxt = _sole_consumer(graph, tail, consumers)
             step = _instruction(graph, nxt, tail.outputs[0], x0, ranks) if nxt is not None else None
-            if step is None:
-                break
+            if step is None or len({i[3] for i in program + step if i[0] == "channel"}) > 1:
+                break  # the end of the chain, or a vector along another axis than the chain's
             program += step
             group.append(nxt)  # type: ignore[arg-type]
             tail = nxt  # type: ignore[assignment]

@@ -188,6 +188,10 @@ class Graph:
     opsets: dict[str, int]
     name: str = "model"
     ir_version: int = 8
+    ranks: dict[str, int] = field(default_factory=dict)
+    """Rank of each value onnx shape inference could tell (for rank-dependent rewrites)."""
+    types: dict[str, int] = field(default_factory=dict)
+    """ONNX element type of each value shape inference could tell."""
 
     @property
     def opset(self) -> int:
@@ -316,7 +320,29 @@ def load_graph(path: Path) -> Graph:
     inputs = [_value_spec(vi) for vi in g.input if vi.name not in consts]
     outputs = [_value_spec(vi) for vi in g.output]
     opsets = {o.domain: o.version for o in model.opset_import}
-    return Graph(nodes, inputs, outputs, consts, opsets, path.stem, model.ir_version)
+    ranks, types = _infer_value_info(model)
+    return Graph(nodes, inputs, outputs, consts, opsets, path.stem, model.ir_version, ranks, types)
+
+
+def _infer_value_info(model: Any) -> tuple[dict[str, int], dict[str, int]]:
+    """Ranks and element types onnx shape inference finds (empty when it fails: an optimisation aid only)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:  # inference errors must not stop a model from loading
+        log.debug("shape inference failed: %s", exc)
+        return {}, {}
+    ranks, types = {}, {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        if not vi.type.HasField("tensor_type"):
+            continue
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            ranks[vi.name] = len(t.shape.dim)
+        if t.elem_type:
+            types[vi.name] = t.elem_type
+    return ranks, types
 
 
 def _renamed(proto: Any, name: str) -> Any:

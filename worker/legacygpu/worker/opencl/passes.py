@@ -4,8 +4,9 @@ In order:
 
 1. **Constant folding**: every node whose inputs are all constants is
    evaluated (:mod:`~legacygpu.worker.opencl.fold`) and replaced by its value.
-2. **Identity removal**: ``Identity`` and inference-mode ``Dropout`` vanish
-   (their consumers read the input directly).
+2. **Identity removal**: ``Identity``, inference-mode ``Dropout`` and a
+   ``Cast`` to the type its input already has vanish (their consumers read
+   the input directly).
 3. **BatchNorm to affine**: ``BatchNormalization`` with constant statistics
    becomes a per-channel ``ChannelAffine`` (``y = x * scale[c] + shift[c]``);
    a following ``Mul``/``Add`` by a per-channel constant is merged into it.
@@ -25,7 +26,7 @@ In order:
 A rewrite only happens when the intermediate value has one consumer and is
 not a graph output, so every graph output keeps its name and meaning.
 Ranks of intermediate values come from onnx shape inference at load time
-(:func:`infer_ranks`); a rewrite that needs a rank it does not know is
+(``Graph.ranks``); a rewrite that needs a rank it does not know is
 skipped.
 """
 
@@ -39,7 +40,7 @@ import numpy as np
 from . import fold
 from .graph import Graph, Node
 
-__all__ = ["infer_ranks", "optimize"]
+__all__ = ["optimize"]
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +51,8 @@ _GEMM_PRODUCERS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 _ELEMENTWISE_PRODUCERS = {"ChannelAffine", "Add", "Sub", "Mul", "Div", "Sum"}
 
 
-def infer_ranks(model_path: str) -> dict[str, int]:
-    """Rank of every value onnx shape inference can tell (empty on failure)."""
-    import onnx
-
-    try:
-        model = onnx.shape_inference.infer_shapes(onnx.load(model_path, load_external_data=False))
-    except Exception as exc:  # inference is an optimisation aid only
-        log.debug("shape inference failed: %s", exc)
-        return {}
-    ranks = {}
-    for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
-        t = vi.type.tensor_type
-        if vi.type.HasField("tensor_type") and t.HasField("shape"):
-            ranks[vi.name] = len(t.shape.dim)
-    return ranks
-
-
-def optimize(graph: Graph, ranks: dict[str, int] | None = None) -> Graph:
-    ranks = dict(ranks or {})
+def optimize(graph: Graph) -> Graph:
+    ranks = dict(graph.ranks)
     for name, arr in graph.consts.items():
         ranks[name] = arr.ndim
     fold_constants(graph)
@@ -106,10 +90,20 @@ def _rename_input(graph: Graph, old: str, new: str) -> None:
         node.inputs = [new if n == old else n for n in node.inputs]
 
 
+def _same_type_cast(graph: Graph, node: Node) -> bool:
+    """A Cast to the type its input already has (exporters leave many float-to-float casts)."""
+    if node.op != "Cast" or node.attr("to") is None:
+        return False
+    return graph.types.get(node.input(0)) == node.attr("to")
+
+
 def remove_identities(graph: Graph) -> None:
     outputs = graph.output_names()
     kept = []
     for node in graph.nodes:
+        if _same_type_cast(graph, node) and node.outputs[0] not in outputs:
+            _rename_input(graph, node.outputs[0], node.inputs[0])
+            continue
         mask_used = node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1] and any(
             node.outputs[1] in n.inputs for n in graph.nodes
         )

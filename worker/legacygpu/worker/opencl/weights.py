@@ -2,8 +2,8 @@
 
 Weights (reordered convolution filters, GEMM matrices, biases, constant
 operands of element-wise ops) are registered while plans are built and
-uploaded on first use; a model run at batch 1 and then at batch 8 uploads
-them once. Allocation failures become a
+uploaded on first use, after which the host copy is dropped; a model run at
+batch 1 and then at batch 8 uploads them once. Allocation failures become a
 :class:`~legacygpu.core.errors.ModelError` that says how much was asked for.
 """
 
@@ -35,20 +35,19 @@ class WeightStore:
     def __init__(self, dctx: Any) -> None:
         self.dctx = dctx
         self._host: dict[str, np.ndarray] = {}
+        self._sizes: dict[str, int] = {}
         self._device: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def add(self, name: str, array: np.ndarray) -> None:
         with self._lock:
-            if name not in self._host:
+            if name not in self._sizes:
                 self._host[name] = np.ascontiguousarray(array, dtype=np.float32)
-
-    def host(self, name: str) -> np.ndarray:
-        return self._host[name]
+                self._sizes[name] = self._host[name].nbytes
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._host.values())
+        return sum(self._sizes.values())
 
     def buffer(self, name: str) -> Any:
         import pyopencl as cl
@@ -64,8 +63,10 @@ class WeightStore:
                     except cl.Error as exc:
                         raise ModelError(f"cannot upload weight {name}: {exc}") from exc
                 self._device[name] = buf
+                del self._host[name]  # the device copy is the only one kept (PoCL: the same RAM)
             return buf
 
     def release(self) -> None:
+        """Free the device copies; the store cannot serve those weights afterwards."""
         with self._lock:
             self._device.clear()

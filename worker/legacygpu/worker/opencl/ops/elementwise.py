@@ -236,21 +236,21 @@ def elementwise_chain(node: Node, pc: PlanContext) -> None:
     """One generated kernel for a fused chain of element-wise nodes (see :mod:`..fusion`)."""
     import hashlib
 
-    from ..passes import channel_vector
-
     x = node.input(0)
     shape = pc.shape(x)
-    channels = shape[1] if len(shape) >= 2 else 1
+    rank = len(shape)
+    axes = {int(ins[3]) for ins in node.attr("program") if ins[0] == "channel"}
+    axis = axes.pop() if axes else None
     program: list[tuple[str, int, int, float, float]] = []
     vecs: list[np.ndarray] = []
     offsets: dict[str, int] = {}
     for kind, op, operand, p0, p1 in node.attr("program"):
         off = 0
         if kind == "channel":
-            const = pc.need_const(operand, "chain operand")
-            vec = channel_vector(np.asarray(const), len(shape))
-            if vec is None or vec.size not in (1, channels):
-                raise Unsupported(f"chain operand {operand!r} does not broadcast per channel over {shape}")
+            assert axis is not None
+            vec = np.asarray(pc.need_const(operand, "chain operand"), np.float32).reshape(-1)
+            if vec.size not in (1, shape[axis]):
+                raise Unsupported(f"chain operand {operand!r} does not broadcast along axis {axis} of {shape}")
             if vec.size == 1:
                 kind, p0 = "scalar", float(vec[0])
             else:
@@ -268,10 +268,14 @@ def elementwise_chain(node: Node, pc: PlanContext) -> None:
     src = pc.device(x, prefer_fmt(pc, x))
     val = pc.val(src)
     out = pc.define(node.outputs[0], shape, val.fmt)
-    inner = 1 if val.fmt == "cl" else nelem(shape[2:])
+    inner, channels = 1, 1
+    if vecs and axis is not None:
+        phys = physical_shape(shape, val.fmt)
+        p_axis = axis if val.fmt == "plain" or axis == 0 else (rank - 1 if axis == 1 else axis - 1)
+        inner, channels = nelem(phys[p_axis + 1 :]), phys[p_axis]
     vec_w = pc.weight(f"chainv:{node.name}", np.concatenate(vecs) if vecs else np.zeros(1, np.float32))
     n = nelem(shape)
-    args = [Buf(src), Buf(out), i32(n), i32(inner), i32(channels if vecs else 1), Buf(vec_w)]
+    args = [Buf(src), Buf(out), i32(n), i32(inner), i32(channels), Buf(vec_w)]
 
     def bind(b: Binding) -> Any:
         resolved = [b.buf(a) if isinstance(a, Buf) else a for a in args]
