@@ -185,3 +185,27 @@ def test_bench_gemm_cli_writes_rows_and_png(dctx, tmp_path, monkeypatch) -> None
         assert r["ours_vs_numpy"] == pytest.approx(r["ours_gflops"] / r["numpy_gflops"], rel=1e-2)
         assert r["ours_max_rel_error"] < 1e-4
     assert (tmp_path / "out" / "gemm.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize(
+    "params",
+    [GemmParams(mwi=4, nwv=1, vw=8, mdimc=2, ndimc=2, ku=2, pb=True, mfirst=True), GemmParams(vw=4, ndimc=2)],
+    ids=["panels", "in-place"],
+)
+def test_packed_b_is_reused_across_calls(dctx, gemm, params, trans_b) -> None:
+    """A weight packed once serves many calls (and __call__ runs it with the params it was packed for)."""
+    q = dctx.queue
+    _, b, bias = _mats(1, 37, 29)
+    b_dev = cla.to_device(q, np.ascontiguousarray(b.T) if trans_b else b)
+    packed = gemm.pack_b(b_dev, params=params, trans_b=trans_b)
+    assert (packed.k, packed.n) == (29, 37)
+    for m in (1, 6, 50):
+        a = RNG.uniform(-1, 1, (m, 29)).astype(np.float32)
+        got = gemm(cla.to_device(q, a), packed, bias=cla.to_device(q, bias), activation="tanh").get()
+        _close(got, np.tanh(a.astype(np.float64) @ b + bias), 29)
+    other = GemmParams(mwi=2, nwv=1, vw=4, mdimc=1, ndimc=4, ku=1)
+    with pytest.raises(ValidationError, match="packed for"):
+        gemm.run(other, cla.to_device(q, a), packed)
+    with pytest.raises(ValidationError, match="trans_b"):
+        gemm(cla.to_device(q, a), packed, trans_b=True)

@@ -6,7 +6,7 @@ Public names are re-exported here; each import line belongs to one module.
 from __future__ import annotations
 
 from .device import DeviceContext, DeviceInfo, DeviceNotFoundError, KernelBuildError, OpenCLError, discover, open_device
-from .gemm import Gemm, GemmParams, shape_class
+from .gemm import Gemm, GemmParams, PackedB, shape_class
 from .tuning import Autotuner, TuningCache
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "GemmParams",
     "KernelBuildError",
     "OpenCLError",
+    "PackedB",
     "TuningCache",
     "discover",
     "open_device",

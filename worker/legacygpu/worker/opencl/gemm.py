@@ -57,6 +57,7 @@ __all__ = [
     "SHAPE_CLASSES",
     "Gemm",
     "GemmParams",
+    "PackedB",
     "default_params",
     "kernel_source",
     "shape_class",
@@ -195,6 +196,22 @@ def default_params(info: DeviceInfo, cls: str) -> GemmParams:
     return params
 
 
+@dataclass(frozen=True)
+class PackedB:
+    """``op(B)`` laid out once for one parameter set; pass it as ``b`` to reuse it.
+
+    Made by :meth:`Gemm.pack_b`. A constant weight packed at load time saves
+    the per-call copy that ``pb`` (panels) or ``trans_b`` would otherwise cost.
+    """
+
+    array: Any  # pyopencl.array.Array holding the layout the kernel reads
+    k: int
+    n: int
+    params: GemmParams
+    ld: int  # row stride of that layout
+    nb: int  # columns the kernel may load from (>= n)
+
+
 def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
@@ -290,7 +307,7 @@ class Gemm:
     def __call__(
         self,
         a: cla.Array,
-        b: cla.Array,
+        b: cla.Array | PackedB,
         *,
         bias: cla.Array | None = None,
         activation: str = "none",
@@ -302,7 +319,7 @@ class Gemm:
     ) -> cla.Array:
         m, k, n = self._check(a, b, trans_a, trans_b, bias, out)
         return self.run(
-            self.params_for(m, n, k), a, b,
+            b.params if isinstance(b, PackedB) else self.params_for(m, n, k), a, b,
             bias=bias, activation=activation, alpha=alpha, trans_a=trans_a, trans_b=trans_b,
             out=out, activation_params=activation_params,
         )  # fmt: skip
@@ -311,7 +328,7 @@ class Gemm:
         self,
         params: GemmParams,
         a: cla.Array,
-        b: cla.Array,
+        b: cla.Array | PackedB,
         *,
         bias: cla.Array | None = None,
         activation: str = "none",
@@ -322,7 +339,7 @@ class Gemm:
         activation_params: tuple[float, ...] = (),
         source: str | None = None,
     ) -> cla.Array:
-        """Like ``__call__`` but with explicit kernel parameters (used by the autotuner)."""
+        """Like ``__call__`` but with explicit kernel parameters (the autotuner, the executor's planner)."""
         import pyopencl.array as cla
 
         m, k, n = self._check(a, b, trans_a, trans_b, bias, out)
@@ -339,14 +356,13 @@ class Gemm:
             a = self._pack(a, k, m, m if trans_a else k, not trans_a, params.mwg, m_pad)
         elif trans_a:
             a = self._pack(a, m, k, m, True, k, k)
+        if isinstance(b, PackedB):
+            if b.params != params:
+                raise ValidationError(f"B was packed for {b.params.short()}, not for {params.short()}")
+            packed = b
+        else:
+            packed = self.pack_b(b, params=params, trans_b=trans_b)
         n_pad = _round_up(n, params.nwg)
-        ldb = n
-        if params.pb:
-            b = self._pack(b, k, n, k if trans_b else n, trans_b, params.nwg, n_pad)
-            ldb = params.nwg
-        elif trans_b or n < params.vw:  # narrow B: pad so that every vector load stays inside
-            b = self._pack(b, k, n, k if trans_b else n, trans_b, n_pad, n_pad)
-            ldb = n_pad
         if out is None:
             out = cla.empty(queue, (m, n), np.float32)
         bias_buf, bias_off = (bias.base_data, _elem_offset(bias)) if bias is not None else (out.base_data, 0)
@@ -357,30 +373,77 @@ class Gemm:
             gsize = (n_groups * params.ndimc, m_groups * params.mdimc)
         event = kern(
             queue, gsize, (params.ndimc, params.mdimc),
-            m, n, k, ldb if not params.pb else n_pad, float(alpha),
-            a.base_data, _elem_offset(a), k,  # (lda/ldb unused for packed panels)
-            b.base_data, _elem_offset(b), ldb,
+            m, n, k, packed.nb, float(alpha),
+            a.base_data, _elem_offset(a), k,  # (lda is unused for packed panels)
+            packed.array.base_data, _elem_offset(packed.array), packed.ld,
             out.base_data, _elem_offset(out), n,
             bias_buf, bias_off, int(bias is not None), act, float(p0), float(p1),
         )  # fmt: skip
         out.add_event(event)
         return out
 
+    def pack_b(
+        self, b: cla.Array, *, params: GemmParams | None = None, trans_b: bool = False, m_hint: int = 64
+    ) -> PackedB:
+        """Lay out ``op(B)`` for ``params`` (default: the parameters for M = ``m_hint``).
+
+        Without ``pb``/``trans_b`` (and N >= the vector width) this is free: B
+        is used in place. Keep the result alive as long as it is used.
+        """
+        self._check_array("b", b)
+        if b.ndim != 2:
+            raise ValidationError(f"B must be 2-D, got {b.shape}")
+        k, n = (int(b.shape[1]), int(b.shape[0])) if trans_b else (int(b.shape[0]), int(b.shape[1]))
+        params = params or self.params_for(m_hint, n, k)
+        n_pad = _round_up(n, params.nwg)
+        if params.pb:
+            array = self._pack(b, k, n, k if trans_b else n, trans_b, params.nwg, n_pad)
+            return PackedB(array, k, n, params, ld=params.nwg, nb=n_pad)
+        if trans_b or n < params.vw:  # narrow B: pad so that every vector load stays inside
+            array = self._pack(b, k, n, k if trans_b else n, trans_b, n_pad, n_pad)
+            return PackedB(array, k, n, params, ld=n_pad, nb=n_pad)
+        return PackedB(b, k, n, params, ld=n, nb=n)
+
     @staticmethod
+    def _check_array(name: str, arr: cla.Array) -> None:
+        if arr.dtype != np.float32:
+            raise ValidationError(f"GEMM operand {name} must be float32, got {arr.dtype}")
+        if not arr.flags.c_contiguous:
+            raise ValidationError(f"GEMM operand {name} must be C-contiguous")
+
+    @classmethod
     def _check(
-        a: cla.Array, b: cla.Array, trans_a: bool, trans_b: bool, bias: cla.Array | None, out: cla.Array | None
+        cls,
+        a: cla.Array,
+        b: cla.Array | PackedB,
+        trans_a: bool,
+        trans_b: bool,
+        bias: cla.Array | None,
+        out: cla.Array | None,
     ) -> tuple[int, int, int]:
-        for name, arr in (("a", a), ("b", b), ("bias", bias), ("out", out)):
-            if arr is None:
-                continue
-            if arr.dtype != np.float32:
-                raise ValidationError(f"GEMM operand {name} must be float32, got {arr.dtype}")
-            if not arr.flags.c_contiguous:
-                raise ValidationError(f"GEMM operand {name} must be C-contiguous")
+        if isinstance(b, PackedB):
+            if trans_b:
+                raise ValidationError("trans_b does not apply to a packed B (it was applied when packing)")
+            cls._check_array("a", a)
+            if a.ndim != 2:
+                raise ValidationError(f"GEMM operand a must be 2-D, got {a.shape}")
+            m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+            return cls._check_rest(int(m), int(k), b.k, b.n, bias, out)
+        for name, arr in (("a", a), ("b", b)):
+            cls._check_array(name, arr)
         if a.ndim != 2 or b.ndim != 2:
             raise ValidationError(f"GEMM operands must be 2-D, got {a.shape} and {b.shape}")
         m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
         k2, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+        return cls._check_rest(int(m), int(k), int(k2), int(n), bias, out)
+
+    @classmethod
+    def _check_rest(
+        cls, m: int, k: int, k2: int, n: int, bias: cla.Array | None, out: cla.Array | None
+    ) -> tuple[int, int, int]:
+        for name, arr in (("bias", bias), ("out", out)):
+            if arr is not None:
+                cls._check_array(name, arr)
         if k != k2:
             raise ValidationError(f"GEMM inner dimensions differ: op(A) is {m}x{k}, op(B) is {k2}x{n}")
         if min(m, n, k) < 1:
