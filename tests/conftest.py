@@ -14,6 +14,12 @@ import pytest
 from helpers import LocalCluster, slow_model
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests run last: Playwright's sync API keeps an event loop running in the main thread
+    for the rest of the session, which asyncio tests after it cannot start their own under."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
 @pytest.fixture(scope="session")
 def demo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder holding the demo digits model, trained once per session."""

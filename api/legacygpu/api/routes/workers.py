@@ -42,6 +42,7 @@ async def get_worker_stats(worker_id: str, backend: BackendDep) -> dict[str, Any
     """The worker's latest reported figures plus its task counters."""
     worker = await backend.get_worker(worker_id)
     return {
+        **worker.stats,  # what the worker last reported; the coordinator's own figures below win
         "id": worker.id,
         "name": worker.name,
         "state": worker.state,
@@ -50,7 +51,6 @@ async def get_worker_stats(worker_id: str, backend: BackendDep) -> dict[str, Any
         "tasks_succeeded": worker.tasks_succeeded,
         "tasks_failed": worker.tasks_failed,
         "last_heartbeat": worker.last_heartbeat,
-        **worker.stats,
     }
 
 
