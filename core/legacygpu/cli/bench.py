@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -100,15 +101,19 @@ def gemm(sizes: str, inference: bool, shapes: str, repeats: int, device_index: i
             click.echo(f"[{i + 1}/{total}] {shape[0]}x{shape[1]}x{shape[2]}", err=True)
 
     started = time.time()
+    load_before = os.getloadavg()
     rows = bench_shapes(
         dctx, todo, repeats=repeats, with_numpy=not no_numpy, with_clblast=not no_clblast, progress=progress
     )
     meta: dict[str, Any] = {
         "device": dctx.info.name, "platform": dctx.info.platform, "driver": dctx.info.driver_version,
         "device_type": dctx.info.device_type, "compute_units": dctx.info.compute_units,
-        "repeats": repeats, "timing": "best of the timed runs; ours and CLBlast take turns; queue finished after each call",
+        "timing": "best of the timed runs; ours and CLBlast take turns; queue finished after each call",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "options": {"sizes": sizes, "inference": inference, "shapes": shapes, "repeats": repeats},
     }  # fmt: skip
     paths = save_results(rows, out_dir, meta)
     if output == "json":
