@@ -30,13 +30,14 @@ against the real control plane.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import itertools
 import json
 import secrets
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -95,6 +96,7 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
     _counter: Iterable[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _current_rv: int = attrs.field(default=0, init=False)
     _status_subresources: set[str] = attrs.field(factory=set, init=False)
+    _served: set[tuple[str, str, str]] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -124,6 +126,9 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
         )
         if status:
             self._status_subresources.add(path.rsplit("/", 1)[-1])
+        parts = path.split("/")
+        group, version, plural = ("", parts[0], parts[1]) if len(parts) == 2 else (parts[0], parts[1], parts[2])
+        self._served.add((group, version, plural))
 
     def declare_crd(self, crd: Mapping[str, Any]) -> None:
         """Serve the resource a CustomResourceDefinition manifest describes."""
@@ -162,21 +167,38 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
         return str(self._current_rv)
 
     async def _handle(self, request: rendering.Request) -> Any:
-        if request.resource is None or request.action not in (
-            kmock.action.CREATE,
-            kmock.action.UPDATE,
-            kmock.action.DELETE,
-        ) or (request.action != kmock.action.CREATE and request.name is None):
+        resource = request.resource
+        if resource is None or resource.plural is None:
+            return await super()._handle(request)  # discovery: kmock's own
+        if self._key(resource) not in self._served:
+            raise k8s.KubernetesResourceNotFoundError()
+        action = request.action
+        if action == kmock.action.LIST:
+            return aiohttp.web.json_response(await self._list(request))
+        if action == kmock.action.WATCH:
+            return await self._watch(request)
+        if action == kmock.action.FETCH:
+            obj = self._objects._objects.get((resource, request.namespace, request.name))
+            if obj is None or obj.deleted:
+                raise k8s.KubernetesObjectNotFoundError()
+            return aiohttp.web.json_response(obj.raw)
+        if action not in (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
+            return await super()._handle(request)
+        if action != kmock.action.CREATE and request.name is None:
             return await super()._handle(request)
         async with self._lock:
-            if request.action == kmock.action.CREATE:
+            if action == kmock.action.CREATE:
                 return aiohttp.web.json_response(await self._create(request), status=201)
-            key = (request.resource, request.namespace, request.name)
-            if request.action == kmock.action.UPDATE:
+            key = (resource, request.namespace, request.name)
+            if action == kmock.action.UPDATE:
                 await self._patch(request)
             else:
-                await self._delete(request.resource, request.namespace, request.name)
+                await self._delete(resource, request.namespace, request.name)
             return aiohttp.web.json_response(self._objects[key].last.raw)
+
+    @staticmethod
+    def _key(resource: Any) -> tuple[str, str, str]:
+        return (resource.group or "", resource.version or "", resource.plural or "")
 
     async def _create(self, request: rendering.Request) -> dict[str, Any]:
         body = dict(request.data or {})
@@ -286,9 +308,14 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
             await self._delete(res, ns, nm)
 
     # -- reads ---------------------------------------------------------------------------------
+    # Served here rather than by kmock's reactions: a direct lookup instead of a scan that
+    # evaluates every object (and every reaction) per request, which made each request cost
+    # milliseconds per stored object.
 
     def _visible(self, request: rendering.Request, obj: Mapping[str, Any]) -> bool:
         meta = obj.get("metadata", {})
+        if request.namespace is not None and meta.get("namespace") != request.namespace:
+            return False
         selector = request.params.get("labelSelector")
         if selector and not match_labels(meta.get("labels") or {}, selector):
             return False
@@ -300,28 +327,60 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
                     return False
         return True
 
-    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
-        payload = await super()._serve_list(request)
-        assert isinstance(payload, dict)
-        payload["items"] = [item for item in payload["items"] if self._visible(request, item)]
-        payload["metadata"] = {"resourceVersion": str(self._current_rv)}
-        return payload
+    def _current(self, request: rendering.Request) -> list[dict[str, Any]]:
+        wanted = self._key(request.resource)
+        items = []
+        for (resource, _, _), obj in self._objects._objects.items():
+            if self._key(resource) == wanted and not obj.deleted:
+                raw = obj.raw
+                if self._visible(request, raw):
+                    items.append(raw)
+        return items
 
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+    async def _list(self, request: rendering.Request) -> dict[str, Any]:
+        async with self._lock:
+            items = self._current(request)
+            version = str(self._current_rv)
+        return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": version}, "items": items}
+
+    async def _watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        bus = self._buses[request.resource]
+        async with self._lock:
+            mark = await bus.mark()
+            items = self._current(request)
+        raw_request = request._raw_request
+        assert raw_request is not None
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(raw_request)
+        timeout = float(request.params.get("timeoutSeconds") or 0) or None
         seen: set[str | None] = set()
-        async for event in super()._serve_watch(request):
-            if not isinstance(event, dict):
-                yield event
-                continue
-            obj = event.get("object", {})
-            uid = obj.get("metadata", {}).get("uid")
-            if self._visible(request, obj):
-                seen.add(uid)
-                yield event
-            elif uid in seen:
-                # Like the API server: an object that leaves the selector is DELETED for this watch.
-                seen.discard(uid)
-                yield {"type": "DELETED", "object": obj}
+
+        async def send(event: Mapping[str, Any]) -> None:
+            await response.write(json.dumps(event).encode() + b"\n")
+
+        async def stream() -> None:
+            for item in items:
+                seen.add(item["metadata"].get("uid"))
+                await send({"type": "ADDED", "object": item})
+            async for event in bus.stream(since=mark):
+                obj = event.get("object", {})
+                uid = obj.get("metadata", {}).get("uid")
+                if self._visible(request, obj):
+                    seen.add(uid)
+                    await send(event)
+                elif uid in seen:  # like the API server: leaving the selector reads as DELETED
+                    seen.discard(uid)
+                    await send({"type": "DELETED", "object": obj})
+
+        try:
+            await asyncio.wait_for(stream(), timeout=timeout)
+        except (TimeoutError, ConnectionResetError):
+            pass
+        finally:
+            await bus.unmark(mark)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
+        return response
 
 
 class EmulatorThread:

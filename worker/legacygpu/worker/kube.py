@@ -277,11 +277,16 @@ class KubeWorker:
         return None
 
     def finish(self, body: dict[str, Any], build: Any) -> bool:
-        """Write ``build(status, created)`` if the claimed attempt is still current."""
+        """Write ``build(status, created)`` if the claimed attempt is still current.
+
+        The first try writes against the claim's own resourceVersion (nothing else touches a
+        running task in the common case); a 409 means something did, so the task is read
+        again and the attempt checked before trying once more.
+        """
         name, attempt = body["metadata"]["name"], int((body.get("status") or {}).get("attempts") or 0)
         # ``body`` is the claim's answer: its attempts already count this attempt.
+        current: dict[str, Any] | None = body
         for _ in range(5):
-            current = self.get_task(name)
             if current is None:
                 log.info("task %s was deleted while it ran; result dropped", name)
                 return False
@@ -303,8 +308,9 @@ class KubeWorker:
                 )
                 return True
             except WorkerApiError as exc:
-                if exc.status != 409:
+                if exc.status not in (404, 409):
                     raise
+            current = self.get_task(name)
         return False
 
     def inputs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
