@@ -159,3 +159,22 @@ def test_bad_manifest_is_rejected_naming_the_field(kind: str, entry: dict[str, A
     field = entry["field"]
     leaf = re.split(r"[.\[]", field)[-1].rstrip("]")
     assert any(field in p or (p.startswith(field.rsplit(".", 1)[0]) and leaf in p) for p in problems), problems
+
+
+def test_generated_manifests_are_valid_kubernetes_objects() -> None:
+    """CRDs, RBAC and the worker Pod/Service validate strictly against the Kubernetes 1.37 schemas."""
+    import kubernetes_validate
+
+    from legacygpu.operator.config import OperatorConfig
+    from legacygpu.operator.pods import build_service, build_worker_pod
+    from legacygpu.operator.rbac import rbac_manifests
+
+    spec = yaml.safe_load((EXAMPLES / "cluster.yaml").read_text())["spec"]
+    docs = [
+        *all_crds(),
+        *rbac_manifests(namespace="ops", worker_namespaces=["ml"]),
+        build_worker_pod(cluster="digits", namespace="ml", name="digits-worker-a", spec=spec, config=OperatorConfig()),
+        build_service(cluster="digits", namespace="ml", health_port=8081),
+    ]
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)

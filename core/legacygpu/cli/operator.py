@@ -1,4 +1,4 @@
-"""``legacygpu operator``: run the Kubernetes operator, or print its CRDs.
+"""``legacygpu operator``: run the Kubernetes operator, or print its CRDs and RBAC.
 
 Design: a thin click layer over :mod:`legacygpu.operator`, imported inside
 each command so ``legacygpu --help`` never loads kopf. ``run`` connects with
@@ -6,7 +6,8 @@ each command so ``legacygpu --help`` never loads kopf. ``run`` connects with
 kubeconfig; every flag also reads a ``LEGACYGPU_OPERATOR_*`` variable so
 the chart can configure it through the environment. ``crds`` prints both
 CustomResourceDefinitions (``legacygpu operator crds | kubectl apply -f -``)
-or writes them into a folder (``--output-dir crds``, how ``crds/`` is made).
+or writes them into a folder (``--output-dir crds``, how ``crds/`` is made);
+``rbac`` prints the ServiceAccounts and roles the operator and workers need.
 """
 
 from __future__ import annotations
@@ -38,6 +39,21 @@ def crds(output_dir: Path | None) -> None:
         return
     for path in write_crds(output_dir):
         click.echo(f"wrote {path}")
+
+
+@command.command("rbac")
+@click.option("--namespace", default="legacygpu-system", show_default=True,
+              help="Namespace of the operator (its ServiceAccount and leader-election Lease).")
+@click.option("--worker-namespace", "worker_namespaces", multiple=True,
+              help="Namespace where workers run (repeatable); default: the operator's.")
+def rbac(namespace: str, worker_namespaces: tuple[str, ...]) -> None:
+    """Print the ServiceAccounts, roles and bindings the operator and the workers need."""
+    import yaml
+
+    from legacygpu.operator.rbac import rbac_manifests
+
+    docs = rbac_manifests(namespace=namespace, worker_namespaces=list(worker_namespaces) or None)
+    click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
 
 
 @command.command("run")

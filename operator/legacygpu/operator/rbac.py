@@ -1,0 +1,96 @@
+"""The permissions the operator and the workers need, as RBAC manifests (one source).
+
+``legacygpu operator rbac --namespace NS`` prints them; the Helm chart and the
+e2e tests should take their rules from :data:`OPERATOR_RULES` and
+:data:`WORKER_RULES` rather than retype them. Least privilege:
+
+* the **operator** (ClusterRole): read and patch both kinds and their status,
+  delete finished tasks (TTL), the ``finalizers`` subresource of clusters (its
+  pods carry ``blockOwnerDeletion`` owner references), create and delete the
+  worker Pods and the headless Services, post Events; kopf lists CRDs and
+  namespaces to discover what it serves. The leader-election Lease is a
+  Role in the operator's own namespace.
+* a **worker** (Role in its namespace): watch and patch InferenceTasks and
+  their status (claim, result, give back), patch its own Pod's stats
+  annotation, read input ConfigMaps and create result ConfigMaps, post
+  Events. It cannot create tasks, pods, or touch clusters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from legacygpu.operator.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL
+
+__all__ = ["OPERATOR_RULES", "WORKER_RULES", "rbac_manifests"]
+
+OPERATOR_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [GROUP], "resources": [CLUSTER_PLURAL], "verbs": ["get", "list", "watch", "patch", "update"]},
+    {"apiGroups": [GROUP], "resources": [f"{CLUSTER_PLURAL}/status"], "verbs": ["get", "patch", "update"]},
+    {"apiGroups": [GROUP], "resources": [f"{CLUSTER_PLURAL}/finalizers"], "verbs": ["update"]},
+    {"apiGroups": [GROUP], "resources": [TASK_PLURAL], "verbs": ["get", "list", "watch", "patch", "delete"]},
+    {"apiGroups": [GROUP], "resources": [f"{TASK_PLURAL}/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
+    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+     "verbs": ["get", "list", "watch"]},
+]
+
+LEASE_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch", "update"]},
+]
+
+WORKER_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [GROUP], "resources": [TASK_PLURAL], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [GROUP], "resources": [f"{TASK_PLURAL}/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+
+_LABELS = {"app.kubernetes.io/part-of": "legacygpu"}
+
+
+def _meta(name: str, namespace: str | None, component: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {**_LABELS, "app.kubernetes.io/component": component}}
+    if namespace:
+        meta["namespace"] = namespace
+    return meta
+
+
+def rbac_manifests(
+    *,
+    namespace: str,
+    worker_namespaces: list[str] | None = None,
+    operator_account: str = "legacygpu-operator",
+    worker_account: str = "legacygpu-worker",
+) -> list[dict[str, Any]]:
+    """ServiceAccounts, roles and bindings for an operator in ``namespace`` and workers in ``worker_namespaces``."""
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(operator_account, namespace, "operator")},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": _meta(operator_account, None, "operator"), "rules": OPERATOR_RULES},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": _meta(operator_account, None, "operator"),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": operator_account},
+         "subjects": [{"kind": "ServiceAccount", "name": operator_account, "namespace": namespace}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": _meta(f"{operator_account}-leader", namespace, "operator"), "rules": LEASE_RULES},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": _meta(f"{operator_account}-leader", namespace, "operator"),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{operator_account}-leader"},
+         "subjects": [{"kind": "ServiceAccount", "name": operator_account, "namespace": namespace}]},
+    ]
+    for ns in worker_namespaces or [namespace]:
+        docs += [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(worker_account, ns, "worker")},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+             "metadata": _meta(worker_account, ns, "worker"), "rules": WORKER_RULES},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": _meta(worker_account, ns, "worker"),
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": worker_account},
+             "subjects": [{"kind": "ServiceAccount", "name": worker_account, "namespace": ns}]},
+        ]
+    return docs
