@@ -1,7 +1,7 @@
 # OpenCL core: GEMM autotuning and benchmarks (issue 3, part A).
 # `bench` has prerequisites only, so other mk files can add theirs (bench: bench-model).
 
-.PHONY: tune tune-quick bench bench-gemm
+.PHONY: tune tune-quick bench bench-gemm opencl-core-test
 
 TUNE_ARGS ?=
 BENCH_GEMM_ARGS ?=
@@ -17,3 +17,6 @@ bench: bench-gemm ## run the benchmarks (JSON + PNG under $(BENCH_OUT)/)
 
 bench-gemm: setup ## SGEMM: ours vs CLBlast vs numpy on the same OpenCL device
 	$(LEGACYGPU) bench gemm --out-dir $(BENCH_OUT) $(BENCH_GEMM_ARGS)
+
+opencl-core-test: setup ## tests of device discovery, the SGEMM kernels and the autotuner (PoCL, ~1 min)
+	$(PY) -m pytest tests/opencl/test_device.py tests/opencl/test_gemm.py tests/opencl/test_tuning.py

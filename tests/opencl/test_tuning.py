@@ -134,3 +134,23 @@ def test_tune_cli_quick(dctx, tmp_path) -> None:
     assert TuningCache(tmp_path).lookup(dctx.info, "gemv") == GemmParams(**out["winners"]["gemv"]["params"])
     res = CliRunner().invoke(cli, ["tune", "--classes", "huge", "--cache-dir", str(tmp_path)])
     assert res.exit_code == 2 and "unknown class" in res.output
+
+
+def test_gpu_search_space_fits_a_polaris_card(dctx) -> None:
+    """The GPU space (checked without a GPU: a DeviceInfo shaped like an RX 580 under Clover)."""
+    import dataclasses
+
+    rx580 = dataclasses.replace(
+        dctx.info, device_type="gpu", name="AMD Radeon RX 580 Series (POLARIS10, DRM 3.42.0, LLVM 12.0.0)",
+        compute_units=36, local_mem_bytes=32768, max_work_group_size=256, legacy_family="polaris",
+        is_legacy_amd=True,
+    )  # fmt: skip
+    for cls in ("gemv", "skinny", "square"):
+        found = candidates(rx580, cls, count=24)
+        assert len(found) == 24 and found[0].params == default_params(rx580, cls)
+        for cand in found:
+            p = cand.params
+            assert not p.problems(rx580)
+            assert p.mdimc * p.ndimc <= 256 and p.mwi * p.nwv * p.vw <= 64
+        if cls != "gemv":
+            assert all(c.params.local for c in found[1:])

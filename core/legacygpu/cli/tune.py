@@ -40,7 +40,7 @@ def command(quick: bool, device_index: int | None, classes: str, count: int | No
             output: str) -> None:  # fmt: skip
     """Search GEMM kernel parameters for this device and cache the fastest verified ones."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from legacygpu.worker.opencl.device import OpenCLError, open_device
     from legacygpu.worker.opencl.gemm import SHAPE_CLASSES
@@ -59,16 +59,17 @@ def command(quick: bool, device_index: int | None, classes: str, count: int | No
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console,
                       disable=output == "json") as progress:  # fmt: skip
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
+            bests: dict[str, float] = {}
 
             def report(cls: str, done: int, total: int, result: CandidateResult) -> None:
                 if cls not in tasks:
                     tasks[cls] = progress.add_task(f"tune {cls}", total=total, last="")
-                best = max(progress.tasks[tasks[cls]].fields.get("best", 0.0), result.gflops)
+                best = bests[cls] = max(bests.get(cls, 0.0), result.gflops)
                 last = f"{result.candidate.describe()}: {result.status}"
                 if result.status == "ok":
                     last += f" {result.gflops:.1f} GFLOPS"
-                progress.update(tasks[cls], completed=done, total=total, last=f"best {best:.1f} | {last}", best=best)
+                progress.update(tasks[cls], completed=done, total=total, last=f"best {best:.1f} | {last}")
 
             console.print(f"Tuning SGEMM on [bold]{dctx.info.name}[/] ({dctx.info.platform}, driver "
                           f"{dctx.info.driver_version}){' --quick' if quick else ''}")  # fmt: skip

@@ -21,6 +21,7 @@ ratios) and a PNG bar chart.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import multiprocessing
@@ -55,7 +56,7 @@ def default_shapes(sizes: Sequence[int] = DEFAULT_SQUARE_SIZES, inference: bool 
     return shapes
 
 
-def _best_times(runs: Sequence[Callable[[], None]], finish: Callable[[], None], repeats: int) -> list[float]:
+def _best_times(runs: Sequence[Callable[[], object]], finish: Callable[[], object], repeats: int) -> list[float]:
     """Best wall time of each callable; the callables take turns so they see the same machine load."""
     for run in runs:  # warm-up: compiles and faults pages in
         run()
@@ -91,7 +92,7 @@ def _numpy_worker(shapes: list[tuple[int, int, int]], repeats: int) -> list[floa
         a = rng.uniform(-1, 1, (m, k)).astype(np.float32)
         b = rng.uniform(-1, 1, (k, n)).astype(np.float32)
         c = np.empty((m, n), np.float32)
-        (seconds,) = _best_times([lambda a=a, b=b, c=c: np.matmul(a, b, out=c)], lambda: None, repeats)
+        (seconds,) = _best_times([functools.partial(np.matmul, a, b, out=c)], lambda: None, repeats)
         out.append(_gflops(m, n, k, seconds))
     return out
 
@@ -137,7 +138,7 @@ def bench_shapes(
         a, b = cla.to_device(q, a_h), cla.to_device(q, b_h)
         c = cla.empty(q, (m, n), np.float32)
         params = gemm.params_for(m, n, k)
-        runs: list[Callable[[], None]] = [lambda a=a, b=b, c=c: gemm(a, b, out=c)]
+        runs: list[Callable[[], object]] = [functools.partial(gemm, a, b, out=c)]
         if clblast is not None:
             c2 = cla.empty(q, (m, n), np.float32)
 

@@ -329,10 +329,12 @@ def open_device(index: int | None = None, prefer: str = "gpu", *, profiling: boo
                 f"no OpenCL device with index {index}; there are {len(found)} (see `legacygpu devices`)"
             )
         info, dev = found[index]
-    props = cl.command_queue_properties.PROFILING_ENABLE if profiling else 0
     try:
         ctx = cl.Context([dev])
-        queue = cl.CommandQueue(ctx, dev, properties=props)
+        if profiling:
+            queue = cl.CommandQueue(ctx, dev, properties=cl.command_queue_properties.PROFILING_ENABLE)
+        else:
+            queue = cl.CommandQueue(ctx, dev)
     except cl.Error as exc:
         raise DeviceNotFoundError(f"cannot open OpenCL device {info.index} ({info.name}): {exc}") from exc
     return DeviceContext(ctx=ctx, queue=queue, device=dev, info=info)
