@@ -178,3 +178,11 @@ def test_status_builders_follow_the_state_machine() -> None:
     with pytest.raises(ConflictError):
         requeue_status({"phase": "Failed", "attempts": 1}, created=created, max_retries=3,
                        reason=Reason.WORKER_LOST, message="x", now=T0, policy=POLICY)
+
+
+def test_draining_worker_gives_back_waiting_tasks_but_keeps_running_ones() -> None:
+    draining = {"w1": PodView(name="w1", phase="Running", ready=True, node="n1", draining=True)}
+    waiting = run(view("Scheduled", status={"attempts": 0, "workerRef": {"pod": "w1"}}), pods=draining)
+    assert (waiting.status["phase"], waiting.status["reason"]) == ("Queued", "WorkerDrained")
+    running = run(view("Running", status={"attempts": 1, "workerRef": {"pod": "w1"}}), pods=draining)
+    assert running.status is None

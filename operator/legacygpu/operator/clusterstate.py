@@ -20,7 +20,7 @@ from typing import Any
 
 from legacygpu.core.scheduling import WorkerInfo
 from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Desired, merge_conditions
-from legacygpu.operator.contract import ANNOTATION_WORKER_STATS, WorkerStats
+from legacygpu.operator.contract import ANNOTATION_DRAIN, ANNOTATION_WORKER_STATS, WorkerStats
 
 __all__ = [
     "BAD_WAITING_REASONS",
@@ -54,6 +54,8 @@ class PodView:
     waiting: str | None = None
     """``Reason: message`` of a container stuck waiting (crash loop, image pull)."""
     stats: WorkerStats = field(default_factory=lambda: WorkerStats())
+    draining: bool = False
+    """Annotated ``legacygpu.io/drain=true``: finishes what runs, takes nothing new."""
 
     @property
     def failed(self) -> bool:
@@ -100,6 +102,7 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         unschedulable=unschedulable,
         waiting=waiting,
         stats=stats,
+        draining=(meta.get("annotations") or {}).get(ANNOTATION_DRAIN) == "true",
     )
 
 
@@ -138,7 +141,7 @@ def worker_infos(pods: Sequence[PodView], assigned: Mapping[str, int], capacity:
     """Ready, live pods as scheduling candidates."""
     infos = []
     for pod in pods:
-        if not (pod.ready and pod.live):
+        if not (pod.ready and pod.live) or pod.draining:
             continue
         stats = pod.stats
         infos.append(

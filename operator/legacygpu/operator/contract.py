@@ -26,6 +26,7 @@ from typing import Any, TypedDict
 from legacygpu.core.tasks import Phase, Reason, RetryPolicy, attempts_left, check_transition
 
 __all__ = [
+    "ANNOTATION_DRAIN",
     "ANNOTATION_WORKER_STATS",
     "API_VERSION",
     "CATEGORY",
@@ -76,6 +77,8 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_WORKER_STATS = f"{GROUP}/worker-stats"
 """On worker pods: JSON :class:`WorkerStats` the worker publishes about itself."""
+ANNOTATION_DRAIN = f"{GROUP}/drain"
+"""On worker pods: ``"true"`` asks the operator to stop placing tasks there and take back waiting ones."""
 GPU_NODE_LABEL = f"{GROUP}/gpu.present"
 """Node label the node agent sets on nodes with a legacy GPU."""
 DEFAULT_DEVICE_RESOURCE = f"{GROUP}/gpu"

@@ -37,6 +37,7 @@ from legacygpu.operator.contract import (
 )
 
 __all__ = [
+    "DATA_DIR",
     "MODEL_DIR",
     "WORKER_CONTAINER",
     "build_service",
@@ -47,7 +48,9 @@ __all__ = [
 ]
 
 WORKER_CONTAINER = "worker"
-MODEL_DIR = "/models"
+DATA_DIR = "/var/lib/legacygpu"
+MODEL_DIR = f"{DATA_DIR}/models"
+"""The worker's model repository: ``$LEGACYGPU_DATA_DIR/models`` (baked into the image, or ``modelVolume``)."""
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -85,13 +88,13 @@ def _container(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "LEGACYGPU_HEALTH_PORT", "value": str(config.health_port)},
+        {"name": "LEGACYGPU_DATA_DIR", "value": DATA_DIR},
         {"name": "HOME", "value": "/tmp"},
     ]
     if spec.get("models"):
         env.append({"name": "LEGACYGPU_PRELOAD_MODELS", "value": ",".join(spec["models"])})
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if spec.get("modelVolume"):
-        env.append({"name": "LEGACYGPU_MODEL_DIR", "value": MODEL_DIR})
         mounts.append({"name": "models", "mountPath": MODEL_DIR, "readOnly": True})
     resources = copy.deepcopy(dict(spec.get("resources") or {}))
     gpus = int(spec.get("gpusPerWorker", 1))

@@ -111,7 +111,7 @@ def cluster_spec_schema() -> Schema:
             ),
             "modelVolume": preserved(
                 "A core/v1 volume source (e.g. {persistentVolumeClaim: {claimName: models}}) mounted "
-                "read-only at /models as the model repository; unset uses the image's repository."
+                "read-only at /var/lib/legacygpu/models as the model repository; unset uses the image's."
             ),
             "nodeSelector": string_map("Node labels a worker pod's node must have.", max_properties=64),
             "affinity": preserved(

@@ -244,6 +244,11 @@ def decide(
             problem = f"worker pod {task.worker} ended in phase {pod.phase}"
         elif not pod.ready:
             problem = f"worker pod {task.worker} is not ready"
+        if problem is None and pod is not None and pod.draining and task.phase == Phase.SCHEDULED:
+            status = unassigned_status(
+                task.status, reason=Reason.WORKER_DRAINED, message=f"worker pod {task.worker} is draining"
+            )
+            return Action(status=status, event=("Normal", status["reason"], status["message"]))
         if problem:
             if task.phase == Phase.SCHEDULED:
                 status = unassigned_status(task.status, reason=Reason.WORKER_LOST, message=problem)

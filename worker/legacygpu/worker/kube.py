@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 from pathlib import Path
@@ -561,6 +562,10 @@ def run_kube_worker(
         api_client=api_client or _default_client(), pod_name=pod_name, namespace=namespace, runner=runner
     )
     stop = stop_event or threading.Event()
+    if stop_event is None and threading.current_thread() is threading.main_thread():
+        # The container's SIGTERM: finish the running task, then leave (the operator requeues the rest).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
     if health_port is None and os.environ.get("LEGACYGPU_HEALTH_PORT"):
         health_port = int(os.environ["LEGACYGPU_HEALTH_PORT"])
     server: _Health | None = None
