@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,29 @@ def test_a_crashed_worker_process_is_restarted_and_counted(
     assert last.exit_code == 128 + signal.SIGKILL
     second = kube.wait_for(lambda: kube.worker_pid(namespace, "w1"), timeout=30, what="the new process")
     assert second != first and _alive(second)
+
+
+def test_readiness_follows_an_http_probe_on_the_pod_ip(
+    simulated_kube: Kube, namespace: str, worker_command: Callable[[str], None]
+) -> None:
+    kube = simulated_kube
+    kube.core.create_namespaced_service_account(namespace, {"metadata": {"name": "worker"}})
+    probe = {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1}
+    pods = {}
+    for name, template in (("serving", "python -m http.server 8080 --bind {pod_ip} --directory {pod_dir}"),
+                           ("silent", "sleep 300")):  # fmt: skip
+        worker_command(template)
+        body = _worker_pod(name)
+        body["spec"]["containers"][0].update(readinessProbe=probe, ports=[{"name": "http", "containerPort": 8080}])
+        kube.core.create_namespaced_pod(namespace, body)
+        pods[name] = kube.wait_pod_phase(namespace, name, "Running", timeout=90)
+
+    def ready(name: str) -> str:
+        pod = kube.core.read_namespaced_pod(name, namespace)
+        return {c.type: c.status for c in pod.status.conditions}["Ready"]
+
+    kube.wait_for(lambda: ready("serving") == "True", timeout=60, what="the serving pod to turn Ready")
+    assert ready("silent") == "False"  # its process runs but nothing answers the probe
+    ip = pods["serving"].status.pod_ip
+    with urllib.request.urlopen(f"http://{ip}:8080/", timeout=5) as resp:  # reachable at its pod IP
+        assert resp.status == 200
