@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -73,8 +74,13 @@ class KubeApi:
         self.configuration = configuration
         self.client = kubernetes.client.ApiClient(configuration)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kubeapi")
+        self._streams: set[Any] = set()
 
     def close(self) -> None:
+        """Release the pool and end every open watch at once (their threads see the stream end)."""
+        for stream in list(self._streams):
+            with contextlib.suppress(Exception):
+                stream.shutdown()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
@@ -96,6 +102,33 @@ class KubeApi:
         if not 200 <= response.status <= 299:
             raise kubernetes.client.ApiException.from_response(http_resp=response, body=text, data=None)
         return json.loads(text) if text else {}
+
+    def watch_sync(
+        self, path: str, *, query: dict[str, str] | None = None, timeout: float = 60.0
+    ) -> Iterator[dict[str, Any]]:
+        """Blocking: the events of one watch on ``path`` (ends after ``timeout`` seconds, or on error)."""
+        params = {**(query or {}), "watch": "true", "timeoutSeconds": str(int(timeout))}
+        _, url, headers, _, _ = self.client.param_serialize(
+            method="GET", resource_path=path, query_params=list(params.items()),
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+        )
+        response = self.client.rest_client.request("GET", url, headers=headers, _request_timeout=(10, timeout + 10))
+        raw = response.response
+        self._streams.add(raw)
+        try:
+            if raw.status != 200:
+                raw.read()
+                raise kubernetes.client.ApiException(status=raw.status, reason=f"watch {path}")
+            buffer = b""
+            for chunk in raw.stream(65536, decode_content=True):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            self._streams.discard(raw)
+            raw.release_conn()
 
     async def request(
         self, method: str, path: str, *, body: Any = None, query: dict[str, str] | None = None,
