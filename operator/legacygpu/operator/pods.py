@@ -87,6 +87,7 @@ def _container(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "LEGACYGPU_HEALTH_PORT", "value": str(config.health_port)},
         {"name": "LEGACYGPU_DATA_DIR", "value": DATA_DIR},
         {"name": "HOME", "value": "/tmp"},

@@ -570,7 +570,8 @@ def run_kube_worker(
         health_port = int(os.environ["LEGACYGPU_HEALTH_PORT"])
     server: _Health | None = None
     if health_port is not None:
-        server = _Health(("0.0.0.0", health_port), _HealthHandler)
+        # Bind the pod's own address when known (pods sharing a host, as in the e2e simulator).
+        server = _Health((os.environ.get("POD_IP") or "0.0.0.0", health_port), _HealthHandler)
         server.worker = worker
         threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
     log.info("worker %s/%s watching its tasks (backend %s)", namespace, pod_name, backend)
