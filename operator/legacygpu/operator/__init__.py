@@ -6,7 +6,7 @@ Layout (one topic per module):
 * ``schema``, ``schema_cluster``, ``schema_task``, ``crdgen`` — the one CRD source and its YAML
 * ``clusterstate``, ``taskstate``, ``conditions``, ``pods`` — pure decisions and child manifests
 * ``reconciler``, ``cluster_handlers``, ``task_handlers`` — the kopf side
-* ``runtime``, ``kubeapi``, ``leader``, ``metrics``, ``events``, ``app``, ``config`` — running it
+* ``runtime``, ``kubeapi``, ``leader``, ``metrics``, ``events``, ``app``, ``config``, ``rbac`` — running it
 * ``emulator``, ``simkubelet``, ``bench`` — the API server and nodes stand-ins for tests and benchmarks
 
 Importing this package loads neither kopf nor the Kubernetes client; modules do, as needed.
