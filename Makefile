@@ -32,6 +32,8 @@ run: setup ## start the embedded local cluster with the demo model
 
 test: setup ## run every test (unit, integration, browser, e2e)
 	$(VENV)/bin/ruff check .
+	@# The Kubernetes control plane for the e2e tests: ~23 min cold on 2 cores, seconds when cached.
+	bash e2e/build-kube.sh
 	$(PY) -m pytest
 
 lint: setup ## ruff
