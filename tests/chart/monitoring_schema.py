@@ -18,7 +18,10 @@ from typing import Any
 __all__ = ["MONITORING_SCHEMAS"]
 
 _STR = {"type": "string"}
-_DURATION = {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+_DURATION = {
+    "type": "string",
+    "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+}
 _LABELS = {"type": "object", "additionalProperties": _STR}
 
 
@@ -49,11 +52,11 @@ MONITORING_SCHEMAS: dict[str, dict[str, Any]] = {
             "selector": _SELECTOR,
             "endpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
         }, ["selector", "endpoints"]),
-    }, ["apiVersion", "kind", "metadata", "spec"]),  # fmt: skip
+    }, ["apiVersion", "kind", "metadata", "spec"]),
     "PrometheusRule": _obj({
         "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"}, "metadata": _META,
         "spec": _obj({"groups": {"type": "array", "items": _obj({
             "name": _STR, "interval": _DURATION, "rules": {"type": "array", "items": _RULE},
         }, ["name", "rules"])}}, ["groups"]),
-    }, ["apiVersion", "kind", "metadata", "spec"]),  # fmt: skip
+    }, ["apiVersion", "kind", "metadata", "spec"]),
 }

@@ -59,7 +59,8 @@ def test_default_values_satisfy_the_schema() -> None:
 def test_every_value_has_a_helm_docs_description() -> None:
     lines = (CHART / "values.yaml").read_text().splitlines()
     # Documented as a whole: their insides are Kubernetes' or the user's (maps, typed objects, lists of objects).
-    documented_whole = (OPEN_OBJECTS - {"global"}) | {"tolerations", "topologySpreadConstraints", "extraEnv", "hosts", "tls"}
+    lists = {"tolerations", "topologySpreadConstraints", "extraEnv", "hosts", "tls"}
+    documented_whole = (OPEN_OBJECTS - {"global"}) | lists
     undocumented, stack = [], []  # stack: (indent, key) of the enclosing keys
     for i, line in enumerate(lines):
         match = re.match(r"^(\s*)([A-Za-z][A-Za-z0-9]*):(.*)$", line)
@@ -100,7 +101,7 @@ def test_every_value_has_a_helm_docs_description() -> None:
         ({"images": {"worker": {"digest": "sha256:abc"}}}, "images/worker/digest"),
     ],
     ids=["top-level typo", "nested typo", "deep typo", "enum item", "empty checks", "pull policy", "type",
-         "port range", "namespace name", "duration", "digest"],  # fmt: skip
+         "port range", "namespace name", "duration", "digest"],
 )
 def test_helm_refuses_values_the_schema_forbids(values: dict[str, Any], message: str) -> None:
     with pytest.raises(HelmError) as refused:
@@ -118,17 +119,19 @@ def test_helm_refuses_values_the_schema_forbids(values: dict[str, Any], message:
         ({"api": {"auth": {"existingSecret": "mine", "token": "abc"}}},
          "api.auth.existingSecret and api.auth.token are both set"),
         ({"api": {"service": {"nodePort": 30080}}}, "api.service.nodePort is set but api.service.type is ClusterIP"),
-        ({"api": {"ingress": {"enabled": True}}}, "api.ingress.enabled=true needs at least one entry in api.ingress.hosts"),
+        ({"api": {"ingress": {"enabled": True}}},
+         "api.ingress.enabled=true needs at least one entry in api.ingress.hosts"),
         ({"operator": {"watchNamespaces": ["ml"]}},
          'api.clusterNamespace "legacygpu-system" is not in operator.watchNamespaces [ml]'),
-        ({"operator": {"watchNamespaces": ["ml"]}, "api": {"clusterNamespace": "ml"}, "worker": {"namespaces": ["batch"]}},
+        ({"operator": {"watchNamespaces": ["ml"]}, "api": {"clusterNamespace": "ml"},
+          "worker": {"namespaces": ["batch"]}},
          'worker.namespaces contains "batch", which operator.watchNamespaces [ml] does not serve'),
         ({"metrics": {"prometheusRule": {"enabled": True}}},
          "metrics.prometheusRule.enabled=true needs metrics.serviceMonitor.enabled=true"),
     ],
     ids=["replicas without election", "no token source", "two token sources", "nodePort on ClusterIP",
          "ingress without hosts", "facade namespace not served", "worker namespace not served",
-         "rules without scraping"],  # fmt: skip
+         "rules without scraping"],
 )
 def test_conflicting_values_fail_early_naming_the_fix(values: dict[str, Any], message: str) -> None:
     with pytest.raises(HelmError) as refused:
@@ -143,25 +146,27 @@ def test_the_same_values_without_the_conflict_render() -> None:
     render({"api": {"enabled": False, "auth": {"generateToken": False}}})
     render({"api": {"auth": {"existingSecret": "mine", "generateToken": False}}})
     render({"api": {"service": {"type": "NodePort", "nodePort": 30080}}})
-    render({"operator": {"watchNamespaces": ["ml"]}, "api": {"clusterNamespace": "ml"}, "worker": {"namespaces": ["ml"]}})
+    render({"operator": {"watchNamespaces": ["ml"]}, "api": {"clusterNamespace": "ml"},
+            "worker": {"namespaces": ["ml"]}})  # fmt: skip
     render({"metrics": {"prometheusRule": {"enabled": True}, "serviceMonitor": {"enabled": True}}})
 
 
 def test_api_token_secret_generated_given_or_existing() -> None:
     import base64
 
-    generated = [d for d in render() if d["kind"] == "Secret"][0]
+    generated = next(d for d in render() if d["kind"] == "Secret")
     token = base64.b64decode(generated["data"]["token"]).decode()
     assert re.fullmatch(r"[A-Za-z0-9]{43}", token), "a generated token is 43 random alphanumerics"
-    again = [d for d in render() if d["kind"] == "Secret"][0]
+    again = next(d for d in render() if d["kind"] == "Secret")
     assert again["data"]["token"] != generated["data"]["token"], "no fixed default token"
 
-    given = [d for d in render({"api": {"auth": {"token": "s3cret-token", "secretKey": "key"}}}) if d["kind"] == "Secret"]
+    given = [d for d in render({"api": {"auth": {"token": "s3cret-token", "secretKey": "key"}}})
+             if d["kind"] == "Secret"]  # fmt: skip
     assert base64.b64decode(given[0]["data"]["key"]).decode() == "s3cret-token"
 
     existing = render({"api": {"auth": {"existingSecret": "mine", "secretKey": "k"}}})
     assert not [d for d in existing if d["kind"] == "Secret"]
-    api = [d for d in existing if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-api")][0]
+    api = next(d for d in existing if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-api"))
     env = {e["name"]: e for e in api["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["LEGACYGPU_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "k"}
     assert "value" not in env["LEGACYGPU_API_TOKEN"], "the token never appears in the pod spec"
