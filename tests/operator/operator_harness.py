@@ -28,15 +28,15 @@ from typing import Any
 import kubernetes
 import yaml
 
+from legacygpu.core.kube.client import KubeApi, load_configuration
+from legacygpu.core.kube.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL, VERSION
+from legacygpu.core.kube.errors import ApiNotFoundError
 from legacygpu.core.modelcards import ModelRepository
 from legacygpu.core.tasks import RetryPolicy
 from legacygpu.operator.app import run_operator
 from legacygpu.operator.config import OperatorConfig
-from legacygpu.operator.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL, VERSION
 from legacygpu.operator.crdgen import all_crds
 from legacygpu.operator.emulator import EmulatorThread
-from legacygpu.operator.errors import ApiNotFoundError
-from legacygpu.operator.kubeapi import KubeApi, load_configuration
 from legacygpu.operator.runtime import OperatorRuntime
 from legacygpu.operator.simkubelet import SimulatedNodes
 

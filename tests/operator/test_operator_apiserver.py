@@ -14,11 +14,11 @@ from typing import Any
 import kubernetes
 import pytest
 
-from legacygpu.operator.contract import LABEL_WORKER, TASK_PLURAL, format_time, now_utc
+from legacygpu.core.kube.client import KubeApi, load_configuration
+from legacygpu.core.kube.contract import LABEL_WORKER, TASK_PLURAL, format_time, now_utc
+from legacygpu.core.kube.errors import ApiConflictError, ApiNotFoundError
 from legacygpu.operator.crdgen import all_crds
 from legacygpu.operator.emulator import EmulatorThread
-from legacygpu.operator.errors import ApiConflictError, ApiNotFoundError
-from legacygpu.operator.kubeapi import KubeApi, load_configuration
 from legacygpu.operator.leader import LeaseElector
 
 G, V, NS = "legacygpu.io", "v1alpha1", "default"

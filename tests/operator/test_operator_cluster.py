@@ -11,7 +11,7 @@ from typing import Any
 
 from operator_harness import NS, Deployment, cluster_manifest, condition, eventually
 
-from legacygpu.operator.contract import CLUSTER_PLURAL
+from legacygpu.core.kube.contract import CLUSTER_PLURAL
 
 
 async def _ready_workers(dep: Deployment, name: str, count: int) -> dict[str, Any] | None:

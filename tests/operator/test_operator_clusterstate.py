@@ -6,9 +6,9 @@ import datetime
 import json
 from typing import Any
 
+from legacygpu.core.kube.contract import ANNOTATION_WORKER_STATS
 from legacygpu.operator.clusterstate import cluster_status, desired_workers, plan_scale, pod_view, worker_infos
 from legacygpu.operator.config import OperatorConfig
-from legacygpu.operator.contract import ANNOTATION_WORKER_STATS
 from legacygpu.operator.pods import build_service, build_worker_pod, new_pod_name
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)

@@ -24,7 +24,7 @@ from legacygpu.api.app import create_app
 from legacygpu.api.backends.kubernetes import KubernetesBackend
 from legacygpu.cli import main
 from legacygpu.core.config import Settings
-from legacygpu.operator.contract import CLUSTER_PLURAL
+from legacygpu.core.kube.contract import CLUSTER_PLURAL
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "facade-test-token-0123456789"

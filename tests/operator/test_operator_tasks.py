@@ -13,7 +13,7 @@ from typing import Any
 
 from operator_harness import NS, Deployment, cluster_manifest, deployment, eventually, phase, task_manifest
 
-from legacygpu.operator.contract import CLUSTER_PLURAL, TASK_PLURAL, parse_time
+from legacygpu.core.kube.contract import CLUSTER_PLURAL, TASK_PLURAL, parse_time
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "kubernetes"

@@ -9,10 +9,7 @@ from typing import Any
 import pytest
 
 from legacygpu.core.errors import ConflictError
-from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
-from legacygpu.core.tasks import Phase, Reason, RetryPolicy
-from legacygpu.operator.clusterstate import PodView
-from legacygpu.operator.contract import (
+from legacygpu.core.kube.contract import (
     assigned_status,
     format_time,
     parse_time,
@@ -20,6 +17,9 @@ from legacygpu.operator.contract import (
     running_status,
     terminal_status,
 )
+from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
+from legacygpu.core.tasks import Phase, Reason, RetryPolicy
+from legacygpu.operator.clusterstate import PodView
 from legacygpu.operator.taskstate import TaskView, decide, plan_assignments, task_view, validate_inputs
 
 T0 = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)

@@ -20,9 +20,9 @@ from typing import Any
 import kopf
 import kubernetes
 
+from legacygpu.core.kube.client import KubeApi
 from legacygpu.operator import cluster_handlers, task_handlers
 from legacygpu.operator.config import OperatorConfig
-from legacygpu.operator.kubeapi import KubeApi
 from legacygpu.operator.leader import LeaseElector
 from legacygpu.operator.runtime import OperatorRuntime
 

@@ -26,10 +26,10 @@ from typing import Any
 
 import kopf
 
+from legacygpu.core.kube.contract import CLUSTER_PLURAL, GROUP, LABEL_CLUSTER, VERSION, now_utc, terminal_status
 from legacygpu.core.tasks import Phase, Reason
 from legacygpu.operator import events
 from legacygpu.operator.clusterstate import PodView, pod_view
-from legacygpu.operator.contract import CLUSTER_PLURAL, GROUP, LABEL_CLUSTER, VERSION, now_utc, terminal_status
 from legacygpu.operator.events import EventReason
 from legacygpu.operator.reconciler import reconcile_cluster, write_task
 from legacygpu.operator.runtime import OperatorRuntime

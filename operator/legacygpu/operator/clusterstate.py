@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from legacygpu.core.kube.contract import ANNOTATION_DRAIN, ANNOTATION_WORKER_STATS, WorkerStats
 from legacygpu.core.scheduling import WorkerInfo
 from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Desired, merge_conditions
-from legacygpu.operator.contract import ANNOTATION_DRAIN, ANNOTATION_WORKER_STATS, WorkerStats
 
 __all__ = [
     "BAD_WAITING_REASONS",

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from legacygpu.operator.contract import format_time
+from legacygpu.core.kube.contract import format_time
 
 __all__ = [
     "CLUSTER_CONDITIONS",

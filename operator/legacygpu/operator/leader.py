@@ -28,9 +28,9 @@ import datetime
 import logging
 from typing import Any
 
-from legacygpu.operator.contract import format_time, now_utc, parse_time
-from legacygpu.operator.errors import ApiConflictError, ApiError, ApiNotFoundError
-from legacygpu.operator.kubeapi import KubeApi
+from legacygpu.core.kube.client import KubeApi
+from legacygpu.core.kube.contract import format_time, now_utc, parse_time
+from legacygpu.core.kube.errors import ApiConflictError, ApiError, ApiNotFoundError
 
 __all__ = ["LeaseElector"]
 

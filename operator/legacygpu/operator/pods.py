@@ -26,8 +26,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from legacygpu.operator.config import OperatorConfig
-from legacygpu.operator.contract import (
+from legacygpu.core.kube.contract import (
     DEFAULT_DEVICE_RESOURCE,
     GPU_NODE_LABEL,
     LABEL_CLUSTER,
@@ -35,6 +34,7 @@ from legacygpu.operator.contract import (
     LABEL_MANAGED_BY,
     MANAGER,
 )
+from legacygpu.operator.config import OperatorConfig
 
 __all__ = [
     "DATA_DIR",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from legacygpu.operator.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL
+from legacygpu.core.kube.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL
 
 __all__ = ["OPERATOR_RULES", "WORKER_RULES", "rbac_manifests"]
 

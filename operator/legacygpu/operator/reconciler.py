@@ -33,12 +33,7 @@ from typing import Any
 
 import kopf
 
-from legacygpu.core.scheduling import STRATEGIES
-from legacygpu.core.tasks import Phase
-from legacygpu.operator import events
-from legacygpu.operator.clusterstate import PodView, cluster_status, desired_workers, plan_scale, worker_infos
-from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Desired, conditions_changed, find
-from legacygpu.operator.contract import (
+from legacygpu.core.kube.contract import (
     LABEL_WORKER,
     TaskStatus,
     assigned_status,
@@ -46,7 +41,12 @@ from legacygpu.operator.contract import (
     now_utc,
     parse_time,
 )
-from legacygpu.operator.errors import ApiConflictError, ApiNotFoundError
+from legacygpu.core.kube.errors import ApiConflictError, ApiNotFoundError
+from legacygpu.core.scheduling import STRATEGIES
+from legacygpu.core.tasks import Phase
+from legacygpu.operator import events
+from legacygpu.operator.clusterstate import PodView, cluster_status, desired_workers, plan_scale, worker_infos
+from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Desired, conditions_changed, find
 from legacygpu.operator.events import EventReason
 from legacygpu.operator.pods import build_service, build_worker_pod, new_pod_name, selector_labels
 from legacygpu.operator.runtime import ClusterKey, OperatorRuntime

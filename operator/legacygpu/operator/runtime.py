@@ -25,11 +25,11 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from legacygpu.core.kube.client import KubeApi
 from legacygpu.core.scheduling import Strategy, make_strategy
 from legacygpu.core.tasks import RetryPolicy
 from legacygpu.operator.clusterstate import PodView
 from legacygpu.operator.config import OperatorConfig
-from legacygpu.operator.kubeapi import KubeApi
 from legacygpu.operator.metrics import OperatorMetrics
 from legacygpu.operator.taskstate import TaskView
 

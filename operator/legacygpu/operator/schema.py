@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from legacygpu.operator.contract import CATEGORY, GROUP, VERSION
+from legacygpu.core.kube.contract import CATEGORY, GROUP, VERSION
 
 __all__ = [
     "DNS_LABEL",

@@ -9,9 +9,9 @@ operator does not import the worker). Pod-level Kubernetes types
 
 from __future__ import annotations
 
+from legacygpu.core.kube.contract import CLUSTER_KIND, CLUSTER_PLURAL, DEFAULT_DEVICE_RESOURCE
 from legacygpu.core.scheduling import STRATEGIES
 from legacygpu.operator.conditions import CLUSTER_CONDITIONS
-from legacygpu.operator.contract import CLUSTER_KIND, CLUSTER_PLURAL, DEFAULT_DEVICE_RESOURCE
 from legacygpu.operator.schema import (
     Schema,
     array,

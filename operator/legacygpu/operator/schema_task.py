@@ -9,9 +9,9 @@ worker check, ending the task ``Failed`` with reason ``InvalidInput``.
 
 from __future__ import annotations
 
+from legacygpu.core.kube.contract import TASK_KIND, TASK_PLURAL
 from legacygpu.core.modelcards import DATATYPES
 from legacygpu.core.tasks import Phase, Reason
-from legacygpu.operator.contract import TASK_KIND, TASK_PLURAL
 from legacygpu.operator.schema import (
     DNS_SUBDOMAIN,
     Schema,

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from legacygpu.operator.contract import DEFAULT_DEVICE_RESOURCE, format_time, now_utc
+from legacygpu.core.kube.contract import DEFAULT_DEVICE_RESOURCE, format_time, now_utc
 
 __all__ = ["SimulatedNodes", "WorkerHandle"]
 

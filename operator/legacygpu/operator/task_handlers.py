@@ -23,8 +23,8 @@ from typing import Any
 
 import kopf
 
-from legacygpu.operator.contract import GROUP, TASK_PLURAL, VERSION, now_utc
-from legacygpu.operator.errors import ApiError, ApiNotFoundError
+from legacygpu.core.kube.contract import GROUP, TASK_PLURAL, VERSION, now_utc
+from legacygpu.core.kube.errors import ApiError, ApiNotFoundError
 from legacygpu.operator.reconciler import write_task
 from legacygpu.operator.runtime import OperatorRuntime
 from legacygpu.operator.taskstate import TaskView, decide, task_view

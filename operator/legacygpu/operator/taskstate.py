@@ -19,7 +19,7 @@ operator's whole per-task policy, in this order:
 Queued tasks are then placed by :func:`plan_assignments`, highest
 ``priority`` first (ties: oldest first), with the cluster's shared
 scheduling strategy. Every status written comes from the builders in
-:mod:`legacygpu.operator.contract`, which check each move against the core
+:mod:`legacygpu.core.kube.contract`, which check each move against the core
 state machine.
 """
 
@@ -34,11 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from legacygpu.core.errors import ValidationError
-from legacygpu.core.scheduling import Requirements, Strategy, WorkerInfo
-from legacygpu.core.tasks import TERMINAL_PHASES, Phase, Reason, RetryPolicy
-from legacygpu.core.tensors import Tensor, to_numpy
-from legacygpu.operator.clusterstate import PodView
-from legacygpu.operator.contract import (
+from legacygpu.core.kube.contract import (
     LABEL_WORKER,
     TaskStatus,
     parse_time,
@@ -47,6 +43,10 @@ from legacygpu.operator.contract import (
     terminal_status,
     unassigned_status,
 )
+from legacygpu.core.scheduling import Requirements, Strategy, WorkerInfo
+from legacygpu.core.tasks import TERMINAL_PHASES, Phase, Reason, RetryPolicy
+from legacygpu.core.tensors import Tensor, to_numpy
+from legacygpu.operator.clusterstate import PodView
 
 __all__ = ["Action", "TaskView", "decide", "plan_assignments", "task_view", "validate_inputs"]
 
@@ -93,7 +93,7 @@ class TaskView:
 
     def ref(self) -> dict[str, Any]:
         """A minimal body for Kubernetes Events about this task."""
-        from legacygpu.operator.contract import API_VERSION, TASK_KIND
+        from legacygpu.core.kube.contract import API_VERSION, TASK_KIND
 
         return {
             "apiVersion": API_VERSION,

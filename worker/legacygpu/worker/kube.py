@@ -44,8 +44,7 @@ from typing import Any
 import kubernetes
 
 from legacygpu.core.errors import LegacyGPUError, ModelError, UnknownModelError, ValidationError
-from legacygpu.core.tasks import Phase, Reason, RetryPolicy
-from legacygpu.operator.contract import (
+from legacygpu.core.kube.contract import (
     ANNOTATION_WORKER_STATS,
     API_VERSION,
     DEFAULT_RESULT_INLINE_BYTES,
@@ -62,6 +61,7 @@ from legacygpu.operator.contract import (
     running_status,
     terminal_status,
 )
+from legacygpu.core.tasks import Phase, Reason, RetryPolicy
 
 __all__ = ["KubeWorker", "WorkerApiError", "run_kube_worker"]
 

@@ -19,7 +19,7 @@ and keeps no state of its own:
 
 Responses use the same schemas as the local backend, so the CLI and the
 dashboard cannot tell the two apart. The Kubernetes contract (field names,
-labels) comes from :mod:`legacygpu.operator.contract`.
+labels) comes from :mod:`legacygpu.core.kube.contract`.
 """
 
 from __future__ import annotations
@@ -54,10 +54,8 @@ from legacygpu.api.schemas import (
 )
 from legacygpu.core.config import Settings
 from legacygpu.core.errors import ConflictError, NotFoundError, ValidationError
-from legacygpu.core.modelcards import ModelRepository
-from legacygpu.core.tasks import TERMINAL_PHASES, Phase, is_terminal
-from legacygpu.core.tensors import validate_inputs
-from legacygpu.operator.contract import (
+from legacygpu.core.kube.client import KubeApi, load_configuration
+from legacygpu.core.kube.contract import (
     ANNOTATION_DRAIN,
     ANNOTATION_WORKER_STATS,
     GROUP,
@@ -68,8 +66,10 @@ from legacygpu.operator.contract import (
     now_utc,
     parse_time,
 )
-from legacygpu.operator.errors import ApiError, ApiNotFoundError
-from legacygpu.operator.kubeapi import KubeApi, load_configuration
+from legacygpu.core.kube.errors import ApiError, ApiNotFoundError
+from legacygpu.core.modelcards import ModelRepository
+from legacygpu.core.tasks import TERMINAL_PHASES, Phase, is_terminal
+from legacygpu.core.tensors import validate_inputs
 
 __all__ = ["KubernetesBackend"]
 

@@ -10,7 +10,7 @@
         └── InvalidSpecError         a spec the CRD schema let through but the operator refuses
 
 The Kubernetes client's ``ApiException`` never leaves
-:mod:`legacygpu.operator.kubeapi`; :func:`from_api_exception` translates it.
+:mod:`legacygpu.core.kube.client`; :func:`from_api_exception` translates it.
 """
 
 from __future__ import annotations

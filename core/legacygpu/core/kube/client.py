@@ -24,8 +24,8 @@ from typing import Any
 
 import kubernetes
 
-from legacygpu.operator.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL, VERSION
-from legacygpu.operator.errors import ApiConflictError, ApiNotFoundError, from_api_exception
+from legacygpu.core.kube.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL, VERSION
+from legacygpu.core.kube.errors import ApiConflictError, ApiNotFoundError, from_api_exception
 
 __all__ = ["MERGE_PATCH", "KubeApi", "load_configuration", "resource_path"]
 MERGE_PATCH = "application/merge-patch+json"

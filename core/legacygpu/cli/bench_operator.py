@@ -1,6 +1,6 @@
 """Benchmark: N tasks from creation to Succeeded through the operator, with W workers.
 
-    python -m legacygpu.operator.bench --tasks 1000 --workers 8 --out bench-results/operator
+    python -m legacygpu.cli.bench_operator --tasks 1000 --workers 8 --out bench-results/operator
 
 What runs (all on loopback, nothing mocked but the API server and the nodes):
 
@@ -40,10 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from legacygpu.operator.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL, VERSION, parse_time
+from legacygpu.core.kube.client import KubeApi, load_configuration
+from legacygpu.core.kube.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL, VERSION, parse_time
 from legacygpu.operator.crdgen import all_crds
 from legacygpu.operator.emulator import EmulatorThread
-from legacygpu.operator.kubeapi import KubeApi, load_configuration
 from legacygpu.operator.simkubelet import SimulatedNodes
 
 __all__ = ["main", "run_benchmark"]
@@ -91,7 +91,7 @@ _WORKER_SCRIPT = """
 import signal, sys, threading
 from pathlib import Path
 import kubernetes
-from legacygpu.operator.kubeapi import load_configuration
+from legacygpu.core.kube.client import load_configuration
 from legacygpu.worker.kube import run_kube_worker
 server, namespace, pod, model_dir, port = sys.argv[1:6]
 stop = threading.Event()
