@@ -81,7 +81,7 @@ def start(host: str, port: int, workers: int | None, backend: str, data_dir: Pat
     count, what = (workers, f"{workers} requested") if workers else local_device_count()
     click.echo(f"starting the facade and {count} worker(s) for {what}", err=True)
     supervisor = Supervisor(data_dir=settings.data_dir, host=host, port=port, workers=count, token=token,
-                            backend=backend)
+                            backend=backend, preload=(card.name,))
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     try:

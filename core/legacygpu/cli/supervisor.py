@@ -57,12 +57,16 @@ class _Child:
 class Supervisor:
     """Starts, watches and stops the facade and its workers."""
 
-    def __init__(self, *, data_dir: Path, host: str, port: int, workers: int, token: str, backend: str = "auto"):
+    def __init__(
+        self, *, data_dir: Path, host: str, port: int, workers: int, token: str, backend: str = "auto",
+        preload: tuple[str, ...] = (),
+    ) -> None:
         self.data_dir = data_dir
         self.url = f"http://{host}:{port}"
         self.token = token
         self._stop = False
-        env = {"LEGACYGPU_DATA_DIR": str(data_dir), "LEGACYGPU_API_TOKEN": token, "LEGACYGPU_API_URL": self.url}
+        env = {"LEGACYGPU_DATA_DIR": str(data_dir), "LEGACYGPU_API_TOKEN": token, "LEGACYGPU_API_URL": self.url,
+               "LEGACYGPU_PRELOAD_MODELS": ",".join(preload)}
         python = [sys.executable, "-m", "legacygpu.cli"]
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ import httpx
 from legacygpu.core.errors import ModelError, UnknownModelError, ValidationError
 from legacygpu.core.modelcards import ModelRepository
 from legacygpu.worker.backends import create_backend
-from legacygpu.worker.runner import TaskRunner
+from legacygpu.worker.runner import TaskRunner, preload_from_env
 
 __all__ = ["LocalWorker"]
 
@@ -114,6 +114,7 @@ class LocalWorker:
         if self._runner is None:
             model_dir = self._model_dir or Path(reply["model_repository"])
             self._runner = TaskRunner(ModelRepository(model_dir), self.backend)
+            preload_from_env(self._runner)
         log.info("worker %s registered as %s on %s (%s)", self.name, self.worker_id, info.device, info.backend)
 
     def stats(self) -> dict[str, Any]:

@@ -555,9 +555,10 @@ def run_kube_worker(
     if runner is None:
         from legacygpu.core.modelcards import ModelRepository
         from legacygpu.worker.backends import create_backend
-        from legacygpu.worker.runner import TaskRunner
+        from legacygpu.worker.runner import TaskRunner, preload_from_env
 
         runner = TaskRunner(ModelRepository(Path(model_dir)), create_backend(backend))
+        preload_from_env(runner)
     worker = KubeWorker(
         api_client=api_client or _default_client(), pod_name=pod_name, namespace=namespace, runner=runner
     )

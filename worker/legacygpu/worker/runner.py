@@ -2,12 +2,15 @@
 
 Shared by the local worker process and the Kubernetes worker loop. Loaded
 models are cached per name and file modification time, so a model replaced
-in the repository is reloaded on its next task.
+in the repository is reloaded on its next task. Both workers preload the
+models named in ``LEGACYGPU_PRELOAD_MODELS`` (comma-separated; the operator
+sets it from the cluster's ``spec.models``) before taking their first task.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -19,7 +22,9 @@ from legacygpu.core.tensors import validate_inputs
 from legacygpu.worker.backends.base import InferenceBackend, LoadedModel
 from legacygpu.worker.processing import postprocess, preprocess
 
-__all__ = ["TaskRunner"]
+__all__ = ["PRELOAD_ENV", "TaskRunner", "preload_from_env"]
+
+PRELOAD_ENV = "LEGACYGPU_PRELOAD_MODELS"
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,24 @@ class TaskRunner:
         self._cache[name] = (mtime, model)
         return model
 
+    def preload(self, names: list[str]) -> list[str]:
+        """Load ``names`` ahead of their first task; returns those that loaded.
+
+        A model that fails to load is logged, not raised: its tasks will fail
+        with the loader's message, and the other models still serve.
+        """
+        loaded = []
+        for name in (n.strip() for n in names):
+            if not name:
+                continue
+            try:
+                with self._lock:
+                    self._model(name)
+                loaded.append(name)
+            except (ModelError, ValidationError) as exc:
+                log.warning("could not preload model %s: %s", name, exc)
+        return loaded
+
     def run(self, model: str, inputs: list[dict[str, Any]], parameters: dict[str, Any] | None = None) -> dict[str, Any]:
         """The result of running ``model`` on ``inputs``.
 
@@ -76,3 +99,9 @@ class TaskRunner:
         result = postprocess(card, outputs)
         result["model"] = model
         return result
+
+
+def preload_from_env(runner: TaskRunner) -> list[str]:
+    """Preload what :data:`PRELOAD_ENV` names, if anything."""
+    names = os.environ.get(PRELOAD_ENV, "")
+    return runner.preload(names.split(",")) if names.strip() else []

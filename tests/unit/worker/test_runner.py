@@ -1,0 +1,46 @@
+"""The task runner: card-driven inference, model caching and preloading."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import SAMPLES, image_tensor
+
+from legacygpu.core.errors import UnknownModelError, ValidationError
+from legacygpu.core.modelcards import ModelRepository
+from legacygpu.worker.backends import create_backend
+from legacygpu.worker.runner import TaskRunner, preload_from_env
+
+
+@pytest.fixture
+def repository(demo_repository: Path, tmp_path: Path) -> ModelRepository:
+    shutil.copytree(demo_repository, tmp_path / "models")
+    return ModelRepository(tmp_path / "models")
+
+
+def test_run_classifies_an_image_and_caches_the_model(repository: ModelRepository) -> None:
+    runner = TaskRunner(repository, create_backend("onnxruntime"))
+    result = runner.run("digits", [image_tensor(SAMPLES / "digit-6.png")])
+    assert result["top_k"][0]["label"] == "6" and result["model"] == "digits"
+    assert runner.loaded_models() == ["digits"] and runner.last_compute_ms is not None
+    with pytest.raises(UnknownModelError):
+        runner.run("nope", [image_tensor(SAMPLES / "digit-6.png")])
+    with pytest.raises(ValidationError, match="shape"):
+        runner.run("digits", [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}])
+
+
+def test_preload_from_env_loads_known_models_and_skips_broken_ones(
+    repository: ModelRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = repository.root / "broken"
+    shutil.copytree(repository.root / "digits", broken)
+    (broken / "card.yaml").write_text((broken / "card.yaml").read_text().replace("name: digits", "name: broken"))
+    (broken / "model.onnx").write_bytes(b"truncated")
+    runner = TaskRunner(repository, create_backend("onnxruntime"))
+    monkeypatch.setenv("LEGACYGPU_PRELOAD_MODELS", "digits, broken,missing")
+    assert preload_from_env(runner) == ["digits"]
+    assert runner.loaded_models() == ["digits"]
+    monkeypatch.delenv("LEGACYGPU_PRELOAD_MODELS")
+    assert preload_from_env(TaskRunner(repository, create_backend("onnxruntime"))) == []
