@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from legacygpu.core.modelcards import ModelCard
 from legacygpu.core.tasks import Phase
 from legacygpu.core.tensors import Tensor
 
@@ -178,6 +179,18 @@ class ModelPublic(BaseModel):
     outputs: list[dict[str, Any]]
     labels: int = Field(0, description="How many class labels the card has.")
     metrics: dict[str, float | str] = Field(default_factory=dict)
+
+    @classmethod
+    def from_card(cls, card: ModelCard) -> ModelPublic:
+        return cls(
+            name=card.name,
+            description=card.description,
+            task=card.task,
+            inputs=[spec.model_dump(exclude_none=True) for spec in card.inputs],
+            outputs=[spec.model_dump(exclude_none=True) for spec in card.outputs],
+            labels=len(card.postprocess.labels),
+            metrics=card.metrics,
+        )
 
 
 class ModelsPublic(BaseModel):

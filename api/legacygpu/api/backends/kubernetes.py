@@ -436,18 +436,7 @@ class KubernetesBackend:
     # models and summaries ----------------------------------------------------------------
 
     async def list_models(self) -> list[ModelPublic]:
-        return [
-            ModelPublic(
-                name=card.name,
-                description=card.description,
-                task=card.task,
-                inputs=[spec.model_dump(exclude_none=True) for spec in card.inputs],
-                outputs=[spec.model_dump(exclude_none=True) for spec in card.outputs],
-                labels=len(card.postprocess.labels),
-                metrics=card.metrics,
-            )
-            for card in self.repository.list()
-        ]
+        return [ModelPublic.from_card(card) for card in self.repository.list()]
 
     def snapshot(self) -> dict[str, Any]:
         phases = {p.value: 0 for p in Phase}

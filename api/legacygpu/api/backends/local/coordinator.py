@@ -493,18 +493,7 @@ class LocalBackend:
     # models and summaries -----------------------------------------------------------------
 
     async def list_models(self) -> list[ModelPublic]:
-        return [
-            ModelPublic(
-                name=card.name,
-                description=card.description,
-                task=card.task,
-                inputs=[spec.model_dump(exclude_none=True) for spec in card.inputs],
-                outputs=[spec.model_dump(exclude_none=True) for spec in card.outputs],
-                labels=len(card.postprocess.labels),
-                metrics=card.metrics,
-            )
-            for card in self.repository.list()
-        ]
+        return [ModelPublic.from_card(card) for card in self.repository.list()]
 
     def snapshot(self) -> dict[str, Any]:
         """Counts for the metrics collector (synchronous, cheap)."""
