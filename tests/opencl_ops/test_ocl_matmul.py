@@ -67,4 +67,4 @@ def test_matmul_add_relu_fuses_into_one_gemm(tmp_path, runtime) -> None:
         assert_close(model.run({"x": x})["y"], np.maximum(x @ w + bias, 0))
         steps = model.plan({"x": x.shape}).plan.steps
         labels = [s.label for s in steps if s.kind == "opencl"]
-        assert labels[0] == "MatMul gemm" and set(labels[1:]) <= {"gemm trim"}  # bias and ReLU in the epilogue
+        assert labels == ["MatMul gemm"]  # bias and ReLU in the epilogue, no padding to trim

@@ -21,8 +21,9 @@ loads, masked stores), K by a loop tail (or zero-filled local tiles), N by
 shifting the last vector of a row left so it ends at N and masking the
 stores (B is copied with zero padding only when N is narrower than one
 vector). ``trans_a``/``trans_b`` are served by a packing
-kernel that writes the transposed operand once; callers that reuse a
-transposed weight matrix should transpose it once themselves.
+kernel that writes the transposed operand once per call; a constant
+weight is laid out once with :meth:`Gemm.pack_b` and passed as a
+:class:`PackedB` (the executor does so for every Conv/MatMul/Gemm weight).
 
 Which parameters run is decided per call from the problem's shape class
 (:func:`shape_class`: ``gemv`` M<=4, ``skinny`` M<=32, ``square`` otherwise):
@@ -60,6 +61,7 @@ __all__ = [
     "PackedB",
     "default_params",
     "kernel_source",
+    "packed_elems",
     "shape_class",
 ]
 
@@ -216,6 +218,13 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
+def packed_elems(k: int, n: int, params: GemmParams, trans_b: bool = False) -> int:
+    """Floats :meth:`Gemm.pack_b` allocates for a K x N ``op(B)`` (0 when B is used in place)."""
+    if params.pb or trans_b or n < params.vw:
+        return k * _round_up(n, params.nwg)
+    return 0
+
+
 def _elem_offset(arr: cla.Array) -> int:
     if arr.offset % 4:
         raise ValidationError("GEMM operands must be float32 aligned")
@@ -293,11 +302,21 @@ class Gemm:
 
     # -- running -----------------------------------------------------------------
 
-    def _pack(self, src: cla.Array, rows: int, cols: int, ld: int, trans: bool, width: int, pcols: int) -> cla.Array:
+    def _pack(
+        self,
+        src: cla.Array,
+        rows: int,
+        cols: int,
+        ld: int,
+        trans: bool,
+        width: int,
+        pcols: int,
+        allocator: Any = None,
+    ) -> cla.Array:
         """Copy ``op(src)`` (rows x cols) into zero-padded panels ``width`` columns wide."""
         import pyopencl.array as cla
 
-        dst = cla.empty(self.dctx.queue, (rows * pcols,), np.float32, allocator=self._pool)
+        dst = cla.empty(self.dctx.queue, (rows * pcols,), np.float32, allocator=allocator or self._pool)
         self._pack_kernel()(
             self.dctx.queue, (pcols // width, rows), None,
             rows, cols, src.base_data, _elem_offset(src), ld, int(trans), dst.data, width,
@@ -383,12 +402,21 @@ class Gemm:
         return out
 
     def pack_b(
-        self, b: cla.Array, *, params: GemmParams | None = None, trans_b: bool = False, m_hint: int = 64
+        self,
+        b: cla.Array,
+        *,
+        params: GemmParams | None = None,
+        trans_b: bool = False,
+        m_hint: int = 64,
+        allocator: Any = None,
     ) -> PackedB:
         """Lay out ``op(B)`` for ``params`` (default: the parameters for M = ``m_hint``).
 
         Without ``pb``/``trans_b`` (and N >= the vector width) this is free: B
-        is used in place. Keep the result alive as long as it is used.
+        is used in place. Keep the result alive as long as it is used. The
+        layout is allocated from ``allocator`` (a pyopencl allocator; default:
+        this GEMM's memory pool, which keeps freed blocks for reuse, so pass
+        a plain one for copies that live as long as a model).
         """
         self._check_array("b", b)
         if b.ndim != 2:
@@ -397,10 +425,10 @@ class Gemm:
         params = params or self.params_for(m_hint, n, k)
         n_pad = _round_up(n, params.nwg)
         if params.pb:
-            array = self._pack(b, k, n, k if trans_b else n, trans_b, params.nwg, n_pad)
+            array = self._pack(b, k, n, k if trans_b else n, trans_b, params.nwg, n_pad, allocator)
             return PackedB(array, k, n, params, ld=params.nwg, nb=n_pad)
         if trans_b or n < params.vw:  # narrow B: pad so that every vector load stays inside
-            array = self._pack(b, k, n, k if trans_b else n, trans_b, n_pad, n_pad)
+            array = self._pack(b, k, n, k if trans_b else n, trans_b, n_pad, n_pad, allocator)
             return PackedB(array, k, n, params, ld=n_pad, nb=n_pad)
         return PackedB(b, k, n, params, ld=n, nb=n)
 

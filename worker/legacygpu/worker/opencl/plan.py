@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .device import DeviceContext
     from .graph import Graph, Node
     from .programs import Programs
-    from .weights import WeightStore
+    from .weights import GemmWeight, WeightStore
 
 __all__ = ["F32", "Binding", "Plan", "PlanContext", "Step", "Unsupported", "Val", "physical_shape"]
 
@@ -136,6 +136,10 @@ class Binding:
         if val.where == "weight":
             return self.weights.buffer(val.name)
         return self.buffers[self.plan.slot_of[val.name]]
+
+    def packed(self, name: str) -> Any:
+        """The :class:`~.gemm.PackedB` of a GEMM weight (packed on first use, shared by plans)."""
+        return self.weights.packed(name, self.programs.launch_lock)
 
     def arr(self, name: str, shape: Sequence[int] | None = None, offset_elems: int = 0) -> Any:
         """A pyopencl Array view of a device value (physical shape unless ``shape`` is given)."""
@@ -302,6 +306,17 @@ class PlanContext:
         if name not in self.plan.values:
             self.weights.add(name, arr)
             self.plan.values[name] = Val(name, tuple(shape) if shape is not None else arr.shape, F32, "weight")
+        return name
+
+    def gemm_weight(self, key: str, spec: GemmWeight) -> str:
+        """A constant GEMM operand, packed once for ``spec.params`` and shared by every plan using them."""
+        import hashlib
+
+        tag = hashlib.sha1(repr(spec.params).encode()).hexdigest()[:10]
+        name = f"w:{key}:B:{tag}"
+        if name not in self.plan.values:
+            self.weights.add_gemm(name, spec)
+            self.plan.values[name] = Val(name, (spec.k, spec.n), F32, "weight")
         return name
 
     def table(self, ints: Sequence[int]) -> str:

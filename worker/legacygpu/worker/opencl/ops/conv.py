@@ -25,6 +25,7 @@ the taps landing on each output pixel and applies bias and activation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,7 +33,7 @@ import numpy as np
 from ..graph import Node
 from ..plan import Unsupported
 from ..programs import i32
-from .matmul import gemm_call
+from .matmul import ConstB, gemm_call
 from .registry import Buf, act_args, kernel_step, register
 
 if TYPE_CHECKING:
@@ -130,8 +131,7 @@ def conv(node: Node, pc: PlanContext) -> None:
         return
     kdim = kh * kw * cin_g
     cout_g = cout // group
-    # (Cout, Cin/g, KH, KW) -> per group (KH*KW*Cin/g, Cout/g), rows ordered (ky, kx, c) like im2col
-    wg = w.reshape(group, cout_g, cin_g, kh * kw).transpose(0, 3, 2, 1).reshape(group, kdim, cout_g)
+    wg = [ConstB(kdim, cout_g, _filter_loader(w, g, group, kh * kw)) for g in range(group)]
     pointwise = kh == kw == 1 and sh == sw == 1 and ph == pw == 0 and max(pe, default=0) == 0
     if pointwise and group == 1:
         gemm_call(pc, src, (m, cin), wg[0], bias, out, node.activation, key=f"conv:{node.name}")
@@ -153,13 +153,24 @@ def conv(node: Node, pc: PlanContext) -> None:
                         local_size=(1, 64) if per_tap else None)  # fmt: skip
             if tmp is None:
                 gemm_call(pc, col, (r, kdim), wg[g], b_g, out, node.activation, key=f"conv:{node.name}:{g}",
-                          out_offset=m0 * cout, inputs=[col])
+                          out_offset=m0 * cout, inputs=[col], m_params=rows)
             else:
                 gemm_call(pc, col, (r, kdim), wg[g], b_g, tmp, node.activation, key=f"conv:{node.name}:{g}",
-                          inputs=[col])
+                          inputs=[col], m_params=rows)
                 kernel_step(pc, "shape", "copy_block", (cout_g, r),
                             [Buf(tmp), i32(0), Buf(out), i32(m0 * cout), i32(r), i32(cout_g), i32(cout),
                              i32(g * cout_g), i32(0)], inputs=[tmp], outputs=[out], label="Conv group")  # fmt: skip
+
+
+def _filter_loader(w: np.ndarray, g: int, group: int, taps: int) -> Callable[[], np.ndarray]:
+    """Group ``g`` of a (Cout, Cin/g, KH, KW) filter as (KH*KW*Cin/g, Cout/g), rows ordered (ky, kx, c) like im2col."""
+    cout_g = w.shape[0] // group
+
+    def load() -> np.ndarray:
+        wgrp = w[g * cout_g : (g + 1) * cout_g].reshape(cout_g, -1, taps)
+        return wgrp.transpose(2, 1, 0).reshape(-1, cout_g)
+
+    return load
 
 
 def _depthwise(node: Node, pc: PlanContext, src: str, out: str, w: np.ndarray, bias: np.ndarray,
@@ -206,10 +217,12 @@ def conv_transpose(node: Node, pc: PlanContext) -> None:
     src = pc.device(x, ("cl",))
     out = pc.define(node.outputs[0], (n, cout, *osp), "cl")
     m, kcols = n * h * wd, kh * kw * cout
-    # (Cin, Cout, KH, KW) -> (Cin, KH*KW*Cout) with columns ordered (ky, kx, co)
-    wmat = w.reshape(cin, cout, kh * kw).transpose(0, 2, 1).reshape(cin, kcols)
+
+    def wmat() -> np.ndarray:  # (Cin, Cout, KH, KW) -> (Cin, KH*KW*Cout) with columns ordered (ky, kx, co)
+        return w.reshape(cin, cout, kh * kw).transpose(0, 2, 1).reshape(cin, kcols)
+
     col = pc.scratch(m * kcols, "convtranspose_col")
-    gemm_call(pc, src, (m, cin), wmat, None, col, ("none", ()), key=f"convT:{node.name}")
+    gemm_call(pc, src, (m, cin), ConstB(cin, kcols, wmat), None, col, ("none", ()), key=f"convT:{node.name}")
     bt = pc.weight(f"ctb:{node.name}", bias)
     kernel_step(pc, "conv", "col2im_transposed", (cout, n * oh * ow),
                 [Buf(col), Buf(bt), Buf(out), i32(n), i32(h), i32(wd), i32(oh), i32(ow), i32(cout), i32(kh), i32(kw),

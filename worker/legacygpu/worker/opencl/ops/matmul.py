@@ -4,10 +4,13 @@
 (:class:`legacygpu.worker.opencl.gemm.Gemm`): activations (M, K) times a
 constant (K, N) weight, with the bias and activation fused into the GEMM
 epilogue. The kernel parameters are chosen when planning (the GEMM's
-``params_for`` for that M, N, K) and the weight is stored once, already
-padded to the kernel's N tile, so no call repacks a weight. When N is not a
-multiple of the tile the GEMM writes a padded scratch matrix and a block
-copy trims it. Activations the GEMM epilogue lacks run as a separate
+``params_for`` for that M, N, K) and the weight is registered for them
+(:meth:`~legacygpu.worker.opencl.plan.PlanContext.gemm_weight`): the plan's
+first run packs it with ``Gemm.pack_b`` and every later run, and every plan
+that chose the same parameters, passes that :class:`~..gemm.PackedB`, so no
+call copies a weight. The GEMM handles any N itself (masked stores, the
+packing pads B where its layout needs it), so outputs are written in place
+at their real width. Activations the GEMM epilogue lacks run as a separate
 in-place element-wise step.
 
 Products of two run-time tensors (attention scores) use the ``bmm`` kernel
@@ -17,7 +20,8 @@ with stride 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,12 +30,35 @@ from ..device import KernelBuildError
 from ..graph import Node
 from ..plan import Binding, Step, Unsupported
 from ..programs import f32, i32
+from ..weights import GemmWeight
 from .registry import Buf, act_args, kernel_step, nelem, register
 
 if TYPE_CHECKING:
     from ..plan import PlanContext
 
-__all__ = ["GEMM_EPILOGUES", "gemm_call"]
+__all__ = ["GEMM_EPILOGUES", "ConstB", "gemm_call"]
+
+@dataclass(frozen=True)
+class ConstB:
+    """A constant GEMM operand ``op(B)``, K x N, whose host matrix is made only when it is packed.
+
+    ``load`` returns the stored matrix: (K, N), or (N, K) with ``trans`` (a
+    ``Gemm`` with ``transB``: the packing kernel transposes it). Make it a
+    view of the graph's constant, or a reorder computed on demand, so that
+    planning copies nothing.
+    """
+
+    k: int
+    n: int
+    load: Callable[[], np.ndarray]
+    trans: bool = False
+
+    @classmethod
+    def of(cls, array: np.ndarray, trans: bool = False) -> ConstB:
+        arr = np.asarray(array, np.float32)
+        k, n = (arr.shape[1], arr.shape[0]) if trans else arr.shape
+        return cls(int(k), int(n), lambda: arr, trans)
+
 
 # our activation kinds -> the GEMM's epilogue names
 GEMM_EPILOGUES = {"none": "none", "relu": "relu", "relu6": "relu6", "clip": "clip", "sigmoid": "sigmoid",
@@ -42,7 +69,7 @@ def gemm_call(
     pc: PlanContext,
     a: str,
     a_shape: tuple[int, int],
-    bmat: np.ndarray,
+    bmat: ConstB,
     bias: np.ndarray | None,
     out: str,
     activation: tuple[str, tuple[float, ...]],
@@ -52,62 +79,52 @@ def gemm_call(
     inputs: Sequence[str] | None = None,
     trans_a: bool = False,
     alpha: float = 1.0,
+    m_params: int | None = None,
 ) -> None:
-    """Emit ``out[out_offset:] = act(alpha * op(a) @ bmat + bias)`` with the tuned GEMM.
+    """Emit ``out[out_offset:] = act(alpha * op(a) @ op(bmat) + bias)`` with the tuned GEMM.
 
     ``a_shape`` is the stored shape of ``a`` ((M, K), or (K, M) with ``trans_a``).
+    The kernel parameters are those for M = ``m_params`` (default: this call's
+    M; a convolution done in row blocks passes its whole M so that every block
+    shares one packed weight).
     """
     gemm = pc.gemm
     if gemm is None:
         raise Unsupported("the GEMM kernels are unavailable on this device")
     m, k = (a_shape[1], a_shape[0]) if trans_a else a_shape
-    n = bmat.shape[1]
-    if bmat.shape[0] != k:
-        raise Unsupported(f"GEMM shapes {a_shape} and {bmat.shape} do not match")
+    n = bmat.n
+    if bmat.k != k:
+        raise Unsupported(f"GEMM shapes {a_shape} and {(bmat.k, n)} do not match")
     kind, params = activation
     fused = GEMM_EPILOGUES.get(kind)
     epilogue = fused or "none"
     try:
-        gparams = gemm.params_for(m, n, k)
+        gparams = gemm.params_for(m_params or m, n, k)
         gemm.kernel(gparams)  # build now: a driver that cannot compile it sends the node to onnxruntime
     except KernelBuildError as exc:
         raise Unsupported(str(exc)) from exc
-    n_pad = -(-n // gparams.nwg) * gparams.nwg
-    bpad = np.zeros((k, n_pad), np.float32)
-    bpad[:, :n] = bmat
-    w = pc.weight(f"{key}:B:{n_pad}", bpad)
-    bias_w = None
-    if bias is not None:
-        bp = np.zeros(n_pad, np.float32)
-        bp[:n] = bias
-        bias_w = pc.weight(f"{key}:bias:{n_pad}", bp)
-    target, target_off = out, out_offset
-    if n_pad != n:
-        target, target_off = pc.scratch(m * n_pad, "gemm_pad"), 0
-    act_params = tuple(params) if kind == "clip" else (tuple(params) if kind == "leaky_relu" else ())
+    w = pc.gemm_weight(key, GemmWeight(bmat.load, k, n, bmat.trans, gparams, gemm))
+    bias_w = pc.weight(f"{key}:bias", bias) if bias is not None else None
+    act_params = tuple(params) if kind in ("clip", "leaky_relu") else ()
     reads = [*(inputs or [a]), w, *([bias_w] if bias_w else [])]
 
     def bind(b: Binding) -> Any:
         a_arr = b.arr(a, a_shape)
-        w_arr = b.arr(w, (k, n_pad))
-        bias_arr = b.arr(bias_w, (n_pad,)) if bias_w else None
-        out_arr = b.arr(target, (m, n_pad), offset_elems=target_off)
+        packed = b.packed(w)  # packed once, on the first run of the first plan that uses these parameters
+        bias_arr = b.arr(bias_w, (n,)) if bias_w else None
+        out_arr = b.arr(out, (m, n), offset_elems=out_offset)
         lock = b.programs.launch_lock
 
         def run(_host: dict[str, np.ndarray]) -> None:
             with lock:
-                gemm.run(gparams, a_arr, w_arr, bias=bias_arr, activation=epilogue, alpha=alpha, trans_a=trans_a,
-                         out=out_arr, activation_params=act_params)  # fmt: skip
+                gemm.run(packed.params, a_arr, packed, bias=bias_arr, activation=epilogue, alpha=alpha,
+                         trans_a=trans_a, out=out_arr, activation_params=act_params)  # fmt: skip
 
         return run
 
     node = pc.node
-    pc.emit(Step("opencl", f"{node.op if node else 'gemm'} gemm", reads, [target], bind,
+    pc.emit(Step("opencl", f"{node.op if node else 'gemm'} gemm", reads, [out], bind,
                  nodes=list(node.sources) if node else []))  # fmt: skip
-    if n_pad != n:
-        kernel_step(pc, "shape", "copy_block", (n, m),
-                    [Buf(target), i32(0), Buf(out), i32(out_offset), i32(m), i32(n), i32(n_pad), i32(0), i32(1)],
-                    inputs=[target], outputs=[out], label="gemm trim", scratch=[target])  # fmt: skip
     if fused is None:
         total = m * n
         kernel_step(pc, "elementwise", "unary", (total,),
@@ -180,7 +197,7 @@ def matmul(node: Node, pc: PlanContext) -> None:
         src = pc.device(a, ("plain",))
         out = pc.define(node.outputs[0], out_shape)
         bias = np.asarray(pc.const(node.bias), np.float32) if node.bias is not None else None
-        gemm_call(pc, src, (m, k), bmat2, bias, out, node.activation, key=f"mm:{node.name}")
+        gemm_call(pc, src, (m, k), ConstB.of(bmat2), bias, out, node.activation, key=f"mm:{node.name}")
         return
     needs_epilogue = node.bias is not None or node.activation[0] != "none"
     target = f"{node.outputs[0]}__mm" if needs_epilogue else node.outputs[0]
@@ -199,9 +216,10 @@ def gemm_op(node: Node, pc: PlanContext) -> None:
     m = sa[1] if trans_a else sa[0]
     has_c = bool(c) and beta != 0.0
     if wb is not None and pc.const(a) is None:
-        bmat = np.asarray(wb, np.float32)
-        bmat = bmat.T.copy() if trans_b else bmat
-        n = bmat.shape[1]
+        if wb.ndim != 2:
+            raise Unsupported(f"Gemm weight of rank {wb.ndim}")
+        bmat = ConstB.of(wb, trans=trans_b)  # transposed by the packing kernel, not on the host
+        n = bmat.n
         bias = np.asarray(pc.const(node.bias), np.float32) if node.bias is not None else None
         cval = pc.const(c) if has_c else None
         if has_c and cval is not None and cval.size in (1, n) and (cval.ndim < 2 or cval.shape[0] == 1):
