@@ -171,3 +171,19 @@ def test_api_token_secret_generated_given_or_existing() -> None:
     assert env["LEGACYGPU_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "k"}
     assert "value" not in env["LEGACYGPU_API_TOKEN"], "the token never appears in the pod spec"
     assert "token" not in VALUES["api"]["auth"] or VALUES["api"]["auth"]["token"] == "", "no default token in values"
+
+
+def test_docs_list_every_value() -> None:
+    doc = (CHART.parents[1] / "docs" / "helm-chart.md").read_text()
+    missing = []
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        if "properties" not in node or path.rsplit(".", 1)[-1] in OPEN_OBJECTS - {"global"}:
+            if f"`{path}`" not in doc:
+                missing.append(path)
+            return
+        for key, sub in node["properties"].items():
+            walk(sub, f"{path}.{key}" if path else key)
+
+    walk(SCHEMA, "")
+    assert missing == [], "values missing from docs/helm-chart.md"
