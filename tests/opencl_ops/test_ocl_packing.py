@@ -122,3 +122,22 @@ def test_evicted_plans_free_their_packed_weights(runtime: Any, tmp_path: Path, p
     before = len(pack_calls)
     assert_close(model.run({"x": x1})["y"], x1 @ w)  # packed again for the re-built plan
     assert len(pack_calls) == before + (runtime.gemm.params_for(1, n, k) != runtime.gemm.params_for(40, n, k))
+
+
+def test_dropping_a_model_frees_its_packed_weights(runtime: Any, tmp_path: Path) -> None:
+    """The worker unloads a model by dropping it (no release call): the packed copies must go with it."""
+    import weakref
+
+    from onnx import helper
+
+    k, n = 40, 30
+    path = _save(tmp_path, "mm_drop", [helper.make_node("MatMul", ["x", "w"], ["y"])],
+                 [helper.make_tensor_value_info("x", 1, [8, k])], {"w": rand(k, n, seed=27)})  # fmt: skip
+    model = runtime.load(path)
+    model.run({"x": rand(8, k, seed=28)})
+    (name,) = model.weights.packed_names()
+    packed = weakref.ref(model.weights.packed(name, runtime.programs.launch_lock))
+    assert model.weights.packs == 1  # asking again packs nothing
+    del model
+    gc.collect()
+    assert packed() is None

@@ -115,7 +115,7 @@ def evaluate(node: Node, values: list[np.ndarray | None], opsets: dict[str, int]
         if out is None:
             out = _reference_eval(node, values, opsets)
     except Exception as exc:  # any evaluator gap: leave the node to run normally
-        log.debug("not folding %s (%s): %s", node.name, node.op, exc)
+        log.debug("not folding %s (%s): %s", node.name, node.op, str(exc))
         return None
     if any(np.asarray(o).size > MAX_FOLD_ELEMENTS for o in out):
         return None

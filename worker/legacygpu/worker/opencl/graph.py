@@ -287,7 +287,8 @@ def _read_model(path: Path) -> Any:
             onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as ort_exc:  # onnxruntime's own exception classes
             raise ModelError(f"invalid model {path.name}: {exc} (onnxruntime: {ort_exc})") from exc
-        log.warning("%s does not pass the ONNX checker but onnxruntime loads it: %s", path.name, exc)
+        # str(exc), not exc: a handler that keeps log records would keep the traceback, its frames and the model
+        log.warning("%s does not pass the ONNX checker but onnxruntime loads it: %s", path.name, str(exc))
     return model
 
 
@@ -331,7 +332,7 @@ def _infer_value_info(model: Any) -> tuple[dict[str, int], dict[str, int]]:
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # inference errors must not stop a model from loading
-        log.debug("shape inference failed: %s", exc)
+        log.debug("shape inference failed: %s", str(exc))
         return {}, {}
     ranks, types = {}, {}
     for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:

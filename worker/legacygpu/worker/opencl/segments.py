@@ -98,7 +98,7 @@ def infer_shapes(
             if all(d is not None for d in dims):
                 found[vi.name] = (tuple(int(d) for d in dims), np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)))
     except Exception as exc:  # inference is best effort; the probe below is the fallback
-        log.debug("shape inference failed for %s: %s", [p.op_type for p in protos], exc)
+        log.debug("shape inference failed for %s: %s", [p.op_type for p in protos], str(exc))
     if all(o in found for o in outputs):
         return found
     session = ort_session(model)

@@ -229,12 +229,12 @@ def gemm_op(node: Node, pc: PlanContext) -> None:
         src = pc.device(a, ("plain",))
         if has_c:
             mid = pc.define(f"{node.outputs[0]}__gemm", (m, n))
-            gemm_call(pc, src, sa, bmat, bias, mid, ("none", ()), key=f"gemm:{node.name}", trans_a=trans_a,
+            gemm_call(pc, src, (sa[0], sa[1]), bmat, bias, mid, ("none", ()), key=f"gemm:{node.name}", trans_a=trans_a,
                       alpha=alpha)  # fmt: skip
             _add_c(pc, node, mid, (m, n), c, beta)
             return
         out = pc.define(node.outputs[0], (m, n))
-        gemm_call(pc, src, sa, bmat, bias, out, node.activation, key=f"gemm:{node.name}", trans_a=trans_a,
+        gemm_call(pc, src, (sa[0], sa[1]), bmat, bias, out, node.activation, key=f"gemm:{node.name}", trans_a=trans_a,
                   alpha=alpha)  # fmt: skip
         return
     plain = not has_c and node.bias is None and node.activation[0] == "none"
