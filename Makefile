@@ -24,6 +24,7 @@ $(SETUP_STAMP): pyproject.toml setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[dev]'
+	bash scripts/get-helm.sh
 	$(LEGACYGPU) model build-demo
 	@touch $@
 
