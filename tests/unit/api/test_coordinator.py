@@ -188,6 +188,14 @@ async def test_cancel(backend: LocalBackend) -> None:
         await backend.cancel_task(submitted.id)
     with pytest.raises(NotFoundError):
         await backend.cancel_task("task-missing")
+    running = await backend.submit_task(task())
+    wid = await worker(backend)
+    backend.reconcile()
+    await backend.claim_tasks(wid, 1, 0)
+    assert (await backend.cancel_task(running.id)).phase == "Cancelled"
+    assert (await backend.get_worker(wid)).tasks_failed == 0, "a cancelled task is not the worker's failure"
+    with pytest.raises(ConflictError, match="discarded"):
+        await backend.complete_task(running.id, Completion(worker_id=wid, attempt=1, result={}))
 
 
 async def test_drain_returns_unstarted_tasks_and_stops_claims(backend: LocalBackend) -> None:

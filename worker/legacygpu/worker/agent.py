@@ -166,6 +166,7 @@ class LocalWorker:
                 if self.worker_id is None:
                     self._register()
                     continue
+                asked = time.monotonic()
                 try:
                     tasks = self._call(
                         "POST",
@@ -179,6 +180,9 @@ class LocalWorker:
                     log.warning("claim failed: %s", exc)
                     self.stop_requested.wait(1.0)
                     continue
+                if not tasks and time.monotonic() - asked < _CLAIM_WAIT_SECONDS / 2:
+                    # An early empty answer: we are draining and the heartbeat will say so shortly.
+                    self.stop_requested.wait(0.5)
                 for task in tasks:
                     self._run_task(task)
         finally:

@@ -241,7 +241,7 @@ class LocalBackend:
         self.metrics.tasks_finished.labels(task["model"], str(phase)).inc()
         if phase == Phase.SUCCEEDED:
             self.metrics.task_duration.labels(task["model"]).observe(latency_ms / 1000)
-        if task["worker_id"] and task["phase"] == Phase.RUNNING:
+        if task["worker_id"] and task["phase"] == Phase.RUNNING and phase != Phase.CANCELLED:
             column = "tasks_succeeded" if phase == Phase.SUCCEEDED else "tasks_failed"
             self.store.bump_worker_counter(task["worker_id"], column)
         return True
