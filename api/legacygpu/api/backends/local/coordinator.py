@@ -247,10 +247,15 @@ class LocalBackend:
         return True
 
     @staticmethod
-    def _close_attempt(task: dict[str, Any], outcome: str, now: float) -> list[dict[str, Any]]:
+    def _close_attempt(
+        task: dict[str, Any], outcome: str, now: float, *, reported: bool = False
+    ) -> list[dict[str, Any]]:
+        """The history with the running attempt closed; ``reported`` marks an outcome the worker sent."""
         history = list(task["history"])
         if task["phase"] == Phase.RUNNING and history and history[-1].get("outcome") is None:
             history[-1] = {**history[-1], "outcome": str(outcome), "finished_at": now}
+            if reported:
+                history[-1]["reported"] = True
         return history
 
     # tasks --------------------------------------------------------------------------------
@@ -418,7 +423,7 @@ class LocalBackend:
     async def complete_task(self, task_id: str, completion: Completion) -> TaskPublic:
         task = self.store.get_task(task_id)
         current = task["worker_id"] == completion.worker_id and task["attempts"] == completion.attempt
-        if is_terminal(task["phase"]) and current and task["history"] and task["history"][-1].get("outcome"):
+        if is_terminal(task["phase"]) and current and task["history"] and task["history"][-1].get("reported"):
             return self._task_public(task)  # the same completion again: already applied
         if task["phase"] != Phase.RUNNING or not current:
             raise ConflictError(
@@ -430,7 +435,7 @@ class LocalBackend:
         if completion.compute_ms is not None:
             self.metrics.compute_duration.labels(task["model"]).observe(completion.compute_ms / 1000)
         if completion.error is None:
-            history = self._close_attempt(task, Reason.COMPLETED, now)
+            history = self._close_attempt(task, Reason.COMPLETED, now, reported=True)
             self._finish(
                 task, Phase.SUCCEEDED, Reason.COMPLETED, "inference finished", now,
                 result=completion.result or {}, history=history, **fields,
@@ -439,7 +444,7 @@ class LocalBackend:
             self.store.update_task(task_id, **fields)
             self._retry_or_fail(task, completion.error.reason, completion.error.message, now)
         else:
-            history = self._close_attempt(task, completion.error.reason, now)
+            history = self._close_attempt(task, completion.error.reason, now, reported=True)
             self._finish(
                 task, Phase.FAILED, completion.error.reason, completion.error.message, now, history=history, **fields
             )
