@@ -153,3 +153,25 @@ def test_cluster_start_runs_everything_and_ctrl_c_stops_it(data_dir: Path) -> No
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_cluster_stop_from_another_terminal(data_dir: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "LEGACYGPU_DATA_DIR": str(data_dir), "LEGACYGPU_API_URL": f"http://127.0.0.1:{port}"}
+    process = subprocess.Popen([sys.executable, "-m", "legacygpu.cli", "cluster", "start", "--port", str(port),
+                                "--workers", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "Ctrl-C stops the cluster" in line:
+                break
+        stop = subprocess.run([sys.executable, "-m", "legacygpu.cli", "cluster", "stop"], env=env,
+                              capture_output=True, text=True, timeout=90)
+        assert stop.returncode == 0 and "cluster stopped" in stop.stdout, stop.stderr
+        assert process.wait(timeout=30) == 0
+        again = subprocess.run([sys.executable, "-m", "legacygpu.cli", "cluster", "stop"], env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1 and "no cluster is running" in again.stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
