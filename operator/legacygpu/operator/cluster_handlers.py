@@ -116,7 +116,8 @@ async def on_cluster_delete(
     key = (namespace, name)
     now = now_utc()
     left = 0
-    for task in rt.tasks_seen(legacygpu_tasks.get(key, ())):
+    # Copies: the indexes change under us while we await the API (pod and task events keep arriving).
+    for task in rt.tasks_seen(list(legacygpu_tasks.get(key, ()))):
         if task.terminal:
             continue
         status = terminal_status(
@@ -125,7 +126,7 @@ async def on_cluster_delete(
         )
         if not await write_task(rt, task, status, event=("Warning", Reason.CLUSTER_NOT_FOUND.value, status["message"])):
             left += 1
-    for pod in legacygpu_pods.get(key, ()):
+    for pod in list(legacygpu_pods.get(key, ())):
         await rt.api.delete_pod(namespace, pod.name)
     if left:
         raise kopf.TemporaryError(f"{left} task(s) changed while failing them; retrying", delay=1)
@@ -143,4 +144,4 @@ def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.event(*resource, id="cluster_event", registry=registry)(on_cluster_event)
     kopf.on.event("v1", "pods", labels={LABEL_CLUSTER: kopf.PRESENT}, id="pod_event", registry=registry)(on_pod_event)
     kopf.daemon(*resource, id="reconcile", cancellation_timeout=10.0, registry=registry)(cluster_loop)
-    kopf.on.delete(*resource, id="finalize", registry=registry)(on_cluster_delete)
+    kopf.on.delete(*resource, id="finalize", backoff=2.0, registry=registry)(on_cluster_delete)
