@@ -186,11 +186,12 @@ class LocalBackend:
             self._finish(task, Phase.FAILED, Reason.DEADLINE_EXCEEDED, message, now, history=history)
 
     def _schedule(self, now: float) -> None:
-        workers = self._worker_infos()
+        active = self.store.list_workers(["active"])
+        workers = self._worker_infos(active)
         free = sum(max(0, w.capacity - w.assigned) for w in workers.values())
         if free == 0:
             return  # nothing can be placed: do not even read the queue
-        names = {w["id"]: w["name"] for w in self.store.list_workers(["active"])}
+        names = {w["id"]: w["name"] for w in active}
         for task in self.store.runnable_tasks(now):
             needs = Requirements(model=task["model"], **task["requirements"])
             chosen = self.strategy.pick(needs, list(workers.values()))
@@ -204,10 +205,11 @@ class LocalBackend:
                 if free == 0:
                     return
 
-    def _worker_infos(self) -> dict[str, WorkerInfo]:
+    def _worker_infos(self, active: list[dict[str, Any]]) -> dict[str, WorkerInfo]:
+        """The scheduler's view of the ``active`` worker rows."""
         counts = self.store.assigned_counts()
         infos: dict[str, WorkerInfo] = {}
-        for w in self.store.list_workers(["active"]):
+        for w in active:
             infos[w["id"]] = WorkerInfo(
                 id=w["id"],
                 assigned=counts.get(w["id"], 0),
