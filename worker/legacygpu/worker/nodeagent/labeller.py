@@ -80,7 +80,7 @@ def compute_labels(statuses: Mapping[str, CardStatus]) -> dict[str, str]:
         labels[f"{PREFIX}.compute-units"] = str(min(known_units))
     versions = [s.opencl.opencl_version for s in cards if s.opencl is not None and s.opencl.opencl_version]
     if versions:
-        labels[f"{PREFIX}.opencl-version"] = min((v for v in versions if v), key=_version_key)
+        labels[f"{PREFIX}.opencl-version"] = min(versions, key=_version_key)
     return {k: v for k, v in labels.items() if len(v) <= 63 and _VALUE.match(v)}
 
 
@@ -129,13 +129,12 @@ def kubernetes_client() -> NodePatcher:
     """A ``CoreV1Api`` from the in-cluster service account, else from the local kubeconfig."""
     try:
         from kubernetes import client, config
+
+        from legacygpu.core.kube.client import load_configuration
     except ImportError as exc:
         raise LabelError("labelling a Node needs the 'kubernetes' package") from exc
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        try:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        except (config.ConfigException, OSError) as exc:
-            raise LabelError(f"no in-cluster service account and no usable kubeconfig: {exc}") from exc
-    return client.CoreV1Api()
+        configuration = load_configuration()
+    except (config.ConfigException, OSError) as exc:
+        raise LabelError(f"no in-cluster service account and no usable kubeconfig: {exc}") from exc
+    return client.CoreV1Api(client.ApiClient(configuration))
