@@ -123,8 +123,7 @@ class NodeAgent:
 
     async def _health_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.config.health_interval)
+            await self._sleep(stop, self.config.health_interval)
             if stop.is_set():
                 return
             try:

@@ -23,16 +23,11 @@ from dataclasses import dataclass
 
 from legacygpu.worker.nodeagent.health import CardStatus
 
-__all__ = ["DeviceInventory", "PluginDevice", "physical_address"]
+__all__ = ["DeviceInventory", "PluginDevice"]
 
 logger = logging.getLogger(__name__)
 
 REPLICA_SEPARATOR = "::"
-
-
-def physical_address(device_id: str) -> str:
-    """The card's PCI address behind a device id (replica suffix removed)."""
-    return device_id.split(REPLICA_SEPARATOR, 1)[0]
 
 
 @dataclass(frozen=True)
@@ -59,7 +54,6 @@ class DeviceInventory:
         self._statuses: dict[str, CardStatus] = {}
         self._devices: dict[str, PluginDevice] = {}
         self.changed = asyncio.Event()
-        self.generation = 0
 
     def _ids(self, address: str) -> list[tuple[str, int]]:
         if self.replicas == 1:
@@ -93,7 +87,6 @@ class DeviceInventory:
         self._statuses = dict(statuses)
         self._devices = devices
         if changed:
-            self.generation += 1
             self.wake()
         return changed
 
@@ -107,6 +100,3 @@ class DeviceInventory:
 
     def get(self, device_id: str) -> PluginDevice | None:
         return self._devices.get(device_id)
-
-    def statuses(self) -> dict[str, CardStatus]:
-        return dict(self._statuses)
