@@ -9,6 +9,7 @@
     └── NodeAgentError                  anything else the agent reports on purpose
         ├── PluginServerError           the plugin's gRPC server could not start or answer itself
         ├── RegistrationError           the kubelet refused or could not take our Register call
+        ├── OpenCLCheckError            the probe kernel could not run (openclprobe; a health reason)
         └── LabelError                  labels could not be applied to the Node object
 
 Reading sysfs never raises: a card whose files are missing or unreadable is

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from legacygpu.worker.nodeagent.errors import NodeAgentError
 from legacygpu.worker.nodeagent.sysfs import CardInfo
 
 __all__ = [
@@ -54,7 +55,7 @@ _PROBE_SIZE = 256
 _VERSION = re.compile(r"OpenCL\s+(\d+\.\d+)")
 
 
-class OpenCLCheckError(Exception):
+class OpenCLCheckError(NodeAgentError):
     """The probe kernel could not run; the message is the reason shown as the card's health."""
 
 
