@@ -267,8 +267,8 @@ def run_cluster(data_dir: Path, workers: int, inputs: list[list[dict[str, Any]]]
     from legacygpu.cli.supervisor import Supervisor
 
     token = secrets.token_urlsafe(24)
-    supervisor = Supervisor(data_dir=data_dir, host="127.0.0.1", port=_free_port(), workers=workers, token=token,
-                            backend="onnxruntime")
+    supervisor = Supervisor(data_dir=data_dir, host="127.0.0.1", port=_free_port(), devices=[None] * workers,
+                            token=token, backend="onnxruntime")
     try:
         supervisor.start()
         ready = supervisor.wait_for_workers()

@@ -64,7 +64,7 @@ def _banner(url: str, token: str, data_dir: Path, sample: Path | None) -> str:
               help="Database, token, models and logs [env LEGACYGPU_DATA_DIR].")
 def start(host: str, port: int, workers: int | None, backend: str, data_dir: Path | None) -> None:
     """Run the facade and its workers in the foreground, with the demo model loaded."""
-    from legacygpu.cli.supervisor import Supervisor, local_device_count
+    from legacygpu.cli.supervisor import Supervisor, local_devices
     from legacygpu.core.modelcards import ModelRepository
     from legacygpu.worker.demo import ensure_demo_model
 
@@ -78,9 +78,10 @@ def start(host: str, port: int, workers: int | None, backend: str, data_dir: Pat
         click.echo("training the demo digits model (first start only)...", err=True)
     card = ensure_demo_model(repository)
     click.echo(f"demo model 'digits': held-out accuracy {card.metrics.get('accuracy')}", err=True)
-    count, what = (workers, f"{workers} requested") if workers else local_device_count()
+    devices, what = ([None] * workers, f"{workers} requested") if workers else local_devices()
+    count = len(devices)
     click.echo(f"starting the facade and {count} worker(s) for {what}", err=True)
-    supervisor = Supervisor(data_dir=settings.data_dir, host=host, port=port, workers=count, token=token,
+    supervisor = Supervisor(data_dir=settings.data_dir, host=host, port=port, devices=devices, token=token,
                             backend=backend, preload=(card.name,))
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)

@@ -16,13 +16,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 import httpx
 
-__all__ = ["PIDFILE", "Supervisor", "local_device_count"]
+__all__ = ["PIDFILE", "Supervisor", "local_devices"]
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ PIDFILE = "cluster.pid"
 _STOP_GRACE_SECONDS = 30.0
 
 
-def local_device_count() -> tuple[int, str]:
-    """How many workers to start by default: one per OpenCL GPU, else one for the CPU."""
+def local_devices() -> tuple[list[int | None], str]:
+    """One entry per worker to start by default: each OpenCL GPU's device index, else ``[None]`` (the CPU)."""
     try:
         from legacygpu.worker.opencl.device import discover
 
@@ -40,8 +41,8 @@ def local_device_count() -> tuple[int, str]:
         log.debug("OpenCL discovery failed: %s", exc)
         gpus = []
     if gpus:
-        return len(gpus), ", ".join(d.name for d in gpus)
-    return 1, "the CPU (no OpenCL GPU found)"
+        return [d.index for d in gpus], ", ".join(d.name for d in gpus)
+    return [None], "the CPU (no OpenCL GPU found)"
 
 
 @dataclass
@@ -58,9 +59,10 @@ class Supervisor:
     """Starts, watches and stops the facade and its workers."""
 
     def __init__(
-        self, *, data_dir: Path, host: str, port: int, workers: int, token: str, backend: str = "auto",
-        preload: tuple[str, ...] = (),
+        self, *, data_dir: Path, host: str, port: int, devices: Sequence[int | None], token: str,
+        backend: str = "auto", preload: tuple[str, ...] = (),
     ) -> None:
+        """One worker per entry of ``devices``: an OpenCL device index, or None to let the backend choose."""
         self.data_dir = data_dir
         self.url = f"http://{host}:{port}"
         self.token = token
@@ -77,11 +79,11 @@ class Supervisor:
             _Child(
                 f"worker-{i}",
                 [*python, "worker", "start", "--api", self.url, "--backend", backend,
-                 "--name", f"local-{i}", *(["--device-index", str(i)] if workers > 1 else [])],
+                 "--name", f"local-{i}", *([] if device is None else ["--device-index", str(device)])],
                 log_path=logs / f"worker-{i}.log",
                 env=env,
             )
-            for i in range(workers)
+            for i, device in enumerate(devices)
         ]
 
     def _spawn(self, child: _Child) -> None:
@@ -158,16 +160,20 @@ class Supervisor:
 
     def shutdown(self) -> None:
         """Workers first (they finish their task and deregister), then the facade."""
-        for child in [*self.workers, self.api]:
-            if child is self.api:
-                for worker in self.workers:
-                    _wait(worker)
-            if child.process is not None and child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            _terminate(worker)
+        for worker in self.workers:
+            _wait(worker)
+        _terminate(self.api)
         _wait(self.api)
         pidfile = self.data_dir / PIDFILE
         if pidfile.exists() and pidfile.read_text().strip() == str(os.getpid()):
             pidfile.unlink()
+
+
+def _terminate(child: _Child) -> None:
+    if child.process is not None and child.process.poll() is None:
+        child.process.send_signal(signal.SIGTERM)
 
 
 def _wait(child: _Child) -> None:

@@ -78,7 +78,7 @@ class LocalWorker:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._http.request(method, path, **kwargs)
-        if response.status_code in (404, 409) and "/workers/" in path and "/complete" not in path:
+        if response.status_code in (404, 409) and "/workers/" in path:  # this worker is unknown or not live
             raise _Gone(response.text)
         response.raise_for_status()
         return response.json() if response.content else None
