@@ -83,7 +83,7 @@ def command(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import asyncio
 
-    from legacygpu.worker.nodeagent import AgentConfig, NodeAgent, NodeLabeller, compute_labels, run_agent
+    from legacygpu.worker.nodeagent import AgentConfig, NodeAgent, NodeLabeller, run_agent
     from legacygpu.worker.nodeagent.errors import LabelError, PluginServerError
     from legacygpu.worker.nodeagent.labeller import kubernetes_client
 
@@ -96,14 +96,13 @@ def command(
         health_checks=health_checks,
         replicas_per_gpu=replicas_per_gpu,
         opencl_device_types=(opencl_device_type,),
-        node_name=node_name,
     )
     try:
         labeller = NodeLabeller(node_name, kubernetes_client()) if node_name else None
         if print_labels:
             agent = NodeAgent(config, labeller=labeller)
-            statuses = asyncio.run(agent.health_round())
-            click.echo(json.dumps(compute_labels(statuses), indent=2, sort_keys=True))
+            asyncio.run(agent.health_round())
+            click.echo(json.dumps(agent.labels, indent=2, sort_keys=True))
             if labeller is not None and labeller.applied is None:
                 raise click.ClickException(f"labels were computed but could not be applied to node {node_name}")
             return

@@ -6,8 +6,8 @@ loops until ``stop`` is set:
 
 * the **health loop** runs a round every ``health_interval`` seconds, feeds
   the :class:`~.inventory.DeviceInventory` (which wakes ``ListAndWatch``
-  streams on change) and, with a node name, re-applies the node labels when
-  they change;
+  streams on change) and, with a :class:`~.labeller.NodeLabeller`, re-applies
+  the node labels when they change;
 * the **serve loop** waits for ``kubelet.sock``, starts a
   :class:`~.plugin.PluginServer` (serve first), registers it (then register,
   retrying with backoff while the same kubelet is up), and then watches both
@@ -64,7 +64,6 @@ class AgentConfig:
     replicas_per_gpu: int = 1
     opencl_device_types: Sequence[str] = ("gpu",)
     opencl_timeout: float = 30.0
-    node_name: str | None = None
     watch_interval: float = 0.5
     grace: float = 5.0
     register_timeout: float = 10.0
