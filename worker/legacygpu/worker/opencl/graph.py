@@ -43,7 +43,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Activation kinds -> the ids of ``apply_act`` in kernels/elementwise.cl.
+# Activation kinds -> the ids of ``apply_act`` in kernels/common.cl.
 ACTIVATION_IDS: dict[str, int] = {
     "none": 0,
     "relu": 1,

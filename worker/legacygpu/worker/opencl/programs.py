@@ -3,6 +3,9 @@
 Each op family has one source file in ``kernels/`` (``elementwise.cl``,
 ``shape.cl``, ``conv.cl``, ...), built once per device context with
 ``-cl-mad-enable`` and cached here together with its kernel objects.
+``kernels/common.cl`` (the activation switch ``apply_act`` and the pixel
+index split shared by several families) is prepended to every family's
+source, an override's included.
 
 A driver may fail to build a source (old compilers reject constructs newer
 ones accept). :meth:`Programs.get` then raises
@@ -23,10 +26,11 @@ run from two threads never interleave ``set_args`` calls.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +60,11 @@ def f32(value: float) -> np.float32:
     return np.float32(value)
 
 
+@functools.cache
+def _common_source() -> str:
+    return (KERNEL_DIR / "common.cl").read_text()
+
+
 def _env_overrides() -> dict[str, str]:
     folder = os.environ.get(OVERRIDE_ENV, "").strip()
     if not folder:
@@ -76,28 +85,36 @@ class Programs:
         self.launch_lock = threading.RLock()
 
     def source(self, family: str) -> str:
-        if family in self.overrides:
-            return self.overrides[family]
-        return (KERNEL_DIR / f"{family}.cl").read_text()
+        """``family``'s full source: the shared header, then its own file (or override)."""
+        own = self.overrides[family] if family in self.overrides else (KERNEL_DIR / f"{family}.cl").read_text()
+        return _common_source() + "\n" + own
 
-    def get(self, family: str) -> Any:
-        """The built program of ``family``; raises KernelBuildError (remembered)."""
+    def _build(self, name: str, make_source: Callable[[], str], family: str | None = None) -> Any:
+        """Program ``name`` built from ``make_source()`` once; a failure is remembered and raised again.
+
+        ``family``: a generated program fails with its base family's remembered failure.
+        """
         import pyopencl as cl
 
         with self._build_lock:
-            if family in self._programs:
-                return self._programs[family]
-            if family in self._failures:
-                raise self._failures[family]
+            if name in self._programs:
+                return self._programs[name]
+            known = self._failures.get(name) or (self._failures.get(family) if family else None)
+            if known is not None:
+                raise known
             try:
-                program = cl.Program(self.dctx.ctx, self.source(family)).build(options=["-cl-mad-enable"])
+                program = cl.Program(self.dctx.ctx, make_source()).build(options=["-cl-mad-enable"])
             except (cl.Error, OSError) as exc:
-                err = KernelBuildError(f"OpenCL kernels '{family}' failed to build on {self.dctx.info.name}: {exc}")
+                err = KernelBuildError(f"OpenCL kernels '{name}' failed to build on {self.dctx.info.name}: {exc}")
                 log.warning("%s", err)
-                self._failures[family] = err
+                self._failures[name] = err
                 raise err from exc
-            self._programs[family] = program
+            self._programs[name] = program
             return program
+
+    def get(self, family: str) -> Any:
+        """The built program of ``family``; raises KernelBuildError (remembered)."""
+        return self._build(family, lambda: self.source(family))
 
     def custom(self, family: str, key: str, extra_source: str) -> Any:
         """A program made of ``family``'s source plus generated code (cached by ``key``).
@@ -106,24 +123,7 @@ class Programs:
         not build (or is overridden with a broken source) fails its generated
         kernels too.
         """
-        import pyopencl as cl
-
-        name = f"{family}+{key}"
-        with self._build_lock:
-            if name in self._programs:
-                return self._programs[name]
-            if family in self._failures or name in self._failures:
-                raise self._failures.get(name) or self._failures[family]
-            try:
-                source = self.source(family) + "\n" + extra_source
-                program = cl.Program(self.dctx.ctx, source).build(options=["-cl-mad-enable"])
-            except (cl.Error, OSError) as exc:
-                err = KernelBuildError(f"OpenCL kernels '{name}' failed to build on {self.dctx.info.name}: {exc}")
-                log.warning("%s", err)
-                self._failures[name] = err
-                raise err from exc
-            self._programs[name] = program
-            return program
+        return self._build(f"{family}+{key}", lambda: self.source(family) + "\n" + extra_source, family)
 
     def custom_kernel(self, family: str, key: str, extra_source: str, name: str) -> Any:
         """Kernel ``name`` of :meth:`custom`'s program (one shared object per program and name)."""

@@ -1,21 +1,6 @@
 // legacygpu convolution helpers, channels-last (N, H, W, C) activations.
 // 1-D convolutions run as 2-D with H = 1.
 
-inline float act_fn(float x, int act, float p0, float p1) {
-    switch (act) {
-    case 0: return x;
-    case 1: return fmax(x, 0.0f);
-    case 2: return fmin(fmax(x, p0), p1);
-    case 3: return 1.0f / (1.0f + exp(-x));
-    case 4: return tanh(x);
-    case 5: return x >= 0.0f ? x : p0 * x;
-    case 6: return clamp(p0 * x + p1, 0.0f, 1.0f);
-    case 7: return x * clamp(x / 6.0f + 0.5f, 0.0f, 1.0f);
-    case 26: return fmin(fmax(x, 0.0f), 6.0f);
-    default: return x;
-    }
-}
-
 // col[m, (ky * KW + kx) * CG + c] = x[n, oy*SH - PH + ky*DH, ox*SW - PW + kx*DW, C0 + c] (0 outside).
 // m = (n * OH + oy) * OW + ox; one work-item per column element, columns fastest.
 __kernel void im2col(__global const float* x, __global float* col, int m0, int rows,
@@ -77,10 +62,8 @@ __kernel void depthwise(__global const float* x, __global const float* w, __glob
     int co = get_global_id(0);
     int p = get_global_id(1);
     if (co >= COUT || p >= N * OH * OW) return;
-    int ox = p % OW;
-    int t = p / OW;
-    int oy = t % OH;
-    int n = t / OH;
+    int n, oy, ox;
+    split_pixel(p, OH, OW, &n, &oy, &ox);
     int ci = co / MULT;
     float acc = bias[co];
     for (int ky = 0; ky < KH; ++ky) {
@@ -92,7 +75,7 @@ __kernel void depthwise(__global const float* x, __global const float* w, __glob
             acc = fma(x[((n * H + iy) * W + ix) * C + ci], w[(ky * KW + kx) * COUT + co], acc);
         }
     }
-    y[(long)p * COUT + co] = act_fn(acc, act, p0, p1);
+    y[(long)p * COUT + co] = apply_act(acc, act, p0, p1);
 }
 
 // Depthwise convolution (multiplier 1), one work-item per output pixel running over all channels:
@@ -103,10 +86,8 @@ __kernel void depthwise_pixel(__global const float* x, __global const float* w, 
                               int act, float p0, float p1) {
     int p = get_global_id(0);
     if (p >= N * OH * OW) return;
-    int ox = p % OW;
-    int t = p / OW;
-    int oy = t % OH;
-    int n = t / OH;
+    int n, oy, ox;
+    split_pixel(p, OH, OW, &n, &oy, &ox);
     __global float* dst = y + (long)p * C;
     for (int c = 0; c < C; ++c) dst[c] = bias[c];
     for (int ky = 0; ky < KH; ++ky) {
@@ -120,7 +101,7 @@ __kernel void depthwise_pixel(__global const float* x, __global const float* w, 
             for (int c = 0; c < C; ++c) dst[c] = fma(src[c], wt[c], dst[c]);
         }
     }
-    if (act) for (int c = 0; c < C; ++c) dst[c] = act_fn(dst[c], act, p0, p1);
+    if (act) for (int c = 0; c < C; ++c) dst[c] = apply_act(dst[c], act, p0, p1);
 }
 
 // Transposed convolution, gather form: col is (N*H*W, KH*KW*COUT) = x @ W; every output pixel sums
@@ -132,10 +113,8 @@ __kernel void col2im_transposed(__global const float* col, __global const float*
     int co = get_global_id(0);
     int p = get_global_id(1);
     if (co >= COUT || p >= N * OH * OW) return;
-    int ox = p % OW;
-    int t = p / OW;
-    int oy = t % OH;
-    int n = t / OH;
+    int n, oy, ox;
+    split_pixel(p, OH, OW, &n, &oy, &ox);
     float acc = bias[co];
     int K = KH * KW * COUT;
     for (int ky = 0; ky < KH; ++ky) {
@@ -151,5 +130,5 @@ __kernel void col2im_transposed(__global const float* col, __global const float*
             acc += col[(long)((n * H + iy) * W + ix) * K + (ky * KW + kx) * COUT + co];
         }
     }
-    y[(long)p * COUT + co] = act_fn(acc, act, p0, p1);
+    y[(long)p * COUT + co] = apply_act(acc, act, p0, p1);
 }

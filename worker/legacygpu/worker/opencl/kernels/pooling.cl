@@ -6,10 +6,8 @@ __kernel void max_pool(__global const float* x, __global float* y, int N, int H,
     int c = get_global_id(0);
     int p = get_global_id(1);
     if (c >= C || p >= N * OH * OW) return;
-    int ox = p % OW;
-    int t = p / OW;
-    int oy = t % OH;
-    int n = t / OH;
+    int n, oy, ox;
+    split_pixel(p, OH, OW, &n, &oy, &ox);
     float acc = -INFINITY;
     for (int ky = 0; ky < KH; ++ky) {
         int iy = oy * SH - PH + ky * DH;
@@ -31,10 +29,8 @@ __kernel void avg_pool(__global const float* x, __global float* y, int N, int H,
     int c = get_global_id(0);
     int p = get_global_id(1);
     if (c >= C || p >= N * OH * OW) return;
-    int ox = p % OW;
-    int t = p / OW;
-    int oy = t % OH;
-    int n = t / OH;
+    int n, oy, ox;
+    split_pixel(p, OH, OW, &n, &oy, &ox);
     int y0 = oy * SH - PH, x0 = ox * SW - PW;
     int y1 = min(y0 + KH, H + PH_END), x1 = min(x0 + KW, W + PW_END);
     int pool = (y1 - y0) * (x1 - x0);

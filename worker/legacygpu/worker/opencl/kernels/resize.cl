@@ -28,10 +28,8 @@ __kernel void resize(__global const float* x, __global float* y, int N, int H, i
     int c = get_global_id(0);
     int p = get_global_id(1);
     if (c >= C || p >= N * OH * OW) return;
-    int ox = p % OW;
-    int t = p / OW;
-    int oy = t % OH;
-    int n = t / OH;
+    int n, oy, ox;
+    split_pixel(p, OH, OW, &n, &oy, &ox);
     float fy = src_coord(oy, scale_h, H, OH, cmode);
     float fx = src_coord(ox, scale_w, W, OW, cmode);
     __global const float* img = x + (long)n * H * W * C + c;
