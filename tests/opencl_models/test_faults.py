@@ -159,3 +159,16 @@ def test_dynamic_batch_plans_are_cached_and_evicted(tmp_path: Path) -> None:
         assert compare("y", model.run({"x": x})["y"], ref.run({"x": x})["y"]).max_rel_error < 1e-4
     assert len(model._plans) == executor.MAX_PLANS
     assert [k[0][1][0] for k in model._plans] == [2, 3, 5, 6]
+
+
+def test_fallback_op_reads_the_input_of_a_removed_cast(tmp_path: Path) -> None:
+    """A float-to-float Cast vanishes in the graph passes; the op after it still runs on onnxruntime."""
+    from onnx import helper, numpy_helper
+
+    nodes = [helper.make_node("Cast", ["x"], ["xc"], to=1), helper.make_node("CumSum", ["xc", "axis"], ["y"])]
+    axis = numpy_helper.from_array(np.array(1, np.int64), "axis")
+    path = _save(tmp_path, "cast_cumsum", nodes, [helper.make_tensor_value_info("x", 1, [2, 5])],
+                 [helper.make_tensor_value_info("y", 1, None)], [axis])  # fmt: skip
+    x = np.arange(10, dtype=np.float32).reshape(2, 5)
+    out = create_backend("opencl").load(path).run({"x": x})
+    np.testing.assert_allclose(out["y"], np.cumsum(x, axis=1))

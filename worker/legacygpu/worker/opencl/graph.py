@@ -111,7 +111,13 @@ class Node:
         if self.composite:
             return [p for n in self.composite for p in n.to_onnx(consts)]
         if self.proto is not None and self.activation[0] == "none" and self.bias is None:
-            return [self.proto]
+            if list(self.proto.input) == self.inputs:
+                return [self.proto]
+            proto = type(self.proto)()  # a pass renamed an input (e.g. a removed Cast): not the stored names
+            proto.CopyFrom(self.proto)
+            del proto.input[:]
+            proto.input.extend(self.inputs)
+            return [proto]
         if self.op == "ChannelAffine":
             return _affine_to_onnx(self, consts)
         out = self.outputs[0]
