@@ -76,25 +76,26 @@ def make_inputs(count: int) -> tuple[list[list[dict[str, Any]]], list[int]]:
 
 
 def direct_reference(models_dir: Path, inputs: list[list[dict[str, Any]]], warmup: int = 20) -> dict[str, Any]:
-    """Per-task times of pre-processing + onnxruntime + post-processing in this process, and the labels."""
+    """Per-task times of validation + pre-processing + onnxruntime + post-processing in this process, and the labels.
+
+    The model runs through the worker's own onnxruntime backend, so both sides load it the same way.
+    """
     import onnxruntime
 
     from legacygpu.core.modelcards import ModelRepository
+    from legacygpu.core.tensors import validate_inputs
+    from legacygpu.worker.backends import create_backend
     from legacygpu.worker.processing import postprocess, preprocess
 
     repository = ModelRepository(models_dir)
     card = repository.get(MODEL)
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # what the worker's backend sets
-    session = onnxruntime.InferenceSession(str(repository.model_path(MODEL)), options,
-                                           providers=["CPUExecutionProvider"])
-    output_names = [o.name for o in session.get_outputs()]
+    loaded = create_backend("onnxruntime").load(repository.model_path(MODEL))  # the worker's own backend
 
     def once(tensors: list[dict[str, Any]]) -> tuple[str, float, float]:
         started = time.perf_counter()
-        feeds = preprocess(card, tensors)
+        feeds = preprocess(card, validate_inputs(card, tensors))  # what the worker's runner does
         model_started = time.perf_counter()
-        outputs = dict(zip(output_names, session.run(None, feeds), strict=True))
+        outputs = loaded.run(feeds)
         model_ms = (time.perf_counter() - model_started) * 1000
         label = postprocess(card, outputs)["top_k"][0]["label"]
         return label, (time.perf_counter() - started) * 1000, model_ms

@@ -9,6 +9,7 @@ is numpy and Pillow: the same on every backend.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -84,13 +85,9 @@ def _to_model_array(tensor: Tensor, spec: TensorSpec | None) -> np.ndarray:
     return array
 
 
-def preprocess(card: ModelCard, inputs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Model feeds from request tensors, converted as the card says."""
-    feeds: dict[str, np.ndarray] = {}
-    for raw in inputs:
-        tensor = Tensor.model_validate(raw)
-        feeds[tensor.name] = _to_model_array(tensor, card.input(tensor.name))
-    return feeds
+def preprocess(card: ModelCard, inputs: Sequence[Tensor]) -> dict[str, np.ndarray]:
+    """Model feeds from request tensors (as :func:`validate_inputs` returns them), converted as the card says."""
+    return {tensor.name: _to_model_array(tensor, card.input(tensor.name)) for tensor in inputs}
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

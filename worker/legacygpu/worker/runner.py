@@ -84,8 +84,7 @@ class TaskRunner:
         (permanent) and ``ModelError`` when the model fails to load or run.
         """
         card = self.repository.get(model)
-        validate_inputs(card, inputs)
-        feeds = preprocess(card, inputs)
+        feeds = preprocess(card, validate_inputs(card, inputs))
         with self._lock:
             loaded = self._model(model)
             started = time.perf_counter()
