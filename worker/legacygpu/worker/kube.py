@@ -43,7 +43,8 @@ from typing import Any
 
 import kubernetes
 
-from legacygpu.core.errors import LegacyGPUError, ModelError, UnknownModelError, ValidationError
+from legacygpu.core.errors import ModelError, UnknownModelError, ValidationError
+from legacygpu.core.kube.client import MERGE_PATCH, json_lines, load_configuration, open_watch, request_json
 from legacygpu.core.kube.contract import (
     ANNOTATION_WORKER_STATS,
     API_VERSION,
@@ -61,24 +62,16 @@ from legacygpu.core.kube.contract import (
     running_status,
     terminal_status,
 )
+from legacygpu.core.kube.errors import ApiError, from_api_exception
 from legacygpu.core.tasks import Phase, Reason, RetryPolicy
 
-__all__ = ["KubeWorker", "WorkerApiError", "run_kube_worker"]
+__all__ = ["KubeWorker", "run_kube_worker"]
 
 log = logging.getLogger(__name__)
 
-MERGE_PATCH = "application/merge-patch+json"
 CONFIGMAP_LIMIT = 900 * 1024
 STATS_INTERVAL = 1.0
 _TASKS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{TASK_PLURAL}"
-
-
-class WorkerApiError(LegacyGPUError):
-    """The API server refused a worker's request; ``status`` is the HTTP code."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _Health(http.server.ThreadingHTTPServer):
@@ -135,33 +128,19 @@ class KubeWorker:
 
     def request(
         self, method: str, path: str, *, body: Any = None, query: dict[str, str] | None = None,
-        content_type: str | None = None, stream: bool = False, timeout: Any = 30,
+        content_type: str | None = None, timeout: Any = 30,
     ) -> Any:
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type or "application/json"
-        _, url, headers, payload, _ = self.api.param_serialize(
-            method=method, resource_path=path, query_params=list((query or {}).items()),
-            header_params=headers, body=body, auth_settings=["BearerToken"],
-        )
-        # The generated client's REST layer never preloads: .response is the raw urllib3 response.
-        response = self.api.rest_client.request(method, url, headers=headers, body=payload, _request_timeout=timeout)
-        if stream:
-            return response.response
-        response.read()
-        text = response.data.decode("utf-8") if response.data else ""
-        if not 200 <= response.status <= 299:
-            try:
-                message = json.loads(text).get("message", text)
-            except ValueError:
-                message = text
-            raise WorkerApiError(f"{method} {path}: {response.status} {message}", response.status)
-        return json.loads(text) if text else {}
+        try:
+            return request_json(
+                self.api, method, path, body=body, query=query, content_type=content_type, timeout=timeout
+            )
+        except kubernetes.client.ApiException as exc:
+            raise from_api_exception(exc, f"{method} {path}") from exc
 
     def get_task(self, name: str) -> dict[str, Any] | None:
         try:
             return self.request("GET", f"{_TASKS.format(ns=self.namespace)}/{name}")  # type: ignore[no-any-return]
-        except WorkerApiError as exc:
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -175,30 +154,20 @@ class KubeWorker:
     # -- watching --------------------------------------------------------------------------------
 
     def _watch_once(self, stop: threading.Event) -> None:
-        query = {
-            "watch": "true",
-            "labelSelector": f"{LABEL_WORKER}={self.pod}",
-            "timeoutSeconds": str(int(self.watch_timeout)),
-        }
-        response = self.request(
-            "GET", _TASKS.format(ns=self.namespace), query=query, stream=True, timeout=(5, self.watch_timeout + 5)
-        )
+        query = {"labelSelector": f"{LABEL_WORKER}={self.pod}"}
+        path = _TASKS.format(ns=self.namespace)
+        try:
+            response = open_watch(self.api, path, query=query, timeout=self.watch_timeout, connect_timeout=5)
+        except kubernetes.client.ApiException as exc:
+            raise from_api_exception(exc, f"watch {path}") from exc
         self._stream = response
         try:
-            if response.status != 200:
-                raise WorkerApiError(f"watch tasks: {response.status}", response.status)
             self.ready.set()
-            buffer = b""
-            for chunk in response.stream(4096, decode_content=True):
+            for event in json_lines(response, 4096):
                 if stop.is_set():
                     return
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip():
-                        event = json.loads(line)
-                        if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                            self.events.put(event)
+                if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                    self.events.put(event)
         finally:
             self._stream = None
             response.release_conn()
@@ -268,7 +237,7 @@ class KubeWorker:
                     name, running_status(body.get("status") or {}, pod=self.pod, now=now_utc()),
                     body["metadata"]["resourceVersion"],
                 )
-            except WorkerApiError as exc:
+            except ApiError as exc:
                 if exc.status != 409:
                     raise
             fresh = self.get_task(name)
@@ -308,7 +277,7 @@ class KubeWorker:
                     current["metadata"]["resourceVersion"],
                 )
                 return True
-            except WorkerApiError as exc:
+            except ApiError as exc:
                 if exc.status not in (404, 409):
                     raise
             current = self.get_task(name)
@@ -335,7 +304,7 @@ class KubeWorker:
                 loaded = response.json()
             else:
                 raise ValidationError(f"spec.inputsUri: unsupported URI {uri!r}")
-        except WorkerApiError as exc:
+        except ApiError as exc:
             if exc.status == 404:
                 raise ValidationError(f"spec.inputsUri: {exc}") from exc
             raise
@@ -369,7 +338,7 @@ class KubeWorker:
         }
         try:
             self.request("POST", f"/api/v1/namespaces/{self.namespace}/configmaps", body=configmap)
-        except WorkerApiError as exc:
+        except ApiError as exc:
             if exc.status != 409:
                 raise
             self.request(
@@ -421,7 +390,7 @@ class KubeWorker:
 
         written = self.finish(claimed, build)
         if written and retry:
-            with contextlib.suppress(WorkerApiError):
+            with contextlib.suppress(ApiError):
                 self.request(
                     "PATCH", f"{_TASKS.format(ns=self.namespace)}/{name}",
                     body={"metadata": {"labels": {LABEL_WORKER: None}}}, content_type=MERGE_PATCH,
@@ -462,7 +431,7 @@ class KubeWorker:
                 content_type=MERGE_PATCH,
             )
             self._stats_sent = time.monotonic()
-        except WorkerApiError as exc:
+        except ApiError as exc:
             self._stats_dirty = True
             log.debug("could not publish worker stats: %s", exc)
 
@@ -487,7 +456,7 @@ class KubeWorker:
             "lastTimestamp": now,
             "count": 1,
         }
-        with contextlib.suppress(WorkerApiError):
+        with contextlib.suppress(ApiError):
             self.request("POST", f"/api/v1/namespaces/{self.namespace}/events", body=event)
 
     # -- the loop --------------------------------------------------------------------------------
@@ -526,15 +495,6 @@ class KubeWorker:
         watcher.join(timeout=2.0)
 
 
-def _default_client() -> kubernetes.client.ApiClient:
-    configuration = kubernetes.client.Configuration()
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=configuration)
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=configuration)
-    return kubernetes.client.ApiClient(configuration)
-
-
 def run_kube_worker(
     *,
     pod_name: str,
@@ -559,9 +519,8 @@ def run_kube_worker(
 
         runner = TaskRunner(ModelRepository(Path(model_dir)), create_backend(backend))
         preload_from_env(runner)
-    worker = KubeWorker(
-        api_client=api_client or _default_client(), pod_name=pod_name, namespace=namespace, runner=runner
-    )
+    api_client = api_client or kubernetes.client.ApiClient(load_configuration())
+    worker = KubeWorker(api_client=api_client, pod_name=pod_name, namespace=namespace, runner=runner)
     stop = stop_event or threading.Event()
     if stop_event is None and threading.current_thread() is threading.main_thread():
         # The container's SIGTERM: finish the running task, then leave (the operator requeues the rest).

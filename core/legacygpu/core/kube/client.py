@@ -27,7 +27,15 @@ import kubernetes
 from legacygpu.core.kube.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL, VERSION
 from legacygpu.core.kube.errors import ApiConflictError, ApiNotFoundError, from_api_exception
 
-__all__ = ["MERGE_PATCH", "KubeApi", "load_configuration", "resource_path"]
+__all__ = [
+    "MERGE_PATCH",
+    "KubeApi",
+    "json_lines",
+    "load_configuration",
+    "open_watch",
+    "request_json",
+    "resource_path",
+]
 MERGE_PATCH = "application/merge-patch+json"
 """Always named: the generated client otherwise sends core patches as JSON patches."""
 
@@ -67,6 +75,64 @@ def resource_path(group: str, version: str, plural: str, namespace: str | None, 
     return base
 
 
+def _send(
+    client: kubernetes.client.ApiClient, method: str, path: str, *, body: Any = None,
+    query: dict[str, str] | None = None, content_type: str | None = None, timeout: Any = None,
+) -> Any:
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = content_type or "application/json"
+    _, url, headers, payload, _ = client.param_serialize(
+        method=method, resource_path=path, query_params=list((query or {}).items()),
+        header_params=headers, body=body, auth_settings=["BearerToken"],
+    )
+    # The generated client's REST layer never preloads: .response is the raw urllib3 response.
+    return client.rest_client.request(method, url, headers=headers, body=payload, _request_timeout=timeout)
+
+
+def request_json(
+    client: kubernetes.client.ApiClient, method: str, path: str, *, body: Any = None,
+    query: dict[str, str] | None = None, content_type: str | None = None, timeout: Any = None,
+) -> dict[str, Any]:
+    """One blocking call on ``client``: the decoded answer, or ``ApiException`` for a non-2xx status."""
+    response = _send(client, method, path, body=body, query=query, content_type=content_type, timeout=timeout)
+    response.read()
+    text = response.data.decode("utf-8") if response.data else ""
+    if not 200 <= response.status <= 299:
+        raise kubernetes.client.ApiException.from_response(http_resp=response, body=text, data=None)
+    return json.loads(text) if text else {}
+
+
+def open_watch(
+    client: kubernetes.client.ApiClient, path: str, *, query: dict[str, str] | None = None,
+    timeout: float = 60.0, connect_timeout: float = 10.0,
+) -> Any:
+    """The open urllib3 stream of a watch on ``path`` (the server ends it after ``timeout`` s).
+
+    Raises ``ApiException`` unless the server answered 200; the caller
+    releases the stream (``release_conn``), or ``shutdown()``s it to end a
+    blocked read from another thread.
+    """
+    params = {**(query or {}), "watch": "true", "timeoutSeconds": str(int(timeout))}
+    raw = _send(client, "GET", path, query=params, timeout=(connect_timeout, timeout + connect_timeout)).response
+    if raw.status != 200:
+        raw.read()
+        raw.release_conn()
+        raise kubernetes.client.ApiException(status=raw.status, reason=f"watch {path}")
+    return raw
+
+
+def json_lines(raw: Any, chunk_size: int = 65536) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a newline-delimited stream, as they arrive."""
+    buffer = b""
+    for chunk in raw.stream(chunk_size, decode_content=True):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
+
+
 class KubeApi:
     """Async, dict-in dict-out access to any resource, plus the calls the operator makes."""
 
@@ -89,43 +155,16 @@ class KubeApi:
         content_type: str | None = None,
     ) -> dict[str, Any]:
         """One blocking API call with the client's authentication; raises ``ApiException``."""
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type or "application/json"
-        _, url, headers, payload, _ = self.client.param_serialize(
-            method=method, resource_path=path, query_params=list((query or {}).items()),
-            header_params=headers, body=body, auth_settings=["BearerToken"],
-        )
-        response = self.client.call_api(method, url, headers, payload)
-        response.read()
-        text = response.data.decode("utf-8") if response.data else ""
-        if not 200 <= response.status <= 299:
-            raise kubernetes.client.ApiException.from_response(http_resp=response, body=text, data=None)
-        return json.loads(text) if text else {}
+        return request_json(self.client, method, path, body=body, query=query, content_type=content_type)
 
     def watch_sync(
         self, path: str, *, query: dict[str, str] | None = None, timeout: float = 60.0
     ) -> Iterator[dict[str, Any]]:
         """Blocking: the events of one watch on ``path`` (ends after ``timeout`` seconds, or on error)."""
-        params = {**(query or {}), "watch": "true", "timeoutSeconds": str(int(timeout))}
-        _, url, headers, _, _ = self.client.param_serialize(
-            method="GET", resource_path=path, query_params=list(params.items()),
-            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
-        )
-        response = self.client.rest_client.request("GET", url, headers=headers, _request_timeout=(10, timeout + 10))
-        raw = response.response
+        raw = open_watch(self.client, path, query=query, timeout=timeout)
         self._streams.add(raw)
         try:
-            if raw.status != 200:
-                raw.read()
-                raise kubernetes.client.ApiException(status=raw.status, reason=f"watch {path}")
-            buffer = b""
-            for chunk in raw.stream(65536, decode_content=True):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip():
-                        yield json.loads(line)
+            yield from json_lines(raw)
         finally:
             self._streams.discard(raw)
             raw.release_conn()

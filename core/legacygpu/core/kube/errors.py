@@ -1,4 +1,4 @@
-"""The operator's exception tree, rooted in the core's.
+"""The Kubernetes-side exception tree (operator, worker, facade), rooted in the core's.
 
 ::
 
@@ -9,8 +9,9 @@
         │   └── ApiNotFoundError     404: no such object (also a core NotFoundError)
         └── InvalidSpecError         a spec the CRD schema let through but the operator refuses
 
-The Kubernetes client's ``ApiException`` never leaves
-:mod:`legacygpu.core.kube.client`; :func:`from_api_exception` translates it.
+The Kubernetes client's ``ApiException`` is translated by
+:func:`from_api_exception` wherever a call is made (:class:`~legacygpu.core.kube.client.KubeApi`,
+the worker's :mod:`legacygpu.worker.kube`).
 """
 
 from __future__ import annotations
