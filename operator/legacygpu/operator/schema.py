@@ -48,9 +48,13 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
-def _described(schema: Schema, description: str) -> Schema:
+def _described(schema: Schema, description: str, rules: Iterable[Schema] = ()) -> Schema:
+    """``schema`` with its description first and its CEL ``rules`` (if any) last."""
     if not description.strip():
         raise ValueError("every schema field needs a description")
+    rules = list(rules)
+    if rules:
+        schema = {**schema, "x-kubernetes-validations": rules}
     return {"description": description.strip(), **schema}
 
 
@@ -78,10 +82,7 @@ def obj(
         if missing:
             raise ValueError(f"required fields {missing} are not among the properties")
         schema["required"] = list(required)
-    rules = list(rules)
-    if rules:
-        schema["x-kubernetes-validations"] = rules
-    return _described(schema, description)
+    return _described(schema, description, rules)
 
 
 def string(
@@ -108,10 +109,7 @@ def string(
         schema["maxLength"] = max_length
     if fmt is not None:
         schema["format"] = fmt
-    rules = list(rules)
-    if rules:
-        schema["x-kubernetes-validations"] = rules
-    return _described(schema, description)
+    return _described(schema, description, rules)
 
 
 def timestamp(description: str) -> Schema:
@@ -149,10 +147,7 @@ def boolean(description: str, *, default: bool | None = None, rules: Iterable[Sc
     schema: Schema = {"type": "boolean"}
     if default is not None:
         schema["default"] = default
-    rules = list(rules)
-    if rules:
-        schema["x-kubernetes-validations"] = rules
-    return _described(schema, description)
+    return _described(schema, description, rules)
 
 
 def array(
