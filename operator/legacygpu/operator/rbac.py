@@ -60,6 +60,20 @@ def _meta(name: str, namespace: str | None, component: str) -> dict[str, Any]:
     return meta
 
 
+def _granted(
+    kind: str, name: str, namespace: str | None, component: str, rules: list[dict[str, Any]],
+    account: str, account_namespace: str,
+) -> list[dict[str, Any]]:
+    """A (Cluster)Role with ``rules`` and the (Cluster)RoleBinding that grants it to ``account``."""
+    group = "rbac.authorization.k8s.io"
+    return [
+        {"apiVersion": f"{group}/v1", "kind": kind, "metadata": _meta(name, namespace, component), "rules": rules},
+        {"apiVersion": f"{group}/v1", "kind": f"{kind}Binding", "metadata": _meta(name, namespace, component),
+         "roleRef": {"apiGroup": group, "kind": kind, "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": account_namespace}]},
+    ]
+
+
 def rbac_manifests(
     *,
     namespace: str,
@@ -70,27 +84,14 @@ def rbac_manifests(
     """ServiceAccounts, roles and bindings for an operator in ``namespace`` and workers in ``worker_namespaces``."""
     docs: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(operator_account, namespace, "operator")},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": _meta(operator_account, None, "operator"), "rules": OPERATOR_RULES},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": _meta(operator_account, None, "operator"),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": operator_account},
-         "subjects": [{"kind": "ServiceAccount", "name": operator_account, "namespace": namespace}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": _meta(f"{operator_account}-leader", namespace, "operator"), "rules": LEASE_RULES},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": _meta(f"{operator_account}-leader", namespace, "operator"),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{operator_account}-leader"},
-         "subjects": [{"kind": "ServiceAccount", "name": operator_account, "namespace": namespace}]},
+        *_granted("ClusterRole", operator_account, None, "operator", OPERATOR_RULES, operator_account, namespace),
+        *_granted(
+            "Role", f"{operator_account}-leader", namespace, "operator", LEASE_RULES, operator_account, namespace
+        ),
     ]
     for ns in worker_namespaces or [namespace]:
         docs += [
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(worker_account, ns, "worker")},
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-             "metadata": _meta(worker_account, ns, "worker"), "rules": WORKER_RULES},
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-             "metadata": _meta(worker_account, ns, "worker"),
-             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": worker_account},
-             "subjects": [{"kind": "ServiceAccount", "name": worker_account, "namespace": ns}]},
+            *_granted("Role", worker_account, ns, "worker", WORKER_RULES, worker_account, ns),
         ]
     return docs
