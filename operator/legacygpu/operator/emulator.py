@@ -1,10 +1,11 @@
 """A Kubernetes API emulator for tests and benchmarks, built on kmock.
 
-There is no kube-apiserver on the development machines (see the e2e
-fixtures for the real one once it exists), so the operator's integration
-tests and the benchmark talk HTTP to :class:`ApiServerEmulator`, a subclass
-of kmock's ``KubernetesEmulator`` that fills the gaps this project depends on
-(kmock keeps objects as plain JSON and leaves these out on purpose):
+The real kube-apiserver is built from source for the e2e tier
+(tests/e2e, minutes on first use); the operator's fast integration tests
+(tests/operator) and ``make bench-operator`` talk HTTP to
+:class:`ApiServerEmulator` instead, a subclass of kmock's
+``KubernetesEmulator`` that fills the gaps this project depends on (kmock
+keeps objects as plain JSON and leaves these out on purpose):
 
 * ``metadata.uid``, ``resourceVersion`` (one global counter),
   ``generation`` (bumped when ``spec`` changes), ``creationTimestamp``,
