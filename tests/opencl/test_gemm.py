@@ -10,19 +10,10 @@ from click.testing import CliRunner
 
 from legacygpu.cli import main as cli
 from legacygpu.core.errors import ValidationError
-from legacygpu.worker.opencl.device import DeviceNotFoundError, open_device
 from legacygpu.worker.opencl.gemm import Gemm, GemmParams, shape_class
 from legacygpu.worker.opencl.tuning import TuningCache
 
 cla = pytest.importorskip("pyopencl.array")
-
-
-@pytest.fixture(scope="module")
-def dctx():
-    try:
-        return open_device(prefer="cpu")
-    except DeviceNotFoundError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")

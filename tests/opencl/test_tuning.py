@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
-import pytest
 from click.testing import CliRunner
 
 from legacygpu.cli import main as cli
-from legacygpu.worker.opencl.device import DeviceNotFoundError, open_device
 from legacygpu.worker.opencl.gemm import Gemm, GemmParams, default_params, kernel_source
 from legacygpu.worker.opencl.tuning import (
     Autotuner,
@@ -22,14 +20,6 @@ from legacygpu.worker.opencl.tuning import (
 
 GOOD = GemmParams(mwi=2, nwv=1, vw=4, mdimc=1, ndimc=4, ku=2)
 MAD = "acc[i][j] = mad((realV)(av), bv[j], acc[i][j]);"
-
-
-@pytest.fixture(scope="module")
-def dctx():
-    try:
-        return open_device(prefer="cpu")
-    except DeviceNotFoundError as exc:
-        pytest.skip(str(exc))
 
 
 def test_tuner_rejects_wrong_kernel_and_skips_broken_build(dctx, tmp_path, caplog) -> None:
