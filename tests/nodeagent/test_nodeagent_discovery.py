@@ -70,6 +70,17 @@ def test_pci_ids_name_polaris_boards_by_revision() -> None:
     assert identify(0x1002, 0x6FDF, 0xEF).model == "rx580-2048sp"
     unknown_rev = identify(0x1002, 0x67DF, 0x01)
     assert (unknown_rev.family, unknown_rev.model, unknown_rev.compute_units) == ("polaris", "polaris10", None)
-    other = identify(0x1002, 0x7300, 0xC8)
-    assert (other.family, other.model) == ("unknown", "amd-7300")
+    other = identify(0x1002, 0x1234, 0xC8)
+    assert (other.family, other.model) == ("unknown", "amd-1234")
+    fiji = identify(0x1002, 0x7300, 0xC8)
+    assert (fiji.family, fiji.model) == ("fiji", "amd-7300"), "family from the shared table, no board name"
     assert identify(0x10DE, 0x1B80, 0xA1).model == "unknown"
+
+
+def test_families_agree_with_the_opencl_core_beyond_polaris() -> None:
+    """Cards the node agent has no board entry for still get the family the worker reports."""
+    from legacygpu.worker.nodeagent.pciids import identify
+
+    assert identify(0x1002, 0x6939, 0xF1).family == "tonga"
+    assert identify(0x1002, 0x67DF, 0xE7).family == "polaris"
+    assert identify(0x1002, 0x1234, 0x00).family == "unknown"

@@ -80,9 +80,20 @@ def identify(vendor_id: int | None, device_id: int | None, revision: int | None)
     """Name a card from its PCI ids; never fails, unknown parts say ``unknown``."""
     if vendor_id != AMD_VENDOR_ID or device_id is None:
         return CardModel(family="unknown", model="unknown", compute_units=None, gfx=None)
-    family, gfx, fallback = _DEVICE_FAMILIES.get(device_id, ("unknown", None, f"amd-{device_id:04x}"))
+    family, gfx, fallback = _DEVICE_FAMILIES.get(device_id, (_family_by_id(device_id), None, f"amd-{device_id:04x}"))
     board = _BOARDS.get((device_id, revision)) if revision is not None else None
     if board is None:
         return CardModel(family=family, model=fallback, compute_units=None, gfx=gfx)
     model, compute_units = board
     return CardModel(family=family, model=model, compute_units=compute_units, gfx=gfx)
+
+
+def _family_by_id(device_id: int) -> str:
+    """The family the OpenCL core's PCI table gives (Polaris ranges, Fiji, Tonga), or ``unknown``.
+
+    One table of families for the whole worker: the node agent's labels and the
+    worker's own device report agree even for ids this module has no board for.
+    """
+    from legacygpu.worker.opencl.device import identify_legacy_family
+
+    return identify_legacy_family("", pci_id=f"{AMD_VENDOR_ID:04x}:{device_id:04x}") or "unknown"
