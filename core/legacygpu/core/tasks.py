@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from legacygpu.core.errors import ConflictError
 
 __all__ = [
+    "ASSIGNED_PHASES",
     "TERMINAL_PHASES",
     "Phase",
     "Reason",
@@ -70,6 +71,8 @@ class Reason(enum.StrEnum):
 
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
+ASSIGNED_PHASES = frozenset({Phase.SCHEDULED, Phase.RUNNING})
+"""Phases in which a task holds a place on a worker (what counts against its capacity)."""
 
 _ALLOWED: dict[Phase, frozenset[Phase]] = {
     Phase.PENDING: frozenset({Phase.QUEUED, Phase.FAILED, Phase.CANCELLED}),

@@ -43,7 +43,7 @@ from legacygpu.core.kube.contract import (
 )
 from legacygpu.core.kube.errors import ApiConflictError, ApiNotFoundError
 from legacygpu.core.scheduling import STRATEGIES
-from legacygpu.core.tasks import Phase
+from legacygpu.core.tasks import ASSIGNED_PHASES, Phase
 from legacygpu.operator import events
 from legacygpu.operator.clusterstate import PodView, cluster_status, desired_workers, plan_scale, worker_infos
 from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Desired, conditions_changed, find
@@ -54,7 +54,6 @@ from legacygpu.operator.taskstate import TaskView, decide, plan_assignments, tas
 
 __all__ = ["cluster_problem", "reconcile_cluster", "write_task"]
 
-ACTIVE = (Phase.SCHEDULED, Phase.RUNNING)
 _STATUS_COUNTS_EVERY = 1.0
 _SERVICE_CHECK_EVERY = 60.0
 _STARTUP_REASONS = (ConditionReason.NO_READY_WORKERS, ConditionReason.WORKERS_NOT_READY)
@@ -182,7 +181,7 @@ async def _tasks(
     changing = {(t.namespace, t.name) for t, *_ in writes}
     if schedule:
         still = [t for t in tasks if (t.namespace, t.name) not in changing]
-        assigned = Counter(t.worker for t in still if t.phase in ACTIVE and t.worker)
+        assigned = Counter(t.worker for t in still if t.phase in ASSIGNED_PHASES and t.worker)
         candidates = [t for t in still if t.phase == Phase.QUEUED] + [
             replace(t, phase=Phase.QUEUED) for t in tasks if (t.namespace, t.name) in admitted
         ]
@@ -256,14 +255,14 @@ async def reconcile_cluster(
     task_list = rt.tasks_seen(indexed_tasks)
     problem = cluster_problem(spec)
     if problem is None:
-        assigned = Counter(t.worker for t in task_list if t.phase in ACTIVE and t.worker)
+        assigned = Counter(t.worker for t in task_list if t.phase in ASSIGNED_PHASES and t.worker)
         pod_list = await _children(rt, body, pod_list, assigned, logger)
     wakes = await _tasks(
         rt, body, task_list, pod_list, schedule=problem is None and not spec.get("suspend"), now=now
     )
     final = rt.tasks_seen(indexed_tasks)
     phases = Counter(t.phase for t in final)
-    assigned = Counter(t.worker for t in final if t.phase in ACTIVE and t.worker)
+    assigned = Counter(t.worker for t in final if t.phase in ASSIGNED_PHASES and t.worker)
     extra = []
     if problem is not None:
         extra.append(Desired(ClusterCondition.READY, False, ConditionReason.INVALID_SPEC, problem))

@@ -44,7 +44,7 @@ from legacygpu.core.kube.contract import (
     unassigned_status,
 )
 from legacygpu.core.scheduling import Requirements, Strategy, WorkerInfo
-from legacygpu.core.tasks import TERMINAL_PHASES, Phase, Reason, RetryPolicy
+from legacygpu.core.tasks import ASSIGNED_PHASES, TERMINAL_PHASES, Phase, Reason, RetryPolicy
 from legacygpu.core.tensors import Tensor, to_numpy
 from legacygpu.operator.clusterstate import PodView
 
@@ -229,7 +229,7 @@ def decide(
         if task.problem:
             return _end(task, Phase.FAILED, Reason.INVALID_INPUT, task.problem, now)
         return Action(status=queued_status(task.status, now, f"queued for cluster {task.cluster}"))
-    if task.phase in (Phase.SCHEDULED, Phase.RUNNING):
+    if task.phase in ASSIGNED_PHASES:
         if not cluster_exists:
             return _end(
                 task, Phase.FAILED, Reason.CLUSTER_NOT_FOUND, f"InferenceCluster {task.cluster!r} was deleted", now

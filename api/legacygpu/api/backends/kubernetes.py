@@ -68,14 +68,13 @@ from legacygpu.core.kube.contract import (
 )
 from legacygpu.core.kube.errors import ApiError, ApiNotFoundError
 from legacygpu.core.modelcards import ModelRepository
-from legacygpu.core.tasks import TERMINAL_PHASES, Phase, is_terminal
+from legacygpu.core.tasks import ASSIGNED_PHASES, TERMINAL_PHASES, Phase, is_terminal
 from legacygpu.core.tensors import validate_inputs
 
 __all__ = ["KubernetesBackend"]
 
 log = logging.getLogger(__name__)
 
-_ACTIVE = (Phase.SCHEDULED.value, Phase.RUNNING.value)
 _WATCH_SECONDS = 30.0
 
 
@@ -387,7 +386,7 @@ class KubernetesBackend:
         name = meta["name"]
         assigned = sum(
             1 for t in self._tasks.values()
-            if (t.get("status") or {}).get("phase") in _ACTIVE
+            if (t.get("status") or {}).get("phase") in ASSIGNED_PHASES
             and ((t.get("status") or {}).get("workerRef") or {}).get("pod") == name
         )
         created = parse_time(meta.get("creationTimestamp")) or now_utc()

@@ -54,7 +54,15 @@ from legacygpu.core.config import Settings
 from legacygpu.core.errors import ConflictError
 from legacygpu.core.modelcards import ModelRepository
 from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
-from legacygpu.core.tasks import Phase, Reason, RetryPolicy, attempts_left, check_transition, is_terminal
+from legacygpu.core.tasks import (
+    ASSIGNED_PHASES,
+    Phase,
+    Reason,
+    RetryPolicy,
+    attempts_left,
+    check_transition,
+    is_terminal,
+)
 from legacygpu.core.tensors import validate_inputs
 
 __all__ = ["LocalBackend"]
@@ -160,7 +168,7 @@ class LocalBackend:
 
     def _release_tasks(self, worker: dict[str, Any], reason: Reason, why: str, now: float) -> None:
         """Put a worker's tasks back: scheduled ones straight away, running ones as a failed attempt."""
-        tasks, _ = self.store.list_tasks(phases=[Phase.SCHEDULED, Phase.RUNNING], worker_id=worker["id"], limit=10_000)
+        tasks, _ = self.store.list_tasks(phases=ASSIGNED_PHASES, worker_id=worker["id"], limit=10_000)
         for task in tasks:
             if task["phase"] == Phase.SCHEDULED:
                 self._transition(task, Phase.QUEUED, reason, f"{why}; back in the queue", worker_id=None)
