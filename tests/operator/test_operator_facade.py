@@ -170,3 +170,32 @@ async def _phase_is(dep: Deployment, name: str, wanted: str) -> bool:
     return phase(await dep.task(name)) == wanted
 
 
+
+
+class _NoWatchBackend(KubernetesBackend):
+    """The real backend, started without its initial list and watches (there is no server to list from)."""
+
+    async def start(self) -> None:
+        from legacygpu.core.kube.client import KubeApi
+
+        assert self._configuration is not None
+        self._api = KubeApi(self._configuration)
+
+
+def test_an_unreachable_api_server_is_a_503_that_says_so(tmp_path: Path) -> None:
+    import socket
+
+    from legacygpu.core.kube.client import load_configuration
+
+    with socket.socket() as probe:  # a port nobody listens on: the API server is gone
+        probe.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    configuration = load_configuration(server=gone)
+    configuration.retries = 0
+    settings = Settings(cluster_backend="kubernetes", kube_namespace="default", kube_cluster="digits",
+                        data_dir=tmp_path, api_token=TOKEN)
+    backend = _NoWatchBackend(settings, configuration=configuration)
+    with Facade(settings, backend) as running, http(running.url) as client:
+        answer = client.get("/cluster/tasks/task-1")
+    assert answer.status_code == 503
+    assert "no answer from the API server" in answer.json()["detail"]

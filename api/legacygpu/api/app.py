@@ -10,6 +10,7 @@ exception tree become HTTP answers here and only here:
 ``NotFoundError``          404
 ``ConflictError``          409
 ``ModelError``             422
+``UnavailableError``       503
 =========================  ====
 """
 
@@ -36,6 +37,7 @@ from legacygpu.core.errors import (
     ModelError,
     NotFoundError,
     PayloadTooLargeError,
+    UnavailableError,
     ValidationError,
 )
 
@@ -49,6 +51,7 @@ _STATUS: list[tuple[type[LegacyGPUError], int]] = [
     (NotFoundError, 404),
     (ConflictError, 409),
     (ModelError, 422),
+    (UnavailableError, 503),
 ]
 
 

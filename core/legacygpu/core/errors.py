@@ -8,7 +8,8 @@
     │   └── PayloadTooLargeError the request is over the configured size limit
     ├── NotFoundError            an object (task, worker) does not exist
     ├── ConflictError            a transition the state machine forbids
-    └── ModelError               a model failed to load or run on a worker
+    ├── ModelError               a model failed to load or run on a worker
+    └── UnavailableError         a service we depend on did not answer (retry later)
 
 Components translate third-party errors at their boundary with
 ``raise SomeError(message) from exc`` so callers only ever catch these.
@@ -22,6 +23,7 @@ __all__ = [
     "ModelError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "UnavailableError",
     "UnknownModelError",
     "ValidationError",
 ]
@@ -53,3 +55,7 @@ class ConflictError(LegacyGPUError):
 
 class ModelError(LegacyGPUError):
     """A model could not be loaded or run; the message carries the loader's words."""
+
+
+class UnavailableError(LegacyGPUError):
+    """A service this one depends on (the Kubernetes API server) could not be reached or timed out."""

@@ -114,7 +114,14 @@ async def write_task(
 async def _children(
     rt: OperatorRuntime, body: Mapping[str, Any], pods: list[PodView], assigned: Mapping[str, int],
     logger: logging.Logger | logging.LoggerAdapter[Any],
-) -> list[PodView]:
+) -> None:
+    """Ensure the Service, then create and delete pods so the wanted number stay live.
+
+    ``pods`` is the index merged with the runtime's overlay; every create and
+    delete is recorded in that overlay, so the caller re-merges the *index*
+    afterwards (merging this list again would treat our own placeholders as
+    proof the index has caught up, and the next pass would create a pod twice).
+    """
     meta, spec = body["metadata"], body.get("spec") or {}
     namespace, name = meta["namespace"], meta["name"]
     key: ClusterKey = (namespace, name)
@@ -147,8 +154,6 @@ async def _children(
         events.post(body, "Normal", EventReason.WORKER_CREATED, f"created worker pod {pod_name} ({desired} wanted)")
     if plan.create or plan.delete:
         logger.info("workers: created %s, deleted %s (%d wanted)", created, list(plan.delete), desired)
-    placeholder = PodView(name="", phase="Pending", created=format_time(now_utc()))
-    return rt.pods_seen(key, pods, placeholder)
 
 
 async def _tasks(
@@ -250,13 +255,15 @@ async def reconcile_cluster(
     key: ClusterKey = (namespace, name)
     now = now_utc()
     placeholder = PodView(name="", phase="Pending", created=format_time(now))
-    pod_list = rt.pods_seen(key, list(pods), placeholder)
+    indexed_pods = list(pods)
+    pod_list = rt.pods_seen(key, indexed_pods, placeholder)
     indexed_tasks = list(tasks)
     task_list = rt.tasks_seen(indexed_tasks)
     problem = cluster_problem(spec)
     if problem is None:
         assigned = Counter(t.worker for t in task_list if t.phase in ASSIGNED_PHASES and t.worker)
-        pod_list = await _children(rt, body, pod_list, assigned, logger)
+        await _children(rt, body, pod_list, assigned, logger)
+        pod_list = rt.pods_seen(key, indexed_pods, placeholder)
     wakes = await _tasks(
         rt, body, task_list, pod_list, schedule=problem is None and not spec.get("suspend"), now=now
     )

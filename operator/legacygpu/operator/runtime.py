@@ -123,7 +123,13 @@ class OperatorRuntime:
         self.deleted_pods.setdefault(key, {})[name] = time.monotonic()
 
     def pods_seen(self, key: ClusterKey, views: Iterable[PodView], placeholder: PodView) -> list[PodView]:
-        """Indexed pods, plus pods we created that the index lacks, minus pods we deleted."""
+        """Indexed pods, plus pods we created that the index lacks, minus pods we deleted.
+
+        ``views`` must come from the index: a created pod leaves the overlay once a
+        view with its name *and a uid* (which only the API server assigns) shows up,
+        so passing this method's own output back in (placeholders have no uid)
+        does not make it forget a pod the index has not seen yet.
+        """
         now = time.monotonic()
         deleted = self.deleted_pods.get(key, {})
         created = self.created_pods.get(key, {})
@@ -134,11 +140,12 @@ class OperatorRuntime:
                 pod = dataclasses.replace(pod, deleting=True, ready=False)
             pods.append(pod)
         names = {pod.name for pod in pods}
+        indexed = {pod.name for pod in pods if pod.uid}
         for name in [n for n, at in deleted.items() if n not in names or now - at >= _OVERLAY_TTL]:
             del deleted[name]
         for name, at in list(created.items()):
-            if name in names or now - at >= _OVERLAY_TTL:
+            if name in indexed or now - at >= _OVERLAY_TTL:
                 del created[name]
-            else:
+            elif name not in names:
                 pods.append(dataclasses.replace(placeholder, name=name))
         return pods

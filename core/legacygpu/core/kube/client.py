@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kubernetes
+import urllib3
 
 from legacygpu.core.kube.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL, VERSION
 from legacygpu.core.kube.errors import ApiConflictError, ApiNotFoundError, from_api_exception
@@ -94,9 +95,17 @@ def request_json(
     client: kubernetes.client.ApiClient, method: str, path: str, *, body: Any = None,
     query: dict[str, str] | None = None, content_type: str | None = None, timeout: Any = None,
 ) -> dict[str, Any]:
-    """One blocking call on ``client``: the decoded answer, or ``ApiException`` for a non-2xx status."""
-    response = _send(client, method, path, body=body, query=query, content_type=content_type, timeout=timeout)
-    response.read()
+    """One blocking call on ``client``: the decoded answer, or ``ApiException`` for a non-2xx status.
+
+    A server that cannot be reached or does not answer in time also raises
+    ``ApiException`` (status 0), so callers handle one exception type and a
+    slow API server is a failed call to retry, never a crashed worker loop.
+    """
+    try:
+        response = _send(client, method, path, body=body, query=query, content_type=content_type, timeout=timeout)
+        response.read()
+    except urllib3.exceptions.HTTPError as exc:
+        raise kubernetes.client.ApiException(status=0, reason=f"no answer from the API server ({exc})") from exc
     text = response.data.decode("utf-8") if response.data else ""
     if not 200 <= response.status <= 299:
         raise kubernetes.client.ApiException.from_response(http_resp=response, body=text, data=None)

@@ -6,7 +6,8 @@
     └── OperatorError
         ├── ApiError                 the Kubernetes API answered with an error
         │   ├── ApiConflictError     409: the object changed (also a core ConflictError)
-        │   └── ApiNotFoundError     404: no such object (also a core NotFoundError)
+        │   ├── ApiNotFoundError     404: no such object (also a core NotFoundError)
+        │   └── ApiUnavailableError  no answer, or 503/504 (also a core UnavailableError)
         └── InvalidSpecError         a spec the CRD schema let through but the operator refuses
 
 The Kubernetes client's ``ApiException`` is translated by
@@ -19,12 +20,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from legacygpu.core.errors import ConflictError, LegacyGPUError, NotFoundError, ValidationError
+from legacygpu.core.errors import ConflictError, LegacyGPUError, NotFoundError, UnavailableError, ValidationError
 
 __all__ = [
     "ApiConflictError",
     "ApiError",
     "ApiNotFoundError",
+    "ApiUnavailableError",
     "InvalidSpecError",
     "OperatorError",
     "from_api_exception",
@@ -52,6 +54,10 @@ class ApiNotFoundError(ApiError, NotFoundError):
     """404: the object or resource does not exist."""
 
 
+class ApiUnavailableError(ApiError, UnavailableError):
+    """The API server did not answer (status 0: unreachable or timed out) or said 503/504."""
+
+
 class InvalidSpecError(OperatorError, ValidationError):
     """The spec is valid to the schema but not to the operator."""
 
@@ -74,4 +80,6 @@ def from_api_exception(exc: Any, what: str) -> ApiError:
         return ApiConflictError(text, status=status, reason=reason)
     if status == 404:
         return ApiNotFoundError(text, status=status, reason=reason)
+    if status in (0, 503, 504):
+        return ApiUnavailableError(text, status=status, reason=reason)
     return ApiError(text, status=status, reason=reason)

@@ -1,0 +1,89 @@
+"""The operator's read-your-writes overlay for pods, and a reconcile pass that depends on it.
+
+No API server here: a recording stand-in for :class:`KubeApi` takes the writes,
+and the "index" is whatever list the test passes, so the test can make the
+index lag behind the operator's own writes for as many passes as it likes
+(under load in CI it lagged two passes, and a third pod was created).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from legacygpu.operator.clusterstate import PodView
+from legacygpu.operator.config import OperatorConfig
+from legacygpu.operator.reconciler import reconcile_cluster
+from legacygpu.operator.runtime import OperatorRuntime
+
+KEY = ("ns", "c")
+PLACEHOLDER = PodView(name="", phase="Pending", created="2026-01-01T00:00:00Z")
+
+
+class RecordingApi:
+    """Takes the writes a reconcile pass makes and remembers the pods it created."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+
+    async def ensure_service(self, body: dict[str, Any]) -> bool:
+        return False
+
+    async def create_pod(self, body: dict[str, Any]) -> None:
+        self.created.append(body["metadata"]["name"])
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        self.deleted.append(name)
+
+    async def patch_cluster_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        pass
+
+
+def indexed(name: str) -> PodView:
+    """A pod as the index holds it once the API server has it (with a uid)."""
+    return PodView(name=name, uid=f"uid-{name}", phase="Running", ready=True, node="n1")
+
+
+def test_a_created_pod_stays_in_the_overlay_until_the_index_shows_it() -> None:
+    rt = OperatorRuntime(config=OperatorConfig(), api=None)  # type: ignore[arg-type]
+    rt.created_pod(KEY, "a")
+    rt.created_pod(KEY, "b")
+    merged = rt.pods_seen(KEY, [], PLACEHOLDER)
+    assert sorted(p.name for p in merged) == ["a", "b"]
+    # Merging the merged list again (our own placeholders) must not count as the index catching up.
+    assert sorted(p.name for p in rt.pods_seen(KEY, merged, PLACEHOLDER)) == ["a", "b"]
+    for _ in range(3):  # the index shows "a" only, pass after pass
+        seen = rt.pods_seen(KEY, [indexed("a")], PLACEHOLDER)
+        assert sorted(p.name for p in seen) == ["a", "b"]
+        assert next(p for p in seen if p.name == "a").uid == "uid-a"
+    assert [p.name for p in rt.pods_seen(KEY, [indexed("a"), indexed("b")], PLACEHOLDER)] == ["a", "b"]
+    assert rt.created_pods[KEY] == {}
+
+
+def test_a_deleted_pod_counts_as_leaving_until_the_index_drops_it() -> None:
+    rt = OperatorRuntime(config=OperatorConfig(), api=None)  # type: ignore[arg-type]
+    rt.deleted_pod(KEY, "a")
+    seen = rt.pods_seen(KEY, [indexed("a"), indexed("b")], PLACEHOLDER)
+    assert [(p.name, p.live) for p in seen] == [("a", False), ("b", True)]
+    assert [p.name for p in rt.pods_seen(KEY, [indexed("b")], PLACEHOLDER)] == ["b"]
+    assert rt.deleted_pods[KEY] == {}
+
+
+async def test_passes_while_the_index_lags_create_each_worker_once() -> None:
+    api = RecordingApi()
+    rt = OperatorRuntime(config=OperatorConfig(namespaces=("ns",)), api=api)  # type: ignore[arg-type]
+    body = {
+        "apiVersion": "legacygpu.io/v1alpha1", "kind": "InferenceCluster",
+        "metadata": {"namespace": "ns", "name": "c", "uid": "uid-c", "generation": 1},
+        "spec": {"replicas": 2, "tasksPerWorker": 2, "backend": "onnxruntime"},
+    }
+    log = logging.getLogger("test")
+    await reconcile_cluster(rt, body, tasks=[], pods=[], logger=log)
+    assert len(api.created) == 2
+    first, second = api.created
+    for _ in range(4):  # the index has seen the first pod, not yet the second
+        await reconcile_cluster(rt, body, tasks=[], pods=[indexed(first)], logger=log)
+    await reconcile_cluster(rt, body, tasks=[], pods=[indexed(first), indexed(second)], logger=log)
+    assert api.created == [first, second]
+    assert api.deleted == []
