@@ -70,9 +70,24 @@ def test_pci_id_read_from_sysfs(tmp_path) -> None:
     node.mkdir()
     (node / "vendor").write_text("0x1002\n")
     (node / "device").write_text("0x67df\n")
-    assert devmod._pci_id_from_sysfs((0, 3, 0, 0), tmp_path) == "1002:67df"
-    assert devmod._pci_id_from_sysfs((0, 4, 0, 0), tmp_path) is None
+    assert devmod._pci_id_from_sysfs("0000:03:00.0", tmp_path) == "1002:67df"
+    assert devmod._pci_id_from_sysfs("0000:04:00.0", tmp_path) is None
     assert devmod._pci_id_from_sysfs(None, tmp_path) is None
+
+
+def test_pci_address_from_either_extension() -> None:
+    from types import SimpleNamespace
+
+    khr = SimpleNamespace(
+        extensions="cl_khr_fp16 cl_khr_pci_bus_info",
+        pci_bus_info_khr=SimpleNamespace(pci_domain=0, pci_bus=0x23, pci_device=0, pci_function=1),
+    )
+    amd = SimpleNamespace(
+        extensions="cl_amd_device_attribute_query", topology_amd=SimpleNamespace(bus=3, device=0, function=0)
+    )
+    assert devmod.pci_address(khr) == "0000:23:00.1"
+    assert devmod.pci_address(amd) == "0000:03:00.0"
+    assert devmod.pci_address(SimpleNamespace(extensions="cl_khr_fp64")) is None
 
 
 @pytest.fixture(scope="module")

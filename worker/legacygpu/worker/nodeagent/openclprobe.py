@@ -20,7 +20,6 @@ replace it without touching the health or labelling code.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import threading
@@ -30,6 +29,7 @@ from typing import Any, Protocol
 
 from legacygpu.worker.nodeagent.errors import NodeAgentError
 from legacygpu.worker.nodeagent.sysfs import CardInfo
+from legacygpu.worker.opencl.device import pci_address
 
 __all__ = [
     "DEVICE_TYPES",
@@ -96,19 +96,6 @@ class OpenCLProbe(Protocol):
         ...
 
 
-def _pci_address(device: Any) -> str | None:
-    extensions = device.extensions
-    if "cl_khr_pci_bus_info" in extensions:
-        with contextlib.suppress(Exception):
-            info = device.pci_bus_info_khr
-            return f"{info.pci_domain:04x}:{info.pci_bus:02x}:{info.pci_device:02x}.{info.pci_function:x}"
-    if "cl_amd_device_attribute_query" in extensions:
-        with contextlib.suppress(Exception):
-            topology = device.topology_amd
-            return f"0000:{topology.bus:02x}:{topology.device:02x}.{topology.function:x}"
-    return None
-
-
 class _Prepared:
     """A context, queue and built kernel kept between checks of one device."""
 
@@ -170,7 +157,7 @@ class PyOpenCLProbe:
                         version=device.version.strip(),
                         compute_units=int(device.max_compute_units),
                         global_mem_bytes=int(device.global_mem_size),
-                        pci_address=_pci_address(device),
+                        pci_address=pci_address(device),
                         handle=device,
                     ))
                 except cl.Error as exc:

@@ -54,6 +54,7 @@ __all__ = [
     "discover",
     "identify_legacy_family",
     "open_device",
+    "pci_address",
 ]
 
 log = logging.getLogger(__name__)
@@ -184,26 +185,27 @@ def _device_type(cl: Any, value: int) -> str:
     return "unknown"
 
 
-def _pci_address(dev: Any) -> tuple[int, int, int, int] | None:
-    """(domain, bus, device, function) from the KHR or AMD extension, if any."""
+def pci_address(dev: Any) -> str | None:
+    """The device's PCI address as sysfs names it (``0000:03:00.0``), from the KHR or AMD extension.
+
+    ``None`` when the driver offers neither extension (PoCL, most ICDs on CPUs).
+    """
     exts = dev.extensions
     if "cl_khr_pci_bus_info" in exts:
         with contextlib.suppress(Exception):
             info = dev.pci_bus_info_khr
-            return (info.pci_domain, info.pci_bus, info.pci_device, info.pci_function)
+            return f"{info.pci_domain:04x}:{info.pci_bus:02x}:{info.pci_device:02x}.{info.pci_function:x}"
     if "cl_amd_device_attribute_query" in exts:
         with contextlib.suppress(Exception):
             topo = dev.topology_amd
-            return (0, topo.bus, topo.device, topo.function)
+            return f"0000:{topo.bus:02x}:{topo.device:02x}.{topo.function:x}"
     return None
 
 
-def _pci_id_from_sysfs(
-    addr: tuple[int, int, int, int] | None, sysfs: Path = Path("/sys/bus/pci/devices")
-) -> str | None:
-    if addr is None:
+def _pci_id_from_sysfs(address: str | None, sysfs: Path = Path("/sys/bus/pci/devices")) -> str | None:
+    if address is None:
         return None
-    node = sysfs / f"{addr[0]:04x}:{addr[1]:02x}:{addr[2]:02x}.{addr[3]:x}"
+    node = sysfs / address
     try:
         ven = int((node / "vendor").read_text().strip(), 16)
         dev = int((node / "device").read_text().strip(), 16)
@@ -219,7 +221,7 @@ def _info_for(cl: Any, index: int, p_index: int, d_index: int, platform: Any, de
     if "cl_amd_device_attribute_query" in exts:
         with contextlib.suppress(Exception):
             board = dev.board_name_amd.strip() or None
-    pci_id = _pci_id_from_sysfs(_pci_address(dev))
+    pci_id = _pci_id_from_sysfs(pci_address(dev))
     family = identify_legacy_family(
         dev.name, vendor=dev.vendor, vendor_id=dev.vendor_id, board_name=board, pci_id=pci_id, device_type=dtype
     )
