@@ -25,7 +25,7 @@ the taps landing on each output pixel and applies bias and activation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -95,6 +95,17 @@ def _as2d(values: list[int], fill: int) -> list[int]:
     return [fill, *values] if len(values) == 1 else values
 
 
+def _dims2d(
+    kernel: Sequence[int], strides: list[int], dil: list[int], pads: list[int], shape: Sequence[int],
+    out_spatial: list[int],
+) -> tuple[int, ...]:
+    """kh, kw, sh, sw, dh, dw, ph, pw, h, w, oh, ow: a 1-D convolution is run as 2-D with height 1."""
+    return (
+        *_as2d(list(kernel), 1), *_as2d(strides, 1), *_as2d(dil, 1), *_as2d(pads, 0),
+        *_as2d(list(shape[2:]), 1), *_as2d(out_spatial, 1),
+    )
+
+
 @register("Conv")
 def conv(node: Node, pc: PlanContext) -> None:
     x = node.input(0)
@@ -119,12 +130,7 @@ def conv(node: Node, pc: PlanContext) -> None:
     src = pc.device(x, ("cl",))
     out_shape = (n, cout, *osp)
     out = pc.define(node.outputs[0], out_shape, "cl")
-    kh, kw = _as2d(list(kernel), 1)
-    sh, sw = _as2d(strides, 1)
-    dh, dw = _as2d(dil, 1)
-    ph, pw = _as2d(pb, 0)
-    h, wd = _as2d(list(shape[2:]), 1)
-    oh, ow = _as2d(osp, 1)
+    kh, kw, sh, sw, dh, dw, ph, pw, h, wd, oh, ow = _dims2d(kernel, strides, dil, pb, shape, osp)
     m = n * oh * ow
     if group == cin and cout % cin == 0 and group > 1:
         _depthwise(node, pc, src, out, w, bias, (n, h, wd, cin, oh, ow, cout, kh, kw, sh, sw, ph, pw, dh, dw))
@@ -208,12 +214,7 @@ def conv_transpose(node: Node, pc: PlanContext) -> None:
     strides, dil, pb, _pe, osp = conv_geometry(node, shape, kernel, transposed=True)
     if min(osp) < 1:
         raise Unsupported("ConvTranspose output would be empty")
-    kh, kw = _as2d(list(kernel), 1)
-    sh, sw = _as2d(strides, 1)
-    dh, dw = _as2d(dil, 1)
-    ph, pw = _as2d(pb, 0)
-    h, wd = _as2d(list(shape[2:]), 1)
-    oh, ow = _as2d(osp, 1)
+    kh, kw, sh, sw, dh, dw, ph, pw, h, wd, oh, ow = _dims2d(kernel, strides, dil, pb, shape, osp)
     src = pc.device(x, ("cl",))
     out = pc.define(node.outputs[0], (n, cout, *osp), "cl")
     m, kcols = n * h * wd, kh * kw * cout

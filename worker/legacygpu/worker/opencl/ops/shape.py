@@ -30,6 +30,8 @@ from ..transfers import strided_copy_step
 from .registry import Buf, kernel_step, nelem, norm_axis, prefer_fmt, register
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ..plan import PlanContext
 
 __all__: list[str] = []
@@ -125,6 +127,17 @@ def transpose(node: Node, pc: PlanContext) -> None:
                       nodes=list(node.sources))  # fmt: skip
 
 
+def _blocks(shape: Sequence[int], axis: int, fmt: str) -> tuple[int, int, int]:
+    """How Concat/Split see a tensor: ``outer`` blocks of ``big`` elements, ``inner`` per step along ``axis``.
+
+    In the channel-last ``cl`` layout the channel axis is physically the last one.
+    """
+    phys = physical_shape(shape, fmt)
+    p_axis = len(shape) - 1 if fmt == "cl" else axis
+    inner = nelem(phys[p_axis + 1 :])
+    return nelem(phys[:p_axis]), inner, phys[p_axis] * inner
+
+
 @register("Concat")
 def concat(node: Node, pc: PlanContext) -> None:
     names = [n for n in node.inputs if n]
@@ -137,10 +150,7 @@ def concat(node: Node, pc: PlanContext) -> None:
     fmt = "cl" if use_cl else "plain"
     srcs = [pc.device(n, (fmt,)) for n in names]
     out = pc.define(node.outputs[0], out_shape, fmt)
-    phys = physical_shape(out_shape, fmt)
-    p_axis = rank - 1 if use_cl else axis
-    outer, inner = nelem(phys[:p_axis]), nelem(phys[p_axis + 1 :])
-    big = phys[p_axis] * inner
+    outer, inner, big = _blocks(out_shape, axis, fmt)
     offset = 0
     for src, shape in zip(srcs, shapes, strict=True):
         cols = shape[axis] * inner
@@ -167,10 +177,7 @@ def split(node: Node, pc: PlanContext) -> None:
     use_cl = rank in (3, 4) and axis == 1 and prefer_fmt(pc, x)[0] == "cl"
     fmt = "cl" if use_cl else "plain"
     src = pc.device(x, (fmt,))
-    phys = physical_shape(shape, fmt)
-    p_axis = rank - 1 if use_cl else axis
-    outer, inner = nelem(phys[:p_axis]), nelem(phys[p_axis + 1 :])
-    big = phys[p_axis] * inner
+    outer, inner, big = _blocks(shape, axis, fmt)
     offset = 0
     for name, size in zip(outs, sizes, strict=True):
         out_shape = list(shape)
