@@ -157,3 +157,17 @@ async def test_large_result_goes_to_a_configmap_owned_by_the_task(dep: Deploymen
     configmap = await dep.api.get("", "v1", "configmaps", NS, "digit-tensor-result")
     assert configmap["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
     assert '"probabilities"' in configmap["data"]["result.json"]
+
+
+async def test_a_worker_that_cannot_fetch_the_inputs_retries_then_fails_with_worker_error(dep: Deployment) -> None:
+    import socket
+
+    with socket.socket() as probe:  # nobody serves this port: the fetch fails outside the model and the input
+        probe.bind(("127.0.0.1", 0))
+        unreachable = f"http://127.0.0.1:{probe.getsockname()[1]}/inputs.json"
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1))
+    await dep.create(task_manifest("unreachable", "c", inputsUri=unreachable, maxRetries=1))
+    body = (await finished(dep, "unreachable"))["unreachable"]
+    assert (phase(body), body["status"]["reason"], body["status"]["attempts"]) == ("Failed", "WorkerError", 2)
+    assert "could not finish" in body["status"]["message"]

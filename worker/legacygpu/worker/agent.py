@@ -27,6 +27,7 @@ import httpx
 
 from legacygpu.core.errors import ModelError, UnknownModelError, ValidationError
 from legacygpu.core.modelcards import ModelRepository
+from legacygpu.core.tasks import Reason
 from legacygpu.worker.backends import create_backend
 from legacygpu.worker.runner import TaskRunner, preload_from_env
 
@@ -206,14 +207,15 @@ class LocalWorker:
                     current if previous is None else previous + _LATENCY_SMOOTHING * (current - previous)
                 )
         except UnknownModelError as exc:
-            body["error"] = {"reason": "UnknownModel", "message": str(exc)}
+            body["error"] = {"reason": Reason.UNKNOWN_MODEL.value, "message": str(exc)}
         except ValidationError as exc:
-            body["error"] = {"reason": "InvalidInput", "message": str(exc)}
+            body["error"] = {"reason": Reason.INVALID_INPUT.value, "message": str(exc)}
         except ModelError as exc:
-            body["error"] = {"reason": "ModelError", "message": str(exc)}
+            body["error"] = {"reason": Reason.MODEL_ERROR.value, "message": str(exc)}
         except Exception as exc:  # anything else is this worker's fault: let another worker try
             log.exception("task %s failed unexpectedly", task["id"])
-            body["error"] = {"reason": "WorkerError", "message": f"{type(exc).__name__}: {exc}", "retryable": True}
+            message = f"{type(exc).__name__}: {exc}"
+            body["error"] = {"reason": Reason.WORKER_ERROR.value, "message": message, "retryable": True}
         finally:
             self.running -= 1
         if "error" in body:

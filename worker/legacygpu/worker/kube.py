@@ -373,7 +373,7 @@ class KubeWorker:
             outcome = (Phase.FAILED, Reason.MODEL_ERROR, str(exc))
         except Exception as exc:  # the API, the input URL: worth another attempt
             log.warning("task %s failed in a retryable way: %s", name, exc)
-            outcome, retry = (Phase.QUEUED, Reason.WORKER_LOST, f"worker {self.pod} could not finish: {exc}"), True
+            outcome, retry = (Phase.QUEUED, Reason.WORKER_ERROR, f"worker {self.pod} could not finish: {exc}"), True
         elapsed_ms = (time.perf_counter() - started) * 1000
         phase, reason, message = outcome
 
