@@ -8,12 +8,14 @@ retry timings so fault tests are quick.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +155,19 @@ class LocalCluster:
                 except subprocess.TimeoutExpired:
                     process.kill()
         self.http.close()
+
+
+@contextmanager
+def cluster_with_worker(data_dir: Path, models: Path, worker: str) -> Iterator[LocalCluster]:
+    """A facade plus one worker process named ``worker``, serving a copy of the repository ``models``."""
+    shutil.copytree(models, data_dir / "models")
+    cluster = LocalCluster(data_dir)
+    try:
+        cluster.start_api()
+        cluster.start_worker(worker)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def image_tensor(path: Path, name: str = "input") -> dict[str, Any]:

@@ -10,13 +10,12 @@ other phase shares, so the frame's numbers can be checked one by one.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import SAMPLES, TOKEN, LocalCluster, free_port, image_tensor
+from helpers import SAMPLES, TOKEN, LocalCluster, cluster_with_worker, free_port, image_tensor
 
 from legacygpu.cli.monitor import command
 
@@ -26,12 +25,7 @@ UNSCHEDULABLE = {"min_vram_mib": 10**9}
 
 @pytest.fixture(scope="module")
 def busy_cluster(tmp_path_factory: pytest.TempPathFactory, demo_repository: Path) -> Iterator[LocalCluster]:
-    data_dir = tmp_path_factory.mktemp("monitor") / "data"
-    shutil.copytree(demo_repository, data_dir / "models")
-    cluster = LocalCluster(data_dir)
-    try:
-        cluster.start_api()
-        cluster.start_worker(WORKER)
+    with cluster_with_worker(tmp_path_factory.mktemp("monitor") / "data", demo_repository, WORKER) as cluster:
         for digit in (4, 6):
             task = cluster.submit(model="digits", inputs=[image_tensor(SAMPLES / f"digit-{digit}.png")])
             cluster.wait_phase(task["id"], {"Succeeded"})
@@ -40,8 +34,6 @@ def busy_cluster(tmp_path_factory: pytest.TempPathFactory, demo_repository: Path
                                 requirements=UNSCHEDULABLE)
         assert cluster.http.post(f"/cluster/tasks/{doomed['id']}/cancel").status_code == 200
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def _run(*args: str) -> tuple[int, str]:

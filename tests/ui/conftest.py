@@ -13,13 +13,12 @@ fixtures apply to this folder only.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import TOKEN, LocalCluster
+from helpers import TOKEN, LocalCluster, cluster_with_worker
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -47,15 +46,8 @@ def browser_context_args(browser_context_args: dict[str, Any]) -> dict[str, Any]
 @pytest.fixture(scope="module")
 def ui_cluster(tmp_path_factory: pytest.TempPathFactory, demo_repository: Path) -> Iterator[LocalCluster]:
     """A running facade with one active worker named :data:`WORKER_NAME`."""
-    data_dir = tmp_path_factory.mktemp("ui-cluster") / "data"
-    shutil.copytree(demo_repository, data_dir / "models")
-    cluster = LocalCluster(data_dir)
-    try:
-        cluster.start_api()
-        cluster.start_worker(WORKER_NAME)
+    with cluster_with_worker(tmp_path_factory.mktemp("ui-cluster") / "data", demo_repository, WORKER_NAME) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
