@@ -47,6 +47,7 @@ import numpy as np
 from legacygpu.core.errors import ValidationError
 
 from .device import DeviceContext, DeviceInfo, KernelBuildError
+from .graph import ACTIVATION_IDS
 
 if TYPE_CHECKING:
     import pyopencl.array as cla
@@ -67,15 +68,12 @@ __all__ = [
 
 KERNEL_PATH = Path(__file__).with_name("kernels") / "gemm.cl"
 
-# name -> (ACT id, default activation_params)
+# The epilogue's activations: name -> (id, default activation_params). The ids are those of
+# every other kernel (graph.ACTIVATION_IDS, kernels/common.cl); gemm.cl implements this subset.
+_DEFAULT_PARAMS: dict[str, tuple[float, ...]] = {"leaky_relu": (0.01,), "clip": (float("-inf"), float("inf"))}
 ACTIVATIONS: dict[str, tuple[int, tuple[float, ...]]] = {
-    "none": (0, ()),
-    "relu": (1, ()),
-    "relu6": (2, ()),
-    "sigmoid": (3, ()),
-    "tanh": (4, ()),
-    "leaky_relu": (5, (0.01,)),
-    "clip": (6, (float("-inf"), float("inf"))),
+    name: (ACTIVATION_IDS[name], _DEFAULT_PARAMS.get(name, ()))
+    for name in ("none", "relu", "relu6", "sigmoid", "tanh", "leaky_relu", "clip")
 }
 
 SHAPE_CLASSES = ("gemv", "skinny", "square")

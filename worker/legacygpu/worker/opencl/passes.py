@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import fold
+from .gemm import ACTIVATIONS
 from .graph import Graph, Node
 
 __all__ = ["optimize"]
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                      "Bernoulli"}  # fmt: skip
-GEMM_ACTIVATIONS = {"relu", "relu6", "clip", "sigmoid", "tanh", "leaky_relu"}
+GEMM_ACTIVATIONS = frozenset(ACTIVATIONS) - {"none"}
+"""What a Conv/Gemm/MatMul can take into its GEMM epilogue (the rest stay separate steps)."""
 _GEMM_PRODUCERS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 _ELEMENTWISE_PRODUCERS = {"ChannelAffine", "Add", "Sub", "Mul", "Div", "Sum"}
 

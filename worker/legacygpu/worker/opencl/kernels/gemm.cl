@@ -17,8 +17,8 @@
 //   PA    1: A arrives packed in panels: [ceil(M/MWG)][K][MWG] (zero rows past M)
 //   MFIRST 1: consecutive work-groups walk down M (sharing a B panel), 0: along N
 //   PB    1: B arrives packed in panels: [N/NWG][K][NWG]; 0: B is K x N with stride LDB
-// Run-time epilogue arguments: has_bias (0/1) and act: 0 none, 1 relu, 2 relu6,
-// 3 sigmoid, 4 tanh, 5 leaky_relu (slope p0), 6 clip (p0, p1).
+// Run-time epilogue arguments: has_bias (0/1) and act, numbered as in common.cl's apply_act:
+// 0 none, 1 relu, 2 clip (p0, p1), 3 sigmoid, 4 tanh, 5 leaky_relu (slope p0), 26 relu6.
 
 #ifndef MWI
 #define MWI 4
@@ -105,11 +105,11 @@
   inline T NAME(const T x, const int act, const float p0, const float p1) {  \
     switch (act) {                                                            \
       case 1: return fmax(x, (T)(0.0f));                                      \
-      case 2: return fmin(fmax(x, (T)(0.0f)), (T)(6.0f));                     \
+      case 2: return fmin(fmax(x, (T)(p0)), (T)(p1));                         \
       case 3: return (T)(1.0f) / ((T)(1.0f) + exp(-x));                       \
       case 4: return tanh(x);                                                 \
       case 5: return fmax(x, (T)(0.0f)) + p0 * fmin(x, (T)(0.0f));            \
-      case 6: return fmin(fmax(x, (T)(p0)), (T)(p1));                         \
+      case 26: return fmin(fmax(x, (T)(0.0f)), (T)(6.0f));                    \
       default: return x;                                                      \
     }                                                                         \
   }

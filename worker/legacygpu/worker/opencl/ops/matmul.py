@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..device import KernelBuildError
+from ..gemm import ACTIVATIONS
 from ..graph import Node
 from ..plan import Binding, Step, Unsupported
 from ..programs import f32, i32
@@ -36,7 +37,7 @@ from .registry import Buf, act_args, kernel_step, nelem, register
 if TYPE_CHECKING:
     from ..plan import PlanContext
 
-__all__ = ["GEMM_EPILOGUES", "ConstB", "gemm_call"]
+__all__ = ["ConstB", "gemm_call"]
 
 @dataclass(frozen=True)
 class ConstB:
@@ -58,11 +59,6 @@ class ConstB:
         arr = np.asarray(array, np.float32)
         k, n = (arr.shape[1], arr.shape[0]) if trans else arr.shape
         return cls(int(k), int(n), lambda: arr, trans)
-
-
-# our activation kinds -> the GEMM's epilogue names
-GEMM_EPILOGUES = {"none": "none", "relu": "relu", "relu6": "relu6", "clip": "clip", "sigmoid": "sigmoid",
-                  "tanh": "tanh", "leaky_relu": "leaky_relu"}  # fmt: skip
 
 
 def gemm_call(
@@ -96,7 +92,7 @@ def gemm_call(
     if bmat.k != k:
         raise Unsupported(f"GEMM shapes {a_shape} and {(bmat.k, n)} do not match")
     kind, params = activation
-    fused = GEMM_EPILOGUES.get(kind)
+    fused = kind if kind in ACTIVATIONS else None
     epilogue = fused or "none"
     try:
         gparams = gemm.params_for(m_params or m, n, k)
