@@ -116,6 +116,9 @@ class WorkerRegister(_In):
     pid: int = 0
     device: DeviceInfoPublic = Field(default_factory=DeviceInfoPublic)
     concurrency: int = Field(1, ge=1, le=64)
+    stats: dict[str, Any] = Field(
+        default_factory=dict, description="Figures at registration (memory, models); heartbeats replace them."
+    )
 
 
 class Heartbeat(_In):

@@ -98,6 +98,7 @@ class LocalWorker:
                 "gpu_family": info.gpu_family,
             },
             "concurrency": 1,
+            "stats": self.stats(),
         }
         delay = 0.2
         while not self.stop_requested.is_set():

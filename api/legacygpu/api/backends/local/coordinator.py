@@ -367,6 +367,7 @@ class LocalBackend:
                 "concurrency": request.concurrency,
                 "registered_at": now,
                 "last_heartbeat": now,
+                "stats": {**request.stats, "running": 0},
             }
         )
         log.info("worker %s registered as %s (%s)", request.name, worker_id, request.device.name)
