@@ -1,7 +1,8 @@
 """Package layout for setuptools.
 
-One distribution, one namespace (``legacygpu``), four source roots: ``core/``
-(shared core and CLI), ``worker/``, ``api/`` and ``operator/``. None of those
+One distribution, one namespace (``legacygpu``), five source roots: ``core/``
+(shared core and CLI), ``worker/``, ``api/``, ``operator/`` and ``testing/`` (the
+API server and node stand-ins for tests and benchmarks, in no image). None of those
 folders is itself a package, so nothing run from the repository root can shadow
 the standard library's ``operator`` module. Images install only the roots they
 need (see the Dockerfiles); everything else is in pyproject.toml.
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from setuptools import find_namespace_packages, setup
 
-ROOTS = ("core", "worker", "api", "operator")
+ROOTS = ("core", "worker", "api", "operator", "testing")
 
 packages: list[str] = []
 package_dir: dict[str, str] = {}

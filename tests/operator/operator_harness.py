@@ -7,10 +7,10 @@ to one API server.
 
 Stand-ins, because the real things cannot run here (no kube-apiserver, no
 kubelet on these machines; the e2e tier has the real control plane):
-the API server is :class:`legacygpu.operator.emulator.ApiServerEmulator`
+the API server is :class:`legacygpu.testing.emulator.ApiServerEmulator`
 (kmock plus resourceVersions, conflicts, the status subresource, label
 selectors and garbage collection) and the scheduler plus kubelets are
-:class:`legacygpu.operator.simkubelet.SimulatedNodes`, which starts one
+:class:`legacygpu.testing.simkubelet.SimulatedNodes`, which starts one
 worker thread per scheduled pod.
 """
 
@@ -36,9 +36,9 @@ from legacygpu.core.tasks import RetryPolicy
 from legacygpu.operator.app import run_operator
 from legacygpu.operator.config import OperatorConfig
 from legacygpu.operator.crdgen import all_crds
-from legacygpu.operator.emulator import EmulatorThread
 from legacygpu.operator.runtime import OperatorRuntime
-from legacygpu.operator.simkubelet import SimulatedNodes
+from legacygpu.testing.emulator import EmulatorThread
+from legacygpu.testing.simkubelet import SimulatedNodes
 
 NS = "default"
 

@@ -18,8 +18,8 @@ from legacygpu.core.kube.client import KubeApi, load_configuration
 from legacygpu.core.kube.contract import LABEL_WORKER, TASK_PLURAL, format_time, now_utc
 from legacygpu.core.kube.errors import ApiConflictError, ApiNotFoundError
 from legacygpu.operator.crdgen import all_crds
-from legacygpu.operator.emulator import EmulatorThread
 from legacygpu.operator.leader import LeaseElector
+from legacygpu.testing.emulator import EmulatorThread
 
 G, V, NS = "legacygpu.io", "v1alpha1", "default"
 

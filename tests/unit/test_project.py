@@ -14,11 +14,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Which top-level packages each source root may import (besides the standard library and its own).
 # The worker image holds core/ + worker/, the operator image core/ + api/ + operator/.
+# testing/ (the API server and node stand-ins) is in no image, so no product root may import it.
 FORBIDDEN = {
-    "core": ("kopf", "pyopencl", "onnxruntime", "legacygpu.operator", "legacygpu.api"),
-    "worker": ("kopf", "fastapi", "legacygpu.operator", "legacygpu.api"),
-    "api": ("pyopencl", "onnxruntime", "legacygpu.worker"),
-    "operator": ("pyopencl", "onnxruntime", "legacygpu.worker"),
+    "core": ("kopf", "pyopencl", "onnxruntime", "legacygpu.operator", "legacygpu.api", "legacygpu.testing"),
+    "worker": ("kopf", "fastapi", "legacygpu.operator", "legacygpu.api", "legacygpu.testing"),
+    "api": ("pyopencl", "onnxruntime", "legacygpu.worker", "legacygpu.testing"),
+    "operator": ("pyopencl", "onnxruntime", "legacygpu.worker", "legacygpu.testing", "kmock"),
+    "testing": ("pyopencl", "onnxruntime", "legacygpu.worker", "legacygpu.api"),
 }
 
 

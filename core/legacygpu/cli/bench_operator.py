@@ -4,9 +4,9 @@
 
 What runs (all on loopback, nothing mocked but the API server and the nodes):
 
-* the API server is :class:`~legacygpu.operator.emulator.ApiServerEmulator`
+* the API server is :class:`~legacygpu.testing.emulator.ApiServerEmulator`
   on its own thread (no kube-apiserver on these machines), with simulated
-  GPU nodes (:class:`~legacygpu.operator.simkubelet.SimulatedNodes`);
+  GPU nodes (:class:`~legacygpu.testing.simkubelet.SimulatedNodes`);
 * the operator is a separate process, ``legacygpu operator run``, so its
   peak memory (``VmHWM``) is its own;
 * each worker pod is a process running the real worker loop
@@ -43,8 +43,8 @@ from typing import Any
 from legacygpu.core.kube.client import KubeApi, load_configuration
 from legacygpu.core.kube.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL, VERSION, parse_time
 from legacygpu.operator.crdgen import all_crds
-from legacygpu.operator.emulator import EmulatorThread
-from legacygpu.operator.simkubelet import SimulatedNodes
+from legacygpu.testing.emulator import EmulatorThread
+from legacygpu.testing.simkubelet import SimulatedNodes
 
 __all__ = ["main", "run_benchmark"]
 

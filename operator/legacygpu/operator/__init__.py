@@ -6,11 +6,11 @@ Layout (one topic per module):
 * ``clusterstate``, ``taskstate``, ``conditions``, ``pods`` — pure decisions and child manifests
 * ``reconciler``, ``cluster_handlers``, ``task_handlers`` — the kopf side
 * ``runtime``, ``leader``, ``metrics``, ``events``, ``app``, ``config``, ``rbac`` — running it
-* ``emulator``, ``simkubelet`` — the API server and nodes stand-ins for tests and benchmarks
 
 What the worker and the facade share with the operator (API coordinates, labels, status
 builders, the API client) lives in :mod:`legacygpu.core.kube`; the benchmark is
-:mod:`legacygpu.cli.bench_operator`.
+:mod:`legacygpu.cli.bench_operator`, which runs against the stand-ins in
+:mod:`legacygpu.testing` (not part of this package: they are in no image).
 
 Importing this package loads neither kopf nor the Kubernetes client; modules do, as needed.
 """
