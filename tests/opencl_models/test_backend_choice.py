@@ -9,6 +9,8 @@ import pytest
 
 from legacygpu.core.errors import ModelError, ValidationError
 from legacygpu.worker.backends import create_backend, gpu_present
+from legacygpu.worker.opencl import device
+from legacygpu.worker.opencl.device import DeviceInfo
 
 
 def test_unknown_backend_name_is_a_validation_error() -> None:
@@ -16,10 +18,49 @@ def test_unknown_backend_name_is_a_validation_error() -> None:
         create_backend("cuda")
 
 
-def test_auto_picks_onnxruntime_without_a_gpu() -> None:
-    backend = create_backend("auto")
-    expected = "opencl" if gpu_present() else "onnxruntime"
-    assert backend.name == expected
+def _fake_device(index: int, device_type: str) -> DeviceInfo:
+    """A DeviceInfo as discover() would report it, without the hardware."""
+    name = "Ellesmere" if device_type == "gpu" else "pthread-cpu"
+    return DeviceInfo(
+        index=index, platform="fake", name=name, vendor="fake", device_type=device_type, compute_units=4,
+        global_mem_bytes=2**30, max_alloc_bytes=2**28, local_mem_bytes=2**15, max_clock_mhz=1000,
+        opencl_version="OpenCL 1.2", driver_version="1.0", fp16=False, legacy_family=None, pci_id=None,
+        is_legacy_amd=False,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def fake_devices(monkeypatch: pytest.MonkeyPatch):
+    """Make discover() report the given device types; returns the setter."""
+
+    def set_types(*types: str) -> None:
+        found = [_fake_device(i, t) for i, t in enumerate(types)]
+        monkeypatch.setattr(device, "discover", lambda: list(found))
+
+    return set_types
+
+
+def test_auto_picks_opencl_when_discovery_reports_a_gpu(fake_devices) -> None:
+    fake_devices("cpu", "gpu")
+    assert gpu_present() and not gpu_present(0) and gpu_present(1) and not gpu_present(2)
+    # the real device opened here is PoCL: auto only looks at what discovery reports
+    assert create_backend("auto").name == "opencl"
+
+
+@pytest.mark.parametrize("types", [("cpu",), ()])
+def test_auto_picks_onnxruntime_without_a_gpu(fake_devices, types: tuple[str, ...]) -> None:
+    fake_devices(*types)
+    assert not gpu_present()
+    assert create_backend("auto").name == "onnxruntime"
+
+
+def test_gpu_present_is_false_when_discovery_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> list[DeviceInfo]:
+        raise device.DeviceNotFoundError("pyopencl is not installed")
+
+    monkeypatch.setattr(device, "discover", broken)
+    assert not gpu_present()
+    assert create_backend("auto").name == "onnxruntime"
 
 
 def test_onnxruntime_runs_digits(digits_model: tuple[Path, np.ndarray, np.ndarray]) -> None:

@@ -29,19 +29,25 @@ BACKENDS = ("onnxruntime", "opencl", "auto")
 
 
 def gpu_present(device_index: int | None = None) -> bool:
-    """Whether OpenCL reports a GPU (the one at ``device_index`` when given)."""
-    try:
-        import pyopencl as cl
+    """Whether OpenCL reports a GPU (the one at ``device_index`` when given).
 
-        devices = [d for p in cl.get_platforms() for d in p.get_devices()]
-    except Exception as exc:  # no ICD loader, no platform: simply no GPU
-        log.debug("no OpenCL platform: %s", exc)
+    Built on :func:`~legacygpu.worker.opencl.device.discover`, so a platform
+    that lists no devices (pyopencl raises for it) is skipped rather than
+    hiding a GPU on another platform, and ``device_index`` means the same
+    device as in ``legacygpu devices`` and ``open_device``.
+    """
+    try:
+        from legacygpu.worker.opencl.device import discover
+
+        devices = discover()
+    except Exception as exc:  # no pyopencl, no ICD loader: simply no GPU
+        log.debug("no OpenCL devices: %s", exc)
         return False
     if device_index is not None:
         if not 0 <= device_index < len(devices):
             return False
         devices = [devices[device_index]]
-    return any(d.type & cl.device_type.GPU for d in devices)
+    return any(d.device_type == "gpu" for d in devices)
 
 
 def create_backend(name: str, device_index: int | None = None) -> InferenceBackend:
