@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("kubeconfig", help="print the admin kubeconfig path")
     sim = sub.add_parser("simulate", help="run the node simulator in the foreground")
     _pool_args(sim)
-    sim.add_argument("--gpu-env", default="LEGACYGPU_VISIBLE_DEVICES", help="env var with a pod's GPU indices")
+    sim.add_argument("--gpu-env", default="LEGACYGPU_VISIBLE_DEVICES",
+                     help="env var with a pod's GPUs (fake PCI addresses)")  # fmt: skip
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)  # fmt: skip

@@ -12,8 +12,12 @@ simulator does the same for a local process:
   in the pod's directory) and as a token ``kubeconfig`` (``$KUBECONFIG``), so the process
   is authenticated as its ServiceAccount and RBAC applies to it;
 - ``POD_NAME``, ``POD_NAMESPACE``, ``POD_UID``, ``POD_IP``, ``NODE_NAME``,
-  ``KUBERNETES_SERVICE_HOST``/``PORT`` and the assigned GPU indices (in
-  ``LEGACYGPU_VISIBLE_DEVICES`` by default) are always set.
+  ``KUBERNETES_SERVICE_HOST``/``PORT`` and the assigned GPUs (in
+  ``LEGACYGPU_VISIBLE_DEVICES`` by default) are always set. Like the node agent's
+  ``Allocate``, the variable holds comma-separated PCI addresses in sysfs form; the
+  simulated cards have fake ones, :func:`fake_pci_address` (domain ``00e2``, which
+  ordinary hosts do not use, so they name no real card and a worker falls back to its
+  usual choice). The ``{gpus}`` placeholder below keeps the node-local GPU indices.
 
 The argv comes from a template (``{command}`` = the container's command + args,
 shell-quoted; also ``{pod_name}``, ``{namespace}``, ``{uid}``, ``{node_name}``,
@@ -37,9 +41,18 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-__all__ = ["PodContext", "build_env", "render_argv", "write_credentials"]
+__all__ = ["PodContext", "build_env", "fake_pci_address", "render_argv", "write_credentials"]
 
 _REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+# PCI domain of the simulated cards: in the sysfs format the node agent puts in
+# LEGACYGPU_VISIBLE_DEVICES, but in a domain ordinary hosts do not use for their GPUs.
+FAKE_PCI_DOMAIN = 0x00E2
+
+
+def fake_pci_address(gpu: int) -> str:
+    """The PCI address of a simulated node's GPU ``gpu``, as sysfs spells one (``00e2:03:00.0``)."""
+    return f"{FAKE_PCI_DOMAIN:04x}:{gpu + 3:02x}:00.0"
 
 
 @dataclass
@@ -66,6 +79,11 @@ class PodContext:
     @property
     def kubeconfig(self) -> Path:
         return self.pod_dir / "kubeconfig"
+
+    @property
+    def gpu_addresses(self) -> str:
+        """The pod's GPUs as the node agent's ``Allocate`` names them: comma-separated PCI addresses."""
+        return ",".join(fake_pci_address(i) for i in self.gpu_ids)
 
 
 def _expand(value: str, env: dict[str, str]) -> str:
@@ -146,7 +164,7 @@ def build_env(core: client.CoreV1Api, ctx: PodContext, container: dict[str, Any]
         "KUBERNETES_SERVICE_PORT": port,
         "KUBECONFIG": str(ctx.kubeconfig),
         "E2E_POD_DIR": str(ctx.pod_dir),
-        ctx.gpu_env: ",".join(str(i) for i in ctx.gpu_ids),
+        ctx.gpu_env: ctx.gpu_addresses,
     }
     for source in container.get("envFrom") or []:
         pod_env.update(_env_from(core, ctx.namespace, source))

@@ -15,12 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from e2ecluster import Kube
+from e2ecluster.podenv import fake_pci_address
 from kubernetes import client
 
 RECORDER = (
     'sh -c \'echo "$POD_NAME $POD_NAMESPACE $NODE_NAME $LEGACYGPU_VISIBLE_DEVICES $MODEL $FROM_FIELD" '
     "> {pod_dir}/seen.txt; exec sleep 300'"
 )
+
+
+def test_fake_pci_addresses_have_the_form_the_worker_matches() -> None:
+    """The simulator's addresses are spelled as the worker's device choice reads them (sysfs form)."""
+    from types import SimpleNamespace
+
+    from legacygpu.worker.opencl.device import pci_address
+
+    bus = SimpleNamespace(pci_domain=0xE2, pci_bus=4, pci_device=0, pci_function=0)
+    dev = SimpleNamespace(extensions="cl_khr_pci_bus_info", pci_bus_info_khr=bus)
+    assert fake_pci_address(1) == pci_address(dev) == "00e2:04:00.0"
+    assert len({fake_pci_address(i) for i in range(16)}) == 16
 
 
 def _worker_pod(name: str) -> dict[str, Any]:
@@ -69,7 +82,8 @@ def test_worker_pod_gets_a_process_with_its_identity_and_loses_it_on_delete(
     seen = kube.pod_dir(namespace, "w0") / "seen.txt"
     text = kube.wait_for(lambda: seen.exists() and seen.read_text().split(), timeout=10, what="seen.txt")
     assert text[:3] == ["w0", namespace, pod.spec.node_name]
-    assert text[3] in ("0", "1")  # one of the node's two GPUs
+    # one of the node's two GPUs, as a PCI address like the node agent's Allocate gives
+    assert text[3] in (fake_pci_address(0), fake_pci_address(1))
     assert text[4:] == ["digits", "gpu"]
 
     # The process's kubeconfig carries a token bound to the pod, for its ServiceAccount.

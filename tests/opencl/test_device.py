@@ -135,3 +135,97 @@ def test_devices_cli_json_and_table(devices) -> None:
     res = runner.invoke(cli, ["devices"])
     assert res.exit_code == 0, res.output
     assert devices[0].name in res.output and "cpu" in res.output
+
+
+# --- device choice under LEGACYGPU_VISIBLE_DEVICES (the node agent's Allocate) ---------------
+# Fake pyopencl devices and a fake pyopencl module: no GPU here, and PoCL reports no PCI address.
+
+
+class _FakeCL:
+    """Just enough of pyopencl for open_device: Context, CommandQueue, Error."""
+
+    class Error(Exception):
+        pass
+
+    class command_queue_properties:
+        PROFILING_ENABLE = 2
+
+    @staticmethod
+    def Context(devices):
+        return ("ctx", tuple(devices))
+
+    @staticmethod
+    def CommandQueue(ctx, dev, properties=0):
+        return ("queue", dev)
+
+
+def _fake_device(name: str, address: str | None, device_type: str = "gpu", compute_units: int = 36):
+    from types import SimpleNamespace
+
+    if address is None:
+        dev = SimpleNamespace(name=name, extensions="cl_khr_fp64")
+    else:
+        domain, bus, rest = address.split(":")
+        slot, func = rest.split(".")
+        info = SimpleNamespace(pci_domain=int(domain, 16), pci_bus=int(bus, 16), pci_device=int(slot, 16),
+                               pci_function=int(func, 16))  # fmt: skip
+        dev = SimpleNamespace(name=name, extensions="cl_khr_pci_bus_info", pci_bus_info_khr=info)
+    info = devmod.DeviceInfo(
+        index=0, platform="fake", name=name, vendor="AMD", device_type=device_type, compute_units=compute_units,
+        global_mem_bytes=1, max_alloc_bytes=1, local_mem_bytes=1, max_clock_mhz=1, opencl_version="OpenCL 1.2",
+        driver_version="1", fp16=False, legacy_family=None, pci_id=None, is_legacy_amd=False,
+    )  # fmt: skip
+    return info, dev
+
+
+@pytest.fixture
+def fake_node(monkeypatch):
+    """A host with a CPU device (no PCI address) and three GPUs at 03:00.0, 06:00.0 and 09:00.0."""
+    import dataclasses
+    import sys
+
+    pairs = [
+        _fake_device("cpu", None, device_type="cpu", compute_units=64),
+        _fake_device("gpu-a", "0000:03:00.0", compute_units=36),
+        _fake_device("gpu-b", "0000:06:00.0", compute_units=32),
+        _fake_device("gpu-c", "0000:09:00.0", compute_units=40),
+    ]
+    found = [(dataclasses.replace(info, index=i), dev) for i, (info, dev) in enumerate(pairs)]
+    monkeypatch.setattr(devmod, "_walk", lambda: found)
+    monkeypatch.setitem(sys.modules, "pyopencl", _FakeCL)
+    for var in ("LEGACYGPU_OPENCL_DEVICE", "LEGACYGPU_VISIBLE_DEVICES"):
+        monkeypatch.delenv(var, raising=False)
+    return found
+
+
+def test_no_visible_devices_keeps_the_ranked_choice(fake_node) -> None:
+    # the biggest GPU wins without the variable: the visible-device rule must not change this
+    assert open_device().info.name == "gpu-c"
+
+
+def test_visible_devices_pick_the_first_allocated_card(fake_node, monkeypatch) -> None:
+    monkeypatch.setenv("LEGACYGPU_VISIBLE_DEVICES", "0000:06:00.0,0000:03:00.0")
+    dctx = open_device()
+    assert dctx.info.name == "gpu-a"  # first in discovery order among the two allocated cards
+    assert dctx.device is fake_node[1][1]
+    monkeypatch.setenv("LEGACYGPU_VISIBLE_DEVICES", "0000:06:00.0")
+    assert open_device().info.name == "gpu-b"  # not the biggest GPU, which this pod was not given
+    monkeypatch.setenv("LEGACYGPU_VISIBLE_DEVICES", " 0000:06:00.0 , ")  # whitespace and empty items
+    assert open_device().info.name == "gpu-b"
+
+
+def test_opencl_device_index_overrides_visible_devices(fake_node, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("LEGACYGPU_VISIBLE_DEVICES", "0000:06:00.0")
+    monkeypatch.setenv("LEGACYGPU_OPENCL_DEVICE", "3")
+    with caplog.at_level("WARNING", logger=devmod.__name__):
+        assert open_device().info.name == "gpu-c"
+    assert "not among those LEGACYGPU_VISIBLE_DEVICES names" in caplog.text
+    assert open_device(1).info.name == "gpu-a"  # an explicit index too
+
+
+def test_visible_devices_matching_nothing_warn_and_fall_back(fake_node, monkeypatch, caplog) -> None:
+    # PoCL (and the e2e simulator's fake addresses) match no device: behave as before, and say so
+    monkeypatch.setenv("LEGACYGPU_VISIBLE_DEVICES", "0000:42:00.0")
+    with caplog.at_level("WARNING", logger=devmod.__name__):
+        assert open_device().info.name == "gpu-c"
+    assert "LEGACYGPU_VISIBLE_DEVICES=0000:42:00.0 names no OpenCL device" in caplog.text

@@ -13,9 +13,12 @@ builds a one-line kernel, runs it on 256 floats and checks every result.
 Seam: everything the agent needs from OpenCL goes through the small
 :class:`OpenCLProbe` protocol. :class:`PyOpenCLProbe` implements it directly
 on pyopencl (imported lazily, so an agent run with ``--health-checks sysfs``
-never loads an OpenCL driver). When the OpenCL core
-(:mod:`legacygpu.worker.opencl`) settles, an adapter over its device list can
-replace it without touching the health or labelling code.
+never loads an OpenCL driver). It shares the OpenCL core's
+:func:`~legacygpu.worker.opencl.device.pci_address`, which the worker's device
+choice also uses to match ``LEGACYGPU_VISIBLE_DEVICES``, but walks the platforms
+itself rather than through :func:`~legacygpu.worker.opencl.device.discover`: it
+filters by device type, keeps each platform's error as a health reason (the core
+only logs it), and needs the pyopencl handle for its probe kernel.
 """
 
 from __future__ import annotations

@@ -302,12 +302,73 @@ def _rank(info: DeviceInfo, prefer: str) -> tuple[int, int, int]:
     return (0 if info.device_type == prefer else 1, 0 if info.is_legacy_amd else 1, -info.compute_units)
 
 
+ENV_OPENCL_DEVICE = "LEGACYGPU_OPENCL_DEVICE"
+ENV_VISIBLE_DEVICES = "LEGACYGPU_VISIBLE_DEVICES"  # set by the node agent's Allocate (PCI addresses)
+
+
+def _env_index() -> int | None:
+    """The device index ``LEGACYGPU_OPENCL_DEVICE`` names, or None when it is unset or empty."""
+    raw = os.environ.get(ENV_OPENCL_DEVICE, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise DeviceNotFoundError(f"{ENV_OPENCL_DEVICE}={raw!r} is not an index") from exc
+
+
+def _visible(found: list[tuple[DeviceInfo, Any]]) -> list[tuple[DeviceInfo, Any]] | None:
+    """The devices whose PCI address ``LEGACYGPU_VISIBLE_DEVICES`` lists, in discovery order.
+
+    None when the variable is unset, or when no discovered device matches it
+    (PoCL and drivers without the PCI extensions report no address): the caller
+    then chooses as if the variable were unset, and a warning says so.
+    """
+    raw = os.environ.get(ENV_VISIBLE_DEVICES, "").strip()
+    if not raw:
+        return None
+    wanted = {a.strip().lower() for a in raw.split(",") if a.strip()}
+    matched = [pair for pair in found if (pci_address(pair[1]) or "").lower() in wanted]
+    if not matched:
+        log.warning(
+            "%s=%s names no OpenCL device here (no driver reports one of those PCI addresses); "
+            "choosing a device as if it were unset",
+            ENV_VISIBLE_DEVICES,
+            raw,
+        )
+        return None
+    return matched
+
+
+def _choose(found: list[tuple[DeviceInfo, Any]], index: int | None, prefer: str) -> tuple[DeviceInfo, Any]:
+    """Pick the device :func:`open_device` opens; see its docstring for the order of the rules."""
+    if index is None:
+        index = _env_index()
+    visible = _visible(found)
+    if index is not None:
+        if not 0 <= index < len(found):
+            raise DeviceNotFoundError(
+                f"no OpenCL device with index {index}; there are {len(found)} (see `legacygpu devices`)"
+            )
+        if visible is not None and all(info.index != index for info, _ in visible):
+            log.warning("OpenCL device %d is not among those %s names; opening it anyway", index, ENV_VISIBLE_DEVICES)
+        return found[index]
+    if visible is not None:
+        return visible[0]
+    return min(found, key=lambda pair: _rank(pair[0], prefer))
+
+
 def open_device(index: int | None = None, prefer: str = "gpu", *, profiling: bool = False) -> DeviceContext:
     """Open a context and queue on device ``index`` (see :func:`discover`).
 
-    With ``index=None`` the environment variable ``LEGACYGPU_OPENCL_DEVICE``
-    picks the index if set; otherwise the first device of type ``prefer``
-    (legacy AMD GPUs first), falling back to any device.
+    With ``index=None``: the index in ``LEGACYGPU_OPENCL_DEVICE`` if set (an
+    index into :func:`discover`'s list, as ``legacygpu devices`` numbers it);
+    else, when ``LEGACYGPU_VISIBLE_DEVICES`` lists PCI addresses (the node
+    agent sets it to the cards a pod was given), the first discovered device
+    at one of those addresses; else the first device of type ``prefer``
+    (legacy AMD GPUs first), falling back to any device. If
+    ``LEGACYGPU_VISIBLE_DEVICES`` matches no device (a driver that reports no
+    PCI address, such as PoCL), a warning is logged and it is ignored.
     """
     import pyopencl as cl
 
@@ -316,21 +377,7 @@ def open_device(index: int | None = None, prefer: str = "gpu", *, profiling: boo
         raise DeviceNotFoundError(
             "no OpenCL device found: install a driver (on a CPU-only host: apt install pocl-opencl-icd)"
         )
-    if index is None and os.environ.get("LEGACYGPU_OPENCL_DEVICE", "").strip():
-        try:
-            index = int(os.environ["LEGACYGPU_OPENCL_DEVICE"])
-        except ValueError as exc:
-            raise DeviceNotFoundError(
-                f"LEGACYGPU_OPENCL_DEVICE={os.environ['LEGACYGPU_OPENCL_DEVICE']!r} is not an index"
-            ) from exc
-    if index is None:
-        info, dev = min(found, key=lambda pair: _rank(pair[0], prefer))
-    else:
-        if not 0 <= index < len(found):
-            raise DeviceNotFoundError(
-                f"no OpenCL device with index {index}; there are {len(found)} (see `legacygpu devices`)"
-            )
-        info, dev = found[index]
+    info, dev = _choose(found, index, prefer)
     try:
         ctx = cl.Context([dev])
         if profiling:
