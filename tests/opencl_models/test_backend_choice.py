@@ -66,13 +66,13 @@ def test_gpu_present_is_false_when_discovery_fails(monkeypatch: pytest.MonkeyPat
 def test_onnxruntime_runs_digits(digits_model: tuple[Path, np.ndarray, np.ndarray]) -> None:
     path, x, y = digits_model
     model = create_backend("onnxruntime").load(path)
-    assert model.input_names == ["X"]
+    assert model.input_names == ["input"]
     assert set(model.output_names) == {"label", "probabilities"}
-    out = model.run({"X": x})
+    out = model.run({"input": x})
     assert out["probabilities"].shape == (len(x), 10)
     assert (out["label"] == y).mean() > 0.9
     # float64 is the same kind: cast, not refused; batch size may change per call
-    assert model.run({"X": x[:3].astype(np.float64)})["label"].shape == (3,)
+    assert model.run({"input": x[:3].astype(np.float64)})["label"].shape == (3,)
 
 
 @pytest.mark.parametrize("backend_name", ["onnxruntime", "opencl"])
@@ -86,11 +86,11 @@ def test_wrong_inputs_are_validation_errors(
     with pytest.raises(ValidationError, match="missing input"):
         model.run({})
     with pytest.raises(ValidationError, match="axis 1"):
-        model.run({"X": np.zeros((2, 63), np.float32)})
+        model.run({"input": np.zeros((2, 63), np.float32)})
     with pytest.raises(ValidationError, match="rank"):
-        model.run({"X": np.zeros((64,), np.float32)})
+        model.run({"input": np.zeros((64,), np.float32)})
     with pytest.raises(ValidationError, match="dtype"):
-        model.run({"X": np.array([["a"] * 64])})
+        model.run({"input": np.array([["a"] * 64])})
 
 
 @pytest.mark.parametrize("backend_name", ["onnxruntime", "opencl"])

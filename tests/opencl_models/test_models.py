@@ -114,18 +114,24 @@ def test_ppocr_v4_recognizer(backends) -> None:
     assert len(set(probs[0].argmax(-1).tolist()) - {0}) >= 3
 
 
-def test_digits_mlp_all_test_samples_and_dynamic_batch(backends, digits_model) -> None:
+def test_demo_digits_model_matches_onnxruntime(backends, digits_model, digit_samples) -> None:
+    """The shipped demo model, on inputs pre-processed by its card: held-out digits and the sample PNGs."""
     path, x, y = digits_model
     ocl, ort = backends
     model = ocl.load(path)
     ref = ort.load(path)
     for batch in (len(x), 1, 7):
-        got, want = model.run({"X": x[:batch]}), ref.run({"X": x[:batch]})
-        assert (got["label"] == want["label"]).all()
+        got, want = model.run({"input": x[:batch]}), ref.run({"input": x[:batch]})
+        np.testing.assert_array_equal(got["label"], want["label"])
         assert compare("p", got["probabilities"], want["probabilities"]).max_rel_error <= REL_TOL
-    got = model.run({"X": x})
+    got = model.run({"input": x})
     assert (got["label"] == y).mean() > 0.9
-    assert model.plan({"X": x.shape}).plan.flop_share() >= MIN_SHARE
+    samples, digits = digit_samples
+    got, want = model.run({"input": samples}), ref.run({"input": samples})
+    np.testing.assert_array_equal(got["label"], want["label"])
+    np.testing.assert_array_equal(got["label"], digits)
+    assert model.plan({"input": x.shape}).plan.flop_share() >= MIN_SHARE
+    assert model.plan({"input": samples.shape}).plan.flop_share() >= MIN_SHARE
 
 
 Check = Callable[..., Any]
