@@ -142,6 +142,23 @@ class Kube:
         except NotFoundError:
             return None
 
+    def free_resource(
+        self, resource: str = "legacygpu.io/gpu", node_selector: str = "legacygpu.io/gpu.present=true"
+    ) -> dict[str, int]:
+        """Per selected node: allocatable ``resource`` minus what its non-terminated pods ask for.
+
+        Terminating pods still count, as they do for the scheduler, until they are gone.
+        """
+        free = {
+            n.metadata.name: int((n.status.allocatable or {}).get(resource, "0"))
+            for n in self.core.list_node(label_selector=node_selector).items
+        }
+        for pod in self.core.list_pod_for_all_namespaces().items:
+            if pod.spec.node_name in free and pod.status.phase not in ("Succeeded", "Failed"):
+                for c in pod.spec.containers:
+                    free[pod.spec.node_name] -= int(((c.resources and c.resources.limits) or {}).get(resource, "0"))
+        return free
+
     # -- waiting ---------------------------------------------------------------------------
     def wait_for(
         self, probe: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.25, what: str = "condition"

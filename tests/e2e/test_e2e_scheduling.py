@@ -16,7 +16,6 @@ from e2ecluster import Kube
 
 RESOURCE = "legacygpu.io/gpu"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
-TERMINAL = ("Succeeded", "Failed")
 
 
 def _gpu_pod(name: str) -> dict[str, Any]:
@@ -32,23 +31,10 @@ def _gpu_pod(name: str) -> dict[str, Any]:
     }
 
 
-def _free_gpus(kube: Kube) -> dict[str, int]:
-    """Per GPU node: allocatable minus what non-terminated pods there request."""
-    free = {
-        n.metadata.name: int(n.status.allocatable.get(RESOURCE, "0"))
-        for n in kube.core.list_node(label_selector="legacygpu.io/gpu.present=true").items
-    }
-    for pod in kube.core.list_pod_for_all_namespaces().items:
-        if pod.spec.node_name in free and pod.status.phase not in TERMINAL:
-            for c in pod.spec.containers:
-                free[pod.spec.node_name] -= int(((c.resources and c.resources.limits) or {}).get(RESOURCE, "0"))
-    return free
-
-
 def test_scheduler_fills_gpu_capacity_and_leaves_the_rest_pending(kube: Kube, namespace: str) -> None:
     if kube.simulated:  # wait for other tests' GPU pods to be finalised
-        kube.wait_for(lambda: sum(_free_gpus(kube).values()) == 6, timeout=90, what="all 6 GPUs free")
-    free = _free_gpus(kube)
+        kube.wait_for(lambda: sum(kube.free_resource(RESOURCE).values()) == 6, timeout=90, what="all 6 GPUs free")
+    free = kube.free_resource(RESOURCE)
     total = sum(free.values())
     if total == 0 or total > 16:
         pytest.skip(f"needs between 1 and 16 free {RESOURCE} on the cluster, found {total}")

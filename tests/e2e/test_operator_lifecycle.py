@@ -85,10 +85,11 @@ def test_tasks_run_workers_recover_and_the_cluster_goes_away(operator: Kube, nam
     cluster["spec"].update(serviceAccountName="legacygpu-worker", backend="onnxruntime", tasksPerWorker=1)
     kube.apply(cluster, namespace)
     kube.wait_condition(API, "InferenceCluster", "digits", "WorkersReady", namespace=namespace, timeout=180)
-    pods = kube.core.list_namespaced_pod(namespace, label_selector="legacygpu.io/cluster=digits").items
+    pods = _cluster_pods(kube, namespace, "digits")
     assert len(pods) == 2
+    _assert_owned_by(kube, namespace, "digits", pods)
     for pod in pods:
-        assert pod.spec.node_name and pod.metadata.owner_references[0].kind == "InferenceCluster"
+        assert pod.spec.node_name
         assert pod.spec.containers[0].resources.limits["legacygpu.io/gpu"] == "1"
 
     for name in ("task-tensor.yaml", "task-image.yaml", "task-uri.yaml"):
@@ -115,6 +116,10 @@ def test_tasks_run_workers_recover_and_the_cluster_goes_away(operator: Kube, nam
     assert done["status"]["attempts"] == 2 and done["status"]["workerRef"]["pod"] != victim
     kube.wait_condition(API, "InferenceCluster", "digits", "WorkersReady", namespace=namespace, timeout=120)
 
+    # More GPUs than are free, though each worker fits a node: the scheduler binds exactly the
+    # workers that fit, the others stay Pending, and the cluster says why.
+    _exactly_the_fitting_workers_bind(kube, namespace, held=2)
+
     # A worker that no node can hold: the scheduler's reason shows in the cluster's conditions.
     big = {"apiVersion": API, "kind": "InferenceCluster", "metadata": {"name": "big"},
            "spec": {"replicas": 1, "gpusPerWorker": 3, "serviceAccountName": "legacygpu-worker"}}
@@ -123,8 +128,91 @@ def test_tasks_run_workers_recover_and_the_cluster_goes_away(operator: Kube, nam
     condition = next(c for c in degraded["status"]["conditions"] if c["type"] == "Degraded")
     assert condition["reason"] == "Unschedulable" and "Insufficient legacygpu.io/gpu" in condition["message"]
 
-    # Deleting the cluster: finalizer handled by the operator, pods removed by the garbage collector.
+    # Deleting the cluster: finalizer handled by the operator. Its pods are the cluster's controlled
+    # dependents, so the garbage collector removes them even where the operator does not (see
+    # test_the_garbage_collector_removes_the_pods_of_a_deleted_cluster for that without an operator).
+    _assert_owned_by(kube, namespace, "digits", _cluster_pods(kube, namespace, "digits"))
     kube.delete(cluster, namespace)
     kube.wait_gone(API, "InferenceCluster", "digits", namespace, timeout=60)
-    kube.wait_for(lambda: not kube.core.list_namespaced_pod(
-        namespace, label_selector="legacygpu.io/cluster=digits").items, timeout=60, what="worker pods gone")
+    kube.wait_for(lambda: not _cluster_pods(kube, namespace, "digits"), timeout=60, what="worker pods gone")
+
+
+def _cluster_pods(kube: Kube, namespace: str, cluster: str) -> list[Any]:
+    return list(kube.core.list_namespaced_pod(namespace, label_selector=f"legacygpu.io/cluster={cluster}").items)
+
+
+def _assert_owned_by(kube: Kube, namespace: str, cluster: str, pods: list[Any]) -> None:
+    """Each pod's first ownerReference is the cluster itself (its uid), as its controller."""
+    uid = kube.get(API, "InferenceCluster", cluster, namespace)["metadata"]["uid"]
+    assert pods
+    for pod in pods:
+        owner = pod.metadata.owner_references[0]
+        assert (owner.kind, owner.name, owner.uid, owner.controller) == ("InferenceCluster", cluster, uid, True)
+
+
+def _pod_scheduled(pod: Any) -> Any:
+    return next((c for c in pod.status.conditions or [] if c.type == "PodScheduled"), None)
+
+
+def _exactly_the_fitting_workers_bind(kube: Kube, namespace: str, held: int) -> None:
+    """A cluster of 2-GPU workers asking for more GPUs than are free, while ``held`` are taken.
+
+    Only ``free // 2`` workers fit on each node, so the bound count depends on where the
+    scheduler put the GPUs already held, and is computed from the nodes' free GPUs.
+    """
+    per_worker, replicas = 2, 3
+    nodes = kube.core.list_node(label_selector="legacygpu.io/gpu.present=true").items
+    pool = sum(int(n.status.allocatable.get("legacygpu.io/gpu", "0")) for n in nodes)
+
+    def only_ours_held() -> dict[str, int] | None:  # other tests' GPU pods may still be terminating
+        free = kube.free_resource()
+        return free if sum(free.values()) == pool - held else None
+
+    free = kube.wait_for(only_ours_held, timeout=90, what=f"only this test's {held} GPUs held")
+    fitting = sum(n // per_worker for n in free.values())
+    assert per_worker * replicas > sum(free.values()) and 0 < fitting < replicas, free
+    wide = {"apiVersion": API, "kind": "InferenceCluster", "metadata": {"name": "wide"},
+            "spec": {"replicas": replicas, "gpusPerWorker": per_worker, "serviceAccountName": "legacygpu-worker",
+                     "backend": "onnxruntime"}}  # fmt: skip
+    kube.apply(wide, namespace)
+
+    def settled() -> tuple[list[Any], list[Any]] | None:
+        pods = _cluster_pods(kube, namespace, "wide")
+        bound = [p for p in pods if p.spec.node_name]
+        pending = [p for p in pods if not p.spec.node_name and getattr(_pod_scheduled(p), "status", "") == "False"]
+        return (bound, pending) if len(bound) == fitting and len(pending) == replicas - fitting else None
+
+    bound, pending = kube.wait_for(settled, timeout=120, what=f"{fitting} of {replicas} wide workers bound")
+    for pod in bound:
+        assert free[pod.spec.node_name] >= per_worker, (pod.spec.node_name, free)
+    for pod in pending:
+        cond = _pod_scheduled(pod)
+        assert cond.reason == "Unschedulable" and "Insufficient legacygpu.io/gpu" in cond.message, cond
+    degraded = kube.wait_condition(API, "InferenceCluster", "wide", "Degraded", namespace=namespace, timeout=60)
+    condition = next(c for c in degraded["status"]["conditions"] if c["type"] == "Degraded")
+    assert condition["reason"] == "Unschedulable" and "Insufficient legacygpu.io/gpu" in condition["message"]
+    assert any(p.metadata.name in condition["message"] for p in pending), condition
+    # nothing more binds: the GPUs are still all taken
+    assert len([p for p in _cluster_pods(kube, namespace, "wide") if p.spec.node_name]) == fitting
+    kube.delete(wide, namespace)
+    kube.wait_gone(API, "InferenceCluster", "wide", namespace, timeout=60)
+
+
+def test_the_garbage_collector_removes_the_pods_of_a_deleted_cluster(kube: Kube, namespace: str) -> None:
+    """With no operator running (so no finalizer), only the garbage collector can remove the pod."""
+    kube.apply(all_crds())
+    cluster = {"apiVersion": API, "kind": "InferenceCluster", "metadata": {"name": "orphaned"},
+               "spec": {"replicas": 1, "gpusPerWorker": 0}}  # fmt: skip
+    created = kube.apply(cluster, namespace)[0]
+    assert not created["metadata"].get("finalizers")  # nothing but the operator would add one
+    owner = {"apiVersion": API, "kind": "InferenceCluster", "name": "orphaned", "uid": created["metadata"]["uid"],
+             "controller": True, "blockOwnerDeletion": True}  # fmt: skip
+    # A nodeSelector no node matches keeps the pod unbound, so no kubelet (or simulator) is involved.
+    pod = {"metadata": {"name": "orphaned-worker-0", "ownerReferences": [owner]},
+           "spec": {"nodeSelector": {"e2e.legacygpu.io/no-such-node": "true"},
+                    "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}]}}  # fmt: skip
+    kube.core.create_namespaced_pod(namespace, pod)
+    kube.delete(cluster, namespace)
+    kube.wait_gone(API, "InferenceCluster", "orphaned", namespace, timeout=60)
+    # the garbage collector may need a discovery resync (30 s) to learn the CRD's kind
+    kube.wait_gone("v1", "Pod", "orphaned-worker-0", namespace, timeout=180)
