@@ -9,6 +9,16 @@ For the OpenCL backend it also reports, node by node, where each op ran
 (OpenCL, onnxruntime, or folded away at plan time) and why an op fell back,
 and the share of the model's FLOPs that ran on OpenCL.
 
+Top-1 agreement (``top1_match``) is reported only for outputs that hold class
+scores, by a rule on the output and on the graph (:func:`classifier_outputs`):
+the reference output is floating point and, once trailing dimensions of 1 are
+dropped, of shape ``(N, C)`` with ``C >= 2``; and the op producing it, looking
+through ``Identity``, ``Cast``, ``Dropout``, ``Flatten``, ``Reshape`` and
+``Squeeze``, is a classifier's last op: ``Softmax``, ``LogSoftmax``, ``Gemm``,
+``MatMul``, a ``Conv`` (a 1x1 convolution head), or an ``Add`` of a bias to a
+``MatMul``/``Gemm`` result. Any other output (a ``CumSum`` of shape ``(1, 3)``,
+a pooled feature map) has ``top1_match: null``.
+
 The result is plain data (:meth:`CheckResult.to_dict` is the CLI's JSON).
 """
 
@@ -22,7 +32,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CheckResult", "OpReport", "OutputError", "check_model", "compare", "random_inputs"]
+__all__ = [
+    "CheckResult",
+    "OpReport",
+    "OutputError",
+    "check_model",
+    "classifier_outputs",
+    "compare",
+    "has_class_score_shape",
+    "random_inputs",
+]
+
+# Ops that pass class scores on unchanged in meaning: looked through to find the op that made an output.
+_PASS_THROUGH = frozenset({"Identity", "Cast", "Dropout", "Flatten", "Reshape", "Squeeze"})
+# The last op of a classifier: probabilities (Softmax), or logits (a fully connected layer, a 1x1 conv head).
+_CLASSIFIER_HEADS = frozenset({"Softmax", "LogSoftmax", "Gemm", "MatMul", "Conv"})
 
 
 @dataclass
@@ -33,7 +57,7 @@ class OutputError:
     max_rel_error: float
     reference_max: float
     top1_match: bool | None = None
-    """For (N, classes) outputs: whether every row's argmax agrees."""
+    """For class scores (see the module docstring): whether every row's argmax agrees; else None."""
 
 
 @dataclass
@@ -91,8 +115,44 @@ def random_inputs(specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], seed: i
     return out
 
 
-def compare(name: str, got: np.ndarray, ref: np.ndarray) -> OutputError:
-    """Errors of ``got`` against ``ref`` (relative to ``ref``'s largest magnitude)."""
+def has_class_score_shape(ref: np.ndarray) -> bool:
+    """Whether ``ref`` is floating point and, trailing 1s dropped, of shape (N, C) with C >= 2."""
+    shape = list(ref.shape)
+    while len(shape) > 2 and shape[-1] == 1:
+        shape.pop()
+    return ref.dtype.kind == "f" and len(shape) == 2 and shape[1] >= 2
+
+
+def classifier_outputs(path: Path) -> set[str]:
+    """Names of the graph outputs made by a classifier's last op (see the module docstring)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def source(name: str) -> Any:
+        node = producer.get(name)
+        while node is not None and node.op_type in _PASS_THROUGH and node.input:
+            node = producer.get(node.input[0])
+        return node
+
+    def is_head(node: Any) -> bool:
+        if node is None:
+            return False
+        if node.op_type == "Add":  # a bias added to a fully connected layer
+            return any(getattr(source(i), "op_type", "") in ("MatMul", "Gemm") for i in node.input)
+        return node.op_type in _CLASSIFIER_HEADS
+
+    return {o.name for o in graph.output if is_head(source(o.name))}
+
+
+def compare(name: str, got: np.ndarray, ref: np.ndarray, *, class_scores: bool = True) -> OutputError:
+    """Errors of ``got`` against ``ref``: the largest absolute difference, and that over ``ref``'s largest magnitude.
+
+    ``top1_match`` (every row's argmax agrees) is filled in when ``class_scores``
+    (what the caller knows of the output's producer, see :func:`classifier_outputs`)
+    and ``ref`` has the shape of class scores (:func:`has_class_score_shape`); else None.
+    """
     got64, ref64 = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     if got64.shape != ref64.shape:
         return OutputError(name, list(ref.shape), float("inf"), float("inf"), float(np.abs(ref64).max(initial=0)))
@@ -101,9 +161,9 @@ def compare(name: str, got: np.ndarray, ref: np.ndarray) -> OutputError:
     scale = float(np.abs(ref64).max(initial=0.0))
     rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     top1 = None
-    if ref64.ndim >= 2 and ref64.shape[-1] > 1 and ref.dtype.kind == "f":
-        classes = ref64.shape[-1]
-        top1 = bool((got64.reshape(-1, classes).argmax(1) == ref64.reshape(-1, classes).argmax(1)).all())
+    if class_scores and has_class_score_shape(np.asarray(ref)):
+        rows = ref64.shape[0]
+        top1 = bool((got64.reshape(rows, -1).argmax(1) == ref64.reshape(rows, -1).argmax(1)).all())
     return OutputError(name, list(ref.shape), max_abs, rel, scale, top1)
 
 
@@ -139,7 +199,8 @@ def check_model(
     inputs = dict(feeds) if feeds is not None else random_inputs(specs, seed)
     got = model.run(inputs)
     want = reference.run(inputs)
-    outputs = [compare(name, got[name], want[name]) for name in reference.output_names]
+    heads = classifier_outputs(path)
+    outputs = [compare(n, got[n], want[n], class_scores=n in heads) for n in reference.output_names]
     ops: list[OpReport] = []
     share, total = 0.0, 0.0
     if isinstance(model, OpenCLModel):
