@@ -178,6 +178,24 @@ def test_bench_gemm_cli_writes_rows_and_png(dctx, tmp_path, monkeypatch) -> None
     assert (tmp_path / "out" / "gemm.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
+def test_bench_gemm_cli_compares_with_clblast(dctx, tmp_path, monkeypatch) -> None:
+    """One small CLBlast row: its GFLOPS and our ratio to it are filled in (no timing is asserted)."""
+    pytest.importorskip("pyclblast")
+    monkeypatch.setenv("LEGACYGPU_CACHE_DIR", str(tmp_path / "cache"))
+    res = CliRunner().invoke(
+        cli, ["bench", "gemm", "--sizes", "64", "--no-inference", "--repeats", "1", "--no-numpy",
+              "--out-dir", str(tmp_path / "out"), "--output", "json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads((tmp_path / "out" / "gemm.json").read_text())
+    assert (row["m"], row["n"], row["k"]) == (64, 64, 64)
+    assert row["clblast_gflops"] > 0 and row["clblast_ms"] > 0
+    assert row["ours_vs_clblast"] > 0
+    assert row["ours_vs_clblast"] == pytest.approx(row["ours_gflops"] / row["clblast_gflops"], rel=1e-2)
+    assert row["numpy_gflops"] is None and row["ours_vs_numpy"] is None
+
+
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize(
     "params",
