@@ -70,6 +70,24 @@ def test_cache_roundtrip_and_reuse_by_gemm(dctx, tmp_path) -> None:
     assert gemm.params_for(8, 100, 100) == default_params(info, "skinny")
 
 
+def test_cache_is_keyed_by_device_and_driver(dctx, tmp_path) -> None:
+    """A winner tuned under one driver (or on one device) is not used under another: it may be wrong or slow there."""
+    import dataclasses
+
+    info = dctx.info
+    new_driver = dataclasses.replace(info, driver_version=info.driver_version + "-upgraded")
+    other_device = dataclasses.replace(info, name=info.name + " (second card)")
+    cache = TuningCache(tmp_path)
+    cache.store(info, "square", GOOD, gflops=12.5)
+    assert cache.lookup(info, "square") == GOOD
+    assert cache.lookup(new_driver, "square") is None and cache.lookup(other_device, "square") is None
+    path = cache.save(info)
+    assert cache.path_for(new_driver) != path and cache.path_for(other_device) != path
+    fresh = TuningCache(tmp_path)
+    assert fresh.lookup(info, "square") == GOOD
+    assert fresh.lookup(new_driver, "square") is None and fresh.lookup(other_device, "square") is None
+
+
 def test_cache_ignores_stale_kernel_and_corrupt_files(dctx, tmp_path, caplog) -> None:
     info = dctx.info
     cache = TuningCache(tmp_path)
