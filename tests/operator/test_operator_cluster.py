@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from operator_harness import NS, Deployment, cluster_manifest, condition, eventually
+from operator_harness import NS, Deployment, cluster_manifest, condition, eventually, phase, task_manifest
 
-from legacygpu.core.kube.contract import CLUSTER_PLURAL
+from legacygpu.core.kube.contract import CLUSTER_PLURAL, TASK_PLURAL
+
+FLAT = {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}
+QUOTA = "exceeded quota: gpu-quota, requested: legacygpu.io/gpu=1, used: legacygpu.io/gpu=8, limited: ...=8"
 
 
 async def _ready_workers(dep: Deployment, name: str, count: int) -> dict[str, Any] | None:
@@ -124,3 +127,41 @@ async def test_spec_the_schema_would_refuse_is_refused_by_the_operator(dep: Depl
     assert "spec.replicas (10) is outside" in condition(body, "Ready")["message"]
     assert await dep.pods("odd") == []
     assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in await dep.events("odd"))
+
+
+async def test_a_pod_the_api_server_refuses_degrades_the_cluster_and_tasks_still_move(dep: Deployment) -> None:
+    """A 403 from a ResourceQuota: shown in the conditions and Events; cancel, deadlines and recovery still work."""
+    assert dep.emulator.emulator is not None
+    dep.emulator.emulator.refuse_create = lambda plural, body: (
+        (403, "Forbidden", f'pods "{body["metadata"]["name"]}" is forbidden: {QUOTA}') if plural == "pods" else None
+    )
+    await dep.start_operator()
+    await dep.create(cluster_manifest("capped", replicas=1))
+    await dep.create(task_manifest("cancel-me", "capped", [FLAT]))
+    await dep.create(task_manifest("too-late", "capped", [FLAT], timeoutSeconds=3))
+
+    async def refused() -> Any:
+        body = await dep.cluster("capped")
+        return body if condition(body, "Degraded").get("reason") == "PodCreateFailed" else None
+
+    body = await eventually(refused, what="Degraded/PodCreateFailed")
+    degraded = condition(body, "Degraded")
+    assert degraded["status"] == "True" and QUOTA in degraded["message"]
+    assert 'pods "<generated>" is forbidden' in degraded["message"]  # stable from one attempt to the next
+    assert condition(body, "WorkersReady")["status"] == "False" and condition(body, "Ready")["status"] == "False"
+    events = [e for e in await dep.events("capped") if e["reason"] == "PodCreateFailed"]
+    assert events and all(e["type"] == "Warning" and QUOTA in e["message"] for e in events)
+    assert await dep.pods("capped") == []
+
+    await dep.patch_spec(TASK_PLURAL, "cancel-me", {"cancel": True})
+
+    async def ended() -> Any:
+        bodies = {n: await dep.task(n) for n in ("cancel-me", "too-late")}
+        return bodies if phase(bodies["cancel-me"]) == "Cancelled" and phase(bodies["too-late"]) == "Failed" else None
+
+    bodies = await eventually(ended, what="one task cancelled, one past its deadline")
+    assert bodies["too-late"]["status"]["reason"] == "DeadlineExceeded"
+
+    dep.emulator.emulator.refuse_create = None  # the quota is raised
+    body = await eventually(lambda: _ready_workers(dep, "capped", 1), what="worker created once allowed")
+    assert condition(body, "Degraded")["status"] == "False"

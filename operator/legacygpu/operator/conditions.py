@@ -34,7 +34,7 @@ class ClusterCondition:
     WORKERS_READY = "WorkersReady"
     """Every desired worker pod exists and is ready."""
     DEGRADED = "Degraded"
-    """Some worker cannot run: unschedulable, crash-looping, or failed."""
+    """Some worker cannot run: unschedulable, crash-looping, failed, or refused by the API server."""
     SUSPENDED = "Suspended"
     """spec.suspend is true and the workers are removed."""
 
@@ -59,6 +59,10 @@ class ConditionReason:
     SUSPENDED = "Suspended"
     NOT_SUSPENDED = "NotSuspended"
     INVALID_SPEC = "InvalidSpec"
+    POD_CREATE_FAILED = "PodCreateFailed"
+    """The API server refused a worker pod (quota, admission, an invalid pass-through field)."""
+    SERVICE_CREATE_FAILED = "ServiceCreateFailed"
+    """The API server refused the headless Service."""
 
 
 @dataclass(frozen=True)

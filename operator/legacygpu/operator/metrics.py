@@ -49,7 +49,10 @@ class OperatorMetrics:
             registry=r,
         )
         self.reconcile_errors = Counter(
-            "legacygpu_operator_reconcile_errors_total", "Reconcile passes that raised an error.", ["kind"], registry=r
+            "legacygpu_operator_reconcile_errors_total",
+            "Reconcile passes that raised an error or had a create refused by the API server.",
+            ["kind"],
+            registry=r,
         )
         self.tasks = Gauge(
             "legacygpu_operator_tasks", "InferenceTasks by phase.", ["namespace", "cluster", "phase"], registry=r

@@ -6,7 +6,12 @@ overlays), decides with the pure functions of :mod:`clusterstate` and
 :mod:`taskstate`, and writes only differences:
 
 1. **workers**: ensure the headless Service; create, replace or delete
-   worker pods per :func:`~legacygpu.operator.clusterstate.plan_scale`;
+   worker pods per :func:`~legacygpu.operator.clusterstate.plan_scale`. A
+   create the API server refuses (a quota's 403, a 422 for an invalid
+   pass-through field such as ``affinity``) does not end the pass: it shows
+   as ``Degraded``/``PodCreateFailed`` (or ``ServiceCreateFailed``) with the
+   server's message, counts as a reconcile error, and is tried again on the
+   next pass, while tasks keep being cancelled, timed out and cleaned up;
 2. **tasks**: apply :func:`~legacygpu.operator.taskstate.decide` to every
    task (admit, requeue from lost workers, deadlines, cancellation, TTL),
    then place queued tasks with the cluster's strategy. A task admitted and
@@ -41,7 +46,7 @@ from legacygpu.core.kube.contract import (
     now_utc,
     parse_time,
 )
-from legacygpu.core.kube.errors import ApiConflictError, ApiNotFoundError
+from legacygpu.core.kube.errors import ApiConflictError, ApiError, ApiNotFoundError
 from legacygpu.core.scheduling import STRATEGIES
 from legacygpu.core.tasks import ASSIGNED_PHASES, Phase
 from legacygpu.operator import events
@@ -111,28 +116,54 @@ async def write_task(
     return True
 
 
+def _refused(reason: str, what: str, exc: ApiError, generated_name: str = "") -> Desired:
+    """The Degraded condition for a child object the API server would not create.
+
+    The message must stay the same while the same refusal repeats: a changed
+    condition is a status write, which wakes this cluster's loop again, so a
+    message naming each attempt's generated pod name would spin the loop
+    (the name is replaced by ``<generated>``).
+    """
+    detail = str(exc).replace(generated_name, "<generated>") if generated_name else str(exc)
+    return Desired(ClusterCondition.DEGRADED, True, reason, f"cannot create {what}: {detail}")
+
+
+async def _ensure_service(rt: OperatorRuntime, body: Mapping[str, Any], key: ClusterKey) -> Desired | None:
+    """Create the headless Service unless it was checked recently; the refusal, if any."""
+    if time.monotonic() - rt.service_checked.get(key, 0.0) <= _SERVICE_CHECK_EVERY:
+        return None
+    namespace, name = key
+    service = build_service(cluster=name, namespace=namespace, health_port=rt.config.health_port)
+    kopf.adopt(service, owner=dict(body))  # type: ignore[arg-type]
+    try:
+        created = await rt.api.ensure_service(service)
+    except ApiError as exc:
+        return _refused(ConditionReason.SERVICE_CREATE_FAILED, "the headless Service", exc)
+    if created:
+        message = f"created headless Service {service['metadata']['name']}"
+        events.post(body, "Normal", EventReason.SERVICE_CREATED, message)
+    rt.service_checked[key] = time.monotonic()
+    return None
+
+
 async def _children(
     rt: OperatorRuntime, body: Mapping[str, Any], pods: list[PodView], assigned: Mapping[str, int],
     logger: logging.Logger | logging.LoggerAdapter[Any],
-) -> None:
+) -> Desired | None:
     """Ensure the Service, then create and delete pods so the wanted number stay live.
 
     ``pods`` is the index merged with the runtime's overlay; every create and
     delete is recorded in that overlay, so the caller re-merges the *index*
     afterwards (merging this list again would treat our own placeholders as
     proof the index has caught up, and the next pass would create a pod twice).
+
+    Returns the ``Degraded`` condition for a create the API server refused
+    (the first refusal ends this pass's creates: the others would meet the same answer).
     """
     meta, spec = body["metadata"], body.get("spec") or {}
     namespace, name = meta["namespace"], meta["name"]
     key: ClusterKey = (namespace, name)
-    checked = rt.service_checked.get(key, 0.0)
-    if time.monotonic() - checked > _SERVICE_CHECK_EVERY:
-        service = build_service(cluster=name, namespace=namespace, health_port=rt.config.health_port)
-        kopf.adopt(service, owner=dict(body))  # type: ignore[arg-type]
-        if await rt.api.ensure_service(service):
-            message = f"created headless Service {service['metadata']['name']}"
-            events.post(body, "Normal", EventReason.SERVICE_CREATED, message)
-        rt.service_checked[key] = time.monotonic()
+    refusal = await _ensure_service(rt, body, key)
     desired = desired_workers(spec)
     plan = plan_scale(desired, pods, assigned)
     for victim in plan.delete:
@@ -148,12 +179,18 @@ async def _children(
         pod_name = new_pod_name(name)
         pod = build_worker_pod(cluster=name, namespace=namespace, name=pod_name, spec=spec, config=rt.config)
         kopf.adopt(pod, owner=dict(body))  # type: ignore[arg-type]
-        await rt.api.create_pod(pod)
+        try:
+            await rt.api.create_pod(pod)
+        except ApiError as exc:
+            logger.warning("the API server refused worker pod %s: %s", pod_name, exc)
+            refusal = _refused(ConditionReason.POD_CREATE_FAILED, "a worker pod", exc, pod_name)
+            break
         rt.created_pod(key, pod_name)
         created.append(pod_name)
         events.post(body, "Normal", EventReason.WORKER_CREATED, f"created worker pod {pod_name} ({desired} wanted)")
     if plan.create or plan.delete:
         logger.info("workers: created %s, deleted %s (%d wanted)", created, list(plan.delete), desired)
+    return refusal
 
 
 async def _tasks(
@@ -260,19 +297,22 @@ async def reconcile_cluster(
     indexed_tasks = list(tasks)
     task_list = rt.tasks_seen(indexed_tasks)
     problem = cluster_problem(spec)
+    extra = []
     if problem is None:
         assigned = Counter(t.worker for t in task_list if t.phase in ASSIGNED_PHASES and t.worker)
-        await _children(rt, body, pod_list, assigned, logger)
+        refusal = await _children(rt, body, pod_list, assigned, logger)
         pod_list = rt.pods_seen(key, indexed_pods, placeholder)
+        if refusal is not None:
+            rt.metrics.reconcile_errors.labels("InferenceCluster").inc()
+            extra.append(refusal)
+    else:
+        extra.append(Desired(ClusterCondition.READY, False, ConditionReason.INVALID_SPEC, problem))
     wakes = await _tasks(
         rt, body, task_list, pod_list, schedule=problem is None and not spec.get("suspend"), now=now
     )
     final = rt.tasks_seen(indexed_tasks)
     phases = Counter(t.phase for t in final)
     assigned = Counter(t.worker for t in final if t.phase in ASSIGNED_PHASES and t.worker)
-    extra = []
-    if problem is not None:
-        extra.append(Desired(ClusterCondition.READY, False, ConditionReason.INVALID_SPEC, problem))
     previous = rt.cluster_status.get(key) or dict(body.get("status") or {})
     status = cluster_status(
         spec=spec,

@@ -23,6 +23,14 @@ keeps objects as plain JSON and leaves these out on purpose):
 * the events and leases resources declared up front, and ``GET
   /api/v1/namespaces`` (a path kmock cannot parse) answered here.
 
+Fault injection: :attr:`ApiServerEmulator.refuse_create` is a predicate a
+test sets to make creates fail the way admission does on a real server (a
+``403`` from a ResourceQuota, a ``422`` from validation)::
+
+    emulator.refuse_create = lambda plural, body: (
+        (403, "Forbidden", "exceeded quota: gpus") if plural == "pods" else None
+    )
+
 It is an emulator, not a conformance target: no admission, no schema
 validation, no server-side apply, no ``PUT``. Tests that need those run
 against the real control plane.
@@ -38,7 +46,7 @@ import json
 import secrets
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -48,7 +56,10 @@ import jsonpointer
 import kmock
 from kmock._internal import dicts, k8s, rendering
 
-__all__ = ["DEFAULT_RESOURCES", "ApiServerEmulator", "EmulatorThread", "match_labels"]
+__all__ = ["DEFAULT_RESOURCES", "ApiServerEmulator", "EmulatorThread", "Refusal", "match_labels"]
+
+Refusal = tuple[int, str, str]
+"""(HTTP status, reason, message) of a refused request, e.g. ``(422, "Invalid", "...")``."""
 
 # Resources every emulator serves: plural path -> (kind, namespaced, has status subresource).
 DEFAULT_RESOURCES: dict[str, tuple[str, bool, bool]] = {
@@ -98,6 +109,11 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
     _current_rv: int = attrs.field(default=0, init=False)
     _status_subresources: set[str] = attrs.field(factory=set, init=False)
     _served: set[tuple[str, str, str]] = attrs.field(factory=set, init=False)
+    refuse_create: Callable[[str, Mapping[str, Any]], Refusal | None] | None = attrs.field(default=None)
+    """Called with (plural, body) before each create; a :data:`Refusal` makes the create fail with it.
+
+    Settable while the server runs (from another thread too): the next create sees it.
+    """
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -203,6 +219,11 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
 
     async def _create(self, request: rendering.Request) -> dict[str, Any]:
         body = dict(request.data or {})
+        refuse = self.refuse_create
+        refusal = refuse(request.resource.plural or "", body) if refuse is not None else None
+        if refusal is not None:
+            status, reason, message = refusal
+            raise k8s.KubernetesError(status=status, reason=reason, message=message, details={})
         meta = dict(body.get("metadata") or {})
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + secrets.token_hex(3)
