@@ -8,11 +8,12 @@ over it; each row carries the OpenCL/onnxruntime throughput ratio measured
 in the same run and the share of the model's FLOPs that ran on OpenCL.
 
 Models are named (:data:`MODELS`: the onnx package's light models as
-shipped, open_nsfw, PP-OCRv4 det/rec, the demo digits MLP) or given as
-paths. Models exported with a fixed batch of 1 get a dynamic batch axis
-for the batch-8 rows (the input's and outputs' first dimension is renamed);
-when a model's graph hard-codes the batch (a ``Reshape`` to ``[1, ...]``)
-that row is reported as not runnable rather than dropped.
+shipped, open_nsfw, PP-OCRv4 det/rec, the demo digits MLP; all of them by
+default, the models the correctness tests run) or given as paths. Models
+exported with a fixed batch of 1 get a dynamic batch axis for the batch-8
+rows (the input's and outputs' first dimension is renamed); when a model's
+graph hard-codes the batch (a ``Reshape`` to ``[1, ...]``) that row is
+reported as not runnable rather than dropped.
 
 Results: a table (or JSON on stdout), ``bench-model.json`` (a list of rows
 with ``model, backend, batch, latency_ms, throughput_per_s``) and
@@ -49,7 +50,9 @@ MODELS: dict[str, str] = {
     "ppocr_rec": "site:rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
     "digits": "demo:digits",
 }
-DEFAULT_MODELS = ("digits", "squeezenet", "shufflenet", "resnet50", "open_nsfw", "ppocr_det", "ppocr_rec")
+# Every model the correctness tests run (tests/opencl_models). On a CPU (PoCL) all of them take
+# several minutes at batch 1 and 8; --models picks a subset.
+DEFAULT_MODELS = tuple(MODELS)
 # Dynamic spatial dimensions of the OCR models, as rapidocr feeds them.
 DIMS = {"p2o.DynamicDimension.1": 320, "p2o.DynamicDimension.2": 320, "?": 48}
 REC_SHAPE = (3, 48, 320)
@@ -216,13 +219,19 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 @click.command("model")
-@click.option("--models", default=",".join(DEFAULT_MODELS), show_default=True,
-              help=f"Comma-separated names ({', '.join(MODELS)}) or .onnx paths.")
+@click.option(
+    "--models",
+    default=",".join(DEFAULT_MODELS),
+    help=f"Comma-separated names ({', '.join(MODELS)}) or .onnx paths. Default: all of those names, "
+    "which takes several minutes on a CPU (PoCL); pick a few for a quick run, e.g. "
+    "--models digits,squeezenet.",
+)
 @click.option("--batches", default="1,8", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed calls per backend and batch.")
 @click.option("--device", "device_index", type=int, default=None, help="OpenCL device index (see `legacygpu devices`).")
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
-              show_default=True)
+@click.option(
+    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True
+)
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def model_bench(models: str, batches: str, repeats: int, device_index: int | None, out_dir: Path, output: str) -> None:
     """Latency and throughput per model: the OpenCL backend against onnxruntime on the CPU."""
