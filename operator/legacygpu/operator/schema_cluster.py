@@ -33,6 +33,8 @@ __all__ = ["BACKENDS", "DEFAULT_STRATEGY", "cluster_crd", "cluster_spec_schema",
 
 BACKENDS = ("onnxruntime", "opencl", "auto")
 DEFAULT_STRATEGY = "least-loaded"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""An RFC 1123 subdomain: what Kubernetes accepts as the name of a ServiceAccount (and most objects)."""
 RESOURCE_NAME_PATTERN = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
@@ -100,13 +102,14 @@ def cluster_spec_schema() -> Schema:
                 default=False,
             ),
             "image": string(
-                "Worker container image; defaults to the operator's --worker-image.", max_length=1024
+                "Worker container image; defaults to the operator's --worker-image.", min_length=1, max_length=1024
             ),
             "imagePullPolicy": string(
                 "When the kubelet pulls the image.", enum=["Always", "IfNotPresent", "Never"]
             ),
             "serviceAccountName": string(
                 "ServiceAccount of the worker pods (needs to watch and patch InferenceTasks).",
+                pattern=DNS_SUBDOMAIN_PATTERN,
                 max_length=253,
             ),
             "modelVolume": preserved(
