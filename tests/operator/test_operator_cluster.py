@@ -47,7 +47,11 @@ async def test_create_scale_suspend_resume_delete(dep: Deployment) -> None:
         assert pod["spec"]["containers"][0]["resources"]["limits"]["legacygpu.io/gpu"] == "1"
     service = await dep.api.get("", "v1", "services", NS, "pool-workers")
     assert service["spec"]["clusterIP"] == "None"
-    assert await _reasons(dep, "pool") >= ["ServiceCreated"]
+
+    async def service_event() -> bool:
+        return "ServiceCreated" in await _reasons(dep, "pool")  # Events are posted from a queue
+
+    await eventually(service_event, what="a ServiceCreated Event")
 
     await dep.patch_spec(CLUSTER_PLURAL, "pool", {"replicas": 3})
     body = await eventually(lambda: _ready_workers(dep, "pool", 3), what="scaled up to 3")
