@@ -70,6 +70,26 @@ def test_missing_cluster_waits_out_the_grace_then_fails() -> None:
     assert "'c' does not exist" in failed.status["message"]
 
 
+@pytest.mark.parametrize(
+    "task",
+    [
+        view("Queued"),
+        view("Queued", status={"attempts": 1, "retryAfter": format_time(T0 + datetime.timedelta(seconds=60))}),
+        view("Scheduled", status={"workerRef": {"pod": "w1"}}),
+        view("Running", status={"attempts": 1, "workerRef": {"pod": "w1"}}),
+    ],
+    ids=["queued", "queued in backoff", "scheduled", "running"],
+)
+def test_a_task_whose_cluster_vanished_fails_cluster_not_found_after_the_grace(task: TaskView) -> None:
+    """Not left to its deadline (timeoutSeconds=600 here): a cluster deleted without its cleanup."""
+    waiting = run(task, at=1.0, exists=False)
+    assert waiting.status is None and waiting.wake_at == T0 + datetime.timedelta(seconds=5)
+    failed = run(task, at=6.0, exists=False)
+    assert (failed.status["phase"], failed.status["reason"]) == ("Failed", "ClusterNotFound")
+    assert failed.status["message"] == "InferenceCluster 'c' was deleted"
+    assert failed.event[:2] == ("Warning", "ClusterNotFound")
+
+
 def test_inconsistent_tensor_fails_with_invalid_input_naming_it() -> None:
     bad = [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [1, 2]}]
     action = run(view(inputs=bad))

@@ -8,9 +8,9 @@ operator's whole per-task policy, in this order:
 2. ``spec.cancel`` ends any unfinished task ``Cancelled``;
 3. ``timeoutSeconds`` after creation an unfinished task ends ``Failed`` /
    ``DeadlineExceeded``;
-4. a ``Pending`` task is failed ``ClusterNotFound`` if its cluster is
-   still unknown after a short grace, ``InvalidInput`` if its tensors do not
-   add up, and queued otherwise;
+4. any unfinished task is failed ``ClusterNotFound`` if its cluster is
+   unknown after a short grace from its creation; a ``Pending`` task is
+   failed ``InvalidInput`` if its tensors do not add up, and queued otherwise;
 5. a ``Scheduled``/``Running`` task whose worker pod is gone, terminating,
    failed or not ready goes back to the queue (``WorkerLost``): at once if
    the worker never started it, after a backoff if it did, or ``Failed``
@@ -191,6 +191,27 @@ def _end(task: TaskView, phase: Phase, reason: Reason, message: str, now: dateti
     return Action(status=status, event=(kind, reason.value, message))
 
 
+def _orphaned(
+    task: TaskView, now: datetime.datetime, grace_seconds: float, deadline: datetime.datetime | None
+) -> Action:
+    """An unfinished task whose cluster is unknown: ``ClusterNotFound`` once the grace is over.
+
+    The grace (from the task's creation) is for a cluster applied in the same
+    breath as its tasks; any phase may get here: a Pending task for a cluster
+    that never existed, or a Queued or assigned one whose cluster vanished
+    without its cleanup (e.g. its finalizer removed by hand).
+    """
+    created = parse_time(task.created) or now
+    give_up = created + datetime.timedelta(seconds=grace_seconds)
+    if now < give_up:
+        return Action(wake_at=_later(give_up, deadline))
+    if task.phase == Phase.PENDING:
+        message = f"InferenceCluster {task.cluster!r} does not exist in namespace {task.namespace!r}"
+    else:
+        message = f"InferenceCluster {task.cluster!r} was deleted"
+    return _end(task, Phase.FAILED, Reason.CLUSTER_NOT_FOUND, message, now)
+
+
 def decide(
     task: TaskView,
     *,
@@ -216,24 +237,13 @@ def decide(
             task, Phase.FAILED, Reason.DEADLINE_EXCEEDED,
             f"not finished within timeoutSeconds={task.timeout_seconds} of creation", now,
         )
+    if not cluster_exists:
+        return _orphaned(task, now, grace_seconds, deadline)
     if task.phase == Phase.PENDING:
-        if not cluster_exists:
-            created = parse_time(task.created) or now
-            give_up = created + datetime.timedelta(seconds=grace_seconds)
-            if now < give_up:
-                return Action(wake_at=_later(give_up, deadline))
-            return _end(
-                task, Phase.FAILED, Reason.CLUSTER_NOT_FOUND,
-                f"InferenceCluster {task.cluster!r} does not exist in namespace {task.namespace!r}", now,
-            )
         if task.problem:
             return _end(task, Phase.FAILED, Reason.INVALID_INPUT, task.problem, now)
         return Action(status=queued_status(task.status, now, f"queued for cluster {task.cluster}"))
     if task.phase in ASSIGNED_PHASES:
-        if not cluster_exists:
-            return _end(
-                task, Phase.FAILED, Reason.CLUSTER_NOT_FOUND, f"InferenceCluster {task.cluster!r} was deleted", now
-            )
         pod = pods.get(task.worker or "")
         problem = None
         if pod is None:
