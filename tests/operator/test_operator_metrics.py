@@ -8,6 +8,8 @@ import httpx
 from operator_harness import FAST, Deployment, cluster_manifest, eventually, phase, task_manifest
 from prometheus_client.parser import text_string_to_metric_families
 
+from legacygpu.core.kube.contract import CLUSTER_PLURAL
+
 FLAT = {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}
 
 
@@ -51,3 +53,31 @@ async def test_metrics_follow_the_work(dep: Deployment) -> None:
     assert samples[("legacygpu_operator_reconcile_duration_seconds_count", (("kind", "InferenceCluster"),))] > 0
     assert samples[("legacygpu_operator_leader", ())] == 1
     assert samples[("legacygpu_operator_reconcile_errors_total", (("kind", "InferenceCluster"),))] == 0
+
+
+async def test_queue_depth_counts_waiting_tasks_and_refused_pods_count_as_errors(dep: Deployment) -> None:
+    assert dep.emulator.emulator is not None
+    dep.emulator.emulator.refuse_create = lambda plural, body: (
+        (403, "Forbidden", "exceeded quota: gpu-quota") if plural == "pods" else None
+    )
+    handle = await dep.start_operator(replace(FAST, metrics_port=0, metrics_host="127.0.0.1"))
+    assert handle.runtime is not None and handle.runtime.metrics.port
+    port = handle.runtime.metrics.port
+    labels = (("cluster", "held"), ("namespace", "default"))
+    errors = ("legacygpu_operator_reconcile_errors_total", (("kind", "InferenceCluster"),))
+    await dep.create(cluster_manifest("held", replicas=1, suspend=True))
+    for i in range(3):
+        await dep.create(task_manifest(f"q{i}", "held", [FLAT]))
+
+    def queued() -> dict | None:
+        samples = scrape(port)
+        return samples if samples.get(("legacygpu_operator_tasks", (*labels, ("phase", "Queued")))) == 3 else None
+
+    samples = await eventually(queued, what="3 tasks Queued on the suspended cluster")
+    assert samples[("legacygpu_operator_queue_depth", labels)] == 3
+    assert samples[errors] == 0  # suspended: no pod wanted, none refused
+
+    await dep.patch_spec(CLUSTER_PLURAL, "held", {"suspend": False})
+    samples = await eventually(lambda: (s := scrape(port)) and s[errors] >= 1 and s, what="a refused pod counted")
+    assert samples[("legacygpu_operator_queue_depth", labels)] == 3  # nothing could be placed
+    assert samples[("legacygpu_operator_workers", (*labels, ("state", "ready")))] == 0
