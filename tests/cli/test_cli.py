@@ -4,14 +4,49 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from helpers import SAMPLES, LocalCluster, free_port, wait_until
+
+
+class ClusterStart:
+    """``legacygpu cluster start`` as a subprocess; a thread collects its output so a test can wait for a line."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "legacygpu.cli", "cluster", "start", *args], env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self._lines)
+
+    def wait_for(self, text: str, timeout: float = 240) -> str:
+        """All output so far, once ``text`` is in it."""
+        try:
+            return wait_until(lambda: text in (out := self.output) and out, timeout=timeout, interval=0.2,
+                              what=f"{text!r} in the output of `cluster start`")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its output so far:\n{self.output}") from None
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def cli(cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -113,6 +148,73 @@ def test_model_add_with_card(cluster: LocalCluster, tmp_path: Path) -> None:
     assert bad.returncode == 1 and "not a readable ONNX model" in bad.stderr
 
 
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+IMAGE_CARD = f"""\
+name: ignored
+task: image-classification
+inputs:
+  - name: input
+    datatype: FP32
+    shape: [-1, 64]
+    image: {{color: grayscale, size: [8, 8], crop_to_content: true, invert: true, scale: [0.0, 16.0], layout: flat}}
+postprocess:
+  output: probabilities
+  softmax: true
+  top_k: 2
+  labels: {json.dumps(WORDS)}
+"""
+
+
+def test_model_add_with_an_image_card_classifies_with_its_labels(cluster: LocalCluster, tmp_path: Path) -> None:
+    """A card with image pre-processing, softmax, top_k and labels of its own, on the demo network's ONNX."""
+    card = tmp_path / "card.yaml"
+    card.write_text(IMAGE_CARD)
+    onnx_path = cluster.data_dir / "models" / "digits" / "model.onnx"
+    assert "added model 'words'" in cli(cluster, "model", "add", "words", str(onnx_path), "--card", str(card)).stdout
+    listed = {m["name"]: m for m in json.loads(cli(cluster, "model", "list", "-o", "json").stdout)["data"]}
+    assert listed["words"]["labels"] == len(WORDS) and listed["words"]["inputs"][0]["image"]["invert"] is True
+    cluster.start_worker("w1")
+    task = json.loads(cli(cluster, "task", "submit", "-m", "words", "-i", str(SAMPLES / "digit-3.png"), "-w",
+                          "-o", "json").stdout)
+    assert task["phase"] == "Succeeded", task
+    top_k = task["result"]["top_k"]
+    assert [entry["label"] for entry in top_k][:1] == ["three"] and len(top_k) == 2
+    raw = next(o for o in task["result"]["outputs"] if o["name"] == "probabilities")["data"]
+    expected = np.exp(raw) / np.exp(raw).sum()  # the card's softmax over the network's own probabilities
+    assert [e["index"] for e in top_k] == list(np.argsort(-expected)[:2])
+    assert [e["score"] for e in top_k] == pytest.approx(list(np.sort(expected)[::-1][:2]))
+    assert top_k[0]["score"] < max(raw), "softmax flattens probabilities that were already normalised"
+
+
+def test_submit_wait_text_shows_progress_then_the_top_classes(cluster: LocalCluster) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "legacygpu.cli", "task", "submit", "-m", "digits", "-i",
+                                str(SAMPLES / "digit-6.png"), "--wait"], env=cluster.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        # No worker yet: the task can only be Queued, and the progress shows it before a worker exists.
+        wait_until(lambda: cluster.http.get("/cluster/tasks", params={"phase": "Queued"}).json()["count"] == 1,
+                   timeout=60, what="the submitted task to be Queued")
+        cluster.start_worker("w1")
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    progress = [line.split()[0] for line in stderr.splitlines() if line.startswith("  ")]
+    order = ["Pending", "Queued", "Scheduled", "Running", "Succeeded"]
+    assert progress[0] == "Queued" and progress[-1] == "Succeeded", stderr
+    assert progress == sorted(progress, key=order.index) and len(set(progress)) == len(progress), stderr
+    assert stderr.startswith("submitted task-")
+    lines = stdout.splitlines()
+    assert lines[0].startswith("task task-") and lines[0].endswith(": Succeeded")
+    assert lines[1] == "top classes:"
+    top = [line.split() for line in lines[2:5]]
+    assert top[0][0] == "6" and all(len(row) == 2 for row in top)
+    scores = [float(row[1]) for row in top]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+    assert any(line.startswith("latency ") and "attempts 1, worker " in line for line in lines)
+
+
 def test_help_everywhere() -> None:
     for args in (["--help"], ["cluster", "--help"], ["cluster", "start", "--help"], ["task", "submit", "--help"],
                  ["worker", "start", "--help"], ["model", "add", "--help"]):
@@ -120,58 +222,84 @@ def test_help_everywhere() -> None:
         assert out.returncode == 0 and "Usage:" in out.stdout and "--help" in out.stdout, args
 
 
-def test_cluster_start_runs_everything_and_ctrl_c_stops_it(data_dir: Path) -> None:
+def _cluster_env(data_dir: Path) -> dict[str, str]:
     port = free_port()
     env = {**os.environ, "LEGACYGPU_DATA_DIR": str(data_dir), "LEGACYGPU_API_URL": f"http://127.0.0.1:{port}"}
     env.pop("LEGACYGPU_API_TOKEN", None)
-    process = subprocess.Popen([sys.executable, "-m", "legacygpu.cli", "cluster", "start", "--port", str(port),
-                                "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return env
+
+
+def _workers(env: dict[str, str]) -> list[dict[str, Any]]:
+    out = subprocess.run([sys.executable, "-m", "legacygpu.cli", "cluster", "workers", "list", "-o", "json"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return list(json.loads(out.stdout)["data"])
+
+
+def test_cluster_start_runs_everything_and_ctrl_c_stops_it(data_dir: Path) -> None:
+    env = _cluster_env(data_dir)
+    port = env["LEGACYGPU_API_URL"].rsplit(":", 1)[1]
+    cluster = ClusterStart(env, "--port", port, "--workers", "2")
     try:
-        lines: list[str] = []
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if "Ctrl-C stops the cluster" in line:
-                break
-        banner = "".join(lines)
+        banner = cluster.wait_for("Ctrl-C stops the cluster")
         token = (data_dir / "api-token").read_text().strip()
         assert f"token     : {token}" in banner and f"/ui#token={token}" in banner
         assert "2/2 worker(s) registered" in banner
+        # The copy-paste example works from a terminal whose PATH has no .venv/bin (as after `make run`).
+        example = next(line for line in banner.splitlines() if " task submit " in line)
+        argv = shlex.split(example)
+        assert Path(argv[0]).is_absolute() and Path(argv[0]).exists(), example
+        out = subprocess.run(argv, env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120,
+                             cwd="/")
+        assert out.returncode == 0 and "top classes:" in out.stdout, out.stderr
         out = subprocess.run([sys.executable, "-m", "legacygpu.cli", "task", "submit", "-m", "digits", "-i",
                               str(SAMPLES / "digit-8.png"), "-w", "-o", "json"], env=env, capture_output=True,
                              text=True, timeout=120)
         assert json.loads(out.stdout)["result"]["top_k"][0]["label"] == "8"
-        pids = [w["pid"] for w in json.loads(subprocess.run(
-            [sys.executable, "-m", "legacygpu.cli", "cluster", "workers", "list", "-o", "json"], env=env,
-            capture_output=True, text=True, timeout=60).stdout)["data"]]
+        pids = [w["pid"] for w in _workers(env)]
         assert len(pids) == 2
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
+        cluster.process.send_signal(signal.SIGINT)
+        assert cluster.process.wait(timeout=60) == 0
         for pid in pids:
             wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists(), timeout=10, what=f"worker {pid} to exit")
         assert not (data_dir / "cluster.pid").exists()
     finally:
-        if process.poll() is None:
-            process.kill()
+        cluster.kill()
+
+
+def test_worker_stopped_under_cluster_start_stays_stopped(data_dir: Path) -> None:
+    env = _cluster_env(data_dir)
+    cluster = ClusterStart(env, "--port", env["LEGACYGPU_API_URL"].rsplit(":", 1)[1], "--workers", "2")
+    try:
+        cluster.wait_for("Ctrl-C stops the cluster")
+        victim = next(w for w in _workers(env) if w["name"] == "local-0")
+        stop = subprocess.run([sys.executable, "-m", "legacygpu.cli", "worker", "stop", victim["id"]], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert stop.returncode == 0, stop.stderr
+        # The supervisor's decision, logged in the cycle that sees the drained worker's exit; a supervisor
+        # that restarts it logs "starting it again" instead, and would never say this.
+        output = cluster.wait_for("worker-0 exited cleanly (drained or stopped); not starting it again")
+        assert "starting it again" not in output.replace("not starting it again", "")
+        workers = _workers(env)
+        assert len(workers) == 2, "no fresh worker registered in place of the drained one"
+        assert {w["name"]: w["state"] for w in workers} == {"local-0": "stopped", "local-1": "active"}
+        cluster.process.send_signal(signal.SIGINT)
+        assert cluster.process.wait(timeout=60) == 0
+    finally:
+        cluster.kill()
 
 
 def test_cluster_stop_from_another_terminal(data_dir: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "LEGACYGPU_DATA_DIR": str(data_dir), "LEGACYGPU_API_URL": f"http://127.0.0.1:{port}"}
-    process = subprocess.Popen([sys.executable, "-m", "legacygpu.cli", "cluster", "start", "--port", str(port),
-                                "--workers", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = _cluster_env(data_dir)
+    cluster = ClusterStart(env, "--port", env["LEGACYGPU_API_URL"].rsplit(":", 1)[1], "--workers", "1")
     try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if "Ctrl-C stops the cluster" in line:
-                break
+        cluster.wait_for("Ctrl-C stops the cluster")
         stop = subprocess.run([sys.executable, "-m", "legacygpu.cli", "cluster", "stop"], env=env,
                               capture_output=True, text=True, timeout=90)
         assert stop.returncode == 0 and "cluster stopped" in stop.stdout, stop.stderr
-        assert process.wait(timeout=30) == 0
+        assert cluster.process.wait(timeout=30) == 0
         again = subprocess.run([sys.executable, "-m", "legacygpu.cli", "cluster", "stop"], env=env,
                                capture_output=True, text=True, timeout=60)
         assert again.returncode == 1 and "no cluster is running" in again.stderr
     finally:
-        if process.poll() is None:
-            process.kill()
+        cluster.kill()

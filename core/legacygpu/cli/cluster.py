@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,23 @@ def command() -> None:
     """Start, stop and inspect a cluster."""
 
 
+def self_command() -> str:
+    """How to run this same ``legacygpu`` from another terminal, whatever that terminal's PATH holds.
+
+    ``make run`` starts ``.venv/bin/legacygpu`` without putting ``.venv/bin`` on
+    PATH, so a bare ``legacygpu`` in the copy-paste example would not be found.
+    """
+    script = Path(sys.argv[0])
+    if script.name == "legacygpu" and script.is_file():
+        return shlex.quote(str(script.absolute()))
+    beside = Path(sys.executable).parent / "legacygpu"  # run as `python -m legacygpu.cli` from a venv
+    if beside.is_file():
+        return shlex.quote(str(beside.absolute()))
+    return f"{shlex.quote(sys.executable)} -m legacygpu.cli"
+
+
 def _banner(url: str, token: str, data_dir: Path, sample: Path | None) -> str:
-    image = sample or Path("examples/digits/digit-7.png")
+    image = shlex.quote(str(sample or Path("examples/digits/digit-7.png")))
     return "\n".join([
         "",
         f"legacygpu is running at {url}",
@@ -47,7 +64,7 @@ def _banner(url: str, token: str, data_dir: Path, sample: Path | None) -> str:
         f"  token     : {token}   (stored in {data_dir}/api-token)",
         "",
         "Try it (in another terminal):",
-        f"  legacygpu task submit --model digits --input {image} --wait",
+        f"  {self_command()} task submit --model digits --input {image} --wait",
         f"  curl -s -H 'Authorization: Bearer {token}' {url}/cluster/workers",
         "",
         "Ctrl-C stops the cluster.",

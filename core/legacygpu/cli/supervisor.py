@@ -2,7 +2,9 @@
 
 Children are real processes (``python -m legacygpu.cli ...``), the same ones
 a user could start by hand, so the embedded cluster exercises exactly what a
-multi-machine setup would. A worker that dies unexpectedly is started again;
+multi-machine setup would. A worker that crashes (non-zero exit code, or
+killed by a signal) is started again; one that exits 0 was drained
+(``legacygpu worker stop``) or stopped on purpose and stays stopped.
 SIGINT/SIGTERM stop the workers first (each finishes its running task and
 deregisters), then the facade. A pidfile in the data dir lets
 ``legacygpu cluster stop`` find the supervisor from another terminal.
@@ -23,7 +25,7 @@ from types import FrameType
 
 import httpx
 
-__all__ = ["PIDFILE", "Supervisor", "local_devices"]
+__all__ = ["PIDFILE", "Supervisor", "crashed", "local_devices"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,17 @@ class _Child:
     restarts: int = 0
     log_path: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    finished: bool = False
+    """Exited cleanly (drained or stopped on purpose): the supervisor leaves it stopped."""
+
+
+def crashed(code: int | None) -> bool:
+    """Whether a child's exit code calls for a restart.
+
+    A worker exits 0 only after a drain or a SIGTERM/SIGINT, both deliberate;
+    a non-zero code is a failure and a negative one means a signal killed it.
+    """
+    return code is not None and code != 0
 
 
 class Supervisor:
@@ -142,21 +155,33 @@ class Supervisor:
         self._stop = True
 
     def watch(self) -> None:
-        """Restart workers that die, until asked to stop."""
+        """Restart workers that crash, and the facade, until asked to stop."""
         while not self._stop:
-            for worker in self.workers:
-                assert worker.process is not None
-                code = worker.process.poll()
-                if code is not None and not self._stop:
-                    worker.restarts += 1
-                    log.warning("%s exited with code %s; starting it again (restart %d)", worker.name, code,
-                                worker.restarts)
-                    self._spawn(worker)
-            assert self.api.process is not None
-            if self.api.process.poll() is not None and not self._stop:
-                log.warning("the facade exited with code %s; starting it again", self.api.process.returncode)
-                self._spawn(self.api)
+            self.watch_once()
             time.sleep(0.5)
+
+    def watch_once(self) -> list[str]:
+        """One watch cycle: restart what crashed; returns the names of the children started again."""
+        restarted: list[str] = []
+        for worker in self.workers:
+            assert worker.process is not None
+            code = worker.process.poll()
+            if code is None or worker.finished or self._stop:
+                continue
+            if not crashed(code):
+                worker.finished = True
+                log.info("%s exited cleanly (drained or stopped); not starting it again", worker.name)
+                continue
+            worker.restarts += 1
+            log.warning("%s exited with code %s; starting it again (restart %d)", worker.name, code, worker.restarts)
+            self._spawn(worker)
+            restarted.append(worker.name)
+        assert self.api.process is not None
+        if self.api.process.poll() is not None and not self._stop:
+            log.warning("the facade exited with code %s; starting it again", self.api.process.returncode)
+            self._spawn(self.api)
+            restarted.append(self.api.name)
+        return restarted
 
     def shutdown(self) -> None:
         """Workers first (they finish their task and deregister), then the facade."""
