@@ -63,6 +63,12 @@ async def test_create_scale_suspend_resume_delete(dep: Deployment) -> None:
     after = {p["metadata"]["name"] for p in await dep.pods("pool")}
     assert after < before
 
+    async def scaled() -> list[str]:
+        messages = [e["message"] for e in await dep.events("pool") if e["reason"] == "Scaled"]
+        return messages if len(messages) == 2 else []
+
+    assert await eventually(scaled, what="two Scaled Events") == ["desired workers 2 -> 3", "desired workers 3 -> 1"]
+
     await dep.patch_spec(CLUSTER_PLURAL, "pool", {"suspend": True})
 
     async def suspended() -> Any:

@@ -2,9 +2,10 @@
 
 Events go through kopf's poster (queued, rate-limited, never failing a
 handler). Reasons are CamelCase constants; ``kubectl describe icl/NAME``
-shows the cluster's story (workers created, replaced, removed, conditions
-changing), ``kubectl describe itask/NAME`` the task's (assigned, requeued,
-failed by the operator).
+shows the cluster's story (scaled, workers created, replaced, removed,
+conditions changing: such an Event carries the condition's own reason),
+``kubectl describe itask/NAME`` the task's (assigned, requeued, failed by
+the operator).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ class EventReason:
     WORKER_REPLACED = "WorkerReplaced"
     SERVICE_CREATED = "ServiceCreated"
     SCALED = "Scaled"
+    """status.desiredWorkers changed (replicas, min/max, suspend); the message says old -> new."""
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
     INVALID_SPEC = "InvalidSpec"
-    CONDITION_CHANGED = "ConditionChanged"
     CLUSTER_DELETED = "ClusterDeleted"
     TASK_ASSIGNED = "Assigned"
 

@@ -253,6 +253,13 @@ async def _tasks(
     return wakes
 
 
+def _scale_event(body: Mapping[str, Any], previous: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    """``Scaled`` when the number of wanted workers changed since the last status written."""
+    old, new = previous.get("desiredWorkers"), status["desiredWorkers"]
+    if old is not None and old != new:
+        events.post(body, "Normal", EventReason.SCALED, f"desired workers {old} -> {new}")
+
+
 def _condition_events(body: Mapping[str, Any], old: Any, new: list[dict[str, Any]]) -> None:
     for type_ in conditions_changed(old, new):
         condition = find(new, type_)
@@ -338,6 +345,7 @@ async def reconcile_cluster(
             await rt.api.patch_cluster_status(namespace, name, status)
             rt.status_written[key] = time.monotonic()
             rt.cluster_status[key] = status
+            _scale_event(body, previous, status)
             _condition_events(body, previous.get("conditions"), status["conditions"])
     ready = sum(1 for p in pod_list if p.ready and p.live)
     rt.metrics.observe_cluster(namespace, name, phases, ready, sum(1 for p in pod_list if p.live) - ready)
