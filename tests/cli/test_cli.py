@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,9 +216,43 @@ def test_submit_wait_text_shows_progress_then_the_top_classes(cluster: LocalClus
     assert any(line.startswith("latency ") and "attempts 1, worker " in line for line in lines)
 
 
+def _command_tree(command: Any, path: tuple[str, ...], parent: Any = None) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every command under ``command`` (itself included) with its path, the lazy groups' commands imported."""
+    import click
+
+    yield path, command
+    if isinstance(command, click.Group):
+        ctx = click.Context(command, info_name=path[-1], parent=parent)
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None, f"{' '.join(path)} lists {name!r} but cannot load it"
+            yield from _command_tree(sub, (*path, name), ctx)
+
+
+# Options outside the CLI package whose help text is still missing; each entry must still be missing (so a fix
+# fails this test until the entry is removed) and none may be added.
+MISSING_HELP_ELSEWHERE = {
+    ("legacygpu", "bench", "model", "--out-dir"),  # worker/legacygpu/worker/opencl/bench_model.py
+    ("legacygpu", "bench", "model", "--output"),
+}
+
+
 def test_help_everywhere() -> None:
-    for args in (["--help"], ["cluster", "--help"], ["cluster", "start", "--help"], ["task", "submit", "--help"],
-                 ["worker", "start", "--help"], ["model", "add", "--help"]):
+    import click
+
+    from legacygpu.cli import main
+
+    tree = list(_command_tree(main, ("legacygpu",)))
+    assert len(tree) > 30, "the walk reaches the lazily imported groups"
+    missing = set()
+    for path, command in tree:
+        if not (command.help or command.short_help):
+            missing.add(path)
+        for param in command.params:
+            if isinstance(param, click.Option) and not (param.help or "").strip():
+                missing.add((*path, param.opts[0]))
+    assert missing == MISSING_HELP_ELSEWHERE, f"without help text: {sorted(missing - MISSING_HELP_ELSEWHERE)}"
+    for args in (["--help"], ["cluster", "start", "--help"], ["bench", "model", "--help"]):
         out = subprocess.run([sys.executable, "-m", "legacygpu.cli", *args], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "Usage:" in out.stdout and "--help" in out.stdout, args
 

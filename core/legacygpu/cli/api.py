@@ -16,11 +16,13 @@ def command() -> None:
 
 @command.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="[env LEGACYGPU_DATA_DIR]")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port to listen on (0: any free port).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Database, token and models [env LEGACYGPU_DATA_DIR].")
 @click.option("--backend", "cluster_backend", type=click.Choice(["local", "kubernetes"]),
               help="Where cluster state lives [env LEGACYGPU_CLUSTER_BACKEND; default local].")
-@click.option("--log-level", default="info", show_default=True)
+@click.option("--log-level", default="info", show_default=True, help="uvicorn log level (debug, info, warning, ...).")
 def serve(host: str, port: int, data_dir: Path | None, cluster_backend: str | None, log_level: str) -> None:
     """Serve /cluster/*, /ws/cluster/events, /ui and /metrics until interrupted."""
     import uvicorn

@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from legacygpu.cli.output import output_option
+
 __all__ = ["SUBCOMMANDS", "command", "gemm"]
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -78,9 +80,10 @@ def _shape_list(value: str) -> list[tuple[int, int, int]]:
 @click.option("--no-numpy", is_flag=True, help="Skip the numpy reference.")
 @click.option("--no-clblast", is_flag=True, help="Skip the CLBlast reference.")
 @click.option(
-    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True
+    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True,
+    help="Where the JSON results and the PNG chart are written.",
 )
-@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@output_option
 def gemm(sizes: str, inference: bool, shapes: str, repeats: int, device_index: int | None, no_numpy: bool,
     no_clblast: bool,
          out_dir: Path, output: str) -> None:  # fmt: skip

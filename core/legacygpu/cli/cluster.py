@@ -73,10 +73,12 @@ def _banner(url: str, token: str, data_dir: Path, sample: Path | None) -> str:
 
 @command.command("start")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the facade listens on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535),
+              help="TCP port the facade listens on.")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes (default: one per OpenCL GPU, "
               "else one for the CPU).")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "opencl"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "opencl"]), default="auto", show_default=True,
+              help="Inference backend of every worker; auto: OpenCL on a GPU, onnxruntime on a CPU-only host.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Database, token, models and logs [env LEGACYGPU_DATA_DIR].")
 def start(host: str, port: int, workers: int | None, backend: str, data_dir: Path | None) -> None:
@@ -118,8 +120,10 @@ def start(host: str, port: int, workers: int | None, backend: str, data_dir: Pat
 
 
 @command.command("stop")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="[env LEGACYGPU_DATA_DIR]")
-@click.option("--timeout", type=float, default=60, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Data dir the cluster was started with [env LEGACYGPU_DATA_DIR].")
+@click.option("--timeout", type=float, default=60, show_default=True,
+              help="Seconds to wait for every process to stop before giving up.")
 def stop(data_dir: Path | None, timeout: float) -> None:
     """Stop a cluster started with `cluster start` from another terminal."""
     from legacygpu.cli.supervisor import PIDFILE

@@ -39,7 +39,8 @@ def command() -> None:
 @click.option("--card", "card_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Model card YAML: inputs (with image pre-processing), outputs, softmax/top-k, labels.")
 @click.option("--replace", is_flag=True, help="Overwrite a model of the same name.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="[env LEGACYGPU_DATA_DIR]")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Data dir holding the model repository [env LEGACYGPU_DATA_DIR].")
 def add(name: str, path: Path, card_path: Path | None, replace: bool, data_dir: Path | None) -> None:
     """Add the ONNX model at PATH as NAME to the local repository (workers load it on first use)."""
     from legacygpu.core.modelcards import ModelCard, ModelRepository, load_card
@@ -71,7 +72,8 @@ def list_models(output: str, api: str | None, token: str | None) -> None:
 
 
 @command.command("build-demo")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="[env LEGACYGPU_DATA_DIR]")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Data dir holding the model repository [env LEGACYGPU_DATA_DIR].")
 @click.option("--samples", type=click.Path(file_okay=False, path_type=Path),
               help="Also write one sample PNG per digit (from the held-out set) into this folder.")
 @click.option("--force", is_flag=True, help="Train again even if the model exists.")

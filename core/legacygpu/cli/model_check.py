@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from legacygpu.cli.output import table
+from legacygpu.cli.output import output_option, table
 from legacygpu.core.errors import LegacyGPUError
 
 __all__ = ["check", "command"]
@@ -44,14 +44,15 @@ def _fmt_flops(value: float) -> str:
 
 @click.command("check")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--backend", type=click.Choice(["opencl", "onnxruntime", "auto"]), default="opencl", show_default=True)
+@click.option("--backend", type=click.Choice(["opencl", "onnxruntime", "auto"]), default="opencl", show_default=True,
+              help="Backend compared against onnxruntime.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE",
               help="Size of a dynamic input dimension, by its name in the model (default 1). Repeatable.")
 @click.option("--device", "device_index", type=int, default=None, help="OpenCL device index (see `legacygpu devices`).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--tolerance", type=float, default=None,
               help="Exit with status 1 when an output's relative error exceeds this.")
-@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@output_option
 def check(
     model: Path, backend: str, dims: tuple[str, ...], device_index: int | None, seed: int,
     tolerance: float | None, output: str,

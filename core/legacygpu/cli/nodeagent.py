@@ -60,7 +60,8 @@ def _resource(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--node-name", envvar="NODE_NAME", default=None,
               help="Label this Node (env NODE_NAME, from the downward API). Without it labels are only logged.")
 @click.option("--print-labels", is_flag=True, help="Run one health round, print the node labels as JSON, exit.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, help="Logging verbosity.")
 def command(
     sysfs_root: Path,
     dev_root: Path,

@@ -79,7 +79,7 @@ def rbac(namespace: str, worker_namespaces: tuple[str, ...]) -> None:
 @click.option("--identity", envvar="POD_NAME", default=None,
               help="This replica's name in the Lease; default: the host name.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-              show_default=True)
+              show_default=True, help="Logging verbosity.")
 def run(
     namespaces: tuple[str, ...],
     server: str | None,

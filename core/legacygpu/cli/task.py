@@ -177,7 +177,8 @@ def result(task_id: str, output: str, api: str | None, token: str | None) -> Non
 @click.option("--phase", multiple=True, help="Only these phases (repeatable).")
 @click.option("--worker", help="Only tasks of this worker id.")
 @click.option("--model", help="Only tasks of this model.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True,
+              help="At most this many tasks (the newest).")
 @output_option
 @api_options
 def list_tasks(phase: tuple[str, ...], worker: str | None, model: str | None, limit: int, output: str,

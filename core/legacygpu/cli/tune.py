@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from legacygpu.cli.output import output_option
+
 __all__ = ["command"]
 
 
@@ -35,7 +37,7 @@ __all__ = ["command"]
     default=None,
     help="Tuning cache directory (default: $LEGACYGPU_CACHE_DIR/tuning or ~/.cache/legacygpu/tuning).",
 )
-@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@output_option
 def command(quick: bool, device_index: int | None, classes: str, count: int | None, cache_dir: Path | None,
             output: str) -> None:  # fmt: skip
     """Search GEMM kernel parameters for this device and cache the fastest verified ones."""

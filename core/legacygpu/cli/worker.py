@@ -32,7 +32,7 @@ def command() -> None:
               help="Model repository (default: the one the facade announces).")
 @click.option("--kubernetes", is_flag=True, help="Take tasks from InferenceTask objects instead of the facade "
               "(inside a worker pod; needs POD_NAME and POD_NAMESPACE).")
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-level", default="INFO", show_default=True, help="Logging verbosity (DEBUG, INFO, WARNING, ...).")
 def start(api: str | None, token: str | None, backend: str, device_index: int | None, name: str | None,
           model_dir: Path | None, kubernetes: bool, log_level: str) -> None:
     """Run a worker until it is drained or gets SIGTERM/SIGINT (it finishes its running task first)."""
