@@ -111,16 +111,21 @@ def test_killed_worker_task_completes_on_another_worker(cluster: LocalCluster, s
     assert cluster.http.get(f"/cluster/workers/{victim['id']}").json()["state"] == "lost"
 
 
-def test_facade_restart_loses_no_task(cluster: LocalCluster) -> None:
+def test_facade_restart_loses_no_task(cluster: LocalCluster, slow_model_repo: str) -> None:
     cluster.start_worker("w1")
+    slow = cluster.submit(model=slow_model_repo, inputs=[{"name": "x", "shape": [1, 1024], "datatype": "FP32",
+                                                           "data": [1.0] * 1024}])
+    cluster.wait_phase(slow["id"], {"Running"})  # the only worker is busy for seconds: what follows waits
     good = {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [3.0] * 64}
-    ids = [cluster.submit(model="digits", inputs=[good])["id"] for _ in range(30)]
+    ids = [slow["id"]] + [cluster.submit(model="digits", inputs=[good])["id"] for _ in range(30)]
+    unfinished = cluster.http.get("/cluster/tasks", params={"phase": ["Queued", "Scheduled", "Running"]}).json()
+    assert unfinished["count"] >= 1, "the facade is killed mid-run, with accepted tasks not finished yet"
     cluster.kill_api()
     cluster.start_api()
     ids += [cluster.submit(model="digits", inputs=[good])["id"] for _ in range(5)]
     for task_id in ids:
-        assert cluster.wait_phase(task_id, {"Succeeded", "Failed"}, timeout=120)["phase"] == "Succeeded"
-    assert cluster.http.get("/cluster/tasks", params={"limit": 1}).json()["count"] == 35
+        assert cluster.wait_phase(task_id, {"Succeeded", "Failed"}, timeout=180)["phase"] == "Succeeded"
+    assert cluster.http.get("/cluster/tasks", params={"limit": 1}).json()["count"] == 36
 
 
 def test_task_past_its_timeout_fails_with_deadline_exceeded(cluster: LocalCluster) -> None:
