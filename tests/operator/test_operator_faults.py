@@ -143,3 +143,46 @@ async def test_only_the_lease_holder_acts_and_a_standby_takes_over(dep: Deployme
     lease = await dep.api.get("coordination.k8s.io", "v1", "leases", NS, "legacygpu-operator")
     assert lease["spec"]["holderIdentity"] == "replica-b" and lease["spec"]["leaseTransitions"] == 1
     assert len(await dep.pods("c")) == 1
+
+
+async def test_a_leader_that_loses_its_lease_ends_with_an_error_and_a_stopped_one_does_not(dep: Deployment) -> None:
+    """Lease lost: run_operator raises, so `legacygpu operator run` exits non-zero and its pod restarts."""
+    from dataclasses import replace
+
+    from legacygpu.core.kube.contract import format_time, now_utc
+    from legacygpu.operator.app import LeadershipLostError
+
+    leader = await dep.start_operator(replace(FAST, leader_election=True, identity="replica-a"))
+    leases = ("coordination.k8s.io", "v1", "leases", NS, "legacygpu-operator")
+    lease = await dep.api.get(*leases)
+    stolen = {"holderIdentity": "intruder", "renewTime": format_time(now_utc()), "leaseDurationSeconds": 3600}
+    await dep.api.patch(*leases, {"spec": stolen})
+    await eventually(leader.done.is_set, what="the leader to stop after losing its lease")
+    assert isinstance(leader.error, LeadershipLostError), leader.error
+    assert "legacygpu-operator" in str(leader.error) and lease["spec"]["holderIdentity"] == "replica-a"
+
+    await dep.api.patch(*leases, {"spec": {"holderIdentity": None}})
+    other = await dep.start_operator(replace(FAST, leader_election=True, identity="replica-b"))
+    await other.close()  # a stop (SIGTERM) is a clean exit
+    assert other.done.is_set() and other.error is None
+
+
+def test_operator_run_exits_non_zero_when_the_lease_is_lost(monkeypatch: Any) -> None:
+    """The CLI's exit status: 1 after a lost Lease (the pod restarts), 0 after a clean stop."""
+    from click.testing import CliRunner
+
+    import legacygpu.operator.app as app
+    from legacygpu.cli import main
+
+    async def lost(*_: Any, **__: Any) -> None:
+        raise app.LeadershipLostError("lost the lease default/legacygpu-operator")
+
+    async def stopped(*_: Any, **__: Any) -> None:
+        return None
+
+    args = ["operator", "run", "--server", "http://127.0.0.1:9", "--no-metrics"]
+    monkeypatch.setattr(app, "run_operator", lost)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and isinstance(result.exception, app.LeadershipLostError), result.output
+    monkeypatch.setattr(app, "run_operator", stopped)
+    assert CliRunner().invoke(main, args).exit_code == 0

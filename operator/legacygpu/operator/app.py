@@ -4,7 +4,10 @@
 tests start in-process: it builds a fresh kopf registry (no module-level
 handlers, so several operators can live in one process one after another),
 waits for the Lease when leader election is on, serves ``/metrics``, and
-runs kopf until ``stop`` is set or the Lease is lost.
+runs kopf until ``stop`` is set or the Lease is lost. Losing the Lease
+raises :class:`LeadershipLostError` (after the same cleanup as a stop), so
+``legacygpu operator run`` exits non-zero and Kubernetes restarts the
+container, which then waits as a standby; a stop returns normally (exit 0).
 
 kopf and the operator's own client share one
 ``kubernetes.client.Configuration``: :func:`connection_info` turns it into
@@ -21,16 +24,21 @@ import kopf
 import kubernetes
 
 from legacygpu.core.kube.client import KubeApi
+from legacygpu.core.kube.errors import OperatorError
 from legacygpu.operator import cluster_handlers, task_handlers
 from legacygpu.operator.config import OperatorConfig
 from legacygpu.operator.leader import LeaseElector
 from legacygpu.operator.runtime import OperatorRuntime
 
-__all__ = ["FINALIZER", "build_registry", "build_settings", "connection_info", "run_operator"]
+__all__ = ["FINALIZER", "LeadershipLostError", "build_registry", "build_settings", "connection_info", "run_operator"]
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "legacygpu.io/operator"
+
+
+class LeadershipLostError(OperatorError):
+    """This replica lost its Lease: the process must end with an error so its pod restarts as a standby."""
 
 
 def connection_info(configuration: kubernetes.client.Configuration) -> kopf.ConnectionInfo:
@@ -107,7 +115,7 @@ async def run_operator(
     ready: asyncio.Event | None = None,
     runtime_ready: asyncio.Future[OperatorRuntime] | None = None,
 ) -> None:
-    """Run until ``stop`` is set (or, with leader election, the Lease is lost)."""
+    """Run until ``stop`` is set; with leader election, raise :class:`LeadershipLostError` if the Lease is lost."""
     stop = stop or asyncio.Event()
     api = KubeApi(configuration, concurrency=config.api_concurrency)
     rt = OperatorRuntime(config=config, api=api)
@@ -152,3 +160,8 @@ async def run_operator(
             await elector.release()
         api.close()
         rt.metrics.close()
+    if lost.is_set() and not stop.is_set():
+        raise LeadershipLostError(
+            f"lost the lease {config.lease_namespace}/{config.lease_name} as {config.identity}; exiting to restart "
+            "as a standby"
+        )
