@@ -180,3 +180,71 @@ def test_websocket_streams_task_events(one_worker: LocalCluster) -> None:
                 seen.append((event["type"], event["object"]["phase"]))
         assert seen[0] == ("task.created", "Queued")
         assert ("task.updated", "Running") in seen
+
+
+def test_websocket_without_any_token_is_refused(cluster: LocalCluster) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    url = cluster.url.replace("http", "ws") + "/ws/cluster/events"  # no query token, no header
+    with connect(url) as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    assert closed.value.rcvd.reason == "missing or invalid token"
+
+
+def test_openapi_docs_are_served(cluster: LocalCluster) -> None:
+    docs = httpx.get(f"{cluster.url}/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower() and "/openapi.json" in docs.text
+    schema = httpx.get(f"{cluster.url}/openapi.json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    for path in ("/cluster/tasks/submit", "/cluster/tasks/{task_id}/status", "/cluster/tasks/{task_id}/cancel",
+                 "/cluster/workers/register", "/cluster/health"):
+        assert path in paths, path
+
+
+def test_task_listing_filters_by_worker_and_model(cluster: LocalCluster, tmp_path: Path) -> None:
+    from helpers import slow_model
+
+    from legacygpu.core.modelcards import ModelRepository
+    from legacygpu.worker.modelinfo import card_from_onnx
+
+    tiny = slow_model(tmp_path / "tiny.onnx", layers=1, rows=2, width=8)
+    ModelRepository(cluster.data_dir / "models").add(card_from_onnx("tiny", tiny), tiny)
+    # No worker yet: this task is never assigned, and fails on its deadline.
+    orphan = cluster.submit(model="tiny", inputs=[{"name": "x", "shape": [1, 8], "datatype": "FP32",
+                                                   "data": [1.0] * 8}], timeout_seconds=1)
+    cluster.wait_phase(orphan["id"], {"Failed"})
+    cluster.start_worker("w1")
+    worker = cluster.worker("w1")
+    assert worker is not None
+    good = {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}
+    digits = {cluster.submit(model="digits", inputs=[good])["id"] for _ in range(2)}
+    for task_id in digits:
+        cluster.wait_phase(task_id, {"Succeeded"})
+
+    def ids(**params: str) -> set[str]:
+        page = cluster.http.get("/cluster/tasks", params=params).json()
+        assert page["count"] == len(page["data"]), params
+        return {task["id"] for task in page["data"]}
+
+    assert ids() == digits | {orphan["id"]}
+    assert ids(model="tiny") == {orphan["id"]}
+    assert ids(model="digits") == digits
+    assert ids(worker=worker["id"]) == digits
+    assert ids(worker=worker["id"], model="tiny") == set()
+    assert ids(worker="w-nobody") == set()
+
+
+def test_cancel_over_http_returns_the_cancelled_task(cluster: LocalCluster) -> None:
+    good = {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}
+    task = cluster.submit(model="digits", inputs=[good])  # no worker: it stays Queued
+    response = cluster.http.post(f"/cluster/tasks/{task['id']}/cancel")
+    assert response.status_code == 200, response.text
+    cancelled = response.json()
+    assert cancelled["id"] == task["id"] and cancelled["model"] == "digits"
+    assert cancelled["phase"] == "Cancelled" and cancelled["result"] is None
+    assert cluster.task(task["id"])["phase"] == "Cancelled"
+    again = cluster.http.post(f"/cluster/tasks/{task['id']}/cancel")
+    assert again.status_code == 409 and "already Cancelled" in again.json()["detail"]
