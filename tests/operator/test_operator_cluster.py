@@ -105,8 +105,11 @@ async def test_unschedulable_worker_is_shown_with_the_scheduler_reason(dep: Depl
     assert message in condition(body, "Degraded")["message"]
     assert message in condition(body, "WorkersReady")["message"]
     assert condition(body, "Ready")["status"] == "False"
-    events = await dep.events("big")
-    assert any(e["type"] == "Warning" and message in e["message"] for e in events)
+
+    async def warned() -> bool:  # kopf posts Events from a queue: the status can be written first
+        return any(e["type"] == "Warning" and message in e["message"] for e in await dep.events("big"))
+
+    await eventually(warned, what="a Warning Event with the scheduler's message")
 
 
 async def test_failed_worker_is_replaced(dep: Deployment) -> None:
