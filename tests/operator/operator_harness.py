@@ -261,6 +261,22 @@ async def eventually(check: Callable[[], Any], *, timeout: float = 30.0, interva
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value: {last!r}")
 
 
+async def events_when(
+    dep: Deployment, name: str, check: Callable[[list[dict[str, Any]]], bool], *, what: str
+) -> list[dict[str, Any]]:
+    """The Events about ``name`` once ``check`` accepts them.
+
+    The operator posts Events through kopf's queue, so they can arrive after the status
+    write a test waited for; reading them once would race.
+    """
+
+    async def ready() -> list[dict[str, Any]] | None:
+        events = await dep.events(name)
+        return events if check(events) else None
+
+    return await eventually(ready, what=what)  # type: ignore[no-any-return]
+
+
 def phase(body: dict[str, Any] | None) -> str | None:
     return ((body or {}).get("status") or {}).get("phase")
 

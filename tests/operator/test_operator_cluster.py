@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from operator_harness import NS, Deployment, cluster_manifest, condition, eventually, phase, task_manifest
+from operator_harness import (
+    NS,
+    Deployment,
+    cluster_manifest,
+    condition,
+    events_when,
+    eventually,
+    phase,
+    task_manifest,
+)
 
 from legacygpu.core.kube.contract import CLUSTER_PLURAL, TASK_PLURAL
 
@@ -24,10 +33,6 @@ async def _ready_workers(dep: Deployment, name: str, count: int) -> dict[str, An
     if status.get("readyWorkers") == count and status.get("replicas") == count and len(live) == count:
         return body
     return None
-
-
-async def _reasons(dep: Deployment, name: str) -> list[str]:
-    return [e["reason"] for e in await dep.events(name)]
 
 
 async def test_create_scale_suspend_resume_delete(dep: Deployment) -> None:
@@ -47,11 +52,8 @@ async def test_create_scale_suspend_resume_delete(dep: Deployment) -> None:
         assert pod["spec"]["containers"][0]["resources"]["limits"]["legacygpu.io/gpu"] == "1"
     service = await dep.api.get("", "v1", "services", NS, "pool-workers")
     assert service["spec"]["clusterIP"] == "None"
-
-    async def service_event() -> bool:
-        return "ServiceCreated" in await _reasons(dep, "pool")  # Events are posted from a queue
-
-    await eventually(service_event, what="a ServiceCreated Event")
+    await events_when(dep, "pool", lambda evs: any(e["reason"] == "ServiceCreated" for e in evs),
+                      what="a ServiceCreated Event")
 
     await dep.patch_spec(CLUSTER_PLURAL, "pool", {"replicas": 3})
     body = await eventually(lambda: _ready_workers(dep, "pool", 3), what="scaled up to 3")
@@ -80,8 +82,8 @@ async def test_create_scale_suspend_resume_delete(dep: Deployment) -> None:
 
     await dep.patch_spec(CLUSTER_PLURAL, "pool", {"suspend": False})
     await eventually(lambda: _ready_workers(dep, "pool", 1), what="resumed")
-    reasons = await _reasons(dep, "pool")
-    assert {"WorkerCreated", "WorkerDeleted", "Suspended", "Resumed"} <= set(reasons)
+    wanted = {"WorkerCreated", "WorkerDeleted", "Suspended", "Resumed"}
+    await events_when(dep, "pool", lambda evs: wanted <= {e["reason"] for e in evs}, what=f"Events {wanted}")
 
     await dep.api.delete("legacygpu.io", "v1alpha1", CLUSTER_PLURAL, NS, "pool")
 
@@ -89,7 +91,8 @@ async def test_create_scale_suspend_resume_delete(dep: Deployment) -> None:
         return await dep.cluster("pool") is None and not await dep.pods("pool")
 
     await eventually(gone, what="cluster and pods gone (finalizer removed)")
-    assert "ClusterDeleted" in await _reasons(dep, "pool")
+    await events_when(dep, "pool", lambda evs: any(e["reason"] == "ClusterDeleted" for e in evs),
+                      what="a ClusterDeleted Event")
 
 
 async def test_unschedulable_worker_is_shown_with_the_scheduler_reason(dep: Deployment) -> None:
@@ -124,7 +127,8 @@ async def test_failed_worker_is_replaced(dep: Deployment) -> None:
         return victim not in names and await _ready_workers(dep, "heal", 2) is not None
 
     await eventually(replaced, what="failed pod replaced")
-    assert "WorkerReplaced" in await _reasons(dep, "heal")
+    await events_when(dep, "heal", lambda evs: any(e["reason"] == "WorkerReplaced" for e in evs),
+                      what="a WorkerReplaced Event")
 
 
 async def test_spec_the_schema_would_refuse_is_refused_by_the_operator(dep: Deployment) -> None:
@@ -139,7 +143,8 @@ async def test_spec_the_schema_would_refuse_is_refused_by_the_operator(dep: Depl
     body = await eventually(refused, what="Ready=False/InvalidSpec")
     assert "spec.replicas (10) is outside" in condition(body, "Ready")["message"]
     assert await dep.pods("odd") == []
-    assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in await dep.events("odd"))
+    await events_when(dep, "odd", lambda evs: any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in evs),
+                      what="a Warning InvalidSpec Event")
 
 
 async def test_a_pod_the_api_server_refuses_degrades_the_cluster_and_tasks_still_move(dep: Deployment) -> None:
@@ -162,8 +167,10 @@ async def test_a_pod_the_api_server_refuses_degrades_the_cluster_and_tasks_still
     assert degraded["status"] == "True" and QUOTA in degraded["message"]
     assert 'pods "<generated>" is forbidden' in degraded["message"]  # stable from one attempt to the next
     assert condition(body, "WorkersReady")["status"] == "False" and condition(body, "Ready")["status"] == "False"
-    events = [e for e in await dep.events("capped") if e["reason"] == "PodCreateFailed"]
-    assert events and all(e["type"] == "Warning" and QUOTA in e["message"] for e in events)
+    posted = await events_when(dep, "capped", lambda evs: any(e["reason"] == "PodCreateFailed" for e in evs),
+                               what="a PodCreateFailed Event")
+    events = [e for e in posted if e["reason"] == "PodCreateFailed"]
+    assert all(e["type"] == "Warning" and QUOTA in e["message"] for e in events)
     assert await dep.pods("capped") == []
 
     await dep.patch_spec(TASK_PLURAL, "cancel-me", {"cancel": True})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from operator_harness import FAST, NS, Deployment, cluster_manifest, eventually, phase, task_manifest
+from operator_harness import FAST, NS, Deployment, cluster_manifest, events_when, eventually, phase, task_manifest
 
 FLAT = {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}
 
@@ -41,8 +41,9 @@ async def test_lost_worker_task_is_retried_elsewhere(dep: Deployment) -> None:
     assert phase(done) == "Succeeded" and status["attempts"] == 2, status
     assert status["workerRef"]["pod"] != first
     assert requeued["status"]["attempts"] >= 1
-    reasons = [e["reason"] for e in await dep.events("t")]
-    assert "WorkerLost" in reasons and reasons.count("Completed") == 1
+    events = await events_when(dep, "t", lambda evs: any(e["reason"] == "WorkerLost" for e in evs),
+                               what="a WorkerLost Event")
+    assert [e["reason"] for e in events].count("Completed") == 1
 
 
 async def test_retries_run_out(dep: Deployment) -> None:
