@@ -11,7 +11,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from operator_harness import NS, Deployment, cluster_manifest, deployment, eventually, phase, task_manifest
+from operator_harness import (
+    NS,
+    Deployment,
+    cluster_manifest,
+    deployment,
+    events_when,
+    eventually,
+    phase,
+    task_manifest,
+)
 
 from legacygpu.core.kube.contract import CLUSTER_PLURAL, TASK_PLURAL, parse_time
 
@@ -58,8 +67,8 @@ async def test_examples_run_end_to_end(dep: Deployment) -> None:
     low = [parse_time(bodies[f"digit-batch-{i}"]["status"]["scheduledTime"]) for i in range(3, 10)]
     assert max(high) <= max(low)  # priority 10 placed no later than the rest
 
-    events = await dep.events("digit-tensor")
-    assert {"Assigned", "Completed"} <= {e["reason"] for e in events}
+    await events_when(dep, "digit-tensor", lambda evs: {"Assigned", "Completed"} <= {e["reason"] for e in evs},
+                      what="Assigned and Completed Events")
 
     async def counts_settled() -> bool:
         status = (await dep.cluster("digits"))["status"]
@@ -113,7 +122,8 @@ async def test_task_for_a_missing_cluster_fails_but_a_late_cluster_is_waited_for
     assert (phase(bodies["orphan"]), bodies["orphan"]["status"]["reason"]) == ("Failed", "ClusterNotFound")
     assert "'nowhere' does not exist" in bodies["orphan"]["status"]["message"]
     assert phase(bodies["early"]) == "Succeeded"
-    assert any(e["reason"] == "ClusterNotFound" for e in await dep.events("orphan"))
+    await events_when(dep, "orphan", lambda evs: any(e["reason"] == "ClusterNotFound" for e in evs),
+                      what="a ClusterNotFound Event")
 
 
 async def test_cancel_deadline_and_ttl(dep: Deployment) -> None:
