@@ -50,8 +50,8 @@ MODELS: dict[str, str] = {
     "ppocr_rec": "site:rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
     "digits": "demo:digits",
 }
-# Every model the correctness tests run (tests/opencl_models). On a CPU (PoCL) all of them take
-# several minutes at batch 1 and 8; --models picks a subset.
+# Every model the correctness tests run (tests/opencl_models). On a CPU (PoCL) all of them take a
+# few minutes at batch 1 and 8; --models picks a subset.
 DEFAULT_MODELS = tuple(MODELS)
 # Dynamic spatial dimensions of the OCR models, as rapidocr feeds them.
 DIMS = {"p2o.DynamicDimension.1": 320, "p2o.DynamicDimension.2": 320, "?": 48}
@@ -223,7 +223,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     "--models",
     default=",".join(DEFAULT_MODELS),
     help=f"Comma-separated names ({', '.join(MODELS)}) or .onnx paths. Default: all of those names, "
-    "which takes several minutes on a CPU (PoCL); pick a few for a quick run, e.g. "
+    "which takes a few minutes on a CPU (PoCL); pick a few for a quick run, e.g. "
     "--models digits,squeezenet.",
 )
 @click.option("--batches", default="1,8", show_default=True, help="Comma-separated batch sizes.")
