@@ -98,7 +98,7 @@ def run(
 ) -> None:
     """Reconcile InferenceClusters and InferenceTasks until SIGTERM/SIGINT."""
     from legacygpu.core.kube.client import load_configuration
-    from legacygpu.operator.app import run_operator
+    from legacygpu.operator.app import LeadershipLostError, run_operator
     from legacygpu.operator.config import OperatorConfig
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -127,4 +127,7 @@ def run(
             loop.add_signal_handler(sig, stop.set)
         await run_operator(config, configuration, stop=stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except LeadershipLostError as exc:  # exit 1 without a traceback: the pod restarts as a standby
+        raise click.ClickException(str(exc)) from exc
