@@ -230,9 +230,13 @@ def _table(rows: list[dict[str, Any]]) -> str:
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed calls per backend and batch.")
 @click.option("--device", "device_index", type=int, default=None, help="OpenCL device index (see `legacygpu devices`).")
 @click.option(
-    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True
+    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True,
+    help="Where the JSON results and the PNG chart are written.",
 )
-@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True,
+    help="table for people, json for scripts.",
+)
 def model_bench(models: str, batches: str, repeats: int, device_index: int | None, out_dir: Path, output: str) -> None:
     """Latency and throughput per model: the OpenCL backend against onnxruntime on the CPU."""
     logging.getLogger("legacygpu.worker.opencl").setLevel(logging.ERROR)
