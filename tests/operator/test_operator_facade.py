@@ -2,6 +2,9 @@
 
 Real: the facade (FastAPI on uvicorn, loopback HTTP), the CLI, the operator and the worker loops.
 Stand-ins (see operator_harness): the API server emulator and the simulated nodes.
+
+The facade is built as a user gets it: ``create_app(settings)`` with
+``cluster_backend="kubernetes"``, finding the API server through ``KUBECONFIG``.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+import yaml
 from click.testing import CliRunner
 from operator_harness import Deployment, cluster_manifest, eventually, phase
 
 from legacygpu.api.app import create_app
+from legacygpu.api.backends.base import ClusterBackend
 from legacygpu.api.backends.kubernetes import KubernetesBackend
 from legacygpu.cli import main
 from legacygpu.core.config import Settings
-from legacygpu.core.kube.contract import CLUSTER_PLURAL
+from legacygpu.core.kube.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL, VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "facade-test-token-0123456789"
@@ -33,7 +38,7 @@ TOKEN = "facade-test-token-0123456789"
 class Facade:
     """The facade app served by uvicorn on a free loopback port, on its own thread."""
 
-    def __init__(self, settings: Settings, backend: KubernetesBackend) -> None:
+    def __init__(self, settings: Settings, backend: ClusterBackend | None = None) -> None:
         from helpers import free_port
 
         self.port = free_port()
@@ -56,14 +61,29 @@ class Facade:
         self.thread.join(timeout=20)
 
 
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig whose current context is ``server`` (the emulator needs no credentials)."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+        "users": [{"name": "tester", "user": {}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
+    }))
+    return path
+
+
 @pytest.fixture
-async def facade(dep: Deployment, tmp_path: Path, demo_repository: Path) -> AsyncIterator[Facade]:
+async def facade(
+    dep: Deployment, tmp_path: Path, demo_repository: Path, monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Facade]:
+    """The facade on the Kubernetes backend, chosen and pointed at the API server by configuration only."""
     shutil.copytree(demo_repository, tmp_path / "data" / "models")
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", dep.url)))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     settings = Settings(
         cluster_backend="kubernetes", kube_namespace="default", kube_cluster="digits",
         data_dir=tmp_path / "data", api_token=TOKEN,
     )
-    backend = KubernetesBackend(settings, configuration=dep.configuration)
     await dep.start_operator()
     await dep.create(cluster_manifest("digits", replicas=2))
 
@@ -72,7 +92,13 @@ async def facade(dep: Deployment, tmp_path: Path, demo_repository: Path) -> Asyn
         return ((body or {}).get("status") or {}).get("readyWorkers") == 2
 
     await eventually(ready, what="2 ready workers")
-    with Facade(settings, backend) as running:
+    with Facade(settings) as running:
+        def kubernetes_workers() -> Any:  # the backend the settings name, on the server KUBECONFIG names
+            health = httpx.get(f"{running.url}/cluster/health", timeout=30).json()
+            return health if health["workers_active"] == 2 else None
+
+        health = await eventually(lambda: asyncio.to_thread(kubernetes_workers), what="the facade on the 2 workers")
+        assert health["backend"] == "kubernetes"
         yield running
 
 
@@ -143,6 +169,13 @@ async def test_cancel_drain_and_events(facade: Facade, dep: Deployment) -> None:
         cancelled = client.post(f"/cluster/tasks/{task_id}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["phase"] == "Cancelled"
         assert client.post(f"/cluster/tasks/{task_id}/cancel").status_code == 409
+        await dep.api.delete(GROUP, VERSION, TASK_PLURAL, "default", task_id)  # as kubectl delete would
+
+        def deleted_event() -> bool:
+            return any(e["type"] == "task.deleted" and e["object"]["id"] == task_id for e in list(received))
+
+        await eventually(deleted_event, what="a task.deleted event for the deleted task")
+        assert client.get("/cluster/tasks").json()["count"] == 0
 
         await dep.patch_spec(CLUSTER_PLURAL, "digits", {"suspend": False})
 
@@ -168,6 +201,33 @@ async def test_cancel_drain_and_events(facade: Facade, dep: Deployment) -> None:
 
 async def _phase_is(dep: Deployment, name: str, wanted: str) -> bool:
     return phase(await dep.task(name)) == wanted
+
+
+async def test_the_facade_follows_the_inference_cluster(facade: Facade, dep: Deployment) -> None:
+    flat = {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}
+    with http(facade.url) as client:
+        assert {w["concurrency"] for w in client.get("/cluster/workers").json()["data"]} == {2}
+        await dep.patch_spec(CLUSTER_PLURAL, "digits", {"tasksPerWorker": 3})
+
+        def concurrency_three() -> bool:
+            data = client.get("/cluster/workers").json()["data"]
+            return bool(data) and {w["concurrency"] for w in data} == {3}
+
+        await eventually(lambda: asyncio.to_thread(concurrency_three), what="the new tasksPerWorker in /workers")
+
+        await dep.api.delete(GROUP, VERSION, CLUSTER_PLURAL, "default", "digits")
+        await eventually(lambda: _cluster_gone(dep), what="the InferenceCluster deleted")
+
+        def refused() -> httpx.Response | None:  # until the facade has seen the deletion through (not 201)
+            answer = client.post("/cluster/tasks/submit", json={"model": "digits", "inputs": [flat]})
+            return answer if "does not exist" in answer.text else None
+
+        answer = await eventually(lambda: asyncio.to_thread(refused), what="submit refused without the cluster")
+    assert answer.status_code == 409 and "InferenceCluster 'digits'" in answer.json()["detail"]
+
+
+async def _cluster_gone(dep: Deployment) -> bool:
+    return await dep.cluster("digits") is None
 
 
 

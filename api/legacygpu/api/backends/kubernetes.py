@@ -2,15 +2,22 @@
 
 Chosen with ``LEGACYGPU_CLUSTER_BACKEND=kubernetes``; the facade then serves
 one InferenceCluster (``LEGACYGPU_KUBE_CLUSTER`` in ``LEGACYGPU_KUBE_NAMESPACE``)
-and keeps no state of its own:
+of the API server that ``KUBECONFIG`` names (read when the facade starts; it
+wins over the in-cluster service account, as for kubectl), else of the cluster
+it runs in, else of ``~/.kube/config``; and keeps no state of its own:
 
 * a task submitted here becomes an InferenceTask (id = object name); the
   operator and the workers take it from there, exactly as for ``kubectl
   apply``; cancelling sets ``spec.cancel``;
-* reads come from a cache of the namespace's tasks and the cluster's worker
-  Pods kept by list-then-watch loops (an informer), so listing is cheap and
-  every change also goes out on the WebSocket event stream
-  (``task.created``, ``task.updated``, ``worker.updated``) as in local mode;
+* reads come from a cache of the namespace's tasks, the cluster's worker
+  Pods and the InferenceCluster itself, kept by list-then-watch loops (an
+  informer), so listing is cheap, a change of the cluster's spec shows at
+  once, and every change also goes out on the WebSocket event stream
+  (``task.created``, ``task.updated``, ``worker.updated``) as in local mode,
+  plus ``task.deleted`` when an InferenceTask is deleted (by its
+  ``ttlSecondsAfterFinished`` or by hand: the local backend never deletes);
+* a submit while the InferenceCluster does not exist (or is being deleted)
+  answers 409;
 * workers are the cluster's Pods: their device and counts come from the stats
   annotation each worker publishes; ``drain`` annotates the Pod and the
   operator stops placing tasks there;
@@ -29,6 +36,7 @@ import contextlib
 import datetime
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -58,6 +66,7 @@ from legacygpu.core.kube.client import KubeApi, load_configuration
 from legacygpu.core.kube.contract import (
     ANNOTATION_DRAIN,
     ANNOTATION_WORKER_STATS,
+    CLUSTER_PLURAL,
     GROUP,
     LABEL_CLUSTER,
     TASK_KIND,
@@ -85,6 +94,19 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def _client_configuration() -> kubernetes.client.Configuration:
+    """The API server to use: ``KUBECONFIG`` when set, else in-cluster, else ``~/.kube/config``.
+
+    ``KUBECONFIG`` is read here, when the facade starts, rather than left to the
+    kubernetes package, which reads it once when it is imported.
+    """
+    return load_configuration(kubeconfig=os.environ.get("KUBECONFIG") or None)
+
+
+def _version(obj: dict[str, Any] | None) -> str | None:
+    return ((obj or {}).get("metadata") or {}).get("resourceVersion")
+
+
 class KubernetesBackend:
     """A :class:`~legacygpu.api.backends.base.ClusterBackend` backed by the custom resources."""
 
@@ -107,7 +129,8 @@ class KubernetesBackend:
         self._api: KubeApi | None = None
         self._tasks: dict[str, dict[str, Any]] = {}
         self._pods: dict[str, dict[str, Any]] = {}
-        self._cluster_body: dict[str, Any] | None = None
+        self._clusters: dict[str, dict[str, Any]] = {}
+        """The served InferenceCluster by name: at most one entry, none while it does not exist."""
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -120,16 +143,18 @@ class KubernetesBackend:
         return self._api
 
     async def start(self) -> None:
-        configuration = self._configuration or load_configuration()
+        configuration = self._configuration or _client_configuration()
         self._api = KubeApi(configuration, concurrency=4)
         self._loop = asyncio.get_running_loop()
         self._stop.clear()
         await self._refresh()
         tasks = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{TASK_PLURAL}"
         pods = f"/api/v1/namespaces/{self.namespace}/pods"
+        clusters = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{CLUSTER_PLURAL}"
         for kind, path, query in (
             ("task", tasks, {}),
             ("pod", pods, {"labelSelector": f"{LABEL_CLUSTER}={self.cluster}"}),
+            ("cluster", clusters, {"fieldSelector": f"metadata.name={self.cluster}"}),
         ):
             thread = threading.Thread(target=self._informer, args=(kind, path, query), name=f"watch-{kind}s")
             thread.daemon = True
@@ -146,7 +171,12 @@ class KubernetesBackend:
         self._tasks = {t["metadata"]["name"]: t for t in items if self._ours(t)}
         pods = await self.api.list("", "v1", "pods", self.namespace, label_selector=f"{LABEL_CLUSTER}={self.cluster}")
         self._pods = {p["metadata"]["name"]: p for p in pods}
-        self._cluster_body = await self.api.get_cluster(self.namespace, self.cluster)
+        body = await self.api.get_cluster(self.namespace, self.cluster)
+        self._clusters = {self.cluster: body} if body is not None else {}
+
+    @property
+    def _cluster_body(self) -> dict[str, Any] | None:
+        return self._clusters.get(self.cluster)
 
     def _informer(self, kind: str, path: str, query: dict[str, str]) -> None:
         """List, then watch from the list's version; again after every timeout or error."""
@@ -183,33 +213,71 @@ class KubernetesBackend:
         return (task.get("spec") or {}).get("clusterRef") == self.cluster
 
     def _apply(self, kind: str, event: str, obj: dict[str, Any]) -> None:
-        if kind == "pod":
-            if event == "SYNC":
-                self._pods = {p["metadata"]["name"]: p for p in obj["items"]}
-                return
-            name = obj["metadata"]["name"]
-            if event == "DELETED":
-                self._pods.pop(name, None)
-            else:
-                self._pods[name] = obj
-            if self.events.subscribers:
-                self.events.publish("worker.updated", self._worker_public(obj).model_dump(mode="json"))
-            return
         if event == "SYNC":
-            self._tasks = {t["metadata"]["name"]: t for t in obj["items"] if self._ours(t)}
+            self._sync(kind, obj["items"])
+        else:
+            self._handler(kind)(event, obj)
+
+    def _handler(self, kind: str) -> Any:
+        return {"task": self._apply_task, "pod": self._apply_pod, "cluster": self._apply_cluster}[kind]
+
+    def _cache(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {"task": self._tasks, "pod": self._pods, "cluster": self._clusters}[kind]
+
+    def _sync(self, kind: str, items: list[dict[str, Any]]) -> None:
+        """A fresh listing: what changed while no watch was open goes through the watch's path.
+
+        So an object deleted or changed between two watches still reaches the
+        cache, the metrics and the event stream.
+        """
+        cache = self._cache(kind)
+        fresh = {i["metadata"]["name"]: i for i in items if kind != "task" or self._ours(i)}
+        handler = self._handler(kind)
+        for name in cache.keys() - fresh.keys():
+            handler("DELETED", cache[name])
+        for name, item in fresh.items():
+            if _version(cache.get(name)) != _version(item):
+                handler("MODIFIED", item)
+
+    def _apply_pod(self, event: str, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        if event == "DELETED":
+            self._pods.pop(name, None)
+        else:
+            self._pods[name] = obj
+        if self.events.subscribers:
+            self.events.publish("worker.updated", self._worker_public(obj).model_dump(mode="json"))
+
+    def _apply_cluster(self, event: str, obj: dict[str, Any]) -> None:
+        """The served cluster's spec (workers' concurrency and backend) and whether it exists."""
+        if obj["metadata"]["name"] != self.cluster:
             return
+        before = (self._cluster_body or {}).get("spec")
+        if event == "DELETED":
+            self._clusters.pop(self.cluster, None)
+            return
+        self._clusters[self.cluster] = obj
+        if self.events.subscribers and obj.get("spec") != before:
+            for pod in self._pods.values():
+                self.events.publish("worker.updated", self._worker_public(pod).model_dump(mode="json"))
+
+    def _apply_task(self, event: str, obj: dict[str, Any]) -> None:
         if not self._ours(obj):
             return
         name = obj["metadata"]["name"]
         before = self._tasks.get(name)
         if event == "DELETED":
             self._tasks.pop(name, None)
+            self._publish_task("task.deleted", obj)
             return
         self._tasks[name] = obj
         self._observe(before, obj)
+        self._publish_task("task.created" if before is None else "task.updated", obj)
+
+    def _publish_task(self, event_type: str, task: dict[str, Any]) -> None:
         if self.events.subscribers:
-            public = self._task_public(obj, with_result=False).model_dump(mode="json", exclude={"history"})
-            self.events.publish("task.created" if before is None else "task.updated", public)
+            public = self._task_public(task, with_result=False).model_dump(mode="json", exclude={"history"})
+            self.events.publish(event_type, public)
 
     def _observe(self, before: dict[str, Any] | None, after: dict[str, Any]) -> None:
         """Facade metrics, as the local backend counts them, from the changes the watch shows."""
@@ -234,14 +302,25 @@ class KubernetesBackend:
     # tasks -------------------------------------------------------------------------------
 
     async def _cluster(self) -> dict[str, Any]:
-        if self._cluster_body is None:
-            self._cluster_body = await self.api.get_cluster(self.namespace, self.cluster)
-        if self._cluster_body is None:
-            raise ValidationError(
-                f"InferenceCluster {self.cluster!r} does not exist in namespace {self.namespace!r} "
-                "(LEGACYGPU_KUBE_CLUSTER / LEGACYGPU_KUBE_NAMESPACE)"
+        """The served InferenceCluster, or :class:`ConflictError` (409) while it is missing.
+
+        409 rather than 404: the request names no missing resource (the route
+        and the model exist, the body is valid); it conflicts with the current
+        state of the facade's cluster, and the same request succeeds once the
+        InferenceCluster is (re)created. The informer's copy is trusted when it
+        has one; when it has none, the API server is asked, so a cluster created
+        a moment ago is found before its watch event arrives.
+        """
+        body = self._cluster_body or await self.api.get_cluster(self.namespace, self.cluster)
+        where = f"InferenceCluster {self.cluster!r} in namespace {self.namespace!r}"
+        if body is None:
+            raise ConflictError(
+                f"{where} does not exist (LEGACYGPU_KUBE_CLUSTER / LEGACYGPU_KUBE_NAMESPACE); "
+                "create it before submitting tasks"
             )
-        return self._cluster_body
+        if body["metadata"].get("deletionTimestamp"):
+            raise ConflictError(f"{where} is being deleted; tasks cannot be submitted to it")
+        return body
 
     async def submit_task(self, request: TaskCreate) -> TaskPublic:
         if self.repository.names():  # a repository mounted here: refuse bad requests with a 4xx now
