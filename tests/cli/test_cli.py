@@ -50,9 +50,14 @@ class ClusterStart:
             self.process.wait()
 
 
+def run_cli(env: dict[str, str] | None, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``legacygpu ARGS`` as a user runs it: a new process, text output captured."""
+    return subprocess.run([sys.executable, "-m", "legacygpu.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def cli(cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "legacygpu.cli", *args], env=cluster.env, capture_output=True,
-                            text=True, timeout=180)
+    result = run_cli(cluster.env, *args)
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -113,12 +118,10 @@ def test_errors_are_clear_with_exit_codes(one_worker: LocalCluster, tmp_path: Pa
     missing = cli(one_worker, "task", "status", "task-missing", check=False)
     assert missing.returncode == 3 and "task-missing" in missing.stderr
     env = {**one_worker.env, "LEGACYGPU_API_TOKEN": "wrong"}
-    denied = subprocess.run([sys.executable, "-m", "legacygpu.cli", "task", "list"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    denied = run_cli(env, "task", "list", timeout=60)
     assert denied.returncode == 5 and "invalid token" in denied.stderr
     env = {**one_worker.env, "LEGACYGPU_API_URL": f"http://127.0.0.1:{free_port()}"}
-    down = subprocess.run([sys.executable, "-m", "legacygpu.cli", "task", "list"], env=env, capture_output=True,
-                          text=True, timeout=60)
+    down = run_cli(env, "task", "list", timeout=60)
     assert down.returncode == 4 and "cannot reach the facade" in down.stderr
 
 
@@ -249,7 +252,7 @@ def test_help_everywhere() -> None:
                 missing.add((*path, param.opts[0]))
     assert not missing, f"without help text: {sorted(missing)}"
     for args in (["--help"], ["cluster", "start", "--help"], ["bench", "model", "--help"]):
-        out = subprocess.run([sys.executable, "-m", "legacygpu.cli", *args], capture_output=True, text=True, timeout=60)
+        out = run_cli(None, *args, timeout=60)
         assert out.returncode == 0 and "Usage:" in out.stdout and "--help" in out.stdout, args
 
 
@@ -261,8 +264,7 @@ def _cluster_env(data_dir: Path) -> dict[str, str]:
 
 
 def _workers(env: dict[str, str]) -> list[dict[str, Any]]:
-    out = subprocess.run([sys.executable, "-m", "legacygpu.cli", "cluster", "workers", "list", "-o", "json"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = run_cli(env, "cluster", "workers", "list", "-o", "json", timeout=60)
     assert out.returncode == 0, out.stderr
     return list(json.loads(out.stdout)["data"])
 
@@ -283,9 +285,8 @@ def test_cluster_start_runs_everything_and_ctrl_c_stops_it(data_dir: Path) -> No
         out = subprocess.run(argv, env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120,
                              cwd="/")
         assert out.returncode == 0 and "top classes:" in out.stdout, out.stderr
-        out = subprocess.run([sys.executable, "-m", "legacygpu.cli", "task", "submit", "-m", "digits", "-i",
-                              str(SAMPLES / "digit-8.png"), "-w", "-o", "json"], env=env, capture_output=True,
-                             text=True, timeout=120)
+        out = run_cli(env, "task", "submit", "-m", "digits", "-i", str(SAMPLES / "digit-8.png"), "-w", "-o", "json",
+                      timeout=120)
         assert json.loads(out.stdout)["result"]["top_k"][0]["label"] == "8"
         pids = [w["pid"] for w in _workers(env)]
         assert len(pids) == 2
@@ -304,8 +305,7 @@ def test_worker_stopped_under_cluster_start_stays_stopped(data_dir: Path) -> Non
     try:
         cluster.wait_for("Ctrl-C stops the cluster")
         victim = next(w for w in _workers(env) if w["name"] == "local-0")
-        stop = subprocess.run([sys.executable, "-m", "legacygpu.cli", "worker", "stop", victim["id"]], env=env,
-                              capture_output=True, text=True, timeout=60)
+        stop = run_cli(env, "worker", "stop", victim["id"], timeout=60)
         assert stop.returncode == 0, stop.stderr
         # The supervisor's decision, logged in the cycle that sees the drained worker's exit; a supervisor
         # that restarts it logs "starting it again" instead, and would never say this.
@@ -325,12 +325,10 @@ def test_cluster_stop_from_another_terminal(data_dir: Path) -> None:
     cluster = ClusterStart(env, "--port", env["LEGACYGPU_API_URL"].rsplit(":", 1)[1], "--workers", "1")
     try:
         cluster.wait_for("Ctrl-C stops the cluster")
-        stop = subprocess.run([sys.executable, "-m", "legacygpu.cli", "cluster", "stop"], env=env,
-                              capture_output=True, text=True, timeout=90)
+        stop = run_cli(env, "cluster", "stop", timeout=90)
         assert stop.returncode == 0 and "cluster stopped" in stop.stdout, stop.stderr
         assert cluster.process.wait(timeout=30) == 0
-        again = subprocess.run([sys.executable, "-m", "legacygpu.cli", "cluster", "stop"], env=env,
-                               capture_output=True, text=True, timeout=60)
+        again = run_cli(env, "cluster", "stop", timeout=60)
         assert again.returncode == 1 and "no cluster is running" in again.stderr
     finally:
         cluster.kill()
