@@ -188,3 +188,19 @@ def test_operator_run_exits_non_zero_when_the_lease_is_lost(monkeypatch: Any) ->
     assert "Traceback" not in result.output
     monkeypatch.setattr(app, "run_operator", stopped)
     assert CliRunner().invoke(main, args).exit_code == 0
+
+
+async def test_tasks_of_a_cluster_removed_past_its_finalizer_fail_cluster_not_found(dep: Deployment) -> None:
+    """A cluster that vanishes without the operator's finalizer running (removed by hand, then deleted)."""
+    from legacygpu.core.kube.contract import CLUSTER_PLURAL
+
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1, suspend=True))  # suspended: its tasks wait in Queued
+    for name in ("q1", "q2"):
+        await dep.create(task_manifest(name, "c", [FLAT]))
+    for name in ("q1", "q2"):
+        await eventually(lambda n=name: _when(dep, n, "Queued"), what=f"{name} queued")
+    dep.emulator.force_delete(CLUSTER_PLURAL, NS, "c")
+    for name in ("q1", "q2"):
+        body = await eventually(lambda n=name: _when(dep, n, "Failed"), what=f"{name} failed")
+        assert body["status"]["reason"] == "ClusterNotFound" and "'c'" in body["status"]["message"], body["status"]

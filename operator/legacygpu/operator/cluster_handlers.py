@@ -33,6 +33,7 @@ from legacygpu.operator.clusterstate import PodView, pod_view
 from legacygpu.operator.events import EventReason
 from legacygpu.operator.reconciler import reconcile_cluster, write_task
 from legacygpu.operator.runtime import OperatorRuntime
+from legacygpu.operator.task_handlers import settle_orphan
 
 __all__ = [
     "cluster_loop",
@@ -55,8 +56,21 @@ def index_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -
     return {(namespace, labels[LABEL_CLUSTER]): pod_view(body)}
 
 
-async def on_cluster_event(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.poke((namespace, name))
+async def on_cluster_event(
+    type: str | None, namespace: str, name: str, memo: kopf.Memo,
+    legacygpu_tasks: kopf.Index[tuple[str, str], Any], **_: Any,
+) -> None:
+    rt: OperatorRuntime = memo.runtime
+    if type != "DELETED":
+        rt.poke((namespace, name))
+        return
+    # Normally the finalizer (on_cluster_delete) has settled the tasks by now. A cluster whose
+    # finalizer was removed by hand vanishes without it: its tasks get the orphan check, which
+    # fails the unfinished ones ClusterNotFound (finished ones only cost a lookup).
+    for task in rt.tasks_seen(list(legacygpu_tasks.get((namespace, name), ()))):
+        settle_orphan(rt, task)
+    rt.forget((namespace, name))
+    rt.metrics.forget_cluster(namespace, name)
 
 
 async def on_pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:

@@ -29,7 +29,7 @@ from legacygpu.operator.reconciler import write_task
 from legacygpu.operator.runtime import OperatorRuntime
 from legacygpu.operator.taskstate import TaskView, decide, task_view
 
-__all__ = ["check_orphan", "index_tasks", "on_task_event", "register"]
+__all__ = ["check_orphan", "index_tasks", "on_task_event", "register", "settle_orphan"]
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,16 @@ async def on_task_event(
         return
     if type == "DELETED":
         return
-    view = task_view(body)
+    settle_orphan(rt, task_view(body))
+
+
+def settle_orphan(rt: OperatorRuntime, view: TaskView) -> None:
+    """Start :func:`check_orphan` for a task whose cluster is unknown, unless it is settled or being settled."""
     if view.terminal and view.ttl_seconds is None:
         return
-    if (namespace, name) not in rt.orphan_checks:
-        rt.orphan_checks.add((namespace, name))
-        rt.spawn(check_orphan(rt, namespace, name))
+    if (view.namespace, view.name) not in rt.orphan_checks:
+        rt.orphan_checks.add((view.namespace, view.name))
+        rt.spawn(check_orphan(rt, view.namespace, view.name))
 
 
 async def check_orphan(rt: OperatorRuntime, namespace: str, name: str) -> None:

@@ -312,6 +312,18 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
             return
         await self._really_delete(resource, namespace, name)
 
+    async def force_delete(self, plural: str, namespace: str, name: str) -> None:
+        """Remove an object at once, finalizers or not.
+
+        What a user gets by removing the finalizers by hand and deleting: the
+        watchers see DELETED with no deletion phase before it.
+        """
+        for resource, ns, nm in list(self._objects):
+            if (resource.plural, ns, nm) == (plural, namespace, name) and not self._objects[resource, ns, nm].deleted:
+                await self._really_delete(resource, ns, nm)
+                return
+        raise KeyError(f"no {plural} {namespace}/{name}")
+
     async def _really_delete(self, resource: Any, namespace: str | None, name: str) -> None:
         obj = self._objects[resource, namespace, name]
         obj.patch({"metadata": {"resourceVersion": self._next_rv()}})
@@ -449,6 +461,11 @@ class EmulatorThread:
         if self._error is not None or not self.url:
             raise RuntimeError(f"the API emulator did not start: {self._error!r}")
         return self
+
+    def force_delete(self, plural: str, namespace: str, name: str) -> None:
+        """:meth:`ApiServerEmulator.force_delete`, called from any thread."""
+        assert self._loop is not None and self.emulator is not None
+        asyncio.run_coroutine_threadsafe(self.emulator.force_delete(plural, namespace, name), self._loop).result(30)
 
     def __exit__(self, *exc: object) -> None:
         if self._loop is not None and self._stop is not None:
