@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -48,6 +49,17 @@ class ClusterStart:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+@contextlib.contextmanager
+def cluster_started(env: dict[str, str], workers: int) -> Iterator[tuple[ClusterStart, str]]:
+    """``cluster start`` on the port of ``env``'s API URL, once its banner is out; killed on the way out."""
+    port = env["LEGACYGPU_API_URL"].rsplit(":", 1)[1]
+    cluster = ClusterStart(env, "--port", port, "--workers", str(workers))
+    try:
+        yield cluster, cluster.wait_for("Ctrl-C stops the cluster")
+    finally:
+        cluster.kill()
 
 
 def run_cli(env: dict[str, str] | None, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -271,10 +283,7 @@ def _workers(env: dict[str, str]) -> list[dict[str, Any]]:
 
 def test_cluster_start_runs_everything_and_ctrl_c_stops_it(data_dir: Path) -> None:
     env = _cluster_env(data_dir)
-    port = env["LEGACYGPU_API_URL"].rsplit(":", 1)[1]
-    cluster = ClusterStart(env, "--port", port, "--workers", "2")
-    try:
-        banner = cluster.wait_for("Ctrl-C stops the cluster")
+    with cluster_started(env, workers=2) as (cluster, banner):
         token = (data_dir / "api-token").read_text().strip()
         assert f"token     : {token}" in banner and f"/ui#token={token}" in banner
         assert "2/2 worker(s) registered" in banner
@@ -295,15 +304,11 @@ def test_cluster_start_runs_everything_and_ctrl_c_stops_it(data_dir: Path) -> No
         for pid in pids:
             wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists(), timeout=10, what=f"worker {pid} to exit")
         assert not (data_dir / "cluster.pid").exists()
-    finally:
-        cluster.kill()
 
 
 def test_worker_stopped_under_cluster_start_stays_stopped(data_dir: Path) -> None:
     env = _cluster_env(data_dir)
-    cluster = ClusterStart(env, "--port", env["LEGACYGPU_API_URL"].rsplit(":", 1)[1], "--workers", "2")
-    try:
-        cluster.wait_for("Ctrl-C stops the cluster")
+    with cluster_started(env, workers=2) as (cluster, _):
         victim = next(w for w in _workers(env) if w["name"] == "local-0")
         stop = run_cli(env, "worker", "stop", victim["id"], timeout=60)
         assert stop.returncode == 0, stop.stderr
@@ -316,19 +321,13 @@ def test_worker_stopped_under_cluster_start_stays_stopped(data_dir: Path) -> Non
         assert {w["name"]: w["state"] for w in workers} == {"local-0": "stopped", "local-1": "active"}
         cluster.process.send_signal(signal.SIGINT)
         assert cluster.process.wait(timeout=60) == 0
-    finally:
-        cluster.kill()
 
 
 def test_cluster_stop_from_another_terminal(data_dir: Path) -> None:
     env = _cluster_env(data_dir)
-    cluster = ClusterStart(env, "--port", env["LEGACYGPU_API_URL"].rsplit(":", 1)[1], "--workers", "1")
-    try:
-        cluster.wait_for("Ctrl-C stops the cluster")
+    with cluster_started(env, workers=1) as (cluster, _):
         stop = run_cli(env, "cluster", "stop", timeout=90)
         assert stop.returncode == 0 and "cluster stopped" in stop.stdout, stop.stderr
         assert cluster.process.wait(timeout=30) == 0
         again = run_cli(env, "cluster", "stop", timeout=60)
         assert again.returncode == 1 and "no cluster is running" in again.stderr
-    finally:
-        cluster.kill()
