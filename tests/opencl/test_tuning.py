@@ -36,7 +36,7 @@ def test_tuner_rejects_wrong_kernel_and_skips_broken_build(dctx, tmp_path, caplo
                        label="broken")  # fmt: skip
     seen = []
     tuner = Autotuner(dctx, TuningCache(tmp_path), repeats=1, progress=lambda *args: seen.append(args))
-    with caplog.at_level(logging.WARNING, logger="legacygpu.worker.opencl"):  # a CLI test may have quietened it
+    with caplog.at_level(logging.WARNING, logger="legacygpu.worker.opencl"):
         winner, results = tuner.search("square", [wrong, skips_k, broken, Candidate(GOOD)], (64, 64, 33))
     status = {r.candidate.describe(): r.status for r in results}
     assert status == {"wrong": "wrong", "drops-last-k": "wrong", "broken": "build-failed", GOOD.short(): "ok"}
@@ -98,7 +98,7 @@ def test_cache_ignores_stale_kernel_and_corrupt_files(dctx, tmp_path, caplog) ->
     path.write_text(json.dumps(doc))
     assert TuningCache(tmp_path).lookup(info, "gemv") is None
     path.write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="legacygpu.worker.opencl"):  # a CLI test may have quietened it
+    with caplog.at_level(logging.WARNING, logger="legacygpu.worker.opencl"):
         assert TuningCache(tmp_path).lookup(info, "gemv") is None
     assert any("unreadable tuning cache" in r.getMessage() for r in caplog.records)
 

@@ -14,13 +14,13 @@ The command is attached to the ``legacygpu model`` group by
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import click
 
 from legacygpu.cli.output import output_option, table
 from legacygpu.core.errors import LegacyGPUError
+from legacygpu.core.logs import quieted
 
 __all__ = ["check", "command"]
 
@@ -60,9 +60,9 @@ def check(
     """Run MODEL on BACKEND and on onnxruntime with random inputs and compare them."""
     from legacygpu.worker.opencl.check import check_model
 
-    logging.getLogger("legacygpu.worker.opencl").setLevel(logging.ERROR)
     try:
-        result = check_model(model, backend=backend, dims=_dims(dims), device_index=device_index, seed=seed)
+        with quieted("legacygpu.worker.opencl"):  # the report names every op that fell back; the warnings repeat it
+            result = check_model(model, backend=backend, dims=_dims(dims), device_index=device_index, seed=seed)
     except LegacyGPUError as exc:
         raise click.ClickException(str(exc)) from exc
     if output == "json":

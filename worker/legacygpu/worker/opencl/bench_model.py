@@ -33,6 +33,8 @@ from typing import Any
 import click
 import numpy as np
 
+from legacygpu.core.logs import quieted
+
 __all__ = ["DEFAULT_MODELS", "MODELS", "bench_models", "model_bench", "resolve_model", "save_results"]
 
 log = logging.getLogger(__name__)
@@ -239,7 +241,6 @@ def _table(rows: list[dict[str, Any]]) -> str:
 )
 def model_bench(models: str, batches: str, repeats: int, device_index: int | None, out_dir: Path, output: str) -> None:
     """Latency and throughput per model: the OpenCL backend against onnxruntime on the CPU."""
-    logging.getLogger("legacygpu.worker.opencl").setLevel(logging.ERROR)
     names = [m.strip() for m in models.split(",") if m.strip()]
     try:
         sizes = [int(b) for b in batches.split(",") if b.strip()]
@@ -250,7 +251,8 @@ def model_bench(models: str, batches: str, repeats: int, device_index: int | Non
         if output != "json":
             click.echo(f"  {name} batch {batch} ...", err=True)
 
-    rows = bench_models(names, sizes, max(repeats, 1), device_index, progress)
+    with quieted("legacygpu.worker.opencl"):  # each row reports its OpenCL FLOP share; fallback warnings repeat it
+        rows = bench_models(names, sizes, max(repeats, 1), device_index, progress)
     json_path, png_path = save_results(rows, out_dir)
     if output == "json":
         click.echo(json.dumps(rows, indent=2))
