@@ -185,3 +185,19 @@ async def test_a_pod_the_api_server_refuses_degrades_the_cluster_and_tasks_still
     dep.emulator.emulator.refuse_create = None  # the quota is raised
     body = await eventually(lambda: _ready_workers(dep, "capped", 1), what="worker created once allowed")
     assert condition(body, "Degraded")["status"] == "False"
+
+
+async def test_an_api_server_that_does_not_answer_is_retried_not_reported_as_a_refusal(dep: Deployment) -> None:
+    """A 503 on pod creation is an outage: the loop backs off and retries; it is not Degraded/PodCreateFailed."""
+    assert dep.emulator.emulator is not None
+    dep.emulator.emulator.refuse_create = lambda plural, body: (
+        (503, "ServiceUnavailable", "etcd is unavailable") if plural == "pods" else None
+    )
+    handle = await dep.start_operator()
+    assert handle.runtime is not None
+    errors = handle.runtime.metrics.reconcile_errors.labels("InferenceCluster")
+    await dep.create(cluster_manifest("flaky", replicas=1))
+    await eventually(lambda: errors._value.get() >= 2, what="two passes failed on the 503")
+    assert condition(await dep.cluster("flaky"), "Degraded").get("reason") != "PodCreateFailed"
+    dep.emulator.emulator.refuse_create = None  # the API server answers again
+    await eventually(lambda: _ready_workers(dep, "flaky", 1), timeout=60, what="worker created after the outage")

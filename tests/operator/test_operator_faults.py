@@ -8,6 +8,7 @@ played by holding the real runner behind a gate.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from operator_harness import FAST, NS, Deployment, cluster_manifest, events_when, eventually, phase, task_manifest
@@ -200,7 +201,7 @@ async def test_tasks_of_a_cluster_removed_past_its_finalizer_fail_cluster_not_fo
         await dep.create(task_manifest(name, "c", [FLAT]))
     for name in ("q1", "q2"):
         await eventually(lambda n=name: _when(dep, n, "Queued"), what=f"{name} queued")
-    dep.emulator.force_delete(CLUSTER_PLURAL, NS, "c")
+    await asyncio.to_thread(dep.emulator.force_delete, CLUSTER_PLURAL, NS, "c")
     for name in ("q1", "q2"):
         body = await eventually(lambda n=name: _when(dep, n, "Failed"), what=f"{name} failed")
         assert body["status"]["reason"] == "ClusterNotFound" and "'c'" in body["status"]["message"], body["status"]

@@ -54,6 +54,14 @@ async def test_metrics_follow_the_work(dep: Deployment) -> None:
     assert samples[("legacygpu_operator_leader", ())] == 1
     assert samples[("legacygpu_operator_reconcile_errors_total", (("kind", "InferenceCluster"),))] == 0
 
+    await dep.api.delete("legacygpu.io", "v1alpha1", CLUSTER_PLURAL, "default", "c")
+
+    def forgotten() -> bool:  # a deleted cluster leaves no series behind (they would be stale for good)
+        return not any(dict(labels).get("cluster") == "c" for _, labels in scrape(port))
+
+    await eventually(forgotten, what="the deleted cluster's series removed")
+    assert handle.runtime.cluster_status.get(("default", "c")) is None
+
 
 async def test_queue_depth_counts_waiting_tasks_and_refused_pods_count_as_errors(dep: Deployment) -> None:
     assert dep.emulator.emulator is not None

@@ -69,8 +69,6 @@ async def on_cluster_event(
     # fails the unfinished ones ClusterNotFound (finished ones only cost a lookup).
     for task in rt.tasks_seen(list(legacygpu_tasks.get((namespace, name), ()))):
         settle_orphan(rt, task)
-    rt.forget((namespace, name))
-    rt.metrics.forget_cluster(namespace, name)
 
 
 async def on_pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
@@ -112,6 +110,10 @@ async def cluster_loop(
             wake.cancel()
     finally:
         stop.cancel()
+        if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
+            # Here, once the last pass is over, rather than in a handler that a pass in flight could undo.
+            rt.forget(key)
+            rt.metrics.forget_cluster(namespace, name)
         logger.info("reconcile loop stopped (%s)", stopped.reason)
 
 
@@ -144,8 +146,6 @@ async def on_cluster_delete(
         await rt.api.delete_pod(namespace, pod.name)
     if left:
         raise kopf.TemporaryError(f"{left} task(s) changed while failing them; retrying", delay=1)
-    rt.forget(key)
-    rt.metrics.forget_cluster(namespace, name)
     events.post(body, "Normal", EventReason.CLUSTER_DELETED, "workers removed; unfinished tasks failed")
     logger.info("cluster deleted: workers removed, unfinished tasks failed")
 

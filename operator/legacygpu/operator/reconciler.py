@@ -46,7 +46,7 @@ from legacygpu.core.kube.contract import (
     now_utc,
     parse_time,
 )
-from legacygpu.core.kube.errors import ApiConflictError, ApiError, ApiNotFoundError
+from legacygpu.core.kube.errors import ApiConflictError, ApiError, ApiNotFoundError, ApiUnavailableError
 from legacygpu.core.scheduling import STRATEGIES
 from legacygpu.core.tasks import ASSIGNED_PHASES, Phase
 from legacygpu.operator import events
@@ -137,6 +137,8 @@ async def _ensure_service(rt: OperatorRuntime, body: Mapping[str, Any], key: Clu
     kopf.adopt(service, owner=dict(body))  # type: ignore[arg-type]
     try:
         created = await rt.api.ensure_service(service)
+    except ApiUnavailableError:
+        raise  # no answer is not a refusal: the cluster loop backs off and tries again
     except ApiError as exc:
         return _refused(ConditionReason.SERVICE_CREATE_FAILED, "the headless Service", exc)
     if created:
@@ -153,9 +155,8 @@ async def _children(
     """Ensure the Service, then create and delete pods so the wanted number stay live.
 
     ``pods`` is the index merged with the runtime's overlay; every create and
-    delete is recorded in that overlay, so the caller re-merges the *index*
-    afterwards (merging this list again would treat our own placeholders as
-    proof the index has caught up, and the next pass would create a pod twice).
+    delete is recorded in that overlay, and the caller re-merges the index
+    afterwards to see them.
 
     Returns the ``Degraded`` condition for a create the API server refused
     (the first refusal ends this pass's creates: the others would meet the same answer).
@@ -181,6 +182,10 @@ async def _children(
         kopf.adopt(pod, owner=dict(body))  # type: ignore[arg-type]
         try:
             await rt.api.create_pod(pod)
+        except ApiUnavailableError:
+            # As for the Service. After a 504 the pod may exist anyway: if the next pass runs before the
+            # index shows it, one pod too many is created, and the scale-down after removes it.
+            raise
         except ApiError as exc:
             logger.warning("the API server refused worker pod %s: %s", pod_name, exc)
             refusal = _refused(ConditionReason.POD_CREATE_FAILED, "a worker pod", exc, pod_name)
