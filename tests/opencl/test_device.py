@@ -223,9 +223,18 @@ def test_opencl_device_index_overrides_visible_devices(fake_node, monkeypatch, c
     assert open_device(1).info.name == "gpu-a"  # an explicit index too
 
 
-def test_visible_devices_matching_nothing_warn_and_fall_back(fake_node, monkeypatch, caplog) -> None:
-    # PoCL (and the e2e simulator's fake addresses) match no device: behave as before, and say so
+def test_visible_devices_naming_none_of_the_cards_here_is_refused(fake_node, monkeypatch) -> None:
+    # the cards here report addresses, none of them ours: they belong to other pods
+    monkeypatch.setenv("LEGACYGPU_VISIBLE_DEVICES", "0000:42:00.0")
+    with pytest.raises(DeviceNotFoundError, match=r"0000:42:00.0 names none .* 0000:03:00.0, 0000:06:00.0"):
+        open_device()
+
+
+def test_visible_devices_without_any_pci_address_warn_and_fall_back(fake_node, monkeypatch, caplog) -> None:
+    # PoCL (and the e2e simulator) report no PCI address at all: behave as before, and say so
+    addressless = [(info, dev) for info, dev in fake_node if info.device_type == "cpu"]
+    monkeypatch.setattr(devmod, "_walk", lambda: addressless)
     monkeypatch.setenv("LEGACYGPU_VISIBLE_DEVICES", "0000:42:00.0")
     with caplog.at_level("WARNING", logger=devmod.__name__):
-        assert open_device().info.name == "gpu-c"
-    assert "LEGACYGPU_VISIBLE_DEVICES=0000:42:00.0 names no OpenCL device" in caplog.text
+        assert open_device().info.name == "cpu"
+    assert "no OpenCL device here reports a PCI address" in caplog.text

@@ -32,7 +32,6 @@ from typing import Any, Protocol
 
 from legacygpu.worker.nodeagent.errors import NodeAgentError
 from legacygpu.worker.nodeagent.sysfs import CardInfo
-from legacygpu.worker.opencl.device import pci_address
 
 __all__ = [
     "DEVICE_TYPES",
@@ -136,6 +135,10 @@ class PyOpenCLProbe:
             import pyopencl as cl
         except ImportError as exc:
             return [], [f"pyopencl is not importable: {exc}"]
+        # Here, not at the top: the OpenCL core's package loads its GEMM and tuner (numpy and all),
+        # which an agent running sysfs health checks only never needs.
+        from legacygpu.worker.opencl.device import pci_address
+
         try:
             platforms = cl.get_platforms()
         except cl.Error as exc:

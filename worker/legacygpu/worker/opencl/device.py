@@ -320,24 +320,32 @@ def _env_index() -> int | None:
 def _visible(found: list[tuple[DeviceInfo, Any]]) -> list[tuple[DeviceInfo, Any]] | None:
     """The devices whose PCI address ``LEGACYGPU_VISIBLE_DEVICES`` lists, in discovery order.
 
-    None when the variable is unset, or when no discovered device matches it
-    (PoCL and drivers without the PCI extensions report no address): the caller
-    then chooses as if the variable were unset, and a warning says so.
+    None when the variable is unset, or when no discovered device reports a PCI
+    address at all (PoCL, drivers without the PCI extensions, the e2e simulator):
+    the caller then chooses as if the variable were unset, and a warning says so.
+    When devices do report addresses and none is listed, the cards here belong to
+    other pods: :class:`DeviceNotFoundError` rather than opening one of them.
     """
     raw = os.environ.get(ENV_VISIBLE_DEVICES, "").strip()
     if not raw:
         return None
     wanted = {a.strip().lower() for a in raw.split(",") if a.strip()}
-    matched = [pair for pair in found if (pci_address(pair[1]) or "").lower() in wanted]
-    if not matched:
-        log.warning(
-            "%s=%s names no OpenCL device here (no driver reports one of those PCI addresses); "
-            "choosing a device as if it were unset",
-            ENV_VISIBLE_DEVICES,
-            raw,
+    addresses = [(pci_address(dev) or "").lower() for _, dev in found]
+    matched = [pair for pair, address in zip(found, addresses, strict=True) if address in wanted]
+    if matched:
+        return matched
+    reported = sorted(a for a in addresses if a)
+    if reported:
+        raise DeviceNotFoundError(
+            f"{ENV_VISIBLE_DEVICES}={raw} names none of the OpenCL devices here (they are at "
+            f"{', '.join(reported)}); not opening a card that was allocated to another pod"
         )
-        return None
-    return matched
+    log.warning(
+        "%s=%s, but no OpenCL device here reports a PCI address; choosing a device as if it were unset",
+        ENV_VISIBLE_DEVICES,
+        raw,
+    )
+    return None
 
 
 def _choose(found: list[tuple[DeviceInfo, Any]], index: int | None, prefer: str) -> tuple[DeviceInfo, Any]:
@@ -368,7 +376,8 @@ def open_device(index: int | None = None, prefer: str = "gpu", *, profiling: boo
     at one of those addresses; else the first device of type ``prefer``
     (legacy AMD GPUs first), falling back to any device. If
     ``LEGACYGPU_VISIBLE_DEVICES`` matches no device (a driver that reports no
-    PCI address, such as PoCL), a warning is logged and it is ignored.
+    PCI address, such as PoCL), a warning is logged and it is ignored; if
+    devices report addresses and none is listed, :class:`DeviceNotFoundError`.
     """
     import pyopencl as cl
 
