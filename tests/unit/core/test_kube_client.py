@@ -51,8 +51,29 @@ def test_a_gone_server_is_an_api_error_with_status_0(closed_port: str) -> None:
     config = load_configuration(server=closed_port)
     config.retries = 0
     api = KubeApi(config)
-    with pytest.raises(ApiError) as caught:
-        asyncio.run(api.request("GET", "/api/v1/namespaces/default/pods"))
+    try:
+        with pytest.raises(ApiError) as caught:
+            asyncio.run(api.request("GET", "/api/v1/namespaces/default/pods"))
+    finally:
+        api.close()
     assert caught.value.status == 0
     assert isinstance(caught.value, UnavailableError)
     assert "GET /api/v1/namespaces/default/pods" in str(caught.value)
+
+
+def test_kubeconfig_is_read_from_the_environment_at_each_call(tmp_path, monkeypatch) -> None:
+    def kubeconfig(server: str) -> str:
+        path = tmp_path / f"{server.rsplit(':', 1)[1]}.yaml"
+        path.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+            f"clusters: [{{name: k, cluster: {{server: '{server}'}}}}]\n"
+            "users: [{name: u, user: {token: t0ken}}]\n"
+            "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+        )
+        return str(path)
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", kubeconfig("http://127.0.0.1:6443"))
+    assert load_configuration().host == "http://127.0.0.1:6443"
+    monkeypatch.setenv("KUBECONFIG", kubeconfig("http://127.0.0.1:7443"))  # set after the import: still seen
+    assert load_configuration().host == "http://127.0.0.1:7443"

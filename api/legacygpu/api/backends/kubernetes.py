@@ -36,7 +36,6 @@ import contextlib
 import datetime
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -94,15 +93,6 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def _client_configuration() -> kubernetes.client.Configuration:
-    """The API server to use: ``KUBECONFIG`` when set, else in-cluster, else ``~/.kube/config``.
-
-    ``KUBECONFIG`` is read here, when the facade starts, rather than left to the
-    kubernetes package, which reads it once when it is imported.
-    """
-    return load_configuration(kubeconfig=os.environ.get("KUBECONFIG") or None)
-
-
 def _version(obj: dict[str, Any] | None) -> str | None:
     return ((obj or {}).get("metadata") or {}).get("resourceVersion")
 
@@ -143,7 +133,7 @@ class KubernetesBackend:
         return self._api
 
     async def start(self) -> None:
-        configuration = self._configuration or _client_configuration()
+        configuration = self._configuration or load_configuration()
         self._api = KubeApi(configuration, concurrency=4)
         self._loop = asyncio.get_running_loop()
         self._stop.clear()

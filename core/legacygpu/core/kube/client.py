@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -45,7 +46,13 @@ def load_configuration(
     *, server: str | None = None, kubeconfig: str | None = None, context: str | None = None,
     token: str | None = None, insecure: bool = False,
 ) -> kubernetes.client.Configuration:
-    """A client configuration: an explicit server, else in-cluster, else the kubeconfig."""
+    """A client configuration, found as kubectl finds one.
+
+    An explicit ``server``; else ``kubeconfig`` or ``$KUBECONFIG`` when set (read
+    here, at each call: the kubernetes package reads it once, when first
+    imported); else the in-cluster service account; else ``~/.kube/config``.
+    """
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
     if server:
         config = kubernetes.client.Configuration(host=server.rstrip("/"))
         config.verify_ssl = not insecure
