@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ import pytest
 import yaml
 from e2ecluster import Kube
 
+from legacygpu.operator.app import FINALIZER
 from legacygpu.operator.crdgen import all_crds
+from legacygpu.operator.pods import service_name
 from legacygpu.operator.rbac import rbac_manifests
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,43 +43,57 @@ def _docs(name: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all((EXAMPLES / name).read_text()) if d]
 
 
+@contextmanager
+def _operator_running(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """CRDs, RBAC and the operator process (as its ServiceAccount); stopped on the way out."""
+    kube.apply(all_crds())
+    kube.apply(rbac_manifests(namespace=namespace))
+    token = kube.token(namespace, "legacygpu-operator")
+    kubeconfig = kube.kubeconfig_for_token(token, tmp_path / "operator.kubeconfig", namespace)
+    log_path = tmp_path / "operator.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "legacygpu.cli", "operator", "run", "--kubeconfig", str(kubeconfig),
+             "--namespace", namespace, "--no-metrics", "--worker-image", "legacygpu/worker:e2e"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            _stop(process)
+            sys.stdout.write(log_path.read_text()[-4000:])
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a clean kopf exit), SIGKILL after 30 s; a process that has already exited is left alone."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture
 def operator(simulated_kube: Kube, namespace: str, worker_command: Any, demo_repository: Path,
              tmp_path: Path) -> Iterator[Kube]:
-    """CRDs, RBAC, worker processes on the demo models (plus a slow one), and the operator process."""
+    """Worker processes on the demo models (plus a slow one), then CRDs, RBAC and the operator process."""
     sys.path.insert(0, str(REPO / "tests"))
     from helpers import slow_model
 
     from legacygpu.core.modelcards import ModelRepository
     from legacygpu.worker.modelinfo import card_from_onnx
 
-    kube = simulated_kube
-    kube.apply(all_crds())
-    kube.apply(rbac_manifests(namespace=namespace))
     models = tmp_path / "models"
     shutil.copytree(demo_repository, models)
     slow = slow_model(tmp_path / "slow.onnx", layers=80)
     ModelRepository(models).add(card_from_onnx("slow", slow), slow)
     worker_command(shlex.join([sys.executable, "-m", "legacygpu.cli", "worker", "start", "--kubernetes",
                                "--backend", "onnxruntime", "--model-dir", str(models)]))
-    token = kube.token(namespace, "legacygpu-operator")
-    kubeconfig = kube.kubeconfig_for_token(token, tmp_path / "operator.kubeconfig", namespace)
-    log = (tmp_path / "operator.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "legacygpu.cli", "operator", "run", "--kubeconfig", str(kubeconfig),
-         "--namespace", namespace, "--no-metrics", "--worker-image", "legacygpu/worker:e2e"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        yield kube
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-        sys.stdout.write((tmp_path / "operator.log").read_text()[-4000:])
+    with _operator_running(simulated_kube, namespace, tmp_path):
+        yield simulated_kube
 
 
 def test_tasks_run_workers_recover_and_the_cluster_goes_away(operator: Kube, namespace: str) -> None:
@@ -130,7 +147,7 @@ def test_tasks_run_workers_recover_and_the_cluster_goes_away(operator: Kube, nam
 
     # Deleting the cluster: finalizer handled by the operator. Its pods are the cluster's controlled
     # dependents, so the garbage collector removes them even where the operator does not (see
-    # test_the_garbage_collector_removes_the_pods_of_a_deleted_cluster for that without an operator).
+    # test_the_garbage_collector_removes_the_children_the_operator_created for that with the operator stopped).
     _assert_owned_by(kube, namespace, "digits", _cluster_pods(kube, namespace, "digits"))
     kube.delete(cluster, namespace)
     kube.wait_gone(API, "InferenceCluster", "digits", namespace, timeout=60)
@@ -198,21 +215,36 @@ def _exactly_the_fitting_workers_bind(kube: Kube, namespace: str, held: int) -> 
     kube.wait_gone(API, "InferenceCluster", "wide", namespace, timeout=60)
 
 
-def test_the_garbage_collector_removes_the_pods_of_a_deleted_cluster(kube: Kube, namespace: str) -> None:
-    """With no operator running (so no finalizer), only the garbage collector can remove the pod."""
-    kube.apply(all_crds())
+def test_the_garbage_collector_removes_the_children_the_operator_created(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    """The operator's worker pod and Service, removed by kube-controller-manager's garbage collector alone.
+
+    The operator creates them and is then stopped; with its finalizer removed by hand the cluster
+    goes at once, and only the owner references the operator wrote (``kopf.adopt`` in the
+    reconciler) tell the garbage collector to remove the children: a missing one, or one whose
+    apiVersion and kind the garbage collector cannot resolve, leaves them behind.
+    """
+    # A nodeSelector no node matches keeps the pod unbound: no kubelet (or simulator), no worker process.
     cluster = {"apiVersion": API, "kind": "InferenceCluster", "metadata": {"name": "orphaned"},
-               "spec": {"replicas": 1, "gpusPerWorker": 0}}  # fmt: skip
-    created = kube.apply(cluster, namespace)[0]
-    assert not created["metadata"].get("finalizers")  # nothing but the operator would add one
-    owner = {"apiVersion": API, "kind": "InferenceCluster", "name": "orphaned", "uid": created["metadata"]["uid"],
-             "controller": True, "blockOwnerDeletion": True}  # fmt: skip
-    # A nodeSelector no node matches keeps the pod unbound, so no kubelet (or simulator) is involved.
-    pod = {"metadata": {"name": "orphaned-worker-0", "ownerReferences": [owner]},
-           "spec": {"nodeSelector": {"e2e.legacygpu.io/no-such-node": "true"},
-                    "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}]}}  # fmt: skip
-    kube.core.create_namespaced_pod(namespace, pod)
+               "spec": {"replicas": 1, "gpusPerWorker": 0, "serviceAccountName": "legacygpu-worker",
+                        "nodeSelector": {"e2e.legacygpu.io/no-such-node": "true"}}}  # fmt: skip
+    with _operator_running(kube, namespace, tmp_path) as process:
+        kube.apply(cluster, namespace)
+        pods = kube.wait_for(lambda: _cluster_pods(kube, namespace, "orphaned"), timeout=120,
+                             what="the operator's worker pod")  # fmt: skip
+        kube.wait_for(lambda: kube.get("v1", "Service", service_name("orphaned"), namespace), timeout=60,
+                      what="the operator's headless Service")  # fmt: skip
+        _stop(process)  # from here on nothing of the project's runs
+    _assert_owned_by(kube, namespace, "orphaned", pods)
+    assert [p.metadata.name for p in _cluster_pods(kube, namespace, "orphaned")] == [pods[0].metadata.name]
+    assert FINALIZER in kube.get(API, "InferenceCluster", "orphaned", namespace)["metadata"]["finalizers"]
+
+    clusters = kube.dynamic.resources.get(api_version=API, kind="InferenceCluster")
+    clusters.patch(name="orphaned", namespace=namespace, body={"metadata": {"finalizers": None}},
+                   content_type="application/merge-patch+json")  # fmt: skip
     kube.delete(cluster, namespace)
     kube.wait_gone(API, "InferenceCluster", "orphaned", namespace, timeout=60)
     # the garbage collector may need a discovery resync (30 s) to learn the CRD's kind
-    kube.wait_gone("v1", "Pod", "orphaned-worker-0", namespace, timeout=180)
+    kube.wait_gone("v1", "Pod", pods[0].metadata.name, namespace, timeout=180)
+    kube.wait_gone("v1", "Service", service_name("orphaned"), namespace, timeout=180)
