@@ -9,4 +9,4 @@ test-operator: setup ## unit and integration tests of the operator and the Kuber
 	$(PY) -m pytest tests/operator -q
 
 bench-operator: setup ## 1,000 tasks through the operator with 8 workers: tasks/s, time to assignment, peak RSS (JSON + PNG)
-	$(PY) -m legacygpu.cli.bench_operator --tasks 1000 --workers 8 --out bench-results/operator
+	$(PY) -m legacygpu.testing.bench_operator --tasks 1000 --workers 8 --out bench-results/operator

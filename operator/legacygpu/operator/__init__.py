@@ -9,7 +9,7 @@ Layout (one topic per module):
 
 What the worker and the facade share with the operator (API coordinates, labels, status
 builders, the API client) lives in :mod:`legacygpu.core.kube`; the benchmark is
-:mod:`legacygpu.cli.bench_operator`, which runs against the stand-ins in
+:mod:`legacygpu.testing.bench_operator`, which runs against the stand-ins in
 :mod:`legacygpu.testing` (not part of this package: they are in no image).
 
 Importing this package loads neither kopf nor the Kubernetes client; modules do, as needed.

@@ -1,6 +1,6 @@
 """Benchmark: N tasks from creation to Succeeded through the operator, with W workers.
 
-    python -m legacygpu.cli.bench_operator --tasks 1000 --workers 8 --out bench-results/operator
+    python -m legacygpu.testing.bench_operator --tasks 1000 --workers 8 --out bench-results/operator
 
 What runs (all on loopback, nothing mocked but the API server and the nodes):
 
