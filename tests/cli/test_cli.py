@@ -38,10 +38,18 @@ class ClusterStart:
         return "".join(self._lines)
 
     def wait_for(self, text: str, timeout: float = 240) -> str:
-        """All output so far, once ``text`` is in it."""
+        """All output so far, once ``text`` is in it (an AssertionError at once if the process ended without it)."""
+
+        def seen() -> str | None:
+            out = self.output
+            if text in out:
+                return out
+            if self.process.poll() is not None:
+                raise AssertionError(f"`cluster start` exited with code {self.process.returncode}")
+            return None
+
         try:
-            return wait_until(lambda: text in (out := self.output) and out, timeout=timeout, interval=0.2,
-                              what=f"{text!r} in the output of `cluster start`")
+            return wait_until(seen, timeout=timeout, interval=0.2, what=f"{text!r} in the output of `cluster start`")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; its output so far:\n{self.output}") from None
 
@@ -242,10 +250,6 @@ def _command_tree(command: Any, path: tuple[str, ...], parent: Any = None) -> It
             sub = command.get_command(ctx, name)
             assert sub is not None, f"{' '.join(path)} lists {name!r} but cannot load it"
             yield from _command_tree(sub, (*path, name), ctx)
-
-
-# Options outside the CLI package whose help text is still missing; each entry must still be missing (so a fix
-# fails this test until the entry is removed) and none may be added.
 
 
 def test_help_everywhere() -> None:

@@ -232,3 +232,14 @@ async def test_restart_keeps_every_task(tmp_path: Path, clock: Clock) -> None:
     assert (await second.get_worker(wid)).state == "active", "downtime is not a missed heartbeat"
     done = await second.complete_task(running.id, Completion(worker_id=wid, attempt=1, result={"after": "restart"}))
     assert done.phase == "Succeeded"
+
+
+async def test_stats_sent_at_registration_are_there_before_any_heartbeat(backend: LocalBackend) -> None:
+    reply = await backend.register_worker(
+        WorkerRegister(name="w", stats={"memory_rss_bytes": 123_456_789, "models_loaded": []})
+    )
+    worker = await backend.get_worker(reply.id)
+    assert worker.stats["memory_rss_bytes"] == 123_456_789 and worker.stats["running"] == 0
+    await backend.heartbeat(reply.id, Heartbeat(running=1, stats={"memory_rss_bytes": 5, "models_loaded": ["digits"]}))
+    beat = {"memory_rss_bytes": 5, "models_loaded": ["digits"], "running": 1}
+    assert (await backend.get_worker(reply.id)).stats == beat  # a heartbeat replaces them

@@ -43,6 +43,15 @@ class _Gone(Exception):
     """The facade no longer knows this worker; register again."""
 
 
+def _own_process() -> Any:
+    """This process as psutil sees it, or None: psutil is in the worker extra, and stats stay partial without it."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.Process()
+
+
 class LocalWorker:
     """One worker process attached to a facade over HTTP."""
 
@@ -74,6 +83,7 @@ class LocalWorker:
         self.failed = 0
         self.recent_latency_ms: float | None = None
         self._started = time.time()
+        self._process = _own_process()
 
     # HTTP ---------------------------------------------------------------------------------
 
@@ -127,14 +137,10 @@ class LocalWorker:
             "models_loaded": self._runner.loaded_models() if self._runner else [],
             "uptime_seconds": round(time.time() - self._started, 1),
         }
-        try:
-            import psutil
-
-            process = psutil.Process()
-            stats["memory_rss_bytes"] = process.memory_info().rss
-            stats["cpu_percent"] = process.cpu_percent(interval=None)
-        except ImportError:  # psutil is in the worker extra; stats stay partial without it
-            pass
+        if self._process is not None:
+            stats["memory_rss_bytes"] = self._process.memory_info().rss
+            # Since the previous call on this same object (the first call says 0.0).
+            stats["cpu_percent"] = self._process.cpu_percent(interval=None)
         return stats
 
     # loops --------------------------------------------------------------------------------
