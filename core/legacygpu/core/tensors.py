@@ -28,6 +28,7 @@ from legacygpu.core.modelcards import DATATYPES, ModelCard, TensorSpec
 __all__ = [
     "NUMPY_DTYPES",
     "Tensor",
+    "check_consistent",
     "decode_image_bytes",
     "from_numpy",
     "to_numpy",
@@ -112,6 +113,20 @@ def _check_image(tensor: Tensor) -> None:
 
 def _shape_matches(shape: Sequence[int], spec: Sequence[int]) -> bool:
     return len(shape) == len(spec) and all(s == d or d < 0 for s, d in zip(shape, spec, strict=True))
+
+
+def check_consistent(tensor: Tensor) -> None:
+    """What can be checked without the model: a known datatype, as many values as the shape holds, numbers
+    that parse. The operator checks this much before any worker sees a task; :func:`validate_inputs` more."""
+    if tensor.datatype not in DATATYPES:
+        raise ValidationError(f"input {tensor.name!r}: unknown datatype {tensor.datatype!r}")
+    if tensor.datatype != "BYTES":
+        to_numpy(tensor)
+    elif len(tensor.data) != math.prod(tensor.shape):
+        raise ValidationError(
+            f"input {tensor.name!r}: shape {tensor.shape} needs {math.prod(tensor.shape)} values "
+            f"but data has {len(tensor.data)}"
+        )
 
 
 def _check_tensor(tensor: Tensor, spec: TensorSpec) -> None:

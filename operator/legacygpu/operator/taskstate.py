@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from legacygpu.core.kube.contract import (
 )
 from legacygpu.core.scheduling import Requirements, Strategy, WorkerInfo
 from legacygpu.core.tasks import ASSIGNED_PHASES, TERMINAL_PHASES, Phase, Reason, RetryPolicy
-from legacygpu.core.tensors import Tensor, to_numpy
+from legacygpu.core.tensors import Tensor, check_consistent
 from legacygpu.operator.clusterstate import PodView
 
 __all__ = ["Action", "TaskView", "decide", "plan_assignments", "task_view", "validate_inputs"]
@@ -106,15 +105,7 @@ def validate_inputs(spec: Mapping[str, Any]) -> str | None:
     """What is wrong with the inline tensors, or None; the model's own needs are the worker's to check."""
     for index, raw in enumerate(spec.get("inputs") or ()):
         try:
-            tensor = Tensor.model_validate(raw)
-            if tensor.datatype == "BYTES":
-                if len(tensor.data) != math.prod(tensor.shape):
-                    raise ValidationError(
-                        f"input {tensor.name!r}: shape {tensor.shape} needs {math.prod(tensor.shape)} "
-                        f"values but data has {len(tensor.data)}"
-                    )
-            else:
-                to_numpy(tensor)
+            check_consistent(Tensor.model_validate(raw))
         except ValidationError as exc:
             return f"spec.inputs[{index}]: {exc}"
         except ValueError as exc:

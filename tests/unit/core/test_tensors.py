@@ -10,7 +10,7 @@ import pytest
 
 from legacygpu.core.errors import ValidationError
 from legacygpu.core.modelcards import ImageSpec, ModelCard, TensorSpec
-from legacygpu.core.tensors import from_numpy, to_numpy, validate_inputs
+from legacygpu.core.tensors import Tensor, check_consistent, from_numpy, to_numpy, validate_inputs
 
 SAMPLE = Path(__file__).resolve().parents[3] / "examples" / "digits" / "digit-3.png"
 
@@ -75,3 +75,22 @@ def test_numpy_roundtrip_keeps_shape_and_type() -> None:
     assert wire["datatype"] == "INT64" and wire["shape"] == [3, 4]
     back = to_numpy(wire)
     assert back.dtype == np.int64 and np.array_equal(back, array)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (tensor(data=[0.0] * 63), "shape [1, 64] needs 64 values but data has 63"),
+        (tensor(datatype="BYTES", shape=[2], data=["aGk="]), "shape [2] needs 2 values but data has 1"),
+        (tensor(datatype="FP99"), "unknown datatype 'FP99'"),
+        (tensor(data=["x"] * 64), "data is not valid FP32"),
+    ],
+)
+def test_check_consistent_without_a_card_names_the_problem(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_consistent(Tensor.model_validate(raw))
+
+
+def test_check_consistent_leaves_the_model_s_needs_to_the_card() -> None:
+    check_consistent(Tensor.model_validate(tensor(shape=[2, 3], data=[0.0] * 6)))  # the wrong shape for CARD
+    check_consistent(Tensor.model_validate(tensor(datatype="BYTES", shape=[1], data=["not an image"])))
