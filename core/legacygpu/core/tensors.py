@@ -130,8 +130,7 @@ def check_consistent(tensor: Tensor) -> None:
 
 
 def _check_tensor(tensor: Tensor, spec: TensorSpec) -> None:
-    if tensor.datatype not in DATATYPES:
-        raise ValidationError(f"input {tensor.name!r}: unknown datatype {tensor.datatype!r}")
+    check_consistent(tensor)
     if tensor.datatype == "BYTES":
         if spec.image is None:
             raise ValidationError(
@@ -151,7 +150,6 @@ def _check_tensor(tensor: Tensor, spec: TensorSpec) -> None:
         raise ValidationError(
             f"input {tensor.name!r}: shape {tensor.shape} does not match the model's {wanted}"
         )
-    to_numpy(tensor)
 
 
 def validate_inputs(card: ModelCard, inputs: Sequence[Tensor | dict[str, Any]]) -> list[Tensor]:

@@ -13,6 +13,7 @@ from legacygpu.core.modelcards import ImageSpec, ModelCard, TensorSpec
 from legacygpu.core.tensors import Tensor, check_consistent, from_numpy, to_numpy, validate_inputs
 
 SAMPLE = Path(__file__).resolve().parents[3] / "examples" / "digits" / "digit-3.png"
+SAMPLE_B64 = base64.b64encode(SAMPLE.read_bytes()).decode()
 
 CARD = ModelCard(
     name="m",
@@ -45,6 +46,10 @@ def test_valid_numeric_and_image_inputs_pass() -> None:
             "not a readable image",
         ),
         ({"name": "input", "shape": [1, 64]}, "malformed input tensor"),
+        (
+            {"name": "input", "shape": [2], "datatype": "BYTES", "data": [SAMPLE_B64]},
+            r"shape \[2\] needs 2 values but data has 1",
+        ),
     ],
 )
 def test_bad_inputs_name_the_problem(bad: dict[str, object], message: str) -> None:
