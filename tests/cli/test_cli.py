@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from helpers import SAMPLES, LocalCluster, free_port, wait_until
@@ -23,8 +24,10 @@ class ClusterStart:
     """``legacygpu cluster start`` as a subprocess; a thread collects its output so a test can wait for a line."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
+        # In a session of its own, so kill() can take its facade and workers down with it.
         self.process = subprocess.Popen([sys.executable, "-m", "legacygpu.cli", "cluster", "start", *args], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        start_new_session=True)
         self._lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -54,9 +57,10 @@ class ClusterStart:
             raise AssertionError(f"{exc}; its output so far:\n{self.output}") from None
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        """SIGKILL to the supervisor and every process it started (a failed test must leave none behind)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
 
 @contextlib.contextmanager
@@ -335,3 +339,23 @@ def test_cluster_stop_from_another_terminal(data_dir: Path) -> None:
         assert cluster.process.wait(timeout=30) == 0
         again = run_cli(env, "cluster", "stop", timeout=60)
         assert again.returncode == 1 and "no cluster is running" in again.stderr
+
+
+def test_processes_of_a_killed_cluster_start_stop_too(data_dir: Path) -> None:
+    """kill -9 of the supervisor (it cannot stop anything then): its facade and workers still go."""
+    env = _cluster_env(data_dir)
+    with cluster_started(env, workers=1) as (cluster, _):
+        pids = [w["pid"] for w in _workers(env)]
+        cluster.process.kill()  # the supervisor alone; its children are in sessions of their own
+        cluster.process.wait()
+        for pid in pids:
+            wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists(), timeout=30, what=f"worker {pid} to exit")
+
+        def facade_gone() -> bool:
+            try:
+                httpx.get(f"{env['LEGACYGPU_API_URL']}/cluster/health", timeout=1)
+            except httpx.TransportError:
+                return True
+            return False
+
+        wait_until(facade_gone, timeout=30, what="the facade to stop answering")

@@ -59,6 +59,14 @@ class _Child:
     """Exited cleanly (drained or stopped on purpose): the supervisor leaves it stopped."""
 
 
+def _term_when_parent_dies() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the supervisor's (main) thread dies."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
 def crashed(code: int | None) -> bool:
     """Whether a child's exit code calls for a restart.
 
@@ -102,9 +110,11 @@ class Supervisor:
     def _spawn(self, child: _Child) -> None:
         assert child.log_path is not None
         handle = child.log_path.open("ab")
+        # A session of its own keeps Ctrl-C away from the children (the supervisor stops them in order);
+        # the parent-death signal stops them if the supervisor itself is killed (kill -9, OOM).
         child.process = subprocess.Popen(
             child.argv, env={**os.environ, **child.env}, stdout=handle, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_term_when_parent_dies if sys.platform == "linux" else None,
         )
         handle.close()
 
