@@ -125,10 +125,10 @@ class OperatorRuntime:
     def pods_seen(self, key: ClusterKey, views: Iterable[PodView], placeholder: PodView) -> list[PodView]:
         """Indexed pods, plus pods we created that the index lacks, minus pods we deleted.
 
-        ``views`` must come from the index: a created pod leaves the overlay once a
-        view with its name *and a uid* (which only the API server assigns) shows up,
-        so passing this method's own output back in (placeholders have no uid)
-        does not make it forget a pod the index has not seen yet.
+        ``views`` are the index's pods. A created pod leaves the overlay only once a
+        view with its name *and a uid* (which only the API server assigns) shows up;
+        placeholders have no uid, so a list this method returned, passed in again,
+        cannot make it forget a pod the index has not seen yet.
         """
         now = time.monotonic()
         deleted = self.deleted_pods.get(key, {})
