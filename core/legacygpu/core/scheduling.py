@@ -13,11 +13,12 @@ no worker can take the task now; the task then stays queued.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
+    "LATENCY_SMOOTHING",
     "STRATEGIES",
     "AdaptiveStrategy",
     "CapabilityMatchStrategy",
@@ -26,6 +27,8 @@ __all__ = [
     "RoundRobinStrategy",
     "Strategy",
     "WorkerInfo",
+    "WorkerStats",
+    "cold",
     "eligible",
     "make_strategy",
 ]
@@ -56,10 +59,85 @@ class WorkerInfo:
     """Moving average of recent task latency; None before the first task."""
     models: frozenset[str] = field(default_factory=frozenset)
     """Models known to be loadable here; empty means any model in the repository."""
+    warm_models: frozenset[str] = field(default_factory=frozenset)
+    """Models already loaded here (from :class:`WorkerStats`): preferred among equals, never required."""
 
     @property
     def load(self) -> float:
         return self.assigned / self.capacity if self.capacity > 0 else 1.0
+
+
+LATENCY_SMOOTHING = 0.3
+"""Weight of the newest task in a worker's moving latency average."""
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """What a worker says about its own work: one type, two wire spellings.
+
+    Local workers send it in heartbeats with snake_case keys
+    (:meth:`to_local`); worker pods publish it as a camelCase JSON annotation
+    (:meth:`to_annotation`). Both backends read it back the same way and turn
+    it into the scheduler's :class:`WorkerInfo` with :meth:`worker_info`, so
+    the models a worker has loaded reach :func:`eligible` on both.
+    """
+
+    completed: int = 0
+    failed: int = 0
+    recent_latency_ms: float | None = None
+    """Moving average of the model time of recent successful tasks."""
+    models: tuple[str, ...] = ()
+
+    def observe(self, *, ok: bool, latency_ms: float | None) -> WorkerStats:
+        """The stats after one more finished task."""
+        average = self.recent_latency_ms
+        if ok and latency_ms is not None:
+            average = latency_ms if average is None else average + LATENCY_SMOOTHING * (latency_ms - average)
+        return WorkerStats(
+            completed=self.completed + int(ok), failed=self.failed + int(not ok),
+            recent_latency_ms=average, models=self.models,
+        )
+
+    def to_local(self) -> dict[str, Any]:
+        return {
+            "tasks_succeeded": self.completed, "tasks_failed": self.failed,
+            "recent_latency_ms": self.recent_latency_ms, "models_loaded": list(self.models),
+        }
+
+    @classmethod
+    def from_local(cls, raw: Mapping[str, Any]) -> WorkerStats:
+        return cls(
+            completed=int(raw.get("tasks_succeeded") or 0), failed=int(raw.get("tasks_failed") or 0),
+            recent_latency_ms=raw.get("recent_latency_ms"), models=tuple(raw.get("models_loaded") or ()),
+        )
+
+    def to_annotation(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"completed": self.completed, "failed": self.failed, "models": list(self.models)}
+        if self.recent_latency_ms is not None:
+            out["recentLatencyMs"] = round(self.recent_latency_ms, 3)
+        return out
+
+    @classmethod
+    def from_annotation(cls, raw: Mapping[str, Any]) -> WorkerStats:
+        return cls(
+            completed=int(raw.get("completed") or 0), failed=int(raw.get("failed") or 0),
+            recent_latency_ms=raw.get("recentLatencyMs"), models=tuple(raw.get("models") or ()),
+        )
+
+    def worker_info(
+        self, id: str, *, assigned: int, capacity: int, vram_mib: int = 0, gpu_family: str | None = None,
+        accepting: bool = True,
+    ) -> WorkerInfo:
+        """The scheduler's view of the worker these stats describe."""
+        return WorkerInfo(
+            id=id, accepting=accepting, assigned=assigned, capacity=capacity, vram_mib=vram_mib,
+            gpu_family=gpu_family, recent_latency_ms=self.recent_latency_ms, warm_models=frozenset(self.models),
+        )
+
+
+def cold(worker: WorkerInfo, needs: Requirements) -> bool:
+    """True when the task's model is not loaded on ``worker`` yet (a tie-breaker: warm workers first)."""
+    return bool(needs.model) and needs.model not in worker.warm_models
 
 
 def eligible(worker: WorkerInfo, needs: Requirements) -> bool:
@@ -106,7 +184,7 @@ class LeastLoadedStrategy:
 
     def pick(self, needs: Requirements, workers: Sequence[WorkerInfo]) -> WorkerInfo | None:
         candidates = [w for w in workers if eligible(w, needs)]
-        return min(candidates, key=lambda w: (w.load, w.assigned, w.id), default=None)
+        return min(candidates, key=lambda w: (w.load, w.assigned, cold(w, needs), w.id), default=None)
 
 
 class CapabilityMatchStrategy:
@@ -120,7 +198,7 @@ class CapabilityMatchStrategy:
 
     def pick(self, needs: Requirements, workers: Sequence[WorkerInfo]) -> WorkerInfo | None:
         candidates = [w for w in workers if eligible(w, needs)]
-        return min(candidates, key=lambda w: (w.vram_mib, w.load, w.id), default=None)
+        return min(candidates, key=lambda w: (w.vram_mib, w.load, cold(w, needs), w.id), default=None)
 
 
 class AdaptiveStrategy:
@@ -141,9 +219,9 @@ class AdaptiveStrategy:
         known = [w.recent_latency_ms for w in candidates if w.recent_latency_ms is not None]
         default = sum(known) / len(known) if known else 1.0
 
-        def score(w: WorkerInfo) -> tuple[float, str]:
+        def score(w: WorkerInfo) -> tuple[float, bool, str]:
             latency = w.recent_latency_ms if w.recent_latency_ms is not None else default
-            return (max(latency, 1e-3) * (1 + w.assigned), w.id)
+            return (max(latency, 1e-3) * (1 + w.assigned), cold(w, needs), w.id)
 
         return min(candidates, key=score)
 

@@ -1,8 +1,10 @@
 """The local coordinator: schedules tasks onto worker processes on this machine.
 
-All state is in the SQLite :class:`Store`; this class only moves rows through
-the shared task state machine (:mod:`legacygpu.core.tasks`) and asks the
-shared scheduling strategy (:mod:`legacygpu.core.scheduling`) where each task
+All state is in the SQLite :class:`Store`; this class only reads rows as
+:class:`~legacygpu.core.lifecycle.TaskRecord`, applies the shared lifecycle
+moves (:mod:`legacygpu.core.lifecycle`, the same ones the Kubernetes side
+uses), and writes the result back; the shared placement plan and
+scheduling strategy (:mod:`legacygpu.core.scheduling`) say where each task
 goes. Workers never receive a connection: they long-poll
 :meth:`LocalBackend.claim_tasks` and post results to
 :meth:`LocalBackend.complete_task`.
@@ -25,16 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-from legacygpu.api.backends.local.store import Store
+from legacygpu.api.backends.local.store import Store, to_record
+from legacygpu.api.backends.records import percentile, task_public, utc
 from legacygpu.api.events import EventBus
 from legacygpu.api.metrics import Metrics
 from legacygpu.api.schemas import (
@@ -50,37 +51,19 @@ from legacygpu.api.schemas import (
     WorkerRegister,
     WorkerRegistered,
 )
+from legacygpu.core import lifecycle
 from legacygpu.core.config import Settings
-from legacygpu.core.errors import ConflictError
+from legacygpu.core.errors import ConflictError, NotFoundError
+from legacygpu.core.lifecycle import TaskRecord
 from legacygpu.core.modelcards import ModelRepository
-from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
-from legacygpu.core.tasks import (
-    ASSIGNED_PHASES,
-    Phase,
-    Reason,
-    RetryPolicy,
-    attempts_left,
-    check_transition,
-    is_terminal,
-)
+from legacygpu.core.scheduling import WorkerInfo, WorkerStats, make_strategy
+from legacygpu.core.tasks import ASSIGNED_PHASES, Phase, Reason, RetryPolicy
 from legacygpu.core.tensors import validate_inputs
 
 __all__ = ["LocalBackend"]
 
 log = logging.getLogger(__name__)
 _LIVE_WORKER_STATES = ("active", "draining")
-
-
-def _dt(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
-
-
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 class LocalBackend:
@@ -168,105 +151,67 @@ class LocalBackend:
 
     def _release_tasks(self, worker: dict[str, Any], reason: Reason, why: str, now: float) -> None:
         """Put a worker's tasks back: scheduled ones straight away, running ones as a failed attempt."""
-        tasks, _ = self.store.list_tasks(phases=ASSIGNED_PHASES, worker_id=worker["id"], limit=10_000)
-        for task in tasks:
-            if task["phase"] == Phase.SCHEDULED:
-                self._transition(task, Phase.QUEUED, reason, f"{why}; back in the queue", worker_id=None)
+        rows, _ = self.store.list_tasks(phases=ASSIGNED_PHASES, worker_id=worker["id"], limit=10_000)
+        for task in map(to_record, rows):
+            if task.phase == Phase.SCHEDULED:
+                self._apply(task, lifecycle.unassign(task, reason=reason, why=why))
             else:
-                self._retry_or_fail(task, reason, why, now)
-
-    def _retry_or_fail(self, task: dict[str, Any], reason: str, why: str, now: float) -> bool:
-        history = self._close_attempt(task, reason, now)
-        if attempts_left(task["attempts"], task["max_retries"]) > 0:
-            delay = self.retry.delay(task["attempts"], self._rng)
-            message = f"{why}; attempt {task['attempts'] + 1} of {task['max_retries'] + 1} in {delay:.1f}s"
-            self.metrics.task_retries.labels(str(reason)).inc()
-            return self._transition(
-                task, Phase.QUEUED, reason, message, worker_id=None, not_before=now + delay, history=history
-            )
-        message = f"{why}; no retries left after {task['attempts']} attempt(s)"
-        return self._finish(task, Phase.FAILED, reason, message, now, history=history)
+                after = lifecycle.requeue_or_fail(task, reason=reason, why=why, now=now, policy=self.retry,
+                                                  rng=self._rng)
+                self._apply(task, after)
 
     def _enforce_deadlines(self, now: float) -> None:
-        for task in self.store.expired_tasks(now):
-            history = self._close_attempt(task, Reason.DEADLINE_EXCEEDED, now)
-            message = f"task did not finish within timeoutSeconds={task['timeout_seconds']}"
-            self._finish(task, Phase.FAILED, Reason.DEADLINE_EXCEEDED, message, now, history=history)
+        for task in map(to_record, self.store.expired_tasks(now)):
+            self._apply(task, lifecycle.expire(task, now=now))
 
     def _schedule(self, now: float) -> None:
         active = self.store.list_workers(["active"])
         workers = self._worker_infos(active)
-        free = sum(max(0, w.capacity - w.assigned) for w in workers.values())
-        if free == 0:
+        if not any(w.assigned < w.capacity for w in workers):
             return  # nothing can be placed: do not even read the queue
         names = {w["id"]: w["name"] for w in active}
-        for task in self.store.runnable_tasks(now):
-            needs = Requirements(model=task["model"], **task["requirements"])
-            chosen = self.strategy.pick(needs, list(workers.values()))
-            if chosen is None:
-                continue
-            message = f"assigned to worker {names.get(chosen.id, chosen.id)}"
-            if self._transition(task, Phase.SCHEDULED, Reason.ASSIGNED, message, worker_id=chosen.id, scheduled_at=now):
-                workers[chosen.id] = dataclasses.replace(chosen, assigned=chosen.assigned + 1)
+        queued = [to_record(row) for row in self.store.runnable_tasks(now)]
+        for task, chosen in lifecycle.plan_assignments(queued, workers, self.strategy):
+            after = lifecycle.assign(task, worker_id=chosen.id, worker_name=names.get(chosen.id), now=now)
+            if self._apply(task, after):
                 self._wake(chosen.id)
-                free -= 1
-                if free == 0:
-                    return
 
-    def _worker_infos(self, active: list[dict[str, Any]]) -> dict[str, WorkerInfo]:
+    def _worker_infos(self, active: list[dict[str, Any]]) -> list[WorkerInfo]:
         """The scheduler's view of the ``active`` worker rows."""
         counts = self.store.assigned_counts()
-        infos: dict[str, WorkerInfo] = {}
-        for w in active:
-            infos[w["id"]] = WorkerInfo(
-                id=w["id"],
+        return [
+            WorkerStats.from_local(w["stats"]).worker_info(
+                w["id"],
                 assigned=counts.get(w["id"], 0),
                 capacity=w["concurrency"] * self.settings.worker_prefetch,
                 vram_mib=w["device"].get("vram_mib", 0),
                 gpu_family=w["device"].get("gpu_family"),
-                recent_latency_ms=w["stats"].get("recent_latency_ms"),
             )
-        return infos
+            for w in active
+        ]
 
     # task writes --------------------------------------------------------------------------
 
-    def _transition(self, task: dict[str, Any], phase: Phase, reason: str, message: str, **fields: Any) -> bool:
-        """Move ``task`` to ``phase`` if nobody changed it since it was read."""
-        check_transition(task["phase"], phase)
-        expect = {"phase": task["phase"], "attempts": task["attempts"], "worker_id": task["worker_id"]}
-        changed = self.store.update_task(
-            task["id"], expect=expect, phase=str(phase), reason=str(reason), message=message, **fields
-        )
-        if changed:
-            self._publish_task(task["id"])
-            self._poke()
-        return changed
+    def _apply(self, before: TaskRecord, after: TaskRecord) -> bool:
+        """Store one lifecycle move, if nobody changed the task since ``before`` was read.
 
-    def _finish(
-        self, task: dict[str, Any], phase: Phase, reason: str, message: str, now: float, **fields: Any
-    ) -> bool:
-        latency_ms = (now - task["created_at"]) * 1000
-        if not self._transition(task, phase, reason, message, finished_at=now, latency_ms=latency_ms, **fields):
+        Also the move's side effects: events, metrics and the worker's
+        success and failure counters (a cancellation is nobody's failure).
+        """
+        if not self.store.write_task(before, after):
             return False
-        self.metrics.tasks_finished.labels(task["model"], str(phase)).inc()
-        if phase == Phase.SUCCEEDED:
-            self.metrics.task_duration.labels(task["model"]).observe(latency_ms / 1000)
-        if task["worker_id"] and task["phase"] == Phase.RUNNING and phase != Phase.CANCELLED:
-            column = "tasks_succeeded" if phase == Phase.SUCCEEDED else "tasks_failed"
-            self.store.bump_worker_counter(task["worker_id"], column)
+        self._publish_task(after.id)
+        self._poke()
+        if before.phase == Phase.RUNNING and after.phase == Phase.QUEUED:
+            self.metrics.task_retries.labels(after.reason).inc()
+        if after.terminal:
+            self.metrics.tasks_finished.labels(after.model, str(after.phase)).inc()
+            if after.phase == Phase.SUCCEEDED and after.latency_ms is not None:
+                self.metrics.task_duration.labels(after.model).observe(after.latency_ms / 1000)
+            if before.worker_id and before.phase == Phase.RUNNING and after.phase != Phase.CANCELLED:
+                column = "tasks_succeeded" if after.phase == Phase.SUCCEEDED else "tasks_failed"
+                self.store.bump_worker_counter(before.worker_id, column)
         return True
-
-    @staticmethod
-    def _close_attempt(
-        task: dict[str, Any], outcome: str, now: float, *, reported: bool = False
-    ) -> list[dict[str, Any]]:
-        """The history with the running attempt closed; ``reported`` marks an outcome the worker sent."""
-        history = list(task["history"])
-        if task["phase"] == Phase.RUNNING and history and history[-1].get("outcome") is None:
-            history[-1] = {**history[-1], "outcome": str(outcome), "finished_at": now}
-            if reported:
-                history[-1]["reported"] = True
-        return history
 
     # tasks --------------------------------------------------------------------------------
 
@@ -275,6 +220,8 @@ class LocalBackend:
         validate_inputs(card, request.inputs)
         now = self._clock()
         task_id = f"task-{uuid.uuid4().hex[:12]}"
+        pending = TaskRecord(id=task_id, model=request.model, created_at=now)
+        admitted = lifecycle.admit(pending, now=now)
         self.store.add_task(
             {
                 "id": task_id,
@@ -287,9 +234,9 @@ class LocalBackend:
                     request.max_retries if request.max_retries is not None else self.settings.default_max_retries
                 ),
                 "requirements": request.requirements.model_dump(),
-                "phase": str(Phase.QUEUED),
-                "reason": str(Reason.ACCEPTED),
-                "message": "validated and waiting for a worker",
+                "phase": str(admitted.phase),
+                "reason": admitted.reason,
+                "message": admitted.message,
                 "created_at": now,
             }
         )
@@ -314,42 +261,15 @@ class LocalBackend:
         return [self._task_public(row, with_result=False) for row in rows], count
 
     async def cancel_task(self, task_id: str) -> TaskPublic:
-        task = self.store.get_task(task_id)
-        if is_terminal(task["phase"]):
-            raise ConflictError(f"task {task_id} is already {task['phase']} and cannot be cancelled")
-        now = self._clock()
-        history = self._close_attempt(task, Reason.CANCELLED, now)
-        if not self._finish(task, Phase.CANCELLED, Reason.CANCELLED, "cancelled by a user", now, history=history):
+        task = to_record(self.store.get_task(task_id))
+        if not self._apply(task, lifecycle.cancel(task, now=self._clock())):
             raise ConflictError(f"task {task_id} changed while being cancelled; try again")
-        if task["worker_id"]:
-            self._wake(task["worker_id"])
+        if task.worker_id:
+            self._wake(task.worker_id)
         return self._task_public(self.store.get_task(task_id))
 
-    def _task_public(self, task: dict[str, Any], *, with_result: bool = True) -> TaskPublic:
-        history = [
-            {**h, "started_at": _dt(h.get("started_at")), "finished_at": _dt(h.get("finished_at"))}
-            for h in task["history"]
-        ]
-        return TaskPublic(
-            id=task["id"],
-            model=task["model"],
-            phase=Phase(task["phase"]),
-            reason=task["reason"],
-            message=task["message"],
-            priority=task["priority"],
-            worker_id=task["worker_id"],
-            attempts=task["attempts"],
-            max_retries=task["max_retries"],
-            timeout_seconds=task["timeout_seconds"],
-            created_at=_dt(task["created_at"]),
-            scheduled_at=_dt(task["scheduled_at"]),
-            started_at=_dt(task["started_at"]),
-            finished_at=_dt(task["finished_at"]),
-            latency_ms=task["latency_ms"],
-            compute_ms=task["compute_ms"],
-            history=history,
-            result=task["result"] if with_result else None,
-        )
+    def _task_public(self, row: dict[str, Any], *, with_result: bool = True) -> TaskPublic:
+        return task_public(to_record(row), with_result=with_result)
 
     # workers ------------------------------------------------------------------------------
 
@@ -408,66 +328,55 @@ class LocalBackend:
     def _claim_now(self, worker: dict[str, Any], max_tasks: int) -> list[ClaimedTask]:
         now = self._clock()
         self.store.update_worker(worker["id"], last_heartbeat=now)
-        tasks, _ = self.store.list_tasks(
+        rows, _ = self.store.list_tasks(
             phases=[Phase.SCHEDULED], worker_id=worker["id"], limit=max_tasks, newest_first=False
         )
         claimed: list[ClaimedTask] = []
-        for task in tasks:
-            attempt = task["attempts"] + 1
-            history = [*task["history"], {"attempt": attempt, "worker_id": worker["id"], "started_at": now}]
-            message = f"running on worker {worker['name']} (attempt {attempt})"
-            if self._transition(
-                task, Phase.RUNNING, Reason.STARTED, message, attempts=attempt, started_at=now, history=history
-            ):
-                self.metrics.queue_duration.labels(task["model"]).observe(now - task["created_at"])
+        for row in rows:
+            task = to_record(row)
+            after = lifecycle.start(task, worker_id=worker["id"], worker_name=worker["name"], now=now)
+            if self._apply(task, after):
+                self.metrics.queue_duration.labels(task.model).observe(now - task.created_at)
                 claimed.append(
                     ClaimedTask(
-                        id=task["id"],
-                        model=task["model"],
-                        attempt=attempt,
-                        inputs=task["inputs"],
-                        parameters=task["parameters"],
+                        id=task.id, model=task.model, attempt=after.attempts,
+                        inputs=row["inputs"], parameters=row["parameters"],
                     )
                 )
         return claimed
 
     async def complete_task(self, task_id: str, completion: Completion) -> TaskPublic:
-        task = self.store.get_task(task_id)
-        current = task["worker_id"] == completion.worker_id and task["attempts"] == completion.attempt
-        if is_terminal(task["phase"]) and current and task["history"] and task["history"][-1].get("reported"):
-            return self._task_public(task)  # the same completion again: already applied
-        if task["phase"] != Phase.RUNNING or not current:
-            raise ConflictError(
-                f"task {task_id} is {task['phase']} (attempt {task['attempts']}, worker {task['worker_id']}); "
-                f"the result of attempt {completion.attempt} from worker {completion.worker_id} is discarded"
-            )
-        now = self._clock()
-        fields: dict[str, Any] = {"compute_ms": completion.compute_ms}
+        row = self.store.get_task(task_id)
+        task = to_record(row)
+        if not lifecycle.check_report(task, worker_id=completion.worker_id, attempt=completion.attempt):
+            return self._task_public(row)  # the same completion again: already applied
         if completion.compute_ms is not None:
-            self.metrics.compute_duration.labels(task["model"]).observe(completion.compute_ms / 1000)
+            self.metrics.compute_duration.labels(task.model).observe(completion.compute_ms / 1000)
         if completion.error is None:
-            history = self._close_attempt(task, Reason.COMPLETED, now, reported=True)
-            self._finish(
-                task, Phase.SUCCEEDED, Reason.COMPLETED, "inference finished", now,
-                result=completion.result or {}, history=history, **fields,
-            )
-        elif completion.error.retryable:
-            self.store.update_task(task_id, **fields)
-            self._retry_or_fail(task, completion.error.reason, completion.error.message, now)
+            outcome = lifecycle.classify(None, worker=self._worker_name(completion.worker_id))
         else:
-            history = self._close_attempt(task, completion.error.reason, now, reported=True)
-            self._finish(
-                task, Phase.FAILED, completion.error.reason, completion.error.message, now, history=history, **fields
-            )
-        self._poke()
+            error = completion.error
+            outcome = lifecycle.Outcome(error.reason, error.message, retryable=error.retryable)
+        after = lifecycle.report(
+            task, outcome, now=self._clock(), policy=self.retry, rng=self._rng,
+            result=completion.result, compute_ms=completion.compute_ms,
+        )
+        self._apply(task, after)
         return self._task_public(self.store.get_task(task_id))
+
+    def _worker_name(self, worker_id: str) -> str:
+        try:
+            return str(self.store.get_worker(worker_id)["name"])
+        except NotFoundError:
+            return worker_id
 
     async def drain_worker(self, worker_id: str) -> WorkerPublic:
         worker = self._live_worker(worker_id)
         self.store.update_worker(worker_id, state="draining")
-        tasks, _ = self.store.list_tasks(phases=[Phase.SCHEDULED], worker_id=worker_id, limit=10_000)
-        for task in tasks:
-            self._transition(task, Phase.QUEUED, Reason.WORKER_DRAINED, f"worker {worker['name']} is draining")
+        rows, _ = self.store.list_tasks(phases=[Phase.SCHEDULED], worker_id=worker_id, limit=10_000)
+        why = f"worker {worker['name']} is draining"
+        for task in map(to_record, rows):
+            self._apply(task, lifecycle.unassign(task, reason=Reason.WORKER_DRAINED, why=why))
         self._wake(worker_id)
         self._publish_worker(worker_id)
         return await self.get_worker(worker_id)
@@ -499,8 +408,8 @@ class LocalBackend:
             device=DeviceInfoPublic(**worker["device"]),
             concurrency=worker["concurrency"],
             assigned=counts.get(worker["id"], 0),
-            registered_at=_dt(worker["registered_at"]),
-            last_heartbeat=_dt(worker["last_heartbeat"]),
+            registered_at=utc(worker["registered_at"]),
+            last_heartbeat=utc(worker["last_heartbeat"]),
             tasks_succeeded=worker["tasks_succeeded"],
             tasks_failed=worker["tasks_failed"],
             stats=worker["stats"],
@@ -541,8 +450,8 @@ class LocalBackend:
             "workers_by_state": snap["workers_by_state"],
             "queue_depth": snap["tasks_by_phase"].get("Queued", 0),
             "throughput_per_second": len(last_minute) / window,
-            "latency_ms": {f"p{q}": _percentile(latencies, q) for q in (50, 90, 99)},
-            "compute_ms": {f"p{q}": _percentile(compute, q) for q in (50, 90, 99)},
+            "latency_ms": {f"p{q}": percentile(latencies, q) for q in (50, 90, 99)},
+            "compute_ms": {f"p{q}": percentile(compute, q) for q in (50, 90, 99)},
             "window_seconds": {"throughput": window, "latency": 300},
         }
 

@@ -3,7 +3,10 @@
 The database (WAL mode) is the only truth in local mode: the coordinator
 keeps no state it cannot rebuild from it, so a restarted facade resumes
 every accepted task. Rows come back as plain dicts; JSON columns are
-decoded on the way out and encoded on the way in.
+decoded on the way out and encoded on the way in. A task row translates to
+and from the lifecycle's :class:`~legacygpu.core.lifecycle.TaskRecord`
+(:func:`to_record`, :meth:`Store.write_task`), so every phase change is one
+of the shared moves in :mod:`legacygpu.core.lifecycle`.
 
 Updates to tasks are compare-and-set (:meth:`Store.update_task` with
 ``expect``): a write that raced with another change touches no row and
@@ -12,16 +15,20 @@ returns False, which is how the coordinator refuses a stale completion.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from legacygpu.core.errors import NotFoundError
+from legacygpu.core.lifecycle import Attempt, TaskRecord
+from legacygpu.core.scheduling import Requirements
+from legacygpu.core.tasks import Phase
 
-__all__ = ["Store"]
+__all__ = ["Store", "to_record"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (
@@ -68,6 +75,46 @@ CREATE INDEX IF NOT EXISTS tasks_worker ON tasks (worker_id, phase);
 """
 
 _JSON_COLUMNS = {"device", "stats", "inputs", "parameters", "requirements", "history", "result"}
+_RECORD_COLUMNS = (
+    "id, model, priority, timeout_seconds, max_retries, requirements, phase, reason, message, worker_id, "
+    "attempts, created_at, scheduled_at, started_at, finished_at, not_before, latency_ms, compute_ms, history"
+)
+"""What the lifecycle reads: everything but the (possibly large) inputs, parameters and result."""
+_RECORD_FIELDS = {f.name for f in dataclasses.fields(TaskRecord)} - {"id", "model", "created_at", "requirements"}
+
+
+def to_record(row: Mapping[str, Any]) -> TaskRecord:
+    """The lifecycle's view of a task row."""
+    return TaskRecord(
+        id=row["id"],
+        model=row["model"],
+        created_at=row["created_at"],
+        phase=Phase(row["phase"]),
+        reason=row.get("reason") or "",
+        message=row.get("message") or "",
+        priority=row["priority"],
+        attempts=row["attempts"],
+        max_retries=row["max_retries"],
+        timeout_seconds=row["timeout_seconds"],
+        requirements=Requirements(model=row["model"], **row["requirements"]),
+        worker_id=row["worker_id"],
+        scheduled_at=row["scheduled_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        not_before=row["not_before"] or None,
+        latency_ms=row["latency_ms"],
+        compute_ms=row["compute_ms"],
+        result=row.get("result"),
+        history=tuple(Attempt.from_dict(h) for h in row["history"]),
+    )
+
+
+def _columns(task: TaskRecord) -> dict[str, Any]:
+    values = {name: getattr(task, name) for name in _RECORD_FIELDS}
+    values["phase"] = str(task.phase)
+    values["not_before"] = task.not_before or 0.0
+    values["history"] = task.history_dicts()
+    return values
 
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:
@@ -189,7 +236,7 @@ class Store:
     def runnable_tasks(self, now: float, limit: int = 500) -> list[dict[str, Any]]:
         """Queued tasks whose backoff has passed: higher priority first, then oldest first."""
         return self._query(
-            "SELECT id, model, priority, requirements, phase, attempts, worker_id FROM tasks "
+            f"SELECT {_RECORD_COLUMNS} FROM tasks "
             "WHERE phase = 'Queued' AND not_before <= ? "
             "ORDER BY priority DESC, seq LIMIT ?",
             [now, limit],
@@ -221,10 +268,17 @@ class Store:
                 params.append(value)
         return self._execute(f"UPDATE tasks SET {sets} WHERE {' AND '.join(conditions)}", params) == 1
 
+    def write_task(self, before: TaskRecord, after: TaskRecord) -> bool:
+        """Store the move ``before → after`` unless the row changed since ``before`` was read."""
+        old, new = _columns(before), _columns(after)
+        changed = {key: value for key, value in new.items() if old[key] != value}
+        expect = {"phase": old["phase"], "attempts": before.attempts, "worker_id": before.worker_id}
+        return self.update_task(after.id, expect=expect, **changed)
+
     def expired_tasks(self, now: float) -> list[dict[str, Any]]:
         """Unfinished tasks whose deadline (submission + timeout) has passed."""
         return self._query(
-            "SELECT * FROM tasks WHERE phase NOT IN ('Succeeded', 'Failed', 'Cancelled') "
+            f"SELECT {_RECORD_COLUMNS} FROM tasks WHERE phase NOT IN ('Succeeded', 'Failed', 'Cancelled') "
             "AND created_at + timeout_seconds < ?",
             [now],
         )
