@@ -193,7 +193,24 @@ def task_status_schema() -> Schema:
                     "queueSeconds": number("Creation to the start of the last attempt.", minimum=0),
                     "runSeconds": number("Start of the last attempt to completion.", minimum=0),
                     "totalSeconds": number("Creation to completion.", minimum=0),
+                    "computeSeconds": number(
+                        "The model's own time in the last attempt, as the worker measured it.", minimum=0
+                    ),
                 },
+            ),
+            "history": array(
+                "Every attempt so far, oldest first (the same record the local backend keeps).",
+                obj(
+                    "One attempt.",
+                    {
+                        "attempt": integer("Its number, from 1.", minimum=1, fmt="int32"),
+                        "worker": string("The worker pod that ran it."),
+                        "startTime": timestamp("When the worker started it."),
+                        "outcome": string("How it ended (a reason); absent while it runs."),
+                        "completionTime": timestamp("When it ended."),
+                        "reported": boolean("True when the worker itself reported the outcome."),
+                    },
+                ),
             ),
             "result": preserved(
                 "The result: model, outputs (Open Inference Protocol tensors) and, for classifiers, "
