@@ -53,6 +53,7 @@ __all__ = [
     "check_report",
     "classify",
     "deadline",
+    "deadline_message",
     "expire",
     "finish",
     "plan_assignments",
@@ -258,9 +259,13 @@ def deadline(task: TaskRecord) -> float | None:
     return task.created_at + task.timeout_seconds
 
 
+def deadline_message(timeout_seconds: int | None) -> str:
+    return f"not finished within timeoutSeconds={timeout_seconds} of creation"
+
+
 def expire(task: TaskRecord, *, now: float) -> TaskRecord:
     """Any live phase → Failed / DeadlineExceeded."""
-    message = f"not finished within timeoutSeconds={task.timeout_seconds} of creation"
+    message = deadline_message(task.timeout_seconds)
     return finish(task, phase=Phase.FAILED, reason=Reason.DEADLINE_EXCEEDED, message=message, now=now)
 
 

@@ -25,16 +25,17 @@ state machine.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from legacygpu.core import lifecycle
 from legacygpu.core.errors import ValidationError
 from legacygpu.core.kube.contract import (
     LABEL_WORKER,
+    AttemptStatus,
     TaskStatus,
     parse_time,
     queued_status,
@@ -42,6 +43,7 @@ from legacygpu.core.kube.contract import (
     terminal_status,
     unassigned_status,
 )
+from legacygpu.core.lifecycle import CANCELLED_MESSAGE, deadline_message
 from legacygpu.core.scheduling import Requirements, Strategy, WorkerInfo
 from legacygpu.core.tasks import ASSIGNED_PHASES, TERMINAL_PHASES, Phase, Reason, RetryPolicy
 from legacygpu.core.tensors import Tensor, check_consistent
@@ -75,6 +77,7 @@ class TaskView:
     retry_after: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
+    history: tuple[AttemptStatus, ...] = ()
     problem: str | None = None
     """Why the inputs are invalid (checked only while Pending)."""
 
@@ -88,7 +91,14 @@ class TaskView:
         status = TaskStatus(phase=self.phase.value, attempts=self.attempts)
         if self.start_time:
             status["startTime"] = self.start_time
+        if self.history:
+            status["history"] = list(self.history)
         return status
+
+    @property
+    def age(self) -> tuple[str, str]:
+        """Placement order among equal priorities: oldest first, then by name."""
+        return (self.created, self.name)
 
     def ref(self) -> dict[str, Any]:
         """A minimal body for Kubernetes Events about this task."""
@@ -145,6 +155,7 @@ def task_view(body: Mapping[str, Any]) -> TaskView:
         retry_after=status.get("retryAfter"),
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime"),
+        history=tuple(status.get("history") or ()),
         problem=validate_inputs(spec) if phase == Phase.PENDING else None,
     )
 
@@ -221,19 +232,16 @@ def decide(
         expires = finished + datetime.timedelta(seconds=int(task.ttl_seconds))
         return Action(delete=True) if now >= expires else Action(wake_at=expires)
     if task.cancel:
-        return _end(task, Phase.CANCELLED, Reason.CANCELLED, "cancelled by spec.cancel", now)
+        return _end(task, Phase.CANCELLED, Reason.CANCELLED, CANCELLED_MESSAGE, now)
     deadline = _deadline(task)
     if deadline is not None and now >= deadline:
-        return _end(
-            task, Phase.FAILED, Reason.DEADLINE_EXCEEDED,
-            f"not finished within timeoutSeconds={task.timeout_seconds} of creation", now,
-        )
+        return _end(task, Phase.FAILED, Reason.DEADLINE_EXCEEDED, deadline_message(task.timeout_seconds), now)
     if not cluster_exists:
         return _orphaned(task, now, grace_seconds, deadline)
     if task.phase == Phase.PENDING:
         if task.problem:
             return _end(task, Phase.FAILED, Reason.INVALID_INPUT, task.problem, now)
-        return Action(status=queued_status(task.status, now, f"queued for cluster {task.cluster}"))
+        return Action(status=queued_status(task.status, now))
     if task.phase in ASSIGNED_PHASES:
         pod = pods.get(task.worker or "")
         problem = None
@@ -272,27 +280,10 @@ def plan_assignments(
     strategy: Strategy,
     now: datetime.datetime,
 ) -> list[tuple[TaskView, WorkerInfo]]:
-    """Place queued tasks on workers, highest priority (then oldest) first.
-
-    Stops at the first task no worker has room for when nobody has room
-    at all (so lower priorities never overtake a task that only waits for
-    capacity); a task that waits for a worker with special capabilities does
-    not hold the others back.
-    """
+    """The shared placement plan (:func:`legacygpu.core.lifecycle.plan_assignments`) over ready tasks."""
     ready = [
         t for t in queued
         if t.phase in (Phase.QUEUED, Phase.PENDING)
         and (parse_time(t.retry_after) is None or parse_time(t.retry_after) <= now)  # type: ignore[operator]
     ]
-    ready.sort(key=lambda t: (-t.priority, t.created, t.name))
-    pool = list(workers)
-    plan: list[tuple[TaskView, WorkerInfo]] = []
-    for task in ready:
-        if not any(w.accepting and w.assigned < w.capacity for w in pool):
-            break
-        chosen = strategy.pick(task.requirements, pool)
-        if chosen is None:
-            continue
-        plan.append((task, chosen))
-        pool = [dataclasses.replace(w, assigned=w.assigned + 1) if w.id == chosen.id else w for w in pool]
-    return plan
+    return lifecycle.plan_assignments(ready, workers, strategy)

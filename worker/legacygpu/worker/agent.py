@@ -15,6 +15,7 @@ was marked lost, or the database was replaced) the worker registers again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -25,9 +26,9 @@ from typing import Any
 
 import httpx
 
-from legacygpu.core.errors import ModelError, UnknownModelError, ValidationError
+from legacygpu.core.lifecycle import classify
 from legacygpu.core.modelcards import ModelRepository
-from legacygpu.core.tasks import Reason
+from legacygpu.core.scheduling import WorkerStats
 from legacygpu.worker.backends import create_backend
 from legacygpu.worker.runner import TaskRunner, preload_from_env
 
@@ -36,7 +37,6 @@ __all__ = ["LocalWorker"]
 log = logging.getLogger(__name__)
 
 _CLAIM_WAIT_SECONDS = 5.0
-_LATENCY_SMOOTHING = 0.3
 
 
 class _Gone(Exception):
@@ -79,9 +79,7 @@ class LocalWorker:
         self.stop_requested = threading.Event()
         self.draining = threading.Event()
         self.running = 0
-        self.succeeded = 0
-        self.failed = 0
-        self.recent_latency_ms: float | None = None
+        self._stats = WorkerStats()
         self._started = time.time()
         self._process = _own_process()
 
@@ -130,11 +128,9 @@ class LocalWorker:
         log.info("worker %s registered as %s on %s (%s)", self.name, self.worker_id, info.device, info.backend)
 
     def stats(self) -> dict[str, Any]:
+        loaded = tuple(self._runner.loaded_models()) if self._runner else ()
         stats: dict[str, Any] = {
-            "tasks_succeeded": self.succeeded,
-            "tasks_failed": self.failed,
-            "recent_latency_ms": self.recent_latency_ms,
-            "models_loaded": self._runner.loaded_models() if self._runner else [],
+            **dataclasses.replace(self._stats, models=loaded).to_local(),
             "uptime_seconds": round(time.time() - self._started, 1),
         }
         if self._process is not None:
@@ -203,30 +199,21 @@ class LocalWorker:
         assert self._runner is not None
         self.running += 1
         body: dict[str, Any] = {"worker_id": self.worker_id, "attempt": task["attempt"]}
+        error: Exception | None = None
         try:
             body["result"] = self._runner.run(task["model"], task["inputs"], task["parameters"])
             body["compute_ms"] = self._runner.last_compute_ms
-            self.succeeded += 1
-            if self._runner.last_compute_ms is not None:
-                previous = self.recent_latency_ms
-                current = self._runner.last_compute_ms
-                self.recent_latency_ms = (
-                    current if previous is None else previous + _LATENCY_SMOOTHING * (current - previous)
-                )
-        except UnknownModelError as exc:
-            body["error"] = {"reason": Reason.UNKNOWN_MODEL.value, "message": str(exc)}
-        except ValidationError as exc:
-            body["error"] = {"reason": Reason.INVALID_INPUT.value, "message": str(exc)}
-        except ModelError as exc:
-            body["error"] = {"reason": Reason.MODEL_ERROR.value, "message": str(exc)}
-        except Exception as exc:  # anything else is this worker's fault: let another worker try
-            log.exception("task %s failed unexpectedly", task["id"])
-            message = f"{type(exc).__name__}: {exc}"
-            body["error"] = {"reason": Reason.WORKER_ERROR.value, "message": message, "retryable": True}
+        except Exception as exc:  # classified below: only this worker's own trouble is retried
+            error = exc
         finally:
             self.running -= 1
-        if "error" in body:
-            self.failed += 1
+        outcome = classify(error, worker=self.name)
+        if outcome.retryable:
+            log.error("task %s failed unexpectedly", task["id"], exc_info=error)
+        if not outcome.succeeded:
+            body.pop("result", None)
+            body["error"] = {"reason": outcome.reason, "message": outcome.message, "retryable": outcome.retryable}
+        self._stats = self._stats.observe(ok=outcome.succeeded, latency_ms=body.get("compute_ms"))
         self._report(task["id"], body)
 
     def _report(self, task_id: str, body: dict[str, Any]) -> None:

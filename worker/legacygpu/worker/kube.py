@@ -43,7 +43,7 @@ from typing import Any
 
 import kubernetes
 
-from legacygpu.core.errors import ModelError, UnknownModelError, ValidationError
+from legacygpu.core.errors import ModelError, ValidationError
 from legacygpu.core.kube.client import MERGE_PATCH, json_lines, load_configuration, open_watch, request_json
 from legacygpu.core.kube.contract import (
     ANNOTATION_WORKER_STATS,
@@ -63,6 +63,8 @@ from legacygpu.core.kube.contract import (
     terminal_status,
 )
 from legacygpu.core.kube.errors import ApiError, from_api_exception
+from legacygpu.core.lifecycle import classify
+from legacygpu.core.scheduling import WorkerStats as SharedWorkerStats
 from legacygpu.core.tasks import Phase, Reason, RetryPolicy
 
 __all__ = ["KubeWorker", "run_kube_worker"]
@@ -357,58 +359,49 @@ class KubeWorker:
             return
         spec = claimed.get("spec") or {}
         started = time.perf_counter()
-        outcome: tuple[Phase, Reason, str]
         result: dict[str, Any] | None = None
         ref: str | None = None
-        retry = False
+        error: Exception | None = None
         try:
             output = self.runner.run(spec.get("model", ""), self.inputs(claimed), spec.get("parameters"))
             result, ref = self._store_result(claimed, output)
-            outcome = (Phase.SUCCEEDED, Reason.COMPLETED, f"completed on worker {self.pod}")
-        except UnknownModelError as exc:
-            outcome = (Phase.FAILED, Reason.UNKNOWN_MODEL, str(exc))
-        except ValidationError as exc:
-            outcome = (Phase.FAILED, Reason.INVALID_INPUT, str(exc))
-        except ModelError as exc:
-            outcome = (Phase.FAILED, Reason.MODEL_ERROR, str(exc))
-        except Exception as exc:  # the API, the input URL: worth another attempt
-            log.warning("task %s failed in a retryable way: %s", name, exc)
-            outcome, retry = (Phase.QUEUED, Reason.WORKER_ERROR, f"worker {self.pod} could not finish: {exc}"), True
+        except Exception as exc:  # classified below: the model's and the input's faults end the task
+            error = exc
+        outcome = classify(error, worker=self.pod)
+        if outcome.retryable:
+            log.warning("task %s failed in a retryable way: %s", name, error)
+        compute_ms = getattr(self.runner, "last_compute_ms", None) if error is None else None
         elapsed_ms = (time.perf_counter() - started) * 1000
-        phase, reason, message = outcome
 
         def build(status: dict[str, Any], created: str | None) -> TaskStatus:
-            if retry:
+            if outcome.retryable:
                 return requeue_status(
-                    status, created=created, max_retries=int(spec.get("maxRetries", 3)), reason=reason,
-                    message=message, now=now_utc(), policy=self.policy,
+                    status, created=created, max_retries=int(spec.get("maxRetries", 3)), reason=Reason(outcome.reason),
+                    message=outcome.message, now=now_utc(), policy=self.policy, reported=True,
                 )
             return terminal_status(
-                status, created=created, phase=phase, reason=reason, message=message, now=now_utc(),
-                result=result, result_ref=ref,
+                status, created=created, phase=outcome.phase, reason=Reason(outcome.reason), message=outcome.message,
+                now=now_utc(), result=result, result_ref=ref, compute_ms=compute_ms, reported=True,
             )
 
         written = self.finish(claimed, build)
-        if written and retry:
+        if written and outcome.retryable:
             with contextlib.suppress(ApiError):
                 self.request(
                     "PATCH", f"{_TASKS.format(ns=self.namespace)}/{name}",
                     body={"metadata": {"labels": {LABEL_WORKER: None}}}, content_type=MERGE_PATCH,
                 )
-        if written and not retry:
-            self._record(phase == Phase.SUCCEEDED, elapsed_ms)
-            self._event(claimed, phase, reason, message)
-        log.info("task %s: %s (%s) in %.1f ms", name, phase.value, reason.value, elapsed_ms)
+        if written and not outcome.retryable:
+            self._record(outcome.succeeded, compute_ms)
+            self._event(claimed, outcome.phase, Reason(outcome.reason), outcome.message)
+        log.info("task %s: %s (%s) in %.1f ms", name, outcome.phase.value, outcome.reason, elapsed_ms)
 
     # -- reporting -------------------------------------------------------------------------------
 
-    def _record(self, ok: bool, elapsed_ms: float) -> None:
-        key = "completed" if ok else "failed"
-        self.stats[key] = int(self.stats.get(key) or 0) + 1  # type: ignore[literal-required]
-        previous = self.stats.get("recentLatencyMs")
-        self.stats["recentLatencyMs"] = round(
-            elapsed_ms if previous is None else 0.7 * previous + 0.3 * elapsed_ms, 3
-        )
+    def _record(self, ok: bool, compute_ms: float | None) -> None:
+        """Count a finished task in the published stats (:class:`legacygpu.core.scheduling.WorkerStats`)."""
+        counted = SharedWorkerStats.from_annotation(self.stats).observe(ok=ok, latency_ms=compute_ms)
+        self.stats.update(counted.to_annotation())  # type: ignore[typeddict-item]
         self._stats_dirty = True
         self.publish_stats()
 

@@ -19,11 +19,16 @@ object changed in between: two writers never both win.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import random
+from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
-from legacygpu.core.tasks import Phase, Reason, RetryPolicy, attempts_left, check_transition
+from legacygpu.core import lifecycle
+from legacygpu.core.lifecycle import ACCEPTED_MESSAGE, Attempt, TaskRecord
+from legacygpu.core.scheduling import Requirements
+from legacygpu.core.tasks import Phase, Reason, RetryPolicy
 
 __all__ = [
     "ANNOTATION_DRAIN",
@@ -44,6 +49,7 @@ __all__ = [
     "TASK_KIND",
     "TASK_PLURAL",
     "VERSION",
+    "AttemptStatus",
     "TaskStatus",
     "WorkerRef",
     "WorkerStats",
@@ -55,6 +61,8 @@ __all__ = [
     "requeue_status",
     "running_status",
     "seconds_between",
+    "status_record",
+    "task_record",
     "terminal_status",
     "unassigned_status",
 ]
@@ -104,6 +112,17 @@ class WorkerStats(TypedDict, total=False):
     models: list[str]
 
 
+class AttemptStatus(TypedDict, total=False):
+    """One entry of ``InferenceTask.status.history`` (:class:`legacygpu.core.lifecycle.Attempt`)."""
+
+    attempt: int
+    worker: str
+    startTime: str
+    outcome: str
+    completionTime: str
+    reported: bool
+
+
 class TaskStatus(TypedDict, total=False):
     """``InferenceTask.status``; every key is optional until the phase needs it."""
 
@@ -118,6 +137,7 @@ class TaskStatus(TypedDict, total=False):
     completionTime: str
     retryAfter: str | None
     latency: dict[str, float]
+    history: list[AttemptStatus]
     result: dict[str, Any]
     resultRef: str
     observedGeneration: int
@@ -146,18 +166,96 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
     return round(max(0.0, (finish - begin).total_seconds()), 6)
 
 
-def _phase(status: TaskStatus | dict[str, Any]) -> Phase:
-    return Phase(status.get("phase") or Phase.PENDING.value)
+def _epoch(value: str | datetime.datetime | None) -> float | None:
+    moment = parse_time(value) if isinstance(value, str) or value is None else value
+    return None if moment is None else moment.timestamp()
 
 
-def queued_status(status: TaskStatus | dict[str, Any], now: datetime.datetime, message: str) -> TaskStatus:
-    """Pending → Queued: accepted for a cluster that exists."""
-    check_transition(_phase(status), Phase.QUEUED)
-    return TaskStatus(
-        phase=Phase.QUEUED.value,
-        reason=Reason.ACCEPTED.value,
-        message=message,
+def _history(status: Mapping[str, Any]) -> tuple[Attempt, ...]:
+    return tuple(
+        Attempt(
+            attempt=int(h.get("attempt") or 0),
+            worker_id=str(h.get("worker") or ""),
+            started_at=_epoch(h.get("startTime")) or 0.0,
+            outcome=h.get("outcome"),
+            finished_at=_epoch(h.get("completionTime")),
+            reported=bool(h.get("reported", False)),
+        )
+        for h in status.get("history") or ()
+    )
+
+
+def _history_status(history: Sequence[Attempt]) -> list[AttemptStatus]:
+    out: list[AttemptStatus] = []
+    for attempt in history:
+        entry = AttemptStatus(attempt=attempt.attempt, worker=attempt.worker_id,
+                              startTime=format_time(_moment(attempt.started_at)))
+        if attempt.outcome is not None:
+            entry["outcome"] = attempt.outcome
+            if attempt.finished_at is not None:
+                entry["completionTime"] = format_time(_moment(attempt.finished_at))
+        if attempt.reported:
+            entry["reported"] = True
+        out.append(entry)
+    return out
+
+
+def _moment(epoch: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+
+
+def status_record(
+    status: Mapping[str, Any], *, name: str = "", model: str = "", created: str | None = None, max_retries: int = 3
+) -> TaskRecord:
+    """The lifecycle's view of an ``InferenceTask.status`` (plus the few spec facts the moves read)."""
+    latency = status.get("latency") or {}
+    compute = latency.get("computeSeconds")
+    return TaskRecord(
+        id=name,
+        model=model,
+        created_at=_epoch(created) or 0.0,
+        phase=Phase(status.get("phase") or Phase.PENDING.value),
+        reason=status.get("reason") or "",
+        message=status.get("message") or "",
         attempts=int(status.get("attempts") or 0),
+        max_retries=max_retries,
+        worker_id=(status.get("workerRef") or {}).get("pod"),
+        scheduled_at=_epoch(status.get("scheduledTime")),
+        started_at=_epoch(status.get("startTime")),
+        finished_at=_epoch(status.get("completionTime")),
+        not_before=_epoch(status.get("retryAfter")),
+        latency_ms=latency["totalSeconds"] * 1000 if "totalSeconds" in latency else None,
+        compute_ms=compute * 1000 if compute is not None else None,
+        result=status.get("result"),
+        history=_history(status),
+    )
+
+
+def task_record(body: Mapping[str, Any]) -> TaskRecord:
+    """The lifecycle's view of a whole ``InferenceTask`` (what the facade shows)."""
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    needs = spec.get("requirements") or {}
+    record = status_record(
+        body.get("status") or {}, name=meta.get("name", ""), model=spec.get("model", ""),
+        created=meta.get("creationTimestamp"), max_retries=int(spec.get("maxRetries", 3)),
+    )
+    return dataclasses.replace(
+        record,
+        priority=int(spec.get("priority") or 0),
+        timeout_seconds=spec.get("timeoutSeconds"),
+        requirements=Requirements(
+            min_vram_mib=int(needs.get("minVramMiB") or 0), gpu_family=needs.get("gpuFamily"), model=spec.get("model")
+        ),
+    )
+
+
+def queued_status(
+    status: TaskStatus | dict[str, Any], now: datetime.datetime, message: str = ACCEPTED_MESSAGE
+) -> TaskStatus:
+    """Pending → Queued: accepted for a cluster that exists (:func:`lifecycle.admit`)."""
+    after = lifecycle.admit(status_record(status), now=now.timestamp(), message=message)
+    return TaskStatus(
+        phase=after.phase.value, reason=after.reason, message=after.message, attempts=after.attempts,
         queuedTime=format_time(now),
     )
 
@@ -165,16 +263,16 @@ def queued_status(status: TaskStatus | dict[str, Any], now: datetime.datetime, m
 def assigned_status(
     status: TaskStatus | dict[str, Any], *, pod: str, node: str | None, now: datetime.datetime
 ) -> TaskStatus:
-    """Queued → Scheduled on ``pod``; the attempt only counts once the worker starts it."""
-    check_transition(_phase(status), Phase.SCHEDULED)
+    """Queued → Scheduled on ``pod`` (:func:`lifecycle.assign`); the attempt only counts once the worker starts it."""
+    after = lifecycle.assign(status_record(status), worker_id=pod, now=now.timestamp())
     ref = WorkerRef(pod=pod)
     if node:
         ref["node"] = node
     return TaskStatus(
-        phase=Phase.SCHEDULED.value,
-        reason=Reason.ASSIGNED.value,
-        message=f"assigned to worker {pod}",
-        attempts=int(status.get("attempts") or 0),
+        phase=after.phase.value,
+        reason=after.reason,
+        message=after.message,
+        attempts=after.attempts,
         workerRef=ref,
         scheduledTime=format_time(now),
         retryAfter=None,
@@ -182,16 +280,40 @@ def assigned_status(
 
 
 def running_status(status: TaskStatus | dict[str, Any], *, pod: str, now: datetime.datetime) -> TaskStatus:
-    """Scheduled → Running: the worker starts the attempt, which now counts."""
-    check_transition(_phase(status), Phase.RUNNING)
-    attempt = int(status.get("attempts") or 0) + 1
+    """Scheduled → Running (:func:`lifecycle.start`): the worker starts the attempt, which now counts."""
+    after = lifecycle.start(status_record(status), worker_id=pod, now=now.timestamp())
     return TaskStatus(
-        phase=Phase.RUNNING.value,
-        reason=Reason.STARTED.value,
-        message=f"attempt {attempt} running on worker {pod}",
-        attempts=attempt,
+        phase=after.phase.value,
+        reason=after.reason,
+        message=after.message,
+        attempts=after.attempts,
         startTime=format_time(now),
+        history=_history_status(after.history),
     )
+
+
+def _ended(
+    status: Mapping[str, Any], after: TaskRecord, *, created: str | None, now: datetime.datetime
+) -> TaskStatus:
+    """The status patch for a move into a terminal phase."""
+    completed = format_time(now)
+    latency: dict[str, float] = {}
+    for key, start, end in (
+        ("queueSeconds", created, status.get("startTime")),
+        ("runSeconds", status.get("startTime"), completed),
+        ("totalSeconds", created, completed),
+    ):
+        value = seconds_between(start, end)
+        if value is not None:
+            latency[key] = value
+    if after.compute_ms is not None:
+        latency["computeSeconds"] = round(after.compute_ms / 1000, 6)
+    patch = TaskStatus(phase=after.phase.value, reason=after.reason, message=after.message, completionTime=completed)
+    if latency:
+        patch["latency"] = latency
+    if after.history:
+        patch["history"] = _history_status(after.history)
+    return patch
 
 
 def terminal_status(
@@ -204,22 +326,15 @@ def terminal_status(
     now: datetime.datetime,
     result: dict[str, Any] | None = None,
     result_ref: str | None = None,
+    compute_ms: float | None = None,
+    reported: bool = False,
 ) -> TaskStatus:
-    """Any phase → Succeeded | Failed | Cancelled, with completion time and latency."""
-    check_transition(_phase(status), phase)
-    completed = format_time(now)
-    latency: dict[str, float] = {}
-    for key, start, end in (
-        ("queueSeconds", created, status.get("startTime")),
-        ("runSeconds", status.get("startTime"), completed),
-        ("totalSeconds", created, completed),
-    ):
-        value = seconds_between(start, end)
-        if value is not None:
-            latency[key] = value
-    patch = TaskStatus(phase=phase.value, reason=reason.value, message=message, completionTime=completed)
-    if latency:
-        patch["latency"] = latency
+    """Any phase → Succeeded | Failed | Cancelled (:func:`lifecycle.finish`), with completion time and latency."""
+    after = lifecycle.finish(
+        status_record(status, created=created), phase=phase, reason=reason, message=message, now=now.timestamp(),
+        compute_ms=compute_ms, reported=reported,
+    )
+    patch = _ended(status, after, created=created, now=now)
     if result is not None:
         patch["result"] = result
     if result_ref is not None:
@@ -228,12 +343,12 @@ def terminal_status(
 
 
 def unassigned_status(status: TaskStatus | dict[str, Any], *, reason: Reason, message: str) -> TaskStatus:
-    """Scheduled → Queued at once: the worker never started the attempt, so none is spent."""
-    check_transition(_phase(status), Phase.QUEUED)
+    """Scheduled → Queued at once (:func:`lifecycle.unassign`): the worker never started it, so none is spent."""
+    after = lifecycle.unassign(status_record(status), reason=reason, why=message)
     return TaskStatus(
-        phase=Phase.QUEUED.value,
-        reason=reason.value,
-        message=f"{message}; back in the queue",
+        phase=after.phase.value,
+        reason=after.reason,
+        message=after.message,
         workerRef=None,
         scheduledTime=None,
         retryAfter=None,
@@ -250,30 +365,30 @@ def requeue_status(
     now: datetime.datetime,
     policy: RetryPolicy,
     rng: random.Random | None = None,
+    compute_ms: float | None = None,
+    reported: bool = False,
 ) -> TaskStatus:
     """Running → Queued after a backoff, or Failed (same reason) once the retries are spent.
 
-    The attempt that just ended counts; :func:`attempts_left` decides, and
-    :class:`RetryPolicy` draws the delay, exactly as the local coordinator does.
+    :func:`lifecycle.requeue_or_fail` decides, exactly as for the local coordinator.
     """
-    attempts = int(status.get("attempts") or 0)
-    if attempts_left(attempts, max_retries) <= 0:
-        return terminal_status(
-            status,
-            created=created,
-            phase=Phase.FAILED,
-            reason=reason,
-            message=f"{message}; no retries left after {attempts} attempt(s)",
-            now=now,
-        )
-    check_transition(_phase(status), Phase.QUEUED)
-    delay = policy.delay(attempts, rng)
-    return TaskStatus(
-        phase=Phase.QUEUED.value,
-        reason=reason.value,
-        message=f"{message}; attempt {attempts + 1} of {1 + max_retries} in {delay:.1f}s",
+    before = status_record(status, created=created, max_retries=max_retries)
+    after = lifecycle.requeue_or_fail(
+        before, reason=reason, why=message, now=now.timestamp(), policy=policy, rng=rng,
+        compute_ms=compute_ms, reported=reported,
+    )
+    if after.terminal:
+        return _ended(status, after, created=created, now=now)
+    assert after.not_before is not None
+    patch = TaskStatus(
+        phase=after.phase.value,
+        reason=after.reason,
+        message=after.message,
         workerRef=None,
         scheduledTime=None,
         startTime=None,
-        retryAfter=format_time(now + datetime.timedelta(seconds=delay)),
+        retryAfter=format_time(now + datetime.timedelta(seconds=after.not_before - now.timestamp())),
     )
+    if after.history:
+        patch["history"] = _history_status(after.history)
+    return patch
