@@ -44,6 +44,7 @@ from typing import Any
 
 import kubernetes
 
+from legacygpu.api.backends.records import percentile, task_public
 from legacygpu.api.events import EventBus
 from legacygpu.api.metrics import Metrics
 from legacygpu.api.schemas import (
@@ -73,6 +74,7 @@ from legacygpu.core.kube.contract import (
     VERSION,
     now_utc,
     parse_time,
+    task_record,
 )
 from legacygpu.core.kube.errors import ApiError, ApiNotFoundError
 from legacygpu.core.modelcards import ModelRepository
@@ -84,13 +86,6 @@ __all__ = ["KubernetesBackend"]
 log = logging.getLogger(__name__)
 
 _WATCH_SECONDS = 30.0
-
-
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def _version(obj: dict[str, Any] | None) -> str | None:
@@ -408,28 +403,7 @@ class KubernetesBackend:
 
     @staticmethod
     def _task_public(task: dict[str, Any], *, with_result: bool = True) -> TaskPublic:
-        meta, spec, status = task["metadata"], task.get("spec") or {}, task.get("status") or {}
-        latency = status.get("latency") or {}
-        return TaskPublic(
-            id=meta["name"],
-            model=spec.get("model", ""),
-            phase=Phase(status.get("phase") or Phase.PENDING.value),
-            reason=status.get("reason"),
-            message=status.get("message"),
-            priority=int(spec.get("priority") or 0),
-            worker_id=(status.get("workerRef") or {}).get("pod"),
-            attempts=int(status.get("attempts") or 0),
-            max_retries=int(spec.get("maxRetries", 3)),
-            timeout_seconds=int(spec.get("timeoutSeconds") or 0),
-            created_at=parse_time(meta.get("creationTimestamp")) or now_utc(),
-            scheduled_at=parse_time(status.get("scheduledTime")),
-            started_at=parse_time(status.get("startTime")),
-            finished_at=parse_time(status.get("completionTime")),
-            latency_ms=latency["totalSeconds"] * 1000 if "totalSeconds" in latency else None,
-            compute_ms=latency["runSeconds"] * 1000 if "runSeconds" in latency else None,
-            history=[],
-            result=status.get("result") if with_result else None,
-        )
+        return task_public(task_record(task), with_result=with_result)
 
     # workers -----------------------------------------------------------------------------
 
@@ -532,7 +506,7 @@ class KubernetesBackend:
         ]
         timings = [s.get("latency") or {} for s in succeeded]
         latencies = [t["totalSeconds"] * 1000 for t in timings if "totalSeconds" in t]
-        compute = [t["runSeconds"] * 1000 for t in timings if "runSeconds" in t]
+        compute = [t["computeSeconds"] * 1000 for t in timings if "computeSeconds" in t]
         return {
             "backend": self.name,
             "cluster": {"namespace": self.namespace, "name": self.cluster},
@@ -541,8 +515,8 @@ class KubernetesBackend:
             "queue_depth": snap["tasks_by_phase"].get(Phase.QUEUED.value, 0)
             + snap["tasks_by_phase"].get(Phase.PENDING.value, 0),
             "throughput_per_second": len(last_minute) / window,
-            "latency_ms": {f"p{q}": _percentile(latencies, q) for q in (50, 90, 99)},
-            "compute_ms": {f"p{q}": _percentile(compute, q) for q in (50, 90, 99)},
+            "latency_ms": {f"p{q}": percentile(latencies, q) for q in (50, 90, 99)},
+            "compute_ms": {f"p{q}": percentile(compute, q) for q in (50, 90, 99)},
             "window_seconds": {"throughput": window, "latency": 300},
         }
 
