@@ -58,9 +58,8 @@ from legacygpu.core.kube.contract import (
     WorkerStats,
     format_time,
     now_utc,
-    requeue_status,
+    report_status,
     running_status,
-    terminal_status,
 )
 from legacygpu.core.kube.errors import ApiError, from_api_exception
 from legacygpu.core.lifecycle import classify
@@ -374,14 +373,9 @@ class KubeWorker:
         elapsed_ms = (time.perf_counter() - started) * 1000
 
         def build(status: dict[str, Any], created: str | None) -> TaskStatus:
-            if outcome.retryable:
-                return requeue_status(
-                    status, created=created, max_retries=int(spec.get("maxRetries", 3)), reason=Reason(outcome.reason),
-                    message=outcome.message, now=now_utc(), policy=self.policy, reported=True,
-                )
-            return terminal_status(
-                status, created=created, phase=outcome.phase, reason=Reason(outcome.reason), message=outcome.message,
-                now=now_utc(), result=result, result_ref=ref, compute_ms=compute_ms, reported=True,
+            return report_status(
+                status, outcome, created=created, max_retries=int(spec.get("maxRetries", 3)), now=now_utc(),
+                policy=self.policy, result=result, result_ref=ref, compute_ms=compute_ms,
             )
 
         written = self.finish(claimed, build)

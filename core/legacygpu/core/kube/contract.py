@@ -58,6 +58,7 @@ __all__ = [
     "now_utc",
     "parse_time",
     "queued_status",
+    "report_status",
     "requeue_status",
     "running_status",
     "seconds_between",
@@ -392,3 +393,27 @@ def requeue_status(
     if after.history:
         patch["history"] = _history_status(after.history)
     return patch
+
+
+def report_status(
+    status: TaskStatus | dict[str, Any],
+    outcome: lifecycle.Outcome,
+    *,
+    created: str | None,
+    max_retries: int,
+    now: datetime.datetime,
+    policy: RetryPolicy,
+    result: dict[str, Any] | None = None,
+    result_ref: str | None = None,
+    compute_ms: float | None = None,
+) -> TaskStatus:
+    """A worker's outcome for its running attempt (:func:`lifecycle.report`), as a status patch."""
+    if outcome.retryable:
+        return requeue_status(
+            status, created=created, max_retries=max_retries, reason=Reason(outcome.reason), message=outcome.message,
+            now=now, policy=policy, compute_ms=compute_ms, reported=True,
+        )
+    return terminal_status(
+        status, created=created, phase=outcome.phase, reason=Reason(outcome.reason), message=outcome.message,
+        now=now, result=result, result_ref=result_ref, compute_ms=compute_ms, reported=True,
+    )
