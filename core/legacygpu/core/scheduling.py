@@ -227,7 +227,7 @@ class AdaptiveStrategy:
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls  # type: ignore[misc]
+    cls.name: cls
     for cls in (RoundRobinStrategy, LeastLoadedStrategy, CapabilityMatchStrategy, AdaptiveStrategy)
 }
 

@@ -122,6 +122,6 @@ class RetryPolicy:
     def delay(self, attempts: int, rng: random.Random | None = None) -> float:
         if attempts <= 0:
             return 0.0
-        nominal = min(self.cap_seconds, self.base_seconds * 2 ** (attempts - 1))
-        draw = (rng or random).random()
+        nominal = min(self.cap_seconds, self.base_seconds * 2.0 ** (attempts - 1))
+        draw = rng.random() if rng is not None else random.random()
         return nominal / 2 + draw * nominal / 2

@@ -406,7 +406,8 @@ class KubeWorker:
         self._stats_dirty = False
         with contextlib.suppress(Exception):
             info = self.runner.backend.info()
-            self.stats.update(backend=info.backend, device=info.device, vramMiB=int(info.vram_mib))
+            self.stats["backend"], self.stats["device"] = info.backend, info.device
+            self.stats["vramMiB"] = int(info.vram_mib)
             if info.gpu_family:
                 self.stats["gpuFamily"] = info.gpu_family
         with contextlib.suppress(Exception):

@@ -270,7 +270,7 @@ class KubernetesBackend:
         status = after.get("status") or {}
         new = status.get("phase")
         model = (after.get("spec") or {}).get("model", "")
-        if new in (p.value for p in TERMINAL_PHASES) and old != new and before is not None:
+        if new in {p.value for p in TERMINAL_PHASES} and old != new and before is not None:
             self.metrics.tasks_finished.labels(model, new).inc()
             latency = status.get("latency") or {}
             if new == Phase.SUCCEEDED.value and "runSeconds" in latency:
@@ -323,7 +323,7 @@ class KubernetesBackend:
         }
         if request.parameters:
             spec["parameters"] = request.parameters
-        needs = {}
+        needs: dict[str, Any] = {}
         if request.requirements.min_vram_mib:
             needs["minVramMiB"] = request.requirements.min_vram_mib
         if request.requirements.gpu_family:
@@ -441,7 +441,7 @@ class KubernetesBackend:
             name=name,
             host=(pod.get("spec") or {}).get("nodeName") or "",
             pid=0,
-            state=state,  # type: ignore[arg-type]
+            state=state,
             device=DeviceInfoPublic(
                 name=stats.get("device") or "unknown",
                 type="gpu" if stats.get("gpuFamily") else "cpu",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import overload
 
 from legacygpu.api.schemas import AttemptRecord, TaskPublic
 from legacygpu.core.lifecycle import TaskRecord
@@ -18,6 +19,10 @@ from legacygpu.core.lifecycle import TaskRecord
 __all__ = ["percentile", "task_public", "utc"]
 
 
+@overload
+def utc(epoch: float) -> datetime: ...
+@overload
+def utc(epoch: float | None) -> datetime | None: ...
 def utc(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
 
