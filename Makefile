@@ -33,12 +33,14 @@ run: setup ## start the embedded local cluster with the demo model
 
 test: setup ## run every test (unit, integration, browser, e2e)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	@# The Kubernetes control plane for the e2e tests: ~23 min cold on 2 cores, seconds when cached.
 	bash e2e/build-kube.sh
 	$(PY) -m pytest
 
-lint: setup ## ruff
+lint: setup ## ruff and mypy (strict for legacygpu.core; the allowance is in pyproject.toml)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench-local: setup ## throughput and latency of the local cluster against direct onnxruntime
 	$(LEGACYGPU) bench local
