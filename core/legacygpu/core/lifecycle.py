@@ -18,6 +18,7 @@ The moves, and who makes them (``docs/architecture.md`` has the table)::
     start            Scheduled → Running       worker claim (counts an attempt)
     finish           any       → terminal      worker report, cancel, deadline
     requeue_or_fail  Running   → Queued|Failed lost worker, retryable error
+    release          unassign or requeue_or_fail, whichever fits: a worker is gone
     unassign         Scheduled → Queued        lost or draining worker (no attempt spent)
     cancel, expire   any       → Cancelled / Failed(DeadlineExceeded)
 
@@ -57,6 +58,7 @@ __all__ = [
     "expire",
     "finish",
     "plan_assignments",
+    "release",
     "report",
     "requeue_or_fail",
     "start",
@@ -243,6 +245,15 @@ def requeue_or_fail(
         changes["compute_ms"] = compute_ms
     history = _closed(task, reason, now, reported=reported)
     return _move(task, Phase.QUEUED, reason, message, not_before=now + delay, history=history, **changes)
+
+
+def release(
+    task: TaskRecord, *, reason: str, why: str, now: float, policy: RetryPolicy, rng: random.Random | None = None
+) -> TaskRecord:
+    """Take a task back from a worker that is gone: at once if it never started, else as a spent attempt."""
+    if task.phase == Phase.SCHEDULED:
+        return unassign(task, reason=reason, why=why)
+    return requeue_or_fail(task, reason=reason, why=why, now=now, policy=policy, rng=rng)
 
 
 def cancel(task: TaskRecord, *, now: float, message: str = CANCELLED_MESSAGE) -> TaskRecord:

@@ -39,7 +39,7 @@ from legacygpu.core.kube.contract import (
     TaskStatus,
     parse_time,
     queued_status,
-    requeue_status,
+    released_status,
     terminal_status,
     unassigned_status,
 )
@@ -259,13 +259,10 @@ def decide(
             )
             return Action(status=status, event=("Normal", status["reason"], status["message"]))
         if problem:
-            if task.phase == Phase.SCHEDULED:
-                status = unassigned_status(task.status, reason=Reason.WORKER_LOST, message=problem)
-            else:
-                status = requeue_status(
-                    task.status, created=task.created, max_retries=task.max_retries,
-                    reason=Reason.WORKER_LOST, message=problem, now=now, policy=policy, rng=rng,
-                )
+            status = released_status(
+                task.status, created=task.created, max_retries=task.max_retries,
+                reason=Reason.WORKER_LOST, message=problem, now=now, policy=policy, rng=rng,
+            )
             return Action(status=status, event=("Warning", status["reason"], status["message"]))
     if task.phase == Phase.QUEUED:
         retry = parse_time(task.retry_after)

@@ -58,6 +58,7 @@ __all__ = [
     "now_utc",
     "parse_time",
     "queued_status",
+    "released_status",
     "report_status",
     "requeue_status",
     "running_status",
@@ -393,6 +394,30 @@ def requeue_status(
     if after.history:
         patch["history"] = _history_status(after.history)
     return patch
+
+
+def released_status(
+    status: TaskStatus | dict[str, Any],
+    *,
+    created: str | None,
+    max_retries: int,
+    reason: Reason,
+    message: str,
+    now: datetime.datetime,
+    policy: RetryPolicy,
+    rng: random.Random | None = None,
+) -> TaskStatus:
+    """Take a task back from a worker pod that is gone (:func:`lifecycle.release`), as a status patch."""
+    if _phase(status) == Phase.SCHEDULED:
+        return unassigned_status(status, reason=reason, message=message)
+    return requeue_status(
+        status, created=created, max_retries=max_retries, reason=reason, message=message, now=now, policy=policy,
+        rng=rng,
+    )
+
+
+def _phase(status: Mapping[str, Any]) -> Phase:
+    return Phase(status.get("phase") or Phase.PENDING.value)
 
 
 def report_status(

@@ -153,12 +153,8 @@ class LocalBackend:
         """Put a worker's tasks back: scheduled ones straight away, running ones as a failed attempt."""
         rows, _ = self.store.list_tasks(phases=ASSIGNED_PHASES, worker_id=worker["id"], limit=10_000)
         for task in map(to_record, rows):
-            if task.phase == Phase.SCHEDULED:
-                self._apply(task, lifecycle.unassign(task, reason=reason, why=why))
-            else:
-                after = lifecycle.requeue_or_fail(task, reason=reason, why=why, now=now, policy=self.retry,
-                                                  rng=self._rng)
-                self._apply(task, after)
+            after = lifecycle.release(task, reason=reason, why=why, now=now, policy=self.retry, rng=self._rng)
+            self._apply(task, after)
 
     def _enforce_deadlines(self, now: float) -> None:
         for task in map(to_record, self.store.expired_tasks(now)):
