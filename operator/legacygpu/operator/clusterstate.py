@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from legacygpu.core import scheduling
 from legacygpu.core.kube.contract import ANNOTATION_DRAIN, ANNOTATION_WORKER_STATS, WorkerStats
 from legacygpu.core.scheduling import WorkerInfo
 from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Desired, merge_conditions
@@ -145,14 +146,12 @@ def worker_infos(pods: Sequence[PodView], assigned: Mapping[str, int], capacity:
             continue
         stats = pod.stats
         infos.append(
-            WorkerInfo(
-                id=pod.name,
-                accepting=True,
+            scheduling.WorkerStats.from_annotation(stats).worker_info(
+                pod.name,
                 assigned=assigned.get(pod.name, 0),
                 capacity=capacity,
                 vram_mib=int(stats.get("vramMiB") or 0),
                 gpu_family=stats.get("gpuFamily"),
-                recent_latency_ms=stats.get("recentLatencyMs"),
             )
         )
     return infos
