@@ -102,7 +102,12 @@ class WorkerRef(TypedDict, total=False):
 
 
 class WorkerStats(TypedDict, total=False):
-    """What a worker says about itself (pod annotation :data:`ANNOTATION_WORKER_STATS`)."""
+    """What a worker says about itself (pod annotation :data:`ANNOTATION_WORKER_STATS`).
+
+    The wire shape only: the counters and the latency average are
+    :class:`legacygpu.core.scheduling.WorkerStats` (``to_annotation``), the
+    rest are device facts.
+    """
 
     backend: str
     device: str
