@@ -6,6 +6,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,7 +28,7 @@ async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield LocalDriver(tmp_path)
         return
     server: EmulatorThread = request.getfixturevalue("emulator")
-    kube = KubeDriver(server)
+    kube = KubeDriver(httpx.Client(base_url=server.url, timeout=10.0))
     yield kube
     for body in list(kube._bodies()):  # the emulator is shared by the module's tests
         kube.http.delete(kube._path(body["metadata"]["name"]))

@@ -7,9 +7,11 @@ once asserts the same phases, reasons, history and public fields on both.
 * :class:`LocalDriver`: the real :class:`LocalBackend` (SQLite, the
   coordinator's reconcile pass, claim and complete as the worker calls
   them over HTTP); a worker is "lost" by letting it miss heartbeats.
-* :class:`KubeDriver`: real ``InferenceTask`` objects on the
-  :class:`~legacygpu.testing.emulator.ApiServerEmulator` over HTTP (status
-  subresource, resourceVersion conflicts). The operator's part is its
+* :class:`KubeDriver`: real ``InferenceTask`` objects over HTTP on the
+  :class:`~legacygpu.testing.emulator.ApiServerEmulator` (this folder) or on
+  the real kube-apiserver (``tests/e2e/test_parity_apiserver.py``): status
+  subresource, resourceVersion conflicts, and on the real server the CRD's
+  schema and CEL rules. The operator's part is its
   pure policy, composed as its reconciler composes it
   (``taskstate.decide``, then ``taskstate.plan_assignments`` over
   ``clusterstate.worker_infos``); the worker's part is the claim and report
@@ -57,7 +59,6 @@ from legacygpu.core.scheduling import make_strategy
 from legacygpu.core.tasks import ASSIGNED_PHASES, Phase, RetryPolicy
 from legacygpu.operator.clusterstate import PodView, worker_infos
 from legacygpu.operator.taskstate import decide, plan_assignments, task_view
-from legacygpu.testing.emulator import EmulatorThread
 
 HEARTBEAT_TIMEOUT = 5.0
 RETRY = RetryPolicy(base_seconds=1.0, cap_seconds=4.0)
@@ -165,9 +166,9 @@ class LocalDriver:
 
 
 class KubeDriver:
-    def __init__(self, server: EmulatorThread) -> None:
-        self.http = httpx.Client(base_url=server.url, timeout=10.0)
-        self.server = server
+    def __init__(self, http: httpx.Client, namespace: str = NS) -> None:
+        self.http = http
+        self.namespace = namespace
         self.capacity = 1
         self.offset = 0.0
         self.base: datetime.datetime | None = None
@@ -183,7 +184,7 @@ class KubeDriver:
         return self.base + datetime.timedelta(seconds=self.offset)
 
     def _path(self, name: str | None = None) -> str:
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{TASK_PLURAL}"
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{TASK_PLURAL}"
         return f"{path}/{name}" if name else path
 
     def _body(self, name: str) -> dict[str, Any]:
@@ -211,7 +212,7 @@ class KubeDriver:
         name = f"t{self.count:02d}"
         spec = {"clusterRef": "c", "model": "m", "inputs": INPUTS, "priority": priority, "timeoutSeconds": timeout,
                 "maxRetries": max_retries}
-        body = {"apiVersion": API_VERSION, "kind": TASK_KIND, "metadata": {"name": name, "namespace": NS},
+        body = {"apiVersion": API_VERSION, "kind": TASK_KIND, "metadata": {"name": name, "namespace": self.namespace},
                 "spec": spec}
         response = self.http.post(self._path(), json=body)
         response.raise_for_status()
