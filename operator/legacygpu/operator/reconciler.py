@@ -39,7 +39,10 @@ from typing import Any
 import kopf
 
 from legacygpu.core.kube.contract import (
+    GROUP,
     LABEL_WORKER,
+    TASK_PLURAL,
+    VERSION,
     TaskStatus,
     assigned_status,
     format_time,
@@ -57,7 +60,7 @@ from legacygpu.operator.pods import build_service, build_worker_pod, new_pod_nam
 from legacygpu.operator.runtime import ClusterKey, OperatorRuntime
 from legacygpu.operator.taskstate import TaskView, decide, plan_assignments, task_view
 
-__all__ = ["cluster_problem", "reconcile_cluster", "write_task"]
+__all__ = ["cluster_problem", "reconcile_cluster", "repair_labels", "set_worker_label", "wanted_label", "write_task"]
 
 _STATUS_COUNTS_EVERY = 1.0
 _SERVICE_CHECK_EVERY = 60.0
@@ -104,16 +107,61 @@ async def write_task(
         created = parse_time(task.created)
         if created is not None:
             rt.metrics.assignment.observe(max(0.0, (now_utc() - created).total_seconds()))
-    try:
-        if worker_label is not None:
-            await rt.api.patch_task_labels(task.namespace, task.name, {LABEL_WORKER: worker_label})
-        elif phase == Phase.QUEUED and task.label_worker:
-            await rt.api.patch_task_labels(task.namespace, task.name, {LABEL_WORKER: None})
-    except ApiNotFoundError:
-        pass
+    if worker_label is not None:
+        await set_worker_label(rt, task, worker_label)
+    elif phase == Phase.QUEUED and task.label_worker:
+        await set_worker_label(rt, task, None)
     if event is not None and rt.config.task_events:
         events.post(task.ref(), *event)
     return True
+
+
+async def set_worker_label(rt: OperatorRuntime, task: TaskView, worker: str | None, *, repair: bool = False) -> None:
+    """Point the ``legacygpu.io/worker`` label at ``worker`` (None removes it).
+
+    The status write (``workerRef``, the truth) and this label (what a worker's
+    watch selects on) are two API calls: an operator killed between them leaves
+    a task assigned to a worker that cannot see it. :func:`repair_labels` puts
+    the label right on every pass, so such a task moves again as soon as any
+    replica leads. A write that fails is left to that repair too.
+    """
+    meta: dict[str, Any] = {"labels": {LABEL_WORKER: worker}}
+    if repair and task.resource_version:
+        meta["resourceVersion"] = task.resource_version  # decided on this version: a 409 waits for the next pass
+    try:
+        await rt.api.patch(GROUP, VERSION, TASK_PLURAL, task.namespace, task.name, {"metadata": meta})
+    except (ApiNotFoundError, ApiConflictError, ApiUnavailableError):
+        return
+    rt.labelled(task.namespace, task.name, worker)
+    if repair:
+        rt.metrics.label_repairs.inc()
+
+
+def wanted_label(task: TaskView) -> str | None:
+    """The label a task should carry: its worker while assigned, none while queued; finished tasks keep theirs."""
+    if task.phase in ASSIGNED_PHASES:
+        return task.worker
+    if task.phase in (Phase.PENDING, Phase.QUEUED):
+        return None
+    return task.label_worker
+
+
+def repair_labels(rt: OperatorRuntime, tasks: Iterable[TaskView], skip: set[tuple[str, str]]) -> list[Any]:
+    """Label writes for tasks whose label disagrees with their ``workerRef`` (and that no write in flight fixes).
+
+    A label this runtime wrote recently is trusted while the watch catches
+    up, so a lagging index costs no second write; a new leader has written
+    nothing yet and so repairs every task it finds wrong.
+    """
+    repairs = []
+    for task in tasks:
+        if (task.namespace, task.name) in skip:
+            continue
+        wanted = wanted_label(task)
+        if wanted == task.label_worker or rt.recently_labelled(task.namespace, task.name, wanted):
+            continue
+        repairs.append(set_worker_label(rt, task, wanted, repair=True))
+    return repairs
 
 
 def _refused(reason: str, what: str, exc: ApiError, generated_name: str = "") -> Desired:
@@ -247,8 +295,10 @@ async def _tasks(
     for (namespace, name), status in admitted.items():
         original = next(t for t in tasks if t.namespace == namespace and t.name == name)
         writes.append((original, status, None, None))
+    written = {(t.namespace, t.name) for t, *_ in writes} | {(t.namespace, t.name) for t in deletes}
     results = await asyncio.gather(
         *(write_task(rt, t, s, event=e, worker_label=label) for t, s, e, label in writes),
+        *repair_labels(rt, tasks, written),
         *(rt.api.delete_task(t.namespace, t.name) for t in deletes),
         return_exceptions=True,
     )
