@@ -68,6 +68,9 @@ def rbac(namespace: str, worker_namespaces: tuple[str, ...]) -> None:
 @click.option("--context", default=None, help="Kubeconfig context.")
 @click.option("--worker-image", envvar="LEGACYGPU_OPERATOR_WORKER_IMAGE", default="legacygpu/worker:0.1.0",
               show_default=True, help="Image of worker pods when the cluster's spec.image is unset.")
+@click.option("--worker-service-account", envvar="LEGACYGPU_OPERATOR_WORKER_SERVICE_ACCOUNT",
+              default="legacygpu-worker", show_default=True,
+              help="ServiceAccount of worker pods when the cluster's spec.serviceAccountName is unset.")
 @click.option("--metrics-port", envvar="LEGACYGPU_OPERATOR_METRICS_PORT", type=click.IntRange(0, 65535),
               default=8080, show_default=True, help="Port of /metrics; 0 picks a free one.")
 @click.option("--no-metrics", is_flag=True, help="Serve no /metrics.")
@@ -88,6 +91,7 @@ def run(
     kubeconfig: str | None,
     context: str | None,
     worker_image: str,
+    worker_service_account: str,
     metrics_port: int,
     no_metrics: bool,
     leader_elect: bool,
@@ -107,6 +111,7 @@ def run(
     config = OperatorConfig(
         namespaces=served,
         worker_image=worker_image,
+        worker_service_account=worker_service_account,
         metrics_port=None if no_metrics else metrics_port,
         leader_election=leader_elect,
         lease_namespace=lease_namespace,

@@ -3,10 +3,11 @@
 :func:`pod_view` reduces a Pod to the few facts the operator uses (ready,
 failed, terminating, unschedulable and why, the worker's published stats).
 :func:`plan_scale` decides which pods to create and which to delete: failed
-pods are replaced, and on scale-down the victims are, in order, pods not
-yet scheduled, pods not ready, pods holding the fewest tasks, and the
-newest. :func:`cluster_status` computes the status and conditions from a
-snapshot, and :func:`worker_infos` turns ready pods into the
+pods are replaced, outdated pods (an older pod template) are rolled, and on
+scale-down the victims are, in order, outdated pods, pods not yet
+scheduled, pods not ready, pods holding the fewest tasks, and the newest.
+:func:`cluster_status` computes the status and conditions from a snapshot,
+and :func:`worker_infos` turns ready pods into the
 :class:`~legacygpu.core.scheduling.WorkerInfo` the shared strategies rank.
 """
 
@@ -22,6 +23,7 @@ from legacygpu.core import scheduling
 from legacygpu.core.kube.contract import ANNOTATION_DRAIN, ANNOTATION_WORKER_STATS, WorkerStats
 from legacygpu.core.scheduling import WorkerInfo
 from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Desired, merge_conditions
+from legacygpu.operator.pods import LABEL_TEMPLATE_HASH
 
 __all__ = [
     "BAD_WAITING_REASONS",
@@ -57,6 +59,8 @@ class PodView:
     stats: WorkerStats = field(default_factory=lambda: WorkerStats())
     draining: bool = False
     """Annotated ``legacygpu.io/drain=true``: finishes what runs, takes nothing new."""
+    template_hash: str = ""
+    """The pod's ``legacygpu.io/template-hash`` label: which spec it was built from."""
 
     @property
     def failed(self) -> bool:
@@ -104,6 +108,7 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         waiting=waiting,
         stats=stats,
         draining=(meta.get("annotations") or {}).get(ANNOTATION_DRAIN) == "true",
+        template_hash=(meta.get("labels") or {}).get(LABEL_TEMPLATE_HASH, ""),
     )
 
 
@@ -122,17 +127,49 @@ class ScalePlan:
     delete: tuple[str, ...] = ()
     replaced: tuple[str, ...] = ()
     """The failed pods among ``delete``."""
+    rolled: tuple[str, ...] = ()
+    """The outdated pods among ``delete`` (built from an older pod template)."""
 
 
-def plan_scale(desired: int, pods: Sequence[PodView], assigned: Mapping[str, int]) -> ScalePlan:
-    """Which pods to add and remove so ``desired`` live workers remain."""
+def _outdated(live: Sequence[PodView], assigned: Mapping[str, int], template_hash: str) -> tuple[str, ...]:
+    """Outdated pods to replace now, one ready pod at a time (a rolling update).
+
+    Outdated pods that are not ready go at once: they serve nothing, and a
+    spec change is often the fix for them (a service account granted, an
+    image corrected). A ready one goes only when every up-to-date pod is
+    ready, so a template whose pods never become ready stops the roll after
+    one pod instead of taking the whole cluster down.
+    """
+    old = [p for p in live if p.template_hash != template_hash]
+    if not old:
+        return ()
+    unready = tuple(p.name for p in old if not p.ready)
+    if unready:
+        return unready
+    if any(not p.ready for p in live if p.template_hash == template_hash):
+        return ()
+    newest_first = sorted(old, key=lambda p: (p.created, p.name), reverse=True)
+    return (min(newest_first, key=lambda p: assigned.get(p.name, 0)).name,)
+
+
+def plan_scale(
+    desired: int, pods: Sequence[PodView], assigned: Mapping[str, int], template_hash: str | None = None
+) -> ScalePlan:
+    """Which pods to add and remove so ``desired`` live workers of the current template remain."""
     failed = tuple(p.name for p in pods if p.failed and not p.deleting)
     live = [p for p in pods if p.live]
+    rolling = template_hash is not None and len(live) <= desired
+    rolled = _outdated(live, assigned, template_hash) if rolling and template_hash is not None else ()
+    live = [p for p in live if p.name not in rolled]
     if len(live) <= desired:
-        return ScalePlan(create=desired - len(live), delete=failed, replaced=failed)
+        return ScalePlan(create=desired - len(live), delete=failed + rolled, replaced=failed, rolled=rolled)
     newest_first = sorted(live, key=lambda p: (p.created, p.name), reverse=True)
     ranked = sorted(
-        newest_first, key=lambda p: (p.node is not None, p.ready, assigned.get(p.name, 0))
+        newest_first,
+        key=lambda p: (
+            template_hash is None or p.template_hash == template_hash, p.node is not None, p.ready,
+            assigned.get(p.name, 0),
+        ),
     )
     victims = tuple(p.name for p in ranked[: len(live) - desired])
     return ScalePlan(create=0, delete=failed + victims, replaced=failed)

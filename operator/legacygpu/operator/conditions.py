@@ -63,6 +63,8 @@ class ConditionReason:
     """The API server refused a worker pod (quota, admission, an invalid pass-through field)."""
     SERVICE_CREATE_FAILED = "ServiceCreateFailed"
     """The API server refused the headless Service."""
+    WORKER_FORBIDDEN = "WorkerForbidden"
+    """The workers' ServiceAccount may not do what a worker must (they would get 403)."""
 
 
 @dataclass(frozen=True)

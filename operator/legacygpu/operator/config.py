@@ -25,7 +25,8 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()
     """Namespaces to serve; empty serves the whole cluster."""
     worker_image: str = field(default_factory=lambda: _env("WORKER_IMAGE", "legacygpu/worker:0.1.0"))
-    worker_service_account: str = field(default_factory=lambda: _env("WORKER_SERVICE_ACCOUNT", ""))
+    worker_service_account: str = field(default_factory=lambda: _env("WORKER_SERVICE_ACCOUNT", "legacygpu-worker"))
+    """ServiceAccount of worker pods whose cluster names none (``legacygpu operator rbac`` makes this one)."""
     health_port: int = 8081
     """Port of the worker's /healthz and /readyz (readiness probe)."""
     metrics_port: int | None = None

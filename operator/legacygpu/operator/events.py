@@ -25,6 +25,8 @@ class EventReason:
     WORKER_CREATED = "WorkerCreated"
     WORKER_DELETED = "WorkerDeleted"
     WORKER_REPLACED = "WorkerReplaced"
+    WORKER_ROLLED = "WorkerRolled"
+    """A worker pod built from an older pod template was replaced (rolling update)."""
     SERVICE_CREATED = "ServiceCreated"
     SCALED = "Scaled"
     """status.desiredWorkers changed (replicas, min/max, suspend); the message says old -> new."""

@@ -13,7 +13,13 @@ at. Each pod:
   node labelled ``legacygpu.io/gpu.present=true``;
 * runs as non-root with no privilege escalation, all capabilities dropped
   and a read-only root file system;
-* answers the readiness probe on ``/readyz`` of the health port.
+* answers the readiness probe on ``/readyz`` of the health port;
+* carries the label :data:`LABEL_TEMPLATE_HASH`, a hash of everything in
+  the pod that comes from the cluster's spec and the operator's settings
+  (image, resources, service account, template...). A pod whose hash is not
+  the current one is outdated, and the reconciler rolls it
+  (:func:`~legacygpu.operator.clusterstate.plan_scale`), as a Deployment
+  rolls a changed pod template.
 
 Owner references (``kopf.adopt``) are added by the caller.
 """
@@ -21,6 +27,8 @@ Owner references (``kopf.adopt``) are added by the caller.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import secrets
 import string
 from collections.abc import Mapping
@@ -38,6 +46,7 @@ from legacygpu.operator.config import OperatorConfig
 
 __all__ = [
     "DATA_DIR",
+    "LABEL_TEMPLATE_HASH",
     "MODEL_DIR",
     "WORKER_CONTAINER",
     "build_service",
@@ -45,6 +54,7 @@ __all__ = [
     "new_pod_name",
     "selector_labels",
     "service_name",
+    "template_hash",
 ]
 
 WORKER_CONTAINER = "worker"
@@ -52,6 +62,8 @@ DATA_DIR = "/var/lib/legacygpu"
 MODEL_DIR = f"{DATA_DIR}/models"
 """The worker's model repository: ``$LEGACYGPU_DATA_DIR/models`` (baked into the image, or ``modelVolume``)."""
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+LABEL_TEMPLATE_HASH = "legacygpu.io/template-hash"
+"""On worker pods: :func:`template_hash` of the spec and settings the pod was built from."""
 
 
 def selector_labels(cluster: str) -> dict[str, str]:
@@ -189,7 +201,7 @@ def build_worker_pod(
     if spec.get("tolerations"):
         pod_spec["tolerations"] = copy.deepcopy(list(spec["tolerations"]))
     _apply_template(pod_spec, template.get("spec") or {})
-    return {
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -200,6 +212,22 @@ def build_worker_pod(
         },
         "spec": pod_spec,
     }
+    labels[LABEL_TEMPLATE_HASH] = _hash(pod)
+    return pod
+
+
+def _hash(pod: Mapping[str, Any]) -> str:
+    """A short stable hash of a worker pod without the fields that carry its own name."""
+    unnamed = copy.deepcopy(dict(pod))
+    unnamed["metadata"]["name"] = unnamed["spec"]["hostname"] = ""
+    text = json.dumps(unnamed, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def template_hash(*, cluster: str, namespace: str, spec: Mapping[str, Any], config: OperatorConfig) -> str:
+    """The :data:`LABEL_TEMPLATE_HASH` a worker pod built now would carry."""
+    pod = build_worker_pod(cluster=cluster, namespace=namespace, name="-", spec=spec, config=config)
+    return str(pod["metadata"]["labels"][LABEL_TEMPLATE_HASH])
 
 
 def build_service(*, cluster: str, namespace: str, health_port: int) -> dict[str, Any]:

@@ -8,8 +8,10 @@ e2e tests should take their rules from :data:`OPERATOR_RULES` and
   delete finished tasks (TTL), the ``finalizers`` subresource of clusters (its
   pods carry ``blockOwnerDeletion`` owner references), create and delete the
   worker Pods and the headless Services, post Events; kopf lists CRDs and
-  namespaces to discover what it serves. The leader-election Lease is a
-  Role in the operator's own namespace.
+  namespaces to discover what it serves; it creates SubjectAccessReviews
+  to check that the workers' ServiceAccount may do its job (a cluster
+  whose workers would get 403 shows ``Degraded``/``WorkerForbidden``).
+  The leader-election Lease is a Role in the operator's own namespace.
 * a **worker** (Role in its namespace): watch and patch InferenceTasks and
   their status (claim, result, give back), patch its own Pod's stats
   annotation, read input ConfigMaps and create result ConfigMaps, post
@@ -36,6 +38,7 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
      "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
 ]
 
 LEASE_RULES: list[dict[str, Any]] = [

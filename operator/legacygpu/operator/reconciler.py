@@ -56,7 +56,7 @@ from legacygpu.operator import events
 from legacygpu.operator.clusterstate import PodView, cluster_status, desired_workers, plan_scale, worker_infos
 from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Desired, conditions_changed, find
 from legacygpu.operator.events import EventReason
-from legacygpu.operator.pods import build_service, build_worker_pod, new_pod_name, selector_labels
+from legacygpu.operator.pods import build_service, build_worker_pod, new_pod_name, selector_labels, template_hash
 from legacygpu.operator.runtime import ClusterKey, OperatorRuntime
 from legacygpu.operator.taskstate import TaskView, decide, plan_assignments, task_view
 
@@ -214,12 +214,16 @@ async def _children(
     key: ClusterKey = (namespace, name)
     refusal = await _ensure_service(rt, body, key)
     desired = desired_workers(spec)
-    plan = plan_scale(desired, pods, assigned)
+    current = template_hash(cluster=name, namespace=namespace, spec=spec, config=rt.config)
+    plan = plan_scale(desired, pods, assigned, current)
     for victim in plan.delete:
         await rt.api.delete_pod(namespace, victim)
         rt.deleted_pod(key, victim)
         if victim in plan.replaced:
             events.post(body, "Warning", EventReason.WORKER_REPLACED, f"worker pod {victim} failed; replacing it")
+        elif victim in plan.rolled:
+            message = f"worker pod {victim} was built from an older pod template; replacing it"
+            events.post(body, "Normal", EventReason.WORKER_ROLLED, message)
         else:
             why = "cluster suspended" if spec.get("suspend") else f"scaling to {desired}"
             events.post(body, "Normal", EventReason.WORKER_DELETED, f"deleted worker pod {victim}: {why}")
@@ -353,7 +357,10 @@ async def reconcile_cluster(
     namespace, name = meta["namespace"], meta["name"]
     key: ClusterKey = (namespace, name)
     now = now_utc()
-    placeholder = PodView(name="", phase="Pending", created=format_time(now))
+    placeholder = PodView(
+        name="", phase="Pending", created=format_time(now),
+        template_hash=template_hash(cluster=name, namespace=namespace, spec=spec, config=rt.config),
+    )
     indexed_pods = list(pods)
     pod_list = rt.pods_seen(key, indexed_pods, placeholder)
     indexed_tasks = list(tasks)
@@ -367,6 +374,11 @@ async def reconcile_cluster(
         if refusal is not None:
             rt.metrics.reconcile_errors.labels("InferenceCluster").inc()
             extra.append(refusal)
+        else:
+            account = spec.get("serviceAccountName") or rt.config.worker_service_account or "default"
+            forbidden = await rt.access.problem(namespace, account)
+            if forbidden is not None:
+                extra.append(Desired(ClusterCondition.DEGRADED, True, ConditionReason.WORKER_FORBIDDEN, forbidden))
     else:
         extra.append(Desired(ClusterCondition.READY, False, ConditionReason.INVALID_SPEC, problem))
     wakes = await _tasks(

@@ -28,6 +28,7 @@ from typing import Any
 from legacygpu.core.kube.client import KubeApi
 from legacygpu.core.scheduling import Strategy, make_strategy
 from legacygpu.core.tasks import RetryPolicy
+from legacygpu.operator.access import AccessChecker
 from legacygpu.operator.clusterstate import PodView
 from legacygpu.operator.config import OperatorConfig
 from legacygpu.operator.metrics import OperatorMetrics
@@ -59,8 +60,13 @@ class OperatorRuntime:
     cluster_status: dict[ClusterKey, dict[str, Any]] = field(default_factory=dict)
     """The status last written per cluster (the daemon's body may lag behind it)."""
     orphan_checks: set[tuple[str, str]] = field(default_factory=set)
+    access: AccessChecker = field(init=False)
+    """Cached answers: may a cluster's worker ServiceAccount do a worker's job?"""
     labels_written: dict[tuple[str, str], tuple[str | None, float]] = field(default_factory=dict)
     """The worker label last written per task, and when (the watch may not show it yet)."""
+
+    def __post_init__(self) -> None:
+        self.access = AccessChecker(self.api)
 
     @property
     def policy(self) -> RetryPolicy:
