@@ -25,6 +25,7 @@ $(SETUP_STAMP): pyproject.toml setup.py
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[dev]'
 	bash scripts/get-helm.sh
+	bash scripts/get-kubectl.sh
 	$(LEGACYGPU) model build-demo
 	@touch $@
 
