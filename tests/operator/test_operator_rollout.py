@@ -73,3 +73,26 @@ async def test_changing_the_image_replaces_every_worker_pod(dep: Deployment) -> 
     assert not set(before) & set(after)
     rolled = [e for e in await dep.events("c") if e.get("reason") == "WorkerRolled"]
     assert sorted(e["message"].split()[2] for e in rolled) == before
+
+
+def test_a_worker_that_could_not_load_a_model_of_spec_models_degrades_the_cluster() -> None:
+    import datetime
+
+    from legacygpu.operator.clusterstate import cluster_status
+
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    spec = {"replicas": 2, "models": ["digits", "resnet"]}
+
+    def degraded(*pods: PodView) -> dict[str, Any]:
+        status = cluster_status(spec=spec, generation=1, pods=list(pods), assigned={}, queued=0, running=0,
+                                previous_conditions=None, selector="", now=now)
+        return next(c for c in status["conditions"] if c["type"] == "Degraded")
+
+    def worker(name: str, **stats: Any) -> PodView:
+        return PodView(name=name, uid=name, phase="Running", ready=True, node="n", stats=stats)  # type: ignore[arg-type]
+
+    fine = degraded(worker("a", models=["digits", "resnet"]), worker("b"))  # b has not published yet
+    assert (fine["status"], fine["reason"]) == ("False", "AsExpected")
+    bad = degraded(worker("a", models=["digits", "resnet"]), worker("b", models=["digits"]))
+    assert (bad["status"], bad["reason"]) == ("True", "ModelLoadFailed")
+    assert "worker pod b" in bad["message"] and "resnet" in bad["message"] and "digits" not in bad["message"]

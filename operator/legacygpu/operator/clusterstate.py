@@ -194,6 +194,23 @@ def worker_infos(pods: Sequence[PodView], assigned: Mapping[str, int], capacity:
     return infos
 
 
+def _unloaded(spec: Mapping[str, Any], live: Sequence[PodView]) -> list[tuple[str, list[str]]]:
+    """Ready workers that published their loaded models without every one of ``spec.models``.
+
+    A worker preloads ``spec.models`` before it publishes its first stats, so
+    a model missing from a published list is one that failed to load.
+    """
+    wanted = [m for m in spec.get("models") or () if m]
+    found = []
+    for pod in live:
+        loaded = pod.stats.get("models")
+        if pod.ready and loaded is not None:
+            missing = [m for m in wanted if m not in loaded]
+            if missing:
+                found.append((pod.name, missing))
+    return found
+
+
 def _conditions(spec: Mapping[str, Any], desired: int, pods: Sequence[PodView]) -> list[Desired]:
     live = [p for p in pods if p.live]
     ready = sum(1 for p in live if p.ready)
@@ -201,6 +218,7 @@ def _conditions(spec: Mapping[str, Any], desired: int, pods: Sequence[PodView]) 
     unschedulable = [p for p in live if p.unschedulable]
     waiting = [p for p in live if p.waiting]
     failed = [p for p in pods if p.failed]
+    unloaded = _unloaded(spec, live)
     if unschedulable:
         degraded = Desired(
             ClusterCondition.DEGRADED, True, ConditionReason.UNSCHEDULABLE,
@@ -215,6 +233,13 @@ def _conditions(spec: Mapping[str, Any], desired: int, pods: Sequence[PodView]) 
         degraded = Desired(
             ClusterCondition.DEGRADED, True, ConditionReason.WORKER_FAILED,
             f"worker pod {failed[0].name} ended in phase {failed[0].phase}; replacing it",
+        )
+    elif unloaded:
+        pod, names = unloaded[0]
+        degraded = Desired(
+            ClusterCondition.DEGRADED, True, ConditionReason.MODEL_LOAD_FAILED,
+            f"worker pod {pod} could not load model(s) {', '.join(names)} named in spec.models "
+            "(the worker's log says why; their tasks fail)",
         )
     else:
         degraded = Desired(ClusterCondition.DEGRADED, False, ConditionReason.AS_EXPECTED, "all workers healthy")

@@ -34,7 +34,8 @@ class ClusterCondition:
     WORKERS_READY = "WorkersReady"
     """Every desired worker pod exists and is ready."""
     DEGRADED = "Degraded"
-    """Some worker cannot run: unschedulable, crash-looping, failed, or refused by the API server."""
+    """Some worker cannot work: unschedulable, crash-looping, failed, refused by the API server, forbidden
+    by RBAC, or unable to load a model it serves."""
     SUSPENDED = "Suspended"
     """spec.suspend is true and the workers are removed."""
 
@@ -63,6 +64,8 @@ class ConditionReason:
     """The API server refused a worker pod (quota, admission, an invalid pass-through field)."""
     SERVICE_CREATE_FAILED = "ServiceCreateFailed"
     """The API server refused the headless Service."""
+    MODEL_LOAD_FAILED = "ModelLoadFailed"
+    """A worker could not load a model of spec.models."""
     WORKER_FORBIDDEN = "WorkerForbidden"
     """The workers' ServiceAccount may not do what a worker must (they would get 403)."""
 
