@@ -120,7 +120,9 @@ class Cluster:
         default_root = os.environ.get("E2E_CLUSTER_DIR") or str(REPO_ROOT / ".cache" / "e2e-cluster")
         self.root = Path(root or default_root).resolve()
         self.nodes = nodes or NodePool()
-        self.worker_command = worker_command or os.environ.get("E2E_WORKER_COMMAND") or DEFAULT_WORKER_COMMAND
+        self.explicit_worker_command = worker_command or os.environ.get("E2E_WORKER_COMMAND") or None
+        """A command template asked for (argument or ``$E2E_WORKER_COMMAND``): every ``up`` installs it."""
+        self.worker_command = self.explicit_worker_command or DEFAULT_WORKER_COMMAND
         self.pki = Pki(self.root / "pki")
         self.logs = self.root / "logs"
         self.state_path = self.root / "state.json"
@@ -185,12 +187,14 @@ class Cluster:
         state = self.load_state()
         if state is not None and self.is_running():
             log.info("e2e cluster already running at %s", state.server)
+            if self.explicit_worker_command is not None:
+                self.set_worker_command(self.explicit_worker_command)
             return state
         self.down()
         bin_dir = self.kube_bin()
         self.root.mkdir(parents=True, exist_ok=True)
         ensure_pki(self.pki.root)
-        if not self.worker_command_file.exists():
+        if self.explicit_worker_command is not None or not self.worker_command_file.exists():
             self.set_worker_command(self.worker_command)
         data = self.root / "etcd-data"
         shutil.rmtree(data, ignore_errors=True)
