@@ -70,6 +70,8 @@ class Reason(enum.StrEnum):
     INVALID_INPUT = "InvalidInput"
     UNKNOWN_MODEL = "UnknownModel"
     CLUSTER_NOT_FOUND = "ClusterNotFound"
+    RESULT_TOO_LARGE = "ResultTooLarge"
+    """The model ran, but its result is larger than the store for results can hold (Kubernetes: a ConfigMap)."""
     CANCELLED = "Cancelled"
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import kubernetes
 
-from legacygpu.core.errors import ModelError, ValidationError
+from legacygpu.core.errors import ValidationError
 from legacygpu.core.kube.client import MERGE_PATCH, json_lines, load_configuration, open_watch, request_json
 from legacygpu.core.kube.contract import (
     ANNOTATION_WORKER_STATS,
@@ -62,7 +62,7 @@ from legacygpu.core.kube.contract import (
     running_status,
 )
 from legacygpu.core.kube.errors import ApiError, from_api_exception
-from legacygpu.core.lifecycle import classify
+from legacygpu.core.lifecycle import Outcome, classify
 from legacygpu.core.scheduling import WorkerStats as SharedWorkerStats
 from legacygpu.core.tasks import Phase, Reason, RetryPolicy
 
@@ -71,6 +71,11 @@ __all__ = ["KubeWorker", "run_kube_worker"]
 log = logging.getLogger(__name__)
 
 CONFIGMAP_LIMIT = 900 * 1024
+"""Largest result (JSON bytes) a worker stores in a ConfigMap (whose data may hold 1 MiB in all)."""
+
+
+class _ResultTooLarge(Exception):
+    """A result over what even a ConfigMap holds: the task fails ``ResultTooLarge``, never ``ModelError``."""
 STATS_INTERVAL = 1.0
 _TASKS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{TASK_PLURAL}"
 
@@ -104,6 +109,7 @@ class KubeWorker:
         namespace: str,
         runner: Any,
         inline_limit: int = DEFAULT_RESULT_INLINE_BYTES,
+        configmap_limit: int = CONFIGMAP_LIMIT,
         policy: RetryPolicy | None = None,
         watch_timeout: float = 30.0,
         resync_seconds: float = 30.0,
@@ -113,6 +119,7 @@ class KubeWorker:
         self.namespace = namespace
         self.runner = runner
         self.inline_limit = inline_limit
+        self.configmap_limit = configmap_limit
         self.policy = policy or RetryPolicy()
         self.watch_timeout = watch_timeout
         self.resync_seconds = resync_seconds
@@ -320,8 +327,11 @@ class KubeWorker:
         encoded = json.dumps(result, separators=(",", ":"))
         if len(encoded) <= self.inline_limit:
             return result, None
-        if len(encoded) > CONFIGMAP_LIMIT:
-            raise ModelError(f"the result is {len(encoded)} bytes, over the {CONFIGMAP_LIMIT} bytes a ConfigMap holds")
+        if len(encoded) > self.configmap_limit:
+            raise _ResultTooLarge(
+                f"the model ran, but its result is {len(encoded)} bytes of JSON: over the {self.configmap_limit} "
+                "bytes a result ConfigMap may hold (ask for less, e.g. a smaller top_k or batch)"
+            )
         meta = body["metadata"]
         name = f"{meta['name']}-result"[:253]
         configmap = {
@@ -346,8 +356,8 @@ class KubeWorker:
                 "PATCH", f"/api/v1/namespaces/{self.namespace}/configmaps/{name}",
                 body={"data": configmap["data"]}, content_type=MERGE_PATCH,
             )
-        summary = {k: v for k, v in result.items() if k != "outputs"}
-        summary["outputsOmitted"] = True
+        # Every field goes to the ConfigMap; the status keeps only a pointer-sized summary.
+        summary = {"model": result.get("model"), "outputsOmitted": True, "fields": sorted(result)}
         return summary, f"configmap://{name}/result.json"
 
     def execute(self, body: dict[str, Any]) -> None:
@@ -367,6 +377,8 @@ class KubeWorker:
         except Exception as exc:  # classified below: the model's and the input's faults end the task
             error = exc
         outcome = classify(error, worker=self.pod)
+        if isinstance(error, _ResultTooLarge):  # the model ran: not ModelError, and no retry would help
+            outcome = Outcome(Reason.RESULT_TOO_LARGE.value, str(error))
         if outcome.retryable:
             log.warning("task %s failed in a retryable way: %s", name, error)
         compute_ms = getattr(self.runner, "last_compute_ms", None) if error is None else None
