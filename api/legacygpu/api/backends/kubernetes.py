@@ -61,7 +61,7 @@ from legacygpu.api.schemas import (
     WorkerRegistered,
 )
 from legacygpu.core.config import Settings
-from legacygpu.core.errors import ConflictError, NotFoundError, ValidationError
+from legacygpu.core.errors import ConflictError, NotFoundError, PayloadTooLargeError, ValidationError
 from legacygpu.core.kube.client import KubeApi, load_configuration
 from legacygpu.core.kube.contract import (
     ANNOTATION_DRAIN,
@@ -86,6 +86,10 @@ __all__ = ["KubernetesBackend"]
 log = logging.getLogger(__name__)
 
 _WATCH_SECONDS = 30.0
+MAX_TASK_BYTES = 1024 * 1024
+"""Largest InferenceTask (JSON) the facade creates: etcd refuses requests over 1.5 MiB by default, and the
+status (results up to the inline limit) must still fit beside the inputs."""
+_BY_REFERENCE = "pass large inputs by reference instead: spec.inputsUri (an http(s) URL, or configmap://NAME/KEY)"
 
 
 def _version(obj: dict[str, Any] | None) -> str | None:
@@ -339,11 +343,20 @@ class KubernetesBackend:
             },
             "spec": spec,
         }
+        size = len(json.dumps(body, separators=(",", ":")))
+        if size > MAX_TASK_BYTES:
+            raise PayloadTooLargeError(
+                f"the inputs make an InferenceTask of {size} bytes, over the {MAX_TASK_BYTES} bytes "
+                f"an object may take in the Kubernetes API; {_BY_REFERENCE}"
+            )
         try:
             created = await self.api.create(GROUP, VERSION, TASK_PLURAL, self.namespace, body)
         except ApiError as exc:
             if exc.status == 422:
                 raise ValidationError(str(exc)) from exc
+            if exc.status == 413 or "request is too large" in str(exc):  # the API server's or etcd's own limit
+                message = f"the API server refused the task as too large ({exc}); {_BY_REFERENCE}"
+                raise PayloadTooLargeError(message) from exc
             raise
         self._tasks.setdefault(created["metadata"]["name"], created)
         self.metrics.tasks_submitted.labels(request.model).inc()
