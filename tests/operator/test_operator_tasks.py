@@ -7,6 +7,7 @@ and all their traffic are real.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -163,10 +164,12 @@ async def test_large_result_goes_to_a_configmap_owned_by_the_task(dep: Deploymen
     body = (await finished(dep, "digit-tensor"))["digit-tensor"]
     status = body["status"]
     assert phase(body) == "Succeeded" and status["resultRef"] == "configmap://digit-tensor-result/result.json"
-    assert status["result"]["outputsOmitted"] is True and status["result"]["top_k"][0]["label"] == "7"
+    assert status["result"]["outputsOmitted"] is True and "top_k" not in status["result"]  # all fields moved
     configmap = await dep.api.get("", "v1", "configmaps", NS, "digit-tensor-result")
     assert configmap["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
-    assert '"probabilities"' in configmap["data"]["result.json"]
+    stored = json.loads(configmap["data"]["result.json"])
+    assert stored["top_k"][0]["label"] == "7" and '"probabilities"' in configmap["data"]["result.json"]
+    assert status["result"]["fields"] == sorted(stored)
 
 
 async def test_a_worker_that_cannot_fetch_the_inputs_retries_then_fails_with_worker_error(dep: Deployment) -> None:
