@@ -1,0 +1,154 @@
+"""kill -9 of the leading operator mid-run on the real control plane: no task is lost, stuck or run twice.
+
+Real: the API server, scheduler and garbage collector; two operator processes with leader
+election, authenticated as the operator's ServiceAccount; one worker process per worker pod
+(``legacygpu worker start --kubernetes`` on the demo digits model, run by the node simulator with
+the pod's own ServiceAccount token). Simulated: only the kubelets.
+
+The leader is SIGKILLed while a few hundred tasks are being assigned and run, so it may die
+between any two of its writes. While no replica leads (the standby waits for the dead leader's
+Lease to expire), the test also strips the ``legacygpu.io/worker`` label from a few ``Scheduled``
+tasks: exactly what a leader killed between its status write and its label write leaves behind,
+made certain rather than left to the timing of the kill. The new leader must adopt everything:
+every task ends ``Succeeded``, after one attempt, with one ``Completed`` event.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2ecluster import Kube
+
+from legacygpu.core.kube.contract import LABEL_WORKER
+from legacygpu.operator.crdgen import all_crds
+from legacygpu.operator.rbac import rbac_manifests
+
+API = "legacygpu.io/v1alpha1"
+GROUP, VERSION, PLURAL = "legacygpu.io", "v1alpha1", "inferencetasks"
+TASKS = 300
+FLAT = {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}
+
+pytestmark = pytest.mark.slow
+
+
+def _replica(kubeconfig: Path, namespace: str, identity: str, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "legacygpu.cli", "operator", "run", "--kubeconfig", str(kubeconfig),
+         "--namespace", namespace, "--no-metrics", "--leader-elect", "--lease-namespace", namespace,
+         "--identity", identity, "--worker-image", "legacygpu/worker:e2e", "--log-level", "warning"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.fixture
+def replicas(
+    simulated_kube: Kube, namespace: str, worker_command: Any, demo_repository: Path, tmp_path: Path
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    kube = simulated_kube
+    worker_command(shlex.join([sys.executable, "-m", "legacygpu.cli", "worker", "start", "--kubernetes",
+                               "--backend", "onnxruntime", "--model-dir", str(demo_repository)]))
+    kube.apply(all_crds())
+    kube.apply(rbac_manifests(namespace=namespace))
+    kubeconfig = kube.kubeconfig_for_token(kube.token(namespace, "legacygpu-operator"), tmp_path / "kc", namespace)
+    running = {name: _replica(kubeconfig, namespace, name, tmp_path / f"{name}.log") for name in ("a", "b")}
+    try:
+        yield running
+    finally:
+        for process in running.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in running.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for name in running:
+            sys.stdout.write(f"--- operator {name} ---\n{(tmp_path / f'{name}.log').read_text()[-3000:]}\n")
+
+
+def _holder(kube: Kube, namespace: str) -> str | None:
+    lease = kube.get("coordination.k8s.io/v1", "Lease", "legacygpu-operator", namespace)
+    return ((lease or {}).get("spec") or {}).get("holderIdentity") or None
+
+
+def _tasks(kube: Kube, namespace: str) -> list[dict[str, Any]]:
+    return list(kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"])
+
+
+def _phases(kube: Kube, namespace: str) -> Counter[str]:
+    return Counter(((t.get("status") or {}).get("phase") or "Pending") for t in _tasks(kube, namespace))
+
+
+def _create(kube: Kube, namespace: str, index: int) -> None:
+    body = {"apiVersion": API, "kind": "InferenceTask", "metadata": {"name": f"t{index:04d}"},
+            "spec": {"clusterRef": "digits", "model": "digits", "inputs": [FLAT]}}
+    kube.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+
+def _strip_labels(kube: Kube, namespace: str, count: int) -> list[str]:
+    """Remove the worker label from up to ``count`` Scheduled tasks (a leader killed between its two writes)."""
+    stripped = []
+    for task in _tasks(kube, namespace):
+        if len(stripped) == count:
+            break
+        if (task.get("status") or {}).get("phase") != "Scheduled":
+            continue
+        patch = {"metadata": {"labels": {LABEL_WORKER: None},
+                              "resourceVersion": task["metadata"]["resourceVersion"]}}
+        try:
+            kube.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, task["metadata"]["name"],
+                                                       patch)
+        except Exception:  # 409: the worker started it meanwhile; take another
+            continue
+        stripped.append(task["metadata"]["name"])
+    return stripped
+
+
+def test_kill_9_of_the_leader_mid_run_loses_and_repeats_no_task(
+    simulated_kube: Kube, namespace: str, replicas: dict[str, subprocess.Popen[bytes]]
+) -> None:
+    kube = simulated_kube
+    leader = kube.wait_for(lambda: _holder(kube, namespace), timeout=90, what="a lease holder")
+    standby = "b" if leader == "a" else "a"
+    cluster = {"apiVersion": API, "kind": "InferenceCluster", "metadata": {"name": "digits"},
+               "spec": {"replicas": 4, "tasksPerWorker": 6, "backend": "onnxruntime", "models": ["digits"]}}
+    kube.apply(cluster, namespace)
+    kube.wait_condition(API, "InferenceCluster", "digits", "WorkersReady", namespace=namespace, timeout=180)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: _create(kube, namespace, i), range(TASKS)))
+    kube.wait_for(lambda: _phases(kube, namespace)["Succeeded"] >= TASKS // 5, timeout=120,
+                  what=f"{TASKS // 5} tasks done")
+    os.kill(replicas[leader].pid, signal.SIGKILL)  # no cleanup: the Lease stays held until it expires
+    replicas[leader].wait(timeout=10)
+    killed_at = time.monotonic()
+    stripped = _strip_labels(kube, namespace, 5)
+    mid_run = _phases(kube, namespace)
+    assert mid_run["Succeeded"] < TASKS, "every task was done before the kill: the run is too small to test this"
+
+    kube.wait_for(lambda: _holder(kube, namespace) == standby, timeout=90, what="the standby takes the lease")
+    kube.wait_for(lambda: _phases(kube, namespace)["Succeeded"] == TASKS, timeout=240,
+                  what=f"all {TASKS} tasks Succeeded (phases: {_phases(kube, namespace)}, stripped {stripped})")
+    tasks = _tasks(kube, namespace)
+    assert len(tasks) == TASKS
+    attempts = Counter(t["status"].get("attempts") for t in tasks)
+    assert attempts == Counter({1: TASKS}), attempts
+    events = kube.core.list_namespaced_event(namespace).items
+    completed = Counter(e.involved_object.name for e in events if e.reason == "Completed")
+    assert sorted(completed) == sorted(t["metadata"]["name"] for t in tasks)
+    assert set(completed.values()) == {1}, {n: c for n, c in completed.items() if c != 1}
+    for task in tasks:  # the labels were put right too
+        assert task["metadata"]["labels"][LABEL_WORKER] == task["status"]["workerRef"]["pod"], task["metadata"]
+    sys.stdout.write(f"killed {leader} with {dict(mid_run)}; stripped {stripped}; "
+                     f"all done {time.monotonic() - killed_at:.1f}s after the kill\n")
