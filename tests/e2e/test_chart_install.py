@@ -360,8 +360,37 @@ def test_upgrade_keeps_the_generated_token(kube: Kube, release: Release) -> None
     assert kube.apps.read_namespaced_deployment(release.obj("api"), release.namespace).spec.replicas == 2
 
 
+def _release_objects(kube: Kube, release: Release) -> list[str]:
+    """Every object of the release left in its two namespaces or cluster-wide, as ``Kind/namespace/name``."""
+    selector = f"app.kubernetes.io/instance={release.name}"
+    coordination, policy = client.CoordinationV1Api(kube.api), client.PolicyV1Api(kube.api)
+    listers: dict[str, Callable[..., Any]] = {
+        "Pod": kube.core.list_namespaced_pod, "Service": kube.core.list_namespaced_service,
+        "ServiceAccount": kube.core.list_namespaced_service_account, "Secret": kube.core.list_namespaced_secret,
+        "ConfigMap": kube.core.list_namespaced_config_map, "Deployment": kube.apps.list_namespaced_deployment,
+        "DaemonSet": kube.apps.list_namespaced_daemon_set, "Role": kube.rbac.list_namespaced_role,
+        "RoleBinding": kube.rbac.list_namespaced_role_binding, "Lease": coordination.list_namespaced_lease,
+        "PodDisruptionBudget": policy.list_namespaced_pod_disruption_budget,
+    }
+    found = [f"{kind}/{ns}/{item.metadata.name}" for kind, lister in listers.items()
+             for ns in (release.namespace, release.ml) for item in lister(ns, label_selector=selector).items]
+    for kind, lister in (("ClusterRole", kube.rbac.list_cluster_role),
+                         ("ClusterRoleBinding", kube.rbac.list_cluster_role_binding)):
+        found += [f"{kind}/{item.metadata.name}" for item in lister(label_selector=selector).items]
+    return found
+
+
 def test_uninstall_removes_the_release_but_keeps_the_crds(kube: Kube, release: Release) -> None:
+    before = _release_objects(kube, release)
+    assert f"Lease/{release.namespace}/{release.obj('operator')}" in before  # held by the operator earlier
     _helm(kube, "uninstall", release.name, "--namespace", release.namespace, "--wait", "--timeout", "60s")
+    # Pods of the Deployments and the DaemonSet go through the garbage collector after helm returns.
+    with contextlib.suppress(Exception):
+        kube.wait_for(lambda: not _release_objects(kube, release), timeout=90, what="the release's objects gone")
+    assert _release_objects(kube, release) == [], "helm uninstall left objects of the release behind"
+    with pytest.raises(ApiException) as lease_gone:
+        client.CoordinationV1Api(kube.api).read_namespaced_lease(release.obj("operator"), release.namespace)
+    assert lease_gone.value.status == 404
     for name in (release.obj("operator"), release.obj("node-agent")):
         with pytest.raises(ApiException) as gone:
             kube.rbac.read_cluster_role(name)
