@@ -131,8 +131,11 @@ async def run_operator(
     flags = asyncio.ensure_future(_watch_flags(stop, lost, kopf_stop, rt))
     try:
         if config.leader_election:
+            # The Lease gets a connection pool of its own: renewals queued behind a burst of task writes
+            # on the shared pool missed their deadline under load and a busy leader lost its Lease.
+            lease_api = KubeApi(configuration, concurrency=1)
             elector = LeaseElector(
-                api, namespace=config.lease_namespace, name=config.lease_name, identity=config.identity,
+                lease_api, namespace=config.lease_namespace, name=config.lease_name, identity=config.identity,
                 lease_seconds=config.lease_seconds, renew_seconds=config.renew_seconds,
             )
             if not await elector.acquire(stop):
@@ -158,6 +161,8 @@ async def run_operator(
         await rt.shutdown()
         if elector is not None and not lost.is_set():
             await elector.release()
+        if elector is not None:
+            elector.api.close()
         api.close()
         rt.metrics.close()
     if lost.is_set() and not stop.is_set():
