@@ -13,6 +13,7 @@ from typing import Any
 
 from legacygpu.operator.clusterstate import PodView
 from legacygpu.operator.config import OperatorConfig
+from legacygpu.operator.pods import template_hash
 from legacygpu.operator.reconciler import reconcile_cluster
 from legacygpu.operator.runtime import OperatorRuntime
 
@@ -39,10 +40,14 @@ class RecordingApi:
     async def patch_cluster_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         pass
 
+    async def request(self, method: str, path: str, **_: Any) -> dict[str, Any]:
+        """SubjectAccessReviews: every worker permission granted."""
+        return {"status": {"allowed": True}}
 
-def indexed(name: str) -> PodView:
+
+def indexed(name: str, template_hash: str = "") -> PodView:
     """A pod as the index holds it once the API server has it (with a uid)."""
-    return PodView(name=name, uid=f"uid-{name}", phase="Running", ready=True, node="n1")
+    return PodView(name=name, uid=f"uid-{name}", phase="Running", ready=True, node="n1", template_hash=template_hash)
 
 
 def test_a_created_pod_stays_in_the_overlay_until_the_index_shows_it() -> None:
@@ -79,11 +84,12 @@ async def test_passes_while_the_index_lags_create_each_worker_once() -> None:
         "spec": {"replicas": 2, "tasksPerWorker": 2, "backend": "onnxruntime"},
     }
     log = logging.getLogger("test")
+    current = template_hash(cluster="c", namespace="ns", spec=body["spec"], config=rt.config)
     await reconcile_cluster(rt, body, tasks=[], pods=[], logger=log)
     assert len(api.created) == 2
     first, second = api.created
     for _ in range(4):  # the index has seen the first pod, not yet the second
-        await reconcile_cluster(rt, body, tasks=[], pods=[indexed(first)], logger=log)
-    await reconcile_cluster(rt, body, tasks=[], pods=[indexed(first), indexed(second)], logger=log)
+        await reconcile_cluster(rt, body, tasks=[], pods=[indexed(first, current)], logger=log)
+    await reconcile_cluster(rt, body, tasks=[], pods=[indexed(first, current), indexed(second, current)], logger=log)
     assert api.created == [first, second]
     assert api.deleted == []
