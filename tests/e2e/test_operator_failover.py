@@ -7,11 +7,11 @@ by the node simulator with the pod's own ServiceAccount token). Simulated: only 
 
 The leader is SIGKILLed while a few hundred tasks are being assigned and run, so it may die
 between any two of its writes. While no replica leads (the standby waits for the dead leader's
-Lease to expire), the test also strips the ``legacygpu.io/worker`` label from a few ``Scheduled``
-tasks: exactly what a leader killed between its status write and its label write leaves behind,
-made certain rather than left to the timing of the kill. The new leader must adopt everything:
-every task ends ``Succeeded``, after one attempt, with one ``Completed`` event. Without the
-operator's label repair the stripped tasks stay ``Scheduled`` forever and this test times out.
+Lease to expire), the test also assigns five ``Queued`` tasks to a worker in their status only,
+without the ``legacygpu.io/worker`` label: exactly what a leader killed between its status write
+and its label write leaves behind, made certain rather than left to the timing of the kill. The new
+leader must adopt everything: every task ends ``Succeeded``, after one attempt, with one
+``Completed`` event. Without the operator's label repair those tasks stay ``Scheduled`` forever and this test times out.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from e2ecluster import Kube
 
-from legacygpu.core.kube.contract import LABEL_WORKER
+from legacygpu.core.kube.contract import LABEL_WORKER, assigned_status, now_utc
 from legacygpu.operator.crdgen import all_crds
 from legacygpu.operator.rbac import rbac_manifests
 
@@ -110,23 +110,32 @@ def _create(kube: Kube, namespace: str, index: int) -> None:
     kube.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
 
 
-def _strip_labels(kube: Kube, namespace: str, count: int) -> list[str]:
-    """Remove the worker label from up to ``count`` Scheduled tasks (a leader killed between its two writes)."""
-    stripped = []
+def _half_assign(kube: Kube, namespace: str, count: int) -> list[str]:
+    """Assign up to ``count`` Queued tasks to a ready worker in status only, without the worker label.
+
+    Exactly what a leader killed between its two writes (``status.workerRef``, then the label)
+    leaves behind; written by the test while no replica leads, so it is certain to happen.
+    """
+    pods = kube.core.list_namespaced_pod(namespace, label_selector="legacygpu.io/cluster=busy").items
+    ready = [p for p in pods if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or ())]
+    assert ready, "no ready worker pod"
+    pod = ready[0]
+    done = []
     for task in _tasks(kube, namespace):
-        if len(stripped) == count:
+        status = task.get("status") or {}
+        if len(done) == count:
             break
-        if (task.get("status") or {}).get("phase") != "Scheduled":
+        if status.get("phase") != "Queued" or status.get("retryAfter"):
             continue
-        patch = {"metadata": {"labels": {LABEL_WORKER: None},
-                              "resourceVersion": task["metadata"]["resourceVersion"]}}
+        assigned = assigned_status(status, pod=pod.metadata.name, node=pod.spec.node_name, now=now_utc())
+        patch = {"metadata": {"resourceVersion": task["metadata"]["resourceVersion"]}, "status": dict(assigned)}
         try:
-            kube.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, task["metadata"]["name"],
-                                                       patch)
-        except Exception:  # 409: the worker started it meanwhile; take another
+            kube.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL,
+                                                              task["metadata"]["name"], patch)
+        except Exception:  # 409: it moved meanwhile; take another
             continue
-        stripped.append(task["metadata"]["name"])
-    return stripped
+        done.append(task["metadata"]["name"])
+    return done
 
 
 def test_kill_9_of_the_leader_mid_run_loses_and_repeats_no_task(
@@ -142,19 +151,19 @@ def test_kill_9_of_the_leader_mid_run_loses_and_repeats_no_task(
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: _create(kube, namespace, i), range(TASKS)))
-    kube.wait_for(lambda: _phases(kube, namespace)["Succeeded"] >= TASKS // 10, timeout=120,
+    kube.wait_for(lambda: _phases(kube, namespace)["Succeeded"] >= TASKS // 10, timeout=180,
                   what=f"{TASKS // 10} tasks done")
     os.kill(replicas[leader].pid, signal.SIGKILL)  # no cleanup: the Lease stays held until it expires
     replicas[leader].wait(timeout=10)
     killed_at = time.monotonic()
-    stripped = _strip_labels(kube, namespace, 5)
+    half = _half_assign(kube, namespace, 5)
     mid_run = _phases(kube, namespace)
     assert mid_run["Succeeded"] < TASKS, "every task was done before the kill: the run is too small to test this"
-    assert stripped, f"no task was Scheduled at the kill ({dict(mid_run)}): the test proves nothing"
+    assert len(half) == 5, f"could not half-assign 5 Queued tasks ({dict(mid_run)}): the test proves nothing"
 
     kube.wait_for(lambda: _holder(kube, namespace) == standby, timeout=90, what="the standby takes the lease")
     kube.wait_for(lambda: _phases(kube, namespace)["Succeeded"] == TASKS, timeout=240,
-                  what=f"all {TASKS} tasks Succeeded (phases: {_phases(kube, namespace)}, stripped {stripped})")
+                  what=f"all {TASKS} tasks Succeeded (phases: {_phases(kube, namespace)}, half-assigned {half})")
     tasks = _tasks(kube, namespace)
     assert len(tasks) == TASKS
     attempts = Counter(t["status"].get("attempts") for t in tasks)
@@ -165,5 +174,5 @@ def test_kill_9_of_the_leader_mid_run_loses_and_repeats_no_task(
     assert set(completed.values()) == {1}, {n: c for n, c in completed.items() if c != 1}
     for task in tasks:  # the labels were put right too
         assert task["metadata"]["labels"][LABEL_WORKER] == task["status"]["workerRef"]["pod"], task["metadata"]
-    sys.stdout.write(f"killed {leader} with {dict(mid_run)}; stripped {stripped}; "
+    sys.stdout.write(f"killed {leader} with {dict(mid_run)}; half-assigned {half}; "
                      f"all done {time.monotonic() - killed_at:.1f}s after the kill\n")
