@@ -22,7 +22,7 @@ __all__ = ["SUBCOMMANDS", "command", "gemm"]
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gemm": ("legacygpu.cli.bench", "gemm"),
     "local": ("legacygpu.cli.bench_local", "command"),
-    "model": ("legacygpu.worker.opencl.bench_model", "model_bench"),
+    "model": ("legacygpu.cli.bench_model", "model_bench"),
 }
 
 
@@ -115,6 +115,13 @@ def _device_index(device_index: int | None, platform: str | None) -> int | None:
     help="Sweep CLBlast's parameters first (minutes on a CPU) and compare against the best set.",
 )
 @click.option(
+    "--clblast-sweep-from",
+    "sweep_from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Reuse the CLBlast sweep recorded in an earlier gemm.json (same device) instead of sweeping again.",
+)
+@click.option(
     "--out-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("bench-results"),
@@ -123,7 +130,8 @@ def _device_index(device_index: int | None, platform: str | None) -> int | None:
 )
 @output_option
 def gemm(sizes: str, inference: bool, shapes: str, repeats: int, device_index: int | None, platform: str | None,
-         no_numpy: bool, no_clblast: bool, clblast_sweep: bool, out_dir: Path, output: str) -> None:  # fmt: skip
+         no_numpy: bool, no_clblast: bool, clblast_sweep: bool, sweep_from: Path | None, out_dir: Path,
+         output: str) -> None:  # fmt: skip
     """SGEMM: ours vs CLBlast (best of a parameter sweep) vs numpy, interleaved; medians with min-max."""
     from legacygpu.worker.opencl import bench_clblast
     from legacygpu.worker.opencl.bench_gemm import bench_shapes, default_shapes, save_results
@@ -143,7 +151,10 @@ def gemm(sizes: str, inference: bool, shapes: str, repeats: int, device_index: i
     started = time.time()
     load_before = load_average()
     sweep: dict[str, Any] | None = None
-    if clblast_sweep and not no_clblast and bench_clblast.import_pyclblast() is not None:
+    if sweep_from is not None:
+        sweep = _earlier_sweep(sweep_from, dctx.info.name)
+        say(f"CLBlast parameters from the sweep in {sweep_from}: {sweep['best']}")
+    elif clblast_sweep and not no_clblast and bench_clblast.import_pyclblast() is not None:
         classes = sorted({bench_clblast.clblast_class(m) for m, _, _ in todo})
         say(f"sweeping CLBlast parameters for {', '.join(classes)} (each set is a rebuild: minutes on a CPU)")
         sweep = bench_clblast.sweep(dctx.info.index, classes)
@@ -166,7 +177,7 @@ def gemm(sizes: str, inference: bool, shapes: str, repeats: int, device_index: i
         "seconds": round(time.time() - started, 1),
         "load_average_before": load_before, "load_average_after": load_average(),
         "options": {"sizes": sizes, "inference": inference, "shapes": shapes, "repeats": repeats,
-                    "clblast_sweep": sweep is not None},
+                    "clblast_sweep": sweep is not None, "clblast_sweep_from": sweep_from and str(sweep_from)},
         "versions": _versions(),
     }  # fmt: skip
     paths = save_results({"meta": meta, "sweep": sweep, "rows": rows}, out_dir)
@@ -176,6 +187,20 @@ def gemm(sizes: str, inference: bool, shapes: str, repeats: int, device_index: i
     click.echo(_table(rows))
     click.echo(f"device: {dctx.info.name} ({dctx.info.platform}); load average {meta['load_average_before'][0]} -> "
                f"{meta['load_average_after'][0]}; saved {', '.join(str(p) for p in paths)}")  # fmt: skip
+
+
+def _earlier_sweep(path: Path, device: str) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+        sweep, recorded_on = record["sweep"], record["meta"]["device"]
+        best = dict(sweep["best"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise click.BadParameter(f"{path} is not a gemm.json with a CLBlast sweep ({exc})",
+                                 param_hint="--clblast-sweep-from") from exc  # fmt: skip
+    if recorded_on != device:
+        raise click.BadParameter(f"{path} was swept on {recorded_on!r}, not on {device!r}",
+                                 param_hint="--clblast-sweep-from")  # fmt: skip
+    return {**sweep, "best": best, "reused_from": str(path), "reused_from_started": record["meta"].get("started")}
 
 
 def _versions() -> dict[str, str | None]:

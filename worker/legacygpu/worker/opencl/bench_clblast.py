@@ -45,6 +45,7 @@ __all__ = [
     "SWEEP_SHAPES",
     "Candidate",
     "apply",
+    "candidate",
     "clblast_class",
     "import_pyclblast",
     "make_runner",
@@ -169,14 +170,20 @@ def _measure(
     return {"m": m, "n": n, "k": k, "gflops": gflops, "runs": len(times), "max_rel_error": err, "error": error}
 
 
-def _sweep_worker(device_index: int | None, classes: list[str], repeats: int) -> dict[str, Any]:
+def _sweep_worker(
+    device_index: int | None,
+    classes: list[str],
+    repeats: int,
+    candidates: tuple[Candidate, ...],
+    shapes: dict[str, tuple[tuple[int, int, int], ...]],
+) -> dict[str, Any]:
     from .device import open_device
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pyclblast = import_pyclblast()
     dctx = open_device(device_index)
     results: list[dict[str, Any]] = []
-    for candidate in CANDIDATES:
+    for candidate in candidates:
         todo = [c for c in classes if (c == "gemv") == (candidate.routine == "gemv")]
         if not todo:
             continue
@@ -188,7 +195,7 @@ def _sweep_worker(device_index: int | None, classes: list[str], repeats: int) ->
             continue
         per_class = {}
         for cls in todo:
-            rows = [_measure(pyclblast, dctx, candidate, s, repeats) for s in SWEEP_SHAPES[cls]]
+            rows = [_measure(pyclblast, dctx, candidate, s, repeats) for s in shapes[cls]]
             ok = all(r["error"] is None for r in rows)
             score = math.exp(sum(math.log(r["gflops"]) for r in rows) / len(rows)) if ok else None
             per_class[cls] = {"shapes": rows, "score_gflops": None if score is None else float(f"{score:.4g}")}
@@ -206,15 +213,29 @@ def _best(results: list[dict[str, Any]], classes: list[str]) -> dict[str, str]:
     return best
 
 
-def sweep(device_index: int | None, classes: list[str], repeats: int = 3) -> dict[str, Any]:
-    """Run the sweep for ``classes`` in a fresh process; ``{"candidates": [...], "best": {class: name}}``."""
+def sweep(
+    device_index: int | None,
+    classes: list[str],
+    repeats: int = 3,
+    *,
+    candidates: tuple[Candidate, ...] = CANDIDATES,
+    shapes: dict[str, tuple[tuple[int, int, int], ...]] | None = None,
+) -> dict[str, Any]:
+    """Run the sweep for ``classes`` in a fresh process; ``{"candidates": [...], "best": {class: name}, "shapes"}``.
+
+    Each class's library ``default`` must come before its overrides in ``candidates`` (an override
+    cannot be undone).
+    """
+    shapes = dict(shapes or SWEEP_SHAPES)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_sweep_worker, (device_index, classes, repeats))  # type: ignore[no-any-return]
+        result: dict[str, Any] = pool.apply(_sweep_worker, (device_index, classes, repeats, candidates, shapes))
+    result["shapes"] = {cls: [list(s) for s in shapes[cls]] for cls in classes}
+    return result
 
 
-def candidate(routine: str, name: str) -> Candidate:
+def candidate(routine: str, name: str, candidates: tuple[Candidate, ...] = CANDIDATES) -> Candidate:
     """The candidate called ``name`` for ``routine``."""
-    for c in CANDIDATES:
+    for c in candidates:
         if c.routine == routine and c.name == name:
             return c
     raise KeyError(f"no CLBlast candidate {name!r} for {routine}")
