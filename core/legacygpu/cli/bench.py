@@ -20,6 +20,7 @@ from legacygpu.cli.output import output_option
 __all__ = ["SUBCOMMANDS", "command", "gemm"]
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "docs": ("legacygpu.cli.bench_docs", "command"),
     "gemm": ("legacygpu.cli.bench", "gemm"),
     "local": ("legacygpu.cli.bench_local", "command"),
     "model": ("legacygpu.cli.bench_model", "model_bench"),
@@ -176,7 +177,7 @@ def gemm(sizes: str, inference: bool, shapes: str, repeats: int, device_index: i
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1),
         "load_average_before": load_before, "load_average_after": load_average(),
-        "options": {"sizes": sizes, "inference": inference, "shapes": shapes, "repeats": repeats,
+        "options": {"sizes": sizes, "inference": inference, "shapes": shapes, "repeats": repeats, "platform": platform,
                     "clblast_sweep": sweep is not None, "clblast_sweep_from": sweep_from and str(sweep_from)},
         "versions": _versions(),
     }  # fmt: skip
