@@ -108,31 +108,39 @@ def test_best_is_highest_score_and_skips_failures() -> None:
 
 
 @pytest.mark.slow
-def test_sweep_and_bench_with_clblast(dctx, tmp_path, monkeypatch) -> None:
-    """A two-set sweep on a tiny shape, then CLBlast rows: sgemm for M > 1, sgemv for M = 1 (several CLBlast builds)."""
-    pytest.importorskip("pyclblast")
-    small = (CANDIDATES[0], bench_clblast.candidate("gemm", "direct-16-v4"))
-    sweep = bench_clblast.sweep(dctx.info.index, ["skinny"], repeats=1, candidates=small,
-                                shapes={"skinny": ((4, 64, 48),)})  # fmt: skip
-    assert [c["name"] for c in sweep["candidates"]] == ["default", "direct-16-v4"]
-    for c in sweep["candidates"]:
-        (shape,) = c["classes"]["skinny"]["shapes"]
-        assert shape["error"] is None and shape["max_rel_error"] < 1e-4 and shape["gflops"] > 0
-    scores = {c["name"]: c["classes"]["skinny"]["score_gflops"] for c in sweep["candidates"]}
-    assert sweep["best"] == {"skinny": max(scores, key=scores.__getitem__)}
-    assert sweep["shapes"] == {"skinny": [[4, 64, 48]]}
+def test_sweep_then_bench_with_the_winner_and_sgemv(dctx, tmp_path, monkeypatch) -> None:
+    """A one-set sweep in a child process, then a run reusing it: the swept set for M > 1, sgemv for M = 1.
 
+    Three CLBlast builds (the swept set twice, PoCL's cache serving the second; gemv once): minutes on 2 cores.
+    """
+    pytest.importorskip("pyclblast")
+    direct = bench_clblast.candidate("gemm", "direct-16-v4")
+    sweep = bench_clblast.sweep(dctx.info.index, ["skinny"], repeats=1, candidates=(direct,),
+                                shapes={"skinny": ((4, 64, 48),)})  # fmt: skip
+    (result,) = sweep["candidates"]
+    assert result["name"] == "direct-16-v4" and result["overrides"] == direct.overrides
+    (shape,) = result["classes"]["skinny"]["shapes"]
+    assert shape["error"] is None and shape["max_rel_error"] < 1e-4 and shape["gflops"] > 0
+    assert result["classes"]["skinny"]["score_gflops"] == pytest.approx(shape["gflops"], rel=1e-3)
+    assert sweep["best"] == {"skinny": "direct-16-v4"} and sweep["shapes"] == {"skinny": [[4, 64, 48]]}
+
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"meta": {"device": dctx.info.name, "started": "then"}, "sweep": sweep, "rows": []}))
     monkeypatch.setenv("LEGACYGPU_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "out"
     res = CliRunner().invoke(
-        cli, ["bench", "gemm", "--sizes", "64", "--no-inference", "--shapes", "1x96x80", "--repeats", "1",
-              "--no-numpy", "--no-clblast-sweep", "--out-dir", str(out), "--output", "json"],
+        cli, ["bench", "gemm", "--sizes", "", "--no-inference", "--shapes", "8x64x40,1x96x80", "--repeats", "1",
+              "--no-numpy", "--clblast-sweep-from", str(earlier), "--out-dir", str(out), "--output", "json"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    rows = {(r["m"], r["n"], r["k"]): r for r in json.loads((out / "gemm.json").read_text())["rows"]}
-    assert rows[64, 64, 64]["clblast_routine"] == "gemm" and rows[1, 96, 80]["clblast_routine"] == "gemv"
+    record = json.loads((out / "gemm.json").read_text())
+    assert record["sweep"]["reused_from"] == str(earlier) and record["sweep"]["best"] == {"skinny": "direct-16-v4"}
+    rows = {(r["m"], r["n"], r["k"]): r for r in record["rows"]}
+    skinny, gemv = rows[8, 64, 40], rows[1, 96, 80]
+    assert (skinny["clblast_routine"], skinny["clblast_candidate"]) == ("gemm", "direct-16-v4")
+    assert (gemv["clblast_routine"], gemv["clblast_candidate"]) == ("gemv", "default")  # gemv was not swept
     for row in rows.values():
-        assert row["clblast_candidate"] == "default" and row["clblast_max_rel_error"] < 1e-4
+        assert row["clblast_max_rel_error"] < 1e-4
         _check_spread(row, "clblast")
         assert row["ours_vs_clblast_q1"] <= row["ours_vs_clblast"] <= row["ours_vs_clblast_q3"]
         assert row["numpy_gflops"] is None and row["ours_vs_numpy"] is None
