@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -127,6 +128,11 @@ def test_sweep_then_bench_with_the_winner_and_sgemv(dctx, tmp_path, monkeypatch)
     earlier = tmp_path / "earlier.json"
     earlier.write_text(json.dumps({"meta": {"device": dctx.info.name, "started": "then"}, "sweep": sweep, "rows": []}))
     monkeypatch.setenv("LEGACYGPU_CACHE_DIR", str(tmp_path / "cache"))
+    # uninitialised buffers full of NaN: CLBlast computes beta * C even for beta = 0, so its output must be zeroed
+    import pyopencl.array as cla
+
+    empty = cla.empty
+    monkeypatch.setattr(cla, "empty", lambda *a, **kw: empty(*a, **kw).fill(np.nan))
     out = tmp_path / "out"
     res = CliRunner().invoke(
         cli, ["bench", "gemm", "--sizes", "", "--no-inference", "--shapes", "8x64x40,1x96x80", "--repeats", "1",

@@ -237,10 +237,10 @@ def _table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['m']:>5} {r['n']:>5} {r['k']:>5} {_fmt(r['ours_gflops'], '9.2f')} "
-            f"{_fmt(r['clblast_gflops'], '9.2f')} {_fmt(r['numpy_gflops'], '9.2f')} "
-            f"{_fmt(r['ours_vs_clblast'], '9.2f', _noise(r, 'clblast'))} "
-            f"{_fmt(r['ours_vs_numpy'], '8.2f', _noise(r, 'numpy'))}"
+            f"{r['m']:>5} {r['n']:>5} {r['k']:>5} {_fmt(r['ours_gflops'], '9.3g')} "
+            f"{_fmt(r['clblast_gflops'], '9.3g')} {_fmt(r['numpy_gflops'], '9.3g')} "
+            f"{_fmt(r['ours_vs_clblast'], '9.3g', _noise(r, 'clblast'))} "
+            f"{_fmt(r['ours_vs_numpy'], '8.3g', _noise(r, 'numpy'))}"
         )
     lines.append("GFLOPS: medians of interleaved rounds. Ratios: ours / reference, median of per-round ratios;")
     lines.append("'x~' marks a ratio within noise (its per-round range includes 1).")

@@ -159,7 +159,8 @@ def _measure(
     a_h = rng.uniform(-1, 1, (m, k)).astype(np.float32)
     b_h = rng.uniform(-1, 1, (k, n)).astype(np.float32)
     q = dctx.queue
-    a, b, c = cla.to_device(q, a_h), cla.to_device(q, b_h), cla.empty(q, (m, n), np.float32)
+    # zeros, not empty: CLBlast computes beta * C even for beta = 0, and 0 * NaN garbage is NaN
+    a, b, c = cla.to_device(q, a_h), cla.to_device(q, b_h), cla.zeros(q, (m, n), np.float32)
     run = make_runner(pyclblast, q, candidate.routine, m, n, k, a, b, c)
     try:
         run()  # warm-up: the rebuild after an override happens here

@@ -133,7 +133,7 @@ def bench_shapes(
         c = cla.empty(q, (m, n), np.float32)
         names = ["ours"]
         runs: list[Callable[[], object]] = [functools.partial(gemm, a, b, out=c)]
-        c2 = cla.empty(q, (m, n), np.float32)
+        c2 = cla.zeros(q, (m, n), np.float32)  # CLBlast reads C even for beta = 0: no NaN garbage
         if pyclblast is not None:
             try:  # CLBlast fails on some drivers: record that and carry on
                 if cand.name != applied:
