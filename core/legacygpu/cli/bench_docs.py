@@ -42,6 +42,13 @@ def _num(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def _ms(value: Any) -> str:
+    """A time in ms: whole numbers with thousands separators from 100 up, else 3 significant digits."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _ratio(median: Any, q1: Any, q3: Any, within_noise: Any) -> str:
     if median is None:
         return "-"
@@ -82,7 +89,7 @@ def render_gemm(record: dict[str, Any], make: str) -> str:
         for ref in ("clblast", "numpy"):
             cells.append(_ratio(r[f"ours_vs_{ref}"], r[f"ours_vs_{ref}_q1"], r[f"ours_vs_{ref}_q3"],
                                 r[f"ours_vs_{ref}_within_noise"]))  # fmt: skip
-        cells += [str(r["rounds"]), f"{r['load_average_before'][0]}-{r['load_average_after'][0]}"]
+        cells += [str(r["rounds"]), f"{r['load_average_before'][0]} → {r['load_average_after'][0]}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -107,12 +114,12 @@ def render_model(record: dict[str, Any], make: str) -> str:
             continue
         ort = by_key[model, batch, "onnxruntime"]
         if ocl["error"]:
-            reason = ocl["error"].split(":")[0]
-            lines.append(f"| {model} | {batch} | not runnable ({reason}) | | | | |")
+            reason = ocl["error"].split(": [")[0][:80]
+            lines.append(f"| {model} | {batch} | not runnable: {reason} | | | | |")
             continue
         cells = [model, str(batch)]
         for r in (ocl, ort):
-            cells.append(f"{_num(r['latency_ms'], 4)} ({_num(r['latency_ms_min'])}-{_num(r['latency_ms_max'])})")
+            cells.append(f"{_ms(r['latency_ms'])} ({_ms(r['latency_ms_min'])}-{_ms(r['latency_ms_max'])})")
         cells.append(str(ocl["runs"]))
         cells.append(_ratio(ocl["ratio_vs_onnxruntime"], ocl["ratio_q1"], ocl["ratio_q3"], ocl["within_noise"]))
         cells.append(f"{100 * ocl['opencl_flop_share']:.1f} %")
