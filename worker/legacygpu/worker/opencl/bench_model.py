@@ -118,7 +118,7 @@ def _with_dynamic_batch(path: Path, workdir: Path) -> Path:
 
 
 def _feeds(model: Any, name: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    shapes = model.default_shapes(DIMS) if hasattr(model, "default_shapes") else None
+    shapes: dict[str, Any] = model.default_shapes(DIMS)  # the OpenCL backend's model: every input's shape
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in model.graph.inputs:
@@ -168,7 +168,8 @@ def bench_models(
         workdir = Path(tmp)
         for name in names:
             path = _with_dynamic_batch(resolve_model(name, workdir), workdir)
-            ocl_model, ort_model = ocl.load(path), ort.load(path)
+            ocl_model: Any = ocl.load(path)  # the OpenCL model: plan() and release() beyond LoadedModel
+            ort_model = ort.load(path)
             for batch in batches:
                 if progress:
                     progress(name, batch)
