@@ -69,6 +69,9 @@ def render_gemm(record: dict[str, Any], make: str) -> str:
     args = [f"--sizes {sizes}", "--inference" if opts["inference"] else "--no-inference"]
     args += [f"--shapes {opts['shapes']}"] if opts.get("shapes") else []
     args += [f"--repeats {opts['repeats']}"] + ([f"--platform {opts['platform']}"] if opts.get("platform") else [])
+    if opts.get("clblast_sweep_from"):
+        args.append(f"--clblast-sweep-from {opts['clblast_sweep_from']}")
+        best += f" (the sweep of the run started {sweep.get('reused_from_started')}, reused)"
     lines = [
         f"Made by `legacygpu bench gemm {' '.join(args)}` (`make {make}` reruns it) on {meta['device']} "
         f"({meta['platform']} {meta['driver']}), started {meta['started']}, {meta['seconds']} s; {_load(meta)}. "
