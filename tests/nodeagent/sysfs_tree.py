@@ -4,7 +4,8 @@ The layout is the one the Linux kernel exposes for an amdgpu card, not one of
 our own: the PCI device directory sits under its root bus and root port
 (``devices/pci0000:00/0000:00:01.0/0000:01:00.0``) and holds ``vendor``,
 ``device``, ``revision``, ``class``, ``numa_node``, ``mem_info_vram_total``,
-``hwmon/hwmon<N>/temp1_input``, a ``driver`` link into ``bus/pci/drivers/amdgpu``
+``hwmon/hwmon<N>/{temp1_input,power1_average,freq1_input,freq2_input}``, the live
+``gpu_busy_percent`` and ``mem_info_vram_used``, a ``driver`` link into ``bus/pci/drivers/amdgpu``
 and a ``drm/`` directory with ``card<N>`` and ``renderD<M>``, each with a
 ``device`` link back to the PCI directory. ``class/drm/card<N>`` and
 ``class/drm/renderD<M>`` are relative symlinks into that directory, as in
@@ -46,6 +47,11 @@ class FakeCard:
     vram_bytes: int = 8 * GIB
     numa_node: int = -1
     temperature_millideg: int = 41000
+    busy_percent: int = 0
+    vram_used_bytes: int = 15454208
+    power_microwatts: int = 33000000
+    shader_clock_hz: int | None = 300000000
+    memory_clock_hz: int | None = 300000000
     hwmon_index: int = 0
     driver: str = "amdgpu"
     extra: dict[str, str] = field(default_factory=dict)
@@ -123,9 +129,9 @@ class NodeTree:
             "local_cpulist": "0-1\n",
             "enable": "1\n",
             "mem_info_vram_total": f"{card.vram_bytes}\n",
-            "mem_info_vram_used": "15454208\n",
+            "mem_info_vram_used": f"{card.vram_used_bytes}\n",
             "mem_info_vis_vram_total": f"{256 * 1024 * 1024}\n",
-            "gpu_busy_percent": "0\n",
+            "gpu_busy_percent": f"{card.busy_percent}\n",
             "current_link_speed": "8.0 GT/s PCIe\n",
             "current_link_width": "16\n",
             "uevent": (
@@ -156,7 +162,11 @@ class NodeTree:
         _write(hwmon / "temp1_input", f"{card.temperature_millideg}\n")
         _write(hwmon / "temp1_crit", "94000\n")
         _write(hwmon / "temp1_crit_hyst", "-273150\n")
-        _write(hwmon / "power1_average", "33000000\n")
+        _write(hwmon / "power1_average", f"{card.power_microwatts}\n")
+        for name, hertz in (("freq1", card.shader_clock_hz), ("freq2", card.memory_clock_hz)):
+            if hertz is not None:
+                _write(hwmon / f"{name}_input", f"{hertz}\n")
+                _write(hwmon / f"{name}_label", "sclk\n" if name == "freq1" else "mclk\n")
         _link(hwmon / "device", pci)
         _link(self.sysfs / "class/hwmon" / hwmon.name, hwmon)
         _link(self.dev / "dri/by-path" / f"pci-{card.pci_address}-card", self.dev / "dri" / card.card_node)
@@ -177,6 +187,11 @@ class NodeTree:
         (self.sysfs / "bus/pci/drivers" / card.driver / pci_address).unlink(missing_ok=True)
         shutil.rmtree(self.pci_dir(card))
         return card
+
+    def sensor(self, pci_address: str, name: str) -> Path:
+        """The card's hwmon file ``name`` (``temp1_input``, ``power1_average``...)."""
+        card = self.cards[pci_address]
+        return self.pci_dir(card) / "hwmon" / f"hwmon{card.hwmon_index}" / name
 
     def attribute(self, pci_address: str, relative: str) -> Path:
         return self.pci_dir(self.cards[pci_address]) / relative

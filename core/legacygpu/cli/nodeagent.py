@@ -59,6 +59,9 @@ def _resource(ctx: click.Context, param: click.Parameter, value: str) -> str:
               help="OpenCL devices joined to cards; cpu lets PoCL stand in for a card (testing).")
 @click.option("--node-name", envvar="NODE_NAME", default=None,
               help="Label this Node (env NODE_NAME, from the downward API). Without it labels are only logged.")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
+              help="Serve per-GPU Prometheus gauges on /metrics at this port (0: any free port). Unset: none.")
+@click.option("--metrics-address", default="0.0.0.0", help="Address the /metrics server binds.")
 @click.option("--print-labels", is_flag=True, help="Run one health round, print the node labels as JSON, exit.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="Logging verbosity.")
@@ -72,6 +75,8 @@ def command(
     replicas_per_gpu: int,
     opencl_device_type: str,
     node_name: str | None,
+    metrics_port: int | None,
+    metrics_address: str,
     print_labels: bool,
     log_level: str,
 ) -> None:
@@ -97,6 +102,8 @@ def command(
         health_checks=health_checks,
         replicas_per_gpu=replicas_per_gpu,
         opencl_device_types=(opencl_device_type,),
+        metrics_port=metrics_port,
+        metrics_host=metrics_address,
     )
     try:
         labeller = NodeLabeller(node_name, kubernetes_client()) if node_name else None

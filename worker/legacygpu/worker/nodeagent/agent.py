@@ -14,6 +14,9 @@ loops until ``stop`` is set:
   sockets: a recreated ``kubelet.sock`` or a deleted plugin socket ends this
   serving lifetime, and the loop starts a fresh server and registers again.
 
+With ``metrics_port`` set, the per-GPU gauges of :mod:`.metrics` are served
+on ``/metrics`` from before the first round until the agent stops.
+
 On ``stop`` (SIGTERM or SIGINT in :func:`run_agent`) the server ends its
 streams, stops with a grace period and removes its socket; :func:`run_agent`
 returns 0.
@@ -33,6 +36,7 @@ from legacygpu.worker.nodeagent.errors import LabelError, PluginServerError, Reg
 from legacygpu.worker.nodeagent.health import CHECKS, CardStatus, HealthChecker
 from legacygpu.worker.nodeagent.inventory import DeviceInventory
 from legacygpu.worker.nodeagent.labeller import NodeLabeller, compute_labels
+from legacygpu.worker.nodeagent.metrics import NodeAgentMetrics
 from legacygpu.worker.nodeagent.openclprobe import OpenCLProbe, PyOpenCLProbe
 from legacygpu.worker.nodeagent.plugin import PluginServer, check_socket_path, socket_identity
 from legacygpu.worker.nodeagent.registration import SocketWatch, register, wait_for_socket
@@ -68,6 +72,9 @@ class AgentConfig:
     grace: float = 5.0
     register_timeout: float = 10.0
     max_register_backoff: float = 30.0
+    metrics_port: int | None = None
+    """Serve ``/metrics`` on this port (0 picks a free one); None serves none."""
+    metrics_host: str = "0.0.0.0"
 
     @property
     def socket_path(self) -> Path:
@@ -95,6 +102,7 @@ class NodeAgent:
         self.registrations = 0
         self.labels: dict[str, str] | None = None
         self.server: PluginServer | None = None
+        self.metrics = NodeAgentMetrics(lambda: self.checker.last, lambda: self.registrations)
 
     async def health_round(self) -> dict[str, CardStatus]:
         statuses = await self.checker.check_round_async()
@@ -111,14 +119,20 @@ class NodeAgent:
         return statuses
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.health_round()
-        health = asyncio.create_task(self._health_loop(stop), name="legacygpu-health")
+        if self.config.metrics_port is not None:
+            port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
+            logger.info("serving /metrics on %s:%d", self.config.metrics_host, port)
         try:
-            await self._serve_loop(stop)
+            await self.health_round()
+            health = asyncio.create_task(self._health_loop(stop), name="legacygpu-health")
+            try:
+                await self._serve_loop(stop)
+            finally:
+                health.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await health
         finally:
-            health.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await health
+            self.metrics.close()
 
     async def _health_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -6,7 +6,8 @@ node ``renderD<minor>`` is a symlink into the PCI device that owns it
 ``device`` link points at that PCI device directory. There the PCI core
 publishes ``vendor``, ``device``, ``revision`` and ``numa_node``, and amdgpu adds
 ``mem_info_vram_total`` and a ``hwmon/hwmon<N>/temp1_input`` sensor
-(millidegrees Celsius). :func:`scan_cards` walks exactly that, so it runs
+(millidegrees Celsius); the live readings beside them (load, VRAM in use,
+power, clocks) come from :mod:`.telemetry`. :func:`scan_cards` walks exactly that, so it runs
 unchanged against the real ``/sys`` or against a fixture tree laid out the
 same way (``tests/nodeagent/sysfs_tree.py``).
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from legacygpu.worker.nodeagent.pciids import AMD_VENDOR_ID, CardModel, identify
+from legacygpu.worker.nodeagent.telemetry import GpuTelemetry, read_telemetry
 
 __all__ = ["CardInfo", "scan_cards"]
 
@@ -55,6 +57,7 @@ class CardInfo:
     driver: str | None = None
     pci_path: tuple[str, ...] = ()
     problems: tuple[str, ...] = field(default=())
+    telemetry: GpuTelemetry = field(default_factory=GpuTelemetry)
 
     @property
     def model(self) -> CardModel:
@@ -174,6 +177,7 @@ def read_card(sysfs_root: Path, render_node: str, pci_dir: Path) -> CardInfo:
         driver=_driver(pci_dir),
         pci_path=_pci_path(sysfs_root, pci_dir),
         problems=tuple(reader.problems),
+        telemetry=read_telemetry(pci_dir),
     )
 
 
