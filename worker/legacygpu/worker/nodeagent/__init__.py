@@ -5,6 +5,7 @@ Modules, in dependency order::
     v1beta1/      the Device Plugin API v1beta1 (upstream .proto, generated code)
     errors        the agent's exception tree
     pciids        PCI id -> family, model, compute units
+    telemetry     live readings: load, VRAM in use, power, clocks
     sysfs         card discovery from <sysfs>/class/drm and the PCI tree
     openclprobe   OpenCL device list, card join and probe kernel (pyopencl, lazily)
     health        health rounds over sysfs, /dev and OpenCL
@@ -13,6 +14,7 @@ Modules, in dependency order::
     plugin        the DevicePlugin gRPC server on its unix socket
     registration  Register with the kubelet, kubelet-restart detection
     labeller      node labels and the merge patch that applies them
+    metrics       per-GPU Prometheus gauges on /metrics
     agent         the asyncio program tying them together
 
 ``legacygpu node-agent`` (legacygpu.cli.nodeagent) is the command line.
