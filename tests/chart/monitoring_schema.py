@@ -4,7 +4,8 @@ kubernetes-validate has no schema for ``monitoring.coreos.com`` kinds and no off
 of the prometheus-operator CRDs is installable here without side effects, so this module
 spells out the fields the chart's ServiceMonitor and PrometheusRule templates use, with
 their types, from the prometheus-operator API reference (``monitoring.coreos.com/v1``:
-ServiceMonitorSpec, Endpoint, SafeAuthorization, PrometheusRuleSpec, RuleGroup, Rule).
+ServiceMonitorSpec, Endpoint, SafeAuthorization, PodMonitorSpec, PodMetricsEndpoint,
+RelabelConfig, PrometheusRuleSpec, RuleGroup, Rule).
 Every object refuses unknown fields, so a misspelt field in a template fails the tests.
 The rendered objects were also checked once by a round trip through the
 ``cloudcoil-models-prometheus-operator`` 0.80 models (not kept: its pytest plugin breaks
@@ -40,6 +41,17 @@ _ENDPOINT = _obj({
     "port": _STR, "path": _STR, "interval": _DURATION, "scrapeTimeout": _DURATION, "honorLabels": {"type": "boolean"},
     "authorization": _obj({"type": _STR, "credentials": _obj({"name": _STR, "key": _STR}, ["key"])}),
 }, ["port"])  # fmt: skip
+_RELABEL = _obj({
+    "sourceLabels": {"type": "array", "items": _STR}, "separator": _STR, "targetLabel": _STR, "regex": _STR,
+    "modulus": {"type": "integer"}, "replacement": _STR,
+    "action": {"enum": ["replace", "Replace", "keep", "Keep", "drop", "Drop", "hashmod", "HashMod", "labelmap",
+                        "LabelMap", "labeldrop", "LabelDrop", "labelkeep", "LabelKeep", "lowercase", "Lowercase",
+                        "uppercase", "Uppercase", "keepequal", "KeepEqual", "dropequal", "DropEqual"]},
+})
+_POD_ENDPOINT = _obj({
+    "port": _STR, "path": _STR, "interval": _DURATION, "scrapeTimeout": _DURATION, "honorLabels": {"type": "boolean"},
+    "relabelings": {"type": "array", "items": _RELABEL},
+}, ["port"])
 _RULE = _obj({"alert": _STR, "record": _STR, "expr": _STR, "for": _DURATION, "labels": _LABELS,
               "annotations": _LABELS}, ["expr"])  # fmt: skip
 
@@ -52,6 +64,15 @@ MONITORING_SCHEMAS: dict[str, dict[str, Any]] = {
             "selector": _SELECTOR,
             "endpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
         }, ["selector", "endpoints"]),
+    }, ["apiVersion", "kind", "metadata", "spec"]),
+    "PodMonitor": _obj({
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PodMonitor"}, "metadata": _META,
+        "spec": _obj({
+            "jobLabel": _STR,
+            "namespaceSelector": _obj({"any": {"type": "boolean"}, "matchNames": {"type": "array", "items": _STR}}),
+            "selector": _SELECTOR,
+            "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": _POD_ENDPOINT},
+        }, ["selector", "podMetricsEndpoints"]),
     }, ["apiVersion", "kind", "metadata", "spec"]),
     "PrometheusRule": _obj({
         "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"}, "metadata": _META,
