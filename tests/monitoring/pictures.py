@@ -52,13 +52,17 @@ def with_unit(value: float, unit: str) -> str:
     return f"{value:.3g}{suffix}"
 
 
-def _axes_for(fig: Any, grid: dict[str, int], rows: int) -> Any:
-    pad_x, pad_y = 0.004, 0.006
+def _axes_for(fig: Any, grid: dict[str, int], rows: int, inner: bool) -> Any:
+    """The panel's frame, or (``inner``) the plot area inside it, leaving room for ticks and the title."""
+    pad_x, pad_y = 0.003, 0.004
     left = grid["x"] / 24 + pad_x
     width = grid["w"] / 24 - 2 * pad_x
-    top = 1 - grid["y"] / rows
-    height = grid["h"] / rows
-    return fig.add_axes((left, top - height + pad_y, width, height - 2 * pad_y))
+    bottom = 1 - (grid["y"] + grid["h"]) / rows + pad_y
+    height = grid["h"] / rows - 2 * pad_y
+    if inner:
+        left, width = left + 0.045, width - 0.052
+        bottom, height = bottom + 0.9 / rows, height - 1.9 / rows
+    return fig.add_axes((left, bottom, width, height))
 
 
 def draw(board: dict[str, Any], data: dict[int, list[Series]], path: Path, subtitle: str) -> None:
@@ -69,16 +73,18 @@ def draw(board: dict[str, Any], data: dict[int, list[Series]], path: Path, subti
     fig.text(0.99, 1 - 0.6 / rows, subtitle, color="#8e8e8e", fontsize=9, ha="right", va="center")
     for panel in board["panels"]:
         grid = {**panel["gridPos"], "y": panel["gridPos"]["y"] + 2}
-        ax = _axes_for(fig, grid, rows)
-        ax.set_facecolor(_PANEL)
-        for spine in ax.spines.values():
+        frame = _axes_for(fig, grid, rows, inner=False)
+        frame.set_facecolor(_PANEL)
+        frame.set_xticks([])
+        frame.set_yticks([])
+        for spine in frame.spines.values():
             spine.set_color(_GRID)
-        ax.set_title(panel["title"], color=_TEXT, fontsize=9, loc="left", pad=3)
+        frame.text(0.01, 0.97, panel["title"], color=_TEXT, fontsize=9, ha="left", va="top",
+                   transform=frame.transAxes)
         unit = panel["fieldConfig"]["defaults"]["unit"]
         series = data.get(panel["id"], [])
         if panel["type"] == "stat":
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax = frame
             value = next((s[2][-1] for s in series if s[2]), float("nan"))
             mappings = panel["fieldConfig"]["defaults"].get("mappings", [])
             text = with_unit(value, unit)
@@ -90,6 +96,10 @@ def draw(board: dict[str, Any], data: dict[int, list[Series]], path: Path, subti
             ax.text(0.5, 0.45, text, color=colour, fontsize=20, weight="bold", ha="center", va="center",
                     transform=ax.transAxes)
             continue
+        ax = _axes_for(fig, grid, rows, inner=True)
+        ax.set_facecolor(_PANEL)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
         for i, (name, times, values) in enumerate(series):
             ax.plot([datetime.fromtimestamp(t) for t in times], values, color=_COLOURS[i % len(_COLOURS)],
                     linewidth=1.2, label=name)

@@ -155,7 +155,9 @@ class OperatorOnEmulator:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="operator-stack", daemon=True)
         self._thread.start()
-        if not self.ready.wait(120):
+
+    def wait_ready(self) -> None:
+        if not self.ready.wait(180):
             raise AssertionError(f"the operator stack did not come up: {self.error!r}")
         if self.error is not None:
             raise AssertionError(f"the operator stack failed: {self.error!r}")

@@ -13,6 +13,7 @@ into a temp folder.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -52,6 +53,7 @@ pytestmark = [
 RULES = {"metrics": {"serviceMonitor": {"enabled": True},
                      "prometheusRule": {"enabled": True, "for": "2s"}}}  # fmt: skip
 RATE_INTERVAL = "15s"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,13 +95,13 @@ class Stack:
 
 
 def _load(cluster: LocalCluster, stop: threading.Event) -> None:
-    """A little steady load: a digit image every 0.4 s, now and then a tensor the model refuses."""
+    """A little steady load: a digit image every 0.8 s, now and then a tensor the model refuses."""
     images = [image_tensor(SAMPLES / f"digit-{d}.png") for d in range(10)]
     n = 0
-    while not stop.wait(0.4):
+    while not stop.wait(0.8):
         n += 1
         try:
-            if n % 15 == 0:
+            if n % 10 == 0:
                 cluster.http.post("/cluster/tasks/submit", json={"model": "digits", "inputs": [
                     {"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [0.0] * 3}]})
             else:
@@ -113,6 +115,7 @@ def stack(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     from legacygpu.core.modelcards import ModelRepository
     from legacygpu.worker.modelinfo import card_from_onnx
 
+    began = time.time()
     work = tmp_path_factory.mktemp("live-prometheus")
     data = work / "data"
     shutil.copytree(demo_repository, data / "models")
@@ -125,15 +128,17 @@ def stack(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     try:
         cluster.start_api()
         started.append(cluster)
+        log.info("facade up %.1f s into the setup", time.time() - began)
+        # The slow starts overlap: the operator's stack and the node agent come up while the workers do.
+        operator = OperatorOnEmulator(demo_repository)
+        started.append(operator)
+        agent = NodeAgentProcess(agent_root, work / "node-agent.log")
+        started.append(agent)
         for _ in range(2):  # no worker yet: they can only miss their deadline (Failed, DeadlineExceeded)
             cluster.submit(model="digits", timeout_seconds=1,
                            inputs=[{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}])
-        cluster.start_worker("w1")
-        cluster.start_worker("w2")
-        agent = NodeAgentProcess(agent_root, work / "node-agent.log")
-        started.append(agent)
-        operator = OperatorOnEmulator(demo_repository)
-        started.append(operator)
+        for name in ("w1", "w2"):
+            cluster.workers[name] = cluster._spawn(name, "worker", "start", "--backend", "onnxruntime", "--name", name)
         (rule,) = find(render(RULES), "PrometheusRule")
         prometheus = Prometheus(work / "prometheus", {
             API_JOB: facade_target(cluster.url),
@@ -141,11 +146,17 @@ def stack(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             AGENT_JOB: (f"127.0.0.1:{agent.port}", {}),
         }, rule["spec"]["groups"])
         started.append(prometheus)
+        since = time.time()
+        operator.wait_ready()
+        log.info("operator stack ready after %.1f s", time.time() - since)
+        for name in ("w1", "w2"):
+            until(lambda n=name: cluster.worker(n), f"worker {name} to register", timeout=120)  # type: ignore[misc]
+        log.info("workers registered after %.1f s", time.time() - since)
         until(lambda: prometheus.targets_up() == {API_JOB: True, OPERATOR_JOB: True, AGENT_JOB: True},
               "every target up")
         load = threading.Thread(target=_load, args=(cluster, stop_load), name="load", daemon=True)
         load.start()
-        yield Stack(cluster, prometheus, agent, operator, "slow")
+        yield Stack(cluster, prometheus, agent, operator, "slow", started=since)
     finally:
         stop_load.set()
         for part in reversed(started):
