@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import replace
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from legacygpu.worker.nodeagent import NodeAgent
@@ -107,3 +109,19 @@ async def test_no_metrics_server_unless_asked(node: NodeTree) -> None:
     async with running(agent):
         await asyncio.sleep(0.2)
         assert agent.metrics.port is None
+
+
+async def test_a_busy_metrics_port_does_not_stop_the_device_plugin(
+    node: NodeTree, kubelet: FakeKubelet, caplog: pytest.LogCaptureFixture
+) -> None:
+    node.plug(rx580(0))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        agent = NodeAgent(agent_config(node, metrics_port=port, metrics_host="127.0.0.1"))
+        async with running(agent):
+            await kubelet.wait_for(lambda: kubelet.lists, timeout=10)
+            assert {d.id: d.health for d in kubelet.latest} == {"0000:01:00.0": "Healthy"}
+            assert agent.metrics.port is None
+    assert f"cannot serve /metrics on 127.0.0.1:{port}" in caplog.text

@@ -15,7 +15,8 @@ loops until ``stop`` is set:
   serving lifetime, and the loop starts a fresh server and registers again.
 
 With ``metrics_port`` set, the per-GPU gauges of :mod:`.metrics` are served
-on ``/metrics`` from before the first round until the agent stops.
+on ``/metrics`` from before the first round until the agent stops; a port
+that cannot be bound is logged and the agent serves the kubelet regardless.
 
 On ``stop`` (SIGTERM or SIGINT in :func:`run_agent`) the server ends its
 streams, stops with a grace period and removes its socket; :func:`run_agent`
@@ -120,8 +121,13 @@ class NodeAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.config.metrics_port is not None:
-            port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
-            logger.info("serving /metrics on %s:%d", self.config.metrics_host, port)
+            try:
+                port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
+            except OSError as exc:  # the kubelet needs the device plugin more than Prometheus needs gauges
+                logger.error("cannot serve /metrics on %s:%d (%s); GPU metrics are off, the device plugin runs on",
+                             self.config.metrics_host, self.config.metrics_port, exc.strerror or exc)
+            else:
+                logger.info("serving /metrics on %s:%d", self.config.metrics_host, port)
         try:
             await self.health_round()
             health = asyncio.create_task(self._health_loop(stop), name="legacygpu-health")
