@@ -166,6 +166,11 @@ def promtool_cases() -> dict[str, Any]:
         _series("legacygpu_task_duration_seconds_bucket", "0+10x60", **api, model="fast", le="1"),
         _series("legacygpu_task_duration_seconds_bucket", "0+10x60", **api, model="fast", le="60"),
         _series("legacygpu_task_duration_seconds_bucket", "0+10x60", **api, model="fast", le="+Inf"),
+        # A client with a stale token from minute 5; the rest of the traffic is authorised.
+        _series("legacygpu_http_requests_total", "0x5 0+30x60", **api, method="GET", route="/cluster/tasks",
+                code="401"),
+        _series("legacygpu_http_requests_total", "0+600x60", **api, method="GET", route="/cluster/tasks",
+                code="200"),
         # GPUs: A turns Unhealthy after 5 minutes; B runs hot (95 °C over the default 85 °C).
         _series("legacygpu_gpu_healthy", "1x5 0x60", **A),
         _series("legacygpu_gpu_healthy", "1x60", **B),
@@ -188,6 +193,8 @@ def promtool_cases() -> dict[str, Any]:
         ("30m", "LegacyGPUQueueBacklogGrowing", [w]),
         ("30m", "LegacyGPUTaskFailureRatio", [{**w, "model": "digits"}]),
         ("30m", "LegacyGPUTaskLatencyP99High", [{**w, "model": "slow"}]),
+        ("15m", "LegacyGPUApiUnauthorized", []),  # refused for 10 minutes only: not yet
+        ("30m", "LegacyGPUApiUnauthorized", [w]),
         ("30m", "LegacyGPUUnhealthy", [{**w, **A}]),
         ("10m", "LegacyGPUTooHot", []),
         ("30m", "LegacyGPUTooHot", [{**w, **B}]),

@@ -58,14 +58,18 @@ def cluster_overview() -> dict[str, Any]:
         timeseries("Retries by reason", "Attempts that failed and were retried, per second, by reason.",
                    [target(f"sum by (reason) (rate(legacygpu_task_retries_total[{RATE}]))", "{{reason}}")],
                    unit="ops"),
+        timeseries("Failures by reason (Kubernetes)",
+                   "Tasks the operator failed per second, by reason (InvalidInput, DeadlineExceeded...); "
+                   "failures a worker reports itself are in the per-task history.",
+                   [target(f'sum by (reason) (rate(legacygpu_operator_task_transitions_total{{phase="Failed"}}'
+                           f"[{RATE}]))", "{{reason}}")], unit="ops"),
         timeseries("HTTP requests by status", "REST requests served per second, by status code.",
                    [target(f"sum by (code) (rate(legacygpu_http_requests_total[{RATE}]))", "{{code}}")],
                    unit="reqps", stack=True),
         timeseries("Tasks per worker", "Tasks scheduled to or running on each live worker.",
                    [target("sum by (worker) (legacygpu_worker_assigned_tasks)", "{{worker}}")]),
         timeseries("Worker memory", "Resident memory of each live worker process.",
-                   [target("sum by (worker) (legacygpu_worker_memory_rss_bytes)", "{{worker}}")], unit="bytes",
-                   width=24),
+                   [target("sum by (worker) (legacygpu_worker_memory_rss_bytes)", "{{worker}}")], unit="bytes"),
     ]
     return dashboard("legacygpu-overview", "legacygpu / cluster overview",
                      "Workers, queue, throughput, latency and failures of one legacygpu facade.", panels)
