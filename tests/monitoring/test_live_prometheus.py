@@ -95,7 +95,8 @@ class Stack:
 
 
 def _load(cluster: LocalCluster, stop: threading.Event) -> None:
-    """A little steady load: a digit image every 0.8 s, now and then a tensor the model refuses."""
+    """A little steady load: a digit image every 0.8 s; now and then a tensor the model refuses, or a task
+    with a 1 s deadline."""
     images = [image_tensor(SAMPLES / f"digit-{d}.png") for d in range(10)]
     n = 0
     while not stop.wait(0.8):
@@ -104,6 +105,9 @@ def _load(cluster: LocalCluster, stop: threading.Event) -> None:
             if n % 10 == 0:
                 cluster.http.post("/cluster/tasks/submit", json={"model": "digits", "inputs": [
                     {"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [0.0] * 3}]})
+            elif n % 7 == 0:  # a tight deadline: fails (DeadlineExceeded) whenever the queue is not empty
+                cluster.http.post("/cluster/tasks/submit", json={"model": "digits", "timeout_seconds": 1,
+                                                                  "inputs": [images[n % 10]]})
             else:
                 cluster.http.post("/cluster/tasks/submit", json={"model": "digits", "inputs": [images[n % 10]]})
         except Exception:  # the facade busy or stopping: the next round tries again
