@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 from dataclasses import replace
 
 import httpx
@@ -125,3 +127,20 @@ async def test_a_busy_metrics_port_does_not_stop_the_device_plugin(
             assert {d.id: d.health for d in kubelet.latest} == {"0000:01:00.0": "Healthy"}
             assert agent.metrics.port is None
     assert f"cannot serve /metrics on 127.0.0.1:{port}" in caplog.text
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (apt prometheus) is not installed")
+async def test_promtool_finds_nothing_to_lint_in_the_exposition(node: NodeTree) -> None:
+    node.plug(replace(rx580(0), busy_percent=10))
+    agent = NodeAgent(agent_config(node, metrics_port=0, metrics_host="127.0.0.1"))
+    async with running(agent):
+        for _ in range(100):
+            if agent.metrics.port:
+                break
+            await asyncio.sleep(0.05)
+        assert agent.metrics.port
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"http://127.0.0.1:{agent.metrics.port}/metrics", timeout=5)).text
+    assert "legacygpu_gpu_busy_ratio" in text
+    lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint.stdout + lint.stderr
