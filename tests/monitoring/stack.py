@@ -114,6 +114,8 @@ class NodeAgentProcess:
              "--metrics-port", str(self.port), "--metrics-address", "127.0.0.1"],
             stdout=self._log, stderr=self._log,
         )
+        self.frozen: set[str] = set()
+        """Cards whose readings the load thread leaves alone (a test sets them)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._play, name="gpu-load", daemon=True)
         self._thread.start()
@@ -124,6 +126,8 @@ class NodeAgentProcess:
         while not self._stop.wait(0.5):
             t = time.monotonic() - t0
             for i, card in enumerate(self.cards):
+                if card.pci_address in self.frozen:
+                    continue
                 busy = int(50 + 45 * math.sin(t / 6)) if i == 0 else int(5 + 5 * math.sin(t / 3))
                 a = card.pci_address
                 self.node.attribute(a, "gpu_busy_percent").write_text(f"{busy}\n")

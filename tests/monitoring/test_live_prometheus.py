@@ -4,8 +4,9 @@ One module-wide stack (``stack.py``): Debian's Prometheus scraping a local clust
 and worker processes) that a thread keeps feeding digit images, the operator reconciling an
 InferenceCluster on the API server emulator, and a node agent on fixture sysfs, with the
 chart's alert rules rendered with ``for: 2s``. The tests check that killing a worker makes
-Prometheus fire ``LegacyGPUWorkerLost`` (and that it was not firing before), and that every
-panel query of every dashboard, variables substituted, returns at least one series. The
+Prometheus fire ``LegacyGPUWorkerLost`` (and that it was not firing before), that a card
+running hot and one losing a sysfs file fire ``LegacyGPUTooHot`` and ``LegacyGPUUnhealthy``,
+and that every panel query of every dashboard, variables substituted, returns at least one series. The
 second test also draws each dashboard from the live data (``pictures.py``): into the folder
 named by ``LEGACYGPU_DASHBOARD_PICTURES`` (docs/images to refresh the committed ones), else
 into a temp folder.
@@ -226,3 +227,27 @@ def test_every_dashboard_panel_returns_series_and_is_drawn(stack: Stack) -> None
         draw(board, data, picture, subtitle)
         assert picture.stat().st_size > 20_000, f"{picture} looks empty"
     assert empty == [], "panel queries without any series:\n" + "\n".join(empty)
+
+
+def test_a_hot_card_and_a_broken_card_fire_the_gpu_alerts(stack: Stack) -> None:
+    node, (first, second) = stack.agent.node, stack.agent.cards
+    hot, broken = first.pci_address, second.pci_address
+
+    def gpu_alerts() -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for a in stack.prometheus.alerts():
+            if a["state"] == "firing" and a["labels"]["alertname"] in ("LegacyGPUTooHot", "LegacyGPUUnhealthy"):
+                out.setdefault(a["labels"]["alertname"], set()).add(a["labels"]["gpu"])
+        return out
+
+    assert gpu_alerts() == {}, "GPU alerts fired before anything went wrong"
+    stack.agent.frozen.update({hot, broken})
+    try:
+        node.sensor(hot, "temp1_input").write_text("96000\n")
+        node.break_file(broken, "mem_info_vram_total")
+        fired = until(lambda: len(f := gpu_alerts()) == 2 and f, "both GPU alerts to fire")
+        assert fired == {"LegacyGPUTooHot": {hot}, "LegacyGPUUnhealthy": {broken}}
+    finally:
+        node.restore_file(broken, "mem_info_vram_total", f"{second.vram_bytes}\n")
+        stack.agent.frozen.clear()
+    until(lambda: not gpu_alerts(), "the GPU alerts to resolve")
