@@ -186,9 +186,10 @@ def test_killing_a_worker_fires_the_worker_lost_alert(stack: Stack) -> None:
 
 def _variables(stack: Stack) -> dict[str, str]:
     models = stack.prometheus.api("label/model/values", **{"match[]": "legacygpu_tasks_submitted_total"})
-    gpus = stack.prometheus.api("label/gpu/values", **{"match[]": "legacygpu_gpu_info"})
+    (instance,) = stack.prometheus.api("label/instance/values", **{"match[]": "legacygpu_gpu_info"})
+    gpus = stack.prometheus.api("label/gpu/values", **{"match[]": f'legacygpu_gpu_info{{instance="{instance}"}}'})
     assert "digits" in models and len(gpus) == 2, (models, gpus)
-    return {"model": "digits", "gpu": sorted(gpus)[0], "__rate_interval": RATE_INTERVAL}
+    return {"model": "digits", "instance": instance, "gpu": sorted(gpus)[0], "__rate_interval": RATE_INTERVAL}
 
 
 def substitute(expr: str, variables: dict[str, str]) -> str:

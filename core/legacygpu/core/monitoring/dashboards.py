@@ -110,7 +110,8 @@ def per_model() -> dict[str, Any]:
 
 
 def per_gpu() -> dict[str, Any]:
-    g = '{gpu="$gpu"}'
+    # PCI addresses repeat from node to node: a GPU is its node agent (instance) plus its address.
+    g = '{instance="$instance", gpu="$gpu"}'
     panels = [
         stat("Health", "The device plugin's verdict; Unhealthy cards are not handed to pods.",
              f"max(legacygpu_gpu_healthy{g})", mappings={"1": "Healthy", "0": "Unhealthy"}),
@@ -135,9 +136,10 @@ def per_gpu() -> dict[str, Any]:
                    [target("max by (gpu, instance) (legacygpu_gpu_busy_ratio)", "{{instance}} {{gpu}}")],
                    unit="percentunit", width=24),
     ]
-    variables = [query_variable("gpu", "GPU", "label_values(legacygpu_gpu_info, gpu)")]
+    variables = [query_variable("instance", "Node agent", "label_values(legacygpu_gpu_info, instance)"),
+                 query_variable("gpu", "GPU", 'label_values(legacygpu_gpu_info{instance="$instance"}, gpu)')]
     return dashboard("legacygpu-gpu", "legacygpu / per GPU",
-                     "Utilisation, VRAM, temperature, power, clocks and health of one GPU (by PCI address).",
+                     "Utilisation, VRAM, temperature, power, clocks and health of one GPU (node agent, PCI address).",
                      panels, variables)
 
 
