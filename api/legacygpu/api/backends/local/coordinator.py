@@ -17,7 +17,9 @@ queued, a slot freed, a worker registered) does three things, in order:
    and their tasks go back to the queue (retried with backoff, or failed
    when no retries are left);
 2. tasks past their deadline end ``Failed`` with ``DeadlineExceeded``;
-3. runnable queued tasks are assigned to workers.
+3. runnable queued tasks are assigned to workers;
+4. at most once a minute, tasks finished longer ago than
+   ``task_retention_seconds`` are deleted with their results (0 keeps them).
 
 Wake-ups are coalesced: any number of changes between two passes cost one
 pass, and the pass's own writes (or a worker starting a task it already
@@ -41,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from legacygpu.api.backends.local.store import Store, to_record
+from legacygpu.api.backends.local.store import PRUNE_BATCH, Store, to_record
 from legacygpu.api.backends.records import percentile, task_public, utc
 from legacygpu.api.events import EventBus
 from legacygpu.api.metrics import Metrics
@@ -73,6 +75,7 @@ log = logging.getLogger(__name__)
 _LIVE_WORKER_STATES = ("active", "draining")
 _MAX_QUEUE_SCAN = 500
 """Queued rows one pass reads at most while looking past tasks that no worker can take now."""
+_PRUNE_INTERVAL_SECONDS = 60.0
 
 
 class LocalBackend:
@@ -100,6 +103,7 @@ class LocalBackend:
         self._wakeups: dict[str, asyncio.Event] = {}
         self._kick: asyncio.Event | None = None
         self._in_pass = False
+        self._next_prune = 0.0
         self._loop_task: asyncio.Task[None] | None = None
 
     # lifecycle ----------------------------------------------------------------------------
@@ -151,6 +155,7 @@ class LocalBackend:
             self._expire_workers(now)
             self._enforce_deadlines(now)
             self._schedule(now)
+            self._prune(now)
         finally:
             self._in_pass = False
 
@@ -202,6 +207,17 @@ class LocalBackend:
             if len(page) < free:
                 return  # the queue is exhausted
             offset += len(page) - placed  # placed rows left the queue; skip only those that stayed
+
+    def _prune(self, now: float) -> None:
+        """Delete tasks finished more than the retention period ago, a batch per pass, checked once a minute."""
+        retention = self.settings.task_retention_seconds
+        if retention <= 0 or now < self._next_prune:
+            return
+        deleted = self.store.prune_finished(now - retention)
+        if deleted:
+            log.info("deleted %d task(s) finished more than %.0fs ago", deleted, retention)
+        # More left over after a full batch: go on next pass; else look again in a minute.
+        self._next_prune = now if deleted >= PRUNE_BATCH else now + _PRUNE_INTERVAL_SECONDS
 
     def _worker_infos(self, active: list[dict[str, Any]]) -> list[WorkerInfo]:
         """The scheduler's view of the ``active`` worker rows."""

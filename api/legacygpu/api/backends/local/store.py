@@ -28,7 +28,7 @@ from legacygpu.core.lifecycle import Attempt, TaskRecord
 from legacygpu.core.scheduling import Requirements
 from legacygpu.core.tasks import Phase
 
-__all__ = ["EXPIRED_SQL", "RUNNABLE_SQL", "Store", "to_record"]
+__all__ = ["EXPIRED_SQL", "PRUNE_BATCH", "PRUNE_SQL", "RUNNABLE_SQL", "Store", "to_record"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (
@@ -85,6 +85,8 @@ _RECORD_COLUMNS = (
     "attempts, created_at, scheduled_at, started_at, finished_at, not_before, latency_ms, compute_ms, history"
 )
 """What the lifecycle reads: everything but the (possibly large) inputs, parameters and result."""
+PRUNE_BATCH = 1000
+"""Finished tasks deleted per statement, so one prune never holds the database for long."""
 _RECORD_FIELDS = {f.name for f in dataclasses.fields(TaskRecord)} - {"id", "model", "created_at", "requirements"}
 
 
@@ -98,6 +100,8 @@ EXPIRED_SQL = (
     "AND created_at + timeout_seconds < ?"
 )
 """Unfinished tasks past their deadline: the expression and condition of ``tasks_deadline``, which it uses."""
+PRUNE_SQL = "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE finished_at < ? LIMIT ?)"
+"""A batch of tasks finished before a moment: uses ``tasks_finished``."""
 
 
 def to_record(row: Mapping[str, Any]) -> TaskRecord:
@@ -290,6 +294,10 @@ class Store:
     def expired_tasks(self, now: float) -> list[dict[str, Any]]:
         """Unfinished tasks whose deadline (submission + timeout) has passed."""
         return self._query(EXPIRED_SQL, [now])
+
+    def prune_finished(self, before: float, limit: int = PRUNE_BATCH) -> int:
+        """Delete up to ``limit`` finished tasks that finished before ``before``; how many went."""
+        return self._execute(PRUNE_SQL, [before, limit])
 
     def query_plan(self, sql: str, params: Iterable[Any] = ()) -> list[str]:
         """SQLite's plan for ``sql``, one line per step (to check that a scan uses its index)."""
