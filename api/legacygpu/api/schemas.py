@@ -19,6 +19,7 @@ from legacygpu.core.tasks import Phase
 from legacygpu.core.tensors import Tensor
 
 __all__ = [
+    "ClaimRequest",
     "ClaimedTask",
     "Completion",
     "DeviceInfoPublic",
@@ -28,6 +29,7 @@ __all__ = [
     "ModelPublic",
     "ModelsPublic",
     "RequirementsIn",
+    "TaskCompletion",
     "TaskCreate",
     "TaskError",
     "TaskPublic",
@@ -172,6 +174,18 @@ class Completion(_In):
     result: dict[str, Any] | None = None
     error: TaskError | None = None
     compute_ms: float | None = Field(None, ge=0)
+
+
+class TaskCompletion(Completion):
+    """A :class:`Completion` that names its task: how a worker sends outcomes along with its next claim."""
+
+    task_id: str
+
+
+class ClaimRequest(_In):
+    """Optional body of a claim: outcomes of earlier tasks, applied before new tasks are handed out."""
+
+    completed: list[TaskCompletion] = Field(default_factory=list, max_length=64)
 
 
 class ModelPublic(BaseModel):

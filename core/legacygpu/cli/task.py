@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
+from legacygpu.cli import follow
 from legacygpu.cli.client import ApiClient, CliError, api_options, make_client
 from legacygpu.cli.output import Column, emit, output_option
 from legacygpu.core.tensors import from_numpy
@@ -18,7 +18,6 @@ from legacygpu.core.tensors import from_numpy
 __all__ = ["command", "read_inputs"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
-TERMINAL = {"Succeeded", "Failed", "Cancelled"}
 
 TASK_COLUMNS: list[Column] = [
     ("ID", lambda t: t["id"]),
@@ -71,19 +70,8 @@ def read_inputs(path: Path, input_name: str | None, model_inputs: list[dict[str,
     raise CliError(f"cannot read {path}: give an image, a .npy array or a .json tensor")
 
 
-def _follow(client: ApiClient, task_id: str, show_progress: bool, timeout: float | None) -> dict[str, Any]:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    last_phase = None
-    while True:
-        task = client.get(f"/cluster/tasks/{task_id}")
-        if show_progress and task["phase"] != last_phase:
-            click.echo(f"  {task['phase']:<10} {task.get('message') or ''}", err=True)
-            last_phase = task["phase"]
-        if task["phase"] in TERMINAL:
-            return task
-        if deadline is not None and time.monotonic() > deadline:
-            raise CliError(f"gave up waiting for task {task_id} (still {task['phase']})")
-        time.sleep(0.1)
+def _show_phase(task: dict[str, Any]) -> None:
+    click.echo(f"  {task['phase']:<10} {task.get('message') or ''}", err=True)
 
 
 def _describe(task: dict[str, Any]) -> str:
@@ -136,13 +124,14 @@ def submit(model: str, input_path: Path, input_name: str | None, priority: int, 
         body["timeout_seconds"] = timeout_seconds
     if max_retries is not None:
         body["max_retries"] = max_retries
-    task = client.post("/cluster/tasks/submit", json=body)
     if not wait:
-        emit(task, output, TASK_COLUMNS)
+        emit(client.post("/cluster/tasks/submit", json=body), output, TASK_COLUMNS)
         return
-    if output != "json":
-        click.echo(f"submitted {task['id']}", err=True)
-    task = _follow(client, task["id"], show_progress=output != "json", timeout=None)
+    with follow.open_events(client) as stream:  # subscribed before submitting: no change goes unseen
+        task = client.post("/cluster/tasks/submit", json=body)
+        if output != "json":
+            click.echo(f"submitted {task['id']}", err=True)
+        task = follow.follow(client, task["id"], stream, on_change=_show_phase if output != "json" else None)
     if output == "json":
         emit(task, "json")
     else:

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     default_max_retries: int = Field(3, ge=0)
     scheduling_strategy: str = "least-loaded"
     worker_prefetch: int = Field(2, ge=1, description="Tasks a worker may hold at once (running + next).")
+    task_retention_seconds: float = Field(
+        86400.0, ge=0,
+        description="Finished tasks, results included, are deleted this long after they finish (local mode); "
+        "0 keeps them forever.",
+    )
 
     @property
     def models_dir(self) -> Path:

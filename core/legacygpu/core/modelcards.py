@@ -12,12 +12,22 @@ with labels). Cards are plain data: this module reads and writes them; the
 numeric pre/post-processing lives with the worker
 (:mod:`legacygpu.worker.processing`), so the API can validate requests
 without importing any inference library.
+
+Cards are read on every task (the facade validates against one, the worker
+runs by one), so :func:`load_card` parses each file once and keeps the
+result, keyed by the file's path and its ``(mtime, size, inode)``: a card
+edited or replaced in place is read again on its next use, an unchanged one
+costs a ``stat``. YAML is parsed with libyaml's C loader when PyYAML was
+built with it. A cached card is shared between callers: treat it as
+read-only (``model_copy`` it to change it).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +51,8 @@ CARD_FILE = "card.yaml"
 MODEL_FILE = "model.onnx"
 DATATYPES = ("BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's loader when PyYAML has it (several times faster), else the pure-Python one."""
 
 
 class _Strict(BaseModel):
@@ -154,15 +166,37 @@ class ModelRepository:
         return folder
 
 
+_FileKey = tuple[int, int, int]
+_cache: dict[Path, tuple[_FileKey, ModelCard]] = {}
+_cache_lock = threading.Lock()
+
+
+def _file_key(stat: os.stat_result) -> _FileKey:
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
 def load_card(path: Path) -> ModelCard:
-    """Read a card from YAML; a :class:`ValidationError` says what is wrong with it."""
+    """Read a card from YAML; a :class:`ValidationError` says what is wrong with it.
+
+    Parsed once per version of the file (see the module docstring); the
+    card returned is shared, so do not change it.
+    """
+    path = Path(path).absolute()
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-        return ModelCard.model_validate(raw)
+        key = _file_key(path.stat())
+        with _cache_lock:
+            cached = _cache.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        raw = yaml.load(path.read_bytes(), Loader=_LOADER)  # a safe loader, C or Python
+        card = ModelCard.model_validate(raw)
     except (OSError, yaml.YAMLError) as exc:
         raise ValidationError(f"cannot read model card {path}: {exc}") from exc
     except ValueError as exc:
         raise ValidationError(f"invalid model card {path}: {exc}") from exc
+    with _cache_lock:
+        _cache[path] = (key, card)
+    return card
 
 
 def save_card(card: ModelCard, path: Path) -> None:

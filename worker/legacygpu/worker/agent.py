@@ -3,9 +3,12 @@
 A worker needs no inbound connection. It registers with the facade, sends a
 heartbeat with real stats every few seconds from a side thread, and
 long-polls for the tasks the coordinator assigned to it. Each task runs
-through :class:`~legacygpu.worker.runner.TaskRunner`; its outcome is posted
-back with the attempt number, so a result that arrives after the
-coordinator gave up on this attempt is refused rather than applied twice.
+through :class:`~legacygpu.worker.runner.TaskRunner`; its outcome goes back
+with the attempt number, so a result that arrives after the coordinator gave
+up on this attempt is refused rather than applied twice. Outcomes ride on the
+next claim (its body), so a busy worker pays one round trip per task, not
+two; whatever is still unsent when the worker stops or loses its
+registration is posted on its own (``POST /cluster/tasks/{id}/complete``).
 
 Stopping: ``drain`` (from ``legacygpu worker stop`` via the facade, seen in a
 heartbeat reply) and SIGTERM/SIGINT both mean "finish what you are running,
@@ -80,6 +83,8 @@ class LocalWorker:
         self.draining = threading.Event()
         self.running = 0
         self._stats = WorkerStats()
+        self._unsent: list[dict[str, Any]] = []
+        """Outcomes waiting for the next claim."""
         self._started = time.time()
         self._process = _own_process()
 
@@ -171,16 +176,25 @@ class LocalWorker:
                     self._register()
                     continue
                 asked = time.monotonic()
+                sending, self._unsent = self._unsent, []
                 try:
                     tasks = self._call(
                         "POST",
                         f"/cluster/workers/{self.worker_id}/claim",
                         params={"max_tasks": 1, "wait": _CLAIM_WAIT_SECONDS},
+                        json={"completed": sending},
                     )
                 except _Gone:
+                    self._report_each(sending)
                     self.worker_id = None
                     continue
+                except httpx.TransportError as exc:
+                    self._unsent = sending + self._unsent  # not delivered: they go with the next claim
+                    log.warning("claim failed: %s", exc)
+                    self.stop_requested.wait(1.0)
+                    continue
                 except httpx.HTTPError as exc:
+                    self._report_each(sending)  # refused as a batch: each goes on its own and says why
                     log.warning("claim failed: %s", exc)
                     self.stop_requested.wait(1.0)
                     continue
@@ -191,6 +205,8 @@ class LocalWorker:
                     self._run_task(task)
         finally:
             self.stop_requested.set()
+            self._report_each(self._unsent)
+            self._unsent = []
             self._deregister()
             self._http.close()
         return 0
@@ -214,7 +230,12 @@ class LocalWorker:
             body.pop("result", None)
             body["error"] = {"reason": outcome.reason, "message": outcome.message, "retryable": outcome.retryable}
         self._stats = self._stats.observe(ok=outcome.succeeded, latency_ms=body.get("compute_ms"))
-        self._report(task["id"], body)
+        self._unsent.append({"task_id": task["id"], **body})
+
+    def _report_each(self, outcomes: list[dict[str, Any]]) -> None:
+        for outcome in outcomes:
+            body = dict(outcome)
+            self._report(body.pop("task_id"), body)
 
     def _report(self, task_id: str, body: dict[str, Any]) -> None:
         """Post an outcome, retrying while the facade is unreachable (it may be restarting)."""

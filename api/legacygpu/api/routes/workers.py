@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Body, Query, status
 
 from legacygpu.api.deps import Authorized, BackendDep
 from legacygpu.api.schemas import (
     ClaimedTask,
+    ClaimRequest,
     Heartbeat,
     HeartbeatReply,
     WorkerPublic,
@@ -16,6 +18,9 @@ from legacygpu.api.schemas import (
     WorkerRegistered,
     WorkersPublic,
 )
+from legacygpu.core.errors import ConflictError, NotFoundError
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/cluster/workers", tags=["workers"], dependencies=[Authorized])
 
@@ -66,8 +71,20 @@ async def claim_tasks(
     backend: BackendDep,
     max_tasks: Annotated[int, Query(ge=1, le=64)] = 1,
     wait: Annotated[float, Query(ge=0, le=30, description="Long-poll up to this many seconds.")] = 0,
+    body: Annotated[ClaimRequest | None, Body()] = None,
 ) -> list[ClaimedTask]:
-    """Worker-facing: take the tasks assigned to me (they become Running)."""
+    """Worker-facing: report finished tasks (optional body), then take the tasks assigned to me (they become Running).
+
+    Sending outcomes with the next claim saves a busy worker one round trip per
+    task. Each outcome is applied as ``POST /cluster/tasks/{id}/complete`` would;
+    one that is refused (a stale attempt, a task no longer there) is logged
+    and does not stop the claim.
+    """
+    for done in body.completed if body else []:
+        try:
+            await backend.complete_task(done.task_id, done)
+        except (ConflictError, NotFoundError) as exc:
+            log.warning("outcome of task %s from worker %s discarded: %s", done.task_id, worker_id, exc)
     return await backend.claim_tasks(worker_id, max_tasks, wait)
 
 

@@ -10,13 +10,21 @@ goes. Workers never receive a connection: they long-poll
 :meth:`LocalBackend.complete_task`.
 
 One background loop (:meth:`reconcile`, every few hundred milliseconds and
-whenever something changes) does three things, in order:
+whenever something changes that could let a queued task start: a task
+queued, a slot freed, a worker registered) does three things, in order:
 
 1. workers silent for longer than the heartbeat timeout are marked ``lost``
    and their tasks go back to the queue (retried with backoff, or failed
    when no retries are left);
 2. tasks past their deadline end ``Failed`` with ``DeadlineExceeded``;
-3. runnable queued tasks are assigned to workers.
+3. runnable queued tasks are assigned to workers;
+4. at most once a minute, tasks finished longer ago than
+   ``task_retention_seconds`` are deleted with their results (0 keeps them).
+
+Wake-ups are coalesced: any number of changes between two passes cost one
+pass, and the pass's own writes (or a worker starting a task it already
+holds) never ask for another. The pass reads only what it can act on: the
+queue one page of free slots at a time, expired tasks through an index.
 
 Every task write is compare-and-set on the phase (and worker and attempt
 where they matter), so a completion from an attempt that was already given
@@ -32,9 +40,10 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from legacygpu.api.backends.local.store import Store, to_record
+from legacygpu.api.backends.local.store import PRUNE_BATCH, Store, to_record
 from legacygpu.api.backends.records import percentile, task_public, utc
 from legacygpu.api.events import EventBus
 from legacygpu.api.metrics import Metrics
@@ -64,6 +73,9 @@ __all__ = ["LocalBackend"]
 
 log = logging.getLogger(__name__)
 _LIVE_WORKER_STATES = ("active", "draining")
+_MAX_QUEUE_SCAN = 500
+"""Queued rows one pass reads at most while looking past tasks that no worker can take now."""
+_PRUNE_INTERVAL_SECONDS = 60.0
 
 
 class LocalBackend:
@@ -90,6 +102,8 @@ class LocalBackend:
         self._rng = rng or random.Random()
         self._wakeups: dict[str, asyncio.Event] = {}
         self._kick: asyncio.Event | None = None
+        self._in_pass = False
+        self._next_prune = 0.0
         self._loop_task: asyncio.Task[None] | None = None
 
     # lifecycle ----------------------------------------------------------------------------
@@ -123,7 +137,8 @@ class LocalBackend:
             self._kick.clear()
 
     def _poke(self) -> None:
-        if self._kick is not None:
+        """Ask for a pass soon; any number of pokes before it runs make one pass, and a pass never pokes itself."""
+        if self._kick is not None and not self._in_pass:
             self._kick.set()
 
     def _wake(self, worker_id: str) -> None:
@@ -135,9 +150,14 @@ class LocalBackend:
 
     def reconcile(self) -> None:
         now = self._clock()
-        self._expire_workers(now)
-        self._enforce_deadlines(now)
-        self._schedule(now)
+        self._in_pass = True
+        try:
+            self._expire_workers(now)
+            self._enforce_deadlines(now)
+            self._schedule(now)
+            self._prune(now)
+        finally:
+            self._in_pass = False
 
     def _expire_workers(self, now: float) -> None:
         cutoff = now - self.settings.heartbeat_timeout_seconds
@@ -161,16 +181,43 @@ class LocalBackend:
             self._apply(task, lifecycle.expire(task, now=now))
 
     def _schedule(self, now: float) -> None:
+        """Place runnable queued tasks, reading the queue one page of free slots at a time.
+
+        Each page holds only as many rows as there are free slots, so a long
+        queue costs no more than the work that can start now; a further page
+        is read only while slots remain that the previous page could not
+        fill (its tasks needed a worker that has no room or does not exist).
+        """
         active = self.store.list_workers(["active"])
         workers = self._worker_infos(active)
-        if not any(w.assigned < w.capacity for w in workers):
-            return  # nothing can be placed: do not even read the queue
         names = {w["id"]: w["name"] for w in active}
-        queued = [to_record(row) for row in self.store.runnable_tasks(now)]
-        for task, chosen in lifecycle.plan_assignments(queued, workers, self.strategy):
-            after = lifecycle.assign(task, worker_id=chosen.id, worker_name=names.get(chosen.id), now=now)
-            if self._apply(task, after):
-                self._wake(chosen.id)
+        offset = 0
+        while offset < _MAX_QUEUE_SCAN:
+            free = sum(max(w.capacity - w.assigned, 0) for w in workers if w.accepting)
+            if free == 0:
+                return  # nothing can be placed: do not read (more of) the queue
+            page = [to_record(row) for row in self.store.runnable_tasks(now, limit=free, offset=offset)]
+            placed = 0
+            for task, chosen in lifecycle.plan_assignments(page, workers, self.strategy):
+                after = lifecycle.assign(task, worker_id=chosen.id, worker_name=names.get(chosen.id), now=now)
+                if self._apply(task, after):
+                    placed += 1
+                    self._wake(chosen.id)
+                    workers = [replace(w, assigned=w.assigned + 1) if w.id == chosen.id else w for w in workers]
+            if len(page) < free:
+                return  # the queue is exhausted
+            offset += len(page) - placed  # placed rows left the queue; skip only those that stayed
+
+    def _prune(self, now: float) -> None:
+        """Delete tasks finished more than the retention period ago, a batch per pass, checked once a minute."""
+        retention = self.settings.task_retention_seconds
+        if retention <= 0 or now < self._next_prune:
+            return
+        deleted = self.store.prune_finished(now - retention)
+        if deleted:
+            log.info("deleted %d task(s) finished more than %.0fs ago", deleted, retention)
+        # More left over after a full batch: go on next pass; else look again in a minute.
+        self._next_prune = now if deleted >= PRUNE_BATCH else now + _PRUNE_INTERVAL_SECONDS
 
     def _worker_infos(self, active: list[dict[str, Any]]) -> list[WorkerInfo]:
         """The scheduler's view of the ``active`` worker rows."""
@@ -197,7 +244,9 @@ class LocalBackend:
         if not self.store.write_task(before, after):
             return False
         self._publish_task(after.id)
-        self._poke()
+        held_before, held_after = before.phase in ASSIGNED_PHASES, after.phase in ASSIGNED_PHASES
+        if after.phase == Phase.QUEUED or (held_before and not held_after):
+            self._poke()  # a task to place, or a slot freed; starting a held task changes neither
         if before.phase == Phase.RUNNING and after.phase == Phase.QUEUED:
             self.metrics.task_retries.labels(after.reason).inc()
         if after.terminal:

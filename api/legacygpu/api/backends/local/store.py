@@ -28,7 +28,7 @@ from legacygpu.core.lifecycle import Attempt, TaskRecord
 from legacygpu.core.scheduling import Requirements
 from legacygpu.core.tasks import Phase
 
-__all__ = ["Store", "to_record"]
+__all__ = ["EXPIRED_SQL", "PRUNE_BATCH", "PRUNE_SQL", "RUNNABLE_SQL", "Store", "to_record"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (
@@ -72,7 +72,12 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_phase ON tasks (phase, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS tasks_worker ON tasks (worker_id, phase);
+CREATE INDEX IF NOT EXISTS tasks_deadline ON tasks (created_at + timeout_seconds)
+    WHERE phase NOT IN ('Succeeded', 'Failed', 'Cancelled');
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
 """
+"""Every scan of the coordinator's pass has an index: the queue by phase and priority, a worker's tasks,
+unfinished tasks by deadline (partial: finished rows are not in it) and finished tasks by age."""
 
 _JSON_COLUMNS = {"device", "stats", "inputs", "parameters", "requirements", "history", "result"}
 _RECORD_COLUMNS = (
@@ -80,7 +85,23 @@ _RECORD_COLUMNS = (
     "attempts, created_at, scheduled_at, started_at, finished_at, not_before, latency_ms, compute_ms, history"
 )
 """What the lifecycle reads: everything but the (possibly large) inputs, parameters and result."""
+PRUNE_BATCH = 1000
+"""Finished tasks deleted per statement, so one prune never holds the database for long."""
 _RECORD_FIELDS = {f.name for f in dataclasses.fields(TaskRecord)} - {"id", "model", "created_at", "requirements"}
+
+
+RUNNABLE_SQL = (
+    f"SELECT {_RECORD_COLUMNS} FROM tasks WHERE phase = 'Queued' AND not_before <= ? "
+    "ORDER BY priority DESC, seq LIMIT ? OFFSET ?"
+)
+"""The queue, best first: uses ``tasks_phase``."""
+EXPIRED_SQL = (
+    f"SELECT {_RECORD_COLUMNS} FROM tasks WHERE phase NOT IN ('Succeeded', 'Failed', 'Cancelled') "
+    "AND created_at + timeout_seconds < ?"
+)
+"""Unfinished tasks past their deadline: the expression and condition of ``tasks_deadline``, which it uses."""
+PRUNE_SQL = "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE finished_at < ? LIMIT ?)"
+"""A batch of tasks finished before a moment: uses ``tasks_finished``."""
 
 
 def to_record(row: Mapping[str, Any]) -> TaskRecord:
@@ -233,14 +254,9 @@ class Store:
             params.append(model)
         return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 
-    def runnable_tasks(self, now: float, limit: int = 500) -> list[dict[str, Any]]:
-        """Queued tasks whose backoff has passed: higher priority first, then oldest first."""
-        return self._query(
-            f"SELECT {_RECORD_COLUMNS} FROM tasks "
-            "WHERE phase = 'Queued' AND not_before <= ? "
-            "ORDER BY priority DESC, seq LIMIT ?",
-            [now, limit],
-        )
+    def runnable_tasks(self, now: float, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        """Queued tasks whose backoff has passed: higher priority first, then oldest first, ``limit`` at a time."""
+        return self._query(RUNNABLE_SQL, [now, limit, offset])
 
     def assigned_counts(self) -> dict[str, int]:
         with self._lock:
@@ -277,11 +293,16 @@ class Store:
 
     def expired_tasks(self, now: float) -> list[dict[str, Any]]:
         """Unfinished tasks whose deadline (submission + timeout) has passed."""
-        return self._query(
-            f"SELECT {_RECORD_COLUMNS} FROM tasks WHERE phase NOT IN ('Succeeded', 'Failed', 'Cancelled') "
-            "AND created_at + timeout_seconds < ?",
-            [now],
-        )
+        return self._query(EXPIRED_SQL, [now])
+
+    def prune_finished(self, before: float, limit: int = PRUNE_BATCH) -> int:
+        """Delete up to ``limit`` finished tasks that finished before ``before``; how many went."""
+        return self._execute(PRUNE_SQL, [before, limit])
+
+    def query_plan(self, sql: str, params: Iterable[Any] = ()) -> list[str]:
+        """SQLite's plan for ``sql``, one line per step (to check that a scan uses its index)."""
+        with self._lock:
+            return [str(row[3]) for row in self._db.execute(f"EXPLAIN QUERY PLAN {sql}", tuple(params))]
 
     def recent_finished(self, since: float) -> list[dict[str, Any]]:
         return self._query(

@@ -1,0 +1,83 @@
+"""``task submit --wait`` follows the facade's event stream, and falls back to polling without it.
+
+A real facade process on loopback; the "worker" is this test speaking the
+worker's HTTP protocol (register, claim, complete), so it can hold a task
+running for as long as it likes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from helpers import TOKEN, LocalCluster, free_port
+
+from legacygpu.cli import follow
+from legacygpu.cli.client import ApiClient
+
+HOLD_SECONDS = 1.5
+INPUTS = [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]
+
+
+class CountingClient(ApiClient):
+    """The CLI's client, counting the GETs of each path."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, TOKEN)
+        self.gets: list[str] = []
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        self.gets.append(path)
+        return super().get(path, **kwargs)
+
+
+def fake_worker(cluster: LocalCluster) -> threading.Thread:
+    """Registers, claims one task, holds it HOLD_SECONDS, completes it."""
+    body = {"name": "fake", "host": "h", "pid": 1, "device": {"name": "d"}, "concurrency": 1}
+    wid = cluster.http.post("/cluster/workers/register", json=body).json()["id"]
+
+    def work() -> None:
+        claimed: list[dict[str, Any]] = []
+        while not claimed:
+            claimed = cluster.http.post(f"/cluster/workers/{wid}/claim", params={"max_tasks": 1, "wait": 5}).json()
+        time.sleep(HOLD_SECONDS)
+        done = {"worker_id": wid, "attempt": claimed[0]["attempt"], "result": {"answer": 42}}
+        cluster.http.post(f"/cluster/tasks/{claimed[0]['id']}/complete", json=done).raise_for_status()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_wait_follows_the_event_stream_without_polling(cluster: LocalCluster) -> None:
+    worker = fake_worker(cluster)
+    client = CountingClient(cluster.url)
+    phases: list[str] = []
+    with follow.open_events(client) as stream:
+        assert stream is not None, "the facade's event stream should open"
+        task = client.post("/cluster/tasks/submit", json={"model": "digits", "inputs": INPUTS})
+        done = follow.follow(client, task["id"], stream, on_change=lambda t: phases.append(t["phase"]))
+    worker.join(10)
+    assert done["phase"] == "Succeeded" and done["result"] == {"answer": 42}
+    assert phases[-1] == "Succeeded" and "Running" in phases, phases
+    # Polling every 0.1 s over a task held 1.5 s would GET it about 15 times; the stream needs one fetch.
+    assert client.gets == [f"/cluster/tasks/{task['id']}"]
+
+
+def test_wait_falls_back_to_polling_when_the_stream_cannot_be_opened(cluster: LocalCluster) -> None:
+    worker = fake_worker(cluster)
+    client = CountingClient(cluster.url)
+    with follow.open_events(client, url=f"ws://127.0.0.1:{free_port()}/ws/cluster/events") as stream:
+        assert stream is None
+        task = client.post("/cluster/tasks/submit", json={"model": "digits", "inputs": INPUTS})
+        done = follow.follow(client, task["id"], stream)
+    worker.join(10)
+    assert done["phase"] == "Succeeded" and done["result"] == {"answer": 42}
+    assert len(client.gets) > 1, "without a stream the task is polled"
+
+
+def test_a_wrong_token_means_no_stream_rather_than_a_hang(cluster: LocalCluster) -> None:
+    client = ApiClient(cluster.url, "wrong-token")
+    with follow.open_events(client) as stream:
+        assert stream is None

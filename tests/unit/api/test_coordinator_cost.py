@@ -1,0 +1,162 @@
+"""What one coordinator pass costs: indexed scans, a queue read bounded by free slots, coalesced wake-ups.
+
+Driven directly with a fake clock (no HTTP, no processes), like test_coordinator.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from legacygpu.api.backends.local import LocalBackend, store
+from legacygpu.api.schemas import Completion, DeviceInfoPublic, TaskCreate, WorkerRegister
+from legacygpu.core.config import Settings
+from legacygpu.core.errors import NotFoundError
+from legacygpu.core.modelcards import ModelCard, ModelRepository, TensorSpec
+
+NOW = 1_000_000.0
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> LocalBackend:
+    settings = Settings(data_dir=tmp_path, worker_prefetch=1)  # type: ignore[call-arg]
+    backend = LocalBackend(settings, clock=lambda: NOW, rng=random.Random(0))
+    onnx = tmp_path / "dummy.onnx"
+    onnx.write_bytes(b"not used by the coordinator")
+    ModelRepository(tmp_path / "models").add(ModelCard(name="m", inputs=[TensorSpec(name="x", shape=[-1, 2])]), onnx)
+    return backend
+
+
+@pytest.fixture
+def rows_read(backend: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many queued rows each read of the queue returned (and so decoded)."""
+    seen: list[int] = []
+    real = backend.store.runnable_tasks
+
+    def counting(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        rows = real(*args, **kwargs)
+        seen.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(backend.store, "runnable_tasks", counting)
+    return seen
+
+
+def task(**kw: object) -> TaskCreate:
+    return TaskCreate.model_validate(
+        {"model": "m", "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], **kw}
+    )
+
+
+async def worker(backend: LocalBackend, name: str = "w", vram: int = 0) -> str:
+    reply = await backend.register_worker(
+        WorkerRegister(name=name, device=DeviceInfoPublic(name="dev", vram_mib=vram), concurrency=1)
+    )
+    return reply.id
+
+
+async def test_a_pass_reads_no_more_queued_rows_than_it_has_free_slots(
+    backend: LocalBackend, rows_read: list[int]
+) -> None:
+    for _ in range(40):
+        await backend.submit_task(task())
+    await worker(backend)  # capacity 1
+    backend.reconcile()
+    assert rows_read == [1]
+    assert backend.store.phase_counts() == {"Queued": 39, "Scheduled": 1}
+    backend.reconcile()  # full: the queue is not read at all
+    assert rows_read == [1]
+
+
+async def test_the_pass_looks_past_tasks_no_worker_can_take(backend: LocalBackend, rows_read: list[int]) -> None:
+    blocked = [await backend.submit_task(task(requirements={"min_vram_mib": 4096})) for _ in range(3)]
+    placeable = await backend.submit_task(task())
+    await worker(backend, vram=1024)
+    backend.reconcile()
+    assert (await backend.get_task(placeable.id)).phase == "Scheduled"
+    assert [(await backend.get_task(t.id)).phase for t in blocked] == ["Queued"] * 3
+    assert sum(rows_read) == 4, "one page of one free slot at a time, until the slot is filled"
+
+
+async def test_wake_ups_are_coalesced_and_a_pass_never_asks_for_another(backend: LocalBackend) -> None:
+    backend._kick = asyncio.Event()  # what start() sets up, without the background loop
+    wid = await worker(backend)
+    for _ in range(5):
+        await backend.submit_task(task())
+    assert backend._kick.is_set()  # five submissions: one pending pass
+    backend._kick.clear()
+    backend.reconcile()
+    assert backend.store.phase_counts()["Scheduled"] == 1
+    assert not backend._kick.is_set(), "the pass's own assignments must not trigger another pass"
+    [claimed] = await backend.claim_tasks(wid, 1, 0)
+    assert not backend._kick.is_set(), "a worker starting a task it holds frees no slot"
+    await backend.complete_task(claimed.id, Completion(worker_id=wid, attempt=1, result={}))
+    assert backend._kick.is_set(), "a finished task frees a slot: the queue must be looked at"
+
+
+@pytest.mark.parametrize(("index", "sql", "params"), [
+    ("tasks_deadline", store.EXPIRED_SQL, [NOW]),
+    ("tasks_phase", store.RUNNABLE_SQL, [NOW, 10, 0]),
+])
+def test_the_pass_scans_use_indexes(backend: LocalBackend, index: str, sql: str, params: list[Any]) -> None:
+    plan = " ".join(backend.store.query_plan(sql, params))
+    assert f"INDEX {index}" in plan, plan
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def retaining(tmp_path: Path, clock: Clock, retention: float) -> LocalBackend:
+    settings = Settings(data_dir=tmp_path, task_retention_seconds=retention)  # type: ignore[call-arg]
+    backend = LocalBackend(settings, clock=clock, rng=random.Random(0))
+    onnx = tmp_path / "dummy.onnx"
+    onnx.write_bytes(b"not used by the coordinator")
+    ModelRepository(tmp_path / "models").add(ModelCard(name="m", inputs=[TensorSpec(name="x", shape=[-1, 2])]), onnx)
+    return backend
+
+
+async def finished_task(backend: LocalBackend) -> str:
+    wid = await worker(backend)
+    submitted = await backend.submit_task(task())
+    backend.reconcile()
+    [claimed] = await backend.claim_tasks(wid, 1, 0)
+    await backend.complete_task(claimed.id, Completion(worker_id=wid, attempt=1, result={"top": 7}))
+    return submitted.id
+
+
+async def test_finished_tasks_are_kept_with_results_for_the_retention_period_then_deleted(tmp_path: Path) -> None:
+    clock = Clock()
+    backend = retaining(tmp_path, clock, retention=600)
+    done = await finished_task(backend)
+    waiting = await backend.submit_task(task(timeout_seconds=10_000, requirements={"min_vram_mib": 1}))
+    clock.now += 599
+    backend.reconcile()
+    assert (await backend.get_task(done)).result == {"top": 7}, "kept, result included, until the period ends"
+    clock.now += 61 + 1  # past the retention period and the once-a-minute check
+    backend.reconcile()
+    with pytest.raises(NotFoundError):
+        await backend.get_task(done)
+    assert (await backend.get_task(waiting.id)).phase == "Queued", "an unfinished task is never pruned"
+
+
+async def test_retention_zero_keeps_finished_tasks_forever(tmp_path: Path) -> None:
+    clock = Clock()
+    backend = retaining(tmp_path, clock, retention=0)
+    done = await finished_task(backend)
+    clock.now += 10 * 365 * 86400
+    backend.reconcile()
+    assert (await backend.get_task(done)).phase == "Succeeded"
+
+
+def test_pruning_uses_the_finished_index(backend: LocalBackend) -> None:
+    plan = " ".join(backend.store.query_plan(store.PRUNE_SQL, [NOW, 10]))
+    assert "INDEX tasks_finished" in plan, plan
