@@ -40,10 +40,12 @@ __all__ = [
     "CARD_FILE",
     "DATATYPES",
     "MODEL_FILE",
+    "DynamicBatchingSpec",
     "ImageSpec",
     "ModelCard",
     "ModelRepository",
     "PostprocessSpec",
+    "QueuePolicySpec",
     "TensorSpec",
 ]
 
@@ -99,6 +101,30 @@ class PostprocessSpec(_Strict):
     labels: list[str] = Field(default_factory=list)
 
 
+class QueuePolicySpec(_Strict):
+    """How long a real-time request may wait and how many may wait (Triton's ``default_queue_policy``)."""
+
+    max_queue_size: int = Field(0, ge=0, description="Requests that may wait; more are refused (503). 0: no limit.")
+    default_timeout_microseconds: int = Field(
+        0, ge=0, description="A request still queued after this long is refused (503). 0: no limit."
+    )
+    allow_timeout_override: bool = Field(True, description="Whether a request's own `timeout` parameter applies.")
+
+
+class DynamicBatchingSpec(_Strict):
+    """How the worker groups real-time requests into batches (Triton's ``dynamic_batching``)."""
+
+    preferred_batch_size: list[int] = Field(
+        default_factory=list, description="Batch sizes to run as soon as they are reached, without waiting."
+    )
+    max_queue_delay_microseconds: int = Field(
+        0, ge=0, description="How long the oldest request may wait for others to join its batch."
+    )
+    priority_levels: int = Field(0, ge=0, description="Number of priority levels (1 is the highest); 0: one level.")
+    default_priority_level: int = Field(0, ge=0, description="Level of a request that names none; 0: the lowest.")
+    default_queue_policy: QueuePolicySpec = Field(default_factory=QueuePolicySpec)
+
+
 class ModelCard(_Strict):
     """Everything the platform knows about one model."""
 
@@ -110,6 +136,12 @@ class ModelCard(_Strict):
     outputs: list[TensorSpec] = Field(default_factory=list)
     postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
     metrics: dict[str, float | str] = Field(default_factory=dict)
+    max_batch_size: int = Field(
+        0, ge=0, description="Largest batch the real-time path runs at once (the first dimension); 0: no batching."
+    )
+    dynamic_batching: DynamicBatchingSpec | None = Field(
+        None, description="Group concurrent real-time requests into batches (needs max_batch_size > 0)."
+    )
 
     @field_validator("name")
     @classmethod

@@ -99,6 +99,20 @@ class TaskRunner:
         result["model"] = model
         return result
 
+    def run_feeds(self, model: str, feeds: dict[str, Any]) -> dict[str, Any]:
+        """Run ``model`` on feeds already in the model's form (no card processing): the real-time path.
+
+        Shares the loaded models and the lock with :meth:`run`; raises as it does.
+        """
+        with self._lock:
+            loaded = self._model(model)
+            try:
+                return loaded.run(feeds)
+            except (ModelError, ValidationError):
+                raise
+            except Exception as exc:  # a backend must not take the worker down
+                raise ModelError(f"model {model!r} failed: {exc}") from exc
+
 
 def preload_from_env(runner: TaskRunner) -> list[str]:
     """Preload what :data:`PRELOAD_ENV` names, if anything."""

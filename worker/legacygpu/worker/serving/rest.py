@@ -1,0 +1,110 @@
+"""The worker's Open Inference Protocol REST endpoints (a Starlette app).
+
+=========================================================  ==========================================
+``GET  /v2/health/live``                                   200 ``{"live": true}``
+``GET  /v2/health/ready``                                  200, or 503 while the worker is registering
+``GET  /v2``                                               server metadata (name, version, extensions)
+``GET  /v2/models/{m}[/versions/{v}]``                     model metadata; 404 for an unknown model
+``GET  /v2/models/{m}[/versions/{v}]/ready``               200 ``{"ready": true}``, else 404/503
+``POST /v2/models/{m}[/versions/{v}]/infer``               JSON, or JSON + binary tensor data
+``GET  /metrics``                                          Prometheus (:mod:`.metrics`)
+=========================================================  ==========================================
+
+Errors are ``{"error": "<message>"}`` with the status of the
+:class:`~legacygpu.worker.serving.errors.ServingError` raised, and
+``Retry-After`` when the queue was full. The app has no authentication: the
+worker binds loopback in local mode and the pod network in Kubernetes, and
+clients outside reach models through the facade, which checks the token.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from legacygpu.worker.serving.codec import HEADER_LENGTH, decode_rest_request, encode_rest_response
+from legacygpu.worker.serving.engine import ServingEngine
+from legacygpu.worker.serving.errors import BadRequest, ModelNotFound, ServingError, Unavailable
+from legacygpu.worker.serving.metrics import CONTENT_TYPE
+
+__all__ = ["create_rest_app", "error_response"]
+
+
+def error_response(exc: ServingError) -> JSONResponse:
+    """The protocol's error body for ``exc``."""
+    headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after is not None else None
+    return JSONResponse({"error": str(exc)}, status_code=exc.http_status, headers=headers)
+
+
+def _version(request: Request) -> str:
+    return str(request.path_params.get("version", ""))
+
+
+def create_rest_app(engine: ServingEngine) -> Starlette:
+    """The REST endpoints over ``engine``."""
+
+    async def live(_: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(_: Request) -> Response:
+        is_ready = engine.ready()
+        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+    async def server_metadata(_: Request) -> Response:
+        return JSONResponse(engine.metadata())
+
+    async def model_metadata(request: Request) -> Response:
+        try:
+            return JSONResponse(engine.model_metadata(request.path_params["model"], _version(request)))
+        except ServingError as exc:
+            return error_response(exc)
+
+    async def model_ready(request: Request) -> Response:
+        model = request.path_params["model"]
+        try:
+            engine.card(model, _version(request))
+        except ServingError as exc:
+            return error_response(exc)
+        if not engine.model_ready(model, _version(request)):
+            return error_response(Unavailable(f"model {model!r} is not ready"))
+        return JSONResponse({"name": model, "ready": True})
+
+    async def infer(request: Request) -> Response:
+        try:
+            length = request.headers.get(HEADER_LENGTH)
+            try:
+                header_length = int(length) if length is not None else None
+            except ValueError as exc:
+                raise BadRequest(f"{HEADER_LENGTH} must be an integer, not {length!r}") from exc
+            body = await request.body()
+            decoded = decode_rest_request(request.path_params["model"], _version(request), body, header_length)
+            outputs, _ = await engine.infer(decoded)
+            content, headers = encode_rest_response(decoded, outputs)
+            return Response(content, headers=headers)
+        except ServingError as exc:
+            return error_response(exc)
+
+    async def metrics(_: Request) -> Response:
+        return Response(engine.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def not_found(request: Request, _: Any) -> Response:
+        return error_response(ModelNotFound(f"no endpoint {request.method} {request.url.path}"))
+
+    routes = [
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2", server_metadata),
+        Route("/v2/models/{model}", model_metadata),
+        Route("/v2/models/{model}/versions/{version}", model_metadata),
+        Route("/v2/models/{model}/ready", model_ready),
+        Route("/v2/models/{model}/versions/{version}/ready", model_ready),
+        Route("/v2/models/{model}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
+        Route("/metrics", metrics),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: not_found})

@@ -1,0 +1,121 @@
+"""Runs the REST and gRPC servers of one worker on their own event loop thread.
+
+:class:`ServingServer` is what a worker process starts beside its task loop
+(``legacygpu worker start`` does it; the task loops stay unaware of it)::
+
+    server = ServingServer(ServingEngine(runner), host="127.0.0.1", http_port=0, grpc_port=0)
+    endpoints = server.start()   # {"rest": "http://127.0.0.1:41234", "grpc": "127.0.0.1:41235"}
+    ...
+    server.stop()
+
+``start`` returns once both servers listen (port 0 picks a free port; the
+returned endpoints say which), and raises if either cannot bind. ``stop``
+gives in-flight calls a grace period. Both servers and the engine share one
+asyncio loop in a daemon thread, so a worker's main thread keeps its blocking
+task loop and its signal handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from typing import Any
+
+import grpc
+import uvicorn
+
+from legacygpu.worker.serving.engine import ServingEngine
+from legacygpu.worker.serving.grpcservice import add_inference_service
+from legacygpu.worker.serving.rest import create_rest_app
+
+__all__ = ["ServingServer"]
+
+log = logging.getLogger(__name__)
+
+_GRACE_SECONDS = 5.0
+
+
+class ServingServer:
+    """The Open Inference Protocol over REST and gRPC for one engine."""
+
+    def __init__(self, engine: ServingEngine, *, host: str = "127.0.0.1", http_port: int = 0,
+                 grpc_port: int | None = 0, advertise_host: str | None = None) -> None:
+        self.engine = engine
+        self.host = host
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.advertise_host = advertise_host or (host if host not in ("0.0.0.0", "::", "") else socket.gethostname())
+        self.endpoints: dict[str, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._grpc: grpc.aio.Server | None = None
+
+    def start(self, timeout: float = 30.0) -> dict[str, str]:
+        """Start both servers; returns ``{"rest": url, "grpc": "host:port"}``."""
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.http_port))
+        self._thread = threading.Thread(target=self._run, args=(sock,), name="serving", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout) or self._error is not None:
+            raise RuntimeError(f"the serving endpoints did not start: {self._error}") from self._error
+        return self.endpoints
+
+    def stop(self) -> None:
+        """Stop both servers, letting in-flight calls finish for a few seconds."""
+        if self._loop is None or self._thread is None:
+            return
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        self._thread.join(timeout=_GRACE_SECONDS + 5)
+
+    def _run(self, sock: socket.socket) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(self._serve(sock))
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            log.exception("the serving endpoints stopped")
+        finally:
+            self._loop.close()
+
+    async def _serve(self, sock: socket.socket) -> None:
+        if self.grpc_port is not None:
+            self._grpc = grpc.aio.server()
+            add_inference_service(self._grpc, self.engine)
+            bound = self._grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
+            if bound == 0:
+                raise RuntimeError(f"cannot bind gRPC on {self.host}:{self.grpc_port}")
+            await self._grpc.start()
+            self.endpoints["grpc"] = f"{self.advertise_host}:{bound}"
+        config = uvicorn.Config(create_rest_app(self.engine), log_level="warning", lifespan="off",
+                                access_log=False, timeout_keep_alive=75)
+        self._uvicorn = uvicorn.Server(config)
+        port = sock.getsockname()[1]
+        self.endpoints["rest"] = f"http://{self.advertise_host}:{port}"
+        serving = asyncio.ensure_future(self._uvicorn.serve(sockets=[sock]))
+        while not self._uvicorn.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if serving.done():
+            serving.result()
+        log.info("Open Inference Protocol endpoints: %s", self.endpoints)
+        self._started.set()
+        try:
+            await serving
+        finally:
+            if self._grpc is not None:
+                await self._grpc.stop(_GRACE_SECONDS)
+            await self.engine.close()
+
+    def __enter__(self) -> ServingServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop()
