@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -33,20 +35,49 @@ def command() -> None:
 @click.option("--kubernetes", is_flag=True, help="Take tasks from InferenceTask objects instead of the facade "
               "(inside a worker pod; needs POD_NAME and POD_NAMESPACE).")
 @click.option("--log-level", default="INFO", show_default=True, help="Logging verbosity (DEBUG, INFO, WARNING, ...).")
+@click.option("--serving-host", envvar="LEGACYGPU_SERVING_HOST", show_envvar=True,
+              help="Address of the Open Inference Protocol endpoints [default: 127.0.0.1; 0.0.0.0 with --kubernetes].")
+@click.option("--serving-port", type=int, envvar="LEGACYGPU_SERVING_PORT", show_envvar=True,
+              help="REST port of the Open Inference Protocol [default: any free port; 8080 with --kubernetes].")
+@click.option("--grpc-port", type=int, envvar="LEGACYGPU_GRPC_PORT", show_envvar=True,
+              help="gRPC port of the Open Inference Protocol [default: any free port; 8081 with --kubernetes].")
+@click.option("--no-serving", is_flag=True, help="Take tasks only; serve no real-time requests.")
 def start(api: str | None, token: str | None, backend: str, device_index: int | None, name: str | None,
-          model_dir: Path | None, kubernetes: bool, log_level: str) -> None:
-    """Run a worker until it is drained or gets SIGTERM/SIGINT (it finishes its running task first)."""
+          model_dir: Path | None, kubernetes: bool, log_level: str, serving_host: str | None,
+          serving_port: int | None, grpc_port: int | None, no_serving: bool) -> None:
+    """Run a worker until it is drained or gets SIGTERM/SIGINT (it finishes its running task first).
+
+    Unless --no-serving, the worker also answers the Open Inference Protocol (REST and gRPC) for
+    real-time requests; it tells the facade where when it registers.
+    """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    serving = None if no_serving else {
+        "host": serving_host or ("0.0.0.0" if kubernetes else "127.0.0.1"),
+        "http_port": serving_port if serving_port is not None else (8080 if kubernetes else 0),
+        "grpc_port": grpc_port if grpc_port is not None else (8081 if kubernetes else 0),
+        "advertise_host": os.environ.get("POD_IP") if kubernetes else None,
+    }
     if kubernetes:
+        from legacygpu.core.modelcards import ModelRepository
+        from legacygpu.worker.backends import create_backend
         from legacygpu.worker.kube import run_kube_worker
+        from legacygpu.worker.runner import TaskRunner, preload_from_env
 
-        run_kube_worker(
-            pod_name=os.environ["POD_NAME"],
-            namespace=os.environ.get("POD_NAMESPACE", "default"),
-            backend=backend,
-            model_dir=model_dir or Settings().models_dir,
-        )
+        runner = TaskRunner(ModelRepository(model_dir or Settings().models_dir), create_backend(backend, device_index))
+        preload_from_env(runner)
+        server = _start_serving(lambda: runner, serving) if serving else None
+        try:
+            run_kube_worker(
+                pod_name=os.environ["POD_NAME"],
+                namespace=os.environ.get("POD_NAMESPACE", "default"),
+                backend=backend,
+                model_dir=model_dir or Settings().models_dir,
+                runner=runner,
+            )
+        finally:
+            if server is not None:
+                server.stop()
         return
     from legacygpu.worker.agent import LocalWorker
 
@@ -66,7 +97,28 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    raise SystemExit(worker.run())
+    server = _start_serving(lambda: worker.runner, serving) if serving else None
+    if server is not None:
+        worker.serving = server.endpoints
+    try:
+        code = worker.run()
+    finally:
+        if server is not None:
+            server.stop()
+    raise SystemExit(code)
+
+
+def _start_serving(runner: Callable[[], Any], options: dict[str, Any]) -> Any:
+    """Start the worker's Open Inference Protocol endpoints (a ServingServer) for ``runner()``."""
+    from importlib.metadata import version
+
+    from legacygpu.worker.serving import ServingEngine, ServingServer
+
+    engine = ServingEngine(runner, server_version=version("legacygpu"))
+    server = ServingServer(engine, host=options["host"], http_port=options["http_port"],
+                           grpc_port=options["grpc_port"], advertise_host=options["advertise_host"])
+    server.start()
+    return server
 
 
 @command.command("stop")

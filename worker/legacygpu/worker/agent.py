@@ -87,6 +87,13 @@ class LocalWorker:
         """Outcomes waiting for the next claim."""
         self._started = time.time()
         self._process = _own_process()
+        self.serving: dict[str, str] | None = None
+        """Where this worker answers the Open Inference Protocol (``rest``, ``grpc``); sent with its stats."""
+
+    @property
+    def runner(self) -> TaskRunner | None:
+        """The task runner, once registration has named the model repository."""
+        return self._runner
 
     # HTTP ---------------------------------------------------------------------------------
 
@@ -138,6 +145,8 @@ class LocalWorker:
             **dataclasses.replace(self._stats, models=loaded).to_local(),
             "uptime_seconds": round(time.time() - self._started, 1),
         }
+        if self.serving:
+            stats["serving"] = self.serving
         if self._process is not None:
             stats["memory_rss_bytes"] = self._process.memory_info().rss
             # Since the previous call on this same object (the first call says 0.0).
