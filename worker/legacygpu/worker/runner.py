@@ -43,8 +43,8 @@ class TaskRunner:
     def loaded_models(self) -> list[str]:
         return sorted(self._cache)
 
-    def _model(self, name: str) -> LoadedModel:
-        path: Path = self.repository.model_path(name)
+    def _model(self, name: str, path: Path | None = None) -> LoadedModel:
+        path = path or self.repository.model_path(name)
         try:
             mtime = path.stat().st_mtime
         except OSError as exc:
@@ -99,13 +99,14 @@ class TaskRunner:
         result["model"] = model
         return result
 
-    def run_feeds(self, model: str, feeds: dict[str, Any]) -> dict[str, Any]:
+    def run_feeds(self, model: str, feeds: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
         """Run ``model`` on feeds already in the model's form (no card processing): the real-time path.
 
-        Shares the loaded models and the lock with :meth:`run`; raises as it does.
+        ``path`` is the model file when the caller has read the card already. Shares the loaded
+        models and the lock with :meth:`run`; raises as it does.
         """
         with self._lock:
-            loaded = self._model(model)
+            loaded = self._model(model, path)
             try:
                 return loaded.run(feeds)
             except (ModelError, ValidationError):

@@ -186,8 +186,9 @@ class ServingEngine:
             runner = self.runner()
 
             def execute(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                path = runner.repository.root / model / self.card(model).file
                 try:
-                    return runner.run_feeds(model, feeds)
+                    return runner.run_feeds(model, feeds, path)
                 except LegacyGPUError as exc:
                     raise from_core(exc) from exc
 

@@ -1,0 +1,162 @@
+"""Forwarding Open Inference Protocol requests from the facade to the workers.
+
+The facade runs no model: each ``/v2`` request goes to one worker's own
+endpoint (:mod:`legacygpu.worker.serving`), over a pool of persistent HTTP
+connections (one ``httpx.AsyncClient``), and the worker's answer comes back
+byte for byte: its status, its ``{"error": ...}`` body, its ``Retry-After``
+and the binary tensor data alike. Nothing is written to the database.
+
+Which workers: the backend's active workers that announced a serving
+endpoint (``stats.serving.rest``), read at most every
+``refresh_seconds``. Which one: the shared scheduling strategies of
+:mod:`legacygpu.core.scheduling`, fed with the requests each worker has
+outstanding from this facade; least outstanding requests (``least-loaded``)
+by default. Workers that report the model loaded are preferred; if none does,
+any serving worker may load it.
+
+A worker that fails mid-request (connection refused or reset, the process
+gone) is skipped until the next refresh and the request is sent once more to
+another worker; inference has no side effects, so this is safe. With no
+worker left the answer is 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from legacygpu.api.backends.base import ClusterBackend
+from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
+
+__all__ = ["FORWARDED_HEADERS", "Forwarded", "Forwarder", "NoWorker"]
+
+FORWARDED_HEADERS = ("content-type", "content-encoding", "inference-header-content-length", "retry-after")
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_CAPACITY = 1 << 20  # outstanding requests are ranked, never capped: the worker's queue refuses when full
+
+
+class NoWorker(Exception):
+    """No worker can serve the request now."""
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    status_code: int
+    headers: dict[str, str]
+    content: bytes
+    worker: str
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    name: str
+    url: str
+    models: frozenset[str]
+
+
+class Forwarder:
+    """Sends ``/v2`` requests to workers; one per facade."""
+
+    def __init__(self, backend: ClusterBackend, registry: CollectorRegistry, *, strategy: str = "least-loaded",
+                 refresh_seconds: float = 1.0, timeout_seconds: float = 120.0, max_connections: int = 256) -> None:
+        self._backend = backend
+        self._strategy = make_strategy(strategy)
+        self._refresh = refresh_seconds
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_seconds, connect=5.0),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+        self._endpoints: list[_Endpoint] = []
+        self._read_at = -1e9
+        self._refreshing = asyncio.Lock()
+        self._failed: set[str] = set()
+        self.outstanding: dict[str, int] = {}
+        self.requests = Counter(
+            "legacygpu_serving_requests_total", "Open Inference Protocol requests forwarded, by model and status code.",
+            ["model", "code"], registry=registry,
+        )
+        self.retries = Counter(
+            "legacygpu_serving_retries_total", "Requests sent again to another worker after one failed mid-request.",
+            ["model"], registry=registry,
+        )
+        self.duration = Histogram(
+            "legacygpu_serving_forward_duration_seconds",
+            "Time from the facade receiving a request to having the worker's answer.",
+            ["model"], buckets=_BUCKETS, registry=registry,
+        )
+        self.pending = Gauge(
+            "legacygpu_serving_outstanding_requests", "Requests forwarded to a worker and not yet answered.",
+            ["worker"], registry=registry,
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def endpoints(self) -> list[_Endpoint]:
+        """The workers serving now (cached for ``refresh_seconds``)."""
+        if time.monotonic() - self._read_at < self._refresh:
+            return self._endpoints
+        async with self._refreshing:
+            if time.monotonic() - self._read_at >= self._refresh:
+                workers = await self._backend.list_workers()
+                found = []
+                for w in workers:
+                    serving = w.stats.get("serving") if isinstance(w.stats, dict) else None
+                    if w.state == "active" and isinstance(serving, dict) and isinstance(serving.get("rest"), str):
+                        loaded = w.stats.get("models_loaded") or []
+                        found.append(_Endpoint(w.name, serving["rest"].rstrip("/"), frozenset(loaded)))
+                self._endpoints = found
+                self._failed.clear()
+                self._read_at = time.monotonic()
+        return self._endpoints
+
+    def _pick(self, model: str | None, candidates: list[_Endpoint]) -> _Endpoint | None:
+        by_url = {e.url: e for e in candidates}
+        infos = [WorkerInfo(id=e.url, assigned=self.outstanding.get(e.url, 0), capacity=_CAPACITY, models=e.models)
+                 for e in candidates]
+        chosen = None
+        if model:
+            chosen = self._strategy.pick(Requirements(model=model), [w for w in infos if w.models])
+        if chosen is None:
+            chosen = self._strategy.pick(Requirements(), infos)
+        return by_url[chosen.id] if chosen is not None else None
+
+    async def forward(self, method: str, path: str, *, model: str | None, content: bytes = b"",
+                      headers: Mapping[str, str] | None = None) -> Forwarded:
+        """Send one request to a worker (and once more to another if that one fails); raises :class:`NoWorker`."""
+        started = time.perf_counter()
+        send_headers = {k: v for k, v in (headers or {}).items() if k.lower() in FORWARDED_HEADERS}
+        tried: set[str] = set()
+        last_error: Exception | None = None
+        for attempt in range(2):
+            candidates = [e for e in await self.endpoints() if e.url not in tried and e.url not in self._failed]
+            endpoint = self._pick(model, candidates)
+            if endpoint is None:
+                break
+            if attempt:
+                self.retries.labels(model or "").inc()
+            tried.add(endpoint.url)
+            self.outstanding[endpoint.url] = self.outstanding.get(endpoint.url, 0) + 1
+            self.pending.labels(endpoint.name).inc()
+            try:
+                response = await self._client.request(method, endpoint.url + path, content=content,
+                                                      headers=send_headers)
+            except httpx.TransportError as exc:
+                self._failed.add(endpoint.url)
+                last_error = exc
+                continue
+            finally:
+                self.outstanding[endpoint.url] -= 1
+                self.pending.labels(endpoint.name).dec()
+            self.duration.labels(model or "").observe(time.perf_counter() - started)
+            self.requests.labels(model or "", str(response.status_code)).inc()
+            kept = {k: v for k, v in response.headers.items() if k.lower() in FORWARDED_HEADERS}
+            return Forwarded(response.status_code, kept, response.content, endpoint.name)
+        self.requests.labels(model or "", "503").inc()
+        reason = f" (the last one failed: {type(last_error).__name__}: {last_error})" if last_error else ""
+        raise NoWorker(f"no worker serves the Open Inference Protocol now{reason}")
