@@ -29,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from legacygpu.api.backends.base import ClusterBackend
 from legacygpu.api.limits import BodySizeLimit
 from legacygpu.api.metrics import Metrics
-from legacygpu.api.routes import cluster, events, tasks, ui, workers
+from legacygpu.api.routes import cluster, events, tasks, ui, v2, workers
 from legacygpu.core.config import Settings, ensure_token
 from legacygpu.core.errors import (
     ConflictError,
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
         try:
             yield
         finally:
+            await v2.close(app)
             await backend.stop()
 
     app = FastAPI(
@@ -100,7 +101,7 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
     app.state.metrics = metrics
     app.state.token = ensure_token(settings)
 
-    for router in (cluster.router, workers.router, tasks.router, events.router, ui.router):
+    for router in (cluster.router, workers.router, tasks.router, events.router, ui.router, v2.router):
         app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
