@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cluster": ("legacygpu.cli.cluster", "Start, stop and inspect a cluster."),
     "worker": ("legacygpu.cli.worker", "Run or drain a worker process."),
     "task": ("legacygpu.cli.task", "Submit, follow and cancel inference tasks."),
+    "infer": ("legacygpu.cli.infer", "Run one real-time inference and print the result."),
     "model": ("legacygpu.cli.model", "Manage the model repository."),
     "monitor": ("legacygpu.cli.monitor", "Live terminal view of workers and tasks."),
     "api": ("legacygpu.cli.api", "Run the REST facade on its own."),
