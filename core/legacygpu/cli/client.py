@@ -55,7 +55,8 @@ class ApiClient:
         if response.is_success:
             return response.json() if response.content else None
         try:
-            detail = response.json().get("detail", response.text)
+            body = response.json()
+            detail = body.get("detail", body.get("error", response.text))  # "error": the /v2 protocol
         except ValueError:
             detail = response.text
         if not isinstance(detail, str):
