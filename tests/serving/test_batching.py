@@ -1,0 +1,192 @@
+"""Dynamic batching and the per-model queue.
+
+The engine tests run the real digits model on onnxruntime (and on the OpenCL
+backend, on PoCL). The queue-policy tests drive a :class:`ModelScheduler`
+whose model is a function that waits on an event, so a test decides exactly
+when the device is busy: no mock of anything outside the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serving_support import enable_batching
+
+from legacygpu.core.modelcards import DynamicBatchingSpec, ModelCard, ModelRepository, TensorSpec
+from legacygpu.worker.backends import create_backend
+from legacygpu.worker.runner import TaskRunner
+from legacygpu.worker.serving import ServingEngine
+from legacygpu.worker.serving.batching import ModelScheduler
+from legacygpu.worker.serving.codec import InferInput, InferRequest
+from legacygpu.worker.serving.errors import BadRequest, QueueFull, QueueTimeout
+from legacygpu.worker.serving.metrics import ServingMetrics
+
+
+def _request(x: np.ndarray, **kwargs: object) -> InferRequest:
+    return InferRequest("digits", inputs=[InferInput("input", "FP32", x)], **kwargs)  # type: ignore[arg-type]
+
+
+def _count(metrics: ServingMetrics, name: str) -> float:
+    return metrics.registry.get_sample_value(name, {"model": "digits"}) or 0.0
+
+
+async def _concurrent(engine: ServingEngine, xs: list[np.ndarray]) -> list[np.ndarray]:
+    results = await asyncio.gather(*(engine.infer(_request(x)) for x in xs))
+    return [outputs["probabilities"] for outputs, _ in results]
+
+
+async def test_concurrent_requests_share_executions_and_get_their_own_rows(runner: TaskRunner) -> None:
+    engine = ServingEngine(runner)
+    rng = np.random.default_rng(2)
+    xs = [rng.uniform(0, 16, (size, 64)).astype(np.float32) for size in [1, 2, 3] * 10]
+    try:
+        got = await _concurrent(engine, xs)
+    finally:
+        await engine.close()
+    for x, probabilities in zip(xs, got, strict=True):
+        np.testing.assert_allclose(probabilities, runner.run_feeds("digits", {"input": x})["probabilities"],
+                                   rtol=1e-5, atol=1e-6)
+    inferred = _count(engine.metrics, "legacygpu_inference_count_total")
+    executed = _count(engine.metrics, "legacygpu_inference_exec_count_total")
+    assert inferred == 60
+    assert executed < 30  # 30 requests, fewer model runs: they were batched
+
+
+async def test_without_batching_every_request_runs_alone(demo_repository: Path) -> None:
+    runner = TaskRunner(ModelRepository(demo_repository), create_backend("onnxruntime"))
+    engine = ServingEngine(runner)
+    xs = [np.full((1, 64), i, np.float32) for i in range(8)]
+    try:
+        await _concurrent(engine, xs)
+    finally:
+        await engine.close()
+    assert _count(engine.metrics, "legacygpu_inference_exec_count_total") == 8
+
+
+async def test_batching_on_the_opencl_backend_matches_onnxruntime(serving_models: Path, runner: TaskRunner) -> None:
+    pytest.importorskip("pyopencl")
+    opencl = TaskRunner(ModelRepository(serving_models), create_backend("opencl"))
+    engine = ServingEngine(opencl)
+    rng = np.random.default_rng(3)
+    xs = [rng.uniform(0, 16, (size, 64)).astype(np.float32) for size in (1, 3, 2, 1, 4, 2)]
+    try:
+        got = await _concurrent(engine, xs)
+    finally:
+        await engine.close()
+    for x, probabilities in zip(xs, got, strict=True):
+        reference = runner.run_feeds("digits", {"input": x})["probabilities"]
+        np.testing.assert_allclose(probabilities, reference, rtol=1e-3, atol=1e-4)
+    assert _count(engine.metrics, "legacygpu_inference_exec_count_total") < len(xs)
+
+
+async def test_a_request_larger_than_max_batch_size_is_refused(serving_models: Path) -> None:
+    enable_batching(serving_models, max_batch_size=4)
+    engine = ServingEngine(TaskRunner(ModelRepository(serving_models), create_backend("onnxruntime")))
+    with pytest.raises(BadRequest, match="batch 5 exceeds max_batch_size 4"):
+        await engine.infer(_request(np.zeros((5, 64), np.float32)))
+    await engine.close()
+
+
+def test_a_missing_input_is_named() -> None:
+    card = ModelCard(name="pair", inputs=[TensorSpec(name="a", shape=[-1, 2]), TensorSpec(name="b", shape=[-1, 2])])
+    with pytest.raises(BadRequest, match="model 'pair' needs input 'b'"):
+        ServingEngine._feeds(card, [InferInput("a", "FP32", np.zeros((1, 2), np.float32))])
+
+
+# The queue policy, on a model that runs when the test says so -------------------------------------
+
+
+class _Device:
+    """A stand-in model: echoes its input, but only once ``go`` is set; records the batches it ran."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.started = threading.Event()
+        self.batches: list[list[float]] = []
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.started.set()
+        self.go.wait(10)
+        self.batches.append(feeds["x"][:, 0].tolist())
+        return {"y": feeds["x"] * 2}
+
+
+def _scheduler(device: _Device, **spec: object) -> ModelScheduler:
+    card = ModelCard(name="digits", max_batch_size=8, dynamic_batching=DynamicBatchingSpec.model_validate(spec))
+    return ModelScheduler("digits", card, device, ThreadPoolExecutor(1), ServingMetrics())
+
+
+def _x(value: float, rows: int = 1) -> dict[str, np.ndarray]:
+    return {"x": np.full((rows, 3), value, np.float32)}
+
+
+async def _busy(scheduler: ModelScheduler, device: _Device) -> asyncio.Task:
+    first = asyncio.ensure_future(scheduler.infer(_x(0), size=1))
+    await asyncio.get_running_loop().run_in_executor(None, device.started.wait, 10)
+    return first
+
+
+async def test_outputs_are_split_back_in_request_order() -> None:
+    device = _Device()
+    scheduler = _scheduler(device, max_queue_delay_microseconds=0)
+    first = await _busy(scheduler, device)
+    rest = [asyncio.ensure_future(scheduler.infer(_x(v, rows), size=rows)) for v, rows in [(1, 2), (2, 1), (3, 3)]]
+    await asyncio.sleep(0.05)
+    device.go.set()
+    await first
+    outputs = [(await task)[0]["y"][:, 0].tolist() for task in rest]
+    assert outputs == [[2, 2], [4], [6, 6, 6]]
+    assert device.batches == [[0], [1, 1, 2, 3, 3, 3]]
+    await scheduler.close()
+
+
+async def test_a_full_queue_refuses_at_once_with_retry_after() -> None:
+    device = _Device()
+    scheduler = _scheduler(device, default_queue_policy={"max_queue_size": 2})
+    first = await _busy(scheduler, device)
+    queued = [asyncio.ensure_future(scheduler.infer(_x(i), size=1)) for i in (1, 2)]
+    await asyncio.sleep(0.05)
+    with pytest.raises(QueueFull) as refused:
+        await scheduler.infer(_x(3), size=1)
+    assert refused.value.retry_after is not None and refused.value.http_status == 503
+    device.go.set()
+    await asyncio.gather(first, *queued)
+    await scheduler.close()
+
+
+async def test_higher_priority_runs_first() -> None:
+    device = _Device()
+    scheduler = _scheduler(device, priority_levels=2, default_priority_level=2)
+    scheduler.card.max_batch_size = 1  # one request per run, so the order is visible
+    scheduler.configure(scheduler.card)
+    first = await _busy(scheduler, device)
+    low = asyncio.ensure_future(scheduler.infer(_x(1), size=1))
+    await asyncio.sleep(0.02)
+    high = asyncio.ensure_future(scheduler.infer(_x(2), size=1, priority=1))
+    await asyncio.sleep(0.05)
+    device.go.set()
+    await asyncio.gather(first, low, high)
+    assert device.batches == [[0], [2], [1]]
+    with pytest.raises(BadRequest, match=r"priority 3 is outside 1\.\.2"):
+        await scheduler.infer(_x(1), size=1, priority=3)
+    await scheduler.close()
+
+
+async def test_a_request_queued_past_its_timeout_is_refused() -> None:
+    device = _Device()
+    scheduler = _scheduler(device)
+    first = await _busy(scheduler, device)
+    late = asyncio.ensure_future(scheduler.infer(_x(1), size=1, timeout_us=1_000))
+    patient = asyncio.ensure_future(scheduler.infer(_x(2), size=1))
+    await asyncio.sleep(0.05)
+    device.go.set()
+    await first
+    with pytest.raises(QueueTimeout):
+        await late
+    assert (await patient)[0]["y"][0, 0] == 4
+    await scheduler.close()
