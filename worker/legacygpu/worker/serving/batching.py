@@ -5,7 +5,8 @@ Every real-time request for a model goes through that model's
 picks the next batch and runs it on the engine's executor (one thread: the
 device runs one batch at a time). With ``max_batch_size`` 0 or no
 ``dynamic_batching`` in the card, each request runs alone, in priority then
-arrival order.
+arrival order (the queue policy and priority levels of ``dynamic_batching``
+still apply when ``max_batch_size`` is 0).
 
 With dynamic batching, the oldest request of the highest priority level
 opens a batch; requests whose inputs have the same shape apart from the
@@ -93,9 +94,8 @@ class ModelScheduler:
     def configure(self, card: ModelCard) -> None:
         """Apply a (re-read) card; queued requests keep their places."""
         self.card = card
-        batching = card.dynamic_batching
-        self.batching: DynamicBatchingSpec | None = batching if card.max_batch_size > 0 else None
-        spec = batching or DynamicBatchingSpec()
+        spec = card.dynamic_batching or DynamicBatchingSpec()
+        self.batching: DynamicBatchingSpec | None = card.dynamic_batching if card.max_batch_size > 0 else None
         self.levels = max(1, spec.priority_levels)
         self.default_level = spec.default_priority_level or self.levels
         self.policy = spec.default_queue_policy

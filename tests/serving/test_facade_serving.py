@@ -1,0 +1,194 @@
+"""``/v2`` through the facade of a real local cluster: a facade process and worker processes on loopback.
+
+Triton's client (``tritonclient`` from PyPI) sends the requests with the
+cluster's token; the expected answers come from the task path of the same
+cluster. Proves forwarding, the protocol's errors through the facade,
+batching under concurrent load (worker metrics: fewer executions than
+inferences), a full queue (503 with Retry-After), a worker dying (the request
+is retried on another one), and ``legacygpu infer``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+from helpers import TOKEN, LocalCluster, image_tensor, slow_model, wait_until
+from serving_support import EXAMPLES, enable_batching
+
+from legacygpu.core.modelcards import ModelRepository
+from legacygpu.worker.modelinfo import card_from_onnx
+
+pytestmark = pytest.mark.slow
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+DIGITS = [EXAMPLES / f"digit-{d}.png" for d in (1, 4, 9)]
+
+
+def _serving(cluster: LocalCluster, name: str) -> dict[str, str]:
+    return wait_until(lambda: (cluster.worker(name) or {}).get("stats", {}).get("serving"),
+                      timeout=60, what=f"worker {name} to announce its endpoints")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, demo_repository: Path) -> Iterator[LocalCluster]:
+    data = tmp_path_factory.mktemp("serving") / "data"
+    shutil.copytree(demo_repository, data / "models")
+    enable_batching(data / "models")
+    c = LocalCluster(data)
+    try:
+        c.start_api()
+        for name in ("w1", "w2"):
+            c.start_worker(name)
+            _serving(c, name)
+        yield c
+    finally:
+        c.stop()
+
+
+def _http(cluster: LocalCluster) -> triton_http.InferenceServerClient:
+    return triton_http.InferenceServerClient(cluster.url.removeprefix("http://"), network_timeout=120)
+
+
+def test_tritonclient_through_the_facade_gets_the_task_paths_top1(cluster: LocalCluster) -> None:
+    expected = []
+    for path in DIGITS:
+        task = cluster.submit(model="digits", inputs=[image_tensor(path)])
+        done = cluster.wait_phase(task["id"], {"Succeeded", "Failed"})
+        expected.append(done["result"]["top_k"][0]["index"])
+    assert expected == [1, 4, 9]
+
+    images = np.array([p.read_bytes() for p in DIGITS], dtype=object)
+    tensor = triton_http.InferInput("input", [len(DIGITS)], "BYTES")
+    tensor.set_data_from_numpy(images)
+    client = _http(cluster)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("digits", headers=AUTH)
+    result = client.infer("digits", [tensor], headers=AUTH)
+    assert result.as_numpy("probabilities").argmax(axis=1).tolist() == expected
+
+    grpc_client = triton_grpc.InferenceServerClient(_serving(cluster, "w2")["grpc"])
+    grpc_tensor = triton_grpc.InferInput("input", [len(DIGITS)], "BYTES")
+    grpc_tensor.set_data_from_numpy(images)
+    assert grpc_client.infer("digits", [grpc_tensor]).as_numpy("label").tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("model", "tensor", "status", "words"),
+    [
+        ("digits", {"name": "input", "shape": [1, 65], "datatype": "FP32", "data": [0.0] * 65}, 400,
+         "input 'input': shape [1, 65] does not match the model's [N, 64]"),
+        ("digits", {"name": "input", "shape": [1, 64], "datatype": "FP64", "data": [0.0] * 64}, 400,
+         "input 'input': datatype FP64 does not match the model's FP32"),
+        ("digits", {"name": "image", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}, 400,
+         "model 'digits' has no input 'image' (its inputs: input)"),
+        ("nope", {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}, 404,
+         "unknown model 'nope' (models in the repository: digits)"),
+    ],
+)
+def test_the_facade_passes_on_the_protocols_errors(cluster: LocalCluster, model: str, tensor: dict, status: int,
+                                                   words: str) -> None:
+    response = cluster.http.post(f"/v2/models/{model}/infer", json={"inputs": [tensor]})
+    assert response.status_code == status
+    assert response.json() == {"error": words}
+
+
+def test_v2_needs_the_token_except_for_health(cluster: LocalCluster) -> None:
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+    assert httpx.post(f"{cluster.url}/v2/models/digits/infer", json=body).status_code == 401
+    assert httpx.get(f"{cluster.url}/v2/health/ready").json() == {"ready": True}
+
+
+def _metric(text: str, name: str, model: str = "digits") -> float:
+    found = re.search(rf'^{name}{{model="{model}"}} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_concurrent_load_is_batched_on_the_workers(cluster: LocalCluster) -> None:
+    rng = np.random.default_rng(5)
+    xs = [rng.uniform(0, 16, (1, 64)).astype(np.float32) for _ in range(96)]
+
+    def infer(x: np.ndarray) -> int:
+        tensor = triton_http.InferInput("input", [1, 64], "FP32")
+        tensor.set_data_from_numpy(x)
+        client = _http(cluster)  # one connection per thread, as concurrent clients have
+        try:
+            return int(client.infer("digits", [tensor], headers=AUTH).as_numpy("label")[0])
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(32) as pool:
+        labels = list(pool.map(infer, xs))
+    assert len(labels) == 96
+    inferred = executed = 0.0
+    for name in ("w1", "w2"):
+        text = httpx.get(f"{_serving(cluster, name)['rest']}/metrics").text
+        inferred += _metric(text, "legacygpu_inference_count_total")
+        executed += _metric(text, "legacygpu_inference_exec_count_total")
+    assert inferred >= 96
+    assert executed < inferred
+    facade = cluster.http.get("/metrics").text
+    assert _metric(facade, "legacygpu_serving_forward_duration_seconds_count") >= 96
+
+
+def test_legacygpu_infer_prints_the_result_at_once(cluster: LocalCluster) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "legacygpu.cli", "infer", "--model", "digits", "--input", str(EXAMPLES / "digit-7.png")],
+        env={**os.environ, **cluster.env}, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "output probabilities FP32[1, 10]" in done.stdout
+    assert "top classes: 7 (" in done.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "legacygpu.cli", "infer", "--model", "nope", "--input", str(EXAMPLES / "digit-7.png")],
+        env={**os.environ, **cluster.env}, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert missing.returncode != 0 and "unknown model 'nope'" in missing.stderr
+
+
+def test_a_worker_that_dies_is_replaced_by_another_for_the_same_request(cluster: LocalCluster) -> None:
+    """Runs last in this module: it kills a worker."""
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+    for name in ("w1", "w2"):  # both load digits, so both are preferred and concurrent requests go to both
+        assert httpx.post(f"{_serving(cluster, name)['rest']}/v2/models/digits/infer", json=body).status_code == 200
+        wait_until(lambda n=name: "digits" in cluster.worker(n)["stats"]["models_loaded"], timeout=60)
+    cluster.workers["w1"].send_signal(signal.SIGKILL)
+    cluster.workers["w1"].wait()
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: cluster.http.post("/v2/models/digits/infer", json=body), range(8)))
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+    assert _metric(cluster.http.get("/metrics").text, "legacygpu_serving_retries_total") >= 1
+
+
+def test_a_full_queue_is_503_with_retry_after(data_dir: Path, tmp_path: Path) -> None:
+    path = slow_model(tmp_path / "slow.onnx", layers=12)
+    ModelRepository(data_dir / "models").add(card_from_onnx("slow", path), path)
+    enable_batching(data_dir / "models", "slow", max_batch_size=1, delay_us=0,
+                    default_queue_policy={"max_queue_size": 1})
+    cluster = LocalCluster(data_dir)
+    try:
+        cluster.start_api()
+        cluster.start_worker("w1")
+        _serving(cluster, "w1")
+        body = {"inputs": [{"name": "x", "shape": [1, 1024], "datatype": "FP32", "data": [0.5] * 1024}]}
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(lambda _: cluster.http.post("/v2/models/slow/infer", json=body), range(4)))
+    finally:
+        cluster.stop()
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) >= 1 and 503 in codes, codes
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.headers["Retry-After"] == "1"
+    assert "the queue is full" in refused.json()["error"]
