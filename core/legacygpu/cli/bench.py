@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gemm": ("legacygpu.cli.bench", "gemm"),
     "local": ("legacygpu.cli.bench_local", "command"),
     "model": ("legacygpu.cli.bench_model", "model_bench"),
+    "serve": ("legacygpu.cli.bench_serve", "command"),
 }
 
 
