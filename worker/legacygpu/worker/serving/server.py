@@ -57,7 +57,10 @@ class ServingServer:
 
     def start(self, timeout: float = 30.0) -> dict[str, str]:
         """Start both servers; returns ``{"rest": url, "grpc": "host:port"}``."""
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets that say TCP,
+        # and without it a response written in two parts waits ~40 ms for the client's delayed ACK.
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.http_port))
         self._thread = threading.Thread(target=self._run, args=(sock,), name="serving", daemon=True)
