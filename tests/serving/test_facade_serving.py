@@ -158,6 +158,38 @@ def test_legacygpu_infer_prints_the_result_at_once(cluster: LocalCluster) -> Non
     assert missing.returncode != 0 and "unknown model 'nope'" in missing.stderr
 
 
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "CLUSTER_DEPLOYMENT_GUIDE.md"
+
+
+def test_the_guides_serving_examples_work_as_written(cluster: LocalCluster, tmp_path: Path) -> None:
+    """The chapter's curl and tritonclient examples, run against this cluster (its port and token file)."""
+    guide = GUIDE.read_text()
+    chapter = guide[guide.index("### Real-time serving"):guide.index("### Watching it")]
+    blocks = re.findall(r"```(bash|python|yaml)\n(.*?)```", chapter, re.DOTALL)
+    assert [lang for lang, _ in blocks] == ["bash", "python", "yaml"]
+    token_file = tmp_path / "api-token"
+    token_file.write_text(TOKEN)
+    outputs = []
+    for lang, code in blocks[:2]:
+        code = code.replace("~/.local/share/legacygpu/api-token", str(token_file))
+        code = code.replace('Path.home() / ".local/share/legacygpu/api-token"', f'Path("{token_file}")')
+        code = code.replace("127.0.0.1:8000", f"127.0.0.1:{cluster.port}")
+        argv = ["bash", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                              cwd=GUIDE.parents[1])
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.strip())
+    curl_comment = re.search(r"^# (\{.*\})$", blocks[0][1], re.MULTILINE)
+    assert curl_comment is not None and outputs[0] == curl_comment.group(1)
+    assert outputs[1] == "[7] 7"
+    import yaml
+
+    from legacygpu.core.modelcards import ModelCard
+
+    card = ModelCard.model_validate({"name": "example", **yaml.safe_load(blocks[2][1])})
+    assert card.max_batch_size == 32 and card.dynamic_batching is not None
+
+
 def test_a_worker_that_dies_is_replaced_by_another_for_the_same_request(cluster: LocalCluster) -> None:
     """Runs last in this module: it kills a worker."""
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
