@@ -252,7 +252,7 @@ def decode_rest_request(model: str, version: str, body: bytes, header_length: in
 def _json_data(array: np.ndarray) -> list[Any]:
     if datatype_of(array) == "BYTES":
         return [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in array.ravel()]
-    return array.ravel().tolist()  # type: ignore[no-any-return]
+    return list(array.ravel().tolist())
 
 
 def encode_rest_response(

@@ -152,7 +152,7 @@ def _guarded(method: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, grp
     return call
 
 
-_METHODS = {
+_METHODS: dict[str, tuple[Any, Any]] = {
     "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
     "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
     "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
