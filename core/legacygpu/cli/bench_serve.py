@@ -341,9 +341,9 @@ def _plot(path: Path, results: dict[str, Any], title: str) -> None:
 @click.option("--ray/--no-ray", default=True, show_default=True,
               help="Also measure Ray Serve (installed into a throwaway venv the first time).")
 @click.option("--ray-venv", type=click.Path(file_okay=False, path_type=Path), default=Path(".cache/bench-serve-ray"),
-              show_default=True)
+              show_default=True, help="Where the throwaway Ray Serve venv lives (made on first use).")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("docs/benchmarks/serve"), show_default=True)
+              default=Path("docs/benchmarks/serve"), show_default=True, help="Where serve.json and serve.png go.")
 def command(models: str, concurrency: str, requests: int, ray: bool, ray_venv: Path, out_dir: Path) -> None:
     """Throughput and latency of /v2 through the facade, to a worker, onnxruntime alone and Ray Serve."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
