@@ -36,7 +36,7 @@ def command() -> None:
               "(inside a worker pod; needs POD_NAME and POD_NAMESPACE).")
 @click.option("--log-level", default="INFO", show_default=True, help="Logging verbosity (DEBUG, INFO, WARNING, ...).")
 @click.option("--serving-host", envvar="LEGACYGPU_SERVING_HOST", show_envvar=True,
-              help="Address of the Open Inference Protocol endpoints [default: 127.0.0.1; 0.0.0.0 with --kubernetes].")
+              help="Address of the OIP endpoints [default: 127.0.0.1; $POD_IP or 0.0.0.0 with --kubernetes].")
 @click.option("--serving-port", type=int, envvar="LEGACYGPU_SERVING_PORT", show_envvar=True,
               help="REST port of the Open Inference Protocol [default: any free port; 8080 with --kubernetes].")
 @click.option("--grpc-port", type=int, envvar="LEGACYGPU_GRPC_PORT", show_envvar=True,
@@ -53,7 +53,8 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     serving = None if no_serving else {
-        "host": serving_host or ("0.0.0.0" if kubernetes else "127.0.0.1"),
+        # In a pod: the pod's own address when known (pods may share a host, as in the e2e stand-in).
+        "host": serving_host or ((os.environ.get("POD_IP") or "0.0.0.0") if kubernetes else "127.0.0.1"),
         "http_port": serving_port if serving_port is not None else (8080 if kubernetes else 0),
         "grpc_port": grpc_port if grpc_port is not None else (8081 if kubernetes else 0),
         "advertise_host": os.environ.get("POD_IP") if kubernetes else None,
@@ -109,7 +110,10 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
 
 
 def _start_serving(runner: Callable[[], Any], options: dict[str, Any]) -> Any:
-    """Start the worker's Open Inference Protocol endpoints (a ServingServer) for ``runner()``."""
+    """Start the worker's Open Inference Protocol endpoints (a ServingServer) for ``runner()``.
+
+    Returns None, having logged why, when they cannot start (a port taken): the task loop still runs.
+    """
     from importlib.metadata import version
 
     from legacygpu.worker.serving import ServingEngine, ServingServer
@@ -117,7 +121,11 @@ def _start_serving(runner: Callable[[], Any], options: dict[str, Any]) -> Any:
     engine = ServingEngine(runner, server_version=version("legacygpu"))
     server = ServingServer(engine, host=options["host"], http_port=options["http_port"],
                            grpc_port=options["grpc_port"], advertise_host=options["advertise_host"])
-    server.start()
+    try:
+        server.start()
+    except (OSError, RuntimeError) as exc:
+        logging.getLogger(__name__).error("no real-time serving on this worker: %s", exc)
+        return None
     return server
 
 
