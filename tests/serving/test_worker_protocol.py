@@ -131,3 +131,17 @@ def test_metrics_count_requests_by_model(worker_server: ServingServer) -> None:
     assert 'legacygpu_inference_request_failure_total{model="digits",reason="bad_request"} 1.0' in text
     assert 'legacygpu_inference_count_total{model="digits"} 2.0' in text
     assert 'legacygpu_inference_compute_infer_duration_seconds_count{model="digits"} 1.0' in text
+
+
+def test_a_worker_whose_serving_port_is_taken_keeps_its_task_loop(caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    from legacygpu.cli.worker import _start_serving
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        options = {"host": "127.0.0.1", "http_port": port, "grpc_port": 0, "advertise_host": None}
+        assert _start_serving(lambda: None, options) is None
+    assert "no real-time serving on this worker" in caplog.text
