@@ -45,6 +45,8 @@ from typing import Any
 
 from legacygpu.core.errors import LegacyGPUError
 
+from . import drivers
+
 __all__ = [
     "DeviceContext",
     "DeviceInfo",
@@ -128,7 +130,17 @@ class DeviceInfo:
     local_mem_is_global: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "driver_family": self.driver_family}
+
+    @property
+    def driver_family(self) -> str:
+        """The driver stack (``pocl``, ``rusticl``, ``clover``, ``amd``, ``rocm``, ``other``); see :mod:`.drivers`."""
+        return drivers.driver_family(self.platform, self.platform_version, self.name)
+
+    @property
+    def cl_version(self) -> tuple[int, int]:
+        """The OpenCL version the device reports, as ``(major, minor)``."""
+        return drivers.cl_version(self.opencl_version)
 
     @property
     def cache_key(self) -> str:
@@ -297,9 +309,15 @@ class DeviceContext:
         self.queue.finish()
 
 
-def _rank(info: DeviceInfo, prefer: str) -> tuple[int, int, int]:
-    # preferred type first, legacy AMD GPUs first among GPUs, then the biggest device.
-    return (0 if info.device_type == prefer else 1, 0 if info.is_legacy_amd else 1, -info.compute_units)
+def _rank(info: DeviceInfo, prefer: str) -> tuple[int, int, int, int]:
+    # preferred type first, legacy AMD GPUs first among GPUs, then the preferred driver stack
+    # (one card can appear on two platforms: rusticl and Clover), then the biggest device.
+    return (
+        0 if info.device_type == prefer else 1,
+        0 if info.is_legacy_amd else 1,
+        drivers.preference(info.driver_family, info.device_type),
+        -info.compute_units,
+    )
 
 
 ENV_OPENCL_DEVICE = "LEGACYGPU_OPENCL_DEVICE"
@@ -361,9 +379,15 @@ def _choose(found: list[tuple[DeviceInfo, Any]], index: int | None, prefer: str)
         if visible is not None and all(info.index != index for info, _ in visible):
             log.warning("OpenCL device %d is not among those %s names; opening it anyway", index, ENV_VISIBLE_DEVICES)
         return found[index]
-    if visible is not None:
-        return visible[0]
-    return min(found, key=lambda pair: _rank(pair[0], prefer))
+    pool = visible if visible is not None else found
+    chosen = min(pool, key=lambda pair: _rank(pair[0], prefer))
+    others = [f"{i.index}: {i.name} ({i.driver_family})" for i, _ in pool if i.index != chosen[0].index]
+    log.info(
+        "chose OpenCL device %d: %s on %s (driver stack %s, %s)%s",
+        chosen[0].index, chosen[0].name, chosen[0].platform, chosen[0].driver_family, chosen[0].opencl_version,
+        f"; preferred over {', '.join(others)}" if others else "",
+    )  # fmt: skip
+    return chosen
 
 
 def open_device(index: int | None = None, prefer: str = "gpu", *, profiling: bool = False) -> DeviceContext:
@@ -372,9 +396,12 @@ def open_device(index: int | None = None, prefer: str = "gpu", *, profiling: boo
     With ``index=None``: the index in ``LEGACYGPU_OPENCL_DEVICE`` if set (an
     index into :func:`discover`'s list, as ``legacygpu devices`` numbers it);
     else, when ``LEGACYGPU_VISIBLE_DEVICES`` lists PCI addresses (the node
-    agent sets it to the cards a pod was given), the first discovered device
-    at one of those addresses; else the first device of type ``prefer``
-    (legacy AMD GPUs first), falling back to any device. If
+    agent sets it to the cards a pod was given), the best-ranked device at
+    one of those addresses; else the best-ranked device of type ``prefer``
+    (legacy AMD GPUs first, then by driver stack as
+    :func:`~legacygpu.worker.opencl.drivers.preference` orders them, so a card
+    that both rusticl and Clover expose opens on rusticl), falling back to any
+    device. The choice and what it was preferred over are logged (INFO). If
     ``LEGACYGPU_VISIBLE_DEVICES`` matches no device (a driver that reports no
     PCI address, such as PoCL), a warning is logged and it is ignored; if
     devices report addresses and none is listed, :class:`DeviceNotFoundError`.

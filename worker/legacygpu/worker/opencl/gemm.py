@@ -29,7 +29,8 @@ Which parameters run is decided per call from the problem's shape class
 (:func:`shape_class`: ``gemv`` M<=4, ``skinny`` M<=32, ``square`` otherwise):
 the winner the autotuner cached for this device and driver
 (:mod:`legacygpu.worker.opencl.tuning`), else :func:`default_params` for the
-device type. Compiled programs are cached per parameter set; the epilogue
+device's driver stack (:func:`kernel_style`: PoCL's CPU style, llvmpipe's
+SIMD lanes, or GPU tiles). Compiled programs are cached per parameter set; the epilogue
 (bias or not, which activation) is a run-time argument, so one build serves
 every layer of a model.
 """
@@ -48,6 +49,7 @@ from legacygpu.core.errors import ValidationError
 
 from .device import DeviceContext, DeviceInfo, KernelBuildError
 from .graph import ACTIVATION_IDS
+from .programs import BUILD_OPTIONS
 
 if TYPE_CHECKING:
     import pyopencl.array as cla
@@ -62,6 +64,7 @@ __all__ = [
     "PackedB",
     "default_params",
     "kernel_source",
+    "kernel_style",
     "packed_elems",
     "shape_class",
 ]
@@ -173,24 +176,50 @@ class GemmParams:
         )
 
 
-# Measured on PoCL (skylake-avx512): wide float16 register blocks, tiny
+# Untuned defaults per kernel style (see :func:`kernel_style`).
+#
+# "cpu" (PoCL), measured on PoCL (skylake-avx512): wide float16 register blocks, tiny
 # work-groups, no local memory; B repacked into panels for M > 4.
 _CPU_DEFAULTS = {
     "gemv": GemmParams(mwi=1, nwv=8, vw=16, mdimc=1, ndimc=1, ku=4),
     "skinny": GemmParams(mwi=8, nwv=2, vw=16, mdimc=1, ndimc=2, ku=2, pb=True, mfirst=True),
     "square": GemmParams(mwi=8, nwv=2, vw=16, mdimc=1, ndimc=2, ku=2, pb=True, mfirst=True),
 }
+# "lanes" (rusticl on llvmpipe), measured on llvmpipe (LLVM 15, 256 bits): llvmpipe runs
+# 8 work-items as the lanes of one SIMD register, so PoCL's wide per-work-item vectors
+# (float16 blocks of 256 accumulators) spill and compile for minutes; scalar work-items
+# (vw=1) in work-groups 8 wide along N with a small register block are what it runs well.
+_LANES_DEFAULTS = {
+    "gemv": GemmParams(mwi=1, nwv=4, vw=1, mdimc=1, ndimc=16, ku=4, strn=True),
+    "skinny": GemmParams(mwi=4, nwv=4, vw=1, mdimc=2, ndimc=8, ku=2, strn=True),
+    "square": GemmParams(mwi=4, nwv=4, vw=1, mdimc=8, ndimc=8, ku=2, strn=True),
+}
+# "gpu" (rusticl on radeonsi, Clover, AMD's legacy driver): CLBlast-style local-memory tiles
+# and coalesced (strided) vectors. Not measured on a card yet: see docs/opencl-core.md.
 _GPU_DEFAULTS = {
     "gemv": GemmParams(mwi=1, nwv=1, vw=4, mdimc=1, ndimc=64, ku=4, local=False, strn=True),
     "skinny": GemmParams(mwi=2, nwv=1, vw=4, mdimc=8, ndimc=32, ku=2, local=True, kwg=16, strn=True),
     "square": GemmParams(mwi=4, nwv=2, vw=4, mdimc=16, ndimc=8, ku=2, local=True, kwg=16, strn=True),
 }
+_DEFAULTS = {"cpu": _CPU_DEFAULTS, "lanes": _LANES_DEFAULTS, "gpu": _GPU_DEFAULTS}
+
+
+def kernel_style(info: DeviceInfo) -> str:
+    """How the device runs work-items, which decides the kernels that suit it.
+
+    ``cpu``: one work-item is one CPU thread's loop, vectorised along its own
+    vectors (PoCL, and other CPU drivers). ``lanes``: a CPU device whose
+    work-items are the lanes of a SIMD register (rusticl's llvmpipe), which
+    wants what a GPU wants minus the local memory. ``gpu``: everything else.
+    """
+    if info.device_type != "cpu":
+        return "gpu"
+    return "lanes" if info.driver_family == "rusticl" else "cpu"
 
 
 def default_params(info: DeviceInfo, cls: str) -> GemmParams:
-    """Untuned parameters that are correct and reasonable for the device type."""
-    table = _CPU_DEFAULTS if info.device_type == "cpu" else _GPU_DEFAULTS
-    params = table[cls]
+    """Untuned parameters for the device's driver stack (see :func:`kernel_style`)."""
+    params = _DEFAULTS[kernel_style(info)][cls]
     if params.problems(info):  # a small device: fall back to a tiny work-group
         params = GemmParams(mwi=1, nwv=1, vw=4, mdimc=1, ndimc=1, ku=1)
     return params
@@ -269,7 +298,7 @@ class Gemm:
         with self._lock:
             kern = self._kernels.get(key)
             if kern is None:
-                program = self._build(source or kernel_source(), [*params.defines(), "-cl-mad-enable"])
+                program = self._build(source or kernel_source(), [*params.defines(), *BUILD_OPTIONS])
                 kern = program.gemm_nn
                 kern.set_scalar_arg_dtypes(
                     [np.int32, np.int32, np.int32, np.int32, np.float32,
@@ -283,7 +312,7 @@ class Gemm:
         with self._lock:
             kern = self._kernels.get("pack")  # type: ignore[call-overload]
             if kern is None:
-                kern = self._build(kernel_source(), GemmParams().defines()).gemm_pack
+                kern = self._build(kernel_source(), [*GemmParams().defines(), *BUILD_OPTIONS]).gemm_pack
                 kern.set_scalar_arg_dtypes([np.int32, np.int32, None, np.int32, np.int32, np.int32, None, np.int32])
                 self._kernels["pack"] = kern  # type: ignore[index]
         return kern

@@ -2,7 +2,9 @@
 
 Each op family has one source file in ``kernels/`` (``elementwise.cl``,
 ``shape.cl``, ``conv.cl``, ...), built once per device context with
-``-cl-mad-enable`` and cached here together with its kernel objects.
+:data:`BUILD_OPTIONS` (``-cl-std=CL1.1 -cl-mad-enable``: every kernel is
+OpenCL C 1.1, so Mesa's Clover, which stops at 1.1, builds the same source as
+rusticl and PoCL) and cached here together with its kernel objects.
 ``kernels/common.cl`` (the activation switch ``apply_act`` and the pixel
 index split shared by several families) is prepended to every family's
 source, an override's included.
@@ -38,12 +40,15 @@ import numpy as np
 
 from .device import DeviceContext, KernelBuildError
 
-__all__ = ["KERNEL_DIR", "OVERRIDE_ENV", "Programs", "f32", "i32"]
+__all__ = ["BUILD_OPTIONS", "KERNEL_DIR", "OVERRIDE_ENV", "Programs", "f32", "i32"]
 
 log = logging.getLogger(__name__)
 
 KERNEL_DIR = Path(__file__).with_name("kernels")
 OVERRIDE_ENV = "LEGACYGPU_KERNEL_OVERRIDE_DIR"
+
+# Options every program of the core is built with (GEMM's add its -D parameters).
+BUILD_OPTIONS: tuple[str, ...] = ("-cl-std=CL1.1", "-cl-mad-enable")
 
 
 # Work-group shapes used when a kernel does not ask for one. Fixed shapes (global sizes are
@@ -103,7 +108,7 @@ class Programs:
             if known is not None:
                 raise known
             try:
-                program = cl.Program(self.dctx.ctx, make_source()).build(options=["-cl-mad-enable"])
+                program = cl.Program(self.dctx.ctx, make_source()).build(options=list(BUILD_OPTIONS))
             except (cl.Error, OSError) as exc:
                 err = KernelBuildError(f"OpenCL kernels '{name}' failed to build on {self.dctx.info.name}: {exc}")
                 log.warning("%s", err)

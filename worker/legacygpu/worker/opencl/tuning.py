@@ -13,10 +13,24 @@ are ignored rather than trusted.
 
 :class:`Autotuner` searches a candidate list per shape class (see
 :func:`candidates`) on representative problems: every candidate is compiled
-(a build failure is logged as a warning and skipped), run once and compared
-with numpy (a wrong result rejects the candidate), then timed (best of a few
-runs). The fastest verified candidate wins and is written to the cache.
-Progress is reported through a callback (the CLI draws a rich progress bar).
+(a build failure is logged as a warning and skipped), run on an odd-sized
+problem and on the tuned size and compared with numpy (a wrong result
+rejects the candidate), then timed with :func:`~.timing.measure`: at least
+``repeats`` runs and ``min_seconds`` of work, the output poisoned with NaN
+before each run and waited for by reading it back (:func:`~.timing.sync`;
+rusticl 22.3's ``clFinish`` can return before the kernel has run, which is
+how the tuner once reported 313 GFLOPS on two CPU cores), each run's last
+element checked, and the result of the timed runs compared with numpy
+again. The figure is the median run. The fastest verified candidate wins.
+
+Before the cache is saved, the winner is **confirmed**: a fresh
+:class:`~.gemm.Gemm` that reads the winner from the cache, as the executor
+and ``legacygpu bench gemm`` do, multiplies fresh operands of the tuned size;
+its median must agree with the tuner's figure within a factor
+:data:`CONFIRM_TOLERANCE` (measured twice if the first disagrees, since the
+machine may be busy). An unconfirmed class is not saved, and
+:class:`TuningNotConfirmed` names it. Progress is reported through a
+callback (the CLI draws a rich progress bar).
 """
 
 from __future__ import annotations
@@ -39,7 +53,8 @@ from typing import Any
 import numpy as np
 
 from .device import DeviceContext, DeviceInfo, KernelBuildError, OpenCLError
-from .gemm import SHAPE_CLASSES, Gemm, GemmParams, default_params, kernel_source
+from .gemm import SHAPE_CLASSES, Gemm, GemmParams, default_params, kernel_source, kernel_style
+from .timing import Timing, gflops, measure, ratio_within, sync
 
 __all__ = [
     "TUNING_PROBLEMS",
@@ -47,6 +62,7 @@ __all__ = [
     "Candidate",
     "CandidateResult",
     "TuningCache",
+    "TuningNotConfirmed",
     "candidates",
     "default_cache_dir",
     "kernel_hash",
@@ -55,6 +71,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+
+# The confirmation run's median must be within this factor of the tuner's figure, either way.
+CONFIRM_TOLERANCE = 1.5
+
+
+class TuningNotConfirmed(OpenCLError):
+    """A winner's speed could not be confirmed by an independent run; it was not saved."""
+
 
 # Representative (M, N, K) per shape class: full and --quick.
 TUNING_PROBLEMS: dict[str, dict[str, tuple[int, int, int]]] = {
@@ -159,6 +183,17 @@ _SPACES: dict[tuple[str, str], dict[str, Sequence[Any]]] = {
     ("cpu", "square"): {"mwi": [4, 6, 8], "mdimc": [1, 2, 4, 8], "vw": [8, 16], "nwv": [1, 2],
                         "ndimc": [1, 2, 4], "ku": [1, 2, 4], "pa": [False, True], "pb": [False, True],
                         "mfirst": [False, True]},
+    # llvmpipe: work-items are SIMD lanes (8 per 256-bit register): scalar or short vectors,
+    # work-groups a multiple of 8 wide along N; local memory is ordinary memory plus barriers.
+    ("lanes", "gemv"): {"mwi": [1, 2], "mdimc": [1, 2], "vw": [1, 2, 4], "nwv": [1, 2, 4, 8],
+                        "ndimc": [8, 16, 32, 64], "ku": [1, 2, 4], "strn": [False, True], "pb": [False, True]},
+    ("lanes", "skinny"): {"mwi": [1, 2, 4, 8], "mdimc": [1, 2, 4], "vw": [1, 2, 4], "nwv": [1, 2, 4, 8],
+                          "ndimc": [8, 16, 32], "ku": [1, 2, 4], "strn": [False, True], "pb": [False, True],
+                          "mfirst": [False, True]},
+    ("lanes", "square"): {"mwi": [2, 4, 8], "mdimc": [2, 4, 8], "vw": [1, 2, 4], "nwv": [1, 2, 4, 8],
+                          "ndimc": [8, 16, 32], "ku": [1, 2, 4], "local": [False, True], "kwg": [16],
+                          "strn": [False, True], "pa": [False, True], "pb": [False, True],
+                          "mfirst": [False, True]},
     ("gpu", "gemv"): {"mwi": [1, 2, 4], "mdimc": [1], "vw": [1, 2, 4], "nwv": [1, 2],
                       "ndimc": [32, 64, 128, 256], "ku": [1, 2, 4], "strn": [False, True], "pb": [False, True]},
     ("gpu", "skinny"): {"local": [True], "mwi": [1, 2, 4], "mdimc": [4, 8, 16], "vw": [1, 2, 4],
@@ -172,17 +207,20 @@ _SPACES: dict[tuple[str, str], dict[str, Sequence[Any]]] = {
 
 
 def _kind(info: DeviceInfo) -> str:
-    return "cpu" if info.device_type == "cpu" else "gpu"
+    return kernel_style(info)
 
 
 def _plausible(p: GemmParams, info: DeviceInfo) -> bool:
     block = p.mwi * p.nwv * p.vw  # accumulators per work-item, in floats
-    regs = 256 if _kind(info) == "cpu" else 64
+    kind = _kind(info)
+    regs = 256 if kind == "cpu" else 64
     wg = p.mdimc * p.ndimc
     if block > regs or p.problems(info):
         return False
-    if _kind(info) == "gpu":
+    if kind == "gpu":
         return 64 <= wg <= 256
+    if kind == "lanes":
+        return p.ndimc % 8 == 0 and 8 <= wg <= 256 and block <= 32
     return block >= 8 and wg <= 64
 
 
@@ -234,13 +272,19 @@ def neighbours(params: GemmParams, info: DeviceInfo, cls: str) -> list[Candidate
 
 @dataclass
 class CandidateResult:
-    """What happened to one candidate: ``status`` is ok, build-failed, wrong or error."""
+    """What happened to one candidate: ``status`` is ok, build-failed, wrong or error.
+
+    ``gflops`` is the median of ``timing``'s runs; ``confirmed_gflops`` is set
+    on a winner once an independent run has confirmed it.
+    """
 
     candidate: Candidate
     status: str
     gflops: float = 0.0
     max_rel_error: float | None = None
     message: str = ""
+    timing: Timing | None = None
+    confirmed_gflops: float | None = None
 
 
 ProgressFn = Callable[[str, int, int, CandidateResult], None]
@@ -248,13 +292,43 @@ ProgressFn = Callable[[str, int, int, CandidateResult], None]
 REL_TOLERANCE = 1e-4
 
 
+class WrongResult(OpenCLError):
+    """A candidate's output differs from numpy (or it did not write its output at all)."""
+
+
 def _check_problem(cls: str) -> tuple[int, int, int]:
     """A small odd-sized problem of the class, to catch edge handling bugs."""
     return {"gemv": (3, 77, 45), "skinny": (19, 77, 45), "square": (67, 77, 45)}[cls]
 
 
+@dataclass
+class _Operands:
+    """Device operands of one problem, numpy's float64 reference, and a NaN image of C."""
+
+    a: Any
+    b: Any
+    bias: Any
+    c: Any
+    ref: np.ndarray
+    bias64: np.ndarray
+    poison: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        (m, k), n = self.a.shape, self.c.shape[1]
+        return int(m), int(n), int(k)
+
+
+def _rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.max(np.abs(got - want)) / max(1e-30, float(np.max(np.abs(want)))))
+
+
 class Autotuner:
-    """Finds the fastest verified GEMM parameters per shape class and caches them."""
+    """Finds the fastest verified GEMM parameters per shape class and caches them.
+
+    ``repeats`` and ``min_seconds``: every timing is at least that many runs
+    and that much measured work (see :func:`~.timing.measure`).
+    """
 
     def __init__(
         self,
@@ -262,50 +336,72 @@ class Autotuner:
         cache: TuningCache | None = None,
         *,
         repeats: int = 3,
+        min_seconds: float = 0.2,
         progress: ProgressFn | None = None,
     ) -> None:
         self.dctx = dctx
         self.cache = cache if cache is not None else TuningCache()
         self.repeats = repeats
+        self.min_seconds = min_seconds
         self.progress = progress
         self.gemm = Gemm(dctx, tuning=self.cache)
         self._rng = np.random.default_rng(1234)
 
-    def _operands(self, m: int, n: int, k: int) -> tuple[Any, ...]:
+    def _operands(self, m: int, n: int, k: int) -> _Operands:
         import pyopencl.array as cla
 
         a = self._rng.uniform(-1, 1, (m, k)).astype(np.float32)
         b = self._rng.uniform(-1, 1, (k, n)).astype(np.float32)
         bias = self._rng.uniform(-1, 1, n).astype(np.float32)
         q = self.dctx.queue
-        ref = a.astype(np.float64) @ b.astype(np.float64)
-        return (cla.to_device(q, a), cla.to_device(q, b), cla.to_device(q, bias),
-                cla.empty(q, (m, n), np.float32), ref, bias.astype(np.float64))  # fmt: skip
+        return _Operands(
+            cla.to_device(q, a), cla.to_device(q, b), cla.to_device(q, bias), cla.empty(q, (m, n), np.float32),
+            a.astype(np.float64) @ b.astype(np.float64), bias.astype(np.float64), np.full((m, n), np.nan, np.float32),
+        )  # fmt: skip
+
+    def _verify(self, ops: _Operands, want: np.ndarray) -> float:
+        """The relative error of C (read back, blocking) against ``want``; :class:`WrongResult` if too large."""
+        err = _rel_error(ops.c.get(), want)
+        if not np.isfinite(err) or err > REL_TOLERANCE:
+            raise WrongResult(f"relative error {err:.2e} > {REL_TOLERANCE:g} at {'x'.join(map(str, ops.shape))}")
+        return err
 
     def evaluate(self, cand: Candidate, problem: tuple[int, int, int], operands: Any, check: Any) -> CandidateResult:
         """Build, verify (on the odd-sized check problem and the timed one), then time a candidate."""
+        del problem  # the operands carry their shape
         try:
-            for ops, with_epilogue in ((check, True), (operands, False)):
-                a, b, bias, c, ref, bias64 = ops
-                if with_epilogue:
-                    self.gemm.run(cand.params, a, b, bias=bias, activation="relu", out=c, source=cand.source)
-                    want = np.maximum(ref + bias64, 0.0)
-                else:
-                    self.gemm.run(cand.params, a, b, out=c, source=cand.source)
-                    want = ref
-                got = c.get()
-                err = float(np.max(np.abs(got - want)) / max(1e-30, float(np.max(np.abs(want)))))
-                if not np.isfinite(err) or err > REL_TOLERANCE:
-                    return CandidateResult(cand, "wrong", max_rel_error=err,
-                                           message=f"relative error {err:.2e} > {REL_TOLERANCE:g}")  # fmt: skip
-            gflops = self._time(cand, problem, operands)
+            check.c.set(check.poison)
+            self.gemm.run(cand.params, check.a, check.b, bias=check.bias, activation="relu", out=check.c,
+                          source=cand.source)  # fmt: skip
+            self._verify(check, np.maximum(check.ref + check.bias64, 0.0))
+            operands.c.set(operands.poison)
+            self.gemm.run(cand.params, operands.a, operands.b, out=operands.c, source=cand.source)
+            self._verify(operands, operands.ref)
+            timing = self._time(cand, operands)
+            err = self._verify(operands, operands.ref)  # what the timed runs computed
+        except WrongResult as exc:
+            return CandidateResult(cand, "wrong", max_rel_error=None, message=str(exc))
         except KernelBuildError as exc:
             log.warning("skipping GEMM candidate %s: it does not build: %s", cand.describe(), str(exc)[:300])
             return CandidateResult(cand, "build-failed", message=str(exc)[:2000])
         except Exception as exc:  # a driver error at run time: skip, never abort the search
             log.warning("skipping GEMM candidate %s: %s", cand.describe(), exc)
             return CandidateResult(cand, "error", message=str(exc)[:2000])
-        return CandidateResult(cand, "ok", gflops=gflops, max_rel_error=err)
+        return CandidateResult(cand, "ok", gflops=gflops(*operands.shape, timing.median), max_rel_error=err,
+                               timing=timing)  # fmt: skip
+
+    def _time(self, cand: Candidate, ops: _Operands) -> Timing:
+        """Per-run times of a verified candidate on ``ops``; every run must write C (else :class:`WrongResult`)."""
+        q = self.dctx.queue
+
+        def wait() -> None:
+            if np.isnan(sync(q, ops.c)):
+                raise WrongResult("a timed run did not write its output (the kernel did not run)")
+
+        return measure(
+            lambda: self.gemm.run(cand.params, ops.a, ops.b, out=ops.c, source=cand.source), wait,
+            min_runs=self.repeats, min_seconds=self.min_seconds, before=lambda: ops.c.set(ops.poison),
+        )  # fmt: skip
 
     def search(
         self,
@@ -318,7 +414,8 @@ class Autotuner:
     ) -> tuple[CandidateResult | None, list[CandidateResult]]:
         """Evaluate ``cands``, then up to ``refine`` neighbours of the leader; return the winner.
 
-        The ``final`` best are timed twice more, interleaved, before the winner is named.
+        The ``final`` best are timed twice more, taking turns, and ranked by the
+        median of all their runs before the winner is named.
         """
         operands = self._operands(*problem)
         check = self._operands(*_check_problem(cls))
@@ -347,26 +444,42 @@ class Autotuner:
         ok = sorted((r for r in results if r.status == "ok"), key=lambda r: r.gflops, reverse=True)
         if len(ok) > 1 and final:
             # On a shared machine one lucky run can crown the wrong kernel: time the
-            # leaders again, interleaved, and keep each one's best.
+            # leaders again, taking turns, and rank them by the median of all their runs.
             leaders = ok[:final]
             for _ in range(2):
                 for r in leaders:
-                    again = self._time(r.candidate, problem, operands)
-                    r.gflops = max(r.gflops, again)
-            ok = sorted(leaders, key=lambda r: r.gflops, reverse=True)
+                    try:
+                        again = self._time(r.candidate, operands)
+                    except WrongResult as exc:
+                        r.status, r.message = "wrong", str(exc)
+                        continue
+                    assert r.timing is not None
+                    r.timing = Timing(r.timing.seconds + again.seconds)
+                    r.gflops = gflops(*problem, r.timing.median)
+            ok = sorted((r for r in leaders if r.status == "ok"), key=lambda r: r.gflops, reverse=True)
         return (ok[0] if ok else None), results
 
-    def _time(self, cand: Candidate, problem: tuple[int, int, int], operands: Any) -> float:
-        """GFLOPS of the best of ``repeats`` runs (the candidate has been verified)."""
+    def confirm(self, cls: str, winner: CandidateResult, problem: tuple[int, int, int]) -> float:
+        """GFLOPS of ``winner`` measured the way its users run it: through a :class:`Gemm` reading the cache.
+
+        Fresh operands of the tuned size; the product is checked against numpy.
+        """
+
+        mem = TuningCache(self.cache.directory)
+        mem._data[self.dctx.info.cache_key] = {"format": CACHE_FORMAT, "entries": {}}  # memory only
+        mem.store(self.dctx.info, cls, winner.candidate.params)
+        gemm = Gemm(self.dctx, tuning=mem)
         m, n, k = problem
-        a, b, _, c, _, _ = operands
-        best = float("inf")
-        for _ in range(self.repeats):
-            start = time.perf_counter()
-            self.gemm.run(cand.params, a, b, out=c, source=cand.source)
-            self.dctx.queue.finish()
-            best = min(best, time.perf_counter() - start)
-        return 2.0 * m * n * k / best / 1e9
+        if gemm.params_for(m, n, k) != winner.candidate.params:  # pragma: no cover - a tuning-class mismatch
+            raise OpenCLError(f"{m}x{n}x{k} does not use the {cls} entry")
+        ops = self._operands(m, n, k)
+        q = self.dctx.queue
+        gemm(ops.a, ops.b, out=ops.c)  # warm-up (the build is not timed)
+        self._verify(ops, ops.ref)
+        timing = measure(lambda: gemm(ops.a, ops.b, out=ops.c), lambda: sync(q, ops.c),
+                         min_runs=self.repeats, min_seconds=self.min_seconds)  # fmt: skip
+        self._verify(ops, ops.ref)
+        return gflops(m, n, k, timing.median)
 
     def tune(
         self,
@@ -377,25 +490,44 @@ class Autotuner:
         problems: dict[str, tuple[int, int, int]] | None = None,
         refine: int | None = None,
     ) -> dict[str, CandidateResult]:
-        """Tune each shape class, store the winners in the cache and save it.
+        """Tune each shape class, confirm each winner, store the confirmed ones and save the cache.
 
         ``count`` candidates are sampled per class (8 with ``quick``, else 24),
         then up to ``refine`` (default: two thirds as many) neighbours of the leader.
-        ``problems`` overrides the representative (M, N, K) per class.
+        ``problems`` overrides the representative (M, N, K) per class. Raises
+        :class:`TuningNotConfirmed` (after saving the confirmed classes) when a
+        winner's figure is not confirmed.
         """
         info = self.dctx.info
         problems = {**TUNING_PROBLEMS["quick" if quick else "full"], **(problems or {})}
         n_first = count if count is not None else (8 if quick else 24)
         refine = refine if refine is not None else max(2, n_first * 2 // 3)
         winners: dict[str, CandidateResult] = {}
+        unconfirmed: list[str] = []
         for cls in classes:
             winner, results = self.search(cls, candidates(info, cls, count=n_first), problems[cls], refine=refine)
             if winner is None:
                 raise OpenCLError(f"no GEMM candidate for {cls} built and verified on {info.name}")
+            for _ in range(2):  # a second try: the machine may have been busy
+                winner.confirmed_gflops = self.confirm(cls, winner, problems[cls])
+                if ratio_within(winner.gflops, winner.confirmed_gflops, CONFIRM_TOLERANCE):
+                    break
+            else:
+                log.warning("not saving the %s winner %s: the tuner measured %.3g GFLOPS, a confirmation run %.3g",
+                            cls, winner.candidate.describe(), winner.gflops, winner.confirmed_gflops)  # fmt: skip
+                unconfirmed.append(f"{cls} (tuner {winner.gflops:.3g}, confirmation {winner.confirmed_gflops:.3g})")
+                continue
             winners[cls] = winner
             self.cache.store(
-                info, cls, winner.candidate.params, gflops=round(winner.gflops, 2), problem=list(problems[cls]),
+                info, cls, winner.candidate.params, gflops=round(winner.gflops, 3),
+                confirmed_gflops=round(winner.confirmed_gflops, 3), problem=list(problems[cls]),
+                runs=len(winner.timing.seconds) if winner.timing else 0,
                 tried=len(results), verified=sum(r.status == "ok" for r in results),
             )  # fmt: skip
         self.cache.save(info)
+        if unconfirmed:
+            raise TuningNotConfirmed(
+                f"GEMM timings on {info.name} could not be confirmed within a factor {CONFIRM_TOLERANCE:g} "
+                f"for {', '.join(unconfirmed)} GFLOPS; those classes keep their defaults"
+            )
         return winners
