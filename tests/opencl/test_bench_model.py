@@ -20,7 +20,7 @@ def test_default_models_are_every_named_model() -> None:
     assert models.default == ",".join(DEFAULT_MODELS)
 
 
-def test_bench_model_cli_rows_json_and_png(dctx, tmp_path) -> None:
+def test_bench_model_cli_rows_json_and_png(on_platform, tmp_path) -> None:
     out = tmp_path / "out"
     res = CliRunner().invoke(
         cli, ["bench", "model", "--models", "digits", "--batches", "1,2", "--repeats", "4", "--budget", "0",

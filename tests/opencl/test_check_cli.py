@@ -38,15 +38,21 @@ def model(dctx, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _on_each_platform(on_platform) -> None:
+    """`model check` runs on the parametrised platform's device (LEGACYGPU_OPENCL_DEVICE)."""
+
+
 def _check(*args: str) -> tuple[int, str, str]:
     res = CliRunner().invoke(cli, ["model", "check", *args])
     return res.exit_code, res.stdout, res.stderr
 
 
-def test_dynamic_dims_are_1_unless_given(model: Path) -> None:
+def test_dynamic_dims_are_1_unless_given(model: Path, dctx) -> None:
     code, out, err = _check(str(model), "-o", "json")
     assert code == 0, out + err
     data = json.loads(out)
+    assert dctx.info.name in data["device"]  # the platform under test, not the default device
     assert data["input_shapes"] == {"x": [1, K]}
     assert [o["shape"] for o in data["outputs"]] == [[1, 3], [1, 3]]
     code, out, err = _check(str(model), "--dim", "N=3", "-o", "json")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from legacygpu.core.errors import ValidationError
-from legacygpu.worker.opencl.gemm import Gemm, GemmParams, shape_class
+from legacygpu.worker.opencl.gemm import Gemm, GemmParams, kernel_style, shape_class
 from legacygpu.worker.opencl.tuning import TuningCache
 
 cla = pytest.importorskip("pyopencl.array")
@@ -65,6 +65,8 @@ FAMILY = [
 @pytest.mark.parametrize(("m", "n", "k"), [(1, 1, 1), (17, 33, 65), (70, 130, 37)])
 def test_kernel_family_members_match_numpy(dctx, gemm, params, m, n, k) -> None:
     """GPU-style (local memory, strided) and CPU-style members are all correct, edges included."""
+    if kernel_style(dctx.info) == "lanes" and params.mwi * params.nwv * params.vw > 64:
+        pytest.skip("llvmpipe compiles a 256-accumulator float16 block for minutes; it is a PoCL-only member")
     a, b, bias = _mats(m, n, k)
     q = dctx.queue
     got = gemm.run(params, cla.to_device(q, a), cla.to_device(q, b), bias=cla.to_device(q, bias),

@@ -1,4 +1,4 @@
-"""The worker's TaskRunner on the OpenCL backend (PoCL here): a request too big for the device fails alone."""
+"""The worker's TaskRunner on the OpenCL backend (PoCL and rusticl): a request too big for the device fails alone."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from legacygpu.worker.runner import TaskRunner
 
 
 @pytest.fixture
-def runner(demo_repository: Path, tmp_path: Path, dctx) -> TaskRunner:  # dctx: skips without an OpenCL device
+def runner(demo_repository: Path, tmp_path: Path, dctx) -> TaskRunner:  # dctx: one per platform
     shutil.copytree(demo_repository, tmp_path / "models")
-    return TaskRunner(ModelRepository(tmp_path / "models"), OpenCLBackend())
+    backend = OpenCLBackend(dctx.info.index)
+    assert backend.runtime.dctx.info.driver_family == dctx.info.driver_family
+    return TaskRunner(ModelRepository(tmp_path / "models"), backend)
 
 
 def _rows(n: int) -> dict:

@@ -1,4 +1,4 @@
-"""Fixtures for the kernel tests: one OpenCL runtime (PoCL here) and a one-node model runner.
+"""Fixtures for the kernel tests: one OpenCL runtime per platform (PoCL, rusticl on llvmpipe) and a one-node model runner.
 
 Each op is exercised through the executor exactly as a model would use it: a
 one-node ONNX model is written to a temporary file, loaded, planned and run, and
@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from ocl_platforms import PLATFORMS, open_platform
 
 _counter = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def runtime() -> Any:
-    from legacygpu.worker.opencl.device import open_device
+@pytest.fixture(scope="session", params=PLATFORMS)
+def runtime(request: pytest.FixtureRequest) -> Any:
     from legacygpu.worker.opencl.executor import OpenCLRuntime
 
-    return OpenCLRuntime(open_device())
+    return OpenCLRuntime(open_platform(request.param))
 
 
 class NodeRunner:

@@ -192,7 +192,7 @@ _CPU_DEFAULTS = {
 _LANES_DEFAULTS = {
     "gemv": GemmParams(mwi=1, nwv=4, vw=1, mdimc=1, ndimc=16, ku=4, strn=True),
     "skinny": GemmParams(mwi=4, nwv=4, vw=1, mdimc=2, ndimc=8, ku=2, strn=True),
-    "square": GemmParams(mwi=4, nwv=4, vw=1, mdimc=8, ndimc=8, ku=2, strn=True),
+    "square": GemmParams(mwi=4, nwv=4, vw=1, mdimc=8, ndimc=8, ku=2),
 }
 # "gpu" (rusticl on radeonsi, Clover, AMD's legacy driver): CLBlast-style local-memory tiles
 # and coalesced (strided) vectors. Not measured on a card yet: see docs/opencl-core.md.

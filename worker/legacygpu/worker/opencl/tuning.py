@@ -26,8 +26,8 @@ again. The figure is the median run. The fastest verified candidate wins.
 Before the cache is saved, the winner is **confirmed**: a fresh
 :class:`~.gemm.Gemm` that reads the winner from the cache, as the executor
 and ``legacygpu bench gemm`` do, multiplies fresh operands of the tuned size;
-its median must agree with the tuner's figure within a factor
-:data:`CONFIRM_TOLERANCE` (measured twice if the first disagrees, since the
+its median (at least 5 runs and 0.1 s) must agree with the tuner's figure
+within a factor :data:`CONFIRM_TOLERANCE` (up to three tries, since the
 machine may be busy). An unconfirmed class is not saved, and
 :class:`TuningNotConfirmed` names it. Progress is reported through a
 callback (the CLI draws a rich progress bar).
@@ -476,8 +476,9 @@ class Autotuner:
         q = self.dctx.queue
         gemm(ops.a, ops.b, out=ops.c)  # warm-up (the build is not timed)
         self._verify(ops, ops.ref)
+        # at least 5 runs and 0.1 s: a single run of a tiny problem is at the mercy of the scheduler
         timing = measure(lambda: gemm(ops.a, ops.b, out=ops.c), lambda: sync(q, ops.c),
-                         min_runs=self.repeats, min_seconds=self.min_seconds)  # fmt: skip
+                         min_runs=max(5, self.repeats), min_seconds=max(0.1, self.min_seconds))  # fmt: skip
         self._verify(ops, ops.ref)
         return gflops(m, n, k, timing.median)
 
@@ -508,7 +509,7 @@ class Autotuner:
             winner, results = self.search(cls, candidates(info, cls, count=n_first), problems[cls], refine=refine)
             if winner is None:
                 raise OpenCLError(f"no GEMM candidate for {cls} built and verified on {info.name}")
-            for _ in range(2):  # a second try: the machine may have been busy
+            for _ in range(3):  # more tries: the machine may have been busy
                 winner.confirmed_gflops = self.confirm(cls, winner, problems[cls])
                 if ratio_within(winner.gflops, winner.confirmed_gflops, CONFIRM_TOLERANCE):
                     break
