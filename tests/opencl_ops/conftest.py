@@ -1,4 +1,4 @@
-"""Fixtures for the kernel tests: one OpenCL runtime per platform (PoCL, rusticl on llvmpipe) and a one-node model runner.
+"""Fixtures for the kernel tests: an OpenCL runtime per platform (PoCL, rusticl) and a one-node model runner.
 
 Each op is exercised through the executor exactly as a model would use it: a
 one-node ONNX model is written to a temporary file, loaded, planned and run, and
