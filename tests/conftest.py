@@ -6,12 +6,18 @@ copied into each test's own data dir.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import LocalCluster, slow_model
+
+# Mesa rusticl exposes llvmpipe (a CPU device) only when asked; the OpenCL tiers run on it
+# beside PoCL (tests/ocl_platforms.py). Set before any test touches OpenCL: the ICD reads it once.
+# Device choice is unaffected: open_device() prefers PoCL over llvmpipe among CPU devices.
+os.environ.setdefault("RUSTICL_ENABLE", "llvmpipe")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
