@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from legacygpu.cli import main as cli
@@ -13,6 +16,7 @@ from legacygpu.worker.opencl.tuning import (
     Autotuner,
     Candidate,
     TuningCache,
+    TuningNotConfirmed,
     candidates,
     default_cache_dir,
     kernel_hash,
@@ -132,7 +136,8 @@ def test_tune_stores_winners_that_gemm_then_uses(dctx, tmp_path) -> None:
     assert entry is not None and entry["problem"] == [64, 64, 64] and entry["tried"] == 2
 
 
-def test_tune_cli_quick(dctx, tmp_path) -> None:
+def test_tune_cli_quick(on_platform, tmp_path) -> None:
+    dctx = on_platform
     res = CliRunner().invoke(
         cli, ["tune", "--quick", "--classes", "gemv", "--count", "1", "--cache-dir", str(tmp_path), "-o", "json"]
     )
@@ -162,3 +167,69 @@ def test_gpu_search_space_fits_a_polaris_card(dctx) -> None:
             assert p.mdimc * p.ndimc <= 256 and p.mwi * p.nwv * p.vw <= 64
         if cls != "gemv":
             assert all(c.params.local for c in found[1:])
+
+
+# -- measuring right on every driver (issue 15) ----------------------------------------
+
+
+def test_tuner_times_the_work_even_when_finish_returns_early(dctx, tmp_path, monkeypatch) -> None:
+    """``clFinish`` returning before the kernel ran (rusticl 22.3 does it now and then; here every
+    time, by making pyopencl's finish a no-op) must not shorten the tuner's timings: it waits by
+    reading the output back. With finish as the only wait, runs timed ~0.01x their real length."""
+    import pyopencl as cl
+    import pyopencl.array as cla
+
+    from legacygpu.worker.opencl.timing import sync
+
+    problem = (256, 256, 256)
+    params = default_params(dctx.info, "square")
+    gemm = Gemm(dctx, tuning=TuningCache(tmp_path / "ref"))
+    a, b = (cla.to_device(dctx.queue, np.ones((256, 256), np.float32)) for _ in range(2))
+    c = cla.empty(dctx.queue, (256, 256), np.float32)
+    gemm.run(params, a, b, out=c)
+    sync(dctx.queue, c)
+    reference = []
+    for _ in range(2):  # a run timed with an honest wait (finish is still real here)
+        start = time.perf_counter()
+        gemm.run(params, a, b, out=c)
+        dctx.queue.finish()
+        c.get()
+        reference.append(time.perf_counter() - start)
+    monkeypatch.setattr(cl.CommandQueue, "finish", lambda self: None)
+    tuner = Autotuner(dctx, TuningCache(tmp_path / "t"), repeats=3, min_seconds=0.0)
+    winner, _ = tuner.search("square", [Candidate(params)], problem, final=0)
+    assert winner is not None and winner.timing is not None and len(winner.timing.seconds) == 3
+    assert winner.timing.median >= 0.3 * min(reference), (winner.timing.seconds, reference)
+
+
+def test_tuner_rejects_a_kernel_that_skips_the_tuned_size(dctx, tmp_path) -> None:
+    """A kernel that does nothing at the tuned size looks correct if C still holds the previous
+    candidate's product, and infinitely fast: C is poisoned before every run, so it is caught."""
+    first = "  const int lid_n = get_local_id(0);"
+    lazy = Candidate(GOOD, source=kernel_source().replace(first, "  if (M == 64) return;\n" + first), label="lazy")
+    tuner = Autotuner(dctx, TuningCache(tmp_path), repeats=1, min_seconds=0.0)
+    winner, results = tuner.search("square", [Candidate(GOOD), lazy], (64, 64, 33), final=0)
+    status = {r.candidate.describe(): (r.status, r.message) for r in results}
+    assert status["lazy"][0] == "wrong" and "64x64x33" in status["lazy"][1]
+    assert winner is not None and winner.candidate.params == GOOD
+
+
+def test_unconfirmed_winner_is_not_saved(dctx, tmp_path, monkeypatch, caplog) -> None:
+    """The tuned figure must be confirmed (within CONFIRM_TOLERANCE) by a Gemm reading the cache."""
+    from legacygpu.worker.opencl import tuning
+
+    cache = TuningCache(tmp_path)
+    tuner = Autotuner(dctx, cache, repeats=1, min_seconds=0.0)
+    monkeypatch.setattr(tuning.Autotuner, "confirm", lambda self, cls, winner, problem: winner.gflops / 10)
+    with caplog.at_level(logging.WARNING, logger="legacygpu.worker.opencl"), \
+            pytest.raises(TuningNotConfirmed, match=r"gemv .*tuner .*confirmation"):  # fmt: skip
+        tuner.tune(["gemv"], count=1, refine=0, problems={"gemv": (1, 64, 64)})
+    assert "not saving the gemv winner" in caplog.text
+    assert TuningCache(tmp_path).lookup(dctx.info, "gemv") is None
+    confirms = []
+    monkeypatch.setattr(tuning.Autotuner, "confirm",
+                        lambda self, cls, winner, problem: confirms.append(cls) or winner.gflops * 1.2)  # fmt: skip
+    winners = tuner.tune(["gemv"], count=1, refine=0, problems={"gemv": (1, 64, 64)})
+    entry = TuningCache(tmp_path).entry(dctx.info, "gemv")
+    assert confirms == ["gemv"] and entry is not None
+    assert entry["confirmed_gflops"] == pytest.approx(winners["gemv"].gflops * 1.2, rel=1e-2)

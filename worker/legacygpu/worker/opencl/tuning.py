@@ -520,8 +520,8 @@ class Autotuner:
                 continue
             winners[cls] = winner
             self.cache.store(
-                info, cls, winner.candidate.params, gflops=round(winner.gflops, 3),
-                confirmed_gflops=round(winner.confirmed_gflops, 3), problem=list(problems[cls]),
+                info, cls, winner.candidate.params, gflops=float(f"{winner.gflops:.4g}"),
+                confirmed_gflops=float(f"{winner.confirmed_gflops:.4g}"), problem=list(problems[cls]),
                 runs=len(winner.timing.seconds) if winner.timing else 0,
                 tried=len(results), verified=sum(r.status == "ok" for r in results),
             )  # fmt: skip
