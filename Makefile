@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 LEGACYGPU := $(VENV)/bin/legacygpu
 PYTHON ?= python3
-APT_PACKAGES := pocl-opencl-icd ocl-icd-libopencl1 ocl-icd-opencl-dev clinfo libclblast-dev \
+APT_PACKAGES := pocl-opencl-icd mesa-opencl-icd ocl-icd-libopencl1 ocl-icd-opencl-dev clinfo libclblast-dev \
 	prometheus chromium chromium-driver etcd-server python3-venv
 SETUP_STAMP := $(VENV)/.setup-done
 
