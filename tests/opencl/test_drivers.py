@@ -134,3 +134,17 @@ def test_untuned_defaults_follow_the_driver_stack(dctx) -> None:
         found = candidates(styles["llvmpipe"], cls, count=12)
         assert found[0].params == lanes
         assert all(c.params.ndimc % 8 == 0 and c.params.mwi * c.params.nwv * c.params.vw <= 32 for c in found)
+
+
+def test_setup_and_worker_image_provide_rusticl() -> None:
+    """make setup installs rusticl (both platforms in make test); the worker image enables it for radeonsi."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    makefile = (root / "Makefile").read_text()
+    apt = re.search(r"^APT_PACKAGES :=((?:.*\\\n)*.*)$", makefile, re.M)
+    assert apt is not None and "mesa-opencl-icd" in apt.group(1).split()
+    dockerfile = (root / "Dockerfile.worker").read_text()
+    assert "mesa-opencl-icd" in dockerfile
+    assert re.search(r"^ENV RUSTICL_ENABLE=radeonsi\s*$", dockerfile, re.M)
