@@ -279,7 +279,8 @@ def _walk() -> list[tuple[DeviceInfo, Any]]:
         try:
             devices = platform.get_devices()
         except cl.Error as exc:
-            log.warning("OpenCL platform %r lists no devices: %s", platform.name, exc)
+            # normal for Mesa without a card: Clover, and rusticl without RUSTICL_ENABLE
+            log.info("OpenCL platform %r lists no devices: %s", platform.name, exc)
             continue
         for d_index, dev in enumerate(devices):
             found.append((_info_for(cl, len(found), p_index, d_index, platform, dev), dev))
