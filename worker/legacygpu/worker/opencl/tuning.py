@@ -107,9 +107,15 @@ def _slug(text: str) -> str:
 class TuningCache:
     """Tuned GEMM parameters per device and shape class, persisted as JSON."""
 
-    def __init__(self, directory: Path | str | None = None) -> None:
+    def __init__(self, directory: Path | str | None = None, *, persistent: bool = True) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.persistent = persistent  # False: never reads or writes the directory (see in_memory)
         self._data: dict[str, dict[str, Any]] = {}  # cache_key -> file document
+
+    @classmethod
+    def in_memory(cls) -> TuningCache:
+        """A cache that starts empty and stays off the disk (the tuner's confirmation runs use one)."""
+        return cls(persistent=False)
 
     @classmethod
     def load_default(cls) -> TuningCache:
@@ -126,7 +132,7 @@ class TuningCache:
             doc = {"format": CACHE_FORMAT, "platform": info.platform, "device": info.name,
                    "driver": info.driver_version, "entries": {}}  # fmt: skip
             path = self.path_for(info)
-            if path.is_file():
+            if self.persistent and path.is_file():
                 try:
                     loaded = json.loads(path.read_text())
                     if loaded.get("format") == CACHE_FORMAT and isinstance(loaded.get("entries"), dict):
@@ -163,6 +169,8 @@ class TuningCache:
         }  # fmt: skip
 
     def save(self, info: DeviceInfo) -> Path:
+        if not self.persistent:
+            raise OpenCLError("an in-memory tuning cache is not saved")
         path = self.path_for(info)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -366,7 +374,9 @@ class Autotuner:
             raise WrongResult(f"relative error {err:.2e} > {REL_TOLERANCE:g} at {'x'.join(map(str, ops.shape))}")
         return err
 
-    def evaluate(self, cand: Candidate, problem: tuple[int, int, int], operands: Any, check: Any) -> CandidateResult:
+    def evaluate(
+        self, cand: Candidate, problem: tuple[int, int, int], operands: _Operands, check: _Operands
+    ) -> CandidateResult:
         """Build, verify (on the odd-sized check problem and the timed one), then time a candidate."""
         del problem  # the operands carry their shape
         try:
@@ -465,8 +475,7 @@ class Autotuner:
         Fresh operands of the tuned size; the product is checked against numpy.
         """
 
-        mem = TuningCache(self.cache.directory)
-        mem._data[self.dctx.info.cache_key] = {"format": CACHE_FORMAT, "entries": {}}  # memory only
+        mem = TuningCache.in_memory()
         mem.store(self.dctx.info, cls, winner.candidate.params)
         gemm = Gemm(self.dctx, tuning=mem)
         m, n, k = problem
