@@ -12,6 +12,14 @@ from legacygpu.cli.bench_model import model_bench
 from legacygpu.worker.opencl.bench_model import DEFAULT_MODELS
 
 
+@pytest.fixture(scope="module")
+def dctx():
+    """PoCL only: the CLI's rows, JSON and PNG do not depend on the driver, and llvmpipe takes minutes here."""
+    from ocl_platforms import open_platform
+
+    return open_platform("pocl")
+
+
 def test_default_models_are_every_named_model() -> None:
     # the correctness tests' models: the light ones, open_nsfw, PP-OCRv4 det/rec and the demo digits
     assert {"squeezenet", "shufflenet", "inception_v1", "inception_v2", "densenet121", "resnet50", "vgg19",
@@ -20,7 +28,7 @@ def test_default_models_are_every_named_model() -> None:
     assert models.default == ",".join(DEFAULT_MODELS)
 
 
-def test_bench_model_cli_rows_json_and_png(on_platform, tmp_path) -> None:
+def test_bench_model_cli_rows_json_and_png(dctx, tmp_path) -> None:
     out = tmp_path / "out"
     res = CliRunner().invoke(
         cli, ["bench", "model", "--models", "digits", "--batches", "1,2", "--repeats", "4", "--budget", "0",
