@@ -125,18 +125,28 @@ def test_candidates_are_reproducible_and_plausible(dctx) -> None:
         assert all(not c.params.problems(info) for c in first)
 
 
+# Tests that run tune() on tiny problems take the confirmation's figures as they come: timings of
+# a 64^3 GEMM on a shared two-core machine are noise (test_unconfirmed_winner_is_not_saved covers
+# the refusal).
+NO_TIMING_CHECK = float("inf")
+
+
 def test_tune_stores_winners_that_gemm_then_uses(dctx, tmp_path) -> None:
     cache = TuningCache(tmp_path)
-    tuner = Autotuner(dctx, cache, repeats=1)
+    tuner = Autotuner(dctx, cache, repeats=1, confirm_tolerance=NO_TIMING_CHECK)
     winners = tuner.tune(["square"], count=1, refine=1, problems={"square": (64, 64, 64)})
     assert set(winners) == {"square"}
     reloaded = TuningCache(tmp_path)
     assert reloaded.lookup(dctx.info, "square") == winners["square"].candidate.params
     entry = reloaded.entry(dctx.info, "square")
     assert entry is not None and entry["problem"] == [64, 64, 64] and entry["tried"] == 2
+    assert entry["confirmed_gflops"] > 0 and entry["runs"] >= 1
 
 
-def test_tune_cli_quick(on_platform, tmp_path) -> None:
+def test_tune_cli_quick(on_platform, tmp_path, monkeypatch) -> None:
+    from legacygpu.worker.opencl import tuning
+
+    monkeypatch.setattr(tuning, "CONFIRM_TOLERANCE", NO_TIMING_CHECK)
     dctx = on_platform
     res = CliRunner().invoke(
         cli, ["tune", "--quick", "--classes", "gemv", "--count", "1", "--cache-dir", str(tmp_path), "-o", "json"]

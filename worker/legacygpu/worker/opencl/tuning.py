@@ -336,6 +336,9 @@ class Autotuner:
 
     ``repeats`` and ``min_seconds``: every timing is at least that many runs
     and that much measured work (see :func:`~.timing.measure`).
+    ``confirm_tolerance``: how far (a factor, either way) a winner's
+    confirmation may be from its figure (:data:`CONFIRM_TOLERANCE`; tests of
+    the search on tiny problems, whose timings are noise, pass ``inf``).
     """
 
     def __init__(
@@ -345,9 +348,11 @@ class Autotuner:
         *,
         repeats: int = 3,
         min_seconds: float = 0.2,
+        confirm_tolerance: float | None = None,
         progress: ProgressFn | None = None,
     ) -> None:
         self.dctx = dctx
+        self.confirm_tolerance = CONFIRM_TOLERANCE if confirm_tolerance is None else confirm_tolerance
         self.cache = cache if cache is not None else TuningCache()
         self.repeats = repeats
         self.min_seconds = min_seconds
@@ -472,9 +477,10 @@ class Autotuner:
     def confirm(self, cls: str, winner: CandidateResult, problem: tuple[int, int, int]) -> float:
         """GFLOPS of ``winner`` measured the way its users run it: through a :class:`Gemm` reading the cache.
 
-        Fresh operands of the tuned size; the product is checked against numpy.
+        Fresh operands of the tuned size, the same clock discipline as the
+        search (C poisoned before each run, each run waited for by reading it
+        back), and the product checked against numpy.
         """
-
         mem = TuningCache.in_memory()
         mem.store(self.dctx.info, cls, winner.candidate.params)
         gemm = Gemm(self.dctx, tuning=mem)
@@ -485,8 +491,13 @@ class Autotuner:
         q = self.dctx.queue
         gemm(ops.a, ops.b, out=ops.c)  # warm-up (the build is not timed)
         self._verify(ops, ops.ref)
+
+        def wait() -> None:
+            if np.isnan(sync(q, ops.c)):
+                raise WrongResult("a confirmation run did not write its output")
+
         # at least 5 runs and 0.1 s: a single run of a tiny problem is at the mercy of the scheduler
-        timing = measure(lambda: gemm(ops.a, ops.b, out=ops.c), lambda: sync(q, ops.c),
+        timing = measure(lambda: gemm(ops.a, ops.b, out=ops.c), wait, before=lambda: ops.c.set(ops.poison),
                          min_runs=max(5, self.repeats), min_seconds=max(0.1, self.min_seconds))  # fmt: skip
         self._verify(ops, ops.ref)
         return gflops(m, n, k, timing.median)
@@ -520,7 +531,7 @@ class Autotuner:
                 raise OpenCLError(f"no GEMM candidate for {cls} built and verified on {info.name}")
             for _ in range(3):  # more tries: the machine may have been busy
                 winner.confirmed_gflops = self.confirm(cls, winner, problems[cls])
-                if ratio_within(winner.gflops, winner.confirmed_gflops, CONFIRM_TOLERANCE):
+                if ratio_within(winner.gflops, winner.confirmed_gflops, self.confirm_tolerance):
                     break
             else:
                 log.warning("not saving the %s winner %s: the tuner measured %.3g GFLOPS, a confirmation run %.3g",
@@ -537,7 +548,7 @@ class Autotuner:
         self.cache.save(info)
         if unconfirmed:
             raise TuningNotConfirmed(
-                f"GEMM timings on {info.name} could not be confirmed within a factor {CONFIRM_TOLERANCE:g} "
+                f"GEMM timings on {info.name} could not be confirmed within a factor {self.confirm_tolerance:g} "
                 f"for {', '.join(unconfirmed)} GFLOPS; those classes keep their defaults"
             )
         return winners
