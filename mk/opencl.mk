@@ -18,5 +18,6 @@ bench: bench-gemm ## run the benchmarks (JSON + PNG under $(BENCH_OUT)/)
 bench-gemm: setup ## SGEMM: ours vs CLBlast vs numpy on the same OpenCL device
 	$(LEGACYGPU) bench gemm --out-dir $(BENCH_OUT) $(BENCH_GEMM_ARGS)
 
-opencl-core-test: setup ## tests of device discovery, the SGEMM kernels and the autotuner (PoCL, ~1 min)
-	$(PY) -m pytest tests/opencl/test_device.py tests/opencl/test_gemm.py tests/opencl/test_tuning.py
+opencl-core-test: setup ## tests of device discovery, driver stacks, OpenCL 1.1, the SGEMM kernels and the autotuner (PoCL and rusticl)
+	$(PY) -m pytest tests/opencl/test_device.py tests/opencl/test_drivers.py tests/opencl/test_cl11.py \
+	  tests/opencl/test_gemm.py tests/opencl/test_tuning.py
