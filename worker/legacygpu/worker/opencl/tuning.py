@@ -430,7 +430,7 @@ class Autotuner:
         """Evaluate ``cands``, then up to ``refine`` neighbours of the leader; return the winner.
 
         The ``final`` best are timed twice more, taking turns, and ranked by the
-        median of all their runs before the winner is named.
+        median of those new runs before the winner is named.
         """
         operands = self._operands(*problem)
         check = self._operands(*_check_problem(cls))
@@ -458,18 +458,22 @@ class Autotuner:
                 total = len(results) + len(queue)
         ok = sorted((r for r in results if r.status == "ok"), key=lambda r: r.gflops, reverse=True)
         if len(ok) > 1 and final:
-            # On a shared machine one lucky run can crown the wrong kernel: time the
-            # leaders again, taking turns, and rank them by the median of all their runs.
+            # On a shared machine one lucky run can crown the wrong kernel: time the leaders
+            # again, taking turns, and rank them by the median of these new runs only (the
+            # first runs chose the leaders, so they flatter them: the winner's curse).
             leaders = ok[:final]
+            again: dict[int, list[float]] = {id(r): [] for r in leaders}
             for _ in range(2):
                 for r in leaders:
+                    if r.status != "ok":
+                        continue
                     try:
-                        again = self._time(r.candidate, operands)
+                        again[id(r)] += self._time(r.candidate, operands).seconds
                     except WrongResult as exc:
                         r.status, r.message = "wrong", str(exc)
-                        continue
-                    assert r.timing is not None
-                    r.timing = Timing(r.timing.seconds + again.seconds)
+            for r in leaders:
+                if r.status == "ok":
+                    r.timing = Timing(tuple(again[id(r)]))
                     r.gflops = gflops(*problem, r.timing.median)
             ok = sorted((r for r in leaders if r.status == "ok"), key=lambda r: r.gflops, reverse=True)
         return (ok[0] if ok else None), results
