@@ -127,7 +127,8 @@ def test_untuned_defaults_follow_the_driver_stack(dctx) -> None:
     for cls in SHAPE_CLASSES:
         pocl, lanes = default_params(styles["pocl"], cls), default_params(styles["llvmpipe"], cls)
         assert pocl.vw == 16 and not pocl.local  # one work-item = a wide SIMD block
-        assert lanes.vw == 1 and lanes.ndimc % 8 == 0 and lanes.mwi * lanes.nwv <= 16  # 8 work-items per register
+        # 8 work-items per SIMD register, small blocks, no local memory
+        assert lanes.ndimc % 8 == 0 and lanes.mwi * lanes.nwv * lanes.vw <= 32 and not lanes.local
         gpu = {default_params(styles[s], cls) for s in ("radeonsi", "clover", "amd")}
         assert len(gpu) == 1 and (cls == "gemv" or gpu.pop().local)
         # the llvmpipe search space keeps to its style, the default first

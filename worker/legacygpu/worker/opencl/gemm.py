@@ -187,12 +187,14 @@ _CPU_DEFAULTS = {
 }
 # "lanes" (rusticl on llvmpipe), measured on llvmpipe (LLVM 15, 256 bits): llvmpipe runs
 # 8 work-items as the lanes of one SIMD register, so PoCL's wide per-work-item vectors
-# (float16 blocks of 256 accumulators) spill and compile for minutes; scalar work-items
-# (vw=1) in work-groups 8 wide along N with a small register block are what it runs well.
+# (float16 blocks of 256 accumulators) spill and compile for minutes; work-groups 8 wide
+# along N with small register blocks (at most 32 floats) are what it runs well. square is
+# the winner of `legacygpu tune --quick` on llvmpipe (a scalar 4x4 block lost to CLBlast
+# at 1024^3; this one beat it after tuning, in `legacygpu bench gemm`).
 _LANES_DEFAULTS = {
     "gemv": GemmParams(mwi=1, nwv=4, vw=1, mdimc=1, ndimc=16, ku=4, strn=True),
     "skinny": GemmParams(mwi=4, nwv=4, vw=1, mdimc=2, ndimc=8, ku=2, strn=True),
-    "square": GemmParams(mwi=4, nwv=4, vw=1, mdimc=8, ndimc=8, ku=2),
+    "square": GemmParams(mwi=4, nwv=2, vw=4, mdimc=8, ndimc=8, ku=4, strn=True, mfirst=True),
 }
 # "gpu" (rusticl on radeonsi, Clover, AMD's legacy driver): CLBlast-style local-memory tiles
 # and coalesced (strided) vectors. Not measured on a card yet: see docs/opencl-core.md.
