@@ -20,6 +20,12 @@ def _check_spread(row: dict, prefix: str) -> None:
     assert row[f"{prefix}_ms"] == pytest.approx(1e-6 * flops / row[f"{prefix}_gflops"], rel=1e-2)
 
 
+
+@pytest.fixture(autouse=True)
+def _on_each_platform(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that takes ``dctx`` (one per platform) runs the CLI on that device (LEGACYGPU_OPENCL_DEVICE)."""
+    if "dctx" in request.fixturenames:
+        monkeypatch.setenv("LEGACYGPU_OPENCL_DEVICE", str(request.getfixturevalue("dctx").info.index))
 def test_bench_gemm_cli_writes_record_with_medians_spread_and_load(dctx, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LEGACYGPU_CACHE_DIR", str(tmp_path / "cache"))
     res = CliRunner().invoke(
