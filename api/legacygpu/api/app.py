@@ -2,16 +2,10 @@
 
 :func:`create_app` wires one cluster backend (local or Kubernetes, chosen by
 ``LEGACYGPU_CLUSTER_BACKEND``) behind the routers. Errors from the core's
-exception tree become HTTP answers here and only here:
-
-=========================  ====
-``ValidationError``        422
-``PayloadTooLargeError``   413
-``NotFoundError``          404
-``ConflictError``          409
-``ModelError``             422
-``UnavailableError``       503
-=========================  ====
+exception tree become HTTP answers in :mod:`legacygpu.api.errors` and only
+there; every route documents them. ``/docs`` and ``/redoc`` are served
+with their assets from the ``fastapi-offline`` package, so they work with
+no network.
 """
 
 from __future__ import annotations
@@ -22,37 +16,20 @@ from contextlib import asynccontextmanager
 from importlib.metadata import version
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from legacygpu.api.backends.base import ClusterBackend
+from legacygpu.api.errors import install_error_handlers, unexpected_error
 from legacygpu.api.limits import BodySizeLimit
 from legacygpu.api.metrics import Metrics
 from legacygpu.api.routes import cluster, events, tasks, ui, v2, workers
-from legacygpu.core.config import Settings, ensure_token
-from legacygpu.core.errors import (
-    ConflictError,
-    LegacyGPUError,
-    ModelError,
-    NotFoundError,
-    PayloadTooLargeError,
-    UnavailableError,
-    ValidationError,
-)
+from legacygpu.core.config import Settings, ensure_token, secure_data_dir
 
 __all__ = ["create_app", "make_backend"]
 
 log = logging.getLogger(__name__)
-
-_STATUS: list[tuple[type[LegacyGPUError], int]] = [
-    (PayloadTooLargeError, 413),
-    (ValidationError, 422),
-    (NotFoundError, 404),
-    (ConflictError, 409),
-    (ModelError, 422),
-    (UnavailableError, 503),
-]
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -82,13 +59,15 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await backend.start()
+        secure_data_dir(settings.data_dir)  # again: starting may have created the database and its WAL
         try:
             yield
         finally:
             await v2.close(app)
             await backend.stop()
 
-    app = FastAPI(
+    secure_data_dir(settings.data_dir)
+    app = FastAPIOffline(
         title="legacygpu",
         version=version("legacygpu"),
         description="Inference on legacy OpenCL GPUs. Every endpoint except `/cluster/health` needs "
@@ -106,14 +85,14 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
 
-    @app.exception_handler(LegacyGPUError)
-    async def _core_error(request: Request, exc: LegacyGPUError) -> JSONResponse:
-        code = next((c for kind, c in _STATUS if isinstance(exc, kind)), 500)
-        return JSONResponse({"detail": str(exc)}, status_code=code)
+    install_error_handlers(app)
 
     @app.middleware("http")
     async def _count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # counted and answered here, so the connection stays usable
+            response = await unexpected_error(request, exc)
         route = request.scope.get("route")
         template = getattr(route, "path", "unmatched")
         metrics.http_requests.labels(request.method, template, str(response.status_code)).inc()

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the backend in use and the bearer-token check."""
+"""FastAPI dependencies: the backend in use, the settings (limits) in force and the bearer-token check."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from legacygpu.api.backends.base import ClusterBackend
+from legacygpu.core.config import Settings
 
-__all__ = ["Authorized", "BackendDep", "token_matches"]
+__all__ = ["Authorized", "BackendDep", "SettingsDep", "token_matches"]
 
 _bearer = HTTPBearer(auto_error=False, description="The cluster's API token (see `legacygpu cluster start`).")
 
 
 def get_backend(request: Request) -> ClusterBackend:
     return request.app.state.backend  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
 
 
 def token_matches(request_token: str | None, expected: str) -> bool:
@@ -37,4 +42,5 @@ def require_token(
 
 
 BackendDep = Annotated[ClusterBackend, Depends(get_backend)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 Authorized = Depends(require_token)

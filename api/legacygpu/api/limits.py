@@ -1,8 +1,11 @@
 """A request-body size limit enforced before the body is parsed.
 
-Checks ``Content-Length`` when it is sent and counts streamed bytes when it
-is not, answering 413 with a message that names the limit. WebSocket and
-lifespan traffic pass through untouched.
+Checks ``Content-Length`` when it is sent, and otherwise (a chunked body)
+reads the body into memory up to the limit before the application sees any
+of it, answering 413 with a message that names the limit either way. The
+application then gets the buffered body, so a too-large stream can never
+surface as a parse error (400) from inside it. WebSocket and lifespan
+traffic pass through untouched.
 """
 
 from __future__ import annotations
@@ -13,10 +16,6 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["BodySizeLimit"]
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class BodySizeLimit:
@@ -35,32 +34,38 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(send, int(declared))
             return
+        if declared is not None:  # the server already holds the client to Content-Length
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
         received = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_bytes:
+                await self._reject(send, received, streamed=True)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: disconnect notices, as the server sends them
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send, received)
+        await self.app(scope, replay, send)
 
-    async def _reject(self, send: Send, size: int) -> None:
+    async def _reject(self, send: Send, size: int, *, streamed: bool = False) -> None:
+        amount = f"more than {self.max_bytes} bytes (streamed)" if streamed else f"{size} bytes"
         body: dict[str, Any] = {
-            "detail": f"request body of {size} bytes is over the limit of {self.max_bytes} bytes "
+            "detail": f"request body of {amount} is over the limit of {self.max_bytes} bytes "
             "(LEGACYGPU_MAX_REQUEST_BYTES)"
         }
         payload = json.dumps(body).encode()

@@ -23,6 +23,7 @@ __all__ = [
     "ClaimedTask",
     "Completion",
     "DeviceInfoPublic",
+    "ErrorPublic",
     "HealthPublic",
     "Heartbeat",
     "HeartbeatReply",
@@ -41,6 +42,13 @@ __all__ = [
 ]
 
 WorkerState = Literal["active", "draining", "stopped", "lost"]
+INT64_MAX = 2**63 - 1  # SQLite's INTEGER; larger numbers are refused at the boundary, not overflowed in the store
+
+
+class ErrorPublic(BaseModel):
+    """Every 4xx and 5xx body: one sentence saying what was wrong and, where it helps, what to do."""
+
+    detail: str = Field(description="What was wrong, naming the field or limit concerned.")
 
 
 class _In(BaseModel):
@@ -48,7 +56,9 @@ class _In(BaseModel):
 
 
 class RequirementsIn(_In):
-    min_vram_mib: int = Field(0, ge=0, description="Only workers whose device has at least this much memory.")
+    min_vram_mib: int = Field(
+        0, ge=0, le=INT64_MAX, description="Only workers whose device has at least this much memory."
+    )
     gpu_family: str | None = Field(None, description="Only workers with this GPU family, e.g. polaris.")
 
 
@@ -108,14 +118,14 @@ class DeviceInfoPublic(BaseModel):
     name: str = "cpu"
     type: str = "cpu"
     backend: str = "onnxruntime"
-    vram_mib: int = 0
+    vram_mib: int = Field(0, ge=0, le=INT64_MAX)
     gpu_family: str | None = None
 
 
 class WorkerRegister(_In):
     name: str = Field(min_length=1, max_length=128)
     host: str = ""
-    pid: int = 0
+    pid: int = Field(0, ge=0, le=INT64_MAX)
     device: DeviceInfoPublic = Field(default_factory=DeviceInfoPublic)
     concurrency: int = Field(1, ge=1, le=64)
     stats: dict[str, Any] = Field(
@@ -124,7 +134,7 @@ class WorkerRegister(_In):
 
 
 class Heartbeat(_In):
-    running: int = Field(0, ge=0)
+    running: int = Field(0, ge=0, le=INT64_MAX)
     stats: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -170,10 +180,10 @@ class ClaimedTask(BaseModel):
 
 class Completion(_In):
     worker_id: str
-    attempt: int = Field(ge=1)
+    attempt: int = Field(ge=1, le=INT64_MAX)
     result: dict[str, Any] | None = None
     error: TaskError | None = None
-    compute_ms: float | None = Field(None, ge=0)
+    compute_ms: float | None = Field(None, ge=0, le=1e12)
 
 
 class TaskCompletion(Completion):

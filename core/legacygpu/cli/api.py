@@ -28,7 +28,7 @@ def serve(host: str, port: int, data_dir: Path | None, cluster_backend: str | No
     import uvicorn
 
     from legacygpu.api import create_app
-    from legacygpu.core.config import Settings
+    from legacygpu.core.config import Settings, secure_data_dir
 
     overrides: dict[str, object] = {}
     if data_dir is not None:
@@ -36,5 +36,6 @@ def serve(host: str, port: int, data_dir: Path | None, cluster_backend: str | No
     if cluster_backend is not None:
         overrides["cluster_backend"] = cluster_backend
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    secure_data_dir(settings.data_dir, umask=True)
     app = create_app(settings)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

@@ -43,11 +43,14 @@ def command() -> None:
               help="Data dir holding the model repository [env LEGACYGPU_DATA_DIR].")
 def add(name: str, path: Path, card_path: Path | None, replace: bool, data_dir: Path | None) -> None:
     """Add the ONNX model at PATH as NAME to the local repository (workers load it on first use)."""
-    from legacygpu.core.modelcards import ModelCard, ModelRepository, load_card
+    from pydantic import ValidationError as SchemaError
+
+    from legacygpu.core.modelcards import ModelCard, ModelRepository, check_model_name, load_card
     from legacygpu.worker.modelinfo import card_from_onnx
 
     repository = ModelRepository(_settings(data_dir).models_dir)
     try:
+        check_model_name(name)
         read = card_from_onnx(name, path)
         if card_path is not None:
             given = load_card(card_path)
@@ -59,6 +62,9 @@ def add(name: str, path: Path, card_path: Path | None, replace: bool, data_dir: 
         folder = repository.add(ModelCard.model_validate(card.model_dump()), path, replace=replace)
     except LegacyGPUError as exc:
         raise CliError(str(exc)) from exc
+    except SchemaError as exc:  # the card as merged breaks a rule of the card schema
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CliError(f"invalid model card for {name!r}: {problems}") from exc
     click.echo(f"added model {name!r} in {folder}")
 
 

@@ -4,6 +4,11 @@ One settings class, read from flags (passed as keyword arguments) and
 ``LEGACYGPU_*`` environment variables. The API token is never made up by a
 client: the facade generates one on first start, stores it in the data dir
 (mode 0600) and every local command on the same machine reads it from there.
+
+The data dir holds task inputs and results, so it is private to its owner:
+:func:`secure_data_dir` makes it 0700 with every folder under it 0700 and
+every file 0600, and the processes that write there run with umask 077 so
+what they create later (the database's WAL, logs) is private too.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["TOKEN_FILE", "Settings", "default_data_dir", "ensure_token", "read_token"]
+from legacygpu.core.limits import Limits
+
+__all__ = ["TOKEN_FILE", "Settings", "default_data_dir", "ensure_token", "read_token", "secure_data_dir"]
 
 TOKEN_FILE = "api-token"
 
@@ -38,6 +45,16 @@ class Settings(BaseSettings):
     kube_namespace: str = "default"
     kube_cluster: str = Field("default", description="InferenceCluster the facade submits to (kubernetes).")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    max_json_depth: int = Field(Limits().max_json_depth, ge=2, le=200,
+                                description=Limits.model_fields["max_json_depth"].description)
+    max_parameters_bytes: int = Field(Limits().max_parameters_bytes, ge=256,
+                                      description=Limits.model_fields["max_parameters_bytes"].description)
+    max_stats_bytes: int = Field(Limits().max_stats_bytes, ge=256,
+                                 description=Limits.model_fields["max_stats_bytes"].description)
+    max_image_pixels: int = Field(Limits().max_image_pixels, ge=1,
+                                  description=Limits.model_fields["max_image_pixels"].description)
+    max_tensor_elements: int = Field(Limits().max_tensor_elements, ge=1,
+                                     description=Limits.model_fields["max_tensor_elements"].description)
     heartbeat_interval_seconds: float = Field(2.0, gt=0)
     heartbeat_timeout_seconds: float = Field(10.0, gt=0, description="Silence after which a worker is lost.")
     retry_base_seconds: float = Field(1.0, ge=0)
@@ -51,6 +68,11 @@ class Settings(BaseSettings):
         description="Finished tasks, results included, are deleted this long after they finish (local mode); "
         "0 keeps them forever.",
     )
+
+    @property
+    def limits(self) -> Limits:
+        """The request limits these settings put in force."""
+        return Limits(**{name: getattr(self, name) for name in Limits.model_fields})
 
     @property
     def models_dir(self) -> Path:
@@ -73,10 +95,29 @@ def ensure_token(settings: Settings) -> str:
     existing = read_token(settings.data_dir)
     if existing:
         return existing
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     path = settings.data_dir / TOKEN_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
     return token
+
+
+def secure_data_dir(data_dir: Path, *, umask: bool = False) -> None:
+    """Create ``data_dir`` if needed and make it and everything under it private (folders 0700, files 0600).
+
+    With ``umask`` the calling process also gets umask 077, so files it creates later are private too;
+    only a server process (``api serve``, ``cluster start``) asks for that.
+    """
+    if umask:
+        os.umask(0o077)
+    data_dir = Path(data_dir)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+    for root, folders, files in os.walk(data_dir):
+        for names, mode in ((folders, 0o700), (files, 0o600)):
+            for name in names:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):  # a link may point outside the data dir: leave its target alone
+                    os.chmod(path, mode)

@@ -20,6 +20,10 @@ edited or replaced in place is read again on its next use, an unchanged one
 costs a ``stat``. YAML is parsed with libyaml's C loader when PyYAML was
 built with it. A cached card is shared between callers: treat it as
 read-only (``model_copy`` it to change it).
+
+Everything a card names stays inside its model's folder: ``file`` is a
+plain file name (no ``/``, no ``..``, not absolute), and model names are
+checked before any path is built from them.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ __all__ = [
     "PostprocessSpec",
     "QueuePolicySpec",
     "TensorSpec",
+    "check_model_name",
 ]
 
 CARD_FILE = "card.yaml"
@@ -55,6 +60,14 @@ DATATYPES = ("BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's loader when PyYAML has it (several times faster), else the pure-Python one."""
+_NAME_RULE = "1-63 lowercase letters, digits, '.', '_' or '-', starting and ending with a letter or digit"
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it can name a model (and so a folder); :class:`ValidationError` saying the rule otherwise."""
+    if not _NAME.match(name) or ".." in name:
+        raise ValidationError(f"model name {name!r} is not valid: use {_NAME_RULE}, e.g. 'digits' or 'resnet-18'")
+    return name
 
 
 class _Strict(BaseModel):
@@ -146,10 +159,17 @@ class ModelCard(_Strict):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not _NAME.match(value) or ".." in value:
+            raise ValueError(f"model name {value!r} must be {_NAME_RULE}")
+        return value
+
+    @field_validator("file")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        if not value or "/" in value or "\\" in value or value in (".", "..") or Path(value).name != value:
             raise ValueError(
-                f"model name {value!r} must be 1-63 lowercase letters, digits, '.', '_' or '-', "
-                "starting and ending with a letter or digit"
+                f"file {value!r} must be a plain file name inside the model's folder (like {MODEL_FILE!r}), "
+                "not a path"
             )
         return value
 
@@ -173,7 +193,7 @@ class ModelRepository:
 
     def get(self, name: str) -> ModelCard:
         card_path = self.root / name / CARD_FILE
-        if not _NAME.match(name) or not card_path.is_file():
+        if not _NAME.match(name) or ".." in name or not card_path.is_file():
             known = ", ".join(self.names()) or "none"
             raise UnknownModelError(f"unknown model {name!r} (models in the repository: {known})")
         return load_card(card_path)
@@ -185,11 +205,12 @@ class ModelRepository:
     def add(self, card: ModelCard, onnx_file: Path, *, replace: bool = False) -> Path:
         """Copy ``onnx_file`` into the repository under ``card.name`` and write its card."""
         onnx_file = Path(onnx_file)
+        check_model_name(card.name)
         if not onnx_file.is_file():
             raise ValidationError(f"model file {onnx_file} does not exist")
         folder = self.root / card.name
         if folder.exists() and not replace:
-            raise ValidationError(f"model {card.name!r} already exists; pass replace=True to overwrite it")
+            raise ValidationError(f"model {card.name!r} already exists; add it with --replace to overwrite it")
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / card.file
         if onnx_file.resolve() != target.resolve():

@@ -4,10 +4,17 @@ Pre-processing turns what a person sends (an image file, or numbers) into
 the arrays the model takes; post-processing turns raw outputs into tensors
 for the reply and, for classifiers, ``top_k`` with labels. Everything here
 is numpy and Pillow: the same on every backend.
+
+Two guards keep one bad task from taking the worker down: an image's pixel
+count is read from its header and refused before anything is decoded (the
+facade checks this too, but a worker never trusts that), and an output
+holding NaN or Infinity fails the task with a :class:`ModelError` naming the
+output, since JSON cannot carry such values back to the facade.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 from typing import Any
@@ -15,13 +22,21 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from legacygpu.core.errors import ValidationError
+from legacygpu.core.config import Settings
+from legacygpu.core.errors import ModelError, ValidationError
+from legacygpu.core.limits import check_image_header
 from legacygpu.core.modelcards import ImageSpec, ModelCard, TensorSpec
 from legacygpu.core.tensors import NUMPY_DTYPES, Tensor, decode_image_bytes, from_numpy, to_numpy
 
 __all__ = ["image_to_array", "postprocess", "preprocess"]
 
 _INK_THRESHOLD = 0.25
+
+
+@functools.cache
+def _max_pixels() -> int:
+    """The configured pixel limit (``LEGACYGPU_MAX_IMAGE_PIXELS``), read once per process."""
+    return Settings().max_image_pixels
 
 
 def _crop_to_content(gray: np.ndarray) -> np.ndarray:
@@ -38,12 +53,13 @@ def _crop_to_content(gray: np.ndarray) -> np.ndarray:
     return square
 
 
-def image_to_array(raw: bytes, spec: ImageSpec) -> np.ndarray:
+def image_to_array(raw: bytes, spec: ImageSpec, max_pixels: int | None = None) -> np.ndarray:
     """One image file as a float32 array laid out for the model (batch dimension of 1)."""
+    check_image_header("image", raw, max_pixels or _max_pixels())
     try:
         with Image.open(io.BytesIO(raw)) as opened:
             image = ImageOps.exif_transpose(opened).convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ValidationError(f"not a readable image file: {exc}") from exc
     width, height = spec.size
     if spec.color == "grayscale":
@@ -102,6 +118,14 @@ def postprocess(card: ModelCard, outputs: dict[str, np.ndarray]) -> dict[str, An
     ``top_k`` is for the first item of the batch; ``top_k_batch`` holds one
     list per item when the batch is larger than one.
     """
+    for name, value in outputs.items():
+        array = np.asarray(value)
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            bad = int(np.count_nonzero(~np.isfinite(array)))
+            raise ModelError(
+                f"model {card.name!r} produced {bad} non-finite value(s) (NaN or Infinity) in output {name!r} "
+                f"of {array.size}; check the inputs are in the range the model was trained on"
+            )
     result: dict[str, Any] = {"outputs": [from_numpy(name, value) for name, value in outputs.items()]}
     post = card.postprocess
     if post.top_k <= 0 or not post.output:

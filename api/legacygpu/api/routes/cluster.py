@@ -8,10 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from legacygpu.api.deps import Authorized, BackendDep
+from legacygpu.api.errors import ERROR_RESPONSES
 from legacygpu.api.metrics import CONTENT_TYPE
 from legacygpu.api.schemas import HealthPublic, ModelsPublic
 
-router = APIRouter(tags=["cluster"])
+router = APIRouter(tags=["cluster"], responses=ERROR_RESPONSES)
 
 
 @router.get("/cluster/health")

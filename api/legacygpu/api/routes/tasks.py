@@ -6,16 +6,25 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from legacygpu.api.deps import Authorized, BackendDep
-from legacygpu.api.schemas import Completion, TaskCreate, TaskPublic, TasksPublic
+from legacygpu.api.deps import Authorized, BackendDep, SettingsDep
+from legacygpu.api.errors import ERROR_RESPONSES
+from legacygpu.api.schemas import INT64_MAX, Completion, TaskCreate, TaskPublic, TasksPublic
+from legacygpu.core.limits import check_json
 from legacygpu.core.tasks import Phase
+from legacygpu.core.tensors import check_limits
 
-router = APIRouter(prefix="/cluster/tasks", tags=["tasks"], dependencies=[Authorized])
+router = APIRouter(
+    prefix="/cluster/tasks", tags=["tasks"], dependencies=[Authorized], responses=ERROR_RESPONSES
+)
 
 
 @router.post("/submit", status_code=status.HTTP_201_CREATED)
-async def submit_task(body: TaskCreate, backend: BackendDep) -> TaskPublic:
-    """Accept a task after checking the model exists and the inputs fit it."""
+async def submit_task(body: TaskCreate, backend: BackendDep, settings: SettingsDep) -> TaskPublic:
+    """Accept a task after checking it is within the limits, the model exists and the inputs fit it."""
+    limits = settings.limits
+    check_json("parameters", body.parameters, max_depth=limits.max_json_depth,
+               max_bytes=limits.max_parameters_bytes, setting="LEGACYGPU_MAX_PARAMETERS_BYTES")
+    check_limits(body.inputs, limits)
     return await backend.submit_task(body)
 
 
@@ -26,7 +35,7 @@ async def list_tasks(
     worker: Annotated[str | None, Query(description="Only tasks assigned to this worker id.")] = None,
     model: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> TasksPublic:
     """Tasks, newest first, without their results."""
     phases = [str(p) for p in phase] if phase else None

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, status
 
-from legacygpu.api.deps import Authorized, BackendDep
+from legacygpu.api.deps import Authorized, BackendDep, SettingsDep
+from legacygpu.api.errors import ERROR_RESPONSES
 from legacygpu.api.schemas import (
     ClaimedTask,
     ClaimRequest,
@@ -18,16 +19,28 @@ from legacygpu.api.schemas import (
     WorkerRegistered,
     WorkersPublic,
 )
+from legacygpu.core.config import Settings
 from legacygpu.core.errors import ConflictError, NotFoundError
+from legacygpu.core.limits import check_json
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/cluster/workers", tags=["workers"], dependencies=[Authorized])
+router = APIRouter(
+    prefix="/cluster/workers", tags=["workers"], dependencies=[Authorized], responses=ERROR_RESPONSES
+)
+
+
+def _check_stats(stats: dict[str, Any], settings: Settings) -> None:
+    """Stats are stored and shown to every reader of the worker list: bounded before they are stored."""
+    limits = settings.limits
+    check_json("stats", stats, max_depth=limits.max_json_depth, max_bytes=limits.max_stats_bytes,
+               setting="LEGACYGPU_MAX_STATS_BYTES")
 
 
 @router.post("/register", status_code=status.HTTP_201_CREATED)
-async def register_worker(body: WorkerRegister, backend: BackendDep) -> WorkerRegistered:
+async def register_worker(body: WorkerRegister, backend: BackendDep, settings: SettingsDep) -> WorkerRegistered:
     """A worker joins the cluster and gets its id."""
+    _check_stats(body.stats, settings)
     return await backend.register_worker(body)
 
 
@@ -60,8 +73,9 @@ async def get_worker_stats(worker_id: str, backend: BackendDep) -> dict[str, Any
 
 
 @router.post("/{worker_id}/heartbeat")
-async def heartbeat(worker_id: str, body: Heartbeat, backend: BackendDep) -> HeartbeatReply:
+async def heartbeat(worker_id: str, body: Heartbeat, backend: BackendDep, settings: SettingsDep) -> HeartbeatReply:
     """Worker-facing: I am alive, here are my stats. The reply says whether to keep taking work."""
+    _check_stats(body.stats, settings)
     return await backend.heartbeat(worker_id, body)
 
 
