@@ -15,7 +15,7 @@ import httpx
 
 from legacygpu.core.config import Settings, read_token
 
-__all__ = ["ApiClient", "CliError", "api_options", "make_client"]
+__all__ = ["ApiClient", "CliError", "api_options", "make_client", "normalize_url"]
 
 
 class CliError(click.ClickException):
@@ -36,11 +36,17 @@ class Unauthorized(CliError):
     exit_code = 5
 
 
+def normalize_url(url: str) -> str:
+    """``127.0.0.1:8000`` (as the help shows it) as ``http://127.0.0.1:8000``; no trailing slash."""
+    url = url.strip().rstrip("/")
+    return url if "://" in url else f"http://{url}"
+
+
 class ApiClient:
     """Thin wrapper over httpx that turns HTTP errors into :class:`CliError`."""
 
     def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
+        self.url = normalize_url(url)
         self.token = token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
@@ -49,8 +55,10 @@ class ApiClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
+            why = str(exc).rstrip(".") or type(exc).__name__
             raise Unreachable(
-                f"cannot reach the facade at {self.url}: {exc}. Is `legacygpu cluster start` running?"
+                f"cannot reach the facade at {self.url} ({why}); is `legacygpu cluster start` running there? "
+                "Pass its address with --api or LEGACYGPU_API_URL."
             ) from exc
         if response.is_success:
             return response.json() if response.content else None

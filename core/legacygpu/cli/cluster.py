@@ -15,7 +15,7 @@ import click
 
 from legacygpu.cli.client import CliError, api_options, make_client
 from legacygpu.cli.output import Column, emit, output_option
-from legacygpu.core.config import Settings, ensure_token
+from legacygpu.core.config import Settings, ensure_token, secure_data_dir
 
 __all__ = ["WORKER_COLUMNS", "command"]
 
@@ -56,6 +56,7 @@ def self_command() -> str:
 
 def _banner(url: str, token: str, data_dir: Path, sample: Path | None) -> str:
     image = shlex.quote(str(sample or Path("examples/digits/digit-7.png")))
+    api_flag = "" if url == Settings().api_url else f" --api {url}"  # the client's default finds only the default
     return "\n".join([
         "",
         f"legacygpu is running at {url}",
@@ -64,7 +65,7 @@ def _banner(url: str, token: str, data_dir: Path, sample: Path | None) -> str:
         f"  token     : {token}   (stored in {data_dir}/api-token)",
         "",
         "Try it (in another terminal):",
-        f"  {self_command()} task submit --model digits --input {image} --wait",
+        f"  {self_command()} task submit --model digits --input {image} --wait{api_flag}",
         f"  curl -s -H 'Authorization: Bearer {token}' {url}/cluster/workers",
         "",
         "Ctrl-C stops the cluster.",
@@ -90,7 +91,7 @@ def start(host: str, port: int, workers: int | None, backend: str, data_dir: Pat
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings(**({"data_dir": data_dir} if data_dir else {}))  # type: ignore[arg-type]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings.data_dir, umask=True)  # private to its owner: tasks' inputs and results live there
     token = ensure_token(settings)
     repository = ModelRepository(settings.models_dir)
     if "digits" not in repository.names():

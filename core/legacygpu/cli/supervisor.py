@@ -8,6 +8,11 @@ killed by a signal) is started again; one that exits 0 was drained
 SIGINT/SIGTERM stop the workers first (each finishes its running task and
 deregisters), then the facade. A pidfile in the data dir lets
 ``legacygpu cluster stop`` find the supervisor from another terminal.
+
+Starting fails fast and says why: a port already taken is found before any
+child starts, a facade that exits while starting is reported with the tail
+of its log, and a facade answering with someone else's token (another
+cluster on the same port) is not taken for ours.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -85,6 +91,7 @@ class Supervisor:
     ) -> None:
         """One worker per entry of ``devices``: an OpenCL device index, or None to let the backend choose."""
         self.data_dir = data_dir
+        self.host, self.port = host, port
         self.url = f"http://{host}:{port}"
         self.token = token
         self._stop = False
@@ -124,14 +131,35 @@ class Supervisor:
             assert self.api.process is not None
             if self.api.process.poll() is not None:
                 code = self.api.process.returncode
-                raise RuntimeError(f"the facade exited with code {code}; see {self.api.log_path}")
+                raise RuntimeError(f"the facade exited with code {code} while starting; the end of "
+                                   f"{self.api.log_path}:\n{_tail(self.api.log_path)}")
             try:
                 if httpx.get(f"{self.url}/cluster/health", timeout=1.0).status_code == 200:
+                    self._check_ours()
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"the facade did not answer on {self.url} within {timeout:.0f}s; see {self.api.log_path}")
+
+    def _check_ours(self) -> None:
+        """The facade answering on our URL accepts our token (else it is another cluster's)."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if httpx.get(f"{self.url}/cluster/models", headers=headers, timeout=2.0).status_code == 401:
+            raise RuntimeError(f"another legacygpu facade answers on {self.url} and refuses this cluster's token; "
+                               "stop it (legacygpu cluster stop --data-dir <its data dir>) or pick another --port")
+
+    def _check_port_free(self) -> None:
+        with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no clash
+            try:
+                probe.bind((self.host, self.port))
+            except OSError as exc:
+                raise RuntimeError(
+                    f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc} (another cluster or program "
+                    f"is using it; `legacygpu cluster status --api {self.url}` tells whether it is a cluster); "
+                    "stop it or pick another --port"
+                ) from exc
 
     def start(self) -> None:
         pidfile = self.data_dir / PIDFILE
@@ -139,6 +167,7 @@ class Supervisor:
             pid = int(pidfile.read_text().strip() or 0)
             if pid and _alive(pid):
                 raise RuntimeError(f"a cluster is already running from {self.data_dir} (pid {pid})")
+        self._check_port_free()
         pidfile.write_text(str(os.getpid()))
         self._spawn(self.api)
         self._wait_healthy()
@@ -220,6 +249,12 @@ def _wait(child: _Child) -> None:
         log.warning("%s did not stop within %.0fs; killing it", child.name, _STOP_GRACE_SECONDS)
         child.process.kill()
         child.process.wait()
+
+
+def _tail(path: Path | None, lines: int = 10) -> str:
+    if path is None or not path.is_file():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def _alive(pid: int) -> bool:

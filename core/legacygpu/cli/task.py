@@ -85,7 +85,8 @@ def _describe(task: dict[str, Any]) -> str:
         preview = output["data"][:8]
         lines.append(f"output {output['name']} {output['datatype']}{output['shape']}: {preview}")
     if task.get("latency_ms") is not None:
-        lines.append(f"latency {task['latency_ms']:.1f} ms, attempts {task['attempts']}, worker {task['worker_id']}")
+        lines.append(f"latency {task['latency_ms']:.1f} ms, attempts {task['attempts']}, "
+                     f"worker {task['worker_id'] or '-'}")
     return "\n".join(lines)
 
 
@@ -154,12 +155,15 @@ def status(task_id: str, output: str, api: str | None, token: str | None) -> Non
 @output_option
 @api_options
 def result(task_id: str, output: str, api: str | None, token: str | None) -> None:
-    """The result of a succeeded task."""
+    """The result of a succeeded task; exits 1 (like ``submit --wait``) when the task did not succeed."""
     client = make_client(api, token)
     if output == "json":
         emit(client.get(f"/cluster/tasks/{task_id}/result"), "json")
-    else:
-        click.echo(_describe(client.get(f"/cluster/tasks/{task_id}")))
+        return
+    task = client.get(f"/cluster/tasks/{task_id}")
+    click.echo(_describe(task))
+    if task["phase"] != "Succeeded":
+        raise SystemExit(1)
 
 
 @command.command("list")
