@@ -4,6 +4,7 @@ Every error the facade sends is ``{"detail": "<one sentence>"}``
 (:class:`~legacygpu.api.schemas.ErrorPublic`), whatever raised it:
 
 =============================  ====  ===========================================
+an unreadable body              400  (not UTF-8; FastAPI's own check)
 the core's ``ValidationError``  422  (``PayloadTooLargeError``: 413)
 ``NotFoundError``               404
 ``ConflictError``               409
@@ -56,6 +57,7 @@ _STATUS: list[tuple[type[LegacyGPUError], int]] = [
 ]
 
 _MEANING = {
+    400: "The body could not be parsed at all (not UTF-8, or nested too deeply to read); send UTF-8 JSON.",
     401: "Missing or invalid bearer token.",
     404: "No such task, worker or model.",
     409: "The object's state does not allow this (the detail names the state).",
@@ -64,6 +66,8 @@ _MEANING = {
     500: "An unexpected error; the facade's log has the traceback.",
     503: "A service the facade depends on is unavailable; retry later.",
 }
+
+_FASTAPI_UNREADABLE_BODY = "There was an error parsing the body"
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorPublic, "description": meaning} for code, meaning in _MEANING.items()
@@ -101,7 +105,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+        detail = str(exc.detail)
+        if exc.status_code == 400 and detail == _FASTAPI_UNREADABLE_BODY:
+            detail = (
+                "the request body could not be parsed (not UTF-8 text, or JSON nested too deeply to read); "
+                "send UTF-8 JSON"
+            )
+        return error_response(exc.status_code, detail, headers=exc.headers)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
