@@ -82,11 +82,38 @@ def test_deep_worker_stats_are_refused_and_the_worker_list_keeps_working(facade:
     assert r.status_code == 422 and "stats nests 300 levels deep" in r.json()["detail"], r.text
     ok = facade.http.post("/cluster/workers/register", json={"name": "fine", "stats": {"memory": {"rss": 1}}})
     assert ok.status_code == 201
-    beat = facade.http.post(f"/cluster/workers/{ok.json()['id']}/heartbeat", json={"stats": nested(300)})
+    own = {"Authorization": f"Bearer {ok.json()['token']}"}
+    beat = facade.http.post(f"/cluster/workers/{ok.json()['id']}/heartbeat", json={"stats": nested(300)}, headers=own)
     assert beat.status_code == 422 and "stats nests" in beat.json()["detail"]
     listing = facade.http.get("/cluster/workers")
     assert listing.status_code == 200 and [w["name"] for w in listing.json()["data"]].count("evil") == 0
-    facade.http.delete(f"/cluster/workers/{ok.json()['id']}")
+    assert facade.http.delete(f"/cluster/workers/{ok.json()['id']}", headers=own).status_code == 200
+
+
+def test_only_a_workers_own_token_completes_its_attempt(facade: LocalCluster) -> None:
+    a = facade.http.post("/cluster/workers/register", json={"name": "a"}).json()
+    a_auth = {"Authorization": f"Bearer {a['token']}"}
+    task = facade.submit(model="digits", inputs=[GOOD])
+    claimed = facade.http.post(f"/cluster/workers/{a['id']}/claim", params={"wait": 5}, headers=a_auth).json()
+    assert [c["id"] for c in claimed] == [task["id"]]
+    forged = {"worker_id": a["id"], "attempt": claimed[0]["attempt"], "result": {"outputs": [], "forged": True}}
+    r = facade.http.post(f"/cluster/tasks/{task['id']}/complete", json=forged)  # the users' token
+    assert r.status_code == 403 and f"only worker {a['id']}" in r.json()["detail"], r.text
+    b = facade.http.post("/cluster/workers/register", json={"name": "b"}).json()
+    b_auth = {"Authorization": f"Bearer {b['token']}"}
+    r = facade.http.post(f"/cluster/tasks/{task['id']}/complete", json=forged, headers=b_auth)
+    assert r.status_code == 401 and f"invalid token for worker {a['id']}" in r.json()["detail"]
+    for path in (f"/cluster/workers/{a['id']}/heartbeat", f"/cluster/workers/{a['id']}/claim"):
+        assert facade.http.post(path, json={}, headers=b_auth).status_code == 401, path
+        assert facade.http.post(path, json={}).status_code == 403, path
+    assert facade.http.delete(f"/cluster/workers/{a['id']}").status_code == 403
+    assert facade.task(task["id"])["phase"] == "Running", "nothing forged got through"
+    real = {**forged, "result": {"outputs": [], "real": True}}
+    r = facade.http.post(f"/cluster/tasks/{task['id']}/complete", json=real, headers=a_auth)
+    assert r.status_code == 200 and r.json()["phase"] == "Succeeded"
+    assert facade.task(task["id"])["result"]["real"] is True
+    for worker, auth in ((a, a_auth), (b, b_auth)):
+        facade.http.delete(f"/cluster/workers/{worker['id']}", headers=auth)
 
 
 def test_an_image_bomb_is_a_413_not_a_500(facade: LocalCluster) -> None:
@@ -140,7 +167,7 @@ def test_every_operation_documents_its_errors_with_the_error_body(facade: LocalC
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
             documented = operation["responses"]
-            for code in ("401", "404", "409", "413", "422", "500", "503"):
+            for code in ("400", "401", "403", "404", "409", "413", "422", "500", "503"):
                 ref = documented[code]["content"]["application/json"]["schema"]["$ref"]
                 assert ref.endswith("/ErrorPublic"), (method, path, code)
 

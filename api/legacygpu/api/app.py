@@ -25,7 +25,7 @@ from legacygpu.api.errors import install_error_handlers, unexpected_error
 from legacygpu.api.limits import BodySizeLimit
 from legacygpu.api.metrics import Metrics
 from legacygpu.api.routes import cluster, events, tasks, ui, v2, workers
-from legacygpu.core.config import Settings, ensure_token, secure_data_dir
+from legacygpu.core.config import Settings, ensure_token, ensure_worker_secret, secure_data_dir
 
 __all__ = ["create_app", "make_backend"]
 
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
     app.state.backend = backend
     app.state.metrics = metrics
     app.state.token = ensure_token(settings)
+    app.state.worker_secret = ensure_worker_secret(settings)
 
     for router in (cluster.router, workers.router, tasks.router, events.router, ui.router, v2.router):
         app.include_router(router)

@@ -59,6 +59,7 @@ _STATUS: list[tuple[type[LegacyGPUError], int]] = [
 _MEANING = {
     400: "The body could not be parsed at all (not UTF-8, or nested too deeply to read); send UTF-8 JSON.",
     401: "Missing or invalid bearer token.",
+    403: "A valid token that may not do this (a worker's own calls need that worker's token).",
     404: "No such task, worker or model.",
     409: "The object's state does not allow this (the detail names the state).",
     413: "The request, a tensor, an image or `parameters`/`stats` is over a configured limit.",

@@ -168,6 +168,10 @@ class WorkerRegistered(BaseModel):
     id: str
     heartbeat_interval_seconds: float
     model_repository: str | None = None
+    token: str | None = Field(
+        None, description="The worker's own bearer token: the only one accepted for its heartbeats, claims, "
+        "results and deregistration."
+    )
 
 
 class ClaimedTask(BaseModel):

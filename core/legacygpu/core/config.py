@@ -23,9 +23,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from legacygpu.core.limits import Limits
 
-__all__ = ["TOKEN_FILE", "Settings", "default_data_dir", "ensure_token", "read_token", "secure_data_dir"]
+__all__ = [
+    "TOKEN_FILE",
+    "WORKER_SECRET_FILE",
+    "Settings",
+    "default_data_dir",
+    "ensure_token",
+    "ensure_worker_secret",
+    "read_token",
+    "secure_data_dir",
+]
 
 TOKEN_FILE = "api-token"
+WORKER_SECRET_FILE = "worker-secret"
 
 
 def default_data_dir() -> Path:
@@ -40,6 +50,9 @@ class Settings(BaseSettings):
 
     api_url: str = Field("http://127.0.0.1:8000", description="Where clients and workers find the facade.")
     api_token: str | None = Field(None, description="Bearer token; generated and stored when unset.")
+    worker_secret: str | None = Field(
+        None, description="Key the facade derives each worker's own token from; generated and stored when unset."
+    )
     data_dir: Path = Field(default_factory=default_data_dir, description="Database, token, models.")
     cluster_backend: Literal["local", "kubernetes"] = "local"
     kube_namespace: str = "default"
@@ -88,20 +101,27 @@ def read_token(data_dir: Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-def ensure_token(settings: Settings) -> str:
-    """The token in force: the configured one, else the stored one, else a new stored one."""
-    if settings.api_token:
-        return settings.api_token
-    existing = read_token(settings.data_dir)
-    if existing:
-        return existing
-    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    path = settings.data_dir / TOKEN_FILE
+def _stored_secret(data_dir: Path, name: str) -> str:
+    """The secret in ``data_dir/name``, made (mode 0600) on first use."""
+    path = Path(data_dir) / name
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
-    return token
+        handle.write(value + "\n")
+    return value
+
+
+def ensure_token(settings: Settings) -> str:
+    """The token in force: the configured one, else the stored one, else a new stored one."""
+    return settings.api_token or _stored_secret(settings.data_dir, TOKEN_FILE)
+
+
+def ensure_worker_secret(settings: Settings) -> bytes:
+    """The key workers' own tokens are derived from: the configured one, else the stored one, else a new one."""
+    return (settings.worker_secret or _stored_secret(settings.data_dir, WORKER_SECRET_FILE)).encode()
 
 
 def secure_data_dir(data_dir: Path, *, umask: bool = False) -> None:

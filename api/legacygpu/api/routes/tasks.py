@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 
-from legacygpu.api.deps import Authorized, BackendDep, SettingsDep
+from legacygpu.api.deps import Authorized, BackendDep, Credentials, SettingsDep, check_worker_token
 from legacygpu.api.errors import ERROR_RESPONSES
 from legacygpu.api.schemas import INT64_MAX, Completion, TaskCreate, TaskPublic, TasksPublic
 from legacygpu.core.limits import check_json
@@ -14,11 +14,11 @@ from legacygpu.core.tasks import Phase
 from legacygpu.core.tensors import check_limits
 
 router = APIRouter(
-    prefix="/cluster/tasks", tags=["tasks"], dependencies=[Authorized], responses=ERROR_RESPONSES
+    prefix="/cluster/tasks", tags=["tasks"], responses=ERROR_RESPONSES
 )
 
 
-@router.post("/submit", status_code=status.HTTP_201_CREATED)
+@router.post("/submit", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
 async def submit_task(body: TaskCreate, backend: BackendDep, settings: SettingsDep) -> TaskPublic:
     """Accept a task after checking it is within the limits, the model exists and the inputs fit it."""
     limits = settings.limits
@@ -28,7 +28,7 @@ async def submit_task(body: TaskCreate, backend: BackendDep, settings: SettingsD
     return await backend.submit_task(body)
 
 
-@router.get("")
+@router.get("", dependencies=[Authorized])
 async def list_tasks(
     backend: BackendDep,
     phase: Annotated[list[Phase] | None, Query(description="Only these phases (repeatable).")] = None,
@@ -43,20 +43,20 @@ async def list_tasks(
     return TasksPublic(data=data, count=count)
 
 
-@router.get("/{task_id}")
+@router.get("/{task_id}", dependencies=[Authorized])
 async def get_task(task_id: str, backend: BackendDep) -> TaskPublic:
     """The whole task, result included."""
     return await backend.get_task(task_id)
 
 
-@router.get("/{task_id}/status")
+@router.get("/{task_id}/status", dependencies=[Authorized])
 async def get_task_status(task_id: str, backend: BackendDep) -> TaskPublic:
     """Phase, reason, attempts and timings (no result)."""
     task = await backend.get_task(task_id)
     return task.model_copy(update={"result": None})
 
 
-@router.get("/{task_id}/result")
+@router.get("/{task_id}/result", dependencies=[Authorized])
 async def get_task_result(task_id: str, backend: BackendDep) -> dict[str, Any]:
     """The result of a succeeded task; 409 naming the phase otherwise."""
     task = await backend.get_task(task_id)
@@ -66,13 +66,16 @@ async def get_task_result(task_id: str, backend: BackendDep) -> dict[str, Any]:
     return {"id": task.id, "model": task.model, "phase": task.phase, "result": task.result}
 
 
-@router.post("/{task_id}/cancel")
+@router.post("/{task_id}/cancel", dependencies=[Authorized])
 async def cancel_task(task_id: str, backend: BackendDep) -> TaskPublic:
     """Cancel a task that has not finished."""
     return await backend.cancel_task(task_id)
 
 
-@router.post("/{task_id}/complete", include_in_schema=True)
-async def complete_task(task_id: str, body: Completion, backend: BackendDep) -> TaskPublic:
-    """Worker-facing: the outcome of one attempt. Idempotent; a stale attempt gets 409."""
+@router.post("/{task_id}/complete")
+async def complete_task(
+    task_id: str, body: Completion, backend: BackendDep, request: Request, credentials: Credentials
+) -> TaskPublic:
+    """Worker-facing, with the worker's own token: the outcome of one attempt. Idempotent; a stale attempt gets 409."""
+    check_worker_token(request, credentials, body.worker_id)
     return await backend.complete_task(task_id, body)

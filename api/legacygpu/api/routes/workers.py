@@ -1,13 +1,18 @@
-"""``/cluster/workers``: registration, heartbeats and task claims from workers; listing and draining for users."""
+"""``/cluster/workers``: registration, heartbeats and task claims from workers; listing and draining for users.
+
+Registering takes the cluster's API token; everything a worker does after
+that (heartbeat, claim, deregister) takes the worker's own token from the
+registration reply (see :mod:`legacygpu.api.deps`).
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, status
+from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 
-from legacygpu.api.deps import Authorized, BackendDep, SettingsDep
+from legacygpu.api.deps import Authorized, BackendDep, SettingsDep, WorkerAuthorized, worker_token
 from legacygpu.api.errors import ERROR_RESPONSES
 from legacygpu.api.schemas import (
     ClaimedTask,
@@ -26,7 +31,7 @@ from legacygpu.core.limits import check_json
 log = logging.getLogger(__name__)
 
 router = APIRouter(
-    prefix="/cluster/workers", tags=["workers"], dependencies=[Authorized], responses=ERROR_RESPONSES
+    prefix="/cluster/workers", tags=["workers"], responses=ERROR_RESPONSES
 )
 
 
@@ -37,25 +42,28 @@ def _check_stats(stats: dict[str, Any], settings: Settings) -> None:
                setting="LEGACYGPU_MAX_STATS_BYTES")
 
 
-@router.post("/register", status_code=status.HTTP_201_CREATED)
-async def register_worker(body: WorkerRegister, backend: BackendDep, settings: SettingsDep) -> WorkerRegistered:
-    """A worker joins the cluster and gets its id."""
+@router.post("/register", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
+async def register_worker(
+    body: WorkerRegister, backend: BackendDep, settings: SettingsDep, request: Request
+) -> WorkerRegistered:
+    """A worker joins the cluster and gets its id and its own token (for heartbeats, claims and results)."""
     _check_stats(body.stats, settings)
-    return await backend.register_worker(body)
+    registered = await backend.register_worker(body)
+    return registered.model_copy(update={"token": worker_token(request.app.state.worker_secret, registered.id)})
 
 
-@router.get("")
+@router.get("", dependencies=[Authorized])
 async def list_workers(backend: BackendDep) -> WorkersPublic:
     workers = await backend.list_workers()
     return WorkersPublic(data=workers, count=len(workers))
 
 
-@router.get("/{worker_id}")
+@router.get("/{worker_id}", dependencies=[Authorized])
 async def get_worker(worker_id: str, backend: BackendDep) -> WorkerPublic:
     return await backend.get_worker(worker_id)
 
 
-@router.get("/{worker_id}/stats")
+@router.get("/{worker_id}/stats", dependencies=[Authorized])
 async def get_worker_stats(worker_id: str, backend: BackendDep) -> dict[str, Any]:
     """The worker's latest reported figures plus its task counters."""
     worker = await backend.get_worker(worker_id)
@@ -72,14 +80,14 @@ async def get_worker_stats(worker_id: str, backend: BackendDep) -> dict[str, Any
     }
 
 
-@router.post("/{worker_id}/heartbeat")
+@router.post("/{worker_id}/heartbeat", dependencies=[WorkerAuthorized])
 async def heartbeat(worker_id: str, body: Heartbeat, backend: BackendDep, settings: SettingsDep) -> HeartbeatReply:
     """Worker-facing: I am alive, here are my stats. The reply says whether to keep taking work."""
     _check_stats(body.stats, settings)
     return await backend.heartbeat(worker_id, body)
 
 
-@router.post("/{worker_id}/claim")
+@router.post("/{worker_id}/claim", dependencies=[WorkerAuthorized])
 async def claim_tasks(
     worker_id: str,
     backend: BackendDep,
@@ -95,6 +103,13 @@ async def claim_tasks(
     and does not stop the claim.
     """
     for done in body.completed if body else []:
+        if done.worker_id != worker_id:  # this worker's token vouches for this worker's outcomes only
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"worker {worker_id} reported an outcome as worker {done.worker_id}: only a worker's own outcomes "
+                "may ride on its claim",
+            )
+    for done in body.completed if body else []:
         try:
             await backend.complete_task(done.task_id, done)
         except (ConflictError, NotFoundError) as exc:
@@ -102,13 +117,13 @@ async def claim_tasks(
     return await backend.claim_tasks(worker_id, max_tasks, wait)
 
 
-@router.post("/{worker_id}/drain")
+@router.post("/{worker_id}/drain", dependencies=[Authorized])
 async def drain_worker(worker_id: str, backend: BackendDep) -> WorkerPublic:
     """Stop giving the worker new tasks; it finishes what it runs, then exits."""
     return await backend.drain_worker(worker_id)
 
 
-@router.delete("/{worker_id}")
+@router.delete("/{worker_id}", dependencies=[WorkerAuthorized])
 async def deregister_worker(worker_id: str, backend: BackendDep) -> WorkerPublic:
     """Worker-facing: leaving now; whatever it still holds goes back to the queue."""
     return await backend.deregister_worker(worker_id)
