@@ -72,6 +72,7 @@ class LocalWorker:
         self.backend = create_backend(backend, device_index)
         self._model_dir = model_dir
         self._runner: TaskRunner | None = None
+        self._token = token  # the cluster's token registers; the worker's own token (from the reply) does the rest
         self._http = httpx.Client(
             base_url=api_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
@@ -123,7 +124,8 @@ class LocalWorker:
         delay = 0.2
         while not self.stop_requested.is_set():
             try:
-                reply = self._call("POST", "/cluster/workers/register", json=body)
+                reply = self._call("POST", "/cluster/workers/register", json=body,
+                                   headers={"Authorization": f"Bearer {self._token}"})
                 break
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
                 log.warning("cannot register with the facade yet (%s); retrying in %.1fs", exc, delay)
@@ -132,6 +134,8 @@ class LocalWorker:
         else:
             return
         self.worker_id = reply["id"]
+        if reply.get("token"):
+            self._http.headers["Authorization"] = f"Bearer {reply['token']}"
         self.heartbeat_interval = reply["heartbeat_interval_seconds"]
         if self._runner is None:
             model_dir = self._model_dir or Path(reply["model_repository"])
