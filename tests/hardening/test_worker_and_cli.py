@@ -105,3 +105,13 @@ def test_banner_names_the_api_off_the_default_port() -> None:
     text = _banner("http://127.0.0.1:18601", "tok", Path("/tmp/d"), None)
     line = next(line for line in text.splitlines() if " task submit " in line)
     assert line.endswith("--wait --api http://127.0.0.1:18601")
+
+
+def test_model_check_takes_a_model_name_from_the_repository(data_dir: Path) -> None:
+    env = {**os.environ, "LEGACYGPU_DATA_DIR": str(data_dir)}
+    out = run_cli(env, "model", "check", "digits", "--backend", "onnxruntime", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    assert '"outputs"' in out.stdout
+    missing = run_cli(env, "model", "check", "nope", "--backend", "onnxruntime")
+    assert missing.returncode == 1 and "unknown model 'nope'" in missing.stderr and "digits" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -43,7 +43,7 @@ def _fmt_flops(value: float) -> str:
 
 
 @click.command("check")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model")
 @click.option("--backend", type=click.Choice(["opencl", "onnxruntime", "auto"]), default="opencl", show_default=True,
               help="Backend compared against onnxruntime.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE",
@@ -54,15 +54,17 @@ def _fmt_flops(value: float) -> str:
               help="Exit with status 1 when an output's relative error exceeds this.")
 @output_option
 def check(
-    model: Path, backend: str, dims: tuple[str, ...], device_index: int | None, seed: int,
+    model: str, backend: str, dims: tuple[str, ...], device_index: int | None, seed: int,
     tolerance: float | None, output: str,
 ) -> None:  # fmt: skip
-    """Run MODEL on BACKEND and on onnxruntime with random inputs and compare them."""
+    """Run MODEL (an .onnx file, or the name of a model in the repository) on BACKEND and on onnxruntime
+    with random inputs and compare them."""
     from legacygpu.worker.opencl.check import check_model
 
     try:
+        path = _model_path(model)
         with quieted("legacygpu.worker.opencl"):  # the report names every op that fell back; the warnings repeat it
-            result = check_model(model, backend=backend, dims=_dims(dims), device_index=device_index, seed=seed)
+            result = check_model(path, backend=backend, dims=_dims(dims), device_index=device_index, seed=seed)
     except LegacyGPUError as exc:
         raise click.ClickException(str(exc)) from exc
     if output == "json":
@@ -72,6 +74,19 @@ def check(
     worst = max((o.max_rel_error for o in result.outputs), default=0.0)
     if tolerance is not None and worst > tolerance:
         raise click.ClickException(f"max relative error {worst:.3g} exceeds the tolerance {tolerance:g}")
+
+
+def _model_path(model: str) -> Path:
+    """An existing file as given, else the named model's file in the repository (``LEGACYGPU_DATA_DIR``)."""
+    from legacygpu.core.config import Settings
+    from legacygpu.core.modelcards import ModelRepository
+
+    given = Path(model)
+    if given.is_file():
+        return given
+    if given.suffix == ".onnx" or "/" in model:
+        raise click.BadParameter(f"file {model} does not exist", param_hint="MODEL")
+    return ModelRepository(Settings().models_dir).model_path(model)
 
 
 def _print_table(result) -> None:  # type: ignore[no-untyped-def]
