@@ -235,3 +235,21 @@ def test_a_500_is_counted_and_keeps_the_connection(tmp_path: Path) -> None:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_locked_database_is_a_503_with_retry_after_not_a_500(facade: LocalCluster) -> None:
+    import sqlite3
+
+    blocker = sqlite3.connect(str(facade.data_dir / "cluster.db"), isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+        r = facade.http.post("/cluster/tasks/submit", json={"model": "digits", "inputs": [GOOD]})
+        assert r.status_code == 503, r.text
+        assert "database is locked" in r.json()["detail"] and r.headers["retry-after"] == "2"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    ok = facade.http.post("/cluster/tasks/submit", json={"model": "digits", "inputs": [GOOD]})
+    assert ok.status_code == 201, "once the lock is gone the facade accepts again"
+    log = (facade.logs / "api.log").read_text()
+    assert "database unavailable during POST /cluster/tasks/submit: database is locked" in log

@@ -12,6 +12,7 @@ the core's ``ValidationError``  422  (``PayloadTooLargeError``: 413)
 ``UnavailableError``            503
 FastAPI's request validation    422  the pydantic errors joined into one sentence
 ``HTTPException``               its own code
+SQLite locked, busy or full     503  with ``Retry-After``; the reason is logged
 anything else                   500  logged with its traceback; the body says to look at the log
 =============================  ====  ===========================================
 
@@ -25,6 +26,7 @@ otherwise close a keep-alive connection without saying so.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,7 +45,14 @@ from legacygpu.core.errors import (
     ValidationError,
 )
 
-__all__ = ["ERROR_RESPONSES", "error_response", "install_error_handlers", "status_for"]
+__all__ = [
+    "ERROR_RESPONSES",
+    "database_unavailable",
+    "error_response",
+    "install_error_handlers",
+    "status_for",
+    "unexpected_error",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +93,19 @@ def error_response(status_code: int, detail: str, headers: dict[str, str] | None
     return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
 
 
+RETRY_AFTER_SECONDS = 2
+_UNAVAILABLE_DATABASE = ("locked", "busy", "full", "disk i/o error", "unable to open")
+
+
+def database_unavailable(exc: BaseException) -> str | None:
+    """Why the database cannot serve right now (locked by another process, disk full, ...), or None for a bug."""
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+        text = str(exc)
+        if any(marker in text.lower() for marker in _UNAVAILABLE_DATABASE):
+            return text
+    return None
+
+
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
@@ -116,7 +138,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    """The answer for an exception no handler knows: logged here, a 500 there, the connection kept."""
+    """The answer for an exception no handler knows: logged here, a 500 there, the connection kept.
+
+    A database that is locked, busy or full is not a bug: that is a 503 with ``Retry-After``.
+    """
+    reason = database_unavailable(exc)
+    if reason is not None:
+        log.warning("database unavailable during %s %s: %s", request.method, request.url.path, reason)
+        return error_response(
+            503, f"the cluster database is unavailable ({reason}); retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(
         500, f"internal error ({type(exc).__name__}); the facade's log (api.log) has the details"
