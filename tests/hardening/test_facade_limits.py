@@ -253,3 +253,26 @@ def test_a_locked_database_is_a_503_with_retry_after_not_a_500(facade: LocalClus
     assert ok.status_code == 201, "once the lock is gone the facade accepts again"
     log = (facade.logs / "api.log").read_text()
     assert "database unavailable during POST /cluster/tasks/submit: database is locked" in log
+
+
+def test_the_token_never_reaches_the_access_log(data_dir: Path) -> None:
+    from helpers import wait_until
+
+    cluster = LocalCluster(data_dir)
+    cluster.api = cluster._spawn("api", "api", "serve", "--port", str(cluster.port), "--log-level", "info")
+    try:
+        wait_until(lambda: _answers(cluster.url), timeout=60, what="the facade")
+        assert httpx.get(f"{cluster.url}/cluster/health", params={"token": TOKEN}).status_code == 200
+        assert cluster.http.get("/cluster/workers").status_code == 200
+    finally:
+        cluster.stop()
+    log = (cluster.logs / "api.log").read_text()
+    assert "/cluster/health?token=***" in log, log[-2000:]
+    assert TOKEN not in log
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/cluster/health", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

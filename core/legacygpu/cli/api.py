@@ -28,6 +28,7 @@ def serve(host: str, port: int, data_dir: Path | None, cluster_backend: str | No
     import uvicorn
 
     from legacygpu.api import create_app
+    from legacygpu.api.logredact import uvicorn_log_config
     from legacygpu.core.config import Settings, secure_data_dir
 
     overrides: dict[str, object] = {}
@@ -38,4 +39,5 @@ def serve(host: str, port: int, data_dir: Path | None, cluster_backend: str | No
     settings = Settings(**overrides)  # type: ignore[arg-type]
     secure_data_dir(settings.data_dir, umask=True)
     app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+                log_config=uvicorn_log_config())  # access lines without the ?token= a browser's WebSocket sends
