@@ -153,6 +153,7 @@ class LocalBackend:
         self._in_pass = True
         try:
             self._expire_workers(now)
+            self._forget_workers(now)
             self._enforce_deadlines(now)
             self._schedule(now)
             self._prune(now)
@@ -168,6 +169,14 @@ class LocalBackend:
                 self.store.update_worker(worker["id"], state="lost")
                 self._release_tasks(worker, Reason.WORKER_LOST, f"worker {worker['name']} stopped heartbeating", now)
                 self._publish_worker(worker["id"])
+
+    def _forget_workers(self, now: float) -> None:
+        """Registry hygiene: stopped and lost workers leave the list once silent past the retention period."""
+        cutoff = now - self.settings.worker_retention_seconds
+        for worker_id in self.store.delete_workers(("stopped", "lost"), cutoff):
+            log.info("worker %s removed: stopped or lost for over %.0fs", worker_id,
+                     self.settings.worker_retention_seconds)
+            self.events.publish("worker.removed", {"id": worker_id})
 
     def _release_tasks(self, worker: dict[str, Any], reason: Reason, why: str, now: float) -> None:
         """Put a worker's tasks back: scheduled ones straight away, running ones as a failed attempt."""
@@ -320,6 +329,13 @@ class LocalBackend:
 
     async def register_worker(self, request: WorkerRegister) -> WorkerRegistered:
         now = self._clock()
+        for old in self.store.list_workers(_LIVE_WORKER_STATES):
+            if old["name"] == request.name:  # names are unique among live workers: the newcomer replaces it
+                log.warning("worker %s registered again; its old registration %s is lost", request.name, old["id"])
+                self.store.update_worker(old["id"], state="lost")
+                why = f"worker {request.name} registered again (its old process is gone)"
+                self._release_tasks(old, Reason.WORKER_LOST, why, now)
+                self._publish_worker(old["id"])
         worker_id = f"w-{uuid.uuid4().hex[:8]}"
         self.store.add_worker(
             {

@@ -204,6 +204,20 @@ class Store:
         if not self._execute(f"UPDATE workers SET {sets} WHERE id = ?", [*_encode(fields).values(), worker_id]):
             raise NotFoundError(f"no worker {worker_id!r}")
 
+    def delete_workers(self, states: Iterable[str], silent_since: float) -> list[str]:
+        """Remove workers in ``states`` not heard from since ``silent_since`` and holding no task; their ids."""
+        states = list(states)
+        marks = ", ".join("?" for _ in states)
+        where = (
+            f"state IN ({marks}) AND last_heartbeat < ? AND id NOT IN "
+            "(SELECT worker_id FROM tasks WHERE phase IN ('Scheduled', 'Running') AND worker_id IS NOT NULL)"
+        )
+        with self._lock:
+            ids = [row[0] for row in self._db.execute(f"SELECT id FROM workers WHERE {where}", [*states, silent_since])]
+            if ids:
+                self._db.execute(f"DELETE FROM workers WHERE {where}", [*states, silent_since])
+        return ids
+
     def bump_worker_counter(self, worker_id: str, column: str) -> None:
         assert column in ("tasks_succeeded", "tasks_failed")
         self._execute(f"UPDATE workers SET {column} = {column} + 1 WHERE id = ?", [worker_id])
