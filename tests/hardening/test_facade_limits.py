@@ -276,3 +276,28 @@ def _answers(url: str) -> bool:
         return httpx.get(f"{url}/cluster/health", timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_workers_gone_past_the_retention_period_leave_the_list(data_dir: Path) -> None:
+    cluster = LocalCluster(data_dir, env={"LEGACYGPU_WORKER_RETENTION_SECONDS": "1"})
+    cluster.start_api()
+    try:
+        http = cluster.http
+        first = http.post("/cluster/workers/register", json={"name": "same"}).json()
+        second = http.post("/cluster/workers/register", json={"name": "same"}).json()
+        workers = http.get("/cluster/workers").json()["data"]
+        live = [w["id"] for w in workers if w["name"] == "same" and w["state"] in ("active", "draining")]
+        assert live == [second["id"]], "names are unique among live workers: the newcomer replaced the old one"
+        stopped = http.post("/cluster/workers/register", json={"name": "leaver"}).json()
+        assert http.delete(f"/cluster/workers/{stopped['id']}",
+                           headers={"Authorization": f"Bearer {stopped['token']}"}).status_code == 200
+
+        def listed() -> set[str]:
+            return {w["id"] for w in http.get("/cluster/workers").json()["data"]}
+
+        from helpers import wait_until
+
+        wait_until(lambda: not ({first["id"], stopped["id"]} & listed()), timeout=30,
+                   what="the stopped and the replaced worker to be removed")
+    finally:
+        cluster.stop()

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
                                      description=Limits.model_fields["max_tensor_elements"].description)
     heartbeat_interval_seconds: float = Field(2.0, gt=0)
     heartbeat_timeout_seconds: float = Field(10.0, gt=0, description="Silence after which a worker is lost.")
+    worker_retention_seconds: float = Field(
+        3600.0, ge=0, description="How long a stopped or lost worker stays listed before it is removed."
+    )
     retry_base_seconds: float = Field(1.0, ge=0)
     retry_cap_seconds: float = Field(60.0, ge=0)
     default_timeout_seconds: int = Field(600, ge=1)

@@ -314,6 +314,9 @@ function onEvent(event) {
     pruneTasks();
     wantLabel(obj);
     requestSummary();
+  } else if (event.type === "worker.removed") {  // past the retention period: gone from the list
+    state.workers.delete(obj.id);
+    requestSummary();
   } else if (event.type.startsWith("worker.")) {
     state.workers.set(obj.id, obj);
     if (event.type !== "worker.heartbeat") requestSummary();
