@@ -37,7 +37,7 @@ def test_schemathesis_finds_no_5xx_and_no_undocumented_response(tmp_path: Path, 
             [str(st), "run", f"{cluster.url}/openapi.json", "--header", f"Authorization: Bearer {TOKEN}",
              "--checks", CHECKS, "--max-examples", str(EXAMPLES), "--seed", str(SEED), "--workers", "1",
              "--exclude-path-regex", "/claim$", "--request-timeout", "20", "--no-color"],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,  # its .schemathesis/ cache goes there
         )
         report = out.stdout + out.stderr
         assert out.returncode == 0, report[-6000:]
