@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -89,7 +90,7 @@ def status_for(exc: LegacyGPUError) -> int:
     return next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
 
 
-def error_response(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(status_code: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
 
 
