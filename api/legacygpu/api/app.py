@@ -11,6 +11,7 @@ no network.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -59,14 +60,17 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await backend.start()
-        secure_data_dir(settings.data_dir)  # again: starting may have created the database and its WAL
+        if local:
+            secure_data_dir(settings.data_dir)  # again: starting may have created the database and its WAL
         try:
             yield
         finally:
             await v2.close(app)
             await backend.stop()
 
-    secure_data_dir(settings.data_dir)
+    local = settings.cluster_backend == "local"  # in Kubernetes the data dir may be read-only and holds nothing
+    if local:
+        secure_data_dir(settings.data_dir)
     app = FastAPIOffline(
         title="legacygpu",
         version=version("legacygpu"),
@@ -79,7 +83,8 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
     app.state.backend = backend
     app.state.metrics = metrics
     app.state.token = ensure_token(settings)
-    app.state.worker_secret = ensure_worker_secret(settings)
+    # Worker tokens matter where workers register over HTTP (local); elsewhere a per-process key will do.
+    app.state.worker_secret = ensure_worker_secret(settings) if local else secrets.token_bytes(32)
 
     for router in (cluster.router, workers.router, tasks.router, events.router, ui.router, v2.router):
         app.include_router(router)

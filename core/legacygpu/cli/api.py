@@ -37,7 +37,8 @@ def serve(host: str, port: int, data_dir: Path | None, cluster_backend: str | No
     if cluster_backend is not None:
         overrides["cluster_backend"] = cluster_backend
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    secure_data_dir(settings.data_dir, umask=True)
+    if settings.cluster_backend == "local":  # in Kubernetes the data dir may be read-only and holds nothing
+        secure_data_dir(settings.data_dir, umask=True)
     app = create_app(settings)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
                 log_config=uvicorn_log_config())  # access lines without the ?token= a browser's WebSocket sends
