@@ -107,6 +107,9 @@ def test_only_a_workers_own_token_completes_its_attempt(facade: LocalCluster) ->
         assert facade.http.post(path, json={}, headers=b_auth).status_code == 401, path
         assert facade.http.post(path, json={}).status_code == 403, path
     assert facade.http.delete(f"/cluster/workers/{a['id']}").status_code == 403
+    riding = {"completed": [{**forged, "task_id": task["id"]}]}  # A's outcome on B's claim, with B's token
+    r = facade.http.post(f"/cluster/workers/{b['id']}/claim", json=riding, headers=b_auth)
+    assert r.status_code == 403 and "only a worker's own outcomes" in r.json()["detail"], r.text
     assert facade.task(task["id"])["phase"] == "Running", "nothing forged got through"
     real = {**forged, "result": {"outputs": [], "real": True}}
     r = facade.http.post(f"/cluster/tasks/{task['id']}/complete", json=real, headers=a_auth)

@@ -63,13 +63,14 @@ def test_outcomes_ride_on_the_next_claim(cluster: LocalCluster) -> None:
 
 def test_a_refused_outcome_does_not_stop_the_claim(cluster: LocalCluster) -> None:
     body = {"name": "w", "host": "h", "pid": 1, "device": {"name": "d"}, "concurrency": 1}
-    wid = cluster.http.post("/cluster/workers/register", json=body).json()["id"]
+    registered = cluster.http.post("/cluster/workers/register", json=body).json()
+    wid, own = registered["id"], {"Authorization": f"Bearer {registered['token']}"}  # a worker's calls need its token
     task_id = cluster.submit(model="digits", inputs=digit_inputs())["id"]
     stale = {"task_id": "task-nonexistent", "worker_id": wid, "attempt": 1, "result": {}}
     response = cluster.http.post(
-        f"/cluster/workers/{wid}/claim", params={"max_tasks": 1, "wait": 10}, json={"completed": [stale]}
+        f"/cluster/workers/{wid}/claim", params={"max_tasks": 1, "wait": 10}, json={"completed": [stale]}, headers=own
     )
     assert response.status_code == 200, response.text
     assert [t["id"] for t in response.json()] == [task_id]
-    bad = cluster.http.post(f"/cluster/workers/{wid}/claim", json={"completed": [{"task_id": "x"}]})
+    bad = cluster.http.post(f"/cluster/workers/{wid}/claim", json={"completed": [{"task_id": "x"}]}, headers=own)
     assert bad.status_code == 422 and "worker_id" in bad.text, "a malformed outcome is a 4xx naming the field"
