@@ -168,6 +168,8 @@ def test_every_operation_documents_its_errors_with_the_error_body(facade: LocalC
     schema = httpx.get(f"{facade.url}/openapi.json").json()
     assert schema["components"]["schemas"]["ErrorPublic"]["properties"]["detail"]["type"] == "string"
     for path, operations in schema["paths"].items():
+        if not path.startswith("/cluster"):  # /v2 answers in the Open Inference Protocol's own error shape
+            continue
         for method, operation in operations.items():
             documented = operation["responses"]
             for code in ("400", "401", "403", "404", "409", "413", "422", "500", "503"):
