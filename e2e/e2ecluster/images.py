@@ -90,9 +90,18 @@ class Buildah:
         return dict(self.inspect(ref)["OCIv1"].get("config") or {})
 
     def size(self, ref: str) -> int:
-        """The image's size in bytes, as ``buildah images`` counts it (all layers, uncompressed)."""
-        rows = json.loads(self.call("images", "--json", ref))
-        return int(rows[0]["size"])
+        """The image's size in bytes: its layers' uncompressed sizes, read from the storage's records."""
+        image_id = self.inspect(ref)["FromImageID"]
+        storage = self.root / "storage"
+        images = json.loads((storage / "overlay-images" / "images.json").read_text())
+        layers = {x["id"]: x for x in json.loads((storage / "overlay-layers" / "layers.json").read_text())}
+        layer_id = next(i["layer"] for i in images if i["id"] == image_id)
+        total = 0
+        while layer_id:
+            layer = layers[layer_id]
+            total += int(layer.get("diff-size", 0))
+            layer_id = layer.get("parent", "")
+        return total
 
     def exists(self, ref: str) -> bool:
         try:
@@ -125,7 +134,8 @@ class Buildah:
         """The argv of ``buildah run`` for ``argv`` in ``container``.
 
         ``volumes`` maps container paths to host folders or files (bound read-write unless the
-        container path is in ``read_only``). ``env`` is added to the image's environment.
+        container path is in ``read_only``; order: :func:`_mount_order`). ``env`` is added to
+        the image's environment.
         """
         cmd = [*self.base, "run", "--isolation", "chroot", "--terminal=false"]
         if user is not None:
@@ -134,7 +144,7 @@ class Buildah:
             cmd += ["--workingdir", workdir]
         for key, value in (env or {}).items():
             cmd += ["--env", f"{key}={value}"]
-        for target, source in (volumes or {}).items():
+        for target, source in _mount_order(volumes or {}):
             cmd += ["--volume", f"{source}:{target}:{'ro' if target in read_only else 'rw'}"]
         return [*cmd, container, "--", *argv]
 
@@ -144,3 +154,18 @@ class Buildah:
         """Run ``argv`` in ``container`` to completion (see :meth:`run_argv` for the options)."""
         return subprocess.run(self.run_argv(container, argv, **kwargs), capture_output=True, text=True,
                               timeout=timeout, check=False)  # fmt: skip
+
+
+def _mount_order(volumes: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Volumes in an order buildah binds correctly: parents before children, as a kubelet does.
+
+    buildah 1.28's chroot isolation binds the volumes in the order given and a source path that
+    lies under an earlier volume's destination is not the host folder it names (seen with host
+    folders under /tmp and a /tmp volume: the process wrote to the image's own folder). So a
+    volume whose destination holds another volume's source comes after that one.
+    """
+
+    def shadows(target: str) -> bool:
+        return any(source.startswith(target.rstrip("/") + "/") for source in volumes.values())
+
+    return sorted(volumes.items(), key=lambda item: (shadows(item[0]), item[0].count("/"), item[0]))
