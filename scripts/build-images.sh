@@ -18,6 +18,10 @@
 #   the wheel list and the base image id, kept as the image label io.legacygpu.inputs; an image
 #   whose label matches is not rebuilt. `bud --layers` reuses the apt layer across source edits.
 #
+# Report: each image build appends a JSON line to .cache/images/builds.jsonl (image, seconds, size
+# in bytes, seconds spent on the base stand-in in the same run, load average, CPUs): the figures
+# docs/images.md quotes.
+#
 # Usage: scripts/build-images.sh [worker|operator|base]...   (default: worker operator)
 # Env: IMAGES_DIR (.cache/images), IMAGES_TAG (dev), IMAGES_PULL_TIMEOUT (20), PYTHON (.venv/bin/python).
 set -euo pipefail
@@ -41,7 +45,7 @@ image_exists() { "${BUILDAH[@]}" inspect --type image "$1" >/dev/null 2>&1; }
 build_standin_base() {
   image_exists "$STANDIN_BASE" && return 0
   log "building the base stand-in $STANDIN_BASE with mmdebstrap"
-  local tar=$IMAGES_DIR/base-rootfs.tar
+  local tar=$IMAGES_DIR/base-rootfs.tar start=$SECONDS
   mmdebstrap --variant=minbase --quiet \
     --include=python3,python3-pip,python3-venv,ca-certificates,netbase,tzdata \
     --customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED' \
@@ -63,21 +67,23 @@ build_standin_base() {
     --cmd python3 "$ctr"
   "${BUILDAH[@]}" commit --quiet --rm "$ctr" "$STANDIN_BASE" >/dev/null
   rm -f "$tar"
+  BASE_SECONDS=$((SECONDS - start))
+  log "built the base stand-in in $BASE_SECONDS s"
 }
 
-# Prints the base image to build on: the real one when it can be pulled, the stand-in otherwise.
+# Sets BASE to the image to build on: the real one when it can be pulled, the stand-in otherwise.
 resolve_base() {
-  if [ -n "${BASE_IMAGE:-}" ]; then echo "$BASE_IMAGE"; return; fi
-  if image_exists "$UPSTREAM_BASE"; then echo "$UPSTREAM_BASE"; return; fi
+  BASE=${BASE_IMAGE:-}
+  [ -n "$BASE" ] && return 0
+  BASE=$UPSTREAM_BASE
+  image_exists "$BASE" && return 0
   if [ ! -e "$IMAGES_DIR/.pull-failed" ]; then
-    if timeout "$PULL_TIMEOUT" "${BUILDAH[@]}" pull --quiet "$UPSTREAM_BASE" >/dev/null 2>&1; then
-      echo "$UPSTREAM_BASE"; return
-    fi
-    log "cannot pull $UPSTREAM_BASE; using the mmdebstrap stand-in (delete $IMAGES_DIR/.pull-failed to retry)"
+    timeout "$PULL_TIMEOUT" "${BUILDAH[@]}" pull --quiet "$BASE" >/dev/null 2>&1 && return 0
+    log "cannot pull $BASE; using the mmdebstrap stand-in (delete $IMAGES_DIR/.pull-failed to retry)"
     touch "$IMAGES_DIR/.pull-failed"
   fi
   build_standin_base
-  echo "$STANDIN_BASE"
+  BASE=$STANDIN_BASE
 }
 
 # Requirements of the project's core plus the given extras, read from pyproject.toml.
@@ -93,13 +99,19 @@ print("\n".join(sorted(set(reqs + build))))
 EOF
 }
 
-# Resolves the image's wheels on the host (cached: pip skips what is already in the folder).
+# Resolves the image's wheels on the host; skipped when its requirements are those last resolved.
 fetch_wheels() {
   mkdir -p "$WHEELS"
   local reqs=$IMAGES_DIR/requirements-$1.txt
-  requirements "${@:2}" >"$reqs"
+  requirements "${@:2}" >"$reqs.new"
+  if cmp -s "$reqs.new" "$reqs" && [ -e "$WHEELS/.resolved-$1" ]; then
+    rm -f "$reqs.new"
+    return 0
+  fi
+  mv "$reqs.new" "$reqs"
   log "resolving wheels for $1 into $WHEELS"
   "$PYTHON" -m pip wheel --quiet --wheel-dir "$WHEELS" --find-links "$WHEELS" -r "$reqs"
+  touch "$WHEELS/.resolved-$1"
 }
 
 # build_image NAME EXTRA... : builds localhost/legacygpu-NAME:TAG from Dockerfile.NAME.
@@ -112,7 +124,8 @@ build_image() {
   esac
   fetch_wheels "$name" "${@:2}"
   local base base_id key
-  base=$(resolve_base)
+  resolve_base
+  base=$BASE
   base_id=$("${BUILDAH[@]}" inspect --type image --format '{{.FromImageID}}' "$base")
   key=$( { echo "$base_id"; cat "$dockerfile" pyproject.toml setup.py README.md; ls "$WHEELS";
            find $roots -type f -not -path '*/__pycache__/*' -not -name '*.pyc' | LC_ALL=C sort | xargs sha256sum;
@@ -131,14 +144,32 @@ build_image() {
     --volume "$WHEELS:/wheels:ro" \
     --label io.legacygpu.inputs="$key" \
     -f "$dockerfile" -t "$ref" . >/dev/null
-  log "built $ref in $((SECONDS - start)) s"
+  local seconds=$((SECONDS - start))
+  log "built $ref in $seconds s"
+  report "$name" "$ref" "$seconds"
+}
+
+# report NAME REF SECONDS : one JSON line in builds.jsonl (see the header).
+report() {
+  "$PYTHON" - "$@" "$IMAGES_DIR" "${BASE_SECONDS:-0}" <<'EOF'
+import datetime, json, os, pathlib, sys
+sys.path.insert(0, "e2e")
+from e2ecluster.images import Buildah
+name, ref, seconds, root, base_seconds = sys.argv[1:]
+row = {"image": ref, "name": name, "build_seconds": int(seconds), "size_bytes": Buildah(pathlib.Path(root)).size(ref),
+       "base_build_seconds": int(base_seconds), "loadavg": os.getloadavg(), "cpus": os.cpu_count(),
+       "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+with open(pathlib.Path(root) / "builds.jsonl", "a") as fh:
+    fh.write(json.dumps(row) + "\n")
+print(json.dumps(row))
+EOF
 }
 
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(worker operator)
 for target in "${targets[@]}"; do
   case $target in
-    base) resolve_base >/dev/null ;;
+    base) resolve_base ;;
     worker) build_image worker worker ;;
     operator) build_image operator api operator ;;
     *) echo "unknown image: $target (worker, operator, base)" >&2; exit 2 ;;
