@@ -145,7 +145,8 @@ class Buildah:
         for key, value in (env or {}).items():
             cmd += ["--env", f"{key}={value}"]
         for target, source in _mount_order(volumes or {}):
-            cmd += ["--volume", f"{source}:{target}:{'ro' if target in read_only else 'rw'}"]
+            mode = "ro" if target in read_only else "rw"
+            cmd += ["--volume", f"{source}:{_through_var_run(target)}:{mode}"]
         return [*cmd, container, "--", *argv]
 
     def run(
@@ -169,3 +170,13 @@ def _mount_order(volumes: Mapping[str, str]) -> list[tuple[str, str]]:
         return any(source.startswith(target.rstrip("/") + "/") for source in volumes.values())
 
     return sorted(volumes.items(), key=lambda item: (shadows(item[0]), item[0].count("/"), item[0]))
+
+
+def _through_var_run(target: str) -> str:
+    """``/var/run/...`` as ``/run/...``: buildah binds onto the symlink's path itself and the mount is lost.
+
+    ``/var/run`` is a symlink to ``/run`` in the images (and every current distribution); binding the
+    ServiceAccount folder at ``/var/run/secrets/...`` left nothing there, at ``/run/secrets/...`` it is
+    seen through both paths.
+    """
+    return "/run/" + target.removeprefix("/var/run/") if target.startswith("/var/run/") else target
