@@ -127,7 +127,7 @@ class Simulator:
         if not (self.buildah.root / "storage").is_dir():
             return
         try:
-            names = self.buildah.call("containers", "--quiet", "--format", "{{.ContainerName}}").split()
+            names = self.buildah.call("containers", "--format", "{{.ContainerName}}").split()
         except (ImageError, OSError) as exc:
             log.warning("listing stale pod containers: %s", exc)
             return

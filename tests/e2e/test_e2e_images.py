@@ -142,7 +142,7 @@ def test_exit_code_of_the_image_process_becomes_the_pod_status(
 
 
 def _containers_of(uid: str) -> list[str]:
-    names = Buildah().call("containers", "--quiet", "--format", "{{.ContainerName}}").split()
+    names = Buildah().call("containers", "--format", "{{.ContainerName}}").split()
     return [n for n in names if n.startswith(CONTAINER_PREFIX + uid[:18])]
 
 
