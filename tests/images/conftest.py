@@ -5,12 +5,17 @@ outside any test's timeout, by ``scripts/build-images.sh``, the script ``make im
 a cold build takes minutes (docs/images.md), a failed build fails the tests. buildah's chroot
 isolation needs root, which CI has; without buildah or root the tests skip and say why. ``buildah`` is an
 :class:`e2ecluster.images.Buildah` on the images' storage; ``container(name)`` yields a working
-container of image ``name`` (``worker``, ``operator``) and removes it afterwards.
+container of image ``name`` (``worker``, ``operator``) and removes it afterwards; ``scratch`` is a
+fresh host folder for volumes, under ``.cache/images/scratch`` rather than pytest's tmp_path: other
+pytest sessions on the machine prune ``/tmp/pytest-of-<user>`` and would delete a bound folder
+under a running container.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -21,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO / "e2e") not in sys.path:
     sys.path.insert(0, str(REPO / "e2e"))
 
-from e2ecluster.images import Buildah, ImageError, build_images, image_ref, unavailable  # noqa: E402
+from e2ecluster.images import IMAGES_DIR, Buildah, ImageError, build_images, image_ref, unavailable  # noqa: E402
 
 _HERE = Path(__file__).resolve().parent
 _PROBLEM: str | None = None
@@ -56,3 +61,12 @@ def container(buildah: Buildah) -> Iterator[Callable[[str], AbstractContextManag
         return buildah.container(image_ref(name))
 
     yield make
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    root = IMAGES_DIR / "scratch"
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=root))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -49,10 +49,10 @@ onnx.save(model, sys.argv[1])
 """
 
 
-def _volumes(tmp_path: Path) -> dict[str, str]:
+def _volumes(scratch: Path) -> dict[str, str]:
     out = {}
     for target in VOLUMES:
-        host = tmp_path / target.strip("/").replace("/", "_")
+        host = scratch / target.strip("/").replace("/", "_")
         host.mkdir(exist_ok=True)
         host.chmod(0o777)
         out[target] = str(host)
@@ -111,17 +111,17 @@ def test_image_holds_only_its_components_dependencies(buildah: Buildah, containe
 
 
 def test_worker_image_runs_a_real_inference_on_onnxruntime_and_pocl(
-    buildah: Buildah, container, tmp_path: Path
+    buildah: Buildah, container, scratch: Path
 ) -> None:
-    models = tmp_path / "models"
+    models = scratch / "models"
     models.mkdir()
     subprocess.run([sys.executable, "-c", MLP, str(models / "mlp.onnx")], check=True)
     with container("worker") as ctr:
-        devices = buildah.run(ctr, ["legacygpu", "devices", "-o", "json"], volumes=_volumes(tmp_path))
+        devices = buildah.run(ctr, ["legacygpu", "devices", "-o", "json"], volumes=_volumes(scratch))
         check = buildah.run(
             ctr, ["legacygpu", "model", "check", "/models/mlp.onnx", "--dim", "batch=4", "--tolerance", "1e-4",
                   "-o", "json"],
-            volumes={**_volumes(tmp_path), "/models": str(models)}, read_only=["/models"],
+            volumes={**_volumes(scratch), "/models": str(models)}, read_only=["/models"],
         )  # fmt: skip
     assert devices.returncode == 0, devices.stderr
     assert "Portable Computing Language" in devices.stdout, devices.stdout
@@ -135,11 +135,11 @@ def test_worker_image_runs_a_real_inference_on_onnxruntime_and_pocl(
     assert output["reference_max"] > 0
 
 
-def test_worker_image_writes_only_to_its_volumes(buildah: Buildah, container, tmp_path: Path) -> None:
-    models = tmp_path / "models"
+def test_worker_image_writes_only_to_its_volumes(buildah: Buildah, container, scratch: Path) -> None:
+    models = scratch / "models"
     models.mkdir()
     subprocess.run([sys.executable, "-c", MLP, str(models / "mlp.onnx")], check=True)
-    volumes = {**_volumes(tmp_path), "/models": str(models)}
+    volumes = {**_volumes(scratch), "/models": str(models)}
     with container("worker") as ctr:
         runtime = _runtime_writes(buildah, ctr, volumes, ["/models"])
         run = buildah.run(ctr, ["legacygpu", "model", "check", "/models/mlp.onnx", "-o", "json"], volumes=volumes,
@@ -147,29 +147,29 @@ def test_worker_image_writes_only_to_its_volumes(buildah: Buildah, container, tm
         written = _written_since_mark(buildah, ctr) - runtime
     assert run.returncode == 0, run.stderr
     assert written == set(), "written outside the declared volumes"
-    assert any((tmp_path / "tmp").rglob("*")), "the kernel caches go to /tmp"
+    assert any((scratch / "tmp").rglob("*")), "the kernel caches go to /tmp"
 
 
 def test_operator_image_serves_the_facade_and_writes_only_to_its_volumes(
-    buildah: Buildah, container, tmp_path: Path
+    buildah: Buildah, container, scratch: Path
 ) -> None:
     port = free_port()
-    volumes = _volumes(tmp_path)
+    volumes = _volumes(scratch)
     with container("operator") as ctr:
         runtime = _runtime_writes(buildah, ctr, volumes, [])
         argv = buildah.run_argv(ctr, ["legacygpu", "api", "serve", "--host", "127.0.0.1", "--port", str(port)],
                                 volumes=volumes)  # fmt: skip
-        log = (tmp_path / "api.log").open("wb")
+        log = (scratch / "api.log").open("wb")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
             health = _get_when_up(f"http://127.0.0.1:{port}/cluster/health", proc)
-            state = _files_when_there(tmp_path / "var_lib_legacygpu", {"api-token", "cluster.db"})
+            state = _files_when_there(scratch / "var_lib_legacygpu", {"api-token", "cluster.db"})
         finally:
             proc.terminate()
             proc.wait(30)
             log.close()
         written = _written_since_mark(buildah, ctr) - runtime
-    assert health.status_code == 200, (tmp_path / "api.log").read_text()[-2000:]
+    assert health.status_code == 200, (scratch / "api.log").read_text()[-2000:]
     body = health.json()
     assert (body["status"], body["backend"], body["workers_active"]) == ("degraded", "local", 0), body
     assert written == set(), "written outside the declared volumes"
