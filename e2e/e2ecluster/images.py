@@ -160,10 +160,12 @@ class Buildah:
 def _mount_order(volumes: Mapping[str, str]) -> list[tuple[str, str]]:
     """Volumes in an order buildah binds correctly: parents before children, as a kubelet does.
 
-    buildah 1.28's chroot isolation binds the volumes in the order given and a source path that
-    lies under an earlier volume's destination is not the host folder it names (seen with host
-    folders under /tmp and a /tmp volume: the process wrote to the image's own folder). So a
-    volume whose destination holds another volume's source comes after that one.
+    buildah 1.28's chroot isolation binds the volumes in the order given. With host folders under
+    /tmp bound before a /tmp volume, the later ones were not the host folders they name (the
+    process wrote to the image's own folder); in the other order they were. So a volume whose
+    destination holds another volume's source comes after that one. (An intermittent loss of a
+    /var/lib/legacygpu bind with sources elsewhere was also seen once, cause not found: see
+    docs/images.md.)
     """
 
     def shadows(target: str) -> bool:
