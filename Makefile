@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 LEGACYGPU := $(VENV)/bin/legacygpu
 PYTHON ?= python3
 APT_PACKAGES := pocl-opencl-icd mesa-opencl-icd ocl-icd-libopencl1 ocl-icd-opencl-dev clinfo libclblast-dev \
-	prometheus chromium chromium-driver etcd-server python3-venv
+	prometheus chromium chromium-driver etcd-server python3-venv buildah mmdebstrap
 SETUP_STAMP := $(VENV)/.setup-done
 
 .PHONY: help setup run test lint bench bench-local clean
@@ -37,6 +37,8 @@ test: setup ## run every test (unit, integration, browser, e2e)
 	$(VENV)/bin/mypy
 	@# The Kubernetes control plane for the e2e tests: ~23 min cold on 2 cores, seconds when cached.
 	bash e2e/build-kube.sh
+	@# The worker and operator images (docs/images.md): minutes cold, seconds when cached.
+	PYTHON=$(PY) bash scripts/build-images.sh worker operator
 	$(PY) -m pytest
 
 lint: setup ## ruff and mypy (strict for legacygpu.core; the allowance is in pyproject.toml)

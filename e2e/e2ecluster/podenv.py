@@ -41,7 +41,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-__all__ = ["PodContext", "build_env", "fake_pci_address", "render_argv", "write_credentials"]
+__all__ = ["PodContext", "build_env", "expand", "fake_pci_address", "field_value", "pod_env", "render_argv",
+           "write_credentials"]
 
 _REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
@@ -86,11 +87,11 @@ class PodContext:
         return ",".join(fake_pci_address(i) for i in self.gpu_ids)
 
 
-def _expand(value: str, env: dict[str, str]) -> str:
+def expand(value: str, env: dict[str, str]) -> str:
     return _REF.sub(lambda m: env.get(m.group(1), m.group(0)), value)
 
 
-def _field(ctx: PodContext, path: str) -> str:
+def field_value(ctx: PodContext, path: str) -> str:
     meta, spec = ctx.pod["metadata"], ctx.pod["spec"]
     simple = {
         "metadata.name": meta.get("name"),
@@ -147,13 +148,19 @@ def _env_from(core: client.CoreV1Api, namespace: str, source: dict[str, Any]) ->
 
 
 def build_env(core: client.CoreV1Api, ctx: PodContext, container: dict[str, Any]) -> dict[str, str]:
-    """The environment of the pod's process: the simulator's, then the pod's on top."""
-    host, _, port = ctx.server.removeprefix("https://").partition(":")
+    """The environment of the pod's local process: the simulator's, then the pod's on top."""
     env = dict(os.environ)
     env.pop("KUBECONFIG", None)
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "/usr/bin:/bin")])
-    pod_env: dict[str, str] = {
+    env.update(pod_env(core, ctx, container))
+    return env
+
+
+def pod_env(core: client.CoreV1Api, ctx: PodContext, container: dict[str, Any]) -> dict[str, str]:
+    """The pod's own variables (what a container from an image gets on top of the image's)."""
+    host, _, port = ctx.server.removeprefix("https://").partition(":")
+    values: dict[str, str] = {
         "POD_NAME": ctx.name,
         "POD_NAMESPACE": ctx.namespace,
         "POD_UID": str(ctx.pod["metadata"].get("uid", "")),
@@ -167,15 +174,15 @@ def build_env(core: client.CoreV1Api, ctx: PodContext, container: dict[str, Any]
         ctx.gpu_env: ctx.gpu_addresses,
     }
     for source in container.get("envFrom") or []:
-        pod_env.update(_env_from(core, ctx.namespace, source))
+        values.update(_env_from(core, ctx.namespace, source))
     for item in container.get("env") or []:
         value: str | None
         if "value" in item:
-            value = _expand(str(item["value"]), pod_env)
+            value = expand(str(item["value"]), values)
         else:
             source = item.get("valueFrom") or {}
             if "fieldRef" in source:
-                value = _field(ctx, source["fieldRef"]["fieldPath"])
+                value = field_value(ctx, source["fieldRef"]["fieldPath"])
             elif "resourceFieldRef" in source:
                 value = _resource(container, source["resourceFieldRef"])
             elif "secretKeyRef" in source:
@@ -185,14 +192,13 @@ def build_env(core: client.CoreV1Api, ctx: PodContext, container: dict[str, Any]
             else:
                 value = ""
         if value is not None:
-            pod_env[item["name"]] = value
-    env.update(pod_env)
-    return env
+            values[item["name"]] = value
+    return values
 
 
 def render_argv(template: str, ctx: PodContext, container: dict[str, Any], env: dict[str, str]) -> list[str]:
     """The process argv: ``template`` with the pod's placeholders filled in."""
-    words = [_expand(str(w), env) for w in [*(container.get("command") or []), *(container.get("args") or [])]]
+    words = [expand(str(w), env) for w in [*(container.get("command") or []), *(container.get("args") or [])]]
     values = {
         "command": shlex.join(words),
         "pod_name": ctx.name,

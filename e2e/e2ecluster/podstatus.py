@@ -8,7 +8,9 @@ counts); the simulator patches it only when it differs from what it last wrote.
 Only the first container of a worker pod is backed by a process; other containers are
 reported running. :func:`probe_ready` runs a container's ``readinessProbe`` (``httpGet``
 and ``tcpSocket`` for real; ``exec`` and ``grpc`` count as passing) against the pod IP,
-honouring ``initialDelaySeconds`` and ``periodSeconds`` but not thresholds.
+honouring ``initialDelaySeconds`` and ``periodSeconds`` but not thresholds;
+:func:`probe_alive` runs its ``livenessProbe`` the same way and reports it dead after
+``failureThreshold`` (default 3) failures in a row, whereupon the simulator restarts it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PodRecord", "desired_status", "now_rfc3339", "probe_ready"]
+__all__ = ["PodRecord", "desired_status", "now_rfc3339", "probe_alive", "probe_ready"]
 
 
 def now_rfc3339() -> str:
@@ -57,6 +59,9 @@ class PodRecord:
     ready_changed: str = field(default_factory=now_rfc3339)
     next_probe: float = 0.0
     written: str = ""
+    container: str = ""  # the buildah working container, when the pod runs from its image
+    next_liveness: float = 0.0
+    liveness_failures: int = 0
 
     def set_ready(self, ready: bool) -> None:
         if ready != self.ready:
@@ -159,6 +164,21 @@ def probe_ready(container: dict[str, Any], rec: PodRecord) -> bool | None:
     if now < rec.next_probe:
         return None
     rec.next_probe = now + float(probe.get("periodSeconds", 10))
+    return _passes(probe, container, rec)
+
+
+def probe_alive(container: dict[str, Any], rec: PodRecord) -> bool:
+    """Run the liveness probe if one is due; False once it failed ``failureThreshold`` times in a row."""
+    probe = container.get("livenessProbe")
+    now = time.monotonic()
+    if not probe or now < rec.next_liveness:
+        return True
+    rec.next_liveness = now + float(probe.get("periodSeconds", 10))
+    rec.liveness_failures = 0 if _passes(probe, container, rec) else rec.liveness_failures + 1
+    return rec.liveness_failures < int(probe.get("failureThreshold", 3))
+
+
+def _passes(probe: dict[str, Any], container: dict[str, Any], rec: PodRecord) -> bool:
     timeout = float(probe.get("timeoutSeconds", 1))
     try:
         if "httpGet" in probe:

@@ -14,7 +14,11 @@ Design: one process (``python -m e2ecluster simulate``) that
    real local process per pod, from the template in ``<root>/worker-command`` (read at
    each start, so tests can change it), with the pod's environment and service-account
    credentials (:mod:`e2ecluster.podenv`), logging to ``<root>/pods/<ns>_<name>/``;
-   restarts it per ``restartPolicy`` with a capped back-off; kills it when the pod goes;
+   restarts it per ``restartPolicy`` with a capped back-off; kills it when the pod goes.
+   With the template ``{image}`` (:mod:`e2ecluster.podimage`), every pod whose container
+   image is in the ``make images`` storage runs from that image instead (buildah, chroot
+   isolation: the pod's command, args, env, user, working dir and volumes), workers or not,
+   and a pod whose image is not there waits in ``ErrImageNeverPull``;
 4. finalises deletions: a pod with ``deletionTimestamp`` has its process stopped and is
    then deleted with grace period 0 (the kubelet's job; without it pods would hang in
    Terminating forever).
@@ -40,10 +44,11 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from e2ecluster import nodes, procs
+from e2ecluster import nodes, podimage, procs
 from e2ecluster.cluster import NodePool
-from e2ecluster.podenv import PodContext, build_env, render_argv, write_credentials
-from e2ecluster.podstatus import PodRecord, desired_status, now_rfc3339, probe_ready
+from e2ecluster.images import Buildah, ImageError
+from e2ecluster.podenv import PodContext, build_env, pod_env, render_argv, write_credentials
+from e2ecluster.podstatus import PodRecord, desired_status, now_rfc3339, probe_alive, probe_ready
 
 __all__ = ["Simulator"]
 
@@ -81,6 +86,8 @@ class Simulator:
         self.server = ""
         self.ca_cert = root / "pki" / "ca.crt"
         self._kubeconfig = kubeconfig
+        self.buildah = Buildah()
+        self._local_images: dict[str, str | None] = {}
 
     def _api(self) -> client.ApiClient:
         return config.new_client_from_config(str(self._kubeconfig))
@@ -93,6 +100,7 @@ class Simulator:
         self.server = api.configuration.host
         self.core = client.CoreV1Api(api)
         procs.stop_recorded(self.root / "pods")
+        self._remove_stale_containers()
         nodes.ensure_nodes(self.core, self.pool, version=self.version)
         beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         beat.start()
@@ -113,6 +121,31 @@ class Simulator:
                 self._stop_process(rec, grace=5.0)
             (self.root / "simulator.ready").unlink(missing_ok=True)
             log.info("simulator stopped")
+
+    def _remove_stale_containers(self) -> None:
+        """Remove the working containers a previous simulator left behind (it was killed)."""
+        if not (self.buildah.root / "storage").is_dir():
+            return
+        try:
+            names = self.buildah.call("containers", "--format", "{{.ContainerName}}").split()
+        except (ImageError, OSError) as exc:
+            log.warning("listing stale pod containers: %s", exc)
+            return
+        for name in names:
+            if name.startswith(podimage.CONTAINER_PREFIX):
+                podimage.remove(self.buildah, name)
+
+    def _image_mode(self) -> bool:
+        template_file = self.root / "worker-command"
+        return template_file.exists() and template_file.read_text().strip() == podimage.IMAGE_TEMPLATE
+
+    def _local_image(self, image: str) -> str | None:
+        if image not in self._local_images:
+            try:
+                self._local_images[image] = podimage.local_image(self.buildah, image)
+            except OSError:
+                self._local_images[image] = None
+        return self._local_images[image]
 
     def _wait_untainted(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -216,7 +249,7 @@ class Simulator:
             host_ip=nodes.node_address(self.pool, spec["nodeName"]),
             pod_dir=self.root / "pods" / f"{meta['namespace']}_{meta['name']}",
             gpu_ids=self._assign_gpus(spec),
-            worker=labels.get(key) == value,
+            worker=labels.get(key) == value or self._runs_image(spec),
             start_time=status.get("startTime") or now_rfc3339(),
             terminated=status.get("phase") in ("Succeeded", "Failed"),
         )
@@ -227,6 +260,11 @@ class Simulator:
         log.info("pod %s/%s on %s: ip %s gpus %s worker=%s", rec.namespace, rec.name, rec.node,
                  rec.pod_ip, rec.gpu_ids, rec.worker)  # fmt: skip
         return rec
+
+    def _runs_image(self, spec: dict[str, Any]) -> bool:
+        """In image mode, a pod whose first container's image is held locally gets a process."""
+        image = ((spec.get("containers") or [{}])[0]).get("image", "")
+        return bool(image) and self._image_mode() and self._local_image(image) is not None
 
     def _free_ip(self, used: set[str]) -> str:
         for n in range(1, 65536):
@@ -277,8 +315,20 @@ class Simulator:
                          self.gpu_env)  # fmt: skip
         try:
             write_credentials(self.core, ctx)
-            env = build_env(self.core, ctx, container)
-            argv = render_argv(template, ctx, container, env)
+            if template == podimage.IMAGE_TEMPLATE:
+                image = self._local_image(container.get("image", ""))
+                if image is None:
+                    self._wait(rec, "ErrImageNeverPull", f"image {container.get('image')!r} is not in the local "
+                               "image storage (make images)", crash=False)  # fmt: skip
+                    return
+                env = pod_env(self.core, ctx, container)
+                for key in ("KUBECONFIG", "E2E_POD_DIR"):  # host paths: the container uses in-cluster config
+                    env.pop(key, None)
+                rec.container = podimage.container_name(rec.uid, rec.restarts)
+                argv = podimage.run_argv(self.buildah, self.core, ctx, container, env, image, rec.container)
+            else:
+                env = build_env(self.core, ctx, container)
+                argv = render_argv(template, ctx, container, env)
             if not argv:
                 self._wait(rec, "E2ENoCommand", f"worker command template {template!r} gave no argv", crash=False)
                 return
@@ -288,7 +338,8 @@ class Simulator:
                     argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                     env=env, cwd=rec.pod_dir, start_new_session=True,
                 )  # fmt: skip
-        except (OSError, ValueError, KeyError, ApiException) as exc:
+        except (OSError, ValueError, KeyError, ApiException, ImageError) as exc:
+            self._remove_container(rec)
             self._wait(rec, "E2EStartError", f"{type(exc).__name__}: {exc}", crash=True)
             return
         (rec.pod_dir / "pid").write_text(f"{rec.proc.pid}\nenv:POD_UID={rec.uid}\n")
@@ -296,7 +347,16 @@ class Simulator:
         rec.set_ready(False)
         probe = container.get("readinessProbe") or {}
         rec.next_probe = time.monotonic() + float(probe.get("initialDelaySeconds", 0))
-        log.info("pod %s/%s: started pid %d: %s", rec.namespace, rec.name, rec.proc.pid, " ".join(argv))
+        liveness = container.get("livenessProbe") or {}
+        rec.next_liveness = time.monotonic() + float(liveness.get("initialDelaySeconds", 0))
+        rec.liveness_failures = 0
+        what = f"{podimage.describe(argv)} in image container {rec.container}" if rec.container else " ".join(argv)
+        log.info("pod %s/%s: started pid %d: %s", rec.namespace, rec.name, rec.proc.pid, what)
+
+    def _remove_container(self, rec: PodRecord) -> None:
+        if rec.container:
+            podimage.remove(self.buildah, rec.container)
+            rec.container = ""
 
     def _wait(self, rec: PodRecord, reason: str, message: str, *, crash: bool) -> None:
         rec.waiting_reason, rec.waiting_message = reason, message
@@ -317,6 +377,7 @@ class Simulator:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         (rec.pod_dir / "pid").unlink(missing_ok=True)
+        self._remove_container(rec)
         log.info("pod %s/%s: process %d stopped (exit %s)", rec.namespace, rec.name, proc.pid, proc.returncode)
 
     def _tick(self) -> None:
@@ -331,6 +392,8 @@ class Simulator:
                 code = rec.proc.poll()
                 if code is not None:
                     self._exited(rec, pod, code)
+                elif not probe_alive((pod["spec"].get("containers") or [{}])[0], rec):
+                    self._kill_unhealthy(rec, pod)
                 else:
                     ready = probe_ready((pod["spec"].get("containers") or [{}])[0], rec)
                     if ready is not None:
@@ -340,9 +403,20 @@ class Simulator:
                 self._start_process(rec)
             self._sync(rec)
 
+    def _kill_unhealthy(self, rec: PodRecord, pod: dict[str, Any]) -> None:
+        """A failed liveness probe: stop the process (grace period honoured) and restart it per policy."""
+        log.info("pod %s/%s: liveness probe failed; killing the container", rec.namespace, rec.name)
+        proc = rec.proc
+        grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
+        self._stop_process(rec, grace=min(grace, 10.0))
+        rec.proc = proc
+        code = proc.returncode if proc is not None and proc.returncode is not None else 137
+        self._exited(rec, pod, code)
+
     def _exited(self, rec: PodRecord, pod: dict[str, Any], code: int) -> None:
         proc, rec.proc = rec.proc, None
         (rec.pod_dir / "pid").unlink(missing_ok=True)
+        self._remove_container(rec)
         code = 128 - code if code < 0 else code  # killed by signal N: 128+N, as a kubelet reports
         rec.last_exit, rec.last_finished = code, now_rfc3339()
         rec.set_ready(False)

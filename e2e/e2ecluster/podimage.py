@@ -1,0 +1,204 @@
+"""Running a pod's container from its image: what the simulated kubelet hands to buildah.
+
+Design: when the simulator's worker-command template is :data:`IMAGE_TEMPLATE` (``{image}``),
+a pod whose first container names an image held in the ``make images`` storage
+(``.cache/images``) runs from that image instead of as a local process. A kubelet's work is
+then, in order:
+
+- the argv, by Kubernetes' rules: ``command`` replaces the image's ENTRYPOINT and drops its
+  CMD; ``args`` alone replace the CMD; ``$(VAR)`` references expanded (:func:`container_argv`);
+- the user: ``runAsUser``/``runAsGroup`` of the container's securityContext, else the pod's,
+  else the image's USER (:func:`container_user`);
+- the environment: the pod's variables only (:func:`podenv.pod_env`: no host variables leak
+  in; ``KUBECONFIG`` dropped, so clients use the in-cluster config);
+- the volumes (:func:`prepare_volumes`): each ``volumeMount`` bound from a folder under the
+  pod's directory: ``emptyDir`` (a folder), ``configMap``/``secret``/``downwardAPI``/
+  ``projected`` (files written from the API, with ``items``/``key``/``path``, ``subPath``),
+  and the ServiceAccount token, CA and namespace at
+  ``/var/run/secrets/kubernetes.io/serviceaccount`` unless automounting is off; ``readOnly``
+  mounts are bound read-only. ``hostPath`` is refused (a simulated node has no host).
+
+Chroot isolation shares the host's network namespace, so the container reaches the API
+server at the loopback address the pod environment names, and probes reach the container at
+the pod's loopback IP when the process binds it (or all addresses). It does not give a
+read-only root: that the images write only to their volumes is proven by tests/images.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import shlex
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from e2ecluster.images import Buildah, ImageError
+from e2ecluster.podenv import PodContext, expand, field_value
+
+__all__ = ["CONTAINER_PREFIX", "IMAGE_TEMPLATE", "SERVICE_ACCOUNT_DIR", "container_argv", "container_name",
+           "container_user", "describe", "local_image", "prepare_volumes", "remove", "run_argv"]  # fmt: skip
+
+IMAGE_TEMPLATE = "{image}"
+CONTAINER_PREFIX = "e2e-pod-"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def local_image(buildah: Buildah, image: str) -> str | None:
+    """``image`` as a reference held in the buildah storage, or None when it is not there.
+
+    A bare ``name:tag`` is looked up as given and under ``localhost/`` (where buildah files
+    images it built); a digest reference must match exactly.
+    """
+    candidates = [image] if "/" in image.split(":")[0] and "." in image.split("/")[0] else [image, f"localhost/{image}"]
+    for ref in candidates:
+        if buildah.exists(ref):
+            return ref
+    return None
+
+
+def container_argv(container: dict[str, Any], config: dict[str, Any], env: dict[str, str]) -> list[str]:
+    """The process argv by Kubernetes' rules on ``command``/``args`` over ENTRYPOINT/CMD."""
+    command = container.get("command")
+    args = container.get("args")
+    if command:
+        words = [*command, *(args or [])]
+    else:
+        words = [*(config.get("Entrypoint") or []), *(args if args is not None else config.get("Cmd") or [])]
+    return [expand(str(w), env) for w in words]
+
+
+def container_user(pod: dict[str, Any], container: dict[str, Any]) -> str | None:
+    """``uid[:gid]`` from the securityContexts (container first), or None for the image's USER."""
+    pod_ctx = pod["spec"].get("securityContext") or {}
+    ctx = container.get("securityContext") or {}
+    uid = ctx.get("runAsUser", pod_ctx.get("runAsUser"))
+    gid = ctx.get("runAsGroup", pod_ctx.get("runAsGroup"))
+    if uid is None:
+        return None
+    return f"{uid}:{gid}" if gid is not None else str(uid)
+
+
+def _write(folder: Path, files: dict[str, bytes]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for rel, data in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(0o644)
+
+
+def _pick(data: dict[str, bytes], items: list[dict[str, Any]] | None, name: str) -> dict[str, bytes]:
+    if not items:
+        return data
+    out = {}
+    for item in items:
+        if item["key"] not in data:
+            raise KeyError(f"{name} has no key {item['key']!r}")
+        out[item.get("path") or item["key"]] = data[item["key"]]
+    return out
+
+
+def _source_files(core: client.CoreV1Api, ctx: PodContext, source: dict[str, Any]) -> dict[str, bytes]:
+    """The files of one configMap/secret/downwardAPI/serviceAccountToken volume source."""
+    ns = ctx.namespace
+    if "configMap" in source or "secret" in source:
+        kind = "configMap" if "configMap" in source else "secret"
+        ref = source[kind]
+        name = ref.get("name") or ref.get("secretName")
+        try:
+            if kind == "secret":
+                raw = core.read_namespaced_secret(name, ns).data or {}
+                data = {k: base64.b64decode(v) for k, v in raw.items()}
+            else:
+                data = {k: v.encode() for k, v in (core.read_namespaced_config_map(name, ns).data or {}).items()}
+        except ApiException as exc:
+            if exc.status == 404 and ref.get("optional"):
+                return {}
+            raise
+        return _pick(data, ref.get("items"), f"{kind} {name}")
+    if "downwardAPI" in source:
+        return {item["path"]: field_value(ctx, item["fieldRef"]["fieldPath"]).encode()
+                for item in source["downwardAPI"].get("items") or [] if "fieldRef" in item}  # fmt: skip
+    if "serviceAccountToken" in source:
+        token = (ctx.pod_dir / "serviceaccount" / "token").read_bytes()
+        return {source["serviceAccountToken"].get("path", "token"): token}
+    return {}
+
+
+def prepare_volumes(
+    core: client.CoreV1Api, ctx: PodContext, container: dict[str, Any]
+) -> tuple[dict[str, str], set[str]]:
+    """Write the container's volumes under ``<pod_dir>/volumes``; (container path -> host path, read-only paths)."""
+    spec = ctx.pod["spec"]
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    root = ctx.pod_dir / "volumes"
+    binds: dict[str, str] = {}
+    read_only: set[str] = set()
+    for mount in container.get("volumeMounts") or []:
+        volume = volumes.get(mount["name"])
+        if volume is None:
+            raise KeyError(f"volumeMount {mount['name']!r} names no volume of the pod")
+        folder = root / mount["name"]
+        if "emptyDir" in volume:
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o1777)
+        elif "projected" in volume:
+            files: dict[str, bytes] = {}
+            for source in volume["projected"].get("sources") or []:
+                files.update(_source_files(core, ctx, source))
+            _write(folder, files)
+            read_only.add(mount["mountPath"])
+        elif any(k in volume for k in ("configMap", "secret", "downwardAPI")):
+            _write(folder, _source_files(core, ctx, volume))
+            read_only.add(mount["mountPath"])
+        else:
+            kinds = sorted(set(volume) - {"name"})
+            raise ValueError(f"volume {mount['name']!r}: {', '.join(kinds)} is not simulated")
+        source = folder / mount["subPath"] if mount.get("subPath") else folder
+        binds[mount["mountPath"]] = str(source)
+        if mount.get("readOnly"):
+            read_only.add(mount["mountPath"])
+    automount = container.get("automountServiceAccountToken", spec.get("automountServiceAccountToken", True))
+    if automount and SERVICE_ACCOUNT_DIR not in binds:
+        binds[SERVICE_ACCOUNT_DIR] = str(ctx.pod_dir / "serviceaccount")
+        read_only.add(SERVICE_ACCOUNT_DIR)
+    return binds, read_only
+
+
+def run_argv(
+    buildah: Buildah, core: client.CoreV1Api, ctx: PodContext, container: dict[str, Any], env: dict[str, str],
+    image: str, name: str,
+) -> list[str]:  # fmt: skip
+    """Make working container ``name`` from ``image`` and return the ``buildah run`` argv of the pod's process.
+
+    The caller runs the argv and, when the process is gone, removes the container (:func:`remove`).
+    """
+    config = buildah.config(image)
+    argv = container_argv(container, config, env)
+    if not argv:
+        raise ValueError(f"image {image} has no ENTRYPOINT/CMD and the container no command")
+    binds, read_only = prepare_volumes(core, ctx, container)
+    remove(buildah, name)
+    buildah.call("from", "--pull-never", "--quiet", "--name", name, image)
+    return buildah.run_argv(name, argv, user=container_user(ctx.pod, container),
+                            workdir=container.get("workingDir") or None, env=env, volumes=binds,
+                            read_only=sorted(read_only))  # fmt: skip
+
+
+def container_name(uid: str, restarts: int) -> str:
+    """The working container of a pod's run number ``restarts`` (removed when the process ends)."""
+    return f"{CONTAINER_PREFIX}{uid[:18]}-{restarts}"
+
+
+def remove(buildah: Buildah, name: str) -> None:
+    """Remove working container ``name`` if it exists."""
+    with contextlib.suppress(ImageError):
+        buildah.call("rm", name, timeout=120)
+
+
+def describe(argv: list[str]) -> str:
+    """A short log line for a ``buildah run`` argv: what runs, not buildah's flags."""
+    return shlex.join(argv[argv.index("--") + 1:]) if "--" in argv else shlex.join(argv)
