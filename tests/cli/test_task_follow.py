@@ -35,15 +35,18 @@ class CountingClient(ApiClient):
 def fake_worker(cluster: LocalCluster) -> threading.Thread:
     """Registers, claims one task, holds it HOLD_SECONDS, completes it."""
     body = {"name": "fake", "host": "h", "pid": 1, "device": {"name": "d"}, "concurrency": 1}
-    wid = cluster.http.post("/cluster/workers/register", json=body).json()["id"]
+    registered = cluster.http.post("/cluster/workers/register", json=body).json()
+    wid, own = registered["id"], {"Authorization": f"Bearer {registered['token']}"}  # a worker's calls need its token
 
     def work() -> None:
         claimed: list[dict[str, Any]] = []
         while not claimed:
-            claimed = cluster.http.post(f"/cluster/workers/{wid}/claim", params={"max_tasks": 1, "wait": 5}).json()
+            claimed = cluster.http.post(
+                f"/cluster/workers/{wid}/claim", params={"max_tasks": 1, "wait": 5}, headers=own
+            ).json()
         time.sleep(HOLD_SECONDS)
         done = {"worker_id": wid, "attempt": claimed[0]["attempt"], "result": {"answer": 42}}
-        cluster.http.post(f"/cluster/tasks/{claimed[0]['id']}/complete", json=done).raise_for_status()
+        cluster.http.post(f"/cluster/tasks/{claimed[0]['id']}/complete", json=done, headers=own).raise_for_status()
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
@@ -57,7 +60,7 @@ def test_wait_follows_the_event_stream_without_polling(cluster: LocalCluster) ->
     with follow.open_events(client) as stream:
         assert stream is not None, "the facade's event stream should open"
         task = client.post("/cluster/tasks/submit", json={"model": "digits", "inputs": INPUTS})
-        done = follow.follow(client, task["id"], stream, on_change=lambda t: phases.append(t["phase"]))
+        done = follow.follow(client, task["id"], stream, on_change=lambda t: phases.append(t["phase"]), timeout=60)
     worker.join(10)
     assert done["phase"] == "Succeeded" and done["result"] == {"answer": 42}
     assert phases[-1] == "Succeeded" and "Running" in phases, phases
@@ -71,7 +74,7 @@ def test_wait_falls_back_to_polling_when_the_stream_cannot_be_opened(cluster: Lo
     with follow.open_events(client, url=f"ws://127.0.0.1:{free_port()}/ws/cluster/events") as stream:
         assert stream is None
         task = client.post("/cluster/tasks/submit", json={"model": "digits", "inputs": INPUTS})
-        done = follow.follow(client, task["id"], stream)
+        done = follow.follow(client, task["id"], stream, timeout=60)
     worker.join(10)
     assert done["phase"] == "Succeeded" and done["result"] == {"answer": 42}
     assert len(client.gets) > 1, "without a stream the task is polled"
