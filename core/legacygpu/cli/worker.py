@@ -38,9 +38,9 @@ def command() -> None:
 @click.option("--serving-host", envvar="LEGACYGPU_SERVING_HOST", show_envvar=True,
               help="Address of the OIP endpoints [default: 127.0.0.1; $POD_IP or 0.0.0.0 with --kubernetes].")
 @click.option("--serving-port", type=int, envvar="LEGACYGPU_SERVING_PORT", show_envvar=True,
-              help="REST port of the Open Inference Protocol [default: any free port; 8080 with --kubernetes].")
+              help="REST port of the Open Inference Protocol [default: any free port; 8000 with --kubernetes, as Triton].")
 @click.option("--grpc-port", type=int, envvar="LEGACYGPU_GRPC_PORT", show_envvar=True,
-              help="gRPC port of the Open Inference Protocol [default: any free port; 8081 with --kubernetes].")
+              help="gRPC port of the Open Inference Protocol [default: any free port; 8001 with --kubernetes, as Triton].")
 @click.option("--no-serving", is_flag=True, help="Take tasks only; serve no real-time requests.")
 def start(api: str | None, token: str | None, backend: str, device_index: int | None, name: str | None,
           model_dir: Path | None, kubernetes: bool, log_level: str, serving_host: str | None,
@@ -55,8 +55,9 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
     serving = None if no_serving else {
         # In a pod: the pod's own address when known (pods may share a host, as in the e2e stand-in).
         "host": serving_host or ((os.environ.get("POD_IP") or "0.0.0.0") if kubernetes else "127.0.0.1"),
-        "http_port": serving_port if serving_port is not None else (8080 if kubernetes else 0),
-        "grpc_port": grpc_port if grpc_port is not None else (8081 if kubernetes else 0),
+        # Triton's ports: the pod's health port (8081) and the operator's metrics port (8080) stay free.
+        "http_port": serving_port if serving_port is not None else (8000 if kubernetes else 0),
+        "grpc_port": grpc_port if grpc_port is not None else (8001 if kubernetes else 0),
         "advertise_host": os.environ.get("POD_IP") if kubernetes else None,
     }
     if kubernetes:
