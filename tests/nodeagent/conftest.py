@@ -64,3 +64,22 @@ async def running(agent: NodeAgent) -> AsyncIterator[NodeAgent]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
+
+
+@pytest.fixture(autouse=True)
+def pocl_is_the_only_cpu_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's OpenCL join sees PoCL's CPU device alone.
+
+    The node-agent tests stand PoCL's CPU device in for card A's driver and leave card B
+    without one. The session also enables Mesa rusticl's llvmpipe CPU device for the
+    OpenCL tiers (tests/conftest.py), which the join would otherwise hand to card B.
+    """
+    from legacygpu.worker.nodeagent import openclprobe
+
+    listed = openclprobe.PyOpenCLProbe.list_devices
+
+    def pocl_only(self: openclprobe.PyOpenCLProbe) -> tuple[list[openclprobe.OpenCLDevice], list[str]]:
+        devices, errors = listed(self)
+        return [d for d in devices if "rusticl" not in d.platform.lower()], errors
+
+    monkeypatch.setattr(openclprobe.PyOpenCLProbe, "list_devices", pocl_only)

@@ -75,8 +75,13 @@ async def test_gauges_report_each_card_in_base_units(node: NodeTree, kubelet: Fa
         # Readings follow sysfs from one health round to the next.
         node.attribute(A, "gpu_busy_percent").write_text("92\n")
         node.sensor(A, "temp1_input").write_text("88000\n")
-        s = await until(agent.metrics.port, lambda s: s.get(("legacygpu_gpu_busy_ratio", gpu(A))) == 0.92,
-                        "the new load")
+        # Both files are read in the same round only if it starts after both writes: wait for both.
+        s = await until(
+            agent.metrics.port,
+            lambda s: s.get(("legacygpu_gpu_busy_ratio", gpu(A))) == 0.92
+            and s.get(("legacygpu_gpu_temperature_celsius", gpu(A))) == 88.0,
+            "the new load and temperature",
+        )
         assert s[("legacygpu_gpu_temperature_celsius", gpu(A))] == 88.0
 
 
