@@ -38,9 +38,9 @@ def command() -> None:
 @click.option("--serving-host", envvar="LEGACYGPU_SERVING_HOST", show_envvar=True,
               help="Address of the OIP endpoints [default: 127.0.0.1; $POD_IP or 0.0.0.0 with --kubernetes].")
 @click.option("--serving-port", type=int, envvar="LEGACYGPU_SERVING_PORT", show_envvar=True,
-              help="REST port of the Open Inference Protocol [default: any free port; 8000 with --kubernetes, as Triton].")
+              help="REST port of the Open Inference Protocol [default: any free port; 8000 with --kubernetes].")
 @click.option("--grpc-port", type=int, envvar="LEGACYGPU_GRPC_PORT", show_envvar=True,
-              help="gRPC port of the Open Inference Protocol [default: any free port; 8001 with --kubernetes, as Triton].")
+              help="gRPC port of the Open Inference Protocol [default: any free port; 8001 with --kubernetes].")
 @click.option("--no-serving", is_flag=True, help="Take tasks only; serve no real-time requests.")
 def start(api: str | None, token: str | None, backend: str, device_index: int | None, name: str | None,
           model_dir: Path | None, kubernetes: bool, log_level: str, serving_host: str | None,
