@@ -1,82 +1,24 @@
 """Regenerate the Python gRPC modules of the Device Plugin API from ``api.proto``.
 
-Design: the kubelet's wire protocol is fixed by ``api.proto`` (a copy of the
-upstream interface definition, see its header). The generated ``api_pb2.py``,
-``api_pb2.pyi`` and ``api_pb2_grpc.py`` are committed so the worker image needs
-no code generator; this module is the one way they are produced::
+The kubelet's wire protocol is fixed by ``api.proto`` (a copy of the upstream interface
+definition, see its header); the generated modules are committed, and this is the one way they
+are produced (:mod:`legacygpu.worker.protogen` holds how)::
 
     python -m legacygpu.worker.nodeagent.v1beta1.generate      # or: make nodeagent-proto
-
-It runs ``grpc_tools.protoc`` with the ``worker/`` source root as include path,
-so the generated gRPC module imports ``legacygpu.worker.nodeagent.v1beta1.api_pb2``
-by its full name, and prepends a provenance header naming the tool versions.
-The generated code checks at import time that the installed ``protobuf`` and
-``grpcio`` are at least the versions it was generated with.
-:func:`descriptor_set` compiles the proto without writing modules; a test uses
-it to prove the committed modules still match the ``.proto``.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import logging
-import sys
-import tempfile
 from pathlib import Path
+
+from legacygpu.worker.protogen import ProtoModules
 
 __all__ = ["PROTO", "descriptor_set", "generate"]
 
-logger = logging.getLogger(__name__)
-
-HERE = Path(__file__).resolve().parent
-# worker/ : the source root holding the ``legacygpu`` namespace directory.
-SOURCE_ROOT = HERE.parents[3]
-PROTO = HERE / "api.proto"
-GENERATED = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py")
-
-
-def _protoc(args: list[str]) -> None:
-    from grpc_tools import protoc  # imported here: a dev-only dependency
-
-    include = str(Path(protoc.__file__).parent / "_proto")
-    code = protoc.main(["grpc_tools.protoc", f"-I{SOURCE_ROOT}", f"-I{include}", *args])
-    if code != 0:
-        raise RuntimeError(f"protoc failed with exit code {code} for {PROTO}")
-
-
-def _header() -> str:
-    tools = importlib.metadata.version("grpcio-tools")
-    return (
-        f"# Provenance: generated from {PROTO.relative_to(SOURCE_ROOT)} by\n"
-        "#   python -m legacygpu.worker.nodeagent.v1beta1.generate\n"
-        f"# with grpcio-tools {tools}. Do not edit; edit api.proto and regenerate.\n"
-    )
-
-
-def generate(out_root: Path = SOURCE_ROOT) -> list[Path]:
-    """Write the three generated modules under ``out_root`` and return their paths."""
-    relative = PROTO.relative_to(SOURCE_ROOT)
-    with tempfile.TemporaryDirectory() as tmp:
-        _protoc([f"--python_out={tmp}", f"--pyi_out={tmp}", f"--grpc_python_out={tmp}", str(PROTO)])
-        written = []
-        for name in GENERATED:
-            produced = Path(tmp) / relative.parent / name
-            target = out_root / relative.parent / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(_header() + produced.read_text())
-            written.append(target)
-    return written
-
-
-def descriptor_set() -> bytes:
-    """The serialized ``FileDescriptorSet`` protoc makes of ``api.proto`` right now."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "api.pb"
-        _protoc([f"--descriptor_set_out={out}", str(PROTO)])
-        return out.read_bytes()
-
+_MODULES = ProtoModules(Path(__file__).resolve().parent / "api.proto", "legacygpu.worker.nodeagent.v1beta1.generate")
+PROTO = _MODULES.proto
+generate = _MODULES.generate
+descriptor_set = _MODULES.descriptor_set
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for path in generate(Path(sys.argv[1]) if len(sys.argv) > 1 else SOURCE_ROOT):
-        logger.info("wrote %s", path)
+    _MODULES.main()
