@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -196,6 +197,9 @@ def test_a_worker_that_dies_is_replaced_by_another_for_the_same_request(cluster:
     for name in ("w1", "w2"):  # both load digits, so both are preferred and concurrent requests go to both
         assert httpx.post(f"{_serving(cluster, name)['rest']}/v2/models/digits/infer", json=body).status_code == 200
         wait_until(lambda n=name: "digits" in cluster.worker(n)["stats"]["models_loaded"], timeout=60)
+    # The facade reads the worker list at most once a second: let it see both workers with digits
+    # loaded, else it prefers w2 alone and never tries the dead w1 (the retry under test).
+    time.sleep(1.5)
     cluster.workers["w1"].send_signal(signal.SIGKILL)
     cluster.workers["w1"].wait()
     with ThreadPoolExecutor(8) as pool:
