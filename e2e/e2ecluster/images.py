@@ -110,10 +110,24 @@ class Buildah:
             return False
         return True
 
+    def new_container(self, ref: str, name: str | None = None) -> str:
+        """Make a working container from image ``ref`` (named ``name`` if given) and return its name.
+
+        The image's declared VOLUMEs are dropped from the working container: ``buildah run`` backs each
+        with an anonymous folder of its own and, in an order that changes from run to run (a Go map's),
+        mounts that folder over the host folder bound at the same path, so a process wrote to the
+        anonymous folder and the host folder stayed empty. A kubelet mounts the pod's volumes there.
+        """
+        named = ["--name", name] if name else []
+        container = self.call("from", "--pull-never", "--quiet", *named, ref).strip()
+        for volume in self.config(ref).get("Volumes") or {}:
+            self.call("config", "--volume", f"{volume}-", container)
+        return container
+
     @contextlib.contextmanager
     def container(self, ref: str) -> Iterator[str]:
-        """A working container from image ``ref``, removed on exit."""
-        name = self.call("from", "--pull-never", "--quiet", ref).strip()
+        """A working container from image ``ref`` (see :meth:`new_container`), removed on exit."""
+        name = self.new_container(ref)
         try:
             yield name
         finally:
@@ -163,9 +177,8 @@ def _mount_order(volumes: Mapping[str, str]) -> list[tuple[str, str]]:
     buildah 1.28's chroot isolation binds the volumes in the order given. With host folders under
     /tmp bound before a /tmp volume, the later ones were not the host folders they name (the
     process wrote to the image's own folder); in the other order they were. So a volume whose
-    destination holds another volume's source comes after that one. (An intermittent loss of a
-    /var/lib/legacygpu bind with sources elsewhere was also seen once, cause not found: see
-    docs/images.md.)
+    destination holds another volume's source comes after that one. (The image's own VOLUMEs are a
+    separate problem, solved in :meth:`Buildah.new_container`.)
     """
 
     def shadows(target: str) -> bool:

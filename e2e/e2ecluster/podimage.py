@@ -182,7 +182,7 @@ def run_argv(
         raise ValueError(f"image {image} has no ENTRYPOINT/CMD and the container no command")
     binds, read_only = prepare_volumes(core, ctx, container)
     remove(buildah, name)
-    buildah.call("from", "--pull-never", "--quiet", "--name", name, image)
+    buildah.new_container(image, name)
     return buildah.run_argv(name, argv, user=container_user(ctx.pod, container),
                             workdir=container.get("workingDir") or None, env=env, volumes=binds,
                             read_only=sorted(read_only))  # fmt: skip

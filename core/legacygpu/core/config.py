@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -131,16 +132,23 @@ def secure_data_dir(data_dir: Path, *, umask: bool = False) -> None:
     """Create ``data_dir`` if needed and make it and everything under it private (folders 0700, files 0600).
 
     With ``umask`` the calling process also gets umask 077, so files it creates later are private too;
-    only a server process (``api serve``, ``cluster start``) asks for that.
+    only a server process (``api serve``, ``cluster start``) asks for that. What the process does not own
+    is left as it is: a mounted volume's root belongs to root or to the pod's fsGroup, and only its
+    owner may change its mode (the files the process writes in it are still private).
     """
     if umask:
         os.umask(0o077)
     data_dir = Path(data_dir)
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data_dir.chmod(0o700)
+    _chmod_own(str(data_dir), 0o700)
     for root, folders, files in os.walk(data_dir):
         for names, mode in ((folders, 0o700), (files, 0o600)):
             for name in names:
-                path = os.path.join(root, name)
-                if not os.path.islink(path):  # a link may point outside the data dir: leave its target alone
-                    os.chmod(path, mode)
+                _chmod_own(os.path.join(root, name), mode)
+
+
+def _chmod_own(path: str, mode: int) -> None:
+    """``chmod`` a path this process owns; links (which may point outside the data dir) are left alone."""
+    info = os.lstat(path)
+    if not stat.S_ISLNK(info.st_mode) and info.st_uid == os.geteuid():
+        os.chmod(path, mode)
