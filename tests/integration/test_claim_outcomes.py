@@ -16,7 +16,7 @@ import httpx
 import pytest
 from helpers import TOKEN, LocalCluster
 
-from legacygpu.worker.agent import LocalWorker
+from legacygpu.worker.local_worker import LocalWorker
 
 TASKS = 6
 

@@ -81,7 +81,7 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
             if server is not None:
                 server.stop()
         return
-    from legacygpu.worker.agent import LocalWorker
+    from legacygpu.worker.local_worker import LocalWorker
 
     settings = Settings()
     worker = LocalWorker(

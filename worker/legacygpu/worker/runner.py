@@ -19,7 +19,7 @@ from typing import Any
 from legacygpu.core.errors import ModelError, ValidationError
 from legacygpu.core.modelcards import ModelRepository
 from legacygpu.core.tensors import validate_inputs
-from legacygpu.worker.backends.base import InferenceBackend, LoadedModel
+from legacygpu.worker.backends.runtime import InferenceBackend, LoadedModel
 from legacygpu.worker.processing import postprocess, preprocess
 
 __all__ = ["PRELOAD_ENV", "TaskRunner", "preload_from_env"]

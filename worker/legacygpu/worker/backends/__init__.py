@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 
 from legacygpu.core.errors import ValidationError
-from legacygpu.worker.backends.base import BackendInfo, InferenceBackend, LoadedModel
+from legacygpu.worker.backends.runtime import BackendInfo, InferenceBackend, LoadedModel
 
 __all__ = ["BACKENDS", "BackendInfo", "InferenceBackend", "LoadedModel", "create_backend", "gpu_present"]
 

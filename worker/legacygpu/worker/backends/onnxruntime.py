@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from legacygpu.core.errors import ModelError, ValidationError
-from legacygpu.worker.backends.base import BackendInfo
+from legacygpu.worker.backends.runtime import BackendInfo
 
 __all__ = [
     "InputSpec",

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from legacygpu.worker.backends.base import BackendInfo
+from legacygpu.worker.backends.runtime import BackendInfo
 
 __all__ = ["OpenCLBackend"]
 

@@ -1,6 +1,6 @@
 """What one coordinator pass costs: indexed scans, a queue read bounded by free slots, coalesced wake-ups.
 
-Driven directly with a fake clock (no HTTP, no processes), like test_coordinator.py.
+Driven directly with a fake clock (no HTTP, no processes), like test_local_backend.py.
 """
 
 from __future__ import annotations

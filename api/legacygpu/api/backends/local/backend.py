@@ -1,4 +1,4 @@
-"""The local coordinator: schedules tasks onto worker processes on this machine.
+"""The local backend (`LocalBackend`): a coordinator scheduling tasks onto worker processes on this machine.
 
 All state is in the SQLite :class:`Store`; this class only reads rows as
 :class:`~legacygpu.core.lifecycle.TaskRecord`, applies the shared lifecycle
