@@ -152,7 +152,7 @@ async def test_a_leader_that_loses_its_lease_ends_with_an_error_and_a_stopped_on
     from dataclasses import replace
 
     from legacygpu.core.kube.contract import format_time, now_utc
-    from legacygpu.operator.app import LeadershipLostError
+    from legacygpu.operator.errors import LeadershipLostError
 
     leader = await dep.start_operator(replace(FAST, leader_election=True, identity="replica-a"))
     leases = ("coordination.k8s.io", "v1", "leases", NS, "legacygpu-operator")
@@ -175,9 +175,10 @@ def test_operator_run_exits_non_zero_when_the_lease_is_lost(monkeypatch: Any) ->
 
     import legacygpu.operator.app as app
     from legacygpu.cli import main
+    from legacygpu.operator.errors import LeadershipLostError
 
     async def lost(*_: Any, **__: Any) -> None:
-        raise app.LeadershipLostError("lost the lease default/legacygpu-operator")
+        raise LeadershipLostError("lost the lease default/legacygpu-operator")
 
     async def stopped(*_: Any, **__: Any) -> None:
         return None

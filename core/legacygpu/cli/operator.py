@@ -102,8 +102,9 @@ def run(
 ) -> None:
     """Reconcile InferenceClusters and InferenceTasks until SIGTERM/SIGINT."""
     from legacygpu.core.kube.client import load_configuration
-    from legacygpu.operator.app import LeadershipLostError, run_operator
+    from legacygpu.operator.app import run_operator
     from legacygpu.operator.config import OperatorConfig
+    from legacygpu.operator.errors import LeadershipLostError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     served = tuple(ns for item in namespaces for ns in item.split(",") if ns.strip())

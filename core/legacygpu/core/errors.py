@@ -11,6 +11,11 @@
     ├── ModelError               a model failed to load or run on a worker
     └── UnavailableError         a service we depend on did not answer (retry later)
 
+Each component's own errors hang below ``LegacyGPUError`` in its errors module:
+:mod:`legacygpu.core.kube.errors` (the Kubernetes API's, for every component that calls it),
+:mod:`legacygpu.operator.errors`, :mod:`legacygpu.worker.nodeagent.errors` and
+:mod:`legacygpu.worker.serving.errors`.
+
 Components translate third-party errors at their boundary with
 ``raise SomeError(message) from exc`` so callers only ever catch these.
 """

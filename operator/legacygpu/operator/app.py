@@ -5,7 +5,7 @@ tests start in-process: it builds a fresh kopf registry (no module-level
 handlers, so several operators can live in one process one after another),
 waits for the Lease when leader election is on, serves ``/metrics``, and
 runs kopf until ``stop`` is set or the Lease is lost. Losing the Lease
-raises :class:`LeadershipLostError` (after the same cleanup as a stop), so
+raises :class:`~legacygpu.operator.errors.LeadershipLostError` (after the same cleanup as a stop), so
 ``legacygpu operator run`` exits non-zero and Kubernetes restarts the
 container, which then waits as a standby; a stop returns normally (exit 0).
 
@@ -24,21 +24,17 @@ import kopf
 import kubernetes
 
 from legacygpu.core.kube.client import KubeApi
-from legacygpu.core.kube.errors import OperatorError
 from legacygpu.operator import cluster_handlers, task_handlers
 from legacygpu.operator.config import OperatorConfig
+from legacygpu.operator.errors import LeadershipLostError
 from legacygpu.operator.leader import LeaseElector
 from legacygpu.operator.runtime import OperatorRuntime
 
-__all__ = ["FINALIZER", "LeadershipLostError", "build_registry", "build_settings", "connection_info", "run_operator"]
+__all__ = ["FINALIZER", "build_registry", "build_settings", "connection_info", "run_operator"]
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "legacygpu.io/operator"
-
-
-class LeadershipLostError(OperatorError):
-    """This replica lost its Lease: the process must end with an error so its pod restarts as a standby."""
 
 
 def connection_info(configuration: kubernetes.client.Configuration) -> kopf.ConnectionInfo:

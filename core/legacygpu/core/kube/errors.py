@@ -1,14 +1,14 @@
-"""The Kubernetes-side exception tree (operator, worker, facade), rooted in the core's.
+"""The Kubernetes API's errors, shared by every component that calls it (operator, worker, facade).
 
 ::
 
     LegacyGPUError (core)
-    └── OperatorError
-        ├── ApiError                 the Kubernetes API answered with an error
-        │   ├── ApiConflictError     409: the object changed (also a core ConflictError)
-        │   ├── ApiNotFoundError     404: no such object (also a core NotFoundError)
-        │   └── ApiUnavailableError  no answer, or 503/504 (also a core UnavailableError)
-        └── InvalidSpecError         a spec the CRD schema let through but the operator refuses
+    └── ApiError                 the Kubernetes API answered with an error
+        ├── ApiConflictError     409: the object changed (also a core ConflictError)
+        ├── ApiNotFoundError     404: no such object (also a core NotFoundError)
+        └── ApiUnavailableError  no answer, or 503/504 (also a core UnavailableError)
+
+The operator's own errors are in :mod:`legacygpu.operator.errors`.
 
 The Kubernetes client's ``ApiException`` is translated by
 :func:`from_api_exception` wherever a call is made (:class:`~legacygpu.core.kube.client.KubeApi`,
@@ -20,24 +20,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from legacygpu.core.errors import ConflictError, LegacyGPUError, NotFoundError, UnavailableError, ValidationError
+from legacygpu.core.errors import ConflictError, LegacyGPUError, NotFoundError, UnavailableError
 
 __all__ = [
     "ApiConflictError",
     "ApiError",
     "ApiNotFoundError",
     "ApiUnavailableError",
-    "InvalidSpecError",
-    "OperatorError",
     "from_api_exception",
 ]
 
 
-class OperatorError(LegacyGPUError):
-    """Root of the operator's own errors."""
-
-
-class ApiError(OperatorError):
+class ApiError(LegacyGPUError):
     """The API server refused a request; ``status`` is the HTTP code."""
 
     def __init__(self, message: str, *, status: int = 0, reason: str = "") -> None:
@@ -56,10 +50,6 @@ class ApiNotFoundError(ApiError, NotFoundError):
 
 class ApiUnavailableError(ApiError, UnavailableError):
     """The API server did not answer (status 0: unreachable or timed out) or said 503/504."""
-
-
-class InvalidSpecError(OperatorError, ValidationError):
-    """The spec is valid to the schema but not to the operator."""
 
 
 def from_api_exception(exc: Any, what: str) -> ApiError:
