@@ -42,6 +42,7 @@ from . import bench_clblast
 from .bench_timing import interleaved, load_average, ratio_summary
 from .device import DeviceContext
 from .gemm import Gemm, shape_class
+from .tuning import TuningCache
 
 __all__ = [
     "DEFAULT_INFERENCE_SHAPES",
@@ -117,7 +118,7 @@ def bench_shapes(
     """
     import pyopencl.array as cla
 
-    gemm = gemm or Gemm(dctx)
+    gemm = gemm or Gemm(dctx, TuningCache.load_default())
     pyclblast = bench_clblast.import_pyclblast() if with_clblast else None
     q = dctx.queue
     rows: list[dict[str, Any] | None] = [None] * len(shapes)

@@ -58,8 +58,9 @@ class OpenCLRuntime:
         self.gemm: Any = None
         try:
             from .gemm import Gemm
+            from .tuning import TuningCache
 
-            self.gemm = Gemm(dctx)
+            self.gemm = Gemm(dctx, TuningCache.load_default())
         except (KernelBuildError, ImportError, OSError) as exc:  # GEMM unusable: convs fall back
             log.warning("SGEMM unavailable on %s: %s", dctx.info.name, exc)
 

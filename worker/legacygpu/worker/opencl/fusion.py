@@ -31,7 +31,6 @@ import logging
 import numpy as np
 
 from .graph import ACTIVATION_IDS, Graph, Node
-from .passes import _sole_consumer, activation_of
 
 __all__ = ["fuse_elementwise_chains", "fuse_layer_norm", "vector_axis"]
 
@@ -69,7 +68,7 @@ def fuse_layer_norm(graph: Graph, ranks: dict[str, int]) -> None:
         if mean not in graph.nodes or mean.op != "ReduceMean" or not _last_axis_only(mean, ranks.get(mean.input(0))):
             continue
         x = mean.input(0)
-        sub = _sole_consumer(graph, mean, consumers)
+        sub = graph.sole_consumer(mean, consumers)
         if sub is None or sub.op != "Sub" or sub.inputs != [x, mean.outputs[0]]:
             continue
         d = sub.outputs[0]
@@ -78,23 +77,23 @@ def fuse_layer_norm(graph: Graph, ranks: dict[str, int]) -> None:
         div = next((u for u in users if u.op == "Div"), None)
         if len(users) != 2 or pow_ is None or div is None or _scalar(graph, pow_.input(1)) != 2.0:
             continue
-        var = _sole_consumer(graph, pow_, consumers)
+        var = graph.sole_consumer(pow_, consumers)
         if var is None or var.op != "ReduceMean" or not _last_axis_only(var, ranks.get(d)):
             continue
-        add = _sole_consumer(graph, var, consumers)
+        add = graph.sole_consumer(var, consumers)
         eps = _scalar(graph, add.input(1)) if add is not None and add.op == "Add" else None
-        sqrt = _sole_consumer(graph, add, consumers) if eps is not None and add is not None else None
+        sqrt = graph.sole_consumer(add, consumers) if eps is not None and add is not None else None
         if sqrt is None or sqrt.op != "Sqrt" or div.inputs != [d, sqrt.outputs[0]] or add.activation[0] != "none":
             continue
         group = [mean, sub, pow_, var, add, sqrt, div]
         gamma = beta = None
         tail = div
-        nxt = _sole_consumer(graph, tail, consumers)
+        nxt = graph.sole_consumer(tail, consumers)
         if nxt is not None and nxt.op == "Mul" and nxt.input(0) == tail.outputs[0] \
                 and _const(graph, nxt.input(1)) is not None:  # fmt: skip
             gamma, tail = nxt.input(1), nxt
             group.append(nxt)
-            nxt = _sole_consumer(graph, tail, consumers)
+            nxt = graph.sole_consumer(tail, consumers)
             if nxt is not None and nxt.op == "Add" and nxt.input(0) == tail.outputs[0] and nxt.activation[0] == "none" \
                     and _const(graph, nxt.input(1)) is not None:  # fmt: skip
                 beta, tail = nxt.input(1), nxt
@@ -130,7 +129,7 @@ def _instruction(graph: Graph, node: Node, value: str, x0: str, ranks: dict[str,
     if node.op in _UNARY and node.inputs == [value]:
         out.append(("unary", _UNARY[node.op], None, 0.0, 0.0))
     elif node.op in ("Relu", "Clip", "LeakyRelu", "HardSigmoid") and node.input(0) == value:
-        act = activation_of(graph, node)
+        act = graph.activation_of(node)
         if act is None:
             return None
         p = (*act[1], 0.0, 0.0)
@@ -171,7 +170,7 @@ def fuse_elementwise_chains(graph: Graph, ranks: dict[str, int]) -> None:
             continue
         group, tail = [start], start
         while True:
-            nxt = _sole_consumer(graph, tail, consumers)
+            nxt = graph.sole_consumer(tail, consumers)
             step = _instruction(graph, nxt, tail.outputs[0], x0, ranks) if nxt is not None else None
             if step is None or len({i[3] for i in program + step if i[0] == "channel"}) > 1:
                 break  # the end of the chain, or a vector along another axis than the chain's

@@ -41,7 +41,7 @@ import functools
 import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -54,14 +54,13 @@ from .programs import BUILD_OPTIONS
 if TYPE_CHECKING:
     import pyopencl.array as cla
 
-    from .tuning import TuningCache
-
 __all__ = [
     "ACTIVATIONS",
     "SHAPE_CLASSES",
     "Gemm",
     "GemmParams",
     "PackedB",
+    "TunedParams",
     "default_params",
     "kernel_source",
     "kernel_style",
@@ -260,21 +259,28 @@ def _elem_offset(arr: cla.Array) -> int:
     return int(arr.offset // 4)
 
 
+class TunedParams(Protocol):
+    """Where a :class:`Gemm` reads its tuned parameters: the autotuner's
+    :class:`~legacygpu.worker.opencl.tuning.TuningCache` (declared here so the kernel family
+    does not import its tuner).
+    """
+
+    def lookup(self, info: DeviceInfo, cls: str) -> GemmParams | None:
+        """The tuned parameters of shape class ``cls`` on this device, or None if never tuned."""
+        ...
+
+
 class Gemm:
     """``C = act(alpha * op(A) @ op(B) + bias[None, :])`` on one device.
 
-    ``tuning`` supplies tuned parameters; by default the on-disk cache of
-    :class:`~legacygpu.worker.opencl.tuning.TuningCache` is read, and device
-    defaults are used for classes that were never tuned.
+    ``tuning`` supplies tuned parameters (the executor and ``legacygpu bench gemm`` pass the
+    on-disk cache, ``TuningCache.load_default()``); device defaults are used for classes that
+    were never tuned.
     """
 
-    def __init__(self, dctx: DeviceContext, tuning: TuningCache | None = None) -> None:
+    def __init__(self, dctx: DeviceContext, tuning: TunedParams) -> None:
         import pyopencl.tools as cltools
 
-        if tuning is None:
-            from .tuning import TuningCache
-
-            tuning = TuningCache.load_default()
         self.dctx = dctx
         self.tuning = tuning
         self._lock = threading.Lock()

@@ -214,6 +214,47 @@ class Graph:
     def output_names(self) -> set[str]:
         return {o.name for o in self.outputs}
 
+    def sole_consumer(self, node: Node, consumers: dict[str, list[Node]]) -> Node | None:
+        """The one node reading ``node``'s first output, if it is the only reader and no other output is read."""
+        out = node.outputs[0]
+        outputs = self.output_names()
+        if out in outputs:
+            return None
+        users = consumers.get(out, [])
+        extra_used = any(o and (o in consumers or o in outputs) for o in node.outputs[1:])
+        if len(users) != 1 or extra_used or users[0].inputs.count(out) != 1:
+            return None
+        return users[0]
+
+    def activation_of(self, node: Node) -> tuple[str, tuple[float, ...]] | None:
+        """The fusable activation ``node`` computes (a kind of :data:`ACTIVATION_IDS` and its params), or None."""
+        op = node.op
+        if op == "Relu":
+            return ("relu", ())
+        if op == "Sigmoid":
+            return ("sigmoid", ())
+        if op == "Tanh":
+            return ("tanh", ())
+        if op == "LeakyRelu":
+            return ("leaky_relu", (float(node.attr("alpha", 0.01)),))
+        if op == "HardSigmoid":
+            return ("hard_sigmoid", (float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))))
+        if op == "HardSwish":
+            return ("hard_swish", ())
+        if op == "Clip":
+            if "min" in node.attrs or "max" in node.attrs:
+                lo, hi = float(node.attr("min", -3.4e38)), float(node.attr("max", 3.4e38))
+            else:
+                bounds: list[float] = []
+                for i, default in ((1, -3.4e38), (2, 3.4e38)):
+                    name = node.input(i)
+                    if name and name not in self.consts:
+                        return None
+                    bounds.append(float(self.consts[name]) if name else default)
+                lo, hi = bounds
+            return ("relu6", ()) if (lo, hi) == (0.0, 6.0) else ("clip", (lo, hi))
+        return None
+
 
 def concrete_shapes(specs: list[ValueSpec], dims: dict[str, int] | None = None) -> dict[str, tuple[int, ...]]:
     """Input shapes with each dynamic dimension taken from ``dims`` (by its name) or set to 1."""

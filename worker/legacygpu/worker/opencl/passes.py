@@ -33,11 +33,11 @@ skipped.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 
 from . import fold
+from .fusion import fuse_elementwise_chains, fuse_layer_norm
 from .gemm import ACTIVATIONS
 from .graph import Graph, Node
 
@@ -63,8 +63,6 @@ def optimize(graph: Graph) -> Graph:
     merge_channel_ops(graph, ranks)
     fold_into_conv(graph)
     fuse_bias(graph)
-    from .fusion import fuse_elementwise_chains, fuse_layer_norm
-
     fuse_layer_norm(graph, ranks)
     fuse_activations(graph)
     fuse_elementwise_chains(graph, ranks)
@@ -116,18 +114,6 @@ def remove_identities(graph: Graph) -> None:
     graph.nodes = kept
 
 
-def _sole_consumer(graph: Graph, node: Node, consumers: dict[str, list[Node]]) -> Node | None:
-    """The one node reading ``node``'s first output, if it is the only reader and no other output is read."""
-    out = node.outputs[0]
-    if out in graph.output_names():
-        return None
-    users = consumers.get(out, [])
-    extra_used = any(o and (o in consumers or o in graph.output_names()) for o in node.outputs[1:])
-    if len(users) != 1 or extra_used or users[0].inputs.count(out) != 1:
-        return None
-    return users[0]
-
-
 def _absorb(graph: Graph, keep: Node, gone: Node) -> None:
     """``gone`` (sole consumer of ``keep``) disappears; ``keep`` takes its output name."""
     keep.outputs[0] = gone.outputs[0]
@@ -175,7 +161,7 @@ def merge_channel_ops(graph: Graph, ranks: dict[str, int]) -> None:
                 continue
             if node.op == "Conv" and not _conv_foldable(graph, node):
                 continue
-            nxt = _sole_consumer(graph, node, consumers)
+            nxt = graph.sole_consumer(node, consumers)
             if nxt is None or nxt.op not in ("Mul", "Add", "Sub") or len(nxt.inputs) != 2:
                 continue
             other = [n for n in nxt.inputs if n != node.outputs[0]]
@@ -220,7 +206,7 @@ def fold_into_conv(graph: Graph) -> None:
     for node in list(graph.nodes):
         if node.op != "Conv" or node.activation[0] != "none" or not _conv_foldable(graph, node):
             continue
-        nxt = _sole_consumer(graph, node, consumers)
+        nxt = graph.sole_consumer(node, consumers)
         if nxt is None or nxt.op != "ChannelAffine":
             continue
         scale, shift = graph.consts[nxt.inputs[1]], graph.consts[nxt.inputs[2]]
@@ -250,7 +236,7 @@ def fuse_bias(graph: Graph) -> None:
                 node.inputs, node.bias, node.proto = node.inputs[:2], name, None
                 node.attrs.pop("beta", None)
         elif node.op == "MatMul" and node.input(1) in graph.consts and graph.consts[node.input(1)].ndim == 2:
-            nxt = _sole_consumer(graph, node, consumers)
+            nxt = graph.sole_consumer(node, consumers)
             if nxt is None or nxt.op != "Add" or len(nxt.inputs) != 2:
                 continue
             other = [n for n in nxt.inputs if n != node.outputs[0]]
@@ -267,36 +253,6 @@ def fuse_bias(graph: Graph) -> None:
             consumers = graph.consumers()
 
 
-def activation_of(graph: Graph, node: Node) -> tuple[str, tuple[float, ...]] | None:
-    """The fusable activation ``node`` computes, or None."""
-    op = node.op
-    if op == "Relu":
-        return ("relu", ())
-    if op == "Sigmoid":
-        return ("sigmoid", ())
-    if op == "Tanh":
-        return ("tanh", ())
-    if op == "LeakyRelu":
-        return ("leaky_relu", (float(node.attr("alpha", 0.01)),))
-    if op == "HardSigmoid":
-        return ("hard_sigmoid", (float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))))
-    if op == "HardSwish":
-        return ("hard_swish", ())
-    if op == "Clip":
-        if "min" in node.attrs or "max" in node.attrs:
-            lo, hi = float(node.attr("min", -3.4e38)), float(node.attr("max", 3.4e38))
-        else:
-            bounds: list[Any] = []
-            for i, default in ((1, -3.4e38), (2, 3.4e38)):
-                name = node.input(i)
-                if name and name not in graph.consts:
-                    return None
-                bounds.append(float(graph.consts[name]) if name else default)
-            lo, hi = bounds
-        return ("relu6", ()) if (lo, hi) == (0.0, 6.0) else ("clip", (lo, hi))
-    return None
-
-
 def fuse_activations(graph: Graph) -> None:
     consumers = graph.consumers()
     for node in list(graph.nodes):
@@ -306,10 +262,10 @@ def fuse_activations(graph: Graph) -> None:
             continue
         if node.op == "MatMul" and node.input(1) not in graph.consts:
             continue
-        nxt = _sole_consumer(graph, node, consumers)
+        nxt = graph.sole_consumer(node, consumers)
         if nxt is None:
             continue
-        act = activation_of(graph, nxt)
+        act = graph.activation_of(nxt)
         if act is None or (node.op in _GEMM_PRODUCERS and act[0] not in GEMM_ACTIVATIONS):
             continue
         node.activation = act

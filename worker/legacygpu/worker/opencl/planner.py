@@ -31,7 +31,8 @@ from . import fold, memory, segments
 from .flops import node_flops
 from .graph import Graph, Node
 from .ops import REGISTRY
-from .plan import NodeReport, Plan, PlanContext, Step, Unsupported, Val
+from .plan import NodeReport, Plan, Step, Unsupported, Val
+from .plancontext import PlanContext
 
 __all__ = ["build_plan"]
 

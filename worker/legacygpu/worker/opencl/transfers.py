@@ -18,7 +18,7 @@ from .plan import Binding, Step, Unsupported, Val, physical_shape
 from .programs import i32
 
 if TYPE_CHECKING:
-    from .plan import PlanContext
+    from .plancontext import PlanContext
 
 __all__ = ["convert", "download", "strided_copy_step", "upload"]
 

@@ -37,7 +37,7 @@ from .matmul import ConstB, gemm_call
 from .registry import Buf, act_args, kernel_step, register
 
 if TYPE_CHECKING:
-    from ..plan import PlanContext
+    from ..plancontext import PlanContext
 
 __all__ = ["IM2COL_BUDGET", "conv_geometry", "cpu_style"]
 

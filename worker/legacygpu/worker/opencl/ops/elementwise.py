@@ -23,7 +23,7 @@ from ..programs import f32, i32
 from .registry import Buf, act_args, kernel_step, nelem, prefer_fmt, register
 
 if TYPE_CHECKING:
-    from ..plan import PlanContext
+    from ..plancontext import PlanContext
 
 __all__ = ["BINARY_OPS", "UNARY_OPS", "binary", "unary"]
 

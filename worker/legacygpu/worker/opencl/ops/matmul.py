@@ -35,7 +35,7 @@ from ..weights import GemmWeight
 from .registry import Buf, act_args, kernel_step, nelem, register
 
 if TYPE_CHECKING:
-    from ..plan import PlanContext
+    from ..plancontext import PlanContext
 
 __all__ = ["ConstB", "gemm_call"]
 

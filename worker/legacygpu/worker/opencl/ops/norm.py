@@ -26,7 +26,7 @@ from ..programs import f32, i32
 from .registry import Buf, act_args, kernel_step, nelem, norm_axis, prefer_fmt, register
 
 if TYPE_CHECKING:
-    from ..plan import PlanContext
+    from ..plancontext import PlanContext
 
 __all__: list[str] = []
 

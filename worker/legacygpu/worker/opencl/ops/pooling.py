@@ -19,7 +19,7 @@ from .conv import conv_geometry
 from .registry import Buf, kernel_step, nelem, register
 
 if TYPE_CHECKING:
-    from ..plan import PlanContext
+    from ..plancontext import PlanContext
 
 __all__: list[str] = []
 

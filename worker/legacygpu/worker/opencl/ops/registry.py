@@ -20,7 +20,7 @@ from ..plan import Binding, Step, Unsupported
 from ..programs import f32, i32
 
 if TYPE_CHECKING:
-    from ..plan import PlanContext
+    from ..plancontext import PlanContext
 
 __all__ = [
     "REGISTRY",

@@ -19,7 +19,7 @@ from ..programs import f32, i32
 from .registry import Buf, kernel_step, register
 
 if TYPE_CHECKING:
-    from ..plan import PlanContext
+    from ..plancontext import PlanContext
 
 __all__: list[str] = []
 

@@ -32,7 +32,7 @@ from .registry import Buf, kernel_step, nelem, norm_axis, prefer_fmt, register
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ..plan import PlanContext
+    from ..plancontext import PlanContext
 
 __all__: list[str] = []
 

@@ -16,7 +16,7 @@ from ..programs import i32
 from .registry import Buf, kernel_step, nelem, norm_axis, register
 
 if TYPE_CHECKING:
-    from ..plan import PlanContext
+    from ..plancontext import PlanContext
 
 __all__: list[str] = []
 
