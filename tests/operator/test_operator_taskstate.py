@@ -98,15 +98,30 @@ def test_inconsistent_tensor_fails_with_invalid_input_naming_it() -> None:
     assert validate_inputs({"inputs": [{"name": "i", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}]}) is None
 
 
+RUNNING = {"attempts": 1, "workerRef": {"pod": "w1"}, "startTime": format_time(T0),
+           "history": [{"attempt": 1, "worker": "w1", "startTime": format_time(T0)}]}
+
+
 def test_deadline_fails_an_unfinished_task() -> None:
-    action = run(view("Queued", timeoutSeconds=10), at=11)
-    assert (action.status["phase"], action.status["reason"]) == ("Failed", "DeadlineExceeded")
+    """The move is the lifecycle's expire: same reason and message as the local backend, the attempt closed."""
+    action = run(view("Running", status=RUNNING, timeoutSeconds=10), at=11)
+    message = "not finished within timeoutSeconds=10 of creation"
+    assert (action.status["phase"], action.status["reason"], action.status["message"]) == (
+        "Failed", "DeadlineExceeded", message)
+    assert action.event == ("Warning", "DeadlineExceeded", message)
+    assert action.status["completionTime"] == format_time(T0 + datetime.timedelta(seconds=11))
+    assert [a.get("outcome") for a in action.status["history"]] == ["DeadlineExceeded"]
     assert run(view("Queued", timeoutSeconds=10), at=3).wake_at == T0 + datetime.timedelta(seconds=10)
+    assert run(view("Queued", timeoutSeconds=None), at=3) is None
 
 
 def test_cancel_ends_the_task() -> None:
-    action = run(view("Running", status={"attempts": 1, "workerRef": {"pod": "w1"}}, cancel=True))
-    assert (action.status["phase"], action.status["reason"]) == ("Cancelled", "Cancelled")
+    action = run(view("Running", status=RUNNING, cancel=True), at=2)
+    assert (action.status["phase"], action.status["reason"], action.status["message"]) == (
+        "Cancelled", "Cancelled", "cancelled on request")
+    assert action.event == ("Normal", "Cancelled", "cancelled on request")
+    assert [a.get("outcome") for a in action.status["history"]] == ["Cancelled"]
+    assert action.status["latency"]["runSeconds"] == 2.0
 
 
 @pytest.mark.parametrize(

@@ -37,13 +37,15 @@ from legacygpu.core.kube.contract import (
     LABEL_WORKER,
     AttemptStatus,
     TaskStatus,
+    cancelled_status,
+    deadline_time,
+    expired_status,
     parse_time,
     queued_status,
     released_status,
     terminal_status,
     unassigned_status,
 )
-from legacygpu.core.lifecycle import CANCELLED_MESSAGE, deadline_message
 from legacygpu.core.scheduling import Requirements, Strategy, WorkerInfo
 from legacygpu.core.tasks import ASSIGNED_PHASES, TERMINAL_PHASES, Phase, Reason, RetryPolicy
 from legacygpu.core.tensors import Tensor, check_consistent
@@ -180,17 +182,16 @@ def _later(*moments: datetime.datetime | None) -> datetime.datetime | None:
     return min(present) if present else None
 
 
-def _deadline(task: TaskView) -> datetime.datetime | None:
-    created = parse_time(task.created)
-    if created is None or not task.timeout_seconds:
-        return None
-    return created + datetime.timedelta(seconds=int(task.timeout_seconds))
+def _end(status: TaskStatus) -> Action:
+    """Write a terminal status and post it as an Event (Normal for a cancel, Warning otherwise)."""
+    kind = "Normal" if status["phase"] == Phase.CANCELLED else "Warning"
+    return Action(status=status, event=(kind, status["reason"], status["message"]))
 
 
-def _end(task: TaskView, phase: Phase, reason: Reason, message: str, now: datetime.datetime) -> Action:
-    status = terminal_status(task.status, created=task.created, phase=phase, reason=reason, message=message, now=now)
-    kind = "Normal" if phase == Phase.CANCELLED else "Warning"
-    return Action(status=status, event=(kind, reason.value, message))
+def _failed(task: TaskView, reason: Reason, message: str, now: datetime.datetime) -> Action:
+    """End ``task`` Failed for a reason only the operator gives (its cluster, its inputs)."""
+    return _end(terminal_status(task.status, created=task.created, phase=Phase.FAILED, reason=reason,
+                                message=message, now=now))
 
 
 def _orphaned(
@@ -211,7 +212,7 @@ def _orphaned(
         message = f"InferenceCluster {task.cluster!r} does not exist in namespace {task.namespace!r}"
     else:
         message = f"InferenceCluster {task.cluster!r} was deleted"
-    return _end(task, Phase.FAILED, Reason.CLUSTER_NOT_FOUND, message, now)
+    return _failed(task, Reason.CLUSTER_NOT_FOUND, message, now)
 
 
 def decide(
@@ -232,15 +233,15 @@ def decide(
         expires = finished + datetime.timedelta(seconds=int(task.ttl_seconds))
         return Action(delete=True) if now >= expires else Action(wake_at=expires)
     if task.cancel:
-        return _end(task, Phase.CANCELLED, Reason.CANCELLED, CANCELLED_MESSAGE, now)
-    deadline = _deadline(task)
+        return _end(cancelled_status(task.status, created=task.created, now=now))
+    deadline = deadline_time(task.created, task.timeout_seconds)
     if deadline is not None and now >= deadline:
-        return _end(task, Phase.FAILED, Reason.DEADLINE_EXCEEDED, deadline_message(task.timeout_seconds), now)
+        return _end(expired_status(task.status, created=task.created, timeout_seconds=task.timeout_seconds, now=now))
     if not cluster_exists:
         return _orphaned(task, now, grace_seconds, deadline)
     if task.phase == Phase.PENDING:
         if task.problem:
-            return _end(task, Phase.FAILED, Reason.INVALID_INPUT, task.problem, now)
+            return _failed(task, Reason.INVALID_INPUT, task.problem, now)
         return Action(status=queued_status(task.status, now))
     if task.phase in ASSIGNED_PHASES:
         pod = pods.get(task.worker or "")

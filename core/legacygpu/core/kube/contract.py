@@ -54,6 +54,9 @@ __all__ = [
     "WorkerRef",
     "WorkerStats",
     "assigned_status",
+    "cancelled_status",
+    "deadline_time",
+    "expired_status",
     "format_time",
     "now_utc",
     "parse_time",
@@ -212,7 +215,13 @@ def _moment(epoch: float) -> datetime.datetime:
 
 
 def status_record(
-    status: Mapping[str, Any], *, name: str = "", model: str = "", created: str | None = None, max_retries: int = 3
+    status: Mapping[str, Any],
+    *,
+    name: str = "",
+    model: str = "",
+    created: str | None = None,
+    max_retries: int = 3,
+    timeout_seconds: int | None = None,
 ) -> TaskRecord:
     """The lifecycle's view of an ``InferenceTask.status`` (plus the few spec facts the moves read)."""
     latency = status.get("latency") or {}
@@ -226,6 +235,7 @@ def status_record(
         message=status.get("message") or "",
         attempts=int(status.get("attempts") or 0),
         max_retries=max_retries,
+        timeout_seconds=timeout_seconds,
         worker_id=(status.get("workerRef") or {}).get("pod"),
         scheduled_at=_epoch(status.get("scheduledTime")),
         started_at=_epoch(status.get("startTime")),
@@ -245,11 +255,11 @@ def task_record(body: Mapping[str, Any]) -> TaskRecord:
     record = status_record(
         body.get("status") or {}, name=meta.get("name", ""), model=spec.get("model", ""),
         created=meta.get("creationTimestamp"), max_retries=int(spec.get("maxRetries", 3)),
+        timeout_seconds=spec.get("timeoutSeconds"),
     )
     return dataclasses.replace(
         record,
         priority=int(spec.get("priority") or 0),
-        timeout_seconds=spec.get("timeoutSeconds"),
         requirements=Requirements(
             min_vram_mib=int(needs.get("minVramMiB") or 0), gpu_family=needs.get("gpuFamily"), model=spec.get("model")
         ),
@@ -347,6 +357,28 @@ def terminal_status(
     if result_ref is not None:
         patch["resultRef"] = result_ref
     return patch
+
+
+def cancelled_status(status: TaskStatus | dict[str, Any], *, created: str | None, now: datetime.datetime) -> TaskStatus:
+    """Any unfinished phase → Cancelled (:func:`lifecycle.cancel`): the operator's answer to ``spec.cancel``."""
+    after = lifecycle.cancel(status_record(status, created=created), now=now.timestamp())
+    return _ended(status, after, created=created, now=now)
+
+
+def deadline_time(created: str | None, timeout_seconds: int | None) -> datetime.datetime | None:
+    """When an unfinished task expires (:func:`lifecycle.deadline`); None without a timeout or a creation time."""
+    if parse_time(created) is None:
+        return None
+    at = lifecycle.deadline(status_record({}, created=created, timeout_seconds=timeout_seconds))
+    return None if at is None else _moment(at)
+
+
+def expired_status(
+    status: TaskStatus | dict[str, Any], *, created: str | None, timeout_seconds: int | None, now: datetime.datetime
+) -> TaskStatus:
+    """Any unfinished phase → Failed / DeadlineExceeded (:func:`lifecycle.expire`)."""
+    before = status_record(status, created=created, timeout_seconds=timeout_seconds)
+    return _ended(status, lifecycle.expire(before, now=now.timestamp()), created=created, now=now)
 
 
 def unassigned_status(status: TaskStatus | dict[str, Any], *, reason: Reason, message: str) -> TaskStatus:
