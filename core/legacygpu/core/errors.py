@@ -13,8 +13,8 @@
 
 Each component's own errors hang below ``LegacyGPUError`` in its errors module:
 :mod:`legacygpu.core.kube.errors` (the Kubernetes API's, for every component that calls it),
-:mod:`legacygpu.operator.errors`, :mod:`legacygpu.worker.nodeagent.errors` and
-:mod:`legacygpu.worker.serving.errors`.
+:mod:`legacygpu.operator.errors` and :mod:`legacygpu.worker.nodeagent.errors`. (The serving
+path's :mod:`legacygpu.worker.serving.errors` are protocol answers translated from these.)
 
 Components translate third-party errors at their boundary with
 ``raise SomeError(message) from exc`` so callers only ever catch these.

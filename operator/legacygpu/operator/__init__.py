@@ -5,7 +5,7 @@ Layout (one topic per module):
 * ``schema``, ``schema_cluster``, ``schema_task``, ``crdgen`` — the one CRD source and its YAML
 * ``clusterstate``, ``taskstate``, ``conditions``, ``pods`` — pure decisions and child manifests
 * ``reconciler``, ``cluster_handlers``, ``task_handlers`` — the kopf side
-* ``runtime``, ``leader``, ``metrics``, ``events``, ``app``, ``config``, ``rbac`` — running it
+* ``runtime``, ``leader``, ``metrics``, ``events``, ``app``, ``config``, ``rbac``, ``errors`` — running it
 
 What the worker and the facade share with the operator (API coordinates, labels, status
 builders, the API client) lives in :mod:`legacygpu.core.kube`; the benchmark is
