@@ -94,7 +94,7 @@ def _same_type_cast(graph: Graph, node: Node) -> bool:
     """A Cast to the type its input already has (exporters leave many float-to-float casts)."""
     if node.op != "Cast" or node.attr("to") is None:
         return False
-    return graph.types.get(node.input(0)) == node.attr("to")
+    return bool(graph.types.get(node.input(0)) == node.attr("to"))
 
 
 def remove_identities(graph: Graph) -> None:
@@ -129,7 +129,7 @@ def batchnorm_to_affine(graph: Graph) -> None:
         params = [graph.consts.get(n) for n in node.inputs[1:5]]
         if any(p is None for p in params):
             continue
-        gamma, beta, mean, var = (np.asarray(p, np.float64).ravel() for p in params)  # type: ignore[union-attr]
+        gamma, beta, mean, var = (np.asarray(p, np.float64).ravel() for p in params)
         scale = gamma / np.sqrt(var + float(node.attr("epsilon", 1e-5)))
         shift = beta - mean * scale
         s_name, b_name = f"{node.name}__scale", f"{node.name}__shift"

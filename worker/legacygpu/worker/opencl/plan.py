@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .programs import Programs
     from .weights import WeightStore
 
-__all__ = ["F32", "Binding", "NodeReport", "Plan", "Step", "Unsupported", "Val", "physical_shape"]
+__all__ = ["F32", "Binding", "NodeReport", "Plan", "Runner", "Step", "Unsupported", "Val", "physical_shape"]
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .plan import Binding, Step, Unsupported, Val, physical_shape
+from .plan import Binding, Runner, Step, Unsupported, Val, physical_shape
 from .programs import i32
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def upload(pc: PlanContext, name: str) -> str:
     val = pc.val(name)
     dev = pc.define(f"{name}@dev", val.shape, "plain")
 
-    def bind(b: Binding) -> object:
+    def bind(b: Binding) -> Runner:
         import pyopencl as cl
 
         buf, queue = b.buf(dev), b.queue
@@ -49,7 +49,7 @@ def download(pc: PlanContext, name: str) -> str:
     out = f"{name}@host"
     pc.add_value(Val(out, val.shape, np.dtype(np.float32), "host", origin=val.origin))
 
-    def bind(b: Binding) -> object:
+    def bind(b: Binding) -> Runner:
         import pyopencl as cl
 
         buf, queue, shape = b.buf(src), b.queue, val.shape
@@ -89,7 +89,7 @@ def strided_copy_step(
     meta = pc.table([*out_dims, *strides])
     rank, total = len(out_dims), int(np.prod(out_dims, dtype=np.int64))
 
-    def bind(b: Binding) -> object:
+    def bind(b: Binding) -> Runner:
         args = [b.buf(src), i32(in_offset), b.buf(dst), i32(0), i32(total), i32(rank), b.buf(meta)]
 
         def run(_host: dict[str, np.ndarray]) -> None:
