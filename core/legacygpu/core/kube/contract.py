@@ -381,17 +381,34 @@ def expired_status(
     return _ended(status, lifecycle.expire(before, now=now.timestamp()), created=created, now=now)
 
 
-def unassigned_status(status: TaskStatus | dict[str, Any], *, reason: Reason, message: str) -> TaskStatus:
-    """Scheduled → Queued at once (:func:`lifecycle.unassign`): the worker never started it, so none is spent."""
-    after = lifecycle.unassign(status_record(status), reason=reason, why=message)
-    return TaskStatus(
+def _requeued(
+    status: Mapping[str, Any], after: TaskRecord, *, created: str | None, now: datetime.datetime | None
+) -> TaskStatus:
+    """The status patch for a move back to the queue, or into ``Failed`` once the retries are spent."""
+    if after.terminal:
+        assert now is not None  # only requeue_or_fail ends a task, and it is given the time
+        return _ended(status, after, created=created, now=now)
+    retry_after = None
+    if after.not_before is not None and now is not None:
+        retry_after = format_time(now + datetime.timedelta(seconds=after.not_before - now.timestamp()))
+    patch = TaskStatus(
         phase=after.phase.value,
         reason=after.reason,
         message=after.message,
         workerRef=None,
         scheduledTime=None,
-        retryAfter=None,
+        startTime=None,
+        retryAfter=retry_after,
     )
+    if after.history:
+        patch["history"] = _history_status(after.history)
+    return patch
+
+
+def unassigned_status(status: TaskStatus | dict[str, Any], *, reason: Reason, message: str) -> TaskStatus:
+    """Scheduled → Queued at once (:func:`lifecycle.unassign`): the worker never started it, so none is spent."""
+    return _requeued(status, lifecycle.unassign(status_record(status), reason=reason, why=message),
+                     created=None, now=None)
 
 
 def requeue_status(
@@ -416,21 +433,7 @@ def requeue_status(
         before, reason=reason, why=message, now=now.timestamp(), policy=policy, rng=rng,
         compute_ms=compute_ms, reported=reported,
     )
-    if after.terminal:
-        return _ended(status, after, created=created, now=now)
-    assert after.not_before is not None
-    patch = TaskStatus(
-        phase=after.phase.value,
-        reason=after.reason,
-        message=after.message,
-        workerRef=None,
-        scheduledTime=None,
-        startTime=None,
-        retryAfter=format_time(now + datetime.timedelta(seconds=after.not_before - now.timestamp())),
-    )
-    if after.history:
-        patch["history"] = _history_status(after.history)
-    return patch
+    return _requeued(status, after, created=created, now=now)
 
 
 def released_status(
@@ -445,16 +448,9 @@ def released_status(
     rng: random.Random | None = None,
 ) -> TaskStatus:
     """Take a task back from a worker pod that is gone (:func:`lifecycle.release`), as a status patch."""
-    if _phase(status) == Phase.SCHEDULED:
-        return unassigned_status(status, reason=reason, message=message)
-    return requeue_status(
-        status, created=created, max_retries=max_retries, reason=reason, message=message, now=now, policy=policy,
-        rng=rng,
-    )
-
-
-def _phase(status: Mapping[str, Any]) -> Phase:
-    return Phase(status.get("phase") or Phase.PENDING.value)
+    before = status_record(status, created=created, max_retries=max_retries)
+    after = lifecycle.release(before, reason=reason, why=message, now=now.timestamp(), policy=policy, rng=rng)
+    return _requeued(status, after, created=created, now=now)
 
 
 def report_status(
