@@ -27,6 +27,7 @@ input value.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -81,9 +82,11 @@ def fuse_layer_norm(graph: Graph, ranks: dict[str, int]) -> None:
         if var is None or var.op != "ReduceMean" or not _last_axis_only(var, ranks.get(d)):
             continue
         add = graph.sole_consumer(var, consumers)
-        eps = _scalar(graph, add.input(1)) if add is not None and add.op == "Add" else None
-        sqrt = graph.sole_consumer(add, consumers) if eps is not None and add is not None else None
-        if sqrt is None or sqrt.op != "Sqrt" or div.inputs != [d, sqrt.outputs[0]] or add.activation[0] != "none":
+        if add is None or add.op != "Add" or add.activation[0] != "none":
+            continue
+        eps = _scalar(graph, add.input(1))
+        sqrt = graph.sole_consumer(add, consumers) if eps is not None else None
+        if sqrt is None or sqrt.op != "Sqrt" or div.inputs != [d, sqrt.outputs[0]]:
             continue
         group = [mean, sub, pow_, var, add, sqrt, div]
         gamma = beta = None
@@ -121,11 +124,11 @@ def vector_axis(const: np.ndarray, rank: int | None) -> int | None:
     return axes[0] if len(axes) == 1 else None
 
 
-def _instruction(graph: Graph, node: Node, value: str, x0: str, ranks: dict[str, int]) -> list[tuple] | None:
+def _instruction(graph: Graph, node: Node, value: str, x0: str, ranks: dict[str, int]) -> list[tuple[Any, ...]] | None:
     """The instructions computing ``node`` from the chain value ``value``, or None if it cannot join."""
     if len(node.outputs) != 1 or node.domain not in ("", "ai.onnx"):
         return None
-    out: list[tuple] = []
+    out: list[tuple[Any, ...]] = []
     if node.op in _UNARY and node.inputs == [value]:
         out.append(("unary", _UNARY[node.op], None, 0.0, 0.0))
     elif node.op in ("Relu", "Clip", "LeakyRelu", "HardSigmoid") and node.input(0) == value:
