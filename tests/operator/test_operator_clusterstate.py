@@ -122,8 +122,8 @@ def test_worker_pod_manifest() -> None:
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["LEGACYGPU_PRELOAD_MODELS"]["value"] == "digits" and env["X"]["value"] == "1"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["ports"][0]["containerPort"] == 9000
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"health": 9000, "http-v2": 8000,
+                                                                           "grpc-v2": 8001}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert manifest["spec"]["securityContext"]["runAsNonRoot"] is True
     terms = manifest["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
@@ -141,8 +141,25 @@ def test_cpu_workers_and_custom_affinity() -> None:
     assert custom["spec"]["affinity"] == own
 
 
+def test_worker_pods_serve_the_open_inference_protocol_and_are_probed_there() -> None:
+    """Triton's ports, named; liveness, startup and readiness on the protocol's own health endpoints."""
+    pod = build_worker_pod(cluster="c", namespace="ns", name="p", spec={}, config=OperatorConfig())
+    container = pod["spec"]["containers"][0]
+    ports = {p["name"]: (p["containerPort"], p["protocol"]) for p in container["ports"]}
+    assert ports["http-v2"] == (8000, "TCP") and ports["grpc-v2"] == (8001, "TCP")
+    for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live"),
+                        ("startupProbe", "/v2/health/live")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "http-v2"}, probe
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["LEGACYGPU_SERVING_PORT"], env["LEGACYGPU_GRPC_PORT"]) == ("8000", "8001")
+    # A probe's named port must resolve to one of the container's ports (the kubelet refuses the pod otherwise).
+    assert all(container[p]["httpGet"]["port"] in ports for p in ("readinessProbe", "livenessProbe", "startupProbe"))
+
+
 def test_headless_service_and_pod_names() -> None:
     service = build_service(cluster="c", namespace="ns", health_port=8081)
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"]["legacygpu.io/cluster"] == "c"
+    assert {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        ("http-v2", 8000, "http-v2"), ("grpc-v2", 8001, "grpc-v2"), ("health", 8081, "health")}
     names = {new_pod_name("a" * 70) for _ in range(20)}
     assert len(names) == 20 and all(len(n) <= 63 for n in names)

@@ -13,7 +13,15 @@ at. Each pod:
   node labelled ``legacygpu.io/gpu.present=true``;
 * runs as non-root with no privilege escalation, all capabilities dropped
   and a read-only root file system;
-* answers the readiness probe on ``/readyz`` of the health port;
+* serves the Open Inference Protocol on the ports named :data:`PORT_HTTP`
+  (REST, 8000) and :data:`PORT_GRPC` (gRPC, 8001), Triton's numbers, and is
+  probed there: liveness on ``/v2/health/live``, readiness on
+  ``/v2/health/ready``, which a worker answers 200 once it has loaded the
+  models of ``spec.models`` and watches its tasks (so a Ready pod can take
+  both real-time requests and tasks; the facade forwards ``/v2`` only to
+  Ready pods). A startup probe on the same path gives model loading up to
+  ten minutes before liveness counts. The health port (``/healthz``,
+  ``/readyz``, 8081) stays declared for tools that used it;
 * carries the label :data:`LABEL_TEMPLATE_HASH`, a hash of everything in
   the pod that comes from the cluster's spec and the operator's settings
   (image, resources, service account, template...). A pod whose hash is not
@@ -41,6 +49,10 @@ from legacygpu.core.kube.contract import (
     LABEL_COMPONENT,
     LABEL_MANAGED_BY,
     MANAGER,
+    PORT_GRPC,
+    PORT_HTTP,
+    SERVING_GRPC_PORT,
+    SERVING_HTTP_PORT,
 )
 from legacygpu.operator.config import OperatorConfig
 
@@ -101,6 +113,8 @@ def _container(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any
         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "LEGACYGPU_HEALTH_PORT", "value": str(config.health_port)},
+        {"name": "LEGACYGPU_SERVING_PORT", "value": str(SERVING_HTTP_PORT)},
+        {"name": "LEGACYGPU_GRPC_PORT", "value": str(SERVING_GRPC_PORT)},
         {"name": "LEGACYGPU_DATA_DIR", "value": DATA_DIR},
         {"name": "HOME", "value": "/tmp"},
     ]
@@ -120,14 +134,23 @@ def _container(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any
         "image": spec.get("image") or config.worker_image,
         "command": ["legacygpu", "worker", "start", "--kubernetes", "--backend", backend],
         "env": env,
-        "ports": [{"name": "health", "containerPort": config.health_port, "protocol": "TCP"}],
+        "ports": [
+            {"name": PORT_HTTP, "containerPort": SERVING_HTTP_PORT, "protocol": "TCP"},
+            {"name": PORT_GRPC, "containerPort": SERVING_GRPC_PORT, "protocol": "TCP"},
+            {"name": "health", "containerPort": config.health_port, "protocol": "TCP"},
+        ],
+        "startupProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": PORT_HTTP},
+            "periodSeconds": 5,
+            "failureThreshold": 120,
+        },
         "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "health"},
+            "httpGet": {"path": "/v2/health/ready", "port": PORT_HTTP},
             "periodSeconds": 5,
             "failureThreshold": 3,
         },
         "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "health"},
+            "httpGet": {"path": "/v2/health/live", "port": PORT_HTTP},
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
@@ -231,7 +254,7 @@ def template_hash(*, cluster: str, namespace: str, spec: Mapping[str, Any], conf
 
 
 def build_service(*, cluster: str, namespace: str, health_port: int) -> dict[str, Any]:
-    """The headless Service giving each worker a stable DNS name (<pod>.<cluster>-workers)."""
+    """The headless Service giving each worker a stable DNS name (<pod>.<cluster>-workers) and its ports."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -244,6 +267,10 @@ def build_service(*, cluster: str, namespace: str, health_port: int) -> dict[str
             "clusterIP": "None",
             "publishNotReadyAddresses": False,
             "selector": selector_labels(cluster),
-            "ports": [{"name": "health", "port": health_port, "targetPort": "health", "protocol": "TCP"}],
+            "ports": [
+                {"name": PORT_HTTP, "port": SERVING_HTTP_PORT, "targetPort": PORT_HTTP, "protocol": "TCP"},
+                {"name": PORT_GRPC, "port": SERVING_GRPC_PORT, "targetPort": PORT_GRPC, "protocol": "TCP"},
+                {"name": "health", "port": health_port, "targetPort": "health", "protocol": "TCP"},
+            ],
         },
     }

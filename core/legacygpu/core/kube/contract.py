@@ -46,6 +46,10 @@ __all__ = [
     "LABEL_MANAGED_BY",
     "LABEL_WORKER",
     "MANAGER",
+    "PORT_GRPC",
+    "PORT_HTTP",
+    "SERVING_GRPC_PORT",
+    "SERVING_HTTP_PORT",
     "TASK_KIND",
     "TASK_PLURAL",
     "VERSION",
@@ -97,6 +101,14 @@ GPU_NODE_LABEL = f"{GROUP}/gpu.present"
 DEFAULT_DEVICE_RESOURCE = f"{GROUP}/gpu"
 DEFAULT_RESULT_INLINE_BYTES = 32 * 1024
 """Results up to this JSON size go inline into ``status.result``; larger ones into a ConfigMap."""
+SERVING_HTTP_PORT = 8000
+"""Worker pods: the Open Inference Protocol over REST (Triton's port); the facade forwards ``/v2`` here."""
+SERVING_GRPC_PORT = 8001
+"""Worker pods: the Open Inference Protocol over gRPC (Triton's port)."""
+PORT_HTTP = "http-v2"
+"""Name of the worker container's REST port (the facade finds the port number by this name)."""
+PORT_GRPC = "grpc-v2"
+"""Name of the worker container's gRPC port."""
 
 
 class WorkerRef(TypedDict, total=False):
