@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -68,7 +69,10 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
 
         runner = TaskRunner(ModelRepository(model_dir or Settings().models_dir), create_backend(backend, device_index))
         preload_from_env(runner)
-        server = _start_serving(lambda: runner, serving) if serving else None
+        # The pod's readiness probe is /v2/health/ready: ready once the models are loaded (above) and the
+        # task watch is open, so a pod that may not read its tasks (RBAC) never turns Ready.
+        watching = threading.Event()
+        server = _start_serving(lambda: runner if watching.is_set() else None, serving) if serving else None
         try:
             run_kube_worker(
                 pod_name=os.environ["POD_NAME"],
@@ -76,6 +80,7 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
                 backend=backend,
                 model_dir=model_dir or Settings().models_dir,
                 runner=runner,
+                ready=watching,
             )
         finally:
             if server is not None:

@@ -505,12 +505,14 @@ def run_kube_worker(
     stop_event: threading.Event | None = None,
     health_port: int | None = None,
     runner: Any = None,
+    ready: threading.Event | None = None,
 ) -> None:
     """Run this pod's worker loop until ``stop_event`` is set (forever when None).
 
     ``health_port`` (default: ``$LEGACYGPU_HEALTH_PORT``, none when unset)
     serves ``/healthz`` and ``/readyz``. ``runner`` replaces the TaskRunner
-    built from ``model_dir`` and ``backend`` (tests).
+    built from ``model_dir`` and ``backend`` (tests). ``ready`` is set once
+    the task watch is open (the pod's ``/v2/health/ready`` waits for it).
     """
     if runner is None:
         from legacygpu.core.modelcards import ModelRepository
@@ -521,6 +523,8 @@ def run_kube_worker(
         preload_from_env(runner)
     api_client = api_client or kubernetes.client.ApiClient(load_configuration())
     worker = KubeWorker(api_client=api_client, pod_name=pod_name, namespace=namespace, runner=runner)
+    if ready is not None:
+        worker.ready = ready
     stop = stop_event or threading.Event()
     if stop_event is None and threading.current_thread() is threading.main_thread():
         # The container's SIGTERM: finish the running task, then leave (the operator requeues the rest).
