@@ -6,8 +6,9 @@ connections (one ``httpx.AsyncClient``), and the worker's answer comes back
 byte for byte: its status, its ``{"error": ...}`` body, its ``Retry-After``
 and the binary tensor data alike. Nothing is written to the database.
 
-Which workers: the backend's active workers that announced a serving
-endpoint (``stats.serving.rest``), read at most every
+Which workers: those :mod:`legacygpu.api.discovery` finds (local mode: the
+registered workers that announced a serving endpoint; Kubernetes mode: the
+Ready worker pods of the InferenceCluster), read at most every
 ``refresh_seconds``. Which one: the shared scheduling strategies of
 :mod:`legacygpu.core.scheduling`, fed with the requests each worker has
 outstanding from this facade; least outstanding requests (``least-loaded``)
@@ -31,6 +32,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from legacygpu.api.backends.base import ClusterBackend
+from legacygpu.api.discovery import ServingEndpoint, serving_endpoints
 from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
 
 __all__ = ["FORWARDED_HEADERS", "Forwarded", "Forwarder", "NoWorker"]
@@ -52,13 +54,6 @@ class Forwarded:
     worker: str
 
 
-@dataclass(frozen=True)
-class _Endpoint:
-    name: str
-    url: str
-    models: frozenset[str]
-
-
 class Forwarder:
     """Sends ``/v2`` requests to workers; one per facade."""
 
@@ -71,7 +66,7 @@ class Forwarder:
             timeout=httpx.Timeout(timeout_seconds, connect=5.0),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
-        self._endpoints: list[_Endpoint] = []
+        self._endpoints: list[ServingEndpoint] = []
         self._read_at = -1e9
         self._refreshing = asyncio.Lock()
         self._failed: set[str] = set()
@@ -97,25 +92,18 @@ class Forwarder:
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def endpoints(self) -> list[_Endpoint]:
+    async def endpoints(self) -> list[ServingEndpoint]:
         """The workers serving now (cached for ``refresh_seconds``)."""
         if time.monotonic() - self._read_at < self._refresh:
             return self._endpoints
         async with self._refreshing:
             if time.monotonic() - self._read_at >= self._refresh:
-                workers = await self._backend.list_workers()
-                found = []
-                for w in workers:
-                    serving = w.stats.get("serving") if isinstance(w.stats, dict) else None
-                    if w.state == "active" and isinstance(serving, dict) and isinstance(serving.get("rest"), str):
-                        loaded = w.stats.get("models_loaded") or []
-                        found.append(_Endpoint(w.name, serving["rest"].rstrip("/"), frozenset(loaded)))
-                self._endpoints = found
+                self._endpoints = await serving_endpoints(self._backend)
                 self._failed.clear()
                 self._read_at = time.monotonic()
         return self._endpoints
 
-    def _pick(self, model: str | None, candidates: list[_Endpoint]) -> _Endpoint | None:
+    def _pick(self, model: str | None, candidates: list[ServingEndpoint]) -> ServingEndpoint | None:
         by_url = {e.url: e for e in candidates}
         infos = [WorkerInfo(id=e.url, assigned=self.outstanding.get(e.url, 0), capacity=_CAPACITY, models=e.models)
                  for e in candidates]

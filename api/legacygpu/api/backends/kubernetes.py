@@ -22,7 +22,10 @@ it runs in, else of ``~/.kube/config``; and keeps no state of its own:
   annotation each worker publishes; ``drain`` annotates the Pod and the
   operator stops placing tasks there;
 * the worker-facing endpoints (register, heartbeat, claim, complete) answer
-  409: Kubernetes workers watch their tasks instead.
+  409: Kubernetes workers watch their tasks instead;
+* ``/v2`` requests go to the Ready worker pods of the cluster, found from the
+  same pod cache (:meth:`KubernetesBackend.serving_endpoints`, built by
+  :func:`legacygpu.api.discovery.pod_endpoint`).
 
 Responses use the same schemas as the local backend, so the CLI and the
 dashboard cannot tell the two apart. The Kubernetes contract (field names,
@@ -45,6 +48,7 @@ from typing import Any
 import kubernetes
 
 from legacygpu.api.backends.records import percentile, task_public
+from legacygpu.api.discovery import ServingEndpoint, pod_endpoint
 from legacygpu.api.events import EventBus
 from legacygpu.api.metrics import Metrics
 from legacygpu.api.schemas import (
@@ -473,6 +477,12 @@ class KubernetesBackend:
 
     async def list_workers(self) -> list[WorkerPublic]:
         return [self._worker_public(p) for p in sorted(self._pods.values(), key=lambda p: p["metadata"]["name"])]
+
+    async def serving_endpoints(self) -> list[ServingEndpoint]:
+        """The Ready worker pods' Open Inference Protocol endpoints (from the pod cache; no API call)."""
+        models = ((self._cluster_body or {}).get("spec") or {}).get("models") or []
+        found = (pod_endpoint(p, models) for p in sorted(self._pods.values(), key=lambda p: p["metadata"]["name"]))
+        return [e for e in found if e is not None]
 
     async def get_worker(self, worker_id: str) -> WorkerPublic:
         pod = self._pods.get(worker_id)
