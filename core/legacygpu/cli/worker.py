@@ -72,7 +72,7 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
         # The pod's readiness probe is /v2/health/ready: ready once the models are loaded (above) and the
         # task watch is open, so a pod that may not read its tasks (RBAC) never turns Ready.
         watching = threading.Event()
-        server = _start_serving(lambda: runner if watching.is_set() else None, serving) if serving else None
+        server = _start_serving(lambda: runner, serving, readiness=watching.is_set) if serving else None
         try:
             run_kube_worker(
                 pod_name=os.environ["POD_NAME"],
@@ -115,7 +115,8 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
     raise SystemExit(code)
 
 
-def _start_serving(runner: Callable[[], Any], options: dict[str, Any]) -> Any:
+def _start_serving(runner: Callable[[], Any], options: dict[str, Any],
+                   readiness: Callable[[], bool] | None = None) -> Any:
     """Start the worker's Open Inference Protocol endpoints (a ServingServer) for ``runner()``.
 
     Returns None, having logged why, when they cannot start (a port taken): the task loop still runs.
@@ -124,7 +125,7 @@ def _start_serving(runner: Callable[[], Any], options: dict[str, Any]) -> Any:
 
     from legacygpu.worker.serving import ServingEngine, ServingServer
 
-    engine = ServingEngine(runner, server_version=version("legacygpu"))
+    engine = ServingEngine(runner, server_version=version("legacygpu"), readiness=readiness)
     server = ServingServer(engine, host=options["host"], http_port=options["http_port"],
                            grpc_port=options["grpc_port"], advertise_host=options["advertise_host"])
     try:

@@ -8,7 +8,8 @@ for tasks serves real-time requests too and the device runs one thing at a
 time. In local mode the runner exists only once the worker has registered
 (the facade names the repository), so the engine takes a function returning
 the runner, or None while there is none: the server is then live but not
-ready.
+ready. ``readiness`` may add a condition to server readiness alone (in a
+pod: the task watch is open), without refusing inference meanwhile.
 
 A request is checked against the model card (every input present and known,
 datatype and shape as the card says, or ``BYTES`` images for an image input,
@@ -60,8 +61,9 @@ class ServingEngine:
 
     def __init__(self, runner: TaskRunner | Callable[[], TaskRunner | None], *,
                  metrics: ServingMetrics | None = None, server_name: str = "legacygpu",
-                 server_version: str = "") -> None:
+                 server_version: str = "", readiness: Callable[[], bool] | None = None) -> None:
         self._runner = runner if callable(runner) and not isinstance(runner, TaskRunner) else (lambda: runner)
+        self._readiness = readiness
         self.metrics = metrics or ServingMetrics()
         self.server_name = server_name
         self.server_version = server_version
@@ -79,7 +81,7 @@ class ServingEngine:
         return runner
 
     def ready(self) -> bool:
-        return self._runner() is not None
+        return self._runner() is not None and (self._readiness is None or self._readiness())
 
     def metadata(self) -> dict[str, Any]:
         return {"name": self.server_name, "version": self.server_version, "extensions": EXTENSIONS}
