@@ -17,7 +17,7 @@ at. Each pod:
   (REST, 8000) and :data:`PORT_GRPC` (gRPC, 8001), Triton's numbers, and is
   probed there: liveness on ``/v2/health/live``, readiness on
   ``/v2/health/ready``, which a worker answers 200 once it has loaded the
-  models of ``spec.models`` and watches its tasks (so a Ready pod can take
+  models of ``spec.models`` (those that load) and watches its tasks (so a Ready pod can take
   both real-time requests and tasks; the facade forwards ``/v2`` only to
   Ready pods). A startup probe on the same path gives model loading up to
   ten minutes before liveness counts. The health port (``/healthz``,
