@@ -8,7 +8,8 @@ Design: one process (``python -m e2ecluster simulate``) that
    ``node.kubernetes.io/not-ready`` taint the API server puts on new nodes;
 2. watches all pods (a raw watch, resumed from the last resourceVersion, relisted on
    410) and, for each pod bound to one of its nodes, gives it a distinct loopback pod
-   IP (``127.1.x.y``) and its GPU indices, and writes a kubelet-like status
+   IP (``127.1.x.y``; ``$E2E_POD_NETWORK``, e.g. ``127.7``, picks another /16, so that two
+   clusters on one machine never share an address) and its GPU indices, and writes a kubelet-like status
    (:mod:`e2ecluster.podstatus`);
 3. for worker pods (label ``app.kubernetes.io/component=worker`` by default) starts a
    real local process per pod, from the template in ``<root>/worker-command`` (read at
@@ -267,8 +268,9 @@ class Simulator:
         return bool(image) and self._image_mode() and self._local_image(image) is not None
 
     def _free_ip(self, used: set[str]) -> str:
+        network = os.environ.get("E2E_POD_NETWORK") or "127.1"
         for n in range(1, 65536):
-            candidate = f"127.1.{n // 256}.{n % 256}"
+            candidate = f"{network}.{n // 256}.{n % 256}"
             if n % 256 and candidate not in used:
                 return candidate
         raise RuntimeError("no free loopback pod address")
