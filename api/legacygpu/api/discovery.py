@@ -13,8 +13,8 @@ and that is this module's one question, asked through
   :class:`~legacygpu.api.backends.kubernetes.KubernetesBackend` does from
   its pod informer) is asked directly. Its endpoints are the Ready worker
   pods of its InferenceCluster, built by :func:`pod_endpoint`: the pod IP
-  and the container port named :data:`~legacygpu.core.kube.contract.PORT_HTTP`
-  from the pod spec, the models from the worker's stats annotation, else
+  and the container ports named :data:`~legacygpu.core.kube.contract.PORT_HTTP`
+  and ``PORT_GRPC`` from the pod spec, the models from the worker's stats annotation, else
   the cluster's ``spec.models`` (a pod turns Ready only once it has loaded
   those). A pod being deleted, drained, not Running or not Ready receives no
   requests.
@@ -31,7 +31,14 @@ from typing import Any
 
 from legacygpu.api.backends.base import ClusterBackend
 from legacygpu.api.schemas import WorkerPublic
-from legacygpu.core.kube.contract import ANNOTATION_DRAIN, ANNOTATION_WORKER_STATS, PORT_HTTP, SERVING_HTTP_PORT
+from legacygpu.core.kube.contract import (
+    ANNOTATION_DRAIN,
+    ANNOTATION_WORKER_STATS,
+    PORT_GRPC,
+    PORT_HTTP,
+    SERVING_GRPC_PORT,
+    SERVING_HTTP_PORT,
+)
 
 __all__ = ["ServingEndpoint", "pod_endpoint", "registered_endpoints", "serving_endpoints"]
 
@@ -46,6 +53,8 @@ class ServingEndpoint:
     """Base URL without a trailing slash: ``http://10.1.2.3:8000``."""
     models: frozenset[str]
     """Models the worker reports loaded; empty when it reports none."""
+    grpc: str | None = None
+    """``host:port`` of the worker's gRPC endpoint, when it has one."""
 
 
 def registered_endpoints(workers: Iterable[WorkerPublic]) -> list[ServingEndpoint]:
@@ -56,7 +65,8 @@ def registered_endpoints(workers: Iterable[WorkerPublic]) -> list[ServingEndpoin
         serving = stats.get("serving")
         if worker.state == "active" and isinstance(serving, dict) and isinstance(serving.get("rest"), str):
             loaded = stats.get("models_loaded") or []
-            found.append(ServingEndpoint(worker.name, serving["rest"].rstrip("/"), frozenset(loaded)))
+            grpc = serving.get("grpc") if isinstance(serving.get("grpc"), str) else None
+            found.append(ServingEndpoint(worker.name, serving["rest"].rstrip("/"), frozenset(loaded), grpc))
     return found
 
 
@@ -66,12 +76,13 @@ def _ready(pod: Mapping[str, Any]) -> bool:
     return status.get("phase") == "Running" and conditions.get("Ready") == "True"
 
 
-def _rest_port(pod: Mapping[str, Any]) -> int:
+def _port(pod: Mapping[str, Any], name: str, default: int) -> int:
+    """The container port called ``name`` in the pod's spec (the operator declares them), else ``default``."""
     for container in (pod.get("spec") or {}).get("containers") or ():
         for port in container.get("ports") or ():
-            if port.get("name") == PORT_HTTP and port.get("containerPort"):
+            if port.get("name") == name and port.get("containerPort"):
                 return int(port["containerPort"])
-    return SERVING_HTTP_PORT
+    return default
 
 
 def pod_endpoint(pod: Mapping[str, Any], default_models: Sequence[str] = ()) -> ServingEndpoint | None:
@@ -88,7 +99,8 @@ def pod_endpoint(pod: Mapping[str, Any], default_models: Sequence[str] = ()) -> 
     reported = stats.get("models") if isinstance(stats, dict) else None
     models = reported if isinstance(reported, list) and reported else list(default_models)
     host = f"[{ip}]" if ":" in ip else ip
-    return ServingEndpoint(str(meta.get("name", "")), f"http://{host}:{_rest_port(pod)}", frozenset(models))
+    return ServingEndpoint(str(meta.get("name", "")), f"http://{host}:{_port(pod, PORT_HTTP, SERVING_HTTP_PORT)}",
+                           frozenset(models), f"{host}:{_port(pod, PORT_GRPC, SERVING_GRPC_PORT)}")
 
 
 async def serving_endpoints(backend: ClusterBackend) -> list[ServingEndpoint]:

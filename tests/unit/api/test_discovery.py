@@ -45,7 +45,7 @@ def _pod(name: str, ip: str | None = "10.0.0.7", *, ready: bool = True, phase: s
 
 def test_a_ready_pod_is_its_ip_and_its_named_port() -> None:
     endpoint = pod_endpoint(_pod("w1", models=["digits"]), ["other"])
-    assert endpoint == ServingEndpoint("w1", "http://10.0.0.7:8000", frozenset({"digits"}))
+    assert endpoint == ServingEndpoint("w1", "http://10.0.0.7:8000", frozenset({"digits"}), "10.0.0.7:8001")
     moved = pod_endpoint(_pod("w2", "fd00::5", port=18000), ["digits"])
     assert moved is not None and moved.url == "http://[fd00::5]:18000"
     assert moved.models == frozenset({"digits"}), "no stats yet: the cluster's spec.models"
@@ -70,10 +70,10 @@ def test_local_workers_are_found_from_registration() -> None:
                             concurrency=1, assigned=0, registered_at=now, last_heartbeat=now, tasks_succeeded=0,
                             tasks_failed=0, stats=stats)
 
-    serving = {"serving": {"rest": "http://127.0.0.1:9/"}, "models_loaded": ["digits"]}
+    serving = {"serving": {"rest": "http://127.0.0.1:9/", "grpc": "127.0.0.1:10"}, "models_loaded": ["digits"]}
     found = registered_endpoints([worker("a", "active", serving), worker("b", "draining", serving),
                                   worker("c", "active", {})])
-    assert found == [ServingEndpoint("a", "http://127.0.0.1:9", frozenset({"digits"}))]
+    assert found == [ServingEndpoint("a", "http://127.0.0.1:9", frozenset({"digits"}), "127.0.0.1:10")]
 
 
 class _PodBackend:
