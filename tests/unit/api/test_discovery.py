@@ -108,7 +108,9 @@ def worker(demo_repository: Path) -> Iterator[ServingServer]:
 
 async def test_the_forwarder_sends_to_ready_pods_and_retries_a_dead_one_on_another(worker: ServingServer) -> None:
     live_port = int(worker.endpoints["rest"].rsplit(":", 1)[1])
-    pods = [_pod("a-dead", "127.0.0.1", port=_dead_port()), _pod("b-live", "127.0.0.1", port=live_port),
+    # The dead pod reports digits loaded and the live one not, so the dead one is preferred and tried first.
+    pods = [_pod("a-dead", "127.0.0.1", port=_dead_port(), models=["digits"]),
+            _pod("b-live", "127.0.0.1", port=live_port, models=["other"]),
             _pod("c-unready", "127.0.0.1", port=live_port, ready=False)]
     backend = _PodBackend(pods)
     assert [e.name for e in await serving_endpoints(backend)] == ["a-dead", "b-live"]  # type: ignore[arg-type]
