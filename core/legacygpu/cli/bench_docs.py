@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-__all__ = ["BLOCK", "RENDERERS", "blocks", "command", "markdown_files", "render", "render_file"]
+__all__ = ["BLOCK", "RENDERERS", "blocks", "command", "markdown_files", "render", "render_file", "render_serve"]
 
 BLOCK = re.compile(
     r"(?P<open><!-- bench-table (?P<json>\S+) make=(?P<make>\S+) -->\n)(?P<body>.*?)(?P<close><!-- /bench-table -->)",
@@ -130,9 +130,49 @@ def render_model(record: dict[str, Any], make: str) -> str:
     return "\n".join(lines)
 
 
+_TARGET_TEXT = {
+    "facade_over_ray_throughput": "facade throughput over Ray Serve's (better batching setting of each)",
+    "facade_overhead_p50_ms": "facade p50 minus worker p50, ms (batching off)",
+    "batching_throughput_gain": "facade throughput, batching on over off",
+}
+
+
+def render_serve(record: dict[str, Any], make: str) -> str:
+    host = record["host"]
+    load = (f"load average (1 min) {host['load_before'][0]:.1f} before, {host['load_after'][0]:.1f} after, "
+            f"on {host['cpu_count']} CPUs")  # fmt: skip
+    ray = f"Ray Serve {record['ray_version']}" if record.get("ray_version") else "no Ray Serve"
+    lines = [
+        f"Made by `{record['command'].strip()}` (`make {make}` reruns it), {record['seconds_per_point']:g} s per "
+        f"point, {ray}; started {record['started']}, {record['seconds']} s; {load}.",
+        "",
+        "| model | target | batching | clients | req/s | p50 ms (p25-p75) | p99 ms | errors | load after |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model, series in record["results"].items():
+        for target, points in series.items():
+            server, _, batching = target.partition("/")
+            for p in points:
+                lines.append(
+                    f"| {model} | {server} | {batching.removeprefix('batching-')} | {p['concurrency']} "
+                    f"| {p['throughput_rps']:,.0f} | {_ms(p['p50_ms'])} ({_ms(p['p25_ms'])}-{_ms(p['p75_ms'])}) "
+                    f"| {_ms(p['p99_ms'])} | {p['errors']} | {p['load_after']:.1f} |"
+                )
+    lines += ["", "| issue 10 target | model | clients | ours | reference | measured | wanted | met |",
+              "|---|---|---:|---|---|---:|---|---|"]  # fmt: skip
+    for t in record["targets"]:
+        measured = f"{t['value']:.3g}" + ("x" if t["name"] != "facade_overhead_p50_ms" else " ms")
+        if "p50_ms" in t:
+            measured += f" (p50 {_ms(t['p50_ms'][0])} vs {_ms(t['p50_ms'][1])} ms)"
+        lines.append(f"| {_TARGET_TEXT.get(t['name'], t['name'])} | {t['model']} | {t['concurrency']} | {t['ours']} "
+                     f"| {t['reference']} | {measured} | {t['threshold']} | {'**yes**' if t['met'] else 'no'} |")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any], str], str]] = {
     "gemm.json": render_gemm,
     "bench-model.json": render_model,
+    "serve.json": render_serve,
 }
 
 

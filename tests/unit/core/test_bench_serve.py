@@ -1,0 +1,86 @@
+"""``legacygpu bench serve``: the issue's targets computed from a run's points, and their rendering in the docs.
+
+The points are made up here (no server runs); the benchmark itself is a script, run by ``make bench-serve``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from legacygpu.cli import bench_docs
+from legacygpu.cli.bench_serve import targets
+
+
+def _pt(concurrency: int, rps: float, p50: float) -> dict[str, Any]:
+    return {"concurrency": concurrency, "requests": int(rps * 3), "errors": 0, "wall_seconds": 3.0,
+            "throughput_rps": rps, "p25_ms": p50 * 0.9, "p50_ms": p50, "p75_ms": p50 * 1.1, "p99_ms": p50 * 2,
+            "load_after": 1.5}  # fmt: skip
+
+
+def _results(*, facade_on: float = 1000.0, ray_on: float = 150.0, facade_p50: float = 1.2,
+             cnn_on: float = 90.0) -> dict[str, Any]:
+    return {
+        "digits": {
+            "facade/batching-off": [_pt(1, 500, facade_p50), _pt(32, 400, 60)],
+            "worker/batching-off": [_pt(1, 700, 1.0), _pt(32, 800, 30)],
+            "facade/batching-on": [_pt(1, 450, 1.3), _pt(32, facade_on, 20)],
+            "ray/batching-off": [_pt(1, 100, 8), _pt(32, 120, 250)],
+            "ray/batching-on": [_pt(1, 90, 9), _pt(32, ray_on, 200)],
+        },
+        "squeezenet": {
+            "facade/batching-off": [_pt(1, 40, 24.0), _pt(32, 30, 900)],
+            "worker/batching-off": [_pt(1, 41, 22.9), _pt(32, 31, 880)],
+            "facade/batching-on": [_pt(1, 40, 25.0), _pt(32, cnn_on, 350)],
+        },
+    }
+
+
+def _by_key(found: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(t["name"], t["model"]): t for t in found}
+
+
+def test_targets_compare_the_better_setting_of_each_server_and_say_what_is_met() -> None:
+    found = _by_key(targets(_results()))
+    vs_ray = found["facade_over_ray_throughput", "digits"]
+    assert (vs_ray["ours"], vs_ray["reference"]) == ("facade/batching-on", "ray/batching-on")
+    assert vs_ray["value"] == pytest.approx(1000 / 150) and vs_ray["p50_ms"] == [20, 200] and vs_ray["met"]
+    overhead = found["facade_overhead_p50_ms", "digits"]
+    assert overhead["value"] == pytest.approx(0.2) and overhead["met"]
+    assert found["facade_overhead_p50_ms", "squeezenet"]["met"] is False  # 1.1 ms over
+    gain = found["batching_throughput_gain", "squeezenet"]
+    assert gain["value"] == pytest.approx(3.0) and gain["met"]
+    assert ("batching_throughput_gain", "digits") not in found  # the CNN's target, not the MLP's
+
+
+@pytest.mark.parametrize(("change", "name", "model"), [
+    ({"facade_on": 700.0}, "facade_over_ray_throughput", "digits"),   # 700/150 < 5 (the off setting is worse)
+    ({"ray_on": 250.0}, "facade_over_ray_throughput", "digits"),      # 4x
+    ({"facade_p50": 1.6}, "facade_overhead_p50_ms", "digits"),        # 0.6 ms over the worker
+    ({"cnn_on": 89.0}, "batching_throughput_gain", "squeezenet"),     # 2.97x
+])  # fmt: skip
+def test_a_target_missed_is_reported_not_met(change: dict[str, float], name: str, model: str) -> None:
+    assert _by_key(targets(_results(**change)))[name, model]["met"] is False
+
+
+def test_a_lower_throughput_is_not_met_even_with_a_higher_ratio_of_p50() -> None:
+    results = _results(facade_on=1000.0, ray_on=150.0)
+    results["digits"]["facade/batching-on"][1]["p50_ms"] = 300  # 6.7x the throughput, but a higher p50 than Ray's
+    assert _by_key(targets(results))["facade_over_ray_throughput", "digits"]["met"] is False
+
+
+def test_the_docs_table_shows_every_point_and_every_target() -> None:
+    results = _results(facade_p50=1.6)
+    record = {"command": "legacygpu bench serve --seconds 3", "started": "2026-12-07T03:00:00+00:00", "seconds": 600,
+              "seconds_per_point": 3.0, "ray_version": "2.40.0",
+              "host": {"cpu_count": 2, "load_before": [4.25, 1, 1], "load_after": [6.5, 1, 1]},
+              "results": results, "targets": targets(results)}  # fmt: skip
+    text = bench_docs.render_serve(record, "bench-serve")
+    assert "load average (1 min) 4.2 before, 6.5 after, on 2 CPUs" in text and "Ray Serve 2.40.0" in text
+    rows = [line for line in text.splitlines() if line.startswith("| digits |") or line.startswith("| squeezenet |")]
+    assert len(rows) == sum(len(points) for series in results.values() for points in series.values())
+    assert "| digits | facade | on | 32 | 1,000 | 20 (18-22) | 40 | 0 | 1.5 |" in rows
+    overhead = next(line for line in text.splitlines() if line.startswith("| facade p50 minus worker p50")
+                    and "| digits |" in line)  # fmt: skip
+    assert "| 0.6 ms |" in overhead and overhead.endswith("| no |")
