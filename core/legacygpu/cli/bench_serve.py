@@ -118,15 +118,21 @@ async def _http_load(url: str, body: bytes, headers: dict[str, str], concurrency
     errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        await client.post(url, content=body, headers=headers)  # warm: load the model
-        await asyncio.gather(*(client.post(url, content=body, headers=headers) for _ in range(concurrency)))
+        await client.post(url, content=body, headers=headers)  # warm: load the model, open the connections
+        await asyncio.gather(*(client.post(url, content=body, headers=headers) for _ in range(concurrency)),
+                             return_exceptions=True)
         deadline = time.perf_counter() + seconds
 
         async def one_client() -> None:
             nonlocal errors
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
-                response = await client.post(url, content=body, headers=headers)
+                try:
+                    response = await client.post(url, content=body, headers=headers)
+                except httpx.TransportError as exc:  # counted, as a client sees it; the run goes on
+                    log.warning("%s: %s: %s", url, type(exc).__name__, exc)
+                    errors += 1
+                    continue
                 if response.status_code == 200:
                     latencies.append(time.perf_counter() - started)
                 else:
