@@ -16,15 +16,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from legacygpu.api.backends.base import ClusterBackend
-from legacygpu.api.errors import install_error_handlers, unexpected_error
+from legacygpu.api.errors import install_error_handlers
 from legacygpu.api.limits import BodySizeLimit
 from legacygpu.api.metrics import Metrics
+from legacygpu.api.requestcount import RequestCounter
 from legacygpu.api.routes import cluster, events, tasks, ui, v2, workers
 from legacygpu.core.config import Settings, ensure_token, ensure_worker_secret, secure_data_dir
 
@@ -92,16 +93,6 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
 
     install_error_handlers(app)
-
-    @app.middleware("http")
-    async def _count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # counted and answered here, so the connection stays usable
-            response = await unexpected_error(request, exc)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        metrics.http_requests.labels(request.method, template, str(response.status_code)).inc()
-        return response
+    app.add_middleware(RequestCounter, counter=metrics.http_requests)  # outermost: sees every answer
 
     return app
