@@ -12,7 +12,8 @@ The opening comment names the JSON (relative to the repository root) and the
 ``make`` target that produced it. :func:`render` turns a JSON record into the
 block's Markdown: one line naming the command, device, date and load
 average, then the table. The renderer is chosen by the JSON's file name
-(:data:`RENDERERS`). ``legacygpu bench docs`` rewrites every block in
+(:data:`RENDERERS`; an earlier run kept beside the latest, ``serve-baseline.json``,
+renders as ``serve.json``). ``legacygpu bench docs`` rewrites every block in
 README.md and docs/ (so regenerating the docs after a run is one command);
 ``--check`` only reports blocks that differ, and
 tests/unit/test_docs_benchmarks.py fails on them.
@@ -155,7 +156,7 @@ def render_serve(record: dict[str, Any], make: str) -> str:
             for p in points:
                 lines.append(
                     f"| {model} | {server} | {batching.removeprefix('batching-')} | {p['concurrency']} "
-                    f"| {p['throughput_rps']:,.0f} | {_ms(p['p50_ms'])} ({_ms(p['p25_ms'])}-{_ms(p['p75_ms'])}) "
+                    f"| {_ms(p['throughput_rps'])} | {_ms(p['p50_ms'])} ({_ms(p['p25_ms'])}-{_ms(p['p75_ms'])}) "
                     f"| {_ms(p['p99_ms'])} | {p['errors']} | {p['load_after']:.1f} |"
                 )
     lines += ["", "| issue 10 target | model | clients | ours | reference | measured | wanted | met |",
@@ -178,7 +179,8 @@ RENDERERS: dict[str, Callable[[dict[str, Any], str], str]] = {
 
 def render(root: Path, json_path: str, make: str) -> str:
     """The Markdown for the block naming ``json_path`` (relative to ``root``) and ``make``."""
-    name = Path(json_path).name
+    path = Path(json_path)
+    name = path.name if path.name in RENDERERS else f"{path.stem.partition('-')[0]}{path.suffix}"  # serve-<x>.json
     if name not in RENDERERS:
         raise click.ClickException(f"no renderer for {json_path} (known: {', '.join(RENDERERS)})")
     record = json.loads((root / json_path).read_text())

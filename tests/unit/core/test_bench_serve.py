@@ -81,6 +81,7 @@ def test_the_docs_table_shows_every_point_and_every_target() -> None:
     rows = [line for line in text.splitlines() if line.startswith("| digits |") or line.startswith("| squeezenet |")]
     assert len(rows) == sum(len(points) for series in results.values() for points in series.values())
     assert "| digits | facade | on | 32 | 1,000 | 20 (18-22) | 40 | 0 | 1.5 |" in rows
+    assert any(row.startswith("| squeezenet | facade | on | 32 | 90 | 350 (315-385) |") for row in rows)
     overhead = next(line for line in text.splitlines() if line.startswith("| facade p50 minus worker p50")
                     and "| digits |" in line)  # fmt: skip
     assert "| 0.6 ms |" in overhead and overhead.endswith("| no |")
