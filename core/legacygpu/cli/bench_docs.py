@@ -161,10 +161,14 @@ def render_serve(record: dict[str, Any], make: str) -> str:
                 )
     lines += ["", "| issue 10 target | model | clients | ours | reference | measured | wanted | met |",
               "|---|---|---:|---|---|---:|---|---|"]  # fmt: skip
-    for t in record["targets"]:
+    from legacygpu.cli.bench_serve import targets
+
+    for t in targets(record["results"]):  # from the points, by the code of this commit
         measured = f"{t['value']:.3g}" + ("x" if t["name"] != "facade_overhead_p50_ms" else " ms")
         if "p50_ms" in t:
             measured += f" (p50 {_ms(t['p50_ms'][0])} vs {_ms(t['p50_ms'][1])} ms)"
+        if t.get("within_noise"):
+            measured += f", within noise (IQR {_ms(t['noise_ms'])} ms)"
         lines.append(f"| {_TARGET_TEXT.get(t['name'], t['name'])} | {t['model']} | {t['concurrency']} | {t['ours']} "
                      f"| {t['reference']} | {measured} | {t['threshold']} | {'**yes**' if t['met'] else 'no'} |")
     return "\n".join(lines)

@@ -271,7 +271,9 @@ def targets(results: dict[str, Any], *, vs_ray_model: str = "digits", concurrenc
 
     * facade vs Ray Serve: on ``vs_ray_model`` at ``concurrency``, the facade's better batching setting
       against Ray Serve's better one: at least 5x the throughput and a lower p50;
-    * facade overhead: facade p50 minus worker p50 at one client, batching off, per model: at most 0.5 ms;
+    * facade overhead: facade p50 minus worker p50 at one client, batching off, per model: at most 0.5 ms,
+      and not met while the difference is within noise (smaller than the wider interquartile range of the
+      two points: then the run cannot tell, and a negative overhead is only noise);
     * batching: on every other model (the CNN) at ``concurrency``, facade throughput with batching on over
       off: at least 3x.
     """
@@ -288,9 +290,11 @@ def targets(results: dict[str, Any], *, vs_ray_model: str = "digits", concurrenc
         worker = _point(results, model, "worker/batching-off", 1)
         if facade and worker:
             overhead = facade["p50_ms"] - worker["p50_ms"]
+            noise = max(p["p75_ms"] - p["p25_ms"] for p in (facade, worker))
             out.append({"name": "facade_overhead_p50_ms", "model": model, "concurrency": 1,
                         "ours": "facade/batching-off", "reference": "worker/batching-off",
-                        "value": overhead, "threshold": "<= 0.5", "met": overhead <= 0.5})
+                        "value": overhead, "threshold": "<= 0.5", "noise_ms": noise,
+                        "within_noise": abs(overhead) < noise, "met": overhead <= 0.5 and abs(overhead) >= noise})
         on, off = _point(results, model, "facade/batching-on", concurrency), _point(
             results, model, "facade/batching-off", concurrency)
         if model != vs_ray_model and on and off:
