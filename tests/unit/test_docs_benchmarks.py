@@ -27,7 +27,9 @@ def _id(item: tuple[Path, re.Match[str]]) -> str:
 
 def test_there_are_benchmark_tables() -> None:
     assert {m["json"] for _, m in BLOCKS} >= {"docs/benchmarks/gemm-pocl/gemm.json",
-                                              "docs/benchmarks/model-pocl/bench-model.json"}  # fmt: skip
+                                              "docs/benchmarks/model-pocl/bench-model.json",
+                                              "docs/benchmarks/serve/serve.json",
+                                              "docs/benchmarks/serve/serve-baseline.json"}  # fmt: skip
 
 
 @pytest.mark.parametrize("item", BLOCKS, ids=[_id(b) for b in BLOCKS])
