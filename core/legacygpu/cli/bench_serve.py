@@ -327,7 +327,8 @@ def _plot(path: Path, results: dict[str, Any], title: str) -> None:
             cs = [p["concurrency"] for p in points]
             axes[row][0].plot(cs, [p["throughput_rps"] for p in points], marker="o", label=target)
             axes[row][1].plot(cs, [p["p50_ms"] for p in points], marker="o", label=target)
-        axes[row][0].set(title=f"{model}: throughput", xlabel="concurrent clients", ylabel="requests/s", xscale="log")
+        axes[row][0].set(title=f"{model}: throughput", xlabel="concurrent clients", ylabel="requests/s", xscale="log",
+                         yscale="log")  # onnxruntime in-process is orders of magnitude above the servers
         axes[row][1].set(title=f"{model}: p50 latency", xlabel="concurrent clients", ylabel="ms", xscale="log",
                          yscale="log")
         axes[row][0].legend(fontsize=7)
