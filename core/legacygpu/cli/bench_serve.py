@@ -13,8 +13,11 @@ each sending its next request when the last one is answered, through:
 * ``onnxruntime``: an ``InferenceSession`` on the same ONNX file in this
   process, called from as many threads (the floor any server adds to);
 * ``ray`` (with ``--ray``): Ray Serve serving the same ONNX file with
-  onnxruntime, installed by this command into a throwaway venv under
-  ``.cache/``, over HTTP with the same raw float32 body.
+  onnxruntime (:mod:`legacygpu.cli.bench_serve_ray`: a throwaway venv under
+  ``.cache/``, made once), over HTTP with the tensor's bare float32 bytes.
+
+All targets are up for the whole run and, at each concurrency, take turns in
+an order rotated per level (:func:`run_benchmark`).
 
 Every server target runs twice: batching off and on (the model card's
 ``dynamic_batching``; ``@serve.batch`` for Ray, whose per-request access log
