@@ -1,0 +1,72 @@
+"""The /v2 forwarder's connections to a worker: kept open between requests, dropped before the worker drops them.
+
+A real uvicorn server on loopback (uvicorn is what the worker serves with, and closes a keep-alive
+connection idle for 5 s) answers each request with the client port it came from, so the test sees
+which connection the forwarder used. No mock: the backend is a stand-in only for discovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from legacygpu.api.discovery import ServingEndpoint
+from legacygpu.api.forwarding import KEEPALIVE_SECONDS, Forwarder
+
+
+async def _client_port(request: Request) -> PlainTextResponse:
+    assert request.client is not None
+    return PlainTextResponse(str(request.client.port))
+
+
+@pytest.fixture
+def worker_url() -> Iterator[str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = Starlette(routes=[Route("/v2/models/m/infer", _client_port, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off"))  # timeout_keep_alive: 5 s
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+class _OneWorker:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def serving_endpoints(self) -> list[ServingEndpoint]:
+        return [ServingEndpoint("w", self.url, frozenset({"m"}), None)]
+
+
+async def test_a_connection_is_reused_then_dropped_before_the_workers_keep_alive_ends(worker_url: str) -> None:
+    assert KEEPALIVE_SECONDS < 5, "uvicorn closes idle connections after 5 s: ours must go first"
+    forwarder = Forwarder(_OneWorker(worker_url), CollectorRegistry())  # type: ignore[arg-type]
+    try:
+        async def port() -> bytes:
+            answer = await forwarder.forward("POST", "/v2/models/m/infer", model="m", content=b"{}")
+            assert answer.status_code == 200
+            return answer.content
+
+        first = await port()
+        assert await port() == first, "a second request at once goes over the same connection"
+        await asyncio.sleep(KEEPALIVE_SECONDS + 0.5)  # idle past our expiry, not yet past the worker's 5 s
+        assert await port() != first, "an idle connection is not reused once it may be closing under us"
+    finally:
+        await forwarder.close()
