@@ -17,97 +17,36 @@ leader must adopt everything: every task ends ``Succeeded``, after one attempt, 
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_operators import API, GROUP, PLURAL, VERSION, busy_workers, create_tasks, lease_holder, operator_replicas
+from e2e_operators import phases as _phases
+from e2e_operators import tasks as _tasks
 from e2ecluster import Kube
 
 from legacygpu.core.kube.contract import LABEL_WORKER, assigned_status, now_utc
-from legacygpu.operator.crdgen import all_crds
-from legacygpu.operator.rbac import rbac_manifests
 
-API = "legacygpu.io/v1alpha1"
-GROUP, VERSION, PLURAL = "legacygpu.io", "v1alpha1", "inferencetasks"
 TASKS = 300
-WIDTH = 256
-BUSY = {"name": "x", "datatype": "FP32", "shape": [1, WIDTH], "data": [0.01] * WIDTH}
 
 pytestmark = pytest.mark.slow
-
-
-def _replica(kubeconfig: Path, namespace: str, identity: str, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "legacygpu.cli", "operator", "run", "--kubeconfig", str(kubeconfig),
-         "--namespace", namespace, "--no-metrics", "--leader-elect", "--lease-namespace", namespace,
-         "--identity", identity, "--worker-image", "legacygpu/worker:e2e", "--log-level", "warning"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )
 
 
 @pytest.fixture
 def replicas(
     simulated_kube: Kube, namespace: str, worker_command: Any, tmp_path: Path
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    kube = simulated_kube
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from helpers import slow_model
-
-    from legacygpu.core.modelcards import ModelRepository
-    from legacygpu.worker.modelinfo import card_from_onnx
-
-    # A model of some tens of milliseconds: each worker then holds a queue of Scheduled tasks, so the
-    # kill always finds assignments in flight (with the millisecond digits model it often found none).
-    models = tmp_path / "models"
-    models.mkdir()
-    path = slow_model(tmp_path / "busy.onnx", layers=20, rows=64, width=WIDTH)
-    ModelRepository(models).add(card_from_onnx("busy", path), path)
-    worker_command(shlex.join([sys.executable, "-m", "legacygpu.cli", "worker", "start", "--kubernetes",
-                               "--backend", "onnxruntime", "--model-dir", str(models)]))
-    kube.apply(all_crds())
-    kube.apply(rbac_manifests(namespace=namespace))
-    kubeconfig = kube.kubeconfig_for_token(kube.token(namespace, "legacygpu-operator"), tmp_path / "kc", namespace)
-    running = {name: _replica(kubeconfig, namespace, name, tmp_path / f"{name}.log") for name in ("a", "b")}
-    try:
+    busy_workers(worker_command, tmp_path)
+    with operator_replicas(simulated_kube, namespace, tmp_path,
+                           extra=["--worker-image", "legacygpu/worker:e2e", "--log-level", "warning"]) as running:
         yield running
-    finally:
-        for process in running.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in running.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for name in running:
-            sys.stdout.write(f"--- operator {name} ---\n{(tmp_path / f'{name}.log').read_text()[-3000:]}\n")
-
-
-def _holder(kube: Kube, namespace: str) -> str | None:
-    lease = kube.get("coordination.k8s.io/v1", "Lease", "legacygpu-operator", namespace)
-    return ((lease or {}).get("spec") or {}).get("holderIdentity") or None
-
-
-def _tasks(kube: Kube, namespace: str) -> list[dict[str, Any]]:
-    return list(kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"])
-
-
-def _phases(kube: Kube, namespace: str) -> Counter[str]:
-    return Counter(((t.get("status") or {}).get("phase") or "Pending") for t in _tasks(kube, namespace))
-
-
-def _create(kube: Kube, namespace: str, index: int) -> None:
-    body = {"apiVersion": API, "kind": "InferenceTask", "metadata": {"name": f"t{index:04d}"},
-            "spec": {"clusterRef": "busy", "model": "busy", "inputs": [BUSY]}}
-    kube.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
 
 
 def _half_assign(kube: Kube, namespace: str, count: int) -> list[str]:
@@ -142,15 +81,14 @@ def test_kill_9_of_the_leader_mid_run_loses_and_repeats_no_task(
     simulated_kube: Kube, namespace: str, replicas: dict[str, subprocess.Popen[bytes]]
 ) -> None:
     kube = simulated_kube
-    leader = kube.wait_for(lambda: _holder(kube, namespace), timeout=90, what="a lease holder")
+    leader = kube.wait_for(lambda: lease_holder(kube, namespace), timeout=90, what="a lease holder")
     standby = "b" if leader == "a" else "a"
     cluster = {"apiVersion": API, "kind": "InferenceCluster", "metadata": {"name": "busy"},
                "spec": {"replicas": 4, "tasksPerWorker": 6, "backend": "onnxruntime", "models": ["busy"]}}
     kube.apply(cluster, namespace)
     kube.wait_condition(API, "InferenceCluster", "busy", "WorkersReady", namespace=namespace, timeout=180)
 
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: _create(kube, namespace, i), range(TASKS)))
+    create_tasks(kube, namespace, TASKS)
     kube.wait_for(lambda: _phases(kube, namespace)["Succeeded"] >= TASKS // 10, timeout=180,
                   what=f"{TASKS // 10} tasks done")
     os.kill(replicas[leader].pid, signal.SIGKILL)  # no cleanup: the Lease stays held until it expires
@@ -161,7 +99,7 @@ def test_kill_9_of_the_leader_mid_run_loses_and_repeats_no_task(
     assert mid_run["Succeeded"] < TASKS, "every task was done before the kill: the run is too small to test this"
     assert len(half) == 5, f"could not half-assign 5 Queued tasks ({dict(mid_run)}): the test proves nothing"
 
-    kube.wait_for(lambda: _holder(kube, namespace) == standby, timeout=90, what="the standby takes the lease")
+    kube.wait_for(lambda: lease_holder(kube, namespace) == standby, timeout=90, what="the standby takes the lease")
     kube.wait_for(lambda: _phases(kube, namespace)["Succeeded"] == TASKS, timeout=240,
                   what=f"all {TASKS} tasks Succeeded (phases: {_phases(kube, namespace)}, half-assigned {half})")
     tasks = _tasks(kube, namespace)
