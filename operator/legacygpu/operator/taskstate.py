@@ -34,7 +34,6 @@ from typing import Any
 from legacygpu.core import lifecycle
 from legacygpu.core.errors import ValidationError
 from legacygpu.core.kube.contract import (
-    LABEL_WORKER,
     AttemptStatus,
     TaskStatus,
     cancelled_status,
@@ -75,7 +74,6 @@ class TaskView:
     phase: Phase = Phase.PENDING
     attempts: int = 0
     worker: str | None = None
-    label_worker: str | None = None
     retry_after: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
@@ -153,7 +151,6 @@ def task_view(body: Mapping[str, Any]) -> TaskView:
         phase=phase,
         attempts=int(status.get("attempts") or 0),
         worker=(status.get("workerRef") or {}).get("pod"),
-        label_worker=(meta.get("labels") or {}).get(LABEL_WORKER),
         retry_after=status.get("retryAfter"),
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime"),

@@ -2,10 +2,10 @@
 
 ``legacygpu worker start --kubernetes`` calls :func:`run_kube_worker` with
 the pod's name and namespace (``POD_NAME``/``POD_NAMESPACE`` from the
-downward API). Nothing connects to the worker: it watches InferenceTasks
-labelled ``legacygpu.io/worker=<pod>`` (the operator sets the label when it
-assigns a task; ``status.workerRef.pod`` is the truth and is checked too),
-and for each ``Scheduled`` attempt, highest priority first:
+downward API). Nothing connects to the worker: it watches the InferenceTasks
+whose ``status.workerRef.pod`` is its pod (a field selector the CRD declares;
+the operator assigns a task in that one status write), and for each
+``Scheduled`` attempt, highest priority first:
 
 1. **claim**: write ``Running`` with the ``resourceVersion`` it read; the API
    server refuses the write (409) if the task moved on (the operator took it
@@ -16,7 +16,9 @@ and for each ``Scheduled`` attempt, highest priority first:
    and result only if the attempt is still the current one (same
    ``attempts``, still ``Running`` on this pod), again guarded by the
    ``resourceVersion``. A stale attempt's result is dropped, so a retried
-   task never ends with two results.
+   task never ends with two results. A success posts no Event (the status
+   says it all; two writes per task are the worker's whole share), a
+   failure posts a Warning.
 
 Bad input and unknown models end the task ``Failed`` for good; a model that
 cannot load or run ends it ``Failed`` with the loader's message; anything
@@ -60,6 +62,7 @@ from legacygpu.core.kube.contract import (
     now_utc,
     report_status,
     running_status,
+    worker_field_selector,
 )
 from legacygpu.core.kube.errors import ApiError, from_api_exception
 from legacygpu.core.lifecycle import Outcome, classify
@@ -162,7 +165,7 @@ class KubeWorker:
     # -- watching --------------------------------------------------------------------------------
 
     def _watch_once(self, stop: threading.Event) -> None:
-        query = {"labelSelector": f"{LABEL_WORKER}={self.pod}"}
+        query = {"fieldSelector": worker_field_selector(self.pod)}
         path = _TASKS.format(ns=self.namespace)
         try:
             response = open_watch(self.api, path, query=query, timeout=self.watch_timeout, connect_timeout=5)
@@ -195,7 +198,7 @@ class KubeWorker:
 
     def _resync(self) -> None:
         answer = self.request(
-            "GET", _TASKS.format(ns=self.namespace), query={"labelSelector": f"{LABEL_WORKER}={self.pod}"}
+            "GET", _TASKS.format(ns=self.namespace), query={"fieldSelector": worker_field_selector(self.pod)}
         )
         for item in answer.get("items") or ():
             self.events.put({"type": "MODIFIED", "object": item})
@@ -203,8 +206,7 @@ class KubeWorker:
     def _mine(self, body: dict[str, Any]) -> bool:
         status = body.get("status") or {}
         return (
-            (body.get("metadata", {}).get("labels") or {}).get(LABEL_WORKER) == self.pod
-            and (status.get("workerRef") or {}).get("pod") == self.pod
+            (status.get("workerRef") or {}).get("pod") == self.pod
             and status.get("phase") == Phase.SCHEDULED.value
             and not (body.get("spec") or {}).get("cancel")
         )
@@ -391,14 +393,9 @@ class KubeWorker:
             )
 
         written = self.finish(claimed, build)
-        if written and outcome.retryable:
-            with contextlib.suppress(ApiError):
-                self.request(
-                    "PATCH", f"{_TASKS.format(ns=self.namespace)}/{name}",
-                    body={"metadata": {"labels": {LABEL_WORKER: None}}}, content_type=MERGE_PATCH,
-                )
         if written and not outcome.retryable:
             self._record(outcome.succeeded, compute_ms)
+        if written and not outcome.succeeded:
             self._event(claimed, outcome.phase, Reason(outcome.reason), outcome.message)
         log.info("task %s: %s (%s) in %.1f ms", name, outcome.phase.value, outcome.reason, elapsed_ms)
 
