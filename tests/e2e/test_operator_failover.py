@@ -7,11 +7,11 @@ by the node simulator with the pod's own ServiceAccount token). Simulated: only 
 
 The leader is SIGKILLed while a few hundred tasks are being assigned and run, so it may die
 between any two of its writes. While no replica leads (the standby waits for the dead leader's
-Lease to expire), the test also assigns five ``Queued`` tasks to a worker in their status only,
-without the ``legacygpu.io/worker`` label: exactly what a leader killed between its status write
-and its label write leaves behind, made certain rather than left to the timing of the kill. The new
-leader must adopt everything: every task ends ``Succeeded``, after one attempt, with one
-``Completed`` event. Without the operator's label repair those tasks stay ``Scheduled`` forever and this test times out.
+Lease to expire), the test also assigns five waiting tasks to a worker in their status, as a
+leader killed right after its assignment write leaves them (the worker's field selector on
+``status.workerRef.pod`` sees them at once; older operators also wrote a label, which a killed
+leader could leave missing). The new leader must adopt everything: every task ends ``Succeeded``
+after one attempt, with no Event for a success and none about a retry.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from e2e_operators import phases as _phases
 from e2e_operators import tasks as _tasks
 from e2ecluster import Kube
 
-from legacygpu.core.kube.contract import LABEL_WORKER, assigned_status, now_utc
+from legacygpu.core.kube.contract import assigned_status, now_utc, queued_status
 
 TASKS = 300
 
@@ -50,10 +50,10 @@ def replicas(
 
 
 def _half_assign(kube: Kube, namespace: str, count: int) -> list[str]:
-    """Assign up to ``count`` Queued tasks to a ready worker in status only, without the worker label.
+    """Assign up to ``count`` waiting tasks to a ready worker, as a leader's one assignment write does.
 
-    Exactly what a leader killed between its two writes (``status.workerRef``, then the label)
-    leaves behind; written by the test while no replica leads, so it is certain to happen.
+    Exactly what a leader killed right after its assignment leaves behind; written by the test
+    while no replica leads, so it is certain to happen.
     """
     pods = kube.core.list_namespaced_pod(namespace, label_selector="legacygpu.io/cluster=busy").items
     ready = [p for p in pods if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or ())]
@@ -64,10 +64,12 @@ def _half_assign(kube: Kube, namespace: str, count: int) -> list[str]:
         status = task.get("status") or {}
         if len(done) == count:
             break
-        if status.get("phase") != "Queued" or status.get("retryAfter"):
+        if status.get("phase", "Pending") not in ("Pending", "Queued") or status.get("retryAfter"):
             continue
-        assigned = assigned_status(status, pod=pod.metadata.name, node=pod.spec.node_name, now=now_utc())
-        patch = {"metadata": {"resourceVersion": task["metadata"]["resourceVersion"]}, "status": dict(assigned)}
+        if status.get("phase", "Pending") == "Pending":  # admitted and assigned in one write, as the operator does
+            status = {**status, **queued_status(status, now_utc())}
+        assigned = {**status, **assigned_status(status, pod=pod.metadata.name, node=pod.spec.node_name, now=now_utc())}
+        patch = {"metadata": {"resourceVersion": task["metadata"]["resourceVersion"]}, "status": assigned}
         try:
             kube.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL,
                                                               task["metadata"]["name"], patch)
@@ -97,7 +99,7 @@ def test_kill_9_of_the_leader_mid_run_loses_and_repeats_no_task(
     half = _half_assign(kube, namespace, 5)
     mid_run = _phases(kube, namespace)
     assert mid_run["Succeeded"] < TASKS, "every task was done before the kill: the run is too small to test this"
-    assert len(half) == 5, f"could not half-assign 5 Queued tasks ({dict(mid_run)}): the test proves nothing"
+    assert len(half) == 5, f"could not assign 5 waiting tasks ({dict(mid_run)}): the test proves nothing"
 
     kube.wait_for(lambda: lease_holder(kube, namespace) == standby, timeout=90, what="the standby takes the lease")
     kube.wait_for(lambda: _phases(kube, namespace)["Succeeded"] == TASKS, timeout=240,
@@ -107,10 +109,7 @@ def test_kill_9_of_the_leader_mid_run_loses_and_repeats_no_task(
     attempts = Counter(t["status"].get("attempts") for t in tasks)
     assert attempts == Counter({1: TASKS}), attempts
     events = kube.core.list_namespaced_event(namespace).items
-    completed = Counter(e.involved_object.name for e in events if e.reason == "Completed")
-    assert sorted(completed) == sorted(t["metadata"]["name"] for t in tasks)
-    assert set(completed.values()) == {1}, {n: c for n, c in completed.items() if c != 1}
-    for task in tasks:  # the labels were put right too
-        assert task["metadata"]["labels"][LABEL_WORKER] == task["status"]["workerRef"]["pod"], task["metadata"]
+    about_tasks = Counter(e.reason for e in events if e.involved_object.kind == "InferenceTask")
+    assert about_tasks == Counter(), about_tasks  # no success Event, no retry, no second report
     sys.stdout.write(f"killed {leader} with {dict(mid_run)}; half-assigned {half}; "
                      f"all done {time.monotonic() - killed_at:.1f}s after the kill\n")

@@ -217,6 +217,7 @@ async def _tasks(
         action = decide(
             task, cluster_exists=True, pods=pod_map, now=now, policy=rt.policy,
             grace_seconds=rt.config.cluster_not_found_grace_seconds,
+            default_ttl_seconds=rt.config.finished_task_ttl_seconds,
         )
         if action is None:
             continue

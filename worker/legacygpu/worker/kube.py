@@ -40,8 +40,9 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import kubernetes
 
@@ -64,7 +65,7 @@ from legacygpu.core.kube.contract import (
     running_status,
     worker_field_selector,
 )
-from legacygpu.core.kube.errors import ApiError, from_api_exception
+from legacygpu.core.kube.errors import ApiError, ApiUnavailableError, from_api_exception
 from legacygpu.core.lifecycle import Outcome, classify
 from legacygpu.core.scheduling import WorkerStats as SharedWorkerStats
 from legacygpu.core.tasks import Phase, Reason, RetryPolicy
@@ -72,6 +73,7 @@ from legacygpu.core.tasks import Phase, Reason, RetryPolicy
 __all__ = ["KubeWorker", "run_kube_worker"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 CONFIGMAP_LIMIT = 900 * 1024
 """Largest result (JSON bytes) a worker stores in a ConfigMap (whose data may hold 1 MiB in all)."""
@@ -116,6 +118,7 @@ class KubeWorker:
         policy: RetryPolicy | None = None,
         watch_timeout: float = 30.0,
         resync_seconds: float = 30.0,
+        report_patience: float = 300.0,
     ) -> None:
         self.api = api_client
         self.pod = pod_name
@@ -126,6 +129,7 @@ class KubeWorker:
         self.policy = policy or RetryPolicy()
         self.watch_timeout = watch_timeout
         self.resync_seconds = resync_seconds
+        self.report_patience = report_patience
         self.ready = threading.Event()
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.pending: dict[str, dict[str, Any]] = {}
@@ -236,21 +240,51 @@ class KubeWorker:
 
     # -- one task --------------------------------------------------------------------------------
 
+    def patiently(self, what: str, call: Callable[..., _T], *args: Any) -> _T:
+        """``call(*args)``, again and again while the API server is away (no answer, 429, 503, 504).
+
+        A worker holding a claimed task or a finished result must not drop it because the API
+        server restarts: the task would stay ``Running`` on a healthy pod that nobody takes it
+        back from. It gives up (raises) after ``report_patience`` seconds.
+        """
+        deadline = time.monotonic() + self.report_patience
+        backoff = 0.25
+        while True:
+            try:
+                return call(*args)
+            except ApiUnavailableError as exc:
+                if time.monotonic() + backoff > deadline:
+                    raise
+                log.warning("%s: the API server is away (%s); trying again in %.1fs", what, exc, backoff)
+                time.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+
     def claim(self, body: dict[str, Any]) -> dict[str, Any] | None:
-        """Scheduled → Running for this pod; None when the task is no longer ours to run."""
+        """Scheduled → Running for this pod; None when the task is no longer ours to run.
+
+        A claim whose answer was lost (the API server went away mid-request) may have been
+        written: the task read back ``Running`` on this pod with the attempt this claim counts
+        is then ours.
+        """
+        name = body["metadata"]["name"]
+        claiming = int((body.get("status") or {}).get("attempts") or 0) + 1
         for _ in range(5):
             if not self._mine(body):
-                return None
-            name = body["metadata"]["name"]
-            try:
-                return self.patch_status(
-                    name, running_status(body.get("status") or {}, pod=self.pod, now=now_utc()),
-                    body["metadata"]["resourceVersion"],
+                status = body.get("status") or {}
+                mine_already = (
+                    status.get("phase") == Phase.RUNNING.value
+                    and (status.get("workerRef") or {}).get("pod") == self.pod
+                    and int(status.get("attempts") or 0) == claiming
                 )
+                return body if mine_already else None
+            running = running_status(body.get("status") or {}, pod=self.pod, now=now_utc())
+            version = body["metadata"]["resourceVersion"]
+            try:
+                return self.patiently(f"claim {name}", self.patch_status, name, running, version)
             except ApiError as exc:
                 if exc.status != 409:
                     raise
-            fresh = self.get_task(name)
+            fresh = self.patiently(f"read {name}", self.get_task, name)
             if fresh is None:
                 return None
             body = fresh
@@ -281,17 +315,31 @@ class KubeWorker:
                     name, attempt, status.get("phase"), status.get("attempts"),
                 )
                 return False
+            report = build(status, current["metadata"].get("creationTimestamp"))
+            version = current["metadata"]["resourceVersion"]
             try:
-                self.patch_status(
-                    name, build(status, current["metadata"].get("creationTimestamp")),
-                    current["metadata"]["resourceVersion"],
-                )
+                self.patiently(f"report {name}", self.patch_status, name, report, version)
                 return True
             except ApiError as exc:
                 if exc.status not in (404, 409):
                     raise
-            current = self.get_task(name)
+            current = self.patiently(f"read {name}", self.get_task, name)
+            if current is not None and self._reported(current, attempt):
+                return True  # an earlier try was written, its answer lost with the API server
         return False
+
+    def _reported(self, body: dict[str, Any], attempt: int) -> bool:
+        """Whether ``body`` already carries this pod's report of ``attempt``."""
+        status = body.get("status") or {}
+        history = status.get("history") or []
+        last = history[-1] if history else {}
+        return (
+            status.get("phase") != Phase.RUNNING.value
+            and int(status.get("attempts") or 0) == attempt
+            and last.get("attempt") == attempt
+            and last.get("worker") == self.pod
+            and bool(last.get("outcome"))
+        )
 
     def inputs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         spec = body.get("spec") or {}
