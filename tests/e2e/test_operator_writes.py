@@ -5,8 +5,9 @@ Real: the API server (whose own ``apiserver_request_total`` counters are read be
 processes on the ``busy`` model (:mod:`e2e_operators`). Simulated: only the kubelets.
 
 A hundred tasks are created at once on a cluster with fewer slots than tasks, so most of them wait
-for a slot: waiting must not cost a write. The writes to InferenceTasks (status included) and the
-Events posted while they run, less the hundred creates, must be at most three per task: the operator's
+for a slot: waiting must not cost a write. The writes to InferenceTasks (status included, counted by
+the API server) and the Events about them (counted from the Events), less the hundred creates, must be
+at most three per task: the operator's
 ``Scheduled``, the worker's ``Running`` and ``Succeeded``. A label mirroring the assignment, a
 ``Queued`` write for each waiting task or an Event per success would each break the bound.
 """
@@ -60,8 +61,9 @@ def test_a_successful_task_costs_at_most_three_writes_besides_its_creation(
     counted = per_task(before, parse_request_totals(kube.raw_get("/metrics")), TASKS)
     sys.stdout.write(f"API writes for {TASKS} tasks: {counted}\n")
 
-    assert counted["task_creates"] == TASKS, counted
-    assert counted["task_writes_per_task"] <= 3.0, counted
-    assert counted["task_writes_besides_create"] >= 3 * TASKS, counted  # each one did get its three moves
     events = [e for e in kube.core.list_namespaced_event(namespace).items if e.involved_object.kind == "InferenceTask"]
+    event_writes = sum(e.count or 1 for e in events)  # a repeated Event is one object whose count was patched
+    assert counted["task_creates"] == TASKS, counted
+    assert counted["task_writes_besides_create"] + event_writes <= 3 * TASKS, (counted, event_writes)
+    assert counted["task_writes_besides_create"] >= 3 * TASKS, counted  # each one did get its three moves
     assert events == [], [(e.involved_object.name, e.reason) for e in events]

@@ -55,7 +55,7 @@ async def test_a_new_operator_adopts_tasks_a_killed_one_left_assigned(dep: Deplo
             status.update(assigned_status(status, pod=pod, node=None, now=now))
         await dep.api.patch_task_status(NS, name, status)
 
-    second = await dep.start_operator()
+    await dep.start_operator()
     bodies = {n: await eventually(lambda n=n: _finished(dep, n), what=f"{n} finished") for n in cases}
     for name, body in bodies.items():
         assert phase(body) == "Succeeded", (name, body["status"])

@@ -19,6 +19,7 @@ the same inputs through one TaskRunner called directly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -142,6 +143,11 @@ def run_e2e_benchmark(
         load_after = os.getloadavg()
         peak = _rss_mib(operator.pid, "VmHWM")
     finally:
+        if operator is not None and operator.poll() is None:  # its finalizer goes while the operator runs
+            kube.delete({"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceCluster",
+                         "metadata": {"name": "bench", "namespace": namespace}})
+            with contextlib.suppress(Exception):  # cleanup only: the namespace deletion below still runs
+                kube.wait_gone(f"{GROUP}/{VERSION}", "InferenceCluster", "bench", namespace, timeout=120)
         if operator is not None and operator.poll() is None:
             operator.terminate()
             try:
