@@ -42,6 +42,9 @@ from typing import Any
 import kopf
 
 from legacygpu.core.kube.contract import (
+    CLUSTER_PLURAL,
+    GROUP,
+    VERSION,
     TaskStatus,
     assigned_status,
     format_time,
@@ -52,6 +55,7 @@ from legacygpu.core.kube.errors import ApiConflictError, ApiError, ApiNotFoundEr
 from legacygpu.core.scheduling import STRATEGIES
 from legacygpu.core.tasks import ASSIGNED_PHASES, Phase
 from legacygpu.operator import events
+from legacygpu.operator.autoscaling import ScaleReason, autoscale, autoscaling_spec
 from legacygpu.operator.clusterstate import PodView, cluster_status, desired_workers, plan_scale, worker_infos
 from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Desired, conditions_changed, find
 from legacygpu.operator.events import EventReason
@@ -264,6 +268,43 @@ async def _tasks(
     return wakes
 
 
+async def _autoscale(
+    rt: OperatorRuntime, body: Mapping[str, Any], spec: dict[str, Any], tasks: Sequence[TaskView],
+    previous: Mapping[str, Any], now: datetime.datetime,
+) -> tuple[Desired, str | None]:
+    """Apply :func:`~legacygpu.operator.autoscaling.autoscale`: write ``spec.replicas`` when it changes.
+
+    ``spec`` is updated in place so the rest of the pass already works to the new number. The
+    condition's message names the decision, not the counts (a message changing with every task
+    would be a status write per pass).
+    """
+    meta = body["metadata"]
+    autoscaling = autoscaling_spec(spec) or {}
+    phases = Counter(t.phase for t in tasks)
+    current = int(spec.get("replicas", 1))
+    decision = autoscale(
+        autoscaling, current=current,
+        waiting=phases[Phase.PENDING] + phases[Phase.QUEUED],
+        in_flight=phases[Phase.SCHEDULED] + phases[Phase.RUNNING],
+        low_since=(previous.get("autoscaling") or {}).get("lowSince"), now=now,
+    )
+    if decision.changes(current):
+        await rt.api.patch(GROUP, VERSION, CLUSTER_PLURAL, meta["namespace"], meta["name"],
+                           {"spec": {"replicas": decision.replicas}})  # fmt: skip
+        spec["replicas"] = decision.replicas
+        events.post(body, "Normal", decision.reason, decision.message)
+    target = autoscaling.get("targetLoadPerWorker", 4)
+    last = find(previous.get("conditions"), ClusterCondition.AUTOSCALED)
+    if decision.reason == ScaleReason.AT_TARGET and last and last.get("reason") in ScaleReason.CHANGES:
+        # at the number the last scaling chose: that scaling stays the explanation
+        return Desired(ClusterCondition.AUTOSCALED, True, last["reason"], last["message"]), None
+    if decision.reason == ScaleReason.WAITING_TO_SCALE_DOWN:
+        message = f"{decision.replicas} workers; fewer suffice: scaling down after the scale-down delay"
+    else:
+        message = f"{decision.replicas} workers for the load at {target} tasks per worker"
+    return Desired(ClusterCondition.AUTOSCALED, True, decision.reason, message), decision.low_since
+
+
 def _scale_event(body: Mapping[str, Any], previous: Mapping[str, Any], status: Mapping[str, Any]) -> None:
     """``Scaled`` when the number of wanted workers changed since the last status written."""
     old, new = previous.get("desiredWorkers"), status["desiredWorkers"]
@@ -319,6 +360,12 @@ async def reconcile_cluster(
     task_list = rt.tasks_seen(indexed_tasks)
     problem = cluster_problem(spec)
     extra = []
+    previous = rt.cluster_status.get(key) or dict(body.get("status") or {})
+    low_since = None
+    if problem is None and not spec.get("suspend") and autoscaling_spec(spec) is not None:
+        scaled = await _autoscale(rt, body, spec, task_list, previous, now)
+        extra.append(scaled[0])
+        low_since = scaled[1]
     if problem is None:
         assigned = Counter(t.worker for t in task_list if t.phase in ASSIGNED_PHASES and t.worker)
         refusal = await _children(rt, body, pod_list, assigned, logger)
@@ -339,7 +386,6 @@ async def reconcile_cluster(
     final = rt.tasks_seen(indexed_tasks)
     phases = Counter(t.phase for t in final)
     assigned = Counter(t.worker for t in final if t.phase in ASSIGNED_PHASES and t.worker)
-    previous = rt.cluster_status.get(key) or dict(body.get("status") or {})
     status = cluster_status(
         spec=spec,
         generation=meta.get("generation"),
@@ -352,6 +398,8 @@ async def reconcile_cluster(
         now=now,
         extra_conditions=extra,
     )
+    if low_since is not None:
+        status["autoscaling"] = {"lowSince": low_since}
     delay = rt.config.resync_seconds
     if status != {k: previous.get(k) for k in status}:
         counts_only = all(

@@ -80,7 +80,7 @@ def run_e2e_benchmark(
     state = cluster.up()
     kube = Kube(state.kubeconfig, cluster)
     namespace = kube.create_namespace("bench")
-    logs = out / "logs"
+    logs = REPO / ".cache" / "bench-operator-e2e"  # the operator's log and kubeconfig (a token): never committed
     logs.mkdir(parents=True, exist_ok=True)
     kube.set_worker_command(" ".join([
         sys.executable, "-m", "legacygpu.cli", "worker", "start", "--kubernetes", "--backend", "onnxruntime",
@@ -91,7 +91,7 @@ def run_e2e_benchmark(
         kube.apply(all_crds())
         kube.apply(rbac_manifests(namespace=namespace))
         token = kube.token(namespace, "legacygpu-operator")
-        kubeconfig = kube.kubeconfig_for_token(token, out / "logs" / "operator.kubeconfig", namespace)
+        kubeconfig = kube.kubeconfig_for_token(token, logs / "operator.kubeconfig", namespace)
         operator = subprocess.Popen(
             [sys.executable, "-m", "legacygpu.cli", "operator", "run", "--kubeconfig", str(kubeconfig),
              "--namespace", namespace, "--no-metrics", "--worker-image", "legacygpu/worker:bench",
