@@ -263,32 +263,50 @@ class KubeWorker:
         """Scheduled → Running for this pod; None when the task is no longer ours to run.
 
         A claim whose answer was lost (the API server went away mid-request) may have been
-        written: the task read back ``Running`` on this pod with the attempt this claim counts
-        is then ours.
+        written: after such a try, the task read back ``Running`` on this pod with the attempt
+        this claim counts is ours. (Without a lost answer it is not: another process with this
+        pod's name, e.g. a restarted container, claimed it.)
         """
         name = body["metadata"]["name"]
         claiming = int((body.get("status") or {}).get("attempts") or 0) + 1
+        uncertain = False
         for _ in range(5):
             if not self._mine(body):
                 status = body.get("status") or {}
-                mine_already = (
-                    status.get("phase") == Phase.RUNNING.value
+                written_by_us = (
+                    uncertain
+                    and status.get("phase") == Phase.RUNNING.value
                     and (status.get("workerRef") or {}).get("pod") == self.pod
                     and int(status.get("attempts") or 0) == claiming
                 )
-                return body if mine_already else None
+                return body if written_by_us else None
             running = running_status(body.get("status") or {}, pod=self.pod, now=now_utc())
-            version = body["metadata"]["resourceVersion"]
-            try:
-                return self.patiently(f"claim {name}", self.patch_status, name, running, version)
-            except ApiError as exc:
-                if exc.status != 409:
-                    raise
+            answer, maybe_written = self._claim_write(name, running, body["metadata"]["resourceVersion"])
+            uncertain = uncertain or maybe_written
+            if answer is not None:
+                return answer
             fresh = self.patiently(f"read {name}", self.get_task, name)
             if fresh is None:
                 return None
             body = fresh
         return None
+
+    def _claim_write(self, name: str, running: TaskStatus, version: str) -> tuple[dict[str, Any] | None, bool]:
+        """The claim's write: (the answer, or None on 409; whether a try without an answer was made)."""
+        try:
+            return self.patch_status(name, running, version), False
+        except ApiUnavailableError:
+            pass
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            return None, False
+        try:
+            return self.patiently(f"claim {name}", self.patch_status, name, running, version), True
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            return None, True
 
     def finish(self, body: dict[str, Any], build: Any) -> bool:
         """Write ``build(status, created)`` if the claimed attempt is still current.
