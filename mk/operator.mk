@@ -1,6 +1,6 @@
 # The Kubernetes operator: CRDs, tests, benchmark (issue 4).
 
-.PHONY: crds test-operator bench-operator
+.PHONY: crds test-operator bench-operator bench-operator-e2e
 
 crds: setup ## regenerate crds/ from the schema source (the drift test compares them)
 	$(LEGACYGPU) operator crds --output-dir crds
@@ -8,5 +8,12 @@ crds: setup ## regenerate crds/ from the schema source (the drift test compares 
 test-operator: setup ## unit and integration tests of the operator and the Kubernetes worker loop
 	$(PY) -m pytest tests/operator -q
 
-bench-operator: setup ## 1,000 tasks through the operator with 8 workers: tasks/s, time to assignment, peak RSS (JSON + PNG)
+bench-operator: setup ## 1,000 tasks through the operator with 8 workers (JSON + PNG); MODE=e2e: on the real kube-apiserver
+ifeq ($(MODE),e2e)
+	$(PY) -m legacygpu.testing.bench_operator --apiserver e2e --tasks 1000 --workers 8 --out docs/benchmarks/operator-e2e
+else
 	$(PY) -m legacygpu.testing.bench_operator --tasks 1000 --workers 8 --out bench-results/operator
+endif
+
+bench-operator-e2e: ## make bench-operator MODE=e2e: tasks/s, latency, API writes per task, operator RSS on the e2e control plane
+	$(MAKE) bench-operator MODE=e2e

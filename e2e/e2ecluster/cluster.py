@@ -389,6 +389,24 @@ class Cluster:
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             path.chmod(0o600)
 
+    # -- faults ----------------------------------------------------------------------------
+    def restart_apiserver(self, *, down_seconds: float = 3.0, timeout: float = 120.0) -> float:
+        """Stop kube-apiserver, leave it down ``down_seconds``, start it again on the same port.
+
+        etcd, the controllers, the scheduler and the simulator stay up; every client sees its
+        connections reset and its requests refused until ``/readyz`` answers again. Returns the
+        seconds the API server was unreachable (stop to ready).
+        """
+        state = self.load_state()
+        if state is None or not self.is_running():
+            raise StartupError("the e2e cluster is not running")
+        stopped_at = time.monotonic()
+        procs.stop(state.pids["kube-apiserver"], state.markers["kube-apiserver"])
+        time.sleep(down_seconds)
+        self._start(state, "kube-apiserver", self._apiserver_argv(self.kube_bin(), state))
+        self._wait(state, "kube-apiserver", f"{state.server}/readyz", time.monotonic() + timeout)
+        return time.monotonic() - stopped_at
+
     # -- stop ------------------------------------------------------------------------------
     def down(self) -> list[str]:
         """Stop every recorded component (simulator first, etcd last); return those stopped."""

@@ -278,6 +278,10 @@ class Kube:
         """Command template for worker pods started from now on (see e2ecluster.podenv)."""
         self._need_cluster().set_worker_command(template)
 
+    def restart_apiserver(self, *, down_seconds: float = 3.0) -> float:
+        """Stop and restart kube-apiserver (etcd stays); seconds it was unreachable."""
+        return self._need_cluster().restart_apiserver(down_seconds=down_seconds)
+
     def pod_dir(self, namespace: str, name: str) -> Path:
         """Where the simulator keeps a pod's credentials, process log and pid file."""
         return self._need_cluster().root / "pods" / f"{namespace}_{name}"

@@ -7,52 +7,21 @@ Lease Role). No worker processes are needed: the test watches the operator's own
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_operators import API, lease_holder, operator_replicas
 from e2ecluster import Kube
-
-from legacygpu.operator.crdgen import all_crds
-from legacygpu.operator.rbac import rbac_manifests
-
-API = "legacygpu.io/v1alpha1"
 
 pytestmark = pytest.mark.slow
 
 
-def _replica(kubeconfig: Path, namespace: str, identity: str, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "legacygpu.cli", "operator", "run", "--kubeconfig", str(kubeconfig),
-         "--namespace", namespace, "--no-metrics", "--leader-elect", "--lease-namespace", namespace,
-         "--identity", identity],
-        stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )
-
-
 @pytest.fixture
 def replicas(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    kube.apply(all_crds())
-    kube.apply(rbac_manifests(namespace=namespace))
-    kubeconfig = kube.kubeconfig_for_token(kube.token(namespace, "legacygpu-operator"), tmp_path / "kc", namespace)
-    running = {name: _replica(kubeconfig, namespace, name, tmp_path / f"{name}.log") for name in ("a", "b")}
-    try:
+    with operator_replicas(kube, namespace, tmp_path) as running:
         yield running
-    finally:
-        for process in running.values():
-            process.terminate()
-        for process in running.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def _holder(kube: Kube, namespace: str) -> str | None:
-    lease = kube.get("coordination.k8s.io/v1", "Lease", "legacygpu-operator", namespace)
-    return ((lease or {}).get("spec") or {}).get("holderIdentity") or None
 
 
 def _pods(kube: Kube, namespace: str, cluster: str) -> list[Any]:
@@ -62,7 +31,7 @@ def _pods(kube: Kube, namespace: str, cluster: str) -> list[Any]:
 def test_one_replica_leads_and_the_other_takes_over(
     kube: Kube, namespace: str, replicas: dict[str, subprocess.Popen[bytes]]
 ) -> None:
-    leader = kube.wait_for(lambda: _holder(kube, namespace), timeout=60, what="a lease holder")
+    leader = kube.wait_for(lambda: lease_holder(kube, namespace), timeout=60, what="a lease holder")
     standby = "b" if leader == "a" else "a"
     cluster = {"apiVersion": API, "kind": "InferenceCluster", "metadata": {"name": "first"},
                "spec": {"replicas": 1, "gpusPerWorker": 0}}
@@ -71,7 +40,7 @@ def test_one_replica_leads_and_the_other_takes_over(
 
     replicas[leader].terminate()  # a clean exit releases the lease
     replicas[leader].wait(timeout=30)
-    kube.wait_for(lambda: _holder(kube, namespace) == standby, timeout=60, what="the standby takes the lease")
+    kube.wait_for(lambda: lease_holder(kube, namespace) == standby, timeout=60, what="the standby takes the lease")
     second = {**cluster, "metadata": {"name": "second"}}
     kube.apply(second, namespace)
     kube.wait_for(lambda: _pods(kube, namespace, "second"), timeout=60, what="the new leader's worker pod")

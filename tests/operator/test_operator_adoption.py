@@ -1,12 +1,13 @@
 """A new operator adopts every in-flight task, whatever state a killed one left it in.
 
-The operator assigns a task in two writes: ``status.workerRef`` (the truth),
-then the ``legacygpu.io/worker`` label (what the worker's watch selects on). An
-operator killed between the two leaves a ``Scheduled`` task its worker cannot
-see. These tests build exactly those states by hand while no operator runs
-(the emulated API server, see operator_harness), then start one: it must put
-the label right and the tasks must finish, each once. The kill -9 of a real
-leader on the real API server is tests/e2e/test_operator_failover.py.
+The operator assigns a task in one write, ``status.workerRef.pod``, which the
+worker's watch selects on (a field selector): an operator killed at any point
+leaves a task either unassigned or assigned and visible to its worker. Labels
+an older operator wrote (``legacygpu.io/worker``) no longer matter. These tests
+build such states by hand while no operator runs (the emulated API server, see
+operator_harness), then start one: the tasks must finish, each once, with no
+Event for a success. The kill -9 of a real leader on the real API server is
+tests/e2e/test_operator_failover.py.
 """
 
 from __future__ import annotations
@@ -33,16 +34,16 @@ async def _finished(dep: Deployment, name: str) -> dict[str, Any] | None:
     return body if phase(body) in ("Succeeded", "Failed") else None
 
 
-async def test_a_new_operator_repairs_labels_a_killed_one_left_wrong(dep: Deployment) -> None:
+async def test_a_new_operator_adopts_tasks_a_killed_one_left_assigned(dep: Deployment) -> None:
     first = await dep.start_operator()
     await dep.create(cluster_manifest("c", replicas=1, tasksPerWorker=4))
     pod = await eventually(lambda: _ready_pod(dep, "c"), what="one ready worker")
     await first.close()  # from here on, the state a killed operator could leave behind
     now = now_utc()
     cases = {
-        "no-label": None,  # killed after the status write, before the label
-        "wrong-label": f"{pod}-gone",  # a label from an earlier assignment
-        "queued-labelled": pod,  # requeued, the label not yet removed
+        "assigned": None,  # killed right after its status write
+        "stale-label": f"{pod}-gone",  # a label an older operator left from an earlier assignment
+        "queued-labelled": pod,  # requeued, an old label never removed
     }
     for name, label in cases.items():
         manifest = task_manifest(name, "c", [FLAT])
@@ -54,13 +55,11 @@ async def test_a_new_operator_repairs_labels_a_killed_one_left_wrong(dep: Deploy
             status.update(assigned_status(status, pod=pod, node=None, now=now))
         await dep.api.patch_task_status(NS, name, status)
 
-    second = await dep.start_operator()
+    await dep.start_operator()
     bodies = {n: await eventually(lambda n=n: _finished(dep, n), what=f"{n} finished") for n in cases}
     for name, body in bodies.items():
         assert phase(body) == "Succeeded", (name, body["status"])
         assert body["status"]["attempts"] == 1, (name, body["status"])
         assert body["status"]["workerRef"]["pod"] == pod
-    assert second.runtime is not None
-    assert second.runtime.metrics.label_repairs._value.get() >= 2  # the two assigned tasks were relabelled
-    completed = [e for e in await dep.events() if e.get("reason") == "Completed"]
-    assert sorted(e["involvedObject"]["name"] for e in completed) == sorted(cases)
+    about_tasks = [e for e in await dep.events() if e["involvedObject"].get("kind") == "InferenceTask"]
+    assert about_tasks == [], about_tasks  # successes are in the status, not in Events

@@ -131,7 +131,6 @@ def _worker(server: EmulatorThread, pod: str, runner: _Runner) -> Any:
 
 async def _scheduled(api: KubeApi, name: str, pod: str, attempts: int = 0) -> dict[str, Any]:
     await api.create(G, V, TASK_PLURAL, NS, task(name))
-    await api.patch_task_labels(NS, name, {LABEL_WORKER: pod})
     return await api.patch_task_status(NS, name, {
         "phase": "Scheduled", "attempts": attempts, "workerRef": {"pod": pod}, "scheduledTime": format_time(now_utc()),
     })

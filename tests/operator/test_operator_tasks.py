@@ -57,7 +57,7 @@ async def test_examples_run_end_to_end(dep: Deployment) -> None:
     assert status["reason"] == "Completed" and status["attempts"] == 1
     pods = {p["metadata"]["name"] for p in await dep.pods("digits")}
     assert status["workerRef"]["pod"] in pods and status["workerRef"]["node"].startswith("gpu-node-")
-    assert bodies["digit-tensor"]["metadata"]["labels"]["legacygpu.io/worker"] == status["workerRef"]["pod"]
+    assert "legacygpu.io/worker" not in (bodies["digit-tensor"]["metadata"].get("labels") or {})  # one write assigns
     times = [parse_time(status[k]) for k in ("queuedTime", "scheduledTime", "startTime", "completionTime")]
     assert times == sorted(times)
     assert status["latency"]["totalSeconds"] >= status["latency"]["runSeconds"] > 0
@@ -68,8 +68,8 @@ async def test_examples_run_end_to_end(dep: Deployment) -> None:
     low = [parse_time(bodies[f"digit-batch-{i}"]["status"]["scheduledTime"]) for i in range(3, 10)]
     assert max(high) <= max(low)  # priority 10 placed no later than the rest
 
-    await events_when(dep, "digit-tensor", lambda evs: {"Assigned", "Completed"} <= {e["reason"] for e in evs},
-                      what="Assigned and Completed Events")
+    # Successes cost no Events: assignment and completion are in the status (three writes a task).
+    assert [e for e in await dep.events() if e["involvedObject"].get("kind") == "InferenceTask"] == []
 
     async def counts_settled() -> bool:
         status = (await dep.cluster("digits"))["status"]

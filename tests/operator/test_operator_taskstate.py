@@ -171,6 +171,19 @@ def test_ttl_deletes_finished_tasks_only_when_due() -> None:
     assert run(view("Succeeded", status=finished), at=1000) is None
 
 
+def test_the_operator_default_ttl_applies_where_the_spec_sets_none() -> None:
+    finished = {"completionTime": format_time(T0 + datetime.timedelta(seconds=2))}
+    now = T0 + datetime.timedelta(seconds=100)
+
+    def decided(task: TaskView, default: int | None) -> Any:
+        return decide(task, cluster_exists=True, pods={}, now=now, policy=POLICY, default_ttl_seconds=default)
+
+    assert decided(view("Succeeded", status=finished), 60).delete is True
+    assert decided(view("Succeeded", status=finished), 600).wake_at == T0 + datetime.timedelta(seconds=602)
+    assert decided(view("Succeeded", status=finished), None) is None  # --finished-task-ttl -1 keeps it
+    assert decided(view("Succeeded", status=finished, ttlSecondsAfterFinished=1000), 60).delete is False  # spec wins
+
+
 def _workers(*specs: tuple[str, int, int]) -> list[WorkerInfo]:
     return [WorkerInfo(id=i, assigned=a, capacity=c, vram_mib=8192, gpu_family="polaris") for i, a, c in specs]
 

@@ -81,6 +81,10 @@ def rbac(namespace: str, worker_namespaces: tuple[str, ...]) -> None:
 @click.option("--lease-name", default="legacygpu-operator", show_default=True, help="Name of the Lease.")
 @click.option("--identity", envvar="POD_NAME", default=None,
               help="This replica's name in the Lease; default: the host name.")
+@click.option("--finished-task-ttl", envvar="LEGACYGPU_OPERATOR_FINISHED_TASK_TTL", type=click.IntRange(min=-1),
+              default=3600, show_default=True, metavar="SECONDS",
+              help="Delete finished tasks this long after they end unless their spec.ttlSecondsAfterFinished "
+              "says otherwise; -1 keeps them.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="Logging verbosity.")
 def run(
@@ -98,6 +102,7 @@ def run(
     lease_namespace: str,
     lease_name: str,
     identity: str | None,
+    finished_task_ttl: int,
     log_level: str,
 ) -> None:
     """Reconcile InferenceClusters and InferenceTasks until SIGTERM/SIGINT."""
@@ -117,6 +122,7 @@ def run(
         leader_election=leader_elect,
         lease_namespace=lease_namespace,
         lease_name=lease_name,
+        finished_task_ttl_seconds=None if finished_task_ttl < 0 else finished_task_ttl,
         **extra,
     )
     try:

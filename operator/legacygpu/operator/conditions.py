@@ -38,6 +38,9 @@ class ClusterCondition:
     by RBAC, or unable to load a model it serves."""
     SUSPENDED = "Suspended"
     """spec.suspend is true and the workers are removed."""
+    AUTOSCALED = "Autoscaled"
+    """With spec.autoscaling: what the autoscaler last decided and why (reason ScaledUp, ScaledDown,
+    WaitingToScaleDown or AtTarget)."""
 
 
 CLUSTER_CONDITIONS = (

@@ -18,6 +18,11 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"LEGACYGPU_OPERATOR_{name}", default)
 
 
+def _ttl(value: str) -> int | None:
+    seconds = int(value)
+    return None if seconds < 0 else seconds
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     """Everything the operator can be told."""
@@ -46,5 +51,8 @@ class OperatorConfig:
     retry_cap_seconds: float = 60.0
     api_concurrency: int = 8
     """Parallel API calls a reconcile pass makes."""
+    finished_task_ttl_seconds: int | None = field(default_factory=lambda: _ttl(_env("FINISHED_TASK_TTL", "3600")))
+    """Delete a finished task this long after it finished unless its spec.ttlSecondsAfterFinished says
+    otherwise; None keeps finished tasks (``--finished-task-ttl -1``)."""
     task_events: bool = True
     """Post Kubernetes Events for task transitions (cluster events are always posted)."""

@@ -34,7 +34,6 @@ class EventReason:
     RESUMED = "Resumed"
     INVALID_SPEC = "InvalidSpec"
     CLUSTER_DELETED = "ClusterDeleted"
-    TASK_ASSIGNED = "Assigned"
 
 
 def post(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

@@ -75,11 +75,6 @@ class OperatorMetrics:
             ["phase", "reason"],
             registry=r,
         )
-        self.label_repairs = Counter(
-            "legacygpu_operator_task_label_repairs_total",
-            "Task worker labels the operator found out of step with status.workerRef and rewrote.",
-            registry=r,
-        )
         self.workers = Gauge(
             "legacygpu_operator_workers", "Worker pods by state.", ["namespace", "cluster", "state"], registry=r
         )

@@ -14,9 +14,12 @@ overlays), decides with the pure functions of :mod:`clusterstate` and
    next pass, while tasks keep being cancelled, timed out and cleaned up;
 2. **tasks**: apply :func:`~legacygpu.operator.taskstate.decide` to every
    task (admit, requeue from lost workers, deadlines, cancellation, TTL),
-   then place queued tasks with the cluster's strategy. A task admitted and
-   placed in the same pass gets one write (Pending → Queued → Scheduled,
-   each move checked by the state machine). Every write carries the
+   then place queued tasks with the cluster's strategy. A valid new task is
+   admitted and placed in one write (Pending → Queued → Scheduled, each move
+   checked by the state machine); while no worker slot is free it stays
+   ``Pending`` unwritten, so a successful task costs the operator one write
+   whether or not it waited (only a cluster that places nothing, suspended
+   or invalid, marks its new tasks ``Queued``). Every write carries the
    resourceVersion it was decided on: a 409 means the object moved on (a
    worker claimed it, a user cancelled it) and the pass is simply run again;
 3. **status**: written only when it changed (counts at most once a second).
@@ -39,9 +42,8 @@ from typing import Any
 import kopf
 
 from legacygpu.core.kube.contract import (
+    CLUSTER_PLURAL,
     GROUP,
-    LABEL_WORKER,
-    TASK_PLURAL,
     VERSION,
     TaskStatus,
     assigned_status,
@@ -53,6 +55,7 @@ from legacygpu.core.kube.errors import ApiConflictError, ApiError, ApiNotFoundEr
 from legacygpu.core.scheduling import STRATEGIES
 from legacygpu.core.tasks import ASSIGNED_PHASES, Phase
 from legacygpu.operator import events
+from legacygpu.operator.autoscaling import ScaleReason, autoscale, autoscaling_spec
 from legacygpu.operator.clusterstate import PodView, cluster_status, desired_workers, plan_scale, worker_infos
 from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Desired, conditions_changed, find
 from legacygpu.operator.events import EventReason
@@ -60,7 +63,7 @@ from legacygpu.operator.pods import build_service, build_worker_pod, new_pod_nam
 from legacygpu.operator.runtime import ClusterKey, OperatorRuntime
 from legacygpu.operator.taskstate import TaskView, decide, plan_assignments, task_view
 
-__all__ = ["cluster_problem", "reconcile_cluster", "repair_labels", "set_worker_label", "wanted_label", "write_task"]
+__all__ = ["cluster_problem", "reconcile_cluster", "write_task"]
 
 _STATUS_COUNTS_EVERY = 1.0
 _SERVICE_CHECK_EVERY = 60.0
@@ -87,9 +90,14 @@ async def write_task(
     status: TaskStatus,
     *,
     event: tuple[str, str, str] | None = None,
-    worker_label: str | None = None,
 ) -> bool:
-    """Write ``status`` if the task is still at the version it was decided on; True when written."""
+    """Write ``status`` if the task is still at the version it was decided on; True when written.
+
+    One write per move, and that is the whole assignment: the worker selects
+    its tasks on ``status.workerRef.pod``, so nothing else (a label, an
+    Event) has to follow and nothing is left half done if the operator dies
+    right after.
+    """
     try:
         body = await rt.api.patch_task_status(
             task.namespace, task.name, dict(status), resource_version=task.resource_version or None
@@ -107,61 +115,9 @@ async def write_task(
         created = parse_time(task.created)
         if created is not None:
             rt.metrics.assignment.observe(max(0.0, (now_utc() - created).total_seconds()))
-    if worker_label is not None:
-        await set_worker_label(rt, task, worker_label)
-    elif phase == Phase.QUEUED and task.label_worker:
-        await set_worker_label(rt, task, None)
     if event is not None and rt.config.task_events:
         events.post(task.ref(), *event)
     return True
-
-
-async def set_worker_label(rt: OperatorRuntime, task: TaskView, worker: str | None, *, repair: bool = False) -> None:
-    """Point the ``legacygpu.io/worker`` label at ``worker`` (None removes it).
-
-    The status write (``workerRef``, the truth) and this label (what a worker's
-    watch selects on) are two API calls: an operator killed between them leaves
-    a task assigned to a worker that cannot see it. :func:`repair_labels` puts
-    the label right on every pass, so such a task moves again as soon as any
-    replica leads. A write that fails is left to that repair too.
-    """
-    meta: dict[str, Any] = {"labels": {LABEL_WORKER: worker}}
-    if repair and task.resource_version:
-        meta["resourceVersion"] = task.resource_version  # decided on this version: a 409 waits for the next pass
-    try:
-        await rt.api.patch(GROUP, VERSION, TASK_PLURAL, task.namespace, task.name, {"metadata": meta})
-    except (ApiNotFoundError, ApiConflictError, ApiUnavailableError):
-        return
-    rt.labelled(task.namespace, task.name, worker)
-    if repair:
-        rt.metrics.label_repairs.inc()
-
-
-def wanted_label(task: TaskView) -> str | None:
-    """The label a task should carry: its worker while assigned, none while queued; finished tasks keep theirs."""
-    if task.phase in ASSIGNED_PHASES:
-        return task.worker
-    if task.phase in (Phase.PENDING, Phase.QUEUED):
-        return None
-    return task.label_worker
-
-
-def repair_labels(rt: OperatorRuntime, tasks: Iterable[TaskView], skip: set[tuple[str, str]]) -> list[Any]:
-    """Label writes for tasks whose label disagrees with their ``workerRef`` (and that no write in flight fixes).
-
-    A label this runtime wrote recently is trusted while the watch catches
-    up, so a lagging index costs no second write; a new leader has written
-    nothing yet and so repairs every task it finds wrong.
-    """
-    repairs = []
-    for task in tasks:
-        if (task.namespace, task.name) in skip:
-            continue
-        wanted = wanted_label(task)
-        if wanted == task.label_worker or rt.recently_labelled(task.namespace, task.name, wanted):
-            continue
-        repairs.append(set_worker_label(rt, task, wanted, repair=True))
-    return repairs
 
 
 def _refused(reason: str, what: str, exc: ApiError, generated_name: str = "") -> Desired:
@@ -258,13 +214,14 @@ async def _tasks(
     key: ClusterKey = (meta["namespace"], meta["name"])
     pod_map = {p.name: p for p in pods}
     wakes: list[datetime.datetime] = []
-    writes: list[tuple[TaskView, TaskStatus, tuple[str, str, str] | None, str | None]] = []
+    writes: list[tuple[TaskView, TaskStatus, tuple[str, str, str] | None]] = []
     deletes: list[TaskView] = []
     admitted: dict[tuple[str, str], TaskStatus] = {}
     for task in tasks:
         action = decide(
             task, cluster_exists=True, pods=pod_map, now=now, policy=rt.policy,
             grace_seconds=rt.config.cluster_not_found_grace_seconds,
+            default_ttl_seconds=rt.config.finished_task_ttl_seconds,
         )
         if action is None:
             continue
@@ -276,7 +233,7 @@ async def _tasks(
             if task.phase == Phase.PENDING and action.phase == Phase.QUEUED:
                 admitted[task.namespace, task.name] = action.status
             else:
-                writes.append((task, action.status, action.event, None))
+                writes.append((task, action.status, action.event))
     changing = {(t.namespace, t.name) for t, *_ in writes}
     if schedule:
         still = [t for t in tasks if (t.namespace, t.name) not in changing]
@@ -294,15 +251,14 @@ async def _tasks(
             status.update(
                 assigned_status({**original.status, **base}, pod=worker.id, node=pod_map[worker.id].node, now=now)
             )
-            message = f"assigned to worker {worker.id} by {strategy.name}"
-            writes.append((original, status, ("Normal", EventReason.TASK_ASSIGNED, message), worker.id))
-    for (namespace, name), status in admitted.items():
-        original = next(t for t in tasks if t.namespace == namespace and t.name == name)
-        writes.append((original, status, None, None))
-    written = {(t.namespace, t.name) for t, *_ in writes} | {(t.namespace, t.name) for t in deletes}
+            writes.append((original, status, None))
+    if not schedule:  # nothing places tasks now (suspended, invalid spec): say they were accepted
+        for (namespace, name), status in admitted.items():
+            original = next(t for t in tasks if t.namespace == namespace and t.name == name)
+            writes.append((original, status, None))
+    # Otherwise tasks admitted but not placed yet stay Pending: a Queued write would be a second write for each.
     results = await asyncio.gather(
-        *(write_task(rt, t, s, event=e, worker_label=label) for t, s, e, label in writes),
-        *repair_labels(rt, tasks, written),
+        *(write_task(rt, t, s, event=e) for t, s, e in writes),
         *(rt.api.delete_task(t.namespace, t.name) for t in deletes),
         return_exceptions=True,
     )
@@ -310,6 +266,43 @@ async def _tasks(
         if isinstance(outcome, BaseException):
             raise outcome
     return wakes
+
+
+async def _autoscale(
+    rt: OperatorRuntime, body: Mapping[str, Any], spec: dict[str, Any], tasks: Sequence[TaskView],
+    previous: Mapping[str, Any], now: datetime.datetime,
+) -> tuple[Desired, str | None]:
+    """Apply :func:`~legacygpu.operator.autoscaling.autoscale`: write ``spec.replicas`` when it changes.
+
+    ``spec`` is updated in place so the rest of the pass already works to the new number. The
+    condition's message names the decision, not the counts (a message changing with every task
+    would be a status write per pass).
+    """
+    meta = body["metadata"]
+    autoscaling = autoscaling_spec(spec) or {}
+    phases = Counter(t.phase for t in tasks)
+    current = int(spec.get("replicas", 1))
+    decision = autoscale(
+        autoscaling, current=current,
+        waiting=phases[Phase.PENDING] + phases[Phase.QUEUED],
+        in_flight=phases[Phase.SCHEDULED] + phases[Phase.RUNNING],
+        low_since=(previous.get("autoscaling") or {}).get("lowSince"), now=now,
+    )
+    if decision.changes(current):
+        await rt.api.patch(GROUP, VERSION, CLUSTER_PLURAL, meta["namespace"], meta["name"],
+                           {"spec": {"replicas": decision.replicas}})  # fmt: skip
+        spec["replicas"] = decision.replicas
+        events.post(body, "Normal", decision.reason, decision.message)
+    target = autoscaling.get("targetLoadPerWorker", 4)
+    last = find(previous.get("conditions"), ClusterCondition.AUTOSCALED)
+    if decision.reason == ScaleReason.AT_TARGET and last and last.get("reason") in ScaleReason.CHANGES:
+        # at the number the last scaling chose: that scaling stays the explanation
+        return Desired(ClusterCondition.AUTOSCALED, True, last["reason"], last["message"]), None
+    if decision.reason == ScaleReason.WAITING_TO_SCALE_DOWN:
+        message = f"{decision.replicas} workers; fewer suffice: scaling down after the scale-down delay"
+    else:
+        message = f"{decision.replicas} workers for the load at {target} tasks per worker"
+    return Desired(ClusterCondition.AUTOSCALED, True, decision.reason, message), decision.low_since
 
 
 def _scale_event(body: Mapping[str, Any], previous: Mapping[str, Any], status: Mapping[str, Any]) -> None:
@@ -367,6 +360,12 @@ async def reconcile_cluster(
     task_list = rt.tasks_seen(indexed_tasks)
     problem = cluster_problem(spec)
     extra = []
+    previous = rt.cluster_status.get(key) or dict(body.get("status") or {})
+    low_since = None
+    if problem is None and not spec.get("suspend") and autoscaling_spec(spec) is not None:
+        scaled = await _autoscale(rt, body, spec, task_list, previous, now)
+        extra.append(scaled[0])
+        low_since = scaled[1]
     if problem is None:
         assigned = Counter(t.worker for t in task_list if t.phase in ASSIGNED_PHASES and t.worker)
         refusal = await _children(rt, body, pod_list, assigned, logger)
@@ -387,7 +386,6 @@ async def reconcile_cluster(
     final = rt.tasks_seen(indexed_tasks)
     phases = Counter(t.phase for t in final)
     assigned = Counter(t.worker for t in final if t.phase in ASSIGNED_PHASES and t.worker)
-    previous = rt.cluster_status.get(key) or dict(body.get("status") or {})
     status = cluster_status(
         spec=spec,
         generation=meta.get("generation"),
@@ -400,6 +398,8 @@ async def reconcile_cluster(
         now=now,
         extra_conditions=extra,
     )
+    if low_since is not None:
+        status["autoscaling"] = {"lowSince": low_since}
     delay = rt.config.resync_seconds
     if status != {k: previous.get(k) for k in status}:
         counts_only = all(

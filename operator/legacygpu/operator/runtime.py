@@ -40,8 +40,6 @@ ClusterKey = tuple[str, str]
 """(namespace, cluster name)."""
 
 _OVERLAY_TTL = 60.0
-_LABEL_LAG = 10.0
-"""How long a label write is trusted to reach the index before a pass writes it again."""
 
 
 @dataclass
@@ -62,8 +60,6 @@ class OperatorRuntime:
     orphan_checks: set[tuple[str, str]] = field(default_factory=set)
     access: AccessChecker = field(init=False)
     """Cached answers: may a cluster's worker ServiceAccount do a worker's job?"""
-    labels_written: dict[tuple[str, str], tuple[str | None, float]] = field(default_factory=dict)
-    """The worker label last written per task, and when (the watch may not show it yet)."""
 
     def __post_init__(self) -> None:
         self.access = AccessChecker(self.api)
@@ -125,22 +121,6 @@ class OperatorRuntime:
                 del self.task_overlay[key]
             result.append(view)
         return result
-
-    def labelled(self, namespace: str, name: str, worker: str | None) -> None:
-        now = time.monotonic()
-        if len(self.labels_written) > 4096:  # forget labels the watch has long shown (tasks may be deleted)
-            self.labels_written = {k: v for k, v in self.labels_written.items() if now - v[1] < _LABEL_LAG}
-        self.labels_written[namespace, name] = (worker, now)
-
-    def recently_labelled(self, namespace: str, name: str, worker: str | None) -> bool:
-        """True while a label this runtime wrote may still be on its way through the watch."""
-        entry = self.labels_written.get((namespace, name))
-        if entry is None:
-            return False
-        if time.monotonic() - entry[1] >= _LABEL_LAG:
-            del self.labels_written[namespace, name]
-            return False
-        return entry[0] == worker
 
     def created_pod(self, key: ClusterKey, name: str) -> None:
         self.created_pods.setdefault(key, {})[name] = time.monotonic()

@@ -229,8 +229,13 @@ def crd(
     status: Schema,
     columns: Sequence[Schema],
     scale: Mapping[str, str] | None = None,
+    selectable_fields: Sequence[str] = (),
 ) -> Schema:
-    """A namespaced, single-version CustomResourceDefinition of ``legacygpu.io``."""
+    """A namespaced, single-version CustomResourceDefinition of ``legacygpu.io``.
+
+    ``selectable_fields`` are JSON paths clients may use in a ``fieldSelector``
+    (``.status.workerRef.pod`` lets a worker watch only its own tasks).
+    """
     subresources: Schema = {"status": {}}
     if scale is not None:
         subresources["scale"] = dict(scale)
@@ -271,6 +276,7 @@ def crd(
                     "schema": {"openAPIV3Schema": root},
                     "subresources": subresources,
                     "additionalPrinterColumns": list(columns),
+                    **({"selectableFields": [{"jsonPath": p} for p in selectable_fields]} if selectable_fields else {}),
                 }
             ],
         },

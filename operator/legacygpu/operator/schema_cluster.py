@@ -57,6 +57,31 @@ def cluster_spec_schema() -> Schema:
             "maxReplicas": integer(
                 "Upper bound for replicas.", default=64, minimum=0, maximum=1024, fmt="int32"
             ),
+            "autoscaling": obj(
+                "autoscaling: the operator sets replicas from the load (tasks waiting and in flight); "
+                "+optional: without it replicas is set by hand, kubectl scale or an HPA through /scale.",
+                {
+                    "minReplicas": integer("minReplicas: fewest workers.", default=1, minimum=0, maximum=1024,
+                                           fmt="int32"),
+                    "maxReplicas": integer("maxReplicas: most workers.", minimum=1, maximum=1024, fmt="int32"),
+                    "targetLoadPerWorker": integer(
+                        "targetLoadPerWorker: tasks waiting plus in flight one worker should carry.",
+                        default=4, minimum=1, maximum=100000, fmt="int32",
+                    ),
+                    "scaleDownDelaySeconds": integer(
+                        "scaleDownDelaySeconds: how long fewer workers must have sufficed before scaling down.",
+                        default=60, minimum=0, maximum=86400, fmt="int32",
+                    ),
+                },
+                required=["maxReplicas"],
+                rules=[
+                    cel(
+                        "self.minReplicas <= self.maxReplicas",
+                        "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas",
+                        field_path=".minReplicas",
+                    )
+                ],
+            ),
             "gpusPerWorker": integer(
                 "Devices each worker pod requests from deviceResource; 0 runs CPU-only workers "
                 "with no device request and no GPU node affinity.",
@@ -153,6 +178,11 @@ def cluster_spec_schema() -> Schema:
                 field_path=".minReplicas",
             ),
             cel(
+                "!has(self.autoscaling) || self.autoscaling.maxReplicas <= self.maxReplicas",
+                "spec.autoscaling.maxReplicas must not exceed spec.maxReplicas",
+                field_path=".autoscaling.maxReplicas",
+            ),
+            cel(
                 "self.replicas >= self.minReplicas && self.replicas <= self.maxReplicas",
                 "spec.replicas must be between spec.minReplicas and spec.maxReplicas",
                 field_path=".replicas",
@@ -185,6 +215,11 @@ def cluster_status_schema() -> Schema:
         "The observed pool, written by the operator.",
         {
             "desiredWorkers": integer("Worker pods wanted now (0 while suspended).", minimum=0),
+            "autoscaling": obj(
+                "What the autoscaler remembers between passes (with spec.autoscaling).",
+                {"lowSince": string("When fewer workers first sufficed (the scale-down delay counts from it).",
+                                    fmt="date-time")},
+            ),
             "replicas": integer("Worker pods that exist and are not terminating.", minimum=0),
             "readyWorkers": integer("Worker pods that are Ready.", minimum=0),
             "devices": integer("Devices held by ready workers (readyWorkers times gpusPerWorker).", minimum=0),

@@ -9,7 +9,7 @@ worker check, ending the task ``Failed`` with reason ``InvalidInput``.
 
 from __future__ import annotations
 
-from legacygpu.core.kube.contract import TASK_KIND, TASK_PLURAL
+from legacygpu.core.kube.contract import TASK_KIND, TASK_PLURAL, WORKER_FIELD
 from legacygpu.core.modelcards import DATATYPES
 from legacygpu.core.tasks import Phase, Reason
 from legacygpu.operator.schema import (
@@ -243,4 +243,5 @@ def task_crd() -> Schema:
             printer_column("Reason", ".status.reason", "string", "Why it is in its phase.", priority=1),
             printer_column("Age", ".metadata.creationTimestamp", "date", "Time since creation."),
         ],
+        selectable_fields=[f".{WORKER_FIELD}", ".spec.clusterRef"],
     )

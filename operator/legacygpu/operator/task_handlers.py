@@ -60,7 +60,7 @@ async def on_task_event(
 
 def settle_orphan(rt: OperatorRuntime, view: TaskView) -> None:
     """Start :func:`check_orphan` for a task whose cluster is unknown, unless it is settled or being settled."""
-    if view.terminal and view.ttl_seconds is None:
+    if view.terminal and view.ttl_seconds is None and rt.config.finished_task_ttl_seconds is None:
         return
     if (view.namespace, view.name) not in rt.orphan_checks:
         rt.orphan_checks.add((view.namespace, view.name))
@@ -83,6 +83,7 @@ async def check_orphan(rt: OperatorRuntime, namespace: str, name: str) -> None:
             action = decide(
                 view, cluster_exists=False, pods={}, now=now, policy=rt.policy,
                 grace_seconds=rt.config.cluster_not_found_grace_seconds,
+                default_ttl_seconds=rt.config.finished_task_ttl_seconds,
             )
             if action is None:
                 return

@@ -4,7 +4,8 @@
 (never its inputs, which may be megabytes). :func:`decide` is the
 operator's whole per-task policy, in this order:
 
-1. finished tasks are deleted once ``ttlSecondsAfterFinished`` has passed;
+1. finished tasks are deleted once ``ttlSecondsAfterFinished`` has passed
+   (the operator's ``--finished-task-ttl``, an hour by default, where unset);
 2. ``spec.cancel`` ends any unfinished task ``Cancelled``;
 3. ``timeoutSeconds`` after creation an unfinished task ends ``Failed`` /
    ``DeadlineExceeded``;
@@ -34,7 +35,6 @@ from typing import Any
 from legacygpu.core import lifecycle
 from legacygpu.core.errors import ValidationError
 from legacygpu.core.kube.contract import (
-    LABEL_WORKER,
     AttemptStatus,
     TaskStatus,
     cancelled_status,
@@ -75,7 +75,6 @@ class TaskView:
     phase: Phase = Phase.PENDING
     attempts: int = 0
     worker: str | None = None
-    label_worker: str | None = None
     retry_after: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
@@ -153,7 +152,6 @@ def task_view(body: Mapping[str, Any]) -> TaskView:
         phase=phase,
         attempts=int(status.get("attempts") or 0),
         worker=(status.get("workerRef") or {}).get("pod"),
-        label_worker=(meta.get("labels") or {}).get(LABEL_WORKER),
         retry_after=status.get("retryAfter"),
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime"),
@@ -223,14 +221,19 @@ def decide(
     now: datetime.datetime,
     policy: RetryPolicy,
     grace_seconds: float = 5.0,
+    default_ttl_seconds: int | None = None,
     rng: random.Random | None = None,
 ) -> Action | None:
-    """The next step for ``task``, or None when only scheduling (or nothing) can move it."""
+    """The next step for ``task``, or None when only scheduling (or nothing) can move it.
+
+    ``default_ttl_seconds`` applies to finished tasks whose spec sets no TTL (None keeps them).
+    """
     if task.terminal:
         finished = parse_time(task.completion_time)
-        if task.ttl_seconds is None or finished is None:
+        ttl = task.ttl_seconds if task.ttl_seconds is not None else default_ttl_seconds
+        if ttl is None or finished is None:
             return None
-        expires = finished + datetime.timedelta(seconds=int(task.ttl_seconds))
+        expires = finished + datetime.timedelta(seconds=int(ttl))
         return Action(delete=True) if now >= expires else Action(wake_at=expires)
     if task.cancel:
         return _end(cancelled_status(task.status, created=task.created, now=now))

@@ -16,8 +16,9 @@ keeps objects as plain JSON and leaves these out on purpose):
   exactly as the real API server does;
 * the ``status`` subresource: ``PATCH .../status`` changes only ``status``,
   a create or a patch of the main resource leaves ``status`` alone;
-* equality-based label selectors (``a=b``, ``a!=b``, ``a``, ``!a``) and the
-  ``metadata.name`` field selector on lists and watches;
+* equality-based label selectors (``a=b``, ``a!=b``, ``a``, ``!a``) and
+  equality-based field selectors on any dotted path (``metadata.name``, a
+  CRD's selectable ``status.workerRef.pod``) on lists and watches;
 * cascading deletion through ``ownerReferences`` (the garbage collector);
 * ``201 Created`` on create (the generated client insists on it);
 * the events and leases resources declared up front, and ``GET
@@ -72,6 +73,24 @@ DEFAULT_RESOURCES: dict[str, tuple[str, bool, bool]] = {
     "coordination.k8s.io/v1/leases": ("Lease", True, False),
     "events.k8s.io/v1/events": ("Event", True, False),
 }
+
+
+def match_fields(obj: Mapping[str, Any], selector: str) -> bool:
+    """Whether ``obj`` satisfies an equality-based field selector (``a.b=c``, ``a.b!=c``; any dotted path).
+
+    The API server allows only ``metadata.name``/``metadata.namespace`` and a CRD's
+    ``selectableFields``; the emulator evaluates any path. A missing field reads as ``""``.
+    """
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        negate = "!=" in term
+        key, _, value = term.partition("!=" if negate else "=")
+        value = value.lstrip("=").strip()  # "a==b" too
+        current: Any = obj
+        for part in key.strip().split("."):
+            current = current.get(part) if isinstance(current, Mapping) else None
+        if (str(current if current is not None else "") == value) == negate:
+            return False
+    return True
 
 
 def match_labels(labels: Mapping[str, str], selector: str) -> bool:
@@ -354,12 +373,7 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
         if selector and not match_labels(meta.get("labels") or {}, selector):
             return False
         fields = request.params.get("fieldSelector")
-        if fields:
-            for term in fields.split(","):
-                key, _, value = term.partition("=")
-                if key.strip() == "metadata.name" and meta.get("name") != value.strip():
-                    return False
-        return True
+        return not fields or match_fields(obj, fields)
 
     def _current(self, request: rendering.Request) -> list[dict[str, Any]]:
         wanted = self._key(request.resource)

@@ -2,10 +2,10 @@
 
 ``legacygpu worker start --kubernetes`` calls :func:`run_kube_worker` with
 the pod's name and namespace (``POD_NAME``/``POD_NAMESPACE`` from the
-downward API). Nothing connects to the worker: it watches InferenceTasks
-labelled ``legacygpu.io/worker=<pod>`` (the operator sets the label when it
-assigns a task; ``status.workerRef.pod`` is the truth and is checked too),
-and for each ``Scheduled`` attempt, highest priority first:
+downward API). Nothing connects to the worker: it watches the InferenceTasks
+whose ``status.workerRef.pod`` is its pod (a field selector the CRD declares;
+the operator assigns a task in that one status write), and for each
+``Scheduled`` attempt, highest priority first:
 
 1. **claim**: write ``Running`` with the ``resourceVersion`` it read; the API
    server refuses the write (409) if the task moved on (the operator took it
@@ -16,7 +16,9 @@ and for each ``Scheduled`` attempt, highest priority first:
    and result only if the attempt is still the current one (same
    ``attempts``, still ``Running`` on this pod), again guarded by the
    ``resourceVersion``. A stale attempt's result is dropped, so a retried
-   task never ends with two results.
+   task never ends with two results. A success posts no Event (the status
+   says it all; two writes per task are the worker's whole share), a
+   failure posts a Warning.
 
 Bad input and unknown models end the task ``Failed`` for good; a model that
 cannot load or run ends it ``Failed`` with the loader's message; anything
@@ -38,8 +40,9 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import kubernetes
 
@@ -60,8 +63,9 @@ from legacygpu.core.kube.contract import (
     now_utc,
     report_status,
     running_status,
+    worker_field_selector,
 )
-from legacygpu.core.kube.errors import ApiError, from_api_exception
+from legacygpu.core.kube.errors import ApiError, ApiUnavailableError, from_api_exception
 from legacygpu.core.lifecycle import Outcome, classify
 from legacygpu.core.scheduling import WorkerStats as SharedWorkerStats
 from legacygpu.core.tasks import Phase, Reason, RetryPolicy
@@ -69,6 +73,7 @@ from legacygpu.core.tasks import Phase, Reason, RetryPolicy
 __all__ = ["KubeWorker", "run_kube_worker"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 CONFIGMAP_LIMIT = 900 * 1024
 """Largest result (JSON bytes) a worker stores in a ConfigMap (whose data may hold 1 MiB in all)."""
@@ -113,6 +118,7 @@ class KubeWorker:
         policy: RetryPolicy | None = None,
         watch_timeout: float = 30.0,
         resync_seconds: float = 30.0,
+        report_patience: float = 300.0,
     ) -> None:
         self.api = api_client
         self.pod = pod_name
@@ -123,6 +129,7 @@ class KubeWorker:
         self.policy = policy or RetryPolicy()
         self.watch_timeout = watch_timeout
         self.resync_seconds = resync_seconds
+        self.report_patience = report_patience
         self.ready = threading.Event()
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.pending: dict[str, dict[str, Any]] = {}
@@ -162,7 +169,7 @@ class KubeWorker:
     # -- watching --------------------------------------------------------------------------------
 
     def _watch_once(self, stop: threading.Event) -> None:
-        query = {"labelSelector": f"{LABEL_WORKER}={self.pod}"}
+        query = {"fieldSelector": worker_field_selector(self.pod)}
         path = _TASKS.format(ns=self.namespace)
         try:
             response = open_watch(self.api, path, query=query, timeout=self.watch_timeout, connect_timeout=5)
@@ -195,7 +202,7 @@ class KubeWorker:
 
     def _resync(self) -> None:
         answer = self.request(
-            "GET", _TASKS.format(ns=self.namespace), query={"labelSelector": f"{LABEL_WORKER}={self.pod}"}
+            "GET", _TASKS.format(ns=self.namespace), query={"fieldSelector": worker_field_selector(self.pod)}
         )
         for item in answer.get("items") or ():
             self.events.put({"type": "MODIFIED", "object": item})
@@ -203,8 +210,7 @@ class KubeWorker:
     def _mine(self, body: dict[str, Any]) -> bool:
         status = body.get("status") or {}
         return (
-            (body.get("metadata", {}).get("labels") or {}).get(LABEL_WORKER) == self.pod
-            and (status.get("workerRef") or {}).get("pod") == self.pod
+            (status.get("workerRef") or {}).get("pod") == self.pod
             and status.get("phase") == Phase.SCHEDULED.value
             and not (body.get("spec") or {}).get("cancel")
         )
@@ -234,25 +240,73 @@ class KubeWorker:
 
     # -- one task --------------------------------------------------------------------------------
 
+    def patiently(self, what: str, call: Callable[..., _T], *args: Any) -> _T:
+        """``call(*args)``, again and again while the API server is away (no answer, 429, 503, 504).
+
+        A worker holding a claimed task or a finished result must not drop it because the API
+        server restarts: the task would stay ``Running`` on a healthy pod that nobody takes it
+        back from. It gives up (raises) after ``report_patience`` seconds.
+        """
+        deadline = time.monotonic() + self.report_patience
+        backoff = 0.25
+        while True:
+            try:
+                return call(*args)
+            except ApiUnavailableError as exc:
+                if time.monotonic() + backoff > deadline:
+                    raise
+                log.warning("%s: the API server is away (%s); trying again in %.1fs", what, exc, backoff)
+                time.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+
     def claim(self, body: dict[str, Any]) -> dict[str, Any] | None:
-        """Scheduled → Running for this pod; None when the task is no longer ours to run."""
+        """Scheduled → Running for this pod; None when the task is no longer ours to run.
+
+        A claim whose answer was lost (the API server went away mid-request) may have been
+        written: after such a try, the task read back ``Running`` on this pod with the attempt
+        this claim counts is ours. (Without a lost answer it is not: another process with this
+        pod's name, e.g. a restarted container, claimed it.)
+        """
+        name = body["metadata"]["name"]
+        claiming = int((body.get("status") or {}).get("attempts") or 0) + 1
+        uncertain = False
         for _ in range(5):
             if not self._mine(body):
-                return None
-            name = body["metadata"]["name"]
-            try:
-                return self.patch_status(
-                    name, running_status(body.get("status") or {}, pod=self.pod, now=now_utc()),
-                    body["metadata"]["resourceVersion"],
+                status = body.get("status") or {}
+                written_by_us = (
+                    uncertain
+                    and status.get("phase") == Phase.RUNNING.value
+                    and (status.get("workerRef") or {}).get("pod") == self.pod
+                    and int(status.get("attempts") or 0) == claiming
                 )
-            except ApiError as exc:
-                if exc.status != 409:
-                    raise
-            fresh = self.get_task(name)
+                return body if written_by_us else None
+            running = running_status(body.get("status") or {}, pod=self.pod, now=now_utc())
+            answer, maybe_written = self._claim_write(name, running, body["metadata"]["resourceVersion"])
+            uncertain = uncertain or maybe_written
+            if answer is not None:
+                return answer
+            fresh = self.patiently(f"read {name}", self.get_task, name)
             if fresh is None:
                 return None
             body = fresh
         return None
+
+    def _claim_write(self, name: str, running: TaskStatus, version: str) -> tuple[dict[str, Any] | None, bool]:
+        """The claim's write: (the answer, or None on 409; whether a try without an answer was made)."""
+        try:
+            return self.patch_status(name, running, version), False
+        except ApiUnavailableError:
+            pass
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            return None, False
+        try:
+            return self.patiently(f"claim {name}", self.patch_status, name, running, version), True
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            return None, True
 
     def finish(self, body: dict[str, Any], build: Any) -> bool:
         """Write ``build(status, created)`` if the claimed attempt is still current.
@@ -279,17 +333,31 @@ class KubeWorker:
                     name, attempt, status.get("phase"), status.get("attempts"),
                 )
                 return False
+            report = build(status, current["metadata"].get("creationTimestamp"))
+            version = current["metadata"]["resourceVersion"]
             try:
-                self.patch_status(
-                    name, build(status, current["metadata"].get("creationTimestamp")),
-                    current["metadata"]["resourceVersion"],
-                )
+                self.patiently(f"report {name}", self.patch_status, name, report, version)
                 return True
             except ApiError as exc:
                 if exc.status not in (404, 409):
                     raise
-            current = self.get_task(name)
+            current = self.patiently(f"read {name}", self.get_task, name)
+            if current is not None and self._reported(current, attempt):
+                return True  # an earlier try was written, its answer lost with the API server
         return False
+
+    def _reported(self, body: dict[str, Any], attempt: int) -> bool:
+        """Whether ``body`` already carries this pod's report of ``attempt``."""
+        status = body.get("status") or {}
+        history = status.get("history") or []
+        last = history[-1] if history else {}
+        return (
+            status.get("phase") != Phase.RUNNING.value
+            and int(status.get("attempts") or 0) == attempt
+            and last.get("attempt") == attempt
+            and last.get("worker") == self.pod
+            and bool(last.get("outcome"))
+        )
 
     def inputs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         spec = body.get("spec") or {}
@@ -391,14 +459,9 @@ class KubeWorker:
             )
 
         written = self.finish(claimed, build)
-        if written and outcome.retryable:
-            with contextlib.suppress(ApiError):
-                self.request(
-                    "PATCH", f"{_TASKS.format(ns=self.namespace)}/{name}",
-                    body={"metadata": {"labels": {LABEL_WORKER: None}}}, content_type=MERGE_PATCH,
-                )
         if written and not outcome.retryable:
             self._record(outcome.succeeded, compute_ms)
+        if written and not outcome.succeeded:
             self._event(claimed, outcome.phase, Reason(outcome.reason), outcome.message)
         log.info("task %s: %s (%s) in %.1f ms", name, outcome.phase.value, outcome.reason, elapsed_ms)
 

@@ -10,9 +10,15 @@ that build status patches for each move of the shared state machine
 phases; both go through these builders so the
 fields, the timestamps and the retry arithmetic are the same on both sides.
 
-Assignment travels in two places: ``status.workerRef.pod`` is the truth, and
-the label :data:`LABEL_WORKER` mirrors it so a worker can watch only its own
-tasks with a label selector. Every write that moves a phase carries
+Assignment is one write: ``status.workerRef.pod``, which the task CRD
+declares a selectable field, so a worker watches only its own tasks with the
+field selector :func:`worker_field_selector` (no label mirrors it: a second
+write that an operator killed between the two could leave undone). A
+successful task costs three writes besides its creation: the operator's
+``Scheduled`` (admission and placement together: a valid task waits
+``Pending`` until a slot frees), the worker's ``Running`` claim and its
+``Succeeded`` report; Events are posted only for failures, retries and
+cancellations. Every write that moves a phase carries
 ``metadata.resourceVersion``, so the API server refuses it (409) when the
 object changed in between: two writers never both win.
 """
@@ -53,6 +59,7 @@ __all__ = [
     "TASK_KIND",
     "TASK_PLURAL",
     "VERSION",
+    "WORKER_FIELD",
     "AttemptStatus",
     "TaskStatus",
     "WorkerRef",
@@ -74,6 +81,7 @@ __all__ = [
     "task_record",
     "terminal_status",
     "unassigned_status",
+    "worker_field_selector",
 ]
 
 GROUP = "legacygpu.io"
@@ -89,7 +97,9 @@ MANAGER = "legacygpu-operator"
 LABEL_CLUSTER = f"{GROUP}/cluster"
 """On worker pods and the Service: the InferenceCluster they belong to."""
 LABEL_WORKER = f"{GROUP}/worker"
-"""On tasks: the worker pod assigned to run the current attempt."""
+"""On result ConfigMaps: the worker pod that wrote them."""
+WORKER_FIELD = "status.workerRef.pod"
+"""The task CRD's selectable field naming the worker pod of the current attempt."""
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_WORKER_STATS = f"{GROUP}/worker-stats"
@@ -109,6 +119,11 @@ PORT_HTTP = "http-v2"
 """Name of the worker container's REST port (the facade finds the port number by this name)."""
 PORT_GRPC = "grpc-v2"
 """Name of the worker container's gRPC port."""
+
+
+def worker_field_selector(pod: str) -> str:
+    """The ``fieldSelector`` of the tasks assigned to worker pod ``pod``."""
+    return f"{WORKER_FIELD}={pod}"
 
 
 class WorkerRef(TypedDict, total=False):

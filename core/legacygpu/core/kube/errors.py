@@ -6,7 +6,7 @@
     └── ApiError                 the Kubernetes API answered with an error
         ├── ApiConflictError     409: the object changed (also a core ConflictError)
         ├── ApiNotFoundError     404: no such object (also a core NotFoundError)
-        └── ApiUnavailableError  no answer, or 503/504 (also a core UnavailableError)
+        └── ApiUnavailableError  no answer, 429 or 503/504 (also a core UnavailableError)
 
 The operator's own errors are in :mod:`legacygpu.operator.errors`.
 
@@ -49,7 +49,7 @@ class ApiNotFoundError(ApiError, NotFoundError):
 
 
 class ApiUnavailableError(ApiError, UnavailableError):
-    """The API server did not answer (status 0: unreachable or timed out) or said 503/504."""
+    """The API server did not answer (status 0: unreachable or timed out) or said 429/503/504 (try again)."""
 
 
 def from_api_exception(exc: Any, what: str) -> ApiError:
@@ -70,6 +70,6 @@ def from_api_exception(exc: Any, what: str) -> ApiError:
         return ApiConflictError(text, status=status, reason=reason)
     if status == 404:
         return ApiNotFoundError(text, status=status, reason=reason)
-    if status in (0, 503, 504):
+    if status in (0, 429, 503, 504):
         return ApiUnavailableError(text, status=status, reason=reason)
     return ApiError(text, status=status, reason=reason)

@@ -1,0 +1,69 @@
+"""At most three API writes per successful task besides its creation, counted by the real API server.
+
+Real: the API server (whose own ``apiserver_request_total`` counters are read before and after,
+:mod:`legacygpu.testing.apiwrites`), one operator process as the operator ServiceAccount, four worker
+processes on the ``busy`` model (:mod:`e2e_operators`). Simulated: only the kubelets.
+
+A hundred tasks are created at once on a cluster with fewer slots than tasks, so most of them wait
+for a slot: waiting must not cost a write. The writes to InferenceTasks (status included, counted by
+the API server) and the Events about them (counted from the Events), less the hundred creates, must be
+at most three per task: the operator's
+``Scheduled``, the worker's ``Running`` and ``Succeeded``. A label mirroring the assignment, a
+``Queued`` write for each waiting task or an Event per success would each break the bound.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_operators import API, busy_workers, create_tasks, lease_holder, operator_replicas, phases
+from e2ecluster import Kube
+
+from legacygpu.testing.apiwrites import parse_request_totals, per_task
+
+TASKS = 100
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def operator(
+    simulated_kube: Kube, namespace: str, worker_command: Any, tmp_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    busy_workers(worker_command, tmp_path)
+    extra = ["--worker-image", "legacygpu/worker:e2e", "--log-level", "warning"]
+    with operator_replicas(simulated_kube, namespace, tmp_path, names=["a"], extra=extra) as running:
+        yield running["a"]
+
+
+def test_a_successful_task_costs_at_most_three_writes_besides_its_creation(
+    simulated_kube: Kube, namespace: str, operator: subprocess.Popen[bytes]
+) -> None:
+    kube = simulated_kube
+    kube.wait_for(lambda: lease_holder(kube, namespace), timeout=90, what="the operator leads")
+    cluster = {"apiVersion": API, "kind": "InferenceCluster", "metadata": {"name": "busy"},
+               "spec": {"replicas": 4, "tasksPerWorker": 4, "backend": "onnxruntime", "models": ["busy"]}}
+    kube.apply(cluster, namespace)
+    kube.wait_condition(API, "InferenceCluster", "busy", "WorkersReady", namespace=namespace, timeout=180)
+    time.sleep(2)  # let the cluster's start-up writes (status, Events) land before counting
+
+    before = parse_request_totals(kube.raw_get("/metrics"))
+    create_tasks(kube, namespace, TASKS)
+    kube.wait_for(lambda: phases(kube, namespace)["Succeeded"] == TASKS, timeout=300,
+                  what=f"all {TASKS} tasks Succeeded (phases: {phases(kube, namespace)})")
+    time.sleep(2)  # Events are posted asynchronously: let any stragglers arrive
+    counted = per_task(before, parse_request_totals(kube.raw_get("/metrics")), TASKS)
+    sys.stdout.write(f"API writes for {TASKS} tasks: {counted}\n")
+
+    events = [e for e in kube.core.list_namespaced_event(namespace).items if e.involved_object.kind == "InferenceTask"]
+    event_writes = sum(e.count or 1 for e in events)  # a repeated Event is one object whose count was patched
+    assert counted["task_creates"] == TASKS, counted
+    assert counted["task_writes_besides_create"] + event_writes <= 3 * TASKS, (counted, event_writes)
+    assert counted["task_writes_besides_create"] >= 3 * TASKS, counted  # each one did get its three moves
+    assert events == [], [(e.involved_object.name, e.reason) for e in events]
