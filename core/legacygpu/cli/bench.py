@@ -174,7 +174,8 @@ def gemm(sizes: str, inference: bool, shapes: str, repeats: int, device_index: i
         "device": dctx.info.name, "platform": dctx.info.platform, "driver": dctx.info.driver_version,
         "device_type": dctx.info.device_type, "compute_units": dctx.info.compute_units, "cpu_count": os.cpu_count(),
         "timing": "median of interleaved rounds (order rotates each round); ours, CLBlast and numpy in one "
-                  "process; queue finished after each OpenCL call; min/max beside each median",
+                  "process; each OpenCL call waited for by a blocking read of its output (timing.sync); "
+                  "min/max beside each median",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1),
         "load_average_before": load_before, "load_average_after": load_average(),

@@ -22,6 +22,8 @@ The library defaults are candidate ``default``, measured first (an override
 cannot be undone in a process). A candidate's score is the geometric mean of
 its median GFLOPS over the class's shapes; a wrong result disqualifies it, and
 a call slower than ``SLOW_CALL_S`` is timed once only (that set has lost).
+Every call is waited for by reading its output back (``timing.synced``), as
+ours is: ``clFinish`` alone returns early on rusticl 22.3.
 The sweep runs in a child process, so the parent starts with CLBlast's
 defaults intact and can apply any winner (see ``bench_gemm``). On a CPU each
 rebuild takes 10-45 s, so the sweep is minutes, not hours; its every
@@ -41,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .bench_timing import interleaved
+from .timing import synced
 
 __all__ = [
     "CANDIDATES",
@@ -161,17 +164,15 @@ def _measure(
     q = dctx.queue
     # zeros, not empty: CLBlast computes beta * C even for beta = 0, and 0 * NaN garbage is NaN
     a, b, c = cla.to_device(q, a_h), cla.to_device(q, b_h), cla.zeros(q, (m, n), np.float32)
-    run = make_runner(pyclblast, q, candidate.routine, m, n, k, a, b, c)
+    run = synced(make_runner(pyclblast, q, candidate.routine, m, n, k, a, b, c), q, c)  # see timing.sync
     try:
         run()  # warm-up: the rebuild after an override happens here
-        q.finish()
         start = time.perf_counter()
         run()
-        q.finish()
         first = time.perf_counter() - start
         times = [first]
         if first < SLOW_CALL_S:  # a set this slow has lost already: do not spend minutes confirming it
-            times += interleaved([run], repeats=repeats - 1, finish=q.finish, budget_s=0.5, max_rounds=10,
+            times += interleaved([run], repeats=repeats - 1, budget_s=0.5, max_rounds=10,
                                  warmup=False)[0]  # fmt: skip
     except Exception as exc:  # an invalid set for this device (e.g. too much local memory)
         return {"m": m, "n": n, "k": k, "gflops": None, "error": f"{type(exc).__name__}: {exc}"}

@@ -11,8 +11,10 @@ For every (M, N, K) the same random float32 operands are multiplied by
 - numpy (OpenBLAS) in this same process.
 
 All three are warmed up once, then take turns in rotating rounds
-(``bench_timing.interleaved``), a queue finish after every OpenCL call, so
-they see the same machine load; at least ``repeats`` rounds, more for small
+(``bench_timing.interleaved``), so they see the same machine load. Each
+OpenCL call is waited for by reading its output back
+(:func:`~.timing.synced`), not by ``queue.finish()`` alone, which returns
+early on rusticl 22.3 and would clock an enqueue, not a product; at least ``repeats`` rounds, more for small
 problems. Each contender's figure is the median of its runs (GFLOPS =
 2MNK / median seconds), with the min and max; ratios are paired per round
 and flagged ``within_noise`` when their interquartile range includes 1. Our result and
@@ -42,6 +44,7 @@ from . import bench_clblast
 from .bench_timing import interleaved, load_average, ratio_summary
 from .device import DeviceContext
 from .gemm import Gemm, shape_class
+from .timing import synced
 from .tuning import TuningCache
 
 __all__ = [
@@ -133,16 +136,15 @@ def bench_shapes(
         a, b = cla.to_device(q, a_h), cla.to_device(q, b_h)
         c = cla.empty(q, (m, n), np.float32)
         names = ["ours"]
-        runs: list[Callable[[], object]] = [functools.partial(gemm, a, b, out=c)]
+        runs: list[Callable[[], object]] = [synced(functools.partial(gemm, a, b, out=c), q, c)]
         c2 = cla.zeros(q, (m, n), np.float32)  # CLBlast reads C even for beta = 0: no NaN garbage
         if pyclblast is not None:
             try:  # CLBlast fails on some drivers: record that and carry on
                 if cand.name != applied:
                     bench_clblast.apply(pyclblast, dctx.device, cand)
                     applied = cand.name
-                run = bench_clblast.make_runner(pyclblast, q, cand.routine, m, n, k, a, b, c2)
+                run = synced(bench_clblast.make_runner(pyclblast, q, cand.routine, m, n, k, a, b, c2), q, c2)
                 run()
-                q.finish()
                 names.append("clblast")
                 runs.append(run)
             except Exception as exc:
@@ -152,7 +154,7 @@ def bench_shapes(
             names.append("numpy")
             runs.append(functools.partial(np.matmul, a_h, b_h, out=c3))
         load_before = load_average()
-        times = dict(zip(names, interleaved(runs, repeats=repeats, finish=q.finish, budget_s=budget_s), strict=True))
+        times = dict(zip(names, interleaved(runs, repeats=repeats, budget_s=budget_s), strict=True))
         ref = a_h.astype(np.float64) @ b_h.astype(np.float64)
         flops = 2.0 * m * n * k
         row: dict[str, Any] = {

@@ -10,7 +10,11 @@ the median call time (min and max beside it), throughput the batch size over
 it. The OpenCL/onnxruntime ratio is taken per round (paired: both calls of a
 round saw nearly the same load) and reported as the median with its
 quartiles; ``within_noise`` is set when the quartiles straddle 1. Each row
-also carries the share of the model's FLOPs that ran on OpenCL.
+also carries the share of the model's FLOPs that ran on OpenCL. A timed
+OpenCL call ends with blocking reads of the model's outputs, which on an
+in-order queue cannot complete before the kernels that write them, so its
+time is right even where ``clFinish`` returns early (rusticl 22.3, see
+``timing``).
 
 Models are named (:data:`MODELS`: the onnx package's light models as
 shipped, open_nsfw, PP-OCRv4 det/rec, the demo digits MLP; all of them by

@@ -21,7 +21,10 @@ with ``clFinish``; it costs one 4-byte transfer.
 by ``max_runs``), syncing after every run, and returns each run's time;
 :class:`Timing` summarises them (median, the spread between the quartiles,
 the best). The median is the figure to compare: a single disturbed or
-mis-synchronised run moves the best, not the median.
+mis-synchronised run moves the best, not the median. :func:`synced` wraps
+a call so that it returns only when its output is written: the benchmarks
+(``bench_gemm``, ``bench_clblast``) time those wrapped calls, so ours and
+CLBlast are clocked the way the tuner is.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Timing", "gflops", "measure", "ratio_within", "sync"]
+__all__ = ["Timing", "gflops", "measure", "ratio_within", "sync", "synced"]
 
 
 def sync(queue: Any, array: Any) -> float:
@@ -55,6 +58,16 @@ def sync(queue: Any, array: Any) -> float:
     cl.enqueue_copy(queue, one, array.base_data, src_offset=array.offset + (array.size - 1) * itemsize,
                     is_blocking=True)  # fmt: skip
     return float(one[0])
+
+
+def synced(run: Callable[[], object], queue: Any, array: Any) -> Callable[[], None]:
+    """``run`` followed by :func:`sync` on ``array``, its output: a call that returns when the work is done."""
+
+    def call() -> None:
+        run()
+        sync(queue, array)
+
+    return call
 
 
 @dataclass(frozen=True)
