@@ -66,3 +66,23 @@ def test_bench_model_cli_rows_json_and_png(dctx, tmp_path) -> None:
 def test_unknown_model_is_a_usage_error(tmp_path) -> None:
     res = CliRunner().invoke(cli, ["bench", "model", "--models", "nosuch", "--out-dir", str(tmp_path)])
     assert res.exit_code == 2 and "nosuch" in res.output and "--models" in res.output
+
+
+def test_bench_model_platform_runs_on_that_platforms_device(dctx, tmp_path) -> None:
+    """``--platform`` (``make bench-model-rusticl`` passes ``rusticl``) picks that platform's device.
+
+    Run with ``Portable`` (PoCL): the digits model on llvmpipe compiles for minutes on a loaded machine.
+    """
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        cli, ["bench", "model", "--models", "digits", "--batches", "1", "--repeats", "2", "--budget", "0",
+              "--platform", "Portable", "--out-dir", str(out), "--output", "json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "bench-model.json").read_text())
+    (ocl,) = [r for r in record["rows"] if r["backend"] == "opencl"]
+    assert dctx.info.name in ocl["device"] and ocl["error"] is None and ocl["runs"] == 2
+    assert record["meta"]["options"]["platform"] == "Portable"
+
+    res = CliRunner().invoke(cli, ["bench", "model", "--models", "digits", "--platform", "no-such-platform"])
+    assert res.exit_code == 2 and "no-such-platform" in res.output and dctx.info.platform in res.output

@@ -17,7 +17,7 @@ import click
 
 from legacygpu.cli.output import output_option
 
-__all__ = ["SUBCOMMANDS", "command", "gemm"]
+__all__ = ["SUBCOMMANDS", "command", "device_index_for", "gemm"]
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "docs": ("legacygpu.cli.bench_docs", "command"),
@@ -63,7 +63,7 @@ def _shape_list(value: str) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def _device_index(device_index: int | None, platform: str | None) -> int | None:
+def device_index_for(device_index: int | None, platform: str | None) -> int | None:
     """``--device`` as given, or the first device whose platform name contains ``--platform``."""
     if platform is None:
         return device_index
@@ -143,7 +143,7 @@ def gemm(sizes: str, inference: bool, shapes: str, repeats: int, device_index: i
     todo = default_shapes(_int_list(sizes), inference) + _shape_list(shapes)
     if not todo:
         raise click.UsageError("nothing to run: give --sizes, --shapes or --inference")
-    index = _device_index(device_index, platform)
+    index = device_index_for(device_index, platform)
     try:
         dctx = open_device(index)
     except OpenCLError as exc:

@@ -68,14 +68,20 @@ def _table(rows: list[dict[str, Any]]) -> str:
 )  # fmt: skip
 @click.option("--device", "device_index", type=int, default=None, help="OpenCL device index (see `legacygpu devices`).")
 @click.option(
+    "--platform", default=None,
+    help="Run on the first device of the OpenCL platform whose name contains this (e.g. rusticl, Portable).",
+)  # fmt: skip
+@click.option(
     "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True,
     help="Where bench-model.json and bench-model.png are written.",
 )  # fmt: skip
 @output_option
 def model_bench(
-    models: str, batches: str, repeats: int, budget: float, device_index: int | None, out_dir: Path, output: str
+    models: str, batches: str, repeats: int, budget: float, device_index: int | None, platform: str | None,
+    out_dir: Path, output: str,
 ) -> None:
     """Latency and throughput per model: the OpenCL backend against onnxruntime on the CPU, interleaved."""
+    from legacygpu.cli.bench import device_index_for
     from legacygpu.core.errors import NotFoundError
     from legacygpu.core.logs import quieted
     from legacygpu.worker.opencl.bench_model import bench_models, save_results
@@ -88,6 +94,8 @@ def model_bench(
         raise click.BadParameter(f"expected comma-separated integers, got {batches!r}", param_hint="--batches") from exc
     if not names or not sizes or min(sizes) < 1:
         raise click.BadParameter("give at least one model and batch sizes of 1 or more")
+
+    device_index = device_index_for(device_index, platform)
 
     def progress(name: str, batch: int) -> None:
         if output != "json":
@@ -105,7 +113,7 @@ def model_bench(
         "load_average_before": load_before, "load_average_after": load_average(), "cpu_count": os.cpu_count(),
         "timing": "median of interleaved rounds (order rotates each round); ratio: median of per-round "
                   "OpenCL/onnxruntime throughput ratios with quartiles; within_noise when the quartiles straddle 1",
-        "options": {"models": names, "batches": sizes, "repeats": repeats, "budget_s": budget},
+        "options": {"models": names, "batches": sizes, "repeats": repeats, "budget_s": budget, "platform": platform},
     }  # fmt: skip
     json_path, png_path = save_results({"meta": meta, "rows": rows}, out_dir)
     if output == "json":
