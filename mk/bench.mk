@@ -18,7 +18,7 @@ bench-gemm-pocl: setup ## SGEMM on PoCL: ours vs swept CLBlast vs numpy, committ
 # llvmpipe runs our kernels and CLBlast's 10-50x slower than PoCL does: the rusticl runs keep to the
 # shapes and models issue 15 names (1024^3, M = 1/8/32 at N = K = 1024; the light models), after
 # `legacygpu tune` on that device (make tune-rusticl).
-BENCH_GEMM_RUSTICL_ARGS ?= --sizes 256,512,1024 --no-inference --shapes 1x1024x1024,8x1024x1024,32x1024x1024
+BENCH_GEMM_RUSTICL_ARGS ?= --sizes 1024 --no-inference --shapes 1x1024x1024,8x1024x1024,32x1024x1024 --repeats 3
 BENCH_MODEL_RUSTICL_ARGS ?= --models digits,squeezenet --batches 1 --repeats 3
 
 tune-rusticl: setup ## autotune our SGEMM on rusticl (llvmpipe) before its benchmarks
