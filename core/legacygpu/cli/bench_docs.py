@@ -29,7 +29,10 @@ from typing import Any
 
 import click
 
-__all__ = ["BLOCK", "RENDERERS", "blocks", "command", "markdown_files", "render", "render_file", "render_serve"]
+__all__ = [
+    "BLOCK", "RENDERERS", "blocks", "command", "markdown_files", "render", "render_file", "render_operator",
+    "render_serve",
+]  # fmt: skip
 
 BLOCK = re.compile(
     r"(?P<open><!-- bench-table (?P<json>\S+) make=(?P<make>\S+) -->\n)(?P<body>.*?)(?P<close><!-- /bench-table -->)",
@@ -174,10 +177,43 @@ def render_serve(record: dict[str, Any], make: str) -> str:
     return "\n".join(lines)
 
 
+def render_operator(record: dict[str, Any], make: str) -> str:
+    """The operator's end-to-end run (``bench operator --mode e2e``) as a two-column table."""
+    writes, rss = record["api_writes"], record["operator_rss_mib_by_finished_tasks"]
+    before, after = record["load_average"]["before"][0], record["load_average"]["after"][0]
+    rows = [
+        ("tasks, failed", f"{record['tasks']:,}, {record['failed']}"),
+        ("workers (task slots each)", f"{record['workers']} ({record['tasks_per_worker']})"),
+        ("throughput, first creation to last completion", f"{record['tasks_per_second']:.3g} tasks/s"),
+        (f"creating the {record['tasks']:,} tasks alone", f"{record['creation_seconds']:.1f} s"),
+        ("create → `Scheduled` p50 / p99",
+         f"{record['assignment_seconds']['p50']:.0f} s / {record['assignment_seconds']['p99']:.0f} s"),
+        ("create → `Succeeded` p50 / p99",
+         f"{record['end_to_end_seconds']['p50']:.0f} s / {record['end_to_end_seconds']['p99']:.0f} s"),
+        ("writes to InferenceTasks per task besides the create", f"{writes['task_writes_per_task']:.3f}"),
+        ("operator peak RSS", f"{record['operator_peak_rss_mib']:.1f} MiB"),
+        (f"operator RSS at {rss[0][0]:,} / {rss[-1][0]:,} finished tasks",
+         f"{rss[0][1]:.1f} / {rss[-1][1]:.1f} MiB (slope {record['operator_rss_slope_mib_per_1000_finished']:.3g} "
+         "MiB per 1,000)"),
+        ("reference: TaskRunner direct, same inputs, same run", f"{record['reference_tasks_per_second']:.1f} tasks/s"),
+        (f"target {record['target_tasks_per_second']} tasks/s", "**met**" if record["target_met"] else "not met"),
+    ]  # fmt: skip
+    lines = [
+        f"Made by `make {make}` on {record['machine']['api_server']}, {record['machine']['cpus']} CPUs, "
+        f"load average (1 min) {before:.1f} before, {after:.1f} after.",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in rows),
+    ]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any], str], str]] = {
     "gemm.json": render_gemm,
     "bench-model.json": render_model,
     "serve.json": render_serve,
+    "operator-bench-e2e.json": render_operator,
 }
 
 
