@@ -10,10 +10,10 @@ test-operator: setup ## unit and integration tests of the operator and the Kuber
 
 bench-operator: setup ## 1,000 tasks through the operator with 8 workers (JSON + PNG); MODE=e2e: on the real kube-apiserver
 ifeq ($(MODE),e2e)
-	$(PY) -m legacygpu.testing.bench_operator --apiserver e2e --tasks 1000 --workers 8 --out docs/benchmarks/operator-e2e
+	$(MAKE) bench-operator-e2e
 else
 	$(PY) -m legacygpu.testing.bench_operator --tasks 1000 --workers 8 --out bench-results/operator
 endif
 
-bench-operator-e2e: ## make bench-operator MODE=e2e: tasks/s, latency, API writes per task, operator RSS on the e2e control plane
-	$(MAKE) bench-operator MODE=e2e
+bench-operator-e2e: setup ## tasks/s, latency, API writes per task, operator RSS on the e2e control plane (= bench-operator MODE=e2e)
+	$(PY) -m legacygpu.testing.bench_operator --apiserver e2e --tasks 1000 --workers 8 --out $(BENCH_DOCS)/operator-e2e
