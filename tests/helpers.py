@@ -25,6 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "examples" / "digits"
 TOKEN = "test-token-0123456789"
+ADMIN_TOKEN = "test-admin-token-0123456789"
+JOIN_TOKEN = "test-join-token-0123456789"
 
 FAST_TIMINGS = {
     "LEGACYGPU_HEARTBEAT_INTERVAL_SECONDS": "0.3",
@@ -94,12 +96,16 @@ class LocalCluster:
             **FAST_TIMINGS,
             "LEGACYGPU_DATA_DIR": str(data_dir),
             "LEGACYGPU_API_TOKEN": TOKEN,
+            "LEGACYGPU_ADMIN_TOKEN": ADMIN_TOKEN,
+            "LEGACYGPU_JOIN_TOKEN": JOIN_TOKEN,
             "LEGACYGPU_API_URL": self.url,
             **(env or {}),
         }
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        self.admin = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+        self.join = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {JOIN_TOKEN}"}, timeout=30)
         self.logs = data_dir / "test-logs"
         self.logs.mkdir(parents=True, exist_ok=True)
 
@@ -154,7 +160,8 @@ class LocalCluster:
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     process.kill()
-        self.http.close()
+        for client in (self.http, self.admin, self.join):
+            client.close()
 
 
 @contextmanager

@@ -294,6 +294,9 @@ def test_cluster_start_runs_everything_and_ctrl_c_stops_it(data_dir: Path) -> No
     with cluster_started(env, workers=2) as (cluster, banner):
         token = (data_dir / "api-token").read_text().strip()
         assert f"token     : {token}" in banner and f"/ui#token={token}" in banner
+        admin = (data_dir / "admin-token").read_text().strip()
+        assert f"admin     : {admin}" in banner and admin != token, "the admin token is printed, and is not the user's"
+        assert (data_dir / "join-token").stat().st_mode & 0o777 == 0o600
         assert "2/2 worker(s) registered" in banner
         # The copy-paste example works from a terminal whose PATH has no .venv/bin (as after `make run`).
         example = next(line for line in banner.splitlines() if " task submit " in line)

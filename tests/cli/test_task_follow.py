@@ -35,7 +35,7 @@ class CountingClient(ApiClient):
 def fake_worker(cluster: LocalCluster) -> threading.Thread:
     """Registers, claims one task, holds it HOLD_SECONDS, completes it."""
     body = {"name": "fake", "host": "h", "pid": 1, "device": {"name": "d"}, "concurrency": 1}
-    registered = cluster.http.post("/cluster/workers/register", json=body).json()
+    registered = cluster.join.post("/cluster/workers/register", json=body).json()
     wid, own = registered["id"], {"Authorization": f"Bearer {registered['token']}"}  # a worker's calls need its token
 
     def work() -> None:

@@ -78,9 +78,9 @@ def test_deep_parameters_are_refused_and_never_reach_a_worker(facade: LocalClust
 
 def test_deep_worker_stats_are_refused_and_the_worker_list_keeps_working(facade: LocalCluster) -> None:
     body = {"name": "evil", "stats": nested(300)}
-    r = facade.http.post("/cluster/workers/register", json=body)
+    r = facade.join.post("/cluster/workers/register", json=body)
     assert r.status_code == 422 and "stats nests 300 levels deep" in r.json()["detail"], r.text
-    ok = facade.http.post("/cluster/workers/register", json={"name": "fine", "stats": {"memory": {"rss": 1}}})
+    ok = facade.join.post("/cluster/workers/register", json={"name": "fine", "stats": {"memory": {"rss": 1}}})
     assert ok.status_code == 201
     own = {"Authorization": f"Bearer {ok.json()['token']}"}
     beat = facade.http.post(f"/cluster/workers/{ok.json()['id']}/heartbeat", json={"stats": nested(300)}, headers=own)
@@ -91,7 +91,7 @@ def test_deep_worker_stats_are_refused_and_the_worker_list_keeps_working(facade:
 
 
 def test_only_a_workers_own_token_completes_its_attempt(facade: LocalCluster) -> None:
-    a = facade.http.post("/cluster/workers/register", json={"name": "a"}).json()
+    a = facade.join.post("/cluster/workers/register", json={"name": "a"}).json()
     a_auth = {"Authorization": f"Bearer {a['token']}"}
     task = facade.submit(model="digits", inputs=[GOOD])
     claimed = facade.http.post(f"/cluster/workers/{a['id']}/claim", params={"wait": 5}, headers=a_auth).json()
@@ -99,7 +99,7 @@ def test_only_a_workers_own_token_completes_its_attempt(facade: LocalCluster) ->
     forged = {"worker_id": a["id"], "attempt": claimed[0]["attempt"], "result": {"outputs": [], "forged": True}}
     r = facade.http.post(f"/cluster/tasks/{task['id']}/complete", json=forged)  # the users' token
     assert r.status_code == 403 and f"only worker {a['id']}" in r.json()["detail"], r.text
-    b = facade.http.post("/cluster/workers/register", json={"name": "b"}).json()
+    b = facade.join.post("/cluster/workers/register", json={"name": "b"}).json()
     b_auth = {"Authorization": f"Bearer {b['token']}"}
     r = facade.http.post(f"/cluster/tasks/{task['id']}/complete", json=forged, headers=b_auth)
     assert r.status_code == 401 and f"invalid token for worker {a['id']}" in r.json()["detail"]
@@ -131,7 +131,7 @@ def test_an_image_bomb_is_a_413_not_a_500(facade: LocalCluster) -> None:
 def test_integers_beyond_64_bits_are_refused_not_overflowed(facade: LocalCluster) -> None:
     r = facade.http.get("/cluster/tasks", params={"offset": 2**63})
     assert r.status_code == 422 and "offset" in r.json()["detail"], r.text
-    r = facade.http.post("/cluster/workers/register", json={"name": "big", "pid": 2**63})
+    r = facade.join.post("/cluster/workers/register", json={"name": "big", "pid": 2**63})
     assert r.status_code == 422 and "pid" in r.json()["detail"], r.text
     assert facade.http.get("/cluster/tasks", params={"offset": 2**63 - 1}).json()["data"] == []
 
@@ -288,12 +288,12 @@ def test_workers_gone_past_the_retention_period_leave_the_list(data_dir: Path) -
     cluster.start_api()
     try:
         http = cluster.http
-        first = http.post("/cluster/workers/register", json={"name": "same"}).json()
-        second = http.post("/cluster/workers/register", json={"name": "same"}).json()
+        first = cluster.join.post("/cluster/workers/register", json={"name": "same"}).json()
+        second = cluster.join.post("/cluster/workers/register", json={"name": "same"}).json()
         workers = http.get("/cluster/workers").json()["data"]
         live = [w["id"] for w in workers if w["name"] == "same" and w["state"] in ("active", "draining")]
         assert live == [second["id"]], "names are unique among live workers: the newcomer replaced the old one"
-        stopped = http.post("/cluster/workers/register", json={"name": "leaver"}).json()
+        stopped = cluster.join.post("/cluster/workers/register", json={"name": "leaver"}).json()
         assert http.delete(f"/cluster/workers/{stopped['id']}",
                            headers={"Authorization": f"Bearer {stopped['token']}"}).status_code == 200
 

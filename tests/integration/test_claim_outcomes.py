@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import TOKEN, LocalCluster
+from helpers import JOIN_TOKEN, LocalCluster
 
 from legacygpu.worker.local_worker import LocalWorker
 
@@ -38,7 +38,7 @@ def digit_inputs() -> list[dict[str, Any]]:
 
 def test_outcomes_ride_on_the_next_claim(cluster: LocalCluster) -> None:
     submitted = [cluster.submit(model="digits", inputs=digit_inputs())["id"] for _ in range(TASKS)]
-    worker = LocalWorker(api_url=cluster.url, token=TOKEN, backend="onnxruntime", name="busy")
+    worker = LocalWorker(api_url=cluster.url, token=JOIN_TOKEN, backend="onnxruntime", name="busy")
     requests: list[tuple[str, str, dict[str, Any]]] = []
 
     def record(request: httpx.Request) -> None:
@@ -63,7 +63,7 @@ def test_outcomes_ride_on_the_next_claim(cluster: LocalCluster) -> None:
 
 def test_a_refused_outcome_does_not_stop_the_claim(cluster: LocalCluster) -> None:
     body = {"name": "w", "host": "h", "pid": 1, "device": {"name": "d"}, "concurrency": 1}
-    registered = cluster.http.post("/cluster/workers/register", json=body).json()
+    registered = cluster.join.post("/cluster/workers/register", json=body).json()
     wid, own = registered["id"], {"Authorization": f"Bearer {registered['token']}"}  # a worker's calls need its token
     task_id = cluster.submit(model="digits", inputs=digit_inputs())["id"]
     stale = {"task_id": "task-nonexistent", "worker_id": wid, "attempt": 1, "result": {}}

@@ -143,7 +143,7 @@ def test_task_past_its_timeout_fails_with_deadline_exceeded(cluster: LocalCluste
 def test_drained_worker_finishes_and_leaves(one_worker: LocalCluster) -> None:
     worker = one_worker.worker("w1")
     assert worker is not None
-    drained = one_worker.http.post(f"/cluster/workers/{worker['id']}/drain").json()
+    drained = one_worker.admin.post(f"/cluster/workers/{worker['id']}/drain").json()
     assert drained["state"] == "draining"
     assert one_worker.workers["w1"].wait(timeout=30) == 0, "the worker process exits cleanly"
     assert one_worker.http.get(f"/cluster/workers/{worker['id']}").json()["state"] == "stopped"

@@ -33,6 +33,7 @@ from legacygpu.core.kube.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL, VER
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "facade-test-token-0123456789"
+ADMIN_TOKEN = "facade-test-admin-token-0123456789"
 
 
 class Facade:
@@ -82,7 +83,7 @@ async def facade(
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     settings = Settings(
         cluster_backend="kubernetes", kube_namespace="default", kube_cluster="digits",
-        data_dir=tmp_path / "data", api_token=TOKEN,
+        data_dir=tmp_path / "data", api_token=TOKEN, admin_token=ADMIN_TOKEN,
     )
     await dep.start_operator()
     await dep.create(cluster_manifest("digits", replicas=2))
@@ -185,7 +186,8 @@ async def test_cancel_drain_and_events(facade: Facade, dep: Deployment) -> None:
 
         await eventually(lambda: asyncio.to_thread(two_active), timeout=30, what="workers back")
         worker = client.get("/cluster/workers").json()["data"][0]["id"]
-        drained = client.post(f"/cluster/workers/{worker}/drain")
+        assert client.post(f"/cluster/workers/{worker}/drain").status_code == 403  # draining is the admin's
+        drained = client.post(f"/cluster/workers/{worker}/drain", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert drained.status_code == 200 and drained.json()["state"] == "draining"
         for _ in range(3):
             done = client.post("/cluster/tasks/submit", json={"model": "digits", "inputs": [flat]}).json()["id"]

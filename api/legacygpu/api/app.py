@@ -22,12 +22,20 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from legacygpu.api.backends.base import ClusterBackend
+from legacygpu.api.deps import Role
 from legacygpu.api.errors import install_error_handlers
 from legacygpu.api.limits import BodySizeLimit
 from legacygpu.api.metrics import Metrics
 from legacygpu.api.requestcount import RequestCounter
 from legacygpu.api.routes import cluster, events, tasks, ui, v2, workers
-from legacygpu.core.config import Settings, ensure_token, ensure_worker_secret, secure_data_dir
+from legacygpu.core.config import (
+    Settings,
+    ensure_admin_token,
+    ensure_join_token,
+    ensure_token,
+    ensure_worker_secret,
+    secure_data_dir,
+)
 
 __all__ = ["create_app", "make_backend"]
 
@@ -76,7 +84,9 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
         title="legacygpu",
         version=version("legacygpu"),
         description="Inference on legacy OpenCL GPUs. Every endpoint except `/cluster/health` needs "
-        "`Authorization: Bearer <token>`.",
+        "`Authorization: Bearer <token>`: the API token for tasks and listings, the admin token for draining or "
+        "removing workers and changing models, the join token to register a worker, a worker's own token for "
+        "what that worker does. A token of another role gets 403 naming the role needed.",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
     )
@@ -84,6 +94,13 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
     app.state.backend = backend
     app.state.metrics = metrics
     app.state.token = ensure_token(settings)
+    # One token per role (see legacygpu.api.deps). In Kubernetes the admin token comes from the chart's Secret
+    # (None: admin routes refused) and workers never register with the facade, so there is no join token.
+    app.state.tokens = {
+        Role.USER: app.state.token,
+        Role.ADMIN: ensure_admin_token(settings) if local else settings.admin_token,
+        Role.JOIN: ensure_join_token(settings) if local else settings.join_token,
+    }
     # Worker tokens matter where workers register over HTTP (local); elsewhere a per-process key will do.
     app.state.worker_secret = ensure_worker_secret(settings) if local else secrets.token_bytes(32)
 

@@ -1,21 +1,48 @@
 """The CLI's HTTP client for the facade, and how its errors reach the user.
 
 The URL and token come from ``--api``/``--token``, then ``LEGACYGPU_API_URL``
-and ``LEGACYGPU_API_TOKEN``, then the token the local facade stored in the
-data dir. HTTP errors become :class:`CliError` with the facade's own message
-and an exit code per kind of failure.
+and the role's variable, then the token the local facade stored in the data
+dir. Commands act in one role (:data:`ROLES`): most as a user with the API
+token (``LEGACYGPU_API_TOKEN``, ``api-token``), those that change the
+cluster (draining a worker, models) as an administrator with the admin token
+(``LEGACYGPU_ADMIN_TOKEN``, ``admin-token``), and a worker registers with
+the join token (``LEGACYGPU_JOIN_TOKEN``, ``join-token``).
+
+HTTP errors become :class:`CliError` with the facade's own message and an
+exit code per kind of failure.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import click
 import httpx
 
-from legacygpu.core.config import Settings, read_token
+from legacygpu.core.config import Settings, read_admin_token, read_join_token, read_token
 
-__all__ = ["ApiClient", "CliError", "api_options", "make_client", "normalize_url"]
+__all__ = [
+    "ROLES",
+    "ApiClient",
+    "CliError",
+    "Role",
+    "admin_api_options",
+    "api_options",
+    "join_api_options",
+    "make_client",
+    "normalize_url",
+    "role_token",
+]
+
+Role = Literal["user", "admin", "join"]
+ROLES: dict[str, tuple[str, str, Callable[[Path], str | None]]] = {
+    "user": ("LEGACYGPU_API_TOKEN", "api_token", read_token),
+    "admin": ("LEGACYGPU_ADMIN_TOKEN", "admin_token", read_admin_token),
+    "join": ("LEGACYGPU_JOIN_TOKEN", "join_token", read_join_token),
+}
+"""Per role: the environment variable, the settings field and the reader of the file the local facade stored."""
 
 
 class CliError(click.ClickException):
@@ -45,9 +72,10 @@ def normalize_url(url: str) -> str:
 class ApiClient:
     """Thin wrapper over httpx that turns HTTP errors into :class:`CliError`."""
 
-    def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str | None, timeout: float = 30.0, *, role: Role = "user") -> None:
         self.url = normalize_url(url)
         self.token = token
+        self.role = role
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -69,8 +97,8 @@ class ApiClient:
             detail = response.text
         if not isinstance(detail, str):
             detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail)
-        if response.status_code == 401:
-            raise Unauthorized(f"{detail} (set LEGACYGPU_API_TOKEN or pass --token)")
+        if response.status_code in (401, 403):
+            raise Unauthorized(f"{detail} (set {ROLES[self.role][0]} or pass --token)")
         if response.status_code == 404:
             raise NotFound(detail)
         raise CliError(f"{response.status_code}: {detail}")
@@ -85,15 +113,35 @@ class ApiClient:
         self._http.close()
 
 
-def make_client(api: str | None, token: str | None) -> ApiClient:
+def role_token(role: Role, token: str | None = None, settings: Settings | None = None) -> str | None:
+    """``token`` if given, else the role's setting (environment), else the token the local facade stored."""
+    settings = settings or Settings()
+    _, field, read = ROLES[role]
+    return token or getattr(settings, field) or read(settings.data_dir)
+
+
+def make_client(api: str | None, token: str | None, *, role: Role = "user") -> ApiClient:
     settings = Settings()
-    return ApiClient(api or settings.api_url, token or settings.api_token or read_token(settings.data_dir))
+    return ApiClient(api or settings.api_url, role_token(role, token, settings), role=role)
 
 
-def api_options(func: Any) -> Any:
-    """``--api`` and ``--token`` for every command that talks to a facade."""
-    func = click.option("--token", envvar="LEGACYGPU_API_TOKEN", help="API token [env LEGACYGPU_API_TOKEN].")(func)
-    func = click.option(
-        "--api", "api", envvar="LEGACYGPU_API_URL", help="Facade URL [env LEGACYGPU_API_URL; default 127.0.0.1:8000]."
-    )(func)
-    return func
+def _options(role: Role) -> Callable[[Any], Any]:
+    variable = ROLES[role][0]
+    what = {"user": "API token", "admin": "Admin token", "join": "Join token (to register)"}[role]
+
+    def decorate(func: Any) -> Any:
+        func = click.option("--token", envvar=variable, help=f"{what} [env {variable}].")(func)
+        return click.option(
+            "--api", "api", envvar="LEGACYGPU_API_URL",
+            help="Facade URL [env LEGACYGPU_API_URL; default 127.0.0.1:8000].",
+        )(func)
+
+    return decorate
+
+
+api_options = _options("user")
+"""``--api`` and ``--token`` (the API token) for every command that talks to a facade as a user."""
+admin_api_options = _options("admin")
+"""``--api`` and ``--token`` (the admin token) for commands that change the cluster."""
+join_api_options = _options("join")
+"""``--api`` and ``--token`` (the join token) for a worker registering."""

@@ -15,7 +15,7 @@ import click
 
 from legacygpu.cli.client import CliError, api_options, make_client
 from legacygpu.cli.output import Column, emit, output_option
-from legacygpu.core.config import Settings, ensure_token, secure_data_dir
+from legacygpu.core.config import Settings, ensure_admin_token, ensure_join_token, ensure_token, secure_data_dir
 
 __all__ = ["WORKER_COLUMNS", "command"]
 
@@ -54,7 +54,7 @@ def self_command() -> str:
     return f"{shlex.quote(sys.executable)} -m legacygpu.cli"
 
 
-def _banner(url: str, token: str, data_dir: Path, sample: Path | None) -> str:
+def _banner(url: str, token: str, data_dir: Path, sample: Path | None, admin_token: str = "") -> str:
     image = shlex.quote(str(sample or Path("examples/digits/digit-7.png")))
     api_flag = "" if url == Settings().api_url else f" --api {url}"  # the client's default finds only the default
     return "\n".join([
@@ -63,6 +63,8 @@ def _banner(url: str, token: str, data_dir: Path, sample: Path | None) -> str:
         f"  dashboard : {url}/ui#token={token}",
         f"  API docs  : {url}/docs",
         f"  token     : {token}   (stored in {data_dir}/api-token)",
+        f"  admin     : {admin_token}   (stored in {data_dir}/admin-token; drains workers, changes models)",
+        f"  join      : workers register with {data_dir}/join-token",
         "",
         "Try it (in another terminal):",
         f"  {self_command()} task submit --model digits --input {image} --wait{api_flag}",
@@ -93,6 +95,8 @@ def start(host: str, port: int, workers: int | None, backend: str, data_dir: Pat
     settings = Settings(**({"data_dir": data_dir} if data_dir else {}))  # type: ignore[arg-type]
     secure_data_dir(settings.data_dir, umask=True)  # private to its owner: tasks' inputs and results live there
     token = ensure_token(settings)
+    admin_token = ensure_admin_token(settings)
+    join_token = ensure_join_token(settings)
     repository = ModelRepository(settings.models_dir)
     if "digits" not in repository.names():
         click.echo("training the demo digits model (first start only)...", err=True)
@@ -102,7 +106,7 @@ def start(host: str, port: int, workers: int | None, backend: str, data_dir: Pat
     count = len(devices)
     click.echo(f"starting the facade and {count} worker(s) for {what}", err=True)
     supervisor = Supervisor(data_dir=settings.data_dir, host=host, port=port, devices=devices, token=token,
-                            backend=backend, preload=(card.name,))
+                            backend=backend, preload=(card.name,), join_token=join_token)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     try:
@@ -110,7 +114,8 @@ def start(host: str, port: int, workers: int | None, backend: str, data_dir: Pat
         ready = supervisor.wait_for_workers()
         click.echo(f"{ready}/{count} worker(s) registered", err=True)
         sample = Path("examples/digits/digit-7.png")
-        click.echo(_banner(supervisor.url, token, settings.data_dir, sample.resolve() if sample.exists() else None))
+        click.echo(_banner(supervisor.url, token, settings.data_dir, sample.resolve() if sample.exists() else None,
+                           admin_token))
         supervisor.watch()
     except RuntimeError as exc:
         raise CliError(str(exc)) from exc

@@ -31,6 +31,8 @@ from types import FrameType
 
 import httpx
 
+from legacygpu.core.config import Settings, ensure_join_token
+
 __all__ = ["PIDFILE", "Supervisor", "crashed", "local_devices"]
 
 log = logging.getLogger(__name__)
@@ -87,16 +89,23 @@ class Supervisor:
 
     def __init__(
         self, *, data_dir: Path, host: str, port: int, devices: Sequence[int | None], token: str,
-        backend: str = "auto", preload: tuple[str, ...] = (),
+        backend: str = "auto", preload: tuple[str, ...] = (), join_token: str | None = None,
     ) -> None:
-        """One worker per entry of ``devices``: an OpenCL device index, or None to let the backend choose."""
+        """One worker per entry of ``devices``: an OpenCL device index, or None to let the backend choose.
+
+        The facade gets the users' ``token``; the workers get only the join token (by default the one
+        stored in ``data_dir``), with which they register and receive their own.
+        """
         self.data_dir = data_dir
         self.host, self.port = host, port
         self.url = f"http://{host}:{port}"
         self.token = token
         self._stop = False
-        env = {"LEGACYGPU_DATA_DIR": str(data_dir), "LEGACYGPU_API_TOKEN": token, "LEGACYGPU_API_URL": self.url,
+        join_token = join_token or ensure_join_token(Settings(data_dir=data_dir))
+        env = {"LEGACYGPU_DATA_DIR": str(data_dir), "LEGACYGPU_API_URL": self.url,
                "LEGACYGPU_PRELOAD_MODELS": ",".join(preload)}
+        worker_env = {**env, "LEGACYGPU_JOIN_TOKEN": join_token}
+        env = {**env, "LEGACYGPU_API_TOKEN": token}
         python = [sys.executable, "-m", "legacygpu.cli"]
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -109,7 +118,7 @@ class Supervisor:
                 [*python, "worker", "start", "--api", self.url, "--backend", backend,
                  "--name", f"local-{i}", *([] if device is None else ["--device-index", str(device)])],
                 log_path=logs / f"worker-{i}.log",
-                env=env,
+                env=worker_env,
             )
             for i, device in enumerate(devices)
         ]

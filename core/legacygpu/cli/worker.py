@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from legacygpu.cli.client import api_options, make_client
+from legacygpu.cli.client import admin_api_options, join_api_options, make_client, role_token
 from legacygpu.cli.output import emit, output_option
-from legacygpu.core.config import Settings, read_token
+from legacygpu.core.config import Settings
 
 __all__ = ["command"]
 
@@ -26,7 +26,7 @@ def command() -> None:
 
 
 @command.command("start")
-@api_options
+@join_api_options
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "opencl"]), default="auto", show_default=True,
               help="auto: OpenCL on a GPU, onnxruntime on a CPU-only host.")
 @click.option("--device-index", type=int, help="OpenCL device to use (see `legacygpu devices`).")
@@ -91,7 +91,7 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
     settings = Settings()
     worker = LocalWorker(
         api_url=api or settings.api_url,
-        token=token or settings.api_token or read_token(settings.data_dir) or "",
+        token=role_token("join", token, settings) or "",
         backend=backend,
         device_index=device_index,
         name=name,
@@ -139,8 +139,8 @@ def _start_serving(runner: Callable[[], Any], options: dict[str, Any],
 @command.command("stop")
 @click.argument("worker_id")
 @output_option
-@api_options
+@admin_api_options
 def stop_worker(worker_id: str, output: str, api: str | None, token: str | None) -> None:
-    """Drain a worker: it finishes its running tasks, takes no new ones, and exits."""
-    worker = make_client(api, token).post(f"/cluster/workers/{worker_id}/drain")
+    """Drain a worker: it finishes its running tasks, takes no new ones, and exits (needs the admin token)."""
+    worker = make_client(api, token, role="admin").post(f"/cluster/workers/{worker_id}/drain")
     emit(worker, output, [("ID", lambda w: w["id"]), ("NAME", lambda w: w["name"]), ("STATE", lambda w: w["state"])])

@@ -5,6 +5,11 @@ One settings class, read from flags (passed as keyword arguments) and
 client: the facade generates one on first start, stores it in the data dir
 (mode 0600) and every local command on the same machine reads it from there.
 
+Three stored credentials, one per role (see :mod:`legacygpu.api.deps`): the
+API token (``api-token``: users submit, read and cancel), the admin token
+(``admin-token``: models, workers, drains) and the join token
+(``join-token``: a worker registers with it and gets its own token back).
+
 The data dir holds task inputs and results, so it is private to its owner:
 :func:`secure_data_dir` makes it 0700 with every folder under it 0700 and
 every file 0600, and the processes that write there run with umask 077 so
@@ -25,17 +30,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from legacygpu.core.limits import Limits
 
 __all__ = [
+    "ADMIN_TOKEN_FILE",
+    "JOIN_TOKEN_FILE",
     "TOKEN_FILE",
     "WORKER_SECRET_FILE",
     "Settings",
     "default_data_dir",
+    "ensure_admin_token",
+    "ensure_join_token",
     "ensure_token",
     "ensure_worker_secret",
+    "read_admin_token",
+    "read_join_token",
     "read_token",
     "secure_data_dir",
 ]
 
 TOKEN_FILE = "api-token"
+ADMIN_TOKEN_FILE = "admin-token"
+JOIN_TOKEN_FILE = "join-token"
 WORKER_SECRET_FILE = "worker-secret"
 
 
@@ -50,7 +63,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEGACYGPU_", env_ignore_empty=True, extra="ignore")
 
     api_url: str = Field("http://127.0.0.1:8000", description="Where clients and workers find the facade.")
-    api_token: str | None = Field(None, description="Bearer token; generated and stored when unset.")
+    api_token: str | None = Field(None, description="Users' bearer token; generated and stored when unset.")
+    admin_token: str | None = Field(
+        None, description="Administrators' bearer token (models, workers, drains); generated and stored when unset."
+    )
+    join_token: str | None = Field(
+        None, description="Bearer token a worker registers with; generated and stored when unset."
+    )
     worker_secret: str | None = Field(
         None, description="Key the facade derives each worker's own token from; generated and stored when unset."
     )
@@ -100,9 +119,24 @@ class Settings(BaseSettings):
         return self.data_dir / "cluster.db"
 
 
-def read_token(data_dir: Path) -> str | None:
-    path = Path(data_dir) / TOKEN_FILE
+def _read(data_dir: Path, name: str) -> str | None:
+    path = Path(data_dir) / name
     return path.read_text().strip() if path.is_file() else None
+
+
+def read_token(data_dir: Path) -> str | None:
+    """The users' token the local facade stored, if any."""
+    return _read(data_dir, TOKEN_FILE)
+
+
+def read_admin_token(data_dir: Path) -> str | None:
+    """The admin token the local facade stored, if any (readable only by the data dir's owner)."""
+    return _read(data_dir, ADMIN_TOKEN_FILE)
+
+
+def read_join_token(data_dir: Path) -> str | None:
+    """The token workers register with, if the local facade stored one."""
+    return _read(data_dir, JOIN_TOKEN_FILE)
 
 
 def _stored_secret(data_dir: Path, name: str) -> str:
@@ -121,6 +155,16 @@ def _stored_secret(data_dir: Path, name: str) -> str:
 def ensure_token(settings: Settings) -> str:
     """The token in force: the configured one, else the stored one, else a new stored one."""
     return settings.api_token or _stored_secret(settings.data_dir, TOKEN_FILE)
+
+
+def ensure_admin_token(settings: Settings) -> str:
+    """The admin token in force: the configured one, else the stored one, else a new stored one."""
+    return settings.admin_token or _stored_secret(settings.data_dir, ADMIN_TOKEN_FILE)
+
+
+def ensure_join_token(settings: Settings) -> str:
+    """The worker-join token in force: the configured one, else the stored one, else a new stored one."""
+    return settings.join_token or _stored_secret(settings.data_dir, JOIN_TOKEN_FILE)
 
 
 def ensure_worker_secret(settings: Settings) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from legacygpu.api.deps import token_matches
+from legacygpu.api.deps import Role, role_of
 
 router = APIRouter(tags=["events"])
 
@@ -21,7 +21,7 @@ async def cluster_events(websocket: WebSocket) -> None:
     header = websocket.headers.get("authorization", "")
     token = websocket.query_params.get("token") or (header[7:] if header.lower().startswith("bearer ") else None)
     await websocket.accept()  # accept first: a browser only sees close codes of accepted sockets
-    if not token_matches(token, websocket.app.state.token):
+    if role_of(websocket, token) not in (Role.USER, Role.ADMIN):
         await websocket.close(code=UNAUTHORIZED_CLOSE_CODE, reason="missing or invalid token")
         return
     backend = websocket.app.state.backend

@@ -1,8 +1,9 @@
 """``/cluster/workers``: registration, heartbeats and task claims from workers; listing and draining for users.
 
-Registering takes the cluster's API token; everything a worker does after
-that (heartbeat, claim, deregister) takes the worker's own token from the
-registration reply (see :mod:`legacygpu.api.deps`).
+Registering takes the join token (or the admin token); everything a worker
+does after that (heartbeat, claim, deregister) takes the worker's own token
+from the registration reply; draining or removing a worker takes the admin
+token; listing takes the API token (see :mod:`legacygpu.api.deps`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 
-from legacygpu.api.deps import Authorized, BackendDep, SettingsDep, WorkerAuthorized, worker_token
+from legacygpu.api.deps import (
+    AdminAuthorized,
+    Authorized,
+    BackendDep,
+    JoinAuthorized,
+    SettingsDep,
+    WorkerAuthorized,
+    WorkerOrAdminAuthorized,
+    worker_token,
+)
 from legacygpu.api.errors import ERROR_RESPONSES
 from legacygpu.api.schemas import (
     ClaimedTask,
@@ -42,7 +52,7 @@ def _check_stats(stats: dict[str, Any], settings: Settings) -> None:
                setting="LEGACYGPU_MAX_STATS_BYTES")
 
 
-@router.post("/register", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
+@router.post("/register", status_code=status.HTTP_201_CREATED, dependencies=[JoinAuthorized])
 async def register_worker(
     body: WorkerRegister, backend: BackendDep, settings: SettingsDep, request: Request
 ) -> WorkerRegistered:
@@ -117,13 +127,13 @@ async def claim_tasks(
     return await backend.claim_tasks(worker_id, max_tasks, wait)
 
 
-@router.post("/{worker_id}/drain", dependencies=[Authorized])
+@router.post("/{worker_id}/drain", dependencies=[AdminAuthorized])
 async def drain_worker(worker_id: str, backend: BackendDep) -> WorkerPublic:
     """Stop giving the worker new tasks; it finishes what it runs, then exits."""
     return await backend.drain_worker(worker_id)
 
 
-@router.delete("/{worker_id}", dependencies=[WorkerAuthorized])
+@router.delete("/{worker_id}", dependencies=[WorkerOrAdminAuthorized])
 async def deregister_worker(worker_id: str, backend: BackendDep) -> WorkerPublic:
-    """Worker-facing: leaving now; whatever it still holds goes back to the queue."""
+    """The worker leaving now, or an administrator removing it: whatever it still holds goes back to the queue."""
     return await backend.deregister_worker(worker_id)
