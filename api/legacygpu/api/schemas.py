@@ -234,3 +234,7 @@ class HealthPublic(BaseModel):
     backend: str
     workers_active: int
     version: str
+    database: Literal["ok", "locked", "error"] | None = Field(
+        None, description="The local cluster's database: ok, locked (writes get 503) or error; null without one."
+    )
+    database_message: str | None = Field(None, description="Why the database is not ok.")

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
                                   description=Limits.model_fields["max_image_pixels"].description)
     max_tensor_elements: int = Field(Limits().max_tensor_elements, ge=1,
                                      description=Limits.model_fields["max_tensor_elements"].description)
+    database_busy_timeout_seconds: float = Field(
+        5.0, gt=0, description="How long a database write waits for another process's lock before the request "
+        "gets 503 with Retry-After (local mode).",
+    )
     heartbeat_interval_seconds: float = Field(2.0, gt=0)
     heartbeat_timeout_seconds: float = Field(10.0, gt=0, description="Silence after which a worker is lost.")
     worker_retention_seconds: float = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from importlib.metadata import version
 from typing import Any
 
@@ -17,11 +18,21 @@ router = APIRouter(tags=["cluster"], responses=ERROR_RESPONSES)
 
 @router.get("/cluster/health")
 async def health(backend: BackendDep) -> HealthPublic:
-    """Liveness and a one-line verdict; needs no token."""
-    summary = await backend.summary()
-    active = summary["workers_by_state"].get("active", 0)
+    """Liveness and a one-line verdict; needs no token. Degraded with no active worker or a database not ok.
+
+    A backend with a database of its own (local) answers from ``health()``, which reads on a connection
+    of its own and so answers while the database is locked; others from their summary.
+    """
+    probe = getattr(backend, "health", None)
+    if probe is not None:
+        state = await probe()
+        active, database, message = state["workers_active"], state["database"], state["database_message"]
+    else:
+        summary = await backend.summary()
+        active, database, message = summary["workers_by_state"].get("active", 0), None, None
     return HealthPublic(
-        status="ok" if active else "degraded", backend=backend.name, workers_active=active, version=version("legacygpu")
+        status="ok" if active and database in (None, "ok") else "degraded", backend=backend.name,
+        workers_active=active, version=version("legacygpu"), database=database, database_message=message,
     )
 
 
@@ -39,4 +50,5 @@ async def cluster_metrics(backend: BackendDep) -> dict[str, Any]:
 
 @router.get("/metrics", dependencies=[Authorized], include_in_schema=False)
 async def prometheus_metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+    """Rendered on a thread: the gauges read the database, which must not block the event loop."""
+    return Response(await asyncio.to_thread(request.app.state.metrics.render), media_type=CONTENT_TYPE)

@@ -29,21 +29,35 @@ queue one page of free slots at a time, expired tasks through an index.
 Every task write is compare-and-set on the phase (and worker and attempt
 where they matter), so a completion from an attempt that was already given
 up on can never overwrite the outcome of a newer one.
+
+The database never blocks the event loop: every method that touches it
+runs on one database thread (:meth:`_db`), in order, as the loop once ran
+them, so the coordinator's logic stays sequential. What that thread does
+to the loop's objects (wake-ups, events) goes back through
+``call_soon_threadsafe`` (:meth:`_on_loop`). While another process holds
+the database's write lock, a write waits up to
+``database_busy_timeout_seconds`` on that thread and then fails with
+"database is locked" (a 503 with ``Retry-After``, see
+:mod:`legacygpu.api.errors`); the loop keeps answering, and
+:meth:`health` reads on a connection of its own, so ``/cluster/health``
+reports the lock instead of waiting behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
-from legacygpu.api.backends.local.store import PRUNE_BATCH, Store, to_record
+from legacygpu.api.backends.local.store import PRUNE_BATCH, Store, probe, to_record
 from legacygpu.api.backends.records import percentile, task_public, utc
 from legacygpu.api.events import EventBus
 from legacygpu.api.metrics import Metrics
@@ -76,6 +90,7 @@ _LIVE_WORKER_STATES = ("active", "draining")
 _MAX_QUEUE_SCAN = 500
 """Queued rows one pass reads at most while looking past tasks that no worker can take now."""
 _PRUNE_INTERVAL_SECONDS = 60.0
+_T = TypeVar("_T")
 
 
 class LocalBackend:
@@ -92,7 +107,7 @@ class LocalBackend:
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
-        self.store = Store(settings.database_path)
+        self.store = Store(settings.database_path, busy_timeout=settings.database_busy_timeout_seconds)
         self.repository = ModelRepository(settings.models_dir)
         self.events = EventBus()
         self.metrics = metrics or Metrics()
@@ -105,17 +120,23 @@ class LocalBackend:
         self._in_pass = False
         self._next_prune = 0.0
         self._loop_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legacygpu-db")
 
     # lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._db(self._restart_heartbeat_clocks)
+        self._kick = asyncio.Event()
+        self._loop_task = asyncio.create_task(self._loop_forever(), name="local-coordinator")
+
+    def _restart_heartbeat_clocks(self) -> None:
         # Silence while the coordinator itself was down proves nothing about a worker:
         # restart every live worker's heartbeat clock instead of declaring them all lost.
         now = self._clock()
         for worker in self.store.list_workers(_LIVE_WORKER_STATES):
             self.store.update_worker(worker["id"], last_heartbeat=now)
-        self._kick = asyncio.Event()
-        self._loop_task = asyncio.create_task(self._loop(), name="local-coordinator")
 
     async def stop(self) -> None:
         if self._loop_task is not None:
@@ -124,24 +145,48 @@ class LocalBackend:
             self._loop_task = None
         for event in self._wakeups.values():
             event.set()
+        self._db_thread.shutdown(wait=False, cancel_futures=True)
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legacygpu-db")  # for a restart
 
-    async def _loop(self) -> None:
+    async def _loop_forever(self) -> None:
         assert self._kick is not None
         while True:
             try:
-                self.reconcile()
+                await self._db(self.reconcile)
             except Exception:  # the loop must survive anything one pass throws
                 log.exception("coordinator pass failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout=0.25)
             self._kick.clear()
 
+    async def _db(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run ``fn`` (anything that touches the database) on the database thread, off the event loop."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return await self._loop.run_in_executor(self._db_thread, functools.partial(fn, *args, **kwargs))
+
+    def _on_loop(self, fn: Callable[..., object], *args: Any) -> None:
+        """Call ``fn`` on the event loop: at once when already there, else queued from the database thread."""
+        loop = self._loop
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if loop is None or here is loop:
+            fn(*args)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed while shutting down: nobody to tell
+                loop.call_soon_threadsafe(fn, *args)
+
     def _poke(self) -> None:
         """Ask for a pass soon; any number of pokes before it runs make one pass, and a pass never pokes itself."""
         if self._kick is not None and not self._in_pass:
-            self._kick.set()
+            self._on_loop(self._kick.set)
 
     def _wake(self, worker_id: str) -> None:
+        self._on_loop(self._set_wakeup, worker_id)
+
+    def _set_wakeup(self, worker_id: str) -> None:
         event = self._wakeups.get(worker_id)
         if event is not None:
             event.set()
@@ -176,7 +221,7 @@ class LocalBackend:
         for worker_id in self.store.delete_workers(("stopped", "lost"), cutoff):
             log.info("worker %s removed: stopped or lost for over %.0fs", worker_id,
                      self.settings.worker_retention_seconds)
-            self.events.publish("worker.removed", {"id": worker_id})
+            self._on_loop(self.events.publish, "worker.removed", {"id": worker_id})
 
     def _release_tasks(self, worker: dict[str, Any], reason: Reason, why: str, now: float) -> None:
         """Put a worker's tasks back: scheduled ones straight away, running ones as a failed attempt."""
@@ -270,6 +315,9 @@ class LocalBackend:
     # tasks --------------------------------------------------------------------------------
 
     async def submit_task(self, request: TaskCreate) -> TaskPublic:
+        return await self._db(self._submit_task, request)
+
+    def _submit_task(self, request: TaskCreate) -> TaskPublic:
         card = self.repository.get(request.model)
         validate_inputs(card, request.inputs)
         now = self._clock()
@@ -300,7 +348,7 @@ class LocalBackend:
         return self._task_public(self.store.get_task(task_id))
 
     async def get_task(self, task_id: str) -> TaskPublic:
-        return self._task_public(self.store.get_task(task_id))
+        return self._task_public(await self._db(self.store.get_task, task_id))
 
     async def list_tasks(
         self,
@@ -311,10 +359,15 @@ class LocalBackend:
         limit: int = 100,
         offset: int = 0,
     ) -> tuple[list[TaskPublic], int]:
-        rows, count = self.store.list_tasks(phases=phases, worker_id=worker_id, model=model, limit=limit, offset=offset)
+        rows, count = await self._db(
+            self.store.list_tasks, phases=phases, worker_id=worker_id, model=model, limit=limit, offset=offset
+        )
         return [self._task_public(row, with_result=False) for row in rows], count
 
     async def cancel_task(self, task_id: str) -> TaskPublic:
+        return await self._db(self._cancel_task, task_id)
+
+    def _cancel_task(self, task_id: str) -> TaskPublic:
         task = to_record(self.store.get_task(task_id))
         if not self._apply(task, lifecycle.cancel(task, now=self._clock())):
             raise ConflictError(f"task {task_id} changed while being cancelled; try again")
@@ -328,6 +381,9 @@ class LocalBackend:
     # workers ------------------------------------------------------------------------------
 
     async def register_worker(self, request: WorkerRegister) -> WorkerRegistered:
+        return await self._db(self._register_worker, request)
+
+    def _register_worker(self, request: WorkerRegister) -> WorkerRegistered:
         now = self._clock()
         for old in self.store.list_workers(_LIVE_WORKER_STATES):
             if old["name"] == request.name:  # names are unique among live workers: the newcomer replaces it
@@ -367,6 +423,9 @@ class LocalBackend:
         return worker
 
     async def heartbeat(self, worker_id: str, beat: Heartbeat) -> HeartbeatReply:
+        return await self._db(self._heartbeat, worker_id, beat)
+
+    def _heartbeat(self, worker_id: str, beat: Heartbeat) -> HeartbeatReply:
         worker = self._live_worker(worker_id)
         self.store.update_worker(worker_id, last_heartbeat=self._clock(), stats={**beat.stats, "running": beat.running})
         self._publish_worker(worker_id, "worker.heartbeat")
@@ -378,13 +437,16 @@ class LocalBackend:
         wakeup = self._wakeups.setdefault(worker_id, asyncio.Event())
         while True:
             wakeup.clear()
-            worker = self._live_worker(worker_id)
-            claimed = self._claim_now(worker, max_tasks) if worker["state"] == "active" else []
+            claimed, state = await self._db(self._claim_if_active, worker_id, max_tasks)
             remaining = deadline - time.monotonic()
-            if claimed or remaining <= 0 or worker["state"] != "active":
+            if claimed or remaining <= 0 or state != "active":
                 return claimed
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=remaining)
+
+    def _claim_if_active(self, worker_id: str, max_tasks: int) -> tuple[list[ClaimedTask], str]:
+        worker = self._live_worker(worker_id)
+        return (self._claim_now(worker, max_tasks) if worker["state"] == "active" else []), worker["state"]
 
     def _claim_now(self, worker: dict[str, Any], max_tasks: int) -> list[ClaimedTask]:
         now = self._clock()
@@ -407,6 +469,9 @@ class LocalBackend:
         return claimed
 
     async def complete_task(self, task_id: str, completion: Completion) -> TaskPublic:
+        return await self._db(self._complete_task, task_id, completion)
+
+    def _complete_task(self, task_id: str, completion: Completion) -> TaskPublic:
         row = self.store.get_task(task_id)
         task = to_record(row)
         if not lifecycle.check_report(task, worker_id=completion.worker_id, attempt=completion.attempt):
@@ -432,6 +497,9 @@ class LocalBackend:
             return worker_id
 
     async def drain_worker(self, worker_id: str) -> WorkerPublic:
+        return await self._db(self._drain_worker, worker_id)
+
+    def _drain_worker(self, worker_id: str) -> WorkerPublic:
         worker = self._live_worker(worker_id)
         self.store.update_worker(worker_id, state="draining")
         rows, _ = self.store.list_tasks(phases=[Phase.SCHEDULED], worker_id=worker_id, limit=10_000)
@@ -440,22 +508,31 @@ class LocalBackend:
             self._apply(task, lifecycle.unassign(task, reason=Reason.WORKER_DRAINED, why=why))
         self._wake(worker_id)
         self._publish_worker(worker_id)
-        return await self.get_worker(worker_id)
+        return self._get_worker(worker_id)
 
     async def deregister_worker(self, worker_id: str) -> WorkerPublic:
         """A worker leaving on purpose: anything it still holds goes back to the queue."""
+        return await self._db(self._deregister_worker, worker_id)
+
+    def _deregister_worker(self, worker_id: str) -> WorkerPublic:
         worker = self.store.get_worker(worker_id)
         if worker["state"] in _LIVE_WORKER_STATES:
             self.store.update_worker(worker_id, state="stopped")
             self._release_tasks(worker, Reason.WORKER_DRAINED, f"worker {worker['name']} stopped", self._clock())
             self._publish_worker(worker_id)
-        return await self.get_worker(worker_id)
+        return self._get_worker(worker_id)
 
     async def list_workers(self) -> list[WorkerPublic]:
+        return await self._db(self._list_workers)
+
+    def _list_workers(self) -> list[WorkerPublic]:
         counts = self.store.assigned_counts()
         return [self._worker_public(w, counts) for w in self.store.list_workers()]
 
     async def get_worker(self, worker_id: str) -> WorkerPublic:
+        return await self._db(self._get_worker, worker_id)
+
+    def _get_worker(self, worker_id: str) -> WorkerPublic:
         return self._worker_public(self.store.get_worker(worker_id), self.store.assigned_counts())
 
     @staticmethod
@@ -497,6 +574,14 @@ class LocalBackend:
         }
 
     async def summary(self) -> dict[str, Any]:
+        return await self._db(self._summary)
+
+    async def health(self) -> dict[str, Any]:
+        """The database's state and the active workers, read on a connection of its own (never queued behind
+        the database thread), so health answers while the database is locked."""
+        return await asyncio.to_thread(probe, self.settings.database_path)
+
+    def _summary(self) -> dict[str, Any]:
         snap = self.snapshot()
         now = self._clock()
         window = 60.0
@@ -522,10 +607,10 @@ class LocalBackend:
         if not self.events.subscribers:
             return
         task = self._task_public(self.store.get_task(task_id), with_result=False)
-        self.events.publish(event_type, task.model_dump(mode="json", exclude={"history"}))
+        self._on_loop(self.events.publish, event_type, task.model_dump(mode="json", exclude={"history"}))
 
     def _publish_worker(self, worker_id: str, event_type: str = "worker.updated") -> None:
         if not self.events.subscribers:
             return
         worker = self._worker_public(self.store.get_worker(worker_id), self.store.assigned_counts())
-        self.events.publish(event_type, worker.model_dump(mode="json"))
+        self._on_loop(self.events.publish, event_type, worker.model_dump(mode="json"))

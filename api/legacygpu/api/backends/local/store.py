@@ -8,6 +8,12 @@ and from the lifecycle's :class:`~legacygpu.core.lifecycle.TaskRecord`
 (:func:`to_record`, :meth:`Store.write_task`), so every phase change is one
 of the shared moves in :mod:`legacygpu.core.lifecycle`.
 
+The coordinator calls the store from its one database thread, never from
+the event loop; a write that finds the database locked by another process
+waits up to the busy timeout, then raises ``sqlite3.OperationalError``
+("database is locked"), which the facade answers with 503. :func:`probe`
+reads the database's state on a connection of its own, for health checks.
+
 Updates to tasks are compare-and-set (:meth:`Store.update_task` with
 ``expect``): a write that raced with another change touches no row and
 returns False, which is how the coordinator refuses a stale completion.
@@ -28,7 +34,7 @@ from legacygpu.core.lifecycle import Attempt, TaskRecord
 from legacygpu.core.scheduling import Requirements
 from legacygpu.core.tasks import Phase
 
-__all__ = ["EXPIRED_SQL", "PRUNE_BATCH", "PRUNE_SQL", "RUNNABLE_SQL", "Store", "to_record"]
+__all__ = ["EXPIRED_SQL", "PRUNE_BATCH", "PRUNE_SQL", "RUNNABLE_SQL", "Store", "probe", "to_record"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (
@@ -153,9 +159,9 @@ def _encode(fields: dict[str, Any]) -> dict[str, Any]:
 class Store:
     """Tasks and workers in one SQLite file; safe to share between threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=busy_timeout)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         with self._lock:
@@ -324,3 +330,33 @@ class Store:
             "ORDER BY finished_at",
             [since],
         )
+
+
+def probe(path: Path, lock_wait: float = 0.5) -> dict[str, Any]:
+    """The database's state for health checks, on a short-lived connection of its own.
+
+    ``database`` is ``ok``, ``locked`` (a write would wait: another process
+    holds the write lock for longer than ``lock_wait``) or ``error`` (it
+    cannot be opened or read), with ``database_message`` saying why, and
+    ``workers_active`` counted (in WAL mode reading works while another
+    connection holds the write lock; 0 when it cannot be read).
+    """
+    state: dict[str, Any] = {"database": "ok", "database_message": None, "workers_active": 0}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=lock_wait, isolation_level=None)
+    except sqlite3.Error as exc:
+        return {**state, "database": "error", "database_message": f"cannot open {path}: {exc}"}
+    try:
+        state["workers_active"] = int(
+            db.execute("SELECT COUNT(*) FROM workers WHERE state = 'active'").fetchone()[0]
+        )
+        db.execute("BEGIN IMMEDIATE")  # takes the write lock, or waits lock_wait and says it is held
+        db.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        locked = "locked" in str(exc) or "busy" in str(exc)
+        state.update(database="locked" if locked else "error", database_message=str(exc))
+    except sqlite3.Error as exc:
+        state.update(database="error", database_message=str(exc))
+    finally:
+        db.close()
+    return state
