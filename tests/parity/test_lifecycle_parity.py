@@ -121,7 +121,7 @@ async def test_deadline(driver: Driver) -> None:
     await driver.reconcile()
     failed = await driver.get(key)
     assert (failed.phase, failed.reason) == ("Failed", "DeadlineExceeded")
-    assert failed.message == "not finished within timeoutSeconds=3 of creation"
+    assert failed.message.startswith("did not finish within its timeout of 3 s from submission")
     assert failed.history == [] and failed.finished_at is not None
 
 

@@ -9,16 +9,23 @@ requests a refresh, and needs nothing beyond the HTTP client the other
 commands use.
 
 ``--once`` prints a single frame and exits (for scripts and tests);
-``--count N`` stops after N refreshes, like ``top -n``. In the live view a
+``--count N`` stops after N refreshes, like ``top -n``; ``q`` (when stdin
+is a terminal, read key by key without echo between refreshes) or Ctrl-C
+quits the live view. In the live view a
 facade that stops answering does not end the monitor: the last frame stays
 on screen with the error above it until the facade is back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import sys
+import termios
 import time
+import tty
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -172,6 +179,39 @@ def render(snap: Snapshot, error: str | None = None) -> RenderableType:
     return Group(*parts)
 
 
+@contextlib.contextmanager
+def _quit_keys() -> Iterator[Callable[[float], bool]]:
+    """A ``pause(seconds)`` that returns True as soon as ``q`` is pressed (stdin a terminal), else after
+    ``seconds``. The terminal is in cbreak mode (keys arrive one at a time, unechoed) until the block ends."""
+    stdin = sys.stdin
+    if not stdin.isatty():
+        def sleep(seconds: float) -> bool:  # no keys to read
+            time.sleep(seconds)
+            return False
+
+        yield sleep
+        return
+    fd = stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+
+    def pause(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([fd], [], [], left)
+            key = os.read(fd, 1) if ready else b""
+            if key.lower() == b"q":
+                return True
+            if ready and not key:  # the terminal went away: no more keys will come
+                time.sleep(left)
+        return False
+
+    try:
+        yield pause
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
 def _console() -> Console:
     # Piped or captured output gets a width that fits the tables unless COLUMNS says otherwise.
     if sys.stdout.isatty() or os.environ.get("COLUMNS"):
@@ -191,7 +231,7 @@ def _console() -> Console:
 def command(interval: float, once: bool, count: int, tasks: int, api: str | None, token: str | None) -> None:
     """Live terminal view of workers and tasks: phases, throughput, latency, recent tasks.
 
-    Refreshes every --interval seconds until Ctrl-C; `--once` prints one frame.
+    Refreshes every --interval seconds until q or Ctrl-C; `--once` prints one frame.
     """
     client = make_client(api, token)
     console = _console()
@@ -201,9 +241,11 @@ def command(interval: float, once: bool, count: int, tasks: int, api: str | None
             console.print(render(snap))
             return
         refreshes = 1
-        with Live(render(snap), console=console, refresh_per_second=4, auto_refresh=False) as live:
+        with _quit_keys() as pause, Live(render(snap), console=console, refresh_per_second=4,
+                                        auto_refresh=False) as live:
             while count == 0 or refreshes < count:
-                time.sleep(interval)
+                if pause(interval):
+                    break
                 refreshes += 1
                 try:
                     snap = fetch_snapshot(client, tasks)

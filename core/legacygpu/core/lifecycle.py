@@ -271,7 +271,9 @@ def deadline(task: TaskRecord) -> float | None:
 
 
 def deadline_message(timeout_seconds: int | None) -> str:
-    return f"not finished within timeoutSeconds={timeout_seconds} of creation"
+    """What a user reads when a task ran out of time: in their terms (the submit option), not the API field's."""
+    return (f"did not finish within its timeout of {timeout_seconds} s from submission; "
+            "submit again with a longer --timeout (timeout_seconds) to give it more time")
 
 
 def expire(task: TaskRecord, *, now: float) -> TaskRecord:

@@ -177,7 +177,7 @@ async def test_deadline_fails_the_task(backend: LocalBackend, clock: Clock) -> N
     backend.reconcile()
     failed = await backend.get_task(submitted.id)
     assert failed.phase == "Failed" and failed.reason == "DeadlineExceeded"
-    assert "timeoutSeconds=3" in (failed.message or "")
+    assert "timeout of 3 s" in (failed.message or "") and "timeoutSeconds" not in (failed.message or "")
 
 
 async def test_cancel(backend: LocalBackend) -> None:
