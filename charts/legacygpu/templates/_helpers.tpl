@@ -231,3 +231,18 @@ The API token the chart stores: api.auth.token, else the one already in the clus
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* The admin token for the chart's Secret: the given one, else the one already stored, else a new one. */}}
+{{- define "legacygpu.api.adminTokenValue" -}}
+{{- if .Values.api.auth.adminToken }}
+{{- .Values.api.auth.adminToken }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "legacygpu.api.secretName" .) }}
+{{- $key := .Values.api.auth.adminSecretKey }}
+{{- if and $existing $existing.data (hasKey $existing.data $key) }}
+{{- index $existing.data $key | b64dec }}
+{{- else }}
+{{- randAlphaNum 43 }}
+{{- end }}
+{{- end }}
+{{- end }}
