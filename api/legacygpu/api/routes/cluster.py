@@ -18,11 +18,10 @@ router = APIRouter(tags=["cluster"], responses=ERROR_RESPONSES)
 
 @router.get("/cluster/health")
 async def health(backend: BackendDep) -> HealthPublic:
-    """Liveness and a one-line verdict; needs no token. Degraded with no active worker or a database not ok.
-
-    A backend with a database of its own (local) answers from ``health()``, which reads on a connection
-    of its own and so answers while the database is locked; others from their summary.
-    """
+    """Liveness and a one-line verdict; needs no token. It answers while the database is locked:
+    `degraded` with no active worker, or while the database is locked or failing (`database` says which)."""
+    # A backend with a database of its own (local) has health(), read on a connection of its own so it
+    # answers while the database is locked; the others answer from their summary.
     probe = getattr(backend, "health", None)
     if probe is not None:
         state = await probe()
