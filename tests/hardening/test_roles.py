@@ -130,3 +130,12 @@ def test_the_cli_drains_with_the_admin_token_and_says_so_without_it(facade: Loca
     done = run_cli(facade.env, "worker", "stop", worker["id"], "-o", "json", timeout=60)
     assert done.returncode == 0 and '"state": "draining"' in done.stdout, done.stderr
     assert ADMIN_TOKEN not in done.stdout + done.stderr and JOIN_TOKEN not in done.stdout + done.stderr
+
+
+def test_the_cli_removes_a_worker_with_the_admin_token(facade: LocalCluster) -> None:
+    worker = register(facade, "cli-remove")
+    as_user = {**facade.env, "LEGACYGPU_ADMIN_TOKEN": TOKEN}
+    refused = run_cli(as_user, "worker", "remove", worker["id"], timeout=60)
+    assert refused.returncode == 5 and "admin role" in refused.stderr, refused.stderr
+    done = run_cli(facade.env, "worker", "remove", worker["id"], "-o", "json", timeout=60)
+    assert done.returncode == 0 and '"state": "stopped"' in done.stdout, done.stderr

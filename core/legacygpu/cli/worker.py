@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from legacygpu.cli.client import admin_api_options, join_api_options, make_client, role_token
-from legacygpu.cli.output import emit, output_option
+from legacygpu.cli.output import Column, emit, output_option
 from legacygpu.core.config import Settings
 
 __all__ = ["command"]
@@ -143,4 +143,22 @@ def _start_serving(runner: Callable[[], Any], options: dict[str, Any],
 def stop_worker(worker_id: str, output: str, api: str | None, token: str | None) -> None:
     """Drain a worker: it finishes its running tasks, takes no new ones, and exits (needs the admin token)."""
     worker = make_client(api, token, role="admin").post(f"/cluster/workers/{worker_id}/drain")
-    emit(worker, output, [("ID", lambda w: w["id"]), ("NAME", lambda w: w["name"]), ("STATE", lambda w: w["state"])])
+    emit(worker, output, _WORKER_COLUMNS)
+
+
+@command.command("remove")
+@click.argument("worker_id")
+@output_option
+@admin_api_options
+def remove_worker(worker_id: str, output: str, api: str | None, token: str | None) -> None:
+    """Remove a worker now: whatever it holds goes back to the queue (needs the admin token).
+
+    For a worker whose process is gone; a live one is better drained with `worker stop`.
+    """
+    worker = make_client(api, token, role="admin").request("DELETE", f"/cluster/workers/{worker_id}")
+    emit(worker, output, _WORKER_COLUMNS)
+
+
+_WORKER_COLUMNS: list[Column] = [
+    ("ID", lambda w: w["id"]), ("NAME", lambda w: w["name"]), ("STATE", lambda w: w["state"]),
+]
