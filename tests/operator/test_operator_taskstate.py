@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from legacygpu.core import lifecycle
 from legacygpu.core.errors import ConflictError
 from legacygpu.core.kube.contract import (
     assigned_status,
@@ -105,7 +106,7 @@ RUNNING = {"attempts": 1, "workerRef": {"pod": "w1"}, "startTime": format_time(T
 def test_deadline_fails_an_unfinished_task() -> None:
     """The move is the lifecycle's expire: same reason and message as the local backend, the attempt closed."""
     action = run(view("Running", status=RUNNING, timeoutSeconds=10), at=11)
-    message = "not finished within timeoutSeconds=10 of creation"
+    message = lifecycle.deadline_message(10)  # in the user's terms: "timeout of 10 s", never the API field
     assert (action.status["phase"], action.status["reason"], action.status["message"]) == (
         "Failed", "DeadlineExceeded", message)
     assert action.event == ("Warning", "DeadlineExceeded", message)

@@ -154,7 +154,8 @@ def requires(*allowed: Role) -> DependsParam:
     def dependency(request: Request, credentials: Credentials) -> None:
         _check(request, credentials, allowed, request.path_params.get("worker_id"))
 
-    return Depends(dependency)
+    marker: DependsParam = Depends(dependency)
+    return marker
 
 
 def check_worker_token(request: Request, credentials: HTTPAuthorizationCredentials | None, worker_id: str) -> None:
