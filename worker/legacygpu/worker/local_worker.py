@@ -72,7 +72,7 @@ class LocalWorker:
         self.backend = create_backend(backend, device_index)
         self._model_dir = model_dir
         self._runner: TaskRunner | None = None
-        self._token = token  # the cluster's token registers; the worker's own token (from the reply) does the rest
+        self._token = token  # the join token registers; the worker's own token (from the reply) does the rest
         self._http = httpx.Client(
             base_url=api_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
