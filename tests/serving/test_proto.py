@@ -13,8 +13,8 @@ from typing import Any
 import tritonclient.grpc.service_pb2 as triton_pb
 from google.protobuf import descriptor_pb2
 
+from legacygpu.core.oip import grpc_predict_v2_pb2 as pb
 from legacygpu.worker.serving.grpcservice import SERVICE
-from legacygpu.worker.serving.v2 import grpc_predict_v2_pb2 as pb
 
 
 def _clear_json_names(message: descriptor_pb2.DescriptorProto) -> None:
@@ -25,13 +25,13 @@ def _clear_json_names(message: descriptor_pb2.DescriptorProto) -> None:
 
 
 def test_committed_generated_code_matches_the_proto() -> None:
-    from legacygpu.worker.serving.v2.generate import descriptor_set
+    from legacygpu.core.oip.generate import descriptor_set
 
     fresh = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set()).file[0]
     for message in fresh.message_type:
         _clear_json_names(message)
     committed = descriptor_pb2.FileDescriptorProto.FromString(pb.DESCRIPTOR.serialized_pb)
-    assert committed == fresh, "grpc_predict_v2_pb2.py is stale: run python -m legacygpu.worker.serving.v2.generate"
+    assert committed == fresh, "grpc_predict_v2_pb2.py is stale: run python -m legacygpu.core.oip.generate"
 
 
 def _fields(descriptor: Any, prefix: str = "") -> dict[str, tuple[int, int, bool]]:

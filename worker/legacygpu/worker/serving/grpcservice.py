@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from legacygpu.core.oip import grpc_predict_v2_pb2 as pb
 from legacygpu.worker.serving.codec import (
     InferInput,
     InferRequest,
@@ -31,7 +32,6 @@ from legacygpu.worker.serving.codec import (
 )
 from legacygpu.worker.serving.engine import MODEL_VERSION, ServingEngine
 from legacygpu.worker.serving.errors import BadRequest, ServingError
-from legacygpu.worker.serving.v2 import grpc_predict_v2_pb2 as pb
 
 __all__ = ["SERVICE", "add_inference_service"]
 

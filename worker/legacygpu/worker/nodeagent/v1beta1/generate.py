@@ -2,7 +2,7 @@
 
 The kubelet's wire protocol is fixed by ``api.proto`` (a copy of the upstream interface
 definition, see its header); the generated modules are committed, and this is the one way they
-are produced (:mod:`legacygpu.worker.protogen` holds how)::
+are produced (:mod:`legacygpu.core.protogen` holds how)::
 
     python -m legacygpu.worker.nodeagent.v1beta1.generate      # or: make nodeagent-proto
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from legacygpu.worker.protogen import ProtoModules
+from legacygpu.core.protogen import ProtoModules
 
 __all__ = ["PROTO", "descriptor_set", "generate"]
 

@@ -1,5 +1,5 @@
-# Provenance: generated from legacygpu/worker/serving/v2/grpc_predict_v2.proto by
-#   python -m legacygpu.worker.serving.v2.generate
+# Provenance: generated from legacygpu/core/oip/grpc_predict_v2.proto by
+#   python -m legacygpu.core.oip.generate
 # with grpcio-tools 1.85.4. Do not edit; edit grpc_predict_v2.proto and regenerate.
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor

@@ -2,21 +2,21 @@
 
 The wire protocol is fixed by ``grpc_predict_v2.proto`` (written from the public protocol
 specification, see its header); the generated modules are committed, and this is the one way they
-are produced (:mod:`legacygpu.worker.protogen` holds how)::
+are produced (:mod:`legacygpu.core.protogen` holds how)::
 
-    python -m legacygpu.worker.serving.v2.generate
+    python -m legacygpu.core.oip.generate
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from legacygpu.worker.protogen import ProtoModules
+from legacygpu.core.protogen import ProtoModules
 
 __all__ = ["PROTO", "descriptor_set", "generate"]
 
 _MODULES = ProtoModules(
-    Path(__file__).resolve().parent / "grpc_predict_v2.proto", "legacygpu.worker.serving.v2.generate"
+    Path(__file__).resolve().parent / "grpc_predict_v2.proto", "legacygpu.core.oip.generate"
 )
 PROTO = _MODULES.proto
 generate = _MODULES.generate
