@@ -7,7 +7,11 @@ ModelInfer. Inputs come as ``raw_input_contents`` (what Triton's client
 sends) or typed ``contents``; outputs always go back as
 ``raw_output_contents``. Errors end the call with the
 :class:`~legacygpu.worker.serving.errors.ServingError`'s status code
-(``INVALID_ARGUMENT``, ``NOT_FOUND``, ``UNAVAILABLE``, ``INTERNAL``).
+(``INVALID_ARGUMENT``, ``NOT_FOUND``, ``UNAVAILABLE``, ``INTERNAL``), and
+trailing metadata naming the error (``legacygpu-error: QueueFull``) plus
+``retry-after`` where REST sends that header. The name tells the facade
+that the worker answered: an ``UNAVAILABLE`` without it is the channel's own
+(connection refused or reset), which the facade retries on another worker.
 
 The handlers are registered by hand under the protocol's service name
 because the messages live in their own proto package (see the ``.proto``).
@@ -15,6 +19,7 @@ because the messages live in their own proto package (see the ``.proto``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,9 +38,10 @@ from legacygpu.worker.serving.codec import (
 from legacygpu.worker.serving.engine import MODEL_VERSION, ServingEngine
 from legacygpu.worker.serving.errors import BadRequest, ServingError
 
-__all__ = ["SERVICE", "add_inference_service"]
+__all__ = ["ERROR_KEY", "SERVICE", "add_inference_service"]
 
 SERVICE = "inference.GRPCInferenceService"
+ERROR_KEY = "legacygpu-error"
 
 _CONTENTS = {
     "BOOL": "bool_contents",
@@ -147,7 +153,10 @@ def _guarded(method: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, grp
         try:
             return await method(request, context)
         except ServingError as exc:
-            await context.abort(exc.grpc_code, str(exc))
+            trailing = [(ERROR_KEY, type(exc).__name__)]
+            if exc.retry_after is not None:
+                trailing.append(("retry-after", str(math.ceil(exc.retry_after))))
+            await context.abort(exc.grpc_code, str(exc), trailing_metadata=tuple(trailing))
 
     return call
 
