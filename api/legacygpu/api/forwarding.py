@@ -10,6 +10,9 @@ largest part of the facade's CPU per request in a py-spy profile under
 ``legacygpu bench serve``, and aiohttp's is leaner. Idle connections are dropped
 after :data:`KEEPALIVE_SECONDS`, before the worker's server (uvicorn, 5 s)
 would close them under a request in flight.
+:meth:`Forwarder.dispatch` is the protocol-neutral part (which worker, the
+retry), shared by REST (:meth:`Forwarder.forward`) and gRPC
+(:mod:`legacygpu.api.grpcfacade`).
 
 Which workers: those :mod:`legacygpu.api.discovery` finds (local mode: the
 registered workers that announced a serving endpoint; Kubernetes mode: the
@@ -20,6 +23,10 @@ outstanding from this facade; least outstanding requests (``least-loaded``)
 by default. Workers that report the model loaded are preferred; if none does,
 any serving worker may load it.
 
+Requests about every worker (the repository extension's load, unload and
+index, and whether a model is ready on at least one worker) go to all of
+them at once (:meth:`Forwarder.broadcast`).
+
 A worker that fails mid-request (connection refused or reset, the process
 gone) is skipped until the next refresh and the request is sent once more to
 another worker; inference has no side effects, so this is safe. With no
@@ -29,18 +36,24 @@ worker left the answer is 503 with ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import aiohttp
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from legacygpu.api.backends.base import ClusterBackend
 from legacygpu.api.discovery import ServingEndpoint, serving_endpoints
 from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
 
-__all__ = ["FORWARDED_HEADERS", "KEEPALIVE_SECONDS", "Forwarded", "Forwarder", "NoWorker"]
+__all__ = [
+    "FORWARDED_HEADERS", "KEEPALIVE_SECONDS", "Forwarded", "Forwarder", "NoWorker", "WorkerFailed", "error_text",
+    "forwarder_for",
+]
 
 FORWARDED_HEADERS = ("content-type", "content-encoding", "inference-header-content-length", "retry-after")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -49,8 +62,15 @@ KEEPALIVE_SECONDS = 4.0  # under uvicorn's timeout_keep_alive (5 s), so the work
 _FAILURES = (aiohttp.ClientConnectionError, asyncio.TimeoutError)  # refused, reset, gone, or no answer in time
 
 
+_T = TypeVar("_T")
+
+
 class NoWorker(Exception):
     """No worker can serve the request now."""
+
+
+class WorkerFailed(Exception):
+    """The worker could not be reached, or went away mid-request: the request may go to another one."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +98,8 @@ class Forwarder:
         self._failed: set[str] = set()
         self.outstanding: dict[str, int] = {}
         self.requests = Counter(
-            "legacygpu_serving_requests_total", "Open Inference Protocol requests forwarded, by model and status code.",
+            "legacygpu_serving_requests_total",
+            "Open Inference Protocol requests forwarded, by model and status (HTTP code, or gRPC status name).",
             ["model", "code"], registry=registry,
         )
         self.retries = Counter(
@@ -128,15 +149,17 @@ class Forwarder:
             chosen = self._strategy.pick(Requirements(), infos)
         return by_url[chosen.id] if chosen is not None else None
 
-    async def forward(self, method: str, path: str, *, model: str | None, content: bytes = b"",
-                      headers: Mapping[str, str] | None = None) -> Forwarded:
-        """Send one request to a worker (and once more to another if that one fails); raises :class:`NoWorker`."""
-        started = time.perf_counter()
-        send_headers = {k: v for k, v in (headers or {}).items() if k.lower() in FORWARDED_HEADERS}
+    async def dispatch(self, model: str | None, send: Callable[[ServingEndpoint], Awaitable[_T]], *,
+                       protocol: Literal["rest", "grpc"] = "rest") -> _T:
+        """``send`` to one worker, and once more to another if it raises :class:`WorkerFailed`.
+
+        Raises :class:`NoWorker` when no worker (or no second one) serves ``protocol``.
+        """
         tried: set[str] = set()
-        last_error: Exception | None = None
+        last_error: WorkerFailed | None = None
         for attempt in range(2):
-            candidates = [e for e in await self.endpoints() if e.url not in tried and e.url not in self._failed]
+            candidates = [e for e in await self.endpoints() if e.url not in tried and e.url not in self._failed
+                          and (protocol == "rest" or e.grpc is not None)]
             endpoint = self._pick(model, candidates)
             if endpoint is None:
                 break
@@ -146,21 +169,88 @@ class Forwarder:
             self.outstanding[endpoint.url] = self.outstanding.get(endpoint.url, 0) + 1
             self.pending.labels(endpoint.name).inc()
             try:
-                async with self._client().request(method, endpoint.url + path, data=content or None,
-                                                  headers=send_headers) as response:
-                    body = await response.read()
-                    status = response.status
-                    kept = {k: v for k, v in response.headers.items() if k.lower() in FORWARDED_HEADERS}
-            except _FAILURES as exc:
+                return await send(endpoint)
+            except WorkerFailed as exc:
                 self._failed.add(endpoint.url)
                 last_error = exc
-                continue
             finally:
                 self.outstanding[endpoint.url] -= 1
                 self.pending.labels(endpoint.name).dec()
-            self.duration.labels(model or "").observe(time.perf_counter() - started)
-            self.requests.labels(model or "", str(status)).inc()
-            return Forwarded(status, kept, body, endpoint.name)
-        self.requests.labels(model or "", "503").inc()
-        reason = f" (the last one failed: {type(last_error).__name__}: {last_error})" if last_error else ""
+        reason = f" (the last one failed: {last_error})" if last_error else ""
         raise NoWorker(f"no worker serves the Open Inference Protocol now{reason}")
+
+    async def broadcast(self, method: str, path: str, *,
+                        body: object = None) -> list[tuple[ServingEndpoint, Forwarded | WorkerFailed]]:
+        """Send one REST request to every serving worker at once; each worker's answer, or its failure."""
+
+        async def one(endpoint: ServingEndpoint) -> Forwarded | WorkerFailed:
+            try:
+                async with self._client().request(method, endpoint.url + path, json=body) as response:
+                    return Forwarded(response.status, dict(response.headers), await response.read(), endpoint.name)
+            except _FAILURES as exc:
+                return WorkerFailed(f"{endpoint.name}: {type(exc).__name__}: {exc}")
+
+        endpoints = await self.endpoints()
+        answers = await asyncio.gather(*(one(e) for e in endpoints))
+        return list(zip(endpoints, answers, strict=True))
+
+    async def model_ready(self, model: str, version: str = "") -> tuple[int, str]:
+        """200 if at least one worker has the model loaded; else 404 (every worker: unknown) or 503, and why."""
+        version_part = f"/versions/{version}" if version else ""
+        answers = await self.broadcast("GET", f"/v2/models/{model}{version_part}/ready")
+        if not answers:
+            return 503, "no worker serves the Open Inference Protocol now"
+        reasons, codes = [], set()
+        for _, answer in answers:
+            if isinstance(answer, WorkerFailed):
+                reasons.append(str(answer))
+                codes.add(503)
+            elif answer.status_code == 200:
+                return 200, ""
+            else:
+                reasons.append(error_text(answer))
+                codes.add(answer.status_code)
+        return (404 if codes == {404} else 503), "; ".join(dict.fromkeys(reasons))
+
+    async def forward(self, method: str, path: str, *, model: str | None, content: bytes = b"",
+                      headers: Mapping[str, str] | None = None) -> Forwarded:
+        """Send one REST request to a worker (and once more to another if that one fails); raises :class:`NoWorker`."""
+        started = time.perf_counter()
+        send_headers = {k: v for k, v in (headers or {}).items() if k.lower() in FORWARDED_HEADERS}
+
+        async def send(endpoint: ServingEndpoint) -> Forwarded:
+            try:
+                async with self._client().request(method, endpoint.url + path, data=content or None,
+                                                  headers=send_headers) as response:
+                    body = await response.read()
+                    kept = {k: v for k, v in response.headers.items() if k.lower() in FORWARDED_HEADERS}
+                    return Forwarded(response.status, kept, body, endpoint.name)
+            except _FAILURES as exc:
+                raise WorkerFailed(f"{type(exc).__name__}: {exc}") from exc
+
+        try:
+            answer = await self.dispatch(model, send)
+        except NoWorker:
+            self.requests.labels(model or "", "503").inc()
+            raise
+        self.duration.labels(model or "").observe(time.perf_counter() - started)
+        self.requests.labels(model or "", str(answer.status_code)).inc()
+        return answer
+
+
+def forwarder_for(app: FastAPI) -> Forwarder:
+    """The facade's one :class:`Forwarder` (REST and gRPC share it: one view of the workers' load)."""
+    forwarder: Forwarder | None = getattr(app.state, "forwarder", None)
+    if forwarder is None:
+        state = app.state
+        forwarder = state.forwarder = Forwarder(state.backend, state.metrics.registry)
+    return forwarder
+
+
+def error_text(answer: Forwarded) -> str:
+    """The protocol's ``{"error": ...}`` message of a worker's answer, or its status."""
+    try:
+        error = json.loads(answer.content).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    return error if isinstance(error, str) else f"HTTP {answer.status_code}"

@@ -17,7 +17,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from legacygpu.api.deps import Authorized
-from legacygpu.api.forwarding import Forwarder, NoWorker
+from legacygpu.api.forwarding import Forwarder, NoWorker, forwarder_for
 
 __all__ = ["close", "router"]
 
@@ -27,11 +27,7 @@ _RETRY_AFTER_SECONDS = "1"
 
 
 def _forwarder(request: Request) -> Forwarder:
-    forwarder: Forwarder | None = getattr(request.app.state, "forwarder", None)
-    if forwarder is None:
-        state = request.app.state
-        forwarder = state.forwarder = Forwarder(state.backend, state.metrics.registry)
-    return forwarder
+    return forwarder_for(request.app)
 
 
 async def close(app: FastAPI) -> None:
