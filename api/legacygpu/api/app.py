@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
+from legacygpu.api import grpcfacade
 from legacygpu.api.backends.base import ClusterBackend
 from legacygpu.api.deps import Role
 from legacygpu.api.errors import install_error_handlers
@@ -57,8 +58,14 @@ def make_backend(settings: Settings, metrics: Metrics) -> ClusterBackend:
     return LocalBackend(settings, metrics=metrics)
 
 
-def create_app(settings: Settings | None = None, *, backend: ClusterBackend | None = None) -> FastAPI:
-    """The facade for ``settings``; pass ``backend`` to use one built elsewhere."""
+def create_app(settings: Settings | None = None, *, backend: ClusterBackend | None = None,
+               grpc_address: str | None = None) -> FastAPI:
+    """The facade for ``settings``; pass ``backend`` to use one built elsewhere.
+
+    With ``grpc_address`` (``host:port``) the app's lifespan also serves the Open Inference Protocol
+    over gRPC there (:mod:`legacygpu.api.grpcfacade`); ``api serve`` passes it, tests of the REST
+    app alone do not, so they bind nothing.
+    """
     settings = settings or Settings()
     metrics = getattr(backend, "metrics", None) or Metrics()
     backend = backend or make_backend(settings, metrics)
@@ -71,9 +78,12 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
         await backend.start()
         if local:
             secure_data_dir(settings.data_dir)  # again: starting may have created the database and its WAL
+        if grpc_address is not None:
+            await grpcfacade.start(app, grpc_address, max_request_bytes=settings.max_request_bytes)
         try:
             yield
         finally:
+            await grpcfacade.stop(app)
             await v2.close(app)
             await backend.stop()
 
