@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     cluster_backend: Literal["local", "kubernetes"] = "local"
     kube_namespace: str = "default"
     kube_cluster: str = Field("default", description="InferenceCluster the facade submits to (kubernetes).")
+    api_grpc_port: int = Field(
+        8001, ge=-1, le=65535,
+        description="Port of the facade's Open Inference Protocol over gRPC (Triton's 8001); 0: any free port, "
+        "-1: off.",
+    )
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     max_json_depth: int = Field(Limits().max_json_depth, ge=2, le=200,
                                 description=Limits.model_fields["max_json_depth"].description)
