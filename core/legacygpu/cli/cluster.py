@@ -54,7 +54,8 @@ def self_command() -> str:
     return f"{shlex.quote(sys.executable)} -m legacygpu.cli"
 
 
-def _banner(url: str, token: str, data_dir: Path, sample: Path | None, admin_token: str = "") -> str:
+def _banner(url: str, token: str, data_dir: Path, sample: Path | None, admin_token: str = "",
+            grpc: str | None = None) -> str:
     image = shlex.quote(str(sample or Path("examples/digits/digit-7.png")))
     api_flag = "" if url == Settings().api_url else f" --api {url}"  # the client's default finds only the default
     return "\n".join([
@@ -62,6 +63,7 @@ def _banner(url: str, token: str, data_dir: Path, sample: Path | None, admin_tok
         f"legacygpu is running at {url}",
         f"  dashboard : {url}/ui#token={token}",
         f"  API docs  : {url}/docs",
+        *([f"  gRPC      : {grpc}   (the Open Inference Protocol, as Triton's clients speak it)"] if grpc else []),
         f"  token     : {token}   (stored in {data_dir}/api-token)",
         f"  admin     : {admin_token}   (stored in {data_dir}/admin-token; drains workers, changes models)",
         f"  join      : workers register with {data_dir}/join-token",
@@ -78,13 +80,16 @@ def _banner(url: str, token: str, data_dir: Path, sample: Path | None, admin_tok
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the facade listens on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535),
               help="TCP port the facade listens on.")
+@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(-1, 65535),
+              help="TCP port of the facade's Open Inference Protocol over gRPC (-1: off); the workers take "
+              "free ports of their own.")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes (default: one per OpenCL GPU, "
               "else one for the CPU).")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "opencl"]), default="auto", show_default=True,
               help="Inference backend of every worker; auto: OpenCL on a GPU, onnxruntime on a CPU-only host.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Database, token, models and logs [env LEGACYGPU_DATA_DIR].")
-def start(host: str, port: int, workers: int | None, backend: str, data_dir: Path | None) -> None:
+def start(host: str, port: int, grpc_port: int, workers: int | None, backend: str, data_dir: Path | None) -> None:
     """Run the facade and its workers in the foreground, with the demo model loaded."""
     from legacygpu.cli.supervisor import Supervisor, local_devices
     from legacygpu.core.modelcards import ModelRepository
@@ -106,7 +111,7 @@ def start(host: str, port: int, workers: int | None, backend: str, data_dir: Pat
     count = len(devices)
     click.echo(f"starting the facade and {count} worker(s) for {what}", err=True)
     supervisor = Supervisor(data_dir=settings.data_dir, host=host, port=port, devices=devices, token=token,
-                            backend=backend, preload=(card.name,), join_token=join_token)
+                            backend=backend, preload=(card.name,), join_token=join_token, grpc_port=grpc_port)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     try:
@@ -115,7 +120,7 @@ def start(host: str, port: int, workers: int | None, backend: str, data_dir: Pat
         click.echo(f"{ready}/{count} worker(s) registered", err=True)
         sample = Path("examples/digits/digit-7.png")
         click.echo(_banner(supervisor.url, token, settings.data_dir, sample.resolve() if sample.exists() else None,
-                           admin_token))
+                           admin_token, grpc=f"{host}:{grpc_port}" if grpc_port > 0 else None))
         supervisor.watch()
     except RuntimeError as exc:
         raise CliError(str(exc)) from exc

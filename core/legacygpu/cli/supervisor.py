@@ -89,15 +89,16 @@ class Supervisor:
 
     def __init__(
         self, *, data_dir: Path, host: str, port: int, devices: Sequence[int | None], token: str,
-        backend: str = "auto", preload: tuple[str, ...] = (), join_token: str | None = None,
+        backend: str = "auto", preload: tuple[str, ...] = (), join_token: str | None = None, grpc_port: int = -1,
     ) -> None:
         """One worker per entry of ``devices``: an OpenCL device index, or None to let the backend choose.
 
         The facade gets the users' ``token``; the workers get only the join token (by default the one
-        stored in ``data_dir``), with which they register and receive their own.
+        stored in ``data_dir``), with which they register and receive their own. ``grpc_port``: where the
+        facade serves the Open Inference Protocol over gRPC (-1: not at all).
         """
         self.data_dir = data_dir
-        self.host, self.port = host, port
+        self.host, self.port, self.grpc_port = host, port, grpc_port
         self.url = f"http://{host}:{port}"
         self.token = token
         self._stop = False
@@ -110,6 +111,7 @@ class Supervisor:
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.api = _Child("api", [*python, "api", "serve", "--host", host, "--port", str(port),
+                                  "--grpc-port", str(grpc_port),
                                   "--data-dir", str(data_dir), "--log-level", "warning"],
                           log_path=logs / "api.log", env=env)
         self.workers = [
@@ -159,16 +161,18 @@ class Supervisor:
                                "stop it (legacygpu cluster stop --data-dir <its data dir>) or pick another --port")
 
     def _check_port_free(self) -> None:
-        with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no clash
-            try:
-                probe.bind((self.host, self.port))
-            except OSError as exc:
-                raise RuntimeError(
-                    f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc} (another cluster or program "
-                    f"is using it; `legacygpu cluster status --api {self.url}` tells whether it is a cluster); "
-                    "stop it or pick another --port"
-                ) from exc
+        ports = [(self.port, "--port"), *([(self.grpc_port, "--grpc-port")] if self.grpc_port > 0 else [])]
+        for port, flag in ports:
+            with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no clash
+                try:
+                    probe.bind((self.host, port))
+                except OSError as exc:
+                    raise RuntimeError(
+                        f"cannot listen on {self.host}:{port}: {exc.strerror or exc} (another cluster or program "
+                        f"is using it; `legacygpu cluster status --api {self.url}` tells whether it is a cluster); "
+                        f"stop it or pick another {flag}"
+                    ) from exc
 
     def start(self) -> None:
         pidfile = self.data_dir / PIDFILE
