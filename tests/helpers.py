@@ -90,6 +90,7 @@ class LocalCluster:
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
+        self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
@@ -99,6 +100,7 @@ class LocalCluster:
             "LEGACYGPU_ADMIN_TOKEN": ADMIN_TOKEN,
             "LEGACYGPU_JOIN_TOKEN": JOIN_TOKEN,
             "LEGACYGPU_API_URL": self.url,
+            "LEGACYGPU_API_GRPC_PORT": str(self.grpc_port),  # not 8001, which another cluster may hold
             **(env or {}),
         }
         self.api: subprocess.Popen[bytes] | None = None
