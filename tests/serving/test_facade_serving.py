@@ -5,7 +5,9 @@ cluster's token; the expected answers come from the task path of the same
 cluster. Proves forwarding, the protocol's errors through the facade,
 batching under concurrent load (worker metrics: fewer executions than
 inferences), a full queue (503 with Retry-After), a worker dying (the request
-is retried on another one), and ``legacygpu infer``.
+is retried on another one), and ``legacygpu infer``; the same over the
+facade's gRPC port (``tritonclient.grpc``): same top-1, the protocol's
+status codes, the token as metadata.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from helpers import TOKEN, LocalCluster, image_tensor, slow_model, wait_until
 from serving_support import EXAMPLES, enable_batching
+from tritonclient.utils import InferenceServerException
 
 from legacygpu.core.modelcards import ModelRepository
 from legacygpu.worker.modelinfo import card_from_onnx
@@ -35,6 +38,7 @@ from legacygpu.worker.modelinfo import card_from_onnx
 pytestmark = pytest.mark.slow
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+GRPC_AUTH = {"authorization": f"Bearer {TOKEN}"}
 DIGITS = [EXAMPLES / f"digit-{d}.png" for d in (1, 4, 9)]
 
 
@@ -84,6 +88,52 @@ def test_tritonclient_through_the_facade_gets_the_task_paths_top1(cluster: Local
     grpc_tensor = triton_grpc.InferInput("input", [len(DIGITS)], "BYTES")
     grpc_tensor.set_data_from_numpy(images)
     assert grpc_client.infer("digits", [grpc_tensor]).as_numpy("label").tolist() == expected
+
+    facade = _grpc(cluster)
+    assert facade.is_server_live() and facade.is_server_ready()
+    assert facade.is_model_ready("digits", headers=GRPC_AUTH)
+    assert [i["name"] for i in facade.get_model_metadata("digits", headers=GRPC_AUTH, as_json=True)["inputs"]] == [
+        "input"]
+    result = facade.infer("digits", [grpc_tensor], headers=GRPC_AUTH)
+    assert result.as_numpy("label").tolist() == expected
+    assert result.as_numpy("probabilities").argmax(axis=1).tolist() == expected
+    facade.close()
+
+
+def _grpc(cluster: LocalCluster) -> triton_grpc.InferenceServerClient:
+    return triton_grpc.InferenceServerClient(f"127.0.0.1:{cluster.grpc_port}")
+
+
+def _grpc_error(call: Callable[[], object]) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as raised:
+        call()
+    return raised.value
+
+
+def _fp32(name: str, shape: list[int]) -> triton_grpc.InferInput:
+    tensor = triton_grpc.InferInput(name, shape, "FP32")
+    tensor.set_data_from_numpy(np.zeros(shape, dtype=np.float32))
+    return tensor
+
+
+def test_the_facades_grpc_passes_on_the_protocols_errors_and_needs_the_token(cluster: LocalCluster) -> None:
+    facade = _grpc(cluster)
+    wrong = _grpc_error(lambda: facade.infer("digits", [_fp32("input", [1, 65])], headers=GRPC_AUTH))
+    assert wrong.status() == "StatusCode.INVALID_ARGUMENT"
+    assert wrong.message() == "input 'input': shape [1, 65] does not match the model's [N, 64]"
+    unknown = _grpc_error(lambda: facade.infer("nope", [_fp32("input", [1, 64])], headers=GRPC_AUTH))
+    assert unknown.status() == "StatusCode.NOT_FOUND"
+    assert unknown.message() == "unknown model 'nope' (models in the repository: digits)"
+    for headers in (None, {"authorization": "Bearer not-the-token"}, {"authorization": TOKEN}):
+        refused = _grpc_error(lambda h=headers: facade.infer("digits", [_fp32("input", [1, 64])], headers=h))
+        assert refused.status() == "StatusCode.UNAUTHENTICATED", headers
+        assert "token" in refused.message()
+    assert _grpc_error(lambda: facade.get_server_metadata()).status() == "StatusCode.UNAUTHENTICATED"
+    assert facade.is_server_live()  # the health checks are open, as REST's /v2/health/* are
+    assert facade.get_server_metadata(headers=GRPC_AUTH).name == "legacygpu"
+    facade.close()
+    metrics = cluster.http.get("/metrics").text
+    assert 'legacygpu_serving_requests_total{code="INVALID_ARGUMENT",model="digits"}' in metrics
 
 
 @pytest.mark.parametrize(
@@ -191,21 +241,38 @@ def test_the_guides_serving_examples_work_as_written(cluster: LocalCluster, tmp_
     assert card.max_batch_size == 32 and card.dynamic_batching is not None
 
 
-def test_a_worker_that_dies_is_replaced_by_another_for_the_same_request(cluster: LocalCluster) -> None:
-    """Runs last in this module: it kills a worker."""
+def _kill_a_preferred_worker(cluster: LocalCluster, victim: str, other: str) -> None:
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
-    for name in ("w1", "w2"):  # both load digits, so both are preferred and concurrent requests go to both
+    for name in (victim, other):  # both load digits, so both are preferred and concurrent requests go to both
         assert httpx.post(f"{_serving(cluster, name)['rest']}/v2/models/digits/infer", json=body).status_code == 200
         wait_until(lambda n=name: "digits" in cluster.worker(n)["stats"]["models_loaded"], timeout=60)
     # The facade reads the worker list at most once a second: let it see both workers with digits
-    # loaded, else it prefers w2 alone and never tries the dead w1 (the retry under test).
+    # loaded, else it prefers the survivor alone and never tries the dead one (the retry under test).
     time.sleep(1.5)
-    cluster.workers["w1"].send_signal(signal.SIGKILL)
-    cluster.workers["w1"].wait()
+    cluster.workers[victim].send_signal(signal.SIGKILL)
+    cluster.workers[victim].wait()
+
+
+def test_a_worker_that_dies_is_replaced_by_another_for_the_same_request(cluster: LocalCluster) -> None:
+    """Runs last in this module: it kills a worker (REST), then a third one it starts (gRPC)."""
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+    _kill_a_preferred_worker(cluster, "w1", "w2")
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda _: cluster.http.post("/v2/models/digits/infer", json=body), range(8)))
     assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
-    assert _metric(cluster.http.get("/metrics").text, "legacygpu_serving_retries_total") >= 1
+    retried = _metric(cluster.http.get("/metrics").text, "legacygpu_serving_retries_total")
+    assert retried >= 1
+
+    cluster.start_worker("w3")
+    _serving(cluster, "w3")
+    _kill_a_preferred_worker(cluster, "w3", "w2")
+    facade = _grpc(cluster)
+    with ThreadPoolExecutor(8) as pool:
+        labels = list(pool.map(lambda _: facade.infer("digits", [_fp32("input", [1, 64])], headers=GRPC_AUTH)
+                               .as_numpy("label").tolist(), range(8)))
+    facade.close()
+    assert len(labels) == 8
+    assert _metric(cluster.http.get("/metrics").text, "legacygpu_serving_retries_total") > retried
 
 
 def test_a_full_queue_is_503_with_retry_after(data_dir: Path, tmp_path: Path) -> None:
