@@ -35,7 +35,10 @@ def _task_top1(runner: TaskRunner, path) -> int:  # type: ignore[no-untyped-def]
 
 def test_health_and_metadata_over_both_protocols(worker_server: ServingServer) -> None:
     client = _http(worker_server)
-    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits")
+    assert client.is_server_live() and client.is_server_ready()
+    assert not client.is_model_ready("digits")  # ready means loaded, and nothing has loaded it yet
+    client.load_model("digits")  # Triton's repository extension
+    assert client.is_model_ready("digits")
     assert not client.is_model_ready("no-such-model")
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
     meta = client.get_model_metadata("digits")
@@ -45,6 +48,26 @@ def test_health_and_metadata_over_both_protocols(worker_server: ServingServer) -
     grpc_client = triton_grpc.InferenceServerClient(worker_server.endpoints["grpc"])
     assert grpc_client.is_server_live() and grpc_client.is_model_ready("digits")
     assert grpc_client.get_model_metadata("digits").inputs[0].shape == [-1, 64]
+
+
+def test_unload_makes_a_model_unready_and_refuses_it_until_loaded(worker_server: ServingServer) -> None:
+    client = _http(worker_server)
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+    infer = f"{worker_server.endpoints['rest']}/v2/models/digits/infer"
+    assert httpx.post(infer, json=body).status_code == 200  # loads it on demand
+    assert client.get_model_repository_index() == [
+        {"name": "digits", "version": "1", "state": "READY", "reason": ""}]
+    client.unload_model("digits")
+    assert not client.is_model_ready("digits")
+    refused = httpx.post(infer, json=body)
+    assert refused.status_code == 503
+    assert refused.json() == {
+        "error": "model 'digits' is unloaded; load it with POST /v2/repository/models/digits/load"}
+    assert client.get_model_repository_index()[0]["reason"] == "unloaded"
+    client.load_model("digits")
+    assert client.is_model_ready("digits") and httpx.post(infer, json=body).status_code == 200
+    missing = httpx.post(f"{worker_server.endpoints['rest']}/v2/repository/models/nope/load")
+    assert missing.status_code == 404 and "unknown model 'nope'" in missing.json()["error"]
 
 
 def test_images_get_the_task_paths_top1_over_rest_and_grpc(worker_server: ServingServer, runner: TaskRunner) -> None:

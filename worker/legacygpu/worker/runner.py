@@ -43,6 +43,26 @@ class TaskRunner:
     def loaded_models(self) -> list[str]:
         return sorted(self._cache)
 
+    def is_loaded(self, name: str) -> bool:
+        """Whether the repository's current file of ``name`` is loaded (a replaced file is not)."""
+        cached = self._cache.get(name)
+        if cached is None:
+            return False
+        try:
+            return cached[0] == self.repository.model_path(name).stat().st_mtime
+        except (OSError, ValidationError):
+            return False
+
+    def load(self, name: str) -> None:
+        """Load (or reload, if its file changed) ``name`` now; raises as a task would."""
+        with self._lock:
+            self._model(name)
+
+    def unload(self, name: str) -> bool:
+        """Drop ``name`` from the loaded models; returns whether it was loaded."""
+        with self._lock:
+            return self._cache.pop(name, None) is not None
+
     def _model(self, name: str, path: Path | None = None) -> LoadedModel:
         path = path or self.repository.model_path(name)
         try:

@@ -17,7 +17,15 @@ which the card's pre-processing turns into the model's tensor), then queued
 on the model's :class:`~legacygpu.worker.serving.batching.ModelScheduler`.
 Outputs are the model's raw outputs (the card's softmax and top-k are the
 task path's), the requested ones or all. Cards are read once and re-read
-only when the file changes. Everything runs on the serving event loop except
+only when the file changes.
+
+Versions and readiness (Triton's repository extension): a model serves its
+live version (:mod:`legacygpu.core.modelversions`); a request naming
+another version is 404. A model is ready only while this worker has its
+current file loaded: after :meth:`ServingEngine.load`, a preload or a first
+inference (which still loads a model on demand). :meth:`ServingEngine.unload`
+drops it and refuses its inferences (503) until it is loaded again; the
+task path is not affected. Everything runs on the serving event loop except
 image decoding and the model itself, which go to threads.
 """
 
@@ -34,6 +42,7 @@ import numpy as np
 
 from legacygpu.core.errors import LegacyGPUError, UnknownModelError
 from legacygpu.core.modelcards import CARD_FILE, ModelCard, TensorSpec
+from legacygpu.core.modelversions import ModelVersions
 from legacygpu.worker.processing import image_to_array
 from legacygpu.worker.runner import TaskRunner
 from legacygpu.worker.serving.batching import ModelScheduler, Timings
@@ -44,7 +53,7 @@ from legacygpu.worker.serving.metrics import ServingMetrics
 __all__ = ["EXTENSIONS", "MODEL_VERSION", "ServingEngine"]
 
 MODEL_VERSION = "1"
-"""Every model has one version until the model repository grows versions."""
+"""The version of a model added without versions."""
 EXTENSIONS = ["binary_tensor_data"]
 
 
@@ -69,6 +78,7 @@ class ServingEngine:
         self.server_version = server_version
         self._cards: dict[str, tuple[int, ModelCard]] = {}
         self._schedulers: dict[str, ModelScheduler] = {}
+        self._unloaded: set[str] = set()
         self._device = ThreadPoolExecutor(1, thread_name_prefix="serving-device")
         self._decode = ThreadPoolExecutor(2, thread_name_prefix="serving-decode")
 
@@ -86,11 +96,22 @@ class ServingEngine:
     def metadata(self) -> dict[str, Any]:
         return {"name": self.server_name, "version": self.server_version, "extensions": EXTENSIONS}
 
+    def live_version(self, model: str) -> str:
+        try:
+            return ModelVersions(self.runner().repository).live(model) or MODEL_VERSION
+        except LegacyGPUError:
+            return MODEL_VERSION
+
     def card(self, model: str, version: str = "") -> ModelCard:
-        """The model's card; :class:`ModelNotFound` for an unknown model or version."""
+        """The model's card; :class:`ModelNotFound` for an unknown model or a version that is not live."""
         runner = self.runner()
-        if version not in ("", MODEL_VERSION):
-            raise ModelNotFound(f"model {model!r} has no version {version!r} (its versions: {MODEL_VERSION})")
+        if version not in ("", live := self.live_version(model)):
+            stored = ModelVersions(runner.repository).versions(model)
+            if version in stored:
+                raise ModelNotFound(f"model {model!r} version {version!r} is stored but not loaded (version {live} "
+                                    f"is; load another with POST /v2/repository/models/{model}/load)")
+            raise ModelNotFound(f"model {model!r} has no version {version!r} (its versions: "
+                                f"{', '.join(stored) or live})")
         try:
             stamp = (runner.repository.root / model / CARD_FILE).stat().st_mtime_ns
         except (OSError, ValueError):
@@ -108,11 +129,38 @@ class ServingEngine:
         return card
 
     def model_ready(self, model: str, version: str = "") -> bool:
+        """Whether this worker has the model's live version loaded (and it was not unloaded)."""
         try:
-            card = self.card(model, version)
-            return (self.runner().repository.root / model / card.file).is_file()
+            self.card(model, version)
+            return model not in self._unloaded and self.runner().is_loaded(model)
         except ServingError:
             return False
+
+    async def load(self, model: str) -> None:
+        """Load the model's live version now (on the device thread); :class:`ServingError` if it cannot."""
+        self.card(model)
+        runner = self.runner()
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._device, runner.load, model)
+        except LegacyGPUError as exc:
+            raise from_core(exc) from exc
+        self._unloaded.discard(model)
+
+    async def unload(self, model: str) -> None:
+        """Drop the model and refuse its inferences until it is loaded again."""
+        self.card(model)
+        self._unloaded.add(model)
+        await asyncio.get_running_loop().run_in_executor(self._device, self.runner().unload, model)
+
+    def index(self) -> list[dict[str, str]]:
+        """Triton's repository index of this worker: every model, its live version and its state."""
+        entries = []
+        for model in self.runner().repository.names():
+            ready = self.model_ready(model)
+            reason = "" if ready else ("unloaded" if model in self._unloaded else "not loaded")
+            entries.append({"name": model, "version": self.live_version(model),
+                            "state": "READY" if ready else "UNAVAILABLE", "reason": reason})
+        return entries
 
     def model_metadata(self, model: str, version: str = "") -> dict[str, Any]:
         card = self.card(model, version)
@@ -122,7 +170,7 @@ class ServingEngine:
 
         return {
             "name": model,
-            "versions": [MODEL_VERSION],
+            "versions": [self.live_version(model)],
             "platform": f"{self.runner().backend.name}_onnx",
             "inputs": tensors(card.inputs),
             "outputs": tensors(card.outputs),
@@ -134,6 +182,8 @@ class ServingEngine:
         """The requested outputs of ``request``; raises a :class:`ServingError`."""
         model = request.model
         card = self.card(model, request.version)
+        if model in self._unloaded:
+            raise Unavailable(f"model {model!r} is unloaded; load it with POST /v2/repository/models/{model}/load")
         try:
             if any(i.datatype == "BYTES" for i in request.inputs):
                 loop = asyncio.get_running_loop()

@@ -109,8 +109,9 @@ def decode_request(request: pb.ModelInferRequest) -> InferRequest:
     )
 
 
-def encode_response(request: InferRequest, outputs: dict[str, np.ndarray]) -> pb.ModelInferResponse:
-    response = pb.ModelInferResponse(model_name=request.model, model_version=request.version or MODEL_VERSION,
+def encode_response(request: InferRequest, outputs: dict[str, np.ndarray], *,
+                    model_version: str = MODEL_VERSION) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name=request.model, model_version=request.version or model_version,
                                      id=request.id)
     for name, array in outputs.items():
         response.outputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
@@ -145,7 +146,7 @@ class _Servicer:
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         decoded = decode_request(request)
         outputs, _ = await self.engine.infer(decoded)
-        return encode_response(decoded, outputs)
+        return encode_response(decoded, outputs, model_version=self.engine.live_version(decoded.model))
 
 
 def _guarded(method: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:

@@ -7,6 +7,9 @@
 ``GET  /v2/models/{m}[/versions/{v}]``                     model metadata; 404 for an unknown model
 ``GET  /v2/models/{m}[/versions/{v}]/ready``               200 ``{"ready": true}``, else 404/503
 ``POST /v2/models/{m}[/versions/{v}]/infer``               JSON, or JSON + binary tensor data
+``POST /v2/repository/index``                              ``[{"name", "version", "state", "reason"}]``
+``POST /v2/repository/models/{m}/load``                    load the live version now; 200 ``{}``
+``POST /v2/repository/models/{m}/unload``                  drop it, refuse its inferences; 200 ``{}``
 ``GET  /metrics``                                          Prometheus (:mod:`.metrics`)
 =========================================================  ==========================================
 
@@ -84,10 +87,31 @@ def create_rest_app(engine: ServingEngine) -> Starlette:
             body = await request.body()
             decoded = decode_rest_request(request.path_params["model"], _version(request), body, header_length)
             outputs, _ = await engine.infer(decoded)
-            content, headers = encode_rest_response(decoded, outputs)
+            content, headers = encode_rest_response(decoded, outputs,
+                                                    model_version=engine.live_version(decoded.model))
             return Response(content, headers=headers)
         except ServingError as exc:
             return error_response(exc)
+
+    async def index(_: Request) -> Response:
+        try:
+            return JSONResponse(engine.index())
+        except ServingError as exc:
+            return error_response(exc)
+
+    async def load(request: Request) -> Response:
+        try:
+            await engine.load(request.path_params["model"])
+        except ServingError as exc:
+            return error_response(exc)
+        return JSONResponse({})
+
+    async def unload(request: Request) -> Response:
+        try:
+            await engine.unload(request.path_params["model"])
+        except ServingError as exc:
+            return error_response(exc)
+        return JSONResponse({})
 
     async def metrics(_: Request) -> Response:
         return Response(engine.metrics.render(), media_type=CONTENT_TYPE)
@@ -105,6 +129,9 @@ def create_rest_app(engine: ServingEngine) -> Starlette:
         Route("/v2/models/{model}/versions/{version}/ready", model_ready),
         Route("/v2/models/{model}/infer", infer, methods=["POST"]),
         Route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
+        Route("/v2/repository/index", index, methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", load, methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", unload, methods=["POST"]),
         Route("/metrics", metrics),
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found})
