@@ -4,7 +4,8 @@ The facade serves the same service as each worker
 (:mod:`legacygpu.worker.serving.grpcservice`, messages in
 :mod:`legacygpu.core.oip`) on its own port (``--grpc-port``, Triton's 8001
 by default). It answers the server's liveness, readiness and metadata
-itself; ``ModelReady``, ``ModelMetadata`` and ``ModelInfer`` go to a worker
+itself, and ``ModelReady`` by asking every worker (ready when at least one
+has the model loaded); ``ModelMetadata`` and ``ModelInfer`` go to a worker
 serving the model, chosen and retried by the same
 :meth:`~legacygpu.api.forwarding.Forwarder.dispatch` as REST ``/v2``: least
 outstanding requests, workers with the model loaded first, and a request
@@ -50,7 +51,6 @@ _UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_l
 _OPEN_METHODS = ("ServerLive", "ServerReady")
 # Forwarded methods: the request message (to read the model's name from) and the field holding it.
 _FORWARDED: dict[str, tuple[Any, str]] = {
-    "ModelReady": (pb.ModelReadyRequest, "name"),
     "ModelMetadata": (pb.ModelMetadataRequest, "name"),
     "ModelInfer": (pb.ModelInferRequest, "model_name"),
 }
@@ -62,6 +62,13 @@ class _Aborted(Exception):
     def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(details)
         self.code, self.details, self.trailing = code, details, trailing
+
+
+def _parse(message_type: Any, request: bytes, method: str) -> Any:
+    try:
+        return message_type.FromString(request)
+    except Exception as exc:  # protobuf's DecodeError, whichever implementation raised it
+        raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse the {method} request: {exc}") from exc
 
 
 class _FacadeService:
@@ -102,6 +109,11 @@ class _FacadeService:
         ready = bool([e for e in await self._forwarder().endpoints() if e.grpc is not None])
         return pb.ServerReadyResponse(ready=ready).SerializeToString()
 
+    async def model_ready(self, request: bytes) -> bytes:
+        message = _parse(pb.ModelReadyRequest, request, "ModelReady")
+        status, _ = await self._forwarder().model_ready(message.name, message.version)
+        return pb.ModelReadyResponse(ready=status == 200).SerializeToString()
+
     async def server_metadata(self, request: bytes) -> bytes:
         return pb.ServerMetadataResponse(name="legacygpu", version=version("legacygpu"),
                                          extensions=["binary_tensor_data"]).SerializeToString()
@@ -110,10 +122,7 @@ class _FacadeService:
 
     async def forward(self, method: str, request: bytes) -> bytes:
         message_type, field = _FORWARDED[method]
-        try:
-            model = getattr(message_type.FromString(request), field)
-        except Exception as exc:  # protobuf's DecodeError, whichever implementation raised it
-            raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse the {method} request: {exc}") from exc
+        model = getattr(_parse(message_type, request, method), field)
         forwarder = self._forwarder()
         started = time.perf_counter()
         path = f"/{SERVICE}/{method}"
@@ -174,6 +183,7 @@ async def start(app: FastAPI, address: str, *, max_request_bytes: int) -> int:
         "ServerLive": guarded("ServerLive", service.server_live),
         "ServerReady": guarded("ServerReady", service.server_ready),
         "ServerMetadata": guarded("ServerMetadata", service.server_metadata),
+        "ModelReady": guarded("ModelReady", service.model_ready),
         **{name: guarded(name, lambda request, name=name: service.forward(name, request)) for name in _FORWARDED},
     }
     # so_reuseport off: gRPC's default would let a second facade bind the same port and take half the calls.

@@ -2,8 +2,9 @@
 
 Health needs no token (probes); everything else needs the bearer token, which
 Triton's clients send with ``headers={"Authorization": "Bearer ..."}``.
-Metadata, readiness and inference are answered by a worker that serves the
-model (:mod:`legacygpu.api.forwarding`), so errors are the protocol's own
+Metadata and inference are answered by a worker that serves the model
+(:mod:`legacygpu.api.forwarding`); a model is ready when at least one worker
+has it loaded (every worker is asked); so errors are the protocol's own
 ``{"error": ...}``: 400 naming the tensor for a wrong shape, datatype or a
 missing input, 404 for an unknown model, 503 with ``Retry-After`` when the
 model's queue is full or no worker serves.
@@ -79,8 +80,12 @@ async def model_metadata(request: Request, model: str) -> Response:
 
 @router.get("/v2/models/{model}/ready", dependencies=[Authorized])
 @router.get("/v2/models/{model}/versions/{version}/ready", dependencies=[Authorized], name="model_version_ready")
-async def model_ready(request: Request, model: str) -> Response:
-    return await _forward(request, model, "/ready")
+async def model_ready(request: Request, model: str) -> JSONResponse:
+    """Ready when at least one worker has the model loaded (see the repository extension's load)."""
+    status, reason = await _forwarder(request).model_ready(model, request.path_params.get("version", ""))
+    if status == 200:
+        return JSONResponse({"name": model, "ready": True})
+    return JSONResponse({"error": reason}, status_code=status)
 
 
 @router.post("/v2/models/{model}/infer", dependencies=[Authorized])
