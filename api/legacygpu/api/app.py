@@ -28,7 +28,7 @@ from legacygpu.api.errors import install_error_handlers
 from legacygpu.api.limits import BodySizeLimit
 from legacygpu.api.metrics import Metrics
 from legacygpu.api.requestcount import RequestCounter
-from legacygpu.api.routes import cluster, events, tasks, ui, v2, workers
+from legacygpu.api.routes import cluster, events, repository, tasks, ui, v2, workers
 from legacygpu.core.config import (
     Settings,
     ensure_admin_token,
@@ -114,7 +114,8 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
     # Worker tokens matter where workers register over HTTP (local); elsewhere a per-process key will do.
     app.state.worker_secret = ensure_worker_secret(settings) if local else secrets.token_bytes(32)
 
-    for router in (cluster.router, workers.router, tasks.router, events.router, ui.router, v2.router):
+    for router in (cluster.router, workers.router, tasks.router, events.router, ui.router, v2.router,
+                   repository.router):
         app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
