@@ -120,9 +120,9 @@ def role_token(role: Role, token: str | None = None, settings: Settings | None =
     return token or getattr(settings, field) or read(settings.data_dir)
 
 
-def make_client(api: str | None, token: str | None, *, role: Role = "user") -> ApiClient:
+def make_client(api: str | None, token: str | None, *, role: Role = "user", timeout: float = 30.0) -> ApiClient:
     settings = Settings()
-    return ApiClient(api or settings.api_url, role_token(role, token, settings), role=role)
+    return ApiClient(api or settings.api_url, role_token(role, token, settings), timeout, role=role)
 
 
 def _options(role: Role) -> Callable[[Any], Any]:
