@@ -215,7 +215,7 @@ GUIDE = Path(__file__).resolve().parents[2] / "docs" / "CLUSTER_DEPLOYMENT_GUIDE
 def test_the_guides_serving_examples_work_as_written(cluster: LocalCluster, tmp_path: Path) -> None:
     """The chapter's curl and tritonclient examples, run against this cluster (its port and token file)."""
     guide = GUIDE.read_text()
-    chapter = guide[guide.index("### Real-time serving"):guide.index("### Watching it")]
+    chapter = guide[guide.index("### Real-time serving"):guide.index("### Serving over gRPC")]
     blocks = re.findall(r"```(bash|python|yaml)\n(.*?)```", chapter, re.DOTALL)
     assert [lang for lang, _ in blocks] == ["bash", "python", "yaml"]
     token_file = tmp_path / "api-token"
@@ -239,6 +239,32 @@ def test_the_guides_serving_examples_work_as_written(cluster: LocalCluster, tmp_
 
     card = ModelCard.model_validate({"name": "example", **yaml.safe_load(blocks[2][1])})
     assert card.max_batch_size == 32 and card.dynamic_batching is not None
+
+
+def test_the_guides_grpc_and_repository_examples_work_as_written(cluster: LocalCluster, tmp_path: Path) -> None:
+    """The gRPC client and the upload/load/index commands, run against this cluster (its ports, token, data)."""
+    guide = GUIDE.read_text()
+    chapter = guide[guide.index("### Serving over gRPC"):guide.index("### Watching it")]
+    blocks = re.findall(r"```(bash|python)\n(.*?)```", chapter, re.DOTALL)
+    assert [lang for lang, _ in blocks] == ["python", "bash"]
+    token_file = tmp_path / "api-token"
+    token_file.write_text(TOKEN)
+    python = blocks[0][1].replace('Path.home() / ".local/share/legacygpu/api-token"', f'Path("{token_file}")')
+    python = python.replace("127.0.0.1:8001", f"127.0.0.1:{cluster.grpc_port}")
+    bash = blocks[1][1].replace("~/.local/share/legacygpu/api-token", str(token_file))
+    bash = bash.replace("~/.local/share/legacygpu/models", str(cluster.data_dir / "models"))
+    bash = bash.replace("127.0.0.1:8000", f"127.0.0.1:{cluster.port}")
+    env = {**cluster.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    outputs = []
+    for argv in ([sys.executable, "-c", python], ["bash", "-c", bash]):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, env=env,
+                              cwd=GUIDE.parents[1])
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.strip().splitlines())
+    assert outputs[0] == ["[7]"]
+    comments = re.findall(r"^# (.*)$", blocks[1][1], re.MULTILINE)
+    assert outputs[1][0].startswith("uploaded model 'digits-copy' version 1 (")
+    assert outputs[1][1:] == comments[1:]
 
 
 def _kill_a_preferred_worker(cluster: LocalCluster, victim: str, other: str) -> None:
