@@ -110,8 +110,8 @@ class Supervisor:
         python = [sys.executable, "-m", "legacygpu.cli"]
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        self.api = _Child("api", [*python, "api", "serve", "--host", host, "--port", str(port),
-                                  "--grpc-port", str(grpc_port),
+        self.api = _Child("api", [*python, "api", "serve", "--host", host, "--grpc-port", str(grpc_port),
+                                  "--port", str(port),
                                   "--data-dir", str(data_dir), "--log-level", "warning"],
                           log_path=logs / "api.log", env=env)
         self.workers = [

@@ -19,6 +19,7 @@ def test_each_worker_gets_its_device_index(tmp_path: Path) -> None:
     assert [a[a.index("--device-index") + 1] for a in argvs] == ["1", "3"]
     assert [a[a.index("--name") + 1] for a in argvs] == ["local-0", "local-1"]
     assert supervisor.api.argv[-6:] == ["--port", "8123", "--data-dir", str(tmp_path), "--log-level", "warning"]
+    assert supervisor.api.argv[-8:-6] == ["--grpc-port", "-1"]  # no gRPC unless asked (cluster start asks)
 
 
 def test_cpu_workers_leave_the_device_to_the_backend(tmp_path: Path) -> None:
