@@ -64,6 +64,11 @@ class _Aborted(Exception):
         self.code, self.details, self.trailing = code, details, trailing
 
 
+def _bytes(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
 def _parse(message_type: Any, request: bytes, method: str) -> Any:
     try:
         return message_type.FromString(request)
@@ -103,20 +108,28 @@ class _FacadeService:
     # answered by the facade ------------------------------------------------------------------------
 
     async def server_live(self, request: bytes) -> bytes:
-        return pb.ServerLiveResponse(live=True).SerializeToString()
+        return _bytes(pb.ServerLiveResponse(live=True))
 
     async def server_ready(self, request: bytes) -> bytes:
         ready = bool([e for e in await self._forwarder().endpoints() if e.grpc is not None])
-        return pb.ServerReadyResponse(ready=ready).SerializeToString()
+        return _bytes(pb.ServerReadyResponse(ready=ready))
 
     async def model_ready(self, request: bytes) -> bytes:
         message = _parse(pb.ModelReadyRequest, request, "ModelReady")
         status, _ = await self._forwarder().model_ready(message.name, message.version)
-        return pb.ModelReadyResponse(ready=status == 200).SerializeToString()
+        return _bytes(pb.ModelReadyResponse(ready=status == 200))
 
     async def server_metadata(self, request: bytes) -> bytes:
-        return pb.ServerMetadataResponse(name="legacygpu", version=version("legacygpu"),
-                                         extensions=["binary_tensor_data"]).SerializeToString()
+        return _bytes(pb.ServerMetadataResponse(name="legacygpu", version=version("legacygpu"),
+                                                extensions=["binary_tensor_data"]))
+
+    def forwarded(self, method: str) -> Callable[[bytes], Awaitable[bytes]]:
+        """The handler of a forwarded ``method``."""
+
+        async def answer(request: bytes) -> bytes:
+            return await self.forward(method, request)
+
+        return answer
 
     # forwarded ------------------------------------------------------------------------------------
 
@@ -184,18 +197,17 @@ async def start(app: FastAPI, address: str, *, max_request_bytes: int) -> int:
         "ServerReady": guarded("ServerReady", service.server_ready),
         "ServerMetadata": guarded("ServerMetadata", service.server_metadata),
         "ModelReady": guarded("ModelReady", service.model_ready),
-        **{name: guarded(name, lambda request, name=name: service.forward(name, request)) for name in _FORWARDED},
+        **{name: guarded(name, service.forwarded(name)) for name in _FORWARDED},
     }
     # so_reuseport off: gRPC's default would let a second facade bind the same port and take half the calls.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_request_bytes),
                                       ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    error: RuntimeError | None = None
     try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:
+        port: int = server.add_insecure_port(address)
+    except RuntimeError as exc:  # newer gRPC raises where older ones returned 0
         port, error = 0, exc
-    else:
-        error = None
     if port == 0:
         raise RuntimeError(f"cannot listen for gRPC on {address} (is the port in use?)") from error
     await server.start()
