@@ -18,7 +18,8 @@
 Errors are the protocol's ``{"error": ...}``: 400 for a bad upload (a sha256
 that does not match names both hashes; nothing is stored), 404 for an
 unknown model or version, 409 for a version stored already, 503 when no
-worker serves. The files live in the facade's model repository (the data
+worker serves, 501 for an upload to a Kubernetes-mode facade (it holds no
+repository: workers read what the InferenceCluster names). The files live in the facade's model repository (the data
 dir's ``models``, which local workers read; :mod:`legacygpu.core.modelversions`);
 loading and unloading go to every worker's own repository endpoints
 (:meth:`~legacygpu.api.forwarding.Forwarder.broadcast`). Files are written
@@ -127,6 +128,9 @@ async def _field(form: Any, name: str) -> str | None:
 @router.post("/v2/repository/models/{model}/versions", status_code=201)
 async def upload_model(request: Request, model: str) -> JSONResponse:
     """Store a new version of ``model``: its ONNX file and card, checked against the sha256 sent."""
+    if request.app.state.settings.cluster_backend != "local":
+        return _error("this facade holds no model repository: in Kubernetes the workers read the models the "
+                      "InferenceCluster's spec.models names; uploads go to a local cluster's facade", 501)
     try:
         form = await request.form(max_files=2, max_fields=8)
     except Exception as exc:  # a body that is not multipart/form-data, or a malformed one
