@@ -99,7 +99,7 @@ async def repository_index(request: Request) -> JSONResponse:
     for _, answer in await forwarder_for(request.app).broadcast("POST", "/v2/repository/index"):
         if isinstance(answer, WorkerFailed) or answer.status_code != 200:
             continue
-        for entry in answer.json():
+        for entry in json.loads(answer.content):
             key = (entry["name"], entry["version"])
             seen.add(key)
             if entry["state"] == "READY":
