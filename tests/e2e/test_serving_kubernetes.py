@@ -89,7 +89,7 @@ def deployment(simulated_kube: Kube, namespace: str, worker_command: Any, demo_r
     facade_log = tmp_path / "facade.log"
     facade = subprocess.Popen(
         [sys.executable, "-m", "legacygpu.cli", "api", "serve", "--backend", "kubernetes", "--port", str(port),
-         "--data-dir", str(data), "--log-level", "warning"],
+         "--grpc-port", str(_free_port()), "--data-dir", str(data), "--log-level", "warning"],
         env=env, stdout=facade_log.open("w"), stderr=subprocess.STDOUT,
     )
     try:
