@@ -289,6 +289,9 @@ def test_a_worker_that_dies_is_replaced_by_another_for_the_same_request(cluster:
     retried = _metric(cluster.http.get("/metrics").text, "legacygpu_serving_retries_total")
     assert retried >= 1
 
+    # The facade must no longer list the dead w1 (lost after the heartbeat timeout): with it, a request's
+    # two tries could both land on dead workers, and once is all the retry there is.
+    wait_until(lambda: cluster.worker("w1") is None, timeout=60, what="w1 to be seen lost")
     cluster.start_worker("w3")
     _serving(cluster, "w3")
     _kill_a_preferred_worker(cluster, "w3", "w2")
