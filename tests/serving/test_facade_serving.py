@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from helpers import TOKEN, LocalCluster, image_tensor, slow_model, wait_until
+from helpers import ADMIN_TOKEN, TOKEN, LocalCluster, image_tensor, slow_model, wait_until
 from serving_support import EXAMPLES, enable_batching
 from tritonclient.utils import InferenceServerException
 
@@ -251,7 +251,10 @@ def test_the_guides_grpc_and_repository_examples_work_as_written(cluster: LocalC
     token_file.write_text(TOKEN)
     python = blocks[0][1].replace('Path.home() / ".local/share/legacygpu/api-token"', f'Path("{token_file}")')
     python = python.replace("127.0.0.1:8001", f"127.0.0.1:{cluster.grpc_port}")
+    admin_file = tmp_path / "admin-token"
+    admin_file.write_text(ADMIN_TOKEN)
     bash = blocks[1][1].replace("~/.local/share/legacygpu/api-token", str(token_file))
+    bash = bash.replace("~/.local/share/legacygpu/admin-token", str(admin_file))
     bash = bash.replace("~/.local/share/legacygpu/models", str(cluster.data_dir / "models"))
     bash = bash.replace("127.0.0.1:8000", f"127.0.0.1:{cluster.port}")
     env = {**cluster.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

@@ -23,13 +23,14 @@ import onnx
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from helpers import TOKEN, LocalCluster, wait_until
+from helpers import ADMIN_TOKEN, TOKEN, LocalCluster, wait_until
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.slow
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 X = [[1.0, 2.0, 3.0, 4.0]]
 
 
@@ -95,26 +96,28 @@ def test_upload_with_the_cli_then_load_makes_it_ready_and_unload_not(cluster: Lo
     assert not client.is_model_ready("scale", headers=AUTH)
     assert _infer(cluster).status_code == 404  # uploaded, not live: nothing runs it yet
 
-    client.load_model("scale", headers=AUTH)
+    denied = cluster.http.post("/v2/repository/models/scale/load")
+    assert denied.status_code == 403 and "admin" in denied.text  # changing the repository takes the admin token
+    client.load_model("scale", headers=ADMIN)
     assert client.is_model_ready("scale", headers=AUTH)
     assert triton_grpc.InferenceServerClient(f"127.0.0.1:{cluster.grpc_port}").is_model_ready(
         "scale", headers={"authorization": f"Bearer {TOKEN}"})
     assert _index(cluster)[("scale", "1")] == "READY"
     assert _y(_infer(cluster)) == [2.0, 4.0, 6.0, 8.0]
 
-    client.unload_model("scale", headers=AUTH)
+    client.unload_model("scale", headers=ADMIN)
     assert not client.is_model_ready("scale", headers=AUTH)
     assert _index(cluster)[("scale", "1")] == "UNAVAILABLE"
     refused = _infer(cluster)
     assert refused.status_code == 503 and "is unloaded" in refused.json()["error"]
-    client.load_model("scale", headers=AUTH)
+    client.load_model("scale", headers=ADMIN)
     assert _y(_infer(cluster)) == [2.0, 4.0, 6.0, 8.0]
 
 
 def test_a_bad_sha256_is_refused_naming_it(cluster: LocalCluster, tmp_path: Path) -> None:
     data = scale_model(tmp_path / "bad.onnx", 5.0).read_bytes()
     wrong = hashlib.sha256(b"something else").hexdigest()
-    response = cluster.http.post("/v2/repository/models/other/versions",
+    response = cluster.admin.post("/v2/repository/models/other/versions",
                                  data={"sha256": wrong, "card": "inputs: []\n"},
                                  files={"model": ("model.onnx", data, "application/octet-stream")})
     assert response.status_code == 400
@@ -122,7 +125,7 @@ def test_a_bad_sha256_is_refused_naming_it(cluster: LocalCluster, tmp_path: Path
     assert f"sha256 mismatch for 'model.onnx': the request says {wrong}" in error
     assert hashlib.sha256(data).hexdigest() in error
     assert not any(name == "other" for name, _ in _index(cluster))
-    missing = cluster.http.post("/v2/repository/models/other/versions", data={"card": "inputs: []\n"},
+    missing = cluster.admin.post("/v2/repository/models/other/versions", data={"card": "inputs: []\n"},
                                 files={"model": ("model.onnx", data, "application/octet-stream")})
     assert missing.status_code == 400 and "sha256" in missing.json()["error"]
     assert httpx.post(f"{cluster.url}/v2/repository/index").status_code == 401  # the token is needed
@@ -140,17 +143,17 @@ def test_uploading_version_2_keeps_version_1_servable(cluster: LocalCluster, tmp
     assert not_loaded.status_code == 404 and "version '2' is stored but not loaded" in not_loaded.json()["error"]
     assert _index(cluster)[("scale", "1")] == "READY" and _index(cluster)[("scale", "2")] == "UNAVAILABLE"
 
-    _client(cluster).load_model("scale", headers=AUTH)  # the newest version
+    _client(cluster).load_model("scale", headers=ADMIN)  # the newest version
     assert _y(_infer(cluster)) == [3.0, 6.0, 9.0, 12.0]
     assert _y(_infer(cluster, "2")) == [3.0, 6.0, 9.0, 12.0]
     assert _index(cluster)[("scale", "2")] == "READY" and _index(cluster)[("scale", "1")] == "UNAVAILABLE"
     assert cluster.http.get("/v2/models/scale").json()["versions"] == ["2"]
 
-    back = cluster.http.post("/v2/repository/models/scale/load", json={"parameters": {"version": "1"}})
+    back = cluster.admin.post("/v2/repository/models/scale/load", json={"parameters": {"version": "1"}})
     assert back.status_code == 200, back.text
     assert _y(_infer(cluster)) == [2.0, 4.0, 6.0, 8.0]  # version 1 was kept, byte for byte
-    unknown = cluster.http.post("/v2/repository/models/scale/load", json={"parameters": {"version": "7"}})
+    unknown = cluster.admin.post("/v2/repository/models/scale/load", json={"parameters": {"version": "7"}})
     assert unknown.status_code == 404 and "has no version '7'" in unknown.json()["error"]
     with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
-        _client(cluster).load_model("nope", headers=AUTH)
+        _client(cluster).load_model("nope", headers=ADMIN)
     assert np.allclose(_y(_infer(cluster, "1")), [2.0, 4.0, 6.0, 8.0])

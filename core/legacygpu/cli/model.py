@@ -47,7 +47,8 @@ def command() -> None:
               help="Data dir holding the model repository [env LEGACYGPU_DATA_DIR].")
 @click.option("--api", help="Upload to the facade at this URL instead of writing the local disk: a new version, "
               "sha256-checked, that serves once loaded (see --load).")
-@click.option("--token", envvar="LEGACYGPU_API_TOKEN", help="API token, with --api [env LEGACYGPU_API_TOKEN].")
+@click.option("--token", envvar="LEGACYGPU_ADMIN_TOKEN",
+              help="The admin token, with --api [env LEGACYGPU_ADMIN_TOKEN; default the data dir's admin-token].")
 @click.option("--version", "model_version", help="With --api: the version number to store (default: the next).")
 @click.option("--load", "load_after", is_flag=True,
               help="With --api: load the new version on the workers at once (it becomes the live version).")
@@ -110,7 +111,7 @@ def _upload(api: str, token: str | None, card: ModelCard, path: Path, version: s
               "card": yaml.safe_dump(card.model_dump(mode="json"), sort_keys=False)}
     if version is not None:
         fields["version"] = version
-    client = make_client(api, token, timeout=600.0)  # a big model takes a while to send
+    client = make_client(api, token, role="admin", timeout=600.0)  # a big model takes a while to send
     try:
         stored = client.post(f"/v2/repository/models/{card.name}/versions", data=fields,
                              files={"model": (card.file, data, "application/octet-stream")})

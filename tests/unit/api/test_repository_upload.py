@@ -15,13 +15,15 @@ from legacygpu.core.modelcards import ModelRepository
 from legacygpu.core.modelversions import ModelVersions
 
 TOKEN = "repository-test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN_TOKEN = "repository-test-admin-token"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 DATA = b"not really onnx, but the facade does not parse models"
 SHA = hashlib.sha256(DATA).hexdigest()
 
 
 def _client(tmp_path: Path, backend: str = "local") -> TestClient:
-    settings = Settings(data_dir=tmp_path, api_token=TOKEN, cluster_backend=backend)  # type: ignore[arg-type]
+    settings = Settings(data_dir=tmp_path, api_token=TOKEN, admin_token=ADMIN_TOKEN,  # type: ignore[arg-type]
+                        cluster_backend=backend)
     return TestClient(create_app(settings, backend=LocalBackend(settings)))
 
 
@@ -58,6 +60,13 @@ def test_a_good_upload_is_a_new_version_and_the_same_number_twice_is_409(tmp_pat
                         files=files, headers=AUTH)
     assert again.status_code == 409 and "has a version 1 already" in again.json()["error"]
     assert (tmp_path / "models" / "m" / "versions" / "1" / "model.onnx").read_bytes() == DATA
+
+
+def test_uploads_take_the_admin_token(tmp_path: Path) -> None:
+    response = _client(tmp_path).post("/v2/repository/models/m/versions", data={"sha256": SHA, "card": "{}\n"},
+                                      files={"model": ("model.onnx", DATA, "application/octet-stream")},
+                                      headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 403
 
 
 def test_a_kubernetes_facade_refuses_uploads(tmp_path: Path) -> None:

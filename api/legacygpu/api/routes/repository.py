@@ -26,8 +26,9 @@ loading and unloading go to every worker's own repository endpoints
 off the event loop. Uploads are bounded by ``LEGACYGPU_MAX_REQUEST_BYTES``
 like every request (8 MiB by default: raise it for bigger models).
 
-Who may: the cluster's token today; :data:`RepositoryAuthorized` is the one
-place to require the admin role once roles exist (:mod:`legacygpu.api.deps`).
+Who may: listing (the index) takes the users' token or the admin token;
+changing the repository (upload, load, unload) takes the admin token
+(:data:`RepositoryAuthorized`, :mod:`legacygpu.api.deps`), else 403 naming it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError as SchemaError
 from starlette.datastructures import UploadFile
 
-from legacygpu.api.deps import Authorized
+from legacygpu.api.deps import AdminAuthorized, Authorized
 from legacygpu.api.forwarding import WorkerFailed, error_text, forwarder_for
 from legacygpu.core.errors import ConflictError, LegacyGPUError, UnknownModelError, ValidationError
 from legacygpu.core.modelcards import ModelCard, ModelRepository
@@ -50,10 +51,10 @@ from legacygpu.core.modelversions import ModelVersions
 
 __all__ = ["RepositoryAuthorized", "router"]
 
-RepositoryAuthorized = Authorized
-"""Changing the model repository: the seam for an admin-only rule."""
+RepositoryAuthorized = AdminAuthorized
+"""Changing the model repository: the admin role."""
 
-router = APIRouter(tags=["v2"], dependencies=[RepositoryAuthorized])
+router = APIRouter(tags=["v2"])
 
 
 def _error(message: str, status: int) -> JSONResponse:
@@ -87,7 +88,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-@router.post("/v2/repository/index")
+@router.post("/v2/repository/index", dependencies=[Authorized])
 async def repository_index(request: Request) -> JSONResponse:
     """Every version of every model, ``READY`` when at least one worker has it loaded."""
     try:
@@ -125,7 +126,7 @@ async def _field(form: Any, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-@router.post("/v2/repository/models/{model}/versions", status_code=201)
+@router.post("/v2/repository/models/{model}/versions", status_code=201, dependencies=[RepositoryAuthorized])
 async def upload_model(request: Request, model: str) -> JSONResponse:
     """Store a new version of ``model``: its ONNX file and card, checked against the sha256 sent."""
     if request.app.state.settings.cluster_backend != "local":
@@ -174,7 +175,7 @@ async def _store(request: Request, model: str, form: Any) -> JSONResponse:
     return JSONResponse(body, status_code=201)
 
 
-@router.post("/v2/repository/models/{model}/load")
+@router.post("/v2/repository/models/{model}/load", dependencies=[RepositoryAuthorized])
 async def load_model(request: Request, model: str) -> JSONResponse:
     """Make a stored version live (the newest unless the body names one) and load it on every worker."""
     try:
@@ -191,7 +192,7 @@ async def load_model(request: Request, model: str) -> JSONResponse:
     return await _everywhere(request, model, "load")
 
 
-@router.post("/v2/repository/models/{model}/unload")
+@router.post("/v2/repository/models/{model}/unload", dependencies=[RepositoryAuthorized])
 async def unload_model(request: Request, model: str) -> JSONResponse:
     """Every worker drops the model and refuses its inferences until it is loaded again."""
     return await _everywhere(request, model, "unload")
