@@ -170,7 +170,7 @@ targets=("$@")
 for target in "${targets[@]}"; do
   case $target in
     base) resolve_base ;;
-    worker) build_image worker worker ;;
+    worker) build_image worker worker demo ;;
     operator) build_image operator api operator ;;
     *) echo "unknown image: $target (worker, operator, base)" >&2; exit 2 ;;
   esac

@@ -110,8 +110,10 @@ class Buildah:
             return False
         return True
 
-    def new_container(self, ref: str, name: str | None = None) -> str:
+    def new_container(self, ref: str, name: str | None = None, *, hosts: Mapping[str, str] | None = None) -> str:
         """Make a working container from image ``ref`` (named ``name`` if given) and return its name.
+
+        ``hosts`` (name -> IP) go into the container's ``/etc/hosts``.
 
         The image's declared VOLUMEs are dropped from the working container: ``buildah run`` backs each
         with an anonymous folder of its own and, in an order that changes from run to run (a Go map's),
@@ -119,7 +121,8 @@ class Buildah:
         anonymous folder and the host folder stayed empty. A kubelet mounts the pod's volumes there.
         """
         named = ["--name", name] if name else []
-        container = self.call("from", "--pull-never", "--quiet", *named, ref).strip()
+        added = [f"--add-host={host}:{ip}" for host, ip in sorted((hosts or {}).items())]
+        container = self.call("from", "--pull-never", "--quiet", *named, *added, ref).strip()
         for volume in self.config(ref).get("Volumes") or {}:
             self.call("config", "--volume", f"{volume}-", container)
         return container

@@ -19,8 +19,9 @@ then, in order:
   mounts are bound read-only. ``hostPath`` is refused (a simulated node has no host).
 
 Chroot isolation shares the host's network namespace, so the container reaches the API
-server at the loopback address the pod environment names, and probes reach the container at
-the pod's loopback IP when the process binds it (or all addresses). It does not give a
+server at the loopback address the pod environment names; :mod:`e2ecluster.podnet` turns the
+process's binds to all addresses into binds to the pod's loopback IP (where probes reach it)
+and writes the Services' names into its ``/etc/hosts``. It does not give a
 read-only root: that the images write only to their volumes is proven by tests/images.
 """
 
@@ -35,6 +36,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from e2ecluster import podnet
 from e2ecluster.images import Buildah, ImageError
 from e2ecluster.podenv import PodContext, expand, field_value
 
@@ -181,10 +183,15 @@ def run_argv(
     if not argv:
         raise ValueError(f"image {image} has no ENTRYPOINT/CMD and the container no command")
     binds, read_only = prepare_volumes(core, ctx, container)
+    net_env, (shim_dir, shim_source) = podnet.preload(ctx.pod_ip, buildah.root)
+    binds[shim_dir] = shim_source
+    read_only.add(shim_dir)
+    slices = client.DiscoveryV1Api(core.api_client).list_endpoint_slice_for_all_namespaces()
+    hosts = podnet.service_hosts(core.api_client.sanitize_for_serialization(slices).get("items") or [], ctx.namespace)
     remove(buildah, name)
-    buildah.new_container(image, name)
+    buildah.new_container(image, name, hosts=hosts)
     return buildah.run_argv(name, argv, user=container_user(ctx.pod, container),
-                            workdir=container.get("workingDir") or None, env=env, volumes=binds,
+                            workdir=container.get("workingDir") or None, env={**env, **net_env}, volumes=binds,
                             read_only=sorted(read_only))  # fmt: skip
 
 

@@ -107,7 +107,7 @@ def test_full_values_render_the_optional_parts(full_docs: list[dict[str, Any]]) 
 
 
 def test_every_object_is_labelled_with_its_component_and_names_fit(default_docs: list[dict[str, Any]]) -> None:
-    components = {"operator", "api", "node-agent", "worker", "test"}  # test: the `helm test` pod
+    components = {"operator", "api", "node-agent", "worker", "test", "uninstall"}  # `helm test`, pre-delete hook
     for doc in default_docs:
         meta = doc["metadata"]
         assert len(meta["name"]) <= 63 or doc["kind"] == "CustomResourceDefinition", meta["name"]

@@ -79,10 +79,13 @@ def test_operator_and_facade_meet_the_restricted_standard_with_a_read_only_root(
         assert _restricted_problems(pod, container) == [], key
         assert container["securityContext"]["readOnlyRootFilesystem"] is True, key
         assert container["resources"]["requests"] and container["resources"]["limits"]["memory"], key
-        assert container.get("livenessProbe") and container.get("readinessProbe"), key
-        assert pod.get("automountServiceAccountToken") is not False, "the operator and facade need their token"
+        if kind_name.startswith("Job/"):  # the uninstall hook runs to completion: no probes
+            assert pod["restartPolicy"] == "Never", key
+        else:
+            assert container.get("livenessProbe") and container.get("readinessProbe"), key
+        assert pod.get("automountServiceAccountToken") is not False, "the operator, facade and hook need their token"
         checked += 1
-    assert checked == 2
+    assert checked == 3
 
 
 def test_restricted_check_itself_catches_violations() -> None:
