@@ -120,7 +120,7 @@ build_image() {
   local ref=localhost/legacygpu-$name:$TAG dockerfile=Dockerfile.$name
   case $name in
     worker) roots="core worker" ;;
-    operator) roots="core api operator" ;;
+    operator) roots="core api operator worker" ;;  # worker/: the demo stage trains the digits model
   esac
   fetch_wheels "$name" "${@:2}"
   local base base_id key
@@ -171,7 +171,7 @@ for target in "${targets[@]}"; do
   case $target in
     base) resolve_base ;;
     worker) build_image worker worker demo ;;
-    operator) build_image operator api operator ;;
+    operator) build_image operator api operator demo ;;
     *) echo "unknown image: $target (worker, operator, base)" >&2; exit 2 ;;
   esac
 done

@@ -100,10 +100,15 @@ def test_facade_arguments_and_environment_configure_the_kubernetes_backend(
     assert settings.api_token == "the-token"
     assert settings.kube_cluster == apis.get("clusterName", "default")
     assert settings.kube_namespace == apis.get("clusterNamespace", "legacygpu-system")
-    mounts = {m["mountPath"] for m in api["volumeMounts"]}
-    assert str(settings.data_dir) in mounts, "the data dir must be writable (read-only root file system)"
+    mounts = {m["mountPath"]: m for m in api["volumeMounts"]}
+    # The image's data dir stays visible: its models/ holds the built-in demo model (Dockerfile.operator);
+    # in Kubernetes mode the facade writes nothing there (tests/e2e/test_chart_images.py runs it so).
+    assert str(settings.data_dir) not in mounts, "a volume there would hide the image's demo model"
+    assert str(settings.models_dir) == "/var/lib/legacygpu/models"
     if apis.get("modelVolume"):
-        assert str(settings.models_dir) in mounts
+        assert mounts[str(settings.models_dir)]["readOnly"] is True
+    else:
+        assert str(settings.models_dir) not in mounts
 
 
 @pytest.mark.parametrize("values", [{}, FULL], ids=["default", "full"])
