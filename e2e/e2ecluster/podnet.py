@@ -77,10 +77,11 @@ def service_hosts(slices: Iterable[dict[str, Any]], namespace: str) -> dict[str,
         ns = meta.get("namespace", "")
         if not service or item.get("addressType", "IPv4") != "IPv4":
             continue
-        ready = [e for e in item.get("endpoints") or [] if (e.get("conditions") or {}).get("ready") and e.get("addresses")]
+        ready = sorted(e["addresses"][0] for e in item.get("endpoints") or []
+                       if (e.get("conditions") or {}).get("ready") and e.get("addresses"))  # fmt: skip
         if not ready:
             continue
-        address = sorted(ready, key=lambda e: e["addresses"][0])[0]["addresses"][0]
+        address = ready[0]
         names = [f"{service}.{ns}", f"{service}.{ns}.svc", f"{service}.{ns}.svc.cluster.local"]
         if ns == namespace:
             names.append(service)
