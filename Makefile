@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 LEGACYGPU := $(VENV)/bin/legacygpu
 PYTHON ?= python3
 APT_PACKAGES := pocl-opencl-icd mesa-opencl-icd ocl-icd-libopencl1 ocl-icd-opencl-dev clinfo libclblast-dev \
-	prometheus chromium chromium-driver etcd-server python3-venv buildah mmdebstrap
+	prometheus chromium chromium-driver etcd-server python3-venv buildah mmdebstrap gcc
 SETUP_STAMP := $(VENV)/.setup-done
 
 .PHONY: help setup run test lint bench bench-local clean
