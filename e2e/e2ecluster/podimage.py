@@ -186,8 +186,10 @@ def run_argv(
     net_env, (shim_dir, shim_source) = podnet.preload(ctx.pod_ip, buildah.root)
     binds[shim_dir] = shim_source
     read_only.add(shim_dir)
-    slices = client.DiscoveryV1Api(core.api_client).list_endpoint_slice_for_all_namespaces()
-    hosts = podnet.service_hosts(core.api_client.sanitize_for_serialization(slices).get("items") or [], ctx.namespace)
+    as_dicts = core.api_client.sanitize_for_serialization
+    services = as_dicts(core.list_service_for_all_namespaces()).get("items") or []
+    pods = as_dicts(core.list_pod_for_all_namespaces()).get("items") or []
+    hosts = podnet.service_hosts(services, pods, ctx.namespace)
     remove(buildah, name)
     buildah.new_container(image, name, hosts=hosts)
     return buildah.run_argv(name, argv, user=container_user(ctx.pod, container),

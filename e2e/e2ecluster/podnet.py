@@ -10,8 +10,8 @@ module supplies both for :mod:`e2ecluster.podimage`:
   :func:`preload` binds into the container and preloads (``LD_PRELOAD``): its ``bind()`` turns a
   wildcard address into the pod's loopback IP (``E2E_POD_IP``), which is where probes, Services
   and other pods reach it. Binds to a given address are left alone.
-- **Service names.** There is no cluster DNS. :func:`service_hosts` maps every Service that has
-  a ready endpoint to that endpoint's pod IP, under the names a pod's resolver would accept
+- **Service names.** There is no cluster DNS. :func:`service_hosts` maps every Service that
+  selects a ready pod to that pod's IP, under the names a pod's resolver would accept
   (``svc``, in the pod's namespace, ``svc.ns``, ``svc.ns.svc``, ``svc.ns.svc.cluster.local``);
   :class:`~e2ecluster.images.Buildah` writes them into the container's ``/etc/hosts``. A Service
   name thus reaches one ready pod, at the pod's own port: it works for Services whose
@@ -65,26 +65,29 @@ def preload(pod_ip: str, root: Path = IMAGES_DIR) -> tuple[dict[str, str], tuple
     return env, (CONTAINER_DIR, str(shim(root)))
 
 
-def service_hosts(slices: Iterable[dict[str, Any]], namespace: str) -> dict[str, str]:
-    """Host name -> IP of one ready endpoint, per Service, from EndpointSlices (as API dicts).
+def service_hosts(services: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]], namespace: str) -> dict[str, str]:
+    """Host name -> IP of one ready pod the Service selects, per Service (Services and pods as API dicts).
 
-    ``namespace`` is the pod's: there a Service's bare name resolves too.
+    What the EndpointSlice controller would publish, computed here: the API server refuses
+    loopback addresses in EndpointSlices, and the stand-in's pod IPs are loopback ones. ``namespace``
+    is the pod's: there a Service's bare name resolves too.
     """
+    ready: dict[str, list[tuple[dict[str, str], str]]] = {}
+    for pod in pods:
+        status, meta = pod.get("status") or {}, pod.get("metadata") or {}
+        if status.get("podIP") and any(c.get("type") == "Ready" and c.get("status") == "True"
+                                       for c in status.get("conditions") or []):  # fmt: skip
+            ready.setdefault(meta.get("namespace", ""), []).append((meta.get("labels") or {}, status["podIP"]))
     hosts: dict[str, str] = {}
-    for item in slices:
-        meta = item.get("metadata") or {}
-        service = (meta.get("labels") or {}).get("kubernetes.io/service-name")
-        ns = meta.get("namespace", "")
-        if not service or item.get("addressType", "IPv4") != "IPv4":
+    for service in services:
+        meta, selector = service.get("metadata") or {}, (service.get("spec") or {}).get("selector") or {}
+        name, ns = meta.get("name", ""), meta.get("namespace", "")
+        ips = sorted(ip for labels, ip in ready.get(ns, []) if selector and selector.items() <= labels.items())
+        if not ips:
             continue
-        ready = sorted(e["addresses"][0] for e in item.get("endpoints") or []
-                       if (e.get("conditions") or {}).get("ready") and e.get("addresses"))  # fmt: skip
-        if not ready:
-            continue
-        address = ready[0]
-        names = [f"{service}.{ns}", f"{service}.{ns}.svc", f"{service}.{ns}.svc.cluster.local"]
+        names = [f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
         if ns == namespace:
-            names.append(service)
-        for name in names:
-            hosts.setdefault(name, address)
+            names.append(name)
+        for host in names:
+            hosts[host] = ips[0]
     return hosts

@@ -182,9 +182,10 @@ def test_the_notes_steps_work_as_written(kube: Kube, release: Release) -> None:
     assert "port-forward" in step2 and "legacygpu task submit --model digits" in step3
     (facade,) = _pods(kube, release, **{"app.kubernetes.io/component": "api"})
     # The stand-in has no kubelet streaming server for port-forward: the facade's pod address instead.
-    step2 = re.sub(r"^kubectl .* port-forward .*&$", "", step2, flags=re.M)
-    step2 = re.sub(r"^export LEGACYGPU_API_URL=.*$", f"export LEGACYGPU_API_URL=http://{facade.status.pod_ip}:8000",
+    step2 = re.sub(r"^\s*kubectl .* port-forward .*&$", "", step2, flags=re.M)
+    step2 = re.sub(r"^\s*export LEGACYGPU_API_URL=.*$", f"export LEGACYGPU_API_URL=http://{facade.status.pod_ip}:8000",
                    step2, flags=re.M)  # fmt: skip
+    assert "port-forward" not in step2 and f"{facade.status.pod_ip}:8000" in step2, step2
     script = "\n".join(["set -euo pipefail", step1, step2, "echo", step3])
     out = subprocess.run(["bash", "-c", script], cwd=REPO, env=_env(kube), capture_output=True, text=True,
                          timeout=840, check=False)  # fmt: skip

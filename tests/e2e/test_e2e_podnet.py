@@ -46,24 +46,31 @@ def test_the_shim_binds_wildcard_addresses_to_the_pod_ip_and_leaves_given_ones(t
     assert binds({"LD_PRELOAD": str(library)}) == {"any4": "0.0.0.0", "any6": "::", "given": "127.0.0.1"}
 
 
-def _slice(ns: str, service: str, *endpoints: tuple[str, bool], family: str = "IPv4") -> dict[str, object]:
-    return {
-        "metadata": {"namespace": ns, "labels": {"kubernetes.io/service-name": service}},
-        "addressType": family,
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}} for ip, ready in endpoints],
-    }
+def _pod(ns: str, labels: dict[str, str], ip: str, ready: bool) -> dict[str, object]:
+    return {"metadata": {"namespace": ns, "labels": labels},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": str(ready)}]}}  # fmt: skip
 
 
-def test_service_names_resolve_to_a_ready_endpoint_and_bare_names_only_in_the_pods_namespace() -> None:
-    slices = [
-        _slice("sys", "rel-api", ("127.1.0.9", False), ("127.1.0.7", True)),
-        _slice("ml", "digits-workers", ("127.1.0.3", False)),  # nothing ready: no name
-        _slice("sys", "rel-api", ("fd00::1", True), family="IPv6"),
-        {"metadata": {"namespace": "sys"}, "endpoints": [{"addresses": ["127.1.0.8"], "conditions": {"ready": True}}]},
+def _service(ns: str, name: str, selector: dict[str, str] | None) -> dict[str, object]:
+    return {"metadata": {"namespace": ns, "name": name}, "spec": {"selector": selector} if selector else {}}
+
+
+def test_service_names_resolve_to_a_ready_selected_pod_and_bare_names_only_in_the_pods_namespace() -> None:
+    api = {"app": "api", "release": "rel"}
+    pods = [
+        _pod("sys", api, "127.1.0.9", False),
+        _pod("sys", {**api, "extra": "x"}, "127.1.0.7", True),
+        _pod("ml", api, "127.1.0.5", True),  # another namespace: not the Service's
+        _pod("ml", {"app": "worker"}, "127.1.0.3", False),
     ]
-    assert podnet.service_hosts(slices, "sys") == {
+    services = [
+        _service("sys", "rel-api", api),
+        _service("ml", "digits-workers", {"app": "worker"}),  # nothing ready: no name
+        _service("sys", "external", None),  # no selector: no name
+    ]
+    assert podnet.service_hosts(services, pods, "sys") == {
         "rel-api": "127.1.0.7", "rel-api.sys": "127.1.0.7", "rel-api.sys.svc": "127.1.0.7",
         "rel-api.sys.svc.cluster.local": "127.1.0.7",
     }  # fmt: skip
-    assert "rel-api" not in podnet.service_hosts(slices, "ml")
-    assert podnet.service_hosts(slices, "ml")["rel-api.sys.svc"] == "127.1.0.7"
+    from_ml = podnet.service_hosts(services, pods, "ml")
+    assert "rel-api" not in from_ml and from_ml["rel-api.sys.svc"] == "127.1.0.7"
