@@ -205,13 +205,17 @@ def test_the_notes_steps_work_as_written(kube: Kube, release: Release) -> None:
 
 @pytest.mark.timeout(600)
 def test_helm_test_runs_an_inference_through_the_facade(kube: Kube, release: Release) -> None:
+    # No --logs: helm reads them through the kubelet's log endpoint, which the stand-in does not serve;
+    # the simulator keeps the pod's output in its folder instead. helm fails unless the pod exits 0.
     try:
-        out = _helm(kube, "test", release.name, "-n", release.namespace, "--logs", "--timeout", "5m")
+        out = _helm(kube, "test", release.name, "-n", release.namespace, "--timeout", "5m")
     except Exception as exc:
         raise AssertionError(f"{exc}\n{_pod_logs(kube, release.namespace)}") from None
-    # The test pod's own line: task id, phase, reason, message, top_k (helm fails unless the pod exits 0).
-    line = next((x for x in out.splitlines() if " Succeeded None None [{" in x), None)
-    assert line is not None and "'label'" in line and "'score'" in line, out
+    assert re.search(r"Phase:\s+Succeeded", out), out
+    log = (kube.pod_dir(release.namespace, release.obj("test")) / "inference.log").read_text()
+    # The test pod's line: task id, phase, reason, message, top_k.
+    line = next((x for x in log.splitlines() if " Succeeded " in x and "[{" in x), None)
+    assert line is not None and "'label'" in line and "'score'" in line, log
 
 
 @pytest.mark.timeout(900)
@@ -224,9 +228,12 @@ def test_uninstall_leaves_nothing_of_the_release(kube: Kube, release: Release) -
     except Exception as exc:
         raise AssertionError(f"{exc}\n{_pod_logs(kube, release.namespace)}") from None
 
+    # helm never deletes crds/; the API server registers an APIService for each CRD group version.
+    kept = ("apiextensions.k8s.io/CustomResourceDefinition//",
+            "apiregistration.k8s.io/APIService//v1alpha1.legacygpu.io")  # fmt: skip
+
     def left() -> set[str]:
-        return {k for k in _inventory(kube) - release.before
-                if not k.startswith("apiextensions.k8s.io/CustomResourceDefinition/")}  # fmt: skip
+        return {k for k in _inventory(kube) - release.before if not k.startswith(kept)}
 
     with contextlib.suppress(Exception):  # pods and ReplicaSets go through the garbage collector after helm returns
         kube.wait_for(lambda: not left(), timeout=180, interval=2, what="the release's objects gone")
