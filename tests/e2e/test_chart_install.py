@@ -80,6 +80,9 @@ def release(kube: Kube) -> Iterator[Release]:
         # The simulated GPU nodes carry the agent's own label (no Node Feature Discovery there).
         "nodeAgent": {"nodeSelector": {"legacygpu.io/gpu.present": "true"}},
         "operator": {"podDisruptionBudget": {"enabled": True}},
+        # No pre-delete hook: its Job would never finish here, where pods run no process
+        # (test_chart_images.py runs the hook from the image).
+        "uninstall": {"hook": False},
     }
     path = _values_file(values)
     try:
