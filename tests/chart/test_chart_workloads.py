@@ -88,7 +88,10 @@ def test_facade_arguments_and_environment_configure_the_kubernetes_backend(
     assert api["args"][:2] == ["api", "serve"]
     params = _parse(command.commands["serve"], "serve", api["args"][2:])
     assert params["cluster_backend"] == "kubernetes" and params["host"] == "0.0.0.0"
-    assert params["port"] == {p["name"]: p["containerPort"] for p in api["ports"]}["http"]
+    ports = {p["name"]: p["containerPort"] for p in api["ports"]}
+    assert params["port"] == ports["http"] and params["grpc_port"] == ports["grpc"]
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-api"))
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {"http": "http", "grpc": "grpc"}
 
     for key in [k for k in list(os.environ) if k.startswith("LEGACYGPU_")]:
         monkeypatch.delenv(key)

@@ -140,7 +140,9 @@ async def test_cli_and_rest_work_unchanged_against_kubernetes(facade: Facade, de
         unknown = client.post("/cluster/tasks/submit", json={
             "model": "nope", "inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": [1]}]})
         assert unknown.status_code == 422
-        assert client.post("/cluster/workers/register", json={"name": "x"}).status_code == 409
+        assert client.post("/cluster/workers/register", json={"name": "x"}).status_code == 403  # the join role's
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # allowed to register, but pods are Kubernetes' workers
+        assert client.post("/cluster/workers/register", json={"name": "x"}, headers=admin).status_code == 409
         assert client.get("/cluster/tasks/task-does-not-exist").status_code == 404
 
 
