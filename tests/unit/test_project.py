@@ -162,10 +162,11 @@ def test_dockerfiles_pass_hadolint() -> None:
 
 
 def test_images_run_as_non_root_and_carry_only_their_roots() -> None:
-    worker = (REPO / "Dockerfile.worker").read_text()
-    operator = (REPO / "Dockerfile.operator").read_text()
+    # The final stage of each (after its last FROM): the demo stage builds the model from the worker's code.
+    worker = (REPO / "Dockerfile.worker").read_text().rpartition("\nFROM ")[2]
+    operator = (REPO / "Dockerfile.operator").read_text().rpartition("\nFROM ")[2]
     for text in (worker, operator):
-        assert "USER 10001" in text
+        assert "USER 10001" in text and "COPY --from=demo /demo/models" in text
     assert "COPY worker/" in worker and "COPY operator/" not in worker and "COPY api/" not in worker
     assert "COPY operator/" in operator and "COPY worker/" not in operator
 

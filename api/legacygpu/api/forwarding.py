@@ -158,9 +158,11 @@ class Forwarder:
         tried: set[str] = set()
         last_error: WorkerFailed | None = None
         for attempt in range(2):
-            candidates = [e for e in await self.endpoints() if e.url not in tried and e.url not in self._failed
-                          and (protocol == "rest" or e.grpc is not None)]
-            endpoint = self._pick(model, candidates)
+            candidates = [e for e in await self.endpoints()
+                          if e.url not in tried and (protocol == "rest" or e.grpc is not None)]
+            # A worker that failed lately is passed over while another is left, not refused outright: when it
+            # is the only one (the other just deleted, or itself just restarted) the request still gets a try.
+            endpoint = self._pick(model, [e for e in candidates if e.url not in self._failed] or candidates)
             if endpoint is None:
                 break
             if attempt:

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from legacygpu.api.discovery import ServingEndpoint, pod_endpoint, registered_endpoints, serving_endpoints
-from legacygpu.api.forwarding import Forwarder
+from legacygpu.api.forwarding import Forwarder, NoWorker
 from legacygpu.api.schemas import DeviceInfoPublic, WorkerPublic
 from legacygpu.core.kube.contract import now_utc
 from legacygpu.core.modelcards import ModelRepository
@@ -127,3 +127,27 @@ async def test_the_forwarder_sends_to_ready_pods_and_retries_a_dead_one_on_anoth
     assert json.loads(answers[0].content)["model_name"] == "digits"
     retried = forwarder.retries.labels("digits")._value.get()
     assert retried == 1, "the dead pod was tried once, then skipped until the next refresh"
+
+
+async def test_a_worker_that_failed_lately_still_gets_requests_when_it_is_the_only_one(demo_repository: Path) -> None:
+    """A pod whose process restarted (the other pod gone) serves again before the forwarder's next refresh."""
+    port = _dead_port()
+    backend = _PodBackend([_pod("a", "127.0.0.1", port=port, models=["digits"])])
+    forwarder = Forwarder(backend, CollectorRegistry(), refresh_seconds=60.0)  # type: ignore[arg-type]
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]})
+
+    async def infer() -> Any:
+        return await forwarder.forward("POST", "/v2/models/digits/infer", model="digits", content=body.encode(),
+                                       headers={"content-type": "application/json"})
+
+    runner = TaskRunner(ModelRepository(demo_repository), create_backend("onnxruntime"))
+    server = ServingServer(ServingEngine(runner, server_version="test"), http_port=port, grpc_port=None)
+    try:
+        with pytest.raises(NoWorker):  # nothing listens yet: the pod is marked failed
+            await infer()
+        server.start()  # the process is back, on the same address, within the refresh period
+        answer = await infer()
+    finally:
+        server.stop()
+        await forwarder.close()
+    assert answer.status_code == 200 and json.loads(answer.content)["model_name"] == "digits"
