@@ -30,6 +30,7 @@ __all__ = [
     "GROUP",
     "PLURAL",
     "VERSION",
+    "busy_operators",
     "busy_workers",
     "create_tasks",
     "lease_holder",
@@ -83,6 +84,18 @@ def operator_replicas(
                 process.kill()
         for name in running:
             sys.stdout.write(f"--- operator {name} ---\n{(folder / f'{name}.log').read_text()[-3000:]}\n")
+
+
+@contextlib.contextmanager
+def busy_operators(
+    kube: Kube, namespace: str, worker_command: Callable[[str], None], folder: Path, *,
+    names: Iterable[str] = ("a", "b"),
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:  # fmt: skip
+    """:func:`busy_workers` and :func:`operator_replicas` (quiet, on the e2e worker image): the fault tests' setup."""
+    busy_workers(worker_command, folder)
+    extra = ["--worker-image", "legacygpu/worker:e2e", "--log-level", "warning"]
+    with operator_replicas(kube, namespace, folder, names=names, extra=extra) as running:
+        yield running
 
 
 def busy_workers(worker_command: Callable[[str], None], folder: Path) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_operators import API, busy_workers, create_tasks, lease_holder, operator_replicas, phases, tasks
+from e2e_operators import API, busy_operators, create_tasks, lease_holder, phases, tasks
 from e2ecluster import Kube
 
 TASKS = 300
@@ -36,9 +36,7 @@ pytestmark = pytest.mark.slow
 def replicas(
     simulated_kube: Kube, namespace: str, worker_command: Any, tmp_path: Path
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    busy_workers(worker_command, tmp_path)
-    extra = ["--worker-image", "legacygpu/worker:e2e", "--log-level", "warning"]
-    with operator_replicas(simulated_kube, namespace, tmp_path, extra=extra) as running:
+    with busy_operators(simulated_kube, namespace, worker_command, tmp_path) as running:
         yield running
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_operators import API, GROUP, PLURAL, VERSION, busy_workers, create_tasks, lease_holder, operator_replicas
+from e2e_operators import API, GROUP, PLURAL, VERSION, busy_operators, create_tasks, lease_holder
 from e2e_operators import phases as _phases
 from e2e_operators import tasks as _tasks
 from e2ecluster import Kube
@@ -43,9 +43,7 @@ pytestmark = pytest.mark.slow
 def replicas(
     simulated_kube: Kube, namespace: str, worker_command: Any, tmp_path: Path
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    busy_workers(worker_command, tmp_path)
-    with operator_replicas(simulated_kube, namespace, tmp_path,
-                           extra=["--worker-image", "legacygpu/worker:e2e", "--log-level", "warning"]) as running:
+    with busy_operators(simulated_kube, namespace, worker_command, tmp_path) as running:
         yield running
 
 

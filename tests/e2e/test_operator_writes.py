@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_operators import API, busy_workers, create_tasks, lease_holder, operator_replicas, phases
+from e2e_operators import API, busy_operators, create_tasks, lease_holder, phases
 from e2ecluster import Kube
 
 from legacygpu.testing.apiwrites import parse_request_totals, per_task
@@ -36,9 +36,7 @@ pytestmark = pytest.mark.slow
 def operator(
     simulated_kube: Kube, namespace: str, worker_command: Any, tmp_path: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    busy_workers(worker_command, tmp_path)
-    extra = ["--worker-image", "legacygpu/worker:e2e", "--log-level", "warning"]
-    with operator_replicas(simulated_kube, namespace, tmp_path, names=["a"], extra=extra) as running:
+    with busy_operators(simulated_kube, namespace, worker_command, tmp_path, names=["a"]) as running:
         yield running["a"]
 
 

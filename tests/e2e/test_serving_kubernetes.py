@@ -9,7 +9,7 @@ the facade's own RBAC is the chart's business); ``tritonclient`` from PyPI. Simu
 kubelets, whose stand-in runs the pods' readiness and liveness probes (``/v2/health/ready``,
 ``/v2/health/live`` on the ``http-v2`` port) and sets the pods' Ready condition from them.
 
-gRPC goes straight to a worker pod's port 8001: the facade forwards REST.
+gRPC goes to the facade (which forwards it to the Ready pods) and straight to a worker pod's port 8001.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from e2ecluster import Kube
+from tritonclient.utils import InferenceServerException
 
 from legacygpu.operator.crdgen import all_crds
 from legacygpu.operator.rbac import rbac_manifests
@@ -65,8 +66,11 @@ def _free_port() -> int:
 
 @pytest.fixture
 def deployment(simulated_kube: Kube, namespace: str, worker_command: Any, demo_repository: Path,
-               tmp_path: Path) -> Iterator[tuple[Kube, str]]:
-    """CRDs, RBAC, the operator, a 2-worker digits InferenceCluster (Ready) and the facade on it; yields its URL."""
+               tmp_path: Path) -> Iterator[tuple[Kube, str, str]]:
+    """CRDs, RBAC, the operator, a 2-worker digits InferenceCluster (Ready) and the facade on it.
+
+    Yields the kube, the facade's REST URL and its gRPC address.
+    """
     kube = simulated_kube
     worker_command(shlex.join([sys.executable, "-m", "legacygpu.cli", "worker", "start", "--kubernetes",
                                "--backend", "onnxruntime", "--model-dir", str(demo_repository)]))
@@ -82,14 +86,14 @@ def deployment(simulated_kube: Kube, namespace: str, worker_command: Any, demo_r
     )
     data = tmp_path / "facade"
     shutil.copytree(demo_repository, data / "models")
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
     env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "LEGACYGPU_API_TOKEN": TOKEN,
            "LEGACYGPU_KUBE_NAMESPACE": namespace, "LEGACYGPU_KUBE_CLUSTER": "digits"}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     facade_log = tmp_path / "facade.log"
     facade = subprocess.Popen(
         [sys.executable, "-m", "legacygpu.cli", "api", "serve", "--backend", "kubernetes", "--port", str(port),
-         "--grpc-port", str(_free_port()), "--data-dir", str(data), "--log-level", "warning"],
+         "--grpc-port", str(grpc_port), "--data-dir", str(data), "--log-level", "warning"],
         env=env, stdout=facade_log.open("w"), stderr=subprocess.STDOUT,
     )
     try:
@@ -100,7 +104,7 @@ def deployment(simulated_kube: Kube, namespace: str, worker_command: Any, demo_r
         kube.wait_condition(API, "InferenceCluster", "digits", "WorkersReady", namespace=namespace, timeout=240)
         url = f"http://127.0.0.1:{port}"
         kube.wait_for(lambda: _status(f"{url}/v2/health/live") == 200, timeout=120, what="the facade listening")
-        yield kube, url
+        yield kube, url, f"127.0.0.1:{grpc_port}"
     finally:
         _stop(facade)
         _stop(operator)
@@ -153,9 +157,9 @@ def _task_top1(url: str, image: Path) -> int:
 
 
 def test_tritonclient_through_the_facade_on_ready_worker_pods_and_a_killed_pod_loses_no_request(
-    deployment: tuple[Kube, str], namespace: str
+    deployment: tuple[Kube, str, str], namespace: str
 ) -> None:
-    kube, url = deployment
+    kube, url, grpc_address = deployment
     pods = kube.wait_for(lambda: (lambda p: p if len(p) == 2 else None)(_ready_pods(kube, namespace)),
                          timeout=120, what="2 Ready worker pods")
     for pod in pods:  # Ready came from the kubelet stand-in probing the protocol's health endpoints
@@ -172,12 +176,21 @@ def test_tritonclient_through_the_facade_on_ready_worker_pods_and_a_killed_pod_l
     assert expected == [0, 3, 7]
     assert _infer_http(url) == expected
 
-    grpc_client = triton_grpc.InferenceServerClient(f"{pods[0].status.pod_ip}:8001")
-    assert grpc_client.is_server_ready() and grpc_client.is_model_ready("digits")
     tensor = triton_grpc.InferInput("input", [len(DIGITS)], "BYTES")
     tensor.set_data_from_numpy(_images())
+    grpc_client = triton_grpc.InferenceServerClient(f"{pods[0].status.pod_ip}:8001")  # a worker pod, directly
+    assert grpc_client.is_server_ready() and grpc_client.is_model_ready("digits")
     result = grpc_client.infer("digits", [tensor])
     assert [int(i) for i in result.as_numpy("probabilities").argmax(axis=1)] == expected
+    # The facade's gRPC forwards to the same Ready pods, with the token as metadata.
+    facade_grpc = triton_grpc.InferenceServerClient(grpc_address)
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    assert facade_grpc.is_model_ready("digits", headers=auth)
+    result = facade_grpc.infer("digits", [tensor], headers=auth)
+    assert [int(i) for i in result.as_numpy("probabilities").argmax(axis=1)] == expected
+    with pytest.raises(InferenceServerException) as refused:
+        facade_grpc.infer("digits", [tensor])
+    assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
 
     # Without the token the facade refuses; with a wrong shape it names the tensor.
     assert httpx.post(f"{url}/v2/models/digits/infer", json={}, timeout=10).status_code == 401
