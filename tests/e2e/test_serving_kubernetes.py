@@ -221,8 +221,14 @@ def test_tritonclient_through_the_facade_on_ready_worker_pods_and_a_killed_pod_l
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         kube.wait_for(lambda: _retries(url) >= 1, timeout=60, what="a request retried on the other worker")
+        # Restarted: a new process, answering its own readiness (the pod's Ready condition may still be the
+        # old process's until the stand-in kubelet's next probe), before the other pod goes.
+        crashed_ip = pods[0].status.pod_ip
+        kube.wait_for(lambda: kube.worker_pid(namespace, crashed) not in (None, pid)
+                      and _status(f"http://{crashed_ip}:8000/v2/health/ready") == 200, timeout=180,
+                      what=f"{crashed} restarted and ready again")
         kube.wait_for(lambda: (lambda p: p if len(p) == 2 else None)(_ready_pods(kube, namespace)), timeout=180,
-                      what=f"{crashed} restarted and Ready again")
+                      what=f"{crashed} Ready again")
         kube.core.delete_namespaced_pod(deleted, namespace, grace_period_seconds=0)
         before = len(answers)
         kube.wait_for(lambda: kube.get("v1", "Pod", deleted, namespace) is None, timeout=60, what=f"{deleted} gone")
