@@ -228,7 +228,8 @@ async def _drive(url: str, repository: Path, tasks: int, workers: int, per_worke
     }
 
 
-def _plot(result: dict[str, Any], path: Path) -> None:
+def completions_figure(result: dict[str, Any], title: str, ylabel: str) -> tuple[Any, Any, Any]:
+    """A figure of three panels, the left one the tasks finished over time; returns it and the other two."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,8 +238,21 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.2))
     done = sorted(result["_completions"])
     left.plot(done, range(1, len(done) + 1))
-    left.set(title=f"{result['tasks']} tasks, {result['workers']} workers: completions",
-             xlabel="seconds since the first creation", ylabel="tasks succeeded")
+    left.set(title=title, xlabel="seconds since the first creation", ylabel=ylabel)
+    return fig, middle, right
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    fig, middle, right = completions_figure(
+        result, f"{result['tasks']} tasks, {result['workers']} workers: completions", "tasks succeeded")
     waits = sorted(result["_assignment"])
     middle.plot(waits, [(i + 1) / len(waits) for i in range(len(waits))])
     for q in ("p50", "p99"):
@@ -249,9 +263,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
             "TaskRunner direct (reference)": result["reference_tasks_per_second"]}
     right.bar(list(bars), list(bars.values()), color=["tab:blue", "tab:grey"])
     right.set(title=f"throughput (ratio {result['ratio_to_reference']:.3f})", ylabel="tasks/s")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_benchmark(*, tasks: int, workers: int, per_worker: int, out: Path, model_dir: Path | None) -> dict[str, Any]:

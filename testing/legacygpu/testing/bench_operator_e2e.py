@@ -189,16 +189,10 @@ def run_e2e_benchmark(
 
 def plot_e2e(result: dict[str, Any], path: Path) -> None:
     """Completions over time, operator RSS against finished tasks, writes per task by resource."""
-    import matplotlib
+    from legacygpu.testing.bench_operator import completions_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.2))
-    done = sorted(result["_completions"])
-    left.plot(done, range(1, len(done) + 1))
-    left.set(title=f"{result['tasks']} tasks, {result['workers']} workers, real API server",
-             xlabel="seconds since the first creation", ylabel="tasks finished")
+    fig, middle, right = completions_figure(
+        result, f"{result['tasks']} tasks, {result['workers']} workers, real API server", "tasks finished")
     memory = result["operator_rss_mib_by_finished_tasks"]
     middle.plot([f for f, _ in memory], [r for _, r in memory], marker=".")
     middle.set(title="operator RSS", xlabel="tasks finished", ylabel="MiB")
@@ -206,6 +200,4 @@ def plot_e2e(result: dict[str, Any], path: Path) -> None:
     right.barh(list(by_resource), list(by_resource.values()))
     right.set(title=f"API writes per task ({result['api_writes']['task_writes_per_task']} on tasks+events)",
               xlabel="writes per task (creates included)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
