@@ -3,7 +3,7 @@
 Real parts: Debian's ``prometheus`` binary (temp config, 1 s scrape and rule evaluation,
 the chart's rendered alert rules), a real local cluster (facade and worker processes,
 :class:`helpers.LocalCluster`), a real ``legacygpu node-agent`` process on a fixture sysfs
-tree (``tests/nodeagent/sysfs_tree.py``) and the real kopf operator with real worker loops.
+tree (``legacygpu/testing/sysfs_tree.py``) and the real kopf operator with real worker loops.
 
 Stand-ins, because the real things cannot run here: the operator talks to the API server
 emulator with simulated nodes (``tests/operator/operator_harness.py``; the e2e tier has the
@@ -27,7 +27,8 @@ from typing import Any
 import httpx
 import yaml
 from helpers import TOKEN, free_port, wait_until
-from nodeagent.sysfs_tree import NodeTree, rx580
+
+from legacygpu.testing.sysfs_tree import NodeTree, rx580
 
 REPO = Path(__file__).resolve().parents[2]
 LEGACYGPU = str(Path(sys.executable).parent / "legacygpu")

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from legacygpu.testing.fake_kubelet import FakeKubelet
+from legacygpu.testing.sysfs_tree import NodeTree
 from legacygpu.worker.nodeagent import AgentConfig, NodeAgent
-
-from .fake_kubelet import FakeKubelet
-from .sysfs_tree import NodeTree
 
 
 @pytest.fixture

@@ -12,10 +12,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from legacygpu.cli.nodeagent import command
+from legacygpu.testing.fake_kubelet import FakeKubelet
+from legacygpu.testing.sysfs_tree import NodeTree, rx580
 from legacygpu.worker.nodeagent.v1beta1 import api_pb2
-
-from .fake_kubelet import FakeKubelet
-from .sysfs_tree import NodeTree, rx580
 
 LEGACYGPU = str(Path(sys.executable).parent / "legacygpu")
 

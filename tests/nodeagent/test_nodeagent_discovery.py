@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from legacygpu.testing.sysfs_tree import FakeCard, NodeTree, rx580
 from legacygpu.worker.nodeagent.pciids import identify
 from legacygpu.worker.nodeagent.sysfs import scan_cards
-
-from .sysfs_tree import FakeCard, NodeTree, rx580
 
 
 def test_two_rx580s_are_found_with_their_attributes(node: NodeTree) -> None:

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from legacygpu.testing.sysfs_tree import NodeTree, rx580
 from legacygpu.worker.nodeagent.health import HealthChecker
 from legacygpu.worker.nodeagent.openclprobe import OpenCLDevice, PyOpenCLProbe, join_cards, opencl_version
 from legacygpu.worker.nodeagent.sysfs import CardInfo
-
-from .sysfs_tree import NodeTree, rx580
 
 A, B = "0000:01:00.0", "0000:02:00.0"
 LEGACYGPU = str(Path(sys.executable).parent / "legacygpu")

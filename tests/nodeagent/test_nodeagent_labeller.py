@@ -15,13 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from legacygpu.testing.sysfs_tree import FakeCard, NodeTree, rx580
 from legacygpu.worker.nodeagent import LABEL_KEYS, HealthChecker, NodeLabeller, compute_labels, label_patch
 from legacygpu.worker.nodeagent.errors import LabelError
 from legacygpu.worker.nodeagent.health import CardStatus
 from legacygpu.worker.nodeagent.labeller import MERGE_PATCH
 from legacygpu.worker.nodeagent.openclprobe import OpenCLDevice
-
-from .sysfs_tree import FakeCard, NodeTree, rx580
 
 P = "legacygpu.io/gpu"
 

@@ -12,11 +12,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from legacygpu.testing.fake_kubelet import FakeKubelet
+from legacygpu.testing.sysfs_tree import GIB, NodeTree, rx580
 from legacygpu.worker.nodeagent import NodeAgent
 
 from .conftest import agent_config, running
-from .fake_kubelet import FakeKubelet
-from .sysfs_tree import GIB, NodeTree, rx580
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

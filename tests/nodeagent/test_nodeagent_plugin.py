@@ -2,7 +2,7 @@
 
 The agent runs in-process on a fixture sysfs/dev tree (sysfs checks only; the
 OpenCL check is covered in test_nodeagent_health.py), the fake kubelet
-(fake_kubelet.py) serves Registration and drives the plugin the way the
+(legacygpu.testing.fake_kubelet) serves Registration and drives the plugin the way the
 kubelet does.
 """
 
@@ -13,12 +13,12 @@ import asyncio
 import grpc
 import pytest
 
+from legacygpu.testing.fake_kubelet import FakeKubelet
+from legacygpu.testing.sysfs_tree import NodeTree, rx580
 from legacygpu.worker.nodeagent import NodeAgent
 from legacygpu.worker.nodeagent.v1beta1 import api_pb2
 
 from .conftest import agent_config, running
-from .fake_kubelet import FakeKubelet
-from .sysfs_tree import NodeTree, rx580
 
 A, B = "0000:01:00.0", "0000:02:00.0"
 

@@ -10,13 +10,17 @@ a ``ListAndWatch`` stream open, recording every device list it receives.
 is what a kubelet restart looks like from the plugin's side. Tests call
 ``Allocate`` and ``GetPreferredAllocation`` through :meth:`FakeKubelet.stub`.
 Everything is real gRPC over real unix sockets; only the kubelet is ours.
+
+Used by the node agent's tests and by the e2e cluster's kubelet stand-in
+(e2e/e2ecluster/devicemanager.py), which passes ``on_list``/``on_end`` to turn
+each advertised device list into the Node's capacity, as a kubelet does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +28,7 @@ import grpc
 
 from legacygpu.worker.nodeagent.v1beta1 import VERSION, api_pb2, api_pb2_grpc
 
-__all__ = ["DeviceView", "FakeKubelet"]
+__all__ = ["DeviceView", "EndHook", "FakeKubelet", "ListHook"]
 
 
 @dataclass(frozen=True)
@@ -55,9 +59,22 @@ class _Registration(api_pb2_grpc.RegistrationServicer):
         return api_pb2.Empty()
 
 
+ListHook = Callable[[list[DeviceView]], Awaitable[None]]
+EndHook = Callable[[grpc.StatusCode], Awaitable[None]]
+
+
 class FakeKubelet:
-    def __init__(self, directory: Path, *, refuse: int = 0) -> None:
+    """The kubelet's device manager for one device-plugin directory.
+
+    ``on_list`` is awaited with every device list a plugin sends, ``on_end`` with the status
+    code a ``ListAndWatch`` stream ended with (``OK`` when the plugin closed it).
+    """
+
+    def __init__(self, directory: Path, *, refuse: int = 0, on_list: ListHook | None = None,
+                 on_end: EndHook | None = None) -> None:
         self.directory = directory
+        self.on_list = on_list
+        self.on_end = on_end
         self.refuse = refuse  # answer this many Register calls with an error first
         self.refused = 0
         self.socket = directory / "kubelet.sock"
@@ -110,15 +127,20 @@ class FakeKubelet:
         self._channel = grpc.aio.insecure_channel(f"unix:{self.directory / request.endpoint}")
         stub = api_pb2_grpc.DevicePluginStub(self._channel)
         self.options.append(await stub.GetDevicePluginOptions(api_pb2.Empty(), timeout=5))
+        code = grpc.StatusCode.OK
         try:
             async for response in stub.ListAndWatch(api_pb2.Empty()):
+                devices = _view(response)
                 async with self._changed:
-                    self.lists.append(_view(response))
+                    self.lists.append(devices)
                     self._changed.notify_all()
+                if self.on_list is not None:
+                    await self.on_list(devices)
         except grpc.aio.AioRpcError as exc:
-            self.stream_ends.append(exc.code())
-        else:
-            self.stream_ends.append(grpc.StatusCode.OK)
+            code = exc.code()
+        self.stream_ends.append(code)
+        if self.on_end is not None:
+            await self.on_end(code)
 
     def stub(self) -> api_pb2_grpc.DevicePluginStub:
         assert self._channel is not None, "no plugin has registered"
