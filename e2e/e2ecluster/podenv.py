@@ -68,6 +68,7 @@ class PodContext:
     server: str
     ca_cert: Path
     gpu_env: str = "LEGACYGPU_VISIBLE_DEVICES"
+    node_root: Path | None = None  # the node's simulated host file system (e2ecluster.nodefs), for hostPath
 
     @property
     def name(self) -> str:

@@ -16,7 +16,9 @@ then, in order:
   ``projected`` (files written from the API, with ``items``/``key``/``path``, ``subPath``),
   and the ServiceAccount token, CA and namespace at
   ``/var/run/secrets/kubernetes.io/serviceaccount`` unless automounting is off; ``readOnly``
-  mounts are bound read-only. ``hostPath`` is refused (a simulated node has no host).
+  mounts are bound read-only. ``hostPath`` is bound from the node's simulated host file system
+  (:mod:`e2ecluster.nodefs`: ``/sys``, ``/dev/dri``, ``/dev/kfd``, the kubelet's device-plugin
+  folder), never from the real host; other host paths are refused.
 
 Chroot isolation shares the host's network namespace, so the container reaches the API
 server at the loopback address the pod environment names; :mod:`e2ecluster.podnet` turns the
@@ -36,7 +38,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from e2ecluster import podnet
+from e2ecluster import nodefs, podnet
 from e2ecluster.images import Buildah, ImageError
 from e2ecluster.podenv import PodContext, expand, field_value
 
@@ -144,7 +146,11 @@ def prepare_volumes(
         if volume is None:
             raise KeyError(f"volumeMount {mount['name']!r} names no volume of the pod")
         folder = root / mount["name"]
-        if "emptyDir" in volume:
+        if "hostPath" in volume:
+            if ctx.node_root is None:
+                raise ValueError(f"volume {mount['name']!r}: hostPath needs a simulated node file system")
+            folder = nodefs.host_path(ctx.node_root, volume["hostPath"])
+        elif "emptyDir" in volume:
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o1777)
         elif "projected" in volume:

@@ -20,7 +20,13 @@ Design: one process (``python -m e2ecluster simulate``) that
    image is in the ``make images`` storage runs from that image instead (buildah, chroot
    isolation: the pod's command, args, env, user, working dir and volumes), workers or not,
    and a pod whose image is not there waits in ``ErrImageNeverPull``;
-4. finalises deletions: a pod with ``deletionTimestamp`` has its process stopped and is
+4. gives each node a simulated host file system (``<root>/nodes/<node>/``: a fixture amdgpu
+   ``sys/``, fake ``dev/dri/`` nodes, the kubelet's device-plugin folder; :mod:`e2ecluster.nodefs`)
+   from which pods' ``hostPath`` volumes are bound, and plays the kubelet's device manager there
+   (:mod:`e2ecluster.devicemanager`): a device plugin that registers on the node's ``kubelet.sock``
+   (the node agent's DaemonSet) sets the node's GPU capacity, and GPU indices are handed out below
+   what it advertises; nodes without a plugin keep the pool's fixed count;
+5. finalises deletions: a pod with ``deletionTimestamp`` has its process stopped and is
    then deleted with grace period 0 (the kubelet's job; without it pods would hang in
    Terminating forever).
 
@@ -45,8 +51,9 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from e2ecluster import nodes, podimage, procs
+from e2ecluster import nodefs, nodes, podimage, procs
 from e2ecluster.cluster import NodePool
+from e2ecluster.devicemanager import DeviceManager
 from e2ecluster.images import Buildah, ImageError
 from e2ecluster.podenv import PodContext, build_env, pod_env, render_argv, write_credentials
 from e2ecluster.podstatus import PodRecord, desired_status, now_rfc3339, probe_alive, probe_ready
@@ -103,6 +110,10 @@ class Simulator:
         procs.stop_recorded(self.root / "pods")
         self._remove_stale_containers()
         nodes.ensure_nodes(self.core, self.pool, version=self.version)
+        for name in self.node_names:
+            nodefs.ensure_tree(nodefs.node_root(self.root, name), self.pool.gpus)
+        self.devices = DeviceManager(self.root, self.pool, self.node_names, self._api)
+        self.devices.start()
         beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         beat.start()
         threading.Thread(target=self._watch, name="pod-watch", daemon=True).start()
@@ -120,6 +131,7 @@ class Simulator:
         finally:
             for rec in list(self.records.values()):
                 self._stop_process(rec, grace=5.0)
+            self.devices.stop()
             (self.root / "simulator.ready").unlink(missing_ok=True)
             log.info("simulator stopped")
 
@@ -284,7 +296,9 @@ class Simulator:
             )
             wanted += int(amount or 0)
         taken = {i for r in self.records.values() if r.node == spec["nodeName"] for i in r.gpu_ids}
-        free = [i for i in range(self.pool.gpus) if i not in taken]
+        advertised = self.devices.advertised(spec["nodeName"])
+        count = self.pool.gpus if advertised is None else advertised
+        free = [i for i in range(count) if i not in taken]
         return free[:wanted]
 
     def _finalise(self, pod: dict[str, Any]) -> None:
@@ -314,7 +328,7 @@ class Simulator:
         template_file = self.root / "worker-command"
         template = template_file.read_text().strip() if template_file.exists() else "{command}"
         ctx = PodContext(pod, rec.pod_ip, rec.host_ip, rec.pod_dir, rec.gpu_ids, self.server, self.ca_cert,
-                         self.gpu_env)  # fmt: skip
+                         self.gpu_env, nodefs.node_root(self.root, rec.node))  # fmt: skip
         try:
             write_credentials(self.core, ctx)
             if template == podimage.IMAGE_TEMPLATE:
