@@ -18,7 +18,12 @@ then, in order:
   ``/var/run/secrets/kubernetes.io/serviceaccount`` unless automounting is off; ``readOnly``
   mounts are bound read-only. ``hostPath`` is bound from the node's simulated host file system
   (:mod:`e2ecluster.nodefs`: ``/sys``, ``/dev/dri``, ``/dev/kfd``, the kubelet's device-plugin
-  folder), never from the real host; other host paths are refused.
+  folder), never from the real host; other host paths are refused. buildah's chroot isolation
+  binds the machine's ``/dev`` read-only and drops volumes under it, so mounts under ``/dev/``
+  are made by a wrapper instead (:func:`dev_wrapper`): ``buildah run`` starts in a private mount
+  namespace whose ``/dev`` is an overlay on the machine's (writes go to a tmpfs, so the
+  mountpoints are made there, not in the machine's ``/dev``), with the volumes bound onto it;
+  buildah's ``/dev`` bind then carries them into the container.
 
 Chroot isolation shares the host's network namespace, so the container reaches the API
 server at the loopback address the pod environment names; :mod:`e2ecluster.podnet` turns the
@@ -43,7 +48,8 @@ from e2ecluster.images import Buildah, ImageError
 from e2ecluster.podenv import PodContext, expand, field_value
 
 __all__ = ["CONTAINER_PREFIX", "IMAGE_TEMPLATE", "SERVICE_ACCOUNT_DIR", "container_argv", "container_name",
-           "container_user", "describe", "local_image", "prepare_volumes", "remove", "run_argv"]  # fmt: skip
+           "container_user", "describe", "dev_wrapper", "local_image", "prepare_volumes", "remove",
+           "run_argv"]  # fmt: skip
 
 IMAGE_TEMPLATE = "{image}"
 CONTAINER_PREFIX = "e2e-pod-"
@@ -176,6 +182,27 @@ def prepare_volumes(
     return binds, read_only
 
 
+def dev_wrapper(work: Path, binds: dict[str, str], read_only: set[str]) -> list[str]:
+    """The argv prefix that runs a command with ``binds`` (targets under ``/dev/``) in its own ``/dev``.
+
+    ``unshare --mount --propagation private`` keeps every mount inside the new namespace; ``/dev``
+    there is an overlay (lower: the machine's ``/dev``; upper: a tmpfs at ``work``), so the
+    mountpoints created for the binds exist only in that namespace. The command is ``exec``-ed,
+    so it keeps the pid the caller started.
+    """
+    steps = ["set -e", f"mount -t tmpfs e2e-dev {shlex.quote(str(work))}",
+             f"mkdir {shlex.quote(str(work / 'upper'))} {shlex.quote(str(work / 'work'))}",
+             f"mount -t overlay e2e-dev -o lowerdir=/dev,upperdir={shlex.quote(str(work / 'upper'))},"
+             f"workdir={shlex.quote(str(work / 'work'))} /dev"]  # fmt: skip
+    for target in sorted(binds, key=lambda t: (t.count("/"), t)):
+        source, dest = shlex.quote(binds[target]), shlex.quote(target)
+        make = f"mkdir -p {dest}" if Path(binds[target]).is_dir() else f"mkdir -p $(dirname {dest}); touch {dest}"
+        steps += [make, f"mount --bind {'-o ro ' if target in read_only else ''}{source} {dest}"]
+    steps.append('exec "$@"')
+    work.mkdir(parents=True, exist_ok=True)
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "; ".join(steps), "e2e-dev"]
+
+
 def run_argv(
     buildah: Buildah, core: client.CoreV1Api, ctx: PodContext, container: dict[str, Any], env: dict[str, str],
     image: str, name: str,
@@ -189,6 +216,7 @@ def run_argv(
     if not argv:
         raise ValueError(f"image {image} has no ENTRYPOINT/CMD and the container no command")
     binds, read_only = prepare_volumes(core, ctx, container)
+    under_dev = {t: binds.pop(t) for t in list(binds) if t.startswith("/dev/")}
     net_env, (shim_dir, shim_source) = podnet.preload(ctx.pod_ip, buildah.root)
     binds[shim_dir] = shim_source
     read_only.add(shim_dir)
@@ -198,9 +226,10 @@ def run_argv(
     hosts = podnet.service_hosts(services, pods, ctx.namespace)
     remove(buildah, name)
     buildah.new_container(image, name, hosts=hosts)
-    return buildah.run_argv(name, argv, user=container_user(ctx.pod, container),
-                            workdir=container.get("workingDir") or None, env={**env, **net_env}, volumes=binds,
-                            read_only=sorted(read_only))  # fmt: skip
+    run = buildah.run_argv(name, argv, user=container_user(ctx.pod, container),
+                           workdir=container.get("workingDir") or None, env={**env, **net_env}, volumes=binds,
+                           read_only=sorted(read_only))  # fmt: skip
+    return [*dev_wrapper(ctx.pod_dir / "dev", under_dev, read_only), *run] if under_dev else run
 
 
 def container_name(uid: str, restarts: int) -> str:

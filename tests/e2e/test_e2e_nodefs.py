@@ -1,17 +1,22 @@
 """hostPath volumes of pods from images: bound from the node's simulated host file system, never the host's.
 
-Pure rules (no cluster, no buildah): e2e/e2ecluster/nodefs.py and podimage.prepare_volumes.
+No cluster, no buildah: e2e/e2ecluster/nodefs.py, podimage.prepare_volumes, and podimage.dev_wrapper
+run for real around a shell (root and unshare).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from e2ecluster import nodefs
 from e2ecluster.podenv import PodContext
-from e2ecluster.podimage import prepare_volumes
+from e2ecluster.podimage import dev_wrapper, prepare_volumes
+
 from legacygpu.worker.nodeagent.sysfs import scan_cards
 
 
@@ -73,3 +78,16 @@ def test_prepare_volumes_binds_host_paths_from_the_node(tmp_path: Path) -> None:
         prepare_volumes(None, _ctx(tmp_path, escape, node), {"volumeMounts": [{"name": "etc", "mountPath": "/x"}]})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs a simulated node"):
         prepare_volumes(None, _ctx(tmp_path, volumes, None), container)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_dev_binds_are_made_in_a_private_dev_not_the_machines(tmp_path: Path) -> None:
+    # buildah's chroot isolation drops volumes under /dev, so the wrapper binds them in its own namespace.
+    nodefs.ensure_tree(tmp_path / "node", 1)
+    binds = {"/dev/dri": str(tmp_path / "node/dev/dri"), "/dev/kfd": str(tmp_path / "node/dev/kfd")}
+    argv = dev_wrapper(tmp_path / "pod-dev", binds, {"/dev/dri"})
+    script = "ls /dev/dri; test -f /dev/kfd; touch /dev/dri/x 2>/dev/null && echo writable || echo read-only; " \
+             "test -c /dev/null && echo null-ok"  # fmt: skip
+    out = subprocess.run([*argv, "sh", "-c", script], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert out.split() == ["by-path", "card0", "renderD128", "read-only", "null-ok"], out
+    assert not Path("/dev/dri/renderD128").is_file() and not Path("/dev/kfd").is_file(), "the machine's /dev changed"
