@@ -7,8 +7,11 @@ kubelet's device-plugin folder, ``/sys`` and ``/dev/dri``. Each node gets a fold
 
 - ``sys/``: an amdgpu sysfs tree with ``pool.gpus`` RX 580 cards (PCI directories, DRM minors,
   hwmon sensors, the driver links);
-- ``dev/dri/``: ``card<N>``/``renderD<M>`` as plain files (not character devices: nothing opens a
-  card here) and ``by-path`` links, and ``dev/kfd``;
+- ``dev/dri/``: ``card<N>``/``renderD<M>`` and ``by-path`` links, and ``dev/kfd``. The fixture makes
+  them plain files; when a pod binds them (:func:`host_path`) they become character devices with
+  ``/dev/null``'s numbers (1:3), because the DaemonSet mounts ``/dev/dri`` read-only and a real
+  device node stays writable on a read-only mount where a plain file does not (the agent checks
+  it can open its render nodes read-write). Nothing here is a GPU;
 - ``var/lib/kubelet/device-plugins/``: where the stand-in's device manager serves ``kubelet.sock``
   (:mod:`e2ecluster.devicemanager`) and the agent its plugin socket.
 
@@ -21,12 +24,14 @@ one) and ``DirectoryOrCreate``/``FileOrCreate`` create inside the node's folder.
 
 from __future__ import annotations
 
+import os
 import posixpath
+import stat
 from pathlib import Path
 
 from legacygpu.testing.sysfs_tree import NodeTree, rx580
 
-__all__ = ["SIMULATED_PATHS", "ensure_tree", "host_path", "node_root"]
+__all__ = ["SIMULATED_PATHS", "as_null_device", "ensure_tree", "host_path", "node_root"]
 
 # Host paths a simulated node has, as (host path prefix, folder under the node's root).
 SIMULATED_PATHS = {
@@ -81,4 +86,15 @@ def host_path(folder: Path, volume: dict[str, object]) -> Path:
         raise ValueError(f"hostPath {path!r} (type {kind}) does not exist on the simulated node")
     elif not kind and not local.exists():
         local.mkdir(parents=True, exist_ok=True)  # "": no check; the kubelet makes a missing folder
+    if path.startswith("/dev/"):
+        for node in [local] if local.is_file() else local.iterdir():
+            as_null_device(node)
     return local
+
+
+def as_null_device(path: Path) -> None:
+    """Turn the plain file ``path`` (not a link) into a character device with ``/dev/null``'s numbers."""
+    if path.is_symlink() or not path.is_file():
+        return
+    path.unlink()
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,17 @@ def test_a_node_tree_holds_the_pools_cards_and_is_kept_once_made(tmp_path: Path)
     assert len(scan_cards(folder / "sys")) == 2
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
 def test_host_paths_map_into_the_node_folder(tmp_path: Path) -> None:
     nodefs.ensure_tree(tmp_path, 1)
     assert nodefs.host_path(tmp_path, {"path": "/sys", "type": "Directory"}) == tmp_path / "sys"
     assert nodefs.host_path(tmp_path, {"path": "/dev/dri/", "type": "Directory"}) == tmp_path / "dev/dri"
     assert nodefs.host_path(tmp_path, {"path": "/dev/kfd", "type": "CharDevice"}) == tmp_path / "dev/kfd"
+    # Bound device nodes are character devices like /dev/null (writable on a read-only mount, as real ones are).
+    render = (tmp_path / "dev/dri/renderD128").stat()
+    assert stat.S_ISCHR(render.st_mode) and render.st_rdev == os.stat("/dev/null").st_rdev
+    assert stat.S_ISCHR((tmp_path / "dev/kfd").stat().st_mode)
+    assert (tmp_path / "dev/dri/by-path/pci-0000:01:00.0-render").is_symlink()
     plugins = nodefs.host_path(tmp_path, {"path": "/var/lib/kubelet/device-plugins", "type": "Directory"})
     assert plugins == tmp_path / "var/lib/kubelet/device-plugins"
     made = nodefs.host_path(tmp_path, {"path": "/sys/fs/new", "type": "DirectoryOrCreate"})
@@ -47,6 +54,7 @@ def test_other_host_paths_are_refused_and_the_message_says_why(tmp_path: Path, p
         nodefs.host_path(tmp_path, {"path": path, "type": "Directory"})
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
 def test_types_are_checked_like_a_kubelet(tmp_path: Path) -> None:
     nodefs.ensure_tree(tmp_path, 1)
     with pytest.raises(ValueError, match="type Directory"):
@@ -84,10 +92,11 @@ def test_prepare_volumes_binds_host_paths_from_the_node(tmp_path: Path) -> None:
 def test_dev_binds_are_made_in_a_private_dev_not_the_machines(tmp_path: Path) -> None:
     # buildah's chroot isolation drops volumes under /dev, so the wrapper binds them in its own namespace.
     nodefs.ensure_tree(tmp_path / "node", 1)
-    binds = {"/dev/dri": str(tmp_path / "node/dev/dri"), "/dev/kfd": str(tmp_path / "node/dev/kfd")}
+    binds = {"/dev/dri": str(nodefs.host_path(tmp_path / "node", {"path": "/dev/dri"})),
+             "/dev/kfd": str(nodefs.host_path(tmp_path / "node", {"path": "/dev/kfd"}))}
     argv = dev_wrapper(tmp_path / "pod-dev", binds, {"/dev/dri"})
-    script = "ls /dev/dri; test -f /dev/kfd; touch /dev/dri/x 2>/dev/null && echo writable || echo read-only; " \
-             "test -c /dev/null && echo null-ok"  # fmt: skip
+    script = "ls /dev/dri; test -c /dev/kfd; touch /dev/dri/x 2>/dev/null && echo writable || echo read-only; " \
+             "test -w /dev/dri/renderD128 && echo device-writable; test -c /dev/null && echo null-ok"  # fmt: skip
     out = subprocess.run([*argv, "sh", "-c", script], capture_output=True, text=True, timeout=30, check=True).stdout
-    assert out.split() == ["by-path", "card0", "renderD128", "read-only", "null-ok"], out
+    assert out.split() == ["by-path", "card0", "renderD128", "read-only", "device-writable", "null-ok"], out
     assert not Path("/dev/dri/renderD128").is_file() and not Path("/dev/kfd").is_file(), "the machine's /dev changed"
