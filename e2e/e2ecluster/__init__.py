@@ -10,7 +10,9 @@ and one real local process per worker pod). :mod:`e2ecluster.kube` is the helper
 pytest fixtures in ``tests/e2e`` hand to tests.
 
 Modules: ``certs`` (PKI with openssl), ``procs`` (detached processes, pid checks),
-``cluster`` (start/stop/state of the control plane), ``nodes``, ``podenv`` (what a pod's
+``cluster`` (start/stop/state of the control plane), ``nodes``, ``nodefs`` (each node's
+simulated host file system, for ``hostPath``), ``devicemanager`` (the kubelet's device-plugin
+side: an agent's ``ListAndWatch`` sets the node's GPU capacity), ``podenv`` (what a pod's
 process sees), ``simulator``, ``kube`` (client helpers), ``__main__`` (CLI).
 """
 
