@@ -162,4 +162,6 @@ class DeviceManager:
         with contextlib.suppress(OSError, ValueError):
             state = json.loads(path.read_text())
         state.update(update)
-        path.write_text(json.dumps(state, indent=2) + "\n")
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps(state, indent=2) + "\n")
+        partial.replace(path)  # atomic: a reader never sees a half-written file
