@@ -10,6 +10,7 @@ operator does not import the worker). Pod-level Kubernetes types
 from __future__ import annotations
 
 from legacygpu.core.kube.contract import CLUSTER_KIND, CLUSTER_PLURAL, DEFAULT_DEVICE_RESOURCE
+from legacygpu.core.modelsources import CACHE_DIR
 from legacygpu.core.scheduling import STRATEGIES
 from legacygpu.operator.conditions import CLUSTER_CONDITIONS
 from legacygpu.operator.schema import (
@@ -108,6 +109,19 @@ def cluster_spec_schema() -> Schema:
                 max_items=64,
                 list_type="set",
             ),
+            "modelSources": array(
+                "modelSources: models the workers fetch at start from a storageUri (not in the image's "
+                "repository), loaded like spec.models; +optional.",
+                _model_source(),
+                max_items=64,
+                list_type="map",
+                map_keys=["name"],
+            ),
+            "modelCache": preserved(
+                "modelCache: a core/v1 volume source (e.g. {persistentVolumeClaim: {claimName: cache}}) "
+                f"mounted at {CACHE_DIR} where workers keep the models of modelSources, by sha256; "
+                "+optional: unset uses an emptyDir (kept across container restarts, not pod replacements)."
+            ),
             "schedulingStrategy": string(
                 "How the operator picks a worker for a task: round-robin, least-loaded (smallest share "
                 "of capacity in use), capability-match (least VRAM that meets the task), adaptive "
@@ -186,6 +200,49 @@ def cluster_spec_schema() -> Schema:
                 "self.replicas >= self.minReplicas && self.replicas <= self.maxReplicas",
                 "spec.replicas must be between spec.minReplicas and spec.maxReplicas",
                 field_path=".replicas",
+            ),
+        ],
+    )
+
+
+def _model_source() -> Schema:
+    uri_rule = r"^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+|configmap://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[-._a-zA-Z0-9]+|https?://[^/].*)$"
+    return obj(
+        "One model fetched from a storageUri.",
+        {
+            "name": string(
+                "name: the model's name in the repository (what tasks and /v2 requests use).",
+                pattern=MODEL_NAME_PATTERN,
+                max_length=63,
+            ),
+            "storageUri": string(
+                "storageUri: where the model file is: pvc://<claim>/<path> (the claim is mounted read-only), "
+                "configmap://<name>/<key> (a small model in binaryData), or http(s)://... (downloaded; "
+                "needs sha256).",
+                min_length=1,
+                max_length=2048,
+            ),
+            "sha256": string(
+                "sha256: the file's SHA-256 in 64 lowercase hex digits; required for http(s), checked when "
+                "given; the cache is keyed by it.",
+                pattern=r"^[0-9a-f]{64}$",
+            ),
+            "card": preserved(
+                "card: model card fields (inputs, outputs, postprocess, max_batch_size... as in card.yaml); "
+                "+optional: unset uses the card of the image's model of the same name, else a generic card."
+            ),
+        },
+        required=["name", "storageUri"],
+        rules=[
+            cel(
+                f"self.storageUri.matches('{uri_rule}')",
+                "storageUri must be pvc://<claim>/<path>, configmap://<name>/<key>, http://... or https://...",
+                field_path=".storageUri",
+            ),
+            cel(
+                "!self.storageUri.matches('^https?://') || has(self.sha256)",
+                "sha256 is required when storageUri is http:// or https://",
+                field_path=".sha256",
             ),
         ],
     )
