@@ -61,6 +61,7 @@ __all__ = [
     "VERSION",
     "WORKER_FIELD",
     "AttemptStatus",
+    "ModelFetchStatus",
     "TaskStatus",
     "WorkerRef",
     "WorkerStats",
@@ -131,6 +132,17 @@ class WorkerRef(TypedDict, total=False):
     node: str
 
 
+class ModelFetchStatus(TypedDict, total=False):
+    """How far a worker got fetching one model of ``spec.modelSources`` (in :class:`WorkerStats`)."""
+
+    phase: str
+    """``Fetching``, ``Fetched``, ``Cached`` (found in the cache by its sha256) or ``Failed``."""
+    bytes: int
+    totalBytes: int
+    percent: float
+    message: str
+
+
 class WorkerStats(TypedDict, total=False):
     """What a worker says about itself (pod annotation :data:`ANNOTATION_WORKER_STATS`).
 
@@ -147,6 +159,8 @@ class WorkerStats(TypedDict, total=False):
     completed: int
     failed: int
     models: list[str]
+    modelErrors: dict[str, str]
+    modelFetch: dict[str, ModelFetchStatus]
 
 
 class AttemptStatus(TypedDict, total=False):
