@@ -194,21 +194,54 @@ def worker_infos(pods: Sequence[PodView], assigned: Mapping[str, int], capacity:
     return infos
 
 
-def _unloaded(spec: Mapping[str, Any], live: Sequence[PodView]) -> list[tuple[str, list[str]]]:
-    """Ready workers that published their loaded models without every one of ``spec.models``.
-
-    A worker preloads ``spec.models`` before it publishes its first stats, so
-    a model missing from a published list is one that failed to load.
-    """
+def _wanted_models(spec: Mapping[str, Any]) -> list[str]:
+    """The models every worker loads: ``spec.models`` and the names of ``spec.modelSources``."""
     wanted = [m for m in spec.get("models") or () if m]
+    return wanted + [s["name"] for s in spec.get("modelSources") or () if s.get("name") and s["name"] not in wanted]
+
+
+def _unloaded(spec: Mapping[str, Any], live: Sequence[PodView]) -> list[tuple[str, list[str], dict[str, str]]]:
+    """Ready workers that published their loaded models without every wanted one, with the reasons they gave.
+
+    A worker fetches and preloads the wanted models before it publishes its
+    first stats, so a model missing from a published list is one that failed
+    to fetch or load (``modelErrors`` says why, when the worker said).
+    """
+    wanted = _wanted_models(spec)
     found = []
     for pod in live:
         loaded = pod.stats.get("models")
         if pod.ready and loaded is not None:
             missing = [m for m in wanted if m not in loaded]
             if missing:
-                found.append((pod.name, missing))
+                errors = pod.stats.get("modelErrors") or {}
+                found.append((pod.name, missing, {m: str(errors[m]) for m in missing if m in errors}))
     return found
+
+
+def _unloaded_message(spec: Mapping[str, Any], pod: str, names: list[str], errors: dict[str, str]) -> str:
+    models = set(spec.get("models") or ())
+    where = "spec.models" if models.issuperset(names) else "spec.modelSources" if not models & set(names) \
+        else "spec.models and spec.modelSources"
+    why = "; ".join(f"{name}: {errors[name]}" for name in names if name in errors)
+    return f"worker pod {pod} could not load model(s) {', '.join(names)} named in {where}" + (
+        f": {why} (their tasks fail)" if why else " (the worker's log says why; their tasks fail)"
+    )
+
+
+def _fetching(live: Sequence[PodView]) -> str:
+    """``; worker pod p fetching model m: 45% of 12.0 MiB`` for the first not-ready pod still fetching, else ``""``."""
+    for pod in live:
+        if pod.ready:
+            continue
+        for name, progress in (pod.stats.get("modelFetch") or {}).items():
+            if progress.get("phase") == "Fetching":
+                total = progress.get("totalBytes")
+                size = f" of {int(total) / 2**20:.1f} MiB" if total else ""
+                percent = f"{float(progress.get('percent') or 0):.0f}%" if total else \
+                    f"{int(progress.get('bytes') or 0) / 2**20:.1f} MiB"
+                return f"; worker pod {pod.name} fetching model {name}: {percent}{size}"
+    return ""
 
 
 def _conditions(spec: Mapping[str, Any], desired: int, pods: Sequence[PodView]) -> list[Desired]:
@@ -235,11 +268,8 @@ def _conditions(spec: Mapping[str, Any], desired: int, pods: Sequence[PodView]) 
             f"worker pod {failed[0].name} ended in phase {failed[0].phase}; replacing it",
         )
     elif unloaded:
-        pod, names = unloaded[0]
         degraded = Desired(
-            ClusterCondition.DEGRADED, True, ConditionReason.MODEL_LOAD_FAILED,
-            f"worker pod {pod} could not load model(s) {', '.join(names)} named in spec.models "
-            "(the worker's log says why; their tasks fail)",
+            ClusterCondition.DEGRADED, True, ConditionReason.MODEL_LOAD_FAILED, _unloaded_message(spec, *unloaded[0])
         )
     else:
         degraded = Desired(ClusterCondition.DEGRADED, False, ConditionReason.AS_EXPECTED, "all workers healthy")
@@ -257,7 +287,7 @@ def _conditions(spec: Mapping[str, Any], desired: int, pods: Sequence[PodView]) 
     else:
         workers_ready = Desired(
             ClusterCondition.WORKERS_READY, False, ConditionReason.WORKERS_NOT_READY,
-            f"{ready}/{desired} workers ready",
+            f"{ready}/{desired} workers ready{_fetching(live)}",
         )
     if suspended:
         ready_cond = Desired(ClusterCondition.READY, False, ConditionReason.SUSPENDED, "the cluster is suspended")

@@ -22,6 +22,13 @@ at. Each pod:
   Ready pods). A startup probe on the same path gives model loading up to
   ten minutes before liveness counts. The health port (``/healthz``,
   ``/readyz``, 8081) stays declared for tools that used it;
+* with ``spec.modelSources`` (:mod:`legacygpu.core.modelsources`): the
+  sources as JSON in ``LEGACYGPU_MODEL_SOURCES`` (their names join the
+  preloaded models, so the pod turns Ready only once they are fetched and
+  loaded), a writable cache volume (``spec.modelCache`` or an emptyDir) and
+  each claim (read-only) and ConfigMap (optional) they read, mounted under
+  ``/var/lib/legacygpu/sources``; nothing for http(s), which the worker
+  downloads;
 * carries the label :data:`LABEL_TEMPLATE_HASH`, a hash of everything in
   the pod that comes from the cluster's spec and the operator's settings
   (image, resources, service account, template...). A pod whose hash is not
@@ -42,6 +49,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
+from legacygpu.core import modelsources
 from legacygpu.core.kube.contract import (
     DEFAULT_DEVICE_RESOURCE,
     GPU_NODE_LABEL,
@@ -57,6 +65,7 @@ from legacygpu.core.kube.contract import (
 from legacygpu.operator.config import OperatorConfig
 
 __all__ = [
+    "CACHE_VOLUME",
     "DATA_DIR",
     "LABEL_TEMPLATE_HASH",
     "MODEL_DIR",
@@ -73,6 +82,8 @@ WORKER_CONTAINER = "worker"
 DATA_DIR = "/var/lib/legacygpu"
 MODEL_DIR = f"{DATA_DIR}/models"
 """The worker's model repository: ``$LEGACYGPU_DATA_DIR/models`` (baked into the image, or ``modelVolume``)."""
+CACHE_VOLUME = "model-cache"
+"""The worker's model cache volume (``spec.modelCache`` or an emptyDir), with ``spec.modelSources`` only."""
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 LABEL_TEMPLATE_HASH = "legacygpu.io/template-hash"
 """On worker pods: :func:`template_hash` of the spec and settings the pod was built from."""
@@ -118,11 +129,22 @@ def _container(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any
         {"name": "LEGACYGPU_DATA_DIR", "value": DATA_DIR},
         {"name": "HOME", "value": "/tmp"},
     ]
-    if spec.get("models"):
-        env.append({"name": "LEGACYGPU_PRELOAD_MODELS", "value": ",".join(spec["models"])})
+    sources = list(spec.get("modelSources") or ())
+    models = list(spec.get("models") or ())
+    preload = models + [entry["name"] for entry in sources if entry["name"] not in models]
+    if preload:
+        env.append({"name": "LEGACYGPU_PRELOAD_MODELS", "value": ",".join(preload)})
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if spec.get("modelVolume"):
         mounts.append({"name": "models", "mountPath": MODEL_DIR, "readOnly": True})
+    if sources:
+        env += [
+            {"name": modelsources.SOURCES_ENV, "value": modelsources.dump_sources(sources)},
+            {"name": modelsources.CACHE_ENV, "value": modelsources.CACHE_DIR},
+            {"name": modelsources.SOURCES_DIR_ENV, "value": modelsources.SOURCES_DIR},
+        ]
+        mounts.append({"name": CACHE_VOLUME, "mountPath": modelsources.CACHE_DIR})
+        mounts += [{"name": name, "mountPath": path, "readOnly": True} for name, path, _ in _source_volumes(sources)]
     resources = copy.deepcopy(dict(spec.get("resources") or {}))
     gpus = int(spec.get("gpusPerWorker", 1))
     if gpus > 0:
@@ -167,6 +189,26 @@ def _container(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any
     return container
 
 
+def _source_volumes(sources: list[Mapping[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(volume name, mount path, volume source) for each PVC and ConfigMap the sources read, once each.
+
+    A claim is mounted read-only; a ConfigMap is optional, so a pod whose
+    ConfigMap is missing still starts and its worker says what is missing.
+    """
+    found: dict[tuple[str, str], tuple[str, str, dict[str, Any]]] = {}
+    for entry in sources:
+        uri = modelsources.parse_storage_uri(str(entry["storageUri"]))
+        if uri.remote or (uri.scheme, uri.name) in found:
+            continue
+        name = f"src-{uri.scheme}-{len(found)}"
+        if uri.scheme == "pvc":
+            source: dict[str, Any] = {"persistentVolumeClaim": {"claimName": uri.name, "readOnly": True}}
+        else:
+            source = {"configMap": {"name": uri.name, "optional": True}}
+        found[(uri.scheme, uri.name)] = (name, modelsources.mount_dir(modelsources.SOURCES_DIR, uri), source)
+    return list(found.values())
+
+
 def _apply_template(pod_spec: dict[str, Any], overrides: Mapping[str, Any]) -> None:
     for key, value in overrides.items():
         if key == "containers":
@@ -196,6 +238,11 @@ def build_worker_pod(
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     if spec.get("modelVolume"):
         volumes.append({"name": "models", **copy.deepcopy(dict(spec["modelVolume"]))})
+    sources = list(spec.get("modelSources") or ())
+    if sources:
+        cache = copy.deepcopy(dict(spec.get("modelCache") or {"emptyDir": {}}))
+        volumes.append({"name": CACHE_VOLUME, **cache})
+        volumes += [{"name": name, **source} for name, _, source in _source_volumes(sources)]
     pod_spec: dict[str, Any] = {
         "containers": [_container(spec, config)],
         "volumes": volumes,
