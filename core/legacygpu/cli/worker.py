@@ -62,25 +62,36 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
         "advertise_host": os.environ.get("POD_IP") if kubernetes else None,
     }
     if kubernetes:
+        from kubernetes import client as kubernetes_client
+
+        from legacygpu.core.kube.client import load_configuration
         from legacygpu.core.modelcards import ModelRepository
         from legacygpu.worker.backends import create_backend
         from legacygpu.worker.kube import run_kube_worker
+        from legacygpu.worker.podsources import fetch_pod_sources
         from legacygpu.worker.runner import TaskRunner, preload_from_env
 
         runner = TaskRunner(ModelRepository(model_dir or Settings().models_dir), create_backend(backend, device_index))
-        preload_from_env(runner)
-        # The pod's readiness probe is /v2/health/ready: ready once the models are loaded (above) and the
-        # task watch is open, so a pod that may not read its tasks (RBAC) never turns Ready.
+        # The pod's readiness probe is /v2/health/ready: ready once the model sources are fetched, the
+        # models loaded (below) and the task watch open, so a pod that may not read its tasks (RBAC) never
+        # turns Ready. Serving starts first so that liveness holds during a long fetch.
         watching = threading.Event()
         server = _start_serving(lambda: runner, serving, readiness=watching.is_set) if serving else None
+        namespace = os.environ.get("POD_NAMESPACE", "default")
+        api_client = kubernetes_client.ApiClient(load_configuration())
         try:
+            model_fetch = fetch_pod_sources(runner, api_client=api_client, namespace=namespace,
+                                            pod=os.environ["POD_NAME"])
+            preload_from_env(runner)
             run_kube_worker(
                 pod_name=os.environ["POD_NAME"],
-                namespace=os.environ.get("POD_NAMESPACE", "default"),
+                namespace=namespace,
                 backend=backend,
                 model_dir=model_dir or Settings().models_dir,
+                api_client=api_client,
                 runner=runner,
                 ready=watching,
+                model_fetch=model_fetch,
             )
         finally:
             if server is not None:

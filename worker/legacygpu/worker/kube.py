@@ -57,6 +57,7 @@ from legacygpu.core.kube.contract import (
     TASK_KIND,
     TASK_PLURAL,
     VERSION,
+    ModelFetchStatus,
     TaskStatus,
     WorkerStats,
     format_time,
@@ -487,6 +488,9 @@ class KubeWorker:
                 self.stats["gpuFamily"] = info.gpu_family
         with contextlib.suppress(Exception):
             self.stats["models"] = list(self.runner.loaded_models())
+        errors = getattr(self.runner, "model_errors", None)
+        if errors:
+            self.stats["modelErrors"] = dict(errors)
         try:
             self.request(
                 "PATCH", f"/api/v1/namespaces/{self.namespace}/pods/{self.pod}",
@@ -569,6 +573,7 @@ def run_kube_worker(
     health_port: int | None = None,
     runner: Any = None,
     ready: threading.Event | None = None,
+    model_fetch: dict[str, ModelFetchStatus] | None = None,
 ) -> None:
     """Run this pod's worker loop until ``stop_event`` is set (forever when None).
 
@@ -576,6 +581,8 @@ def run_kube_worker(
     serves ``/healthz`` and ``/readyz``. ``runner`` replaces the TaskRunner
     built from ``model_dir`` and ``backend`` (tests). ``ready`` is set once
     the task watch is open (the pod's ``/v2/health/ready`` waits for it).
+    ``model_fetch`` is what fetching ``spec.modelSources`` ended with
+    (:func:`legacygpu.worker.podsources.fetch_pod_sources`), kept in the stats.
     """
     if runner is None:
         from legacygpu.core.modelcards import ModelRepository
@@ -588,6 +595,8 @@ def run_kube_worker(
     worker = KubeWorker(api_client=api_client, pod_name=pod_name, namespace=namespace, runner=runner)
     if ready is not None:
         worker.ready = ready
+    if model_fetch:
+        worker.stats["modelFetch"] = model_fetch
     stop = stop_event or threading.Event()
     if stop_event is None and threading.current_thread() is threading.main_thread():
         # The container's SIGTERM: finish the running task, then leave (the operator requeues the rest).

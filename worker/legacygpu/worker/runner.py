@@ -39,6 +39,8 @@ class TaskRunner:
         self._cache: dict[str, tuple[float, LoadedModel]] = {}
         self._lock = threading.Lock()
         self.last_compute_ms: float | None = None
+        self.model_errors: dict[str, str] = {}
+        """Why a model meant to be served is not (a failed preload or fetch), by name; published by workers."""
 
     def loaded_models(self) -> list[str]:
         return sorted(self._cache)
@@ -93,8 +95,10 @@ class TaskRunner:
                 with self._lock:
                     self._model(name)
                 loaded.append(name)
+                self.model_errors.pop(name, None)
             except (ModelError, ValidationError) as exc:
                 log.warning("could not preload model %s: %s", name, exc)
+                self.model_errors.setdefault(name, str(exc))  # a failed fetch's reason stays the one shown
         return loaded
 
     def run(self, model: str, inputs: list[dict[str, Any]], parameters: dict[str, Any] | None = None) -> dict[str, Any]:
