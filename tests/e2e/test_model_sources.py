@@ -1,0 +1,173 @@
+"""Models by ``storageUri`` on the real control plane: fetched over http and from a ConfigMap, checked by sha256.
+
+Real: the API server (the CRD's schema and CEL rules, RBAC), scheduler and garbage collector; the
+operator as a local process authenticated as its ServiceAccount; each worker pod's process
+(``legacygpu worker start --kubernetes``) with the pod's own token, downloading from an HTTP
+server this test runs on loopback (the simulator's worker processes run on this host, so loopback
+reaches it) and reading the ConfigMap through the API server. Simulated: the kubelets, so the pod's
+volumes are not mounted: the worker command points the cache at a folder of the pod's own and the
+ConfigMap is read through the API (the worker's fallback when the optional volume holds no such
+key; reading from the mount is covered by tests/unit/worker/test_modelfetch.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import json
+import shlex
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from e2ecluster import Kube
+
+from legacygpu.core.modelcards import ModelRepository
+from legacygpu.operator.crdgen import all_crds
+from legacygpu.operator.rbac import rbac_manifests
+
+REPO = Path(__file__).resolve().parents[2]
+API = "legacygpu.io/v1alpha1"
+
+pytestmark = pytest.mark.slow
+
+
+class _Files(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    files: dict[str, bytes]
+    requests: list[str]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Files
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        body = self.server.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def model_server(demo_repository: Path) -> Iterator[_Files]:
+    server = _Files(("127.0.0.1", 0), _Handler)
+    server.files = {"/models/digits.onnx": (demo_repository / "digits" / "model.onnx").read_bytes()}
+    server.requests = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def operator(simulated_kube: Kube, namespace: str, worker_command: Any, demo_repository: Path,
+             tmp_path: Path) -> Iterator[Kube]:
+    kube = simulated_kube
+    # The pod's cache and sources folders are /var/lib/legacygpu/...: on this host, folders of the pod's own.
+    worker_command(shlex.join([
+        "env", "LEGACYGPU_MODEL_CACHE={pod_dir}/cache", "LEGACYGPU_SOURCES_DIR={pod_dir}/sources",
+        sys.executable, "-m", "legacygpu.cli", "worker", "start", "--kubernetes", "--backend", "onnxruntime",
+        "--model-dir", str(demo_repository),
+    ]))
+    kube.apply(all_crds())
+    kube.apply(rbac_manifests(namespace=namespace))
+    kubeconfig = kube.kubeconfig_for_token(kube.token(namespace, "legacygpu-operator"), tmp_path / "kc", namespace)
+    log = tmp_path / "operator.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "legacygpu.cli", "operator", "run", "--kubeconfig", str(kubeconfig),
+         "--namespace", namespace, "--no-metrics", "--worker-image", "legacygpu/worker:e2e"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )
+    try:
+        yield kube
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        sys.stdout.write(log.read_text()[-3000:])
+
+
+def _cluster(name: str, sources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "InferenceCluster", "metadata": {"name": name},
+            "spec": {"replicas": 1, "backend": "onnxruntime", "serviceAccountName": "legacygpu-worker",
+                     "modelSources": sources}}
+
+
+def _task(name: str, cluster: str, model: str) -> dict[str, Any]:
+    task = yaml.safe_load((REPO / "examples" / "kubernetes" / "task-tensor.yaml").read_text())
+    task["metadata"] = {"name": name}
+    task["spec"].update(clusterRef=cluster, model=model)
+    return dict(task)  # the 8x8 digit 7
+
+
+def _degraded(kube: Kube, namespace: str, cluster: str, reason: str) -> dict[str, Any] | None:
+    body = kube.get(API, "InferenceCluster", cluster, namespace) or {}
+    for condition in (body.get("status") or {}).get("conditions") or ():
+        if condition["type"] == "Degraded" and condition["status"] == "True" and condition["reason"] == reason:
+            return dict(condition)
+    return None
+
+
+def _pods(kube: Kube, namespace: str, cluster: str) -> list[Any]:
+    return list(kube.core.list_namespaced_pod(namespace, label_selector=f"legacygpu.io/cluster={cluster}").items)
+
+
+def test_models_from_http_and_a_configmap_serve_tasks_and_a_wrong_sha256_degrades_the_cluster(
+    operator: Kube, namespace: str, model_server: _Files, demo_repository: Path
+) -> None:
+    kube = operator
+    onnx = model_server.files["/models/digits.onnx"]
+    digest = hashlib.sha256(onnx).hexdigest()
+    card = ModelRepository(demo_repository).get("digits").model_dump(mode="json", exclude={"name", "file"})
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "digits-model"},
+                "binaryData": {"model.onnx": base64.b64encode(onnx).decode()}}, namespace)
+    url = f"http://127.0.0.1:{model_server.server_address[1]}/models/digits.onnx"
+    kube.apply(_cluster("fetched", [
+        {"name": "digits-http", "storageUri": url, "sha256": digest, "card": card},
+        {"name": "digits-cm", "storageUri": "configmap://digits-model/model.onnx", "card": card},
+    ]), namespace)
+    kube.wait_condition(API, "InferenceCluster", "fetched", "WorkersReady", namespace=namespace, timeout=240)
+    assert model_server.requests == ["/models/digits.onnx"]
+
+    for model in ("digits-http", "digits-cm"):
+        kube.apply(_task(model, "fetched", model), namespace)
+    for model in ("digits-http", "digits-cm"):
+        def done(name: str = model) -> dict[str, Any] | None:
+            task = kube.get(API, "InferenceTask", name, namespace) or {}
+            return task if (task.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
+
+        task = kube.wait_for(done, timeout=120, what=f"task on {model} finished")
+        assert task["status"]["phase"] == "Succeeded", task["status"]
+        assert task["status"]["result"]["top_k"][0]["label"] == "7", task["status"]["result"]
+
+    (pod,) = _pods(kube, namespace, "fetched")
+    stats = json.loads(pod.metadata.annotations["legacygpu.io/worker-stats"])
+    assert {m: s["phase"] for m, s in stats["modelFetch"].items()} == {"digits-http": "Fetched",
+                                                                       "digits-cm": "Fetched"}
+    assert {"digits-http", "digits-cm"} <= set(stats["models"]) and not stats.get("modelErrors")
+    log = (kube.pod_dir(namespace, pod.metadata.name) / "worker.log").read_text()
+    assert f"model digits-http: fetching {url} (0.0 MiB)" in log and "(100%)" in log, log[-3000:]
+
+    # The same URL under a sha256 it does not have: the model is not served and the cluster says why.
+    kube.apply(_cluster("badsum", [{"name": "digits-http", "storageUri": url, "sha256": "0" * 64, "card": card}]),
+               namespace)
+    condition = kube.wait_for(lambda: _degraded(kube, namespace, "badsum", "ModelLoadFailed"), timeout=240,
+                              what="Degraded/ModelLoadFailed for the wrong sha256")
+    assert "could not load model(s) digits-http named in spec.modelSources" in condition["message"], condition
+    assert f"sha256 {digest}, but spec.modelSources says {'0' * 64}" in condition["message"], condition
