@@ -109,6 +109,16 @@ def _cluster(name: str, sources: list[dict[str, Any]]) -> dict[str, Any]:
                      "modelSources": sources}}
 
 
+def _guide_example(namespace: str) -> list[dict[str, Any]]:
+    """The InferenceCluster and InferenceTask of the guide's storageUri example, in ``namespace``."""
+    text = (REPO / "docs" / "CLUSTER_DEPLOYMENT_GUIDE.md").read_text()
+    block = text.split("<!-- storageUri example", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    docs = [d for d in yaml.safe_load_all(block) if d]
+    for doc in docs:
+        doc["metadata"]["namespace"] = namespace
+    return docs
+
+
 def _task(name: str, cluster: str, model: str) -> dict[str, Any]:
     task = yaml.safe_load((REPO / "examples" / "kubernetes" / "task-tensor.yaml").read_text())
     task["metadata"] = {"name": name}
@@ -135,24 +145,24 @@ def test_models_from_http_and_a_configmap_serve_tasks_and_a_wrong_sha256_degrade
     onnx = model_server.files["/models/digits.onnx"]
     digest = hashlib.sha256(onnx).hexdigest()
     card = ModelRepository(demo_repository).get("digits").model_dump(mode="json", exclude={"name", "file"})
+    # As the guide's `kubectl create configmap --from-file` makes it: a binary file goes to binaryData.
     kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "digits-model"},
                 "binaryData": {"model.onnx": base64.b64encode(onnx).decode()}}, namespace)
     url = f"http://127.0.0.1:{model_server.server_address[1]}/models/digits.onnx"
-    kube.apply(_cluster("fetched", [
-        {"name": "digits-http", "storageUri": url, "sha256": digest, "card": card},
-        {"name": "digits-cm", "storageUri": "configmap://digits-model/model.onnx", "card": card},
-    ]), namespace)
+    cluster, guide_task = _guide_example(namespace)  # as written, plus an http source
+    cluster["spec"]["modelSources"].append({"name": "digits-http", "storageUri": url, "sha256": digest, "card": card})
+    kube.apply(cluster, namespace)
     kube.wait_condition(API, "InferenceCluster", "fetched", "WorkersReady", namespace=namespace, timeout=240)
     assert model_server.requests == ["/models/digits.onnx"]
 
-    for model in ("digits-http", "digits-cm"):
-        kube.apply(_task(model, "fetched", model), namespace)
-    for model in ("digits-http", "digits-cm"):
-        def done(name: str = model) -> dict[str, Any] | None:
+    kube.apply(guide_task, namespace)
+    kube.apply(_task("digit-http", "fetched", "digits-http"), namespace)
+    for name in ("digit-fetched", "digit-http"):
+        def done(name: str = name) -> dict[str, Any] | None:
             task = kube.get(API, "InferenceTask", name, namespace) or {}
             return task if (task.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
 
-        task = kube.wait_for(done, timeout=120, what=f"task on {model} finished")
+        task = kube.wait_for(done, timeout=120, what=f"task {name} finished")
         assert task["status"]["phase"] == "Succeeded", task["status"]
         assert task["status"]["result"]["top_k"][0]["label"] == "7", task["status"]["result"]
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import datetime
 import json
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
+from crd_validation import validate
 
 from legacygpu.core.errors import ValidationError
 from legacygpu.core.kube.contract import ANNOTATION_WORKER_STATS
@@ -21,6 +24,7 @@ from legacygpu.operator.clusterstate import cluster_status, pod_view
 from legacygpu.operator.config import OperatorConfig
 from legacygpu.operator.pods import build_worker_pod, template_hash
 
+REPO = Path(__file__).resolve().parents[2]
 SHA = "ab" * 32
 SOURCES = [
     {"name": "resnet", "storageUri": "pvc://models/vision/resnet.onnx"},
@@ -45,6 +49,22 @@ def test_storage_uris_are_parsed_or_refused_with_the_reason() -> None:
     with pytest.raises(ValidationError, match="needs a sha256"):
         ModelSource.from_spec({"name": "m", "storageUri": "http://h/m.onnx"})
     assert [s.name for s in load_sources(json.dumps(SOURCES))] == ["resnet", "resnet-int8", "tiny", "remote"]
+
+
+def test_the_guides_storage_uri_examples_are_valid() -> None:
+    """The guide's blocks pass the schema and CEL rules (tests/e2e/test_model_sources.py runs the first)."""
+    text = (REPO / "docs" / "CLUSTER_DEPLOYMENT_GUIDE.md").read_text()
+    section = text.split("<!-- storageUri example", 1)[1]
+    example, fragment = [block.split("```", 1)[0] for block in section.split("```yaml\n")[1:3]]
+    docs = [d for d in yaml.safe_load_all(example) if d]
+    assert [d["kind"] for d in docs] == ["InferenceCluster", "InferenceTask"]
+    cluster = docs[0]
+    cluster["spec"]["modelSources"] += yaml.safe_load(fragment)["spec"]["modelSources"]
+    cluster["spec"]["modelCache"] = yaml.safe_load(fragment)["spec"]["modelCache"]
+    assert validate(cluster) == [] and validate(docs[1]) == []
+    assert [s.storage_uri.scheme for s in load_sources(json.dumps(cluster["spec"]["modelSources"]))] == \
+        ["configmap", "pvc", "https"]
+    kubernetes_validate.validate(_pod(cluster["spec"]), "1.37.0", strict=True)
 
 
 def _pod(spec: dict[str, Any]) -> dict[str, Any]:
