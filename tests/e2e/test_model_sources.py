@@ -150,7 +150,9 @@ def test_models_from_http_and_a_configmap_serve_tasks_and_a_wrong_sha256_degrade
                 "binaryData": {"model.onnx": base64.b64encode(onnx).decode()}}, namespace)
     url = f"http://127.0.0.1:{model_server.server_address[1]}/models/digits.onnx"
     cluster, guide_task = _guide_example(namespace)  # as written, plus an http source
-    cluster["spec"]["modelSources"].append({"name": "digits-http", "storageUri": url, "sha256": digest, "card": card})
+    # The http source first: the ConfigMap holds the same file, and the cache (by sha256) would serve it.
+    cluster["spec"]["modelSources"].insert(0, {"name": "digits-http", "storageUri": url, "sha256": digest,
+                                               "card": card})
     kube.apply(cluster, namespace)
     kube.wait_condition(API, "InferenceCluster", "fetched", "WorkersReady", namespace=namespace, timeout=240)
     assert model_server.requests == ["/models/digits.onnx"]
@@ -172,7 +174,8 @@ def test_models_from_http_and_a_configmap_serve_tasks_and_a_wrong_sha256_degrade
                                                                        "digits-cm": "Fetched"}
     assert {"digits-http", "digits-cm"} <= set(stats["models"]) and not stats.get("modelErrors")
     log = (kube.pod_dir(namespace, pod.metadata.name) / "worker.log").read_text()
-    assert f"model digits-http: fetching {url} (0.0 MiB)" in log and "(100%)" in log, log[-3000:]
+    assert f"model digits-http: fetching {url} ({len(onnx) / 1024:.1f} KiB)" in log, log[-3000:]
+    assert f"model digits-http: {len(onnx) / 1024:.1f} KiB of {len(onnx) / 1024:.1f} KiB (100%)" in log, log[-3000:]
 
     # The same URL under a sha256 it does not have: the model is not served and the cluster says why.
     kube.apply(_cluster("badsum", [{"name": "digits-http", "storageUri": url, "sha256": "0" * 64, "card": card}]),

@@ -119,7 +119,7 @@ def test_http_fetch_streams_checks_the_digest_and_reports_progress(
     assert [s["bytes"] for s in fetching][:4] == [1 << 18, 2 << 18, 3 << 18, 4 << 18]
     assert {s["totalBytes"] for s in fetching} == {len(BLOB)} and fetching[0]["percent"] == 25.0
     assert seen[-1] == ("blob", {"phase": "Fetched", "bytes": len(BLOB), "totalBytes": len(BLOB), "percent": 100.0})
-    assert "model blob: 0.5 MiB of 1.0 MiB (50%)" in caplog.text
+    assert "model blob: 512.0 KiB of 1.0 MiB (50%)" in caplog.text
     assert caplog.text.count("(100%)") == 1
     assert not list((tmp_path / "cache" / "partial").iterdir()), "no partial file is left behind"
 

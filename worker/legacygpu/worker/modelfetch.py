@@ -65,7 +65,8 @@ class _Transient(FetchError):
 
 
 def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+    """``n`` bytes for a log line: in KiB under 1 MiB, else in MiB."""
+    return f"{n / 2**10:.1f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
 
 
 class ModelFetcher:
