@@ -36,6 +36,7 @@ class Behaviour:
     fail_times: int = 0
     cut_after: int | None = None
     ranges: list[str | None] = field(default_factory=list)
+    encodings: list[str | None] = field(default_factory=list)
     bytes_sent: int = 0
 
 
@@ -45,6 +46,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         b = self.server.behaviour
         b.ranges.append(self.headers.get("Range"))
+        b.encodings.append(self.headers.get("Accept-Encoding"))
         if b.fail_times > 0:
             b.fail_times -= 1
             self.send_error(b.status)
@@ -122,6 +124,7 @@ def test_http_fetch_streams_checks_the_digest_and_reports_progress(
     assert "model blob: 512.0 KiB of 1.0 MiB (50%)" in caplog.text
     assert caplog.text.count("(100%)") == 1
     assert not list((tmp_path / "cache" / "partial").iterdir()), "no partial file is left behind"
+    assert server.behaviour.encodings == ["identity"], "the digest is of the file's bytes, never a compressed form"
 
 
 def test_wrong_sha256_is_refused_and_nothing_is_cached(server: _Server, tmp_path: Path) -> None:

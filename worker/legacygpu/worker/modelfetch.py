@@ -196,7 +196,8 @@ class ModelFetcher:
         partial = self.cache_dir / "partial" / f"{source.sha256}.part"
         partial.parent.mkdir(parents=True, exist_ok=True)
         offset = partial.stat().st_size if partial.is_file() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        # identity: the digest, the length and a resumed range are all of the file's own bytes
+        headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
         try:
             with httpx.stream("GET", url, headers=headers, timeout=self.timeout_s, follow_redirects=True) as response:
                 if response.status_code == 416 and offset:  # the partial file is not a prefix: start over
