@@ -25,8 +25,9 @@ cannot load or run ends it ``Failed`` with the loader's message; anything
 else (the API or the input URL unreachable) sends it back to the queue with
 the shared retry policy. Results over the inline limit go to a ConfigMap
 owned by the task. The pod publishes its device, backend and recent latency
-in an annotation the operator's strategies read, and serves ``/healthz`` and
-``/readyz`` for its probes.
+in an annotation the operator's strategies read (at most every
+:data:`STATS_INTERVAL` seconds), and serves ``/healthz`` and ``/readyz`` for
+its probes.
 """
 
 from __future__ import annotations
@@ -81,7 +82,13 @@ CONFIGMAP_LIMIT = 900 * 1024
 
 class _ResultTooLarge(Exception):
     """A result over what even a ConfigMap holds: the task fails ``ResultTooLarge``, never ``ModelError``."""
-STATS_INTERVAL = 1.0
+STATS_INTERVAL = 5.0
+"""Least seconds between two patches of the pod's stats annotation.
+
+Every patch is a pod write that the operator, the scheduler, the endpoints controllers and the
+kubelet all receive; at one a second per worker it was a write for almost every task when tasks
+were slow (982 pod patches for 1,000 tasks in the e2e benchmark). The strategies and the
+autoscaler need a recent picture, not every task."""
 _TASKS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{TASK_PLURAL}"
 
 
@@ -119,6 +126,7 @@ class KubeWorker:
         watch_timeout: float = 30.0,
         resync_seconds: float = 30.0,
         report_patience: float = 300.0,
+        stats_interval: float = STATS_INTERVAL,
     ) -> None:
         self.api = api_client
         self.pod = pod_name
@@ -130,6 +138,7 @@ class KubeWorker:
         self.watch_timeout = watch_timeout
         self.resync_seconds = resync_seconds
         self.report_patience = report_patience
+        self.stats_interval = stats_interval
         self.ready = threading.Event()
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.pending: dict[str, dict[str, Any]] = {}
@@ -475,8 +484,8 @@ class KubeWorker:
         self.publish_stats()
 
     def publish_stats(self, *, force: bool = False) -> None:
-        """Patch this pod's stats annotation (at most once a second unless forced; the loop retries)."""
-        if not force and time.monotonic() - self._stats_sent < STATS_INTERVAL:
+        """Patch this pod's stats annotation (at most once per ``stats_interval`` unless forced; the loop retries)."""
+        if not force and time.monotonic() - self._stats_sent < self.stats_interval:
             return
         self._stats_dirty = False
         with contextlib.suppress(Exception):
