@@ -81,6 +81,7 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
                 model_dir=model_dir or Settings().models_dir,
                 runner=runner,
                 ready=watching,
+                load=(lambda: server.engine.in_flight) if server is not None else None,
             )
         finally:
             if server is not None:

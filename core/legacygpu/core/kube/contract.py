@@ -147,6 +147,8 @@ class WorkerStats(TypedDict, total=False):
     completed: int
     failed: int
     models: list[str]
+    inflightRequests: int
+    """Real-time (/v2) requests the pod is serving or queueing (the autoscaler counts them)."""
 
 
 class AttemptStatus(TypedDict, total=False):
