@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from typing import Any
 
@@ -89,3 +90,52 @@ async def test_the_operator_scales_a_cluster_up_for_a_queue_and_down_after_the_d
                                what="ScaledUp and ScaledDown Events")
     scaled = [e for e in posted if e["reason"] in ("ScaledUp", "ScaledDown")]
     assert "waiting" in scaled[0]["message"] and "target 4 per worker" in scaled[0]["message"]
+
+
+def test_requests_in_flight_count_only_live_pods_and_sane_values() -> None:
+    from legacygpu.core.kube.contract import WorkerStats
+    from legacygpu.operator.autoscaling import requests_in_flight
+    from legacygpu.operator.clusterstate import PodView
+
+    def pod(name: str, value: object, phase: str = "Running", **facts: Any) -> PodView:
+        stats = WorkerStats(inflightRequests=value)  # type: ignore[typeddict-item]  # bad values on purpose
+        return PodView(name=name, phase=phase, ready=True, stats=stats, **facts)
+
+    pods = [pod("a", 5), pod("b", 3), pod("gone", 7, deleting=True), pod("dead", 9, phase="Failed"),
+            pod("odd", "many"), pod("neg", -4), PodView(name="silent", phase="Running")]
+    assert requests_in_flight(pods) == 8
+
+
+async def test_real_time_requests_in_flight_scale_a_cluster_without_tasks(dep: Any) -> None:
+    """The workers' reported /v2 load counts as tasks do: no task at all, only requests in flight.
+
+    The real KubeWorker loops publish what their ``load`` callable says (the pod's serving engine
+    in production; a number the test sets here) in their stats annotation; the real operator
+    reads it from the pods on the emulated API server.
+    """
+    from operator_harness import cluster_manifest, events_when, eventually
+
+    in_flight = [0]
+    dep.worker_options.update(load=lambda: in_flight[0], stats_interval=0.1)
+    autoscaling = {"minReplicas": 1, "maxReplicas": 3, "targetLoadPerWorker": 4, "scaleDownDelaySeconds": 2}
+    await dep.start_operator()
+    await dep.create(cluster_manifest("rt", replicas=1, autoscaling=autoscaling))
+
+    async def cluster_when(check: Any) -> Any:
+        body = await dep.cluster("rt")
+        return body if body and check(body) else None
+
+    await eventually(lambda: cluster_when(lambda b: (b.get("status") or {}).get("readyWorkers") == 1),
+                     what="one ready worker")
+    await asyncio.sleep(1.0)
+    assert (await dep.cluster("rt"))["spec"]["replicas"] == 1  # idle: stays at min
+    in_flight[0] = 10  # one worker, 10 requests: ceil(10 / 4) = 3 workers
+    up = await eventually(lambda: cluster_when(lambda b: b["spec"]["replicas"] == 3), what="scaled up for requests")
+    assert up["spec"]["replicas"] == 3
+    posted = await events_when(dep, "rt", lambda evs: any(e["reason"] == "ScaledUp" for e in evs), what="ScaledUp")
+    message = next(e["message"] for e in posted if e["reason"] == "ScaledUp")
+    assert "0 waiting" in message and "10 in flight" in message
+    in_flight[0] = 0
+    down = await eventually(lambda: cluster_when(lambda b: b["spec"]["replicas"] == 1), timeout=60,
+                            what="scaled back down once the requests ended")
+    assert down["spec"]["replicas"] == 1

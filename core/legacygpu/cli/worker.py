@@ -92,6 +92,7 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
                 runner=runner,
                 ready=watching,
                 model_fetch=model_fetch,
+                load=(lambda: server.engine.in_flight) if server is not None else None,
             )
         finally:
             if server is not None:

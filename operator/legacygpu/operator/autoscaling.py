@@ -1,7 +1,9 @@
 """How many workers a cluster with ``spec.autoscaling`` wants (a pure function).
 
 The load is the cluster's tasks waiting (``Pending``/``Queued``) plus those in flight
-(``Scheduled``/``Running``, what the workers hold); the wanted number of workers is
+(``Scheduled``/``Running``, what the workers hold) plus the real-time (/v2) requests the
+live workers report in flight (``inflightRequests`` in their stats annotation,
+:func:`requests_in_flight`); the wanted number of workers is
 ``ceil(load / targetLoadPerWorker)`` clamped to ``[minReplicas, maxReplicas]``:
 
 * **up** at once: a queue should not wait for a timer;
@@ -21,11 +23,14 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["AutoscaleDecision", "ScaleReason", "autoscale", "autoscaling_spec"]
+if TYPE_CHECKING:
+    from legacygpu.operator.clusterstate import PodView
+
+__all__ = ["AutoscaleDecision", "ScaleReason", "autoscale", "autoscaling_spec", "requests_in_flight"]
 
 
 class ScaleReason:
@@ -53,6 +58,16 @@ def autoscaling_spec(spec: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """``spec.autoscaling`` when it is set, else None (the cluster is scaled by hand or by an HPA)."""
     value = spec.get("autoscaling")
     return value if isinstance(value, Mapping) else None
+
+
+def requests_in_flight(pods: Iterable[PodView]) -> int:
+    """The real-time requests the live worker pods last reported in flight (a bad value counts 0)."""
+    total = 0
+    for pod in pods:
+        value = pod.stats.get("inflightRequests", 0)
+        if pod.live and isinstance(value, int) and value > 0:
+            total += value
+    return total
 
 
 def _format(moment: datetime.datetime) -> str:

@@ -55,7 +55,7 @@ from legacygpu.core.kube.errors import ApiConflictError, ApiError, ApiNotFoundEr
 from legacygpu.core.scheduling import STRATEGIES
 from legacygpu.core.tasks import ASSIGNED_PHASES, Phase
 from legacygpu.operator import events
-from legacygpu.operator.autoscaling import ScaleReason, autoscale, autoscaling_spec
+from legacygpu.operator.autoscaling import ScaleReason, autoscale, autoscaling_spec, requests_in_flight
 from legacygpu.operator.clusterstate import PodView, cluster_status, desired_workers, plan_scale, worker_infos
 from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Desired, conditions_changed, find
 from legacygpu.operator.events import EventReason
@@ -270,9 +270,12 @@ async def _tasks(
 
 async def _autoscale(
     rt: OperatorRuntime, body: Mapping[str, Any], spec: dict[str, Any], tasks: Sequence[TaskView],
-    previous: Mapping[str, Any], now: datetime.datetime,
+    pods: Sequence[PodView], previous: Mapping[str, Any], now: datetime.datetime,
 ) -> tuple[Desired, str | None]:
     """Apply :func:`~legacygpu.operator.autoscaling.autoscale`: write ``spec.replicas`` when it changes.
+
+    The load is the queue (Pending, Queued), the tasks on workers (Scheduled, Running) and the
+    real-time requests the live workers report in flight (their stats' ``inflightRequests``).
 
     ``spec`` is updated in place so the rest of the pass already works to the new number. The
     condition's message names the decision, not the counts (a message changing with every task
@@ -285,7 +288,7 @@ async def _autoscale(
     decision = autoscale(
         autoscaling, current=current,
         waiting=phases[Phase.PENDING] + phases[Phase.QUEUED],
-        in_flight=phases[Phase.SCHEDULED] + phases[Phase.RUNNING],
+        in_flight=phases[Phase.SCHEDULED] + phases[Phase.RUNNING] + requests_in_flight(pods),
         low_since=(previous.get("autoscaling") or {}).get("lowSince"), now=now,
     )
     if decision.changes(current):
@@ -363,7 +366,7 @@ async def reconcile_cluster(
     previous = rt.cluster_status.get(key) or dict(body.get("status") or {})
     low_since = None
     if problem is None and not spec.get("suspend") and autoscaling_spec(spec) is not None:
-        scaled = await _autoscale(rt, body, spec, task_list, previous, now)
+        scaled = await _autoscale(rt, body, spec, task_list, pod_list, previous, now)
         extra.append(scaled[0])
         low_since = scaled[1]
     if problem is None:

@@ -347,6 +347,10 @@ def _main_e2e(args: argparse.Namespace) -> int:
         ("reference: TaskRunner direct, same inputs", f"{result['reference_tasks_per_second']:.1f} tasks/s"),
         ("create -> Scheduled p50 / p99", "{p50:.3f} s / {p99:.3f} s".format(**result["assignment_seconds"])),
         ("create -> Succeeded p50 / p99", "{p50:.3f} s / {p99:.3f} s".format(**result["end_to_end_seconds"])),
+        ("creating all tasks (8 client threads)", f"{result['creation_seconds']:.2f} s"),
+        *((f"stage {name} p50 / p99", "{p50:.3f} s / {p99:.3f} s".format(**value))
+          for name, value in result["stage_seconds"].items()),
+        ("CPU per task by process (ms)", ", ".join(f"{k} {v}" for k, v in result["cpu_ms_per_task"].items())),
         ("writes per task on tasks + events (besides create)", f"{writes['task_writes_per_task']}"),
         ("all API writes per task (besides create)", f"{writes['all_writes_per_task']}"),
         ("operator peak RSS", f"{result['operator_peak_rss_mib']:.1f} MiB"),

@@ -13,8 +13,9 @@ Reported (JSON + PNG): tasks/s from the first creation to the last completion; c
 ``Succeeded`` p50/p99; create -> ``Scheduled`` p50/p99; the API writes per task, counted by the API
 server itself (``apiserver_request_total`` before and after, :mod:`legacygpu.testing.apiwrites`);
 the operator's peak RSS and its RSS against the number of finished tasks (to see whether memory
-grows with them); the load average before and after; and the reference measured in the same run,
-the same inputs through one TaskRunner called directly.
+grows with them); the CPU each process used per task and where a task's time goes (its status
+times); the load average before and after; and the reference measured in the same run, the same
+inputs through one TaskRunner called directly.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from legacygpu.core.kube.client import json_lines, open_watch, request_json
 from legacygpu.core.kube.contract import GROUP, TASK_PLURAL, VERSION, parse_time
 from legacygpu.operator.crdgen import all_crds
 from legacygpu.operator.rbac import rbac_manifests
@@ -50,6 +53,35 @@ def _rss_mib(pid: int, field: str) -> float | None:
     return None
 
 
+def _cpu_seconds(named: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each named process, its descendants counted with it.
+
+    ``named`` maps a component to its pid (the simulator's children are the worker processes). A
+    process not under any named pid is left out.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        parents[pid], used[pid] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+    owner = {pid: name for name, pid in named.items()}
+    totals = dict.fromkeys(named, 0.0)
+    for pid, seconds in used.items():
+        ancestor, hops = pid, 0
+        while ancestor not in owner and ancestor > 1 and hops < 32:
+            ancestor, hops = parents.get(ancestor, 0), hops + 1
+        if ancestor in owner:
+            totals[owner[ancestor]] += seconds
+    return totals
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -66,6 +98,80 @@ def _slope(points: list[tuple[int, float]]) -> float | None:
     sxx = sum((x - mx) ** 2 for x, _ in points)
     sxy = sum((x - mx) * (y - my) for x, y in points)
     return round(1000 * sxy / sxx, 2)
+
+
+def _stages(items: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Where a task's time goes, from the times written in its status (p50/p99 seconds).
+
+    ``scheduled_to_running``: the worker seeing its assignment and claiming it; ``running_to_finished``:
+    the run and the report; ``finished_to_next_scheduled``: from a task's completion on a worker to
+    the next assignment to that worker (the operator refilling a freed slot), counted only for
+    assignments made after the completion.
+    """
+    pickup, run, refill = [], [], []
+    by_worker: dict[str, list[tuple[float, float]]] = {}
+    for task in items:
+        status = task.get("status") or {}
+        scheduled = parse_time(status.get("scheduledTime"))
+        started, finished = parse_time(status.get("startTime")), parse_time(status.get("completionTime"))
+        if scheduled is not None and started is not None:
+            pickup.append((started - scheduled).total_seconds())
+        if started is not None and finished is not None:
+            run.append((finished - started).total_seconds())
+        worker = (status.get("workerRef") or {}).get("pod")
+        if worker and scheduled is not None and finished is not None:
+            by_worker.setdefault(worker, []).append((scheduled.timestamp(), finished.timestamp()))
+    for spans in by_worker.values():
+        assigned = sorted(s for s, _ in spans)
+        for _, done in spans:
+            following = [s for s in assigned if s >= done]
+            if following:
+                refill.append(following[0] - done)
+    return {
+        name: {"p50": round(_percentile(values, 50), 4), "p99": round(_percentile(values, 99), 4)}
+        for name, values in (("scheduled_to_running", pickup), ("running_to_finished", run),
+                             ("finished_to_next_scheduled", refill))
+    }  # fmt: skip
+
+
+def _watch_until_finished(
+    client: Any, path: str, tasks: int, deadline: float, sample: Callable[[int], None]
+) -> None:
+    """Follow the tasks with one watch until ``tasks`` have finished; ``sample`` every 2 s.
+
+    A watch, not a list every few seconds: listing 1,000 tasks again and again cost the API
+    server more than the tasks' own writes (every listed object is encoded anew), and that is
+    the harness's cost, not the operator's.
+    """
+    finished: set[str] = set()
+    version = ""
+    last = 0.0
+    while len(finished) < tasks:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(finished)} of {tasks} tasks finished in time")
+        if not version:  # start, or the watch's version expired (410): list once
+            answer = request_json(client, "GET", path)
+            version = answer["metadata"]["resourceVersion"]
+            finished |= {t["metadata"]["name"] for t in answer["items"]
+                         if (t.get("status") or {}).get("phase") in _FINISHED}  # fmt: skip
+        stream = open_watch(client, path, query={"resourceVersion": version}, timeout=10)
+        try:
+            for event in json_lines(stream):
+                body = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    version = ""
+                    break
+                version = body["metadata"]["resourceVersion"]
+                if (body.get("status") or {}).get("phase") in _FINISHED:
+                    finished.add(body["metadata"]["name"])
+                if time.monotonic() - last >= 2.0:
+                    last = time.monotonic()
+                    sample(len(finished))
+                if len(finished) >= tasks:
+                    break
+        finally:
+            stream.release_conn()
+        sample(len(finished))
 
 
 def run_e2e_benchmark(
@@ -111,6 +217,8 @@ def run_e2e_benchmark(
         time.sleep(3)  # the cluster's start-up writes land before counting
         load_before = os.getloadavg()
         before = parse_request_totals(kube.raw_get("/metrics"))
+        components = {**state.pids, "operator": operator.pid, "harness (creates, polls)": os.getpid()}
+        cpu_before = _cpu_seconds(components)
         created: dict[str, float] = {}
 
         def create(index: int) -> None:
@@ -126,20 +234,20 @@ def run_e2e_benchmark(
             list(pool.map(create, range(tasks)))
         created_in = time.time() - started
         memory: list[tuple[int, float]] = []
-        deadline = time.monotonic() + 1800
-        while True:
-            items = kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, TASK_PLURAL)["items"]
-            finished = sum(1 for t in items if (t.get("status") or {}).get("phase") in _FINISHED)
+
+        def sample(finished: int) -> None:
             rss = _rss_mib(operator.pid, "VmRSS")
             if rss is not None:
                 memory.append((finished, rss))
-            if finished >= tasks:
-                break
-            if operator.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the operator exited or the run timed out; see {logs / 'operator.log'}")
-            time.sleep(2.0)  # the harness's polling is API load too: keep it light
+            if operator.poll() is not None:
+                raise RuntimeError(f"the operator exited; see {logs / 'operator.log'}")
+
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{TASK_PLURAL}"
+        _watch_until_finished(kube.api, path, tasks, time.monotonic() + 1800, sample)
+        items = kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, TASK_PLURAL)["items"]
         time.sleep(2.0)  # asynchronous Events (there should be none) land before counting
         after = parse_request_totals(kube.raw_get("/metrics"))
+        cpu_after = _cpu_seconds(components)
         load_after = os.getloadavg()
         peak = _rss_mib(operator.pid, "VmHWM")
     finally:
@@ -176,6 +284,12 @@ def run_e2e_benchmark(
         "assignment_seconds": {"p50": round(_percentile(assignment, 50), 4),
                                "p99": round(_percentile(assignment, 99), 4)},
         "end_to_end_seconds": {"p50": round(_percentile(total, 50), 4), "p99": round(_percentile(total, 99), 4)},
+        "stage_seconds": _stages(items),
+        "cpu_ms_per_task": {
+            ("simulator + workers" if name == "simulator" else name):
+                round(1000 * (cpu_after[name] - cpu_before[name]) / tasks, 2)
+            for name in components
+        },
         "api_writes": writes,
         "operator_peak_rss_mib": round(peak or 0.0, 1),
         "operator_rss_mib_by_finished_tasks": [[f, round(r, 1)] for f, r in memory],

@@ -24,9 +24,10 @@ Bad input and unknown models end the task ``Failed`` for good; a model that
 cannot load or run ends it ``Failed`` with the loader's message; anything
 else (the API or the input URL unreachable) sends it back to the queue with
 the shared retry policy. Results over the inline limit go to a ConfigMap
-owned by the task. The pod publishes its device, backend and recent latency
-in an annotation the operator's strategies read, and serves ``/healthz`` and
-``/readyz`` for its probes.
+owned by the task. The pod publishes its device, backend, recent latency and
+real-time requests in flight in an annotation the operator's strategies and
+autoscaler read (at most every :data:`STATS_INTERVAL` seconds), and serves
+``/healthz`` and ``/readyz`` for its probes.
 """
 
 from __future__ import annotations
@@ -82,7 +83,13 @@ CONFIGMAP_LIMIT = 900 * 1024
 
 class _ResultTooLarge(Exception):
     """A result over what even a ConfigMap holds: the task fails ``ResultTooLarge``, never ``ModelError``."""
-STATS_INTERVAL = 1.0
+STATS_INTERVAL = 5.0
+"""Least seconds between two patches of the pod's stats annotation.
+
+Every patch is a pod write that the operator, the scheduler, the endpoints controllers and the
+kubelet all receive; at one a second per worker it was a write for almost every task when tasks
+were slow (982 pod patches for 1,000 tasks in the e2e benchmark). The strategies and the
+autoscaler need a recent picture, not every task."""
 _TASKS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{TASK_PLURAL}"
 
 
@@ -120,6 +127,8 @@ class KubeWorker:
         watch_timeout: float = 30.0,
         resync_seconds: float = 30.0,
         report_patience: float = 300.0,
+        stats_interval: float = STATS_INTERVAL,
+        load: Callable[[], int] | None = None,
     ) -> None:
         self.api = api_client
         self.pod = pod_name
@@ -131,6 +140,9 @@ class KubeWorker:
         self.watch_timeout = watch_timeout
         self.resync_seconds = resync_seconds
         self.report_patience = report_patience
+        self.stats_interval = stats_interval
+        self.load = load
+        """The real-time (/v2) requests in flight on this pod, published for the autoscaler."""
         self.ready = threading.Event()
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.pending: dict[str, dict[str, Any]] = {}
@@ -476,10 +488,13 @@ class KubeWorker:
         self.publish_stats()
 
     def publish_stats(self, *, force: bool = False) -> None:
-        """Patch this pod's stats annotation (at most once a second unless forced; the loop retries)."""
-        if not force and time.monotonic() - self._stats_sent < STATS_INTERVAL:
+        """Patch this pod's stats annotation (at most once per ``stats_interval`` unless forced; the loop retries)."""
+        if not force and time.monotonic() - self._stats_sent < self.stats_interval:
             return
         self._stats_dirty = False
+        if self.load is not None:
+            with contextlib.suppress(Exception):
+                self.stats["inflightRequests"] = int(self.load())
         with contextlib.suppress(Exception):
             info = self.runner.backend.info()
             self.stats["backend"], self.stats["device"] = info.backend, info.device
@@ -541,6 +556,9 @@ class KubeWorker:
                     self._absorb(self.events.get_nowait())
             except queue.Empty:
                 pass
+            if self.load is not None and not self._stats_dirty:
+                with contextlib.suppress(Exception):
+                    self._stats_dirty = int(self.load()) != self.stats.get("inflightRequests", 0)
             if self._stats_dirty:
                 self.publish_stats()
             if time.monotonic() - last_resync > self.resync_seconds:
@@ -574,6 +592,7 @@ def run_kube_worker(
     runner: Any = None,
     ready: threading.Event | None = None,
     model_fetch: dict[str, ModelFetchStatus] | None = None,
+    load: Callable[[], int] | None = None,
 ) -> None:
     """Run this pod's worker loop until ``stop_event`` is set (forever when None).
 
@@ -582,7 +601,8 @@ def run_kube_worker(
     built from ``model_dir`` and ``backend`` (tests). ``ready`` is set once
     the task watch is open (the pod's ``/v2/health/ready`` waits for it).
     ``model_fetch`` is what fetching ``spec.modelSources`` ended with
-    (:func:`legacygpu.worker.podsources.fetch_pod_sources`), kept in the stats.
+    (:func:`legacygpu.worker.podsources.fetch_pod_sources`), kept in the stats. ``load`` counts the
+    pod's real-time requests in flight (published in its stats for the autoscaler).
     """
     if runner is None:
         from legacygpu.core.modelcards import ModelRepository
@@ -592,7 +612,7 @@ def run_kube_worker(
         runner = TaskRunner(ModelRepository(Path(model_dir)), create_backend(backend))
         preload_from_env(runner)
     api_client = api_client or kubernetes.client.ApiClient(load_configuration())
-    worker = KubeWorker(api_client=api_client, pod_name=pod_name, namespace=namespace, runner=runner)
+    worker = KubeWorker(api_client=api_client, pod_name=pod_name, namespace=namespace, runner=runner, load=load)
     if ready is not None:
         worker.ready = ready
     if model_fetch:

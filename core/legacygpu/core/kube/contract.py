@@ -161,6 +161,8 @@ class WorkerStats(TypedDict, total=False):
     models: list[str]
     modelErrors: dict[str, str]
     modelFetch: dict[str, ModelFetchStatus]
+    inflightRequests: int
+    """Real-time (/v2) requests the pod is serving or queueing (the autoscaler counts them)."""
 
 
 class AttemptStatus(TypedDict, total=False):

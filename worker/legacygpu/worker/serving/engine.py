@@ -79,6 +79,8 @@ class ServingEngine:
         self._cards: dict[str, tuple[int, ModelCard]] = {}
         self._schedulers: dict[str, ModelScheduler] = {}
         self._unloaded: set[str] = set()
+        self.in_flight = 0
+        """Requests between the start and the end of :meth:`infer` (decoding, queued, running)."""
         self._device = ThreadPoolExecutor(1, thread_name_prefix="serving-device")
         self._decode = ThreadPoolExecutor(2, thread_name_prefix="serving-decode")
 
@@ -180,6 +182,13 @@ class ServingEngine:
 
     async def infer(self, request: InferRequest) -> tuple[dict[str, np.ndarray], Timings]:
         """The requested outputs of ``request``; raises a :class:`ServingError`."""
+        self.in_flight += 1  # read by the Kubernetes worker's stats, for the autoscaler
+        try:
+            return await self._infer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _infer(self, request: InferRequest) -> tuple[dict[str, np.ndarray], Timings]:
         model = request.model
         card = self.card(model, request.version)
         if model in self._unloaded:
