@@ -144,6 +144,8 @@ class LocalBackend:
         self._pushes: set[asyncio.Task[None]] = set()
         self._kick: asyncio.Event | None = None
         self._kick_pending = False
+        self._in_db_call = False
+        self._poke_wanted = False
         self._in_pass = False
         self._next_prune = 0.0
         self._loop_task: asyncio.Task[None] | None = None
@@ -214,7 +216,19 @@ class LocalBackend:
         """Run ``fn`` (anything that touches the database) on the database thread, off the event loop."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        return await self._loop.run_in_executor(self._db_thread, functools.partial(fn, *args, **kwargs))
+        return await self._loop.run_in_executor(self._db_thread, functools.partial(self._one_call, fn, *args,
+                                                                                   **kwargs))
+
+    def _one_call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """One database-thread call; the pokes it makes (one per write of a batch) become one, at its end."""
+        self._in_db_call = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._in_db_call = False
+            if self._poke_wanted:
+                self._poke_wanted = False
+                self._poke()
 
     def _on_loop(self, fn: Callable[..., object], *args: Any) -> None:
         """Call ``fn`` on the event loop: at once when already there, else queued from the database thread."""
@@ -232,10 +246,16 @@ class LocalBackend:
     def _poke(self) -> None:
         """Ask for a pass soon; any number of pokes before it runs make one pass, and a pass never pokes itself.
 
-        Only the first poke since the loop last took one crosses to the event loop: a batch of writes on
-        the database thread costs the loop one wake-up, not one per write.
+        A database-thread call pokes once, when it ends, however many writes it made; and only the first
+        poke since the loop last took one crosses to the event loop. So a batch of outcomes, or submissions
+        arriving while the loop is busy, cost the loop one wake-up, not one per write.
         """
-        if self._kick is not None and not self._in_pass and not self._kick_pending:
+        if self._in_pass or self._kick is None:
+            return
+        if self._in_db_call:
+            self._poke_wanted = True
+            return
+        if not self._kick_pending:
             self._kick_pending = True
             self._on_loop(self._kicked)
 
