@@ -318,7 +318,8 @@ async def test_a_push_the_worker_never_got_goes_back_once_its_heartbeat_says_so(
     backend.settings.worker_prefetch = 2
     kept, lost = [(await backend.submit_task(task())).id for _ in range(2)]
     wid = await worker(backend)
-    backend.reconcile()  # started, but say the facade stopped before the push went out
+    backend.reconcile()
+    backend.start_scheduled()  # started, but say the facade stopped before the push went out
     await backend.heartbeat(wid, Heartbeat(stats=SERVING, holding=[kept]))
     assert (await backend.get_task(lost)).phase == "Running", "a push may still be on its way"
     clock.now += 20

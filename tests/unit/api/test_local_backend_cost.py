@@ -69,7 +69,7 @@ async def test_a_pass_reads_no_more_queued_rows_than_it_has_free_slots(
     await worker(backend)  # capacity 1
     backend.reconcile()
     assert rows_read == [1]
-    assert backend.store.phase_counts() == {"Queued": 39, "Running": 1}
+    assert backend.store.phase_counts() == {"Queued": 39, "Scheduled": 1}
     backend.reconcile()  # full: the queue is not read at all
     assert rows_read == [1]
 
@@ -79,7 +79,7 @@ async def test_the_pass_looks_past_tasks_no_worker_can_take(backend: LocalBacken
     placeable = await backend.submit_task(task())
     await worker(backend, vram=1024)
     backend.reconcile()
-    assert (await backend.get_task(placeable.id)).phase == "Running"
+    assert (await backend.get_task(placeable.id)).phase == "Scheduled"
     assert [(await backend.get_task(t.id)).phase for t in blocked] == ["Queued"] * 3
     assert sum(rows_read) == 4, "one page of one free slot at a time, until the slot is filled"
 
@@ -94,9 +94,11 @@ async def test_wake_ups_are_coalesced_and_a_pass_never_asks_for_another(backend:
     backend._kick.clear()
     backend.reconcile()
     await asyncio.sleep(0)
-    assert backend.store.phase_counts()["Running"] == 1, "placed, started and handed to the channel in one pass"
-    assert not backend._kick.is_set(), "the pass's own assignments and starts must not trigger another pass"
+    assert backend.store.phase_counts()["Scheduled"] == 1
+    assert not backend._kick.is_set(), "the pass's own assignments must not trigger another pass"
     [pushed] = await take(backend, wid)
+    await asyncio.sleep(0)
+    assert not backend._kick.is_set(), "starting and pushing a placed task frees no slot"
     await complete(backend, pushed.id, Completion(worker_id=wid, attempt=1, result={}))
     await asyncio.sleep(0)
     assert backend._kick.is_set(), "a finished task frees a slot: the queue must be looked at"

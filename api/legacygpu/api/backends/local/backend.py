@@ -7,9 +7,10 @@ uses), and writes the result back; the shared placement plan and
 scheduling strategy (:mod:`legacygpu.core.scheduling`) say where each task
 goes.
 
-Work is pushed, not claimed: each pass starts the tasks it placed (they
-become Running, the attempt counts) and sends each worker its new tasks in
-one request over the task channel (:mod:`.channel`: the worker's serving
+Work is pushed, not claimed: after each pass that placed tasks,
+:meth:`deliver` starts them (Scheduled → Running, the attempt counts: what a
+worker's claim used to do) and sends each worker its new tasks in one
+request over the task channel (:mod:`.channel`: the worker's serving
 port, on the facade's persistent connections). A push the worker refused
 or never received puts its tasks back in the queue with their attempt
 undone, and the worker gets no more until its next heartbeat. Workers
@@ -24,15 +25,14 @@ queued, a slot freed, a worker registered or reachable again) does, in order:
    and their tasks go back to the queue (retried with backoff, or failed
    when no retries are left);
 2. tasks past their deadline end ``Failed`` with ``DeadlineExceeded``;
-3. runnable queued tasks are assigned to workers, then started and handed
-   to the task channel (:meth:`deliver` sends them);
+3. runnable queued tasks are assigned to workers (Scheduled), for
+   :meth:`deliver` to start and send once the pass is committed;
 4. at most once a minute, tasks finished longer ago than
    ``task_retention_seconds`` are deleted with their results (0 keeps them).
 
 Wake-ups are coalesced: any number of changes between two passes cost one
-pass (the loop waits for the database thread to have applied what arrived
-together before it runs the next), and the pass's own writes never ask for
-another. The pass reads only what it can act on: the queue one page of free
+pass, a database-thread call (a batch of outcomes) wakes the loop at most
+once, and the pass's own writes never ask for another. The pass reads only what it can act on: the queue one page of free
 slots at a time, expired tasks through an index.
 
 Every task write is compare-and-set on the phase (and worker and attempt
@@ -137,11 +137,11 @@ class LocalBackend:
         self._rng = rng or random.Random()
         self.channel: TaskChannel | None = None
         """Where started tasks go (:meth:`connect_workers`); until then no task is placed."""
-        self._outbox: list[Delivery] = []
-        """Deliveries of the last passes, sent by :meth:`deliver`."""
         self._unreachable: set[str] = set()
         """Workers whose last push failed: given nothing until their next heartbeat."""
         self._pushes: set[asyncio.Task[None]] = set()
+        self._placed = False
+        """A pass placed tasks that :meth:`deliver` has not started yet."""
         self._kick: asyncio.Event | None = None
         self._kick_pending = False
         self._in_db_call = False
@@ -188,7 +188,8 @@ class LocalBackend:
                 await self._db(self.reconcile)
             except Exception:  # the loop must survive anything one pass throws
                 log.exception("coordinator pass failed")
-            if self._outbox:
+            if self._placed:
+                self._placed = False
                 push = asyncio.create_task(self.deliver(), name="local-deliver")
                 self._pushes.add(push)
                 push.add_done_callback(self._pushes.discard)
@@ -197,8 +198,8 @@ class LocalBackend:
             self._kick.clear()
 
     async def deliver(self) -> None:
-        """Send the tasks the passes so far started, one request per worker, all workers at once."""
-        deliveries, self._outbox = self._outbox, []
+        """Start the scheduled tasks and send them, one request per worker, all workers at once."""
+        deliveries = await self._db(self.start_scheduled)
         await asyncio.gather(*(self._push(d) for d in deliveries))
 
     async def _push(self, delivery: Delivery) -> None:
@@ -267,7 +268,7 @@ class LocalBackend:
     # the reconcile pass -------------------------------------------------------------------
 
     def reconcile(self) -> None:
-        """One pass, in one transaction; what it started is queued for :meth:`deliver` once it is committed."""
+        """One pass, in one transaction; what it places, :meth:`deliver` (run after it) starts and sends."""
         now = self._clock()
         self._in_pass = True
         try:
@@ -275,11 +276,8 @@ class LocalBackend:
                 self._expire_workers(now)
                 self._forget_workers(now)
                 self._enforce_deadlines(now)
-                active = self._reachable_workers()
-                self._schedule(now, active)
-                deliveries = self._start_scheduled(now, active)
+                self._placed |= self._schedule(now, self._reachable_workers())
                 self._prune(now)
-            self._outbox.extend(deliveries)
         finally:
             self._in_pass = False
 
@@ -319,52 +317,57 @@ class LocalBackend:
         for task in map(to_record, self.store.expired_tasks(now)):
             self._apply(task, lifecycle.expire(task, now=now))
 
-    def _schedule(self, now: float, active: list[dict[str, Any]]) -> None:
+    def _schedule(self, now: float, active: list[dict[str, Any]]) -> bool:
         """Place runnable queued tasks, reading the queue one page of free slots at a time.
 
         Each page holds only as many rows as there are free slots, so a long
         queue costs no more than the work that can start now; a further page
         is read only while slots remain that the previous page could not
         fill (its tasks needed a worker that has no room or does not exist).
+        Whether it placed any.
         """
         workers = self._worker_infos(active)
         names = {w["id"]: w["name"] for w in active}
-        offset = 0
+        offset, placed_any = 0, False
         while offset < _MAX_QUEUE_SCAN:
             free = sum(max(w.capacity - w.assigned, 0) for w in workers if w.accepting)
             if free == 0:
-                return  # nothing can be placed: do not read (more of) the queue
+                return placed_any  # nothing can be placed: do not read (more of) the queue
             page = [to_record(row) for row in self.store.runnable_tasks(now, limit=free, offset=offset)]
             placed = 0
             for task, chosen in lifecycle.plan_assignments(page, workers, self.strategy):
                 after = lifecycle.assign(task, worker_id=chosen.id, worker_name=names.get(chosen.id), now=now)
                 if self._apply(task, after):
                     placed += 1
+                    placed_any = True
                     workers = [replace(w, assigned=w.assigned + 1) if w.id == chosen.id else w for w in workers]
             if len(page) < free:
-                return  # the queue is exhausted
+                return placed_any  # the queue is exhausted
             offset += len(page) - placed  # placed rows left the queue; skip only those that stayed
+        return placed_any
 
-    def _start_scheduled(self, now: float, active: list[dict[str, Any]]) -> list[Delivery]:
-        """Start every scheduled task of a reachable worker; one :class:`Delivery` per worker.
+    def start_scheduled(self) -> list[Delivery]:
+        """Start every scheduled task of a reachable worker, in one transaction; one :class:`Delivery` per worker.
 
-        This takes in tasks placed by earlier passes too: ones whose push a
-        restarted facade never made, or whose worker was unreachable then.
+        This takes in tasks placed earlier too: ones whose push a restarted
+        facade never made, or whose worker was unreachable then.
         """
-        by_id = {w["id"]: w for w in active}
+        now = self._clock()
+        by_id = {w["id"]: w for w in self._reachable_workers()}
         started: dict[str, list[ClaimedTask]] = {}
-        for row in self.store.scheduled_tasks():
-            worker = by_id.get(row["worker_id"])
-            if worker is None:
-                continue  # draining, lost or unreachable: drain, release or the next heartbeat deal with it
-            task = to_record(row)
-            after = lifecycle.start(task, worker_id=worker["id"], worker_name=worker["name"], now=now)
-            if self._apply(task, after):
-                self.metrics.queue_duration.labels(task.model).observe(now - task.created_at)
-                started.setdefault(worker["id"], []).append(
-                    ClaimedTask(id=task.id, model=task.model, attempt=after.attempts,
-                                inputs=row["inputs"], parameters=row["parameters"])
-                )
+        with self.store.transaction():  # returned (and so sent) only once committed
+            for row in self.store.scheduled_tasks():
+                worker = by_id.get(row["worker_id"])
+                if worker is None:
+                    continue  # draining, lost or unreachable: drain, release or the next heartbeat deal with it
+                task = to_record(row)
+                after = lifecycle.start(task, worker_id=worker["id"], worker_name=worker["name"], now=now)
+                if self._apply(task, after):
+                    self.metrics.queue_duration.labels(task.model).observe(now - task.created_at)
+                    started.setdefault(worker["id"], []).append(
+                        ClaimedTask(id=task.id, model=task.model, attempt=after.attempts,
+                                    inputs=row["inputs"], parameters=row["parameters"])
+                    )
         return [Delivery(worker_id=wid, worker_name=by_id[wid]["name"], url=str(_endpoint(by_id[wid])),
                          tasks=tuple(tasks)) for wid, tasks in started.items()]
 
