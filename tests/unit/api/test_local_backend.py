@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 from pathlib import Path
@@ -358,3 +359,25 @@ async def test_stats_sent_at_registration_are_there_before_any_heartbeat(backend
     await backend.heartbeat(reply.id, Heartbeat(running=1, stats={"memory_rss_bytes": 5, "models_loaded": ["digits"]}))
     beat = {"memory_rss_bytes": 5, "models_loaded": ["digits"], "running": 1}
     assert (await backend.get_worker(reply.id)).stats == beat  # a heartbeat replaces them
+
+
+async def test_tasks_placed_before_a_restart_are_pushed_by_the_restarted_facade(tmp_path: Path, clock: Clock) -> None:
+    first = make_backend(tmp_path, clock)
+    placed = await first.submit_task(task())
+    wid = await worker(first)
+    first.reconcile()  # placed on the worker; the facade stops before it starts and pushes it
+    assert (await first.get_task(placed.id)).phase == "Scheduled"
+    first.store.close()
+    second = LocalBackend(first.settings, clock=clock)
+    channel = connect(second)
+    await second.start()  # its background loop: a pass, then the delivery of whatever is placed
+    try:
+        for _ in range(100):
+            if channel.pushes:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await second.stop()
+    [push] = channel.pushes
+    assert push.worker_id == wid and [(t.id, t.attempt) for t in push.tasks] == [(placed.id, 1)]
+    assert (await second.get_task(placed.id)).phase == "Running"

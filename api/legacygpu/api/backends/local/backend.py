@@ -140,8 +140,9 @@ class LocalBackend:
         self._unreachable: set[str] = set()
         """Workers whose last push failed: given nothing until their next heartbeat."""
         self._pushes: set[asyncio.Task[None]] = set()
-        self._placed = False
-        """A pass placed tasks that :meth:`deliver` has not started yet."""
+        self._placed = True
+        """There may be placed tasks that :meth:`deliver` has not started: a pass placed some, a worker became
+        reachable again, or the facade (re)started (what it placed before stopping is still Scheduled)."""
         self._kick: asyncio.Event | None = None
         self._kick_pending = False
         self._in_db_call = False
@@ -568,8 +569,9 @@ class LocalBackend:
     def _heartbeat(self, worker_id: str, beat: Heartbeat) -> HeartbeatReply:
         worker = self._live_worker(worker_id)
         self.store.update_worker(worker_id, last_heartbeat=self._clock(), stats={**beat.stats, "running": beat.running})
-        if worker_id in self._unreachable:  # it is alive: pushes may go to it again
+        if worker_id in self._unreachable:  # it is alive: pushes may go to it again, what it was given included
             self._unreachable.discard(worker_id)
+            self._placed = True
             self._poke()
         if beat.holding is not None:
             self._recover_lost_pushes(worker, set(beat.holding))
