@@ -32,8 +32,9 @@ queued, a slot freed, a worker registered or reachable again) does, in order:
 
 Wake-ups are coalesced: any number of changes between two passes cost one
 pass, a database-thread call (a batch of outcomes) wakes the loop at most
-once, and the pass's own writes never ask for another. The pass reads only what it can act on: the queue one page of free
-slots at a time, expired tasks through an index.
+once, and the pass's own writes never ask for another. The pass reads
+only what it can act on: the queue one page of free slots at a time,
+expired tasks through an index.
 
 Every task write is compare-and-set on the phase (and worker and attempt
 where they matter), so a completion from an attempt that was already given
