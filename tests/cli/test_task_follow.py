@@ -1,8 +1,9 @@
 """``task submit --wait`` follows the facade's event stream, and falls back to polling without it.
 
 A real facade process on loopback; the "worker" is this test speaking the
-worker's HTTP protocol (register, claim, complete), so it can hold a task
-running for as long as it likes.
+worker's HTTP protocol (register, take the pushed task, report it:
+:class:`taskfakes.FakeWorker`), so it can hold a task running for as long as
+it likes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from typing import Any
 
 from helpers import TOKEN, LocalCluster, free_port
+from taskfakes import FakeWorker
 
 from legacygpu.cli import follow
 from legacygpu.cli.client import ApiClient
@@ -33,20 +35,14 @@ class CountingClient(ApiClient):
 
 
 def fake_worker(cluster: LocalCluster) -> threading.Thread:
-    """Registers, claims one task, holds it HOLD_SECONDS, completes it."""
-    body = {"name": "fake", "host": "h", "pid": 1, "device": {"name": "d"}, "concurrency": 1}
-    registered = cluster.join.post("/cluster/workers/register", json=body).json()
-    wid, own = registered["id"], {"Authorization": f"Bearer {registered['token']}"}  # a worker's calls need its token
+    """Registers, takes the one task pushed to it, holds it HOLD_SECONDS, reports it."""
+    worker = FakeWorker(cluster.http, cluster.join)
 
     def work() -> None:
-        claimed: list[dict[str, Any]] = []
-        while not claimed:
-            claimed = cluster.http.post(
-                f"/cluster/workers/{wid}/claim", params={"max_tasks": 1, "wait": 5}, headers=own
-            ).json()
+        task = worker.next_task(timeout=60)
         time.sleep(HOLD_SECONDS)
-        done = {"worker_id": wid, "attempt": claimed[0]["attempt"], "result": {"answer": 42}}
-        cluster.http.post(f"/cluster/tasks/{claimed[0]['id']}/complete", json=done, headers=own).raise_for_status()
+        worker.report({"task_id": task["id"], "attempt": task["attempt"], "result": {"answer": 42}}).raise_for_status()
+        worker.stop()
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()

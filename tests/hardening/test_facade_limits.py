@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from helpers import TOKEN, LocalCluster
+from taskfakes import FakeWorker
 
 from .images import png_header_only
 
@@ -91,32 +92,33 @@ def test_deep_worker_stats_are_refused_and_the_worker_list_keeps_working(facade:
 
 
 def test_only_a_workers_own_token_completes_its_attempt(facade: LocalCluster) -> None:
-    a = facade.join.post("/cluster/workers/register", json={"name": "a"}).json()
-    a_auth = {"Authorization": f"Bearer {a['token']}"}
+    a = FakeWorker(facade.http, facade.join, name="a")
     task = facade.submit(model="digits", inputs=[GOOD])
-    claimed = facade.http.post(f"/cluster/workers/{a['id']}/claim", params={"wait": 5}, headers=a_auth).json()
-    assert [c["id"] for c in claimed] == [task["id"]]
-    forged = {"worker_id": a["id"], "attempt": claimed[0]["attempt"], "result": {"outputs": [], "forged": True}}
-    r = facade.http.post(f"/cluster/tasks/{task['id']}/complete", json=forged)  # the users' token
-    assert r.status_code == 403 and f"only worker {a['id']}" in r.json()["detail"], r.text
+    pushed = a.next_task()
+    assert pushed["id"] == task["id"]
+    push, authorization = a.pushes.get_nowait()
+    assert push["worker_id"] == a.id and authorization == a.auth["Authorization"], "pushed with A's own token"
+    forged = {"task_id": task["id"], "worker_id": a.id, "attempt": pushed["attempt"],
+              "result": {"outputs": [], "forged": True}}
+    r = facade.http.post(f"/cluster/workers/{a.id}/completions", json={"completed": [forged]})  # the users' token
+    assert r.status_code == 403 and f"only worker {a.id}" in r.json()["detail"], r.text
     b = facade.join.post("/cluster/workers/register", json={"name": "b"}).json()
     b_auth = {"Authorization": f"Bearer {b['token']}"}
-    r = facade.http.post(f"/cluster/tasks/{task['id']}/complete", json=forged, headers=b_auth)
-    assert r.status_code == 401 and f"invalid token for worker {a['id']}" in r.json()["detail"]
-    for path in (f"/cluster/workers/{a['id']}/heartbeat", f"/cluster/workers/{a['id']}/claim"):
+    r = facade.http.post(f"/cluster/workers/{a.id}/completions", json={"completed": [forged]}, headers=b_auth)
+    assert r.status_code == 401 and f"invalid token for worker {a.id}" in r.json()["detail"]
+    for path in (f"/cluster/workers/{a.id}/heartbeat", f"/cluster/workers/{a.id}/completions"):
         assert facade.http.post(path, json={}, headers=b_auth).status_code == 401, path
         assert facade.http.post(path, json={}).status_code == 403, path
-    assert facade.http.delete(f"/cluster/workers/{a['id']}").status_code == 403
-    riding = {"completed": [{**forged, "task_id": task["id"]}]}  # A's outcome on B's claim, with B's token
-    r = facade.http.post(f"/cluster/workers/{b['id']}/claim", json=riding, headers=b_auth)
-    assert r.status_code == 403 and "only a worker's own outcomes" in r.json()["detail"], r.text
+    assert facade.http.delete(f"/cluster/workers/{a.id}").status_code == 403
+    # A's outcome in B's batch, with B's token:
+    r = facade.http.post(f"/cluster/workers/{b['id']}/completions", json={"completed": [forged]}, headers=b_auth)
+    assert r.status_code == 403 and "only its own outcomes" in r.json()["detail"], r.text
     assert facade.task(task["id"])["phase"] == "Running", "nothing forged got through"
-    real = {**forged, "result": {"outputs": [], "real": True}}
-    r = facade.http.post(f"/cluster/tasks/{task['id']}/complete", json=real, headers=a_auth)
-    assert r.status_code == 200 and r.json()["phase"] == "Succeeded"
+    r = a.report({**forged, "result": {"outputs": [], "real": True}})
+    assert r.status_code == 200 and r.json()["data"] == [{"task_id": task["id"], "status": "applied", "detail": ""}]
     assert facade.task(task["id"])["result"]["real"] is True
-    for worker, auth in ((a, a_auth), (b, b_auth)):
-        facade.http.delete(f"/cluster/workers/{worker['id']}", headers=auth)
+    a.stop()
+    facade.http.delete(f"/cluster/workers/{b['id']}", headers=b_auth)
 
 
 def test_an_image_bomb_is_a_413_not_a_500(facade: LocalCluster) -> None:

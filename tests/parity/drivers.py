@@ -5,8 +5,10 @@ Each driver plays the cluster's processes on a fake clock and answers
 once asserts the same phases, reasons, history and public fields on both.
 
 * :class:`LocalDriver`: the real :class:`LocalBackend` (SQLite, the
-  coordinator's reconcile pass, claim and complete as the worker calls
-  them over HTTP); a worker is "lost" by letting it miss heartbeats.
+  coordinator's reconcile pass, the start and push of what it placed, with
+  a recording channel standing in for the HTTP push, and outcomes reported
+  as the worker reports them); a worker is "lost" by letting it miss
+  heartbeats.
 * :class:`KubeDriver`: real ``InferenceTask`` objects over HTTP on the
   :class:`~legacygpu.testing.emulator.ApiServerEmulator` (this folder) or on
   the real kube-apiserver (``tests/e2e/test_parity_apiserver.py``): status
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+from taskfakes import SERVING, complete, connect, take
 
 from legacygpu.api.backends.kubernetes import KubernetesBackend
 from legacygpu.api.backends.local import LocalBackend
@@ -98,6 +101,7 @@ class LocalDriver:
         onnx.write_bytes(b"not used by the coordinator")
         card = ModelCard(name="m", inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 2])])
         ModelRepository(tmp_path / "models").add(card, onnx)
+        connect(self.backend)
         self.ids: dict[str, str] = {}
         self.names: dict[str, str] = {}
         self.silent: set[str] = set()
@@ -113,7 +117,7 @@ class LocalDriver:
     async def add_worker(self, name: str) -> None:
         self.backend.settings.worker_prefetch = self.capacity
         reply = await self.backend.register_worker(
-            WorkerRegister(name=name, device=DeviceInfoPublic(name="dev"), concurrency=1)
+            WorkerRegister(name=name, device=DeviceInfoPublic(name="dev"), concurrency=1, stats=SERVING)
         )
         self.ids[name], self.names[reply.id] = reply.id, name
 
@@ -128,13 +132,13 @@ class LocalDriver:
         self.now += seconds
         for name, worker_id in self.ids.items():
             if name not in self.silent:
-                await self.backend.heartbeat(worker_id, Heartbeat())
+                await self.backend.heartbeat(worker_id, Heartbeat(stats=SERVING))
 
     async def reconcile(self) -> None:
         self.backend.reconcile()
 
     async def claim(self, worker: str) -> list[str]:
-        tasks = await self.backend.claim_tasks(self.ids[worker], 1, 0)
+        tasks = await take(self.backend, self.ids[worker])  # what was pushed to it
         for task in tasks:
             self.claimed[task.id, worker] = task.attempt
         return [t.id for t in tasks]
@@ -150,7 +154,7 @@ class LocalDriver:
         else:
             body["error"] = {"reason": outcome.reason, "message": outcome.message, "retryable": outcome.retryable}
         try:
-            await self.backend.complete_task(key, Completion.model_validate(body))
+            await complete(self.backend, key, Completion.model_validate(body))
         except ConflictError:
             return False
         return True

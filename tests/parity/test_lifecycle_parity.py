@@ -159,10 +159,11 @@ async def test_priority_then_age(driver: Driver) -> None:
 async def test_drain_gives_back_waiting_tasks_and_finishes_running_ones(driver: Driver) -> None:
     driver.capacity = 2
     busy = await driver.submit()
-    waiting = await driver.submit()
     await driver.add_worker("a")
     await driver.reconcile()
     assert await driver.claim("a") == [busy]
+    waiting = await driver.submit()
+    await driver.reconcile()  # placed, not yet started (Kubernetes: not claimed; local: not yet pushed)
     assert (await driver.get(waiting)).phase == "Scheduled"
     await driver.drain("a")
     back = await driver.get(waiting)

@@ -11,8 +11,9 @@ Four roles, each with its own bearer token (:class:`Role`):
   nothing else (the admin token registers too);
 * ``worker`` (a worker's own token, :func:`require_worker`,
   :func:`check_worker_token`), issued in the registration reply: only it may
-  heartbeat, claim, complete the worker's attempts or deregister it. No
-  other token can forge a worker's result. The worker token is an HMAC of
+  heartbeat, report the worker's outcomes or deregister it; the facade
+  presents it to the worker when it pushes tasks, so the worker knows the
+  push is the facade's. No other token can forge a worker's result. The worker token is an HMAC of
   the worker id under a secret kept in the data dir (``worker-secret``,
   0600), so it survives facade restarts without being stored anywhere.
 

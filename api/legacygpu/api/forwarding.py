@@ -120,6 +120,10 @@ class Forwarder:
         if self._session is not None:
             await self._session.close()
 
+    def session(self) -> aiohttp.ClientSession:
+        """The pool of persistent connections to the workers; the local task channel pushes tasks on it too."""
+        return self._client()
+
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=KEEPALIVE_SECONDS)

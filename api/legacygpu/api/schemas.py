@@ -19,9 +19,11 @@ from legacygpu.core.tasks import Phase
 from legacygpu.core.tensors import Tensor
 
 __all__ = [
-    "ClaimRequest",
     "ClaimedTask",
     "Completion",
+    "CompletionAnswer",
+    "CompletionBatch",
+    "CompletionsAnswered",
     "DeviceInfoPublic",
     "ErrorPublic",
     "HealthPublic",
@@ -136,6 +138,12 @@ class WorkerRegister(_In):
 class Heartbeat(_In):
     running: int = Field(0, ge=0, le=INT64_MAX)
     stats: dict[str, Any] = Field(default_factory=dict)
+    holding: list[str] | None = Field(
+        None, max_length=4096,
+        description="Ids of the pushed tasks the worker holds (queued, running, or finished and not yet "
+        "acknowledged). A task started on the worker long before and not among them never arrived: it goes "
+        "back to the queue. Omitted: not checked.",
+    )
 
 
 class HeartbeatReply(BaseModel):
@@ -175,6 +183,8 @@ class WorkerRegistered(BaseModel):
 
 
 class ClaimedTask(BaseModel):
+    """A task handed to a worker: the coordinator pushes these to the worker's task endpoint."""
+
     id: str
     model: str
     attempt: int
@@ -191,15 +201,30 @@ class Completion(_In):
 
 
 class TaskCompletion(Completion):
-    """A :class:`Completion` that names its task: how a worker sends outcomes along with its next claim."""
+    """A :class:`Completion` that names its task: one entry of a worker's batch of outcomes."""
 
     task_id: str
 
 
-class ClaimRequest(_In):
-    """Optional body of a claim: outcomes of earlier tasks, applied before new tasks are handed out."""
+class CompletionBatch(_In):
+    """``POST /cluster/workers/{id}/completions``: a worker's outcomes, sent together, applied in one transaction."""
 
-    completed: list[TaskCompletion] = Field(default_factory=list, max_length=64)
+    completed: list[TaskCompletion] = Field(min_length=1, max_length=256)
+
+
+class CompletionAnswer(BaseModel):
+    """What became of one outcome of a batch."""
+
+    task_id: str
+    status: Literal["applied", "repeated", "refused"] = Field(
+        description="applied; repeated (the same outcome was applied before: nothing changed); refused (the "
+        "attempt is no longer current, or the task is gone: see detail)."
+    )
+    detail: str = ""
+
+
+class CompletionsAnswered(BaseModel):
+    data: list[CompletionAnswer]
 
 
 class ModelPublic(BaseModel):

@@ -42,7 +42,8 @@ def command() -> None:
               help="REST port of the Open Inference Protocol [default: any free port; 8000 with --kubernetes].")
 @click.option("--grpc-port", type=int, envvar="LEGACYGPU_GRPC_PORT", show_envvar=True,
               help="gRPC port of the Open Inference Protocol [default: any free port; 8001 with --kubernetes].")
-@click.option("--no-serving", is_flag=True, help="Take tasks only; serve no real-time requests.")
+@click.option("--no-serving", is_flag=True, help="With --kubernetes: take tasks only, serve no real-time requests "
+              "(a local worker receives its tasks on its serving port, so it always serves).")
 def start(api: str | None, token: str | None, backend: str, device_index: int | None, name: str | None,
           model_dir: Path | None, kubernetes: bool, log_level: str, serving_host: str | None,
           serving_port: int | None, grpc_port: int | None, no_serving: bool) -> None:
@@ -51,6 +52,9 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
     Unless --no-serving, the worker also answers the Open Inference Protocol (REST and gRPC) for
     real-time requests; it tells the facade where when it registers.
     """
+    if no_serving and not kubernetes:
+        raise click.UsageError("--no-serving is for --kubernetes workers: a local worker receives its tasks on its "
+                               "serving port")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     serving = None if no_serving else {
@@ -116,9 +120,10 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    server = _start_serving(lambda: worker.runner, serving) if serving else None
+    assert serving is not None
+    server = _start_serving(lambda: worker.runner, serving, routes=worker.routes())
     if server is not None:
-        worker.serving = server.endpoints
+        worker.serving = server.endpoints  # without them run() refuses to start: tasks arrive there
     try:
         code = worker.run()
     finally:
@@ -128,10 +133,12 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
 
 
 def _start_serving(runner: Callable[[], Any], options: dict[str, Any],
-                   readiness: Callable[[], bool] | None = None) -> Any:
-    """Start the worker's Open Inference Protocol endpoints (a ServingServer) for ``runner()``.
+                   readiness: Callable[[], bool] | None = None, routes: list[Any] | None = None) -> Any:
+    """Start the worker's Open Inference Protocol endpoints (a ServingServer) for ``runner()``, with ``routes``
+    added (a local worker's task channel).
 
-    Returns None, having logged why, when they cannot start (a port taken): the task loop still runs.
+    Returns None, having logged why, when they cannot start (a port taken): a Kubernetes worker's task
+    loop still runs; a local worker, whose tasks arrive there, exits.
     """
     from importlib.metadata import version
 
@@ -139,7 +146,8 @@ def _start_serving(runner: Callable[[], Any], options: dict[str, Any],
 
     engine = ServingEngine(runner, server_version=version("legacygpu"), readiness=readiness)
     server = ServingServer(engine, host=options["host"], http_port=options["http_port"],
-                           grpc_port=options["grpc_port"], advertise_host=options["advertise_host"])
+                           grpc_port=options["grpc_port"], advertise_host=options["advertise_host"],
+                           routes=routes or ())
     try:
         server.start()
     except (OSError, RuntimeError) as exc:

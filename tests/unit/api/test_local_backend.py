@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import sqlite3
 from pathlib import Path
 
 import pytest
+from taskfakes import SERVING, FakeChannel, complete, connect, take
 
 from legacygpu.api.backends.local import LocalBackend
-from legacygpu.api.schemas import Completion, DeviceInfoPublic, Heartbeat, TaskCreate, WorkerRegister
+from legacygpu.api.schemas import (
+    Completion,
+    DeviceInfoPublic,
+    Heartbeat,
+    TaskCompletion,
+    TaskCreate,
+    WorkerRegister,
+)
 from legacygpu.core.config import Settings
 from legacygpu.core.errors import ConflictError, NotFoundError, UnknownModelError, ValidationError
 from legacygpu.core.modelcards import ModelCard, ModelRepository, TensorSpec
@@ -40,6 +50,7 @@ def make_backend(tmp_path: Path, clock: Clock, **settings: object) -> LocalBacke
     onnx.write_bytes(b"not used by the coordinator")
     card = ModelCard(name="m", inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 2])])
     ModelRepository(tmp_path / "models").add(card, onnx)
+    connect(backend)
     return backend
 
 
@@ -57,7 +68,7 @@ def task(priority: int = 0, **kw: object) -> TaskCreate:
 
 async def worker(backend: LocalBackend, name: str = "w", vram: int = 0) -> str:
     reply = await backend.register_worker(
-        WorkerRegister(name=name, device=DeviceInfoPublic(name="dev", vram_mib=vram), concurrency=1)
+        WorkerRegister(name=name, device=DeviceInfoPublic(name="dev", vram_mib=vram), concurrency=1, stats=SERVING)
     )
     return reply.id
 
@@ -82,9 +93,9 @@ async def test_priority_first_then_fifo(backend: LocalBackend) -> None:
     order = []
     for _ in range(3):
         backend.reconcile()
-        [claimed] = await backend.claim_tasks(wid, 1, 0)
+        [claimed] = await take(backend, wid)
         order.append(claimed.id)
-        await backend.complete_task(claimed.id, Completion(worker_id=wid, attempt=1, result={"ok": True}))
+        await complete(backend, claimed.id, Completion(worker_id=wid, attempt=1, result={"ok": True}))
     assert order == [high.id, low1.id, low2.id]
 
 
@@ -106,10 +117,10 @@ async def test_lost_worker_tasks_are_retried_with_backoff_elsewhere(backend: Loc
     submitted = await backend.submit_task(task(max_retries=1))
     first = await worker(backend, "first")
     backend.reconcile()
-    await backend.claim_tasks(first, 1, 0)
+    await take(backend, first)
     second = await worker(backend, "second")
     clock.now += 6  # first stops heartbeating; second keeps beating
-    await backend.heartbeat(second, Heartbeat())
+    await backend.heartbeat(second, Heartbeat(stats=SERVING))
     backend.reconcile()
     lost = await backend.get_task(submitted.id)
     assert lost.phase == "Queued" and lost.reason == "WorkerLost" and lost.attempts == 1
@@ -118,26 +129,26 @@ async def test_lost_worker_tasks_are_retried_with_backoff_elsewhere(backend: Loc
     backend.reconcile()
     assert (await backend.get_task(submitted.id)).phase == "Queued", "backoff: not rescheduled at once"
     clock.now += 1.01  # base 1s: the first retry waits between 0.5s and 1s
-    await backend.heartbeat(second, Heartbeat())
+    await backend.heartbeat(second, Heartbeat(stats=SERVING))
     backend.reconcile()
-    [again] = await backend.claim_tasks(second, 1, 0)
+    [again] = await take(backend, second)
     assert again.id == submitted.id and again.attempt == 2
     # The lost worker's late result is refused; the live attempt's result is kept, once.
     with pytest.raises(ConflictError, match="discarded"):
-        await backend.complete_task(submitted.id, Completion(worker_id=first, attempt=1, result={"from": "first"}))
-    done = await backend.complete_task(submitted.id, Completion(worker_id=second, attempt=2, result={"from": "second"}))
+        await complete(backend, submitted.id, Completion(worker_id=first, attempt=1, result={"from": "first"}))
+    done = await complete(backend, submitted.id, Completion(worker_id=second, attempt=2, result={"from": "second"}))
     assert done.phase == "Succeeded" and done.result == {"from": "second"} and done.attempts == 2
-    repeat = await backend.complete_task(submitted.id, Completion(worker_id=second, attempt=2, result={"from": "x"}))
+    repeat = await complete(backend, submitted.id, Completion(worker_id=second, attempt=2, result={"from": "x"}))
     assert repeat.result == {"from": "second"}, "a repeated completion changes nothing"
     with pytest.raises(ConflictError):
-        await backend.heartbeat(first, Heartbeat())  # the lost worker must register again
+        await backend.heartbeat(first, Heartbeat(stats=SERVING))  # the lost worker must register again
 
 
 async def test_retries_run_out(backend: LocalBackend, clock: Clock) -> None:
     submitted = await backend.submit_task(task(max_retries=0))
     wid = await worker(backend)
     backend.reconcile()
-    await backend.claim_tasks(wid, 1, 0)
+    await take(backend, wid)
     clock.now += 6
     backend.reconcile()
     failed = await backend.get_task(submitted.id)
@@ -151,8 +162,8 @@ async def test_retryable_error_retries_and_permanent_error_fails(backend: LocalB
     async def run_once(error: dict[str, object]) -> str:
         submitted = await backend.submit_task(task(max_retries=2))
         backend.reconcile()
-        [claimed] = await backend.claim_tasks(wid, 1, 0)
-        await backend.complete_task(
+        [claimed] = await take(backend, wid)
+        await complete(backend,
             claimed.id, Completion.model_validate({"worker_id": wid, "attempt": 1, "error": error})
         )
         return submitted.id
@@ -191,29 +202,134 @@ async def test_cancel(backend: LocalBackend) -> None:
     running = await backend.submit_task(task())
     wid = await worker(backend)
     backend.reconcile()
-    await backend.claim_tasks(wid, 1, 0)
+    await take(backend, wid)
     assert (await backend.cancel_task(running.id)).phase == "Cancelled"
     assert (await backend.get_worker(wid)).tasks_failed == 0, "a cancelled task is not the worker's failure"
     with pytest.raises(ConflictError, match="discarded"):
-        await backend.complete_task(running.id, Completion(worker_id=wid, attempt=1, result={}))
+        await complete(backend, running.id, Completion(worker_id=wid, attempt=1, result={}))
 
 
-async def test_drain_returns_unstarted_tasks_and_stops_claims(backend: LocalBackend) -> None:
+async def test_drain_returns_unpushed_tasks_and_stops_pushes(backend: LocalBackend) -> None:
     busy = await backend.submit_task(task())
     waiting = await backend.submit_task(task())
     wid = await worker(backend)
     backend.reconcile()
-    [running] = await backend.claim_tasks(wid, 1, 0)
+    [running] = await take(backend, wid)
     assert running.id == busy.id
+    channel = backend.channel
+    assert isinstance(channel, FakeChannel)
+    channel.refuse.add(wid)  # the worker's next push fails: its task is placed but not delivered
     backend.settings.worker_prefetch = 2
     backend.reconcile()
-    assert (await backend.get_task(waiting.id)).phase == "Scheduled"
+    await backend.deliver()
+    await backend.heartbeat(wid, Heartbeat(stats=SERVING))
+    channel.refuse.clear()
     drained = await backend.drain_worker(wid)
     assert drained.state == "draining"
     assert (await backend.get_task(waiting.id)).phase == "Queued"
-    assert await backend.claim_tasks(wid, 1, 0) == []
-    finished = await backend.complete_task(busy.id, Completion(worker_id=wid, attempt=1, result={}))
+    backend.reconcile()
+    assert await take(backend, wid) == [], "a draining worker is pushed nothing"
+    assert (await backend.get_task(waiting.id)).phase == "Queued"
+    finished = await complete(backend, busy.id, Completion(worker_id=wid, attempt=1, result={}))
     assert finished.phase == "Succeeded", "a draining worker still finishes its running task"
+
+
+async def test_a_pass_starts_what_it_places_and_pushes_it_in_one_request_per_worker(backend: LocalBackend) -> None:
+    backend.settings.worker_prefetch = 3
+    ids = [(await backend.submit_task(task())).id for _ in range(4)]
+    wid = await worker(backend)
+    backend.reconcile()
+    await backend.deliver()
+    channel = backend.channel
+    assert isinstance(channel, FakeChannel)
+    [push] = channel.pushes
+    assert push.worker_id == wid and push.url == "http://127.0.0.1:9"
+    assert [(t.id, t.attempt) for t in push.tasks] == [(i, 1) for i in ids[:3]]
+    assert push.tasks[0].inputs[0]["data"] == [1, 2], "the push carries what the worker needs to run it"
+    phases = [(await backend.get_task(i)).phase for i in ids]
+    assert phases == ["Running"] * 3 + ["Queued"], "pushed tasks are started: the attempt counts"
+
+
+async def test_a_refused_push_costs_no_attempt_and_the_worker_gets_none_until_it_beats(backend: LocalBackend) -> None:
+    submitted = await backend.submit_task(task(max_retries=0))
+    wid = await worker(backend)
+    channel = backend.channel
+    assert isinstance(channel, FakeChannel)
+    channel.refuse.add(wid)
+    backend.reconcile()
+    await backend.deliver()
+    back = await backend.get_task(submitted.id)
+    assert back.phase == "Queued" and back.attempts == 0 and back.history == [], "never delivered: not an attempt"
+    assert back.reason == "WorkerLost" and "not delivered" in (back.message or "")
+    channel.refuse.clear()
+    backend.reconcile()
+    assert await take(backend, wid) == [], "an unreachable worker gets nothing until it is heard from"
+    await backend.heartbeat(wid, Heartbeat(stats=SERVING))
+    backend.reconcile()
+    [pushed] = await take(backend, wid)
+    assert pushed.id == submitted.id and pushed.attempt == 1
+
+
+async def test_a_batch_of_outcomes_applies_together_and_a_stale_one_is_refused_alone(backend: LocalBackend) -> None:
+    backend.settings.worker_prefetch = 3
+    first, stale, last = [(await backend.submit_task(task())).id for _ in range(3)]
+    wid = await worker(backend)
+    backend.reconcile()
+    assert len(await take(backend, wid)) == 3
+    await backend.cancel_task(stale)  # its outcome, when it comes, is of an attempt given up on
+    batch = [TaskCompletion(task_id=i, worker_id=wid, attempt=1, result={"n": n}) for n, i in
+             enumerate((first, stale, last))]
+    answers = await backend.complete_tasks(wid, batch)
+    assert [(a.task_id, a.status) for a in answers] == [(first, "applied"), (stale, "refused"), (last, "applied")]
+    assert "discarded" in answers[1].detail
+    assert (await backend.get_task(first)).result == {"n": 0} and (await backend.get_task(last)).result == {"n": 2}
+    assert (await backend.get_task(stale)).phase == "Cancelled"
+    again = await backend.complete_tasks(wid, batch)
+    assert [a.status for a in again] == ["repeated", "refused", "repeated"], "a resent batch changes nothing"
+
+
+async def test_a_batch_that_fails_midway_keeps_none_of_its_outcomes(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.settings.worker_prefetch = 2
+    ids = [(await backend.submit_task(task())).id for _ in range(2)]
+    wid = await worker(backend)
+    backend.reconcile()
+    assert len(await take(backend, wid)) == 2
+    real, calls = backend.store.write_task, []
+
+    def failing_second(*args: object) -> bool:
+        calls.append(args)
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backend.store, "write_task", failing_second)
+    batch = [TaskCompletion(task_id=i, worker_id=wid, attempt=1, result={}) for i in ids]
+    with pytest.raises(sqlite3.OperationalError):
+        await backend.complete_tasks(wid, batch)
+    assert [(await backend.get_task(i)).phase for i in ids] == ["Running", "Running"], "all or nothing"
+    monkeypatch.undo()
+    assert [a.status for a in await backend.complete_tasks(wid, batch)] == ["applied", "applied"]
+
+
+async def test_a_push_the_worker_never_got_goes_back_once_its_heartbeat_says_so(
+    backend: LocalBackend, clock: Clock
+) -> None:
+    backend.settings.worker_prefetch = 2
+    kept, lost = [(await backend.submit_task(task())).id for _ in range(2)]
+    wid = await worker(backend)
+    backend.reconcile()
+    backend.start_scheduled()  # started, but say the facade stopped before the push went out
+    await backend.heartbeat(wid, Heartbeat(stats=SERVING, holding=[kept]))
+    assert (await backend.get_task(lost)).phase == "Running", "a push may still be on its way"
+    clock.now += 20
+    await backend.heartbeat(wid, Heartbeat(stats=SERVING, holding=[kept]))
+    back = await backend.get_task(lost)
+    assert back.phase == "Queued" and back.attempts == 0, "never delivered: back in the queue, no attempt spent"
+    assert (await backend.get_task(kept)).phase == "Running"
+    await backend.heartbeat(wid, Heartbeat(stats=SERVING))  # a heartbeat without the list checks nothing
+    assert (await backend.get_task(kept)).phase == "Running"
 
 
 async def test_restart_keeps_every_task(tmp_path: Path, clock: Clock) -> None:
@@ -221,7 +337,7 @@ async def test_restart_keeps_every_task(tmp_path: Path, clock: Clock) -> None:
     ids = [(await first.submit_task(task())).id for _ in range(5)]
     wid = await worker(first)
     first.reconcile()
-    [running] = await first.claim_tasks(wid, 1, 0)
+    [running] = await take(first, wid)
     first.store.close()
     clock.now += 60  # the coordinator was down for a minute
     second = LocalBackend(first.settings, clock=clock)
@@ -230,7 +346,7 @@ async def test_restart_keeps_every_task(tmp_path: Path, clock: Clock) -> None:
     rows, count = await second.list_tasks(limit=10)
     assert count == 5 and {t.id for t in rows} == set(ids)
     assert (await second.get_worker(wid)).state == "active", "downtime is not a missed heartbeat"
-    done = await second.complete_task(running.id, Completion(worker_id=wid, attempt=1, result={"after": "restart"}))
+    done = await complete(second, running.id, Completion(worker_id=wid, attempt=1, result={"after": "restart"}))
     assert done.phase == "Succeeded"
 
 
@@ -243,3 +359,25 @@ async def test_stats_sent_at_registration_are_there_before_any_heartbeat(backend
     await backend.heartbeat(reply.id, Heartbeat(running=1, stats={"memory_rss_bytes": 5, "models_loaded": ["digits"]}))
     beat = {"memory_rss_bytes": 5, "models_loaded": ["digits"], "running": 1}
     assert (await backend.get_worker(reply.id)).stats == beat  # a heartbeat replaces them
+
+
+async def test_tasks_placed_before_a_restart_are_pushed_by_the_restarted_facade(tmp_path: Path, clock: Clock) -> None:
+    first = make_backend(tmp_path, clock)
+    placed = await first.submit_task(task())
+    wid = await worker(first)
+    first.reconcile()  # placed on the worker; the facade stops before it starts and pushes it
+    assert (await first.get_task(placed.id)).phase == "Scheduled"
+    first.store.close()
+    second = LocalBackend(first.settings, clock=clock)
+    channel = connect(second)
+    await second.start()  # its background loop: a pass, then the delivery of whatever is placed
+    try:
+        for _ in range(100):
+            if channel.pushes:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await second.stop()
+    [push] = channel.pushes
+    assert push.worker_id == wid and [(t.id, t.attempt) for t in push.tasks] == [(placed.id, 1)]
+    assert (await second.get_task(placed.id)).phase == "Running"

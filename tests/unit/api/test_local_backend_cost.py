@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from taskfakes import SERVING, complete, connect, take
 
 from legacygpu.api.backends.local import LocalBackend, store
-from legacygpu.api.schemas import Completion, DeviceInfoPublic, TaskCreate, WorkerRegister
+from legacygpu.api.schemas import Completion, DeviceInfoPublic, TaskCompletion, TaskCreate, WorkerRegister
 from legacygpu.core.config import Settings
 from legacygpu.core.errors import NotFoundError
 from legacygpu.core.modelcards import ModelCard, ModelRepository, TensorSpec
@@ -28,6 +29,7 @@ def backend(tmp_path: Path) -> LocalBackend:
     onnx = tmp_path / "dummy.onnx"
     onnx.write_bytes(b"not used by the coordinator")
     ModelRepository(tmp_path / "models").add(ModelCard(name="m", inputs=[TensorSpec(name="x", shape=[-1, 2])]), onnx)
+    connect(backend)
     return backend
 
 
@@ -54,7 +56,7 @@ def task(**kw: object) -> TaskCreate:
 
 async def worker(backend: LocalBackend, name: str = "w", vram: int = 0) -> str:
     reply = await backend.register_worker(
-        WorkerRegister(name=name, device=DeviceInfoPublic(name="dev", vram_mib=vram), concurrency=1)
+        WorkerRegister(name=name, device=DeviceInfoPublic(name="dev", vram_mib=vram), concurrency=1, stats=SERVING)
     )
     return reply.id
 
@@ -87,15 +89,52 @@ async def test_wake_ups_are_coalesced_and_a_pass_never_asks_for_another(backend:
     wid = await worker(backend)
     for _ in range(5):
         await backend.submit_task(task())
+    await asyncio.sleep(0)  # let the loop run what the database thread handed it
     assert backend._kick.is_set()  # five submissions: one pending pass
     backend._kick.clear()
     backend.reconcile()
+    await asyncio.sleep(0)
     assert backend.store.phase_counts()["Scheduled"] == 1
     assert not backend._kick.is_set(), "the pass's own assignments must not trigger another pass"
-    [claimed] = await backend.claim_tasks(wid, 1, 0)
-    assert not backend._kick.is_set(), "a worker starting a task it holds frees no slot"
-    await backend.complete_task(claimed.id, Completion(worker_id=wid, attempt=1, result={}))
+    [pushed] = await take(backend, wid)
+    await asyncio.sleep(0)
+    assert not backend._kick.is_set(), "starting and pushing a placed task frees no slot"
+    await complete(backend, pushed.id, Completion(worker_id=wid, attempt=1, result={}))
+    await asyncio.sleep(0)
     assert backend._kick.is_set(), "a finished task frees a slot: the queue must be looked at"
+
+
+async def test_a_burst_of_changes_crosses_to_the_event_loop_once(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend._kick = asyncio.Event()
+    backend.settings.worker_prefetch = 8
+    wid = await worker(backend)
+    crossings: list[object] = []
+    real = backend._on_loop
+
+    def counting(fn: Any, *args: Any) -> None:
+        if fn == backend._kicked:
+            crossings.append(fn)
+        real(fn, *args)
+
+    monkeypatch.setattr(backend, "_on_loop", counting)
+    # Eight submissions handled on the database thread while the event loop is busy (here: blocked waiting for
+    # them): the first poke crosses to the loop, the others find it still pending.
+    backend._loop = asyncio.get_running_loop()
+    submitted = backend._db_thread.submit(lambda: [backend._submit_task(task()) for _ in range(8)]).result()
+    await asyncio.sleep(0)
+    assert len(crossings) == 1, "eight submissions while the loop was busy: one wake-up"
+    await asyncio.sleep(0)
+    backend._kick.clear()
+    backend.reconcile()
+    pushed = await take(backend, wid)
+    assert len(pushed) == 8
+    batch = [TaskCompletion(task_id=t.id, worker_id=wid, attempt=1, result={}) for t in pushed]
+    await backend.complete_tasks(wid, batch)
+    await asyncio.sleep(0)
+    assert len(crossings) == 2, "a batch of eight outcomes: one wake-up"
+    assert {(await backend.get_task(t.id)).phase for t in submitted} == {"Succeeded"}
 
 
 @pytest.mark.parametrize(("index", "sql", "params"), [
@@ -121,6 +160,7 @@ def retaining(tmp_path: Path, clock: Clock, retention: float) -> LocalBackend:
     onnx = tmp_path / "dummy.onnx"
     onnx.write_bytes(b"not used by the coordinator")
     ModelRepository(tmp_path / "models").add(ModelCard(name="m", inputs=[TensorSpec(name="x", shape=[-1, 2])]), onnx)
+    connect(backend)
     return backend
 
 
@@ -128,8 +168,8 @@ async def finished_task(backend: LocalBackend) -> str:
     wid = await worker(backend)
     submitted = await backend.submit_task(task())
     backend.reconcile()
-    [claimed] = await backend.claim_tasks(wid, 1, 0)
-    await backend.complete_task(claimed.id, Completion(worker_id=wid, attempt=1, result={"top": 7}))
+    [claimed] = await take(backend, wid)
+    await complete(backend, claimed.id, Completion(worker_id=wid, attempt=1, result={"top": 7}))
     return submitted.id
 
 

@@ -1,19 +1,24 @@
-"""The local worker process: register, heartbeat, claim, run, report.
+"""The local worker process: register, heartbeat, take pushed tasks, run, report in batches.
 
-A worker needs no inbound connection. It registers with the facade, sends a
-heartbeat with real stats every few seconds from a side thread, and
-long-polls for the tasks the coordinator assigned to it. Each task runs
-through :class:`~legacygpu.worker.runner.TaskRunner`; its outcome goes back
-with the attempt number, so a result that arrives after the coordinator gave
-up on this attempt is refused rather than applied twice. Outcomes ride on the
-next claim (its body), so a busy worker pays one round trip per task, not
-two; whatever is still unsent when the worker stops or loses its
-registration is posted on its own (``POST /cluster/tasks/{id}/complete``).
+The worker never asks for work. It registers with the facade (announcing its
+serving endpoint), and the coordinator pushes the tasks it assigns to the
+worker's task endpoint on that port (:mod:`legacygpu.worker.taskchannel`),
+several per request; they wait in the :class:`~legacygpu.worker.taskchannel.Inbox`
+and run one at a time through :class:`~legacygpu.worker.runner.TaskRunner`.
+Outcomes go back with their attempt number, so a result that arrives after
+the coordinator gave up on this attempt is refused rather than applied twice.
+A sender thread posts them in batches (``POST
+/cluster/workers/{id}/completions``): whatever finished while the previous
+batch was on its way goes in the next request, so a busy worker pays far less
+than a round trip per task. A heartbeat with real stats and the ids of the
+tasks it holds goes out every few seconds from a side thread.
 
 Stopping: ``drain`` (from ``legacygpu worker stop`` via the facade, seen in a
-heartbeat reply) and SIGTERM/SIGINT both mean "finish what you are running,
-take nothing new, deregister, exit 0". If the facade forgets the worker (it
-was marked lost, or the database was replaced) the worker registers again.
+heartbeat reply) and SIGTERM/SIGINT both mean "take nothing new, finish the
+tasks already pushed to me, report them, deregister, exit 0". If the facade
+forgets the worker (it was marked lost, or the database was replaced) the
+worker registers again and drops what it held for its old registration (the
+facade has put those back in the queue).
 """
 
 from __future__ import annotations
@@ -34,12 +39,15 @@ from legacygpu.core.modelcards import ModelRepository
 from legacygpu.core.scheduling import WorkerStats
 from legacygpu.worker.backends import create_backend
 from legacygpu.worker.runner import TaskRunner, preload_from_env
+from legacygpu.worker.taskchannel import Inbox, task_routes
 
 __all__ = ["LocalWorker"]
 
 log = logging.getLogger(__name__)
 
-_CLAIM_WAIT_SECONDS = 5.0
+_BATCH_MAX = 256
+"""Outcomes per request at most (the facade's limit)."""
+_REPORT_GIVE_UP_SECONDS = 120.0
 
 
 class _Gone(Exception):
@@ -76,16 +84,21 @@ class LocalWorker:
         self._http = httpx.Client(
             base_url=api_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(10.0, read=_CLAIM_WAIT_SECONDS + 10.0),
+            timeout=httpx.Timeout(10.0, read=30.0),
         )
+        self._worker_token: str | None = None
         self.worker_id: str | None = None
         self.heartbeat_interval = 2.0
         self.stop_requested = threading.Event()
         self.draining = threading.Event()
         self.running = 0
         self._stats = WorkerStats()
-        self._unsent: list[dict[str, Any]] = []
-        """Outcomes waiting for the next claim."""
+        self.inbox = Inbox()
+        """Tasks the coordinator pushed here, waiting to run."""
+        self._outcomes: list[dict[str, Any]] = []
+        """Outcomes waiting for the sender thread."""
+        self._outcome_ready = threading.Condition()
+        self._finished = threading.Event()
         self._started = time.time()
         self._process = _own_process()
         self.serving: dict[str, str] | None = None
@@ -95,6 +108,10 @@ class LocalWorker:
     def runner(self) -> TaskRunner | None:
         """The task runner, once registration has named the model repository."""
         return self._runner
+
+    def routes(self) -> list[Any]:
+        """The task channel's route, for the serving app (the worker's tasks arrive on its serving port)."""
+        return task_routes(self.inbox)
 
     # HTTP ---------------------------------------------------------------------------------
 
@@ -136,6 +153,7 @@ class LocalWorker:
         self.worker_id = reply["id"]
         if reply.get("token"):
             self._http.headers["Authorization"] = f"Bearer {reply['token']}"
+        self.inbox.open(reply["id"], reply.get("token") or self._token)
         self.heartbeat_interval = reply["heartbeat_interval_seconds"]
         if self._runner is None:
             model_dir = self._model_dir or Path(reply["model_repository"])
@@ -167,7 +185,7 @@ class LocalWorker:
                 reply = self._call(
                     "POST",
                     f"/cluster/workers/{self.worker_id}/heartbeat",
-                    json={"running": self.running, "stats": self.stats()},
+                    json={"running": self.running, "stats": self.stats(), "holding": self.inbox.held()},
                 )
                 if reply["state"] == "draining" and not self.draining.is_set():
                     log.info("worker %s is draining: finishing running tasks, taking no new ones", self.name)
@@ -180,46 +198,34 @@ class LocalWorker:
 
     def run(self) -> int:
         """Work until drained or asked to stop; returns the process exit code."""
+        if not self.serving:
+            log.error("worker %s has no serving endpoint: its tasks are pushed there, so it cannot take any",
+                      self.name)
+            return 2
         self._register()
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        sender = threading.Thread(target=self._sender_loop, name="completions", daemon=True)
         beat.start()
+        sender.start()
         try:
-            while not self.stop_requested.is_set() and not self.draining.is_set():
+            while True:
+                if self.stop_requested.is_set() or self.draining.is_set():
+                    self.inbox.close()  # nothing new; what was pushed already still runs
+                    if self.inbox.empty():
+                        break
                 if self.worker_id is None:
                     self._register()
                     continue
-                asked = time.monotonic()
-                sending, self._unsent = self._unsent, []
-                try:
-                    tasks = self._call(
-                        "POST",
-                        f"/cluster/workers/{self.worker_id}/claim",
-                        params={"max_tasks": 1, "wait": _CLAIM_WAIT_SECONDS},
-                        json={"completed": sending},
-                    )
-                except _Gone:
-                    self._report_each(sending)
-                    self.worker_id = None
-                    continue
-                except httpx.TransportError as exc:
-                    self._unsent = sending + self._unsent  # not delivered: they go with the next claim
-                    log.warning("claim failed: %s", exc)
-                    self.stop_requested.wait(1.0)
-                    continue
-                except httpx.HTTPError as exc:
-                    self._report_each(sending)  # refused as a batch: each goes on its own and says why
-                    log.warning("claim failed: %s", exc)
-                    self.stop_requested.wait(1.0)
-                    continue
-                if not tasks and time.monotonic() - asked < _CLAIM_WAIT_SECONDS / 2:
-                    # An early empty answer: we are draining and the heartbeat will say so shortly.
-                    self.stop_requested.wait(0.5)
-                for task in tasks:
+                task = self.inbox.get(timeout=0.2)
+                if task is not None:
                     self._run_task(task)
         finally:
             self.stop_requested.set()
-            self._report_each(self._unsent)
-            self._unsent = []
+            self.inbox.close()
+            self._finished.set()
+            with self._outcome_ready:
+                self._outcome_ready.notify()
+            sender.join(timeout=_REPORT_GIVE_UP_SECONDS + 10)
             self._deregister()
             self._http.close()
         return 0
@@ -243,31 +249,54 @@ class LocalWorker:
             body.pop("result", None)
             body["error"] = {"reason": outcome.reason, "message": outcome.message, "retryable": outcome.retryable}
         self._stats = self._stats.observe(ok=outcome.succeeded, latency_ms=body.get("compute_ms"))
-        self._unsent.append({"task_id": task["id"], **body})
+        with self._outcome_ready:
+            self._outcomes.append({"task_id": task["id"], **body})
+            self._outcome_ready.notify()
 
-    def _report_each(self, outcomes: list[dict[str, Any]]) -> None:
-        for outcome in outcomes:
-            body = dict(outcome)
-            self._report(body.pop("task_id"), body)
+    def _sender_loop(self) -> None:
+        """Post outcomes as they come: one request for all that finished while the last one was on its way."""
+        while True:
+            with self._outcome_ready:
+                while not self._outcomes and not self._finished.is_set():
+                    self._outcome_ready.wait(1.0)
+                batch, self._outcomes = self._outcomes[:_BATCH_MAX], self._outcomes[_BATCH_MAX:]
+            if not batch:
+                return  # finished, and nothing left to send
+            self._send(batch)
 
-    def _report(self, task_id: str, body: dict[str, Any]) -> None:
-        """Post an outcome, retrying while the facade is unreachable (it may be restarting)."""
+    def _send(self, batch: list[dict[str, Any]]) -> None:
+        """Post one batch, retrying while the facade is unreachable (it may be restarting)."""
+        ids = [o["task_id"] for o in batch]
+        worker_id = batch[0]["worker_id"]
+        if worker_id != self.worker_id or any(o["worker_id"] != worker_id for o in batch):
+            # Outcomes of an earlier registration: the facade put those tasks back in the queue already.
+            log.warning("dropping %d outcome(s) of an earlier registration", len(batch))
+            self.inbox.done(ids)
+            return
         delay = 0.2
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + _REPORT_GIVE_UP_SECONDS
         while time.monotonic() < deadline:
             try:
-                response = self._http.post(f"/cluster/tasks/{task_id}/complete", json=body)
+                answer = self._call("POST", f"/cluster/workers/{worker_id}/completions", json={"completed": batch})
             except httpx.TransportError as exc:
-                log.warning("cannot report task %s yet (%s); retrying", task_id, exc)
+                log.warning("cannot report %d outcome(s) yet (%s); retrying", len(batch), exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            if response.status_code == 409:
-                log.warning("result of task %s discarded by the coordinator: %s", task_id, response.json()["detail"])
-            elif response.is_error:
-                log.error("reporting task %s failed: %s %s", task_id, response.status_code, response.text)
+            except _Gone as exc:
+                log.warning("the facade no longer knows worker %s: %d outcome(s) dropped (%s)", worker_id,
+                            len(batch), exc)
+            except httpx.HTTPError as exc:
+                log.error("reporting %d outcome(s) failed: %s", len(batch), exc)
+            else:
+                for done in answer["data"]:
+                    if done["status"] == "refused":
+                        log.warning("result of task %s discarded by the coordinator: %s", done["task_id"],
+                                    done["detail"])
+            self.inbox.done(ids)
             return
-        log.error("gave up reporting task %s", task_id)
+        log.error("gave up reporting tasks %s", ", ".join(ids))
+        self.inbox.done(ids)
 
     def _deregister(self) -> None:
         if self.worker_id is None:

@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 from legacygpu.api.events import EventBus
 from legacygpu.api.schemas import (
-    ClaimedTask,
-    Completion,
+    CompletionAnswer,
     Heartbeat,
     HeartbeatReply,
     ModelPublic,
+    TaskCompletion,
     TaskCreate,
     TaskPublic,
     WorkerPublic,
@@ -71,6 +71,6 @@ class ClusterBackend(Protocol):
     # worker-facing (local mode)
     async def register_worker(self, request: WorkerRegister) -> WorkerRegistered: ...
     async def heartbeat(self, worker_id: str, beat: Heartbeat) -> HeartbeatReply: ...
-    async def claim_tasks(self, worker_id: str, max_tasks: int, wait_seconds: float) -> list[ClaimedTask]: ...
-    async def complete_task(self, task_id: str, completion: Completion) -> TaskPublic: ...
+    async def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion]) -> list[CompletionAnswer]:
+        """A batch of the worker's outcomes, applied together; each answered on its own."""
     async def deregister_worker(self, worker_id: str) -> WorkerPublic: ...

@@ -21,7 +21,7 @@ it runs in, else of ``~/.kube/config``; and keeps no state of its own:
 * workers are the cluster's Pods: their device and counts come from the stats
   annotation each worker publishes; ``drain`` annotates the Pod and the
   operator stops placing tasks there;
-* the worker-facing endpoints (register, heartbeat, claim, complete) answer
+* the worker-facing endpoints (register, heartbeat, completions) answer
   409: Kubernetes workers watch their tasks instead;
 * ``/v2`` requests go to the Ready worker pods of the cluster, found from the
   same pod cache (:meth:`KubernetesBackend.serving_endpoints`, built by
@@ -52,12 +52,12 @@ from legacygpu.api.discovery import ServingEndpoint, pod_endpoint
 from legacygpu.api.events import EventBus
 from legacygpu.api.metrics import Metrics
 from legacygpu.api.schemas import (
-    ClaimedTask,
-    Completion,
+    CompletionAnswer,
     DeviceInfoPublic,
     Heartbeat,
     HeartbeatReply,
     ModelPublic,
+    TaskCompletion,
     TaskCreate,
     TaskPublic,
     WorkerPublic,
@@ -558,10 +558,7 @@ class KubernetesBackend:
     async def heartbeat(self, worker_id: str, beat: Heartbeat) -> HeartbeatReply:
         raise self._not_here()
 
-    async def claim_tasks(self, worker_id: str, max_tasks: int, wait_seconds: float) -> list[ClaimedTask]:
-        raise self._not_here()
-
-    async def complete_task(self, task_id: str, completion: Completion) -> TaskPublic:
+    async def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion]) -> list[CompletionAnswer]:
         raise self._not_here()
 
     async def deregister_worker(self, worker_id: str) -> WorkerPublic:

@@ -1,14 +1,14 @@
-"""``/cluster/tasks``: submit, follow, list and cancel inference tasks; workers post results here."""
+"""``/cluster/tasks``: submit, follow, list and cancel inference tasks (workers report at ``/cluster/workers``)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, status
 
-from legacygpu.api.deps import Authorized, BackendDep, Credentials, SettingsDep, check_worker_token
+from legacygpu.api.deps import Authorized, BackendDep, SettingsDep
 from legacygpu.api.errors import ERROR_RESPONSES
-from legacygpu.api.schemas import INT64_MAX, Completion, TaskCreate, TaskPublic, TasksPublic
+from legacygpu.api.schemas import INT64_MAX, TaskCreate, TaskPublic, TasksPublic
 from legacygpu.core.limits import check_json
 from legacygpu.core.tasks import Phase
 from legacygpu.core.tensors import check_limits
@@ -70,12 +70,3 @@ async def get_task_result(task_id: str, backend: BackendDep) -> dict[str, Any]:
 async def cancel_task(task_id: str, backend: BackendDep) -> TaskPublic:
     """Cancel a task that has not finished."""
     return await backend.cancel_task(task_id)
-
-
-@router.post("/{task_id}/complete")
-async def complete_task(
-    task_id: str, body: Completion, backend: BackendDep, request: Request, credentials: Credentials
-) -> TaskPublic:
-    """Worker-facing, with the worker's own token: the outcome of one attempt. Idempotent; a stale attempt gets 409."""
-    check_worker_token(request, credentials, body.worker_id)
-    return await backend.complete_task(task_id, body)

@@ -1,7 +1,10 @@
-"""``/cluster/workers``: registration, heartbeats and task claims from workers; listing and draining for users.
+"""``/cluster/workers``: registration, heartbeats and outcomes from workers; listing and draining for users.
+
+Workers never ask for tasks: the coordinator pushes them to each worker's
+task endpoint (:mod:`legacygpu.api.backends.local.channel`).
 
 Registering takes the join token (or the admin token); everything a worker
-does after that (heartbeat, claim, deregister) takes the worker's own token
+does after that (heartbeat, completions, deregister) takes the worker's own token
 from the registration reply; draining or removing a worker takes the admin
 token; listing takes the API token (see :mod:`legacygpu.api.deps`).
 """
@@ -9,9 +12,9 @@ token; listing takes the API token (see :mod:`legacygpu.api.deps`).
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 
 from legacygpu.api.deps import (
     AdminAuthorized,
@@ -25,8 +28,8 @@ from legacygpu.api.deps import (
 )
 from legacygpu.api.errors import ERROR_RESPONSES
 from legacygpu.api.schemas import (
-    ClaimedTask,
-    ClaimRequest,
+    CompletionBatch,
+    CompletionsAnswered,
     Heartbeat,
     HeartbeatReply,
     WorkerPublic,
@@ -35,7 +38,6 @@ from legacygpu.api.schemas import (
     WorkersPublic,
 )
 from legacygpu.core.config import Settings
-from legacygpu.core.errors import ConflictError, NotFoundError
 from legacygpu.core.limits import check_json
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ def _check_stats(stats: dict[str, Any], settings: Settings) -> None:
 async def register_worker(
     body: WorkerRegister, backend: BackendDep, settings: SettingsDep, request: Request
 ) -> WorkerRegistered:
-    """A worker joins the cluster and gets its id and its own token (for heartbeats, claims and results)."""
+    """A worker joins the cluster and gets its id and its own token (for heartbeats, results and leaving)."""
     _check_stats(body.stats, settings)
     registered = await backend.register_worker(body)
     return registered.model_copy(update={"token": worker_token(request.app.state.worker_secret, registered.id)})
@@ -97,34 +99,25 @@ async def heartbeat(worker_id: str, body: Heartbeat, backend: BackendDep, settin
     return await backend.heartbeat(worker_id, body)
 
 
-@router.post("/{worker_id}/claim", dependencies=[WorkerAuthorized])
-async def claim_tasks(
-    worker_id: str,
-    backend: BackendDep,
-    max_tasks: Annotated[int, Query(ge=1, le=64)] = 1,
-    wait: Annotated[float, Query(ge=0, le=30, description="Long-poll up to this many seconds.")] = 0,
-    body: Annotated[ClaimRequest | None, Body()] = None,
-) -> list[ClaimedTask]:
-    """Worker-facing: report finished tasks (optional body), then take the tasks assigned to me (they become Running).
+@router.post("/{worker_id}/completions", dependencies=[WorkerAuthorized])
+async def complete_tasks(worker_id: str, body: CompletionBatch, backend: BackendDep) -> CompletionsAnswered:
+    """Worker-facing: the outcomes of tasks the coordinator pushed to me, several at once.
 
-    Sending outcomes with the next claim saves a busy worker one round trip per
-    task. Each outcome is applied as ``POST /cluster/tasks/{id}/complete`` would;
-    one that is refused (a stale attempt, a task no longer there) is logged
-    and does not stop the claim.
+    The batch is applied in one transaction. Each outcome is answered on its
+    own: an outcome of an attempt that is no longer current (the task was
+    retried elsewhere, cancelled, expired) or of a task no longer there is
+    ``refused`` and the others still apply; sending the same outcome again is
+    ``repeated`` and changes nothing, so a worker may resend a batch whose
+    answer it did not get.
     """
-    for done in body.completed if body else []:
+    for done in body.completed:
         if done.worker_id != worker_id:  # this worker's token vouches for this worker's outcomes only
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
-                f"worker {worker_id} reported an outcome as worker {done.worker_id}: only a worker's own outcomes "
-                "may ride on its claim",
+                f"worker {worker_id} reported an outcome as worker {done.worker_id}: a worker may report only "
+                "its own outcomes",
             )
-    for done in body.completed if body else []:
-        try:
-            await backend.complete_task(done.task_id, done)
-        except (ConflictError, NotFoundError) as exc:
-            log.warning("outcome of task %s from worker %s discarded: %s", done.task_id, worker_id, exc)
-    return await backend.claim_tasks(worker_id, max_tasks, wait)
+    return CompletionsAnswered(data=await backend.complete_tasks(worker_id, body.completed))
 
 
 @router.post("/{worker_id}/drain", dependencies=[AdminAuthorized])

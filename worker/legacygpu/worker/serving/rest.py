@@ -23,12 +23,13 @@ clients outside reach models through the facade, which checks the token.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from legacygpu.worker.serving.codec import HEADER_LENGTH, decode_rest_request, encode_rest_response
 from legacygpu.worker.serving.engine import ServingEngine
@@ -48,8 +49,8 @@ def _version(request: Request) -> str:
     return str(request.path_params.get("version", ""))
 
 
-def create_rest_app(engine: ServingEngine) -> Starlette:
-    """The REST endpoints over ``engine``."""
+def create_rest_app(engine: ServingEngine, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The REST endpoints over ``engine``, plus ``extra_routes`` (the local worker's task channel)."""
 
     async def live(_: Request) -> Response:
         return JSONResponse({"live": True})
@@ -133,5 +134,6 @@ def create_rest_app(engine: ServingEngine) -> Starlette:
         Route("/v2/repository/models/{model}/load", load, methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", unload, methods=["POST"]),
         Route("/metrics", metrics),
+        *extra_routes,
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found})

@@ -21,10 +21,12 @@ import asyncio
 import logging
 import socket
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 import uvicorn
+from starlette.routing import BaseRoute
 
 from legacygpu.worker.serving.engine import ServingEngine
 from legacygpu.worker.serving.grpcservice import add_inference_service
@@ -41,8 +43,11 @@ class ServingServer:
     """The Open Inference Protocol over REST and gRPC for one engine."""
 
     def __init__(self, engine: ServingEngine, *, host: str = "127.0.0.1", http_port: int = 0,
-                 grpc_port: int | None = 0, advertise_host: str | None = None) -> None:
+                 grpc_port: int | None = 0, advertise_host: str | None = None,
+                 routes: Sequence[BaseRoute] = ()) -> None:
         self.engine = engine
+        self.routes = routes
+        """More REST routes on the same port (the local worker's task channel)."""
         self.host = host
         self.http_port = http_port
         self.grpc_port = grpc_port
@@ -97,7 +102,7 @@ class ServingServer:
                 raise RuntimeError(f"cannot bind gRPC on {self.host}:{self.grpc_port}")
             await self._grpc.start()
             self.endpoints["grpc"] = f"{self.advertise_host}:{bound}"
-        config = uvicorn.Config(create_rest_app(self.engine), log_level="warning", lifespan="off",
+        config = uvicorn.Config(create_rest_app(self.engine, self.routes), log_level="warning", lifespan="off",
                                 access_log=False, timeout_keep_alive=75)
         self._uvicorn = uvicorn.Server(config)
         port = sock.getsockname()[1]

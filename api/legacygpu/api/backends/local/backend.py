@@ -5,26 +5,36 @@ All state is in the SQLite :class:`Store`; this class only reads rows as
 moves (:mod:`legacygpu.core.lifecycle`, the same ones the Kubernetes side
 uses), and writes the result back; the shared placement plan and
 scheduling strategy (:mod:`legacygpu.core.scheduling`) say where each task
-goes. Workers never receive a connection: they long-poll
-:meth:`LocalBackend.claim_tasks` and post results to
-:meth:`LocalBackend.complete_task`.
+goes.
+
+Work is pushed, not claimed: after each pass that placed tasks,
+:meth:`deliver` starts them (Scheduled → Running, the attempt counts: what a
+worker's claim used to do) and sends each worker its new tasks in one
+request over the task channel (:mod:`.channel`: the worker's serving
+port, on the facade's persistent connections). A push the worker refused
+or never received puts its tasks back in the queue with their attempt
+undone, and the worker gets no more until its next heartbeat. Workers
+report outcomes in batches (:meth:`LocalBackend.complete_tasks`), a batch
+applied in one transaction; a stale outcome in it is refused on its own.
 
 One background loop (:meth:`reconcile`, every few hundred milliseconds and
 whenever something changes that could let a queued task start: a task
-queued, a slot freed, a worker registered) does three things, in order:
+queued, a slot freed, a worker registered or reachable again) does, in order:
 
 1. workers silent for longer than the heartbeat timeout are marked ``lost``
    and their tasks go back to the queue (retried with backoff, or failed
    when no retries are left);
 2. tasks past their deadline end ``Failed`` with ``DeadlineExceeded``;
-3. runnable queued tasks are assigned to workers;
+3. runnable queued tasks are assigned to workers (Scheduled), for
+   :meth:`deliver` to start and send once the pass is committed;
 4. at most once a minute, tasks finished longer ago than
    ``task_retention_seconds`` are deleted with their results (0 keeps them).
 
 Wake-ups are coalesced: any number of changes between two passes cost one
-pass, and the pass's own writes (or a worker starting a task it already
-holds) never ask for another. The pass reads only what it can act on: the
-queue one page of free slots at a time, expired tasks through an index.
+pass, a database-thread call (a batch of outcomes) wakes the loop at most
+once, and the pass's own writes never ask for another. The pass reads
+only what it can act on: the queue one page of free slots at a time,
+expired tasks through an index.
 
 Every task write is compare-and-set on the phase (and worker and attempt
 where they matter), so a completion from an attempt that was already given
@@ -55,19 +65,21 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+from legacygpu.api.backends.local.channel import Delivery, Refused, TaskChannel, Unanswered
 from legacygpu.api.backends.local.store import PRUNE_BATCH, Store, probe, to_record
 from legacygpu.api.backends.records import percentile, task_public, utc
 from legacygpu.api.events import EventBus
 from legacygpu.api.metrics import Metrics
 from legacygpu.api.schemas import (
     ClaimedTask,
-    Completion,
+    CompletionAnswer,
     DeviceInfoPublic,
     Heartbeat,
     HeartbeatReply,
     ModelPublic,
+    TaskCompletion,
     TaskCreate,
     TaskPublic,
     WorkerPublic,
@@ -90,7 +102,16 @@ _LIVE_WORKER_STATES = ("active", "draining")
 _MAX_QUEUE_SCAN = 500
 """Queued rows one pass reads at most while looking past tasks that no worker can take now."""
 _PRUNE_INTERVAL_SECONDS = 60.0
+_PUSH_GRACE_SECONDS = 15.0
+"""Longer than a push may take (:mod:`.channel` gives up after 10 s): a task started this long ago has arrived."""
 _T = TypeVar("_T")
+
+
+def _endpoint(worker: dict[str, Any]) -> str | None:
+    """The REST serving URL a worker announced in its stats, which its tasks are pushed to."""
+    serving = worker["stats"].get("serving") if isinstance(worker["stats"], dict) else None
+    rest = serving.get("rest") if isinstance(serving, dict) else None
+    return rest.rstrip("/") if isinstance(rest, str) and rest else None
 
 
 class LocalBackend:
@@ -115,8 +136,18 @@ class LocalBackend:
         self.retry = RetryPolicy(settings.retry_base_seconds, settings.retry_cap_seconds)
         self._clock = clock
         self._rng = rng or random.Random()
-        self._wakeups: dict[str, asyncio.Event] = {}
+        self.channel: TaskChannel | None = None
+        """Where started tasks go (:meth:`connect_workers`); until then no task is placed."""
+        self._unreachable: set[str] = set()
+        """Workers whose last push failed: given nothing until their next heartbeat."""
+        self._pushes: set[asyncio.Task[None]] = set()
+        self._placed = True
+        """There may be placed tasks that :meth:`deliver` has not started: a pass placed some, a worker became
+        reachable again, or the facade (re)started (what it placed before stopping is still Scheduled)."""
         self._kick: asyncio.Event | None = None
+        self._kick_pending = False
+        self._in_db_call = False
+        self._poke_wanted = False
         self._in_pass = False
         self._next_prune = 0.0
         self._loop_task: asyncio.Task[None] | None = None
@@ -124,6 +155,11 @@ class LocalBackend:
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legacygpu-db")
 
     # lifecycle ----------------------------------------------------------------------------
+
+    def connect_workers(self, channel: TaskChannel) -> None:
+        """Hand started tasks to workers through ``channel`` (the facade's :class:`~.channel.HttpChannel`)."""
+        self.channel = channel
+        self._poke()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -143,8 +179,7 @@ class LocalBackend:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
-        for event in self._wakeups.values():
-            event.set()
+        await asyncio.gather(*self._pushes, return_exceptions=True)
         self._db_thread.shutdown(wait=False, cancel_futures=True)
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legacygpu-db")  # for a restart
 
@@ -155,15 +190,48 @@ class LocalBackend:
                 await self._db(self.reconcile)
             except Exception:  # the loop must survive anything one pass throws
                 log.exception("coordinator pass failed")
+            if self._placed:
+                self._placed = False
+                push = asyncio.create_task(self.deliver(), name="local-deliver")
+                self._pushes.add(push)
+                push.add_done_callback(self._pushes.discard)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout=0.25)
             self._kick.clear()
+
+    async def deliver(self) -> None:
+        """Start the scheduled tasks and send them, one request per worker, all workers at once."""
+        deliveries = await self._db(self.start_scheduled)
+        await asyncio.gather(*(self._push(d) for d in deliveries))
+
+    async def _push(self, delivery: Delivery) -> None:
+        assert self.channel is not None
+        try:
+            await self.channel.push(delivery)
+        except Refused as exc:
+            log.warning("%s; its %d task(s) go back to the queue", exc, len(delivery.tasks))
+            await self._db(self._undeliver, delivery, str(exc))
+        except Unanswered as exc:
+            # It may hold them: they stay Running there until it reports them or is declared lost.
+            log.warning("%s; its %d task(s) stay with it", exc, len(delivery.tasks))
 
     async def _db(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run ``fn`` (anything that touches the database) on the database thread, off the event loop."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        return await self._loop.run_in_executor(self._db_thread, functools.partial(fn, *args, **kwargs))
+        return await self._loop.run_in_executor(self._db_thread, functools.partial(self._one_call, fn, *args,
+                                                                                   **kwargs))
+
+    def _one_call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """One database-thread call; the pokes it makes (one per write of a batch) become one, at its end."""
+        self._in_db_call = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._in_db_call = False
+            if self._poke_wanted:
+                self._poke_wanted = False
+                self._poke()
 
     def _on_loop(self, fn: Callable[..., object], *args: Any) -> None:
         """Call ``fn`` on the event loop: at once when already there, else queued from the database thread."""
@@ -179,31 +247,48 @@ class LocalBackend:
                 loop.call_soon_threadsafe(fn, *args)
 
     def _poke(self) -> None:
-        """Ask for a pass soon; any number of pokes before it runs make one pass, and a pass never pokes itself."""
-        if self._kick is not None and not self._in_pass:
-            self._on_loop(self._kick.set)
+        """Ask for a pass soon; any number of pokes before it runs make one pass, and a pass never pokes itself.
 
-    def _wake(self, worker_id: str) -> None:
-        self._on_loop(self._set_wakeup, worker_id)
+        A database-thread call pokes once, when it ends, however many writes it made; and only the first
+        poke since the loop last took one crosses to the event loop. So a batch of outcomes, or submissions
+        arriving while the loop is busy, cost the loop one wake-up, not one per write.
+        """
+        if self._in_pass or self._kick is None:
+            return
+        if self._in_db_call:
+            self._poke_wanted = True
+            return
+        if not self._kick_pending:
+            self._kick_pending = True
+            self._on_loop(self._kicked)
 
-    def _set_wakeup(self, worker_id: str) -> None:
-        event = self._wakeups.get(worker_id)
-        if event is not None:
-            event.set()
+    def _kicked(self) -> None:
+        self._kick_pending = False
+        if self._kick is not None:
+            self._kick.set()
 
     # the reconcile pass -------------------------------------------------------------------
 
     def reconcile(self) -> None:
+        """One pass, in one transaction; what it places, :meth:`deliver` (run after it) starts and sends."""
         now = self._clock()
         self._in_pass = True
         try:
-            self._expire_workers(now)
-            self._forget_workers(now)
-            self._enforce_deadlines(now)
-            self._schedule(now)
-            self._prune(now)
+            with self.store.transaction():
+                self._expire_workers(now)
+                self._forget_workers(now)
+                self._enforce_deadlines(now)
+                self._placed |= self._schedule(now, self._reachable_workers())
+                self._prune(now)
         finally:
             self._in_pass = False
+
+    def _reachable_workers(self) -> list[dict[str, Any]]:
+        """Active workers the channel can reach: they announced a serving endpoint and their last push arrived."""
+        if self.channel is None:
+            return []
+        return [w for w in self.store.list_workers(["active"])
+                if _endpoint(w) is not None and w["id"] not in self._unreachable]
 
     def _expire_workers(self, now: float) -> None:
         cutoff = now - self.settings.heartbeat_timeout_seconds
@@ -234,33 +319,92 @@ class LocalBackend:
         for task in map(to_record, self.store.expired_tasks(now)):
             self._apply(task, lifecycle.expire(task, now=now))
 
-    def _schedule(self, now: float) -> None:
+    def _schedule(self, now: float, active: list[dict[str, Any]]) -> bool:
         """Place runnable queued tasks, reading the queue one page of free slots at a time.
 
         Each page holds only as many rows as there are free slots, so a long
         queue costs no more than the work that can start now; a further page
         is read only while slots remain that the previous page could not
         fill (its tasks needed a worker that has no room or does not exist).
+        Whether it placed any.
         """
-        active = self.store.list_workers(["active"])
         workers = self._worker_infos(active)
         names = {w["id"]: w["name"] for w in active}
-        offset = 0
+        offset, placed_any = 0, False
         while offset < _MAX_QUEUE_SCAN:
             free = sum(max(w.capacity - w.assigned, 0) for w in workers if w.accepting)
             if free == 0:
-                return  # nothing can be placed: do not read (more of) the queue
+                return placed_any  # nothing can be placed: do not read (more of) the queue
             page = [to_record(row) for row in self.store.runnable_tasks(now, limit=free, offset=offset)]
             placed = 0
             for task, chosen in lifecycle.plan_assignments(page, workers, self.strategy):
                 after = lifecycle.assign(task, worker_id=chosen.id, worker_name=names.get(chosen.id), now=now)
                 if self._apply(task, after):
                     placed += 1
-                    self._wake(chosen.id)
+                    placed_any = True
                     workers = [replace(w, assigned=w.assigned + 1) if w.id == chosen.id else w for w in workers]
             if len(page) < free:
-                return  # the queue is exhausted
+                return placed_any  # the queue is exhausted
             offset += len(page) - placed  # placed rows left the queue; skip only those that stayed
+        return placed_any
+
+    def start_scheduled(self) -> list[Delivery]:
+        """Start every scheduled task of a reachable worker, in one transaction; one :class:`Delivery` per worker.
+
+        This takes in tasks placed earlier too: ones whose push a restarted
+        facade never made, or whose worker was unreachable then.
+        """
+        now = self._clock()
+        by_id = {w["id"]: w for w in self._reachable_workers()}
+        started: dict[str, list[ClaimedTask]] = {}
+        with self.store.transaction():  # returned (and so sent) only once committed
+            for row in self.store.scheduled_tasks():
+                worker = by_id.get(row["worker_id"])
+                if worker is None:
+                    continue  # draining, lost or unreachable: drain, release or the next heartbeat deal with it
+                task = to_record(row)
+                after = lifecycle.start(task, worker_id=worker["id"], worker_name=worker["name"], now=now)
+                if self._apply(task, after):
+                    self.metrics.queue_duration.labels(task.model).observe(now - task.created_at)
+                    started.setdefault(worker["id"], []).append(
+                        ClaimedTask(id=task.id, model=task.model, attempt=after.attempts,
+                                    inputs=row["inputs"], parameters=row["parameters"])
+                    )
+        return [Delivery(worker_id=wid, worker_name=by_id[wid]["name"], url=str(_endpoint(by_id[wid])),
+                         tasks=tuple(tasks)) for wid, tasks in started.items()]
+
+    def _undeliver(self, delivery: Delivery, why: str, *, unreachable: bool = True) -> None:
+        """The worker did not take a push: its tasks go back to the queue as if never started (no attempt spent)."""
+        if unreachable:
+            self._unreachable.add(delivery.worker_id)
+        with self.store.transaction():
+            for sent in delivery.tasks:
+                try:
+                    task = to_record(self.store.get_task(sent.id))
+                except NotFoundError:
+                    continue
+                if task.phase != Phase.RUNNING or task.worker_id != delivery.worker_id or task.attempts != sent.attempt:
+                    continue  # moved on already (cancelled, expired, the worker lost)
+                earlier = task.history[:-1]
+                unstarted = replace(task, phase=Phase.SCHEDULED, attempts=task.attempts - 1, history=earlier,
+                                    started_at=earlier[-1].started_at if earlier else None)
+                self._apply(task, lifecycle.unassign(unstarted, reason=Reason.WORKER_LOST,
+                                                     why=f"not delivered: {why}"))
+
+    def _recover_lost_pushes(self, worker: dict[str, Any], holding: set[str]) -> None:
+        """Tasks Running on a worker that says it does not hold them, started long enough ago that their push
+        has either arrived or failed, were never delivered (the facade stopped mid-push, or the push went
+        unanswered): they go back to the queue, no attempt spent."""
+        grace = _PUSH_GRACE_SECONDS + self.settings.heartbeat_interval_seconds
+        cutoff = self._clock() - grace
+        rows, _ = self.store.list_tasks(phases=[Phase.RUNNING], worker_id=worker["id"], limit=10_000)
+        lost = [ClaimedTask(id=row["id"], model=row["model"], attempt=row["attempts"], inputs=[], parameters={})
+                for row in rows if row["id"] not in holding and (row["started_at"] or 0) < cutoff]
+        if lost:
+            log.warning("worker %s does not hold %d task(s) pushed to it over %.0fs ago", worker["name"],
+                        len(lost), grace)
+            delivery = Delivery(worker_id=worker["id"], worker_name=worker["name"], url="", tasks=tuple(lost))
+            self._undeliver(delivery, f"worker {worker['name']} never received it", unreachable=False)
 
     def _prune(self, now: float) -> None:
         """Delete tasks finished more than the retention period ago, a batch per pass, checked once a minute."""
@@ -371,8 +515,6 @@ class LocalBackend:
         task = to_record(self.store.get_task(task_id))
         if not self._apply(task, lifecycle.cancel(task, now=self._clock())):
             raise ConflictError(f"task {task_id} changed while being cancelled; try again")
-        if task.worker_id:
-            self._wake(task.worker_id)
         return self._task_public(self.store.get_task(task_id))
 
     def _task_public(self, row: dict[str, Any], *, with_result: bool = True) -> TaskPublic:
@@ -428,58 +570,48 @@ class LocalBackend:
     def _heartbeat(self, worker_id: str, beat: Heartbeat) -> HeartbeatReply:
         worker = self._live_worker(worker_id)
         self.store.update_worker(worker_id, last_heartbeat=self._clock(), stats={**beat.stats, "running": beat.running})
+        if worker_id in self._unreachable:  # it is alive: pushes may go to it again, what it was given included
+            self._unreachable.discard(worker_id)
+            self._placed = True
+            self._poke()
+        if beat.holding is not None:
+            self._recover_lost_pushes(worker, set(beat.holding))
         self._publish_worker(worker_id, "worker.heartbeat")
         interval = self.settings.heartbeat_interval_seconds
         return HeartbeatReply(state=worker["state"], heartbeat_interval_seconds=interval)
 
-    async def claim_tasks(self, worker_id: str, max_tasks: int, wait_seconds: float) -> list[ClaimedTask]:
-        deadline = time.monotonic() + wait_seconds
-        wakeup = self._wakeups.setdefault(worker_id, asyncio.Event())
-        while True:
-            wakeup.clear()
-            claimed, state = await self._db(self._claim_if_active, worker_id, max_tasks)
-            remaining = deadline - time.monotonic()
-            if claimed or remaining <= 0 or state != "active":
-                return claimed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), timeout=remaining)
+    async def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion]) -> list[CompletionAnswer]:
+        return await self._db(self._complete_tasks, worker_id, completions)
 
-    def _claim_if_active(self, worker_id: str, max_tasks: int) -> tuple[list[ClaimedTask], str]:
-        worker = self._live_worker(worker_id)
-        return (self._claim_now(worker, max_tasks) if worker["state"] == "active" else []), worker["state"]
+    def _complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion]) -> list[CompletionAnswer]:
+        """Apply a batch of one worker's outcomes in one transaction; each one is answered on its own.
 
-    def _claim_now(self, worker: dict[str, Any], max_tasks: int) -> list[ClaimedTask]:
-        now = self._clock()
-        self.store.update_worker(worker["id"], last_heartbeat=now)
-        rows, _ = self.store.list_tasks(
-            phases=[Phase.SCHEDULED], worker_id=worker["id"], limit=max_tasks, newest_first=False
-        )
-        claimed: list[ClaimedTask] = []
-        for row in rows:
-            task = to_record(row)
-            after = lifecycle.start(task, worker_id=worker["id"], worker_name=worker["name"], now=now)
-            if self._apply(task, after):
-                self.metrics.queue_duration.labels(task.model).observe(now - task.created_at)
-                claimed.append(
-                    ClaimedTask(
-                        id=task.id, model=task.model, attempt=after.attempts,
-                        inputs=row["inputs"], parameters=row["parameters"],
-                    )
-                )
-        return claimed
+        An outcome of an attempt that is no longer current, or of a task no
+        longer there, is refused and the rest still apply; a repeat of one
+        already applied is answered ``repeated`` and changes nothing. A
+        database error keeps none of the batch (the worker sends it again).
+        """
+        worker = self._worker_name(worker_id)
+        answers: list[CompletionAnswer] = []
+        with self.store.transaction():
+            for done in completions:
+                try:
+                    status = self._complete_one(done, worker)
+                except (ConflictError, NotFoundError) as exc:
+                    log.warning("outcome of task %s from worker %s refused: %s", done.task_id, worker, exc)
+                    answers.append(CompletionAnswer(task_id=done.task_id, status="refused", detail=str(exc)))
+                else:
+                    answers.append(CompletionAnswer(task_id=done.task_id, status=status))
+        return answers
 
-    async def complete_task(self, task_id: str, completion: Completion) -> TaskPublic:
-        return await self._db(self._complete_task, task_id, completion)
-
-    def _complete_task(self, task_id: str, completion: Completion) -> TaskPublic:
-        row = self.store.get_task(task_id)
-        task = to_record(row)
+    def _complete_one(self, completion: TaskCompletion, worker: str) -> Literal["applied", "repeated"]:
+        task = to_record(self.store.get_task(completion.task_id))
         if not lifecycle.check_report(task, worker_id=completion.worker_id, attempt=completion.attempt):
-            return self._task_public(row)  # the same completion again: already applied
+            return "repeated"
         if completion.compute_ms is not None:
             self.metrics.compute_duration.labels(task.model).observe(completion.compute_ms / 1000)
         if completion.error is None:
-            outcome = lifecycle.classify(None, worker=self._worker_name(completion.worker_id))
+            outcome = lifecycle.classify(None, worker=worker)
         else:
             error = completion.error
             outcome = lifecycle.Outcome(error.reason, error.message, retryable=error.retryable)
@@ -487,8 +619,9 @@ class LocalBackend:
             task, outcome, now=self._clock(), policy=self.retry, rng=self._rng,
             result=completion.result, compute_ms=completion.compute_ms,
         )
-        self._apply(task, after)
-        return self._task_public(self.store.get_task(task_id))
+        if not self._apply(task, after):
+            raise ConflictError(f"task {task.id} changed while its outcome was applied")
+        return "applied"
 
     def _worker_name(self, worker_id: str) -> str:
         try:
@@ -506,7 +639,6 @@ class LocalBackend:
         why = f"worker {worker['name']} is draining"
         for task in map(to_record, rows):
             self._apply(task, lifecycle.unassign(task, reason=Reason.WORKER_DRAINED, why=why))
-        self._wake(worker_id)
         self._publish_worker(worker_id)
         return self._get_worker(worker_id)
 

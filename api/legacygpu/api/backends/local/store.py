@@ -14,6 +14,9 @@ waits up to the busy timeout, then raises ``sqlite3.OperationalError``
 ("database is locked"), which the facade answers with 503. :func:`probe`
 reads the database's state on a connection of its own, for health checks.
 
+Several writes can be made one transaction (:meth:`Store.transaction`): a
+batch of a worker's completions lands whole or not at all.
+
 Updates to tasks are compare-and-set (:meth:`Store.update_task` with
 ``expect``): a write that raced with another change touches no row and
 returns False, which is how the coordinator refuses a stale completion.
@@ -21,11 +24,12 @@ returns False, which is how the coordinator refuses a stale completion.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +167,7 @@ class Store:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=busy_timeout)
         self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -172,6 +176,24 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make the writes inside one transaction: all of them are kept, or (on an exception) none.
+
+        Holds the store's lock throughout, so other threads' writes wait rather than join it.
+        """
+        with self._lock:
+            if self._db.in_transaction:  # nested: the outer one decides
+                yield
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
@@ -277,6 +299,10 @@ class Store:
     def runnable_tasks(self, now: float, limit: int, offset: int = 0) -> list[dict[str, Any]]:
         """Queued tasks whose backoff has passed: higher priority first, then oldest first, ``limit`` at a time."""
         return self._query(RUNNABLE_SQL, [now, limit, offset])
+
+    def scheduled_tasks(self) -> list[dict[str, Any]]:
+        """Tasks placed on a worker and not yet handed to it, oldest first (uses ``tasks_phase``)."""
+        return self._query("SELECT * FROM tasks WHERE phase = 'Scheduled' ORDER BY priority DESC, seq")
 
     def assigned_counts(self) -> dict[str, int]:
         with self._lock:

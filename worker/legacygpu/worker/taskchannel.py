@@ -1,0 +1,144 @@
+"""The worker's end of the task channel: the facade pushes tasks here; the worker's task loop takes them.
+
+In local mode the coordinator does not wait for a worker to ask for work:
+after each scheduling pass it POSTs the tasks it started for this worker,
+several at once, to ``POST /internal/tasks`` on the worker's REST serving
+port (the same port, and on the facade's side the same pool of persistent
+connections, as the ``/v2`` requests it forwards)::
+
+    {"worker_id": "w-1a2b3c4d", "tasks": [{"id", "model", "attempt", "inputs", "parameters"}, ...]}
+
+The request must carry the worker's own token (``Authorization: Bearer``),
+the one the facade issued at registration: the route is on a port without
+authentication otherwise, and nobody but the facade may hand this worker
+work. Answers:
+
+* 202 ``{"accepted": n}``: the tasks are queued in the :class:`Inbox`;
+* 401 for a missing or wrong token, 409 for another worker id (the push
+  was meant for an earlier registration of this process);
+* 503 while the worker is not registered yet, or is draining or stopping:
+  it takes nothing new (the facade puts the tasks back in the queue);
+* 400 for a body that is not that shape.
+
+The handler only queues, never runs anything, so it answers at once. The
+:class:`Inbox` also knows every task the worker still holds (queued,
+running, or finished and not yet acknowledged by the facade), which the
+worker's heartbeat reports, so that a push the facade started but never
+finished (it stopped mid-push) is noticed and undone.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import queue
+import threading
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+__all__ = ["TASKS_PATH", "Inbox", "task_routes"]
+
+TASKS_PATH = "/internal/tasks"
+_TASK_FIELDS = {"id": str, "model": str, "attempt": int, "inputs": list, "parameters": dict}
+
+
+class Inbox:
+    """Tasks pushed to this worker and not yet run; safe to use from the serving loop and the task loop."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._held: set[str] = set()
+        self._worker_id: str | None = None
+        self._token: str | None = None
+        self._accepting = False
+
+    def open(self, worker_id: str, token: str) -> None:
+        """Take pushes for this registration; anything held for an earlier one is dropped (it was released)."""
+        with self._lock:
+            self._worker_id, self._token, self._accepting = worker_id, token, True
+            self._held.clear()
+            while not self._queue.empty():
+                self._queue.get_nowait()
+
+    def close(self) -> None:
+        """Take nothing new (draining, stopping); what is queued stays to be run."""
+        with self._lock:
+            self._accepting = False
+
+    def check(self, worker_id: str, authorization: str) -> tuple[int, str]:
+        """Whether a push for ``worker_id`` with this ``Authorization`` header is taken: ``(0, "")`` or an error."""
+        with self._lock:
+            token, own, accepting = self._token, self._worker_id, self._accepting
+        if token is None or own is None:
+            return 503, "this worker is not registered yet"
+        if not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+            return 401, "pushes need this worker's own token"
+        if worker_id != own:
+            return 409, f"this worker is {own}, not {worker_id}"
+        if not accepting:
+            return 503, "this worker is draining or stopping: it takes no new tasks"
+        return 0, ""
+
+    def put(self, tasks: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._held.update(t["id"] for t in tasks)
+        for task in tasks:
+            self._queue.put(task)
+
+    def get(self, timeout: float) -> dict[str, Any] | None:
+        """The next task to run, waiting up to ``timeout`` seconds; None when there is none."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+    def done(self, task_ids: list[str]) -> None:
+        """The facade has these tasks' outcomes (or refused them): no longer held."""
+        with self._lock:
+            self._held.difference_update(task_ids)
+
+    def held(self) -> list[str]:
+        with self._lock:
+            return sorted(self._held)
+
+
+def _parse(body: bytes) -> tuple[str, list[dict[str, Any]]]:
+    try:
+        push = json.loads(body)
+    except ValueError as exc:
+        raise ValueError(f"the body is not JSON: {exc}") from exc
+    if not isinstance(push, dict) or not isinstance(push.get("worker_id"), str) or not isinstance(
+        push.get("tasks"), list
+    ):
+        raise ValueError('the body must be {"worker_id": str, "tasks": [...]}')
+    for i, task in enumerate(push["tasks"]):
+        if not isinstance(task, dict):
+            raise ValueError(f"tasks[{i}] is not an object")
+        for name, kind in _TASK_FIELDS.items():
+            if not isinstance(task.get(name), kind):
+                raise ValueError(f"tasks[{i}].{name} must be a {kind.__name__}")
+    return push["worker_id"], push["tasks"]
+
+
+def task_routes(inbox: Inbox) -> list[Route]:
+    """The task channel's route, to add to the worker's REST serving app."""
+
+    async def push(request: Request) -> Response:
+        try:
+            worker_id, tasks = _parse(await request.body())
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        code, why = inbox.check(worker_id, request.headers.get("authorization", ""))
+        if code:
+            return JSONResponse({"error": why}, status_code=code)
+        inbox.put(tasks)
+        return JSONResponse({"accepted": len(tasks)}, status_code=202)
+
+    return [Route(TASKS_PATH, push, methods=["POST"])]
