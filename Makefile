@@ -45,8 +45,8 @@ lint: setup ## ruff and mypy (strict for legacygpu.core; the allowance is in pyp
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-bench-local: setup ## throughput and latency of the local cluster against direct onnxruntime
-	$(LEGACYGPU) bench local
+bench-local: setup ## the local cluster against direct onnxruntime, committed to docs/benchmarks/local/
+	$(LEGACYGPU) bench local --out-dir docs/benchmarks/local $(BENCH_LOCAL_ARGS)
 
 clean: ## remove the venv, caches and local data
 	rm -rf $(VENV) .cache .data .pytest_cache

@@ -30,8 +30,8 @@ from typing import Any
 import click
 
 __all__ = [
-    "BLOCK", "RENDERERS", "blocks", "command", "markdown_files", "render", "render_file", "render_operator",
-    "render_serve",
+    "BLOCK", "RENDERERS", "blocks", "command", "markdown_files", "render", "render_file", "render_local",
+    "render_operator", "render_serve",
 ]  # fmt: skip
 
 BLOCK = re.compile(
@@ -209,7 +209,42 @@ def render_operator(record: dict[str, Any], make: str) -> str:
     return "\n".join(lines)
 
 
+def render_local(record: dict[str, Any], make: str) -> str:
+    """``bench local``: the local cluster's task path against onnxruntime called directly, with issue 10's targets."""
+    cluster, direct, over, cfg = record["cluster"], record["direct"], record["overhead"], record["config"]
+    host = record["host"]
+    ratio, extra = over["throughput_ratio_direct_over_cluster"], over["unloaded_latency_p50_minus_direct_p50_ms"]
+    rows = [
+        ("tasks (succeeded, failed, retried)",
+         f"{cfg['tasks']:,} ({cluster['succeeded']:,}, {cluster['failed']}, {cluster['retried']})"),
+        ("workers, submitting clients", f"{cfg['workers']}, {cfg['concurrency']}"),
+        ("cluster throughput, first submit to last completion", f"{cluster['throughput_per_second']:.3g} tasks/s"),
+        ("onnxruntime direct, same inputs and processing, same run", f"{direct['throughput_per_second']:.3g} tasks/s"),
+        ("submit → done p50 / p99 under load",
+         f"{_ms(cluster['latency_ms']['p50'])} / {_ms(cluster['latency_ms']['p99'])} ms"),
+        (f"one task at a time ({cluster['unloaded_latency_ms']['n']} tasks): p50 / p99",
+         f"{_ms(cluster['unloaded_latency_ms']['p50'])} / {_ms(cluster['unloaded_latency_ms']['p99'])} ms "
+         f"(direct p50 {_ms(direct['per_task_ms']['p50'])} ms)"),
+        ("answers equal to the direct call's", f"{record['agreement']:.1%}"),
+        ("issue 10 target: direct / cluster throughput ≤ 3",
+         f"{ratio:.3g}x: {'**met**' if ratio <= 3 else 'not met'}"),
+        ("issue 10 target: one-at-a-time p50 minus direct p50 ≤ 2 ms",
+         f"{_ms(extra)} ms: {'**met**' if extra <= 2 else 'not met'}"),
+    ]  # fmt: skip
+    lines = [
+        f"Made by `make {make}` ({cfg['model']}, onnxruntime {host['onnxruntime']}); started {record['started']}; "
+        f"load average (1 min) {host['load_before'][0]:.1f} before, {host['load_after'][0]:.1f} after, "
+        f"on {host['cpu_count']} CPUs.",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in rows),
+    ]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any], str], str]] = {
+    "bench-local.json": render_local,
     "gemm.json": render_gemm,
     "bench-model.json": render_model,
     "serve.json": render_serve,

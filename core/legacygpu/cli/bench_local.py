@@ -424,7 +424,7 @@ def command(tasks: int, workers: int, concurrency: int, out_dir: Path, models_fr
         "direct_per_task_ms": [round(v, 4) for v in direct["per_task_ms"]],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"bench-local-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    stem = out_dir / "bench-local"  # one name, as the other benchmarks: a rerun replaces the committed run
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
     _plot(stem.with_suffix(".png"), run, direct, report)
     click.echo(_table(report))
