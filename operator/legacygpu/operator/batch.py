@@ -162,9 +162,10 @@ async def _split(
     await asyncio.gather(*(_create(rt, manifest) for manifest in manifests))
     if only is None:
         shards = len(chunks(range(total), size))
-        status = running_status(total=total, shards=shards, prefix=prefix, now=now,
-                                previous=body.get("status") or {})
-        await write_task(rt, task, cast(TaskStatus, status), event=("Normal", Reason.STARTED.value, status["message"]))
+        running = running_status(total=total, shards=shards, prefix=prefix, now=now,
+                                 previous=body.get("status") or {})
+        event = ("Normal", Reason.STARTED.value, running["message"])
+        await write_task(rt, task, cast(TaskStatus, running), event=event)
     return None
 
 

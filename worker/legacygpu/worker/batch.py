@@ -150,10 +150,14 @@ def _url_loaders(source: str, keys: list[str], input_name: str) -> list[tuple[st
     return [(key, loader(key)) for key in keys]
 
 
+def _inline(tensors: list[dict[str, Any]]) -> Loader:
+    return lambda: list(tensors)
+
+
 def _loaders(host: ShardHost, batch: Mapping[str, Any]) -> list[tuple[str, Loader]]:
     input_name = str(batch.get("inputName") or "input")
     if batch.get("inputs"):
-        return [(str(item["key"]), (lambda tensors=item["inputs"]: list(tensors))) for item in batch["inputs"]]
+        return [(str(item["key"]), _inline(item["inputs"])) for item in batch["inputs"]]
     keys = list((batch.get("shard") or {}).get("keys") or ())
     source = str(batch.get("source") or "")
     if source.startswith("configmap://"):
