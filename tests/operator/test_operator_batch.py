@@ -9,8 +9,13 @@ same on the real control plane).
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
+import http.server
 import json
+import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +28,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "digits"
 
 
 def digits_configmap(name: str, copies: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """A ConfigMap of ``copies`` × the ten example PNGs in binaryData, and each key's digit."""
+    """A ConfigMap of ``copies`` copies of the ten example PNGs in binaryData, and each key's digit."""
     binary, labels = {}, {}
     for copy in range(copies):
         for path in sorted(EXAMPLES.glob("digit-*.png")):
@@ -163,3 +168,70 @@ async def test_a_split_cut_short_by_an_operator_crash_is_finished_by_the_next_op
     shards = await _shards(dep, "job")
     assert [s["metadata"]["name"] for s in shards] == [f"job-s{i:05d}" for i in range(4)]
     assert all(s["status"]["attempts"] == 1 for s in shards)
+
+
+@contextlib.contextmanager
+def _serving(folder: Path) -> Iterator[str]:
+    """A loopback HTTP server for ``folder`` (the worker and the operator fetch from it)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *_: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_url_list_of_images_and_npy_files_is_read_by_the_workers(dep: Deployment, tmp_path: Path) -> None:
+    import numpy as np
+
+    pngs = sorted(EXAMPLES.glob("digit-*.png"))
+    for path in pngs:
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    np.save(tmp_path / "flat.npy", np.zeros((1, 64), dtype=np.float32))
+    with _serving(tmp_path) as base:
+        listing = [f"{base}/{p.name}" for p in pngs] + [{"key": "zeros.npy", "url": f"{base}/flat.npy"},
+                                                         f"{base}/missing.png"]
+        (tmp_path / "list.json").write_text(json.dumps(listing))
+        await dep.start_operator()
+        await dep.create(cluster_manifest("c", replicas=2))
+        await dep.create(batch_manifest("job", "c", source=f"{base}/list.json", shardSize=4))
+        body = await eventually(lambda: _finished(dep, "job"), timeout=60, what="batch finished")
+    status = body["status"]
+    assert phase(body) == "Succeeded", status
+    assert status["progress"] == {"total": 12, "completed": 11, "failed": 1, "shards": 3, "shardsFinished": 3,
+                                  "summary": "11/12 (1 failed)"}
+    assert [(f["key"], f["reason"]) for f in status["failures"]] == [("00011-missing.png", "InvalidInput")]
+    assert "404" in status["failures"][0]["message"]
+    results = await _results(dep, body)
+    for index, path in enumerate(pngs):
+        assert results[f"{index:05d}-{path.name}"]["top_k"][0]["label"] == path.stem.split("-")[1]
+    assert results["zeros.npy"]["top_k"]  # the .npy became an FP32 [1, 64] tensor the model took
+
+
+async def test_cancelling_a_batch_cancels_its_unfinished_shards(dep: Deployment) -> None:
+    configmap, _ = digits_configmap("digits-in", copies=1)
+    await dep.api.create("", "v1", "configmaps", NS, configmap)
+    dep.gate.clear()
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1, tasksPerWorker=1))
+    await dep.create(batch_manifest("job", "c", source="configmap://digits-in", shardSize=2))
+
+    async def split() -> list[dict[str, Any]] | None:
+        shards = await _shards(dep, "job")
+        return shards if len(shards) == 5 and any(phase(s) == "Running" for s in shards) else None
+
+    await eventually(split, what="the batch split, one shard running")
+    await dep.patch_spec(TASK_PLURAL, "job", {"cancel": True})
+    body = await eventually(lambda: _finished(dep, "job"), what="batch cancelled")
+    dep.gate.set()
+    assert (phase(body), body["status"]["reason"]) == ("Cancelled", "Cancelled"), body["status"]
+
+    async def all_cancelled() -> list[str] | None:
+        phases = [phase(s) for s in await _shards(dep, "job")]
+        return phases if set(phases) == {"Cancelled"} else None
+
+    await eventually(all_cancelled, what="every shard cancelled")
