@@ -128,3 +128,22 @@ def test_input_files_decode_by_extension() -> None:
         decode_file("notes.txt", b"hello", "input")
     with pytest.raises(ValidationError, match="npy"):
         decode_file("bad.npy", b"nope", "input")
+
+
+def test_the_crd_shows_progress_and_validates_the_batch_spec() -> None:
+    from crd_validation import validate
+
+    from legacygpu.operator.schema_task import task_crd
+
+    columns = {c["name"]: c for c in task_crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns["Progress"]["jsonPath"] == ".status.progress.summary"
+    assert columns["Failed"]["jsonPath"] == ".status.progress.failed"
+    base = {"apiVersion": "legacygpu.io/v1alpha1", "kind": "InferenceTask", "metadata": {"name": "b"},
+            "spec": {"clusterRef": "c", "model": "digits", "batch": {"source": "configmap://in"}}}
+    assert validate(base) == []
+    both = {**base, "spec": {**base["spec"], "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}}
+    assert any("exactly one of spec.inputs, spec.inputsUri and spec.batch" in p for p in validate(both))
+    neither = {**base, "spec": {**base["spec"], "batch": {"shardSize": 5}}}
+    assert any("exactly one of spec.batch.inputs and spec.batch.source" in p for p in validate(neither))
+    bad_source = {**base, "spec": {**base["spec"], "batch": {"source": "pvc://claim/dir"}}}
+    assert validate(bad_source)
