@@ -235,3 +235,26 @@ async def test_cancelling_a_batch_cancels_its_unfinished_shards(dep: Deployment)
         return phases if set(phases) == {"Cancelled"} else None
 
     await eventually(all_cancelled, what="every shard cancelled")
+
+
+async def test_a_new_operator_carries_on_a_running_batch_from_what_is_in_the_api(dep: Deployment) -> None:
+    """The batch's state is its status and its shard tasks: an operator stopped mid-run loses nothing."""
+    configmap, labels = digits_configmap("digits-in", copies=2)
+    await dep.api.create("", "v1", "configmaps", NS, configmap)
+    dep.gate.clear()
+    first = await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=2, tasksPerWorker=1))
+    await dep.create(batch_manifest("job", "c", source="configmap://digits-in", shardSize=4))
+
+    async def started() -> bool:
+        shards = await _shards(dep, "job")
+        return len(shards) == 5 and sum(phase(s) == "Running" for s in shards) == 2
+
+    await eventually(started, timeout=60, what="two shards running")
+    await first.close()
+    dep.gate.set()  # the two running shards finish with no operator; the three waiting ones need one
+    await dep.start_operator()
+    body = await eventually(lambda: _finished(dep, "job"), timeout=60, what="batch finished")
+    assert phase(body) == "Succeeded" and body["status"]["progress"]["completed"] == 20, body["status"]
+    assert {k: r["top_k"][0]["label"] for k, r in (await _results(dep, body)).items()} == labels
+    assert all(s["status"]["attempts"] == 1 for s in await _shards(dep, "job"))
