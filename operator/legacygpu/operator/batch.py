@@ -44,7 +44,7 @@ from legacygpu.operator.batchplan import (
     tally,
 )
 from legacygpu.operator.runtime import OperatorRuntime
-from legacygpu.operator.taskstate import TaskView
+from legacygpu.operator.taskstate import TaskView, task_view
 
 __all__ = ["MISSING_GRACE_SECONDS", "reconcile_batches"]
 
@@ -119,8 +119,21 @@ async def _reconcile_batch(
             wake = due
     update = progress_status(facts, counted)
     if update is not None:
-        await write_task(rt, task, cast(TaskStatus, update))
+        await _write_progress(rt, task, update)
     return wake
+
+
+async def _write_progress(rt: OperatorRuntime, task: TaskView, update: dict[str, Any]) -> None:
+    """A progress-only write: guarded like a move, but no phase transition to count."""
+    try:
+        body = await rt.api.patch_task_status(task.namespace, task.name, update,
+                                              resource_version=task.resource_version or None)
+    except ApiConflictError:
+        rt.poke((task.namespace, task.cluster))
+        return
+    except ApiNotFoundError:
+        return
+    rt.wrote_task(task, task_view(body))
 
 
 async def _split(
