@@ -258,3 +258,19 @@ async def test_a_new_operator_carries_on_a_running_batch_from_what_is_in_the_api
     assert phase(body) == "Succeeded" and body["status"]["progress"]["completed"] == 20, body["status"]
     assert {k: r["top_k"][0]["label"] for k, r in (await _results(dep, body)).items()} == labels
     assert all(s["status"]["attempts"] == 1 for s in await _shards(dep, "job"))
+
+
+async def test_a_source_that_never_answers_ends_the_batch_at_its_deadline(dep: Deployment) -> None:
+    import socket
+
+    with socket.socket() as unused:  # a loopback port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1))
+    manifest = batch_manifest("job", "c", source=f"http://127.0.0.1:{port}/list.json")
+    manifest["spec"]["timeoutSeconds"] = 3
+    await dep.create(manifest)
+    body = await eventually(lambda: _finished(dep, "job"), timeout=30, what="batch expired")
+    assert (phase(body), body["status"]["reason"]) == ("Failed", "DeadlineExceeded"), body["status"]
+    assert await _shards(dep, "job") == []

@@ -30,6 +30,8 @@ from legacygpu.core.kube.contract import (
     VERSION,
     TaskStatus,
     cancelled_status,
+    deadline_time,
+    expired_status,
     parse_time,
     terminal_status,
 )
@@ -95,6 +97,11 @@ async def _reconcile_batch(
     if facts.shards is None:  # not split yet
         if task.cancel:
             await write_task(rt, task, cancelled_status(task.status, created=task.created, now=now))
+            return None
+        deadline = deadline_time(task.created, task.timeout_seconds)
+        if deadline is not None and now >= deadline:  # e.g. its source URL never answered
+            expired = expired_status(task.status, created=task.created, timeout_seconds=task.timeout_seconds, now=now)
+            await write_task(rt, task, expired, event=("Warning", expired["reason"], expired["message"]))
             return None
         return await _split(rt, task, now)
     counted = tally(facts.shards, shards)
