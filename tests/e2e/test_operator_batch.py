@@ -124,14 +124,19 @@ def test_a_configmap_of_pngs_runs_as_one_batch_task_sharded_across_workers(
     task_writes = sum(c for (r, _, _), c in delta.items() if r == "inferencetasks")
     result_writes = sum(c for (r, _, _), c in delta.items() if r == "configmaps")
     events = [e for e in kube.core.list_namespaced_event(namespace).items if e.involved_object.kind == "InferenceTask"]
+    attempts = sum(s["status"]["attempts"] for s in shards)
     per_input = (task_writes + result_writes + len(events)) / 200
-    sys.stdout.write(f"batch of 200 in 20 shards: {task_writes} task writes (creates included), {result_writes} "
-                     f"ConfigMap writes, {len(events)} Events: {per_input:.3f} API writes per input\n")
-    # per shard: its create, Scheduled, Running, Succeeded, its result ConfigMap; the job: its create,
-    # the split, at most one progress write per shard, the end; one Event (Started)
-    assert task_writes <= 20 * 4 + 1 + 1 + 20 + 1, delta
-    assert result_writes <= 20, delta
-    assert per_input <= (6 * 20 + 4) / 200, per_input  # the bound the guide states
+    sys.stdout.write(f"batch of 200 in 20 shards ({attempts} attempts): {task_writes} task writes (creates "
+                     f"included), {result_writes} ConfigMap writes, Events {Counter(e.reason for e in events)}: "
+                     f"{per_input:.3f} API writes per input\n")
+    # a shard: its create, per attempt its Scheduled, Running and report; per retry (each posts an Event:
+    # a loaded machine can make a pod miss its readiness probe) the give-back and one more Scheduled;
+    # the job: its create, the split, at most one progress write per shard, its end, one Started Event
+    retries = len(events) - 1
+    assert task_writes <= 20 + 3 * attempts + 2 * retries + 1 + 1 + 20 + 1, (attempts, retries, delta)
+    assert result_writes <= attempts, delta
+    if attempts == 20 and retries == 0:  # every shard ran once: the bound the guide states
+        assert per_input <= (6 * 20 + 4) / 200, per_input
 
 
 def test_a_worker_pod_deleted_mid_batch_loses_no_input_and_stores_none_twice(
