@@ -73,6 +73,8 @@ class Reason(enum.StrEnum):
     RESULT_TOO_LARGE = "ResultTooLarge"
     """The model ran, but its result is larger than the store for results can hold (Kubernetes: a ConfigMap)."""
     CANCELLED = "Cancelled"
+    INPUTS_FAILED = "InputsFailed"
+    """A batch task: more of its inputs failed than ``spec.batch.maxFailedInputs`` allows."""
 
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})

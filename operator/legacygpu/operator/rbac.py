@@ -5,7 +5,8 @@ e2e tests should take their rules from :data:`OPERATOR_RULES` and
 :data:`WORKER_RULES` rather than retype them. Least privilege:
 
 * the **operator** (ClusterRole): read and patch both kinds and their status,
-  delete finished tasks (TTL), the ``finalizers`` subresource of clusters (its
+  delete finished tasks (TTL), create a batch task's shard tasks and read its
+  source ConfigMap, the ``finalizers`` subresource of clusters (its
   pods carry ``blockOwnerDeletion`` owner references), create and delete the
   worker Pods and the headless Services, post Events; kopf lists CRDs and
   namespaces to discover what it serves; it creates SubjectAccessReviews
@@ -30,10 +31,11 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": [CLUSTER_PLURAL], "verbs": ["get", "list", "watch", "patch", "update"]},
     {"apiGroups": [GROUP], "resources": [f"{CLUSTER_PLURAL}/status"], "verbs": ["get", "patch", "update"]},
     {"apiGroups": [GROUP], "resources": [f"{CLUSTER_PLURAL}/finalizers"], "verbs": ["update"]},
-    {"apiGroups": [GROUP], "resources": [TASK_PLURAL], "verbs": ["get", "list", "watch", "patch", "delete"]},
+    {"apiGroups": [GROUP], "resources": [TASK_PLURAL], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [GROUP], "resources": [f"{TASK_PLURAL}/status"], "verbs": ["get", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],

@@ -56,6 +56,7 @@ from legacygpu.core.scheduling import STRATEGIES
 from legacygpu.core.tasks import ASSIGNED_PHASES, Phase
 from legacygpu.operator import events
 from legacygpu.operator.autoscaling import ScaleReason, autoscale, autoscaling_spec, requests_in_flight
+from legacygpu.operator.batch import reconcile_batches
 from legacygpu.operator.clusterstate import PodView, cluster_status, desired_workers, plan_scale, worker_infos
 from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Desired, conditions_changed, find
 from legacygpu.operator.events import EventReason
@@ -360,7 +361,7 @@ async def reconcile_cluster(
     indexed_pods = list(pods)
     pod_list = rt.pods_seen(key, indexed_pods, placeholder)
     indexed_tasks = list(tasks)
-    task_list = rt.tasks_seen(indexed_tasks)
+    task_list, batch_wakes = await reconcile_batches(rt, rt.tasks_seen(indexed_tasks), now)
     problem = cluster_problem(spec)
     extra = []
     previous = rt.cluster_status.get(key) or dict(body.get("status") or {})
@@ -383,7 +384,7 @@ async def reconcile_cluster(
                 extra.append(Desired(ClusterCondition.DEGRADED, True, ConditionReason.WORKER_FORBIDDEN, forbidden))
     else:
         extra.append(Desired(ClusterCondition.READY, False, ConditionReason.INVALID_SPEC, problem))
-    wakes = await _tasks(
+    wakes = batch_wakes + await _tasks(
         rt, body, task_list, pod_list, schedule=problem is None and not spec.get("suspend"), now=now
     )
     final = rt.tasks_seen(indexed_tasks)

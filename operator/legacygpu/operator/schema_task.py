@@ -28,6 +28,7 @@ from legacygpu.operator.schema import (
     string,
     timestamp,
 )
+from legacygpu.operator.schema_batch import batch_spec_schema, batch_status_fields
 
 __all__ = ["MODEL_NAME_PATTERN", "task_crd", "task_spec_schema", "task_status_schema"]
 
@@ -79,7 +80,7 @@ def task_spec_schema() -> Schema:
                 max_length=63,
             ),
             "inputs": array(
-                "Inline input tensors. Exactly one of inputs and inputsUri is set.",
+                "Inline input tensors. Exactly one of inputs, inputsUri and batch is set.",
                 _tensor(),
                 min_items=1,
                 max_items=64,
@@ -92,6 +93,7 @@ def task_spec_schema() -> Schema:
                 pattern=INPUTS_URI_PATTERN,
                 max_length=2048,
             ),
+            "batch": batch_spec_schema(_tensor()),
             "parameters": preserved("Free-form parameters passed to the model's pre- and post-processing."),
             "priority": integer(
                 "Scheduling priority; higher runs first, ties go to the older task.",
@@ -149,8 +151,8 @@ def task_spec_schema() -> Schema:
         required=["clusterRef", "model"],
         rules=[
             cel(
-                "has(self.inputs) != has(self.inputsUri)",
-                "exactly one of spec.inputs and spec.inputsUri must be set",
+                "(has(self.inputs) ? 1 : 0) + (has(self.inputsUri) ? 1 : 0) + (has(self.batch) ? 1 : 0) == 1",
+                "exactly one of spec.inputs, spec.inputsUri and spec.batch must be set",
                 reason="FieldValueRequired",
             ),
             cel(
@@ -218,6 +220,7 @@ def task_status_schema() -> Schema:
                 "at resultRef."
             ),
             "resultRef": string("configmap://<name>/<key> holding the full result when it is too large inline."),
+            **batch_status_fields(),
             "conditions": conditions_schema("Latest observations of the task's state."),
             "observedGeneration": integer("The .metadata.generation last acted on.", minimum=0, fmt="int64"),
         },
@@ -240,6 +243,9 @@ def task_crd() -> Schema:
             printer_column("Phase", ".status.phase", "string", "Where the task is in its life."),
             printer_column("Worker", ".status.workerRef.pod", "string", "Worker pod of the current attempt."),
             printer_column("Attempts", ".status.attempts", "integer", "Attempts so far."),
+            printer_column("Progress", ".status.progress.summary", "string", "Batch tasks: inputs done/total."),
+            printer_column("Failed", ".status.progress.failed", "integer", "Batch tasks: inputs failed.",
+                           priority=1),
             printer_column("Reason", ".status.reason", "string", "Why it is in its phase.", priority=1),
             printer_column("Age", ".metadata.creationTimestamp", "date", "Time since creation."),
         ],

@@ -49,6 +49,7 @@ from legacygpu.core.kube.contract import (
 from legacygpu.core.scheduling import Requirements, Strategy, WorkerInfo
 from legacygpu.core.tasks import ASSIGNED_PHASES, TERMINAL_PHASES, Phase, Reason, RetryPolicy
 from legacygpu.core.tensors import Tensor, check_consistent
+from legacygpu.operator.batchplan import BatchFacts, batch_facts
 from legacygpu.operator.clusterstate import PodView
 
 __all__ = ["Action", "TaskView", "decide", "plan_assignments", "task_view", "validate_inputs"]
@@ -81,6 +82,8 @@ class TaskView:
     history: tuple[AttemptStatus, ...] = ()
     problem: str | None = None
     """Why the inputs are invalid (checked only while Pending)."""
+    batch: BatchFacts | None = None
+    """A batch task's or a shard's facts (:mod:`legacygpu.operator.batchplan`); None for others."""
 
     @property
     def terminal(self) -> bool:
@@ -157,6 +160,7 @@ def task_view(body: Mapping[str, Any]) -> TaskView:
         completion_time=status.get("completionTime"),
         history=tuple(status.get("history") or ()),
         problem=validate_inputs(spec) if phase == Phase.PENDING else None,
+        batch=batch_facts(spec, status),
     )
 
 

@@ -11,7 +11,8 @@ the operator assigns a task in that one status write), and for each
    server refuses the write (409) if the task moved on (the operator took it
    back, a user cancelled it), so two workers never run one attempt;
 2. **run** it with the lead's :class:`~legacygpu.worker.runner.TaskRunner`
-   (inline inputs, or ``inputsUri``: a ConfigMap key or an http(s) URL);
+   (inline inputs, or ``inputsUri``: a ConfigMap key or an http(s) URL; a
+   batch task's shard runs each of its inputs, :mod:`legacygpu.worker.batch`);
 3. **report**: read the task again and write the terminal phase, timings
    and result only if the attempt is still the current one (same
    ``attempts``, still ``Running`` on this pod), again guarded by the
@@ -71,6 +72,7 @@ from legacygpu.core.kube.errors import ApiError, ApiUnavailableError, from_api_e
 from legacygpu.core.lifecycle import Outcome, classify
 from legacygpu.core.scheduling import WorkerStats as SharedWorkerStats
 from legacygpu.core.tasks import Phase, Reason, RetryPolicy
+from legacygpu.worker.batch import is_shard, run_shard
 
 __all__ = ["KubeWorker", "run_kube_worker"]
 
@@ -453,8 +455,11 @@ class KubeWorker:
         ref: str | None = None
         error: Exception | None = None
         try:
-            output = self.runner.run(spec.get("model", ""), self.inputs(claimed), spec.get("parameters"))
-            result, ref = self._store_result(claimed, output)
+            if is_shard(spec):  # a batch task's shard: its results go to its own ConfigMap
+                result = run_shard(self, claimed)
+            else:
+                output = self.runner.run(spec.get("model", ""), self.inputs(claimed), spec.get("parameters"))
+                result, ref = self._store_result(claimed, output)
         except Exception as exc:  # classified below: the model's and the input's faults end the task
             error = exc
         outcome = classify(error, worker=self.pod)

@@ -1,0 +1,109 @@
+"""What the operator and the workers agree on about batch tasks (``spec.batch``).
+
+A batch task's inputs are *keyed*: the key names the input's result entry
+(``<key>.json`` in the shard's result ConfigMap), so a shard run twice (its
+worker died, the shard was retried elsewhere) writes the same entries again
+instead of new ones. The operator lists the keys when it splits the batch;
+each shard task carries its own keys (``spec.batch.shard.keys``) or its
+slice of the inline inputs, and the worker resolves them to files. Both
+sides derive keys, names and the result layout from the functions here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from legacygpu.core.errors import ValidationError
+
+__all__ = [
+    "CHILD_TTL_SECONDS",
+    "LABEL_BATCH",
+    "MAX_FAILURES_LISTED",
+    "check_unique_keys",
+    "chunks",
+    "configmap_keys",
+    "output_prefix",
+    "result_configmap",
+    "result_key",
+    "shard_name",
+    "url_listing",
+]
+
+LABEL_BATCH = "legacygpu.io/batch"
+"""On shard tasks: the batch task they belong to (when its name fits a label value)."""
+
+CHILD_TTL_SECONDS = 31_536_000
+"""Shard tasks outlive any finished-task TTL: they go with their batch task (owner reference)."""
+
+MAX_FAILURES_LISTED = 100
+"""Failed inputs listed in a batch task's status (all of them are in the output)."""
+
+_KEY_CHARS = re.compile(r"[^-._a-zA-Z0-9]+")
+
+
+def shard_name(parent: str, index: int) -> str:
+    """The shard task's name: the batch task's, then the shard number."""
+    return f"{parent[:240]}-s{index:05d}"
+
+
+def output_prefix(task: str, output: str | None) -> str:
+    """The result ConfigMaps' name prefix: ``spec.batch.output``'s, or ``results-<task>``."""
+    if output:
+        if not output.startswith("configmap://"):
+            raise ValidationError(f"spec.batch.output: unsupported {output!r} (use configmap://<prefix>)")
+        return output[len("configmap://"):]
+    return f"results-{task}"[:240]
+
+
+def result_configmap(prefix: str, index: int) -> str:
+    """Shard ``index``'s result ConfigMap."""
+    return f"{prefix[:240]}-{index}"
+
+
+def result_key(key: str) -> str:
+    """The result ConfigMap entry of input ``key``."""
+    return f"{key}.json"
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """``items`` in consecutive pieces of ``size`` (the last one shorter)."""
+    return [items[start:start + size] for start in range(0, len(items), max(1, size))]
+
+
+def configmap_keys(configmap: Mapping[str, Any]) -> list[str]:
+    """Every input key of a source ConfigMap (text and binary entries), sorted."""
+    return sorted({*(configmap.get("data") or {}), *(configmap.get("binaryData") or {})})
+
+
+def url_listing(listing: Any) -> list[tuple[str, str]]:
+    """(key, url) pairs from a source URL's JSON: a list of URLs or of ``{key, url}`` objects.
+
+    A bare URL's key is its position and file name (``00003-digit-3.png``), so keys stay unique
+    and keep the extension that says how to decode the file.
+    """
+    if isinstance(listing, Mapping) and isinstance(listing.get("inputs"), list):
+        listing = listing["inputs"]
+    if not isinstance(listing, list):
+        raise ValidationError("spec.batch.source: expected a JSON list of URLs or of {key, url} objects")
+    pairs: list[tuple[str, str]] = []
+    for index, item in enumerate(listing):
+        if isinstance(item, str):
+            base = item.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+            pairs.append((f"{index:05d}-{_KEY_CHARS.sub('_', base)}"[:200], item))
+        elif isinstance(item, Mapping) and isinstance(item.get("url"), str) and isinstance(item.get("key"), str):
+            pairs.append((_KEY_CHARS.sub("_", item["key"])[:200], item["url"]))
+        else:
+            raise ValidationError(f"spec.batch.source: entry {index} is neither a URL nor a {{key, url}} object")
+    check_unique_keys(key for key, _ in pairs)
+    return pairs
+
+
+def check_unique_keys(keys: Iterable[str]) -> None:
+    """Refuse a batch whose inputs share a key (their results would overwrite each other)."""
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            raise ValidationError(f"spec.batch: input key {key!r} appears twice")
+        seen.add(key)

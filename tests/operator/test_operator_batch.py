@@ -1,0 +1,276 @@
+"""Batch tasks: one InferenceTask with many inputs, sharded across the workers.
+
+Real: the kopf operator, the workers' loops with the real TaskRunner and onnxruntime on the demo
+digits model, the examples/digits PNGs. Stand-ins (operator_harness): the API server emulator and
+the simulated nodes (no kube-apiserver or kubelet here; tests/e2e/test_operator_batch.py runs the
+same on the real control plane).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import http.server
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from operator_harness import NS, Deployment, cluster_manifest, eventually, phase
+
+from legacygpu.core.kube.contract import GROUP, TASK_PLURAL, VERSION, now_utc
+from legacygpu.operator.batchplan import shard_manifest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "digits"
+
+
+def digits_configmap(name: str, copies: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """A ConfigMap of ``copies`` copies of the ten example PNGs in binaryData, and each key's digit."""
+    binary, labels = {}, {}
+    for copy in range(copies):
+        for path in sorted(EXAMPLES.glob("digit-*.png")):
+            key = f"c{copy:02d}-{path.name}"
+            binary[key] = base64.b64encode(path.read_bytes()).decode()
+            labels[key] = path.stem.split("-")[1]
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "binaryData": binary}, labels
+
+
+def batch_manifest(name: str, cluster: str, **batch: Any) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceTask", "metadata": {"name": name},
+            "spec": {"clusterRef": cluster, "model": "digits", "batch": batch}}
+
+
+async def _finished(dep: Deployment, name: str) -> dict[str, Any] | None:
+    body = await dep.task(name)
+    return body if phase(body) in ("Succeeded", "Failed", "Cancelled") else None
+
+
+async def _shards(dep: Deployment, parent: str) -> list[dict[str, Any]]:
+    items = await dep.api.list(GROUP, VERSION, TASK_PLURAL, NS, label_selector=f"legacygpu.io/batch={parent}")
+    return sorted(items, key=lambda t: t["metadata"]["name"])
+
+
+async def _results(dep: Deployment, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every result entry of a finished batch task, by input key (asserting no key is stored twice)."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in body["status"]["output"]["configMaps"]:
+        configmap = await dep.api.get("", "v1", "configmaps", NS, name)
+        for entry, raw in configmap["data"].items():
+            key = entry.removesuffix(".json")
+            assert key not in found, f"input {key} has results in two ConfigMaps"
+            found[key] = json.loads(raw)
+    return found
+
+
+async def test_a_configmap_of_pngs_is_sharded_across_workers_with_every_result_right(dep: Deployment) -> None:
+    configmap, labels = digits_configmap("digits-in", copies=4)  # 40 inputs
+    await dep.api.create("", "v1", "configmaps", NS, configmap)
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=2))
+    await dep.create(batch_manifest("job", "c", source="configmap://digits-in", shardSize=5))
+    body = await eventually(lambda: _finished(dep, "job"), timeout=90, what="batch finished")
+    status = body["status"]
+    assert (phase(body), status["reason"]) == ("Succeeded", "Completed"), status
+    assert status["progress"] == {"total": 40, "completed": 40, "failed": 0, "shards": 8, "shardsFinished": 8,
+                                  "summary": "40/40"}
+    assert status["output"]["configMaps"] == [f"results-job-{i}" for i in range(8)]
+    results = await _results(dep, body)
+    assert set(results) == set(labels)
+    wrong = {key: r["top_k"][0]["label"] for key, r in results.items() if r["top_k"][0]["label"] != labels[key]}
+    assert not wrong, wrong
+    shards = await _shards(dep, "job")
+    assert len(shards) == 8 and all(phase(s) == "Succeeded" for s in shards)
+    workers = Counter(s["status"]["history"][-1]["worker"] for s in shards)
+    assert len(workers) == 2, workers  # sharded across both workers
+    assert all(s["metadata"]["ownerReferences"][0]["name"] == "job" for s in shards)
+    # the job's own writes: the split, at most one per finished shard, the end
+    assert len(await dep.events("job")) == 1  # "Started"; a success posts none
+
+
+async def test_failed_inputs_are_recorded_without_failing_the_job_unless_over_the_limit(
+    dep: Deployment, digit_inputs: dict[str, Any]
+) -> None:
+    good = {"key": "seven", "inputs": [digit_inputs["image"]]}
+    bad = {"key": "broken", "inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "data": ["bm90IGEgcG5n"]}]}
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1))
+    await dep.create(batch_manifest("lenient", "c", inputs=[good, bad, {**good, "key": "seven-again"}], shardSize=2))
+    await dep.create(batch_manifest("strict", "c", inputs=[bad, good], shardSize=1, maxFailedInputs=0))
+    body = await eventually(lambda: _finished(dep, "lenient"), timeout=60, what="lenient batch finished")
+    status = body["status"]
+    assert phase(body) == "Succeeded", status
+    assert (status["progress"]["completed"], status["progress"]["failed"]) == (2, 1)
+    assert status["progress"]["summary"] == "2/3 (1 failed)"
+    assert [(f["key"], f["reason"]) for f in status["failures"]] == [("broken", "InvalidInput")]
+    results = await _results(dep, body)
+    assert results["broken"]["error"]["reason"] == "InvalidInput"
+    assert results["seven"]["top_k"][0]["label"] == results["seven-again"]["top_k"][0]["label"] == "7"
+
+    strict = await eventually(lambda: _finished(dep, "strict"), timeout=60, what="strict batch finished")
+    assert (phase(strict), strict["status"]["reason"]) == ("Failed", "InputsFailed"), strict["status"]
+    assert "maxFailedInputs (0)" in strict["status"]["message"]
+
+
+async def test_a_missing_source_fails_the_job_with_a_reason_naming_it(dep: Deployment) -> None:
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1))
+    await dep.create(batch_manifest("job", "c", source="configmap://nowhere"))
+    body = await eventually(lambda: _finished(dep, "job"), what="batch finished")
+    assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput")
+    assert "nowhere" in body["status"]["message"]
+    assert await _shards(dep, "job") == []
+
+
+async def test_a_shard_whose_worker_dies_is_retried_elsewhere_and_no_result_is_stored_twice(
+    dep: Deployment,
+) -> None:
+    configmap, labels = digits_configmap("digits-in", copies=2)  # 20 inputs
+    await dep.api.create("", "v1", "configmaps", NS, configmap)
+    dep.gate.clear()  # workers claim their shards, then wait
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=2, tasksPerWorker=1))
+    await dep.create(batch_manifest("job", "c", source="configmap://digits-in", shardSize=5))
+
+    async def running_on_two() -> list[dict[str, Any]] | None:
+        running = [s for s in await _shards(dep, "job") if phase(s) == "Running"]
+        return running if len({s["status"]["workerRef"]["pod"] for s in running}) == 2 else None
+
+    running = await eventually(running_on_two, timeout=60, what="shards running on both workers")
+    victim = running[0]
+    await dep.kill_worker(victim["status"]["workerRef"]["pod"])
+    dep.gate.set()
+    body = await eventually(lambda: _finished(dep, "job"), timeout=90, what="batch finished")
+    status = body["status"]
+    assert phase(body) == "Succeeded", status
+    assert status["progress"]["completed"] == status["progress"]["total"] == 20
+    retried = await dep.task(victim["metadata"]["name"])
+    assert retried is not None and retried["status"]["attempts"] == 2, retried["status"]
+    assert retried["status"]["history"][0]["outcome"] == "WorkerLost"
+    results = await _results(dep, body)  # asserts each key is in one ConfigMap only
+    assert {k: r["top_k"][0]["label"] for k, r in results.items()} == labels
+
+
+async def test_a_split_cut_short_by_an_operator_crash_is_finished_by_the_next_operator(dep: Deployment) -> None:
+    """The shard tasks a dead operator created are kept, the rest created: none twice, none missing."""
+    configmap, labels = digits_configmap("digits-in", copies=1)
+    await dep.api.create("", "v1", "configmaps", NS, configmap)
+    await dep.create(cluster_manifest("c", replicas=1))
+    parent = await dep.create(batch_manifest("job", "c", source="configmap://digits-in", shardSize=3))
+    # what a leader killed after its first create leaves: shard 1 exists, the job is still Pending
+    made = shard_manifest(parent, 1, now=now_utc(), keys=sorted(labels)[3:6])
+    await dep.api.create(GROUP, VERSION, TASK_PLURAL, NS, made)
+    await dep.start_operator()
+    body = await eventually(lambda: _finished(dep, "job"), timeout=60, what="batch finished")
+    assert phase(body) == "Succeeded" and body["status"]["progress"]["completed"] == 10, body["status"]
+    shards = await _shards(dep, "job")
+    assert [s["metadata"]["name"] for s in shards] == [f"job-s{i:05d}" for i in range(4)]
+    assert all(s["status"]["attempts"] == 1 for s in shards)
+
+
+@contextlib.contextmanager
+def _serving(folder: Path) -> Iterator[str]:
+    """A loopback HTTP server for ``folder`` (the worker and the operator fetch from it)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *_: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_url_list_of_images_and_npy_files_is_read_by_the_workers(dep: Deployment, tmp_path: Path) -> None:
+    import numpy as np
+
+    pngs = sorted(EXAMPLES.glob("digit-*.png"))
+    for path in pngs:
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    np.save(tmp_path / "flat.npy", np.zeros((1, 64), dtype=np.float32))
+    with _serving(tmp_path) as base:
+        listing = [f"{base}/{p.name}" for p in pngs] + [{"key": "zeros.npy", "url": f"{base}/flat.npy"},
+                                                         f"{base}/missing.png"]
+        (tmp_path / "list.json").write_text(json.dumps(listing))
+        await dep.start_operator()
+        await dep.create(cluster_manifest("c", replicas=2))
+        await dep.create(batch_manifest("job", "c", source=f"{base}/list.json", shardSize=4))
+        body = await eventually(lambda: _finished(dep, "job"), timeout=60, what="batch finished")
+    status = body["status"]
+    assert phase(body) == "Succeeded", status
+    assert status["progress"] == {"total": 12, "completed": 11, "failed": 1, "shards": 3, "shardsFinished": 3,
+                                  "summary": "11/12 (1 failed)"}
+    assert [(f["key"], f["reason"]) for f in status["failures"]] == [("00011-missing.png", "InvalidInput")]
+    assert "404" in status["failures"][0]["message"]
+    results = await _results(dep, body)
+    for index, path in enumerate(pngs):
+        assert results[f"{index:05d}-{path.name}"]["top_k"][0]["label"] == path.stem.split("-")[1]
+    assert results["zeros.npy"]["top_k"]  # the .npy became an FP32 [1, 64] tensor the model took
+
+
+async def test_cancelling_a_batch_cancels_its_unfinished_shards(dep: Deployment) -> None:
+    configmap, _ = digits_configmap("digits-in", copies=1)
+    await dep.api.create("", "v1", "configmaps", NS, configmap)
+    dep.gate.clear()
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1, tasksPerWorker=1))
+    await dep.create(batch_manifest("job", "c", source="configmap://digits-in", shardSize=2))
+
+    async def split() -> list[dict[str, Any]] | None:
+        shards = await _shards(dep, "job")
+        return shards if len(shards) == 5 and any(phase(s) == "Running" for s in shards) else None
+
+    await eventually(split, what="the batch split, one shard running")
+    await dep.patch_spec(TASK_PLURAL, "job", {"cancel": True})
+    body = await eventually(lambda: _finished(dep, "job"), what="batch cancelled")
+    dep.gate.set()
+    assert (phase(body), body["status"]["reason"]) == ("Cancelled", "Cancelled"), body["status"]
+
+    async def all_cancelled() -> list[str] | None:
+        phases = [phase(s) for s in await _shards(dep, "job")]
+        return phases if set(phases) == {"Cancelled"} else None
+
+    await eventually(all_cancelled, what="every shard cancelled")
+
+
+async def test_a_new_operator_carries_on_a_running_batch_from_what_is_in_the_api(dep: Deployment) -> None:
+    """The batch's state is its status and its shard tasks: an operator stopped mid-run loses nothing."""
+    configmap, labels = digits_configmap("digits-in", copies=2)
+    await dep.api.create("", "v1", "configmaps", NS, configmap)
+    dep.gate.clear()
+    first = await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=2, tasksPerWorker=1))
+    await dep.create(batch_manifest("job", "c", source="configmap://digits-in", shardSize=4))
+
+    async def started() -> bool:
+        shards = await _shards(dep, "job")
+        return len(shards) == 5 and sum(phase(s) == "Running" for s in shards) == 2
+
+    await eventually(started, timeout=60, what="two shards running")
+    await first.close()
+    dep.gate.set()  # the two running shards finish with no operator; the three waiting ones need one
+    await dep.start_operator()
+    body = await eventually(lambda: _finished(dep, "job"), timeout=60, what="batch finished")
+    assert phase(body) == "Succeeded" and body["status"]["progress"]["completed"] == 20, body["status"]
+    assert {k: r["top_k"][0]["label"] for k, r in (await _results(dep, body)).items()} == labels
+    assert all(s["status"]["attempts"] == 1 for s in await _shards(dep, "job"))
+
+
+async def test_a_source_that_never_answers_ends_the_batch_at_its_deadline(dep: Deployment) -> None:
+    import socket
+
+    with socket.socket() as unused:  # a loopback port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1))
+    manifest = batch_manifest("job", "c", source=f"http://127.0.0.1:{port}/list.json")
+    manifest["spec"]["timeoutSeconds"] = 3
+    await dep.create(manifest)
+    body = await eventually(lambda: _finished(dep, "job"), timeout=30, what="batch expired")
+    assert (phase(body), body["status"]["reason"]) == ("Failed", "DeadlineExceeded"), body["status"]
+    assert await _shards(dep, "job") == []

@@ -1,0 +1,149 @@
+"""The batch plan's pure parts: splitting, counting shards, the batch task's end; and the input files.
+
+No I/O: :mod:`legacygpu.operator.batchplan` decides from snapshots, and the worker's
+:func:`legacygpu.worker.batch.decode_file` turns bytes into tensors.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import io
+import json
+
+import numpy as np
+import pytest
+
+from legacygpu.core.errors import ValidationError
+from legacygpu.core.kube.batch import chunks, configmap_keys, url_listing
+from legacygpu.core.tasks import Phase
+from legacygpu.operator.batchplan import (
+    BatchFacts,
+    finished_status,
+    progress_status,
+    shard_manifest,
+    tally,
+)
+from legacygpu.operator.taskstate import task_view
+from legacygpu.worker.batch import decode_file
+
+NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
+
+PARENT = {
+    "metadata": {"name": "job", "namespace": "ml", "uid": "u-1", "creationTimestamp": "2026-01-01T11:58:20Z"},
+    "spec": {"clusterRef": "c", "model": "digits", "timeoutSeconds": 600, "priority": 5, "maxRetries": 2,
+             "parameters": {"top_k": 3},
+             "batch": {"source": "configmap://in", "shardSize": 2, "maxFailedInputs": 1}},
+}
+
+
+def test_split_pieces_and_shard_manifest_carry_what_the_worker_needs() -> None:
+    keys = configmap_keys({"data": {"b.json": "[]"}, "binaryData": {"a.png": "", "c.npy": ""}})
+    assert keys == ["a.png", "b.json", "c.npy"]
+    assert [list(p) for p in chunks(keys, 2)] == [["a.png", "b.json"], ["c.npy"]]
+    child = shard_manifest(PARENT, 1, now=NOW, keys=["c.npy"])
+    assert child["metadata"]["name"] == "job-s00001"
+    assert child["metadata"]["labels"] == {"legacygpu.io/batch": "job"}
+    assert child["metadata"]["ownerReferences"][0] == {"apiVersion": "legacygpu.io/v1alpha1",
+                                                       "kind": "InferenceTask", "name": "job", "uid": "u-1",
+                                                       "controller": True}
+    spec = child["spec"]
+    assert spec["batch"] == {"inputName": "input", "output": "configmap://results-job", "source": "configmap://in",
+                             "shard": {"parent": "job", "index": 1, "keys": ["c.npy"]}}
+    assert spec["timeoutSeconds"] == 500  # the batch's deadline, not a fresh one
+    assert (spec["priority"], spec["maxRetries"], spec["parameters"]) == (5, 2, {"top_k": 3})
+    facts = task_view(child).batch
+    assert facts is not None and facts.is_shard and (facts.parent, facts.index, facts.keys) == ("job", 1, ("c.npy",))
+    parent = task_view(PARENT).batch
+    assert parent is not None and not parent.is_shard and parent.shards is None and parent.max_failed == 1
+
+
+def _shard(index: int, keys: tuple[str, ...], **report: object) -> BatchFacts:
+    return BatchFacts(parent="job", index=index, keys=keys, **report)  # type: ignore[arg-type]
+
+
+def test_tally_counts_reports_whole_shard_failures_and_missing_shards() -> None:
+    children = [
+        ("job-s00000", Phase.SUCCEEDED, _shard(0, ("a", "b"), completed=1, failed=1,
+                                               failures=({"key": "b", "reason": "InvalidInput", "message": "m"},))),
+        ("job-s00001", Phase.FAILED, _shard(1, ("c", "d"), reason="WorkerLost", message="retries spent")),
+        ("job-s00002", Phase.RUNNING, _shard(2, ("e",))),
+    ]
+    counted = tally(4, children)
+    assert (counted.completed, counted.failed, counted.finished) == (1, 3, 2)
+    assert [f["key"] for f in counted.failures] == ["b", "c", "d"]
+    assert counted.failures[1]["reason"] == "WorkerLost"
+    assert counted.unfinished == ("job-s00002",) and counted.missing == (3,)
+
+
+def test_the_batch_ends_only_when_every_shard_has_or_too_many_inputs_failed() -> None:
+    facts = BatchFacts(total=4, shards=2, max_failed=None, progress={"total": 4})
+    running = tally(2, [("s0", Phase.SUCCEEDED, _shard(0, ("a", "b"), completed=2))])
+    assert finished_status(facts, running, now=NOW) is None  # shard 1 is missing: not done
+    update = progress_status(facts, running)
+    assert update is not None and update["progress"]["summary"] == "2/4"
+    written = BatchFacts(total=4, shards=2, progress=update["progress"])
+    assert progress_status(written, running) is None  # no change, no write
+
+    both = tally(2, [("s0", Phase.SUCCEEDED, _shard(0, ("a", "b"), completed=2)),
+                     ("s1", Phase.SUCCEEDED, _shard(1, ("c", "d"), completed=1, failed=1))])
+    final = finished_status(facts, both, now=NOW)
+    assert final is not None and (final["phase"], final["reason"]) == ("Succeeded", "Completed")
+    assert final["progress"]["summary"] == "3/4 (1 failed)"
+
+    strict = BatchFacts(total=4, shards=2, max_failed=0)
+    early = tally(2, [("s1", Phase.SUCCEEDED, _shard(1, ("c", "d"), completed=1, failed=1)),
+                      ("s0", Phase.RUNNING, _shard(0, ("a", "b")))])
+    final = finished_status(strict, early, now=NOW)
+    assert final is not None and (final["phase"], final["reason"]) == ("Failed", "InputsFailed")
+    assert early.unfinished == ("s0",)  # what the operator cancels
+
+    cancelled = finished_status(facts, running, now=NOW, cancelled=True)
+    assert cancelled is not None and cancelled["phase"] == "Cancelled"
+
+
+def test_url_listings_give_unique_keys_that_keep_the_extension() -> None:
+    pairs = url_listing(["http://h/img/3.png", "http://h/img/3.png?v=2", {"key": "x.npy", "url": "http://h/x"}])
+    assert pairs == [("00000-3.png", "http://h/img/3.png"), ("00001-3.png", "http://h/img/3.png?v=2"),
+                     ("x.npy", "http://h/x")]
+    with pytest.raises(ValidationError, match="twice"):
+        url_listing([{"key": "a", "url": "u"}, {"key": "a", "url": "v"}])
+    with pytest.raises(ValidationError, match="list"):
+        url_listing({"not": "a list"})
+
+
+def test_input_files_decode_by_extension() -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert decode_file("a.npy", buffer.getvalue(), "input") == [
+        {"name": "input", "shape": [2, 3], "datatype": "FP32", "data": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]}
+    ]
+    png = b"\x89PNG fake"
+    assert decode_file("d.PNG", png, "pixels") == [
+        {"name": "pixels", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(png).decode()]}
+    ]
+    tensors = [{"name": "input", "datatype": "FP32", "shape": [1], "data": [1.0]}]
+    assert decode_file("t.json", json.dumps({"inputs": tensors}).encode(), "input") == tensors
+    with pytest.raises(ValidationError, match="unknown file type"):
+        decode_file("notes.txt", b"hello", "input")
+    with pytest.raises(ValidationError, match="npy"):
+        decode_file("bad.npy", b"nope", "input")
+
+
+def test_the_crd_shows_progress_and_validates_the_batch_spec() -> None:
+    from crd_validation import validate
+
+    from legacygpu.operator.schema_task import task_crd
+
+    columns = {c["name"]: c for c in task_crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns["Progress"]["jsonPath"] == ".status.progress.summary"
+    assert columns["Failed"]["jsonPath"] == ".status.progress.failed"
+    base = {"apiVersion": "legacygpu.io/v1alpha1", "kind": "InferenceTask", "metadata": {"name": "b"},
+            "spec": {"clusterRef": "c", "model": "digits", "batch": {"source": "configmap://in"}}}
+    assert validate(base) == []
+    both = {**base, "spec": {**base["spec"], "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}}
+    assert any("exactly one of spec.inputs, spec.inputsUri and spec.batch" in p for p in validate(both))
+    neither = {**base, "spec": {**base["spec"], "batch": {"shardSize": 5}}}
+    assert any("exactly one of spec.batch.inputs and spec.batch.source" in p for p in validate(neither))
+    bad_source = {**base, "spec": {**base["spec"], "batch": {"source": "pvc://claim/dir"}}}
+    assert validate(bad_source)
