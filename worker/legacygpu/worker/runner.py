@@ -138,6 +138,29 @@ class TaskRunner:
             except Exception as exc:  # a backend must not take the worker down
                 raise ModelError(f"model {model!r} failed: {exc}") from exc
 
+    def try_run_feeds(self, model: str, feeds: dict[str, Any], path: Path | None = None) -> dict[str, Any] | None:
+        """:meth:`run_feeds` if it can start at once, else None: another run holds the device, or the
+        model is not loaded (or its file changed, so it must be loaded again). For callers that must
+        not block (the serving event loop)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            path = path or self.repository.model_path(model)
+            cached = self._cache.get(model)
+            try:
+                if cached is None or cached[0] != path.stat().st_mtime:
+                    return None
+            except OSError:
+                return None
+            try:
+                return cached[1].run(feeds)
+            except (ModelError, ValidationError):
+                raise
+            except Exception as exc:  # a backend must not take the worker down
+                raise ModelError(f"model {model!r} failed: {exc}") from exc
+        finally:
+            self._lock.release()
+
 
 def preload_from_env(runner: TaskRunner) -> list[str]:
     """Preload what :data:`PRELOAD_ENV` names, if anything."""

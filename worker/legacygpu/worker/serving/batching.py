@@ -16,6 +16,14 @@ a preferred size, or until the opener has waited
 under load the next batch forms without waiting at all. The batch's inputs
 are concatenated along the first dimension and its outputs split back.
 
+Where a batch runs: on the executor's thread, except when the model's last
+run took under :data:`INLINE_SECONDS` and the engine can start it at once
+(``try_execute``: the device is free and the model loaded); then it runs on
+the event loop itself. For a model that small, handing the batch to another
+thread and back costs more than the run: two thread wake-ups, each waiting
+for a core when the host is busy, and the GIL passed twice. Under
+concurrency that hand-off was the worker's bottleneck on the digits MLP.
+
 Refusals: a full queue (``max_queue_size``) raises
 :class:`~legacygpu.worker.serving.errors.QueueFull` at once; a request
 still queued when its timeout (its own ``timeout`` parameter, or the card's
@@ -40,10 +48,15 @@ from legacygpu.core.modelcards import DynamicBatchingSpec, ModelCard
 from legacygpu.worker.serving.errors import BadRequest, QueueFull, QueueTimeout, ServingError
 from legacygpu.worker.serving.metrics import ServingMetrics
 
-__all__ = ["Execute", "ModelScheduler", "Timings"]
+__all__ = ["INLINE_SECONDS", "Execute", "ModelScheduler", "Timings", "TryExecute"]
 
 Execute = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 """Runs the model on one (batched) set of feeds; blocking, called on the executor."""
+TryExecute = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray] | None]
+"""Runs the model at once on the calling thread, or returns None if it cannot start without waiting."""
+
+INLINE_SECONDS = 0.001
+"""A model whose last run took less than this runs on the event loop itself (see :class:`ModelScheduler`)."""
 
 _RETRY_AFTER_SECONDS = 1.0
 
@@ -78,10 +91,13 @@ class ModelScheduler:
     """The queue and batcher of one model; lives on the serving event loop."""
 
     def __init__(self, model: str, card: ModelCard, execute: Execute, executor: Executor,
-                 metrics: ServingMetrics) -> None:
+                 metrics: ServingMetrics, *, try_execute: TryExecute | None = None) -> None:
         self.model = model
         self.card = card
         self._execute = execute
+        self._try_execute = try_execute
+        self._last_run = float("inf")  # seconds the last batch's model run took; unknown yet
+        self.inline_runs = 0
         self._executor = executor
         self._metrics = metrics
         self._queues: list[deque[_Request]] = []
@@ -212,7 +228,10 @@ class ModelScheduler:
             request.timings.queue = started - request.enqueued
         loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            outputs = self._run_inline(batch) if self._last_run < INLINE_SECONDS else None
+            if outputs is None:
+                outputs = await loop.run_in_executor(self._executor, self._run_batch, batch, self._execute)
+            assert outputs is not None  # ``execute`` always runs
         except ServingError as exc:
             for request in batch:
                 if not request.future.done():
@@ -228,16 +247,28 @@ class ModelScheduler:
             if not request.future.done():
                 request.future.set_result((result, request.timings))
 
-    def _run_batch(self, batch: list[_Request]) -> list[dict[str, np.ndarray]]:
-        """On the executor: join the batch, run the model, split the outputs."""
+    def _run_inline(self, batch: list[_Request]) -> list[dict[str, np.ndarray]] | None:
+        """The batch run on the event loop's own thread, or None if the model cannot start at once."""
+        if self._try_execute is None:
+            return None
+        results = self._run_batch(batch, self._try_execute)
+        if results is not None:
+            self.inline_runs += 1
+        return results
+
+    def _run_batch(self, batch: list[_Request], execute: TryExecute) -> list[dict[str, np.ndarray]] | None:
+        """Join the batch, run the model, split the outputs (None if ``execute`` declined to run)."""
         t0 = time.perf_counter()
         if len(batch) == 1:
             feeds = batch[0].feeds
         else:
             feeds = {name: np.concatenate([r.feeds[name] for r in batch], axis=0) for name in batch[0].feeds}
         t1 = time.perf_counter()
-        outputs = self._execute(feeds)
+        outputs = execute(feeds)
+        if outputs is None:
+            return None
         t2 = time.perf_counter()
+        self._last_run = t2 - t1
         total = sum(r.size for r in batch)
         results: list[dict[str, np.ndarray]] = [{} for _ in batch]
         for name, array in outputs.items():

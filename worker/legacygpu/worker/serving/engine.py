@@ -34,15 +34,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from legacygpu.core.errors import LegacyGPUError, UnknownModelError
 from legacygpu.core.modelcards import CARD_FILE, ModelCard, TensorSpec
-from legacygpu.core.modelversions import ModelVersions
+from legacygpu.core.modelversions import VERSION_FILE, ModelVersions
 from legacygpu.worker.processing import image_to_array
 from legacygpu.worker.runner import TaskRunner
 from legacygpu.worker.serving.batching import ModelScheduler, Timings
@@ -55,6 +57,13 @@ __all__ = ["EXTENSIONS", "MODEL_VERSION", "ServingEngine"]
 MODEL_VERSION = "1"
 """The version of a model added without versions."""
 EXTENSIONS = ["binary_tensor_data"]
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except (OSError, ValueError):
+        return -1
 
 
 def _shape_text(shape: list[int]) -> str:
@@ -76,7 +85,7 @@ class ServingEngine:
         self.metrics = metrics or ServingMetrics()
         self.server_name = server_name
         self.server_version = server_version
-        self._cards: dict[str, tuple[int, ModelCard]] = {}
+        self._cards: dict[str, tuple[tuple[int, int], ModelCard, str]] = {}
         self._schedulers: dict[str, ModelScheduler] = {}
         self._unloaded: set[str] = set()
         self.in_flight = 0
@@ -100,34 +109,42 @@ class ServingEngine:
 
     def live_version(self, model: str) -> str:
         try:
-            return ModelVersions(self.runner().repository).live(model) or MODEL_VERSION
-        except LegacyGPUError:
+            return self._current(model)[1]
+        except (LegacyGPUError, ServingError):
             return MODEL_VERSION
 
-    def card(self, model: str, version: str = "") -> ModelCard:
-        """The model's card; :class:`ModelNotFound` for an unknown model or a version that is not live."""
+    def _current(self, model: str) -> tuple[ModelCard, str]:
+        """The model's card and live version, read again only when its card or version file changed.
+
+        Two ``stat`` calls per request and no reads: the version file is replaced after the card when a
+        version is made live, so a change of either is seen.
+        """
         runner = self.runner()
-        if version not in ("", live := self.live_version(model)):
-            stored = ModelVersions(runner.repository).versions(model)
-            if version in stored:
-                raise ModelNotFound(f"model {model!r} version {version!r} is stored but not loaded (version {live} "
-                                    f"is; load another with POST /v2/repository/models/{model}/load)")
-            raise ModelNotFound(f"model {model!r} has no version {version!r} (its versions: "
-                                f"{', '.join(stored) or live})")
-        try:
-            stamp = (runner.repository.root / model / CARD_FILE).stat().st_mtime_ns
-        except (OSError, ValueError):
-            stamp = -1
+        folder = runner.repository.root / model
+        stamp = (_mtime(folder / CARD_FILE), _mtime(folder / VERSION_FILE))
         cached = self._cards.get(model)
-        if cached is not None and cached[0] == stamp and stamp >= 0:
-            return cached[1]
+        if cached is not None and cached[0] == stamp and stamp[0] >= 0:
+            return cached[1], cached[2]
         try:
             card = runner.repository.get(model)
         except UnknownModelError as exc:
             raise ModelNotFound(str(exc)) from exc
         except LegacyGPUError as exc:
             raise from_core(exc) from exc
-        self._cards[model] = (stamp, card)
+        live = ModelVersions(runner.repository).live(model) or MODEL_VERSION
+        self._cards[model] = (stamp, card, live)
+        return card, live
+
+    def card(self, model: str, version: str = "") -> ModelCard:
+        """The model's card; :class:`ModelNotFound` for an unknown model or a version that is not live."""
+        card, live = self._current(model)
+        if version not in ("", live):
+            stored = ModelVersions(self.runner().repository).versions(model)
+            if version in stored:
+                raise ModelNotFound(f"model {model!r} version {version!r} is stored but not loaded (version {live} "
+                                    f"is; load another with POST /v2/repository/models/{model}/load)")
+            raise ModelNotFound(f"model {model!r} has no version {version!r} (its versions: "
+                                f"{', '.join(stored) or live})")
         return card
 
     def model_ready(self, model: str, version: str = "") -> bool:
@@ -253,7 +270,15 @@ class ServingEngine:
                 except LegacyGPUError as exc:
                     raise from_core(exc) from exc
 
-            scheduler = self._schedulers[model] = ModelScheduler(model, card, execute, self._device, self.metrics)
+            def try_execute(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+                path = runner.repository.root / model / self.card(model).file
+                try:
+                    return runner.try_run_feeds(model, feeds, path)
+                except LegacyGPUError as exc:
+                    raise from_core(exc) from exc
+
+            scheduler = self._schedulers[model] = ModelScheduler(model, card, execute, self._device, self.metrics,
+                                                                 try_execute=try_execute)
         elif scheduler.card is not card:
             scheduler.configure(card)
         return scheduler
