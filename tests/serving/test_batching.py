@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from legacygpu.core.modelcards import DynamicBatchingSpec, ModelCard, ModelRepos
 from legacygpu.worker.backends import create_backend
 from legacygpu.worker.runner import TaskRunner
 from legacygpu.worker.serving import ServingEngine
-from legacygpu.worker.serving.batching import ModelScheduler
+from legacygpu.worker.serving.batching import INLINE_SECONDS, ModelScheduler
 from legacygpu.worker.serving.codec import InferInput, InferRequest
 from legacygpu.worker.serving.errors import BadRequest, QueueFull, QueueTimeout
 from legacygpu.worker.serving.metrics import ServingMetrics
@@ -189,4 +190,61 @@ async def test_a_request_queued_past_its_timeout_is_refused() -> None:
     with pytest.raises(QueueTimeout):
         await late
     assert (await patient)[0]["y"][0, 0] == 4
+    await scheduler.close()
+
+
+# Where a batch runs: the device thread, or the event loop for a model that fast -------------------------------
+
+
+class _Recorder:
+    """A model that doubles its input, recording on which thread it ran; ``inline`` says whether
+    ``try_execute`` accepts to run (else it declines, as the runner does while the device is busy)."""
+
+    def __init__(self, *, seconds: float = 0.0, inline: bool = True) -> None:
+        self.seconds = seconds
+        self.inline = inline
+        self.ran: list[tuple[str, str]] = []
+
+    def execute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(self.seconds)
+        self.ran.append(("execute", threading.current_thread().name))
+        return {"y": feeds["x"] * 2}
+
+    def try_execute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        if not self.inline:
+            return None
+        self.ran.append(("try_execute", threading.current_thread().name))
+        return {"y": feeds["x"] * 2}
+
+
+def _recorded(model: _Recorder, inline_below: float) -> ModelScheduler:
+    scheduler = ModelScheduler("digits", ModelCard(name="digits"), model.execute, ThreadPoolExecutor(1, "device"),
+                               ServingMetrics(), try_execute=model.try_execute)
+    assert scheduler.inline_below == INLINE_SECONDS
+    scheduler.inline_below = inline_below  # wide margins: a busy host may pause a thread for milliseconds
+    return scheduler
+
+
+async def test_a_model_faster_than_a_thread_hand_off_runs_on_the_event_loop() -> None:
+    model = _Recorder()
+    scheduler = _recorded(model, inline_below=1.0)
+    outputs = [(await scheduler.infer(_x(v), size=1))[0]["y"][0, 0] for v in (1, 2, 3)]
+    assert outputs == [2, 4, 6]
+    loop_thread = threading.current_thread().name
+    assert model.ran[0][0] == "execute" and model.ran[0][1].startswith("device")  # first run: time unknown
+    assert model.ran[1:] == [("try_execute", loop_thread)] * 2
+    await scheduler.close()
+
+
+async def test_a_slow_model_or_a_busy_device_stays_on_the_device_thread() -> None:
+    slow = _Recorder(seconds=0.1)
+    scheduler = _recorded(slow, inline_below=0.05)
+    for v in (1, 2):
+        await scheduler.infer(_x(v), size=1)
+    assert [where for where, _ in slow.ran] == ["execute", "execute"]
+    await scheduler.close()
+    busy = _Recorder(inline=False)
+    scheduler = _recorded(busy, inline_below=1.0)
+    outputs = [(await scheduler.infer(_x(v), size=1))[0]["y"][0, 0] for v in (1, 2)]
+    assert outputs == [2, 4] and [where for where, _ in busy.ran] == ["execute", "execute"]
     await scheduler.close()

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from helpers import ADMIN_TOKEN, TOKEN, LocalCluster, image_tensor, slow_model, wait_until
+from helpers import ADMIN_TOKEN, JOIN_TOKEN, TOKEN, LocalCluster, image_tensor, slow_model, wait_until
 from serving_support import EXAMPLES, enable_batching
 from tritonclient.utils import InferenceServerException
 
@@ -160,6 +160,39 @@ def test_v2_needs_the_token_except_for_health(cluster: LocalCluster) -> None:
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
     assert httpx.post(f"{cluster.url}/v2/models/digits/infer", json=body).status_code == 401
     assert httpx.get(f"{cluster.url}/v2/health/ready").json() == {"ready": True}
+
+
+def _requests(cluster: LocalCluster, route: str, code: str) -> float:
+    labels = f'code="{code}",method="POST",route="{re.escape(route)}"'
+    found = re.search(rf"^legacygpu_http_requests_total{{{labels}}} (\S+)$", cluster.http.get("/metrics").text,
+                      re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_v2_inference_skips_fastapis_routing_but_not_its_token_check_or_request_count(cluster: LocalCluster) -> None:
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+    plain, versioned = "/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer"
+    before = {(r, c): _requests(cluster, r, c) for r in (plain, versioned) for c in ("200", "401", "403")}
+    for token in (TOKEN, ADMIN_TOKEN):
+        answer = httpx.post(f"{cluster.url}/v2/models/digits/infer", json=body,
+                            headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["model_name"] == "digits"
+        assert {o["name"] for o in answer.json()["outputs"]} >= {"label"}
+    answer = httpx.post(f"{cluster.url}/v2/models/digits/versions/1/infer", json=body, headers=AUTH, timeout=60)
+    assert answer.status_code == 200
+    missing = httpx.post(f"{cluster.url}/v2/models/digits/infer", json=body)
+    assert missing.status_code == 401 and missing.json()["detail"].startswith("missing bearer token")
+    wrong = httpx.post(f"{cluster.url}/v2/models/digits/infer", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["detail"] == "invalid token"
+    join = {"Authorization": f"Bearer {JOIN_TOKEN}"}
+    joined = httpx.post(f"{cluster.url}/v2/models/digits/infer", json=body, headers=join)
+    assert joined.status_code == 403
+    assert joined.json() == httpx.get(f"{cluster.url}/v2", headers=join).json()  # as every route for users says
+    after = {key: _requests(cluster, *key) for key in before}
+    assert after[(plain, "200")] - before[(plain, "200")] == 2
+    assert after[(versioned, "200")] - before[(versioned, "200")] == 1
+    assert after[(plain, "401")] - before[(plain, "401")] == 2
+    assert after[(plain, "403")] - before[(plain, "403")] == 1
 
 
 def _metric(text: str, name: str, model: str = "digits") -> float:

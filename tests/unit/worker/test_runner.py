@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -44,3 +45,37 @@ def test_preload_from_env_loads_known_models_and_skips_broken_ones(
     assert runner.loaded_models() == ["digits"]
     monkeypatch.delenv("LEGACYGPU_PRELOAD_MODELS")
     assert preload_from_env(TaskRunner(repository, create_backend("onnxruntime"))) == []
+
+
+def test_sessions_block_instead_of_spinning_and_run_sequentially(repository: ModelRepository) -> None:
+    import onnxruntime
+
+    from legacygpu.worker.backends.onnxruntime import OnnxRuntimeBackend
+
+    model = OnnxRuntimeBackend(threads=1).load(repository.model_path("digits"))
+    options = model._session.get_session_options()  # type: ignore[attr-defined]
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    assert options.execution_mode == onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    assert options.intra_op_num_threads == 1
+    default = OnnxRuntimeBackend().load(repository.model_path("digits"))
+    assert default._session.get_session_options().intra_op_num_threads == 0  # type: ignore[attr-defined]
+
+
+def test_try_run_feeds_runs_only_when_it_need_not_wait(repository: ModelRepository) -> None:
+    import numpy as np
+
+    runner = TaskRunner(repository, create_backend("onnxruntime"))
+    feeds = {"input": np.zeros((1, 64), np.float32)}
+    assert runner.try_run_feeds("digits", feeds) is None  # not loaded: loading is the device thread's job
+    runner.load("digits")
+    expected = runner.run_feeds("digits", feeds)
+    got = runner.try_run_feeds("digits", feeds)
+    assert got is not None and set(got) == set(expected)
+    assert all(np.array_equal(got[k], expected[k]) for k in expected)
+    with runner._lock:  # another run holds the device
+        assert runner.try_run_feeds("digits", feeds) is None
+    path = repository.model_path("digits")
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the file was replaced
+    assert runner.try_run_feeds("digits", feeds) is None

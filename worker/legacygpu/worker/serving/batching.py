@@ -97,6 +97,7 @@ class ModelScheduler:
         self._execute = execute
         self._try_execute = try_execute
         self._last_run = float("inf")  # seconds the last batch's model run took; unknown yet
+        self.inline_below = INLINE_SECONDS
         self.inline_runs = 0
         self._executor = executor
         self._metrics = metrics
@@ -228,7 +229,7 @@ class ModelScheduler:
             request.timings.queue = started - request.enqueued
         loop = asyncio.get_running_loop()
         try:
-            outputs = self._run_inline(batch) if self._last_run < INLINE_SECONDS else None
+            outputs = self._run_inline(batch) if self._last_run < self.inline_below else None
             if outputs is None:
                 outputs = await loop.run_in_executor(self._executor, self._run_batch, batch, self._execute)
             assert outputs is not None  # ``execute`` always runs

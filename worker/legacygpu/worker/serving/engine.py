@@ -59,7 +59,7 @@ MODEL_VERSION = "1"
 EXTENSIONS = ["binary_tensor_data"]
 
 
-def _mtime(path: Path) -> int:
+def _mtime(path: str) -> int:
     try:
         return os.stat(path).st_mtime_ns
     except (OSError, ValueError):
@@ -86,6 +86,7 @@ class ServingEngine:
         self.server_name = server_name
         self.server_version = server_version
         self._cards: dict[str, tuple[tuple[int, int], ModelCard, str]] = {}
+        self._files: dict[str, tuple[Path, str, str]] = {}  # model -> (repository root, card path, version path)
         self._schedulers: dict[str, ModelScheduler] = {}
         self._unloaded: set[str] = set()
         self.in_flight = 0
@@ -120,8 +121,11 @@ class ServingEngine:
         version is made live, so a change of either is seen.
         """
         runner = self.runner()
-        folder = runner.repository.root / model
-        stamp = (_mtime(folder / CARD_FILE), _mtime(folder / VERSION_FILE))
+        files = self._files.get(model)
+        if files is None or files[0] != runner.repository.root:
+            folder = runner.repository.root / model
+            files = self._files[model] = (runner.repository.root, str(folder / CARD_FILE), str(folder / VERSION_FILE))
+        stamp = (_mtime(files[1]), _mtime(files[2]))
         cached = self._cards.get(model)
         if cached is not None and cached[0] == stamp and stamp[0] >= 0:
             return cached[1], cached[2]
@@ -264,18 +268,26 @@ class ServingEngine:
             runner = self.runner()
 
             def execute(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-                path = runner.repository.root / model / self.card(model).file
                 try:
-                    return runner.run_feeds(model, feeds, path)
+                    return runner.run_feeds(model, feeds, model_file())
                 except LegacyGPUError as exc:
                     raise from_core(exc) from exc
 
             def try_execute(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-                path = runner.repository.root / model / self.card(model).file
                 try:
-                    return runner.try_run_feeds(model, feeds, path)
+                    return runner.try_run_feeds(model, feeds, model_file())
                 except LegacyGPUError as exc:
                     raise from_core(exc) from exc
+
+            def model_file() -> Path:  # the file of the card the scheduler has (the request's, re-read if changed)
+                card = self._schedulers[model].card
+                cached = files.get(card.file)
+                if cached is None:
+                    files.clear()
+                    cached = files[card.file] = runner.repository.root / model / card.file
+                return cached
+
+            files: dict[str, Path] = {}
 
             scheduler = self._schedulers[model] = ModelScheduler(model, card, execute, self._device, self.metrics,
                                                                  try_execute=try_execute)

@@ -1,0 +1,111 @@
+"""The facade's ``/v2`` inference requests, answered without FastAPI's routing.
+
+``POST /v2/models/{m}[/versions/{v}]/infer`` is the one route on the
+facade's hot path, and all it does is pass bytes on to a worker
+(:mod:`legacygpu.api.forwarding`). Through FastAPI it paid for the
+matching of every route, the dependency injection of the token check, the
+exception middleware and a ``Request`` object, which together cost more CPU
+than the forwarding itself. :class:`InferPath` is a plain ASGI middleware
+that sits inside the request counter and the body-size limit (so both still
+see every request) and answers the common case directly:
+
+* a ``POST`` to an inference path with a bearer token that holds the user
+  or admin role: the body is read and forwarded, and the worker's answer
+  (status, protocol headers, body) is sent back as it came;
+* anything else (another path or method, no token or a wrong one) goes on to
+  FastAPI unchanged, where the route in :mod:`legacygpu.api.routes.v2` gives
+  the same answer and the same 401/403 errors as every other route.
+
+The request counter still labels these requests with the route's template:
+the matching route is put in the scope as FastAPI's router would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from legacygpu.api.deps import Role, role_of
+from legacygpu.api.forwarding import FORWARDED_HEADERS, NoWorker, forwarder_for
+from legacygpu.api.routes import v2
+
+__all__ = ["InferPath", "install"]
+
+_PATH = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+_ALLOWED = (Role.USER, Role.ADMIN)
+_WANTED = frozenset(h.encode() for h in FORWARDED_HEADERS)
+_RETRY_AFTER_SECONDS = b"1"
+
+
+class InferPath:
+    """ASGI middleware: forwards authorised ``/v2`` inference requests itself, passes the rest on."""
+
+    def __init__(self, app: ASGIApp, routes: dict[bool, Any]) -> None:
+        self.app = app
+        self._routes = routes  # versioned or not -> the FastAPI route, for the request counter's label
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not (match := _PATH.match(scope["path"])):
+            await self.app(scope, receive, send)
+            return
+        headers: dict[bytes, bytes] = {}
+        token = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.decode("latin-1").partition(" ")
+                token = credentials.strip() if scheme.lower() == "bearer" else None
+            elif name in _WANTED:
+                headers[name] = value
+        if token is None or role_of(HTTPConnection(scope), token) not in _ALLOWED:
+            await self.app(scope, receive, send)  # FastAPI answers 401/403 in its own words
+            return
+        scope["route"] = self._routes[match["version"] is not None]
+        body = await _body(receive)
+        model = match["model"]
+        forwarder = forwarder_for(scope["app"])
+        try:
+            answer = await forwarder.forward(
+                "POST", scope["path"], model=model, content=body,
+                headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()},
+            )
+        except NoWorker as exc:
+            await _send(send, 503, [(b"content-type", b"application/json"), (b"retry-after", _RETRY_AFTER_SECONDS)],
+                        _error_body(str(exc)))
+            return
+        sent = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
+        await _send(send, answer.status_code, sent, answer.content)
+
+
+def install(app: FastAPI) -> None:
+    """Add :class:`InferPath` to ``app`` (which includes :mod:`legacygpu.api.routes.v2`'s router); call it
+    before the body-size limit and the request counter are added, so that they wrap it."""
+    by_name = {r.name: r for r in v2.router.routes if isinstance(r, APIRoute)}
+    app.add_middleware(InferPath, routes={False: by_name["model_infer"], True: by_name["model_version_infer"]})
+
+
+async def _body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
