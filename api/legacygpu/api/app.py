@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from legacygpu.api import grpcfacade
+from legacygpu.api import grpcfacade, inferpath
 from legacygpu.api.backends.base import ClusterBackend
 from legacygpu.api.deps import Role, worker_token
 from legacygpu.api.errors import install_error_handlers
@@ -125,6 +125,7 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
                    repository.router):
         app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
+    inferpath.install(app)  # /v2 inference past FastAPI's routing; inside the body limit and the counter
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
 
     install_error_handlers(app)
