@@ -1,6 +1,7 @@
 """``legacygpu bench serve``: the issue's targets computed from a run's points, and their rendering in the docs.
 
-The points are made up here (no server runs); the benchmark itself is a script, run by ``make bench-serve``.
+The points are made up here; the load generator runs against a small aiohttp server on loopback. The benchmark
+itself is a script, run by ``make bench-serve``.
 """
 
 from __future__ import annotations
@@ -94,3 +95,39 @@ def test_the_docs_table_shows_every_point_and_every_target() -> None:
     overhead = next(line for line in text.splitlines() if line.startswith("| facade p50 minus worker p50")
                     and "| digits |" in line)  # fmt: skip
     assert "| 0.6 ms |" in overhead and overhead.endswith("| no |")
+
+
+async def test_the_load_generator_sends_the_body_from_every_client_and_counts_refusals() -> None:
+    """Against a real aiohttp server on loopback: answered requests are timed, others counted as errors."""
+    from aiohttp import web
+
+    from legacygpu.cli.bench_serve import _http_load
+
+    seen: list[tuple[bytes, str]] = []
+    peers: set[int] = set()
+
+    async def ok(request: web.Request) -> web.Response:
+        seen.append((await request.read(), request.headers.get("X-Test", "")))
+        peers.add(request.transport.get_extra_info("peername")[1])  # type: ignore[union-attr]
+        return web.Response(body=b"answer")
+
+    async def full(_: web.Request) -> web.Response:
+        return web.Response(status=503, headers={"Retry-After": "1"})
+
+    app = web.Application()
+    app.add_routes([web.post("/ok", ok), web.post("/full", full)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        point = await _http_load(f"http://127.0.0.1:{port}/ok", b"tensor", {"X-Test": "yes"}, 4, 0.3)
+        assert point["requests"] > 0 and point["errors"] == 0 and point["p50_ms"] > 0
+        assert len(seen) == point["requests"] + 1 + 4  # plus the warm-up: one, then one per client
+        assert set(seen) == {(b"tensor", "yes")}
+        assert len(peers) == 4  # one connection per client
+        refused = await _http_load(f"http://127.0.0.1:{port}/full", b"tensor", {}, 2, 0.2)
+        assert refused["requests"] == 0 and refused["errors"] > 0
+    finally:
+        await runner.cleanup()
