@@ -158,11 +158,12 @@ class _InferFirst:
         await send({"type": "http.response.body", "body": content})
 
     async def _infer(self, model: str, version: str, scope: Scope, receive: Receive) -> tuple[dict[str, str], bytes]:
-        length = next((v for k, v in scope["headers"] if k == _HEADER_LENGTH), None)
+        raw: bytes | None = next((v for k, v in scope["headers"] if k == _HEADER_LENGTH), None)
+        length = raw.decode("latin-1") if raw is not None else None
         try:
             header_length = int(length) if length is not None else None
         except ValueError as exc:
-            raise BadRequest(f"{HEADER_LENGTH} must be an integer, not {length.decode('latin-1')!r}") from exc
+            raise BadRequest(f"{HEADER_LENGTH} must be an integer, not {length!r}") from exc
         body = await _body(receive)
         decoded = decode_rest_request(model, version, body, header_length)
         outputs, _ = await self.engine.infer(decoded)
