@@ -118,6 +118,15 @@ def test_rest_errors_name_the_tensor(worker_server: ServingServer, inputs: list,
     assert response.json() == {"error": words}
 
 
+def test_a_bad_header_length_is_400_and_another_method_on_infer_is_404(worker_server: ServingServer) -> None:
+    url = f"{worker_server.endpoints['rest']}/v2/models/digits/infer"
+    response = httpx.post(url, content=b"{}", headers={"Inference-Header-Content-Length": "two"})
+    assert response.status_code == 400
+    assert response.json() == {"error": "Inference-Header-Content-Length must be an integer, not 'two'"}
+    response = httpx.get(url)
+    assert response.status_code == 404 and response.json() == {"error": "no endpoint GET /v2/models/digits/infer"}
+
+
 def test_unknown_model_and_version_are_404(worker_server: ServingServer) -> None:
     base = worker_server.endpoints["rest"]
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
