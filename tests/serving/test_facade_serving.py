@@ -178,7 +178,8 @@ def test_v2_inference_skips_fastapis_routing_but_not_its_token_check_or_request_
                             headers={"Authorization": f"Bearer {token}"}, timeout=60)
         assert answer.status_code == 200 and answer.json()["model_name"] == "digits"
         assert {o["name"] for o in answer.json()["outputs"]} >= {"label"}
-    answer = httpx.post(f"{cluster.url}/v2/models/digits/versions/1/infer", json=body, headers=AUTH, timeout=60)
+    user = {"Authorization": f"Bearer {TOKEN}"}  # not AUTH: tritonclient adds to the dict it is given
+    answer = httpx.post(f"{cluster.url}/v2/models/digits/versions/1/infer", json=body, headers=user, timeout=60)
     assert answer.status_code == 200
     missing = httpx.post(f"{cluster.url}/v2/models/digits/infer", json=body)
     assert missing.status_code == 401 and missing.json()["detail"].startswith("missing bearer token")
