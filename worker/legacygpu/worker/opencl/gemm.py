@@ -32,7 +32,9 @@ the winner the autotuner cached for this device and driver
 device's driver stack (:func:`kernel_style`: PoCL's CPU style, llvmpipe's
 SIMD lanes, or GPU tiles). Compiled programs are cached per parameter set; the epilogue
 (bias or not, which activation) is a run-time argument, so one build serves
-every layer of a model.
+every layer of a model, except that sigmoid and tanh need a second build
+(``-DTRANS=1``): on llvmpipe an ``exp`` anywhere in the kernel halved the
+speed of every GEMM, so the common program leaves them out.
 """
 
 from __future__ import annotations
@@ -57,11 +59,13 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIVATIONS",
     "SHAPE_CLASSES",
+    "TRANSCENDENTAL",
     "Gemm",
     "GemmParams",
     "PackedB",
     "TunedParams",
     "default_params",
+    "epilogue_args",
     "kernel_source",
     "kernel_style",
     "packed_elems",
@@ -79,6 +83,24 @@ ACTIVATIONS: dict[str, tuple[int, tuple[float, ...]]] = {
 }
 
 SHAPE_CLASSES = ("gemv", "skinny", "square")
+
+# Activations the kernel computes with exp/tanh: only a program built with -DTRANS=1 has them.
+TRANSCENDENTAL = frozenset({"sigmoid", "tanh"})
+_INF = float("inf")
+
+
+def epilogue_args(activation: str, act_params: tuple[float, ...]) -> tuple[int, float, float, float]:
+    """The kernel's (act, lo, hi, slope) for an activation: every piecewise-linear one is
+    ``min(max(x, lo), hi) + slope * min(x, 0)``; sigmoid and tanh go by ``act`` alone."""
+    act = ACTIVATIONS[activation][0]
+    p0, p1 = (*act_params, 0.0, 0.0)[:2]
+    lo, hi, slope = {
+        "relu": (0.0, _INF, 0.0),
+        "relu6": (0.0, 6.0, 0.0),
+        "clip": (p0, p1, 0.0),
+        "leaky_relu": (0.0, _INF, p0),
+    }.get(activation, (-_INF, _INF, 0.0))
+    return act, float(lo), float(hi), float(slope)
 
 
 @functools.cache
@@ -300,18 +322,23 @@ class Gemm:
             self._chosen[cls] = params
         return params
 
-    def kernel(self, params: GemmParams, source: str | None = None) -> Any:
-        """The compiled ``gemm_nn`` kernel for ``params`` (cached; the epilogue is a run-time argument)."""
-        key = (params, source)
+    def kernel(self, params: GemmParams, source: str | None = None, *, trans: bool = False) -> Any:
+        """The compiled ``gemm_nn`` kernel for ``params`` (cached; the epilogue is a run-time argument).
+
+        ``trans``: the program that can also apply sigmoid and tanh (:data:`TRANSCENDENTAL`),
+        built on first use: the plain one serves every other activation.
+        """
+        key = (params, source, trans)
         with self._lock:
             kern = self._kernels.get(key)
             if kern is None:
-                program = self._build(source or kernel_source(), [*params.defines(), *BUILD_OPTIONS])
+                options = [*params.defines(), f"-DTRANS={int(trans)}", *BUILD_OPTIONS]
+                program = self._build(source or kernel_source(), options)
                 kern = program.gemm_nn
                 kern.set_scalar_arg_dtypes(
                     [np.int32, np.int32, np.int32, np.int32, np.float32,
                      None, np.int32, np.int32, None, np.int32, np.int32, None, np.int32, np.int32,
-                     None, np.int32, np.int32, np.int32, np.float32, np.float32]
+                     None, np.int32, np.int32, np.int32, np.float32, np.float32, np.float32]
                 )  # fmt: skip
                 self._kernels[key] = kern
         return kern
@@ -399,11 +426,11 @@ class Gemm:
         m, k, n = self._check(a, b, trans_a, trans_b, bias, out)
         if activation not in ACTIVATIONS:
             raise ValidationError(f"unknown activation {activation!r}; one of {sorted(ACTIVATIONS)}")
-        act, defaults = ACTIVATIONS[activation]
+        defaults = ACTIVATIONS[activation][1]
         act_params = tuple(activation_params) + tuple(defaults[len(activation_params) :])
-        p0, p1 = (*act_params, 0.0, 0.0)[:2]
+        act, lo, hi, slope = epilogue_args(activation, act_params)
         queue = self.dctx.queue
-        kern = self.kernel(params, source)
+        kern = self.kernel(params, source, trans=activation in TRANSCENDENTAL)
 
         if params.pa:  # panels of op(A)^T, MWG wide
             m_pad = _round_up(m, params.mwg)
@@ -431,7 +458,7 @@ class Gemm:
             a.base_data, _elem_offset(a), k,  # (lda is unused for packed panels)
             packed.array.base_data, _elem_offset(packed.array), packed.ld,
             out.base_data, _elem_offset(out), n,
-            bias_buf, bias_off, int(bias is not None), act, float(p0), float(p1),
+            bias_buf, bias_off, int(bias is not None), act, lo, hi, slope,
         )  # fmt: skip
         out.add_event(event)
         return out

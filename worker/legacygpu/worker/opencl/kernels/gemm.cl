@@ -17,8 +17,10 @@
 //   PA    1: A arrives packed in panels: [ceil(M/MWG)][K][MWG] (zero rows past M)
 //   MFIRST 1: consecutive work-groups walk down M (sharing a B panel), 0: along N
 //   PB    1: B arrives packed in panels: [N/NWG][K][NWG]; 0: B is K x N with stride LDB
-// Run-time epilogue arguments: has_bias (0/1) and act, numbered as in common.cl's apply_act:
-// 0 none, 1 relu, 2 clip (p0, p1), 3 sigmoid, 4 tanh, 5 leaky_relu (slope p0), 26 relu6.
+//   TRANS 1: the epilogue can also apply sigmoid and tanh (see below); 0: piecewise-linear only
+// Run-time epilogue arguments: has_bias (0/1), act (numbered as in common.cl's apply_act: 0 none,
+// 1 relu, 2 clip, 3 sigmoid, 4 tanh, 5 leaky_relu, 26 relu6) and lo, hi, slope: every activation
+// but sigmoid and tanh is min(max(x, lo), hi) + slope * min(x, 0), with lo/hi/slope set by the host.
 
 #ifndef MWI
 #define MWI 4
@@ -99,19 +101,27 @@
   #define COL_IN_TILE(lid_n, j) ((lid_n) * NWI + (j) * VW)
 #endif
 
-// The epilogue's activation is a run-time argument (one program serves every
-// activation, which matters where each build costs seconds, as on PoCL).
+// The epilogue's activation is a run-time argument (one program serves every piecewise-linear
+// activation, which matters where each build costs seconds, as on PoCL). sigmoid and tanh are
+// compiled in only with TRANS=1: on llvmpipe (rusticl 22.3) an exp() anywhere in the kernel, even
+// behind a run-time branch that is never taken, halved the speed of the whole GEMM.
+#ifndef TRANS
+#define TRANS 0
+#endif
+#if TRANS
+  #define TRANSCENDENTAL(T)                                                   \
+    if (act == 3) return (T)(1.0f) / ((T)(1.0f) + exp(-x));                   \
+    if (act == 4) return tanh(x);
+#else
+  #define TRANSCENDENTAL(T)
+#endif
 #define DEFINE_ACTIVATE(NAME, T)                                              \
-  inline T NAME(const T x, const int act, const float p0, const float p1) {  \
-    switch (act) {                                                            \
-      case 1: return fmax(x, (T)(0.0f));                                      \
-      case 2: return fmin(fmax(x, (T)(p0)), (T)(p1));                         \
-      case 3: return (T)(1.0f) / ((T)(1.0f) + exp(-x));                       \
-      case 4: return tanh(x);                                                 \
-      case 5: return fmax(x, (T)(0.0f)) + p0 * fmin(x, (T)(0.0f));            \
-      case 26: return fmin(fmax(x, (T)(0.0f)), (T)(6.0f));                    \
-      default: return x;                                                      \
-    }                                                                         \
+  inline T NAME(const T x, const int act, const float lo, const float hi,    \
+                const float slope) {                                          \
+    if (act == 0) return x;                                                   \
+    TRANSCENDENTAL(T)                                                         \
+    const T y = fmin(fmax(x, (T)(lo)), (T)(hi));                              \
+    return slope != 0.0f ? y + (T)(slope) * fmin(x, (T)(0.0f)) : y;           \
   }
 DEFINE_ACTIVATE(activate_v, realV)
 DEFINE_ACTIVATE(activate_s, float)
@@ -122,7 +132,7 @@ void gemm_nn(const int M, const int N, const int K, const int NB, const float al
              const __global float* restrict B, const int b_off, const int ldb,
              __global float* restrict C, const int c_off, const int ldc,
              const __global float* restrict bias, const int bias_off, const int has_bias,
-             const int act, const float p0, const float p1)
+             const int act, const float lo, const float hi, const float slope)
 {
   const int lid_n = get_local_id(0);
   const int lid_m = get_local_id(1);
@@ -276,7 +286,7 @@ void gemm_nn(const int M, const int N, const int K, const int NB, const float al
           if (has_bias) {
             v += LOADV(bias + bias_off + n);
           }
-          v = activate_v(v, act, p0, p1);
+          v = activate_v(v, act, lo, hi, slope);
           STOREV(v, C + c_off + m * ldc + n);
         } else {
           realV t = v;
@@ -288,7 +298,7 @@ void gemm_nn(const int M, const int N, const int K, const int NB, const float al
               if (has_bias) {
                 s += bias[bias_off + col];
               }
-              C[c_off + m * ldc + col] = activate_s(s, act, p0, p1);
+              C[c_off + m * ldc + col] = activate_s(s, act, lo, hi, slope);
             }
           }
         }

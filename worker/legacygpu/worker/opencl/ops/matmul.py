@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..device import KernelBuildError
-from ..gemm import ACTIVATIONS
+from ..gemm import ACTIVATIONS, TRANSCENDENTAL
 from ..graph import Node
 from ..plan import Binding, Step, Unsupported
 from ..programs import f32, i32
@@ -96,7 +96,8 @@ def gemm_call(
     epilogue = fused or "none"
     try:
         gparams = gemm.params_for(m_params or m, n, k)
-        gemm.kernel(gparams)  # build now: a driver that cannot compile it sends the node to onnxruntime
+        # build now: a driver that cannot compile it sends the node to onnxruntime
+        gemm.kernel(gparams, trans=epilogue in TRANSCENDENTAL)
     except KernelBuildError as exc:
         raise Unsupported(str(exc)) from exc
     w = pc.gemm_weight(key, GemmWeight(bmat.load, k, n, bmat.trans, gparams, gemm))
