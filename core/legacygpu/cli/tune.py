@@ -1,7 +1,7 @@
 """``legacygpu tune``: autotune the GEMM kernels for one OpenCL device.
 
 Runs :class:`~legacygpu.worker.opencl.tuning.Autotuner` over the shape
-classes (gemv: M<=4, skinny: M<=32, square), with a progress bar, and saves
+classes (gemv: M<=4, skinny: M<=16, medium: M<=32, square), with a progress bar, and saves
 the winners in the tuning cache, where every later ``Gemm`` on this device
 and driver finds them.
 """
@@ -28,7 +28,7 @@ __all__ = ["command"]
     help="Device index from `legacygpu devices` (default: the first GPU, else any).",
 )
 @click.option(
-    "--classes", default="gemv,skinny,square", show_default=True, help="Comma-separated shape classes to tune."
+    "--classes", default="gemv,skinny,medium,square", show_default=True, help="Comma-separated shape classes to tune."
 )
 @click.option("--count", type=int, default=None, help="Candidates sampled per class before refinement.")
 @click.option(

@@ -26,7 +26,8 @@ weight is laid out once with :meth:`Gemm.pack_b` and passed as a
 :class:`PackedB` (the executor does so for every Conv/MatMul/Gemm weight).
 
 Which parameters run is decided per call from the problem's shape class
-(:func:`shape_class`: ``gemv`` M<=4, ``skinny`` M<=32, ``square`` otherwise):
+(:func:`shape_class`: ``gemv`` M<=4, ``skinny`` M<=16, ``medium`` M<=32, ``square``
+otherwise):
 the winner the autotuner cached for this device and driver
 (:mod:`legacygpu.worker.opencl.tuning`), else :func:`default_params` for the
 device's driver stack (:func:`kernel_style`: PoCL's CPU style, llvmpipe's
@@ -82,7 +83,7 @@ ACTIVATIONS: dict[str, tuple[int, tuple[float, ...]]] = {
     for name in ("none", "relu", "relu6", "sigmoid", "tanh", "leaky_relu", "clip")
 }
 
-SHAPE_CLASSES = ("gemv", "skinny", "square")
+SHAPE_CLASSES = ("gemv", "skinny", "medium", "square")
 
 # Activations the kernel computes with exp/tanh: only a program built with -DTRANS=1 has them.
 TRANSCENDENTAL = frozenset({"sigmoid", "tanh"})
@@ -110,11 +111,13 @@ def kernel_source() -> str:
 
 
 def shape_class(m: int, n: int, k: int) -> str:
-    """The tuning class of an (M, N, K) problem: ``gemv``, ``skinny`` or ``square``."""
+    """The tuning class of an (M, N, K) problem: ``gemv``, ``skinny``, ``medium`` or ``square``."""
     if m <= 4:
         return "gemv"
-    if m <= 32:
+    if m <= 16:
         return "skinny"
+    if m <= 32:
+        return "medium"
     return "square"
 
 
@@ -204,24 +207,26 @@ class GemmParams:
 _CPU_DEFAULTS = {
     "gemv": GemmParams(mwi=1, nwv=8, vw=16, mdimc=1, ndimc=1, ku=4),
     "skinny": GemmParams(mwi=8, nwv=2, vw=16, mdimc=1, ndimc=2, ku=2, pb=True, mfirst=True),
+    "medium": GemmParams(mwi=8, nwv=2, vw=16, mdimc=1, ndimc=2, ku=2, pb=True, mfirst=True),
     "square": GemmParams(mwi=8, nwv=2, vw=16, mdimc=1, ndimc=2, ku=2, pb=True, mfirst=True),
 }
 # "lanes" (rusticl on llvmpipe), measured on llvmpipe (LLVM 15, 256 bits): llvmpipe runs
-# 8 work-items as the lanes of one SIMD register, so PoCL's wide per-work-item vectors
-# (float16 blocks of 256 accumulators) spill and compile for minutes; work-groups 8 wide
-# along N with small register blocks (at most 32 floats) are what it runs well. square is
-# the winner of `legacygpu tune --quick` on llvmpipe (a scalar 4x4 block lost to CLBlast
-# at 1024^3; this one beat it after tuning, in `legacygpu bench gemm`).
+# 8 work-items as the lanes of one SIMD register and loads global memory lane by lane, so
+# PoCL's wide per-work-item vectors (float16 blocks of 256 accumulators) spill and compile
+# for minutes, while blocks of up to 64 floats (8 rows x one float8, like CLBlast's best
+# set here) make the most of each load; work-groups 8 wide along N.
 _LANES_DEFAULTS = {
     "gemv": GemmParams(mwi=1, nwv=4, vw=1, mdimc=1, ndimc=16, ku=4, strn=True),
     "skinny": GemmParams(mwi=4, nwv=4, vw=1, mdimc=2, ndimc=8, ku=2, strn=True),
-    "square": GemmParams(mwi=4, nwv=2, vw=4, mdimc=8, ndimc=8, ku=4, strn=True, mfirst=True),
+    "medium": GemmParams(mwi=4, nwv=4, vw=1, mdimc=2, ndimc=8, ku=2, strn=True),
+    "square": GemmParams(mwi=8, nwv=1, vw=8, mdimc=8, ndimc=8, ku=2, mfirst=True),
 }
 # "gpu" (rusticl on radeonsi, Clover, AMD's legacy driver): CLBlast-style local-memory tiles
 # and coalesced (strided) vectors. Not measured on a card yet: see docs/opencl-core.md.
 _GPU_DEFAULTS = {
     "gemv": GemmParams(mwi=1, nwv=1, vw=4, mdimc=1, ndimc=64, ku=4, local=False, strn=True),
     "skinny": GemmParams(mwi=2, nwv=1, vw=4, mdimc=8, ndimc=32, ku=2, local=True, kwg=16, strn=True),
+    "medium": GemmParams(mwi=2, nwv=1, vw=4, mdimc=8, ndimc=32, ku=2, local=True, kwg=16, strn=True),
     "square": GemmParams(mwi=4, nwv=2, vw=4, mdimc=16, ndimc=8, ku=2, local=True, kwg=16, strn=True),
 }
 _DEFAULTS = {"cpu": _CPU_DEFAULTS, "lanes": _LANES_DEFAULTS, "gpu": _GPU_DEFAULTS}
@@ -322,17 +327,21 @@ class Gemm:
             self._chosen[cls] = params
         return params
 
-    def kernel(self, params: GemmParams, source: str | None = None, *, trans: bool = False) -> Any:
+    def kernel(
+        self, params: GemmParams, source: str | None = None, *, trans: bool = False, edge: bool = True
+    ) -> Any:
         """The compiled ``gemm_nn`` kernel for ``params`` (cached; the epilogue is a run-time argument).
 
-        ``trans``: the program that can also apply sigmoid and tanh (:data:`TRANSCENDENTAL`),
-        built on first use: the plain one serves every other activation.
+        ``trans``: the program that can also apply sigmoid and tanh (:data:`TRANSCENDENTAL`);
+        ``edge``: the one that can store vectors straddling N (needed when N is not a multiple
+        of ``params.vw``). Each variant is built on first use: leaving out what a call does not
+        need keeps the kernel lean, which on llvmpipe doubled its speed.
         """
-        key = (params, source, trans)
+        key = (params, source, trans, edge)
         with self._lock:
             kern = self._kernels.get(key)
             if kern is None:
-                options = [*params.defines(), f"-DTRANS={int(trans)}", *BUILD_OPTIONS]
+                options = [*params.defines(), f"-DTRANS={int(trans)}", f"-DEDGE={int(edge)}", *BUILD_OPTIONS]
                 program = self._build(source or kernel_source(), options)
                 kern = program.gemm_nn
                 kern.set_scalar_arg_dtypes(
@@ -430,7 +439,7 @@ class Gemm:
         act_params = tuple(activation_params) + tuple(defaults[len(activation_params) :])
         act, lo, hi, slope = epilogue_args(activation, act_params)
         queue = self.dctx.queue
-        kern = self.kernel(params, source, trans=activation in TRANSCENDENTAL)
+        kern = self.kernel(params, source, trans=activation in TRANSCENDENTAL, edge=n % params.vw != 0)
 
         if params.pa:  # panels of op(A)^T, MWG wide
             m_pad = _round_up(m, params.mwg)

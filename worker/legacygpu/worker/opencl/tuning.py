@@ -82,8 +82,10 @@ class TuningNotConfirmed(OpenCLError):
 
 # Representative (M, N, K) per shape class: full and --quick.
 TUNING_PROBLEMS: dict[str, dict[str, tuple[int, int, int]]] = {
-    "full": {"gemv": (1, 2048, 2048), "skinny": (16, 1024, 1024), "square": (1024, 1024, 1024)},
-    "quick": {"gemv": (1, 1024, 1024), "skinny": (16, 512, 512), "square": (512, 512, 512)},
+    "full": {"gemv": (1, 2048, 2048), "skinny": (16, 1024, 1024), "medium": (32, 1024, 1024),
+             "square": (1024, 1024, 1024)},
+    "quick": {"gemv": (1, 1024, 1024), "skinny": (16, 512, 512), "medium": (32, 512, 512),
+              "square": (512, 512, 512)},
 }
 
 
@@ -188,6 +190,9 @@ _SPACES: dict[tuple[str, str], dict[str, Sequence[Any]]] = {
     ("cpu", "skinny"): {"mwi": [2, 4, 8, 16], "mdimc": [1, 2, 4], "vw": [8, 16], "nwv": [1, 2, 4],
                         "ndimc": [1, 2, 4, 8], "ku": [1, 2, 4], "pa": [False, True], "pb": [False, True],
                         "mfirst": [False, True]},
+    ("cpu", "medium"): {"mwi": [2, 4, 8, 16], "mdimc": [1, 2, 4], "vw": [8, 16], "nwv": [1, 2, 4],
+                        "ndimc": [1, 2, 4, 8], "ku": [1, 2, 4], "pa": [False, True], "pb": [False, True],
+                        "mfirst": [False, True]},
     ("cpu", "square"): {"mwi": [4, 6, 8], "mdimc": [1, 2, 4, 8], "vw": [8, 16], "nwv": [1, 2],
                         "ndimc": [1, 2, 4], "ku": [1, 2, 4], "pa": [False, True], "pb": [False, True],
                         "mfirst": [False, True]},
@@ -195,16 +200,22 @@ _SPACES: dict[tuple[str, str], dict[str, Sequence[Any]]] = {
     # work-groups a multiple of 8 wide along N; local memory is ordinary memory plus barriers.
     ("lanes", "gemv"): {"mwi": [1, 2], "mdimc": [1, 2], "vw": [1, 2, 4], "nwv": [1, 2, 4, 8],
                         "ndimc": [8, 16, 32, 64], "ku": [1, 2, 4], "strn": [False, True], "pb": [False, True]},
-    ("lanes", "skinny"): {"mwi": [1, 2, 4, 8], "mdimc": [1, 2, 4], "vw": [1, 2, 4], "nwv": [1, 2, 4, 8],
-                          "ndimc": [8, 16, 32], "ku": [1, 2, 4], "strn": [False, True], "pb": [False, True],
-                          "mfirst": [False, True]},
-    ("lanes", "square"): {"mwi": [2, 4, 8], "mdimc": [2, 4, 8], "vw": [1, 2, 4], "nwv": [1, 2, 4, 8],
+    ("lanes", "skinny"): {"mwi": [1, 2, 4, 8], "mdimc": [1, 2, 4], "vw": [1, 2, 4, 8], "nwv": [1, 2, 4, 8],
+                          "ndimc": [8, 16, 32], "ku": [1, 2, 4], "strn": [False, True], "pa": [False, True],
+                          "pb": [False, True], "mfirst": [False, True]},
+    ("lanes", "medium"): {"mwi": [2, 4, 8], "mdimc": [1, 2, 4], "vw": [1, 2, 4, 8], "nwv": [1, 2, 4, 8],
+                          "ndimc": [8, 16, 32], "ku": [1, 2, 4], "strn": [False, True], "pa": [False, True],
+                          "pb": [False, True], "mfirst": [False, True]},
+    ("lanes", "square"): {"mwi": [2, 4, 8], "mdimc": [2, 4, 8], "vw": [1, 2, 4, 8], "nwv": [1, 2, 4, 8],
                           "ndimc": [8, 16, 32], "ku": [1, 2, 4], "local": [False, True], "kwg": [16],
                           "strn": [False, True], "pa": [False, True], "pb": [False, True],
                           "mfirst": [False, True]},
     ("gpu", "gemv"): {"mwi": [1, 2, 4], "mdimc": [1], "vw": [1, 2, 4], "nwv": [1, 2],
                       "ndimc": [32, 64, 128, 256], "ku": [1, 2, 4], "strn": [False, True], "pb": [False, True]},
     ("gpu", "skinny"): {"local": [True], "mwi": [1, 2, 4], "mdimc": [4, 8, 16], "vw": [1, 2, 4],
+                        "nwv": [1, 2], "ndimc": [8, 16, 32], "ku": [1, 2, 4], "kwg": [8, 16, 32],
+                        "strn": [False, True], "pb": [False, True]},
+    ("gpu", "medium"): {"local": [True], "mwi": [1, 2, 4], "mdimc": [4, 8, 16], "vw": [1, 2, 4],
                         "nwv": [1, 2], "ndimc": [8, 16, 32], "ku": [1, 2, 4], "kwg": [8, 16, 32],
                         "strn": [False, True], "pb": [False, True]},
     ("gpu", "square"): {"local": [True], "mwi": [2, 4, 8], "mdimc": [8, 16, 32], "vw": [1, 2, 4, 8],
@@ -227,8 +238,8 @@ def _plausible(p: GemmParams, info: DeviceInfo) -> bool:
         return False
     if kind == "gpu":
         return 64 <= wg <= 256
-    if kind == "lanes":
-        return p.ndimc % 8 == 0 and 8 <= wg <= 256 and block <= 32
+    if kind == "lanes":  # up to 64 accumulators: llvmpipe loads lane by lane, so big blocks pay
+        return p.ndimc % 8 == 0 and 8 <= wg <= 256 and block <= 64
     return block >= 8 and wg <= 64
 
 
@@ -306,7 +317,7 @@ class WrongResult(OpenCLError):
 
 def _check_problem(cls: str) -> tuple[int, int, int]:
     """A small odd-sized problem of the class, to catch edge handling bugs."""
-    return {"gemv": (3, 77, 45), "skinny": (19, 77, 45), "square": (67, 77, 45)}[cls]
+    return {"gemv": (3, 77, 45), "skinny": (13, 77, 45), "medium": (29, 77, 45), "square": (67, 77, 45)}[cls]
 
 
 @dataclass

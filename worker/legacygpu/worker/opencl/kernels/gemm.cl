@@ -18,6 +18,9 @@
 //   MFIRST 1: consecutive work-groups walk down M (sharing a B panel), 0: along N
 //   PB    1: B arrives packed in panels: [N/NWG][K][NWG]; 0: B is K x N with stride LDB
 //   TRANS 1: the epilogue can also apply sigmoid and tanh (see below); 0: piecewise-linear only
+//   EDGE  1: N may not be a multiple of VW (vectors that straddle N are stored lane by lane);
+//         0: the host guarantees N % VW == 0, so every vector is wholly inside N or wholly past it
+//         (on llvmpipe the lane-by-lane store path, though never run, made the whole GEMM 2x slower)
 // Run-time epilogue arguments: has_bias (0/1), act (numbered as in common.cl's apply_act: 0 none,
 // 1 relu, 2 clip, 3 sigmoid, 4 tanh, 5 leaky_relu, 26 relu6) and lo, hi, slope: every activation
 // but sigmoid and tanh is min(max(x, lo), hi) + slope * min(x, 0), with lo/hi/slope set by the host.
@@ -107,6 +110,9 @@
 // behind a run-time branch that is never taken, halved the speed of the whole GEMM.
 #ifndef TRANS
 #define TRANS 0
+#endif
+#ifndef EDGE
+#define EDGE 1
 #endif
 #if TRANS
   #define TRANSCENDENTAL(T)                                                   \
@@ -288,7 +294,9 @@ void gemm_nn(const int M, const int N, const int K, const int NB, const float al
           }
           v = activate_v(v, act, lo, hi, slope);
           STOREV(v, C + c_off + m * ldc + n);
-        } else {
+        }
+#if EDGE
+        else {
           realV t = v;
           const float* lanes = (const float*)&t;
           for (int l = 0; l < VW; l++) {
@@ -302,6 +310,7 @@ void gemm_nn(const int M, const int N, const int K, const int NB, const float al
             }
           }
         }
+#endif
       }
     }
   }

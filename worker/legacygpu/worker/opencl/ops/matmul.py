@@ -97,7 +97,7 @@ def gemm_call(
     try:
         gparams = gemm.params_for(m_params or m, n, k)
         # build now: a driver that cannot compile it sends the node to onnxruntime
-        gemm.kernel(gparams, trans=epilogue in TRANSCENDENTAL)
+        gemm.kernel(gparams, trans=epilogue in TRANSCENDENTAL, edge=n % gparams.vw != 0)
     except KernelBuildError as exc:
         raise Unsupported(str(exc)) from exc
     w = pc.gemm_weight(key, GemmWeight(bmat.load, k, n, bmat.trans, gparams, gemm))
