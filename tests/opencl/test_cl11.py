@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from legacygpu.worker.opencl.device import DeviceContext
-from legacygpu.worker.opencl.gemm import Gemm, GemmParams, default_params
+from legacygpu.worker.opencl.gemm import SHAPE_CLASSES, Gemm, GemmParams, default_params
 from legacygpu.worker.opencl.programs import BUILD_OPTIONS, KERNEL_DIR, Programs
 from legacygpu.worker.opencl.tuning import Autotuner, TuningCache
 
@@ -62,7 +62,7 @@ def _built_with_cl11(dctx, program: Any) -> None:
 def _styles(dctx) -> list[GemmParams]:
     styles = [dataclasses.replace(dctx.info, device_type=t, platform=p)
               for t, p in (("cpu", "Portable Computing Language"), ("cpu", "rusticl"), ("gpu", "Clover"))]  # fmt: skip
-    members = {default_params(info, cls) for info in styles for cls in ("gemv", "skinny", "square")}
+    members = {default_params(info, cls) for info in styles for cls in SHAPE_CLASSES}
     members.add(GemmParams(mwi=4, nwv=1, vw=4, mdimc=8, ndimc=4, ku=4, local=True, kwg=16, pa=True, pb=True))
     # PoCL's 256-accumulator float16 blocks take llvmpipe minutes to compile: PoCL builds them here
     wide = {p for p in members if p.mwi * p.nwv * p.vw > 64}
@@ -73,7 +73,8 @@ def test_gemm_family_builds_as_opencl_c_1_1(dctx) -> None:
     gemm = Gemm(dctx, tuning=TuningCache(Path("/nonexistent")))
     source = (KERNEL_DIR / "gemm.cl").read_text()
     for params in _styles(dctx):
-        cl.Program(dctx.ctx, source).build(options=[*params.defines(), "-cl-std=CL1.1"])
+        for variant in (["-DTRANS=0", "-DEDGE=1"], ["-DTRANS=1", "-DEDGE=0"]):
+            cl.Program(dctx.ctx, source).build(options=[*params.defines(), *variant, "-cl-std=CL1.1"])
         _built_with_cl11(dctx, gemm.kernel(params).program)
 
 

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from legacygpu.core.errors import ValidationError
-from legacygpu.worker.opencl.gemm import Gemm, GemmParams, kernel_style, shape_class
+from legacygpu.worker.opencl.gemm import (
+    ACTIVATIONS,
+    TRANSCENDENTAL,
+    Gemm,
+    GemmParams,
+    epilogue_args,
+    kernel_style,
+    shape_class,
+)
 from legacygpu.worker.opencl.tuning import TuningCache
 
 cla = pytest.importorskip("pyopencl.array")
@@ -62,7 +70,7 @@ FAMILY = [
 
 
 @pytest.mark.parametrize("params", FAMILY, ids=lambda p: p.short().replace(" ", "_"))
-@pytest.mark.parametrize(("m", "n", "k"), [(1, 1, 1), (17, 33, 65), (70, 130, 37)])
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 1, 1), (17, 33, 65), (70, 130, 37), (33, 96, 37)])
 def test_kernel_family_members_match_numpy(dctx, gemm, params, m, n, k) -> None:
     """GPU-style (local memory, strided) and CPU-style members are all correct, edges included."""
     if kernel_style(dctx.info) == "lanes" and params.mwi * params.nwv * params.vw > 64:
@@ -154,9 +162,41 @@ def test_bad_input_is_rejected(dctx, gemm) -> None:
 
 
 def test_shape_classes() -> None:
-    assert [shape_class(m, 512, 512) for m in (1, 4, 5, 32, 33, 4096)] == [
-        "gemv", "gemv", "skinny", "skinny", "square", "square",
+    assert [shape_class(m, 512, 512) for m in (1, 4, 5, 16, 17, 32, 33, 4096)] == [
+        "gemv", "gemv", "skinny", "skinny", "medium", "medium", "square", "square",
     ]  # fmt: skip
+
+
+def test_epilogue_args_are_one_piecewise_linear_formula() -> None:
+    """min(max(x, lo), hi) + slope * min(x, 0) reproduces every activation but sigmoid and tanh."""
+    x = np.linspace(-8, 8, 33)
+    want = {
+        ("relu", ()): np.maximum(x, 0), ("relu6", ()): np.clip(x, 0, 6),
+        ("leaky_relu", (0.2,)): np.where(x > 0, x, 0.2 * x), ("clip", (-0.5, 0.25)): np.clip(x, -0.5, 0.25),
+    }  # fmt: skip
+    for (name, act_params), ref in want.items():
+        act, lo, hi, slope = epilogue_args(name, act_params)
+        assert act == ACTIVATIONS[name][0] and act != 0
+        np.testing.assert_allclose(np.minimum(np.maximum(x, lo), hi) + slope * np.minimum(x, 0), ref)
+    assert epilogue_args("none", ())[0] == 0
+    assert {"sigmoid", "tanh"} == TRANSCENDENTAL
+
+
+def test_calls_build_only_the_program_variants_they_need(dctx) -> None:
+    """exp/tanh (TRANS) and the lane-by-lane edge store (EDGE) are compiled in only when a call needs
+    them: on llvmpipe either one, present but never run, halved the speed of every GEMM."""
+    gemm = Gemm(dctx, tuning=TuningCache.in_memory())
+    q = dctx.queue
+    params = gemm.params_for(64, 64, 16)  # square: float8 or float16 vectors on both platforms
+    assert params.vw > 1
+    n_even, n_odd = 2 * params.nwg, 2 * params.nwg + 1  # a multiple of the vector width, and not
+    for n, activation in ((n_even, "relu"), (n_even, "none"), (n_even, "sigmoid"), (n_odd, "relu")):
+        a, b, bias = _mats(64, n, 16)
+        got = gemm(cla.to_device(q, a), cla.to_device(q, b), bias=cla.to_device(q, bias), activation=activation)
+        ref = {"relu": lambda x: np.maximum(x, 0), "none": lambda x: x, "sigmoid": _sigmoid}[activation]
+        _close(got.get(), ref(a.astype(np.float64) @ b + bias), 16)
+    built = {key[2:] for key in gemm._kernels if isinstance(key, tuple)}  # (trans, edge) per program
+    assert built == {(False, False), (True, False), (False, True)}
 
 
 @pytest.mark.parametrize("trans_b", [False, True])

@@ -11,7 +11,14 @@ import pytest
 from click.testing import CliRunner
 
 from legacygpu.cli import main as cli
-from legacygpu.worker.opencl.gemm import Gemm, GemmParams, default_params, kernel_source
+from legacygpu.worker.opencl.gemm import (
+    SHAPE_CLASSES,
+    Gemm,
+    GemmParams,
+    default_params,
+    kernel_source,
+    kernel_style,
+)
 from legacygpu.worker.opencl.tuning import (
     Autotuner,
     Candidate,
@@ -117,7 +124,7 @@ def test_default_cache_dir_honours_env(monkeypatch, tmp_path) -> None:
 
 def test_candidates_are_reproducible_and_plausible(dctx) -> None:
     info = dctx.info
-    for cls in ("gemv", "skinny", "square"):
+    for cls in SHAPE_CLASSES:
         first = candidates(info, cls, count=10)
         assert first == candidates(info, cls, count=10)
         assert first[0].params == default_params(info, cls)
@@ -159,6 +166,28 @@ def test_tune_cli_quick(on_platform, tmp_path, monkeypatch) -> None:
     assert res.exit_code == 2 and "unknown class" in res.output
 
 
+def test_llvmpipe_search_space_has_clblast_like_blocks(dctx) -> None:
+    """llvmpipe (checked on a DeviceInfo shaped like rusticl's): what CLBlast's winning sets do there
+    is in the space: 8x8 blocks of 64 accumulators, float8 vectors, and packed A for M <= 32."""
+    import dataclasses
+
+    from legacygpu.worker.opencl.tuning import _SPACES, TUNING_PROBLEMS, _plausible
+
+    lanes = dataclasses.replace(
+        dctx.info, device_type="cpu", platform="rusticl", name="llvmpipe (LLVM 15.0.6, 256 bits)"
+    )
+    assert kernel_style(lanes) == "lanes"
+    assert TUNING_PROBLEMS["full"]["medium"] == (32, 1024, 1024)
+    for cls in ("skinny", "medium", "square"):
+        space = _SPACES[("lanes", cls)]
+        assert 8 in space["vw"] and True in space["pa"]
+    clblast_like = GemmParams(mwi=8, nwv=1, vw=8, mdimc=8, ndimc=8, ku=2, mfirst=True)
+    assert _plausible(clblast_like, lanes) and default_params(lanes, "square") == clblast_like
+    assert not _plausible(dataclasses.replace(clblast_like, nwv=2), lanes)  # 128 accumulators spill
+    found = candidates(lanes, "medium", count=24)
+    assert found[0].params == default_params(lanes, "medium") and len(found) == 24
+
+
 def test_gpu_search_space_fits_a_polaris_card(dctx) -> None:
     """The GPU space (checked without a GPU: a DeviceInfo shaped like an RX 580 under Clover)."""
     import dataclasses
@@ -168,7 +197,7 @@ def test_gpu_search_space_fits_a_polaris_card(dctx) -> None:
         compute_units=36, local_mem_bytes=32768, max_work_group_size=256, legacy_family="polaris",
         is_legacy_amd=True,
     )  # fmt: skip
-    for cls in ("gemv", "skinny", "square"):
+    for cls in SHAPE_CLASSES:
         found = candidates(rx580, cls, count=24)
         assert len(found) == 24 and found[0].params == default_params(rx580, cls)
         for cand in found:
