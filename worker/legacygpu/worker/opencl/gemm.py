@@ -214,12 +214,14 @@ _CPU_DEFAULTS = {
 # 8 work-items as the lanes of one SIMD register and loads global memory lane by lane, so
 # PoCL's wide per-work-item vectors (float16 blocks of 256 accumulators) spill and compile
 # for minutes, while blocks of up to 64 floats (8 rows x one float8, like CLBlast's best
-# set here) make the most of each load; work-groups 8 wide along N.
+# set here) make the most of each load; work-groups 8 wide along N. Each is the winner of
+# `make tune-rusticl TUNE_ARGS=--quick` (2026-12-07, load 12-19 on 2 cores; the cache it
+# saved is docs/benchmarks/gemm-rusticl/tuning-cache.json).
 _LANES_DEFAULTS = {
-    "gemv": GemmParams(mwi=1, nwv=4, vw=1, mdimc=1, ndimc=16, ku=4, strn=True),
+    "gemv": GemmParams(mwi=1, nwv=4, vw=2, mdimc=1, ndimc=16, ku=4, strn=True),
     "skinny": GemmParams(mwi=4, nwv=4, vw=1, mdimc=2, ndimc=8, ku=2, strn=True),
-    "medium": GemmParams(mwi=4, nwv=4, vw=1, mdimc=2, ndimc=8, ku=2, strn=True),
-    "square": GemmParams(mwi=8, nwv=1, vw=8, mdimc=8, ndimc=8, ku=2, mfirst=True),
+    "medium": GemmParams(mwi=8, nwv=2, vw=2, mdimc=2, ndimc=16, ku=4, strn=True, pb=True, mfirst=True),
+    "square": GemmParams(mwi=8, nwv=1, vw=8, mdimc=4, ndimc=8, ku=2, mfirst=True),
 }
 # "gpu" (rusticl on radeonsi, Clover, AMD's legacy driver): CLBlast-style local-memory tiles
 # and coalesced (strided) vectors. Not measured on a card yet: see docs/opencl-core.md.
