@@ -216,11 +216,13 @@ _CPU_DEFAULTS = {
 # for minutes, while blocks of up to 64 floats (8 rows x one float8, like CLBlast's best
 # set here) make the most of each load; work-groups 8 wide along N. Each is the winner of
 # `make tune-rusticl TUNE_ARGS=--quick` (2026-12-07, load 12-19 on 2 cores; the cache it
-# saved is docs/benchmarks/gemm-rusticl/tuning-cache.json).
+# saved is docs/benchmarks/gemm-rusticl/tuning-cache.json). For medium, the first tune's
+# random sample missed square's 8x1x8 block; with it as the first candidate, a second tune
+# of medium (`--classes medium`) picked it in 2x8 work-groups.
 _LANES_DEFAULTS = {
     "gemv": GemmParams(mwi=1, nwv=4, vw=2, mdimc=1, ndimc=16, ku=4, strn=True),
     "skinny": GemmParams(mwi=4, nwv=4, vw=1, mdimc=2, ndimc=8, ku=2, strn=True),
-    "medium": GemmParams(mwi=8, nwv=2, vw=2, mdimc=2, ndimc=16, ku=4, strn=True, pb=True, mfirst=True),
+    "medium": GemmParams(mwi=8, nwv=1, vw=8, mdimc=2, ndimc=8, ku=2, mfirst=True),
     "square": GemmParams(mwi=8, nwv=1, vw=8, mdimc=4, ndimc=8, ku=2, mfirst=True),
 }
 # "gpu" (rusticl on radeonsi, Clover, AMD's legacy driver): CLBlast-style local-memory tiles
