@@ -216,7 +216,7 @@ _CPU_DEFAULTS = {
 # for minutes, while blocks of up to 64 floats (8 rows x one float8, like CLBlast's best
 # set here) make the most of each load; work-groups 8 wide along N. Each is the winner of
 # `make tune-rusticl TUNE_ARGS=--quick` (2026-12-07, load 12-19 on 2 cores; the cache it
-# saved is docs/benchmarks/gemm-rusticl/tuning-cache.json). For medium, the first tune's
+# saved is docs/tuning/rusticl-llvmpipe.json). For medium, the first tune's
 # random sample missed square's 8x1x8 block; with it as the first candidate, a second tune
 # of medium (`--classes medium`) picked it in 2x8 work-groups.
 _LANES_DEFAULTS = {
