@@ -112,7 +112,7 @@ def test_discovery_prefers_rusticl_for_a_polaris_card_and_says_so(debian12_with_
 
 
 def test_untuned_defaults_follow_the_driver_stack(dctx) -> None:
-    """PoCL's wide CPU blocks, llvmpipe's scalar lanes, GPU tiles for radeonsi, Clover and AMD's driver."""
+    """PoCL's wide CPU blocks, llvmpipe's SIMD lanes, GPU tiles for radeonsi, Clover and AMD's driver."""
     styles = {
         "pocl": dataclasses.replace(dctx.info, platform="Portable Computing Language", device_type="cpu"),
         "llvmpipe": dataclasses.replace(dctx.info, platform="rusticl", device_type="cpu"),
@@ -127,14 +127,14 @@ def test_untuned_defaults_follow_the_driver_stack(dctx) -> None:
     for cls in SHAPE_CLASSES:
         pocl, lanes = default_params(styles["pocl"], cls), default_params(styles["llvmpipe"], cls)
         assert pocl.vw == 16 and not pocl.local  # one work-item = a wide SIMD block
-        # 8 work-items per SIMD register, small blocks, no local memory
-        assert lanes.ndimc % 8 == 0 and lanes.mwi * lanes.nwv * lanes.vw <= 32 and not lanes.local
+        # 8 work-items per SIMD register, blocks of at most 64 accumulators (CLBlast's 8x8), no local memory
+        assert lanes.ndimc % 8 == 0 and lanes.mwi * lanes.nwv * lanes.vw <= 64 and not lanes.local
         gpu = {default_params(styles[s], cls) for s in ("radeonsi", "clover", "amd")}
         assert len(gpu) == 1 and (cls == "gemv" or gpu.pop().local)
         # the llvmpipe search space keeps to its style, the default first
         found = candidates(styles["llvmpipe"], cls, count=12)
         assert found[0].params == lanes
-        assert all(c.params.ndimc % 8 == 0 and c.params.mwi * c.params.nwv * c.params.vw <= 32 for c in found)
+        assert all(c.params.ndimc % 8 == 0 and c.params.mwi * c.params.nwv * c.params.vw <= 64 for c in found)
 
 
 def test_setup_and_worker_image_provide_rusticl() -> None:
