@@ -65,6 +65,19 @@ def test_sweep_from_refuses_a_file_without_a_sweep(tmp_path) -> None:
     assert res.exit_code == 2 and "--clblast-sweep-from" in res.output and "sweep" in res.output
 
 
+def test_a_sweep_reused_twice_still_names_the_run_that_swept(tmp_path) -> None:
+    from legacygpu.cli.bench import _earlier_sweep
+
+    once = {"best": {"square": "xgemm-a"}, "reused_from": "/first.json", "reused_from_started": "sweep-time"}
+    record = tmp_path / "gemm.json"
+    record.write_text(json.dumps({"meta": {"device": "dev", "started": "reuse-time"}, "sweep": once, "rows": []}))
+    again = _earlier_sweep(record, "dev")
+    assert again["reused_from_started"] == "sweep-time" and again["reused_from"] == str(record)
+    fresh = {"best": {"square": "xgemm-a"}}
+    record.write_text(json.dumps({"meta": {"device": "dev", "started": "sweep-time-2"}, "sweep": fresh, "rows": []}))
+    assert _earlier_sweep(record, "dev")["reused_from_started"] == "sweep-time-2"
+
+
 def _valid_xgemm(p: dict[str, int]) -> bool:
     kdima, kdimb = p["MDIMC"] * p["NDIMC"] // p["MDIMA"], p["MDIMC"] * p["NDIMC"] // p["NDIMB"]
     return (p["MWG"] % (p["MDIMC"] * p["VWM"]) == 0 and p["NWG"] % (p["NDIMC"] * p["VWN"]) == 0

@@ -203,7 +203,9 @@ def _earlier_sweep(path: Path, device: str) -> dict[str, Any]:
     if recorded_on != device:
         raise click.BadParameter(f"{path} was swept on {recorded_on!r}, not on {device!r}",
                                  param_hint="--clblast-sweep-from")  # fmt: skip
-    return {**sweep, "best": best, "reused_from": str(path), "reused_from_started": record["meta"].get("started")}
+    # A reused sweep names the run that swept, not the run that reused it last.
+    started = sweep.get("reused_from_started") or record["meta"].get("started")
+    return {**sweep, "best": best, "reused_from": str(path), "reused_from_started": started}
 
 
 def _versions() -> dict[str, str | None]:

@@ -12,7 +12,7 @@ The opening comment names the JSON (relative to the repository root) and the
 ``make`` target that produced it. :func:`render` turns a JSON record into the
 block's Markdown: one line naming the command, device, date and load
 average, then the table. The renderer is chosen by the JSON's file name
-(:data:`RENDERERS`; an earlier run kept beside the latest, ``serve-baseline.json``,
+(:data:`RENDERERS`; an earlier run kept beside the latest, ``serve-<name>.json``,
 renders as ``serve.json``). ``legacygpu bench docs`` rewrites every block in
 README.md and docs/ (so regenerating the docs after a run is one command);
 ``--check`` only reports blocks that differ, and
@@ -225,6 +225,9 @@ def render_local(record: dict[str, Any], make: str) -> str:
         (f"one task at a time ({cluster['unloaded_latency_ms']['n']} tasks): p50 / p99",
          f"{_ms(cluster['unloaded_latency_ms']['p50'])} / {_ms(cluster['unloaded_latency_ms']['p99'])} ms "
          f"(direct p50 {_ms(direct['per_task_ms']['p50'])} ms)"),
+        *([("a lone task's p50 stages: submitted → placed → pushed (Running) → done; the model's part",
+            " → ".join(_ms(stages[k]) for k in ("submitted_to_placed", "placed_to_pushed", "pushed_to_done"))
+            + f" ms; {_ms(stages['model'])} ms")] if (stages := cluster.get("unloaded_stages_ms")) else []),
         ("answers equal to the direct call's", f"{record['agreement']:.1%}"),
         ("issue 10 target: direct / cluster throughput ≤ 3",
          f"{ratio:.3g}x: {'**met**' if ratio <= 3 else 'not met'}"),

@@ -196,6 +196,18 @@ def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp()
 
 
+def _stages(tasks: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Where a lone task's time goes, p50 of each stage from the facade's own timestamps, in ms."""
+    def p50(a: str, b: str) -> float | None:
+        spans = [(_ts(t[b]) - _ts(t[a])) * 1000 for t in tasks if t.get(a) and t.get(b)]
+        return percentile(spans, 50)
+
+    return {"submitted_to_placed": p50("created_at", "scheduled_at"),
+            "placed_to_pushed": p50("scheduled_at", "started_at"),
+            "pushed_to_done": p50("started_at", "finished_at"),
+            "model": percentile([t["compute_ms"] for t in tasks if t.get("compute_ms") is not None], 50)}
+
+
 def summarize(tasks: list[dict[str, Any]], direct: dict[str, Any], probe: list[dict[str, Any]]) -> dict[str, Any]:
     """Throughput, latency percentiles and overhead from the cluster's tasks and the direct reference."""
     done = [t for t in tasks if t["phase"] == "Succeeded"]
@@ -219,6 +231,7 @@ def summarize(tasks: list[dict[str, Any]], direct: dict[str, Any], probe: list[d
     }
     unloaded = [t["latency_ms"] for t in probe if t["phase"] == "Succeeded" and t.get("latency_ms") is not None]
     cluster["unloaded_latency_ms"] = {f"p{q}": percentile(unloaded, q) for q in (50, 90, 99)} | {"n": len(unloaded)}
+    cluster["unloaded_stages_ms"] = _stages([t for t in probe if t["phase"] == "Succeeded"])
     reference = {
         "per_task_ms": {"mean": direct_mean, "p50": direct_p50, "p99": percentile(direct_ms, 99)},
         "model_only_ms": {"p50": percentile(direct["model_ms"], 50)},
