@@ -46,7 +46,8 @@ lint: setup ## ruff and mypy (strict for legacygpu.core; the allowance is in pyp
 	$(VENV)/bin/mypy
 
 bench-local: setup ## the local cluster against direct onnxruntime, committed to docs/benchmarks/local/
-	$(LEGACYGPU) bench local --out-dir docs/benchmarks/local $(BENCH_LOCAL_ARGS)
+	$(LEGACYGPU) bench local --out-dir $(BENCH_DOCS)/local $(BENCH_LOCAL_ARGS)
+	$(LEGACYGPU) bench docs
 
 clean: ## remove the venv, caches and local data
 	rm -rf $(VENV) .cache .data .pytest_cache

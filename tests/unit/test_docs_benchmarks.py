@@ -29,7 +29,8 @@ def test_there_are_benchmark_tables() -> None:
     assert {m["json"] for _, m in BLOCKS} >= {"docs/benchmarks/gemm-pocl/gemm.json",
                                               "docs/benchmarks/model-pocl/bench-model.json",
                                               "docs/benchmarks/serve/serve.json",
-                                              "docs/benchmarks/serve/serve-baseline.json"}  # fmt: skip
+                                              "docs/benchmarks/local/bench-local.json",
+                                              "docs/benchmarks/operator-e2e/operator-bench-e2e.json"}  # fmt: skip
 
 
 @pytest.mark.parametrize("item", BLOCKS, ids=[_id(b) for b in BLOCKS])
