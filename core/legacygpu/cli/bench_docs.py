@@ -190,6 +190,13 @@ def render_operator(record: dict[str, Any], make: str) -> str:
          f"{record['assignment_seconds']['p50']:.0f} s / {record['assignment_seconds']['p99']:.0f} s"),
         ("create → `Succeeded` p50 / p99",
          f"{record['end_to_end_seconds']['p50']:.0f} s / {record['end_to_end_seconds']['p99']:.0f} s"),
+        *([("a task slot's cycle, p50: scheduled → running → finished → next task scheduled",
+            " → ".join(f"{stages[k]['p50']:.3g} s" for k in ("scheduled_to_running", "running_to_finished",
+                                                              "finished_to_next_scheduled")))]
+          if (stages := record.get("stage_seconds")) else []),
+        *([("CPU per task, by process", ", ".join(f"{name} {ms:.3g} ms" for name, ms in
+                                                  sorted(cpu.items(), key=lambda kv: -kv[1])))]
+          if (cpu := record.get("cpu_ms_per_task")) else []),
         ("writes to InferenceTasks per task besides the create", f"{writes['task_writes_per_task']:.3f}"),
         ("operator peak RSS", f"{record['operator_peak_rss_mib']:.1f} MiB"),
         (f"operator RSS at {rss[0][0]:,} / {rss[-1][0]:,} finished tasks",
