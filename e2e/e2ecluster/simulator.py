@@ -82,6 +82,7 @@ class Simulator:
         self.root = root
         self.pool = pool
         self.worker_selector = worker_selector
+        self._last_ip = 0  # pod addresses are handed out in turn, not lowest-free (see _free_ip)
         self.gpu_env = gpu_env
         self.version = version
         self.node_names = nodes.node_names(pool)
@@ -280,10 +281,18 @@ class Simulator:
         return bool(image) and self._image_mode() and self._local_image(image) is not None
 
     def _free_ip(self, used: set[str]) -> str:
+        """The next free address after the last one handed out.
+
+        Like a CNI's IPAM, and unlike lowest-free, a deleted pod's address is not handed straight to the
+        pod that replaces it: clients that still hold the old pod's address (a facade between two
+        refreshes) would reach a process that is starting instead of a refused connection.
+        """
         network = os.environ.get("E2E_POD_NETWORK") or "127.1"
-        for n in range(1, 65536):
+        for step in range(1, 65536):
+            n = (self._last_ip + step - 1) % 65535 + 1
             candidate = f"{network}.{n // 256}.{n % 256}"
             if n % 256 and candidate not in used:
+                self._last_ip = n
                 return candidate
         raise RuntimeError("no free loopback pod address")
 

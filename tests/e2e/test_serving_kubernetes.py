@@ -238,15 +238,29 @@ def test_tritonclient_through_the_facade_on_ready_worker_pods_and_a_killed_worke
     assert not failures, failures[:5]
     assert len(answers) >= 40 and all(a == [0, 3, 7] for a in answers)
 
-    # A deleted pod leaves the facade's choice: requests sent one after another right after the deletion
-    # all succeed (one sent to the deleted pod is retried on the other). Requests in flight while the pod is
-    # deleted under concurrent load are not asserted: in 2 of 3 runs here one such request failed both
-    # tries (the second on a refused connection). Cause not found yet; a pod IP that the stand-in kubelet
-    # hands to the replacement pod is one suspect.
-    kube.core.delete_namespaced_pod(deleted, namespace, grace_period_seconds=0)
-    kube.wait_for(lambda: kube.get("v1", "Pod", deleted, namespace) is None, timeout=60, what=f"{deleted} gone")
+    # A pod deleted under the same load leaves the facade's choice: a request in flight to it, or sent to it
+    # before the facade's next refresh, goes once more to the other pod, and none is lost. (This failed in
+    # 2 of 3 runs while the stand-in kubelet handed the deleted pod's address straight to its replacement:
+    # the retry could reach the replacement's starting process. It now hands addresses out in turn.)
+    failures.clear()
+    stop.clear()
+    clients = [threading.Thread(target=load) for _ in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        before = len(answers)
+        kube.wait_for(lambda: len(answers) >= before + 20, timeout=120, what="requests before the deletion")
+        kube.core.delete_namespaced_pod(deleted, namespace, grace_period_seconds=0)
+        kube.wait_for(lambda: kube.get("v1", "Pod", deleted, namespace) is None, timeout=60, what=f"{deleted} gone")
+        before = len(answers)
+        kube.wait_for(lambda: len(answers) >= before + 20, timeout=120, what="requests after the deletion")
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=60)
+    assert not failures, failures[:5]
     after = [_infer_http(url) for _ in range(20)]
-    assert all(a == [0, 3, 7] for a in after)
+    assert all(a == [0, 3, 7] for a in answers + after)
     sys.stdout.write(f"{len(answers)} requests, {_retries(url):.0f} retried on another worker\n")
 
 

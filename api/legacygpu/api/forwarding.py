@@ -59,7 +59,8 @@ FORWARDED_HEADERS = ("content-type", "content-encoding", "inference-header-conte
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _CAPACITY = 1 << 20  # outstanding requests are ranked, never capped: the worker's queue refuses when full
 KEEPALIVE_SECONDS = 4.0  # under uvicorn's timeout_keep_alive (5 s), so the worker never closes one mid-request
-_FAILURES = (aiohttp.ClientConnectionError, asyncio.TimeoutError)  # refused, reset, gone, or no answer in time
+# refused, reset, gone, no answer in time, or an answer cut short (the worker died while it sent it)
+_FAILURES = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
 
 
 _T = TypeVar("_T")

@@ -22,7 +22,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from legacygpu.api.discovery import ServingEndpoint
-from legacygpu.api.forwarding import KEEPALIVE_SECONDS, Forwarder
+from legacygpu.api.forwarding import KEEPALIVE_SECONDS, Forwarder, NoWorker
 
 
 async def _client_port(request: Request) -> PlainTextResponse:
@@ -70,3 +70,52 @@ async def test_a_connection_is_reused_then_dropped_before_the_workers_keep_alive
         assert await port() != first, "an idle connection is not reused once it may be closing under us"
     finally:
         await forwarder.close()
+
+
+def _half_answer_server() -> tuple[socket.socket, threading.Thread]:
+    """A worker that dies while it answers: headers promising 100 bytes, 10 sent, then the connection closed."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+                             b'{"model_na')
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+class _TwoWorkers:
+    def __init__(self, *urls: str) -> None:
+        self.urls = urls
+
+    async def serving_endpoints(self) -> list[ServingEndpoint]:
+        return [ServingEndpoint(f"w{i}", url, frozenset({"m"}), None) for i, url in enumerate(self.urls)]
+
+
+async def test_a_worker_that_dies_mid_answer_is_retried_on_another(worker_url: str) -> None:
+    listener, _ = _half_answer_server()
+    dying = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    registry = CollectorRegistry()
+    try:
+        alone = Forwarder(_TwoWorkers(dying), CollectorRegistry())  # type: ignore[arg-type]
+        with pytest.raises(NoWorker, match="ClientPayloadError"):  # a failure of the worker, not of the facade
+            await alone.forward("POST", "/v2/models/m/infer", model="m", content=b"{}")
+        await alone.close()
+        forwarder = Forwarder(_TwoWorkers(worker_url, dying), registry)  # type: ignore[arg-type]
+        forwarder.outstanding[worker_url] = 1  # the healthy one looks busier: the dying one is picked first
+        answer = await forwarder.forward("POST", "/v2/models/m/infer", model="m", content=b"{}")
+        assert answer.status_code == 200 and answer.worker == "w0" and answer.content.isdigit()
+        assert registry.get_sample_value("legacygpu_serving_retries_total", {"model": "m"}) == 1
+        await forwarder.close()
+    finally:
+        listener.close()
