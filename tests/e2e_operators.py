@@ -34,6 +34,7 @@ __all__ = [
     "busy_workers",
     "create_tasks",
     "lease_holder",
+    "one_operator",
     "operator_replicas",
     "phases",
     "tasks",
@@ -51,10 +52,36 @@ def _replica(
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "legacygpu.cli", "operator", "run", "--kubeconfig", str(kubeconfig),
-         "--namespace", namespace, "--no-metrics", "--leader-elect", "--lease-namespace", namespace,
-         "--identity", identity, *extra],
+         "--namespace", namespace, "--no-metrics", "--identity", identity, *extra],
         stdout=log.open("w"), stderr=subprocess.STDOUT,
     )
+
+
+def _operator_kubeconfig(kube: Kube, namespace: str, folder: Path) -> Path:
+    """The CRDs and the operator's RBAC applied; a kubeconfig with the operator ServiceAccount's token."""
+    kube.apply(all_crds())
+    kube.apply(rbac_manifests(namespace=namespace))
+    return kube.kubeconfig_for_token(kube.token(namespace, "legacygpu-operator"), folder / "kc", namespace)
+
+
+@contextlib.contextmanager
+def one_operator(kube: Kube, namespace: str, folder: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """One operator process (no leader election) on the e2e worker image, as the operator ServiceAccount.
+
+    Stopped (SIGTERM, then SIGKILL) on exit, and the tail of its log written to stdout.
+    """
+    kubeconfig = _operator_kubeconfig(kube, namespace, folder)
+    process = _replica(kubeconfig, namespace, "operator", folder / "operator.log",
+                       ["--worker-image", "legacygpu/worker:e2e"])
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        sys.stdout.write((folder / "operator.log").read_text()[-3000:])
 
 
 @contextlib.contextmanager
@@ -66,10 +93,8 @@ def operator_replicas(
     Stopped (SIGTERM, then SIGKILL) on exit; the tail of each one's log is written to stdout,
     which pytest shows for a failed test.
     """
-    kube.apply(all_crds())
-    kube.apply(rbac_manifests(namespace=namespace))
-    kubeconfig = kube.kubeconfig_for_token(kube.token(namespace, "legacygpu-operator"), folder / "kc", namespace)
-    extra = list(extra)
+    kubeconfig = _operator_kubeconfig(kube, namespace, folder)
+    extra = ["--leader-elect", "--lease-namespace", namespace, *extra]
     running = {name: _replica(kubeconfig, namespace, name, folder / f"{name}.log", extra) for name in names}
     try:
         yield running

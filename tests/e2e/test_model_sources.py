@@ -17,7 +17,6 @@ import hashlib
 import http.server
 import json
 import shlex
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -26,11 +25,10 @@ from typing import Any
 
 import pytest
 import yaml
+from e2e_operators import one_operator
 from e2ecluster import Kube
 
 from legacygpu.core.modelcards import ModelRepository
-from legacygpu.operator.crdgen import all_crds
-from legacygpu.operator.rbac import rbac_manifests
 
 REPO = Path(__file__).resolve().parents[2]
 API = "legacygpu.io/v1alpha1"
@@ -83,24 +81,8 @@ def operator(simulated_kube: Kube, namespace: str, worker_command: Any, demo_rep
         sys.executable, "-m", "legacygpu.cli", "worker", "start", "--kubernetes", "--backend", "onnxruntime",
         "--model-dir", str(demo_repository),
     ]))
-    kube.apply(all_crds())
-    kube.apply(rbac_manifests(namespace=namespace))
-    kubeconfig = kube.kubeconfig_for_token(kube.token(namespace, "legacygpu-operator"), tmp_path / "kc", namespace)
-    log = tmp_path / "operator.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "legacygpu.cli", "operator", "run", "--kubeconfig", str(kubeconfig),
-         "--namespace", namespace, "--no-metrics", "--worker-image", "legacygpu/worker:e2e"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )
-    try:
+    with one_operator(kube, namespace, tmp_path):
         yield kube
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        sys.stdout.write(log.read_text()[-3000:])
 
 
 def _cluster(name: str, sources: list[dict[str, Any]]) -> dict[str, Any]:

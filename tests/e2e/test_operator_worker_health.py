@@ -14,17 +14,14 @@ a model of ``spec.models`` that no worker can load shows as ``ModelLoadFailed``.
 from __future__ import annotations
 
 import shlex
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_operators import one_operator
 from e2ecluster import Kube
-
-from legacygpu.operator.crdgen import all_crds
-from legacygpu.operator.rbac import rbac_manifests
 
 API = "legacygpu.io/v1alpha1"
 
@@ -38,25 +35,9 @@ def operator(
     kube = simulated_kube
     worker_command(shlex.join([sys.executable, "-m", "legacygpu.cli", "worker", "start", "--kubernetes",
                                "--backend", "onnxruntime", "--model-dir", str(demo_repository)]))
-    kube.apply(all_crds())
-    kube.apply(rbac_manifests(namespace=namespace))
     kube.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "no-role"}}, namespace)
-    kubeconfig = kube.kubeconfig_for_token(kube.token(namespace, "legacygpu-operator"), tmp_path / "kc", namespace)
-    log = tmp_path / "operator.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "legacygpu.cli", "operator", "run", "--kubeconfig", str(kubeconfig),
-         "--namespace", namespace, "--no-metrics", "--worker-image", "legacygpu/worker:e2e"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )
-    try:
+    with one_operator(kube, namespace, tmp_path):
         yield kube
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        sys.stdout.write(log.read_text()[-3000:])
 
 
 def _degraded(kube: Kube, namespace: str, reason: str) -> dict[str, Any] | None:

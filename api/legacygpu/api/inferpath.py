@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from legacygpu.api.deps import Role, role_of
 from legacygpu.api.forwarding import FORWARDED_HEADERS, NoWorker, forwarder_for
 from legacygpu.api.routes import v2
+from legacygpu.core.oip.asgi import read_body
 
 __all__ = ["InferPath", "install"]
 
@@ -66,7 +67,7 @@ class InferPath:
             await self.app(scope, receive, send)  # FastAPI answers 401/403 in its own words
             return
         scope["route"] = self._routes[match["version"] is not None]
-        body = await _body(receive)
+        body = await read_body(receive)
         model = match["model"]
         forwarder = forwarder_for(scope["app"])
         try:
@@ -87,18 +88,6 @@ def install(app: FastAPI) -> None:
     before the body-size limit and the request counter are added, so that they wrap it."""
     by_name = {r.name: r for r in v2.router.routes if isinstance(r, APIRoute)}
     app.add_middleware(InferPath, routes={False: by_name["model_infer"], True: by_name["model_version_infer"]})
-
-
-async def _body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
 
 
 def _error_body(message: str) -> bytes:

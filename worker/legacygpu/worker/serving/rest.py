@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from legacygpu.core.oip.asgi import read_body
 from legacygpu.worker.serving.codec import HEADER_LENGTH, decode_rest_request, encode_rest_response
 from legacygpu.worker.serving.engine import ServingEngine
 from legacygpu.worker.serving.errors import BadRequest, ModelNotFound, ServingError, Unavailable
@@ -164,20 +165,10 @@ class _InferFirst:
             header_length = int(length) if length is not None else None
         except ValueError as exc:
             raise BadRequest(f"{HEADER_LENGTH} must be an integer, not {length!r}") from exc
-        body = await _body(receive)
+        body = await read_body(receive)
         decoded = decode_rest_request(model, version, body, header_length)
         outputs, _ = await self.engine.infer(decoded)
         content, headers = encode_rest_response(decoded, outputs, model_version=self.engine.live_version(model))
         return headers, content
 
 
-async def _body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
