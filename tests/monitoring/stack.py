@@ -131,11 +131,11 @@ class NodeAgentProcess:
                     continue
                 busy = int(50 + 45 * math.sin(t / 6)) if i == 0 else int(5 + 5 * math.sin(t / 3))
                 a = card.pci_address
-                self.node.attribute(a, "gpu_busy_percent").write_text(f"{busy}\n")
-                self.node.attribute(a, "mem_info_vram_used").write_text(f"{(1 + busy / 25) * 2**30:.0f}\n")
-                self.node.sensor(a, "temp1_input").write_text(f"{(45 + busy * 0.35) * 1000:.0f}\n")
-                self.node.sensor(a, "power1_average").write_text(f"{(35 + busy * 1.2) * 1e6:.0f}\n")
-                self.node.sensor(a, "freq1_input").write_text(f"{(300 + busy * 10.4) * 1e6:.0f}\n")
+                _replace(self.node.attribute(a, "gpu_busy_percent"), f"{busy}\n")
+                _replace(self.node.attribute(a, "mem_info_vram_used"), f"{(1 + busy / 25) * 2**30:.0f}\n")
+                _replace(self.node.sensor(a, "temp1_input"), f"{(45 + busy * 0.35) * 1000:.0f}\n")
+                _replace(self.node.sensor(a, "power1_average"), f"{(35 + busy * 1.2) * 1e6:.0f}\n")
+                _replace(self.node.sensor(a, "freq1_input"), f"{(300 + busy * 10.4) * 1e6:.0f}\n")
 
     def stop(self) -> None:
         self._stop.set()
@@ -197,6 +197,14 @@ class OperatorOnEmulator:
 
 def facade_target(url: str) -> tuple[str, dict[str, Any]]:
     return url.removeprefix("http://"), {"authorization": {"type": "Bearer", "credentials": TOKEN}}
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write a fixture sysfs file in one step. Truncate-then-write lets the agent read it empty and drop that
+    reading, which a scrape then marks stale: the likely cause of a full-suite run's empty VRAM panel."""
+    scratch = path.with_name(path.name + ".new")
+    scratch.write_text(text)
+    scratch.replace(path)
 
 
 def until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
