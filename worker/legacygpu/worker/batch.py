@@ -28,14 +28,13 @@ batch task's progress.
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from legacygpu.core.errors import ModelError, UnknownModelError, ValidationError
-from legacygpu.core.kube.batch import output_prefix, result_configmap, result_key, url_listing
+from legacygpu.core.kube.batch import configmap_entry, output_prefix, result_configmap, result_key, url_listing
 from legacygpu.core.kube.client import MERGE_PATCH
 from legacygpu.core.kube.contract import API_VERSION, LABEL_WORKER, TASK_KIND
 from legacygpu.core.kube.errors import ApiError
@@ -104,18 +103,11 @@ def _configmap_loaders(host: ShardHost, name: str, keys: list[str], input_name: 
         if exc.status == 404:
             raise ValidationError(f"spec.batch.source: ConfigMap {name!r} not found") from exc
         raise
-    text, binary = configmap.get("data") or {}, configmap.get("binaryData") or {}
 
     def loader(key: str) -> Loader:
         def load() -> list[dict[str, Any]]:
-            if key in binary:
-                try:
-                    raw = base64.b64decode(binary[key], validate=True)
-                except (binascii.Error, ValueError) as exc:
-                    raise ValidationError(f"input {key!r}: binaryData is not base64: {exc}") from exc
-            elif key in text:
-                raw = text[key].encode()
-            else:
+            raw = configmap_entry(configmap, key)
+            if raw is None:
                 raise ValidationError(f"input {key!r}: no longer in ConfigMap {name!r}")
             return decode_file(key, raw, input_name)
 

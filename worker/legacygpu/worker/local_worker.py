@@ -86,7 +86,6 @@ class LocalWorker:
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(10.0, read=30.0),
         )
-        self._worker_token: str | None = None
         self.worker_id: str | None = None
         self.heartbeat_interval = 2.0
         self.stop_requested = threading.Event()

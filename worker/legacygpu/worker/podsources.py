@@ -18,7 +18,6 @@ ConfigMaps the volume does not hold (yet) are read through the API, like
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -29,7 +28,8 @@ from pathlib import Path
 
 import kubernetes
 
-from legacygpu.core.errors import LegacyGPUError
+from legacygpu.core.errors import LegacyGPUError, ValidationError
+from legacygpu.core.kube.batch import configmap_entry, configmap_keys
 from legacygpu.core.kube.client import MERGE_PATCH, request_json
 from legacygpu.core.kube.contract import ANNOTATION_WORKER_STATS, ModelFetchStatus
 from legacygpu.core.modelcards import ModelRepository
@@ -76,13 +76,14 @@ def _configmap_reader(api: kubernetes.client.ApiClient, namespace: str) -> Calla
         except kubernetes.client.ApiException as exc:
             raise FetchError(f"configmap://{name}/{key}: ConfigMap {namespace}/{name}: HTTP {exc.status} "
                              f"{exc.reason}") from exc
-        if key in (body.get("binaryData") or {}):
-            return base64.b64decode(body["binaryData"][key])
-        if key in (body.get("data") or {}):
-            return str(body["data"][key]).encode()
-        keys = sorted({*(body.get("binaryData") or {}), *(body.get("data") or {})})
-        raise FetchError(f"configmap://{name}/{key}: ConfigMap {namespace}/{name} has no key {key!r} "
-                         f"(it has: {', '.join(keys) or 'none'})")
+        try:
+            raw = configmap_entry(body, key)
+        except ValidationError as exc:
+            raise FetchError(f"configmap://{name}/{key}: {exc}") from exc
+        if raw is None:
+            raise FetchError(f"configmap://{name}/{key}: ConfigMap {namespace}/{name} has no key {key!r} "
+                             f"(it has: {', '.join(configmap_keys(body)) or 'none'})")
+        return raw
 
     return read
 

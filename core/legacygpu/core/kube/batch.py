@@ -11,6 +11,8 @@ sides derive keys, names and the result layout from the functions here.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -23,6 +25,7 @@ __all__ = [
     "MAX_FAILURES_LISTED",
     "check_unique_keys",
     "chunks",
+    "configmap_entry",
     "configmap_keys",
     "output_prefix",
     "result_configmap",
@@ -75,6 +78,20 @@ def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 def configmap_keys(configmap: Mapping[str, Any]) -> list[str]:
     """Every input key of a source ConfigMap (text and binary entries), sorted."""
     return sorted({*(configmap.get("data") or {}), *(configmap.get("binaryData") or {})})
+
+
+def configmap_entry(configmap: Mapping[str, Any], key: str) -> bytes | None:
+    """The bytes a ConfigMap holds under ``key`` (``binaryData`` before ``data``), or None when it has none.
+
+    Raises :class:`ValidationError` when a ``binaryData`` entry is not base64.
+    """
+    binary, text = configmap.get("binaryData") or {}, configmap.get("data") or {}
+    if key in binary:
+        try:
+            return base64.b64decode(binary[key], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValidationError(f"ConfigMap key {key!r}: binaryData is not base64: {exc}") from exc
+    return str(text[key]).encode() if key in text else None
 
 
 def url_listing(listing: Any) -> list[tuple[str, str]]:
