@@ -23,7 +23,6 @@ the matching route is put in the scope as FastAPI's router would.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from fastapi import FastAPI
@@ -34,11 +33,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from legacygpu.api.deps import Role, role_of
 from legacygpu.api.forwarding import FORWARDED_HEADERS, NoWorker, forwarder_for
 from legacygpu.api.routes import v2
-from legacygpu.core.oip.asgi import read_body
+from legacygpu.core.oip.asgi import INFER_PATH, read_body, send_response
 
 __all__ = ["InferPath", "install"]
 
-_PATH = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 _ALLOWED = (Role.USER, Role.ADMIN)
 _WANTED = frozenset(h.encode() for h in FORWARDED_HEADERS)
 _RETRY_AFTER_SECONDS = b"1"
@@ -52,7 +50,7 @@ class InferPath:
         self._routes = routes  # versioned or not -> the FastAPI route, for the request counter's label
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not (match := _PATH.match(scope["path"])):
+        if scope["type"] != "http" or scope["method"] != "POST" or not (match := INFER_PATH.match(scope["path"])):
             await self.app(scope, receive, send)
             return
         headers: dict[bytes, bytes] = {}
@@ -76,11 +74,11 @@ class InferPath:
                 headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()},
             )
         except NoWorker as exc:
-            await _send(send, 503, [(b"content-type", b"application/json"), (b"retry-after", _RETRY_AFTER_SECONDS)],
-                        _error_body(str(exc)))
+            refusal = [(b"content-type", b"application/json"), (b"retry-after", _RETRY_AFTER_SECONDS)]
+            await send_response(send, 503, refusal, _error_body(str(exc)))
             return
         sent = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
-        await _send(send, answer.status_code, sent, answer.content)
+        await send_response(send, answer.status_code, sent, answer.content)
 
 
 def install(app: FastAPI) -> None:
@@ -92,9 +90,3 @@ def install(app: FastAPI) -> None:
 
 def _error_body(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
-
-
-async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    headers = [*headers, (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

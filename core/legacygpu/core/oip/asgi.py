@@ -7,10 +7,14 @@ the ASGI ``receive`` channel.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["read_body"]
+__all__ = ["INFER_PATH", "read_body", "send_response"]
+
+INFER_PATH = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+"""``POST /v2/models/{model}[/versions/{version}]/infer``, the path both answer themselves."""
 
 
 async def read_body(receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> bytes:
@@ -24,3 +28,11 @@ async def read_body(receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) 
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+async def send_response(send: Callable[[MutableMapping[str, Any]], Awaitable[None]], status: int,
+                        headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """One whole answer: ``headers`` (lower-case names) plus its ``content-length``, then ``body``."""
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from legacygpu.core.oip.asgi import read_body
+from legacygpu.core.oip.asgi import INFER_PATH, read_body, send_response
 from legacygpu.worker.serving.codec import HEADER_LENGTH, decode_rest_request, encode_rest_response
 from legacygpu.worker.serving.engine import ServingEngine
 from legacygpu.worker.serving.errors import BadRequest, ModelNotFound, ServingError, Unavailable
@@ -125,7 +124,6 @@ def create_rest_app(engine: ServingEngine, extra_routes: Sequence[BaseRoute] = (
     return _InferFirst(engine, Starlette(routes=routes, exception_handlers={404: not_found}))
 
 
-_INFER = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 _HEADER_LENGTH = HEADER_LENGTH.lower().encode()
 
 
@@ -142,7 +140,7 @@ class _InferFirst:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not (match := _INFER.match(scope["path"])):
+        if scope["type"] != "http" or scope["method"] != "POST" or not (match := INFER_PATH.match(scope["path"])):
             await self.app(scope, receive, send)
             return
         try:
@@ -153,10 +151,8 @@ class _InferFirst:
             headers = {"content-type": "application/json"}
             if exc.retry_after is not None:
                 headers["retry-after"] = str(math.ceil(exc.retry_after))
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-        raw.append((b"content-length", str(len(content)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": content})
+        await send_response(send, status, [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                                           for k, v in headers.items()], content)
 
     async def _infer(self, model: str, version: str, scope: Scope, receive: Receive) -> tuple[dict[str, str], bytes]:
         raw: bytes | None = next((v for k, v in scope["headers"] if k == _HEADER_LENGTH), None)
