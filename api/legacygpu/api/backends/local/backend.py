@@ -397,9 +397,8 @@ class LocalBackend:
         unanswered): they go back to the queue, no attempt spent."""
         grace = _PUSH_GRACE_SECONDS + self.settings.heartbeat_interval_seconds
         cutoff = self._clock() - grace
-        rows, _ = self.store.list_tasks(phases=[Phase.RUNNING], worker_id=worker["id"], limit=10_000)
         lost = [ClaimedTask(id=row["id"], model=row["model"], attempt=row["attempts"], inputs=[], parameters={})
-                for row in rows if row["id"] not in holding and (row["started_at"] or 0) < cutoff]
+                for row in self.store.started_before(worker["id"], cutoff) if row["id"] not in holding]
         if lost:
             log.warning("worker %s does not hold %d task(s) pushed to it over %.0fs ago", worker["name"],
                         len(lost), grace)

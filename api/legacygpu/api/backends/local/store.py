@@ -278,6 +278,11 @@ class Store:
             count = self._db.execute(f"SELECT COUNT(*) FROM tasks {where}", params).fetchone()[0]
         return rows, int(count)
 
+    def started_before(self, worker_id: str, cutoff: float) -> list[dict[str, Any]]:
+        """``id``, ``model`` and ``attempts`` of the tasks Running on ``worker_id`` that started before ``cutoff``."""
+        return self._query("SELECT id, model, attempts FROM tasks WHERE phase = 'Running' AND worker_id = ? "
+                           "AND started_at < ?", [worker_id, cutoff])
+
     @staticmethod
     def _task_filter(
         phases: Iterable[str] | None, worker_id: str | None, model: str | None
