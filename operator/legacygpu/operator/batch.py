@@ -181,8 +181,8 @@ async def _split(
         return None
     await asyncio.gather(*(_create(rt, manifest) for manifest in manifests))
     if only is None:
-        shards = len(chunks(range(total), size))
-        running = running_status(total=total, shards=shards, prefix=prefix, now=now,
+        # only is None: every shard was made
+        running = running_status(total=total, shards=len(manifests), prefix=prefix, now=now,
                                  previous=body.get("status") or {})
         event = ("Normal", Reason.STARTED.value, running["message"])
         await write_task(rt, task, cast(TaskStatus, running), event=event)
