@@ -379,3 +379,13 @@ async def test_a_slow_source_url_does_not_hold_up_the_clusters_other_tasks(
         server.shutdown()
         server.server_close()
     assert phase(body) == "Succeeded" and body["status"]["progress"]["completed"] == 3, body["status"]
+
+
+async def test_a_batch_for_a_cluster_that_does_not_exist_ends_cluster_not_found_unsplit(dep: Deployment) -> None:
+    configmap, _ = digits_configmap("digits-in", copies=1)
+    await dep.api.create("", "v1", "configmaps", NS, configmap)
+    await dep.start_operator()
+    await dep.create(batch_manifest("job", "nowhere", source="configmap://digits-in"))
+    body = await eventually(lambda: _finished(dep, "job"), timeout=30, what="batch ended")
+    assert (phase(body), body["status"]["reason"]) == ("Failed", "ClusterNotFound"), body["status"]
+    assert await _shards(dep, "job") == []
