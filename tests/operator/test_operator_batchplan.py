@@ -220,3 +220,21 @@ def test_the_crd_shows_progress_and_validates_the_batch_spec() -> None:
         assert validate({**base, "spec": {**base["spec"], "batch": {"source": source}}}), source
     for source in ("pvc://claim", "pvc://claim/dir/", "pvc://claim/a/b.c"):
         assert validate({**base, "spec": {**base["spec"], "batch": {"source": source}}}) == [], source
+
+
+def test_a_shard_key_naming_a_path_out_of_its_folder_is_refused(tmp_path: Path) -> None:
+    """A shard made by hand with a key like ../x must not read or write outside the claim's folder."""
+    from types import SimpleNamespace
+
+    from legacygpu.worker.batch import run_shard
+
+    (tmp_path / "data" / "in").mkdir(parents=True)
+    (tmp_path / "secret.png").write_bytes(b"not for the model")
+    host = SimpleNamespace(namespace="ml", pod="w", runner=None, configmap_limit=1 << 20, claims_dir=tmp_path)
+    shard = {"metadata": {"name": "job-s00000", "uid": "u"},
+             "spec": {"model": "digits", "batch": {"source": "pvc://data/in", "output": "pvc://data/out",
+                                                   "shard": {"parent": "job", "index": 0,
+                                                             "keys": ["../../secret.png"]}}}}
+    with pytest.raises(ValidationError, match="not an input key"):
+        run_shard(host, shard)  # type: ignore[arg-type]
+    assert not (tmp_path / "data" / "out").exists()

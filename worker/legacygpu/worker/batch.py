@@ -44,6 +44,7 @@ from typing import Any, Protocol
 from legacygpu.core.errors import ModelError, UnknownModelError, ValidationError
 from legacygpu.core.inputfiles import is_input_file, read_input_file
 from legacygpu.core.kube.batch import (
+    check_file_key,
     claim_folder,
     configmap_entry,
     list_folder,
@@ -147,6 +148,8 @@ def _mounted(host: ShardHost, uri: str, field: str) -> Path:
 
 def _pvc_loaders(host: ShardHost, source: str, keys: list[str], input_name: str) -> list[tuple[str, Loader]]:
     folder = _mounted(host, source, "spec.batch.source")
+    for key in keys:  # a key names a file in the folder, never a path out of it
+        check_file_key(key)
 
     def loader(key: str) -> Loader:
         def load() -> list[dict[str, Any]]:
@@ -211,6 +214,9 @@ def run_shard(host: ShardHost, body: Mapping[str, Any]) -> dict[str, Any]:
     failures: list[dict[str, str]] = []
     completed = size = 0
     with _loaders(host, batch) as loaders:
+        if to_claim:  # each key names a result file in the output folder, never a path out of it
+            for key, _ in loaders:
+                check_file_key(key)
         for key, load in loaders:
             try:
                 encoded = json.dumps(host.runner.run(model, load(), parameters), separators=(",", ":"))

@@ -36,6 +36,7 @@ __all__ = [
     "CLAIMS_DIR_ENV",
     "LABEL_BATCH",
     "MAX_FAILURES_LISTED",
+    "check_file_key",
     "check_unique_keys",
     "chunks",
     "claim_folder",
@@ -112,6 +113,13 @@ def claim_folder(root: Path, uri: str, field: str = "spec.batch") -> Path:
     """The folder ``pvc://<claim>/<path>`` names on a worker whose claims are mounted under ``root``."""
     claim, path = parse_pvc(uri, field)
     return root.joinpath(claim, *PurePosixPath(path).parts)
+
+
+def check_file_key(key: str) -> str:
+    """``key`` if it can name a file in a ``pvc://`` folder (no '/', not '.' or '..'); else ValidationError."""
+    if not _KEY.match(key) or key in (".", ".."):
+        raise ValidationError(f"spec.batch.shard.keys: {key!r} is not an input key (letters, digits, '-', '_', '.')")
+    return key
 
 
 def list_folder(folder: Path, uri: str) -> list[str]:
