@@ -109,3 +109,11 @@ def test_a_process_pod_sees_its_configmap_and_claims_at_their_mount_paths(
     assert (data / "scratch.txt").read_text().strip() == "scratch"
     assert sorted(p.name for p in shared.iterdir()) == ["input.txt"]
     assert not Path(BASE).exists(), "the machine's /var/lib was written"
+
+    # A deleted claim's volume is released (once no pod uses it) and goes with its folder.
+    volume = kube.core.read_namespaced_persistent_volume_claim("data", namespace).spec.volume_name
+    kube.core.delete_namespaced_pod("reader", namespace)
+    kube.core.delete_namespaced_persistent_volume_claim("data", namespace)
+    kube.wait_for(lambda: not data.exists(), timeout=60, what="the released claim's folder removed")
+    kube.wait_gone("v1", "PersistentVolume", volume, timeout=30)
+    assert shared.is_dir()
