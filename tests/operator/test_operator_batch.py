@@ -327,6 +327,7 @@ async def test_a_batch_on_a_claim_its_cluster_does_not_mount_fails_naming_the_fi
     await dep.create(cluster_manifest("c", replicas=1, batchClaims=["data"]))
     await dep.create(batch_manifest("elsewhere", "c", source="pvc://data/empty", output="pvc://other/out"))
     await dep.create(batch_manifest("empty", "c", source="pvc://data/empty"))
+    await dep.create(batch_manifest("inplace", "c", source="pvc://data/empty", output="pvc://data/empty/"))
     body = await eventually(lambda: _finished(dep, "elsewhere"), what="batch refused")
     assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
     assert "does not mount claim 'other'" in body["status"]["message"]
@@ -335,6 +336,9 @@ async def test_a_batch_on_a_claim_its_cluster_does_not_mount_fails_naming_the_fi
     empty = await eventually(lambda: _finished(dep, "empty"), timeout=60, what="empty folder refused")
     assert (phase(empty), empty["status"]["reason"]) == ("Failed", "InvalidInput"), empty["status"]
     assert "holds no input files" in empty["status"]["message"], empty["status"]
+    inplace = await eventually(lambda: _finished(dep, "inplace"), what="output into the source refused")
+    assert (phase(inplace), inplace["status"]["reason"]) == ("Failed", "InvalidInput"), inplace["status"]
+    assert "is the source folder" in inplace["status"]["message"]
 
 
 async def test_a_slow_source_url_does_not_hold_up_the_clusters_other_tasks(

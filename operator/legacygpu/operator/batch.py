@@ -45,6 +45,7 @@ from legacygpu.core.kube.batch import (
     chunks,
     configmap_keys,
     output_prefix,
+    parse_pvc,
     shard_name,
     url_listing,
 )
@@ -197,6 +198,9 @@ async def _split(
             output = f"configmap://{output_prefix(task.name, output or None)}"
         assert task.batch is not None
         unmounted = [claim for claim in claims_needed(task.batch) if claim not in claims]
+        if source.startswith("pvc://") and output.startswith("pvc://") and parse_pvc(source) == parse_pvc(output):
+            raise ValidationError(f"spec.batch.output {output!r} is the source folder: its .json results would be "
+                                  "inputs of the next batch over it; write them to another folder")
         if unmounted:
             raise ValidationError(f"InferenceCluster {task.cluster!r} does not mount claim {unmounted[0]!r}: add it "
                                   "to the cluster's spec.batchClaims (every worker mounts those)")
