@@ -11,7 +11,9 @@ pytest fixtures in ``tests/e2e`` hand to tests.
 
 Modules: ``certs`` (PKI with openssl), ``procs`` (detached processes, pid checks),
 ``cluster`` (start/stop/state of the control plane), ``nodes``, ``nodefs`` (each node's
-simulated host file system, for ``hostPath``), ``devicemanager`` (the kubelet's device-plugin
+simulated host file system, for ``hostPath``), ``provisioner`` (a folder per
+PersistentVolumeClaim), ``podmounts`` (a pod's volumes bound in its own mount namespace),
+``devicemanager`` (the kubelet's device-plugin
 side: an agent's ``ListAndWatch`` sets the node's GPU capacity), ``podenv`` (what a pod's
 process sees), ``simulator``, ``kube`` (client helpers), ``__main__`` (CLI).
 """

@@ -286,6 +286,18 @@ class Kube:
         """Where the simulator keeps a pod's credentials, process log and pid file."""
         return self._need_cluster().root / "pods" / f"{namespace}_{name}"
 
+    def claim_dir(self, namespace: str, claim: str, *, timeout: float = 60.0) -> Path:
+        """The folder the stand-in's provisioner bound ``claim`` to, once the claim is Bound."""
+
+        def bound() -> Path | None:
+            pvc = self.core.read_namespaced_persistent_volume_claim(claim, namespace)
+            if pvc.status is None or pvc.status.phase != "Bound":
+                return None
+            volume = self.core.read_persistent_volume(pvc.spec.volume_name)
+            return Path(volume.spec.host_path.path)
+
+        return self.wait_for(bound, timeout=timeout, what=f"claim {namespace}/{claim} bound")
+
     def worker_pid(self, namespace: str, name: str) -> int | None:
         """The pid of the pod's live worker process, or None."""
         try:

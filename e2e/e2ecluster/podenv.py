@@ -69,6 +69,7 @@ class PodContext:
     ca_cert: Path
     gpu_env: str = "LEGACYGPU_VISIBLE_DEVICES"
     node_root: Path | None = None  # the node's simulated host file system (e2ecluster.nodefs), for hostPath
+    volumes_root: Path | None = None  # the provisioner's claim folders (e2ecluster.provisioner)
 
     @property
     def name(self) -> str:

@@ -15,15 +15,18 @@ then, in order:
   pod's directory: ``emptyDir`` (a folder), ``configMap``/``secret``/``downwardAPI``/
   ``projected`` (files written from the API, with ``items``/``key``/``path``, ``subPath``),
   and the ServiceAccount token, CA and namespace at
-  ``/var/run/secrets/kubernetes.io/serviceaccount`` unless automounting is off; ``readOnly``
-  mounts are bound read-only. ``hostPath`` is bound from the node's simulated host file system
+  ``/var/run/secrets/kubernetes.io/serviceaccount`` unless automounting is off; a
+  ``persistentVolumeClaim`` from the folder the stand-in's provisioner gave the claim
+  (:mod:`e2ecluster.provisioner`); ``readOnly`` mounts (and claims) are bound read-only.
+  Process pods get the same volumes (:mod:`e2ecluster.podmounts`). ``hostPath`` is bound from
+  the node's simulated host file system
   (:mod:`e2ecluster.nodefs`: ``/sys``, ``/dev/dri``, ``/dev/kfd``, the kubelet's device-plugin
   folder), never from the real host; other host paths are refused. buildah's chroot isolation
   binds the machine's ``/dev`` read-only and drops volumes under it, so mounts under ``/dev/``
   are made by a wrapper instead (:func:`dev_wrapper`): ``buildah run`` starts in a private mount
   namespace whose ``/dev`` is an overlay on the machine's (writes go to a tmpfs, so the
   mountpoints are made there, not in the machine's ``/dev``), with the volumes bound onto it;
-  buildah's ``/dev`` bind then carries them into the container.
+  buildah's ``/dev`` bind then carries them into the container (:mod:`e2ecluster.podmounts`).
 
 Chroot isolation shares the host's network namespace, so the container reaches the API
 server at the loopback address the pod environment names; :mod:`e2ecluster.podnet` turns the
@@ -43,7 +46,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from e2ecluster import nodefs, podnet
+from e2ecluster import nodefs, podmounts, podnet, provisioner
 from e2ecluster.images import Buildah, ImageError
 from e2ecluster.podenv import PodContext, expand, field_value
 
@@ -123,7 +126,9 @@ def _source_files(core: client.CoreV1Api, ctx: PodContext, source: dict[str, Any
                 raw = core.read_namespaced_secret(name, ns).data or {}
                 data = {k: base64.b64decode(v) for k, v in raw.items()}
             else:
-                data = {k: v.encode() for k, v in (core.read_namespaced_config_map(name, ns).data or {}).items()}
+                configmap = core.read_namespaced_config_map(name, ns)
+                data = {k: v.encode() for k, v in (configmap.data or {}).items()}
+                data.update({k: base64.b64decode(v) for k, v in (configmap.binary_data or {}).items()})
         except ApiException as exc:
             if exc.status == 404 and ref.get("optional"):
                 return {}
@@ -139,9 +144,14 @@ def _source_files(core: client.CoreV1Api, ctx: PodContext, source: dict[str, Any
 
 
 def prepare_volumes(
-    core: client.CoreV1Api, ctx: PodContext, container: dict[str, Any]
+    core: client.CoreV1Api, ctx: PodContext, container: dict[str, Any], *, service_account: bool = True
 ) -> tuple[dict[str, str], set[str]]:
-    """Write the container's volumes under ``<pod_dir>/volumes``; (container path -> host path, read-only paths)."""
+    """Write the container's volumes under ``<pod_dir>/volumes``; (container path -> host path, read-only paths).
+
+    A ``persistentVolumeClaim`` is bound from the folder the stand-in's provisioner gave the claim
+    (:mod:`e2ecluster.provisioner`). ``service_account=False`` leaves out the token mount (process
+    pods read their token through ``$KUBECONFIG``).
+    """
     spec = ctx.pod["spec"]
     volumes = {v["name"]: v for v in spec.get("volumes") or []}
     root = ctx.pod_dir / "volumes"
@@ -156,6 +166,13 @@ def prepare_volumes(
             if ctx.node_root is None:
                 raise ValueError(f"volume {mount['name']!r}: hostPath needs a simulated node file system")
             folder = nodefs.host_path(ctx.node_root, volume["hostPath"])
+        elif "persistentVolumeClaim" in volume:
+            claim = volume["persistentVolumeClaim"]
+            if ctx.volumes_root is None:
+                raise ValueError(f"volume {mount['name']!r}: persistentVolumeClaim needs the provisioner's folder")
+            folder = provisioner.claim_folder(core, ctx.namespace, claim["claimName"], ctx.volumes_root)
+            if claim.get("readOnly"):
+                read_only.add(mount["mountPath"])
         elif "emptyDir" in volume:
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o1777)
@@ -176,7 +193,7 @@ def prepare_volumes(
         if mount.get("readOnly"):
             read_only.add(mount["mountPath"])
     automount = container.get("automountServiceAccountToken", spec.get("automountServiceAccountToken", True))
-    if automount and SERVICE_ACCOUNT_DIR not in binds:
+    if service_account and automount and SERVICE_ACCOUNT_DIR not in binds:
         binds[SERVICE_ACCOUNT_DIR] = str(ctx.pod_dir / "serviceaccount")
         read_only.add(SERVICE_ACCOUNT_DIR)
     return binds, read_only
@@ -185,22 +202,10 @@ def prepare_volumes(
 def dev_wrapper(work: Path, binds: dict[str, str], read_only: set[str]) -> list[str]:
     """The argv prefix that runs a command with ``binds`` (targets under ``/dev/``) in its own ``/dev``.
 
-    ``unshare --mount --propagation private`` keeps every mount inside the new namespace; ``/dev``
-    there is an overlay (lower: the machine's ``/dev``; upper: a tmpfs at ``work``), so the
-    mountpoints created for the binds exist only in that namespace. The command is ``exec``-ed,
-    so it keeps the pid the caller started.
+    :func:`e2ecluster.podmounts.mount_wrapper` with ``/dev`` overlaid: the mountpoints created for the
+    binds exist only in the command's namespace.
     """
-    steps = ["set -e", f"mount -t tmpfs e2e-dev {shlex.quote(str(work))}",
-             f"mkdir {shlex.quote(str(work / 'upper'))} {shlex.quote(str(work / 'work'))}",
-             f"mount -t overlay e2e-dev -o lowerdir=/dev,upperdir={shlex.quote(str(work / 'upper'))},"
-             f"workdir={shlex.quote(str(work / 'work'))} /dev"]  # fmt: skip
-    for target in sorted(binds, key=lambda t: (t.count("/"), t)):
-        source, dest = shlex.quote(binds[target]), shlex.quote(target)
-        make = f"mkdir -p {dest}" if Path(binds[target]).is_dir() else f"mkdir -p $(dirname {dest}); touch {dest}"
-        steps += [make, f"mount --bind {'-o ro ' if target in read_only else ''}{source} {dest}"]
-    steps.append('exec "$@"')
-    work.mkdir(parents=True, exist_ok=True)
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "; ".join(steps), "e2e-dev"]
+    return podmounts.mount_wrapper(work, binds, read_only, ["/dev"])
 
 
 def run_argv(

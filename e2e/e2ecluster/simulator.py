@@ -51,7 +51,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from e2ecluster import nodefs, nodes, podimage, procs
+from e2ecluster import nodefs, nodes, podimage, podmounts, procs, provisioner
 from e2ecluster.cluster import NodePool
 from e2ecluster.devicemanager import DeviceManager
 from e2ecluster.images import Buildah, ImageError
@@ -118,6 +118,9 @@ class Simulator:
         beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         beat.start()
         threading.Thread(target=self._watch, name="pod-watch", daemon=True).start()
+        claims = provisioner.Provisioner(client.CoreV1Api(self._api()), provisioner.volumes_root(self.root),
+                                         self.stopping)  # fmt: skip
+        threading.Thread(target=claims.run, name="provisioner", daemon=True).start()
         self._wait_untainted()
         (self.root / "simulator.ready").write_text(self.server + "\n")
         log.info("simulator ready: nodes %s", ", ".join(self.node_names))
@@ -337,7 +340,8 @@ class Simulator:
         template_file = self.root / "worker-command"
         template = template_file.read_text().strip() if template_file.exists() else "{command}"
         ctx = PodContext(pod, rec.pod_ip, rec.host_ip, rec.pod_dir, rec.gpu_ids, self.server, self.ca_cert,
-                         self.gpu_env, nodefs.node_root(self.root, rec.node))  # fmt: skip
+                         self.gpu_env, nodefs.node_root(self.root, rec.node),
+                         provisioner.volumes_root(self.root))  # fmt: skip
         try:
             write_credentials(self.core, ctx)
             if template == podimage.IMAGE_TEMPLATE:
@@ -354,6 +358,7 @@ class Simulator:
             else:
                 env = build_env(self.core, ctx, container)
                 argv = render_argv(template, ctx, container, env)
+                argv = self._with_volumes(ctx, container, argv) if argv else argv
             if not argv:
                 self._wait(rec, "E2ENoCommand", f"worker command template {template!r} gave no argv", crash=False)
                 return
@@ -377,6 +382,16 @@ class Simulator:
         rec.liveness_failures = 0
         what = f"{podimage.describe(argv)} in image container {rec.container}" if rec.container else " ".join(argv)
         log.info("pod %s/%s: started pid %d: %s", rec.namespace, rec.name, rec.proc.pid, what)
+
+    def _with_volumes(self, ctx: PodContext, container: dict[str, Any], argv: list[str]) -> list[str]:
+        """A process pod's argv run with its volumes mounted (:mod:`e2ecluster.podmounts`)."""
+        binds, read_only = podimage.prepare_volumes(self.core, ctx, container, service_account=False)
+        binds, overlays, host = podmounts.process_binds(binds)
+        if host:
+            log.info("pod %s/%s: %s left as this machine's folders", ctx.namespace, ctx.name, ", ".join(host))
+        if not binds:
+            return argv
+        return [*podmounts.mount_wrapper(ctx.pod_dir / "mounts", binds, read_only, overlays), *argv]
 
     def _remove_container(self, rec: PodRecord) -> None:
         if rec.container:

@@ -1,13 +1,13 @@
-"""Models by ``storageUri`` on the real control plane: fetched over http and from a ConfigMap, checked by sha256.
+"""Models by ``storageUri`` on the real control plane: over http, from a ConfigMap and a claim, checked by sha256.
 
-Real: the API server (the CRD's schema and CEL rules, RBAC), scheduler and garbage collector; the
-operator as a local process authenticated as its ServiceAccount; each worker pod's process
-(``legacygpu worker start --kubernetes``) with the pod's own token, downloading from an HTTP
-server this test runs on loopback (the simulator's worker processes run on this host, so loopback
-reaches it) and reading the ConfigMap through the API server. Simulated: the kubelets, so the pod's
-volumes are not mounted: the worker command points the cache at a folder of the pod's own and the
-ConfigMap is read through the API (the worker's fallback when the optional volume holds no such
-key; reading from the mount is covered by tests/unit/worker/test_modelfetch.py).
+Real: the API server (the CRD's schema and CEL rules, RBAC), scheduler, PV controller and garbage
+collector; the operator as a local process authenticated as its ServiceAccount; each worker pod's
+process (``legacygpu worker start --kubernetes``) with the pod's own token, downloading from an
+HTTP server this test runs on loopback (the simulator's worker processes run on this host, so
+loopback reaches it). Simulated: the kubelets, which mount the pod's volumes for its process as a
+kubelet would (e2e/e2ecluster/podmounts.py): the model cache emptyDir, the ConfigMap and the claim
+(bound by the stand-in's provisioner) at the paths the operator gave them; the worker's log says
+that it read them from the mounts, not through the API.
 """
 
 from __future__ import annotations
@@ -75,9 +75,8 @@ def model_server(demo_repository: Path) -> Iterator[_Files]:
 def operator(simulated_kube: Kube, namespace: str, worker_command: Any, demo_repository: Path,
              tmp_path: Path) -> Iterator[Kube]:
     kube = simulated_kube
-    # The pod's cache and sources folders are /var/lib/legacygpu/...: on this host, folders of the pod's own.
+    # The pod's cache and sources folders (/var/lib/legacygpu/...) are its volumes, mounted for its process.
     worker_command(shlex.join([
-        "env", "LEGACYGPU_MODEL_CACHE={pod_dir}/cache", "LEGACYGPU_SOURCES_DIR={pod_dir}/sources",
         sys.executable, "-m", "legacygpu.cli", "worker", "start", "--kubernetes", "--backend", "onnxruntime",
         "--model-dir", str(demo_repository),
     ]))
@@ -130,18 +129,26 @@ def test_models_from_http_and_a_configmap_serve_tasks_and_a_wrong_sha256_degrade
     # As the guide's `kubectl create configmap --from-file` makes it: a binary file goes to binaryData.
     kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "digits-model"},
                 "binaryData": {"model.onnx": base64.b64encode(onnx).decode()}}, namespace)
+    kube.core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "models"},
+        "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "10Mi"}}}})  # fmt: skip
+    (kube.claim_dir(namespace, "models") / "digits").mkdir()
+    (kube.claim_dir(namespace, "models") / "digits" / "model.onnx").write_bytes(onnx)
     url = f"http://127.0.0.1:{model_server.server_address[1]}/models/digits.onnx"
-    cluster, guide_task = _guide_example(namespace)  # as written, plus an http source
+    cluster, guide_task = _guide_example(namespace)  # as written, plus an http and a pvc source
     # The http source first: the ConfigMap holds the same file, and the cache (by sha256) would serve it.
     cluster["spec"]["modelSources"].insert(0, {"name": "digits-http", "storageUri": url, "sha256": digest,
                                                "card": card})
+    cluster["spec"]["modelSources"].append({"name": "digits-pvc", "storageUri": "pvc://models/digits/model.onnx",
+                                            "card": card})
     kube.apply(cluster, namespace)
     kube.wait_condition(API, "InferenceCluster", "fetched", "WorkersReady", namespace=namespace, timeout=240)
     assert model_server.requests == ["/models/digits.onnx"]
 
     kube.apply(guide_task, namespace)
     kube.apply(_task("digit-http", "fetched", "digits-http"), namespace)
-    for name in ("digit-fetched", "digit-http"):
+    kube.apply(_task("digit-pvc", "fetched", "digits-pvc"), namespace)
+    for name in ("digit-fetched", "digit-http", "digit-pvc"):
         def done(name: str = name) -> dict[str, Any] | None:
             task = kube.get(API, "InferenceTask", name, namespace) or {}
             return task if (task.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
@@ -158,6 +165,14 @@ def test_models_from_http_and_a_configmap_serve_tasks_and_a_wrong_sha256_degrade
     log = (kube.pod_dir(namespace, pod.metadata.name) / "worker.log").read_text()
     assert f"model digits-http: fetching {url} ({len(onnx) / 1024:.1f} KiB)" in log, log[-3000:]
     assert f"model digits-http: {len(onnx) / 1024:.1f} KiB of {len(onnx) / 1024:.1f} KiB (100%)" in log, log[-3000:]
+    # The ConfigMap and the claim came from the pod's mounts, not through the API.
+    sources = "/var/lib/legacygpu/sources"
+    assert (f"model digits-cm: configmap://digits-model/model.onnx read from ConfigMap digits-model mounted at "
+            f"{sources}/configmap/digits-model") in log, log[-3000:]
+    assert "read through the API" not in log, log[-3000:]
+    assert (f"model digits-pvc: pvc://models/digits/model.onnx read from claim models mounted at "
+            f"{sources}/pvc/models/digits") in log, log[-3000:]
+    assert not Path("/var/lib/legacygpu").exists(), "the worker's mounts wrote the machine's /var/lib"
 
     # The same URL under a sha256 it does not have: the model is not served and the cluster says why.
     kube.apply(_cluster("badsum", [{"name": "digits-http", "storageUri": url, "sha256": "0" * 64, "card": card}]),

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from e2e_operators import API, GROUP, PLURAL, VERSION, lease_holder, operator_replicas
 from e2ecluster import Kube
 
@@ -176,3 +177,48 @@ def test_a_worker_pod_deleted_mid_batch_loses_no_input_and_stores_none_twice(
     ran_on_victim = [s["metadata"]["name"] for s in shards if any(h.get("worker") == pod
                                                                    for h in s["status"].get("history") or ())]
     sys.stdout.write(f"deleted {pod} at {mid_run}; shards that ran there: {ran_on_victim}\n")
+
+
+def test_a_folder_of_pngs_on_a_claim_runs_as_one_batch_and_its_results_land_beside_it(
+    simulated_kube: Kube, namespace: str, operator: subprocess.Popen[bytes]
+) -> None:
+    """pvc:// source and output: the claim bound by the stand-in's provisioner, mounted in each worker pod."""
+    kube = simulated_kube
+    kube.wait_for(lambda: lease_holder(kube, namespace), timeout=90, what="the operator leads")
+    kube.core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "scans"},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "100Mi"}}}})  # fmt: skip
+    claim = kube.claim_dir(namespace, "scans")
+    inbox = claim / "incoming" / "day-1"
+    inbox.mkdir(parents=True)
+    labels = {}
+    for copy in range(3):
+        for path in sorted(EXAMPLES.glob("digit-*.png")):
+            (inbox / f"c{copy}-{path.name}").write_bytes(path.read_bytes())
+            labels[f"c{copy}-{path.name}"] = path.stem.split("-")[1]
+    (inbox / "NOTES.txt").write_text("not an input")
+    text = (REPO / "docs" / "CLUSTER_DEPLOYMENT_GUIDE.md").read_text()
+    block = text.split("<!-- pvc batch example", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    cluster, body = [d for d in yaml.safe_load_all(block) if d]  # the guide's example, as written but for:
+    cluster["metadata"]["name"] = body["spec"]["clusterRef"] = "c"
+    cluster["spec"].update(backend="onnxruntime", models=["digits"])  # the CPU backend, model loaded at start
+    body["metadata"]["name"] = "job"
+    body["spec"]["batch"]["shardSize"] = 8  # several shards from 30 files
+    kube.apply(cluster, namespace)
+    kube.wait_condition(API, "InferenceCluster", "c", "WorkersReady", namespace=namespace, timeout=180)
+    kube.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    job = kube.wait_for(lambda: _done(kube, namespace), timeout=300,
+                        what=f"the batch finished (progress {_job(kube, namespace).get('status', {}).get('progress')})")
+    status = job["status"]
+    assert (status["phase"], status["reason"]) == ("Succeeded", "Completed"), status
+    assert status["progress"]["summary"] == "30/30" and status["progress"]["shards"] == 4, status["progress"]
+    assert status["output"] == {"uri": "pvc://scans/results/day-1"}
+    outbox = claim / "results" / "day-1"
+    assert sorted(p.name for p in outbox.iterdir()) == sorted(f"{key}.json" for key in labels)
+    wrong = {k: r for k, label in labels.items()
+             if (r := json.loads((outbox / f"{k}.json").read_text()))["top_k"][0]["label"] != label}
+    assert not wrong, wrong
+    children = _shards(kube, namespace)
+    assert [c["metadata"]["name"] for c in children] == ["job-list", *(f"job-s{i:05d}" for i in range(4))]
+    assert all(c["status"]["phase"] == "Succeeded" for c in children)
+    assert not Path("/var/lib/legacygpu").exists(), "a worker's mounts wrote the machine's /var/lib"

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from operator_harness import NS, Deployment, cluster_manifest, eventually, phase
+from operator_harness import NS, Deployment, cluster_manifest, eventually, phase, task_manifest
 
 from legacygpu.core.kube.contract import GROUP, TASK_PLURAL, VERSION, now_utc
 from legacygpu.operator.batchplan import shard_manifest
@@ -273,4 +273,123 @@ async def test_a_source_that_never_answers_ends_the_batch_at_its_deadline(dep: D
     await dep.create(manifest)
     body = await eventually(lambda: _finished(dep, "job"), timeout=30, what="batch expired")
     assert (phase(body), body["status"]["reason"]) == ("Failed", "DeadlineExceeded"), body["status"]
+    assert await _shards(dep, "job") == []
+
+
+async def test_a_folder_on_a_claim_is_listed_by_a_worker_sharded_and_its_results_written_back(
+    dep: Deployment, tmp_path: Path
+) -> None:
+    """pvc:// source and output: the workers share the claims folder (here tmp_path, as a mounted claim)."""
+    inbox = tmp_path / "data" / "in"
+    inbox.mkdir(parents=True)
+    labels = {}
+    for copy in range(2):
+        for path in sorted(EXAMPLES.glob("digit-*.png")):
+            (inbox / f"c{copy}-{path.name}").write_bytes(path.read_bytes())
+            labels[f"c{copy}-{path.name}"] = path.stem.split("-")[1]
+    (inbox / "README.md").write_text("not an input")
+    # A tiny inline limit: the listing (20 keys) goes to a result ConfigMap, as a 10,000-file folder's would.
+    dep.worker_options.update(claims_dir=tmp_path, inline_limit=100)
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=2, batchClaims=["data"]))
+    await dep.create(batch_manifest("job", "c", source="pvc://data/in", output="pvc://data/out/job", shardSize=6))
+    body = await eventually(lambda: _finished(dep, "job"), timeout=90, what="batch finished")
+    status = body["status"]
+    assert (phase(body), status["reason"]) == ("Succeeded", "Completed"), status
+    assert status["progress"]["summary"] == "20/20" and status["progress"]["shards"] == 4
+    assert status["output"] == {"uri": "pvc://data/out/job"}
+    outbox = tmp_path / "data" / "out" / "job"
+    assert sorted(p.name for p in outbox.iterdir()) == sorted(f"{key}.json" for key in labels)  # no temporaries
+    wrong = {k: r for k, label in labels.items()
+             if (r := json.loads((outbox / f"{k}.json").read_text()))["top_k"][0]["label"] != label}
+    assert not wrong, wrong
+    listing = await dep.task("job-list")
+    assert listing is not None and phase(listing) == "Succeeded"
+    assert listing["status"]["resultRef"] == "configmap://job-list-result/result.json"
+    shards = await _shards(dep, "job")
+    assert [s["metadata"]["name"] for s in shards] == ["job-list", *(f"job-s{i:05d}" for i in range(4))]
+    assert [s["spec"]["batch"]["shard"]["keys"] for s in shards[1:]] == [
+        sorted(labels)[i:i + 6] for i in range(0, 20, 6)]  # name order, split in shardSize pieces
+    configmaps = await dep.api.list("", "v1", "configmaps", NS)
+    assert not [c for c in configmaps if c["metadata"]["name"].startswith("results-job")]
+    pod = (await dep.pods("c"))[0]
+    assert {"name": "batch-claim-0", "persistentVolumeClaim": {"claimName": "data"}} in pod["spec"]["volumes"]
+    assert {"name": "batch-claim-0", "mountPath": "/var/lib/legacygpu/claims/data"} in (
+        pod["spec"]["containers"][0]["volumeMounts"])
+
+
+async def test_a_batch_on_a_claim_its_cluster_does_not_mount_fails_naming_the_field(
+    dep: Deployment, tmp_path: Path
+) -> None:
+    dep.worker_options.update(claims_dir=tmp_path)
+    (tmp_path / "data" / "empty").mkdir(parents=True)
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1, batchClaims=["data"]))
+    await dep.create(batch_manifest("elsewhere", "c", source="pvc://data/empty", output="pvc://other/out"))
+    await dep.create(batch_manifest("empty", "c", source="pvc://data/empty"))
+    await dep.create(batch_manifest("inplace", "c", source="pvc://data/empty", output="pvc://data/empty/"))
+    body = await eventually(lambda: _finished(dep, "elsewhere"), what="batch refused")
+    assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
+    assert "does not mount claim 'other'" in body["status"]["message"]
+    assert "spec.batchClaims" in body["status"]["message"]
+    assert await dep.task("elsewhere-list") is None  # refused before any child was made
+    empty = await eventually(lambda: _finished(dep, "empty"), timeout=60, what="empty folder refused")
+    assert (phase(empty), empty["status"]["reason"]) == ("Failed", "InvalidInput"), empty["status"]
+    assert "holds no input files" in empty["status"]["message"], empty["status"]
+    inplace = await eventually(lambda: _finished(dep, "inplace"), what="output into the source refused")
+    assert (phase(inplace), inplace["status"]["reason"]) == ("Failed", "InvalidInput"), inplace["status"]
+    assert "is the source folder" in inplace["status"]["message"]
+
+
+async def test_a_slow_source_url_does_not_hold_up_the_clusters_other_tasks(
+    dep: Deployment, digit_inputs: dict[str, Any]
+) -> None:
+    """The listing URL is read outside the cluster's pass: an ordinary task runs while it has not answered."""
+    release = threading.Event()
+    pngs = sorted(EXAMPLES.glob("digit-*.png"))[:3]
+
+    class Held(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/list.json":
+                release.wait(30)
+                body = json.dumps([f"http://127.0.0.1:{self.server.server_address[1]}/{p.name}" for p in pngs])
+                data = body.encode()
+            else:
+                data = (EXAMPLES / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Held)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        await dep.start_operator()
+        await dep.create(cluster_manifest("c", replicas=1))
+        await dep.create(batch_manifest("job", "c", source=f"http://127.0.0.1:{server.server_address[1]}/list.json"))
+        await dep.create(task_manifest("single", "c", [digit_inputs["image"]]))
+        single = await eventually(lambda: _finished(dep, "single"), timeout=20, what="the ordinary task finished")
+        assert phase(single) == "Succeeded"
+        job = await dep.task("job")
+        assert job is not None and "progress" not in (job.get("status") or {})  # its source has not answered yet
+        release.set()
+        body = await eventually(lambda: _finished(dep, "job"), timeout=60, what="batch finished")
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert phase(body) == "Succeeded" and body["status"]["progress"]["completed"] == 3, body["status"]
+
+
+async def test_a_batch_for_a_cluster_that_does_not_exist_ends_cluster_not_found_unsplit(dep: Deployment) -> None:
+    configmap, _ = digits_configmap("digits-in", copies=1)
+    await dep.api.create("", "v1", "configmaps", NS, configmap)
+    await dep.start_operator()
+    await dep.create(batch_manifest("job", "nowhere", source="configmap://digits-in"))
+    body = await eventually(lambda: _finished(dep, "job"), timeout=30, what="batch ended")
+    assert (phase(body), body["status"]["reason"]) == ("Failed", "ClusterNotFound"), body["status"]
     assert await _shards(dep, "job") == []

@@ -1,7 +1,8 @@
 """The batch plan's pure parts: splitting, counting shards, the batch task's end; and the input files.
 
-No I/O: :mod:`legacygpu.operator.batchplan` decides from snapshots, and the worker's
-:func:`legacygpu.worker.batch.decode_file` turns bytes into tensors.
+No I/O: :mod:`legacygpu.operator.batchplan` decides from snapshots, and
+:func:`legacygpu.core.inputfiles.read_input_file` (the one reader of the CLI and the workers' shards)
+turns bytes into tensors; ``pvc://`` folders are listed from a real folder.
 """
 
 from __future__ import annotations
@@ -10,22 +11,26 @@ import base64
 import datetime
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from legacygpu.core.errors import ValidationError
-from legacygpu.core.kube.batch import chunks, configmap_keys, url_listing
+from legacygpu.core.inputfiles import read_input_file
+from legacygpu.core.kube.batch import chunks, claim_folder, configmap_keys, list_folder, parse_pvc, url_listing
 from legacygpu.core.tasks import Phase
 from legacygpu.operator.batchplan import (
     BatchFacts,
+    claims_needed,
     finished_status,
+    listing_manifest,
     progress_status,
+    running_status,
     shard_manifest,
     tally,
 )
 from legacygpu.operator.taskstate import task_view
-from legacygpu.worker.batch import decode_file
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 
@@ -112,6 +117,11 @@ def test_url_listings_give_unique_keys_that_keep_the_extension() -> None:
         url_listing({"not": "a list"})
 
 
+def decode_file(name: str, raw: bytes, input_name: str) -> list[dict[str, object]]:
+    """As a batch shard reads a file: image and tensor inputs both named inputName."""
+    return read_input_file(name, raw, tensor_input=input_name, image_input=input_name)
+
+
 def test_input_files_decode_by_extension() -> None:
     buffer = io.BytesIO()
     np.save(buffer, np.arange(6, dtype=np.float32).reshape(2, 3))
@@ -122,12 +132,73 @@ def test_input_files_decode_by_extension() -> None:
     assert decode_file("d.PNG", png, "pixels") == [
         {"name": "pixels", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(png).decode()]}
     ]
+    assert decode_file("d.webp", png, "pixels")[0]["name"] == "pixels"  # the CLI's image types, the same for batches
     tensors = [{"name": "input", "datatype": "FP32", "shape": [1], "data": [1.0]}]
     assert decode_file("t.json", json.dumps({"inputs": tensors}).encode(), "input") == tensors
+    assert decode_file("l.json", json.dumps(tensors).encode(), "input") == tensors
+    one = {"datatype": "FP32", "shape": [1], "data": [1.0]}  # one tensor, named after the input
+    assert decode_file("o.json", json.dumps(one).encode(), "x") == [{"name": "x", **one}]
     with pytest.raises(ValidationError, match="unknown file type"):
         decode_file("notes.txt", b"hello", "input")
     with pytest.raises(ValidationError, match="npy"):
         decode_file("bad.npy", b"nope", "input")
+    with pytest.raises(ValidationError, match="a tensor, a list of tensors"):
+        decode_file("n.json", b"3", "input")
+    with pytest.raises(ValidationError, match="takes no image input"):
+        read_input_file("d.png", png, tensor_input="input", image_input=None)
+
+
+def test_the_cli_reads_input_files_with_the_same_reader(tmp_path: Path) -> None:
+    from legacygpu.cli.client import CliError
+    from legacygpu.cli.task import read_inputs
+
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"datatype": "FP32", "shape": [1], "data": [2.0]}))
+    assert read_inputs(one, None, [{"name": "pixels"}]) == [{"name": "pixels", "datatype": "FP32", "shape": [1],
+                                                             "data": [2.0]}]
+    image = tmp_path / "d.png"
+    image.write_bytes(b"png")
+    assert read_inputs(image, None, [{"name": "t"}, {"name": "img", "image": True}])[0]["name"] == "img"
+    with pytest.raises(CliError, match="takes no image input"):
+        read_inputs(image, None, [{"name": "t"}])
+
+
+def test_pvc_uris_stay_inside_their_claim_and_folders_list_their_input_files_sorted(tmp_path: Path) -> None:
+    assert parse_pvc("pvc://data") == ("data", "")
+    assert parse_pvc("pvc://data/in/batch-1/") == ("data", "in/batch-1")
+    for bad in ("pvc://data/../x", "pvc://data/./x", "pvc://data//x", "pvc://Data/x", "configmap://x"):
+        with pytest.raises(ValidationError):
+            parse_pvc(bad)
+    assert claim_folder(tmp_path, "pvc://data/in/b") == tmp_path / "data" / "in" / "b"
+    folder = tmp_path / "data" / "in"
+    folder.mkdir(parents=True)
+    for name in ("b.npy", "a.png", "c.json", "README.md", ".hidden.png"):
+        (folder / name).write_bytes(b"x")
+    (folder / "sub.png").mkdir()
+    assert list_folder(folder, "pvc://data/in") == ["a.png", "b.npy", "c.json"]
+    (folder / "with space.png").write_bytes(b"x")
+    with pytest.raises(ValidationError, match=r"with space\.png"):
+        list_folder(folder, "pvc://data/in")
+    with pytest.raises(ValidationError, match="no such folder"):
+        list_folder(tmp_path / "nope", "pvc://data/nope")
+
+
+def test_a_pvc_batch_has_a_listing_task_and_shards_that_write_to_the_claim() -> None:
+    parent = {**PARENT, "spec": {**PARENT["spec"], "batch": {"source": "pvc://data/in", "output": "pvc://out/res"}}}
+    facts = task_view(parent).batch
+    assert facts is not None and claims_needed(facts) == ["data", "out"]
+    listing = listing_manifest(parent, now=NOW)
+    assert listing["metadata"]["name"] == "job-list" and listing["spec"]["timeoutSeconds"] == 500
+    assert listing["spec"]["batch"] == {"source": "pvc://data/in", "shard": {"parent": "job", "index": 0,
+                                                                              "listing": True}}
+    listed = task_view(listing).batch
+    assert listed is not None and listed.listing and listed.parent == "job"
+    shard = shard_manifest(parent, 0, now=NOW, keys=["a.png"])
+    assert shard["spec"]["batch"]["output"] == "pvc://out/res"
+    running = running_status(total=1, shards=1, output="pvc://out/res", now=NOW, previous={})
+    assert running["output"] == {"uri": "pvc://out/res"}
+    assert running_status(total=1, shards=2, output="configmap://r", now=NOW, previous={})["output"] == {
+        "configMaps": ["r-0", "r-1"]}
 
 
 def test_the_crd_shows_progress_and_validates_the_batch_spec() -> None:
@@ -145,5 +216,25 @@ def test_the_crd_shows_progress_and_validates_the_batch_spec() -> None:
     assert any("exactly one of spec.inputs, spec.inputsUri and spec.batch" in p for p in validate(both))
     neither = {**base, "spec": {**base["spec"], "batch": {"shardSize": 5}}}
     assert any("exactly one of spec.batch.inputs and spec.batch.source" in p for p in validate(neither))
-    bad_source = {**base, "spec": {**base["spec"], "batch": {"source": "pvc://claim/dir"}}}
-    assert validate(bad_source)
+    for source in ("s3://bucket/dir", "pvc://Claim/dir", "pvc://claim//dir"):
+        assert validate({**base, "spec": {**base["spec"], "batch": {"source": source}}}), source
+    for source in ("pvc://claim", "pvc://claim/dir/", "pvc://claim/a/b.c"):
+        assert validate({**base, "spec": {**base["spec"], "batch": {"source": source}}}) == [], source
+
+
+def test_a_shard_key_naming_a_path_out_of_its_folder_is_refused(tmp_path: Path) -> None:
+    """A shard made by hand with a key like ../x must not read or write outside the claim's folder."""
+    from types import SimpleNamespace
+
+    from legacygpu.worker.batch import run_shard
+
+    (tmp_path / "data" / "in").mkdir(parents=True)
+    (tmp_path / "secret.png").write_bytes(b"not for the model")
+    host = SimpleNamespace(namespace="ml", pod="w", runner=None, configmap_limit=1 << 20, claims_dir=tmp_path)
+    shard = {"metadata": {"name": "job-s00000", "uid": "u"},
+             "spec": {"model": "digits", "batch": {"source": "pvc://data/in", "output": "pvc://data/out",
+                                                   "shard": {"parent": "job", "index": 0,
+                                                             "keys": ["../../secret.png"]}}}}
+    with pytest.raises(ValidationError, match="not an input key"):
+        run_shard(host, shard)  # type: ignore[arg-type]
+    assert not (tmp_path / "data" / "out").exists()

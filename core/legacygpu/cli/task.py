@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from legacygpu.cli import follow
 from legacygpu.cli.client import ApiClient, CliError, api_options, make_client
 from legacygpu.cli.output import Column, emit, output_option
-from legacygpu.core.tensors import from_numpy
+from legacygpu.core.errors import ValidationError
+from legacygpu.core.inputfiles import read_input_file
 
 __all__ = ["command", "read_inputs"]
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 
 TASK_COLUMNS: list[Column] = [
     ("ID", lambda t: t["id"]),
@@ -40,34 +36,14 @@ def _model_inputs(client: ApiClient, model: str) -> list[dict[str, Any]]:
 
 
 def read_inputs(path: Path, input_name: str | None, model_inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Request tensors from an image file, a ``.npy`` array or a JSON tensor file."""
-    suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
-        image_inputs = [spec["name"] for spec in model_inputs if spec.get("image")]
-        name = input_name or (image_inputs[0] if image_inputs else None)
-        if name is None:
-            raise CliError("this model takes no image input; send a .npy array or a JSON tensor instead")
-        data = base64.b64encode(path.read_bytes()).decode()
-        return [{"name": name, "shape": [1], "datatype": "BYTES", "data": [data]}]
-    default_name = input_name or (model_inputs[0]["name"] if model_inputs else "input")
-    if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise CliError(f"{path} is not a readable .npy array: {exc}") from exc
-        return [from_numpy(default_name, array)]
-    if suffix == ".json":
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CliError(f"{path} is not valid JSON: {exc}") from exc
-        if isinstance(raw, dict) and "inputs" in raw:
-            return list(raw["inputs"])
-        if isinstance(raw, list):
-            return raw
-        if isinstance(raw, dict):
-            return [{"name": default_name, **raw}]
-    raise CliError(f"cannot read {path}: give an image, a .npy array or a .json tensor")
+    """Request tensors from an image file, a ``.npy`` array or a JSON tensor file (:mod:`legacygpu.core.inputfiles`)."""
+    image_inputs = [spec["name"] for spec in model_inputs if spec.get("image")]
+    tensor_input = input_name or (model_inputs[0]["name"] if model_inputs else "input")
+    try:
+        return read_input_file(str(path), path.read_bytes(), tensor_input=tensor_input,
+                               image_input=input_name or (image_inputs[0] if image_inputs else None))
+    except ValidationError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def _show_phase(task: dict[str, Any]) -> None:

@@ -8,8 +8,24 @@ applies). Everything it decides from is in the API (the batch task's
 status, its shard tasks' statuses), so a new leader carries on where a
 dead one stopped: a split cut short is redone (the shard names are fixed;
 creates that happened already answer 409), and a shard task that is
-missing for longer than :data:`MISSING_GRACE_SECONDS` after the split is
-created again.
+absent from the index for longer than :data:`MISSING_GRACE_SECONDS` after
+the split, and that the API server does not have either, is created again.
+
+Before its split a batch task ends like any task when cancelled or past its
+deadline (:func:`legacygpu.operator.taskstate.ending`). Its source's keys
+are read so:
+
+* ``configmap://``: the ConfigMap, in the pass (one GET);
+* ``http(s)://``: the listing URL, fetched *outside* the pass by a
+  background task (a slow server must not hold up the cluster's other
+  tasks); the pass runs again when it has answered;
+* ``pvc://``: the operator cannot mount the claim, so a worker lists the
+  folder: the batch's listing task, a child task placed like a shard, whose
+  result holds the keys. Its claim (and a ``pvc://`` output's) must be in
+  the cluster's ``spec.batchClaims``, which every worker mounts; a batch
+  naming another claim fails at once (``InvalidInput``) with a message
+  naming that field. Mounting claims per batch instead would change the pod
+  template, so every batch would roll the cluster's workers.
 """
 
 from __future__ import annotations
@@ -17,21 +33,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from legacygpu.core.errors import ValidationError
-from legacygpu.core.kube.batch import check_unique_keys, chunks, configmap_keys, output_prefix, url_listing
+from legacygpu.core.kube.batch import (
+    check_unique_keys,
+    chunks,
+    configmap_keys,
+    output_prefix,
+    parse_pvc,
+    shard_name,
+    url_listing,
+)
 from legacygpu.core.kube.contract import (
     GROUP,
     TASK_PLURAL,
     VERSION,
     TaskStatus,
-    cancelled_status,
     deadline_time,
-    expired_status,
     parse_time,
     terminal_status,
 )
@@ -39,14 +62,16 @@ from legacygpu.core.kube.errors import ApiConflictError, ApiError, ApiNotFoundEr
 from legacygpu.core.tasks import Phase, Reason
 from legacygpu.operator.batchplan import (
     BatchFacts,
+    claims_needed,
     finished_status,
+    listing_manifest,
     progress_status,
     running_status,
     shard_manifest,
     tally,
 )
 from legacygpu.operator.runtime import OperatorRuntime
-from legacygpu.operator.taskstate import TaskView, task_view
+from legacygpu.operator.taskstate import TaskView, ending
 
 __all__ = ["MISSING_GRACE_SECONDS", "reconcile_batches"]
 
@@ -64,20 +89,29 @@ def is_open_batch(task: TaskView) -> bool:
 
 
 async def reconcile_batches(
-    rt: OperatorRuntime, tasks: Sequence[TaskView], now: datetime.datetime
+    rt: OperatorRuntime, tasks: Sequence[TaskView], now: datetime.datetime, *, cluster_spec: Mapping[str, Any]
 ) -> tuple[list[TaskView], list[datetime.datetime]]:
-    """Move every unfinished batch task in ``tasks``; (the other tasks, when to look again)."""
+    """Move every unfinished batch task in ``tasks`` (of a cluster with ``cluster_spec``).
+
+    Returns the other tasks, and when to look again.
+    """
     batches = [t for t in tasks if is_open_batch(t)]
     if not batches:
         return list(tasks), []
     shards: dict[tuple[str, str], list[tuple[str, Phase, BatchFacts]]] = defaultdict(list)
+    listings: dict[tuple[str, str], TaskView] = {}
     for task in tasks:
         if task.batch is not None and task.batch.parent is not None:
-            shards[task.namespace, task.batch.parent].append((task.name, task.phase, task.batch))
+            if task.batch.listing:
+                listings[task.namespace, task.batch.parent] = task
+            else:
+                shards[task.namespace, task.batch.parent].append((task.name, task.phase, task.batch))
+    claims = set(cluster_spec.get("batchClaims") or ())
     wakes: list[datetime.datetime] = []
     for task in batches:
+        key = (task.namespace, task.name)
         try:
-            wake = await _reconcile_batch(rt, task, shards.get((task.namespace, task.name), []), now)
+            wake = await _reconcile_batch(rt, task, shards.get(key, []), listings.get(key), claims, now)
         except ApiUnavailableError:
             raise  # the cluster loop backs off and tries the whole pass again
         except ApiError as exc:
@@ -90,20 +124,19 @@ async def reconcile_batches(
 
 
 async def _reconcile_batch(
-    rt: OperatorRuntime, task: TaskView, shards: list[tuple[str, Phase, BatchFacts]], now: datetime.datetime
+    rt: OperatorRuntime, task: TaskView, shards: list[tuple[str, Phase, BatchFacts]], listing: TaskView | None,
+    claims: set[str], now: datetime.datetime,
 ) -> datetime.datetime | None:
     facts = task.batch
     assert facts is not None
     if facts.shards is None:  # not split yet
-        if task.cancel:
-            await write_task(rt, task, cancelled_status(task.status, created=task.created, now=now))
+        ended = ending(task, now)
+        if ended is not None:
+            assert ended.status is not None
+            await write_task(rt, task, ended.status, event=ended.event)
             return None
-        deadline = deadline_time(task.created, task.timeout_seconds)
-        if deadline is not None and now >= deadline:  # e.g. its source URL never answered
-            expired = expired_status(task.status, created=task.created, timeout_seconds=task.timeout_seconds, now=now)
-            await write_task(rt, task, expired, event=("Warning", expired["reason"], expired["message"]))
-            return None
-        return await _split(rt, task, now)
+        await _split(rt, task, now, listing=listing, claims=claims)
+        return deadline_time(task.created, task.timeout_seconds)  # a source that never answers ends then
     counted = tally(facts.shards, shards)
     final = finished_status(facts, counted, now=now, cancelled=task.cancel)
     if final is not None:
@@ -118,45 +151,59 @@ async def _reconcile_batch(
     if counted.missing:
         started = parse_time(task.start_time) or now
         due = started + datetime.timedelta(seconds=MISSING_GRACE_SECONDS)
-        if now >= due:
-            log.info("batch task %s/%s: shards %s missing; creating them again", task.namespace, task.name,
-                     list(counted.missing))
-            await _split(rt, task, now, only=set(counted.missing))
-        else:
+        if now < due:
             wake = due
+        else:
+            gone = await _really_missing(rt, task, counted.missing)
+            if gone:
+                log.info("batch task %s/%s: shards %s missing; creating them again", task.namespace, task.name, gone)
+                await _split(rt, task, now, listing=listing, claims=claims, only=set(gone))
     update = progress_status(facts, counted)
     if update is not None:
-        await _write_progress(rt, task, update)
+        await write_task(rt, task, cast(TaskStatus, update), transition=False)
     return wake
 
 
-async def _write_progress(rt: OperatorRuntime, task: TaskView, update: dict[str, Any]) -> None:
-    """A progress-only write: guarded like a move, but no phase transition to count."""
-    try:
-        body = await rt.api.patch_task_status(task.namespace, task.name, update,
-                                              resource_version=task.resource_version or None)
-    except ApiConflictError:
-        rt.poke((task.namespace, task.cluster))
-        return
-    except ApiNotFoundError:
-        return
-    rt.wrote_task(task, task_view(body))
+async def _really_missing(rt: OperatorRuntime, task: TaskView, indices: Sequence[int]) -> list[int]:
+    """The shard numbers among ``indices`` whose task the API server does not have (not just the index lagging)."""
+
+    async def gone(index: int) -> bool:
+        try:
+            await rt.api.get_task(task.namespace, shard_name(task.name, index))
+        except ApiNotFoundError:
+            return True
+        return False
+
+    answers = await asyncio.gather(*(gone(i) for i in indices))
+    return [i for i, missing in zip(indices, answers, strict=True) if missing]
 
 
 async def _split(
-    rt: OperatorRuntime, task: TaskView, now: datetime.datetime, *, only: set[int] | None = None
-) -> datetime.datetime | None:
+    rt: OperatorRuntime, task: TaskView, now: datetime.datetime, *, listing: TaskView | None, claims: set[str],
+    only: set[int] | None = None,
+) -> None:
     """Create the shard tasks (``only`` those numbers, if given); then, on the first split, mark it Running."""
     try:
         body = await rt.api.get_task(task.namespace, task.name)
     except ApiNotFoundError:
-        return None
+        return
     spec = body.get("spec") or {}
     batch = spec.get("batch") or {}
     size = int(batch.get("shardSize") or 25)
+    source = str(batch.get("source", ""))
     manifests: list[dict[str, Any]] = []
     try:
-        prefix = output_prefix(task.name, batch.get("output"))
+        output = str(batch.get("output") or "")
+        if not output.startswith("pvc://"):
+            output = f"configmap://{output_prefix(task.name, output or None)}"
+        assert task.batch is not None
+        unmounted = [claim for claim in claims_needed(task.batch) if claim not in claims]
+        if source.startswith("pvc://") and output.startswith("pvc://") and parse_pvc(source) == parse_pvc(output):
+            raise ValidationError(f"spec.batch.output {output!r} is the source folder: its .json results would be "
+                                  "inputs of the next batch over it; write them to another folder")
+        if unmounted:
+            raise ValidationError(f"InferenceCluster {task.cluster!r} does not mount claim {unmounted[0]!r}: add it "
+                                  "to the cluster's spec.batchClaims (every worker mounts those)")
         if batch.get("inputs"):
             items = list(batch["inputs"])
             check_unique_keys(item["key"] for item in items)
@@ -165,66 +212,117 @@ async def _split(
                 if only is None or index in only:
                     manifests.append(shard_manifest(body, index, now=now, inputs=piece))
         else:
-            keys = await _source_keys(rt, task.namespace, str(batch.get("source", "")))
+            keys = await _source_keys(rt, task, body, source, listing, now)
             if keys is None:
-                return now + datetime.timedelta(seconds=_SOURCE_RETRY_SECONDS)
+                return  # the listing task or the URL's answer wakes the pass
             if not keys:
-                raise ValidationError(f"spec.batch.source {batch.get('source')!r} holds no inputs")
+                raise ValidationError(f"spec.batch.source {source!r} holds no inputs")
+            check_unique_keys(keys)
             total = len(keys)
             for index, piece in enumerate(chunks(keys, size)):
                 if only is None or index in only:
                     manifests.append(shard_manifest(body, index, now=now, keys=piece))
     except ValidationError as exc:
+        rt.source_listings.pop((task.namespace, task.name, source), None)
         status = terminal_status(task.status, created=task.created, phase=Phase.FAILED, reason=Reason.INVALID_INPUT,
                                  message=str(exc), now=now)
         await write_task(rt, task, status, event=("Warning", Reason.INVALID_INPUT.value, str(exc)))
-        return None
+        return
     await asyncio.gather(*(_create(rt, manifest) for manifest in manifests))
     if only is None:
         # only is None: every shard was made
-        running = running_status(total=total, shards=len(manifests), prefix=prefix, now=now,
+        running = running_status(total=total, shards=len(manifests), output=output, now=now,
                                  previous=body.get("status") or {})
         event = ("Normal", Reason.STARTED.value, running["message"])
         await write_task(rt, task, cast(TaskStatus, running), event=event)
+        rt.source_listings.pop((task.namespace, task.name, source), None)
     return None
 
 
-async def _source_keys(rt: OperatorRuntime, namespace: str, source: str) -> list[str] | None:
-    """The input keys ``source`` holds; None when it cannot be read just now (try again later)."""
+async def _source_keys(
+    rt: OperatorRuntime, task: TaskView, body: Mapping[str, Any], source: str, listing: TaskView | None,
+    now: datetime.datetime,
+) -> list[str] | None:
+    """The input keys ``source`` holds; None when they are not known yet (the pass runs again when they are)."""
     if source.startswith("configmap://"):
         name = source[len("configmap://"):]
         try:
-            configmap = await rt.api.get("", "v1", "configmaps", namespace, name)
+            configmap = await rt.api.get("", "v1", "configmaps", task.namespace, name)
         except ApiNotFoundError as exc:
-            raise ValidationError(f"spec.batch.source: ConfigMap {name!r} not found in {namespace!r}") from exc
+            raise ValidationError(f"spec.batch.source: ConfigMap {name!r} not found in {task.namespace!r}") from exc
         return configmap_keys(configmap)
+    if source.startswith("pvc://"):
+        return await _listed_keys(rt, task, body, listing, now)
     if source.startswith(("http://", "https://")):
-        import httpx
+        key = (task.namespace, task.name, source)
+        if key not in rt.source_listings:
+            rt.source_listings[key] = None
+            rt.spawn(_fetch_listing(rt, key, (task.namespace, task.cluster)))
+            return None
+        answer = rt.source_listings[key]
+        if isinstance(answer, ValidationError):
+            raise answer
+        return cast("list[str] | None", answer)
+    raise ValidationError(f"spec.batch.source: unsupported {source!r}")
 
-        try:
-            response = await asyncio.to_thread(httpx.get, source, timeout=30.0, follow_redirects=True)
-        except httpx.HTTPError as exc:
-            log.warning("batch source %s unreachable (%s); trying again", source, exc)
-            return None
+
+async def _fetch_listing(rt: OperatorRuntime, key: tuple[str, str, str], cluster: tuple[str, str]) -> None:
+    """Read a source URL's listing in the background; the answer waits in ``rt.source_listings``."""
+    import httpx
+
+    source = key[2]
+    try:
+        async with httpx.AsyncClient(timeout=30.0, follow_redirects=True) as http:
+            response = await http.get(source)
         if response.status_code >= 500:
-            return None
+            response.raise_for_status()
         if response.status_code >= 400:
             raise ValidationError(f"spec.batch.source: {source} answered {response.status_code}")
         try:
             listing = response.json()
         except ValueError as exc:
             raise ValidationError(f"spec.batch.source: {source} did not serve JSON: {exc}") from exc
-        return [key for key, _ in url_listing(listing)]
-    raise ValidationError(f"spec.batch.source: unsupported {source!r}")
+        rt.source_listings[key] = [k for k, _ in url_listing(listing)]
+    except ValidationError as exc:
+        rt.source_listings[key] = exc
+    except httpx.HTTPError as exc:
+        log.warning("batch source %s unreachable (%s); trying again in %.0f s", source, exc, _SOURCE_RETRY_SECONDS)
+        await asyncio.sleep(_SOURCE_RETRY_SECONDS)
+        rt.source_listings.pop(key, None)  # the next pass starts another read
+    rt.poke(cluster)
+
+
+async def _listed_keys(
+    rt: OperatorRuntime, task: TaskView, body: Mapping[str, Any], listing: TaskView | None, now: datetime.datetime
+) -> list[str] | None:
+    """The keys a worker listed for a ``pvc://`` source (the batch's listing task, created here if need be)."""
+    if listing is None:
+        await _create(rt, listing_manifest(body, now=now))
+        return None
+    if not listing.terminal:
+        return None
+    listed = await rt.api.get_task(task.namespace, listing.name)
+    status = listed.get("status") or {}
+    if listing.phase != Phase.SUCCEEDED:
+        raise ValidationError(f"listing {body['spec']['batch']['source']} failed ({status.get('reason')}): "
+                              f"{status.get('message')}")
+    result = status.get("result") or {}
+    ref = str(status.get("resultRef") or "")
+    if "keys" not in result and ref.startswith("configmap://"):
+        name, _, entry = ref[len("configmap://"):].partition("/")
+        configmap = await rt.api.get("", "v1", "configmaps", task.namespace, name)
+        result = json.loads((configmap.get("data") or {}).get(entry) or "{}")
+    return [str(k) for k in result.get("keys") or ()]
 
 
 async def write_task(
-    rt: OperatorRuntime, task: TaskView, status: TaskStatus, *, event: tuple[str, str, str] | None = None
+    rt: OperatorRuntime, task: TaskView, status: TaskStatus, *, event: tuple[str, str, str] | None = None,
+    transition: bool = True,
 ) -> bool:
     """:func:`legacygpu.operator.reconciler.write_task` (imported late: the reconciler imports this module)."""
     from legacygpu.operator.reconciler import write_task as write
 
-    return await write(rt, task, status, event=event)
+    return await write(rt, task, status, event=event, transition=transition)
 
 
 async def _create(rt: OperatorRuntime, manifest: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ entries, so no input ever has two results.
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,15 +46,17 @@ from legacygpu.core.kube.batch import (
     CHILD_TTL_SECONDS,
     LABEL_BATCH,
     MAX_FAILURES_LISTED,
+    listing_name,
     output_prefix,
+    parse_pvc,
     result_configmap,
     shard_name,
 )
-from legacygpu.core.kube.contract import API_VERSION, TASK_KIND, format_time, parse_time
+from legacygpu.core.kube.contract import API_VERSION, TASK_KIND, deadline_time, format_time
 from legacygpu.core.tasks import TERMINAL_PHASES, Phase, Reason
 
-__all__ = ["BatchFacts", "Failure", "Tally", "batch_facts", "finished_status", "progress_status", "running_status",
-           "shard_manifest", "tally"]
+__all__ = ["BatchFacts", "Failure", "Tally", "batch_facts", "claims_needed", "finished_status", "listing_manifest",
+           "progress_status", "running_status", "shard_manifest", "tally"]
 
 Failure = Mapping[str, str]
 """``{key, reason, message}`` of one failed input."""
@@ -81,6 +84,11 @@ class BatchFacts:
     progress: Mapping[str, Any] | None = None
     """Batch tasks: the progress written last (None before the split)."""
     failures_written: tuple[Failure, ...] = ()
+    listing: bool = False
+    """The listing task of a ``pvc://`` source (a child, but not a shard)."""
+    source: str = ""
+    output: str = ""
+    """Batch tasks: ``spec.batch.source`` and ``output`` (for the claims they need)."""
 
     @property
     def is_shard(self) -> bool:
@@ -105,6 +113,7 @@ def batch_facts(spec: Mapping[str, Any], status: Mapping[str, Any]) -> BatchFact
             failures=tuple(report.get("failures") or ()),
             reason=str(status.get("reason") or ""),
             message=str(status.get("message") or "")[:512],
+            listing=bool(shard.get("listing")),
         )
     progress = status.get("progress")
     max_failed = batch.get("maxFailedInputs")
@@ -114,38 +123,30 @@ def batch_facts(spec: Mapping[str, Any], status: Mapping[str, Any]) -> BatchFact
         max_failed=int(max_failed) if max_failed is not None else None,
         progress=dict(progress) if progress else None,
         failures_written=tuple(status.get("failures") or ()),
+        source=str(batch.get("source") or ""),
+        output=str(batch.get("output") or ""),
     )
 
 
-def shard_manifest(
-    parent: Mapping[str, Any], index: int, *, now: datetime.datetime,
-    inputs: Sequence[Mapping[str, Any]] | None = None, keys: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Shard ``index`` of the batch task ``parent``: its inline ``inputs``, or the ``keys`` of its source."""
+def claims_needed(facts: BatchFacts) -> list[str]:
+    """The claims a batch task's ``pvc://`` source and output are on."""
+    return sorted({parse_pvc(uri)[0] for uri in (facts.source, facts.output) if uri.startswith("pvc://")})
+
+
+def _child(parent: Mapping[str, Any], name: str, batch: dict[str, Any], now: datetime.datetime) -> dict[str, Any]:
+    """A child task of ``parent`` (a shard or its listing task): the parent's model, placement and deadline."""
     meta, spec = parent["metadata"], parent["spec"]
-    batch = spec["batch"]
-    created = parse_time(meta.get("creationTimestamp")) or now
-    timeout = int(spec.get("timeoutSeconds") or 600)
-    remaining = max(1, int(timeout - (now - created).total_seconds()))
-    child_batch: dict[str, Any] = {
-        "inputName": batch.get("inputName", "input"),
-        "output": f"configmap://{output_prefix(meta['name'], batch.get('output'))}",
-        "shard": {"parent": meta["name"], "index": index},
-    }
-    if inputs is not None:
-        child_batch["inputs"] = list(inputs)
-    else:
-        child_batch["source"] = batch["source"]
-        child_batch["shard"]["keys"] = list(keys or ())
+    deadline = deadline_time(meta.get("creationTimestamp") or format_time(now), spec.get("timeoutSeconds"))
     child_spec: dict[str, Any] = {
         "clusterRef": spec["clusterRef"],
         "model": spec["model"],
-        "batch": child_batch,
+        "batch": batch,
         "priority": int(spec.get("priority") or 0),
-        "timeoutSeconds": remaining,
         "maxRetries": int(spec.get("maxRetries", 3)),
         "ttlSecondsAfterFinished": CHILD_TTL_SECONDS,
     }
+    if deadline is not None:  # the parent's deadline, not a new one
+        child_spec["timeoutSeconds"] = max(1, math.ceil((deadline - now).total_seconds()))
     for passed in ("parameters", "requirements"):
         if spec.get(passed) is not None:
             child_spec[passed] = spec[passed]
@@ -154,7 +155,7 @@ def shard_manifest(
         "apiVersion": API_VERSION,
         "kind": TASK_KIND,
         "metadata": {
-            "name": shard_name(meta["name"], index),
+            "name": name,
             "namespace": meta["namespace"],
             "labels": labels,
             "ownerReferences": [{"apiVersion": API_VERSION, "kind": TASK_KIND, "name": meta["name"],
@@ -162,6 +163,34 @@ def shard_manifest(
         },
         "spec": child_spec,
     }
+
+
+def listing_manifest(parent: Mapping[str, Any], *, now: datetime.datetime) -> dict[str, Any]:
+    """The task that lists the ``pvc://`` source folder of the batch task ``parent`` on a worker."""
+    batch = parent["spec"]["batch"]
+    child_batch = {"source": batch["source"], "shard": {"parent": parent["metadata"]["name"], "index": 0,
+                                                        "listing": True}}
+    return _child(parent, listing_name(parent["metadata"]["name"]), child_batch, now)
+
+
+def shard_manifest(
+    parent: Mapping[str, Any], index: int, *, now: datetime.datetime,
+    inputs: Sequence[Mapping[str, Any]] | None = None, keys: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Shard ``index`` of the batch task ``parent``: its inline ``inputs``, or the ``keys`` of its source."""
+    name, batch = parent["metadata"]["name"], parent["spec"]["batch"]
+    output = batch.get("output")
+    child_batch: dict[str, Any] = {
+        "inputName": batch.get("inputName", "input"),
+        "output": output if str(output or "").startswith("pvc://") else f"configmap://{output_prefix(name, output)}",
+        "shard": {"parent": name, "index": index},
+    }
+    if inputs is not None:
+        child_batch["inputs"] = list(inputs)
+    else:
+        child_batch["source"] = batch["source"]
+        child_batch["shard"]["keys"] = list(keys or ())
+    return _child(parent, shard_name(name, index), child_batch, now)
 
 
 @dataclass(frozen=True)
@@ -211,10 +240,15 @@ def _progress(total: int, shards: int, counted: Tally | None) -> dict[str, Any]:
 
 
 def running_status(
-    *, total: int, shards: int, prefix: str, now: datetime.datetime, previous: Mapping[str, Any]
+    *, total: int, shards: int, output: str, now: datetime.datetime, previous: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Pending → Running: the batch is split into ``shards`` shard tasks."""
+    """Pending → Running: the batch is split into ``shards`` shard tasks writing to ``output`` (a URI)."""
     moment = format_time(now)
+    if output.startswith("pvc://"):
+        where: dict[str, Any] = {"uri": output}
+    else:
+        prefix = output.removeprefix("configmap://")
+        where = {"configMaps": [result_configmap(prefix, i) for i in range(shards)]}
     return {
         "phase": Phase.RUNNING.value,
         "reason": Reason.STARTED.value,
@@ -222,7 +256,7 @@ def running_status(
         "queuedTime": previous.get("queuedTime") or moment,
         "startTime": moment,
         "progress": _progress(total, shards, None),
-        "output": {"configMaps": [result_configmap(prefix, i) for i in range(shards)]},
+        "output": where,
     }
 
 

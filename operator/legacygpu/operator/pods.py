@@ -29,6 +29,9 @@ at. Each pod:
   each claim (read-only) and ConfigMap (optional) they read, mounted under
   ``/var/lib/legacygpu/sources``; nothing for http(s), which the worker
   downloads;
+* mounts each claim of ``spec.batchClaims`` read-write at
+  ``/var/lib/legacygpu/claims/<claim>``, for batch tasks' ``pvc://`` sources
+  and outputs (:mod:`legacygpu.core.kube.batch`);
 * carries the label :data:`LABEL_TEMPLATE_HASH`, a hash of everything in
   the pod that comes from the cluster's spec and the operator's settings
   (image, resources, service account, template...). A pod whose hash is not
@@ -50,6 +53,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from legacygpu.core import modelsources
+from legacygpu.core.kube.batch import CLAIMS_DIR
 from legacygpu.core.kube.contract import (
     DEFAULT_DEVICE_RESOURCE,
     GPU_NODE_LABEL,
@@ -145,6 +149,7 @@ def _container(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any
         ]
         mounts.append({"name": CACHE_VOLUME, "mountPath": modelsources.CACHE_DIR})
         mounts += [{"name": name, "mountPath": path, "readOnly": True} for name, path, _ in _source_volumes(sources)]
+    mounts += [{"name": name, "mountPath": f"{CLAIMS_DIR}/{claim}"} for name, claim in _batch_claims(spec)]
     resources = copy.deepcopy(dict(spec.get("resources") or {}))
     gpus = int(spec.get("gpusPerWorker", 1))
     if gpus > 0:
@@ -209,6 +214,11 @@ def _source_volumes(sources: list[Mapping[str, Any]]) -> list[tuple[str, str, di
     return list(found.values())
 
 
+def _batch_claims(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(volume name, claim) of each claim in ``spec.batchClaims``, mounted read-write for batch tasks."""
+    return [(f"batch-claim-{index}", str(claim)) for index, claim in enumerate(spec.get("batchClaims") or ())]
+
+
 def _apply_template(pod_spec: dict[str, Any], overrides: Mapping[str, Any]) -> None:
     for key, value in overrides.items():
         if key == "containers":
@@ -243,6 +253,7 @@ def build_worker_pod(
         cache = copy.deepcopy(dict(spec.get("modelCache") or {"emptyDir": {}}))
         volumes.append({"name": CACHE_VOLUME, **cache})
         volumes += [{"name": name, **source} for name, _, source in _source_volumes(sources)]
+    volumes += [{"name": name, "persistentVolumeClaim": {"claimName": claim}} for name, claim in _batch_claims(spec)]
     pod_spec: dict[str, Any] = {
         "containers": [_container(spec, config)],
         "volumes": volumes,

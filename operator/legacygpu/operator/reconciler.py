@@ -91,8 +91,12 @@ async def write_task(
     status: TaskStatus,
     *,
     event: tuple[str, str, str] | None = None,
+    transition: bool = True,
 ) -> bool:
     """Write ``status`` if the task is still at the version it was decided on; True when written.
+
+    ``transition=False`` for a write that moves no phase (a batch task's progress): not counted
+    as a transition.
 
     One write per move, and that is the whole assignment: the worker selects
     its tasks on ``status.workerRef.pod``, so nothing else (a label, an
@@ -110,6 +114,8 @@ async def write_task(
         return False
     after = task_view(body)
     rt.wrote_task(task, after)
+    if not transition:
+        return True
     phase = Phase(status.get("phase", task.phase.value))
     rt.metrics.transitions.labels(phase.value, status.get("reason", "")).inc()
     if phase == Phase.SCHEDULED and after.attempts == 0:
@@ -361,7 +367,7 @@ async def reconcile_cluster(
     indexed_pods = list(pods)
     pod_list = rt.pods_seen(key, indexed_pods, placeholder)
     indexed_tasks = list(tasks)
-    task_list, batch_wakes = await reconcile_batches(rt, rt.tasks_seen(indexed_tasks), now)
+    task_list, batch_wakes = await reconcile_batches(rt, rt.tasks_seen(indexed_tasks), now, cluster_spec=spec)
     problem = cluster_problem(spec)
     extra = []
     previous = rt.cluster_status.get(key) or dict(body.get("status") or {})

@@ -10,8 +10,8 @@ fast and is rebuilt from nothing on restart:
   and assign it twice, or a pod as missing and create another. An overlay
   entry lives until the index shows a newer version of the object;
 * the strategy instance per cluster (round-robin remembers its position);
-* background tasks spawned by handlers (delayed re-checks), cancelled on
-  shutdown.
+* background tasks spawned by handlers (delayed re-checks, batch sources
+  read from a URL), cancelled on shutdown.
 
 One runtime is handed to every handler as kopf's ``memo.runtime``.
 """
@@ -58,6 +58,9 @@ class OperatorRuntime:
     cluster_status: dict[ClusterKey, dict[str, Any]] = field(default_factory=dict)
     """The status last written per cluster (the daemon's body may lag behind it)."""
     orphan_checks: set[tuple[str, str]] = field(default_factory=set)
+    source_listings: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    """Batch sources read outside the cluster pass (legacygpu.operator.batch): (namespace, task, source) ->
+    the keys, the error, or None while the read is under way."""
     access: AccessChecker = field(init=False)
     """Cached answers: may a cluster's worker ServiceAccount do a worker's job?"""
 

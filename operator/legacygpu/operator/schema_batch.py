@@ -6,8 +6,10 @@ workers run as ordinary tasks. The fields here are the contract:
 
 * ``spec.batch.inputs`` (an inline list of keyed inputs) or
   ``spec.batch.source`` (``configmap://<name>``: every key of the ConfigMap
-  is one input file; or an ``http(s)://`` URL serving a JSON list of URLs,
-  or of ``{key, url}`` objects, one input file each). A file is decoded by
+  is one input file; an ``http(s)://`` URL serving a JSON list of URLs,
+  or of ``{key, url}`` objects, one input file each; or
+  ``pvc://<claim>/<folder>``: every input file of the folder, in name order,
+  on a claim the cluster mounts, ``spec.batchClaims``). A file is decoded by
   its extension: an image (``.png``/``.jpg``/``.jpeg``/``.bmp``/``.gif``)
   becomes a BYTES tensor named ``inputName``; ``.npy`` becomes a tensor of
   its own dtype and shape; ``.json`` is a list of tensors or an Open
@@ -16,13 +18,14 @@ workers run as ordinary tasks. The fields here are the contract:
   fails the job) is how many inputs may fail before the job ends ``Failed``;
 * ``output``: ``configmap://<prefix>``: shard ``n`` writes ConfigMap
   ``<prefix>-<n>`` (default prefix ``results-<task>``), one ``<key>.json``
-  entry per input (its result, or ``{"error": {reason, message}}``);
+  entry per input (its result, or ``{"error": {reason, message}}``); or
+  ``pvc://<claim>/<folder>``: one file ``<key>.json`` per input there;
 * ``shard`` is set by the operator on the shard tasks it creates, never by users.
 """
 
 from __future__ import annotations
 
-from legacygpu.operator.schema import DNS_SUBDOMAIN, Schema, array, cel, integer, obj, string
+from legacygpu.operator.schema import DNS_SUBDOMAIN, Schema, array, boolean, cel, integer, obj, string
 
 __all__ = [
     "BATCH_SOURCE_PATTERN",
@@ -35,8 +38,11 @@ __all__ = [
 INPUT_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 """What a ConfigMap key may be (an input's key names its result entry)."""
 
-BATCH_SOURCE_PATTERN = r"^(configmap://[a-z0-9]([-a-z0-9.]*[a-z0-9])?|https?://\S+)$"
-OUTPUT_PATTERN = r"^configmap://[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+_PVC = r"pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[^/\s]+)*/?"
+BATCH_SOURCE_PATTERN = rf"^(configmap://[a-z0-9]([-a-z0-9.]*[a-z0-9])?|https?://\S+|{_PVC})$"
+OUTPUT_PATTERN = rf"^(configmap://[a-z0-9]([-a-z0-9.]*[a-z0-9])?|{_PVC})$"
+_PVC_INSIDE = "!self.startsWith('pvc://') || !self.matches('/[.][.]?(/|$)')"
+"""A pvc:// path never leaves its claim: no '.' or '..' segment."""
 
 
 def batch_spec_schema(tensor: Schema) -> Schema:
@@ -64,12 +70,15 @@ def batch_spec_schema(tensor: Schema) -> Schema:
             ),
             "source": string(
                 "Where the inputs are: configmap://<name> (every data and binaryData key of the "
-                "ConfigMap, in the task's namespace, is one input file) or an http(s) URL serving a "
-                "JSON list of file URLs (or of {key, url} objects). Files are decoded by extension: "
-                "images become a BYTES tensor named inputName, .npy a tensor of its dtype and shape, "
-                ".json a list of tensors or an Open Inference Protocol request.",
+                "ConfigMap, in the task's namespace, is one input file), an http(s) URL serving a "
+                "JSON list of file URLs (or of {key, url} objects), or pvc://<claim>/<folder> (every "
+                "image, .npy and .json file of the folder, in name order; the claim must be in the "
+                "cluster's spec.batchClaims). Files are decoded by extension: images become a BYTES "
+                "tensor named inputName, .npy a tensor of its dtype and shape, .json a tensor, a list "
+                "of tensors or an Open Inference Protocol request.",
                 pattern=BATCH_SOURCE_PATTERN,
                 max_length=2048,
+                rules=[cel(_PVC_INSIDE, "a pvc:// path must stay inside its claim (no '.' or '..' segments)")],
             ),
             "inputName": string(
                 "The model input that image and .npy files feed.", default="input", min_length=1, max_length=253
@@ -86,9 +95,12 @@ def batch_spec_schema(tensor: Schema) -> Schema:
             ),
             "output": string(
                 "configmap://<prefix>: shard n writes the ConfigMap <prefix>-<n> (default prefix "
-                "results-<task name>), one <key>.json entry per input.",
+                "results-<task name>), one <key>.json entry per input; pvc://<claim>/<folder>: one file "
+                "<key>.json per input in that folder (made if missing; the claim must be in the "
+                "cluster's spec.batchClaims).",
                 pattern=OUTPUT_PATTERN,
-                max_length=253,
+                max_length=2048,
+                rules=[cel(_PVC_INSIDE, "a pvc:// path must stay inside its claim (no '.' or '..' segments)")],
             ),
             "shard": obj(
                 "Set by the operator on the shard tasks it creates (never by users): which part of "
@@ -97,6 +109,8 @@ def batch_spec_schema(tensor: Schema) -> Schema:
                     "parent": string("Name of the batch task this shard belongs to.", pattern=DNS_SUBDOMAIN,
                                      max_length=253),
                     "index": integer("Shard number, from 0.", minimum=0, fmt="int32"),
+                    "listing": boolean("The listing task of a pvc:// source: lists the folder's input "
+                                       "files instead of running the model."),
                     "keys": array(
                         "Keys of the source's inputs this shard runs (with source).",
                         string("One key.", max_length=253), max_items=1000,
@@ -144,6 +158,8 @@ def batch_status_fields() -> dict[str, Schema]:
                 "configMaps": array(
                     "The result ConfigMaps, one per shard, in shard order.", string("A name."), max_items=10_000
                 ),
+                "uri": string("pvc://<claim>/<folder> holding one <key>.json per input (a pvc:// output).",
+                              max_length=2048),
             },
         ),
     }

@@ -9,6 +9,7 @@ operator does not import the worker). Pod-level Kubernetes types
 
 from __future__ import annotations
 
+from legacygpu.core.kube.batch import CLAIMS_DIR
 from legacygpu.core.kube.contract import CLUSTER_KIND, CLUSTER_PLURAL, DEFAULT_DEVICE_RESOURCE
 from legacygpu.core.modelsources import CACHE_DIR
 from legacygpu.core.scheduling import STRATEGIES
@@ -121,6 +122,15 @@ def cluster_spec_schema() -> Schema:
                 "modelCache: a core/v1 volume source (e.g. {persistentVolumeClaim: {claimName: cache}}) "
                 f"mounted at {CACHE_DIR} where workers keep the models of modelSources, by sha256; "
                 "+optional: unset uses an emptyDir (kept across container restarts, not pod replacements)."
+            ),
+            "batchClaims": array(
+                "batchClaims: PersistentVolumeClaims every worker mounts read-write at "
+                f"{CLAIMS_DIR}/<claim>, for batch tasks whose spec.batch.source or output is "
+                "pvc://<claim>/<folder>; +optional. Listed here, not added per batch task, so a batch "
+                "never rolls the worker pods.",
+                string("A claim name in the cluster's namespace.", pattern=DNS_SUBDOMAIN_PATTERN, max_length=253),
+                max_items=16,
+                list_type="set",
             ),
             "schedulingStrategy": string(
                 "How the operator picks a worker for a task: round-robin, least-loaded (smallest share "

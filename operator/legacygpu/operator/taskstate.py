@@ -52,7 +52,7 @@ from legacygpu.core.tensors import Tensor, check_consistent
 from legacygpu.operator.batchplan import BatchFacts, batch_facts
 from legacygpu.operator.clusterstate import PodView
 
-__all__ = ["Action", "TaskView", "decide", "plan_assignments", "task_view", "validate_inputs"]
+__all__ = ["Action", "TaskView", "decide", "ending", "plan_assignments", "task_view", "validate_inputs"]
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,20 @@ def _orphaned(
     return _failed(task, Reason.CLUSTER_NOT_FOUND, message, now)
 
 
+def ending(task: TaskView, now: datetime.datetime) -> Action | None:
+    """The end of an unfinished task that needs no worker: cancelled, or past its deadline; else None.
+
+    :func:`decide` starts with it, and so does a batch task before its split
+    (:mod:`legacygpu.operator.batch`), which is never placed on a worker.
+    """
+    if task.cancel:
+        return _end(cancelled_status(task.status, created=task.created, now=now))
+    deadline = deadline_time(task.created, task.timeout_seconds)
+    if deadline is not None and now >= deadline:
+        return _end(expired_status(task.status, created=task.created, timeout_seconds=task.timeout_seconds, now=now))
+    return None
+
+
 def decide(
     task: TaskView,
     *,
@@ -239,11 +253,10 @@ def decide(
             return None
         expires = finished + datetime.timedelta(seconds=int(ttl))
         return Action(delete=True) if now >= expires else Action(wake_at=expires)
-    if task.cancel:
-        return _end(cancelled_status(task.status, created=task.created, now=now))
+    ended = ending(task, now)
+    if ended is not None:
+        return ended
     deadline = deadline_time(task.created, task.timeout_seconds)
-    if deadline is not None and now >= deadline:
-        return _end(expired_status(task.status, created=task.created, timeout_seconds=task.timeout_seconds, now=now))
     if not cluster_exists:
         return _orphaned(task, now, grace_seconds, deadline)
     if task.phase == Phase.PENDING:

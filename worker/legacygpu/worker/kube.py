@@ -49,13 +49,13 @@ from typing import Any, TypeVar
 import kubernetes
 
 from legacygpu.core.errors import ValidationError
+from legacygpu.core.kube.batch import claims_dir as claims_dir_default
 from legacygpu.core.kube.client import MERGE_PATCH, json_lines, load_configuration, open_watch, request_json
 from legacygpu.core.kube.contract import (
     ANNOTATION_WORKER_STATS,
     API_VERSION,
     DEFAULT_RESULT_INLINE_BYTES,
     GROUP,
-    LABEL_WORKER,
     TASK_KIND,
     TASK_PLURAL,
     VERSION,
@@ -72,7 +72,8 @@ from legacygpu.core.kube.errors import ApiError, ApiUnavailableError, from_api_e
 from legacygpu.core.lifecycle import Outcome, classify
 from legacygpu.core.scheduling import WorkerStats as SharedWorkerStats
 from legacygpu.core.tasks import Phase, Reason, RetryPolicy
-from legacygpu.worker.batch import is_shard, run_shard
+from legacygpu.worker.batch import is_listing, is_shard, run_shard
+from legacygpu.worker.resultmaps import write_configmap
 
 __all__ = ["KubeWorker", "run_kube_worker"]
 
@@ -131,8 +132,11 @@ class KubeWorker:
         report_patience: float = 300.0,
         stats_interval: float = STATS_INTERVAL,
         load: Callable[[], int] | None = None,
+        claims_dir: Path | None = None,
     ) -> None:
         self.api = api_client
+        self.claims_dir = claims_dir or claims_dir_default()
+        """Where the cluster's ``spec.batchClaims`` are mounted (batch tasks' ``pvc://`` folders)."""
         self.pod = pod_name
         self.namespace = namespace
         self.runner = runner
@@ -415,30 +419,8 @@ class KubeWorker:
                 f"the model ran, but its result is {len(encoded)} bytes of JSON: over the {self.configmap_limit} "
                 "bytes a result ConfigMap may hold (ask for less, e.g. a smaller top_k or batch)"
             )
-        meta = body["metadata"]
-        name = f"{meta['name']}-result"[:253]
-        configmap = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": name,
-                "namespace": self.namespace,
-                "labels": {LABEL_WORKER: self.pod},
-                "ownerReferences": [
-                    {"apiVersion": API_VERSION, "kind": TASK_KIND, "name": meta["name"], "uid": meta["uid"]}
-                ],
-            },
-            "data": {"result.json": encoded},
-        }
-        try:
-            self.request("POST", f"/api/v1/namespaces/{self.namespace}/configmaps", body=configmap)
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-            self.request(
-                "PATCH", f"/api/v1/namespaces/{self.namespace}/configmaps/{name}",
-                body={"data": configmap["data"]}, content_type=MERGE_PATCH,
-            )
+        name = f"{body['metadata']['name']}-result"[:253]
+        write_configmap(self, body, name, {"result.json": encoded})
         # Every field goes to the ConfigMap; the status keeps only a pointer-sized summary.
         summary = {"model": result.get("model"), "outputsOmitted": True, "fields": sorted(result)}
         return summary, f"configmap://{name}/result.json"
@@ -455,8 +437,10 @@ class KubeWorker:
         ref: str | None = None
         error: Exception | None = None
         try:
-            if is_shard(spec):  # a batch task's shard: its results go to its own ConfigMap
+            if is_shard(spec):  # a batch task's shard: its results go to its own ConfigMap or folder
                 result = run_shard(self, claimed)
+                if is_listing(spec):  # a folder's listing may be long: stored like any large result
+                    result, ref = self._store_result(claimed, result)
             else:
                 output = self.runner.run(spec.get("model", ""), self.inputs(claimed), spec.get("parameters"))
                 result, ref = self._store_result(claimed, output)

@@ -130,6 +130,7 @@ class ModelFetcher:
             if not path.is_file():
                 raise FetchError(f"model {source.name}: {uri.uri}: no file {uri.path!r} on claim {uri.name} "
                                  f"(mounted at {path.parent})")
+            log.info("model %s: %s read from claim %s mounted at %s", source.name, uri.uri, uri.name, path.parent)
             if not source.sha256:
                 return path
             with path.open("rb") as stream:
@@ -141,10 +142,14 @@ class ModelFetcher:
         uri = source.storage_uri
         mounted = Path(mount_dir(str(self.sources_dir), uri)) / uri.path
         if mounted.is_file():
+            log.info("model %s: %s read from ConfigMap %s mounted at %s", source.name, uri.uri, uri.name,
+                     mounted.parent)
             return mounted.read_bytes()
         if self.read_configmap is None:
             raise FetchError(f"model {source.name}: {uri.uri}: ConfigMap {uri.name} is not mounted at "
                              f"{mounted.parent} or has no key {uri.path!r}")
+        log.info("model %s: %s read through the API (ConfigMap %s not mounted at %s or without the key)",
+                 source.name, uri.uri, uri.name, mounted.parent)
         return self.read_configmap(uri.name, uri.path)
 
     def _store(self, source: ModelSource, chunks: Iterable[bytes], total: int) -> Path:

@@ -1,33 +1,52 @@
 """What the operator and the workers agree on about batch tasks (``spec.batch``).
 
 A batch task's inputs are *keyed*: the key names the input's result entry
-(``<key>.json`` in the shard's result ConfigMap), so a shard run twice (its
-worker died, the shard was retried elsewhere) writes the same entries again
-instead of new ones. The operator lists the keys when it splits the batch;
+(``<key>.json`` in the shard's result ConfigMap, or the file ``<key>.json``
+in a ``pvc://`` output folder), so a shard run twice (its worker died, the
+shard was retried elsewhere) writes the same entries again instead of new
+ones. The operator lists the keys when it splits the batch;
 each shard task carries its own keys (``spec.batch.shard.keys``) or its
 slice of the inline inputs, and the worker resolves them to files. Both
 sides derive keys, names and the result layout from the functions here.
+
+``pvc://<claim>/<path>`` sources and outputs are folders on a claim that the
+batch task's InferenceCluster mounts on every worker (``spec.batchClaims``,
+at ``<claims dir>/<claim>``, :data:`CLAIMS_DIR`). The operator cannot read a
+claim, so a worker lists a source folder for it: the batch's *listing task*
+(:func:`listing_name`) returns the folder's input files, sorted, as keys
+(:func:`list_folder`), and the operator splits those.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from legacygpu.core.errors import ValidationError
+from legacygpu.core.inputfiles import is_input_file
 
 __all__ = [
     "CHILD_TTL_SECONDS",
+    "CLAIMS_DIR",
+    "CLAIMS_DIR_ENV",
     "LABEL_BATCH",
     "MAX_FAILURES_LISTED",
+    "check_file_key",
     "check_unique_keys",
     "chunks",
+    "claim_folder",
+    "claims_dir",
     "configmap_entry",
     "configmap_keys",
+    "list_folder",
+    "listing_name",
     "output_prefix",
+    "parse_pvc",
     "result_configmap",
     "result_key",
     "shard_name",
@@ -43,12 +62,24 @@ CHILD_TTL_SECONDS = 31_536_000
 MAX_FAILURES_LISTED = 100
 """Failed inputs listed in a batch task's status (all of them are in the output)."""
 
+CLAIMS_DIR = "/var/lib/legacygpu/claims"
+"""Where worker pods mount the claims of their cluster's ``spec.batchClaims`` (one folder per claim)."""
+CLAIMS_DIR_ENV = "LEGACYGPU_CLAIMS_DIR"
+"""Overrides :data:`CLAIMS_DIR` for a worker (tests)."""
+
 _KEY_CHARS = re.compile(r"[^-._a-zA-Z0-9]+")
+_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,200}$")
+_CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
 def shard_name(parent: str, index: int) -> str:
     """The shard task's name: the batch task's, then the shard number."""
     return f"{parent[:240]}-s{index:05d}"
+
+
+def listing_name(parent: str) -> str:
+    """The listing task of a batch task with a ``pvc://`` source."""
+    return f"{parent[:240]}-list"
 
 
 def output_prefix(task: str, output: str | None) -> str:
@@ -58,6 +89,54 @@ def output_prefix(task: str, output: str | None) -> str:
             raise ValidationError(f"spec.batch.output: unsupported {output!r} (use configmap://<prefix>)")
         return output[len("configmap://"):]
     return f"results-{task}"[:240]
+
+
+def parse_pvc(uri: str, field: str = "spec.batch") -> tuple[str, str]:
+    """(claim, folder path inside it) of ``pvc://<claim>[/<path>]``; ValidationError naming what is wrong."""
+    if not uri.startswith("pvc://"):
+        raise ValidationError(f"{field}: {uri!r} is not a pvc://<claim>/<path> URI")
+    claim, _, path = uri[len("pvc://"):].partition("/")
+    if not _CLAIM.match(claim) or len(claim) > 253:
+        raise ValidationError(f"{field}: {uri!r}: {claim!r} is not a PersistentVolumeClaim name")
+    parts = path.rstrip("/").split("/") if path.rstrip("/") else []
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValidationError(f"{field}: {uri!r}: the path must stay inside the claim (no '.', '..' or '//')")
+    return claim, "/".join(parts)
+
+
+def claims_dir() -> Path:
+    """This worker's claims folder (:data:`CLAIMS_DIR`, or :data:`CLAIMS_DIR_ENV`)."""
+    return Path(os.environ.get(CLAIMS_DIR_ENV) or CLAIMS_DIR)
+
+
+def claim_folder(root: Path, uri: str, field: str = "spec.batch") -> Path:
+    """The folder ``pvc://<claim>/<path>`` names on a worker whose claims are mounted under ``root``."""
+    claim, path = parse_pvc(uri, field)
+    return root.joinpath(claim, *PurePosixPath(path).parts)
+
+
+def check_file_key(key: str) -> str:
+    """``key`` if it can name a file in a ``pvc://`` folder (no '/', not '.' or '..'); else ValidationError."""
+    if not _KEY.match(key) or key in (".", ".."):
+        raise ValidationError(f"spec.batch.shard.keys: {key!r} is not an input key (letters, digits, '-', '_', '.')")
+    return key
+
+
+def list_folder(folder: Path, uri: str) -> list[str]:
+    """The input keys of a ``pvc://`` source folder: its input files' names, sorted.
+
+    Hidden files, folders and files of other types are not inputs (a README beside the images);
+    an input file whose name is not a valid key is refused, naming it, rather than left out.
+    """
+    if not folder.is_dir():
+        raise ValidationError(f"spec.batch.source: {uri}: no such folder on the claim")
+    keys = sorted(e.name for e in os.scandir(folder)
+                  if e.is_file() and not e.name.startswith(".") and is_input_file(e.name))  # fmt: skip
+    bad = [k for k in keys if not _KEY.match(k)]
+    if bad:
+        raise ValidationError(f"spec.batch.source: {uri}: file names {bad[:5]} are not input keys "
+                              "(letters, digits, '-', '_' and '.', at most 200); rename them")  # fmt: skip
+    return keys
 
 
 def result_configmap(prefix: str, index: int) -> str:
