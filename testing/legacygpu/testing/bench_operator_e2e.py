@@ -20,6 +20,7 @@ inputs through one TaskRunner called directly.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import platform
@@ -35,6 +36,7 @@ from legacygpu.core.kube.client import json_lines, open_watch, request_json
 from legacygpu.core.kube.contract import GROUP, TASK_PLURAL, VERSION, parse_time
 from legacygpu.operator.crdgen import all_crds
 from legacygpu.operator.rbac import rbac_manifests
+from legacygpu.testing.apifloor import FloorClients, drive_floor, floor_summary
 from legacygpu.testing.apiwrites import parse_request_totals, per_task
 
 __all__ = ["run_e2e_benchmark"]
@@ -174,10 +176,61 @@ def _watch_until_finished(
         sample(len(finished))
 
 
-def run_e2e_benchmark(
-    *, tasks: int, workers: int, per_worker: int, repository: Path, inputs: list[list[dict[str, Any]]], out: Path
+def _measure_floor(
+    kube: Any, cluster: Any, state: Any, inputs: list[list[dict[str, Any]]], results: list[dict[str, Any]],
+    workers: int, lanes: int,
 ) -> dict[str, Any]:
-    """Run the benchmark on the e2e control plane; the result without the reference (the caller adds it)."""
+    """The API server's floor on this control plane (:mod:`legacygpu.testing.apifloor`), before the platform runs.
+
+    In a namespace of its own, deleted (and waited on: the namespace controller deleting the
+    tasks costs the API server too) before the platform's run starts.
+    """
+    namespace = kube.create_namespace("floor")
+    try:
+        kube.apply(all_crds())
+        kube.apply(rbac_manifests(namespace=namespace))
+        clients = FloorClients(
+            server=state.server, ca_file=str(cluster.pki.ca_cert),
+            admin_cert=(str(cluster.pki.cert("admin")), str(cluster.pki.key("admin"))),
+            operator_token=kube.token(namespace, "legacygpu-operator"),
+            worker_token=kube.token(namespace, "legacygpu-worker"),
+        )  # fmt: skip
+        time.sleep(2.0)  # the namespace's and RBAC's own writes settle
+        idle_before, idle_started = _cpu_seconds(state.pids), time.monotonic()
+        time.sleep(3.0)
+        idle_after, idle_seconds = _cpu_seconds(state.pids), time.monotonic() - idle_started
+        marks: dict[str, Any] = {}
+
+        def start() -> None:
+            marks["cpu"], marks["client"] = _cpu_seconds(state.pids), time.process_time()
+
+        load_before = os.getloadavg()
+        run = asyncio.run(drive_floor(clients, namespace=namespace, inputs=inputs, results=results,
+                                      workers=workers, lanes=lanes, on_start=start))  # fmt: skip
+        after, client_after = _cpu_seconds(state.pids), time.process_time()
+        cpu_ms = {name: 1000 * (after[name] - marks["cpu"][name]) for name in after}
+        cpu_ms["floor client (this process)"] = 1000 * (client_after - marks["client"])
+        idle = {name: 1000 * (idle_after[name] - idle_before[name]) / idle_seconds for name in idle_after}
+        summary = floor_summary(run, cpu_ms, idle, lanes=lanes, workers=workers)
+        summary["load_average"] = {"before": [round(v, 2) for v in load_before],
+                                   "after": [round(v, 2) for v in os.getloadavg()]}  # fmt: skip
+        return summary
+    finally:
+        kube.delete({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        with contextlib.suppress(Exception):  # a namespace slow to go only costs the next run some noise
+            kube.wait_gone("v1", "Namespace", namespace, timeout=300)
+
+
+def run_e2e_benchmark(
+    *, tasks: int, workers: int, per_worker: int, repository: Path, inputs: list[list[dict[str, Any]]], out: Path,
+    results: list[dict[str, Any]] | None = None, floor: str = "also", floor_lanes: int = 16,
+) -> dict[str, Any]:
+    """Run the benchmark on the e2e control plane; the result without the reference (the caller adds it).
+
+    ``floor``: ``"also"`` measures the API server's floor first (``results`` are the model's
+    results for ``inputs``, which the floor's reports carry), ``"only"`` measures nothing else,
+    ``"no"`` skips it.
+    """
     if str(REPO / "e2e") not in sys.path:
         sys.path.insert(0, str(REPO / "e2e"))
     from e2ecluster import Cluster, Kube  # type: ignore[import-not-found]  # e2e/ joins sys.path above
@@ -185,6 +238,18 @@ def run_e2e_benchmark(
     cluster = Cluster()
     state = cluster.up()
     kube = Kube(state.kubeconfig, cluster)
+    measured_floor = None
+    if floor != "no":
+        try:
+            measured_floor = _measure_floor(kube, cluster, state, inputs, results or [{}] * len(inputs), workers,
+                                            floor_lanes)  # fmt: skip
+        except BaseException:
+            kube.close()
+            raise
+        if floor == "only":
+            kube.close()
+            return {"mode": "e2e-floor", "tasks": tasks, "workers": workers, "floor": measured_floor,
+                    "machine": _machine(state)}  # fmt: skip
     namespace = kube.create_namespace("bench")
     logs = REPO / ".cache" / "bench-operator-e2e"  # the operator's log and kubeconfig (a token): never committed
     logs.mkdir(parents=True, exist_ok=True)
@@ -295,10 +360,15 @@ def run_e2e_benchmark(
         "operator_rss_mib_by_finished_tasks": [[f, round(r, 1)] for f, r in memory],
         "operator_rss_slope_mib_per_1000_finished": _slope(memory),
         "load_average": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after]},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "api_server": f"kube-apiserver {state.kube_version} (e2e control plane, loopback)"},
+        "machine": _machine(state),
+        **({"floor": measured_floor} if measured_floor is not None else {}),
         "_assignment": assignment, "_completions": completions,
     }  # fmt: skip
+
+
+def _machine(state: Any) -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "api_server": f"kube-apiserver {state.kube_version} (e2e control plane, loopback)"}
 
 
 def plot_e2e(result: dict[str, Any], path: Path) -> None:
