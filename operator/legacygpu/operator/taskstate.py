@@ -173,10 +173,17 @@ class Action:
     wake_at: datetime.datetime | None = None
     event: tuple[str, str, str] | None = None
     """(type, reason, message) of the Kubernetes Event to post."""
+    admit: bool = False
+    """A valid ``Pending`` task to accept (``Queued``). Its status is in ``status`` unless
+    :func:`decide` was asked to defer it: then the caller builds it (:func:`queued_status`) only
+    for the tasks it writes."""
 
     @property
     def phase(self) -> Phase | None:
         return Phase(self.status["phase"]) if self.status and "phase" in self.status else None
+
+
+_ADMIT = Action(admit=True)
 
 
 def _later(*moments: datetime.datetime | None) -> datetime.datetime | None:
@@ -227,10 +234,14 @@ def decide(
     grace_seconds: float = 5.0,
     default_ttl_seconds: int | None = None,
     rng: random.Random | None = None,
+    defer_admission: bool = False,
 ) -> Action | None:
     """The next step for ``task``, or None when only scheduling (or nothing) can move it.
 
     ``default_ttl_seconds`` applies to finished tasks whose spec sets no TTL (None keeps them).
+    ``defer_admission``: a valid ``Pending`` task gets ``Action(admit=True)`` without its status
+    (the reconciler writes a waiting task only once it places it; building the ``Queued`` status
+    of every waiting task on every pass was a third of the operator's CPU with 1,000 waiting).
     """
     if task.terminal:
         finished = parse_time(task.completion_time)
@@ -249,7 +260,7 @@ def decide(
     if task.phase == Phase.PENDING:
         if task.problem:
             return _failed(task, Reason.INVALID_INPUT, task.problem, now)
-        return Action(status=queued_status(task.status, now))
+        return _ADMIT if defer_admission else Action(status=queued_status(task.status, now), admit=True)
     if task.phase in ASSIGNED_PHASES:
         pod = pods.get(task.worker or "")
         problem = None
