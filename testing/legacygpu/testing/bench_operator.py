@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor", choices=["also", "only", "no"], default="also",
                         help="e2e only: also measure the API server's floor (the platform's writes and watches "
                              "driven with no operator and no workers, legacygpu.testing.apifloor), only that, or not.")
-    parser.add_argument("--floor-lanes", type=int, default=16, help="Concurrent task pipelines of the floor's client.")
+    parser.add_argument("--floor-lanes", type=int, default=64, help="Concurrent task pipelines of the floor's client.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("kopf", "aiohttp.access", "urllib3"):
@@ -368,7 +368,7 @@ def _main_e2e(args: argparse.Namespace) -> int:
         ("reference: TaskRunner direct, same inputs", f"{result['reference_tasks_per_second']:.1f} tasks/s"),
         ("create -> Scheduled p50 / p99", "{p50:.3f} s / {p99:.3f} s".format(**result["assignment_seconds"])),
         ("create -> Succeeded p50 / p99", "{p50:.3f} s / {p99:.3f} s".format(**result["end_to_end_seconds"])),
-        ("creating all tasks (8 client threads)", f"{result['creation_seconds']:.2f} s"),
+        ("creating all tasks (32 connections)", f"{result['creation_seconds']:.2f} s"),
         *((f"stage {name} p50 / p99", "{p50:.3f} s / {p99:.3f} s".format(**value))
           for name, value in result["stage_seconds"].items()),
         ("CPU per task by process (ms)", ", ".join(f"{k} {v}" for k, v in result["cpu_ms_per_task"].items())),

@@ -7,7 +7,8 @@ What runs: the e2e control plane (``e2e/e2ecluster``: etcd, kube-apiserver, -sch
 ``legacygpu operator run`` process authenticated as the operator's ServiceAccount, and one real
 worker process per worker pod (``legacygpu worker start --kubernetes`` on the demo digits model
 with onnxruntime), started by the node simulator with the pod's own token. Nothing is mocked
-but the kubelets. The tasks are created at once from 8 client threads.
+but the kubelets. The tasks are created at once through 32 concurrent connections
+(:func:`legacygpu.testing.apifloor.create_tasks`).
 
 Reported (JSON + PNG): tasks/s from the first creation to the last completion; create ->
 ``Succeeded`` p50/p99; create -> ``Scheduled`` p50/p99; the API writes per task, counted by the API
@@ -16,6 +17,11 @@ the operator's peak RSS and its RSS against the number of finished tasks (to see
 grows with them); the CPU each process used per task and where a task's time goes (its status
 times); the load average before and after; and the reference measured in the same run, the same
 inputs through one TaskRunner called directly.
+
+First (``--floor also``, the default), on the same control plane and before the platform starts,
+the API server's floor (:mod:`legacygpu.testing.apifloor`): the same creates, status writes and
+watches driven with no operator and no workers, with the control plane's CPU per task and the
+throughput ceiling it implies on this machine (the ``floor`` section of the JSON).
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +41,15 @@ from legacygpu.core.kube.client import json_lines, open_watch, request_json
 from legacygpu.core.kube.contract import GROUP, TASK_PLURAL, VERSION, parse_time
 from legacygpu.operator.crdgen import all_crds
 from legacygpu.operator.rbac import rbac_manifests
-from legacygpu.testing.apifloor import FloorClients, drive_floor, floor_summary
+from legacygpu.testing.apifloor import FloorClients, create_tasks, drive_floor, floor_summary
 from legacygpu.testing.apiwrites import parse_request_totals, per_task
 
 __all__ = ["run_e2e_benchmark"]
 
 REPO = Path(__file__).resolve().parents[3]
+CREATE_LANES = 32
+"""Concurrent creates (:func:`legacygpu.testing.apifloor.create_tasks`): enough that creating 1,000 tasks
+is not what bounds the run."""
 _FINISHED = ("Succeeded", "Failed")
 
 
@@ -191,7 +199,7 @@ def _measure_floor(
         kube.apply(rbac_manifests(namespace=namespace))
         clients = FloorClients(
             server=state.server, ca_file=str(cluster.pki.ca_cert),
-            admin_cert=(str(cluster.pki.cert("admin")), str(cluster.pki.key("admin"))),
+            admin_cert=_admin_cert(cluster),
             operator_token=kube.token(namespace, "legacygpu-operator"),
             worker_token=kube.token(namespace, "legacygpu-worker"),
         )  # fmt: skip
@@ -223,7 +231,7 @@ def _measure_floor(
 
 def run_e2e_benchmark(
     *, tasks: int, workers: int, per_worker: int, repository: Path, inputs: list[list[dict[str, Any]]], out: Path,
-    results: list[dict[str, Any]] | None = None, floor: str = "also", floor_lanes: int = 16,
+    results: list[dict[str, Any]] | None = None, floor: str = "also", floor_lanes: int = 64,
 ) -> dict[str, Any]:
     """Run the benchmark on the e2e control plane; the result without the reference (the caller adds it).
 
@@ -284,19 +292,11 @@ def run_e2e_benchmark(
         before = parse_request_totals(kube.raw_get("/metrics"))
         components = {**state.pids, "operator": operator.pid, "harness (creates, polls)": os.getpid()}
         cpu_before = _cpu_seconds(components)
-        created: dict[str, float] = {}
-
-        def create(index: int) -> None:
-            name = f"bench-{index:05d}"
-            task = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceTask", "metadata": {"name": name},
-                    "spec": {"clusterRef": "bench", "model": "digits", "inputs": inputs[index]}}
-            stamp = time.time()
-            kube.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, TASK_PLURAL, task)
-            created[name] = stamp
-
+        bodies = [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceTask", "metadata": {"name": f"bench-{i:05d}"},
+                   "spec": {"clusterRef": "bench", "model": "digits", "inputs": inputs[i]}} for i in range(tasks)]
         started = time.time()
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(create, range(tasks)))
+        created = asyncio.run(create_tasks(state.server, str(cluster.pki.ca_cert), _admin_cert(cluster), namespace,
+                                           bodies, lanes=CREATE_LANES))  # fmt: skip
         created_in = time.time() - started
         memory: list[tuple[int, float]] = []
 
@@ -364,6 +364,10 @@ def run_e2e_benchmark(
         **({"floor": measured_floor} if measured_floor is not None else {}),
         "_assignment": assignment, "_completions": completions,
     }  # fmt: skip
+
+
+def _admin_cert(cluster: Any) -> tuple[str, str]:
+    return str(cluster.pki.cert("admin")), str(cluster.pki.key("admin"))
 
 
 def _machine(state: Any) -> dict[str, Any]:
