@@ -218,9 +218,10 @@ async def _tasks(
     writes: list[tuple[TaskView, TaskStatus, tuple[str, str, str] | None]] = []
     deletes: list[TaskView] = []
     admitted: list[TaskView] = []
+    policy = rt.policy
     for task in tasks:
         action = decide(
-            task, cluster_exists=True, pods=pod_map, now=now, policy=rt.policy,
+            task, cluster_exists=True, pods=pod_map, now=now, policy=policy,
             grace_seconds=rt.config.cluster_not_found_grace_seconds,
             default_ttl_seconds=rt.config.finished_task_ttl_seconds, defer_admission=True,
         )
