@@ -309,11 +309,11 @@ def run_e2e_benchmark(
 
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{TASK_PLURAL}"
         _watch_until_finished(kube.api, path, tasks, time.monotonic() + 1800, sample)
+        cpu_after = _cpu_seconds(components)  # before the harness's own list of every task below
+        load_after = os.getloadavg()
         items = kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, TASK_PLURAL)["items"]
         time.sleep(2.0)  # asynchronous Events (there should be none) land before counting
         after = parse_request_totals(kube.raw_get("/metrics"))
-        cpu_after = _cpu_seconds(components)
-        load_after = os.getloadavg()
         peak = _rss_mib(operator.pid, "VmHWM")
     finally:
         if operator is not None and operator.poll() is None:  # its finalizer goes while the operator runs
