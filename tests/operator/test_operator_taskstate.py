@@ -197,6 +197,10 @@ def test_the_operator_default_ttl_applies_where_the_spec_sets_none() -> None:
     assert decided(view("Succeeded", status=finished), 600).wake_at == T0 + datetime.timedelta(seconds=602)
     assert decided(view("Succeeded", status=finished), None) is None  # --finished-task-ttl -1 keeps it
     assert decided(view("Succeeded", status=finished, ttlSecondsAfterFinished=1000), 60).delete is False  # spec wins
+    same = view("Succeeded", status=finished)  # one view asked again and again, as on every pass: its memo
+    assert [getattr(decided(same, ttl), "delete", None) for ttl in (600, 600, 60, None, 600)] == [
+        False, False, True, None, False]
+    assert decided(same, 600).wake_at == T0 + datetime.timedelta(seconds=602)
 
 
 def _workers(*specs: tuple[str, int, int]) -> list[WorkerInfo]:

@@ -90,6 +90,29 @@ class TaskView:
     def terminal(self) -> bool:
         return self.phase in TERMINAL_PHASES
 
+    # Parsed once per version of a task (a view lives until the task changes): a reconcile pass
+    # asks them of every task, and parsing them anew each time was most of a pass's cost.
+    @functools.cached_property
+    def deadline(self) -> datetime.datetime | None:
+        """When the task expires unfinished (``timeoutSeconds`` after creation), or None."""
+        return deadline_time(self.created, self.timeout_seconds)
+
+    def ttl_wake(self, ttl_seconds: int | None) -> Action | None:
+        """A finished task's wake-up when its TTL runs out (None: it is kept), kept with the view.
+
+        The operator's TTL is the same on every pass, so this is worked out once per version of
+        the task instead of on every pass for every finished task.
+        """
+        memo: tuple[int | None, Action | None] | None = self.__dict__.get("_ttl_wake")
+        if memo is None or memo[0] != ttl_seconds:
+            finished = parse_time(self.completion_time)
+            wake = None
+            if ttl_seconds is not None and finished is not None:
+                wake = Action(wake_at=finished + datetime.timedelta(seconds=int(ttl_seconds)))
+            memo = (ttl_seconds, wake)
+            self.__dict__["_ttl_wake"] = memo  # a frozen view: its __dict__ still takes a memo
+        return memo[1]
+
     @property
     def status(self) -> TaskStatus:
         """The status fields the builders read."""
@@ -188,21 +211,6 @@ _ADMIT = Action(admit=True)
 _DELETE = Action(delete=True)
 
 
-@functools.lru_cache(maxsize=16384)
-def _expires(completion_time: str | None, ttl_seconds: int | None) -> datetime.datetime | None:
-    """When a finished task's TTL runs out (None: kept). Cached, with :func:`_wake`: every pass
-    looks at every finished task, and this was most of a pass once 1,000 tasks had finished."""
-    finished = parse_time(completion_time)
-    if ttl_seconds is None or finished is None:
-        return None
-    return finished + datetime.timedelta(seconds=int(ttl_seconds))
-
-
-@functools.lru_cache(maxsize=16384)
-def _wake(at: datetime.datetime) -> Action:
-    return Action(wake_at=at)
-
-
 def _later(*moments: datetime.datetime | None) -> datetime.datetime | None:
     present = [m for m in moments if m is not None]
     return min(present) if present else None
@@ -261,14 +269,14 @@ def decide(
     of every waiting task on every pass was a third of the operator's CPU with 1,000 waiting).
     """
     if task.terminal:
-        ttl = task.ttl_seconds if task.ttl_seconds is not None else default_ttl_seconds
-        expires = _expires(task.completion_time, ttl)
-        if expires is None:
+        wake = task.ttl_wake(task.ttl_seconds if task.ttl_seconds is not None else default_ttl_seconds)
+        if wake is None:
             return None
-        return _DELETE if now >= expires else _wake(expires)
+        assert wake.wake_at is not None
+        return _DELETE if now >= wake.wake_at else wake
     if task.cancel:
         return _end(cancelled_status(task.status, created=task.created, now=now))
-    deadline = deadline_time(task.created, task.timeout_seconds)
+    deadline = task.deadline
     if deadline is not None and now >= deadline:
         return _end(expired_status(task.status, created=task.created, timeout_seconds=task.timeout_seconds, now=now))
     if not cluster_exists:

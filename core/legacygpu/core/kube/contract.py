@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
@@ -206,13 +205,8 @@ def format_time(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@functools.lru_cache(maxsize=16384)
 def parse_time(value: str | None) -> datetime.datetime | None:
-    """The inverse of :func:`format_time`; also reads whole-second Kubernetes timestamps.
-
-    Cached (a datetime is immutable): the operator reads the same creation and retry times of
-    every task on every reconcile pass.
-    """
+    """The inverse of :func:`format_time`; also reads whole-second Kubernetes timestamps."""
     if not value:
         return None
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(datetime.UTC)
@@ -414,12 +408,8 @@ def cancelled_status(status: TaskStatus | dict[str, Any], *, created: str | None
     return _ended(status, after, created=created, now=now)
 
 
-@functools.lru_cache(maxsize=16384)
 def deadline_time(created: str | None, timeout_seconds: int | None) -> datetime.datetime | None:
-    """When an unfinished task expires (:func:`lifecycle.deadline`); None without a timeout or a creation time.
-
-    Cached: :func:`legacygpu.operator.taskstate.decide` asks it for every unfinished task on every pass.
-    """
+    """When an unfinished task expires (:func:`lifecycle.deadline`); None without a timeout or a creation time."""
     if parse_time(created) is None:
         return None
     at = lifecycle.deadline(status_record({}, created=created, timeout_seconds=timeout_seconds))
