@@ -63,6 +63,20 @@ def test_pending_task_for_an_existing_cluster_is_queued() -> None:
     assert action.status["phase"] == "Queued" and action.status["reason"] == "Accepted"
 
 
+def test_deferred_admission_leaves_the_queued_status_to_the_caller_but_not_the_checks() -> None:
+    """The reconciler's form: a valid Pending task is marked to admit, nothing built; invalid ones still fail."""
+    now = T0 + datetime.timedelta(seconds=1)
+    deferred = decide(view(), cluster_exists=True, pods={}, now=now, policy=POLICY, defer_admission=True)
+    assert deferred is not None and deferred.admit and deferred.status is None
+    eager = run(view())
+    assert eager.admit and eager.status["phase"] == "Queued"
+    bad = [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [1, 2]}]
+    failed = decide(view(inputs=bad), cluster_exists=True, pods={}, now=now, policy=POLICY, defer_admission=True)
+    assert failed is not None and not failed.admit and failed.status["reason"] == "InvalidInput"
+    cancelled = decide(view(cancel=True), cluster_exists=True, pods={}, now=now, policy=POLICY, defer_admission=True)
+    assert cancelled is not None and not cancelled.admit and cancelled.status["phase"] == "Cancelled"
+
+
 def test_missing_cluster_waits_out_the_grace_then_fails() -> None:
     waiting = run(view(), at=1.0, exists=False)
     assert waiting.status is None and waiting.wake_at == T0 + datetime.timedelta(seconds=5)
@@ -183,6 +197,10 @@ def test_the_operator_default_ttl_applies_where_the_spec_sets_none() -> None:
     assert decided(view("Succeeded", status=finished), 600).wake_at == T0 + datetime.timedelta(seconds=602)
     assert decided(view("Succeeded", status=finished), None) is None  # --finished-task-ttl -1 keeps it
     assert decided(view("Succeeded", status=finished, ttlSecondsAfterFinished=1000), 60).delete is False  # spec wins
+    same = view("Succeeded", status=finished)  # one view asked again and again, as on every pass: its memo
+    assert [getattr(decided(same, ttl), "delete", None) for ttl in (600, 600, 60, None, 600)] == [
+        False, False, True, None, False]
+    assert decided(same, 600).wake_at == T0 + datetime.timedelta(seconds=602)
 
 
 def _workers(*specs: tuple[str, int, int]) -> list[WorkerInfo]:

@@ -203,6 +203,7 @@ def render_operator(record: dict[str, Any], make: str) -> str:
          f"{rss[0][1]:.1f} / {rss[-1][1]:.1f} MiB (slope {record['operator_rss_slope_mib_per_1000_finished']:.3g} "
          "MiB per 1,000)"),
         ("reference: TaskRunner direct, same inputs, same run", f"{record['reference_tasks_per_second']:.1f} tasks/s"),
+        *(_floor_rows(floor) if (floor := record.get("floor")) else []),
         (f"target {record['target_tasks_per_second']} tasks/s", "**met**" if record["target_met"] else "not met"),
     ]  # fmt: skip
     lines = [
@@ -214,6 +215,19 @@ def render_operator(record: dict[str, Any], make: str) -> str:
         *(f"| {name} | {value} |" for name, value in rows),
     ]
     return "\n".join(lines)
+
+
+def _floor_rows(floor: dict[str, Any]) -> list[tuple[str, str]]:
+    """The API server's floor measured before the run (``legacygpu.testing.apifloor``)."""
+    cpu = floor["cpu_ms_per_task"]
+    return [
+        ("API server floor: the same create, 3 status writes and watches, no operator or workers",
+         f"{floor['tasks_per_second']:.3g} tasks/s ({floor['client_lanes']} client pipelines, "
+         f"{floor['failed']} failed)"),
+        ("floor CPU per task", f"kube-apiserver {cpu['kube-apiserver']:.3g} ms, etcd {cpu['etcd']:.3g} ms"),
+        (f"floor ceiling on {floor['cpus']} CPUs (their CPU alone, nothing else running)",
+         f"{floor['ceiling_tasks_per_second']:.3g} tasks/s"),
+    ]  # fmt: skip
 
 
 def render_local(record: dict[str, Any], make: str) -> str:

@@ -391,8 +391,10 @@ def plan_assignments(
     worker with special capabilities does not hold the others back. Ties in
     age keep the order given (the sort is stable).
     """
-    ready = sorted(queued, key=lambda t: (-t.priority, t.age))
     pool = list(workers)
+    if not any(w.accepting and w.assigned < w.capacity for w in pool):
+        return []  # the common case under load: every slot taken, nothing to sort
+    ready = sorted(queued, key=lambda t: (-t.priority, t.age))
     plan: list[tuple[T, WorkerInfo]] = []
     for task in ready:
         if not any(w.accepting and w.assigned < w.capacity for w in pool):

@@ -36,7 +36,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -50,6 +49,7 @@ from legacygpu.core.kube.contract import (
     format_time,
     now_utc,
     parse_time,
+    queued_status,
 )
 from legacygpu.core.kube.errors import ApiConflictError, ApiError, ApiNotFoundError, ApiUnavailableError
 from legacygpu.core.scheduling import STRATEGIES
@@ -223,12 +223,13 @@ async def _tasks(
     wakes: list[datetime.datetime] = []
     writes: list[tuple[TaskView, TaskStatus, tuple[str, str, str] | None]] = []
     deletes: list[TaskView] = []
-    admitted: dict[tuple[str, str], TaskStatus] = {}
+    admitted: list[TaskView] = []
+    policy = rt.policy
     for task in tasks:
         action = decide(
-            task, cluster_exists=True, pods=pod_map, now=now, policy=rt.policy,
+            task, cluster_exists=True, pods=pod_map, now=now, policy=policy,
             grace_seconds=rt.config.cluster_not_found_grace_seconds,
-            default_ttl_seconds=rt.config.finished_task_ttl_seconds,
+            default_ttl_seconds=rt.config.finished_task_ttl_seconds, defer_admission=True,
         )
         if action is None:
             continue
@@ -236,34 +237,27 @@ async def _tasks(
             wakes.append(action.wake_at)
         if action.delete:
             deletes.append(task)
+        elif action.admit:
+            admitted.append(task)  # its Queued status is built below, only if it is written
         elif action.status is not None:
-            if task.phase == Phase.PENDING and action.phase == Phase.QUEUED:
-                admitted[task.namespace, task.name] = action.status
-            else:
-                writes.append((task, action.status, action.event))
+            writes.append((task, action.status, action.event))
     changing = {(t.namespace, t.name) for t, *_ in writes}
     if schedule:
         still = [t for t in tasks if (t.namespace, t.name) not in changing]
         assigned = Counter(t.worker for t in still if t.phase in ASSIGNED_PHASES and t.worker)
-        candidates = [t for t in still if t.phase == Phase.QUEUED] + [
-            replace(t, phase=Phase.QUEUED) for t in tasks if (t.namespace, t.name) in admitted
-        ]
+        # Admitted tasks are placed as they are (Pending): the plan reads their priority and age only.
+        candidates = [t for t in still if t.phase == Phase.QUEUED] + admitted
         workers = worker_infos(pods, assigned, int(spec.get("tasksPerWorker", 2)))
         strategy = rt.strategy(key, spec.get("schedulingStrategy", "least-loaded"))
-        originals = {(t.namespace, t.name): t for t in tasks}
         for task, worker in plan_assignments(candidates, workers, strategy, now):
-            original = originals[task.namespace, task.name]
-            base = admitted.pop((task.namespace, task.name), TaskStatus())
-            status = TaskStatus(**base)
+            status = queued_status(task.status, now) if task.phase == Phase.PENDING else TaskStatus()
             status.update(
-                assigned_status({**original.status, **base}, pod=worker.id, node=pod_map[worker.id].node, now=now)
+                assigned_status({**task.status, **status}, pod=worker.id, node=pod_map[worker.id].node, now=now)
             )
-            writes.append((original, status, None))
-    if not schedule:  # nothing places tasks now (suspended, invalid spec): say they were accepted
-        for (namespace, name), status in admitted.items():
-            original = next(t for t in tasks if t.namespace == namespace and t.name == name)
-            writes.append((original, status, None))
-    # Otherwise tasks admitted but not placed yet stay Pending: a Queued write would be a second write for each.
+            writes.append((task, status, None))
+        # Tasks admitted but not placed yet stay Pending: a Queued write would be a second write for each.
+    else:  # nothing places tasks now (suspended, invalid spec): say they were accepted
+        writes.extend((task, queued_status(task.status, now), None) for task in admitted)
     results = await asyncio.gather(
         *(write_task(rt, t, s, event=e) for t, s, e in writes),
         *(rt.api.delete_task(t.namespace, t.name) for t in deletes),

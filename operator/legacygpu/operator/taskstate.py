@@ -27,6 +27,7 @@ state machine.
 from __future__ import annotations
 
 import datetime
+import functools
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,29 @@ class TaskView:
     @property
     def terminal(self) -> bool:
         return self.phase in TERMINAL_PHASES
+
+    # Parsed once per version of a task (a view lives until the task changes): a reconcile pass
+    # asks them of every task, and parsing them anew each time was most of a pass's cost.
+    @functools.cached_property
+    def deadline(self) -> datetime.datetime | None:
+        """When the task expires unfinished (``timeoutSeconds`` after creation), or None."""
+        return deadline_time(self.created, self.timeout_seconds)
+
+    def ttl_wake(self, ttl_seconds: int | None) -> Action | None:
+        """A finished task's wake-up when its TTL runs out (None: it is kept), kept with the view.
+
+        The operator's TTL is the same on every pass, so this is worked out once per version of
+        the task instead of on every pass for every finished task.
+        """
+        memo: tuple[int | None, Action | None] | None = self.__dict__.get("_ttl_wake")
+        if memo is None or memo[0] != ttl_seconds:
+            finished = parse_time(self.completion_time)
+            wake = None
+            if ttl_seconds is not None and finished is not None:
+                wake = Action(wake_at=finished + datetime.timedelta(seconds=int(ttl_seconds)))
+            memo = (ttl_seconds, wake)
+            self.__dict__["_ttl_wake"] = memo  # a frozen view: its __dict__ still takes a memo
+        return memo[1]
 
     @property
     def status(self) -> TaskStatus:
@@ -173,10 +197,18 @@ class Action:
     wake_at: datetime.datetime | None = None
     event: tuple[str, str, str] | None = None
     """(type, reason, message) of the Kubernetes Event to post."""
+    admit: bool = False
+    """A valid ``Pending`` task to accept (``Queued``). Its status is in ``status`` unless
+    :func:`decide` was asked to defer it: then the caller builds it (:func:`queued_status`) only
+    for the tasks it writes."""
 
     @property
     def phase(self) -> Phase | None:
         return Phase(self.status["phase"]) if self.status and "phase" in self.status else None
+
+
+_ADMIT = Action(admit=True)
+_DELETE = Action(delete=True)
 
 
 def _later(*moments: datetime.datetime | None) -> datetime.datetime | None:
@@ -225,7 +257,7 @@ def ending(task: TaskView, now: datetime.datetime) -> Action | None:
     """
     if task.cancel:
         return _end(cancelled_status(task.status, created=task.created, now=now))
-    deadline = deadline_time(task.created, task.timeout_seconds)
+    deadline = task.deadline
     if deadline is not None and now >= deadline:
         return _end(expired_status(task.status, created=task.created, timeout_seconds=task.timeout_seconds, now=now))
     return None
@@ -241,28 +273,31 @@ def decide(
     grace_seconds: float = 5.0,
     default_ttl_seconds: int | None = None,
     rng: random.Random | None = None,
+    defer_admission: bool = False,
 ) -> Action | None:
     """The next step for ``task``, or None when only scheduling (or nothing) can move it.
 
     ``default_ttl_seconds`` applies to finished tasks whose spec sets no TTL (None keeps them).
+    ``defer_admission``: a valid ``Pending`` task gets ``Action(admit=True)`` without its status
+    (the reconciler writes a waiting task only once it places it; building the ``Queued`` status
+    of every waiting task on every pass was a third of the operator's CPU with 1,000 waiting).
     """
     if task.terminal:
-        finished = parse_time(task.completion_time)
-        ttl = task.ttl_seconds if task.ttl_seconds is not None else default_ttl_seconds
-        if ttl is None or finished is None:
+        wake = task.ttl_wake(task.ttl_seconds if task.ttl_seconds is not None else default_ttl_seconds)
+        if wake is None:
             return None
-        expires = finished + datetime.timedelta(seconds=int(ttl))
-        return Action(delete=True) if now >= expires else Action(wake_at=expires)
+        assert wake.wake_at is not None
+        return _DELETE if now >= wake.wake_at else wake
     ended = ending(task, now)
     if ended is not None:
         return ended
-    deadline = deadline_time(task.created, task.timeout_seconds)
+    deadline = task.deadline
     if not cluster_exists:
         return _orphaned(task, now, grace_seconds, deadline)
     if task.phase == Phase.PENDING:
         if task.problem:
             return _failed(task, Reason.INVALID_INPUT, task.problem, now)
-        return Action(status=queued_status(task.status, now))
+        return _ADMIT if defer_admission else Action(status=queued_status(task.status, now), admit=True)
     if task.phase in ASSIGNED_PHASES:
         pod = pods.get(task.worker or "")
         problem = None

@@ -137,6 +137,16 @@ class _Worker:
             self.process.kill()
 
 
+def _results(repository: Path, inputs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The model's result for each input (what a worker reports): the floor's reports carry them."""
+    from legacygpu.core.modelcards import ModelRepository
+    from legacygpu.worker.backends import create_backend
+    from legacygpu.worker.runner import TaskRunner
+
+    runner = TaskRunner(ModelRepository(repository), create_backend("onnxruntime"))
+    return [runner.run("digits", tensors) for tensors in inputs]
+
+
 def _reference(repository: Path, inputs: list[list[dict[str, Any]]]) -> float:
     """Tasks/s of the same inputs through one TaskRunner called directly."""
     from legacygpu.core.modelcards import ModelRepository
@@ -294,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=None, help="A repository holding the digits model.")
     parser.add_argument("--apiserver", choices=["emulator", "e2e"], default="emulator",
                         help="The emulator in this process, or the real kube-apiserver of the e2e control plane.")
+    parser.add_argument("--floor", choices=["also", "only", "no"], default="also",
+                        help="e2e only: also measure the API server's floor (the platform's writes and watches "
+                             "driven with no operator and no workers, legacygpu.testing.apifloor), only that, or not.")
+    parser.add_argument("--floor-lanes", type=int, default=64, help="Concurrent task pipelines of the floor's client.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("kopf", "aiohttp.access", "urllib3"):
@@ -329,12 +343,19 @@ def _main_e2e(args: argparse.Namespace) -> int:
     ensure_demo_model(ModelRepository(repository))
     inputs = _inputs(args.tasks)
     result = run_e2e_benchmark(tasks=args.tasks, workers=args.workers, per_worker=args.tasks_per_worker,
-                               repository=repository, inputs=inputs, out=args.out)
+                               repository=repository, inputs=inputs, out=args.out,
+                               results=_results(repository, inputs) if args.floor != "no" else None,
+                               floor=args.floor, floor_lanes=args.floor_lanes)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.floor == "only":
+        (args.out / "operator-floor-e2e.json").write_text(json.dumps(result, indent=2) + "\n")
+        _write_rows(_floor_rows(result["floor"]))
+        sys.stdout.write(f"wrote {args.out / 'operator-floor-e2e.json'}\n")
+        return 0
     result["reference_tasks_per_second"] = round(_reference(repository, inputs), 2)
     result["ratio_to_reference"] = round(result["tasks_per_second"] / result["reference_tasks_per_second"], 4)
     result["target_tasks_per_second"] = 100
     result["target_met"] = result["tasks_per_second"] >= 100
-    args.out.mkdir(parents=True, exist_ok=True)
     plot_e2e(result, args.out / "operator-bench-e2e.png")
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     (args.out / "operator-bench-e2e.json").write_text(json.dumps(public, indent=2) + "\n")
@@ -347,7 +368,7 @@ def _main_e2e(args: argparse.Namespace) -> int:
         ("reference: TaskRunner direct, same inputs", f"{result['reference_tasks_per_second']:.1f} tasks/s"),
         ("create -> Scheduled p50 / p99", "{p50:.3f} s / {p99:.3f} s".format(**result["assignment_seconds"])),
         ("create -> Succeeded p50 / p99", "{p50:.3f} s / {p99:.3f} s".format(**result["end_to_end_seconds"])),
-        ("creating all tasks (8 client threads)", f"{result['creation_seconds']:.2f} s"),
+        ("creating all tasks (32 connections)", f"{result['creation_seconds']:.2f} s"),
         *((f"stage {name} p50 / p99", "{p50:.3f} s / {p99:.3f} s".format(**value))
           for name, value in result["stage_seconds"].items()),
         ("CPU per task by process (ms)", ", ".join(f"{k} {v}" for k, v in result["cpu_ms_per_task"].items())),
@@ -356,12 +377,34 @@ def _main_e2e(args: argparse.Namespace) -> int:
         ("operator peak RSS", f"{result['operator_peak_rss_mib']:.1f} MiB"),
         ("operator RSS slope", f"{result['operator_rss_slope_mib_per_1000_finished']} MiB per 1,000 finished"),
         ("load average before / after", f"{result['load_average']['before']} / {result['load_average']['after']}"),
+        *(_floor_rows(result["floor"]) if "floor" in result else []),
     ]
+    _write_rows(rows)
+    sys.stdout.write(f"wrote {args.out / 'operator-bench-e2e.json'} and {args.out / 'operator-bench-e2e.png'}\n")
+    return 0
+
+
+def _floor_rows(floor: dict[str, Any]) -> list[tuple[str, str]]:
+    """The floor's lines of the console table (:mod:`legacygpu.testing.apifloor`)."""
+    cpu = ", ".join(f"{k} {v}" for k, v in floor["cpu_ms_per_task"].items())
+    idle = ", ".join(f"{k} {v}" for k, v in floor["idle_cpu_ms_per_second"].items())
+    return [
+        ("floor: tasks (failed), watch events complete",
+         f"{floor['tasks']} ({floor['failed']}), {floor['watch_events']['complete']}"),
+        ("floor: API server alone, full drive", f"{floor['tasks_per_second']} tasks/s ({floor['client_lanes']} lanes)"),
+        ("floor: CPU per task by process (ms)", cpu),
+        ("floor: idle CPU by process (ms/s)", idle),
+        ("floor: ceiling, kube-apiserver + etcd CPU only",
+         f"{floor['ceiling_tasks_per_second']} tasks/s on {floor['cpus']} CPUs "
+         f"({floor['apiserver_etcd_cpu_ms_per_task']} ms per task)"),
+        ("floor: load average before / after", f"{floor['load_average']['before']} / {floor['load_average']['after']}"),
+    ]  # fmt: skip
+
+
+def _write_rows(rows: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         sys.stdout.write(f"{key:<{width}}  {value}\n")
-    sys.stdout.write(f"wrote {args.out / 'operator-bench-e2e.json'} and {args.out / 'operator-bench-e2e.png'}\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ What runs: the e2e control plane (``e2e/e2ecluster``: etcd, kube-apiserver, -sch
 ``legacygpu operator run`` process authenticated as the operator's ServiceAccount, and one real
 worker process per worker pod (``legacygpu worker start --kubernetes`` on the demo digits model
 with onnxruntime), started by the node simulator with the pod's own token. Nothing is mocked
-but the kubelets. The tasks are created at once from 8 client threads.
+but the kubelets. The tasks are created at once through 32 concurrent connections
+(:func:`legacygpu.testing.apifloor.create_tasks`).
 
 Reported (JSON + PNG): tasks/s from the first creation to the last completion; create ->
 ``Succeeded`` p50/p99; create -> ``Scheduled`` p50/p99; the API writes per task, counted by the API
@@ -16,10 +17,16 @@ the operator's peak RSS and its RSS against the number of finished tasks (to see
 grows with them); the CPU each process used per task and where a task's time goes (its status
 times); the load average before and after; and the reference measured in the same run, the same
 inputs through one TaskRunner called directly.
+
+First (``--floor also``, the default), on the same control plane and before the platform starts,
+the API server's floor (:mod:`legacygpu.testing.apifloor`): the same creates, status writes and
+watches driven with no operator and no workers, with the control plane's CPU per task and the
+throughput ceiling it implies on this machine (the ``floor`` section of the JSON).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import platform
@@ -27,7 +34,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +41,15 @@ from legacygpu.core.kube.client import json_lines, open_watch, request_json
 from legacygpu.core.kube.contract import GROUP, TASK_PLURAL, VERSION, parse_time
 from legacygpu.operator.crdgen import all_crds
 from legacygpu.operator.rbac import rbac_manifests
+from legacygpu.testing.apifloor import FloorClients, create_tasks, drive_floor, floor_summary
 from legacygpu.testing.apiwrites import parse_request_totals, per_task
 
 __all__ = ["run_e2e_benchmark"]
 
 REPO = Path(__file__).resolve().parents[3]
+CREATE_LANES = 32
+"""Concurrent creates (:func:`legacygpu.testing.apifloor.create_tasks`): enough that creating 1,000 tasks
+is not what bounds the run."""
 _FINISHED = ("Succeeded", "Failed")
 
 
@@ -174,10 +184,61 @@ def _watch_until_finished(
         sample(len(finished))
 
 
-def run_e2e_benchmark(
-    *, tasks: int, workers: int, per_worker: int, repository: Path, inputs: list[list[dict[str, Any]]], out: Path
+def _measure_floor(
+    kube: Any, cluster: Any, state: Any, inputs: list[list[dict[str, Any]]], results: list[dict[str, Any]],
+    workers: int, lanes: int,
 ) -> dict[str, Any]:
-    """Run the benchmark on the e2e control plane; the result without the reference (the caller adds it)."""
+    """The API server's floor on this control plane (:mod:`legacygpu.testing.apifloor`), before the platform runs.
+
+    In a namespace of its own, deleted (and waited on: the namespace controller deleting the
+    tasks costs the API server too) before the platform's run starts.
+    """
+    namespace = kube.create_namespace("floor")
+    try:
+        kube.apply(all_crds())
+        kube.apply(rbac_manifests(namespace=namespace))
+        clients = FloorClients(
+            server=state.server, ca_file=str(cluster.pki.ca_cert),
+            admin_cert=_admin_cert(cluster),
+            operator_token=kube.token(namespace, "legacygpu-operator"),
+            worker_token=kube.token(namespace, "legacygpu-worker"),
+        )  # fmt: skip
+        time.sleep(2.0)  # the namespace's and RBAC's own writes settle
+        idle_before, idle_started = _cpu_seconds(state.pids), time.monotonic()
+        time.sleep(3.0)
+        idle_after, idle_seconds = _cpu_seconds(state.pids), time.monotonic() - idle_started
+        marks: dict[str, Any] = {}
+
+        def start() -> None:
+            marks["cpu"], marks["client"] = _cpu_seconds(state.pids), time.process_time()
+
+        load_before = os.getloadavg()
+        run = asyncio.run(drive_floor(clients, namespace=namespace, inputs=inputs, results=results,
+                                      workers=workers, lanes=lanes, on_start=start))  # fmt: skip
+        after, client_after = _cpu_seconds(state.pids), time.process_time()
+        cpu_ms = {name: 1000 * (after[name] - marks["cpu"][name]) for name in after}
+        cpu_ms["floor client (this process)"] = 1000 * (client_after - marks["client"])
+        idle = {name: 1000 * (idle_after[name] - idle_before[name]) / idle_seconds for name in idle_after}
+        summary = floor_summary(run, cpu_ms, idle, lanes=lanes, workers=workers)
+        summary["load_average"] = {"before": [round(v, 2) for v in load_before],
+                                   "after": [round(v, 2) for v in os.getloadavg()]}  # fmt: skip
+        return summary
+    finally:
+        kube.delete({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        with contextlib.suppress(Exception):  # a namespace slow to go only costs the next run some noise
+            kube.wait_gone("v1", "Namespace", namespace, timeout=300)
+
+
+def run_e2e_benchmark(
+    *, tasks: int, workers: int, per_worker: int, repository: Path, inputs: list[list[dict[str, Any]]], out: Path,
+    results: list[dict[str, Any]] | None = None, floor: str = "also", floor_lanes: int = 64,
+) -> dict[str, Any]:
+    """Run the benchmark on the e2e control plane; the result without the reference (the caller adds it).
+
+    ``floor``: ``"also"`` measures the API server's floor first (``results`` are the model's
+    results for ``inputs``, which the floor's reports carry), ``"only"`` measures nothing else,
+    ``"no"`` skips it.
+    """
     if str(REPO / "e2e") not in sys.path:
         sys.path.insert(0, str(REPO / "e2e"))
     from e2ecluster import Cluster, Kube  # type: ignore[import-not-found]  # e2e/ joins sys.path above
@@ -185,6 +246,18 @@ def run_e2e_benchmark(
     cluster = Cluster()
     state = cluster.up()
     kube = Kube(state.kubeconfig, cluster)
+    measured_floor = None
+    if floor != "no":
+        try:
+            measured_floor = _measure_floor(kube, cluster, state, inputs, results or [{}] * len(inputs), workers,
+                                            floor_lanes)  # fmt: skip
+        except BaseException:
+            kube.close()
+            raise
+        if floor == "only":
+            kube.close()
+            return {"mode": "e2e-floor", "tasks": tasks, "workers": workers, "floor": measured_floor,
+                    "machine": _machine(state)}  # fmt: skip
     namespace = kube.create_namespace("bench")
     logs = REPO / ".cache" / "bench-operator-e2e"  # the operator's log and kubeconfig (a token): never committed
     logs.mkdir(parents=True, exist_ok=True)
@@ -219,19 +292,11 @@ def run_e2e_benchmark(
         before = parse_request_totals(kube.raw_get("/metrics"))
         components = {**state.pids, "operator": operator.pid, "harness (creates, polls)": os.getpid()}
         cpu_before = _cpu_seconds(components)
-        created: dict[str, float] = {}
-
-        def create(index: int) -> None:
-            name = f"bench-{index:05d}"
-            task = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceTask", "metadata": {"name": name},
-                    "spec": {"clusterRef": "bench", "model": "digits", "inputs": inputs[index]}}
-            stamp = time.time()
-            kube.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, TASK_PLURAL, task)
-            created[name] = stamp
-
+        bodies = [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceTask", "metadata": {"name": f"bench-{i:05d}"},
+                   "spec": {"clusterRef": "bench", "model": "digits", "inputs": inputs[i]}} for i in range(tasks)]
         started = time.time()
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(create, range(tasks)))
+        created = asyncio.run(create_tasks(state.server, str(cluster.pki.ca_cert), _admin_cert(cluster), namespace,
+                                           bodies, lanes=CREATE_LANES))  # fmt: skip
         created_in = time.time() - started
         memory: list[tuple[int, float]] = []
 
@@ -244,11 +309,11 @@ def run_e2e_benchmark(
 
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{TASK_PLURAL}"
         _watch_until_finished(kube.api, path, tasks, time.monotonic() + 1800, sample)
+        cpu_after = _cpu_seconds(components)  # before the harness's own list of every task below
+        load_after = os.getloadavg()
         items = kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, TASK_PLURAL)["items"]
         time.sleep(2.0)  # asynchronous Events (there should be none) land before counting
         after = parse_request_totals(kube.raw_get("/metrics"))
-        cpu_after = _cpu_seconds(components)
-        load_after = os.getloadavg()
         peak = _rss_mib(operator.pid, "VmHWM")
     finally:
         if operator is not None and operator.poll() is None:  # its finalizer goes while the operator runs
@@ -295,10 +360,19 @@ def run_e2e_benchmark(
         "operator_rss_mib_by_finished_tasks": [[f, round(r, 1)] for f, r in memory],
         "operator_rss_slope_mib_per_1000_finished": _slope(memory),
         "load_average": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after]},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "api_server": f"kube-apiserver {state.kube_version} (e2e control plane, loopback)"},
+        "machine": _machine(state),
+        **({"floor": measured_floor} if measured_floor is not None else {}),
         "_assignment": assignment, "_completions": completions,
     }  # fmt: skip
+
+
+def _admin_cert(cluster: Any) -> tuple[str, str]:
+    return str(cluster.pki.cert("admin")), str(cluster.pki.key("admin"))
+
+
+def _machine(state: Any) -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "api_server": f"kube-apiserver {state.kube_version} (e2e control plane, loopback)"}
 
 
 def plot_e2e(result: dict[str, Any], path: Path) -> None:
