@@ -122,7 +122,8 @@ async def test_a_burst_of_changes_crosses_to_the_event_loop_once(
     # Eight submissions handled on the database thread while the event loop is busy (here: blocked waiting for
     # them): the first poke crosses to the loop, the others find it still pending.
     backend._loop = asyncio.get_running_loop()
-    submitted = backend._db_thread.submit(lambda: [backend._submit_task(task()) for _ in range(8)]).result()
+    submitted = backend._db_thread.submit(
+        lambda: [backend._submit_tasks([task()], numbered=False)[0] for _ in range(8)]).result()
     await asyncio.sleep(0)
     assert len(crossings) == 1, "eight submissions while the loop was busy: one wake-up"
     await asyncio.sleep(0)
@@ -200,3 +201,28 @@ async def test_retention_zero_keeps_finished_tasks_forever(tmp_path: Path) -> No
 def test_pruning_uses_the_finished_index(backend: LocalBackend) -> None:
     plan = " ".join(backend.store.query_plan(store.PRUNE_SQL, [NOW, 10]))
     assert "INDEX tasks_finished" in plan, plan
+
+
+async def test_the_loops_pass_places_and_starts_in_one_transaction_listing_the_workers_once(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.settings.worker_prefetch = 2
+    wid = await worker(backend)
+    ids = [(await backend.submit_task(task())).id for _ in range(3)]
+    listed: list[object] = []
+    real = backend.store.list_workers
+
+    def counting(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        listed.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backend.store, "list_workers", counting)
+    statements: list[str] = []
+    backend.store._db.set_trace_callback(statements.append)
+    [delivery] = backend._pass()
+    backend.store._db.set_trace_callback(None)
+    assert delivery.worker_id == wid and [t.id for t in delivery.tasks] == ids[:2]
+    assert [(await backend.get_task(i)).phase for i in ids] == ["Running", "Running", "Queued"]
+    assert len(listed) == 1, "one pass lists the workers once"
+    assert statements.count("COMMIT") == 1, "placing and starting: one transaction"
+    assert backend._pass() == [], "nothing new placed: nothing to send"

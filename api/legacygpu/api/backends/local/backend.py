@@ -7,13 +7,14 @@ uses), and writes the result back; the shared placement plan and
 scheduling strategy (:mod:`legacygpu.core.scheduling`) say where each task
 goes.
 
-Work is pushed, not claimed: after each pass that placed tasks,
-:meth:`deliver` starts them (Scheduled → Running, the attempt counts: what a
-worker's claim used to do) and sends each worker its new tasks in one
-request over the task channel (:mod:`.channel`: the worker's serving
-port, on the facade's persistent connections). A push the worker refused
-or never received puts its tasks back in the queue with their attempt
-undone, and the worker gets no more until its next heartbeat. Workers
+Work is pushed, not claimed: a pass that placed tasks also starts them
+(:meth:`start_scheduled`: Scheduled → Running, the attempt counts: what a
+worker's claim used to do) in the same transaction, and the loop then sends
+each worker its new tasks in one request over the task channel
+(:mod:`.channel`: the worker's serving port, on the facade's persistent
+connections). A push the worker refused or never received puts its tasks
+back in the queue with their attempt undone (``lifecycle.undeliver``), and
+the worker gets no more until its next heartbeat. Workers
 report outcomes in batches (:meth:`LocalBackend.complete_tasks`), a batch
 applied in one transaction; a stale outcome in it is refused on its own.
 
@@ -62,7 +63,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Literal, TypeVar
@@ -88,7 +89,7 @@ from legacygpu.api.schemas import (
 )
 from legacygpu.core import lifecycle
 from legacygpu.core.config import Settings
-from legacygpu.core.errors import ConflictError, NotFoundError
+from legacygpu.core.errors import ConflictError, NotFoundError, ValidationError
 from legacygpu.core.lifecycle import TaskRecord
 from legacygpu.core.modelcards import ModelRepository
 from legacygpu.core.scheduling import WorkerInfo, WorkerStats, make_strategy
@@ -102,6 +103,10 @@ _LIVE_WORKER_STATES = ("active", "draining")
 _MAX_QUEUE_SCAN = 500
 """Queued rows one pass reads at most while looking past tasks that no worker can take now."""
 _PRUNE_INTERVAL_SECONDS = 60.0
+_UNSTARTED: dict[str, Any] = {"worker_id": None, "attempts": 0, "scheduled_at": None, "started_at": None,
+                              "finished_at": None, "not_before": 0.0, "latency_ms": None, "compute_ms": None,
+                              "history": [], "result": None}
+"""The columns of a new task row that :meth:`LocalBackend._task_row` leaves to their defaults, as they read back."""
 _PUSH_GRACE_SECONDS = 15.0
 """Longer than a push may take (:mod:`.channel` gives up after 10 s): a task started this long ago has arrived."""
 _T = TypeVar("_T")
@@ -187,12 +192,12 @@ class LocalBackend:
         assert self._kick is not None
         while True:
             try:
-                await self._db(self.reconcile)
+                deliveries = await self._db(self._pass)
             except Exception:  # the loop must survive anything one pass throws
                 log.exception("coordinator pass failed")
-            if self._placed:
-                self._placed = False
-                push = asyncio.create_task(self.deliver(), name="local-deliver")
+                deliveries = []
+            for delivery in deliveries:
+                push = asyncio.create_task(self._push(delivery), name="local-push")
                 self._pushes.add(push)
                 push.add_done_callback(self._pushes.discard)
             with contextlib.suppress(TimeoutError):
@@ -269,36 +274,57 @@ class LocalBackend:
 
     # the reconcile pass -------------------------------------------------------------------
 
-    def reconcile(self) -> None:
-        """One pass, in one transaction; what it places, :meth:`deliver` (run after it) starts and sends."""
+    def _pass(self) -> list[Delivery]:
+        """The background loop's pass: :meth:`reconcile`, then start what it (or anything before) placed, in one
+        transaction and one database-thread call; what to send, once committed."""
+        with self.store.transaction():
+            reachable = self.reconcile()
+            deliveries = self.start_scheduled(reachable) if self._placed else []
+        self._placed = False  # only once committed: a pass that failed leaves them to the next one
+        return deliveries
+
+    def reconcile(self) -> list[dict[str, Any]]:
+        """One pass, in one transaction; what it places, :meth:`start_scheduled` starts and :meth:`deliver` sends.
+
+        Returns the reachable workers it placed on (the live workers are listed once per pass), for
+        :meth:`start_scheduled` to reuse.
+        """
         now = self._clock()
         self._in_pass = True
         try:
             with self.store.transaction():
-                self._expire_workers(now)
+                live = self.store.list_workers(_LIVE_WORKER_STATES)
+                lost = self._expire_workers(now, live)
                 self._forget_workers(now)
                 self._enforce_deadlines(now)
-                self._placed |= self._schedule(now, self._reachable_workers())
+                reachable = self._reachable(w for w in live if w["id"] not in lost)
+                self._placed |= self._schedule(now, reachable)
                 self._prune(now)
         finally:
             self._in_pass = False
+        return reachable
 
-    def _reachable_workers(self) -> list[dict[str, Any]]:
-        """Active workers the channel can reach: they announced a serving endpoint and their last push arrived."""
+    def _reachable(self, workers: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The active ones of ``workers`` the channel can reach: they announced a serving endpoint and their last
+        push arrived."""
         if self.channel is None:
             return []
-        return [w for w in self.store.list_workers(["active"])
-                if _endpoint(w) is not None and w["id"] not in self._unreachable]
+        return [w for w in workers
+                if w["state"] == "active" and _endpoint(w) is not None and w["id"] not in self._unreachable]
 
-    def _expire_workers(self, now: float) -> None:
+    def _expire_workers(self, now: float, live: list[dict[str, Any]]) -> set[str]:
+        """Mark the ``live`` workers silent past the heartbeat timeout lost, releasing their tasks; their ids."""
         cutoff = now - self.settings.heartbeat_timeout_seconds
-        for worker in self.store.list_workers(_LIVE_WORKER_STATES):
+        lost: set[str] = set()
+        for worker in live:
             if worker["last_heartbeat"] < cutoff:
+                lost.add(worker["id"])
                 silent = now - worker["last_heartbeat"]
                 log.warning("worker %s lost: no heartbeat for %.1fs", worker["name"], silent)
                 self.store.update_worker(worker["id"], state="lost")
                 self._release_tasks(worker, Reason.WORKER_LOST, f"worker {worker['name']} stopped heartbeating", now)
                 self._publish_worker(worker["id"])
+        return lost
 
     def _forget_workers(self, now: float) -> None:
         """Registry hygiene: stopped and lost workers leave the list once silent past the retention period."""
@@ -348,14 +374,17 @@ class LocalBackend:
             offset += len(page) - placed  # placed rows left the queue; skip only those that stayed
         return placed_any
 
-    def start_scheduled(self) -> list[Delivery]:
+    def start_scheduled(self, reachable: list[dict[str, Any]] | None = None) -> list[Delivery]:
         """Start every scheduled task of a reachable worker, in one transaction; one :class:`Delivery` per worker.
 
         This takes in tasks placed earlier too: ones whose push a restarted
         facade never made, or whose worker was unreachable then.
+        ``reachable`` is the pass's list of reachable workers (read here when not given).
         """
         now = self._clock()
-        by_id = {w["id"]: w for w in self._reachable_workers()}
+        if reachable is None:
+            reachable = self._reachable(self.store.list_workers(["active"]))
+        by_id = {w["id"]: w for w in reachable}
         started: dict[str, list[ClaimedTask]] = {}
         with self.store.transaction():  # returned (and so sent) only once committed
             for row in self.store.scheduled_tasks():
@@ -385,11 +414,7 @@ class LocalBackend:
                     continue
                 if task.phase != Phase.RUNNING or task.worker_id != delivery.worker_id or task.attempts != sent.attempt:
                     continue  # moved on already (cancelled, expired, the worker lost)
-                earlier = task.history[:-1]
-                unstarted = replace(task, phase=Phase.SCHEDULED, attempts=task.attempts - 1, history=earlier,
-                                    started_at=earlier[-1].started_at if earlier else None)
-                self._apply(task, lifecycle.unassign(unstarted, reason=Reason.WORKER_LOST,
-                                                     why=f"not delivered: {why}"))
+                self._apply(task, lifecycle.undeliver(task, reason=Reason.WORKER_LOST, why=f"not delivered: {why}"))
 
     def _recover_lost_pushes(self, worker: dict[str, Any], holding: set[str]) -> None:
         """Tasks Running on a worker that says it does not hold them, started long enough ago that their push
@@ -458,37 +483,51 @@ class LocalBackend:
     # tasks --------------------------------------------------------------------------------
 
     async def submit_task(self, request: TaskCreate) -> TaskPublic:
-        return await self._db(self._submit_task, request)
+        [task] = await self._db(self._submit_tasks, [request], numbered=False)
+        return task
 
-    def _submit_task(self, request: TaskCreate) -> TaskPublic:
-        card = self.repository.get(request.model)
-        validate_inputs(card, request.inputs)
+    async def submit_tasks(self, requests: Sequence[TaskCreate]) -> list[TaskPublic]:
+        """Several tasks in one transaction: all stored, or (one is invalid, naming it ``tasks[i]``) none."""
+        return await self._db(self._submit_tasks, requests, numbered=True)
+
+    def _submit_tasks(self, requests: Sequence[TaskCreate], *, numbered: bool) -> list[TaskPublic]:
         now = self._clock()
-        task_id = f"task-{uuid.uuid4().hex[:12]}"
-        pending = TaskRecord(id=task_id, model=request.model, created_at=now)
-        admitted = lifecycle.admit(pending, now=now)
-        self.store.add_task(
-            {
-                "id": task_id,
-                "model": request.model,
-                "inputs": [t.model_dump(exclude_none=True) for t in request.inputs],
-                "parameters": request.parameters,
-                "priority": request.priority,
-                "timeout_seconds": request.timeout_seconds or self.settings.default_timeout_seconds,
-                "max_retries": (
-                    request.max_retries if request.max_retries is not None else self.settings.default_max_retries
-                ),
-                "requirements": request.requirements.model_dump(),
-                "phase": str(admitted.phase),
-                "reason": admitted.reason,
-                "message": admitted.message,
-                "created_at": now,
-            }
-        )
-        self.metrics.tasks_submitted.labels(request.model).inc()
-        self._publish_task(task_id, "task.created")
+        rows = []
+        for i, request in enumerate(requests):  # every one checked before any is stored
+            try:
+                validate_inputs(self.repository.get(request.model), request.inputs)
+            except ValidationError as exc:
+                raise (type(exc)(f"tasks[{i}]: {exc}") if numbered else exc) from exc
+            rows.append(self._task_row(request, now))
+        with self.store.transaction():
+            for row in rows:
+                self.store.add_task(row)
+        for row in rows:
+            self.metrics.tasks_submitted.labels(row["model"]).inc()
+            self._publish_task(row["id"], "task.created")
         self._poke()
-        return self._task_public(self.store.get_task(task_id))
+        return [self._task_public({**_UNSTARTED, **row}) for row in rows]
+
+    def _task_row(self, request: TaskCreate, now: float) -> dict[str, Any]:
+        """The row of a newly admitted task (what :meth:`Store.add_task` stores)."""
+        task_id = f"task-{uuid.uuid4().hex[:12]}"
+        admitted = lifecycle.admit(TaskRecord(id=task_id, model=request.model, created_at=now), now=now)
+        return {
+            "id": task_id,
+            "model": request.model,
+            "inputs": [t.model_dump(exclude_none=True) for t in request.inputs],
+            "parameters": request.parameters,
+            "priority": request.priority,
+            "timeout_seconds": request.timeout_seconds or self.settings.default_timeout_seconds,
+            "max_retries": (
+                request.max_retries if request.max_retries is not None else self.settings.default_max_retries
+            ),
+            "requirements": request.requirements.model_dump(),
+            "phase": str(admitted.phase),
+            "reason": admitted.reason,
+            "message": admitted.message,
+            "created_at": now,
+        }
 
     async def get_task(self, task_id: str) -> TaskPublic:
         return self._task_public(await self._db(self.store.get_task, task_id))
