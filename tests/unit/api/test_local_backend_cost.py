@@ -226,3 +226,21 @@ async def test_the_loops_pass_places_and_starts_in_one_transaction_listing_the_w
     assert len(listed) == 1, "one pass lists the workers once"
     assert statements.count("COMMIT") == 1, "placing and starting: one transaction"
     assert backend._pass() == [], "nothing new placed: nothing to send"
+
+
+async def test_a_worker_of_short_tasks_is_given_more_to_hold_and_one_of_long_tasks_is_not(
+    backend: LocalBackend,
+) -> None:
+    backend.settings.worker_prefetch, backend.settings.worker_prefetch_max = 1, 8
+    fast, slow = await worker(backend, "fast"), await worker(backend, "slow")
+    ids = [(await backend.submit_task(task())).id for _ in range(20)]
+    [first, second] = backend._pass()
+    assert [len(d.tasks) for d in (first, second)] == [1, 1], "model time unknown: the floor"
+    done = {d.worker_id: d.tasks[0] for d in (first, second)}
+    await backend.complete_tasks(fast, [TaskCompletion(task_id=done[fast].id, worker_id=fast, attempt=1, result={},
+                                                       compute_ms=0.5)])
+    await backend.complete_tasks(slow, [TaskCompletion(task_id=done[slow].id, worker_id=slow, attempt=1, result={},
+                                                       compute_ms=2000.0)])
+    held = {d.worker_id: len(d.tasks) for d in backend._pass()}
+    assert held == {fast: 8, slow: 1}, "0.5 ms tasks: up to the cap; two-second tasks: the floor"
+    assert backend.store.phase_counts()["Queued"] == len(ids) - 2 - 9

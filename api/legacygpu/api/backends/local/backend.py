@@ -92,7 +92,7 @@ from legacygpu.core.config import Settings
 from legacygpu.core.errors import ConflictError, NotFoundError, ValidationError
 from legacygpu.core.lifecycle import TaskRecord
 from legacygpu.core.modelcards import ModelRepository
-from legacygpu.core.scheduling import WorkerInfo, WorkerStats, make_strategy
+from legacygpu.core.scheduling import LATENCY_SMOOTHING, WorkerInfo, WorkerStats, make_strategy, prefetch
 from legacygpu.core.tasks import ASSIGNED_PHASES, Phase, Reason, RetryPolicy
 from legacygpu.core.tensors import validate_inputs
 
@@ -143,6 +143,8 @@ class LocalBackend:
         self._rng = rng or random.Random()
         self.channel: TaskChannel | None = None
         """Where started tasks go (:meth:`connect_workers`); until then no task is placed."""
+        self._model_ms: dict[str, float] = {}
+        """Each worker's moving average of the model time its outcomes report (what its capacity follows)."""
         self._unreachable: set[str] = set()
         """Workers whose last push failed: given nothing until their next heartbeat."""
         self._pushes: set[asyncio.Task[None]] = set()
@@ -330,6 +332,7 @@ class LocalBackend:
         """Registry hygiene: stopped and lost workers leave the list once silent past the retention period."""
         cutoff = now - self.settings.worker_retention_seconds
         for worker_id in self.store.delete_workers(("stopped", "lost"), cutoff):
+            self._model_ms.pop(worker_id, None)
             log.info("worker %s removed: stopped or lost for over %.0fs", worker_id,
                      self.settings.worker_retention_seconds)
             self._on_loop(self.events.publish, "worker.removed", {"id": worker_id})
@@ -442,18 +445,25 @@ class LocalBackend:
         self._next_prune = now if deleted >= PRUNE_BATCH else now + _PRUNE_INTERVAL_SECONDS
 
     def _worker_infos(self, active: list[dict[str, Any]]) -> list[WorkerInfo]:
-        """The scheduler's view of the ``active`` worker rows."""
+        """The scheduler's view of the ``active`` worker rows.
+
+        A worker's capacity follows its model time (:func:`~legacygpu.core.scheduling.prefetch`): the
+        latest outcomes' when it has reported any since this facade started, else its heartbeat's.
+        """
         counts = self.store.assigned_counts()
-        return [
-            WorkerStats.from_local(w["stats"]).worker_info(
+        infos = []
+        for w in active:
+            stats = WorkerStats.from_local(w["stats"])
+            task_ms = self._model_ms.get(w["id"], stats.recent_latency_ms)
+            held = prefetch(task_ms, floor=self.settings.worker_prefetch, cap=self.settings.worker_prefetch_max)
+            infos.append(stats.worker_info(
                 w["id"],
                 assigned=counts.get(w["id"], 0),
-                capacity=w["concurrency"] * self.settings.worker_prefetch,
+                capacity=w["concurrency"] * held,
                 vram_mib=w["device"].get("vram_mib", 0),
                 gpu_family=w["device"].get("gpu_family"),
-            )
-            for w in active
-        ]
+            ))
+        return infos
 
     # task writes --------------------------------------------------------------------------
 
@@ -648,6 +658,7 @@ class LocalBackend:
             return "repeated"
         if completion.compute_ms is not None:
             self.metrics.compute_duration.labels(task.model).observe(completion.compute_ms / 1000)
+            self._observe_model_ms(completion.worker_id, completion.compute_ms)
         if completion.error is None:
             outcome = lifecycle.classify(None, worker=worker)
         else:
@@ -660,6 +671,10 @@ class LocalBackend:
         if not self._apply(task, after):
             raise ConflictError(f"task {task.id} changed while its outcome was applied")
         return "applied"
+
+    def _observe_model_ms(self, worker_id: str, model_ms: float) -> None:
+        average = self._model_ms.get(worker_id)
+        self._model_ms[worker_id] = model_ms if average is None else average + LATENCY_SMOOTHING * (model_ms - average)
 
     def _worker_name(self, worker_id: str) -> str:
         try:
