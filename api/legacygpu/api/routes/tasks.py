@@ -23,7 +23,7 @@ router = APIRouter(
 @router.post("/submit", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
 async def submit_task(body: TaskCreate, backend: BackendDep, settings: SettingsDep) -> TaskPublic:
     """Accept a task after checking it is within the limits, the model exists and the inputs fit it."""
-    _check_limits(body, settings)
+    check_task_limits(body, settings)
     return await backend.submit_task(body)
 
 
@@ -36,14 +36,15 @@ async def submit_tasks(body: TasksCreate, backend: BackendDep, settings: Setting
     """
     for i, task in enumerate(body.tasks):
         try:
-            _check_limits(task, settings)
+            check_task_limits(task, settings)
         except ValidationError as exc:  # the same kind (and status), saying which task
             raise type(exc)(f"tasks[{i}]: {exc}") from exc
     data = await backend.submit_tasks(body.tasks)
     return TasksPublic(data=data, count=len(data))
 
 
-def _check_limits(task: TaskCreate, settings: Settings) -> None:
+def check_task_limits(task: TaskCreate, settings: Settings) -> None:
+    """The request limits a task's ``parameters`` and inputs must keep (413 or 422 otherwise)."""
     limits = settings.limits
     check_json("parameters", task.parameters, max_depth=limits.max_json_depth,
                max_bytes=limits.max_parameters_bytes, setting="LEGACYGPU_MAX_PARAMETERS_BYTES")
