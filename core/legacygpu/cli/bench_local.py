@@ -13,16 +13,20 @@ One run does, in order:
    two measurements do not compete for the CPU.
 3. **Cluster.** A facade and ``--workers`` worker processes (the same
    supervisor ``legacygpu cluster start`` uses) on a free loopback port with
-   a temporary data dir; ``--concurrency`` clients submit every task through
-   ``POST /cluster/tasks/submit`` as fast as the facade accepts them; the run
-   waits until every task has finished.
+   a temporary data dir; ``--concurrency`` clients submit every task as fast
+   as the facade accepts them, twice: one task per request (``POST
+   /cluster/tasks/submit``), then ``--batch-size`` per request (``POST
+   /cluster/tasks/submit-many``); each run waits until every task has
+   finished.
 4. **Report.** Throughput is succeeded tasks over the span from the first
    task's creation to the last one's completion (facade clock); latency is
    each task's ``latency_ms`` (submission to completion, so queueing under
    load counts). Overhead per task is given two ways: cluster p50 latency
    minus direct p50, and cluster time per task (1/throughput) minus direct
-   time per task. Every cluster result's top-1 label is compared with the
-   direct one. A table is printed; JSON and a PNG go to ``--out-dir``.
+   time per task. ``cluster`` and ``overhead`` are the last (submit-many)
+   run's, ``one_per_request`` the first run's, each labelled with its mode.
+   Every cluster result's top-1 label is compared with the direct one. A
+   table is printed; JSON and a PNG go to ``--out-dir``.
 
 The host's core count and load average are recorded, since on a shared
 machine other work moves the numbers.
