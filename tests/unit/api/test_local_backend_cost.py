@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from taskfakes import SERVING, complete, connect, take
+from taskfakes import SERVING, FakeChannel, complete, connect, take
 
 from legacygpu.api.backends.local import LocalBackend, store
+from legacygpu.api.backends.local import backend as local_backend
 from legacygpu.api.schemas import Completion, DeviceInfoPublic, TaskCompletion, TaskCreate, WorkerRegister
 from legacygpu.core.config import Settings
 from legacygpu.core.errors import NotFoundError
@@ -84,58 +86,56 @@ async def test_the_pass_looks_past_tasks_no_worker_can_take(backend: LocalBacken
     assert sum(rows_read) == 4, "one page of one free slot at a time, until the slot is filled"
 
 
-async def test_wake_ups_are_coalesced_and_a_pass_never_asks_for_another(backend: LocalBackend) -> None:
-    backend._kick = asyncio.Event()  # what start() sets up, without the background loop
-    wid = await worker(backend)
-    for _ in range(5):
-        await backend.submit_task(task())
-    await asyncio.sleep(0)  # let the loop run what the database thread handed it
-    assert backend._kick.is_set()  # five submissions: one pending pass
-    backend._kick.clear()
-    backend.reconcile()
-    await asyncio.sleep(0)
-    assert backend.store.phase_counts()["Scheduled"] == 1
-    assert not backend._kick.is_set(), "the pass's own assignments must not trigger another pass"
-    [pushed] = await take(backend, wid)
-    await asyncio.sleep(0)
-    assert not backend._kick.is_set(), "starting and pushing a placed task frees no slot"
-    await complete(backend, pushed.id, Completion(worker_id=wid, attempt=1, result={}))
-    await asyncio.sleep(0)
-    assert backend._kick.is_set(), "a finished task frees a slot: the queue must be looked at"
-
-
-async def test_a_burst_of_changes_crosses_to_the_event_loop_once(
+async def test_an_idle_coordinator_passes_at_once_and_changes_queued_meanwhile_cost_one_pass(
     backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend._kick = asyncio.Event()
-    backend.settings.worker_prefetch = 8
+    monkeypatch.setattr(local_backend, "_PASS_INTERVAL_SECONDS", 3600.0)  # only changes ask for passes here
+    backend.settings.worker_prefetch = backend.settings.worker_prefetch_max = 8
     wid = await worker(backend)
-    crossings: list[object] = []
-    real = backend._on_loop
+    passes: list[int] = []
+    real = backend._pass
 
-    def counting(fn: Any, *args: Any) -> None:
-        if fn == backend._kicked:
-            crossings.append(fn)
-        real(fn, *args)
+    def counting() -> list[Any]:
+        deliveries = real()
+        passes.append(sum(len(d.tasks) for d in deliveries))
+        return deliveries
 
-    monkeypatch.setattr(backend, "_on_loop", counting)
-    # Eight submissions handled on the database thread while the event loop is busy (here: blocked waiting for
-    # them): the first poke crosses to the loop, the others find it still pending.
-    backend._loop = asyncio.get_running_loop()
-    submitted = backend._db_thread.submit(
-        lambda: [backend._submit_tasks([task()], numbered=False)[0] for _ in range(8)]).result()
-    await asyncio.sleep(0)
-    assert len(crossings) == 1, "eight submissions while the loop was busy: one wake-up"
-    await asyncio.sleep(0)
-    backend._kick.clear()
-    backend.reconcile()
-    pushed = await take(backend, wid)
-    assert len(pushed) == 8
-    batch = [TaskCompletion(task_id=t.id, worker_id=wid, attempt=1, result={}) for t in pushed]
-    await backend.complete_tasks(wid, batch)
-    await asyncio.sleep(0)
-    assert len(crossings) == 2, "a batch of eight outcomes: one wake-up"
-    assert {(await backend.get_task(t.id)).phase for t in submitted} == {"Succeeded"}
+    monkeypatch.setattr(backend, "_pass", counting)
+    channel = backend.channel
+    assert isinstance(channel, FakeChannel)
+    await backend.start()
+    try:
+        await until(lambda: passes == [0])  # the first pass, at start
+        lone = await backend.submit_task(task())
+        await until(lambda: channel.pushes)
+        assert passes == [0, 1] and [t.id for t in channel.take(wid)] == [lone.id], "placed and pushed at once"
+        gate = threading.Event()
+        backend._db_thread.submit(gate.wait)  # the database thread is busy: these eight queue behind it
+        queued = [asyncio.ensure_future(backend.submit_task(task())) for _ in range(8)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        submitted = await asyncio.gather(*queued)
+        await until(lambda: len(channel.pushes) == 2)
+        await asyncio.sleep(0.1)  # time for any further pass to show
+        assert passes == [0, 1, 7], "eight submissions queued meanwhile: one pass (seven slots were free)"
+        pushed = channel.take(wid)
+        batch = [TaskCompletion(task_id=t.id, worker_id=wid, attempt=1, result={}) for t in pushed]
+        await backend.complete_tasks(wid, batch)
+        await until(lambda: len(passes) == 4)
+        await asyncio.sleep(0.1)
+        assert passes == [0, 1, 7, 1], "a batch of seven outcomes: one pass, which places the last task"
+        done = {(await backend.get_task(t.id)).phase for t in submitted}
+        assert done == {"Succeeded", "Running"}
+    finally:
+        await backend.stop()
+
+
+async def until(condition: Any, timeout: float = 10.0) -> None:
+    """Wait for ``condition()`` to hold (the coordinator's passes run on its database thread)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
 
 
 @pytest.mark.parametrize(("index", "sql", "params"), [

@@ -18,9 +18,9 @@ the worker gets no more until its next heartbeat. Workers
 report outcomes in batches (:meth:`LocalBackend.complete_tasks`), a batch
 applied in one transaction; a stale outcome in it is refused on its own.
 
-One background loop (:meth:`reconcile`, every few hundred milliseconds and
-whenever something changes that could let a queued task start: a task
-queued, a slot freed, a worker registered or reachable again) does, in order:
+One pass (:meth:`reconcile`, every few hundred milliseconds and whenever
+something changes that could let a queued task start: a task queued, a
+slot freed, a worker registered or reachable again) does, in order:
 
 1. workers silent for longer than the heartbeat timeout are marked ``lost``
    and their tasks go back to the queue (retried with backoff, or failed
@@ -31,9 +31,13 @@ queued, a slot freed, a worker registered or reachable again) does, in order:
 4. at most once a minute, tasks finished longer ago than
    ``task_retention_seconds`` are deleted with their results (0 keeps them).
 
-Wake-ups are coalesced: any number of changes between two passes cost one
-pass, a database-thread call (a batch of outcomes) wakes the loop at most
-once, and the pass's own writes never ask for another. The pass reads
+Passes are coalesced without waiting: a change asks for a pass, which is
+queued on the database thread straight away (no trip through the event
+loop), behind whatever that thread has still to do; any number of changes
+made before it starts cost that one pass, a database-thread call (a batch
+of outcomes) asks at most once, and the pass's own writes never ask for
+another. So on an idle cluster a submitted task is placed, started and
+pushed at once, and under load the queued work is taken in one pass. The pass reads
 only what it can act on: the queue one page of free slots at a time,
 expired tasks through an index.
 
@@ -61,6 +65,7 @@ import contextlib
 import functools
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -107,6 +112,8 @@ _UNSTARTED: dict[str, Any] = {"worker_id": None, "attempts": 0, "scheduled_at": 
                               "finished_at": None, "not_before": 0.0, "latency_ms": None, "compute_ms": None,
                               "history": [], "result": None}
 """The columns of a new task row that :meth:`LocalBackend._task_row` leaves to their defaults, as they read back."""
+_PASS_INTERVAL_SECONDS = 0.25
+"""A pass runs at least this often (for deadlines and silent workers) besides the ones changes ask for."""
 _PUSH_GRACE_SECONDS = 15.0
 """Longer than a push may take (:mod:`.channel` gives up after 10 s): a task started this long ago has arrived."""
 _T = TypeVar("_T")
@@ -151,8 +158,10 @@ class LocalBackend:
         self._placed = True
         """There may be placed tasks that :meth:`deliver` has not started: a pass placed some, a worker became
         reachable again, or the facade (re)started (what it placed before stopping is still Scheduled)."""
-        self._kick: asyncio.Event | None = None
-        self._kick_pending = False
+        self._running = False
+        """Started and not stopped: passes run (and until then a change asks for none)."""
+        self._pass_queued = False
+        self._pass_lock = threading.Lock()
         self._in_db_call = False
         self._poke_wanted = False
         self._in_pass = False
@@ -171,7 +180,7 @@ class LocalBackend:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._db(self._restart_heartbeat_clocks)
-        self._kick = asyncio.Event()
+        self._running = True
         self._loop_task = asyncio.create_task(self._loop_forever(), name="local-coordinator")
 
     def _restart_heartbeat_clocks(self) -> None:
@@ -182,6 +191,7 @@ class LocalBackend:
             self.store.update_worker(worker["id"], last_heartbeat=now)
 
     async def stop(self) -> None:
+        self._running = False
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -191,20 +201,41 @@ class LocalBackend:
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legacygpu-db")  # for a restart
 
     async def _loop_forever(self) -> None:
-        assert self._kick is not None
         while True:
-            try:
-                deliveries = await self._db(self._pass)
-            except Exception:  # the loop must survive anything one pass throws
-                log.exception("coordinator pass failed")
-                deliveries = []
-            for delivery in deliveries:
-                push = asyncio.create_task(self._push(delivery), name="local-push")
-                self._pushes.add(push)
-                push.add_done_callback(self._pushes.discard)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), timeout=0.25)
-            self._kick.clear()
+            self._request_pass()
+            await asyncio.sleep(_PASS_INTERVAL_SECONDS)
+
+    def _request_pass(self) -> None:
+        """Queue a pass on the database thread, unless one is queued and not started (it will see this too)."""
+        with self._pass_lock:
+            if self._pass_queued or not self._running:
+                return
+            self._pass_queued = True
+        try:
+            self._db_thread.submit(self._queued_pass)
+        except RuntimeError:  # the thread was shut down: stopping
+            self._pass_queued = False
+
+    def _queued_pass(self) -> None:
+        """A pass on the database thread; what it started goes to the event loop to be sent."""
+        with self._pass_lock:
+            self._pass_queued = False
+        try:
+            deliveries = self._one_call(self._pass)
+        except Exception:  # the coordinator must survive anything one pass throws
+            log.exception("coordinator pass failed")
+            return
+        if deliveries:
+            self._on_loop(self._send, deliveries)
+
+    def _send(self, deliveries: list[Delivery]) -> None:
+        """Push each delivery (on the event loop), without waiting for the answers."""
+        if not self._running:
+            return  # stopping: the workers' heartbeats tell a restarted facade these never arrived
+        for delivery in deliveries:
+            push = asyncio.create_task(self._push(delivery), name="local-push")
+            self._pushes.add(push)
+            push.add_done_callback(self._pushes.discard)
 
     async def deliver(self) -> None:
         """Start the scheduled tasks and send them, one request per worker, all workers at once."""
@@ -254,30 +285,23 @@ class LocalBackend:
                 loop.call_soon_threadsafe(fn, *args)
 
     def _poke(self) -> None:
-        """Ask for a pass soon; any number of pokes before it runs make one pass, and a pass never pokes itself.
+        """Ask for a pass; any number of pokes before it starts make one pass, and a pass never pokes itself.
 
-        A database-thread call pokes once, when it ends, however many writes it made; and only the first
-        poke since the loop last took one crosses to the event loop. So a batch of outcomes, or submissions
-        arriving while the loop is busy, cost the loop one wake-up, not one per write.
+        A database-thread call pokes once, when it ends, however many writes it made, and the pass is
+        queued right behind it on that thread (:meth:`_request_pass`). So a batch of outcomes, or
+        submissions queued while the thread was busy, cost one pass, not one per write.
         """
-        if self._in_pass or self._kick is None:
+        if self._in_pass:
             return
         if self._in_db_call:
             self._poke_wanted = True
             return
-        if not self._kick_pending:
-            self._kick_pending = True
-            self._on_loop(self._kicked)
-
-    def _kicked(self) -> None:
-        self._kick_pending = False
-        if self._kick is not None:
-            self._kick.set()
+        self._request_pass()
 
     # the reconcile pass -------------------------------------------------------------------
 
     def _pass(self) -> list[Delivery]:
-        """The background loop's pass: :meth:`reconcile`, then start what it (or anything before) placed, in one
+        """The coordinator's pass: :meth:`reconcile`, then start what it (or anything before) placed, in one
         transaction and one database-thread call; what to send, once committed."""
         with self.store.transaction():
             reachable = self.reconcile()
