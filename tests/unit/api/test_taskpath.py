@@ -22,6 +22,8 @@ from legacygpu.core.config import Settings
 from legacygpu.core.errors import UnknownModelError
 
 SECRET = b"s" * 32
+ROUTES = {"submit": object(), "completions": object()}
+"""Stand-ins for the FastAPI routes the request counter reads its label from."""
 TASK = {"model": "m", "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
 
 
@@ -46,6 +48,8 @@ class Inner:
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
+        self.route: object = None
+        """The route the request was labelled with (for the request counter)."""
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         message = await receive()
@@ -76,7 +80,8 @@ async def call(backend: Backend, path: str, body: bytes, token: str | None = "us
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await TaskPath(inner, routes={"submit": object(), "completions": object()})(scope, receive, send)  # type: ignore[dict-item]
+    await TaskPath(inner, routes=ROUTES)(scope, receive, send)  # type: ignore[arg-type]
+    inner.route = scope.get("route")
     return sent[0]["status"], sent[1]["body"], inner
 
 
@@ -84,6 +89,7 @@ async def test_an_authorised_submit_is_answered_here(backend: Backend) -> None:
     status, body, inner = await call(backend, "/cluster/tasks/submit", json.dumps(TASK).encode())
     assert (status, json.loads(body)["id"], json.loads(body)["phase"]) == (201, "task-1", "Queued")
     assert inner.bodies == [] and [name for name, _ in backend.calls] == ["submit"]
+    assert inner.route is ROUTES["submit"], "the request counter labels it with the route's template"
 
 
 @pytest.mark.parametrize(("body", "token", "content_type"), [
@@ -119,6 +125,7 @@ async def test_a_workers_report_is_answered_here_only_with_its_own_token_and_out
     status, body, inner = await call(backend, "/cluster/workers/w-1/completions", json.dumps(batch).encode(), own)
     assert (status, json.loads(body)) == (200, {"data": [{"task_id": "t1", "status": "applied", "detail": ""}]})
     assert backend.calls == [("complete", ("w-1", ["t1"]))] and inner.bodies == []
+    assert inner.route is ROUTES["completions"]
     for path, token, sent in [("/cluster/workers/w-2/completions", own, batch),  # another worker's path
                               ("/cluster/workers/w-1/completions", "user-token", batch),
                               ("/cluster/workers/w-1/completions", own,
