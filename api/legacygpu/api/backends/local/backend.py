@@ -73,15 +73,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
+from legacygpu.api.backends.local import views
 from legacygpu.api.backends.local.channel import Delivery, Refused, TaskChannel, Unanswered
 from legacygpu.api.backends.local.store import PRUNE_BATCH, Store, probe, to_record
-from legacygpu.api.backends.records import percentile, task_public, utc
+from legacygpu.api.backends.records import task_public
 from legacygpu.api.events import EventBus
 from legacygpu.api.metrics import Metrics
 from legacygpu.api.schemas import (
     ClaimedTask,
     CompletionAnswer,
-    DeviceInfoPublic,
     Heartbeat,
     HeartbeatReply,
     ModelPublic,
@@ -736,31 +736,13 @@ class LocalBackend:
 
     def _list_workers(self) -> list[WorkerPublic]:
         counts = self.store.assigned_counts()
-        return [self._worker_public(w, counts) for w in self.store.list_workers()]
+        return [views.worker_public(w, counts) for w in self.store.list_workers()]
 
     async def get_worker(self, worker_id: str) -> WorkerPublic:
         return await self._db(self._get_worker, worker_id)
 
     def _get_worker(self, worker_id: str) -> WorkerPublic:
-        return self._worker_public(self.store.get_worker(worker_id), self.store.assigned_counts())
-
-    @staticmethod
-    def _worker_public(worker: dict[str, Any], counts: dict[str, int]) -> WorkerPublic:
-        return WorkerPublic(
-            id=worker["id"],
-            name=worker["name"],
-            host=worker["host"],
-            pid=worker["pid"],
-            state=worker["state"],
-            device=DeviceInfoPublic(**worker["device"]),
-            concurrency=worker["concurrency"],
-            assigned=counts.get(worker["id"], 0),
-            registered_at=utc(worker["registered_at"]),
-            last_heartbeat=utc(worker["last_heartbeat"]),
-            tasks_succeeded=worker["tasks_succeeded"],
-            tasks_failed=worker["tasks_failed"],
-            stats=worker["stats"],
-        )
+        return views.worker_public(self.store.get_worker(worker_id), self.store.assigned_counts())
 
     # models and summaries -----------------------------------------------------------------
 
@@ -769,18 +751,7 @@ class LocalBackend:
 
     def snapshot(self) -> dict[str, Any]:
         """Counts for the metrics collector (synchronous, cheap)."""
-        workers = self.store.list_workers()
-        counts = self.store.assigned_counts()
-        by_state: dict[str, int] = {state: 0 for state in ("active", "draining", "stopped", "lost")}
-        for w in workers:
-            by_state[w["state"]] = by_state.get(w["state"], 0) + 1
-        phases = {str(p): 0 for p in Phase}
-        phases.update(self.store.phase_counts())
-        return {
-            "tasks_by_phase": phases,
-            "workers_by_state": by_state,
-            "workers": [{**w, "assigned": counts.get(w["id"], 0)} for w in workers],
-        }
+        return views.snapshot(self.store)
 
     async def summary(self) -> dict[str, Any]:
         return await self._db(self._summary)
@@ -791,24 +762,7 @@ class LocalBackend:
         return await asyncio.to_thread(probe, self.settings.database_path)
 
     def _summary(self) -> dict[str, Any]:
-        snap = self.snapshot()
-        now = self._clock()
-        window = 60.0
-        recent = self.store.recent_finished(now - 300)
-        succeeded = [t for t in recent if t["phase"] == Phase.SUCCEEDED]
-        last_minute = [t for t in succeeded if t["finished_at"] >= now - window]
-        latencies = [t["latency_ms"] for t in succeeded if t["latency_ms"] is not None]
-        compute = [t["compute_ms"] for t in succeeded if t["compute_ms"] is not None]
-        return {
-            "backend": self.name,
-            "tasks_by_phase": snap["tasks_by_phase"],
-            "workers_by_state": snap["workers_by_state"],
-            "queue_depth": snap["tasks_by_phase"].get("Queued", 0),
-            "throughput_per_second": len(last_minute) / window,
-            "latency_ms": {f"p{q}": percentile(latencies, q) for q in (50, 90, 99)},
-            "compute_ms": {f"p{q}": percentile(compute, q) for q in (50, 90, 99)},
-            "window_seconds": {"throughput": window, "latency": 300},
-        }
+        return views.summary(self.store, self.name, self._clock())
 
     # events -------------------------------------------------------------------------------
 
@@ -821,5 +775,5 @@ class LocalBackend:
     def _publish_worker(self, worker_id: str, event_type: str = "worker.updated") -> None:
         if not self.events.subscribers:
             return
-        worker = self._worker_public(self.store.get_worker(worker_id), self.store.assigned_counts())
+        worker = views.worker_public(self.store.get_worker(worker_id), self.store.assigned_counts())
         self._on_loop(self.events.publish, event_type, worker.model_dump(mode="json"))
