@@ -244,3 +244,19 @@ async def test_a_worker_of_short_tasks_is_given_more_to_hold_and_one_of_long_tas
     held = {d.worker_id: len(d.tasks) for d in backend._pass()}
     assert held == {fast: 8, slow: 1}, "0.5 ms tasks: up to the cap; two-second tasks: the floor"
     assert backend.store.phase_counts()["Queued"] == len(ids) - 2 - 9
+
+
+async def test_applying_outcomes_reads_no_inputs(backend: LocalBackend) -> None:
+    backend.settings.worker_prefetch = backend.settings.worker_prefetch_max = 4
+    wid = await worker(backend)
+    for _ in range(4):
+        await backend.submit_task(task())
+    pushed = [t for d in backend._pass() for t in d.tasks]
+    statements: list[str] = []
+    backend.store._db.set_trace_callback(statements.append)
+    answers = await backend.complete_tasks(wid, [TaskCompletion(task_id=t.id, worker_id=wid, attempt=1, result={})
+                                                 for t in pushed])
+    backend.store._db.set_trace_callback(None)
+    assert [a.status for a in answers] == ["applied"] * 4
+    reads = [s for s in statements if s.startswith("SELECT") and "FROM tasks" in s]
+    assert len(reads) == 4 and not [s for s in reads if "inputs" in s or "*" in s], reads

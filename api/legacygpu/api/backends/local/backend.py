@@ -436,7 +436,7 @@ class LocalBackend:
         with self.store.transaction():
             for sent in delivery.tasks:
                 try:
-                    task = to_record(self.store.get_task(sent.id))
+                    task = self.store.get_record(sent.id)
                 except NotFoundError:
                     continue
                 if task.phase != Phase.RUNNING or task.worker_id != delivery.worker_id or task.attempts != sent.attempt:
@@ -677,7 +677,7 @@ class LocalBackend:
         return answers
 
     def _complete_one(self, completion: TaskCompletion, worker: str) -> Literal["applied", "repeated"]:
-        task = to_record(self.store.get_task(completion.task_id))
+        task = self.store.get_record(completion.task_id)
         if not lifecycle.check_report(task, worker_id=completion.worker_id, attempt=completion.attempt):
             return "repeated"
         if completion.compute_ms is not None:
