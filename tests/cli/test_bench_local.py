@@ -12,7 +12,8 @@ def test_bench_local_smoke(demo_repository: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / "bench"
     result = subprocess.run(
         [sys.executable, "-m", "legacygpu.cli", "bench", "local", "--tasks", "20", "--workers", "1",
-         "--concurrency", "2", "--probe", "3", "--out-dir", str(out_dir), "--models-from", str(demo_repository)],
+         "--concurrency", "2", "--probe", "3", "--batch-size", "5", "--out-dir", str(out_dir),
+         "--models-from", str(demo_repository)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -23,4 +24,10 @@ def test_bench_local_smoke(demo_repository: Path, tmp_path: Path) -> None:
     assert report["cluster"]["throughput_per_second"] > 0 and report["direct"]["throughput_per_second"] > 0
     assert report["agreement"] == 1.0, "the cluster answers what onnxruntime answers"
     assert len(report["raw"]["cluster_latency_ms"]) == 20
+    mode = "submit-many, 5 tasks per request"
+    assert report["cluster"]["submit_mode"] == report["overhead"]["throughput_mode"] == mode
+    single = report["one_per_request"]
+    assert single["submit_mode"] == "one task per request" and single["cluster"]["succeeded"] == 20
+    assert single["agreement"] == 1.0 and single["overhead"]["throughput_ratio_direct_over_cluster"] > 0
+    assert "cluster throughput (one task per request)" in result.stdout
     assert "tasks/s" in result.stdout

@@ -145,6 +145,17 @@ async def test_cli_and_rest_work_unchanged_against_kubernetes(facade: Facade, de
         assert client.post("/cluster/workers/register", json={"name": "x"}, headers=admin).status_code == 409
         assert client.get("/cluster/tasks/task-does-not-exist").status_code == 404
 
+        good = {"model": "digits", "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                               "data": [0.0] * 64}]}
+        refused = client.post("/cluster/tasks/submit-many", json={"tasks": [good, {**good, "model": "nope"}]})
+        assert refused.status_code == 422 and refused.json()["detail"].startswith("tasks[1]: ")
+        assert client.get("/cluster/tasks").json()["count"] == 1, "a refused submit-many creates no task"
+        many = client.post("/cluster/tasks/submit-many", json={"tasks": [good, good, good]})
+        assert many.status_code == 201 and many.json()["count"] == 3
+    for created in many.json()["data"]:  # one InferenceTask each
+        body = await dep.task(created["id"])
+        assert body is not None and body["spec"]["clusterRef"] == "digits"
+
 
 async def test_cancel_drain_and_events(facade: Facade, dep: Deployment) -> None:
     from websockets.sync.client import connect

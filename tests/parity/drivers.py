@@ -94,8 +94,9 @@ class LocalDriver:
         self.capacity = 1
         settings = Settings(
             data_dir=tmp_path, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT, retry_base_seconds=RETRY.base_seconds,
-            retry_cap_seconds=RETRY.cap_seconds, worker_prefetch=1, scheduling_strategy="least-loaded",
-        )
+            retry_cap_seconds=RETRY.cap_seconds, worker_prefetch=1, worker_prefetch_max=1,
+            scheduling_strategy="least-loaded",
+        )  # a fixed capacity, as the Kubernetes side has: prefetch that follows the model time is local-only
         self.backend = LocalBackend(settings, clock=lambda: self.now, rng=random.Random(0))
         onnx = tmp_path / "dummy.onnx"
         onnx.write_bytes(b"not used by the coordinator")
@@ -115,7 +116,7 @@ class LocalDriver:
         return (await self.backend.submit_task(request)).id
 
     async def add_worker(self, name: str) -> None:
-        self.backend.settings.worker_prefetch = self.capacity
+        self.backend.settings.worker_prefetch = self.backend.settings.worker_prefetch_max = self.capacity
         reply = await self.backend.register_worker(
             WorkerRegister(name=name, device=DeviceInfoPublic(name="dev"), concurrency=1, stats=SERVING)
         )

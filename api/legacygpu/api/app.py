@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from legacygpu.api import grpcfacade, inferpath
+from legacygpu.api import grpcfacade, inferpath, taskpath
 from legacygpu.api.backends.base import ClusterBackend
 from legacygpu.api.deps import Role, worker_token
 from legacygpu.api.errors import install_error_handlers
@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
         app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     inferpath.install(app)  # /v2 inference past FastAPI's routing; inside the body limit and the counter
+    taskpath.install(app)  # task submissions and worker reports, likewise
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
 
     install_error_handlers(app)

@@ -36,6 +36,7 @@ __all__ = [
     "TaskCreate",
     "TaskError",
     "TaskPublic",
+    "TasksCreate",
     "TasksPublic",
     "WorkerPublic",
     "WorkerRegister",
@@ -74,6 +75,17 @@ class TaskCreate(_In):
     timeout_seconds: int | None = Field(None, ge=1, le=7 * 24 * 3600, description="From submission.")
     max_retries: int | None = Field(None, ge=0, le=20)
     requirements: RequirementsIn = Field(default_factory=RequirementsIn)
+
+
+MAX_TASKS_PER_SUBMIT = 1000
+"""Tasks one ``POST /cluster/tasks/submit-many`` may carry."""
+
+
+class TasksCreate(_In):
+    """``POST /cluster/tasks/submit-many``: several tasks in one request, all accepted or none."""
+
+    tasks: list[TaskCreate] = Field(min_length=1, max_length=MAX_TASKS_PER_SUBMIT,
+                                    description="Each one as ``POST /cluster/tasks/submit`` takes it.")
 
 
 class TaskError(_In):

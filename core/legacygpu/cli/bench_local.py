@@ -13,16 +13,20 @@ One run does, in order:
    two measurements do not compete for the CPU.
 3. **Cluster.** A facade and ``--workers`` worker processes (the same
    supervisor ``legacygpu cluster start`` uses) on a free loopback port with
-   a temporary data dir; ``--concurrency`` clients submit every task through
-   ``POST /cluster/tasks/submit`` as fast as the facade accepts them; the run
-   waits until every task has finished.
+   a temporary data dir; ``--concurrency`` clients submit every task as fast
+   as the facade accepts them, twice: one task per request (``POST
+   /cluster/tasks/submit``), then ``--batch-size`` per request (``POST
+   /cluster/tasks/submit-many``); each run waits until every task has
+   finished.
 4. **Report.** Throughput is succeeded tasks over the span from the first
    task's creation to the last one's completion (facade clock); latency is
    each task's ``latency_ms`` (submission to completion, so queueing under
    load counts). Overhead per task is given two ways: cluster p50 latency
    minus direct p50, and cluster time per task (1/throughput) minus direct
-   time per task. Every cluster result's top-1 label is compared with the
-   direct one. A table is printed; JSON and a PNG go to ``--out-dir``.
+   time per task. ``cluster`` and ``overhead`` are the last (submit-many)
+   run's, ``one_per_request`` the first run's, each labelled with its mode.
+   Every cluster result's top-1 label is compared with the direct one. A
+   table is printed; JSON and a PNG go to ``--out-dir``.
 
 The host's core count and load average are recorded, since on a shared
 machine other work moves the numbers.
@@ -122,19 +126,36 @@ def direct_reference(models_dir: Path, inputs: list[list[dict[str, Any]]], warmu
     }
 
 
-async def _submit_all(url: str, token: str, inputs: list[list[dict[str, Any]]], concurrency: int) -> list[str]:
+async def _submit_all(url: str, token: str, inputs: list[list[dict[str, Any]]], concurrency: int,
+                      batch: int = 1) -> list[str]:
+    """Submit every input as a task from ``concurrency`` clients: one per request (``batch`` 1, ``POST
+    /cluster/tasks/submit``) or ``batch`` per request (``POST /cluster/tasks/submit-many``); the ids, in order.
+
+    The clients share one aiohttp session (the facade's own client library): on a machine of few cores the
+    submitting clients compete with the cluster for the CPU, and aiohttp costs a fraction of httpx per request.
+    """
+    import aiohttp
+
     ids: list[str] = [""] * len(inputs)
-    next_index = iter(range(len(inputs)))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120,
-                                 limits=limits) as client:
+    next_start = iter(range(0, len(inputs), batch))
+    headers = {"Authorization": f"Bearer {token}"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(url, headers=headers, connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=120)) as client:
 
         async def submitter() -> None:
-            for i in next_index:
-                body = {"model": MODEL, "inputs": inputs[i], "timeout_seconds": TASK_TIMEOUT_SECONDS}
-                response = await client.post("/cluster/tasks/submit", json=body)
-                response.raise_for_status()
-                ids[i] = response.json()["id"]
+            for start in next_start:
+                bodies = [{"model": MODEL, "inputs": tensors, "timeout_seconds": TASK_TIMEOUT_SECONDS}
+                          for tensors in inputs[start:start + batch]]
+                if batch == 1:
+                    async with client.post("/cluster/tasks/submit", json=bodies[0]) as response:
+                        response.raise_for_status()
+                        ids[start] = (await response.json())["id"]
+                    continue
+                async with client.post("/cluster/tasks/submit-many", json={"tasks": bodies}) as response:
+                    response.raise_for_status()
+                    for offset, task in enumerate((await response.json())["data"]):
+                        ids[start + offset] = task["id"]
 
         await asyncio.gather(*(submitter() for _ in range(concurrency)))
     return ids
@@ -249,6 +270,21 @@ def summarize(tasks: list[dict[str, Any]], direct: dict[str, Any], probe: list[d
     return {"cluster": cluster, "direct": reference, "overhead": overhead}
 
 
+def _agreement(labels: list[str | None], direct: list[str]) -> float:
+    return float(np.mean([a == b for a, b in zip(labels, direct, strict=True)]))
+
+
+def _one_per_request(run: dict[str, Any], direct: dict[str, Any]) -> dict[str, Any]:
+    """The one-task-per-request run's figures, beside the headline (submit-many) run's."""
+    figures = summarize(run["tasks"], direct, [])
+    cluster = {k: v for k, v in figures["cluster"].items() if not k.startswith("unloaded_")}
+    overhead = {k: figures["overhead"][k] for k in ("throughput_ratio_direct_over_cluster", "time_per_task_ms",
+                                                    "loaded_latency_p50_minus_direct_p50_ms")}
+    return {"submit_mode": mode_name(1), "cluster": cluster, "overhead": overhead,
+            "agreement": _agreement(run["labels"], direct["labels"]), "submit_seconds": run["submit_seconds"],
+            "client_seconds": run["client_seconds"]}
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -272,9 +308,15 @@ def _prepare_models(data_dir: Path, models_from: Path | None) -> Path:
     return target
 
 
+def mode_name(batch: int) -> str:
+    """How a run's tasks were submitted, as the report labels its figures."""
+    return "one task per request" if batch == 1 else f"submit-many, {batch} tasks per request"
+
+
 def run_cluster(data_dir: Path, workers: int, inputs: list[list[dict[str, Any]]], concurrency: int,
-                timeout: float, probe: int) -> dict[str, Any]:
-    """Start a facade and ``workers`` workers, push every input through as a task, collect the tasks.
+                timeout: float, probe: int, batches: list[int]) -> dict[str, Any]:
+    """Start a facade and ``workers`` workers; for each of ``batches`` (tasks per submit request), push every
+    input through as a task and collect the tasks; one run per batch size, one after the other.
 
     Then, on the idle cluster, ``probe`` more tasks one at a time (not counted in the throughput).
     """
@@ -288,20 +330,25 @@ def run_cluster(data_dir: Path, workers: int, inputs: list[list[dict[str, Any]]]
         ready = supervisor.wait_for_workers()
         if ready < workers:
             raise click.ClickException(f"only {ready}/{workers} workers registered; see {data_dir / 'logs'}")
-        log.info("cluster up at %s with %d workers; submitting %d tasks from %d clients", supervisor.url, workers,
-                 len(inputs), concurrency)
-        started = time.perf_counter()
-        ids = asyncio.run(_submit_all(supervisor.url, token, inputs, concurrency))
-        submit_seconds = time.perf_counter() - started
+        runs = []
         with httpx.Client(base_url=supervisor.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
-            _wait_finished(client, len(inputs), timeout)
-            client_seconds = time.perf_counter() - started
-            tasks = _all_tasks(client)
-            labels = asyncio.run(_labels(supervisor.url, token, ids, concurrency))
-            log.info("all %d finished; %d more tasks one at a time on the idle cluster", len(inputs), probe)
+            for n, batch in enumerate(batches, start=1):
+                log.info("cluster up at %s with %d workers; submitting %d tasks from %d clients, %s", supervisor.url,
+                         workers, len(inputs), concurrency, mode_name(batch))
+                started = time.perf_counter()
+                ids = asyncio.run(_submit_all(supervisor.url, token, inputs, concurrency, batch))
+                submit_seconds = time.perf_counter() - started
+                _wait_finished(client, n * len(inputs), timeout)
+                client_seconds = time.perf_counter() - started
+                labels = asyncio.run(_labels(supervisor.url, token, ids, concurrency))
+                runs.append({"batch": batch, "ids": ids, "labels": labels, "submit_seconds": submit_seconds,
+                             "client_seconds": client_seconds})
+            every = {t["id"]: t for t in _all_tasks(client)}
+            for run in runs:
+                run["tasks"] = [every[i] for i in run["ids"]]
+            log.info("all finished; %d more tasks one at a time on the idle cluster", probe)
             probed = _probe(client, inputs, probe)
-        return {"tasks": tasks, "ids": ids, "labels": labels, "submit_seconds": submit_seconds,
-                "client_seconds": client_seconds, "probe": probed}
+        return {"runs": runs, "probe": probed}
     finally:
         supervisor.shutdown()
 
@@ -330,9 +377,14 @@ def _plot(path: Path, run: dict[str, Any], direct: dict[str, Any], report: dict[
     ax1.legend(loc="lower right", fontsize=8)
     ax1.grid(alpha=0.3)
 
-    names = ["direct\nonnxruntime", f"cluster\n{report['config']['workers']} worker(s)"]
+    workers = report["config"]["workers"]
+    names = ["direct\nonnxruntime", f"cluster, {workers} worker(s)\n{report['cluster']['submit_mode']}"]
     rates = [report["direct"]["throughput_per_second"], report["cluster"]["throughput_per_second"]]
-    bars = ax2.bar(names, rates, color=["#4c72b0", "#dd8452"])
+    if single := report.get("one_per_request"):
+        names.append(f"cluster, {workers} worker(s)\n{single['submit_mode']}")
+        rates.append(single["cluster"]["throughput_per_second"])
+    bars = ax2.bar(names, rates, color=["#4c72b0", "#dd8452", "#55a868"][:len(rates)])
+    ax2.tick_params(axis="x", labelsize=7)
     ax2.bar_label(bars, fmt="%.0f")
     ax2.set_ylabel("tasks per second")
     ax2.set_title("Throughput")
@@ -361,10 +413,15 @@ def _fmt(value: float | None, unit: str = "", digits: int = 2) -> str:
 
 def _table(report: dict[str, Any]) -> str:
     c, d, o, cfg, host = report["cluster"], report["direct"], report["overhead"], report["config"], report["host"]
+    mode = c.get("submit_mode", "one task per request")
+    single = report.get("one_per_request")
     rows = [
+        ("throughput runs, in order", (f"{single['submit_mode']}, then " if single else "") + mode),
         ("tasks (succeeded / failed / retried)", f"{c['succeeded']} / {c['failed']} / {c['retried']}"),
-        ("cluster throughput", _fmt(c["throughput_per_second"], " tasks/s", 1)),
-        ("latency under load p50 / p90 / p99",
+        (f"cluster throughput ({mode})", _fmt(c["throughput_per_second"], " tasks/s", 1)),
+        *([(f"cluster throughput ({single['submit_mode']})",
+            _fmt(single["cluster"]["throughput_per_second"], " tasks/s", 1))] if single else []),
+        (f"latency under load p50 / p90 / p99 ({mode})",
          " / ".join(_fmt(c["latency_ms"][k], " ms") for k in ("p50", "p90", "p99"))),
         (f"latency one at a time p50 / p99 (n={c['unloaded_latency_ms']['n']})",
          " / ".join(_fmt(c["unloaded_latency_ms"][k], " ms") for k in ("p50", "p99"))),
@@ -373,11 +430,14 @@ def _table(report: dict[str, Any]) -> str:
          " / ".join(_fmt(d["per_task_ms"][k], " ms", 3) for k in ("p50", "p99"))),
         ("direct throughput (one process)", _fmt(d["throughput_per_second"], " tasks/s", 1)),
         ("overhead: one-at-a-time p50 - direct p50", _fmt(o["unloaded_latency_p50_minus_direct_p50_ms"], " ms")),
-        ("overhead: 1/throughput - direct mean", _fmt(o["time_per_task_ms"], " ms per task")),
-        ("ratio: direct / cluster throughput", _fmt(o["throughput_ratio_direct_over_cluster"], "x", 1)),
+        (f"overhead: 1/throughput - direct mean ({mode})", _fmt(o["time_per_task_ms"], " ms per task")),
+        (f"ratio: direct / cluster throughput ({mode})", _fmt(o["throughput_ratio_direct_over_cluster"], "x", 1)),
+        *([(f"ratio: direct / cluster throughput ({single['submit_mode']})",
+            _fmt(single["overhead"]["throughput_ratio_direct_over_cluster"], "x", 1))] if single else []),
         ("top-1 agreement cluster vs direct", _fmt(report["agreement"] * 100, " %", 2)),
         ("top-1 accuracy (held-out digits)", _fmt(report["accuracy"] * 100, " %", 2)),
-        ("submit phase / client wall time", f"{report['submit_seconds']:.1f} s / {report['client_seconds']:.1f} s"),
+        (f"submit phase / client wall time ({mode})",
+         f"{report['submit_seconds']:.1f} s / {report['client_seconds']:.1f} s"),
         ("host", f"{host['cpu_count']} CPU cores, load average {host['load_before'][0]:.2f} before, "
                  f"{host['load_after'][0]:.2f} after"),
     ]
@@ -401,9 +461,12 @@ def _table(report: dict[str, Any]) -> str:
               help="Seconds to wait for every task to finish.")
 @click.option("--probe", type=click.IntRange(min=0), default=50, show_default=True,
               help="Extra tasks sent one at a time after the load, for latency without queueing.")
+@click.option("--batch-size", type=click.IntRange(1, 1000), default=100, show_default=True, envvar="BENCH_BATCH_SIZE",
+              help="Tasks per POST /cluster/tasks/submit-many in the second run; 1 makes only the one-task-per-request "
+                   "run [env BENCH_BATCH_SIZE].")
 @click.option("--keep-data", is_flag=True, help="Keep the temporary data dir (database, logs).")
 def command(tasks: int, workers: int, concurrency: int, out_dir: Path, models_from: Path | None, timeout: float,
-            probe: int, keep_data: bool) -> None:
+            probe: int, batch_size: int, keep_data: bool) -> None:
     """Throughput, latency and per-task overhead of the local cluster against onnxruntime in one process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -415,31 +478,38 @@ def command(tasks: int, workers: int, concurrency: int, out_dir: Path, models_fr
         inputs, truth = make_inputs(tasks)
         log.info("direct onnxruntime reference over %d inputs", tasks)
         direct = direct_reference(models_dir, inputs)
-        run = run_cluster(data_dir, workers, inputs, concurrency, timeout, probe)
+        run = run_cluster(data_dir, workers, inputs, concurrency, timeout, probe, sorted({1, batch_size}))
     finally:
         if keep_data:
             log.info("data dir kept at %s", data_dir)
         else:
             shutil.rmtree(data_dir, ignore_errors=True)
-    report = summarize(run["tasks"], direct, run["probe"])
-    report["agreement"] = float(np.mean([a == b for a, b in zip(run["labels"], direct["labels"], strict=True)]))
-    report["accuracy"] = float(np.mean([a == str(t) for a, t in zip(run["labels"], truth, strict=True)]))
-    report["submit_seconds"], report["client_seconds"] = run["submit_seconds"], run["client_seconds"]
-    report["config"] = {"tasks": tasks, "workers": workers, "concurrency": concurrency, "probe": probe, "model": MODEL}
+    headline, single = run["runs"][-1], run["runs"][0]
+    report = summarize(headline["tasks"], direct, run["probe"])
+    report["cluster"]["submit_mode"] = report["overhead"]["throughput_mode"] = mode_name(headline["batch"])
+    report["cluster"]["unloaded_submit_mode"] = mode_name(1)
+    report["agreement"] = _agreement(headline["labels"], direct["labels"])
+    report["accuracy"] = float(np.mean([a == str(t) for a, t in zip(headline["labels"], truth, strict=True)]))
+    report["submit_seconds"], report["client_seconds"] = headline["submit_seconds"], headline["client_seconds"]
+    if single is not headline:
+        report["one_per_request"] = _one_per_request(single, direct)
+    report["config"] = {"tasks": tasks, "workers": workers, "concurrency": concurrency, "probe": probe, "model": MODEL,
+                        "batch_size": headline["batch"]}
     report["host"] = {
         "cpu_count": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg(),
         "platform": platform.platform(), "python": platform.python_version(), "onnxruntime": direct["onnxruntime"],
     }
     report["started"], report["finished"] = started_at, datetime.now(UTC).isoformat(timespec="seconds")
     report["raw"] = {
-        "cluster_latency_ms": [round(t["latency_ms"], 3) for t in run["tasks"] if t.get("latency_ms") is not None],
+        "cluster_latency_ms": [round(t["latency_ms"], 3) for t in headline["tasks"]
+                               if t.get("latency_ms") is not None],
         "unloaded_latency_ms": [round(t["latency_ms"], 3) for t in run["probe"] if t.get("latency_ms") is not None],
         "direct_per_task_ms": [round(v, 4) for v in direct["per_task_ms"]],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / "bench-local"  # one name, as the other benchmarks: a rerun replaces the committed run
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    _plot(stem.with_suffix(".png"), run, direct, report)
+    _plot(stem.with_suffix(".png"), {"tasks": headline["tasks"], "probe": run["probe"]}, direct, report)
     click.echo(_table(report))
     click.echo(f"saved {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
     if (os.cpu_count() or 1) <= 4:

@@ -73,48 +73,66 @@ def command() -> None:
 
 @command.command("submit")
 @click.option("--model", "-m", required=True, help="Model name (see `legacygpu model list`).")
-@click.option("--input", "-i", "input_path", required=True,
+@click.option("--input", "-i", "input_paths", required=True, multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="An image (png/jpg/...), a .npy array or a .json tensor.")
+              help="An image (png/jpg/...), a .npy array or a .json tensor. Repeat it for one task per input, "
+                   "all sent in one request (POST /cluster/tasks/submit-many: all accepted or none).")
 @click.option("--input-name", help="Model input to feed (default: the model's first image or first input).")
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
 @click.option("--timeout", "timeout_seconds", type=click.IntRange(min=1), help="Fail after this many seconds.")
 @click.option("--max-retries", type=click.IntRange(min=0), help="Retries after a lost worker.")
 @click.option("--min-vram", "min_vram_mib", type=click.IntRange(min=0), default=0, help="Minimum device MiB.")
 @click.option("--gpu-family", help="Only run on this GPU family (e.g. polaris).")
-@click.option("--wait", "-w", is_flag=True, help="Follow the task and print its result.")
+@click.option("--wait", "-w", is_flag=True, help="Follow the task(s) and print the result(s).")
 @output_option
 @api_options
-def submit(model: str, input_path: Path, input_name: str | None, priority: int, timeout_seconds: int | None,
-           max_retries: int | None, min_vram_mib: int, gpu_family: str | None, wait: bool, output: str,
-           api: str | None, token: str | None) -> None:
-    """Submit a task; with --wait, follow it to the end and print the result."""
+def submit(model: str, input_paths: tuple[Path, ...], input_name: str | None, priority: int,
+           timeout_seconds: int | None, max_retries: int | None, min_vram_mib: int, gpu_family: str | None,
+           wait: bool, output: str, api: str | None, token: str | None) -> None:
+    """Submit a task (or one per --input); with --wait, follow them to the end and print the results.
+
+    With --wait, exits 1 unless every task succeeded.
+    """
     client = make_client(api, token)
-    inputs = read_inputs(input_path, input_name, _model_inputs(client, model))
-    body: dict[str, Any] = {
-        "model": model,
-        "inputs": inputs,
-        "priority": priority,
-        "requirements": {"min_vram_mib": min_vram_mib, "gpu_family": gpu_family},
-    }
-    if timeout_seconds is not None:
-        body["timeout_seconds"] = timeout_seconds
-    if max_retries is not None:
-        body["max_retries"] = max_retries
+    model_inputs = _model_inputs(client, model)
+    bodies = []
+    for path in input_paths:
+        body: dict[str, Any] = {
+            "model": model,
+            "inputs": read_inputs(path, input_name, model_inputs),
+            "priority": priority,
+            "requirements": {"min_vram_mib": min_vram_mib, "gpu_family": gpu_family},
+        }
+        if timeout_seconds is not None:
+            body["timeout_seconds"] = timeout_seconds
+        if max_retries is not None:
+            body["max_retries"] = max_retries
+        bodies.append(body)
     if not wait:
-        emit(client.post("/cluster/tasks/submit", json=body), output, TASK_COLUMNS)
+        submitted = _submit(client, bodies)
+        emit(submitted[0] if len(submitted) == 1 else submitted, output, TASK_COLUMNS)
         return
     with follow.open_events(client) as stream:  # subscribed before submitting: no change goes unseen
-        task = client.post("/cluster/tasks/submit", json=body)
+        submitted = _submit(client, bodies)
         if output != "json":
-            click.echo(f"submitted {task['id']}", err=True)
-        task = follow.follow(client, task["id"], stream, on_change=_show_phase if output != "json" else None)
+            click.echo("submitted " + ", ".join(t["id"] for t in submitted), err=True)
+        on_change = _show_phase if output != "json" and len(submitted) == 1 else None
+        # The stream follows one task; with several, the later ones are read by polling after the first.
+        finished = [follow.follow(client, task["id"], stream if i == 0 else None, on_change=on_change)
+                    for i, task in enumerate(submitted)]
     if output == "json":
-        emit(task, "json")
+        emit(finished[0] if len(finished) == 1 else finished, "json")
     else:
-        click.echo(_describe(task))
-    if task["phase"] != "Succeeded":
+        click.echo("\n".join(_describe(task) for task in finished))
+    if any(task["phase"] != "Succeeded" for task in finished):
         raise SystemExit(1)
+
+
+def _submit(client: ApiClient, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The submitted tasks: one through ``/submit``, several in one request to ``/submit-many``."""
+    if len(bodies) == 1:
+        return [client.post("/cluster/tasks/submit", json=bodies[0])]
+    return list(client.post("/cluster/tasks/submit-many", json={"tasks": bodies})["data"])
 
 
 @command.command("status")

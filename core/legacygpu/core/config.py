@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     default_max_retries: int = Field(3, ge=0)
     scheduling_strategy: str = "least-loaded"
     worker_prefetch: int = Field(2, ge=1, description="Tasks a worker may hold at once (running + next).")
+    worker_prefetch_max: int = Field(
+        128, ge=1,
+        description="More tasks a worker of short tasks may hold (local mode): enough to keep it busy for about "
+        "25 ms at its recent model time while its results and the next push travel, at least "
+        "worker_prefetch and at most this (a task's pre- and post-processing come on top of its model time, "
+        "so a worker of a tiny model holds somewhat more work than that).",
+    )
     task_retention_seconds: float = Field(
         86400.0, ge=0,
         description="Finished tasks, results included, are deleted this long after they finish (local mode); "

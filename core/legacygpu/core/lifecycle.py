@@ -20,6 +20,7 @@ The moves, and who makes them (``docs/architecture.md`` has the table)::
     requeue_or_fail  Running   → Queued|Failed lost worker, retryable error
     release          unassign or requeue_or_fail, whichever fits: a worker is gone
     unassign         Scheduled → Queued        lost or draining worker (no attempt spent)
+    undeliver        Running   → Queued        a start the worker never received (the attempt undone)
     cancel, expire   any       → Cancelled / Failed(DeadlineExceeded)
 
 Also here because both sides need exactly one copy: the placement plan
@@ -63,6 +64,7 @@ __all__ = [
     "requeue_or_fail",
     "start",
     "unassign",
+    "undeliver",
 ]
 
 ACCEPTED_MESSAGE = "validated and waiting for a worker"
@@ -216,6 +218,21 @@ def unassign(task: TaskRecord, *, reason: str, why: str) -> TaskRecord:
     """Scheduled → Queued at once: the worker never started it, so no attempt is spent."""
     return _move(task, Phase.QUEUED, reason, f"{why}; back in the queue", worker_id=None, scheduled_at=None,
                  not_before=None)
+
+
+def undeliver(task: TaskRecord, *, reason: str, why: str) -> TaskRecord:
+    """Running → Queued at once: the worker never received the start, so the attempt it counted is undone.
+
+    The open attempt leaves the history and the attempt count, as if the
+    task had never been started; :class:`ConflictError` when the last
+    attempt has an outcome already (it ran: that is a report, not this).
+    """
+    if task.phase != Phase.RUNNING or not task.history or task.history[-1].outcome is not None:
+        raise ConflictError(f"task {task.id} is {task.phase.value} with no undelivered attempt to undo")
+    earlier = task.history[:-1]
+    return _move(task, Phase.QUEUED, reason, f"{why}; back in the queue", worker_id=None, scheduled_at=None,
+                 not_before=None, attempts=task.attempts - 1, history=earlier,
+                 started_at=earlier[-1].started_at if earlier else None)
 
 
 def requeue_or_fail(

@@ -13,12 +13,14 @@ no worker can take the task now; the task then stays queued.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
     "LATENCY_SMOOTHING",
+    "PREFETCH_COVER_MS",
     "STRATEGIES",
     "AdaptiveStrategy",
     "CapabilityMatchStrategy",
@@ -31,6 +33,7 @@ __all__ = [
     "cold",
     "eligible",
     "make_strategy",
+    "prefetch",
 ]
 
 
@@ -69,6 +72,22 @@ class WorkerInfo:
 
 LATENCY_SMOOTHING = 0.3
 """Weight of the newest task in a worker's moving latency average."""
+
+PREFETCH_COVER_MS = 25.0
+"""How long the tasks a worker holds should keep it busy: longer than its report of a finished task and the
+coordinator's next push take under load, so a worker of short tasks never waits for that round trip."""
+
+
+def prefetch(recent_latency_ms: float | None, *, floor: int, cap: int) -> int:
+    """Tasks a worker may hold per slot: enough for :data:`PREFETCH_COVER_MS` of work at its recent task time.
+
+    At least ``floor`` (also while its time is unknown) and at most ``cap``: a worker of one-second tasks
+    holds ``floor``, one of 0.1 ms tasks ``cap``. What a worker holds is so bounded in time rather than in
+    count: a task of a higher priority, a worker that joins, a drain wait about as long for either.
+    """
+    if not recent_latency_ms or recent_latency_ms <= 0:
+        return floor
+    return max(floor, min(cap, math.ceil(PREFETCH_COVER_MS / recent_latency_ms)))
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,13 @@ async def test_submit_checks_model_and_inputs(backend: LocalBackend) -> None:
         )
     accepted = await backend.submit_task(task())
     assert accepted.phase == "Queued" and accepted.reason == "Accepted"
+    assert accepted == await backend.get_task(accepted.id), "the answer is the task as stored"
+    many = await backend.submit_tasks([task(priority=1, max_retries=0), task(timeout_seconds=5)])
+    assert many == [await backend.get_task(t.id) for t in many]
+    with pytest.raises(ValidationError, match=r"^tasks\[1\]: .*shape"):
+        await backend.submit_tasks([task(), TaskCreate.model_validate(
+            {"model": "m", "inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]}]})])
+    assert backend.store.phase_counts() == {"Queued": 3}, "a refused batch stores none of its tasks"
 
 
 async def test_priority_first_then_fifo(backend: LocalBackend) -> None:

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from taskfakes import SERVING, complete, connect, take
+from taskfakes import SERVING, FakeChannel, complete, connect, take
 
 from legacygpu.api.backends.local import LocalBackend, store
+from legacygpu.api.backends.local import backend as local_backend
 from legacygpu.api.schemas import Completion, DeviceInfoPublic, TaskCompletion, TaskCreate, WorkerRegister
 from legacygpu.core.config import Settings
 from legacygpu.core.errors import NotFoundError
@@ -84,57 +86,56 @@ async def test_the_pass_looks_past_tasks_no_worker_can_take(backend: LocalBacken
     assert sum(rows_read) == 4, "one page of one free slot at a time, until the slot is filled"
 
 
-async def test_wake_ups_are_coalesced_and_a_pass_never_asks_for_another(backend: LocalBackend) -> None:
-    backend._kick = asyncio.Event()  # what start() sets up, without the background loop
-    wid = await worker(backend)
-    for _ in range(5):
-        await backend.submit_task(task())
-    await asyncio.sleep(0)  # let the loop run what the database thread handed it
-    assert backend._kick.is_set()  # five submissions: one pending pass
-    backend._kick.clear()
-    backend.reconcile()
-    await asyncio.sleep(0)
-    assert backend.store.phase_counts()["Scheduled"] == 1
-    assert not backend._kick.is_set(), "the pass's own assignments must not trigger another pass"
-    [pushed] = await take(backend, wid)
-    await asyncio.sleep(0)
-    assert not backend._kick.is_set(), "starting and pushing a placed task frees no slot"
-    await complete(backend, pushed.id, Completion(worker_id=wid, attempt=1, result={}))
-    await asyncio.sleep(0)
-    assert backend._kick.is_set(), "a finished task frees a slot: the queue must be looked at"
-
-
-async def test_a_burst_of_changes_crosses_to_the_event_loop_once(
+async def test_an_idle_coordinator_passes_at_once_and_changes_queued_meanwhile_cost_one_pass(
     backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend._kick = asyncio.Event()
-    backend.settings.worker_prefetch = 8
+    monkeypatch.setattr(local_backend, "_PASS_INTERVAL_SECONDS", 3600.0)  # only changes ask for passes here
+    backend.settings.worker_prefetch = backend.settings.worker_prefetch_max = 8
     wid = await worker(backend)
-    crossings: list[object] = []
-    real = backend._on_loop
+    passes: list[int] = []
+    real = backend._pass
 
-    def counting(fn: Any, *args: Any) -> None:
-        if fn == backend._kicked:
-            crossings.append(fn)
-        real(fn, *args)
+    def counting() -> list[Any]:
+        deliveries = real()
+        passes.append(sum(len(d.tasks) for d in deliveries))
+        return deliveries
 
-    monkeypatch.setattr(backend, "_on_loop", counting)
-    # Eight submissions handled on the database thread while the event loop is busy (here: blocked waiting for
-    # them): the first poke crosses to the loop, the others find it still pending.
-    backend._loop = asyncio.get_running_loop()
-    submitted = backend._db_thread.submit(lambda: [backend._submit_task(task()) for _ in range(8)]).result()
-    await asyncio.sleep(0)
-    assert len(crossings) == 1, "eight submissions while the loop was busy: one wake-up"
-    await asyncio.sleep(0)
-    backend._kick.clear()
-    backend.reconcile()
-    pushed = await take(backend, wid)
-    assert len(pushed) == 8
-    batch = [TaskCompletion(task_id=t.id, worker_id=wid, attempt=1, result={}) for t in pushed]
-    await backend.complete_tasks(wid, batch)
-    await asyncio.sleep(0)
-    assert len(crossings) == 2, "a batch of eight outcomes: one wake-up"
-    assert {(await backend.get_task(t.id)).phase for t in submitted} == {"Succeeded"}
+    monkeypatch.setattr(backend, "_pass", counting)
+    channel = backend.channel
+    assert isinstance(channel, FakeChannel)
+    await backend.start()
+    try:
+        await until(lambda: passes == [0])  # the first pass, at start
+        lone = await backend.submit_task(task())
+        await until(lambda: channel.pushes)
+        assert passes == [0, 1] and [t.id for t in channel.take(wid)] == [lone.id], "placed and pushed at once"
+        gate = threading.Event()
+        backend._db_thread.submit(gate.wait)  # the database thread is busy: these eight queue behind it
+        queued = [asyncio.ensure_future(backend.submit_task(task())) for _ in range(8)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        submitted = await asyncio.gather(*queued)
+        await until(lambda: len(channel.pushes) == 2)
+        await asyncio.sleep(0.1)  # time for any further pass to show
+        assert passes == [0, 1, 7], "eight submissions queued meanwhile: one pass (seven slots were free)"
+        pushed = channel.take(wid)
+        batch = [TaskCompletion(task_id=t.id, worker_id=wid, attempt=1, result={}) for t in pushed]
+        await backend.complete_tasks(wid, batch)
+        await until(lambda: len(passes) == 4)
+        await asyncio.sleep(0.1)
+        assert passes == [0, 1, 7, 1], "a batch of seven outcomes: one pass, which places the last task"
+        done = {(await backend.get_task(t.id)).phase for t in submitted}
+        assert done == {"Succeeded", "Running"}
+    finally:
+        await backend.stop()
+
+
+async def until(condition: Any, timeout: float = 10.0) -> None:
+    """Wait for ``condition()`` to hold (the coordinator's passes run on its database thread)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
 
 
 @pytest.mark.parametrize(("index", "sql", "params"), [
@@ -200,3 +201,62 @@ async def test_retention_zero_keeps_finished_tasks_forever(tmp_path: Path) -> No
 def test_pruning_uses_the_finished_index(backend: LocalBackend) -> None:
     plan = " ".join(backend.store.query_plan(store.PRUNE_SQL, [NOW, 10]))
     assert "INDEX tasks_finished" in plan, plan
+
+
+async def test_the_loops_pass_places_and_starts_in_one_transaction_listing_the_workers_once(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.settings.worker_prefetch = 2
+    wid = await worker(backend)
+    ids = [(await backend.submit_task(task())).id for _ in range(3)]
+    listed: list[object] = []
+    real = backend.store.list_workers
+
+    def counting(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        listed.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backend.store, "list_workers", counting)
+    statements: list[str] = []
+    backend.store._db.set_trace_callback(statements.append)
+    [delivery] = backend._pass()
+    backend.store._db.set_trace_callback(None)
+    assert delivery.worker_id == wid and [t.id for t in delivery.tasks] == ids[:2]
+    assert [(await backend.get_task(i)).phase for i in ids] == ["Running", "Running", "Queued"]
+    assert len(listed) == 1, "one pass lists the workers once"
+    assert statements.count("COMMIT") == 1, "placing and starting: one transaction"
+    assert backend._pass() == [], "nothing new placed: nothing to send"
+
+
+async def test_a_worker_of_short_tasks_is_given_more_to_hold_and_one_of_long_tasks_is_not(
+    backend: LocalBackend,
+) -> None:
+    backend.settings.worker_prefetch, backend.settings.worker_prefetch_max = 1, 8
+    fast, slow = await worker(backend, "fast"), await worker(backend, "slow")
+    ids = [(await backend.submit_task(task())).id for _ in range(20)]
+    [first, second] = backend._pass()
+    assert [len(d.tasks) for d in (first, second)] == [1, 1], "model time unknown: the floor"
+    done = {d.worker_id: d.tasks[0] for d in (first, second)}
+    await backend.complete_tasks(fast, [TaskCompletion(task_id=done[fast].id, worker_id=fast, attempt=1, result={},
+                                                       compute_ms=0.5)])
+    await backend.complete_tasks(slow, [TaskCompletion(task_id=done[slow].id, worker_id=slow, attempt=1, result={},
+                                                       compute_ms=2000.0)])
+    held = {d.worker_id: len(d.tasks) for d in backend._pass()}
+    assert held == {fast: 8, slow: 1}, "0.5 ms tasks: up to the cap; two-second tasks: the floor"
+    assert backend.store.phase_counts()["Queued"] == len(ids) - 2 - 9
+
+
+async def test_applying_outcomes_reads_no_inputs(backend: LocalBackend) -> None:
+    backend.settings.worker_prefetch = backend.settings.worker_prefetch_max = 4
+    wid = await worker(backend)
+    for _ in range(4):
+        await backend.submit_task(task())
+    pushed = [t for d in backend._pass() for t in d.tasks]
+    statements: list[str] = []
+    backend.store._db.set_trace_callback(statements.append)
+    answers = await backend.complete_tasks(wid, [TaskCompletion(task_id=t.id, worker_id=wid, attempt=1, result={})
+                                                 for t in pushed])
+    backend.store._db.set_trace_callback(None)
+    assert [a.status for a in answers] == ["applied"] * 4
+    reads = [s for s in statements if s.startswith("SELECT") and "FROM tasks" in s]
+    assert len(reads) == 4 and not [s for s in reads if "inputs" in s or "*" in s], reads

@@ -39,6 +39,21 @@ def test_requeue_closes_the_attempt_then_retries_run_out() -> None:
     assert failed.latency_ms == pytest.approx(20_000) and [a.outcome for a in failed.history] == ["WorkerLost"] * 2
 
 
+def test_an_undelivered_start_is_undone_without_spending_an_attempt() -> None:
+    first = running()
+    again = lifecycle.requeue_or_fail(first, reason=Reason.WORKER_LOST, why="gone", now=110.0, policy=POLICY)
+    second = lifecycle.start(lifecycle.assign(again, worker_id="w2", now=112.0), worker_id="w2", now=113.0)
+    back = lifecycle.undeliver(second, reason=Reason.WORKER_LOST, why="not delivered: refused")
+    assert (back.phase, back.attempts, back.worker_id, back.scheduled_at) == (Phase.QUEUED, 1, None, None)
+    assert back.history == again.history and back.started_at == 102.0
+    assert back.message == "not delivered: refused; back in the queue" and back.reason == "WorkerLost"
+    never = lifecycle.undeliver(first, reason=Reason.WORKER_LOST, why="x")
+    assert (never.attempts, never.history, never.started_at) == (0, (), None)
+    with pytest.raises(ConflictError):  # it ran and reported: nothing to undo
+        lifecycle.undeliver(lifecycle.report(first, lifecycle.classify(None, worker="one"), now=105.0,
+                                             policy=POLICY), reason=Reason.WORKER_LOST, why="x")
+
+
 def test_reports_are_checked_against_the_current_attempt() -> None:
     task = running()
     assert lifecycle.check_report(task, worker_id="w1", attempt=1)

@@ -8,7 +8,8 @@ and run one at a time through :class:`~legacygpu.worker.runner.TaskRunner`.
 Outcomes go back with their attempt number, so a result that arrives after
 the coordinator gave up on this attempt is refused rather than applied twice.
 A sender thread posts them in batches (``POST
-/cluster/workers/{id}/completions``): whatever finished while the previous
+/cluster/workers/{id}/completions``, on a lean kept-alive connection of its
+own: :mod:`legacygpu.worker.poster`): whatever finished while the previous
 batch was on its way goes in the next request, so a busy worker pays far less
 than a round trip per task. A heartbeat with real stats and the ids of the
 tasks it holds goes out every few seconds from a side thread.
@@ -24,6 +25,7 @@ facade has put those back in the queue).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -38,6 +40,7 @@ from legacygpu.core.lifecycle import classify
 from legacygpu.core.modelcards import ModelRepository
 from legacygpu.core.scheduling import WorkerStats
 from legacygpu.worker.backends import create_backend
+from legacygpu.worker.poster import JsonPoster, PostError
 from legacygpu.worker.runner import TaskRunner, preload_from_env
 from legacygpu.worker.taskchannel import Inbox, task_routes
 
@@ -86,6 +89,8 @@ class LocalWorker:
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(10.0, read=30.0),
         )
+        self._poster = JsonPoster(api_url.rstrip("/"), timeout=30.0)
+        """The outcomes' connection (the sender thread's alone)."""
         self.worker_id: str | None = None
         self.heartbeat_interval = 2.0
         self.stop_requested = threading.Event()
@@ -227,6 +232,7 @@ class LocalWorker:
             sender.join(timeout=_REPORT_GIVE_UP_SECONDS + 10)
             self._deregister()
             self._http.close()
+            self._poster.close()
         return 0
 
     def _run_task(self, task: dict[str, Any]) -> None:
@@ -276,19 +282,25 @@ class LocalWorker:
         deadline = time.monotonic() + _REPORT_GIVE_UP_SECONDS
         while time.monotonic() < deadline:
             try:
-                answer = self._call("POST", f"/cluster/workers/{worker_id}/completions", json={"completed": batch})
-            except httpx.TransportError as exc:
-                log.warning("cannot report %d outcome(s) yet (%s); retrying", len(batch), exc)
+                status, content = self._poster.post(f"/cluster/workers/{worker_id}/completions",
+                                                    {"completed": batch},
+                                                    {"Authorization": self._http.headers["Authorization"]})
+            except PostError as exc:
+                status, content = 0, str(exc).encode()
+            if status in (0, 503):  # unreachable, or its database busy: the outcomes wait, none is lost
+                log.warning("cannot report %d outcome(s) yet (%s); retrying", len(batch),
+                            content[:200].decode(errors="replace"))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            except _Gone as exc:
+            if status in (404, 409):  # this worker is unknown or not live
                 log.warning("the facade no longer knows worker %s: %d outcome(s) dropped (%s)", worker_id,
-                            len(batch), exc)
-            except httpx.HTTPError as exc:
-                log.error("reporting %d outcome(s) failed: %s", len(batch), exc)
+                            len(batch), content[:200].decode(errors="replace"))
+            elif status >= 300:
+                log.error("reporting %d outcome(s) failed: %d %s", len(batch), status,
+                          content[:200].decode(errors="replace"))
             else:
-                for done in answer["data"]:
+                for done in json.loads(content)["data"]:
                     if done["status"] == "refused":
                         log.warning("result of task %s discarded by the coordinator: %s", done["task_id"],
                                     done["detail"])

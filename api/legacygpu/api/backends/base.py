@@ -50,6 +50,8 @@ class ClusterBackend(Protocol):
 
     # tasks
     async def submit_task(self, request: TaskCreate) -> TaskPublic: ...
+    async def submit_tasks(self, requests: Sequence[TaskCreate]) -> list[TaskPublic]:
+        """Several tasks, each checked as :meth:`submit_task` checks one; an error names ``tasks[i]``."""
     async def get_task(self, task_id: str) -> TaskPublic: ...
     async def list_tasks(
         self, *, phases: Sequence[str] | None, worker_id: str | None, model: str | None, limit: int, offset: int

@@ -366,6 +366,28 @@ class KubernetesBackend:
         self.metrics.tasks_submitted.labels(request.model).inc()
         return self._task_public(created)
 
+    async def submit_tasks(self, requests: Sequence[TaskCreate]) -> list[TaskPublic]:
+        """One InferenceTask per request, created in order (the Kubernetes API creates one object per call).
+
+        Every input is checked against the repository (when one is mounted) before any task is created,
+        so a bad one creates none; a create the API server refuses midway leaves the tasks before it
+        created, and its error names the task (``tasks[i]``) and how many were created.
+        """
+        if self.repository.names():
+            for i, request in enumerate(requests):
+                try:
+                    validate_inputs(self.repository.get(request.model), request.inputs)
+                except ValidationError as exc:
+                    raise type(exc)(f"tasks[{i}]: {exc}") from exc
+        created: list[TaskPublic] = []
+        for i, request in enumerate(requests):
+            try:
+                created.append(await self.submit_task(request))
+            except (ValidationError, ConflictError) as exc:
+                names = ", ".join(t.id for t in created) or "none"
+                raise type(exc)(f"tasks[{i}]: {exc} (created before it: {names})") from exc
+        return created
+
     async def _task(self, task_id: str) -> dict[str, Any]:
         try:
             body = await self.api.get_task(self.namespace, task_id)

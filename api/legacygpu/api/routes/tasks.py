@@ -8,7 +8,9 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from legacygpu.api.deps import Authorized, BackendDep, SettingsDep
 from legacygpu.api.errors import ERROR_RESPONSES
-from legacygpu.api.schemas import INT64_MAX, TaskCreate, TaskPublic, TasksPublic
+from legacygpu.api.schemas import INT64_MAX, TaskCreate, TaskPublic, TasksCreate, TasksPublic
+from legacygpu.core.config import Settings
+from legacygpu.core.errors import ValidationError
 from legacygpu.core.limits import check_json
 from legacygpu.core.tasks import Phase
 from legacygpu.core.tensors import check_limits
@@ -21,11 +23,32 @@ router = APIRouter(
 @router.post("/submit", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
 async def submit_task(body: TaskCreate, backend: BackendDep, settings: SettingsDep) -> TaskPublic:
     """Accept a task after checking it is within the limits, the model exists and the inputs fit it."""
-    limits = settings.limits
-    check_json("parameters", body.parameters, max_depth=limits.max_json_depth,
-               max_bytes=limits.max_parameters_bytes, setting="LEGACYGPU_MAX_PARAMETERS_BYTES")
-    check_limits(body.inputs, limits)
+    check_task_limits(body, settings)
     return await backend.submit_task(body)
+
+
+@router.post("/submit-many", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
+async def submit_tasks(body: TasksCreate, backend: BackendDep, settings: SettingsDep) -> TasksPublic:
+    """Accept several tasks in one request: each checked as ``/submit`` checks one, all stored or none.
+
+    An error names the task by its place in ``tasks`` (``tasks[3]: ...``); the answer lists the
+    tasks in the order given.
+    """
+    for i, task in enumerate(body.tasks):
+        try:
+            check_task_limits(task, settings)
+        except ValidationError as exc:  # the same kind (and status), saying which task
+            raise type(exc)(f"tasks[{i}]: {exc}") from exc
+    data = await backend.submit_tasks(body.tasks)
+    return TasksPublic(data=data, count=len(data))
+
+
+def check_task_limits(task: TaskCreate, settings: Settings) -> None:
+    """The request limits a task's ``parameters`` and inputs must keep (413 or 422 otherwise)."""
+    limits = settings.limits
+    check_json("parameters", task.parameters, max_depth=limits.max_json_depth,
+               max_bytes=limits.max_parameters_bytes, setting="LEGACYGPU_MAX_PARAMETERS_BYTES")
+    check_limits(task.inputs, limits)
 
 
 @router.get("", dependencies=[Authorized])

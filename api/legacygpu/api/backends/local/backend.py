@@ -7,19 +7,20 @@ uses), and writes the result back; the shared placement plan and
 scheduling strategy (:mod:`legacygpu.core.scheduling`) say where each task
 goes.
 
-Work is pushed, not claimed: after each pass that placed tasks,
-:meth:`deliver` starts them (Scheduled → Running, the attempt counts: what a
-worker's claim used to do) and sends each worker its new tasks in one
-request over the task channel (:mod:`.channel`: the worker's serving
-port, on the facade's persistent connections). A push the worker refused
-or never received puts its tasks back in the queue with their attempt
-undone, and the worker gets no more until its next heartbeat. Workers
+Work is pushed, not claimed: a pass that placed tasks also starts them
+(:meth:`start_scheduled`: Scheduled → Running, the attempt counts: what a
+worker's claim used to do) in the same transaction, and the loop then sends
+each worker its new tasks in one request over the task channel
+(:mod:`.channel`: the worker's serving port, on the facade's persistent
+connections). A push the worker refused or never received puts its tasks
+back in the queue with their attempt undone (``lifecycle.undeliver``), and
+the worker gets no more until its next heartbeat. Workers
 report outcomes in batches (:meth:`LocalBackend.complete_tasks`), a batch
 applied in one transaction; a stale outcome in it is refused on its own.
 
-One background loop (:meth:`reconcile`, every few hundred milliseconds and
-whenever something changes that could let a queued task start: a task
-queued, a slot freed, a worker registered or reachable again) does, in order:
+One pass (:meth:`reconcile`, every few hundred milliseconds and whenever
+something changes that could let a queued task start: a task queued, a
+slot freed, a worker registered or reachable again) does, in order:
 
 1. workers silent for longer than the heartbeat timeout are marked ``lost``
    and their tasks go back to the queue (retried with backoff, or failed
@@ -30,9 +31,13 @@ queued, a slot freed, a worker registered or reachable again) does, in order:
 4. at most once a minute, tasks finished longer ago than
    ``task_retention_seconds`` are deleted with their results (0 keeps them).
 
-Wake-ups are coalesced: any number of changes between two passes cost one
-pass, a database-thread call (a batch of outcomes) wakes the loop at most
-once, and the pass's own writes never ask for another. The pass reads
+Passes are coalesced without waiting: a change asks for a pass, which is
+queued on the database thread straight away (no trip through the event
+loop), behind whatever that thread has still to do; any number of changes
+made before it starts cost that one pass, a database-thread call (a batch
+of outcomes) asks at most once, and the pass's own writes never ask for
+another. So on an idle cluster a submitted task is placed, started and
+pushed at once, and under load the queued work is taken in one pass. The pass reads
 only what it can act on: the queue one page of free slots at a time,
 expired tasks through an index.
 
@@ -60,22 +65,23 @@ import contextlib
 import functools
 import logging
 import random
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
+from legacygpu.api.backends.local import views
 from legacygpu.api.backends.local.channel import Delivery, Refused, TaskChannel, Unanswered
 from legacygpu.api.backends.local.store import PRUNE_BATCH, Store, probe, to_record
-from legacygpu.api.backends.records import percentile, task_public, utc
+from legacygpu.api.backends.records import task_public
 from legacygpu.api.events import EventBus
 from legacygpu.api.metrics import Metrics
 from legacygpu.api.schemas import (
     ClaimedTask,
     CompletionAnswer,
-    DeviceInfoPublic,
     Heartbeat,
     HeartbeatReply,
     ModelPublic,
@@ -88,10 +94,10 @@ from legacygpu.api.schemas import (
 )
 from legacygpu.core import lifecycle
 from legacygpu.core.config import Settings
-from legacygpu.core.errors import ConflictError, NotFoundError
+from legacygpu.core.errors import ConflictError, NotFoundError, ValidationError
 from legacygpu.core.lifecycle import TaskRecord
 from legacygpu.core.modelcards import ModelRepository
-from legacygpu.core.scheduling import WorkerInfo, WorkerStats, make_strategy
+from legacygpu.core.scheduling import LATENCY_SMOOTHING, WorkerInfo, WorkerStats, make_strategy, prefetch
 from legacygpu.core.tasks import ASSIGNED_PHASES, Phase, Reason, RetryPolicy
 from legacygpu.core.tensors import validate_inputs
 
@@ -102,6 +108,12 @@ _LIVE_WORKER_STATES = ("active", "draining")
 _MAX_QUEUE_SCAN = 500
 """Queued rows one pass reads at most while looking past tasks that no worker can take now."""
 _PRUNE_INTERVAL_SECONDS = 60.0
+_UNSTARTED: dict[str, Any] = {"worker_id": None, "attempts": 0, "scheduled_at": None, "started_at": None,
+                              "finished_at": None, "not_before": 0.0, "latency_ms": None, "compute_ms": None,
+                              "history": [], "result": None}
+"""The columns of a new task row that :meth:`LocalBackend._task_row` leaves to their defaults, as they read back."""
+_PASS_INTERVAL_SECONDS = 0.25
+"""A pass runs at least this often (for deadlines and silent workers) besides the ones changes ask for."""
 _PUSH_GRACE_SECONDS = 15.0
 """Longer than a push may take (:mod:`.channel` gives up after 10 s): a task started this long ago has arrived."""
 _T = TypeVar("_T")
@@ -138,14 +150,18 @@ class LocalBackend:
         self._rng = rng or random.Random()
         self.channel: TaskChannel | None = None
         """Where started tasks go (:meth:`connect_workers`); until then no task is placed."""
+        self._model_ms: dict[str, float] = {}
+        """Each worker's moving average of the model time its outcomes report (what its capacity follows)."""
         self._unreachable: set[str] = set()
         """Workers whose last push failed: given nothing until their next heartbeat."""
         self._pushes: set[asyncio.Task[None]] = set()
         self._placed = True
         """There may be placed tasks that :meth:`deliver` has not started: a pass placed some, a worker became
         reachable again, or the facade (re)started (what it placed before stopping is still Scheduled)."""
-        self._kick: asyncio.Event | None = None
-        self._kick_pending = False
+        self._running = False
+        """Started and not stopped: passes run (and until then a change asks for none)."""
+        self._pass_queued = False
+        self._pass_lock = threading.Lock()
         self._in_db_call = False
         self._poke_wanted = False
         self._in_pass = False
@@ -164,7 +180,7 @@ class LocalBackend:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._db(self._restart_heartbeat_clocks)
-        self._kick = asyncio.Event()
+        self._running = True
         self._loop_task = asyncio.create_task(self._loop_forever(), name="local-coordinator")
 
     def _restart_heartbeat_clocks(self) -> None:
@@ -175,6 +191,7 @@ class LocalBackend:
             self.store.update_worker(worker["id"], last_heartbeat=now)
 
     async def stop(self) -> None:
+        self._running = False
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -184,20 +201,41 @@ class LocalBackend:
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legacygpu-db")  # for a restart
 
     async def _loop_forever(self) -> None:
-        assert self._kick is not None
         while True:
-            try:
-                await self._db(self.reconcile)
-            except Exception:  # the loop must survive anything one pass throws
-                log.exception("coordinator pass failed")
-            if self._placed:
-                self._placed = False
-                push = asyncio.create_task(self.deliver(), name="local-deliver")
-                self._pushes.add(push)
-                push.add_done_callback(self._pushes.discard)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), timeout=0.25)
-            self._kick.clear()
+            self._request_pass()
+            await asyncio.sleep(_PASS_INTERVAL_SECONDS)
+
+    def _request_pass(self) -> None:
+        """Queue a pass on the database thread, unless one is queued and not started (it will see this too)."""
+        with self._pass_lock:
+            if self._pass_queued or not self._running:
+                return
+            self._pass_queued = True
+        try:
+            self._db_thread.submit(self._queued_pass)
+        except RuntimeError:  # the thread was shut down: stopping
+            self._pass_queued = False
+
+    def _queued_pass(self) -> None:
+        """A pass on the database thread; what it started goes to the event loop to be sent."""
+        with self._pass_lock:
+            self._pass_queued = False
+        try:
+            deliveries = self._one_call(self._pass)
+        except Exception:  # the coordinator must survive anything one pass throws
+            log.exception("coordinator pass failed")
+            return
+        if deliveries:
+            self._on_loop(self._send, deliveries)
+
+    def _send(self, deliveries: list[Delivery]) -> None:
+        """Push each delivery (on the event loop), without waiting for the answers."""
+        if not self._running:
+            return  # stopping: the workers' heartbeats tell a restarted facade these never arrived
+        for delivery in deliveries:
+            push = asyncio.create_task(self._push(delivery), name="local-push")
+            self._pushes.add(push)
+            push.add_done_callback(self._pushes.discard)
 
     async def deliver(self) -> None:
         """Start the scheduled tasks and send them, one request per worker, all workers at once."""
@@ -247,63 +285,78 @@ class LocalBackend:
                 loop.call_soon_threadsafe(fn, *args)
 
     def _poke(self) -> None:
-        """Ask for a pass soon; any number of pokes before it runs make one pass, and a pass never pokes itself.
+        """Ask for a pass; any number of pokes before it starts make one pass, and a pass never pokes itself.
 
-        A database-thread call pokes once, when it ends, however many writes it made; and only the first
-        poke since the loop last took one crosses to the event loop. So a batch of outcomes, or submissions
-        arriving while the loop is busy, cost the loop one wake-up, not one per write.
+        A database-thread call pokes once, when it ends, however many writes it made, and the pass is
+        queued right behind it on that thread (:meth:`_request_pass`). So a batch of outcomes, or
+        submissions queued while the thread was busy, cost one pass, not one per write.
         """
-        if self._in_pass or self._kick is None:
+        if self._in_pass:
             return
         if self._in_db_call:
             self._poke_wanted = True
             return
-        if not self._kick_pending:
-            self._kick_pending = True
-            self._on_loop(self._kicked)
-
-    def _kicked(self) -> None:
-        self._kick_pending = False
-        if self._kick is not None:
-            self._kick.set()
+        self._request_pass()
 
     # the reconcile pass -------------------------------------------------------------------
 
-    def reconcile(self) -> None:
-        """One pass, in one transaction; what it places, :meth:`deliver` (run after it) starts and sends."""
+    def _pass(self) -> list[Delivery]:
+        """The coordinator's pass: :meth:`reconcile`, then start what it (or anything before) placed, in one
+        transaction and one database-thread call; what to send, once committed."""
+        with self.store.transaction():
+            reachable = self.reconcile()
+            deliveries = self.start_scheduled(reachable) if self._placed else []
+        self._placed = False  # only once committed: a pass that failed leaves them to the next one
+        return deliveries
+
+    def reconcile(self) -> list[dict[str, Any]]:
+        """One pass, in one transaction; what it places, :meth:`start_scheduled` starts and :meth:`deliver` sends.
+
+        Returns the reachable workers it placed on (the live workers are listed once per pass), for
+        :meth:`start_scheduled` to reuse.
+        """
         now = self._clock()
         self._in_pass = True
         try:
             with self.store.transaction():
-                self._expire_workers(now)
+                live = self.store.list_workers(_LIVE_WORKER_STATES)
+                lost = self._expire_workers(now, live)
                 self._forget_workers(now)
                 self._enforce_deadlines(now)
-                self._placed |= self._schedule(now, self._reachable_workers())
+                reachable = self._reachable(w for w in live if w["id"] not in lost)
+                self._placed |= self._schedule(now, reachable)
                 self._prune(now)
         finally:
             self._in_pass = False
+        return reachable
 
-    def _reachable_workers(self) -> list[dict[str, Any]]:
-        """Active workers the channel can reach: they announced a serving endpoint and their last push arrived."""
+    def _reachable(self, workers: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The active ones of ``workers`` the channel can reach: they announced a serving endpoint and their last
+        push arrived."""
         if self.channel is None:
             return []
-        return [w for w in self.store.list_workers(["active"])
-                if _endpoint(w) is not None and w["id"] not in self._unreachable]
+        return [w for w in workers
+                if w["state"] == "active" and _endpoint(w) is not None and w["id"] not in self._unreachable]
 
-    def _expire_workers(self, now: float) -> None:
+    def _expire_workers(self, now: float, live: list[dict[str, Any]]) -> set[str]:
+        """Mark the ``live`` workers silent past the heartbeat timeout lost, releasing their tasks; their ids."""
         cutoff = now - self.settings.heartbeat_timeout_seconds
-        for worker in self.store.list_workers(_LIVE_WORKER_STATES):
+        lost: set[str] = set()
+        for worker in live:
             if worker["last_heartbeat"] < cutoff:
+                lost.add(worker["id"])
                 silent = now - worker["last_heartbeat"]
                 log.warning("worker %s lost: no heartbeat for %.1fs", worker["name"], silent)
                 self.store.update_worker(worker["id"], state="lost")
                 self._release_tasks(worker, Reason.WORKER_LOST, f"worker {worker['name']} stopped heartbeating", now)
                 self._publish_worker(worker["id"])
+        return lost
 
     def _forget_workers(self, now: float) -> None:
         """Registry hygiene: stopped and lost workers leave the list once silent past the retention period."""
         cutoff = now - self.settings.worker_retention_seconds
         for worker_id in self.store.delete_workers(("stopped", "lost"), cutoff):
+            self._model_ms.pop(worker_id, None)
             log.info("worker %s removed: stopped or lost for over %.0fs", worker_id,
                      self.settings.worker_retention_seconds)
             self._on_loop(self.events.publish, "worker.removed", {"id": worker_id})
@@ -348,14 +401,17 @@ class LocalBackend:
             offset += len(page) - placed  # placed rows left the queue; skip only those that stayed
         return placed_any
 
-    def start_scheduled(self) -> list[Delivery]:
+    def start_scheduled(self, reachable: list[dict[str, Any]] | None = None) -> list[Delivery]:
         """Start every scheduled task of a reachable worker, in one transaction; one :class:`Delivery` per worker.
 
         This takes in tasks placed earlier too: ones whose push a restarted
         facade never made, or whose worker was unreachable then.
+        ``reachable`` is the pass's list of reachable workers (read here when not given).
         """
         now = self._clock()
-        by_id = {w["id"]: w for w in self._reachable_workers()}
+        if reachable is None:
+            reachable = self._reachable(self.store.list_workers(["active"]))
+        by_id = {w["id"]: w for w in reachable}
         started: dict[str, list[ClaimedTask]] = {}
         with self.store.transaction():  # returned (and so sent) only once committed
             for row in self.store.scheduled_tasks():
@@ -380,16 +436,12 @@ class LocalBackend:
         with self.store.transaction():
             for sent in delivery.tasks:
                 try:
-                    task = to_record(self.store.get_task(sent.id))
+                    task = self.store.get_record(sent.id)
                 except NotFoundError:
                     continue
                 if task.phase != Phase.RUNNING or task.worker_id != delivery.worker_id or task.attempts != sent.attempt:
                     continue  # moved on already (cancelled, expired, the worker lost)
-                earlier = task.history[:-1]
-                unstarted = replace(task, phase=Phase.SCHEDULED, attempts=task.attempts - 1, history=earlier,
-                                    started_at=earlier[-1].started_at if earlier else None)
-                self._apply(task, lifecycle.unassign(unstarted, reason=Reason.WORKER_LOST,
-                                                     why=f"not delivered: {why}"))
+                self._apply(task, lifecycle.undeliver(task, reason=Reason.WORKER_LOST, why=f"not delivered: {why}"))
 
     def _recover_lost_pushes(self, worker: dict[str, Any], holding: set[str]) -> None:
         """Tasks Running on a worker that says it does not hold them, started long enough ago that their push
@@ -417,18 +469,25 @@ class LocalBackend:
         self._next_prune = now if deleted >= PRUNE_BATCH else now + _PRUNE_INTERVAL_SECONDS
 
     def _worker_infos(self, active: list[dict[str, Any]]) -> list[WorkerInfo]:
-        """The scheduler's view of the ``active`` worker rows."""
+        """The scheduler's view of the ``active`` worker rows.
+
+        A worker's capacity follows its model time (:func:`~legacygpu.core.scheduling.prefetch`): the
+        latest outcomes' when it has reported any since this facade started, else its heartbeat's.
+        """
         counts = self.store.assigned_counts()
-        return [
-            WorkerStats.from_local(w["stats"]).worker_info(
+        infos = []
+        for w in active:
+            stats = WorkerStats.from_local(w["stats"])
+            task_ms = self._model_ms.get(w["id"], stats.recent_latency_ms)
+            held = prefetch(task_ms, floor=self.settings.worker_prefetch, cap=self.settings.worker_prefetch_max)
+            infos.append(stats.worker_info(
                 w["id"],
                 assigned=counts.get(w["id"], 0),
-                capacity=w["concurrency"] * self.settings.worker_prefetch,
+                capacity=w["concurrency"] * held,
                 vram_mib=w["device"].get("vram_mib", 0),
                 gpu_family=w["device"].get("gpu_family"),
-            )
-            for w in active
-        ]
+            ))
+        return infos
 
     # task writes --------------------------------------------------------------------------
 
@@ -458,37 +517,51 @@ class LocalBackend:
     # tasks --------------------------------------------------------------------------------
 
     async def submit_task(self, request: TaskCreate) -> TaskPublic:
-        return await self._db(self._submit_task, request)
+        [task] = await self._db(self._submit_tasks, [request], numbered=False)
+        return task
 
-    def _submit_task(self, request: TaskCreate) -> TaskPublic:
-        card = self.repository.get(request.model)
-        validate_inputs(card, request.inputs)
+    async def submit_tasks(self, requests: Sequence[TaskCreate]) -> list[TaskPublic]:
+        """Several tasks in one transaction: all stored, or (one is invalid, naming it ``tasks[i]``) none."""
+        return await self._db(self._submit_tasks, requests, numbered=True)
+
+    def _submit_tasks(self, requests: Sequence[TaskCreate], *, numbered: bool) -> list[TaskPublic]:
         now = self._clock()
-        task_id = f"task-{uuid.uuid4().hex[:12]}"
-        pending = TaskRecord(id=task_id, model=request.model, created_at=now)
-        admitted = lifecycle.admit(pending, now=now)
-        self.store.add_task(
-            {
-                "id": task_id,
-                "model": request.model,
-                "inputs": [t.model_dump(exclude_none=True) for t in request.inputs],
-                "parameters": request.parameters,
-                "priority": request.priority,
-                "timeout_seconds": request.timeout_seconds or self.settings.default_timeout_seconds,
-                "max_retries": (
-                    request.max_retries if request.max_retries is not None else self.settings.default_max_retries
-                ),
-                "requirements": request.requirements.model_dump(),
-                "phase": str(admitted.phase),
-                "reason": admitted.reason,
-                "message": admitted.message,
-                "created_at": now,
-            }
-        )
-        self.metrics.tasks_submitted.labels(request.model).inc()
-        self._publish_task(task_id, "task.created")
+        rows = []
+        for i, request in enumerate(requests):  # every one checked before any is stored
+            try:
+                validate_inputs(self.repository.get(request.model), request.inputs)
+            except ValidationError as exc:
+                raise (type(exc)(f"tasks[{i}]: {exc}") if numbered else exc) from exc
+            rows.append(self._task_row(request, now))
+        with self.store.transaction():
+            for row in rows:
+                self.store.add_task(row)
+        for row in rows:
+            self.metrics.tasks_submitted.labels(row["model"]).inc()
+            self._publish_task(row["id"], "task.created")
         self._poke()
-        return self._task_public(self.store.get_task(task_id))
+        return [self._task_public({**_UNSTARTED, **row}) for row in rows]
+
+    def _task_row(self, request: TaskCreate, now: float) -> dict[str, Any]:
+        """The row of a newly admitted task (what :meth:`Store.add_task` stores)."""
+        task_id = f"task-{uuid.uuid4().hex[:12]}"
+        admitted = lifecycle.admit(TaskRecord(id=task_id, model=request.model, created_at=now), now=now)
+        return {
+            "id": task_id,
+            "model": request.model,
+            "inputs": [t.model_dump(exclude_none=True) for t in request.inputs],
+            "parameters": request.parameters,
+            "priority": request.priority,
+            "timeout_seconds": request.timeout_seconds or self.settings.default_timeout_seconds,
+            "max_retries": (
+                request.max_retries if request.max_retries is not None else self.settings.default_max_retries
+            ),
+            "requirements": request.requirements.model_dump(),
+            "phase": str(admitted.phase),
+            "reason": admitted.reason,
+            "message": admitted.message,
+            "created_at": now,
+        }
 
     async def get_task(self, task_id: str) -> TaskPublic:
         return self._task_public(await self._db(self.store.get_task, task_id))
@@ -604,11 +677,12 @@ class LocalBackend:
         return answers
 
     def _complete_one(self, completion: TaskCompletion, worker: str) -> Literal["applied", "repeated"]:
-        task = to_record(self.store.get_task(completion.task_id))
+        task = self.store.get_record(completion.task_id)
         if not lifecycle.check_report(task, worker_id=completion.worker_id, attempt=completion.attempt):
             return "repeated"
         if completion.compute_ms is not None:
             self.metrics.compute_duration.labels(task.model).observe(completion.compute_ms / 1000)
+            self._observe_model_ms(completion.worker_id, completion.compute_ms)
         if completion.error is None:
             outcome = lifecycle.classify(None, worker=worker)
         else:
@@ -621,6 +695,10 @@ class LocalBackend:
         if not self._apply(task, after):
             raise ConflictError(f"task {task.id} changed while its outcome was applied")
         return "applied"
+
+    def _observe_model_ms(self, worker_id: str, model_ms: float) -> None:
+        average = self._model_ms.get(worker_id)
+        self._model_ms[worker_id] = model_ms if average is None else average + LATENCY_SMOOTHING * (model_ms - average)
 
     def _worker_name(self, worker_id: str) -> str:
         try:
@@ -658,31 +736,13 @@ class LocalBackend:
 
     def _list_workers(self) -> list[WorkerPublic]:
         counts = self.store.assigned_counts()
-        return [self._worker_public(w, counts) for w in self.store.list_workers()]
+        return [views.worker_public(w, counts) for w in self.store.list_workers()]
 
     async def get_worker(self, worker_id: str) -> WorkerPublic:
         return await self._db(self._get_worker, worker_id)
 
     def _get_worker(self, worker_id: str) -> WorkerPublic:
-        return self._worker_public(self.store.get_worker(worker_id), self.store.assigned_counts())
-
-    @staticmethod
-    def _worker_public(worker: dict[str, Any], counts: dict[str, int]) -> WorkerPublic:
-        return WorkerPublic(
-            id=worker["id"],
-            name=worker["name"],
-            host=worker["host"],
-            pid=worker["pid"],
-            state=worker["state"],
-            device=DeviceInfoPublic(**worker["device"]),
-            concurrency=worker["concurrency"],
-            assigned=counts.get(worker["id"], 0),
-            registered_at=utc(worker["registered_at"]),
-            last_heartbeat=utc(worker["last_heartbeat"]),
-            tasks_succeeded=worker["tasks_succeeded"],
-            tasks_failed=worker["tasks_failed"],
-            stats=worker["stats"],
-        )
+        return views.worker_public(self.store.get_worker(worker_id), self.store.assigned_counts())
 
     # models and summaries -----------------------------------------------------------------
 
@@ -691,18 +751,7 @@ class LocalBackend:
 
     def snapshot(self) -> dict[str, Any]:
         """Counts for the metrics collector (synchronous, cheap)."""
-        workers = self.store.list_workers()
-        counts = self.store.assigned_counts()
-        by_state: dict[str, int] = {state: 0 for state in ("active", "draining", "stopped", "lost")}
-        for w in workers:
-            by_state[w["state"]] = by_state.get(w["state"], 0) + 1
-        phases = {str(p): 0 for p in Phase}
-        phases.update(self.store.phase_counts())
-        return {
-            "tasks_by_phase": phases,
-            "workers_by_state": by_state,
-            "workers": [{**w, "assigned": counts.get(w["id"], 0)} for w in workers],
-        }
+        return views.snapshot(self.store)
 
     async def summary(self) -> dict[str, Any]:
         return await self._db(self._summary)
@@ -713,24 +762,7 @@ class LocalBackend:
         return await asyncio.to_thread(probe, self.settings.database_path)
 
     def _summary(self) -> dict[str, Any]:
-        snap = self.snapshot()
-        now = self._clock()
-        window = 60.0
-        recent = self.store.recent_finished(now - 300)
-        succeeded = [t for t in recent if t["phase"] == Phase.SUCCEEDED]
-        last_minute = [t for t in succeeded if t["finished_at"] >= now - window]
-        latencies = [t["latency_ms"] for t in succeeded if t["latency_ms"] is not None]
-        compute = [t["compute_ms"] for t in succeeded if t["compute_ms"] is not None]
-        return {
-            "backend": self.name,
-            "tasks_by_phase": snap["tasks_by_phase"],
-            "workers_by_state": snap["workers_by_state"],
-            "queue_depth": snap["tasks_by_phase"].get("Queued", 0),
-            "throughput_per_second": len(last_minute) / window,
-            "latency_ms": {f"p{q}": percentile(latencies, q) for q in (50, 90, 99)},
-            "compute_ms": {f"p{q}": percentile(compute, q) for q in (50, 90, 99)},
-            "window_seconds": {"throughput": window, "latency": 300},
-        }
+        return views.summary(self.store, self.name, self._clock())
 
     # events -------------------------------------------------------------------------------
 
@@ -743,5 +775,5 @@ class LocalBackend:
     def _publish_worker(self, worker_id: str, event_type: str = "worker.updated") -> None:
         if not self.events.subscribers:
             return
-        worker = self._worker_public(self.store.get_worker(worker_id), self.store.assigned_counts())
+        worker = views.worker_public(self.store.get_worker(worker_id), self.store.assigned_counts())
         self._on_loop(self.events.publish, event_type, worker.model_dump(mode="json"))

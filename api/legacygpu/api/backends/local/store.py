@@ -261,6 +261,13 @@ class Store:
             raise NotFoundError(f"no task {task_id!r}")
         return rows[0]
 
+    def get_record(self, task_id: str) -> TaskRecord:
+        """The lifecycle's view of a task, read without its (possibly large) inputs, parameters and result."""
+        rows = self._query(f"SELECT {_RECORD_COLUMNS} FROM tasks WHERE id = ?", [task_id])
+        if not rows:
+            raise NotFoundError(f"no task {task_id!r}")
+        return to_record(rows[0])
+
     def list_tasks(
         self,
         *,
