@@ -53,14 +53,14 @@ class InferPath:
         if scope["type"] != "http" or scope["method"] != "POST" or not (match := INFER_PATH.match(scope["path"])):
             await self.app(scope, receive, send)
             return
-        headers: dict[bytes, bytes] = {}
+        headers: list[tuple[bytes, bytes]] = []
         token = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, credentials = value.decode("latin-1").partition(" ")
                 token = credentials.strip() if scheme.lower() == "bearer" else None
             elif name in _WANTED:
-                headers[name] = value
+                headers.append((name, value))
         if token is None or role_of(HTTPConnection(scope), token) not in _ALLOWED:
             await self.app(scope, receive, send)  # FastAPI answers 401/403 in its own words
             return
@@ -69,16 +69,12 @@ class InferPath:
         model = match["model"]
         forwarder = forwarder_for(scope["app"])
         try:
-            answer = await forwarder.forward(
-                "POST", scope["path"], model=model, content=body,
-                headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()},
-            )
+            answer = await forwarder.forward("POST", scope["path"], model=model, content=body, headers=headers)
         except NoWorker as exc:
             refusal = [(b"content-type", b"application/json"), (b"retry-after", _RETRY_AFTER_SECONDS)]
             await send_response(send, 503, refusal, _error_body(str(exc)))
             return
-        sent = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
-        await send_response(send, answer.status_code, sent, answer.content)
+        await send_response(send, answer.status_code, answer.raw_headers, answer.content)
 
 
 def install(app: FastAPI) -> None:
