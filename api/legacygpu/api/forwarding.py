@@ -50,7 +50,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from legacygpu.api.backends.base import ClusterBackend
 from legacygpu.api.discovery import ServingEndpoint, serving_endpoints
-from legacygpu.api.workerhttp import Answer, WorkerFailed, WorkerPool
+from legacygpu.api.workerhttp import Answer, BodyStream, WorkerFailed, WorkerPool
 from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
 
 __all__ = [
@@ -230,11 +230,13 @@ class Forwarder:
                 codes.add(answer.status_code)
         return (404 if codes == {404} else 503), "; ".join(dict.fromkeys(reasons))
 
-    async def forward(self, method: str, path: str, *, model: str | None, content: bytes | Sequence[bytes] = b"",
+    async def forward(self, method: str, path: str, *, model: str | None,
+                      content: bytes | Sequence[bytes] | BodyStream = b"",
                       headers: Mapping[str, str] | Sequence[tuple[bytes, bytes]] = ()) -> Forwarded:
         """Send one REST request to a worker (and once more to another if that one fails); raises :class:`NoWorker`.
 
-        ``path`` as decoded (it is percent-encoded on the way); ``content`` may come in parts; of ``headers``
+        ``path`` as decoded (it is percent-encoded on the way); ``content`` may come in parts, or still be
+        arriving (:class:`~legacygpu.api.workerhttp.BodyStream`: then it is sent on as it comes); of ``headers``
         (a mapping, or an ASGI scope's lower-case pairs) only :data:`FORWARDED_HEADERS` are sent on.
         """
         started = time.perf_counter()

@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import quote, urlsplit
 
 import httptools
 
-__all__ = ["Answer", "WorkerFailed", "WorkerPool"]
+__all__ = ["Answer", "BodyStream", "IncompleteBody", "WorkerFailed", "WorkerPool"]
 
 
 class WorkerFailed(Exception):
@@ -52,6 +52,34 @@ class WorkerFailed(Exception):
 
 class _Dropped(WorkerFailed):
     """The connection closed before any byte of the answer came."""
+
+
+class IncompleteBody(Exception):
+    """A streamed request body ended before its length (the client went away): there is nothing to answer."""
+
+
+class BodyStream:
+    """A request body still arriving, sent on part by part as it comes (see the module's docstring).
+
+    ``more`` returns the next part and whether more follow, or raises :class:`IncompleteBody`. Every part
+    is kept, so that a request whose worker failed can be sent whole to another one.
+    """
+
+    def __init__(self, length: int, first: bytes, more: Callable[[], Awaitable[tuple[bytes, bool]]]) -> None:
+        self.length = length
+        self.parts = [first]
+        self.complete = False
+        self._received = len(first)
+        self._more = more
+
+    async def next(self) -> None:
+        """Receive the next part into :attr:`parts`."""
+        part, more_body = await self._more()
+        self.parts.append(part)
+        self._received += len(part)
+        if self._received > self.length or (not more_body and self._received < self.length):
+            raise IncompleteBody(f"the body has {self._received} bytes, not the {self.length} declared")
+        self.complete = not more_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +153,16 @@ class _Connection(asyncio.Protocol):
     # use
 
     def send(self, parts: Sequence[bytes]) -> asyncio.Future[Answer]:
-        """Write a request (head and body parts); the future resolves with its answer."""
+        """Write a request (head and body parts, or the first of them); the future resolves with its answer."""
         assert self.transport is not None and self._waiter is None
         self._waiter = waiter = self._loop.create_future()
         self.transport.writelines(parts)
         return waiter
+
+    def write(self, parts: Sequence[bytes]) -> None:
+        """More of the request's body."""
+        assert self.transport is not None
+        self.transport.writelines(parts)
 
     def time_out(self, seconds: float) -> None:
         self._fail(WorkerFailed(f"no whole answer within {seconds:g} s"))
@@ -166,16 +199,21 @@ class WorkerPool:
         self._addresses: dict[str, _Address] = {}
 
     async def request(self, base_url: str, method: str, path: str, headers: Sequence[tuple[bytes, bytes]] = (),
-                      body: bytes | Sequence[bytes] = b"") -> Answer:
+                      body: bytes | Sequence[bytes] | BodyStream = b"") -> Answer:
         """Send one request to the worker at ``base_url`` and return its answer; raises :class:`WorkerFailed`.
 
         ``path`` is as decoded (an ASGI scope's ``path``, a model's name) and is percent-encoded here;
         ``headers`` are sent as given (``Host`` and ``Content-Length`` are added); ``body`` may come in parts,
-        which are written as they are.
+        which are written as they are, or as a :class:`BodyStream` still arriving (then
+        :class:`IncompleteBody` if it ends short).
         """
         address = self._addresses.get(base_url) or self._address(base_url)
-        parts = [body] if isinstance(body, bytes) else list(body)
-        length = sum(len(p) for p in parts)
+        stream = body if isinstance(body, BodyStream) else None
+        if isinstance(body, BodyStream):
+            length, parts = body.length, list(body.parts)
+        else:
+            parts = [body] if isinstance(body, bytes) else list(body)
+            length = sum(len(p) for p in parts)
         head = b"".join((method.encode("ascii"), b" ", quote(path).encode("ascii"), b" HTTP/1.1\r\nhost: ",
                          address.host_header, b"\r\n",
                          b"content-length: %d\r\n" % length if length or method != "GET" else b"",
@@ -184,10 +222,12 @@ class WorkerPool:
         connection = self._take(base_url)
         if connection is not None:
             try:
-                return await self._exchange(base_url, connection, parts)
+                return await self._exchange(base_url, connection, parts, stream)
             except _Dropped:
-                pass  # closed under us while idle: once more on a new connection (see the module's docstring)
-        return await self._exchange(base_url, await self._connect(address), parts)
+                # Closed under us while idle (see the module's docstring): once more on a new connection.
+                if stream is not None:
+                    parts[1:] = stream.parts
+        return await self._exchange(base_url, await self._connect(address), parts, stream)
 
     async def close(self) -> None:
         """Close every idle connection (those in use close when their request ends)."""
@@ -225,10 +265,24 @@ class WorkerPool:
                 from exc
         return connection
 
-    async def _exchange(self, base_url: str, connection: _Connection, parts: Sequence[bytes]) -> Answer:
+    async def _exchange(self, base_url: str, connection: _Connection, parts: Sequence[bytes],
+                        stream: BodyStream | None) -> Answer:
         timer = asyncio.get_running_loop().call_later(self.timeout, connection.time_out, self.timeout)
         try:
-            answer = await connection.send(parts)
+            answer_coming = connection.send(parts)
+            if stream is not None:
+                sent = len(parts) - 1  # the head is the first part
+                while not answer_coming.done() and not connection.closed:
+                    if sent < len(stream.parts):
+                        connection.write(stream.parts[sent:])
+                        sent = len(stream.parts)
+                    elif stream.complete:
+                        break
+                    else:
+                        await stream.next()
+                if sent < len(stream.parts) or not stream.complete:
+                    connection.reusable = False  # answered before the whole request was sent
+            answer = await answer_coming
         except BaseException:  # failed, timed out or cancelled: the answer (or the rest of it) may still come
             connection._abort()
             raise
