@@ -10,6 +10,14 @@ its timers cost about as much of the facade's CPU as everything else on the
 path. Here a request is one ``writelines`` of the head and the body's parts as
 they came (no copy), and the answer is the status, the headers and the body.
 
+A body still arriving from the facade's own client (a large tensor comes in
+several parts) can be given as a :class:`BodyStream`: each part is written to
+the worker as soon as it is received, so that the worker reads the body while
+the facade does rather than after it. Every part is kept until the answer, so
+a request whose worker fails mid-body is sent whole to the next one; a client
+that goes away mid-body ends the request with :class:`IncompleteBody` (there
+is nobody to answer), and the connection, holding half a request, is closed.
+
 Connections: one request in flight per connection (no pipelining), so a
 worker sees as many connections as the facade has requests in flight for it;
 after a complete answer that allows keep-alive the connection goes back to
@@ -59,7 +67,7 @@ class IncompleteBody(Exception):
 
 
 class BodyStream:
-    """A request body still arriving, sent on part by part as it comes (see the module's docstring).
+    """A request body still arriving, sent on part by part as it comes.
 
     ``more`` returns the next part and whether more follow, or raises :class:`IncompleteBody`. Every part
     is kept, so that a request whose worker failed can be sent whole to another one.
