@@ -38,7 +38,7 @@ def _count(metrics: ServingMetrics, name: str) -> float:
 
 async def _concurrent(engine: ServingEngine, xs: list[np.ndarray]) -> list[np.ndarray]:
     results = await asyncio.gather(*(engine.infer(_request(x)) for x in xs))
-    return [outputs["probabilities"] for outputs, _ in results]
+    return [outputs["probabilities"] for outputs, _, _ in results]
 
 
 async def test_concurrent_requests_share_executions_and_get_their_own_rows(runner: TaskRunner) -> None:

@@ -2,14 +2,16 @@
 
 The facade runs no model: each ``/v2`` request goes to one worker's own
 endpoint (:mod:`legacygpu.worker.serving`), over a pool of persistent HTTP
-connections (one ``aiohttp.ClientSession``), and the worker's answer comes
-back byte for byte: its status, its ``{"error": ...}`` body, its
-``Retry-After`` and the binary tensor data alike. Nothing is written to the
-database. aiohttp rather than httpx: on this path httpx's client was the
-largest part of the facade's CPU per request in a py-spy profile under
-``legacygpu bench serve``, and aiohttp's is leaner. Idle connections are dropped
-after :data:`KEEPALIVE_SECONDS`, before the worker's server (uvicorn, 5 s)
-would close them under a request in flight.
+connections (:class:`~legacygpu.api.workerhttp.WorkerPool`, a lean HTTP/1.1
+client: aiohttp's and httpx's clients before it each cost more of the
+facade's CPU per request than the rest of the path, in py-spy profiles under
+``legacygpu bench serve``), and the worker's answer comes back byte for
+byte: its status, its ``{"error": ...}`` body, its ``Retry-After`` and the
+binary tensor data alike. Nothing is written to the database. Idle
+connections are dropped after :data:`KEEPALIVE_SECONDS`, before a worker's
+server (uvicorn: 5 s unless configured longer, as the worker does) would
+close them under a request in flight. The local task channel pushes tasks
+with aiohttp (:meth:`Forwarder.session`), on connections of its own.
 :meth:`Forwarder.dispatch` is the protocol-neutral part (which worker, the
 retry), shared by REST (:meth:`Forwarder.forward`) and gRPC
 (:mod:`legacygpu.api.grpcfacade`).
@@ -28,7 +30,7 @@ index, and whether a model is ready on at least one worker) go to all of
 them at once (:meth:`Forwarder.broadcast`).
 
 A worker that fails mid-request (connection refused or reset, the process
-gone) is skipped until the next refresh and the request is sent once more to
+gone, an answer cut short) is skipped until the next refresh and the request is sent once more to
 another worker; inference has no side effects, so this is safe. With no
 worker left the answer is 503 with ``Retry-After``.
 """
@@ -38,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -48,6 +50,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from legacygpu.api.backends.base import ClusterBackend
 from legacygpu.api.discovery import ServingEndpoint, serving_endpoints
+from legacygpu.api.workerhttp import Answer, BodyStream, WorkerFailed, WorkerPool
 from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
 
 __all__ = [
@@ -59,8 +62,7 @@ FORWARDED_HEADERS = ("content-type", "content-encoding", "inference-header-conte
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _CAPACITY = 1 << 20  # outstanding requests are ranked, never capped: the worker's queue refuses when full
 KEEPALIVE_SECONDS = 4.0  # under uvicorn's timeout_keep_alive (5 s), so the worker never closes one mid-request
-# refused, reset, gone, no answer in time, or an answer cut short (the worker died while it sent it)
-_FAILURES = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+_WANTED = frozenset(h.encode() for h in FORWARDED_HEADERS)
 
 
 _T = TypeVar("_T")
@@ -70,16 +72,19 @@ class NoWorker(Exception):
     """No worker can serve the request now."""
 
 
-class WorkerFailed(Exception):
-    """The worker could not be reached, or went away mid-request: the request may go to another one."""
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Forwarded:
+    """A worker's answer, with only the protocol's headers (:data:`FORWARDED_HEADERS`) kept."""
+
     status_code: int
-    headers: dict[str, str]
+    raw_headers: list[tuple[bytes, bytes]]
+    """Lower-case names, as an ASGI answer takes them."""
     content: bytes
     worker: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.raw_headers}
 
 
 class Forwarder:
@@ -93,6 +98,8 @@ class Forwarder:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds, connect=5.0)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None  # made on first use, inside the event loop
+        self._pool = WorkerPool(keepalive_seconds=KEEPALIVE_SECONDS, connect_timeout=5.0, timeout=timeout_seconds,
+                                max_idle_per_worker=max_connections)
         self._endpoints: list[ServingEndpoint] = []
         self._read_at = -1e9
         self._refreshing = asyncio.Lock()
@@ -118,11 +125,12 @@ class Forwarder:
         )
 
     async def close(self) -> None:
+        await self._pool.close()
         if self._session is not None:
             await self._session.close()
 
     def session(self) -> aiohttp.ClientSession:
-        """The pool of persistent connections to the workers; the local task channel pushes tasks on it too."""
+        """An aiohttp session with persistent connections to the workers, for the local task channel's pushes."""
         return self._client()
 
     def _client(self) -> aiohttp.ClientSession:
@@ -190,12 +198,15 @@ class Forwarder:
                         body: object = None) -> list[tuple[ServingEndpoint, Forwarded | WorkerFailed]]:
         """Send one REST request to every serving worker at once; each worker's answer, or its failure."""
 
+        content = json.dumps(body).encode() if body is not None else b""
+        headers = [(b"content-type", b"application/json")] if body is not None else []
+
         async def one(endpoint: ServingEndpoint) -> Forwarded | WorkerFailed:
             try:
-                async with self._client().request(method, endpoint.url + path, json=body) as response:
-                    return Forwarded(response.status, dict(response.headers), await response.read(), endpoint.name)
-            except _FAILURES as exc:
-                return WorkerFailed(f"{endpoint.name}: {type(exc).__name__}: {exc}")
+                return self._forwarded(await self._pool.request(endpoint.url, method, path, headers, content),
+                                       endpoint)
+            except WorkerFailed as exc:
+                return WorkerFailed(f"{endpoint.name}: {exc}")
 
         endpoints = await self.endpoints()
         answers = await asyncio.gather(*(one(e) for e in endpoints))
@@ -219,21 +230,24 @@ class Forwarder:
                 codes.add(answer.status_code)
         return (404 if codes == {404} else 503), "; ".join(dict.fromkeys(reasons))
 
-    async def forward(self, method: str, path: str, *, model: str | None, content: bytes = b"",
-                      headers: Mapping[str, str] | None = None) -> Forwarded:
-        """Send one REST request to a worker (and once more to another if that one fails); raises :class:`NoWorker`."""
+    async def forward(self, method: str, path: str, *, model: str | None,
+                      content: bytes | Sequence[bytes] | BodyStream = b"",
+                      headers: Mapping[str, str] | Sequence[tuple[bytes, bytes]] = ()) -> Forwarded:
+        """Send one REST request to a worker (and once more to another if that one fails); raises :class:`NoWorker`.
+
+        ``path`` as decoded (it is percent-encoded on the way); ``content`` may come in parts, or still be
+        arriving (:class:`~legacygpu.api.workerhttp.BodyStream`: then it is sent on as it comes); of ``headers``
+        (a mapping, or an ASGI scope's lower-case pairs) only :data:`FORWARDED_HEADERS` are sent on.
+        """
         started = time.perf_counter()
-        send_headers = {k: v for k, v in (headers or {}).items() if k.lower() in FORWARDED_HEADERS}
+        if isinstance(headers, Mapping):
+            sent = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        else:
+            sent = list(headers)
+        sent = [(k, v) for k, v in sent if k in _WANTED]
 
         async def send(endpoint: ServingEndpoint) -> Forwarded:
-            try:
-                async with self._client().request(method, endpoint.url + path, data=content or None,
-                                                  headers=send_headers) as response:
-                    body = await response.read()
-                    kept = {k: v for k, v in response.headers.items() if k.lower() in FORWARDED_HEADERS}
-                    return Forwarded(response.status, kept, body, endpoint.name)
-            except _FAILURES as exc:
-                raise WorkerFailed(f"{type(exc).__name__}: {exc}") from exc
+            return self._forwarded(await self._pool.request(endpoint.url, method, path, sent, content), endpoint)
 
         try:
             answer = await self.dispatch(model, send)
@@ -243,6 +257,11 @@ class Forwarder:
         self.duration.labels(model or "").observe(time.perf_counter() - started)
         self.requests.labels(model or "", str(answer.status_code)).inc()
         return answer
+
+    @staticmethod
+    def _forwarded(answer: Answer, endpoint: ServingEndpoint) -> Forwarded:
+        return Forwarded(answer.status, [(k, v) for k, v in answer.headers if k in _WANTED], answer.body,
+                         endpoint.name)
 
 
 def forwarder_for(app: FastAPI) -> Forwarder:

@@ -10,8 +10,11 @@ that sits inside the request counter and the body-size limit (so both still
 see every request) and answers the common case directly:
 
 * a ``POST`` to an inference path with a bearer token that holds the user
-  or admin role: the body is read and forwarded, and the worker's answer
-  (status, protocol headers, body) is sent back as it came;
+  or admin role: the body is forwarded, and the worker's answer (status,
+  protocol headers, body) is sent back as it came. A body that arrives in
+  several parts (a large tensor) is sent on to the worker part by part as
+  the parts come (:class:`~legacygpu.api.workerhttp.BodyStream`), so that the
+  worker reads it while the facade still does, rather than after;
 * anything else (another path or method, no token or a wrong one) goes on to
   FastAPI unchanged, where the route in :mod:`legacygpu.api.routes.v2` gives
   the same answer and the same 401/403 errors as every other route.
@@ -33,7 +36,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from legacygpu.api.deps import Role, role_of
 from legacygpu.api.forwarding import FORWARDED_HEADERS, NoWorker, forwarder_for
 from legacygpu.api.routes import v2
-from legacygpu.core.oip.asgi import INFER_PATH, read_body, send_response
+from legacygpu.api.workerhttp import BodyStream, IncompleteBody
+from legacygpu.core.oip.asgi import INFER_PATH, send_response
 
 __all__ = ["InferPath", "install"]
 
@@ -53,32 +57,36 @@ class InferPath:
         if scope["type"] != "http" or scope["method"] != "POST" or not (match := INFER_PATH.match(scope["path"])):
             await self.app(scope, receive, send)
             return
-        headers: dict[bytes, bytes] = {}
-        token = None
+        headers: list[tuple[bytes, bytes]] = []
+        token = length = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, credentials = value.decode("latin-1").partition(" ")
                 token = credentials.strip() if scheme.lower() == "bearer" else None
+            elif name == b"content-length":
+                length = int(value) if value.isdigit() else None
             elif name in _WANTED:
-                headers[name] = value
+                headers.append((name, value))
         if token is None or role_of(HTTPConnection(scope), token) not in _ALLOWED:
             await self.app(scope, receive, send)  # FastAPI answers 401/403 in its own words
             return
         scope["route"] = self._routes[match["version"] is not None]
-        body = await read_body(receive)
-        model = match["model"]
         forwarder = forwarder_for(scope["app"])
         try:
-            answer = await forwarder.forward(
-                "POST", scope["path"], model=model, content=body,
-                headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()},
-            )
+            first, more_body = await _next_part(receive)
+            body: bytes | list[bytes] | BodyStream = first
+            if more_body:  # without Content-Length the body-size limit has buffered the body: not streamed
+                body = BodyStream(length, first, lambda: _next_part(receive)) if length is not None else [
+                    first, *await _rest(receive)]
+            answer = await forwarder.forward("POST", scope["path"], model=match["model"], content=body,
+                                             headers=headers)
         except NoWorker as exc:
             refusal = [(b"content-type", b"application/json"), (b"retry-after", _RETRY_AFTER_SECONDS)]
             await send_response(send, 503, refusal, _error_body(str(exc)))
             return
-        sent = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
-        await send_response(send, answer.status_code, sent, answer.content)
+        except IncompleteBody:  # the client went away mid-body: nobody to answer
+            return
+        await send_response(send, answer.status_code, answer.raw_headers, answer.content)
 
 
 def install(app: FastAPI) -> None:
@@ -86,6 +94,22 @@ def install(app: FastAPI) -> None:
     before the body-size limit and the request counter are added, so that they wrap it."""
     by_name = {r.name: r for r in v2.router.routes if isinstance(r, APIRoute)}
     app.add_middleware(InferPath, routes={False: by_name["model_infer"], True: by_name["model_version_infer"]})
+
+
+async def _next_part(receive: Receive) -> tuple[bytes, bool]:
+    """The next part of the request's body, and whether more follow."""
+    message = await receive()
+    if message["type"] != "http.request":
+        raise IncompleteBody("the client went away before it sent the whole body")
+    return message.get("body", b""), message.get("more_body", False)
+
+
+async def _rest(receive: Receive) -> list[bytes]:
+    parts, more_body = [], True
+    while more_body:
+        part, more_body = await _next_part(receive)
+        parts.append(part)
+    return parts
 
 
 def _error_body(message: str) -> bytes:

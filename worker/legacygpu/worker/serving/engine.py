@@ -141,6 +141,10 @@ class ServingEngine:
 
     def card(self, model: str, version: str = "") -> ModelCard:
         """The model's card; :class:`ModelNotFound` for an unknown model or a version that is not live."""
+        return self._live(model, version)[0]
+
+    def _live(self, model: str, version: str) -> tuple[ModelCard, str]:
+        """:meth:`card`, and the live version."""
         card, live = self._current(model)
         if version not in ("", live):
             stored = ModelVersions(self.runner().repository).versions(model)
@@ -149,7 +153,7 @@ class ServingEngine:
                                     f"is; load another with POST /v2/repository/models/{model}/load)")
             raise ModelNotFound(f"model {model!r} has no version {version!r} (its versions: "
                                 f"{', '.join(stored) or live})")
-        return card
+        return card, live
 
     def model_ready(self, model: str, version: str = "") -> bool:
         """Whether this worker has the model's live version loaded (and it was not unloaded)."""
@@ -201,17 +205,18 @@ class ServingEngine:
 
     # inference ---------------------------------------------------------------------------------
 
-    async def infer(self, request: InferRequest) -> tuple[dict[str, np.ndarray], Timings]:
-        """The requested outputs of ``request``; raises a :class:`ServingError`."""
+    async def infer(self, request: InferRequest) -> tuple[dict[str, np.ndarray], Timings, str]:
+        """The requested outputs of ``request``, where its time went, and the model version that answered (the
+        live one, looked up once per request); raises a :class:`ServingError`."""
         self.in_flight += 1  # read by the Kubernetes worker's stats, for the autoscaler
         try:
             return await self._infer(request)
         finally:
             self.in_flight -= 1
 
-    async def _infer(self, request: InferRequest) -> tuple[dict[str, np.ndarray], Timings]:
+    async def _infer(self, request: InferRequest) -> tuple[dict[str, np.ndarray], Timings, str]:
         model = request.model
-        card = self.card(model, request.version)
+        card, live = self._live(model, request.version)
         if model in self._unloaded:
             raise Unavailable(f"model {model!r} is unloaded; load it with POST /v2/repository/models/{model}/load")
         try:
@@ -252,7 +257,7 @@ class ServingEngine:
         m.compute_input.labels(model).observe(timings.compute_input)
         m.compute_infer.labels(model).observe(timings.compute_infer)
         m.compute_output.labels(model).observe(timings.compute_output)
-        return outputs, timings
+        return outputs, timings, live
 
     async def close(self) -> None:
         for scheduler in self._schedulers.values():

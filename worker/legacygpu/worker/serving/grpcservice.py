@@ -145,8 +145,8 @@ class _Servicer:
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         decoded = decode_request(request)
-        outputs, _ = await self.engine.infer(decoded)
-        return encode_response(decoded, outputs, model_version=self.engine.live_version(decoded.model))
+        outputs, _, version = await self.engine.infer(decoded)
+        return encode_response(decoded, outputs, model_version=version)
 
 
 def _guarded(method: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:

@@ -22,7 +22,6 @@ clients outside reach models through the facade, which checks the token.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -43,7 +42,7 @@ __all__ = ["create_rest_app", "error_response"]
 
 
 def error_response(exc: ServingError) -> JSONResponse:
-    """The protocol's error body for ``exc``."""
+    """The protocol's error answer for ``exc``: ``{"error": ...}``, its status, ``Retry-After`` when it has one."""
     headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after is not None else None
     return JSONResponse({"error": str(exc)}, status_code=exc.http_status, headers=headers)
 
@@ -144,17 +143,14 @@ class _InferFirst:
             await self.app(scope, receive, send)
             return
         try:
-            status, headers, content = 200, *await self._infer(match["model"], match["version"] or "", scope,
-                                                                 receive)
+            content, headers = await self._infer(match["model"], match["version"] or "", scope, receive)
         except ServingError as exc:
-            status, content = exc.http_status, json.dumps({"error": str(exc)}).encode()
-            headers = {"content-type": "application/json"}
-            if exc.retry_after is not None:
-                headers["retry-after"] = str(math.ceil(exc.retry_after))
-        await send_response(send, status, [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                                           for k, v in headers.items()], content)
+            await error_response(exc)(scope, receive, send)
+            return
+        await send_response(send, 200, [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+                            content)
 
-    async def _infer(self, model: str, version: str, scope: Scope, receive: Receive) -> tuple[dict[str, str], bytes]:
+    async def _infer(self, model: str, version: str, scope: Scope, receive: Receive) -> tuple[bytes, dict[str, str]]:
         raw: bytes | None = next((v for k, v in scope["headers"] if k == _HEADER_LENGTH), None)
         length = raw.decode("latin-1") if raw is not None else None
         try:
@@ -163,8 +159,5 @@ class _InferFirst:
             raise BadRequest(f"{HEADER_LENGTH} must be an integer, not {length!r}") from exc
         body = await read_body(receive)
         decoded = decode_rest_request(model, version, body, header_length)
-        outputs, _ = await self.engine.infer(decoded)
-        content, headers = encode_rest_response(decoded, outputs, model_version=self.engine.live_version(model))
-        return headers, content
-
-
+        outputs, _, live = await self.engine.infer(decoded)
+        return encode_rest_response(decoded, outputs, model_version=live)

@@ -4,9 +4,10 @@ Workers do not ask for work. After each scheduling pass the coordinator
 sends every worker the tasks it just started for it, several in one request
 (:class:`Delivery`), to the worker's task endpoint on its serving port
 (``POST {rest}/internal/tasks``, :data:`TASKS_PATH`, served by
-:mod:`legacygpu.worker.taskchannel`) over the facade's pool of persistent
-connections to the workers, the one ``/v2`` forwarding uses
-(:mod:`legacygpu.api.forwarding`). The request carries the worker's own
+:mod:`legacygpu.worker.taskchannel`) over persistent connections to the
+workers (an aiohttp session of the facade's forwarder,
+:meth:`legacygpu.api.forwarding.Forwarder.session`; ``/v2`` requests have
+a pool of their own). The request carries the worker's own
 token (the one it got at registration), which only the facade (holding the
 secret it is derived from) and that worker know, so nobody else can hand a
 worker work. Completions travel the other way, in batches too

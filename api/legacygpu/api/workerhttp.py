@@ -1,0 +1,306 @@
+"""The facade's HTTP/1.1 client to the workers: pooled keep-alive connections, nothing else.
+
+Every ``/v2`` request the facade forwards goes out through :class:`WorkerPool`.
+It is an asyncio :class:`~asyncio.Protocol` per connection with httptools (the
+parser uvicorn uses) reading the answer, rather than aiohttp's client: under
+``legacygpu bench serve`` at one client, aiohttp's request building, its
+payload writer (which on Python before 3.12.9 joins the headers and a 600 KB
+tensor body into a new buffer before writing them), its response object and
+its timers cost about as much of the facade's CPU as everything else on the
+path. Here a request is one ``writelines`` of the head and the body's parts as
+they came (no copy), and the answer is the status, the headers and the body.
+
+A body still arriving from the facade's own client (a large tensor comes in
+several parts) can be given as a :class:`BodyStream`: each part is written to
+the worker as soon as it is received, so that the worker reads the body while
+the facade does rather than after it. Every part is kept until the answer, so
+a request whose worker fails mid-body is sent whole to the next one; a client
+that goes away mid-body ends the request with :class:`IncompleteBody` (there
+is nobody to answer), and the connection, holding half a request, is closed.
+
+Connections: one request in flight per connection (no pipelining), so a
+worker sees as many connections as the facade has requests in flight for it;
+after a complete answer that allows keep-alive the connection goes back to
+that worker's idle stack (last in, first out). An idle connection is dropped
+when found idle for more than ``keepalive_seconds``, which callers keep under
+the worker's own idle timeout, so that a worker never closes one as it is
+being reused. Should it happen anyway (the worker restarted, a proxy timed
+out), a reused connection that closes before the first byte of its answer is
+retried once on a new connection: nothing was answered, and inference has no
+side effects.
+
+What counts as the worker failing, raised as :class:`WorkerFailed` so that the
+caller may send the request to another worker: the connection refused or not
+made within ``connect_timeout``; the connection closed or reset before the
+whole answer came (an answer cut short included: the parser knows its length
+from ``Content-Length`` or the chunked encoding; an answer delimited only by
+closing the connection is not accepted, and HTTP/1.1 servers such as uvicorn
+never send one); bytes that are not HTTP; no whole answer within
+``timeout``. A request cancelled by its caller closes its connection, since
+the answer may still come on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import quote, urlsplit
+
+import httptools
+
+__all__ = ["Answer", "BodyStream", "IncompleteBody", "WorkerFailed", "WorkerPool"]
+
+
+class WorkerFailed(Exception):
+    """The worker could not be reached, or went away mid-request: the request may go to another one."""
+
+
+class _Dropped(WorkerFailed):
+    """The connection closed before any byte of the answer came."""
+
+
+class IncompleteBody(Exception):
+    """A streamed request body ended before its length (the client went away): there is nothing to answer."""
+
+
+class BodyStream:
+    """A request body still arriving, sent on part by part as it comes.
+
+    ``more`` returns the next part and whether more follow, or raises :class:`IncompleteBody`. Every part
+    is kept, so that a request whose worker failed can be sent whole to another one.
+    """
+
+    def __init__(self, length: int, first: bytes, more: Callable[[], Awaitable[tuple[bytes, bool]]]) -> None:
+        self.length = length
+        self.parts = [first]
+        self.complete = False
+        self._received = len(first)
+        self._more = more
+
+    async def next(self) -> None:
+        """Receive the next part into :attr:`parts`."""
+        part, more_body = await self._more()
+        self.parts.append(part)
+        self._received += len(part)
+        if self._received > self.length or (not more_body and self._received < self.length):
+            raise IncompleteBody(f"the body has {self._received} bytes, not the {self.length} declared")
+        self.complete = not more_body
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A worker's whole answer."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    """As received, names in lower case."""
+    body: bytes
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to a worker; :meth:`send` one request, await its answer, then the next."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[Answer] | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._answering = False  # a byte of the current answer has come
+        self.closed = False
+        self.reusable = True  # the last answer allows another request on this connection
+        self.idle_since = 0.0
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:  # nothing was asked: a server does not speak first
+            self._abort()
+            return
+        self._answering = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(WorkerFailed(f"the answer is not HTTP/1.1: {exc}"))
+            self._abort()
+
+    def eof_received(self) -> bool:
+        return False  # close: an answer delimited by the end of the stream is not accepted (docstring)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        why = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+        if self._answering:
+            self._fail(WorkerFailed(f"the connection closed before the whole answer came{why}"))
+        else:
+            self._fail(_Dropped(f"the connection closed with no answer{why}"))
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        answer = Answer(self._parser.get_status_code(), self._headers, b"".join(self._body))
+        self.reusable = self._parser.should_keep_alive()
+        self._headers, self._body, self._answering = [], [], False
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+
+    # use
+
+    def send(self, parts: Sequence[bytes]) -> asyncio.Future[Answer]:
+        """Write a request (head and body parts, or the first of them); the future resolves with its answer."""
+        assert self.transport is not None and self._waiter is None
+        self._waiter = waiter = self._loop.create_future()
+        self.transport.writelines(parts)
+        return waiter
+
+    def write(self, parts: Sequence[bytes]) -> None:
+        """More of the request's body."""
+        assert self.transport is not None
+        self.transport.writelines(parts)
+
+    def time_out(self, seconds: float) -> None:
+        self._fail(WorkerFailed(f"no whole answer within {seconds:g} s"))
+        self._abort()
+
+    def _fail(self, exc: WorkerFailed) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def _abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+@dataclass(frozen=True, slots=True)
+class _Address:
+    host: str
+    port: int
+    host_header: bytes
+
+
+class WorkerPool:
+    """Keep-alive connections to any number of workers, each named by its base URL (``http://host:port``)."""
+
+    def __init__(self, *, keepalive_seconds: float, connect_timeout: float = 5.0, timeout: float = 120.0,
+                 max_idle_per_worker: int = 256) -> None:
+        self.keepalive_seconds = keepalive_seconds
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.max_idle_per_worker = max_idle_per_worker
+        self._idle: dict[str, list[_Connection]] = {}
+        self._addresses: dict[str, _Address] = {}
+
+    async def request(self, base_url: str, method: str, path: str, headers: Sequence[tuple[bytes, bytes]] = (),
+                      body: bytes | Sequence[bytes] | BodyStream = b"") -> Answer:
+        """Send one request to the worker at ``base_url`` and return its answer; raises :class:`WorkerFailed`.
+
+        ``path`` is as decoded (an ASGI scope's ``path``, a model's name) and is percent-encoded here;
+        ``headers`` are sent as given (``Host`` and ``Content-Length`` are added); ``body`` may come in parts,
+        which are written as they are, or as a :class:`BodyStream` still arriving (then
+        :class:`IncompleteBody` if it ends short).
+        """
+        address = self._addresses.get(base_url) or self._address(base_url)
+        stream = body if isinstance(body, BodyStream) else None
+        if isinstance(body, BodyStream):
+            length, parts = body.length, list(body.parts)
+        else:
+            parts = [body] if isinstance(body, bytes) else list(body)
+            length = sum(len(p) for p in parts)
+        head = b"".join((method.encode("ascii"), b" ", quote(path).encode("ascii"), b" HTTP/1.1\r\nhost: ",
+                         address.host_header, b"\r\n",
+                         b"content-length: %d\r\n" % length if length or method != "GET" else b"",
+                         *(b"%s: %s\r\n" % header for header in headers), b"\r\n"))
+        parts.insert(0, head)
+        connection = self._take(base_url)
+        if connection is not None:
+            try:
+                return await self._exchange(base_url, connection, parts, stream)
+            except _Dropped:
+                # Closed under us while idle (see the module's docstring): once more on a new connection.
+                if stream is not None:
+                    parts[1:] = stream.parts
+        return await self._exchange(base_url, await self._connect(address), parts, stream)
+
+    async def close(self) -> None:
+        """Close every idle connection (those in use close when their request ends)."""
+        for stack in self._idle.values():
+            for connection in stack:
+                if connection.transport is not None:
+                    connection.transport.close()
+        self._idle.clear()
+
+    def _address(self, base_url: str) -> _Address:
+        parts = urlsplit(base_url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise WorkerFailed(f"not a worker's http:// URL: {base_url!r}")
+        address = _Address(parts.hostname, parts.port or 80, parts.netloc.encode("ascii"))
+        self._addresses[base_url] = address
+        return address
+
+    def _take(self, base_url: str) -> _Connection | None:
+        stack = self._idle.get(base_url)
+        now = time.monotonic()
+        while stack:
+            connection = stack.pop()
+            if not connection.closed and now - connection.idle_since < self.keepalive_seconds:
+                return connection
+            connection._abort()  # idle too long: the worker may be closing it now
+        return None
+
+    async def _connect(self, address: _Address) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(loop), address.host, address.port), self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            raise WorkerFailed(f"cannot connect to {address.host}:{address.port}: {type(exc).__name__}: {exc}") \
+                from exc
+        return connection
+
+    async def _exchange(self, base_url: str, connection: _Connection, parts: Sequence[bytes],
+                        stream: BodyStream | None) -> Answer:
+        timer = asyncio.get_running_loop().call_later(self.timeout, connection.time_out, self.timeout)
+        try:
+            answer_coming = connection.send(parts)
+            if stream is not None:
+                sent = len(parts) - 1  # the head is the first part
+                while not answer_coming.done() and not connection.closed:
+                    if sent < len(stream.parts):
+                        connection.write(stream.parts[sent:])
+                        sent = len(stream.parts)
+                    elif stream.complete:
+                        break
+                    else:
+                        await stream.next()
+                if sent < len(stream.parts) or not stream.complete:
+                    connection.reusable = False  # answered before the whole request was sent
+            answer = await answer_coming
+        except BaseException:  # failed, timed out or cancelled: the answer (or the rest of it) may still come
+            connection._abort()
+            raise
+        finally:
+            timer.cancel()
+        if connection.reusable and not connection.closed:
+            stack = self._idle.setdefault(base_url, [])
+            if len(stack) < self.max_idle_per_worker:
+                connection.idle_since = time.monotonic()
+                stack.append(connection)
+                return answer
+        connection._abort()
+        return answer

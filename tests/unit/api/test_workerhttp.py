@@ -1,0 +1,314 @@
+"""The facade's HTTP/1.1 client to the workers (:mod:`legacygpu.api.workerhttp`), against real servers on loopback.
+
+A real uvicorn server (what workers serve with) for the answers a worker gives, and plain sockets for
+the ways a worker fails: it dies mid-answer, closes a kept-alive connection under a reused request,
+never answers, answers something that is not HTTP, or dies while it reads a streamed body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import uvicorn
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from legacygpu.api.discovery import ServingEndpoint
+from legacygpu.api.forwarding import Forwarder
+from legacygpu.api.workerhttp import BodyStream, IncompleteBody, WorkerFailed, WorkerPool
+
+
+async def _echo(request: Request) -> Response:
+    """What arrived: the body's length and digest, a protocol header, and the client port (the connection)."""
+    body = await request.body()
+    assert request.client is not None
+    return JSONResponse({"length": len(body), "sha256": hashlib.sha256(body).hexdigest(), "port": request.client.port,
+                         "header": request.headers.get("inference-header-content-length"),
+                         "path": request.url.path}, headers={"Inference-Header-Content-Length": "7"})
+
+
+async def _chunked(_: Request) -> Response:
+    async def parts() -> Iterator[bytes]:  # type: ignore[misc]
+        for part in (b"one,", b"two,", b"three"):
+            yield part
+
+    return StreamingResponse(parts(), media_type="text/plain")  # no Content-Length: chunked transfer encoding
+
+
+async def _close(_: Request) -> Response:
+    return Response(b"bye", headers={"Connection": "close"})
+
+
+@pytest.fixture(scope="module")
+def worker_url() -> Iterator[str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = Starlette(routes=[Route("/v2/models/{m}/infer", _echo, methods=["POST"]), Route("/chunked", _chunked),
+                            Route("/close", _close)])
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _raw_server(handle: Callable[[socket.socket], None]) -> tuple[str, list[int]]:
+    """A listening socket whose every connection goes to ``handle`` (in a thread); its URL and a count of
+    the connections it accepted."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted = [0]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted[0] += 1
+            threading.Thread(target=_handled, args=(handle, conn), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+
+
+def _handled(handle: Callable[[socket.socket], None], conn: socket.socket) -> None:
+    with conn, contextlib.suppress(OSError):
+        handle(conn)
+
+
+def _read_request(conn: socket.socket) -> bytes:
+    """One whole request (head and a Content-Length body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+    length = lengths[0] if lengths else 0
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head
+
+
+async def _answer(pool: WorkerPool, url: str, body: bytes | list[bytes] | BodyStream = b"{}") -> dict[str, object]:
+    answer = await pool.request(url, "POST", "/v2/models/m/infer", [(b"inference-header-content-length", b"2")], body)
+    assert answer.status == 200
+    return json.loads(answer.body)  # type: ignore[no-any-return]
+
+
+async def test_an_answer_comes_whole_and_its_connection_is_reused(worker_url: str) -> None:
+    pool = WorkerPool(keepalive_seconds=4)
+    try:
+        answer = await pool.request(worker_url, "POST", "/v2/models/m/infer", [(b"inference-header-content-length",
+                                                                                 b"2")], b"{}")
+        got = json.loads(answer.body)
+        assert (answer.status, got["length"], got["header"]) == (200, 2, "2"), "the body and the headers arrived"
+        assert (b"inference-header-content-length", b"7") in answer.headers, "names in lower case, values as sent"
+        assert (await _answer(pool, worker_url))["port"] == got["port"], "the second request used the same connection"
+        at_once = await asyncio.gather(*(_answer(pool, worker_url) for _ in range(3)))
+        assert len({a["port"] for a in at_once}) == 3, "one connection per request in flight"
+    finally:
+        await pool.close()
+
+
+async def test_a_path_is_percent_encoded_on_the_way(worker_url: str) -> None:
+    pool = WorkerPool(keepalive_seconds=4)
+    try:
+        answer = await pool.request(worker_url, "POST", "/v2/models/a b%/infer", (), b"")
+        assert json.loads(answer.body)["path"] == "/v2/models/a b%/infer"
+    finally:
+        await pool.close()
+
+
+async def test_a_large_body_arrives_intact_in_one_part_in_parts_and_streamed(worker_url: str) -> None:
+    body = bytes(range(256)) * (9 << 12)  # 9 MiB
+    digest = hashlib.sha256(body).hexdigest()
+    pool = WorkerPool(keepalive_seconds=4)
+    parts = [body[i:i + (1 << 20)] for i in range(0, len(body), 1 << 20)]
+    try:
+        assert (await _answer(pool, worker_url, body))["sha256"] == digest
+        assert (await _answer(pool, worker_url, parts))["sha256"] == digest
+        remaining = iter(parts[1:])
+
+        async def more() -> tuple[bytes, bool]:
+            await asyncio.sleep(0)  # as a client's parts come: one event loop turn apart
+            part = next(remaining)
+            return part, part is not parts[-1]
+
+        got = await _answer(pool, worker_url, BodyStream(len(body), parts[0], more))
+        assert (got["length"], got["sha256"]) == (len(body), digest)
+    finally:
+        await pool.close()
+
+
+async def test_a_chunked_answer_is_put_together(worker_url: str) -> None:
+    pool = WorkerPool(keepalive_seconds=4)
+    try:
+        first = await pool.request(worker_url, "GET", "/chunked")
+        assert (first.status, first.body) == (200, b"one,two,three")
+        assert (b"transfer-encoding", b"chunked") in first.headers
+        assert (await pool.request(worker_url, "GET", "/chunked")).body == b"one,two,three"
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_the_worker_says_it_closes_is_not_kept(worker_url: str) -> None:
+    pool = WorkerPool(keepalive_seconds=4)
+    try:
+        assert (await pool.request(worker_url, "GET", "/close")).body == b"bye"
+        assert not any(pool._idle.values()), "Connection: close is honoured"
+    finally:
+        await pool.close()
+
+
+async def test_a_worker_that_dies_mid_answer_is_a_failure_not_a_short_answer() -> None:
+    def half_answer(conn: socket.socket) -> None:
+        _read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"outp")
+
+    url, _ = _raw_server(half_answer)
+    pool = WorkerPool(keepalive_seconds=4)
+    with pytest.raises(WorkerFailed, match="before the whole answer came"):
+        await pool.request(url, "POST", "/v2/models/m/infer", (), b"{}")
+    await pool.close()
+
+
+async def test_a_kept_connection_the_worker_closed_is_replaced_without_a_failure() -> None:
+    """The worker closes a kept connection just as the next request arrives on it (its idle timeout, a
+    restart): that request had no answer, so it goes again on a new connection, not counted as a failure."""
+    def answer_one_then_close(conn: socket.socket) -> None:
+        _read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        _read_request(conn)  # the next request on the kept connection: closed unanswered
+
+    url, accepted = _raw_server(answer_one_then_close)
+    pool = WorkerPool(keepalive_seconds=4)
+    try:
+        assert (await pool.request(url, "GET", "/")).body == b"ok"
+        assert (await pool.request(url, "GET", "/")).body == b"ok", "the closed connection was not a failure"
+        assert accepted[0] == 2
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_idle_past_the_keepalive_is_not_reused(worker_url: str) -> None:
+    pool = WorkerPool(keepalive_seconds=0.2)
+    try:
+        first = (await _answer(pool, worker_url))["port"]
+        await asyncio.sleep(0.3)
+        assert (await _answer(pool, worker_url))["port"] != first
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize(("reply", "match"), [
+    (None, "no whole answer within 0.3 s"),
+    (b"SSH-2.0-OpenSSH_9.6\r\n", "not HTTP"),
+], ids=["silent", "not-http"])
+async def test_a_worker_that_does_not_answer_http_fails(reply: bytes | None, match: str) -> None:
+    def handle(conn: socket.socket) -> None:
+        _read_request(conn)
+        if reply is not None:
+            conn.sendall(reply)
+        time.sleep(1)
+
+    url, _ = _raw_server(handle)
+    pool = WorkerPool(keepalive_seconds=4, timeout=0.3)
+    with pytest.raises(WorkerFailed, match=match):
+        await pool.request(url, "POST", "/", (), b"{}")
+    await pool.close()
+
+
+async def test_a_refused_connection_fails() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}"  # bound, not listening: refused
+        with pytest.raises(WorkerFailed, match="cannot connect"):
+            await WorkerPool(keepalive_seconds=4).request(url, "GET", "/")
+
+
+async def test_a_streamed_body_whose_worker_dies_mid_body_goes_whole_to_another(worker_url: str) -> None:
+    """The Forwarder's retry with a body still arriving: the second worker gets every byte, the first ones too."""
+    def read_some_then_die(conn: socket.socket) -> None:
+        conn.recv(1000)
+
+    dying, _ = _raw_server(read_some_then_die)
+    parts = [bytes([i]) * 300_000 for i in range(4)]
+    remaining = iter(parts[1:])
+
+    async def more() -> tuple[bytes, bool]:
+        await asyncio.sleep(0.05)  # the client is slower than the worker dies
+        part = next(remaining)
+        return part, part is not parts[-1]
+
+    class Workers:
+        async def serving_endpoints(self) -> list[ServingEndpoint]:
+            return [ServingEndpoint("healthy", worker_url, frozenset({"m"}), None),
+                    ServingEndpoint("dying", dying, frozenset({"m"}), None)]
+
+    registry = CollectorRegistry()
+    forwarder = Forwarder(Workers(), registry)  # type: ignore[arg-type]
+    forwarder.outstanding[worker_url] = 1  # the healthy one looks busier: the dying one is picked first
+    try:
+        answer = await forwarder.forward("POST", "/v2/models/m/infer", model="m",
+                                         content=BodyStream(1_200_000, parts[0], more))
+        assert answer.worker == "healthy"
+        assert json.loads(answer.content)["sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
+        assert registry.get_sample_value("legacygpu_serving_retries_total", {"model": "m"}) == 1
+    finally:
+        await forwarder.close()
+
+
+async def test_a_streamed_body_cut_short_by_its_client_is_no_request(worker_url: str) -> None:
+    pool = WorkerPool(keepalive_seconds=4)
+
+    async def gone() -> tuple[bytes, bool]:
+        raise IncompleteBody("the client went away")
+
+    async def short() -> tuple[bytes, bool]:
+        return b"x", False
+
+    try:
+        with pytest.raises(IncompleteBody, match="went away"):
+            await _answer(pool, worker_url, BodyStream(10, b"abc", gone))
+        with pytest.raises(IncompleteBody, match="4 bytes, not the 10 declared"):
+            await _answer(pool, worker_url, BodyStream(10, b"abc", short))
+        assert not any(pool._idle.values()), "a connection with half a request on it is not kept"
+        assert (await _answer(pool, worker_url))["length"] == 2, "the worker is none the worse"
+    finally:
+        await pool.close()
+
+
+async def test_a_cancelled_request_does_not_leave_its_connection_for_the_next(worker_url: str) -> None:
+    def slow(conn: socket.socket) -> None:
+        _read_request(conn)
+        time.sleep(0.5)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
+
+    url, accepted = _raw_server(slow)
+    pool = WorkerPool(keepalive_seconds=4)
+    request = asyncio.ensure_future(pool.request(url, "GET", "/"))
+    await asyncio.sleep(0.1)
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert not any(pool._idle.values())
+    await pool.close()
+    assert accepted[0] == 1
