@@ -35,6 +35,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from e2ecluster import Kube
+from e2ecluster.errors import WaitTimeout
 from tritonclient.utils import InferenceServerException
 
 from legacygpu.operator.crdgen import all_crds
@@ -207,7 +208,12 @@ def test_tritonclient_through_the_facade_on_ready_worker_pods_and_a_killed_worke
         pid = kube.worker_pid(namespace, crashed)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        kube.wait_for(lambda: _retries(url) >= 1, timeout=60, what="a request retried on the other worker")
+        try:
+            kube.wait_for(lambda: _retries(url) >= 1, timeout=60, what="a request retried on the other worker")
+        except WaitTimeout as exc:  # say what the facade saw: did it send anything to the killed pod at all?
+            ready = [p.metadata.name for p in _ready_pods(kube, namespace)]
+            raise AssertionError(f"{exc}; killed {crashed}; Ready pods now {ready}; failures {failures[:5]}; "
+                                 f"facade: {_serving_metrics(url)}") from exc
         # Restarted: a new process, answering its own readiness (the pod's Ready condition may still be the
         # old process's until the stand-in kubelet's next probe).
         crashed_ip = pods[0].status.pod_ip
@@ -265,6 +271,12 @@ def _under_load(url: str, clients: int = 4) -> Iterator[tuple[list[list[int]], l
         stop.set()
         for thread in threads:
             thread.join(timeout=60)
+
+
+def _serving_metrics(url: str) -> list[str]:
+    """The facade's ``legacygpu_serving_*`` samples, to explain a failure."""
+    text = httpx.get(f"{url}/metrics", timeout=10, headers={"Authorization": f"Bearer {TOKEN}"}).text
+    return [line for line in text.splitlines() if line.startswith("legacygpu_serving_")]
 
 
 def _retries(url: str) -> float:
