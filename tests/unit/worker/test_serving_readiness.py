@@ -56,3 +56,14 @@ def test_stopping_with_a_drain_answers_requests_sent_during_it_then_closes(demo_
         with pytest.raises(httpx.TransportError):
             client.post("/v2/models/digits/infer", json=body)
     assert statuses and set(statuses) == {200}
+
+
+def test_an_idle_server_ends_its_drain_early(demo_repository: Path) -> None:
+    """No request comes: the drain ends after a quiet second, not after the whole ``drain_seconds``."""
+    runner = TaskRunner(ModelRepository(demo_repository), create_backend("onnxruntime"))
+    server = ServingServer(ServingEngine(runner, server_version="test"), grpc_port=None)
+    server.start()
+    stopping = threading.Thread(target=server.stop, kwargs={"drain_seconds": 60})
+    stopping.start()
+    stopping.join(timeout=20)
+    assert not stopping.is_alive()

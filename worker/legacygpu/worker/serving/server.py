@@ -23,6 +23,7 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,9 @@ DRAIN_SECONDS = 3.0
 The facade drops a pod from its choice once the pod has a deletionTimestamp or is not Ready (it re-reads its
 pod list every second); a request it sent just before that must still find the worker listening, and the
 worker must answer every request it accepted. Well within the pod's termination grace period (30 s)."""
+QUIET_SECONDS = 1.0
+"""The drain ends early once no request has come for this long since it began or since the last one (the facade
+re-reads its pods every second)."""
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -106,11 +110,18 @@ class ServingServer:
         if self._loop is None or self._thread is None:
             return
         if drain_seconds > 0 and self._thread.is_alive():
-            log.info("draining: serving %.1f s more before closing the endpoints", drain_seconds)
-            self._thread.join(timeout=drain_seconds)
+            log.info("draining: serving up to %.1f s more before closing the endpoints", drain_seconds)
+            began = time.monotonic()
+            while time.monotonic() < began + drain_seconds and self._thread.is_alive() and not self._quiet(began):
+                time.sleep(0.05)
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         self._thread.join(timeout=_GRACE_SECONDS + 5)
+
+    def _quiet(self, since: float) -> bool:
+        """Nothing in flight and no request for :data:`QUIET_SECONDS` after ``since``: the senders have stopped."""
+        last = max(since, self.engine.last_request)
+        return self.engine.in_flight == 0 and time.monotonic() - last >= QUIET_SECONDS
 
     def _run(self, sock: socket.socket) -> None:
         self._loop = _new_loop()
