@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 _GRACE_SECONDS = 5.0
 DRAIN_SECONDS = 3.0
-"""How long a worker pod keeps serving after its SIGTERM, no longer ready, before its endpoints close.
+"""The longest a worker pod keeps serving after its SIGTERM, no longer ready, before its endpoints close.
 
 The facade drops a pod from its choice once the pod has a deletionTimestamp or is not Ready (it re-reads its
 pod list every second); a request it sent just before that must still find the worker listening, and the
@@ -103,9 +103,10 @@ class ServingServer:
     def stop(self, drain_seconds: float = 0.0) -> None:
         """Stop both servers, letting in-flight calls finish for a few seconds.
 
-        ``drain_seconds``: keep serving that long first (a pod being deleted: it already reports not ready,
-        and the facade, which still had it in its list, stops sending within that time); requests sent before
-        the listener closes are answered, not refused.
+        ``drain_seconds``: keep serving up to that long first, until no request has come for
+        :data:`QUIET_SECONDS` (a pod being deleted: it already reports not ready, and the facade, which
+        still had it in its list, stops sending within that time); requests sent before the listener
+        closes are answered, not refused.
         """
         if self._loop is None or self._thread is None:
             return
