@@ -154,11 +154,24 @@ def test_dynamic_batch_plans_are_cached_and_evicted(tmp_path: Path) -> None:
     model = create_backend("opencl").load(path)
     ref = create_backend("onnxruntime").load(path)
     rng = np.random.default_rng(2)
-    for n in (1, 4, 1, 2, 3, 5, 6):
+    later = list(range(5, 5 + executor.MAX_PLANS - 1))
+    for n in (1, 4, 1, *later):  # batch 1 used again: batch 4 is the least recently used when the cache is full
         x = rng.random((n, 3, 16, 16), dtype=np.float32)
         assert compare("y", model.run({"x": x})["y"], ref.run({"x": x})["y"]).max_rel_error < 1e-4
     assert len(model._plans) == executor.MAX_PLANS
-    assert [k[0][1][0] for k in model._plans] == [2, 3, 5, 6]
+    assert [k[0][1][0] for k in model._plans] == [1, *later]
+
+
+def test_plans_beyond_the_memory_share_are_evicted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from legacygpu.worker.opencl import executor
+
+    model = create_backend("opencl").load(_conv_pool_model(tmp_path))
+    model.run({"x": np.zeros((2, 3, 16, 16), np.float32)})
+    share = next(iter(model._plans.values())).plan.peak_bytes * 1.5 / model.runtime.dctx.info.global_mem_bytes
+    monkeypatch.setattr(executor, "PLAN_MEMORY_SHARE", share)  # room for batch 2's plan, not for two of them
+    for n in (1, 3):
+        model.run({"x": np.zeros((n, 3, 16, 16), np.float32)})
+    assert [k[0][1][0] for k in model._plans] == [3]
 
 
 def test_fallback_op_reads_the_input_of_a_removed_cast(tmp_path: Path) -> None:

@@ -85,6 +85,54 @@ async def test_batching_on_the_opencl_backend_matches_onnxruntime(serving_models
     assert _count(engine.metrics, "legacygpu_inference_exec_count_total") < len(xs)
 
 
+def _cnn_repository(root: Path, **batching: object) -> ModelRepository:
+    """A small CNN (Conv, Relu, MaxPool, GlobalAveragePool; NCHW with a dynamic batch) whose card batches."""
+    from onnx import helper, numpy_helper
+
+    from legacygpu.worker.modelinfo import card_from_onnx
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["p"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", 1, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", 1, ["N", 8, 1, 1])], initializer=[w])
+    path = root / "cnn.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    card = card_from_onnx("cnn", path).model_copy(update={
+        "max_batch_size": 8, "dynamic_batching": DynamicBatchingSpec.model_validate(batching)})
+    repository = ModelRepository(root / "models")
+    repository.add(card, path)
+    return repository
+
+
+@pytest.mark.parametrize("preferred", [[], [1, 2, 4, 8]])
+async def test_a_cnn_batched_on_opencl_answers_each_request_as_it_does_alone(tmp_path: Path,
+                                                                            preferred: list[int]) -> None:
+    """4-D inputs of 1 to 3 images joined along the batch axis on the OpenCL backend, and split back."""
+    pytest.importorskip("pyopencl")
+    repository = _cnn_repository(tmp_path, max_queue_delay_microseconds=50_000, preferred_batch_size=preferred)
+    runner = TaskRunner(repository, create_backend("opencl"))
+    engine = ServingEngine(runner)
+    rng = np.random.default_rng(4)
+    xs = [rng.standard_normal((size, 3, 16, 16)).astype(np.float32) for size in (1, 3, 2, 1, 2, 1, 3)]
+    try:
+        results = await asyncio.gather(*(engine.infer(InferRequest("cnn", inputs=[InferInput("x", "FP32", x)]))
+                                         for x in xs))
+    finally:
+        await engine.close()
+    reference = create_backend("onnxruntime").load(repository.model_path("cnn"))
+    for x, (outputs, _) in zip(xs, results, strict=True):
+        alone = runner.run_feeds("cnn", {"x": x})["y"]  # the same backend, this request by itself
+        assert outputs["y"].shape == (len(x), 8, 1, 1)
+        np.testing.assert_allclose(outputs["y"], alone, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(outputs["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-5)
+    assert max(timings.batch_size for _, timings in results) > 3  # requests were joined
+    executed = engine.metrics.registry.get_sample_value("legacygpu_inference_exec_count_total", {"model": "cnn"})
+    assert executed is not None and executed < len(xs)
+
+
 async def test_a_request_larger_than_max_batch_size_is_refused(serving_models: Path) -> None:
     enable_batching(serving_models, max_batch_size=4)
     engine = ServingEngine(TaskRunner(ModelRepository(serving_models), create_backend("onnxruntime")))
@@ -143,6 +191,44 @@ async def test_outputs_are_split_back_in_request_order() -> None:
     outputs = [(await task)[0]["y"][:, 0].tolist() for task in rest]
     assert outputs == [[2, 2], [4], [6, 6, 6]]
     assert device.batches == [[0], [1, 1, 2, 3, 3, 3]]
+    await scheduler.close()
+
+
+async def test_with_preferred_sizes_a_batch_takes_the_largest_one_the_queue_fills() -> None:
+    """Seven queued (max 8, preferred 1, 2, 4): batches of 4, 2 and 1, each a size the backend has seen before."""
+    device = _Device()
+    scheduler = _scheduler(device, max_queue_delay_microseconds=0, preferred_batch_size=[1, 2, 4])
+    first = await _busy(scheduler, device)
+    rest = [asyncio.ensure_future(scheduler.infer(_x(v), size=1)) for v in range(1, 8)]
+    await asyncio.sleep(0.05)
+    device.go.set()
+    await first
+    outputs = [(await task)[0]["y"][:, 0].tolist() for task in rest]
+    assert outputs == [[2 * v] for v in range(1, 8)]
+    assert device.batches == [[0], [1, 2, 3, 4], [5, 6], [7]]
+    await scheduler.close()
+
+
+async def test_a_request_that_does_not_fit_waits_for_the_next_batch_and_a_later_one_joins() -> None:
+    """Max 8: queued 3, 3, 3, 1 run as 3+3+1, then 3 (the skipped request keeps its place)."""
+    device = _Device()
+    scheduler = _scheduler(device, max_queue_delay_microseconds=0)
+    first = await _busy(scheduler, device)
+    rest = [asyncio.ensure_future(scheduler.infer(_x(v, rows), size=rows)) for v, rows in [(1, 3), (2, 3), (3, 3),
+                                                                                           (4, 1)]]
+    await asyncio.sleep(0.05)
+    device.go.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+    assert device.batches == [[0], [1, 1, 1, 2, 2, 2, 4], [3, 3, 3]]
+    await scheduler.close()
+
+
+async def test_a_request_larger_than_every_preferred_size_still_runs() -> None:
+    device = _Device()
+    device.go.set()
+    scheduler = _scheduler(device, max_queue_delay_microseconds=0, preferred_batch_size=[1, 2])
+    outputs, _ = await asyncio.wait_for(scheduler.infer(_x(5, rows=3), size=3), 10)
+    assert outputs["y"][:, 0].tolist() == [10, 10, 10]
     await scheduler.close()
 
 

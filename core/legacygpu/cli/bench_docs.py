@@ -157,8 +157,11 @@ def render_serve(record: dict[str, Any], make: str) -> str:
         for target, points in series.items():
             server, _, batching = target.partition("/")
             for p in points:
+                setting = batching.removeprefix("batching-")
+                if "batch" in p:  # an in-process ceiling: one caller, images per call; req/s counts images
+                    setting = f"{setting.removesuffix('-batch')}, {p['batch']} per call"
                 lines.append(
-                    f"| {model} | {server} | {batching.removeprefix('batching-')} | {p['concurrency']} "
+                    f"| {model} | {server} | {setting} | {p['concurrency']} "
                     f"| {_ms(p['throughput_rps'])} | {_ms(p['p50_ms'])} ({_ms(p['p25_ms'])}-{_ms(p['p75_ms'])}) "
                     f"| {_ms(p['p99_ms'])} | {p['errors']} | {p['load_after']:.1f} |"
                 )
@@ -170,6 +173,8 @@ def render_serve(record: dict[str, Any], make: str) -> str:
         measured = f"{t['value']:.3g}" + ("x" if t["name"] != "facade_overhead_p50_ms" else " ms")
         if "p50_ms" in t:
             measured += f" (p50 {_ms(t['p50_ms'][0])} vs {_ms(t['p50_ms'][1])} ms)"
+        if "ceiling" in t:
+            measured += f"; at most {t['ceiling']:.3g}x here ({t['ceiling_from']})"
         if t.get("within_noise"):
             measured += f", within noise (IQR {_ms(t['noise_ms'])} ms)"
         lines.append(f"| {_TARGET_TEXT.get(t['name'], t['name'])} | {t['model']} | {t['concurrency']} | {t['ours']} "

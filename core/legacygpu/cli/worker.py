@@ -74,6 +74,7 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
         from legacygpu.worker.kube import run_kube_worker
         from legacygpu.worker.podsources import fetch_pod_sources
         from legacygpu.worker.runner import TaskRunner, preload_from_env
+        from legacygpu.worker.serving.server import DRAIN_SECONDS
 
         runner = TaskRunner(ModelRepository(model_dir or Settings().models_dir), create_backend(backend, device_index))
         # The pod's readiness probe is /v2/health/ready: ready once the model sources are fetched, the
@@ -99,8 +100,8 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
                 load=(lambda: server.engine.in_flight) if server is not None else None,
             )
         finally:
-            if server is not None:
-                server.stop()
+            if server is not None:  # the pod is no longer ready (the task loop left): drain, then close
+                server.stop(drain_seconds=DRAIN_SECONDS)
         return
     from legacygpu.worker.local_worker import LocalWorker
 

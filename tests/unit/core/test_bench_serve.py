@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from legacygpu.cli import bench_docs
@@ -131,3 +132,44 @@ async def test_the_load_generator_sends_the_body_from_every_client_and_counts_re
         assert refused["requests"] == 0 and refused["errors"] > 0
     finally:
         await runner.cleanup()
+
+
+def _ceiling(batch: int, images_per_s: float) -> dict[str, Any]:
+    return {**_pt(1, images_per_s, 1000 * batch / images_per_s), "batch": batch}
+
+
+def test_the_opencl_facade_gets_its_own_batching_row_and_each_row_its_backends_ceiling() -> None:
+    results = _results(cnn_on=60.0)
+    cnn = results["squeezenet"]
+    cnn["facade-opencl/batching-off"] = [_pt(8, 18, 400), _pt(32, 20, 1500)]
+    cnn["facade-opencl/batching-on"] = [_pt(8, 30, 250), _pt(32, 70, 450)]
+    cnn["onnxruntime/in-process-batch"] = [_ceiling(1, 45), _ceiling(8, 75), _ceiling(32, 72)]
+    cnn["opencl/in-process-batch"] = [_ceiling(1, 21), _ceiling(8, 90), _ceiling(32, 110)]
+    rows = {t["ours"]: t for t in targets(results) if t["name"] == "batching_throughput_gain"}
+    assert rows["facade/batching-on"]["value"] == pytest.approx(2.0) and not rows["facade/batching-on"]["met"]
+    assert rows["facade/batching-on"]["ceiling"] == pytest.approx(75 / 30)  # the best batch size, over batching off
+    assert rows["facade/batching-on"]["ceiling_from"] == "onnxruntime/in-process-batch, 8 per call"
+    opencl = rows["facade-opencl/batching-on"]
+    assert opencl["value"] == pytest.approx(3.5) and opencl["met"] and opencl["ceiling"] == pytest.approx(5.5)
+    record = {"command": "legacygpu bench serve", "started": "2026-12-07T03:00:00+00:00", "seconds": 600,
+              "seconds_per_point": 3.0, "ray_version": None,
+              "host": {"cpu_count": 2, "load_before": [1, 1, 1], "load_after": [2, 1, 1]}, "results": results}
+    text = bench_docs.render_serve(record, "bench-serve")
+    assert "| squeezenet | opencl | in-process, 32 per call | 1 | 110 |" in text
+    assert "| squeezenet | facade-opencl | on | 32 | 70 |" in text
+    gain = next(line for line in text.splitlines() if "| facade-opencl/batching-on |" in line)
+    assert "| 3.5x; at most 5.5x here (opencl/in-process-batch, 32 per call) |" in gain and gain.endswith("**yes** |")
+
+
+def test_without_ceilings_or_an_opencl_worker_the_batching_row_is_as_before() -> None:
+    (row,) = [t for t in targets(_results()) if t["name"] == "batching_throughput_gain"]
+    assert row["ours"] == "facade/batching-on" and "ceiling" not in row
+
+
+def test_a_ceiling_calls_the_model_with_the_batch_given() -> None:
+    from legacygpu.cli.bench_serve import _batched_load
+
+    seen: list[tuple[int, ...]] = []
+    point = _batched_load(lambda xs: seen.append(xs.shape), np.zeros((1, 3), np.float32), 8, 0.05)
+    assert set(seen) == {(8, 3)} and point["batch"] == 8
+    assert point["throughput_rps"] == pytest.approx(8 * point["requests"] / point["wall_seconds"])

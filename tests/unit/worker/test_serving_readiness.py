@@ -6,9 +6,11 @@ Real: the worker's REST server on loopback, the onnxruntime backend, the demo di
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from legacygpu.core.modelcards import ModelRepository
 from legacygpu.worker.backends import create_backend
@@ -34,3 +36,34 @@ def test_readiness_waits_for_the_extra_condition_and_inference_does_not(demo_rep
             assert client.post("/v2/models/digits/infer", json=body).status_code == 200
     finally:
         server.stop()
+
+
+def test_stopping_with_a_drain_answers_requests_sent_during_it_then_closes(demo_repository: Path) -> None:
+    """A pod on SIGTERM: requests that reach it in the drain are answered (none refused), then the port closes."""
+    runner = TaskRunner(ModelRepository(demo_repository), create_backend("onnxruntime"))
+    server = ServingServer(ServingEngine(runner, server_version="test"), grpc_port=None)
+    server.start()
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+    stopping = threading.Thread(target=server.stop, kwargs={"drain_seconds": 1.5})
+    statuses: list[int] = []
+    with httpx.Client(base_url=server.endpoints["rest"], timeout=30) as client:
+        stopping.start()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # within the drain
+            statuses.append(client.post("/v2/models/digits/infer", json=body).status_code)
+        stopping.join(timeout=30)
+        assert not stopping.is_alive()
+        with pytest.raises(httpx.TransportError):
+            client.post("/v2/models/digits/infer", json=body)
+    assert statuses and set(statuses) == {200}
+
+
+def test_an_idle_server_ends_its_drain_early(demo_repository: Path) -> None:
+    """No request comes: the drain ends after a quiet second, not after the whole ``drain_seconds``."""
+    runner = TaskRunner(ModelRepository(demo_repository), create_backend("onnxruntime"))
+    server = ServingServer(ServingEngine(runner, server_version="test"), grpc_port=None)
+    server.start()
+    stopping = threading.Thread(target=server.stop, kwargs={"drain_seconds": 60})
+    stopping.start()
+    stopping.join(timeout=20)
+    assert not stopping.is_alive()

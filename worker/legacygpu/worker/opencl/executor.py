@@ -6,8 +6,9 @@ queue, the executor's kernel programs and the tuned SGEMM. An
 
 * loading reads and optimises the graph once (:mod:`.graph`, :mod:`.passes`);
 * each distinct set of input shapes (in practice: each batch size) gets its
-  own :class:`~.plan.Plan`, built on first use and cached (a few per model,
-  least recently used dropped first, buffers released with it);
+  own :class:`~.plan.Plan`, built on first use and cached (:data:`MAX_PLANS`
+  per model within :data:`PLAN_MEMORY_SHARE` of the device's memory, least
+  recently used dropped first, buffers released with it);
 * a plan's buffers are allocated on its first run and reused by every later
   run; weights are uploaded once per model and shared by its plans.
 
@@ -46,7 +47,11 @@ __all__ = ["BoundPlan", "OpenCLModel", "OpenCLRuntime"]
 
 log = logging.getLogger(__name__)
 
-MAX_PLANS = 4
+MAX_PLANS = 8
+"""Plans kept per model: one per input shape, in practice per batch size (a batcher whose preferred sizes are
+the powers of two up to 64 meets seven). Fewer made the real-time path build a plan for nearly every batch."""
+PLAN_MEMORY_SHARE = 0.5
+"""The kept plans' buffers together stay within this share of the device's memory (the oldest plan goes first)."""
 
 
 class OpenCLRuntime:
@@ -160,7 +165,9 @@ class OpenCLModel:
             )  # fmt: skip
             bound = BoundPlan(plan, self.weights)
             self._plans[key] = bound
-            while len(self._plans) > MAX_PLANS:
+            budget = rt.dctx.info.global_mem_bytes * PLAN_MEMORY_SHARE
+            while len(self._plans) > MAX_PLANS or (
+                    len(self._plans) > 1 and budget and sum(b.plan.peak_bytes for b in self._plans.values()) > budget):
                 _, old = self._plans.popitem(last=False)
                 old.release()
             return bound

@@ -16,6 +16,12 @@ a preferred size, or until the opener has waited
 under load the next batch forms without waiting at all. The batch's inputs
 are concatenated along the first dimension and its outputs split back.
 
+With preferred sizes, a batch takes the largest of them that the queue
+fills, and the requests left over open the next batch. A backend that
+builds a plan per input shape (OpenCL) then meets only those few batch
+sizes, instead of building (and, past its plan cache, evicting) a plan for
+whatever number of requests the queue happened to hold.
+
 Where a batch runs: on the executor's thread, except when the model's last
 run took under :data:`INLINE_SECONDS` and the engine can start it at once
 (``try_execute``: the device is free and the model loaded); then it runs on
@@ -72,7 +78,7 @@ class Timings:
     batch_size: int = 1
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a generated ``__eq__`` would compare the feeds' arrays
 class _Request:
     feeds: dict[str, np.ndarray]
     size: int
@@ -151,6 +157,7 @@ class ModelScheduler:
         self._metrics.pending.labels(self.model).set(self.pending)
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._loop(), name=f"scheduler-{self.model}")
+            self._worker.add_done_callback(self._stopped)
         self._wakeup.set()
         return await request.future
 
@@ -165,12 +172,28 @@ class ModelScheduler:
                 if not request.future.done():
                     request.future.set_exception(QueueTimeout("the server is shutting down"))
 
+    def _stopped(self, worker: asyncio.Task[None]) -> None:
+        """If the batching loop failed (a bug), the requests it left queued hear why instead of waiting forever."""
+        if worker.cancelled() or worker.exception() is None:
+            return
+        exc = worker.exception()
+        error = ServingError(f"model {self.model!r}: the batcher failed: {type(exc).__name__}: {exc}")
+        for queue in self._queues:
+            while queue:
+                request = queue.popleft()
+                if not request.future.done():
+                    request.future.set_exception(error)
+
     # the batching loop ---------------------------------------------------------------------------
 
     def _expire(self, now: float) -> None:
         for queue in self._queues:
-            for request in [r for r in queue if r.deadline is not None and r.deadline <= now]:
-                queue.remove(request)
+            expired = [r for r in queue if r.deadline is not None and r.deadline <= now]
+            if expired:
+                kept = [r for r in queue if r.deadline is None or r.deadline > now]
+                queue.clear()
+                queue.extend(kept)
+            for request in expired:
                 self._metrics.failure.labels(self.model, "timeout").inc()
                 if not request.future.done():
                     request.future.set_exception(
@@ -195,13 +218,28 @@ class ModelScheduler:
             return [opener]
         batch: list[_Request] = []
         total = 0
+        limit = self._limit(opener)
         for queue in self._queues:
-            for request in list(queue):
-                if request.signature == opener.signature and total + request.size <= self.card.max_batch_size:
-                    queue.remove(request)
+            kept: list[_Request] = []
+            for request in queue:
+                if request.signature == opener.signature and total + request.size <= limit:
                     batch.append(request)
                     total += request.size
+                else:
+                    kept.append(request)
+            if len(kept) < len(queue):
+                queue.clear()
+                queue.extend(kept)
         return batch
+
+    def _limit(self, opener: _Request) -> int:
+        """The most items the batch opened by ``opener`` takes: ``max_batch_size``, or with preferred sizes the
+        largest of them that the queue fills and the opener fits in (the rest open the next batch)."""
+        assert self.batching is not None
+        limit = self.card.max_batch_size
+        queued = sum(r.size for q in self._queues for r in q if r.signature == opener.signature)
+        fits = [s for s in self.batching.preferred_batch_size if opener.size <= s <= min(queued, limit)]
+        return max(fits) if fits else limit  # the opener always runs, even if larger than every preferred size
 
     async def _loop(self) -> None:
         while True:

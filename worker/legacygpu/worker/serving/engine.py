@@ -35,6 +35,7 @@ import asyncio
 import base64
 import binascii
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -91,6 +92,8 @@ class ServingEngine:
         self._unloaded: set[str] = set()
         self.in_flight = 0
         """Requests between the start and the end of :meth:`infer` (decoding, queued, running)."""
+        self.last_request = -1e9
+        """``time.monotonic()`` when :meth:`infer` last started (a draining server waits for quiet)."""
         self._device = ThreadPoolExecutor(1, thread_name_prefix="serving-device")
         self._decode = ThreadPoolExecutor(2, thread_name_prefix="serving-decode")
 
@@ -209,6 +212,7 @@ class ServingEngine:
         """The requested outputs of ``request``, where its time went, and the model version that answered (the
         live one, looked up once per request); raises a :class:`ServingError`."""
         self.in_flight += 1  # read by the Kubernetes worker's stats, for the autoscaler
+        self.last_request = time.monotonic()
         try:
             return await self._infer(request)
         finally:

@@ -10,7 +10,8 @@
 
 ``start`` returns once both servers listen (port 0 picks a free port; the
 returned endpoints say which), and raises if either cannot bind. ``stop``
-gives in-flight calls a grace period. Both servers and the engine share one
+gives in-flight calls a grace period, after an optional drain during which
+the servers go on answering (a pod on SIGTERM, see :data:`DRAIN_SECONDS`). Both servers and the engine share one
 asyncio loop in a daemon thread, so a worker's main thread keeps its blocking
 task loop and its signal handlers. The loop is uvloop's where installed
 (:func:`_new_loop`).
@@ -22,6 +23,7 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,11 +35,20 @@ from legacygpu.worker.serving.engine import ServingEngine
 from legacygpu.worker.serving.grpcservice import add_inference_service
 from legacygpu.worker.serving.rest import create_rest_app
 
-__all__ = ["ServingServer"]
+__all__ = ["DRAIN_SECONDS", "ServingServer"]
 
 log = logging.getLogger(__name__)
 
 _GRACE_SECONDS = 5.0
+DRAIN_SECONDS = 3.0
+"""The longest a worker pod keeps serving after its SIGTERM, no longer ready, before its endpoints close.
+
+The facade drops a pod from its choice once the pod has a deletionTimestamp or is not Ready (it re-reads its
+pod list every second); a request it sent just before that must still find the worker listening, and the
+worker must answer every request it accepted. Well within the pod's termination grace period (30 s)."""
+QUIET_SECONDS = 1.0
+"""The drain ends early once no request has come for this long since it began or since the last one (the facade
+re-reads its pods every second)."""
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -89,13 +100,29 @@ class ServingServer:
             raise RuntimeError(f"the serving endpoints did not start: {self._error}") from self._error
         return self.endpoints
 
-    def stop(self) -> None:
-        """Stop both servers, letting in-flight calls finish for a few seconds."""
+    def stop(self, drain_seconds: float = 0.0) -> None:
+        """Stop both servers, letting in-flight calls finish for a few seconds.
+
+        ``drain_seconds``: keep serving up to that long first, until no request has come for
+        :data:`QUIET_SECONDS` (a pod being deleted: it already reports not ready, and the facade, which
+        still had it in its list, stops sending within that time); requests sent before the listener
+        closes are answered, not refused.
+        """
         if self._loop is None or self._thread is None:
             return
+        if drain_seconds > 0 and self._thread.is_alive():
+            log.info("draining: serving up to %.1f s more before closing the endpoints", drain_seconds)
+            began = time.monotonic()
+            while time.monotonic() < began + drain_seconds and self._thread.is_alive() and not self._quiet(began):
+                time.sleep(0.05)
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         self._thread.join(timeout=_GRACE_SECONDS + 5)
+
+    def _quiet(self, since: float) -> bool:
+        """Nothing in flight and no request for :data:`QUIET_SECONDS` after ``since``: the senders have stopped."""
+        last = max(since, self.engine.last_request)
+        return self.engine.in_flight == 0 and time.monotonic() - last >= QUIET_SECONDS
 
     def _run(self, sock: socket.socket) -> None:
         self._loop = _new_loop()
