@@ -123,12 +123,12 @@ async def test_a_cnn_batched_on_opencl_answers_each_request_as_it_does_alone(tmp
     finally:
         await engine.close()
     reference = create_backend("onnxruntime").load(repository.model_path("cnn"))
-    for x, (outputs, _) in zip(xs, results, strict=True):
+    for x, (outputs, _, _) in zip(xs, results, strict=True):
         alone = runner.run_feeds("cnn", {"x": x})["y"]  # the same backend, this request by itself
         assert outputs["y"].shape == (len(x), 8, 1, 1)
         np.testing.assert_allclose(outputs["y"], alone, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(outputs["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-5)
-    assert max(timings.batch_size for _, timings in results) > 3  # requests were joined
+    assert max(timings.batch_size for _, timings, _ in results) > 3  # requests were joined
     executed = engine.metrics.registry.get_sample_value("legacygpu_inference_exec_count_total", {"model": "cnn"})
     assert executed is not None and executed < len(xs)
 
