@@ -225,6 +225,8 @@ def render_operator(record: dict[str, Any], make: str) -> str:
 def _floor_rows(floor: dict[str, Any]) -> list[tuple[str, str]]:
     """The API server's floor measured before the run (``legacygpu.testing.apifloor``)."""
     cpu = floor["cpu_ms_per_task"]
+    if not floor.get("valid", True):  # runs before the check was recorded were all complete
+        return [("API server floor", "not valid: " + "; ".join(floor["invalid_because"]))]
     return [
         ("API server floor: the same create, 3 status writes and watches, no operator or workers",
          f"{floor['tasks_per_second']:.3g} tasks/s ({floor['client_lanes']} client pipelines, "

@@ -24,7 +24,7 @@ The client is one asyncio process (aiohttp, several keep-alive connections per i
 bodies are built with the platform's own status builders, so each object is the size and shape
 the platform's is. The CPU of the control plane's processes is read from ``/proc`` before and
 after (the client's own is its process's, reported apart), so ``cpu_ms_per_task`` of the
-API server and etcd is theirs alone. The **ceiling** is what two cores (``os.cpu_count()``)
+API server and etcd is theirs alone. The **ceiling** is what the machine's cores (``os.cpu_count()``)
 allow at the API server's and etcd's CPU per task with nothing else running:
 ``cpus * 1000 / (kube-apiserver + etcd ms per task)``; the platform's operator and workers need
 CPU of their own on top, so the platform's throughput on this machine is below it.
@@ -265,10 +265,20 @@ async def _patch(session: aiohttp.ClientSession, url: str, version: str, status:
 def floor_summary(
     run: FloorRun, cpu_ms: Mapping[str, float], idle_ms_per_second: Mapping[str, float], *, lanes: int, workers: int
 ) -> dict[str, Any]:
-    """The ``floor`` section of the benchmark's JSON (``cpu_ms`` is CPU ms per process over the drive)."""
-    per_task = {name: round(ms / run.tasks, 2) for name, ms in cpu_ms.items()}
+    """The ``floor`` section of the benchmark's JSON (``cpu_ms`` is CPU ms per process over the drive).
+
+    CPU is divided by the tasks that made every write; a failed task made fewer, so counting it would
+    understate the cost per task. A run with a failure, or whose watches did not receive every event
+    (its elapsed time then includes the wait for them), gives no throughput and no ceiling: ``valid``
+    is false and says why.
+    """
+    succeeded = run.tasks - len(run.failures)
+    per_task = {name: round(ms / succeeded, 2) for name, ms in cpu_ms.items()} if succeeded > 0 else {}
     server = per_task.get("kube-apiserver", 0.0) + per_task.get("etcd", 0.0)
     cpus = os.cpu_count() or 1
+    problems = ([f"{len(run.failures)} task(s) failed"] if run.failures else []) + (
+        [] if run.watch_complete else ["the watches did not receive every event"])
+    valid = not problems
     return {
         "tasks": run.tasks,
         "failed": len(run.failures),
@@ -279,11 +289,13 @@ def floor_summary(
                          "complete": run.watch_complete},
         "client_lanes": lanes,
         "elapsed_seconds": round(run.elapsed, 3),
-        "tasks_per_second": round(run.tasks / run.elapsed, 2) if run.elapsed > 0 else None,
+        "valid": valid,
+        "invalid_because": problems,
+        "tasks_per_second": round(run.tasks / run.elapsed, 2) if valid and run.elapsed > 0 else None,
         "cpu_ms_per_task": per_task,
         "idle_cpu_ms_per_second": {name: round(ms, 2) for name, ms in idle_ms_per_second.items()},
         "apiserver_etcd_cpu_ms_per_task": round(server, 2),
-        "ceiling_tasks_per_second": round(cpus * 1000 / server, 1) if server > 0 else None,
+        "ceiling_tasks_per_second": round(cpus * 1000 / server, 1) if valid and server > 0 else None,
         "cpus": cpus,
         "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

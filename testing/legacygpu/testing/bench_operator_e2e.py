@@ -247,9 +247,11 @@ def run_e2e_benchmark(
     state = cluster.up()
     kube = Kube(state.kubeconfig, cluster)
     measured_floor = None
+    if floor != "no" and results is None:
+        raise ValueError("the floor's reports carry the model's results: pass results= (or floor='no')")
     if floor != "no":
         try:
-            measured_floor = _measure_floor(kube, cluster, state, inputs, results or [{}] * len(inputs), workers,
+            measured_floor = _measure_floor(kube, cluster, state, inputs, results, workers,
                                             floor_lanes)  # fmt: skip
         except BaseException:
             kube.close()
