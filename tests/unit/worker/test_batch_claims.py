@@ -120,3 +120,26 @@ def test_a_key_of_200_characters_gets_its_result_file_whatever_the_pods_name(cla
     summary = run_shard(host, shard([key]))  # type: ignore[arg-type]
     assert summary["batch"]["completed"] == 1 and echoed(claims / "a" / "out" / f"{key}.json") == b"long"
     assert os.listdir(claims / "a" / "out") == [f"{key}.json"]
+
+
+def test_a_pod_without_the_output_claim_fails_before_running_any_input(claims: Path) -> None:
+    host = Host(claims)
+    with pytest.raises(FileNotFoundError, match="claim c is not mounted"):  # retryable: the attempt goes again
+        run_shard(host, shard(["ok.png"], output="pvc://c/out"))  # type: ignore[arg-type]
+    assert host.runner.runs == 0
+
+
+def test_each_result_file_is_written_as_soon_as_its_input_ran(claims: Path) -> None:
+    (claims / "a" / "in" / "second.png").write_bytes(b"2")
+    host = Host(claims)
+    seen: list[list[str]] = []
+    run = host.runner.run
+
+    def run_and_look(model: str, inputs: list[dict[str, Any]], parameters: Any = None) -> dict[str, Any]:
+        out = claims / "a" / "out"
+        seen.append(sorted(p.name for p in out.iterdir()) if out.exists() else [])
+        return run(model, inputs, parameters)
+
+    host.runner.run = run_and_look  # type: ignore[method-assign]
+    run_shard(host, shard(["ok.png", "second.png"]))  # type: ignore[arg-type]
+    assert seen == [[], ["ok.png.json"]]

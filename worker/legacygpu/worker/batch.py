@@ -20,8 +20,9 @@ and that is :func:`run_shard`:
    ``{"error": {"reason", "message"}}``: to the ConfigMap ``<prefix>-<shard>``
    in one write (:func:`legacygpu.worker.resultmaps.write_configmap`; entries
    past the ConfigMap's size are failed inputs, ``ResultTooLarge``), or for a
-   ``pvc://`` output as files in that folder, each written to a temporary
-   name and renamed over ``<key>.json``. A retried shard writes the same
+   ``pvc://`` output as files in that folder (checked before the first input
+   runs), each as soon as it is computed, to a temporary file renamed over
+   ``<key>.json``. A retried shard writes the same
    names again: an input's result is never stored twice.
 
 The shard's result in its own status is a summary (counts, the first
@@ -221,10 +222,14 @@ def run_shard(host: ShardHost, body: Mapping[str, Any]) -> dict[str, Any]:
     entries: dict[str, str] = {}
     failures: list[dict[str, str]] = []
     completed = size = 0
+    folder: Path | None = None
     with _loaders(host, batch) as loaders:
         if to_claim:  # each key names a result file in the output folder, never a path out of it
             for key, _ in loaders:
                 check_file_key(key)
+            # Before any input runs: a pod that does not mount the output's claim (yet: the workers
+            # roll while a claim is added to spec.batchClaims) fails at once, and the attempt is retried.
+            folder = _output_folder(host, output)
         for key, load in loaders:
             try:
                 encoded = json.dumps(host.runner.run(model, load(), parameters), separators=(",", ":"))
@@ -242,10 +247,12 @@ def run_shard(host: ShardHost, body: Mapping[str, Any]) -> dict[str, Any]:
                 failures.append({"key": key, "reason": error[0], "message": error[1][:256]})
             else:
                 completed += 1
-            entries[result_key(key)] = encoded
-            size += len(encoded)
+            if folder is not None:  # written as it comes: results are not held in memory
+                _write_file(folder, result_key(key), encoded)
+            else:
+                entries[result_key(key)] = encoded
+                size += len(encoded)
     if to_claim:
-        _write_files(_output_folder(host, output), entries)
         where = output
     else:
         name = result_configmap(output_prefix(str(shard["parent"]), output or None), int(shard["index"]))
@@ -271,20 +278,19 @@ def _output_folder(host: ShardHost, output: str) -> Path:
     return inside_claim(folder, root, output, "spec.batch.output")
 
 
-def _write_files(folder: Path, entries: dict[str, str]) -> None:
-    """Write each entry as the file ``folder/<name>``: whole or not at all (a temporary file, then a rename).
+def _write_file(folder: Path, name: str, text: str) -> None:
+    """Write ``text`` as the file ``folder/<name>``: whole or not at all (a temporary file, then a rename).
 
     The temporary file is new (``mkstemp``: a name nobody can plant a symlink at, and short
     whatever the key's length); the rename replaces ``<name>`` itself, never a file it links to.
     """
-    for name, text in entries.items():
-        fd, partial = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
-        try:
-            os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the results from other users of the claim
-            with open(fd, "w") as file:
-                file.write(text)
-            os.replace(partial, folder / name)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(partial)
-            raise
+    fd, partial = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the results from other users of the claim
+        with open(fd, "w") as file:
+            file.write(text)
+        os.replace(partial, folder / name)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
