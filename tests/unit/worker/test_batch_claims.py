@@ -143,3 +143,19 @@ def test_each_result_file_is_written_as_soon_as_its_input_ran(claims: Path) -> N
     host.runner.run = run_and_look  # type: ignore[method-assign]
     run_shard(host, shard(["ok.png", "second.png"]))  # type: ignore[arg-type]
     assert seen == [[], ["ok.png.json"]]
+
+
+def test_a_listing_records_no_compute_time_in_the_workers_stats(claims: Path) -> None:
+    """The runner's last_compute_ms is the previous task's: a listing, which runs no model, must not count it."""
+    from legacygpu.worker.kube import KubeWorker
+
+    runner = EchoRunner()
+    runner.last_compute_ms = 42.0
+    worker = KubeWorker(api_client=None, pod_name="w", namespace="ml", runner=runner,  # type: ignore[arg-type]
+                        claims_dir=claims)
+    recorded: list[tuple[bool, float | None]] = []
+    worker.claim = lambda body: body  # type: ignore[method-assign]
+    worker.finish = lambda body, build: True  # type: ignore[method-assign]
+    worker._record = lambda ok, compute_ms: recorded.append((ok, compute_ms))  # type: ignore[method-assign]
+    worker.execute(listing())
+    assert recorded == [(True, None)]
