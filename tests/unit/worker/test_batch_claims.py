@@ -159,3 +159,13 @@ def test_a_listing_records_no_compute_time_in_the_workers_stats(claims: Path) ->
     worker._record = lambda ok, compute_ms: recorded.append((ok, compute_ms))  # type: ignore[method-assign]
     worker.execute(listing())
     assert recorded == [(True, None)]
+
+
+def test_a_folder_too_long_to_list_fails_saying_to_split_it(claims: Path) -> None:
+    for index in range(40):
+        (claims / "a" / "in" / f"{index:03d}-{'x' * 40}.png").write_bytes(b"x")
+    host = Host(claims)
+    assert len(run_shard(host, listing())["keys"]) == 41  # type: ignore[arg-type]
+    host.configmap_limit = 1000
+    with pytest.raises(ValidationError, match=r"holds 41 input files.*over the 1000 bytes.*split the folder"):
+        run_shard(host, listing())  # type: ignore[arg-type]

@@ -203,7 +203,13 @@ def _listing(host: ShardHost, spec: Mapping[str, Any]) -> dict[str, Any]:
     keys = list_folder(folder, source, root)
     if not keys:
         raise ValidationError(f"spec.batch.source: {source} holds no input files (images, .npy or .json)")
-    return {"model": spec["model"], "batch": {"listing": True, "total": len(keys)}, "keys": keys}
+    listing = {"model": spec["model"], "batch": {"listing": True, "total": len(keys)}, "keys": keys}
+    size = len(json.dumps(listing, separators=(",", ":")))
+    if size > host.configmap_limit:  # the listing is stored like a result: in one ConfigMap at most
+        raise ValidationError(f"spec.batch.source: {source} holds {len(keys)} input files, a listing of {size} "
+                              f"bytes: over the {host.configmap_limit} bytes a listing may take; split the folder "
+                              "into smaller ones, a batch task each (or use shorter file names)")
+    return listing
 
 
 def run_shard(host: ShardHost, body: Mapping[str, Any]) -> dict[str, Any]:
