@@ -26,7 +26,7 @@ from kubernetes import client, config, dynamic
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
-from e2ecluster import procs
+from e2ecluster import procs, provisioner
 from e2ecluster.cluster import Cluster
 from e2ecluster.errors import ClusterError, WaitTimeout
 
@@ -289,12 +289,15 @@ class Kube:
     def claim_dir(self, namespace: str, claim: str, *, timeout: float = 60.0) -> Path:
         """The folder the stand-in's provisioner bound ``claim`` to, once the claim is Bound."""
 
+        root = provisioner.volumes_root(self._need_cluster().root)
+
         def bound() -> Path | None:
-            pvc = self.core.read_namespaced_persistent_volume_claim(claim, namespace)
-            if pvc.status is None or pvc.status.phase != "Bound":
-                return None
-            volume = self.core.read_persistent_volume(pvc.spec.volume_name)
-            return Path(volume.spec.host_path.path)
+            try:  # the provisioner's own check: a folder it made, under its root
+                return provisioner.claim_folder(self.core, namespace, claim, root)
+            except ValueError as exc:
+                if "not bound yet" in str(exc):
+                    return None
+                raise
 
         return self.wait_for(bound, timeout=timeout, what=f"claim {namespace}/{claim} bound")
 

@@ -386,7 +386,7 @@ class Simulator:
     def _with_volumes(self, ctx: PodContext, container: dict[str, Any], argv: list[str]) -> list[str]:
         """A process pod's argv run with its volumes mounted (:mod:`e2ecluster.podmounts`)."""
         binds, read_only = podimage.prepare_volumes(self.core, ctx, container, service_account=False)
-        binds, overlays, host = podmounts.process_binds(binds)
+        binds, overlays, host = podmounts.process_binds(binds, podmounts.empty_dirs(ctx.pod["spec"], container))
         if host:
             log.info("pod %s/%s: %s left as this machine's folders", ctx.namespace, ctx.name, ", ".join(host))
         if not binds:

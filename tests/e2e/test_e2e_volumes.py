@@ -12,6 +12,7 @@ import base64
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,13 @@ BASE = "/var/lib/legacygpu-e2e-volumes"  # /var/lib exists; this folder must nev
 
 
 def test_process_binds_keep_the_machines_folders_and_overlay_the_nearest_existing_one(tmp_path: Path) -> None:
-    binds = {"/tmp": str(tmp_path / "a"), f"{BASE}/cache": str(tmp_path / "b"), f"{BASE}/src/x": str(tmp_path / "c")}
-    kept, overlays, host = process_binds(binds)
-    assert host == ["/tmp"] and set(kept) == {f"{BASE}/cache", f"{BASE}/src/x"}
-    assert overlays == ["/var/lib"] and nearest_existing(f"{BASE}/src/x") == "/var/lib"
+    binds = {"/tmp": str(tmp_path / "a"), f"{BASE}/cache": str(tmp_path / "b"), f"{BASE}/src/x": str(tmp_path / "c"),
+             "/srv": str(tmp_path / "d"), "/srv/new/y": str(tmp_path / "e")}
+    kept, overlays, host = process_binds(binds, empty={"/tmp"})
+    assert host == ["/tmp"]  # only an emptyDir at an existing path is left as the machine's
+    assert set(kept) == {f"{BASE}/cache", f"{BASE}/src/x", "/srv", "/srv/new/y"}  # a claim at /srv is bound over it
+    assert overlays == ["/var/lib"] and nearest_existing(f"{BASE}/src/x") == "/var/lib"  # /srv/new/y: in /srv's volume
+    assert process_binds({"/tmp": str(tmp_path)})[2] == []  # not an emptyDir: bound over the machine's /tmp
     with pytest.raises(ValueError, match="root of the machine"):
         process_binds({"/no-such-top-folder/x": str(tmp_path)})
 
@@ -52,6 +56,45 @@ def test_mounts_are_made_in_a_private_namespace_and_read_only_ones_refuse_writes
     assert (claim / "written").read_text() == "out\n"  # the bound folder got the write
     assert not Path(BASE).exists(), "the machine's /var/lib was written"
     assert sorted(p.name for p in config.iterdir()) == ["greeting"]
+
+
+@needs_root
+def test_a_volume_at_an_existing_path_is_bound_there_only_for_the_pod(tmp_path: Path) -> None:
+    """A claim mounted over a folder the machine has: the pod sees the claim, the machine its own folder."""
+    existing = tmp_path / "existing"  # stands for a path the machine has (as /srv)
+    existing.mkdir()
+    (existing / "machine.txt").write_text("the machine's")
+    claim, config = tmp_path / "claim", tmp_path / "config"
+    claim.mkdir()
+    config.mkdir()
+    (config / "greeting").write_text("hello")
+    binds = {str(existing): str(claim), f"{existing}/config": str(config)}
+    kept, overlays, host = process_binds(binds)
+    assert host == [] and overlays == []
+    argv = mount_wrapper(tmp_path / "mounts", kept, {f"{existing}/config"}, overlays)
+    script = "; ".join([f"ls {existing}", f"echo out > {existing}/written",
+                        f"touch {existing}/config/x 2>/dev/null && echo writable || echo read-only"])
+    out = subprocess.run([*argv, "sh", "-c", script], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert out.split() == ["config", "read-only"], out  # the claim (with its config mountpoint), not machine.txt
+    assert (claim / "written").read_text() == "out\n"
+    assert sorted(p.name for p in existing.iterdir()) == ["machine.txt"]  # the machine's folder untouched
+
+
+@needs_root
+def test_a_volume_folder_under_an_overlaid_folder_is_the_machines_not_the_overlays(tmp_path: Path) -> None:
+    """The state dir under /var/lib, which a pod's new mountPath overlays: its claim writes reach the claim."""
+    state = Path(tempfile.mkdtemp(prefix="legacygpu-e2e-state-", dir="/var/lib"))
+    try:
+        claim = state / "volumes" / "claim"
+        claim.mkdir(parents=True)
+        kept, overlays, _ = process_binds({f"{BASE}/claim": str(claim)})
+        assert overlays == ["/var/lib"]
+        argv = mount_wrapper(state / "mounts", kept, set(), overlays)
+        subprocess.run([*argv, "sh", "-c", f"echo out > {BASE}/claim/written"], check=True, timeout=30)
+        assert (claim / "written").read_text() == "out\n"  # not lost in the overlay's upper folder
+        assert not Path(BASE).exists(), "the machine's /var/lib was written"
+    finally:
+        shutil.rmtree(state)
 
 
 def _pod(name: str, script: str, volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -117,3 +160,20 @@ def test_a_process_pod_sees_its_configmap_and_claims_at_their_mount_paths(
     kube.wait_for(lambda: not data.exists(), timeout=60, what="the released claim's folder removed")
     kube.wait_gone("v1", "PersistentVolume", volume, timeout=30)
     assert shared.is_dir()
+
+    # A claim bound to a volume the provisioner did not make is not taken for one of its folders.
+    foreign = f"{namespace}-foreign"
+    kube.core.create_persistent_volume({
+        "metadata": {"name": foreign},
+        "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(shared)},
+                 "claimRef": {"namespace": namespace, "name": "foreign"}}})  # fmt: skip
+    try:
+        kube.core.create_namespaced_persistent_volume_claim(namespace, {
+            "metadata": {"name": "foreign"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": foreign,
+                     "resources": {"requests": {"storage": "1Mi"}}}})  # fmt: skip
+        with pytest.raises(ValueError, match="did not make"):
+            kube.claim_dir(namespace, "foreign")
+    finally:
+        kube.core.delete_persistent_volume(foreign)

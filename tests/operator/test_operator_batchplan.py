@@ -175,12 +175,12 @@ def test_pvc_uris_stay_inside_their_claim_and_folders_list_their_input_files_sor
     for name in ("b.npy", "a.png", "c.json", "README.md", ".hidden.png"):
         (folder / name).write_bytes(b"x")
     (folder / "sub.png").mkdir()
-    assert list_folder(folder, "pvc://data/in") == ["a.png", "b.npy", "c.json"]
+    assert list_folder(folder, "pvc://data/in", tmp_path / "data") == ["a.png", "b.npy", "c.json"]
     (folder / "with space.png").write_bytes(b"x")
     with pytest.raises(ValidationError, match=r"with space\.png"):
-        list_folder(folder, "pvc://data/in")
+        list_folder(folder, "pvc://data/in", tmp_path / "data")
     with pytest.raises(ValidationError, match="no such folder"):
-        list_folder(tmp_path / "nope", "pvc://data/nope")
+        list_folder(tmp_path / "nope", "pvc://data/nope", tmp_path / "data")
 
 
 def test_a_pvc_batch_has_a_listing_task_and_shards_that_write_to_the_claim() -> None:

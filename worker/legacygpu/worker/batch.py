@@ -20,8 +20,9 @@ and that is :func:`run_shard`:
    ``{"error": {"reason", "message"}}``: to the ConfigMap ``<prefix>-<shard>``
    in one write (:func:`legacygpu.worker.resultmaps.write_configmap`; entries
    past the ConfigMap's size are failed inputs, ``ResultTooLarge``), or for a
-   ``pvc://`` output as files in that folder, each written to a temporary
-   name and renamed over ``<key>.json``. A retried shard writes the same
+   ``pvc://`` output as files in that folder (checked before the first input
+   runs), each as soon as it is computed, to a temporary file renamed over
+   ``<key>.json``. A retried shard writes the same
    names again: an input's result is never stored twice.
 
 The shard's result in its own status is a summary (counts, the first
@@ -37,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +49,7 @@ from legacygpu.core.kube.batch import (
     check_file_key,
     claim_folder,
     configmap_entry,
+    inside_claim,
     list_folder,
     output_prefix,
     parse_pvc,
@@ -137,26 +140,31 @@ def _url_loaders(http: Any, source: str, keys: list[str], input_name: str) -> li
     return [(key, loader(key)) for key in keys]
 
 
-def _mounted(host: ShardHost, uri: str, field: str) -> Path:
-    """The folder ``uri`` names here; FileNotFoundError (the attempt is retried) if its claim is not mounted."""
+def _mounted(host: ShardHost, uri: str, field: str) -> tuple[Path, Path]:
+    """(the claim's mount, the folder ``uri`` names there); FileNotFoundError (retried) if the claim is not mounted."""
     claim, _ = parse_pvc(uri, field)
-    if not (host.claims_dir / claim).is_dir():
-        raise FileNotFoundError(f"{field}: {uri}: claim {claim} is not mounted at {host.claims_dir / claim} on "
+    root = host.claims_dir / claim
+    if not root.is_dir():
+        raise FileNotFoundError(f"{field}: {uri}: claim {claim} is not mounted at {root} on "
                                 f"this worker (is it in the cluster's spec.batchClaims?)")
-    return claim_folder(host.claims_dir, uri, field)
+    return root, claim_folder(host.claims_dir, uri, field)
 
 
 def _pvc_loaders(host: ShardHost, source: str, keys: list[str], input_name: str) -> list[tuple[str, Loader]]:
-    folder = _mounted(host, source, "spec.batch.source")
+    root, folder = _mounted(host, source, "spec.batch.source")
+    folder = inside_claim(folder, root, source, "spec.batch.source")
     for key in keys:  # a key names a file in the folder, never a path out of it
         check_file_key(key)
 
     def loader(key: str) -> Loader:
         def load() -> list[dict[str, Any]]:
-            try:
-                raw = (folder / key).read_bytes()
+            path = inside_claim(folder / key, root, source, "spec.batch.source")
+            try:  # O_NOFOLLOW: a symlink planted since the check above is not followed
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             except FileNotFoundError as exc:
                 raise ValidationError(f"input {key!r}: no longer in {source}") from exc
+            with open(fd, "rb") as file:
+                raw = file.read()
             return _decode(key, raw, input_name)
 
         return load
@@ -191,10 +199,17 @@ def _loaders(host: ShardHost, batch: Mapping[str, Any]) -> Iterator[list[tuple[s
 
 def _listing(host: ShardHost, spec: Mapping[str, Any]) -> dict[str, Any]:
     source = str(spec["batch"].get("source") or "")
-    keys = list_folder(_mounted(host, source, "spec.batch.source"), source)
+    root, folder = _mounted(host, source, "spec.batch.source")
+    keys = list_folder(folder, source, root)
     if not keys:
         raise ValidationError(f"spec.batch.source: {source} holds no input files (images, .npy or .json)")
-    return {"model": spec["model"], "batch": {"listing": True, "total": len(keys)}, "keys": keys}
+    listing = {"model": spec["model"], "batch": {"listing": True, "total": len(keys)}, "keys": keys}
+    size = len(json.dumps(listing, separators=(",", ":")))
+    if size > host.configmap_limit:  # the listing is stored like a result: in one ConfigMap at most
+        raise ValidationError(f"spec.batch.source: {source} holds {len(keys)} input files, a listing of {size} "
+                              f"bytes: over the {host.configmap_limit} bytes a listing may take; split the folder "
+                              "into smaller ones, a batch task each (or use shorter file names)")
+    return listing
 
 
 def run_shard(host: ShardHost, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -213,10 +228,14 @@ def run_shard(host: ShardHost, body: Mapping[str, Any]) -> dict[str, Any]:
     entries: dict[str, str] = {}
     failures: list[dict[str, str]] = []
     completed = size = 0
+    folder: Path | None = None
     with _loaders(host, batch) as loaders:
         if to_claim:  # each key names a result file in the output folder, never a path out of it
             for key, _ in loaders:
                 check_file_key(key)
+            # Before any input runs: a pod that does not mount the output's claim (yet: the workers
+            # roll while a claim is added to spec.batchClaims) fails at once, and the attempt is retried.
+            folder = _output_folder(host, output)
         for key, load in loaders:
             try:
                 encoded = json.dumps(host.runner.run(model, load(), parameters), separators=(",", ":"))
@@ -234,10 +253,12 @@ def run_shard(host: ShardHost, body: Mapping[str, Any]) -> dict[str, Any]:
                 failures.append({"key": key, "reason": error[0], "message": error[1][:256]})
             else:
                 completed += 1
-            entries[result_key(key)] = encoded
-            size += len(encoded)
+            if folder is not None:  # written as it comes: results are not held in memory
+                _write_file(folder, result_key(key), encoded)
+            else:
+                entries[result_key(key)] = encoded
+                size += len(encoded)
     if to_claim:
-        _write_files(_mounted(host, output, "spec.batch.output"), entries, host.pod)
         where = output
     else:
         name = result_configmap(output_prefix(str(shard["parent"]), output or None), int(shard["index"]))
@@ -255,10 +276,27 @@ def run_shard(host: ShardHost, body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _write_files(folder: Path, entries: dict[str, str], pod: str) -> None:
-    """Write each entry as the file ``folder/<name>``: whole or not at all (a temporary name, then a rename)."""
+def _output_folder(host: ShardHost, output: str) -> Path:
+    """The ``pvc://`` output folder, made if missing; never through a symlink out of its claim."""
+    root, folder = _mounted(host, output, "spec.batch.output")
+    inside_claim(folder, root, output, "spec.batch.output")  # before mkdir: its parents may be symlinks
     folder.mkdir(parents=True, exist_ok=True)
-    for name, text in entries.items():
-        partial = folder / f".{name}.{pod}.part"
-        partial.write_text(text)
+    return inside_claim(folder, root, output, "spec.batch.output")
+
+
+def _write_file(folder: Path, name: str, text: str) -> None:
+    """Write ``text`` as the file ``folder/<name>``: whole or not at all (a temporary file, then a rename).
+
+    The temporary file is new (``mkstemp``: a name nobody can plant a symlink at, and short
+    whatever the key's length); the rename replaces ``<name>`` itself, never a file it links to.
+    """
+    fd, partial = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the results from other users of the claim
+        with open(fd, "w") as file:
+            file.write(text)
         os.replace(partial, folder / name)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise

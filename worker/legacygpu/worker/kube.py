@@ -451,7 +451,8 @@ class KubeWorker:
             outcome = Outcome(Reason.RESULT_TOO_LARGE.value, str(error))
         if outcome.retryable:
             log.warning("task %s failed in a retryable way: %s", name, error)
-        compute_ms = getattr(self.runner, "last_compute_ms", None) if error is None else None
+        # A listing runs no model: the runner's figure is the previous task's, not this one's.
+        compute_ms = getattr(self.runner, "last_compute_ms", None) if error is None and not is_listing(spec) else None
         elapsed_ms = (time.perf_counter() - started) * 1000
 
         def build(status: dict[str, Any], created: str | None) -> TaskStatus:

@@ -43,6 +43,7 @@ __all__ = [
     "claims_dir",
     "configmap_entry",
     "configmap_keys",
+    "inside_claim",
     "list_folder",
     "listing_name",
     "output_prefix",
@@ -122,16 +123,36 @@ def check_file_key(key: str) -> str:
     return key
 
 
-def list_folder(folder: Path, uri: str) -> list[str]:
-    """The input keys of a ``pvc://`` source folder: its input files' names, sorted.
+def inside_claim(path: Path, claim: Path, uri: str, field: str = "spec.batch") -> Path:
+    """``path`` with its symlinks resolved, if that stays inside the folder ``claim`` (a claim's mount).
+
+    A batch never leaves its claim: every worker mounts every claim of its cluster, so a symlink
+    on one claim (or a folder on it) that points elsewhere would let a batch read or write another
+    claim or the worker's own files. ValidationError naming the path and where it leads.
+    """
+    resolved = path.resolve()
+    if not resolved.is_relative_to(claim.resolve()):
+        shown = path.relative_to(claim) if path.is_relative_to(claim) else path
+        raise ValidationError(f"{field}: {uri}: {str(shown)!r} leads out of the claim through a symlink "
+                              "(a batch reads and writes only its own claim)")
+    return resolved
+
+
+def list_folder(folder: Path, uri: str, claim: Path) -> list[str]:
+    """The input keys of a ``pvc://`` source folder (on the claim mounted at ``claim``): its input files' names, sorted.
 
     Hidden files, folders and files of other types are not inputs (a README beside the images);
-    an input file whose name is not a valid key is refused, naming it, rather than left out.
+    an input file whose name is not a valid key, or a symlink that leads out of the claim, is
+    refused, naming it, rather than left out.
     """
     if not folder.is_dir():
         raise ValidationError(f"spec.batch.source: {uri}: no such folder on the claim")
-    keys = sorted(e.name for e in os.scandir(folder)
-                  if e.is_file() and not e.name.startswith(".") and is_input_file(e.name))  # fmt: skip
+    folder = inside_claim(folder, claim, uri, "spec.batch.source")
+    entries = [e for e in os.scandir(folder) if not e.name.startswith(".") and is_input_file(e.name)]
+    for entry in entries:  # is_file() below follows symlinks: only to files on the same claim
+        if entry.is_symlink():
+            inside_claim(Path(entry.path), claim, uri, "spec.batch.source")
+    keys = sorted(e.name for e in entries if e.is_file())
     bad = [k for k in keys if not _KEY.match(k)]
     if bad:
         raise ValidationError(f"spec.batch.source: {uri}: file names {bad[:5]} are not input keys "
