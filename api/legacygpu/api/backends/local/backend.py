@@ -150,8 +150,8 @@ class LocalBackend:
         self._rng = rng or random.Random()
         self.channel: TaskChannel | None = None
         """Where started tasks go (:meth:`connect_workers`); until then no task is placed."""
-        self._model_ms: dict[str, float] = {}
-        """Each worker's moving average of the model time its outcomes report (what its capacity follows)."""
+        self._model_ms: dict[tuple[str, str], float] = {}
+        """Moving average of the model time of each (worker, model)'s successful outcomes (what capacity follows)."""
         self._unreachable: set[str] = set()
         """Workers whose last push failed: given nothing until their next heartbeat."""
         self._pushes: set[asyncio.Task[None]] = set()
@@ -356,7 +356,8 @@ class LocalBackend:
         """Registry hygiene: stopped and lost workers leave the list once silent past the retention period."""
         cutoff = now - self.settings.worker_retention_seconds
         for worker_id in self.store.delete_workers(("stopped", "lost"), cutoff):
-            self._model_ms.pop(worker_id, None)
+            for key in [k for k in self._model_ms if k[0] == worker_id]:
+                del self._model_ms[key]
             log.info("worker %s removed: stopped or lost for over %.0fs", worker_id,
                      self.settings.worker_retention_seconds)
             self._on_loop(self.events.publish, "worker.removed", {"id": worker_id})
@@ -471,21 +472,29 @@ class LocalBackend:
     def _worker_infos(self, active: list[dict[str, Any]]) -> list[WorkerInfo]:
         """The scheduler's view of the ``active`` worker rows.
 
-        A worker's capacity follows its model time (:func:`~legacygpu.core.scheduling.prefetch`): the
-        latest outcomes' when it has reported any since this facade started, else its heartbeat's.
+        A worker's capacity follows its model time (:func:`~legacygpu.core.scheduling.prefetch`), per model:
+        a task of a model it ran successfully since this facade started is placed while it holds fewer than
+        its concurrency times that model's prefetch; one of a model whose time there is unknown, while it
+        holds fewer than its concurrency times the floor. So a worker that ran a tiny model is not given a
+        tiny model's count of long tasks (one average across models would).
         """
         counts = self.store.assigned_counts()
+        floor, cap = self.settings.worker_prefetch, self.settings.worker_prefetch_max
         infos = []
         for w in active:
             stats = WorkerStats.from_local(w["stats"])
-            task_ms = self._model_ms.get(w["id"], stats.recent_latency_ms)
-            held = prefetch(task_ms, floor=self.settings.worker_prefetch, cap=self.settings.worker_prefetch_max)
-            infos.append(stats.worker_info(
-                w["id"],
-                assigned=counts.get(w["id"], 0),
-                capacity=w["concurrency"] * held,
-                vram_mib=w["device"].get("vram_mib", 0),
-                gpu_family=w["device"].get("gpu_family"),
+            slots = w["concurrency"]
+            by_model = {model: slots * prefetch(ms, floor=floor, cap=cap)
+                        for (wid, model), ms in self._model_ms.items() if wid == w["id"]}
+            infos.append(replace(
+                stats.worker_info(
+                    w["id"],
+                    assigned=counts.get(w["id"], 0),
+                    capacity=max([slots * floor, *by_model.values()]),
+                    vram_mib=w["device"].get("vram_mib", 0),
+                    gpu_family=w["device"].get("gpu_family"),
+                ),
+                model_capacity=by_model, default_capacity=slots * floor,
             ))
         return infos
 
@@ -682,7 +691,8 @@ class LocalBackend:
             return "repeated"
         if completion.compute_ms is not None:
             self.metrics.compute_duration.labels(task.model).observe(completion.compute_ms / 1000)
-            self._observe_model_ms(completion.worker_id, completion.compute_ms)
+            if completion.error is None:  # a fast failure says nothing about the model's time
+                self._observe_model_ms(completion.worker_id, task.model, completion.compute_ms)
         if completion.error is None:
             outcome = lifecycle.classify(None, worker=worker)
         else:
@@ -696,9 +706,10 @@ class LocalBackend:
             raise ConflictError(f"task {task.id} changed while its outcome was applied")
         return "applied"
 
-    def _observe_model_ms(self, worker_id: str, model_ms: float) -> None:
-        average = self._model_ms.get(worker_id)
-        self._model_ms[worker_id] = model_ms if average is None else average + LATENCY_SMOOTHING * (model_ms - average)
+    def _observe_model_ms(self, worker_id: str, model: str, model_ms: float) -> None:
+        key = (worker_id, model)
+        average = self._model_ms.get(key)
+        self._model_ms[key] = model_ms if average is None else average + LATENCY_SMOOTHING * (model_ms - average)
 
     def _worker_name(self, worker_id: str) -> str:
         try:
