@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -286,6 +287,36 @@ async def test_failed_outcomes_do_not_feed_the_model_time(backend: LocalBackend)
                                                       compute_ms=0.1)])
     assert (await backend.get_task(first.id)).phase == "Failed"
     assert [len(d.tasks) for d in backend._pass()] == [1], "a fast failure leaves the model time unknown: the floor"
+
+
+async def test_only_outcomes_applied_and_committed_feed_the_model_time(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.settings.worker_prefetch = backend.settings.worker_prefetch_max = 2
+    wid = await worker(backend)
+    for _ in range(2):
+        await backend.submit_task(task())
+    refused, rolled_back = [t for d in backend._pass() for t in d.tasks]
+
+    def report(sent: Any, ms: float) -> TaskCompletion:
+        return TaskCompletion(task_id=sent.id, worker_id=wid, attempt=1, result={}, compute_ms=ms)
+
+    monkeypatch.setattr(backend.store, "write_task", lambda before, after: False)  # somebody moved it meanwhile
+    [answer] = await backend.complete_tasks(wid, [report(refused, 0.1)])
+    assert answer.status == "refused"
+    monkeypatch.undo()
+    assert backend._model_ms == {}, "a refused outcome does not shift the worker's capacity"
+
+    def broken(*args: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(backend.store, "bump_worker_counter", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        await backend.complete_tasks(wid, [report(rolled_back, 10.0)])
+    monkeypatch.undo()
+    assert backend._model_ms == {}, "a batch rolled back does not count"
+    [answer] = await backend.complete_tasks(wid, [report(rolled_back, 10.0)])  # the worker sends it again
+    assert answer.status == "applied" and backend._model_ms == {(wid, "m"): 10.0}
 
 
 async def test_applying_outcomes_reads_no_inputs(backend: LocalBackend) -> None:

@@ -674,25 +674,29 @@ class LocalBackend:
         """
         worker = self._worker_name(worker_id)
         answers: list[CompletionAnswer] = []
+        timed: list[tuple[str, str, float]] = []
         with self.store.transaction():
             for done in completions:
                 try:
-                    status = self._complete_one(done, worker)
+                    status = self._complete_one(done, worker, timed)
                 except (ConflictError, NotFoundError) as exc:
                     log.warning("outcome of task %s from worker %s refused: %s", done.task_id, worker, exc)
                     answers.append(CompletionAnswer(task_id=done.task_id, status="refused", detail=str(exc)))
                 else:
                     answers.append(CompletionAnswer(task_id=done.task_id, status=status))
+        for who, model, model_ms in timed:  # only once committed: a batch rolled back is sent again
+            self._observe_model_ms(who, model, model_ms)
         return answers
 
-    def _complete_one(self, completion: TaskCompletion, worker: str) -> Literal["applied", "repeated"]:
+    def _complete_one(
+        self, completion: TaskCompletion, worker: str, timed: list[tuple[str, str, float]]
+    ) -> Literal["applied", "repeated"]:
+        """Apply one outcome; a successful one applied adds its (worker, model, model time) to ``timed``."""
         task = self.store.get_record(completion.task_id)
         if not lifecycle.check_report(task, worker_id=completion.worker_id, attempt=completion.attempt):
             return "repeated"
         if completion.compute_ms is not None:
             self.metrics.compute_duration.labels(task.model).observe(completion.compute_ms / 1000)
-            if completion.error is None:  # a fast failure says nothing about the model's time
-                self._observe_model_ms(completion.worker_id, task.model, completion.compute_ms)
         if completion.error is None:
             outcome = lifecycle.classify(None, worker=worker)
         else:
@@ -704,6 +708,8 @@ class LocalBackend:
         )
         if not self._apply(task, after):
             raise ConflictError(f"task {task.id} changed while its outcome was applied")
+        if completion.compute_ms is not None and completion.error is None:  # a fast failure says nothing of it
+            timed.append((completion.worker_id, task.model, completion.compute_ms))
         return "applied"
 
     def _observe_model_ms(self, worker_id: str, model: str, model_ms: float) -> None:
