@@ -146,6 +146,28 @@ async def until(condition: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
+async def test_a_backend_stopped_with_a_pass_queued_passes_again_once_restarted(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_backend, "_PASS_INTERVAL_SECONDS", 3600.0)  # only changes ask for passes here
+    wid = await worker(backend)
+    channel = backend.channel
+    assert isinstance(channel, FakeChannel)
+    await backend.start()
+    gate = threading.Event()
+    backend._db_thread.submit(gate.wait)  # the database thread is busy: the next pass waits queued behind it
+    backend._poke()
+    await backend.stop()  # drops the queued pass
+    gate.set()
+    await backend.start()
+    try:
+        lone = await backend.submit_task(task())
+        await until(lambda: channel.pushes)
+        assert [t.id for t in channel.take(wid)] == [lone.id], "the restarted coordinator places and pushes"
+    finally:
+        await backend.stop()
+
+
 @pytest.mark.parametrize(("index", "sql", "params"), [
     ("tasks_deadline", store.EXPIRED_SQL, [NOW]),
     ("tasks_phase", store.RUNNABLE_SQL, [NOW, 10, 0]),

@@ -180,7 +180,10 @@ class LocalBackend:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._db(self._restart_heartbeat_clocks)
-        self._running = True
+        with self._pass_lock:
+            # A pass queued when stop() shut the old thread down was dropped unrun: none is queued on this one.
+            self._pass_queued = False
+            self._running = True
         self._loop_task = asyncio.create_task(self._loop_forever(), name="local-coordinator")
 
     def _restart_heartbeat_clocks(self) -> None:
