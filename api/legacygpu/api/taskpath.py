@@ -36,10 +36,11 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from legacygpu.api.deps import Role, role_of
-from legacygpu.api.errors import status_for
+from legacygpu.api.deps import Role, bearer_token, role_of
+from legacygpu.api.errors import error_response, status_for
+from legacygpu.api.limits import replay
 from legacygpu.api.routes import tasks, workers
 from legacygpu.api.schemas import CompletionBatch, CompletionsAnswered, TaskCreate
 from legacygpu.core.errors import LegacyGPUError
@@ -80,13 +81,13 @@ class TaskPath:
             act = handler(scope, body)
         # ValueError: not JSON (UnicodeDecodeError too), or not the schema; RecursionError: nested too deep
         except (_NotMine, ValueError, RecursionError):
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay(body, receive), send)
             return
         try:
             status, answer = await act()
         except LegacyGPUError as exc:  # what install_error_handlers answers for it
-            detail = json.dumps({"detail": str(exc)}, ensure_ascii=False, separators=(",", ":"))
-            status, answer = status_for(exc), detail.encode()
+            await error_response(status_for(exc), str(exc))(scope, receive, send)
+            return
         await send_response(send, status, _JSON, answer)
 
     def _handler(self, scope: Scope) -> _Handler | None:
@@ -144,25 +145,9 @@ def _is_json(scope: Scope) -> bool:
 def _role(scope: Scope, worker_id: str | None = None) -> Role | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
-            scheme, _, credentials = value.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer":
-                return None
-            return role_of(HTTPConnection(scope), credentials.strip(), worker_id)
+            token = bearer_token(value)
+            return None if token is None else role_of(HTTPConnection(scope), token, worker_id)
     return None
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """``receive`` with the body already read given again first, for the app the request is passed on to."""
-    pending = True
-
-    async def replayed() -> Message:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
 
 
 def install(app: FastAPI) -> None:

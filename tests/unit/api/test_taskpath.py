@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from starlette.types import Message, Scope
 
-from legacygpu.api.deps import Role, worker_token
+from legacygpu.api.deps import Role, bearer_token, worker_token
+from legacygpu.api.limits import replay
 from legacygpu.api.schemas import CompletionAnswer, TaskPublic
 from legacygpu.api.taskpath import TaskPath
 from legacygpu.core.config import Settings
@@ -141,3 +142,19 @@ async def test_a_report_nested_too_deep_reaches_fastapi(backend: Backend) -> Non
     body = b'{"completed": ' + b"[" * 100_000
     status, _, inner = await call(backend, "/cluster/workers/w-1/completions", body, worker_token(SECRET, "w-1"))
     assert status == 499 and inner.bodies == [body] and backend.calls == []
+
+
+def test_the_bearer_token_of_a_raw_authorization_header() -> None:
+    assert bearer_token(b"Bearer abc") == "abc" and bearer_token(b"bearer  abc ") == "abc", "scheme in any case"
+    assert bearer_token(b"Basic abc") is None and bearer_token(b"abc") is None
+
+
+async def test_a_body_read_ahead_is_replayed_first_then_what_the_server_sends() -> None:
+    later: list[Message] = [{"type": "http.disconnect"}]
+
+    async def receive() -> Message:
+        return later.pop()
+
+    replayed = replay(b"read ahead", receive)
+    assert await replayed() == {"type": "http.request", "body": b"read ahead", "more_body": False}
+    assert await replayed() == {"type": "http.disconnect"}
