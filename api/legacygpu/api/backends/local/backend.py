@@ -27,7 +27,7 @@ slot freed, a worker registered or reachable again) does, in order:
    when no retries are left);
 2. tasks past their deadline end ``Failed`` with ``DeadlineExceeded``;
 3. runnable queued tasks are assigned to workers (Scheduled), for
-   :meth:`deliver` to start and send once the pass is committed;
+   the same pass to start (:meth:`start_scheduled`) and, once committed, send;
 4. at most once a minute, tasks finished longer ago than
    ``task_retention_seconds`` are deleted with their results (0 keeps them).
 
@@ -156,8 +156,9 @@ class LocalBackend:
         """Workers whose last push failed: given nothing until their next heartbeat."""
         self._pushes: set[asyncio.Task[None]] = set()
         self._placed = True
-        """There may be placed tasks that :meth:`deliver` has not started: a pass placed some, a worker became
-        reachable again, or the facade (re)started (what it placed before stopping is still Scheduled)."""
+        """There may be placed tasks that no pass has started yet (:meth:`_pass` starts them only then): a pass
+        placed some, a worker became reachable again, or the facade (re)started (what it placed before stopping
+        is still Scheduled)."""
         self._running = False
         """Started and not stopped: passes run (and until then a change asks for none)."""
         self._pass_queued = False
@@ -240,11 +241,6 @@ class LocalBackend:
             self._pushes.add(push)
             push.add_done_callback(self._pushes.discard)
 
-    async def deliver(self) -> None:
-        """Start the scheduled tasks and send them, one request per worker, all workers at once."""
-        deliveries = await self._db(self.start_scheduled)
-        await asyncio.gather(*(self._push(d) for d in deliveries))
-
     async def _push(self, delivery: Delivery) -> None:
         assert self.channel is not None
         try:
@@ -313,7 +309,7 @@ class LocalBackend:
         return deliveries
 
     def reconcile(self) -> list[dict[str, Any]]:
-        """One pass, in one transaction; what it places, :meth:`start_scheduled` starts and :meth:`deliver` sends.
+        """One pass, in one transaction; what it places, :meth:`start_scheduled` starts and :meth:`_send` sends.
 
         Returns the reachable workers it placed on (the live workers are listed once per pass), for
         :meth:`start_scheduled` to reuse.
