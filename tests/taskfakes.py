@@ -10,6 +10,7 @@ reports. :class:`FakeWorker` plays a worker over real HTTP against a real facade
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import threading
@@ -51,9 +52,16 @@ def connect(backend: LocalBackend) -> FakeChannel:
     return channel
 
 
+async def run_pass(backend: LocalBackend) -> None:
+    """One coordinator pass as the backend's loop makes it (reconcile, then start what it placed), with its
+    pushes made and answered before this returns (the loop sends them without waiting)."""
+    deliveries = backend._pass()
+    await asyncio.gather(*(backend._push(d) for d in deliveries))
+
+
 async def take(backend: LocalBackend, worker_id: str) -> list[ClaimedTask]:
-    """What the worker has received so far: the pushes of the passes made, sent now."""
-    await backend.deliver()
+    """What the worker has received so far: a pass is made and its pushes sent first."""
+    await run_pass(backend)
     channel = backend.channel
     assert isinstance(channel, FakeChannel)
     return channel.take(worker_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,4 +31,9 @@ def test_bench_local_smoke(demo_repository: Path, tmp_path: Path) -> None:
     assert single["submit_mode"] == "one task per request" and single["cluster"]["succeeded"] == 20
     assert single["agreement"] == 1.0 and single["overhead"]["throughput_ratio_direct_over_cluster"] > 0
     assert "cluster throughput (one task per request)" in result.stdout
+    assert report["config"]["warmup_tasks"] == 20, "a warm-up before the first measured run"
+    assert "warm-up (20 tasks, not measured), then one task per request, then " + mode in result.stdout
+    for each in ("one task per request", mode):  # every run's own counts and agreement, labelled
+        assert re.search(rf"tasks \(succeeded / failed / retried\) \({re.escape(each)}\) +20 / 0 / 0\n", result.stdout)
+        assert f"top-1 agreement cluster vs direct ({each})" in result.stdout
     assert "tasks/s" in result.stdout

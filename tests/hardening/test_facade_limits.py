@@ -308,3 +308,17 @@ def test_workers_gone_past_the_retention_period_leave_the_list(data_dir: Path) -
                    what="the stopped and the replaced worker to be removed")
     finally:
         cluster.stop()
+
+
+def test_a_body_nested_too_deep_for_the_json_parser_gets_a_4xx_with_or_without_a_token(facade: LocalCluster) -> None:
+    deep = b"[" * (LIMIT - 16)  # under the size limit, far over the parser's nesting
+    worker = facade.join.post("/cluster/workers/register", json={"name": "deep"})
+    assert worker.status_code == 201
+    own = {"Authorization": f"Bearer {worker.json()['token']}"}
+    for path, headers in [("/cluster/tasks/submit", {}), ("/cluster/tasks/submit-many", {}),
+                          (f"/cluster/workers/{worker.json()['id']}/completions", own)]:
+        r = facade.http.post(path, content=deep, headers={"content-type": "application/json", **headers})
+        assert r.status_code == 400, (path, r.status_code, r.text)
+        anonymous = httpx.post(facade.url + path, content=deep, headers={"content-type": "application/json"})
+        assert anonymous.status_code in (400, 401), (path, anonymous.status_code, anonymous.text)
+    assert facade.http.delete(f"/cluster/workers/{worker.json()['id']}", headers=own).status_code == 200

@@ -102,6 +102,13 @@ def worker_token(secret: bytes, worker_id: str) -> str:
     return "w-" + hmac.new(secret, f"worker:{worker_id}".encode(), hashlib.sha256).hexdigest()
 
 
+def bearer_token(authorization: bytes) -> str | None:
+    """The token of a raw ``Authorization: Bearer <token>`` header value (the ASGI paths that skip FastAPI's
+    :class:`HTTPBearer`); None for another scheme."""
+    scheme, _, credentials = authorization.decode("latin-1").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
+
+
 def role_of(request: HTTPConnection, token: str | None, worker_id: str | None = None) -> Role | None:
     """The role ``token`` holds on this facade (``worker`` only as ``worker_id``'s own); None if none."""
     tokens: dict[Role, str | None] = request.app.state.tokens

@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodySizeLimit"]
+__all__ = ["BodySizeLimit", "replay"]
 
 
 class BodySizeLimit:
@@ -51,16 +51,7 @@ class BodySizeLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()  # after the body: disconnect notices, as the server sends them
-            replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay(b"".join(chunks), receive), send)
 
     async def _reject(self, send: Send, size: int, *, streamed: bool = False) -> None:
         amount = f"more than {self.max_bytes} bytes (streamed)" if streamed else f"{size} bytes"
@@ -77,3 +68,17 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` giving the body already read first, whole, for the app a request is passed on to."""
+    replayed = False
+
+    async def replaying() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()  # after the body: disconnect notices, as the server sends them
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replaying

@@ -20,10 +20,11 @@ backend calls as the routes in :mod:`legacygpu.api.routes.tasks` and
   gets the status and ``{"detail": ...}`` body the facade's error handlers
   give it, and anything else propagates to the same unexpected-error
   handler (a 503 for a busy database, else a 500);
-* anything else (no token or another role's, a body that is not JSON or
-  does not fit the schema, another content type, a worker reporting for
-  another) goes on to FastAPI with the body it sent, where the route gives
-  its usual 401/403/422 answer in its own words.
+* anything else (no token or another role's, a body that is not JSON,
+  is nested too deep to parse or does not fit the schema, another content
+  type, a worker reporting for another) goes on to FastAPI with the body
+  it sent, where the route gives its usual 400/401/403/422 answer in its
+  own words. The caller's role is checked before the body is parsed.
 """
 
 from __future__ import annotations
@@ -31,15 +32,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from legacygpu.api.deps import Role, role_of
-from legacygpu.api.errors import status_for
+from legacygpu.api.deps import Role, bearer_token, role_of
+from legacygpu.api.errors import error_response, status_for
+from legacygpu.api.limits import replay
 from legacygpu.api.routes import tasks, workers
 from legacygpu.api.schemas import CompletionBatch, CompletionsAnswered, TaskCreate
 from legacygpu.core.errors import LegacyGPUError
@@ -53,9 +54,10 @@ _JSON = [(b"content-type", b"application/json")]
 
 _Answer = tuple[int, bytes]
 _Act = Callable[[], Awaitable[_Answer]]
-_Handler = Callable[[Scope, Any], _Act]
-"""Checks the caller and the parsed body (raising :class:`_NotMine` or a ``ValueError`` to pass it on), and
-returns what to do: only that part touches the backend, so a request is never passed on after it did."""
+_Handler = Callable[[Scope, bytes], _Act]
+"""Checks the caller, then parses the body (raising :class:`_NotMine`, a ``ValueError`` or a ``RecursionError`` to
+pass it on), and returns what to do: only that part touches the backend, so a request is never passed on after
+it did. The caller comes first: nobody without the role makes the facade parse anything."""
 
 
 class _NotMine(Exception):
@@ -76,15 +78,16 @@ class TaskPath:
             return
         body = await read_body(receive)
         try:
-            act = handler(scope, json.loads(body))
-        except (_NotMine, ValueError):  # ValueError: not JSON (UnicodeDecodeError too), or not the schema
-            await self.app(scope, _replay(body, receive), send)
+            act = handler(scope, body)
+        # ValueError: not JSON (UnicodeDecodeError too), or not the schema; RecursionError: nested too deep
+        except (_NotMine, ValueError, RecursionError):
+            await self.app(scope, replay(body, receive), send)
             return
         try:
             status, answer = await act()
         except LegacyGPUError as exc:  # what install_error_handlers answers for it
-            detail = json.dumps({"detail": str(exc)}, ensure_ascii=False, separators=(",", ":"))
-            status, answer = status_for(exc), detail.encode()
+            await error_response(status_for(exc), str(exc))(scope, receive, send)
+            return
         await send_response(send, status, _JSON, answer)
 
     def _handler(self, scope: Scope) -> _Handler | None:
@@ -102,10 +105,10 @@ class TaskPath:
         return None
 
     @staticmethod
-    def _submit(scope: Scope, parsed: Any) -> _Act:
+    def _submit(scope: Scope, body: bytes) -> _Act:
         if _role(scope) not in (Role.USER, Role.ADMIN):
             raise _NotMine
-        task = TaskCreate.model_validate(parsed)
+        task = TaskCreate.model_validate(json.loads(body))
         state = scope["app"].state
 
         async def act() -> _Answer:
@@ -116,11 +119,11 @@ class TaskPath:
         return act
 
     @staticmethod
-    def _complete(scope: Scope, parsed: Any) -> _Act:
+    def _complete(scope: Scope, body: bytes) -> _Act:
         worker_id = scope["path_params"]["worker_id"]
         if _role(scope, worker_id) != Role.WORKER:
             raise _NotMine
-        batch = CompletionBatch.model_validate(parsed)
+        batch = CompletionBatch.model_validate(json.loads(body))
         if any(done.worker_id != worker_id for done in batch.completed):
             raise _NotMine  # the route's 403
         backend = scope["app"].state.backend
@@ -142,25 +145,9 @@ def _is_json(scope: Scope) -> bool:
 def _role(scope: Scope, worker_id: str | None = None) -> Role | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
-            scheme, _, credentials = value.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer":
-                return None
-            return role_of(HTTPConnection(scope), credentials.strip(), worker_id)
+            token = bearer_token(value)
+            return None if token is None else role_of(HTTPConnection(scope), token, worker_id)
     return None
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """``receive`` with the body already read given again first, for the app the request is passed on to."""
-    pending = True
-
-    async def replayed() -> Message:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
 
 
 def install(app: FastAPI) -> None:

@@ -13,11 +13,14 @@ One run does, in order:
    two measurements do not compete for the CPU.
 3. **Cluster.** A facade and ``--workers`` worker processes (the same
    supervisor ``legacygpu cluster start`` uses) on a free loopback port with
-   a temporary data dir; ``--concurrency`` clients submit every task as fast
-   as the facade accepts them, twice: one task per request (``POST
-   /cluster/tasks/submit``), then ``--batch-size`` per request (``POST
-   /cluster/tasks/submit-many``); each run waits until every task has
-   finished.
+   a temporary data dir. First a warm-up, not measured: up to
+   :data:`WARMUP_TASKS` tasks one per request, so that the first measured
+   run, like the second, finds the model loaded on every worker, the
+   coordinator's model times known and the database in use. Then
+   ``--concurrency`` clients submit every task as fast as the facade accepts
+   them, twice: one task per request (``POST /cluster/tasks/submit``), then
+   ``--batch-size`` per request (``POST /cluster/tasks/submit-many``); each
+   run waits until every task has finished.
 4. **Report.** Throughput is succeeded tasks over the span from the first
    task's creation to the last one's completion (facade clock); latency is
    each task's ``latency_ms`` (submission to completion, so queueing under
@@ -61,6 +64,8 @@ log = logging.getLogger(__name__)
 MODEL = "digits"
 TASK_TIMEOUT_SECONDS = 3600
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
+WARMUP_TASKS = 100
+"""Tasks run, not measured, before the first measured run (fewer when ``--tasks`` is smaller)."""
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -318,7 +323,8 @@ def run_cluster(data_dir: Path, workers: int, inputs: list[list[dict[str, Any]]]
     """Start a facade and ``workers`` workers; for each of ``batches`` (tasks per submit request), push every
     input through as a task and collect the tasks; one run per batch size, one after the other.
 
-    Then, on the idle cluster, ``probe`` more tasks one at a time (not counted in the throughput).
+    Before them, a warm-up of up to :data:`WARMUP_TASKS` tasks (not measured); after them, on the idle
+    cluster, ``probe`` more tasks one at a time (not counted in the throughput).
     """
     from legacygpu.cli.supervisor import Supervisor
 
@@ -332,13 +338,17 @@ def run_cluster(data_dir: Path, workers: int, inputs: list[list[dict[str, Any]]]
             raise click.ClickException(f"only {ready}/{workers} workers registered; see {data_dir / 'logs'}")
         runs = []
         with httpx.Client(base_url=supervisor.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+            warmup = inputs[:WARMUP_TASKS]
+            log.info("warm-up: %d tasks one per request, not measured", len(warmup))
+            asyncio.run(_submit_all(supervisor.url, token, warmup, concurrency, 1))
+            _wait_finished(client, len(warmup), timeout)
             for n, batch in enumerate(batches, start=1):
                 log.info("cluster up at %s with %d workers; submitting %d tasks from %d clients, %s", supervisor.url,
                          workers, len(inputs), concurrency, mode_name(batch))
                 started = time.perf_counter()
                 ids = asyncio.run(_submit_all(supervisor.url, token, inputs, concurrency, batch))
                 submit_seconds = time.perf_counter() - started
-                _wait_finished(client, n * len(inputs), timeout)
+                _wait_finished(client, len(warmup) + n * len(inputs), timeout)
                 client_seconds = time.perf_counter() - started
                 labels = asyncio.run(_labels(supervisor.url, token, ids, concurrency))
                 runs.append({"batch": batch, "ids": ids, "labels": labels, "submit_seconds": submit_seconds,
@@ -348,7 +358,7 @@ def run_cluster(data_dir: Path, workers: int, inputs: list[list[dict[str, Any]]]
                 run["tasks"] = [every[i] for i in run["ids"]]
             log.info("all finished; %d more tasks one at a time on the idle cluster", probe)
             probed = _probe(client, inputs, probe)
-        return {"runs": runs, "probe": probed}
+        return {"runs": runs, "probe": probed, "warmup": len(warmup)}
     finally:
         supervisor.shutdown()
 
@@ -415,12 +425,14 @@ def _table(report: dict[str, Any]) -> str:
     c, d, o, cfg, host = report["cluster"], report["direct"], report["overhead"], report["config"], report["host"]
     mode = c.get("submit_mode", "one task per request")
     single = report.get("one_per_request")
+    warmup = f"warm-up ({cfg['warmup_tasks']} tasks, not measured), then " if cfg.get("warmup_tasks") else ""
+    runs = [(mode, c, report["agreement"]), *([(single["submit_mode"], single["cluster"], single["agreement"])]
+                                              if single else [])]
     rows = [
-        ("throughput runs, in order", (f"{single['submit_mode']}, then " if single else "") + mode),
-        ("tasks (succeeded / failed / retried)", f"{c['succeeded']} / {c['failed']} / {c['retried']}"),
-        (f"cluster throughput ({mode})", _fmt(c["throughput_per_second"], " tasks/s", 1)),
-        *([(f"cluster throughput ({single['submit_mode']})",
-            _fmt(single["cluster"]["throughput_per_second"], " tasks/s", 1))] if single else []),
+        ("throughput runs, in order", warmup + (f"{single['submit_mode']}, then " if single else "") + mode),
+        *((f"tasks (succeeded / failed / retried) ({m})", f"{r['succeeded']} / {r['failed']} / {r['retried']}")
+          for m, r, _ in runs),
+        *((f"cluster throughput ({m})", _fmt(r["throughput_per_second"], " tasks/s", 1)) for m, r, _ in runs),
         (f"latency under load p50 / p90 / p99 ({mode})",
          " / ".join(_fmt(c["latency_ms"][k], " ms") for k in ("p50", "p90", "p99"))),
         (f"latency one at a time p50 / p99 (n={c['unloaded_latency_ms']['n']})",
@@ -434,8 +446,8 @@ def _table(report: dict[str, Any]) -> str:
         (f"ratio: direct / cluster throughput ({mode})", _fmt(o["throughput_ratio_direct_over_cluster"], "x", 1)),
         *([(f"ratio: direct / cluster throughput ({single['submit_mode']})",
             _fmt(single["overhead"]["throughput_ratio_direct_over_cluster"], "x", 1))] if single else []),
-        ("top-1 agreement cluster vs direct", _fmt(report["agreement"] * 100, " %", 2)),
-        ("top-1 accuracy (held-out digits)", _fmt(report["accuracy"] * 100, " %", 2)),
+        *((f"top-1 agreement cluster vs direct ({m})", _fmt(agreement * 100, " %", 2)) for m, _, agreement in runs),
+        (f"top-1 accuracy (held-out digits) ({mode})", _fmt(report["accuracy"] * 100, " %", 2)),
         (f"submit phase / client wall time ({mode})",
          f"{report['submit_seconds']:.1f} s / {report['client_seconds']:.1f} s"),
         ("host", f"{host['cpu_count']} CPU cores, load average {host['load_before'][0]:.2f} before, "
@@ -494,7 +506,7 @@ def command(tasks: int, workers: int, concurrency: int, out_dir: Path, models_fr
     if single is not headline:
         report["one_per_request"] = _one_per_request(single, direct)
     report["config"] = {"tasks": tasks, "workers": workers, "concurrency": concurrency, "probe": probe, "model": MODEL,
-                        "batch_size": headline["batch"]}
+                        "batch_size": headline["batch"], "warmup_tasks": run["warmup"]}
     report["host"] = {
         "cpu_count": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg(),
         "platform": platform.platform(), "python": platform.python_version(), "onnxruntime": direct["onnxruntime"],

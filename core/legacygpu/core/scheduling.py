@@ -55,7 +55,12 @@ class WorkerInfo:
     assigned: int = 0
     """Tasks scheduled to or running on this worker."""
     capacity: int = 1
-    """How many tasks the worker holds at once (running plus prefetched)."""
+    """How many tasks the worker holds at once (running plus prefetched); the most, for its fastest model."""
+    model_capacity: Mapping[str, int] = field(default_factory=dict)
+    """Lower capacities for tasks of these models (longer ones): such a task is placed only while the worker
+    holds fewer tasks than this, so what a worker holds stays bounded in time whatever mix of models it ran."""
+    default_capacity: int | None = None
+    """Capacity for a task of a model not in :attr:`model_capacity` (its time here unknown); None: :attr:`capacity`."""
     vram_mib: int = 0
     gpu_family: str | None = None
     recent_latency_ms: float | None = None
@@ -64,6 +69,12 @@ class WorkerInfo:
     """Models known to be loadable here; empty means any model in the repository."""
     warm_models: frozenset[str] = field(default_factory=frozenset)
     """Models already loaded here (from :class:`WorkerStats`): preferred among equals, never required."""
+
+    def capacity_for(self, model: str | None) -> int:
+        """How many tasks the worker may hold for one more task of ``model`` to be placed on it."""
+        if model and model in self.model_capacity:
+            return self.model_capacity[model]
+        return self.capacity if self.default_capacity is None else self.default_capacity
 
     @property
     def load(self) -> float:
@@ -161,7 +172,7 @@ def cold(worker: WorkerInfo, needs: Requirements) -> bool:
 
 def eligible(worker: WorkerInfo, needs: Requirements) -> bool:
     """Whether ``worker`` could take a task with ``needs`` right now."""
-    if not worker.accepting or worker.assigned >= worker.capacity:
+    if not worker.accepting or worker.assigned >= worker.capacity_for(needs.model):
         return False
     if needs.min_vram_mib and worker.vram_mib < needs.min_vram_mib:
         return False

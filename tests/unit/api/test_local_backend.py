@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from taskfakes import SERVING, FakeChannel, complete, connect, take
+from taskfakes import SERVING, FakeChannel, complete, connect, run_pass, take
 
 from legacygpu.api.backends.local import LocalBackend
 from legacygpu.api.schemas import (
@@ -228,7 +228,7 @@ async def test_drain_returns_unpushed_tasks_and_stops_pushes(backend: LocalBacke
     channel.refuse.add(wid)  # the worker's next push fails: its task is placed but not delivered
     backend.settings.worker_prefetch = 2
     backend.reconcile()
-    await backend.deliver()
+    await run_pass(backend)
     await backend.heartbeat(wid, Heartbeat(stats=SERVING))
     channel.refuse.clear()
     drained = await backend.drain_worker(wid)
@@ -246,7 +246,7 @@ async def test_a_pass_starts_what_it_places_and_pushes_it_in_one_request_per_wor
     ids = [(await backend.submit_task(task())).id for _ in range(4)]
     wid = await worker(backend)
     backend.reconcile()
-    await backend.deliver()
+    await run_pass(backend)
     channel = backend.channel
     assert isinstance(channel, FakeChannel)
     [push] = channel.pushes
@@ -264,7 +264,7 @@ async def test_a_refused_push_costs_no_attempt_and_the_worker_gets_none_until_it
     assert isinstance(channel, FakeChannel)
     channel.refuse.add(wid)
     backend.reconcile()
-    await backend.deliver()
+    await run_pass(backend)
     back = await backend.get_task(submitted.id)
     assert back.phase == "Queued" and back.attempts == 0 and back.history == [], "never delivered: not an attempt"
     assert back.reason == "WorkerLost" and "not delivered" in (back.message or "")
@@ -388,3 +388,16 @@ async def test_tasks_placed_before_a_restart_are_pushed_by_the_restarted_facade(
     [push] = channel.pushes
     assert push.worker_id == wid and [(t.id, t.attempt) for t in push.tasks] == [(placed.id, 1)]
     assert (await second.get_task(placed.id)).phase == "Running"
+
+
+async def test_a_restarted_facade_starts_and_pushes_what_the_old_one_placed_but_never_started(
+    clock: Clock, backend: LocalBackend
+) -> None:
+    wid = await worker(backend)
+    placed = await backend.submit_task(task())
+    backend.reconcile()  # placed (Scheduled); the facade stops before the pass starts and pushes it
+    assert (await backend.get_task(placed.id)).phase == "Scheduled"
+    restarted = LocalBackend(backend.settings, clock=clock, rng=random.Random(0))
+    connect(restarted)
+    [pushed] = await take(restarted, wid)
+    assert pushed.id == placed.id and (await restarted.get_task(placed.id)).phase == "Running"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,14 @@ from taskfakes import SERVING, FakeChannel, complete, connect, take
 
 from legacygpu.api.backends.local import LocalBackend, store
 from legacygpu.api.backends.local import backend as local_backend
-from legacygpu.api.schemas import Completion, DeviceInfoPublic, TaskCompletion, TaskCreate, WorkerRegister
+from legacygpu.api.schemas import (
+    Completion,
+    DeviceInfoPublic,
+    TaskCompletion,
+    TaskCreate,
+    TaskError,
+    WorkerRegister,
+)
 from legacygpu.core.config import Settings
 from legacygpu.core.errors import NotFoundError
 from legacygpu.core.modelcards import ModelCard, ModelRepository, TensorSpec
@@ -138,6 +146,28 @@ async def until(condition: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
+async def test_a_backend_stopped_with_a_pass_queued_passes_again_once_restarted(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_backend, "_PASS_INTERVAL_SECONDS", 3600.0)  # only changes ask for passes here
+    wid = await worker(backend)
+    channel = backend.channel
+    assert isinstance(channel, FakeChannel)
+    await backend.start()
+    gate = threading.Event()
+    backend._db_thread.submit(gate.wait)  # the database thread is busy: the next pass waits queued behind it
+    backend._poke()
+    await backend.stop()  # drops the queued pass
+    gate.set()
+    await backend.start()
+    try:
+        lone = await backend.submit_task(task())
+        await until(lambda: channel.pushes)
+        assert [t.id for t in channel.take(wid)] == [lone.id], "the restarted coordinator places and pushes"
+    finally:
+        await backend.stop()
+
+
 @pytest.mark.parametrize(("index", "sql", "params"), [
     ("tasks_deadline", store.EXPIRED_SQL, [NOW]),
     ("tasks_phase", store.RUNNABLE_SQL, [NOW, 10, 0]),
@@ -244,6 +274,71 @@ async def test_a_worker_of_short_tasks_is_given_more_to_hold_and_one_of_long_tas
     held = {d.worker_id: len(d.tasks) for d in backend._pass()}
     assert held == {fast: 8, slow: 1}, "0.5 ms tasks: up to the cap; two-second tasks: the floor"
     assert backend.store.phase_counts()["Queued"] == len(ids) - 2 - 9
+
+
+async def test_a_worker_that_ran_a_short_model_is_not_given_a_short_models_count_of_another_model(
+    backend: LocalBackend, tmp_path: Path
+) -> None:
+    backend.settings.worker_prefetch, backend.settings.worker_prefetch_max = 1, 8
+    onnx = tmp_path / "other.onnx"
+    onnx.write_bytes(b"not used by the coordinator")
+    ModelRepository(tmp_path / "models").add(ModelCard(name="big", inputs=[TensorSpec(name="x", shape=[-1, 2])]), onnx)
+    wid = await worker(backend)
+    await backend.submit_task(task())
+    [first] = [t for d in backend._pass() for t in d.tasks]
+    await backend.complete_tasks(wid, [TaskCompletion(task_id=first.id, worker_id=wid, attempt=1, result={},
+                                                      compute_ms=0.1)])
+    for _ in range(20):
+        await backend.submit_task(task(model="big"))
+    held = [t.model for d in backend._pass() for t in d.tasks]
+    assert held == ["big"], "a model whose time is unknown there: the floor, not the short model's cap"
+    for _ in range(20):
+        await backend.submit_task(task())
+    held = [t.model for d in backend._pass() for t in d.tasks]
+    assert held == ["m"] * 7, "the short model still fills the worker up to its cap"
+
+
+async def test_failed_outcomes_do_not_feed_the_model_time(backend: LocalBackend) -> None:
+    backend.settings.worker_prefetch, backend.settings.worker_prefetch_max = 1, 8
+    wid = await worker(backend)
+    for _ in range(20):
+        await backend.submit_task(task(max_retries=0))
+    [first] = [t for d in backend._pass() for t in d.tasks]
+    failed = TaskError(reason="ModelError", message="bad input")
+    await backend.complete_tasks(wid, [TaskCompletion(task_id=first.id, worker_id=wid, attempt=1, error=failed,
+                                                      compute_ms=0.1)])
+    assert (await backend.get_task(first.id)).phase == "Failed"
+    assert [len(d.tasks) for d in backend._pass()] == [1], "a fast failure leaves the model time unknown: the floor"
+
+
+async def test_only_outcomes_applied_and_committed_feed_the_model_time(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.settings.worker_prefetch = backend.settings.worker_prefetch_max = 2
+    wid = await worker(backend)
+    for _ in range(2):
+        await backend.submit_task(task())
+    refused, rolled_back = [t for d in backend._pass() for t in d.tasks]
+
+    def report(sent: Any, ms: float) -> TaskCompletion:
+        return TaskCompletion(task_id=sent.id, worker_id=wid, attempt=1, result={}, compute_ms=ms)
+
+    monkeypatch.setattr(backend.store, "write_task", lambda before, after: False)  # somebody moved it meanwhile
+    [answer] = await backend.complete_tasks(wid, [report(refused, 0.1)])
+    assert answer.status == "refused"
+    monkeypatch.undo()
+    assert backend._model_ms == {}, "a refused outcome does not shift the worker's capacity"
+
+    def broken(*args: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(backend.store, "bump_worker_counter", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        await backend.complete_tasks(wid, [report(rolled_back, 10.0)])
+    monkeypatch.undo()
+    assert backend._model_ms == {}, "a batch rolled back does not count"
+    [answer] = await backend.complete_tasks(wid, [report(rolled_back, 10.0)])  # the worker sends it again
+    assert answer.status == "applied" and backend._model_ms == {(wid, "m"): 10.0}
 
 
 async def test_applying_outcomes_reads_no_inputs(backend: LocalBackend) -> None:

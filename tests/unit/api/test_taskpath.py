@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from starlette.types import Message, Scope
 
-from legacygpu.api.deps import Role, worker_token
+from legacygpu.api.deps import Role, bearer_token, worker_token
+from legacygpu.api.limits import replay
 from legacygpu.api.schemas import CompletionAnswer, TaskPublic
 from legacygpu.api.taskpath import TaskPath
 from legacygpu.core.config import Settings
@@ -95,6 +96,8 @@ async def test_an_authorised_submit_is_answered_here(backend: Backend) -> None:
 @pytest.mark.parametrize(("body", "token", "content_type"), [
     (json.dumps({"model": "m"}).encode(), "user-token", b"application/json"),  # not the schema: FastAPI's 422
     (b"{not json", "user-token", b"application/json"),
+    (b"[" * 100_000, "user-token", b"application/json"),  # nested too deep for json.loads: FastAPI's 400
+    (b"[" * 100_000, None, b"application/json"),  # and without a token it is not even parsed here
     (json.dumps(TASK).encode(), None, b"application/json"),  # FastAPI's 401
     (json.dumps(TASK).encode(), "join-token", b"application/json"),  # another role: FastAPI's 403
     (json.dumps(TASK).encode(), "user-token", b"text/plain"),
@@ -133,3 +136,25 @@ async def test_a_workers_report_is_answered_here_only_with_its_own_token_and_out
         status, _, inner = await call(backend, path, json.dumps(sent).encode(), token)
         assert status == 499 and inner.bodies == [json.dumps(sent).encode()], (path, sent)
     assert len(backend.calls) == 1
+
+
+async def test_a_report_nested_too_deep_reaches_fastapi(backend: Backend) -> None:
+    body = b'{"completed": ' + b"[" * 100_000
+    status, _, inner = await call(backend, "/cluster/workers/w-1/completions", body, worker_token(SECRET, "w-1"))
+    assert status == 499 and inner.bodies == [body] and backend.calls == []
+
+
+def test_the_bearer_token_of_a_raw_authorization_header() -> None:
+    assert bearer_token(b"Bearer abc") == "abc" and bearer_token(b"bearer  abc ") == "abc", "scheme in any case"
+    assert bearer_token(b"Basic abc") is None and bearer_token(b"abc") is None
+
+
+async def test_a_body_read_ahead_is_replayed_first_then_what_the_server_sends() -> None:
+    later: list[Message] = [{"type": "http.disconnect"}]
+
+    async def receive() -> Message:
+        return later.pop()
+
+    replayed = replay(b"read ahead", receive)
+    assert await replayed() == {"type": "http.request", "body": b"read ahead", "more_body": False}
+    assert await replayed() == {"type": "http.disconnect"}

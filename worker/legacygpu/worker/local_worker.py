@@ -267,7 +267,11 @@ class LocalWorker:
                 batch, self._outcomes = self._outcomes[:_BATCH_MAX], self._outcomes[_BATCH_MAX:]
             if not batch:
                 return  # finished, and nothing left to send
-            self._send(batch)
+            try:
+                self._send(batch)
+            except Exception:  # the sender must outlive any one batch: later outcomes still go out
+                log.exception("reporting %d outcome(s) failed unexpectedly; they are dropped", len(batch))
+                self.inbox.done([o["task_id"] for o in batch])
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
         """Post one batch, retrying while the facade is unreachable (it may be restarting)."""
@@ -300,14 +304,23 @@ class LocalWorker:
                 log.error("reporting %d outcome(s) failed: %d %s", len(batch), status,
                           content[:200].decode(errors="replace"))
             else:
-                for done in json.loads(content)["data"]:
-                    if done["status"] == "refused":
-                        log.warning("result of task %s discarded by the coordinator: %s", done["task_id"],
-                                    done["detail"])
+                self._log_refused(content)
             self.inbox.done(ids)
             return
         log.error("gave up reporting tasks %s", ", ".join(ids))
         self.inbox.done(ids)
+
+    @staticmethod
+    def _log_refused(content: bytes) -> None:
+        """Log the outcomes the coordinator's answer says it refused (an unreadable answer is logged instead)."""
+        try:
+            refused = [(d["task_id"], d["detail"]) for d in json.loads(content)["data"] if d["status"] == "refused"]
+        except (ValueError, KeyError, TypeError) as exc:  # a 2xx from something other than the facade
+            log.error("the answer to reported outcomes is not the facade's (%s: %s): %s", type(exc).__name__, exc,
+                      content[:200].decode(errors="replace"))
+            return
+        for task_id, detail in refused:
+            log.warning("result of task %s discarded by the coordinator: %s", task_id, detail)
 
     def _deregister(self) -> None:
         if self.worker_id is None:

@@ -27,7 +27,7 @@ slot freed, a worker registered or reachable again) does, in order:
    when no retries are left);
 2. tasks past their deadline end ``Failed`` with ``DeadlineExceeded``;
 3. runnable queued tasks are assigned to workers (Scheduled), for
-   :meth:`deliver` to start and send once the pass is committed;
+   the same pass to start (:meth:`start_scheduled`) and, once committed, send;
 4. at most once a minute, tasks finished longer ago than
    ``task_retention_seconds`` are deleted with their results (0 keeps them).
 
@@ -150,14 +150,15 @@ class LocalBackend:
         self._rng = rng or random.Random()
         self.channel: TaskChannel | None = None
         """Where started tasks go (:meth:`connect_workers`); until then no task is placed."""
-        self._model_ms: dict[str, float] = {}
-        """Each worker's moving average of the model time its outcomes report (what its capacity follows)."""
+        self._model_ms: dict[tuple[str, str], float] = {}
+        """Moving average of the model time of each (worker, model)'s successful outcomes (what capacity follows)."""
         self._unreachable: set[str] = set()
         """Workers whose last push failed: given nothing until their next heartbeat."""
         self._pushes: set[asyncio.Task[None]] = set()
         self._placed = True
-        """There may be placed tasks that :meth:`deliver` has not started: a pass placed some, a worker became
-        reachable again, or the facade (re)started (what it placed before stopping is still Scheduled)."""
+        """There may be placed tasks that no pass has started yet (:meth:`_pass` starts them only then): a pass
+        placed some, a worker became reachable again, or the facade (re)started (what it placed before stopping
+        is still Scheduled)."""
         self._running = False
         """Started and not stopped: passes run (and until then a change asks for none)."""
         self._pass_queued = False
@@ -180,7 +181,10 @@ class LocalBackend:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._db(self._restart_heartbeat_clocks)
-        self._running = True
+        with self._pass_lock:
+            # A pass queued when stop() shut the old thread down was dropped unrun: none is queued on this one.
+            self._pass_queued = False
+            self._running = True
         self._loop_task = asyncio.create_task(self._loop_forever(), name="local-coordinator")
 
     def _restart_heartbeat_clocks(self) -> None:
@@ -236,11 +240,6 @@ class LocalBackend:
             push = asyncio.create_task(self._push(delivery), name="local-push")
             self._pushes.add(push)
             push.add_done_callback(self._pushes.discard)
-
-    async def deliver(self) -> None:
-        """Start the scheduled tasks and send them, one request per worker, all workers at once."""
-        deliveries = await self._db(self.start_scheduled)
-        await asyncio.gather(*(self._push(d) for d in deliveries))
 
     async def _push(self, delivery: Delivery) -> None:
         assert self.channel is not None
@@ -310,7 +309,7 @@ class LocalBackend:
         return deliveries
 
     def reconcile(self) -> list[dict[str, Any]]:
-        """One pass, in one transaction; what it places, :meth:`start_scheduled` starts and :meth:`deliver` sends.
+        """One pass, in one transaction; what it places, :meth:`start_scheduled` starts and :meth:`_send` sends.
 
         Returns the reachable workers it placed on (the live workers are listed once per pass), for
         :meth:`start_scheduled` to reuse.
@@ -356,7 +355,8 @@ class LocalBackend:
         """Registry hygiene: stopped and lost workers leave the list once silent past the retention period."""
         cutoff = now - self.settings.worker_retention_seconds
         for worker_id in self.store.delete_workers(("stopped", "lost"), cutoff):
-            self._model_ms.pop(worker_id, None)
+            for key in [k for k in self._model_ms if k[0] == worker_id]:
+                del self._model_ms[key]
             log.info("worker %s removed: stopped or lost for over %.0fs", worker_id,
                      self.settings.worker_retention_seconds)
             self._on_loop(self.events.publish, "worker.removed", {"id": worker_id})
@@ -471,21 +471,29 @@ class LocalBackend:
     def _worker_infos(self, active: list[dict[str, Any]]) -> list[WorkerInfo]:
         """The scheduler's view of the ``active`` worker rows.
 
-        A worker's capacity follows its model time (:func:`~legacygpu.core.scheduling.prefetch`): the
-        latest outcomes' when it has reported any since this facade started, else its heartbeat's.
+        A worker's capacity follows its model time (:func:`~legacygpu.core.scheduling.prefetch`), per model:
+        a task of a model it ran successfully since this facade started is placed while it holds fewer than
+        its concurrency times that model's prefetch; one of a model whose time there is unknown, while it
+        holds fewer than its concurrency times the floor. So a worker that ran a tiny model is not given a
+        tiny model's count of long tasks (one average across models would).
         """
         counts = self.store.assigned_counts()
+        floor, cap = self.settings.worker_prefetch, self.settings.worker_prefetch_max
         infos = []
         for w in active:
             stats = WorkerStats.from_local(w["stats"])
-            task_ms = self._model_ms.get(w["id"], stats.recent_latency_ms)
-            held = prefetch(task_ms, floor=self.settings.worker_prefetch, cap=self.settings.worker_prefetch_max)
-            infos.append(stats.worker_info(
-                w["id"],
-                assigned=counts.get(w["id"], 0),
-                capacity=w["concurrency"] * held,
-                vram_mib=w["device"].get("vram_mib", 0),
-                gpu_family=w["device"].get("gpu_family"),
+            slots = w["concurrency"]
+            by_model = {model: slots * prefetch(ms, floor=floor, cap=cap)
+                        for (wid, model), ms in self._model_ms.items() if wid == w["id"]}
+            infos.append(replace(
+                stats.worker_info(
+                    w["id"],
+                    assigned=counts.get(w["id"], 0),
+                    capacity=max([slots * floor, *by_model.values()]),
+                    vram_mib=w["device"].get("vram_mib", 0),
+                    gpu_family=w["device"].get("gpu_family"),
+                ),
+                model_capacity=by_model, default_capacity=slots * floor,
             ))
         return infos
 
@@ -665,24 +673,29 @@ class LocalBackend:
         """
         worker = self._worker_name(worker_id)
         answers: list[CompletionAnswer] = []
+        timed: list[tuple[str, str, float]] = []
         with self.store.transaction():
             for done in completions:
                 try:
-                    status = self._complete_one(done, worker)
+                    status = self._complete_one(done, worker, timed)
                 except (ConflictError, NotFoundError) as exc:
                     log.warning("outcome of task %s from worker %s refused: %s", done.task_id, worker, exc)
                     answers.append(CompletionAnswer(task_id=done.task_id, status="refused", detail=str(exc)))
                 else:
                     answers.append(CompletionAnswer(task_id=done.task_id, status=status))
+        for who, model, model_ms in timed:  # only once committed: a batch rolled back is sent again
+            self._observe_model_ms(who, model, model_ms)
         return answers
 
-    def _complete_one(self, completion: TaskCompletion, worker: str) -> Literal["applied", "repeated"]:
+    def _complete_one(
+        self, completion: TaskCompletion, worker: str, timed: list[tuple[str, str, float]]
+    ) -> Literal["applied", "repeated"]:
+        """Apply one outcome; a successful one applied adds its (worker, model, model time) to ``timed``."""
         task = self.store.get_record(completion.task_id)
         if not lifecycle.check_report(task, worker_id=completion.worker_id, attempt=completion.attempt):
             return "repeated"
         if completion.compute_ms is not None:
             self.metrics.compute_duration.labels(task.model).observe(completion.compute_ms / 1000)
-            self._observe_model_ms(completion.worker_id, completion.compute_ms)
         if completion.error is None:
             outcome = lifecycle.classify(None, worker=worker)
         else:
@@ -694,11 +707,14 @@ class LocalBackend:
         )
         if not self._apply(task, after):
             raise ConflictError(f"task {task.id} changed while its outcome was applied")
+        if completion.compute_ms is not None and completion.error is None:  # a fast failure says nothing of it
+            timed.append((completion.worker_id, task.model, completion.compute_ms))
         return "applied"
 
-    def _observe_model_ms(self, worker_id: str, model_ms: float) -> None:
-        average = self._model_ms.get(worker_id)
-        self._model_ms[worker_id] = model_ms if average is None else average + LATENCY_SMOOTHING * (model_ms - average)
+    def _observe_model_ms(self, worker_id: str, model: str, model_ms: float) -> None:
+        key = (worker_id, model)
+        average = self._model_ms.get(key)
+        self._model_ms[key] = model_ms if average is None else average + LATENCY_SMOOTHING * (model_ms - average)
 
     def _worker_name(self, worker_id: str) -> str:
         try:
