@@ -116,7 +116,7 @@ class Forwarder:
         )
         self.duration = Histogram(
             "legacygpu_serving_forward_duration_seconds",
-            "Time from the facade receiving a request to having the worker's answer.",
+            "Time from the facade having a request's whole body to having the worker's answer.",
             ["model"], buckets=_BUCKETS, registry=registry,
         )
         self.pending = Gauge(
@@ -254,6 +254,8 @@ class Forwarder:
         except NoWorker:
             self.requests.labels(model or "", "503").inc()
             raise
+        if isinstance(content, BodyStream) and content.completed_at is not None:
+            started = content.completed_at  # the time the client took to send the body is not the forward's
         self.duration.labels(model or "").observe(time.perf_counter() - started)
         self.requests.labels(model or "", str(answer.status_code)).inc()
         return answer

@@ -36,7 +36,10 @@ whole answer came (an answer cut short included: the parser knows its length
 from ``Content-Length`` or the chunked encoding; an answer delimited only by
 closing the connection is not accepted, and HTTP/1.1 servers such as uvicorn
 never send one); bytes that are not HTTP; no whole answer within
-``timeout``. A request cancelled by its caller closes its connection, since
+``timeout`` of the whole request being sent. A client slow to send its
+streamed body is not the worker failing, so the time waiting on it does not
+count: like uvicorn (which sets no limit on a body's arrival), the facade
+waits for it, until the client sends it all or goes away. A request cancelled by its caller closes its connection, since
 the answer may still come on it.
 """
 
@@ -77,6 +80,8 @@ class BodyStream:
         self.length = length
         self.parts = [first]
         self.complete = False
+        self.completed_at: float | None = None
+        """``time.perf_counter()`` when the last part came."""
         self._received = len(first)
         self._more = more
 
@@ -88,6 +93,8 @@ class BodyStream:
         if self._received > self.length or (not more_body and self._received < self.length):
             raise IncompleteBody(f"the body has {self._received} bytes, not the {self.length} declared")
         self.complete = not more_body
+        if self.complete:
+            self.completed_at = time.perf_counter()
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +282,8 @@ class WorkerPool:
 
     async def _exchange(self, base_url: str, connection: _Connection, parts: Sequence[bytes],
                         stream: BodyStream | None) -> Answer:
-        timer = asyncio.get_running_loop().call_later(self.timeout, connection.time_out, self.timeout)
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
         try:
             answer_coming = connection.send(parts)
             if stream is not None:
@@ -290,12 +298,16 @@ class WorkerPool:
                         await stream.next()
                 if sent < len(stream.parts) or not stream.complete:
                     connection.reusable = False  # answered before the whole request was sent
+            # The worker's time starts once it has the whole request: time spent waiting on a slow client is
+            # not the worker's (the module's docstring).
+            timer = loop.call_later(self.timeout, connection.time_out, self.timeout)
             answer = await answer_coming
         except BaseException:  # failed, timed out or cancelled: the answer (or the rest of it) may still come
             connection._abort()
             raise
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
         if connection.reusable and not connection.closed:
             stack = self._idle.setdefault(base_url, [])
             if len(stack) < self.max_idle_per_worker:

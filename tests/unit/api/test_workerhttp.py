@@ -256,6 +256,33 @@ async def test_a_worker_that_does_not_answer_http_fails(reply: bytes | None, mat
     await pool.close()
 
 
+async def test_a_client_slower_than_the_worker_timeout_is_not_a_worker_failure(worker_url: str) -> None:
+    """The timeout counts from the whole body sent: a slow client is waited for, and the forward duration
+    leaves its upload out."""
+    parts = [b"a" * 1000, b"b" * 1000]
+    remaining = iter(parts[1:])
+
+    async def slow() -> tuple[bytes, bool]:
+        await asyncio.sleep(1.0)  # longer than the worker timeout
+        return next(remaining), False
+
+    class Workers:
+        async def serving_endpoints(self) -> list[ServingEndpoint]:
+            return [ServingEndpoint("healthy", worker_url, frozenset({"m"}), None)]
+
+    registry = CollectorRegistry()
+    forwarder = Forwarder(Workers(), registry, timeout_seconds=0.5)  # type: ignore[arg-type]
+    try:
+        answer = await forwarder.forward("POST", "/v2/models/m/infer", model="m",
+                                         content=BodyStream(2000, parts[0], slow))
+        assert answer.status_code == 200 and json.loads(answer.content)["length"] == 2000
+        assert registry.get_sample_value("legacygpu_serving_retries_total", {"model": "m"}) is None
+        took = registry.get_sample_value("legacygpu_serving_forward_duration_seconds_sum", {"model": "m"})
+        assert took is not None and took < 1.0, "the client's 1 s upload is not in the forward duration"
+    finally:
+        await forwarder.close()
+
+
 async def test_a_refused_connection_fails() -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
