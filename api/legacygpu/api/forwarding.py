@@ -32,7 +32,10 @@ them at once (:meth:`Forwarder.broadcast`).
 A worker that fails mid-request (connection refused or reset, the process
 gone, an answer cut short) is skipped until the next refresh and the request is sent once more to
 another worker; inference has no side effects, so this is safe. With no
-worker left the answer is 503 with ``Retry-After``.
+worker left the answer is 503 with ``Retry-After``. The pool holds at most
+``max_connections`` connections to all workers together (a request past
+them waits for one); the facade itself out of file descriptors is answered
+503 as well, and no worker is marked failed for it.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from legacygpu.api.backends.base import ClusterBackend
 from legacygpu.api.discovery import ServingEndpoint, serving_endpoints
-from legacygpu.api.workerhttp import Answer, BodyStream, WorkerFailed, WorkerPool
+from legacygpu.api.workerhttp import Answer, BodyStream, FacadeOverloaded, WorkerFailed, WorkerPool
 from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
 
 __all__ = [
@@ -99,7 +102,7 @@ class Forwarder:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None  # made on first use, inside the event loop
         self._pool = WorkerPool(keepalive_seconds=KEEPALIVE_SECONDS, connect_timeout=5.0, timeout=timeout_seconds,
-                                max_idle_per_worker=max_connections)
+                                max_connections=max_connections)
         self._endpoints: list[ServingEndpoint] = []
         self._read_at = -1e9
         self._refreshing = asyncio.Lock()
@@ -147,6 +150,7 @@ class Forwarder:
         async with self._refreshing:
             if time.monotonic() - self._read_at >= self._refresh:
                 self._endpoints = await serving_endpoints(self._backend)
+                self._pool.retain({e.url for e in self._endpoints})  # departed workers' connections closed
                 self._failed.clear()
                 self._read_at = time.monotonic()
         return self._endpoints
@@ -166,7 +170,8 @@ class Forwarder:
                        protocol: Literal["rest", "grpc"] = "rest") -> _T:
         """``send`` to one worker, and once more to another if it raises :class:`WorkerFailed`.
 
-        Raises :class:`NoWorker` when no worker (or no second one) serves ``protocol``.
+        Raises :class:`NoWorker` when no worker (or no second one) serves ``protocol``, or when the facade
+        itself cannot open a connection (:class:`~legacygpu.api.workerhttp.FacadeOverloaded`).
         """
         tried: set[str] = set()
         last_error: WorkerFailed | None = None
@@ -188,6 +193,8 @@ class Forwarder:
             except WorkerFailed as exc:
                 self._failed.add(endpoint.url)
                 last_error = exc
+            except FacadeOverloaded as exc:  # the facade's own limit: no worker is to blame, none is tried
+                raise NoWorker(f"the facade cannot forward the request now: {exc}") from exc
             finally:
                 self.outstanding[endpoint.url] -= 1
                 self.pending.labels(endpoint.name).dec()
@@ -205,7 +212,7 @@ class Forwarder:
             try:
                 return self._forwarded(await self._pool.request(endpoint.url, method, path, headers, content),
                                        endpoint)
-            except WorkerFailed as exc:
+            except (WorkerFailed, FacadeOverloaded) as exc:
                 return WorkerFailed(f"{endpoint.name}: {exc}")
 
         endpoints = await self.endpoints()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import socket
@@ -25,7 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from legacygpu.api.discovery import ServingEndpoint
-from legacygpu.api.forwarding import Forwarder
+from legacygpu.api.forwarding import Forwarder, NoWorker
 from legacygpu.api.workerhttp import BodyStream, IncompleteBody, WorkerFailed, WorkerPool
 
 
@@ -125,6 +126,15 @@ def _closing_server() -> tuple[str, threading.Event]:
 
 async def _closed(event: threading.Event) -> bool:
     return await asyncio.get_running_loop().run_in_executor(None, event.wait, 10)
+
+
+async def _closes(events: list[threading.Event], count: int = 1) -> bool:
+    """Whether at least ``count`` of ``events`` are set within 10 s."""
+    for _ in range(200):
+        if sum(e.is_set() for e in events) >= count:
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 async def _answer(pool: WorkerPool, url: str, body: bytes | list[bytes] | BodyStream = b"{}") -> dict[str, object]:
@@ -353,3 +363,108 @@ async def test_a_cancelled_request_does_not_leave_its_connection_for_the_next(wo
         await request
     assert await _closed(closed), "the connection, whose answer may still come, is closed"
     await pool.close()
+
+
+def _keepalive_server(gate: threading.Event | None = None) -> tuple[str, list[threading.Event]]:
+    """A worker that answers every request on a connection with keep-alive (once ``gate`` is set, if given);
+    its URL, and an event per accepted connection, set when the client closes that connection."""
+    closed: list[threading.Event] = []
+
+    def handle(conn: socket.socket) -> None:
+        mine = threading.Event()
+        closed.append(mine)
+        try:
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    got = conn.recv(65536)
+                    if not got:
+                        return
+                    data += got
+                _, _, data = data.partition(b"\r\n\r\n")  # these requests have no body
+                if gate is not None:
+                    gate.wait(10)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        finally:
+            mine.set()
+
+    url, _ = _raw_server(handle)
+    return url, closed
+
+
+async def test_max_connections_caps_the_connections_in_use_and_idle() -> None:
+    gate = threading.Event()
+    url, opened = _keepalive_server(gate)
+    other, other_opened = _keepalive_server()
+    pool = WorkerPool(keepalive_seconds=4, max_connections=2)
+    try:
+        requests = [asyncio.ensure_future(pool.request(url, "GET", "/")) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        assert len(opened) == 2, "the third request waits for a connection to come free"
+        gate.set()
+        assert [a.body for a in await asyncio.gather(*requests)] == [b"ok"] * 3
+        assert len(opened) == 2, "the third request took a connection the others freed"
+        assert (await pool.request(other, "GET", "/")).body == b"ok"
+        assert len(other_opened) == 1
+        assert await _closes(opened), "a connection to another worker closes an idle one: two open in all"
+    finally:
+        await pool.close()
+
+
+async def test_idle_connections_past_the_keepalive_are_closed_when_another_is_put_back() -> None:
+    """Reuse takes the top of the stack: the connection under it, idle too long, is closed all the same."""
+    url, opened = _keepalive_server()
+    pool = WorkerPool(keepalive_seconds=1.0)
+    try:
+        await asyncio.gather(pool.request(url, "GET", "/"), pool.request(url, "GET", "/"))
+        assert len(opened) == 2
+        await asyncio.sleep(0.6)
+        await pool.request(url, "GET", "/")  # the top one; the bottom one is not yet past the keep-alive
+        await asyncio.sleep(0.6)
+        await pool.request(url, "GET", "/")  # the top one again; the bottom one, idle 1.2 s, is closed
+        assert await _closes(opened)
+        assert sum(e.is_set() for e in opened) == 1 and len(opened) == 2
+    finally:
+        await pool.close()
+
+
+async def test_connections_to_workers_that_left_are_closed_at_the_next_refresh() -> None:
+    leaving, leaving_opened = _keepalive_server()
+    staying, _ = _keepalive_server()
+    serving = [ServingEndpoint("leaving", leaving, frozenset({"m"}), None)]
+
+    class Workers:
+        async def serving_endpoints(self) -> list[ServingEndpoint]:
+            return list(serving)
+
+    forwarder = Forwarder(Workers(), CollectorRegistry(), refresh_seconds=0)  # type: ignore[arg-type]
+    try:
+        assert (await forwarder.forward("GET", "/v2", model=None)).worker == "leaving"
+        serving[:] = [ServingEndpoint("staying", staying, frozenset({"m"}), None)]
+        assert (await forwarder.forward("GET", "/v2", model=None)).worker == "staying"
+        assert await _closed(leaving_opened[0]), "the departed worker's idle connection is closed"
+        assert leaving not in forwarder._pool._idle and leaving not in forwarder._pool._addresses
+    finally:
+        await forwarder.close()
+
+
+async def test_the_facade_out_of_file_descriptors_is_no_worker_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    url, _ = _keepalive_server()
+
+    class Workers:
+        async def serving_endpoints(self) -> list[ServingEndpoint]:
+            return [ServingEndpoint("healthy", url, frozenset({"m"}), None)]
+
+    async def no_descriptors(*_: object, **__: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    forwarder = Forwarder(Workers(), CollectorRegistry())  # type: ignore[arg-type]
+    try:
+        monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", no_descriptors)
+        with pytest.raises(NoWorker, match=r"the facade cannot forward the request now: .*Too many open files"):
+            await forwarder.forward("GET", "/v2", model=None)
+        assert not forwarder._failed, "the worker is not marked failed"
+        monkeypatch.undo()
+        assert (await forwarder.forward("GET", "/v2", model=None)).status_code == 200
+    finally:
+        await forwarder.close()
