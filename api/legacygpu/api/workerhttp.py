@@ -8,13 +8,21 @@ payload writer (which on Python before 3.12.9 joins the headers and a 600 KB
 tensor body into a new buffer before writing them), its response object and
 its timers cost about as much of the facade's CPU as everything else on the
 path. Here a request is one ``writelines`` of the head and the body's parts as
-they came (no copy), and the answer is the status, the headers and the body.
+they came (no join of ours: uvloop, which uvicorn runs the facade on, writes
+the parts with one ``writev``), and the answer is the status, the headers and
+the body.
 
 A body still arriving from the facade's own client (a large tensor comes in
 several parts) can be given as a :class:`BodyStream`: each part is written to
 the worker as soon as it is received, so that the worker reads the body while
 the facade does rather than after it. Every part is kept until the answer, so
-a request whose worker fails mid-body is sent whole to the next one; a client
+a request whose worker fails mid-body is sent whole to the next one (a
+streamed body is in the facade's memory once, as a whole, until the answer).
+The next part is read from the client only once the transport has passed the
+earlier ones on to the kernel (flow control: ``pause_writing`` and
+``resume_writing``), so that a worker slower to read than the client sends
+does not also pile the body up in the transport's buffer; a worker that reads
+nothing more for ``timeout`` has failed; a client
 that goes away mid-body ends the request with :class:`IncompleteBody` (there
 is nobody to answer), and the connection, holding half a request, is closed.
 
@@ -135,6 +143,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reusable = True  # the last answer allows another request on this connection
         self.idle_since = 0.0
+        self._writable = asyncio.Event()  # the transport's buffer is below its high-water mark
+        self._writable.set()
 
     # asyncio.Protocol
 
@@ -151,6 +161,12 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(WorkerFailed(f"the answer is not HTTP/1.1: {exc}"))
             self._abort()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
 
     def eof_received(self) -> bool:
         return False  # close: an answer delimited by the end of the stream is not accepted (docstring)
@@ -175,6 +191,7 @@ class _Connection(asyncio.Protocol):
         answer = Answer(self._parser.get_status_code(), self._headers, b"".join(self._body))
         self.reusable = self._parser.should_keep_alive()
         self._headers, self._body, self._answering = [], [], False
+        self._writable.set()
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(answer)
@@ -193,11 +210,20 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.writelines(parts)
 
+    @property
+    def writable(self) -> bool:
+        return self._writable.is_set()
+
+    async def drained(self) -> None:
+        """Until the transport takes more (or the answer came, or the connection failed: nothing more to send)."""
+        await self._writable.wait()
+
     def time_out(self, seconds: float) -> None:
         self._fail(WorkerFailed(f"no whole answer within {seconds:g} s"))
         self._abort()
 
     def _fail(self, exc: WorkerFailed) -> None:
+        self._writable.set()
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
@@ -352,6 +378,11 @@ class WorkerPool:
                         sent = len(stream.parts)
                     elif stream.complete:
                         break
+                    elif not connection.writable:  # the worker reads slower than the client sends
+                        try:
+                            await asyncio.wait_for(connection.drained(), self.timeout)
+                        except TimeoutError:
+                            connection.time_out(self.timeout)
                     else:
                         await stream.next()
                 if sent < len(stream.parts) or not stream.complete:

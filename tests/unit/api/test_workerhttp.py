@@ -468,3 +468,53 @@ async def test_the_facade_out_of_file_descriptors_is_no_worker_failure(monkeypat
         assert (await forwarder.forward("GET", "/v2", model=None)).status_code == 200
     finally:
         await forwarder.close()
+
+
+async def test_a_streamed_body_is_read_from_the_client_no_faster_than_the_worker_takes_it() -> None:
+    """Flow control: while the worker reads nothing, the client's parts are not pulled into the facade."""
+    gate = threading.Event()
+    part = b"p" * (1 << 20)
+    count = 48
+
+    def slow_reader(conn: socket.socket) -> None:
+        gate.wait(10)
+        received = 0
+        while received < count * len(part):  # the head and all but the last bytes of the body: enough
+            received += len(conn.recv(1 << 20))
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    url, _ = _raw_server(slow_reader)
+    pulled = [1]
+
+    async def more() -> tuple[bytes, bool]:
+        pulled[0] += 1
+        return part, pulled[0] < count
+
+    pool = WorkerPool(keepalive_seconds=4)
+    try:
+        request = asyncio.ensure_future(pool.request(url, "POST", "/", (), BodyStream(count * len(part), part, more)))
+        await asyncio.sleep(0.5)
+        assert pulled[0] < count // 2, "parts wait for the worker to read the earlier ones"
+        gate.set()
+        assert (await asyncio.wait_for(request, 10)).body == b"ok"
+        assert pulled[0] == count
+    finally:
+        await pool.close()
+
+
+async def test_a_worker_that_stops_reading_a_streamed_body_fails_after_the_timeout() -> None:
+    def reads_nothing(conn: socket.socket) -> None:
+        time.sleep(2)
+
+    url, _ = _raw_server(reads_nothing)
+    part = b"p" * (1 << 20)
+
+    async def more() -> tuple[bytes, bool]:
+        return part, True
+
+    pool = WorkerPool(keepalive_seconds=4, timeout=0.3)
+    try:
+        with pytest.raises(WorkerFailed, match=r"no whole answer within 0\.3 s"):
+            await asyncio.wait_for(pool.request(url, "POST", "/", (), BodyStream(1 << 30, part, more)), 10)
+    finally:
+        await pool.close()
