@@ -57,7 +57,8 @@ from legacygpu.api.workerhttp import Answer, BodyStream, FacadeOverloaded, Worke
 from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
 
 __all__ = [
-    "FORWARDED_HEADERS", "KEEPALIVE_SECONDS", "Forwarded", "Forwarder", "NoWorker", "WorkerFailed", "error_text",
+    "FORWARDED_HEADERS", "FORWARDED_RAW_HEADERS", "KEEPALIVE_SECONDS", "Forwarded", "Forwarder", "NoWorker",
+    "WorkerFailed", "error_text",
     "forwarder_for",
 ]
 
@@ -65,7 +66,8 @@ FORWARDED_HEADERS = ("content-type", "content-encoding", "inference-header-conte
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _CAPACITY = 1 << 20  # outstanding requests are ranked, never capped: the worker's queue refuses when full
 KEEPALIVE_SECONDS = 4.0  # under uvicorn's timeout_keep_alive (5 s), so the worker never closes one mid-request
-_WANTED = frozenset(h.encode() for h in FORWARDED_HEADERS)
+FORWARDED_RAW_HEADERS = frozenset(h.encode() for h in FORWARDED_HEADERS)
+""":data:`FORWARDED_HEADERS` as an ASGI scope's header names."""
 
 
 _T = TypeVar("_T")
@@ -251,7 +253,7 @@ class Forwarder:
             sent = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         else:
             sent = list(headers)
-        sent = [(k, v) for k, v in sent if k in _WANTED]
+        sent = [(k, v) for k, v in sent if k in FORWARDED_RAW_HEADERS]
 
         async def send(endpoint: ServingEndpoint) -> Forwarded:
             return self._forwarded(await self._pool.request(endpoint.url, method, path, sent, content), endpoint)
@@ -269,7 +271,7 @@ class Forwarder:
 
     @staticmethod
     def _forwarded(answer: Answer, endpoint: ServingEndpoint) -> Forwarded:
-        return Forwarded(answer.status, [(k, v) for k, v in answer.headers if k in _WANTED], answer.body,
+        return Forwarded(answer.status, [(k, v) for k, v in answer.headers if k in FORWARDED_RAW_HEADERS], answer.body,
                          endpoint.name)
 
 
