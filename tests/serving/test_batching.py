@@ -24,7 +24,7 @@ from legacygpu.worker.runner import TaskRunner
 from legacygpu.worker.serving import ServingEngine
 from legacygpu.worker.serving.batching import INLINE_SECONDS, ModelScheduler
 from legacygpu.worker.serving.codec import InferInput, InferRequest
-from legacygpu.worker.serving.errors import BadRequest, QueueFull, QueueTimeout
+from legacygpu.worker.serving.errors import BadRequest, QueueFull, QueueTimeout, ServingError
 from legacygpu.worker.serving.metrics import ServingMetrics
 
 
@@ -276,6 +276,30 @@ async def test_a_request_queued_past_its_timeout_is_refused() -> None:
     with pytest.raises(QueueTimeout):
         await late
     assert (await patient)[0]["y"][0, 0] == 4
+    await scheduler.close()
+
+
+async def test_a_failed_batching_loop_fails_its_queued_requests_and_empties_the_gauge(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the loop (here ``_take`` raising) must not leave queued requests waiting for ever."""
+    device = _Device()
+    scheduler = _scheduler(device, max_queue_delay_microseconds=0)
+    first = await _busy(scheduler, device)
+    queued = [asyncio.ensure_future(scheduler.infer(_x(v), size=1)) for v in (1, 2)]
+    await asyncio.sleep(0.05)
+    metrics = scheduler._metrics
+    assert metrics.pending.labels("digits")._value.get() == 2
+
+    def broken(_: object) -> list[object]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(scheduler, "_take", broken)
+    device.go.set()
+    await first
+    for task in queued:
+        with pytest.raises(ServingError, match="the batcher failed: RuntimeError: a bug"):
+            await asyncio.wait_for(task, 10)
+    assert metrics.pending.labels("digits")._value.get() == 0
     await scheduler.close()
 
 

@@ -32,7 +32,10 @@ them at once (:meth:`Forwarder.broadcast`).
 A worker that fails mid-request (connection refused or reset, the process
 gone, an answer cut short) is skipped until the next refresh and the request is sent once more to
 another worker; inference has no side effects, so this is safe. With no
-worker left the answer is 503 with ``Retry-After``.
+worker left the answer is 503 with ``Retry-After``. The pool holds at most
+``max_connections`` connections to all workers together (a request past
+them waits for one); the facade itself out of file descriptors is answered
+503 as well, and no worker is marked failed for it.
 """
 
 from __future__ import annotations
@@ -50,11 +53,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from legacygpu.api.backends.base import ClusterBackend
 from legacygpu.api.discovery import ServingEndpoint, serving_endpoints
-from legacygpu.api.workerhttp import Answer, BodyStream, WorkerFailed, WorkerPool
+from legacygpu.api.workerhttp import Answer, BodyStream, FacadeOverloaded, WorkerFailed, WorkerPool
 from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
 
 __all__ = [
-    "FORWARDED_HEADERS", "KEEPALIVE_SECONDS", "Forwarded", "Forwarder", "NoWorker", "WorkerFailed", "error_text",
+    "FORWARDED_HEADERS", "FORWARDED_RAW_HEADERS", "KEEPALIVE_SECONDS", "Forwarded", "Forwarder", "NoWorker",
+    "WorkerFailed", "error_text",
     "forwarder_for",
 ]
 
@@ -62,7 +66,8 @@ FORWARDED_HEADERS = ("content-type", "content-encoding", "inference-header-conte
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _CAPACITY = 1 << 20  # outstanding requests are ranked, never capped: the worker's queue refuses when full
 KEEPALIVE_SECONDS = 4.0  # under uvicorn's timeout_keep_alive (5 s), so the worker never closes one mid-request
-_WANTED = frozenset(h.encode() for h in FORWARDED_HEADERS)
+FORWARDED_RAW_HEADERS = frozenset(h.encode() for h in FORWARDED_HEADERS)
+""":data:`FORWARDED_HEADERS` as an ASGI scope's header names."""
 
 
 _T = TypeVar("_T")
@@ -99,7 +104,7 @@ class Forwarder:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None  # made on first use, inside the event loop
         self._pool = WorkerPool(keepalive_seconds=KEEPALIVE_SECONDS, connect_timeout=5.0, timeout=timeout_seconds,
-                                max_idle_per_worker=max_connections)
+                                max_connections=max_connections)
         self._endpoints: list[ServingEndpoint] = []
         self._read_at = -1e9
         self._refreshing = asyncio.Lock()
@@ -116,7 +121,7 @@ class Forwarder:
         )
         self.duration = Histogram(
             "legacygpu_serving_forward_duration_seconds",
-            "Time from the facade receiving a request to having the worker's answer.",
+            "Time from the facade having a request's whole body to having the worker's answer.",
             ["model"], buckets=_BUCKETS, registry=registry,
         )
         self.pending = Gauge(
@@ -147,6 +152,7 @@ class Forwarder:
         async with self._refreshing:
             if time.monotonic() - self._read_at >= self._refresh:
                 self._endpoints = await serving_endpoints(self._backend)
+                self._pool.retain({e.url for e in self._endpoints})  # departed workers' connections closed
                 self._failed.clear()
                 self._read_at = time.monotonic()
         return self._endpoints
@@ -166,7 +172,8 @@ class Forwarder:
                        protocol: Literal["rest", "grpc"] = "rest") -> _T:
         """``send`` to one worker, and once more to another if it raises :class:`WorkerFailed`.
 
-        Raises :class:`NoWorker` when no worker (or no second one) serves ``protocol``.
+        Raises :class:`NoWorker` when no worker (or no second one) serves ``protocol``, or when the facade
+        itself cannot open a connection (:class:`~legacygpu.api.workerhttp.FacadeOverloaded`).
         """
         tried: set[str] = set()
         last_error: WorkerFailed | None = None
@@ -188,6 +195,8 @@ class Forwarder:
             except WorkerFailed as exc:
                 self._failed.add(endpoint.url)
                 last_error = exc
+            except FacadeOverloaded as exc:  # the facade's own limit: no worker is to blame, none is tried
+                raise NoWorker(f"the facade cannot forward the request now: {exc}") from exc
             finally:
                 self.outstanding[endpoint.url] -= 1
                 self.pending.labels(endpoint.name).dec()
@@ -205,7 +214,7 @@ class Forwarder:
             try:
                 return self._forwarded(await self._pool.request(endpoint.url, method, path, headers, content),
                                        endpoint)
-            except WorkerFailed as exc:
+            except (WorkerFailed, FacadeOverloaded) as exc:
                 return WorkerFailed(f"{endpoint.name}: {exc}")
 
         endpoints = await self.endpoints()
@@ -244,7 +253,7 @@ class Forwarder:
             sent = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         else:
             sent = list(headers)
-        sent = [(k, v) for k, v in sent if k in _WANTED]
+        sent = [(k, v) for k, v in sent if k in FORWARDED_RAW_HEADERS]
 
         async def send(endpoint: ServingEndpoint) -> Forwarded:
             return self._forwarded(await self._pool.request(endpoint.url, method, path, sent, content), endpoint)
@@ -254,13 +263,15 @@ class Forwarder:
         except NoWorker:
             self.requests.labels(model or "", "503").inc()
             raise
+        if isinstance(content, BodyStream) and content.completed_at is not None:
+            started = content.completed_at  # the time the client took to send the body is not the forward's
         self.duration.labels(model or "").observe(time.perf_counter() - started)
         self.requests.labels(model or "", str(answer.status_code)).inc()
         return answer
 
     @staticmethod
     def _forwarded(answer: Answer, endpoint: ServingEndpoint) -> Forwarded:
-        return Forwarded(answer.status, [(k, v) for k, v in answer.headers if k in _WANTED], answer.body,
+        return Forwarded(answer.status, [(k, v) for k, v in answer.headers if k in FORWARDED_RAW_HEADERS], answer.body,
                          endpoint.name)
 
 

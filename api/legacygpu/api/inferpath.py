@@ -34,15 +34,14 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from legacygpu.api.deps import Role, role_of
-from legacygpu.api.forwarding import FORWARDED_HEADERS, NoWorker, forwarder_for
+from legacygpu.api.forwarding import FORWARDED_RAW_HEADERS, NoWorker, forwarder_for
 from legacygpu.api.routes import v2
 from legacygpu.api.workerhttp import BodyStream, IncompleteBody
-from legacygpu.core.oip.asgi import INFER_PATH, send_response
+from legacygpu.core.oip.asgi import INFER_PATH, read_body, send_response
 
 __all__ = ["InferPath", "install"]
 
 _ALLOWED = (Role.USER, Role.ADMIN)
-_WANTED = frozenset(h.encode() for h in FORWARDED_HEADERS)
 _RETRY_AFTER_SECONDS = b"1"
 
 
@@ -65,7 +64,7 @@ class InferPath:
                 token = credentials.strip() if scheme.lower() == "bearer" else None
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else None
-            elif name in _WANTED:
+            elif name in FORWARDED_RAW_HEADERS:
                 headers.append((name, value))
         if token is None or role_of(HTTPConnection(scope), token) not in _ALLOWED:
             await self.app(scope, receive, send)  # FastAPI answers 401/403 in its own words
@@ -77,7 +76,7 @@ class InferPath:
             body: bytes | list[bytes] | BodyStream = first
             if more_body:  # without Content-Length the body-size limit has buffered the body: not streamed
                 body = BodyStream(length, first, lambda: _next_part(receive)) if length is not None else [
-                    first, *await _rest(receive)]
+                    first, await read_body(receive)]
             answer = await forwarder.forward("POST", scope["path"], model=match["model"], content=body,
                                              headers=headers)
         except NoWorker as exc:
@@ -102,14 +101,6 @@ async def _next_part(receive: Receive) -> tuple[bytes, bool]:
     if message["type"] != "http.request":
         raise IncompleteBody("the client went away before it sent the whole body")
     return message.get("body", b""), message.get("more_body", False)
-
-
-async def _rest(receive: Receive) -> list[bytes]:
-    parts, more_body = [], True
-    while more_body:
-        part, more_body = await _next_part(receive)
-        parts.append(part)
-    return parts
 
 
 def _error_body(message: str) -> bytes:

@@ -61,7 +61,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import httpx
@@ -69,14 +69,21 @@ import numpy as np
 
 from legacygpu.cli import bench_serve_ray
 
-__all__ = ["command", "targets"]
+if TYPE_CHECKING:
+    from legacygpu.core.modelcards import DynamicBatchingSpec
+
+__all__ = ["OPENCL_PREFERRED", "PREFERRED", "batching_spec", "command", "targets"]
 
 log = logging.getLogger(__name__)
 
 _BATCHING = {"max_queue_delay_microseconds": round(bench_serve_ray.WAIT_SECONDS * 1e6)}  # as @serve.batch waits
 _MAX_BATCH = bench_serve_ray.MAX_BATCH
-OPENCL_PREFERRED = [2**i for i in range(_MAX_BATCH.bit_length()) if 2**i <= _MAX_BATCH]
-"""The OpenCL worker's preferred batch sizes: the executor builds a plan per batch size, so batches keep to a few."""
+OPENCL_PREFERRED = [2**i for i in range(1, _MAX_BATCH.bit_length()) if 2**i <= _MAX_BATCH]
+"""The OpenCL worker's preferred batch sizes: the executor builds a plan per batch size, so batches keep to a few.
+Not 1: a batch of a preferred size runs at once, so a lone request would skip the queue delay, which the
+onnxruntime worker's copy (no preferred sizes) waits."""
+PREFERRED = {"facade": [], "worker": [], "facade-opencl": OPENCL_PREFERRED}
+"""Each target's preferred batch sizes (Ray's ``@serve.batch`` has none)."""
 CEILINGS = {"facade": "onnxruntime/in-process-batch", "facade-opencl": "opencl/in-process-batch"}
 """For each facade whose batching gain is a target, the in-process run of its worker's backend that bounds it."""
 
@@ -108,7 +115,7 @@ def _prepare(models: list[str], repo_root: Path, workdir: Path, *,
 
     ``preferred``: the batching copy's preferred batch sizes (the batch sizes it runs when it can).
     """
-    from legacygpu.core.modelcards import DynamicBatchingSpec, ModelRepository
+    from legacygpu.core.modelcards import ModelRepository
     from legacygpu.worker.modelinfo import card_from_onnx
     from legacygpu.worker.opencl.bench_model import _with_dynamic_batch, resolve_model
 
@@ -122,12 +129,17 @@ def _prepare(models: list[str], repo_root: Path, workdir: Path, *,
         x = np.random.default_rng(0).random(shape, dtype=np.float32) * (16 if name == "digits" else 1)
         single = card.model_copy(update={"name": f"{name}-single"})
         repo.add(single, path, replace=True)
-        batching = card.model_copy(update={"max_batch_size": _MAX_BATCH,
-                                           "dynamic_batching": DynamicBatchingSpec.model_validate(
-                                               {**_BATCHING, "preferred_batch_size": list(preferred)})})
+        batching = card.model_copy(update={"max_batch_size": _MAX_BATCH, "dynamic_batching": batching_spec(preferred)})
         repo.add(batching, path, replace=True)
         prepared[name] = {"path": path, "input": spec.name, "x": x}
     return prepared
+
+
+def batching_spec(preferred: Sequence[int] = ()) -> DynamicBatchingSpec:
+    """The batching copy's ``dynamic_batching``: Ray's wait, and ``preferred`` batch sizes."""
+    from legacygpu.core.modelcards import DynamicBatchingSpec
+
+    return DynamicBatchingSpec.model_validate({**_BATCHING, "preferred_batch_size": list(preferred)})
 
 
 def _binary_body(input_name: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -507,7 +519,7 @@ def command(models: str, concurrency: str, opencl_concurrency: str, ceiling_batc
         "host": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "load_before": load_before,
                  "load_after": os.getloadavg(), "python": platform.python_version()},
         "seconds_per_point": seconds, "ray_version": bench_serve_ray.RAY_VERSION if ray else None,
-        "batching": {"max_batch_size": _MAX_BATCH, **_BATCHING},
+        "batching": {"max_batch_size": _MAX_BATCH, **_BATCHING, "preferred_batch_size": PREFERRED},
         "opencl_concurrency": _counts(opencl_concurrency), "ceiling_batches": _counts(ceiling_batches),
         "results": results, "targets": found,
     }

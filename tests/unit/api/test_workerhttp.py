@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import socket
@@ -25,7 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from legacygpu.api.discovery import ServingEndpoint
-from legacygpu.api.forwarding import Forwarder
+from legacygpu.api.forwarding import Forwarder, NoWorker
 from legacygpu.api.workerhttp import BodyStream, IncompleteBody, WorkerFailed, WorkerPool
 
 
@@ -105,6 +106,35 @@ def _read_request(conn: socket.socket) -> bytes:
     while len(body) < length:
         body += conn.recv(65536)
     return head
+
+
+def _closing_server() -> tuple[str, threading.Event]:
+    """A server that reads whatever comes and never answers; the event is set once the client closes
+    (EOF or reset) the connection."""
+    closed = threading.Event()
+
+    def until_closed(conn: socket.socket) -> None:
+        try:
+            while conn.recv(65536):
+                pass
+        finally:
+            closed.set()
+
+    url, _ = _raw_server(until_closed)
+    return url, closed
+
+
+async def _closed(event: threading.Event) -> bool:
+    return await asyncio.get_running_loop().run_in_executor(None, event.wait, 10)
+
+
+async def _closes(events: list[threading.Event], count: int = 1) -> bool:
+    """Whether at least ``count`` of ``events`` are set within 10 s."""
+    for _ in range(200):
+        if sum(e.is_set() for e in events) >= count:
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 async def _answer(pool: WorkerPool, url: str, body: bytes | list[bytes] | BodyStream = b"{}") -> dict[str, object]:
@@ -236,6 +266,33 @@ async def test_a_worker_that_does_not_answer_http_fails(reply: bytes | None, mat
     await pool.close()
 
 
+async def test_a_client_slower_than_the_worker_timeout_is_not_a_worker_failure(worker_url: str) -> None:
+    """The timeout counts from the whole body sent: a slow client is waited for, and the forward duration
+    leaves its upload out."""
+    parts = [b"a" * 1000, b"b" * 1000]
+    remaining = iter(parts[1:])
+
+    async def slow() -> tuple[bytes, bool]:
+        await asyncio.sleep(1.0)  # longer than the worker timeout
+        return next(remaining), False
+
+    class Workers:
+        async def serving_endpoints(self) -> list[ServingEndpoint]:
+            return [ServingEndpoint("healthy", worker_url, frozenset({"m"}), None)]
+
+    registry = CollectorRegistry()
+    forwarder = Forwarder(Workers(), registry, timeout_seconds=0.5)  # type: ignore[arg-type]
+    try:
+        answer = await forwarder.forward("POST", "/v2/models/m/infer", model="m",
+                                         content=BodyStream(2000, parts[0], slow))
+        assert answer.status_code == 200 and json.loads(answer.content)["length"] == 2000
+        assert registry.get_sample_value("legacygpu_serving_retries_total", {"model": "m"}) is None
+        took = registry.get_sample_value("legacygpu_serving_forward_duration_seconds_sum", {"model": "m"})
+        assert took is not None and took < 1.0, "the client's 1 s upload is not in the forward duration"
+    finally:
+        await forwarder.close()
+
+
 async def test_a_refused_connection_fails() -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
@@ -286,29 +343,178 @@ async def test_a_streamed_body_cut_short_by_its_client_is_no_request(worker_url:
         return b"x", False
 
     try:
-        with pytest.raises(IncompleteBody, match="went away"):
-            await _answer(pool, worker_url, BodyStream(10, b"abc", gone))
-        with pytest.raises(IncompleteBody, match="4 bytes, not the 10 declared"):
-            await _answer(pool, worker_url, BodyStream(10, b"abc", short))
-        assert not any(pool._idle.values()), "a connection with half a request on it is not kept"
-        assert (await _answer(pool, worker_url))["length"] == 2, "the worker is none the worse"
+        for more, why in [(gone, "went away"), (short, "4 bytes, not the 10 declared")]:
+            url, closed = _closing_server()
+            with pytest.raises(IncompleteBody, match=why):
+                await _answer(pool, url, BodyStream(10, b"abc", more))
+            assert await _closed(closed), "a connection with half a request on it is closed"
+        assert (await _answer(pool, worker_url))["length"] == 2, "the pool is none the worse"
     finally:
         await pool.close()
 
 
 async def test_a_cancelled_request_does_not_leave_its_connection_for_the_next(worker_url: str) -> None:
-    def slow(conn: socket.socket) -> None:
-        _read_request(conn)
-        time.sleep(0.5)
-        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
-
-    url, accepted = _raw_server(slow)
+    url, closed = _closing_server()
     pool = WorkerPool(keepalive_seconds=4)
     request = asyncio.ensure_future(pool.request(url, "GET", "/"))
     await asyncio.sleep(0.1)
     request.cancel()
     with pytest.raises(asyncio.CancelledError):
         await request
-    assert not any(pool._idle.values())
+    assert await _closed(closed), "the connection, whose answer may still come, is closed"
     await pool.close()
-    assert accepted[0] == 1
+
+
+def _keepalive_server(gate: threading.Event | None = None) -> tuple[str, list[threading.Event]]:
+    """A worker that answers every request on a connection with keep-alive (once ``gate`` is set, if given);
+    its URL, and an event per accepted connection, set when the client closes that connection."""
+    closed: list[threading.Event] = []
+
+    def handle(conn: socket.socket) -> None:
+        mine = threading.Event()
+        closed.append(mine)
+        try:
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    got = conn.recv(65536)
+                    if not got:
+                        return
+                    data += got
+                _, _, data = data.partition(b"\r\n\r\n")  # these requests have no body
+                if gate is not None:
+                    gate.wait(10)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        finally:
+            mine.set()
+
+    url, _ = _raw_server(handle)
+    return url, closed
+
+
+async def test_max_connections_caps_the_connections_in_use_and_idle() -> None:
+    gate = threading.Event()
+    url, opened = _keepalive_server(gate)
+    other, other_opened = _keepalive_server()
+    pool = WorkerPool(keepalive_seconds=4, max_connections=2)
+    try:
+        requests = [asyncio.ensure_future(pool.request(url, "GET", "/")) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        assert len(opened) == 2, "the third request waits for a connection to come free"
+        gate.set()
+        assert [a.body for a in await asyncio.gather(*requests)] == [b"ok"] * 3
+        assert len(opened) == 2, "the third request took a connection the others freed"
+        assert (await pool.request(other, "GET", "/")).body == b"ok"
+        assert len(other_opened) == 1
+        assert await _closes(opened), "a connection to another worker closes an idle one: two open in all"
+    finally:
+        await pool.close()
+
+
+async def test_idle_connections_past_the_keepalive_are_closed_when_another_is_put_back() -> None:
+    """Reuse takes the top of the stack: the connection under it, idle too long, is closed all the same."""
+    url, opened = _keepalive_server()
+    pool = WorkerPool(keepalive_seconds=1.0)
+    try:
+        await asyncio.gather(pool.request(url, "GET", "/"), pool.request(url, "GET", "/"))
+        assert len(opened) == 2
+        await asyncio.sleep(0.6)
+        await pool.request(url, "GET", "/")  # the top one; the bottom one is not yet past the keep-alive
+        await asyncio.sleep(0.6)
+        await pool.request(url, "GET", "/")  # the top one again; the bottom one, idle 1.2 s, is closed
+        assert await _closes(opened)
+        assert sum(e.is_set() for e in opened) == 1 and len(opened) == 2
+    finally:
+        await pool.close()
+
+
+async def test_connections_to_workers_that_left_are_closed_at_the_next_refresh() -> None:
+    leaving, leaving_opened = _keepalive_server()
+    staying, _ = _keepalive_server()
+    serving = [ServingEndpoint("leaving", leaving, frozenset({"m"}), None)]
+
+    class Workers:
+        async def serving_endpoints(self) -> list[ServingEndpoint]:
+            return list(serving)
+
+    forwarder = Forwarder(Workers(), CollectorRegistry(), refresh_seconds=0)  # type: ignore[arg-type]
+    try:
+        assert (await forwarder.forward("GET", "/v2", model=None)).worker == "leaving"
+        serving[:] = [ServingEndpoint("staying", staying, frozenset({"m"}), None)]
+        assert (await forwarder.forward("GET", "/v2", model=None)).worker == "staying"
+        assert await _closed(leaving_opened[0]), "the departed worker's idle connection is closed"
+        assert leaving not in forwarder._pool._idle and leaving not in forwarder._pool._addresses
+    finally:
+        await forwarder.close()
+
+
+async def test_the_facade_out_of_file_descriptors_is_no_worker_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    url, _ = _keepalive_server()
+
+    class Workers:
+        async def serving_endpoints(self) -> list[ServingEndpoint]:
+            return [ServingEndpoint("healthy", url, frozenset({"m"}), None)]
+
+    async def no_descriptors(*_: object, **__: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    forwarder = Forwarder(Workers(), CollectorRegistry())  # type: ignore[arg-type]
+    try:
+        monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", no_descriptors)
+        with pytest.raises(NoWorker, match=r"the facade cannot forward the request now: .*Too many open files"):
+            await forwarder.forward("GET", "/v2", model=None)
+        assert not forwarder._failed, "the worker is not marked failed"
+        monkeypatch.undo()
+        assert (await forwarder.forward("GET", "/v2", model=None)).status_code == 200
+    finally:
+        await forwarder.close()
+
+
+async def test_a_streamed_body_is_read_from_the_client_no_faster_than_the_worker_takes_it() -> None:
+    """Flow control: while the worker reads nothing, the client's parts are not pulled into the facade."""
+    gate = threading.Event()
+    part = b"p" * (1 << 20)
+    count = 48
+
+    def slow_reader(conn: socket.socket) -> None:
+        gate.wait(10)
+        received = 0
+        while received < count * len(part):  # the head and all but the last bytes of the body: enough
+            received += len(conn.recv(1 << 20))
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    url, _ = _raw_server(slow_reader)
+    pulled = [1]
+
+    async def more() -> tuple[bytes, bool]:
+        pulled[0] += 1
+        return part, pulled[0] < count
+
+    pool = WorkerPool(keepalive_seconds=4)
+    try:
+        request = asyncio.ensure_future(pool.request(url, "POST", "/", (), BodyStream(count * len(part), part, more)))
+        await asyncio.sleep(0.5)
+        assert pulled[0] < count // 2, "parts wait for the worker to read the earlier ones"
+        gate.set()
+        assert (await asyncio.wait_for(request, 10)).body == b"ok"
+        assert pulled[0] == count
+    finally:
+        await pool.close()
+
+
+async def test_a_worker_that_stops_reading_a_streamed_body_fails_after_the_timeout() -> None:
+    def reads_nothing(conn: socket.socket) -> None:
+        time.sleep(2)
+
+    url, _ = _raw_server(reads_nothing)
+    part = b"p" * (1 << 20)
+
+    async def more() -> tuple[bytes, bool]:
+        return part, True
+
+    pool = WorkerPool(keepalive_seconds=4, timeout=0.3)
+    try:
+        with pytest.raises(WorkerFailed, match=r"no whole answer within 0\.3 s"):
+            await asyncio.wait_for(pool.request(url, "POST", "/", (), BodyStream(1 << 30, part, more)), 10)
+    finally:
+        await pool.close()

@@ -164,7 +164,7 @@ class ModelScheduler:
     async def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # a failure was told by _stopped
                 await self._worker
         for queue in self._queues:
             while queue:
@@ -183,6 +183,7 @@ class ModelScheduler:
                 request = queue.popleft()
                 if not request.future.done():
                     request.future.set_exception(error)
+        self._metrics.pending.labels(self.model).set(0)
 
     # the batching loop ---------------------------------------------------------------------------
 
