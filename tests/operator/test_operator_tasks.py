@@ -8,10 +8,12 @@ and all their traffic are real.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 from operator_harness import (
     NS,
     Deployment,
@@ -24,6 +26,7 @@ from operator_harness import (
 )
 
 from legacygpu.core.kube.contract import CLUSTER_PLURAL, TASK_PLURAL, parse_time
+from legacygpu.operator.app import quiet_event_handler_logs
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "kubernetes"
@@ -42,7 +45,8 @@ def top1(body: dict[str, Any]) -> str:
     return body["status"]["result"]["top_k"][0]["label"]  # type: ignore[no-any-return]
 
 
-async def test_examples_run_end_to_end(dep: Deployment) -> None:
+async def test_examples_run_end_to_end(dep: Deployment, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     await dep.start_operator()
     for name in ("cluster.yaml", "task-tensor.yaml", "task-image.yaml", "task-uri.yaml", "tasks-batch.yaml"):
         await dep.apply_file(EXAMPLES / name)
@@ -76,6 +80,27 @@ async def test_examples_run_end_to_end(dep: Deployment) -> None:
         return status["queuedTasks"] == 0 and status["runningTasks"] == 0
 
     await eventually(counts_settled, what="cluster status counts settle (written at most once a second)")
+
+    # At the INFO level (the operator's default) the event handlers' successes log nothing: a line
+    # for each of every task's watch events. kopf's other messages still get through.
+    kopf_lines = [r.getMessage() for r in caplog.records if r.name == "kopf.objects"]
+    assert not [m for m in kopf_lines if m.startswith("Handler 'task_event'") or m.startswith("Handler 'pod_event'")]
+    assert "reconcile loop started" in kopf_lines, kopf_lines
+
+
+def test_only_the_event_handlers_successes_are_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    quiet_event_handler_logs()
+    quiet_event_handler_logs()  # installed once however often the operator starts in a process
+    objects = logging.getLogger("kopf.objects")
+    assert sum(type(f).__name__ == "_EventHandlerSuccesses" for f in objects.filters) == 1
+    caplog.set_level(logging.INFO)
+    for message in ("Handler 'task_event' succeeded.", "Handler 'pod_event' succeeded.",
+                    "Handler 'cluster_event' succeeded.", "Handler 'task_event' failed with an exception.",
+                    "Handler 'finalize' succeeded."):
+        objects.info(message)
+    assert [r.getMessage() for r in caplog.records if r.name == "kopf.objects"] == [
+        "Handler 'task_event' failed with an exception.", "Handler 'finalize' succeeded.",
+    ]
 
 
 async def test_bad_tasks_fail_with_the_right_reason(demo_repository: Path, tmp_path: Path) -> None:

@@ -32,7 +32,9 @@ from legacygpu.operator.errors import LeadershipLostError
 from legacygpu.operator.leader import LeaseElector
 from legacygpu.operator.runtime import OperatorRuntime
 
-__all__ = ["FINALIZER", "build_registry", "build_settings", "connection_info", "run_operator"]
+__all__ = [
+    "FINALIZER", "build_registry", "build_settings", "connection_info", "quiet_event_handler_logs", "run_operator",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,32 @@ def connection_info(configuration: kubernetes.client.Configuration) -> kopf.Conn
         certificate_path=configuration.cert_file or None,
         private_key_path=configuration.key_file or None,
     )
+
+
+_EVENT_HANDLERS = ("task_event", "pod_event", "cluster_event")
+
+
+class _EventHandlerSuccesses(logging.Filter):
+    """Drops kopf's ``Handler 'task_event' succeeded.`` (and the pod and cluster event handlers' alike).
+
+    kopf logs every handler's success at INFO on ``kopf.objects``; the operator's
+    default level is INFO, so each task logged a line for each of its four watch
+    events (hundreds of lines a second under load, each formatted and written,
+    saying nothing: these handlers only poke a cluster's loop). Their failures,
+    and every other kopf message, still pass.
+    """
+
+    DROPPED = frozenset(f"Handler {handler!r} succeeded." for handler in _EVENT_HANDLERS)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.DROPPED
+
+
+def quiet_event_handler_logs() -> None:
+    """Install :class:`_EventHandlerSuccesses` on ``kopf.objects`` (once per process)."""
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, _EventHandlerSuccesses) for f in objects.filters):
+        objects.addFilter(_EventHandlerSuccesses())
 
 
 def build_registry(configuration: kubernetes.client.Configuration) -> kopf.OperatorRegistry:
@@ -130,6 +158,7 @@ async def run_operator(
 ) -> None:
     """Run until ``stop`` is set; with leader election, raise :class:`LeadershipLostError` if the Lease is lost."""
     stop = stop or asyncio.Event()
+    quiet_event_handler_logs()
     api = KubeApi(configuration, concurrency=config.api_concurrency)
     rt = OperatorRuntime(config=config, api=api)
     if runtime_ready is not None and not runtime_ready.done():

@@ -16,7 +16,10 @@ collector remove them). kopf removes the finalizer afterwards.
 
 Indexes (kopf keeps them from its watches; handlers receive them by id):
 ``legacygpu_clusters`` (namespace, name) → True; ``legacygpu_pods``
-(namespace, cluster) → :class:`PodView`.
+(namespace, cluster) → :class:`PodView`. The indexing functions are
+coroutines although they never await: kopf runs a plain function in its
+thread pool executor (a hand-off to a thread, and back, for every watch
+event), a coroutine inline on the event loop.
 """
 
 from __future__ import annotations
@@ -48,11 +51,13 @@ __all__ = [
 _BACKOFF_START, _BACKOFF_CAP = 1.0, 30.0
 
 
-def index_clusters(namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
+async def index_clusters(namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
     return {(namespace, name): True}
 
 
-def index_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodView]:
+async def index_pods(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], PodView]:
     return {(namespace, labels[LABEL_CLUSTER]): pod_view(body)}
 
 

@@ -224,8 +224,11 @@ async def _tasks(
     writes: list[tuple[TaskView, TaskStatus, tuple[str, str, str] | None]] = []
     deletes: list[TaskView] = []
     admitted: list[TaskView] = []
+    unfinished: list[TaskView] = []  # what placement reads: finished tasks hold no slot and wait for none
     policy = rt.policy
     for task in tasks:
+        if not task.terminal:
+            unfinished.append(task)
         action = decide(
             task, cluster_exists=True, pods=pod_map, now=now, policy=policy,
             grace_seconds=rt.config.cluster_not_found_grace_seconds,
@@ -243,7 +246,7 @@ async def _tasks(
             writes.append((task, action.status, action.event))
     changing = {(t.namespace, t.name) for t, *_ in writes}
     if schedule:
-        still = [t for t in tasks if (t.namespace, t.name) not in changing]
+        still = [t for t in unfinished if (t.namespace, t.name) not in changing]
         assigned = Counter(t.worker for t in still if t.phase in ASSIGNED_PHASES and t.worker)
         # Admitted tasks are placed as they are (Pending): the plan reads their priority and age only.
         candidates = [t for t in still if t.phase == Phase.QUEUED] + admitted

@@ -34,7 +34,10 @@ __all__ = ["check_orphan", "index_tasks", "on_task_event", "register", "settle_o
 log = logging.getLogger(__name__)
 
 
-def index_tasks(namespace: str, spec: kopf.Spec, body: kopf.Body, **_: Any) -> dict[tuple[str, str], TaskView]:
+async def index_tasks(
+    namespace: str, spec: kopf.Spec, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], TaskView]:
+    """The task's view under its cluster (a coroutine so that kopf runs it inline, not in a thread)."""
     return {(namespace, spec.get("clusterRef", "")): task_view(body)}
 
 
