@@ -33,7 +33,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from legacygpu.api.deps import Role, role_of
+from legacygpu.api.deps import Role, bearer_token, role_of
 from legacygpu.api.forwarding import FORWARDED_RAW_HEADERS, NoWorker, forwarder_for
 from legacygpu.api.routes import v2
 from legacygpu.api.workerhttp import BodyStream, IncompleteBody
@@ -60,8 +60,7 @@ class InferPath:
         token = length = None
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, credentials = value.decode("latin-1").partition(" ")
-                token = credentials.strip() if scheme.lower() == "bearer" else None
+                token = bearer_token(value)
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else None
             elif name in FORWARDED_RAW_HEADERS:
