@@ -393,3 +393,16 @@ async def test_a_batch_for_a_cluster_that_does_not_exist_ends_cluster_not_found_
     body = await eventually(lambda: _finished(dep, "job"), timeout=30, what="batch ended")
     assert (phase(body), body["status"]["reason"]) == ("Failed", "ClusterNotFound"), body["status"]
     assert await _shards(dep, "job") == []
+
+
+async def test_a_source_url_httpx_cannot_parse_fails_the_batch_at_once_naming_it(dep: Deployment) -> None:
+    """``http://[::1/…`` passes the CRD's pattern but is no URL: the read's error is the batch's, not a hang."""
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1))
+    manifest = batch_manifest("job", "c", source="http://[::1/list.json")
+    manifest["spec"]["timeoutSeconds"] = 600
+    await dep.create(manifest)
+    body = await eventually(lambda: _finished(dep, "job"), timeout=30, what="batch refused")
+    assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
+    assert "http://[::1/list.json" in body["status"]["message"]
+    assert await _shards(dep, "job") == []

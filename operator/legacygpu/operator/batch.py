@@ -267,10 +267,15 @@ async def _source_keys(
 
 
 async def _fetch_listing(rt: OperatorRuntime, key: tuple[str, str, str], cluster: tuple[str, str]) -> None:
-    """Read a source URL's listing in the background; the answer waits in ``rt.source_listings``."""
+    """Read a source URL's listing in the background; the answer waits in ``rt.source_listings``.
+
+    Whatever goes wrong ends as an answer (the pass fails the batch with it) or, for a server that
+    is down or failing, as another try: never as a read that stays under way until the deadline.
+    """
     import httpx
 
     source = key[2]
+    answer: list[str] | ValidationError
     try:
         async with httpx.AsyncClient(timeout=30.0, follow_redirects=True) as http:
             response = await http.get(source)
@@ -282,13 +287,20 @@ async def _fetch_listing(rt: OperatorRuntime, key: tuple[str, str, str], cluster
             listing = response.json()
         except ValueError as exc:
             raise ValidationError(f"spec.batch.source: {source} did not serve JSON: {exc}") from exc
-        rt.source_listings[key] = [k for k, _ in url_listing(listing)]
+        answer = [k for k, _ in url_listing(listing)]
     except ValidationError as exc:
-        rt.source_listings[key] = exc
+        answer = exc
     except httpx.HTTPError as exc:
         log.warning("batch source %s unreachable (%s); trying again in %.0f s", source, exc, _SOURCE_RETRY_SECONDS)
         await asyncio.sleep(_SOURCE_RETRY_SECONDS)
         rt.source_listings.pop(key, None)  # the next pass starts another read
+        rt.poke(cluster)
+        return
+    except Exception as exc:  # httpx.InvalidURL (not an HTTPError), an unsupported URL, ...
+        log.warning("batch source %s cannot be read: %r", source, exc)
+        answer = ValidationError(f"spec.batch.source: cannot read {source!r}: {exc or type(exc).__name__}")
+    if key in rt.source_listings:  # else the batch ended (or went) while this read was under way
+        rt.source_listings[key] = answer
     rt.poke(cluster)
 
 

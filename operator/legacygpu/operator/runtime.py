@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from legacygpu.operator.metrics import OperatorMetrics
 from legacygpu.operator.taskstate import TaskView
 
 __all__ = ["ClusterKey", "OperatorRuntime"]
+
+log = logging.getLogger(__name__)
 
 ClusterKey = tuple[str, str]
 """(namespace, cluster name)."""
@@ -80,9 +83,15 @@ class OperatorRuntime:
         self.waker(key).set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background; a failure is logged (nobody awaits it to see the exception)."""
         task = asyncio.ensure_future(coro)
         self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("background task %s failed: %r", task.get_coro(), error, exc_info=error)
 
     async def shutdown(self) -> None:
         for task in list(self.background):
