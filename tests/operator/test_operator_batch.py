@@ -22,7 +22,7 @@ from typing import Any
 from operator_harness import NS, Deployment, cluster_manifest, eventually, phase, task_manifest
 
 from legacygpu.core.kube.contract import GROUP, TASK_PLURAL, VERSION, now_utc
-from legacygpu.operator.batchplan import shard_manifest
+from legacygpu.operator.batchplan import listing_manifest, shard_manifest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "digits"
 
@@ -406,3 +406,28 @@ async def test_a_source_url_httpx_cannot_parse_fails_the_batch_at_once_naming_it
     assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
     assert "http://[::1/list.json" in body["status"]["message"]
     assert await _shards(dep, "job") == []
+
+
+async def test_a_listing_result_edited_deleted_or_of_the_wrong_shape_fails_its_batch_not_the_pass(
+    dep: Deployment, digit_inputs: dict[str, Any]
+) -> None:
+    """A bad listing result fails that batch (InvalidInput); the cluster's other tasks are still placed."""
+    await dep.create(cluster_manifest("c", replicas=1, batchClaims=["data"]))
+    bad = {"corrupt": {"resultRef": "configmap://corrupt-list-result/result.json"},
+           "gone": {"resultRef": "configmap://gone-list-result/result.json"},
+           "shape": {"result": {"keys": "not a list"}}}
+    await dep.api.create("", "v1", "configmaps", NS, {"apiVersion": "v1", "kind": "ConfigMap",
+                                                      "metadata": {"name": "corrupt-list-result"},
+                                                      "data": {"result.json": "{not json"}})
+    for name, status in bad.items():
+        parent = await dep.create(batch_manifest(name, "c", source="pvc://data/in"))
+        await dep.api.create(GROUP, VERSION, TASK_PLURAL, NS, listing_manifest(parent, now=now_utc()))
+        await dep.api.patch_task_status(NS, f"{name}-list", {"phase": "Succeeded", "reason": "Completed", **status})
+    await dep.start_operator()
+    await dep.create(task_manifest("single", "c", [digit_inputs["image"]]))
+    single = await eventually(lambda: _finished(dep, "single"), timeout=30, what="the ordinary task finished")
+    assert phase(single) == "Succeeded"
+    for name, words in (("corrupt", "is not JSON"), ("gone", "is gone"), ("shape", "holds no list of keys")):
+        body = await eventually(lambda n=name: _finished(dep, n), what=f"batch {name} failed")
+        assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
+        assert words in body["status"]["message"], body["status"]

@@ -114,9 +114,10 @@ async def reconcile_batches(
             wake = await _reconcile_batch(rt, task, shards.get(key, []), listings.get(key), claims, now)
         except ApiUnavailableError:
             raise  # the cluster loop backs off and tries the whole pass again
-        except ApiError as exc:
+        except Exception as exc:  # one batch's trouble must not stop the cluster's pass (nothing would be placed)
             rt.metrics.reconcile_errors.labels("InferenceTask").inc()
-            log.warning("batch task %s/%s: %s", task.namespace, task.name, exc)
+            log.warning("batch task %s/%s: %s", task.namespace, task.name, exc,
+                        exc_info=not isinstance(exc, ApiError))
             continue
         if wake is not None:
             wakes.append(wake)
@@ -318,13 +319,24 @@ async def _listed_keys(
     if listing.phase != Phase.SUCCEEDED:
         raise ValidationError(f"listing {body['spec']['batch']['source']} failed ({status.get('reason')}): "
                               f"{status.get('message')}")
-    result = status.get("result") or {}
+    result = status.get("result")
     ref = str(status.get("resultRef") or "")
-    if "keys" not in result and ref.startswith("configmap://"):
+    where = f"the listing task {listing.name}'s result"
+    if not (isinstance(result, Mapping) and "keys" in result) and ref.startswith("configmap://"):
         name, _, entry = ref[len("configmap://"):].partition("/")
-        configmap = await rt.api.get("", "v1", "configmaps", task.namespace, name)
-        result = json.loads((configmap.get("data") or {}).get(entry) or "{}")
-    return [str(k) for k in result.get("keys") or ()]
+        where = f"the listing result ConfigMap {name!r}"
+        try:
+            configmap = await rt.api.get("", "v1", "configmaps", task.namespace, name)
+        except ApiNotFoundError as exc:
+            raise ValidationError(f"{where} is gone (deleted before the split); create the batch again") from exc
+        try:
+            result = json.loads((configmap.get("data") or {}).get(entry) or "")
+        except ValueError as exc:
+            raise ValidationError(f"{where}: entry {entry!r} is not JSON ({exc}); create the batch again") from exc
+    keys = result.get("keys") if isinstance(result, Mapping) else None
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ValidationError(f"{where} holds no list of keys; create the batch again")
+    return keys
 
 
 async def write_task(
