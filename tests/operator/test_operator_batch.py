@@ -431,3 +431,58 @@ async def test_a_listing_result_edited_deleted_or_of_the_wrong_shape_fails_its_b
         body = await eventually(lambda n=name: _finished(dep, n), what=f"batch {name} failed")
         assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
         assert words in body["status"]["message"], body["status"]
+
+
+async def test_a_batch_ended_or_deleted_before_its_split_leaves_no_source_read_and_no_listing_task(
+    dep: Deployment, tmp_path: Path
+) -> None:
+    """Cancelled, deleted: its URL read is forgotten (even one answering later), its listing task cancelled."""
+    release = threading.Event()
+
+    class Held(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            release.wait(30)
+            data = json.dumps(["http://127.0.0.1:1/digit-1.png"]).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Held)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "data" / "in").mkdir(parents=True)
+    dep.worker_options.update(claims_dir=tmp_path)
+    dep.gate.clear()  # the listing task is claimed, then waits
+    try:
+        operator = await dep.start_operator()
+        runtime = operator.runtime
+        assert runtime is not None
+        await dep.create(cluster_manifest("c", replicas=1, batchClaims=["data"]))
+        url = f"http://127.0.0.1:{server.server_address[1]}/list.json"
+        await dep.create(batch_manifest("cancelled", "c", source=url))
+        await dep.create(batch_manifest("deleted", "c", source=url))
+        await dep.create(batch_manifest("listed", "c", source="pvc://data/in"))
+        await eventually(lambda: len(runtime.source_listings) == 2, what="both URL reads under way")
+        await eventually(lambda: dep.task("listed-list"), what="the listing task made")
+        await dep.patch_spec(TASK_PLURAL, "cancelled", {"cancel": True})
+        await dep.patch_spec(TASK_PLURAL, "listed", {"cancel": True})
+        await dep.api.delete(GROUP, VERSION, TASK_PLURAL, NS, "deleted")
+        body = await eventually(lambda: _finished(dep, "cancelled"), what="batch cancelled")
+        assert phase(body) == "Cancelled"
+        listed = await eventually(lambda: _finished(dep, "listed"), what="pvc batch cancelled")
+        assert phase(listed) == "Cancelled"
+        listing = await dep.task("listed-list")
+        assert listing is not None and listing["spec"].get("cancel") is True
+        await eventually(lambda: not runtime.source_listings, what="the reads forgotten")
+        release.set()  # the reads answer now: nothing may be kept for batches that are over
+        await eventually(lambda: not runtime.background, what="the reads done")
+        assert runtime.source_listings == {}
+    finally:
+        release.set()
+        dep.gate.set()
+        server.shutdown()
+        server.server_close()

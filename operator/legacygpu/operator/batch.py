@@ -96,6 +96,7 @@ async def reconcile_batches(
     Returns the other tasks, and when to look again.
     """
     batches = [t for t in tasks if is_open_batch(t)]
+    _prune_source_listings(rt, tasks, batches)
     if not batches:
         return list(tasks), []
     shards: dict[tuple[str, str], list[tuple[str, Phase, BatchFacts]]] = defaultdict(list)
@@ -134,6 +135,9 @@ async def _reconcile_batch(
         ended = ending(task, now)
         if ended is not None:
             assert ended.status is not None
+            _forget_source(rt, task)
+            if listing is not None and not listing.terminal:
+                await _cancel(rt, task.namespace, listing.name)
             await write_task(rt, task, ended.status, event=ended.event)
             return None
         await _split(rt, task, now, listing=listing, claims=claims)
@@ -163,6 +167,22 @@ async def _reconcile_batch(
     if update is not None:
         await write_task(rt, task, cast(TaskStatus, update), transition=False)
     return wake
+
+
+def _forget_source(rt: OperatorRuntime, task: TaskView) -> None:
+    """Drop what was read of ``task``'s source URL (the batch is split, ended or refused)."""
+    for key in [k for k in rt.source_listings if k[2] == task.uid and k[0] == task.namespace]:
+        del rt.source_listings[key]
+
+
+def _prune_source_listings(rt: OperatorRuntime, tasks: Sequence[TaskView], batches: Sequence[TaskView]) -> None:
+    """Drop source reads of this cluster's batches that are gone or ended some other way (deleted)."""
+    if not tasks or not rt.source_listings:
+        return
+    cluster = (tasks[0].namespace, tasks[0].cluster)
+    open_uids = {t.uid for t in batches}
+    for key in [k for k in rt.source_listings if k[:2] == cluster and k[2] not in open_uids]:
+        del rt.source_listings[key]
 
 
 async def _really_missing(rt: OperatorRuntime, task: TaskView, indices: Sequence[int]) -> list[int]:
@@ -224,19 +244,19 @@ async def _split(
                 if only is None or index in only:
                     manifests.append(shard_manifest(body, index, now=now, keys=piece))
     except ValidationError as exc:
-        rt.source_listings.pop((task.namespace, task.name, source), None)
+        _forget_source(rt, task)
         status = terminal_status(task.status, created=task.created, phase=Phase.FAILED, reason=Reason.INVALID_INPUT,
                                  message=str(exc), now=now)
         await write_task(rt, task, status, event=("Warning", Reason.INVALID_INPUT.value, str(exc)))
         return
     await asyncio.gather(*(_create(rt, manifest) for manifest in manifests))
+    _forget_source(rt, task)  # a later re-creation of missing shards reads the source afresh
     if only is None:
         # only is None: every shard was made
         running = running_status(total=total, shards=len(manifests), output=output, now=now,
                                  previous=body.get("status") or {})
         event = ("Normal", Reason.STARTED.value, running["message"])
         await write_task(rt, task, cast(TaskStatus, running), event=event)
-        rt.source_listings.pop((task.namespace, task.name, source), None)
     return None
 
 
@@ -255,7 +275,7 @@ async def _source_keys(
     if source.startswith("pvc://"):
         return await _listed_keys(rt, task, body, listing, now)
     if source.startswith(("http://", "https://")):
-        key = (task.namespace, task.name, source)
+        key = (task.namespace, task.cluster, task.uid, source)
         if key not in rt.source_listings:
             rt.source_listings[key] = None
             rt.spawn(_fetch_listing(rt, key, (task.namespace, task.cluster)))
@@ -267,7 +287,7 @@ async def _source_keys(
     raise ValidationError(f"spec.batch.source: unsupported {source!r}")
 
 
-async def _fetch_listing(rt: OperatorRuntime, key: tuple[str, str, str], cluster: tuple[str, str]) -> None:
+async def _fetch_listing(rt: OperatorRuntime, key: tuple[str, str, str, str], cluster: tuple[str, str]) -> None:
     """Read a source URL's listing in the background; the answer waits in ``rt.source_listings``.
 
     Whatever goes wrong ends as an answer (the pass fails the batch with it) or, for a server that
@@ -275,7 +295,7 @@ async def _fetch_listing(rt: OperatorRuntime, key: tuple[str, str, str], cluster
     """
     import httpx
 
-    source = key[2]
+    source = key[3]
     answer: list[str] | ValidationError
     try:
         async with httpx.AsyncClient(timeout=30.0, follow_redirects=True) as http:

@@ -61,9 +61,10 @@ class OperatorRuntime:
     cluster_status: dict[ClusterKey, dict[str, Any]] = field(default_factory=dict)
     """The status last written per cluster (the daemon's body may lag behind it)."""
     orphan_checks: set[tuple[str, str]] = field(default_factory=set)
-    source_listings: dict[tuple[str, str, str], Any] = field(default_factory=dict)
-    """Batch sources read outside the cluster pass (legacygpu.operator.batch): (namespace, task, source) ->
-    the keys, the error, or None while the read is under way."""
+    source_listings: dict[tuple[str, str, str, str], Any] = field(default_factory=dict)
+    """Batch sources read outside the cluster pass (legacygpu.operator.batch): (namespace, cluster, task uid,
+    source) -> the keys, the error, or None while the read is under way. An entry goes when its batch is
+    split or ends, or, once per pass, when the batch is no longer an open batch of its cluster."""
     access: AccessChecker = field(init=False)
     """Cached answers: may a cluster's worker ServiceAccount do a worker's job?"""
 
@@ -112,6 +113,8 @@ class OperatorRuntime:
         self.service_checked.pop(key, None)
         self.status_written.pop(key, None)
         self.cluster_status.pop(key, None)
+        for listed in [k for k in self.source_listings if k[:2] == key]:
+            del self.source_listings[listed]
 
     # -- read-your-writes ------------------------------------------------------------------------
 
