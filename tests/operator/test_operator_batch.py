@@ -486,3 +486,42 @@ async def test_a_batch_ended_or_deleted_before_its_split_leaves_no_source_read_a
         dep.gate.set()
         server.shutdown()
         server.server_close()
+
+
+async def test_a_missing_shard_is_not_made_again_from_a_changed_or_deleted_source(
+    dep: Deployment, monkeypatch: Any
+) -> None:
+    """Its inputs would be others than the lost shard's: the batch fails InvalidInput, its shards cancelled."""
+    from legacygpu.operator import batch
+
+    monkeypatch.setattr(batch, "MISSING_GRACE_SECONDS", 0.5)
+    changed, _ = digits_configmap("changed-in", copies=1)
+    deleted, _ = digits_configmap("deleted-in", copies=1)
+    for configmap in (changed, deleted):
+        await dep.api.create("", "v1", "configmaps", NS, configmap)
+    dep.gate.clear()  # no shard ends
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1, tasksPerWorker=1))
+    for name in ("changed", "deleted"):
+        await dep.create(batch_manifest(name, "c", source=f"configmap://{name}-in", shardSize=5))
+    try:
+        async def split(name: str) -> bool:
+            body = await dep.task(name)
+            return phase(body) == "Running" and len(await _shards(dep, name)) == 2
+
+        for name in ("changed", "deleted"):
+            await eventually(lambda n=name: split(n), what=f"{name} split in two shards")
+        changed["binaryData"]["extra.png"] = changed["binaryData"]["c00-digit-1.png"]
+        await dep.api.patch("", "v1", "configmaps", NS, "changed-in", {"binaryData": changed["binaryData"]})
+        await dep.api.delete("", "v1", "configmaps", NS, "deleted-in")
+        for name in ("changed", "deleted"):
+            await dep.api.delete(GROUP, VERSION, TASK_PLURAL, NS, f"{name}-s00001")
+        for name, words in (("changed", "holds 11 inputs now"), ("deleted", "not found")):
+            body = await eventually(lambda n=name: _finished(dep, n), what=f"{name} failed")
+            assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
+            assert "shards [1] are missing" in body["status"]["message"] and words in body["status"]["message"]
+            assert await dep.task(f"{name}-s00001") is None  # not made again from other inputs
+            first = await dep.task(f"{name}-s00000")
+            assert first is not None and first["spec"].get("cancel") is True
+    finally:
+        dep.gate.set()

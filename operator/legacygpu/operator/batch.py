@@ -35,6 +35,7 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -62,6 +63,7 @@ from legacygpu.core.kube.errors import ApiConflictError, ApiError, ApiNotFoundEr
 from legacygpu.core.tasks import Phase, Reason
 from legacygpu.operator.batchplan import (
     BatchFacts,
+    Tally,
     claims_needed,
     finished_status,
     listing_manifest,
@@ -145,12 +147,7 @@ async def _reconcile_batch(
     counted = tally(facts.shards, shards)
     final = finished_status(facts, counted, now=now, cancelled=task.cancel)
     if final is not None:
-        await asyncio.gather(*(_cancel(rt, task.namespace, name) for name in counted.unfinished))
-        event = None
-        if final["phase"] != Phase.SUCCEEDED.value:
-            event = ("Normal" if final["phase"] == Phase.CANCELLED.value else "Warning", final["reason"],
-                     final["message"])
-        await write_task(rt, task, cast(TaskStatus, final), event=event)
+        await _finish(rt, task, counted, final)
         return None
     wake = None
     if counted.missing:
@@ -162,7 +159,12 @@ async def _reconcile_batch(
             gone = await _really_missing(rt, task, counted.missing)
             if gone:
                 log.info("batch task %s/%s: shards %s missing; creating them again", task.namespace, task.name, gone)
-                await _split(rt, task, now, listing=listing, claims=claims, only=set(gone))
+                problem = await _split(rt, task, now, listing=listing, claims=claims, only=set(gone))
+                if problem is not None:
+                    final = finished_status(facts, counted, now=now, problem=problem)
+                    assert final is not None
+                    await _finish(rt, task, counted, final)
+                    return None
     update = progress_status(facts, counted)
     if update is not None:
         await write_task(rt, task, cast(TaskStatus, update), transition=False)
@@ -185,6 +187,15 @@ def _prune_source_listings(rt: OperatorRuntime, tasks: Sequence[TaskView], batch
         del rt.source_listings[key]
 
 
+async def _finish(rt: OperatorRuntime, task: TaskView, counted: Tally, final: dict[str, Any]) -> None:
+    """End a split batch with ``final``: its unfinished shards are cancelled first."""
+    await asyncio.gather(*(_cancel(rt, task.namespace, name) for name in counted.unfinished))
+    event = None
+    if final["phase"] != Phase.SUCCEEDED.value:
+        event = ("Normal" if final["phase"] == Phase.CANCELLED.value else "Warning", final["reason"], final["message"])
+    await write_task(rt, task, cast(TaskStatus, final), event=event)
+
+
 async def _really_missing(rt: OperatorRuntime, task: TaskView, indices: Sequence[int]) -> list[int]:
     """The shard numbers among ``indices`` whose task the API server does not have (not just the index lagging)."""
 
@@ -202,12 +213,18 @@ async def _really_missing(rt: OperatorRuntime, task: TaskView, indices: Sequence
 async def _split(
     rt: OperatorRuntime, task: TaskView, now: datetime.datetime, *, listing: TaskView | None, claims: set[str],
     only: set[int] | None = None,
-) -> None:
-    """Create the shard tasks (``only`` those numbers, if given); then, on the first split, mark it Running."""
+) -> str | None:
+    """Create the shard tasks (``only`` those numbers, if given); then, on the first split, mark it Running.
+
+    ``only`` re-creates missing shards of a running batch from a second read of its source: that
+    read must give the inputs of the split (as many, in as many shards), or shard ``i`` would run other
+    inputs than the lost one (some twice, some never). When it cannot, the answer is why (the caller
+    ends the batch, cancelling its shards); the first split writes its own refusal.
+    """
     try:
         body = await rt.api.get_task(task.namespace, task.name)
     except ApiNotFoundError:
-        return
+        return None
     spec = body.get("spec") or {}
     batch = spec.get("batch") or {}
     size = int(batch.get("shardSize") or 25)
@@ -235,7 +252,7 @@ async def _split(
         else:
             keys = await _source_keys(rt, task, body, source, listing, now)
             if keys is None:
-                return  # the listing task or the URL's answer wakes the pass
+                return None  # the listing task or the URL's answer wakes the pass
             if not keys:
                 raise ValidationError(f"spec.batch.source {source!r} holds no inputs")
             check_unique_keys(keys)
@@ -243,12 +260,17 @@ async def _split(
             for index, piece in enumerate(chunks(keys, size)):
                 if only is None or index in only:
                     manifests.append(shard_manifest(body, index, now=now, keys=piece))
+        if only is not None and (total, math.ceil(total / max(1, size))) != (task.batch.total, task.batch.shards):
+            raise ValidationError(f"the source changed since the split: it holds {total} inputs now, not the "
+                                  f"{task.batch.total} in {task.batch.shards} shards it was split into")
     except ValidationError as exc:
         _forget_source(rt, task)
+        if only is not None:
+            return f"shards {sorted(only)} are missing and cannot be made again: {exc}"
         status = terminal_status(task.status, created=task.created, phase=Phase.FAILED, reason=Reason.INVALID_INPUT,
                                  message=str(exc), now=now)
         await write_task(rt, task, status, event=("Warning", Reason.INVALID_INPUT.value, str(exc)))
-        return
+        return None
     await asyncio.gather(*(_create(rt, manifest) for manifest in manifests))
     _forget_source(rt, task)  # a later re-creation of missing shards reads the source afresh
     if only is None:

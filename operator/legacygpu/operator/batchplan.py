@@ -270,15 +270,21 @@ def progress_status(facts: BatchFacts, counted: Tally) -> dict[str, Any] | None:
 
 
 def finished_status(
-    facts: BatchFacts, counted: Tally, *, now: datetime.datetime, cancelled: bool = False
+    facts: BatchFacts, counted: Tally, *, now: datetime.datetime, cancelled: bool = False, problem: str | None = None
 ) -> dict[str, Any] | None:
-    """The batch's final status if it is over (all shards ended, too many failures, cancelled), else None."""
+    """The batch's final status if it is over (all shards ended, too many failures, cancelled), else None.
+
+    ``problem``: why the batch cannot go on (a missing shard cannot be made again): it fails ``InvalidInput``.
+    """
     assert facts.total is not None and facts.shards is not None
     over_limit = facts.max_failed is not None and counted.failed > facts.max_failed
     done = not counted.unfinished and not counted.missing
-    if not (cancelled or over_limit or done):
+    if not (cancelled or over_limit or done or problem):
         return None
-    if cancelled:
+    if problem:
+        phase, reason = Phase.FAILED, Reason.INVALID_INPUT
+        message = f"{problem}; unfinished shards cancelled"
+    elif cancelled:
         phase, reason = Phase.CANCELLED, Reason.CANCELLED
         message = f"cancelled with {counted.completed} of {facts.total} inputs done"
     elif over_limit:
