@@ -525,3 +525,27 @@ async def test_a_missing_shard_is_not_made_again_from_a_changed_or_deleted_sourc
             assert first is not None and first["spec"].get("cancel") is True
     finally:
         dep.gate.set()
+
+
+async def test_a_child_left_by_an_earlier_batch_of_the_same_name_is_not_taken_as_the_new_ones(
+    dep: Deployment,
+) -> None:
+    """Deleted and made again before the old children are collected: the new batch waits for its own names."""
+    configmap, labels = digits_configmap("digits-in", copies=1)
+    await dep.api.create("", "v1", "configmaps", NS, configmap)
+    await dep.create(cluster_manifest("c", replicas=1))
+    parent = await dep.create(batch_manifest("job", "c", source="configmap://digits-in", shardSize=5))
+    stale = shard_manifest({**parent, "metadata": {**parent["metadata"], "uid": "uid-of-the-old-job"}}, 0,
+                           now=now_utc(), keys=["old-a", "old-b"])
+    stale["spec"]["cancel"] = True  # (so no worker runs it meanwhile)
+    await dep.api.create(GROUP, VERSION, TASK_PLURAL, NS, stale)
+    await dep.start_operator()
+    await eventually(lambda: dep.task("job-s00001"), what="the new batch's own shard made")
+    job = await dep.task("job")
+    assert job is not None and phase(job) in (None, "Pending"), job.get("status")  # not Running on another's shard
+    await dep.api.delete(GROUP, VERSION, TASK_PLURAL, NS, "job-s00000")  # what the garbage collector does
+    body = await eventually(lambda: _finished(dep, "job"), timeout=60, what="batch finished")
+    assert phase(body) == "Succeeded" and body["status"]["progress"]["completed"] == 10, body["status"]
+    shards = await _shards(dep, "job")
+    assert {s["metadata"]["ownerReferences"][0]["uid"] for s in shards} == {parent["metadata"]["uid"]}
+    assert sorted(k for s in shards for k in s["spec"]["batch"]["shard"]["keys"]) == sorted(labels)

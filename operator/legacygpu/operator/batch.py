@@ -67,6 +67,7 @@ from legacygpu.operator.batchplan import (
     claims_needed,
     finished_status,
     listing_manifest,
+    owner_uid,
     progress_status,
     running_status,
     shard_manifest,
@@ -101,18 +102,20 @@ async def reconcile_batches(
     _prune_source_listings(rt, tasks, batches)
     if not batches:
         return list(tasks), []
-    shards: dict[tuple[str, str], list[tuple[str, Phase, BatchFacts]]] = defaultdict(list)
-    listings: dict[tuple[str, str], TaskView] = {}
+    # children by their batch's namespace, name and uid: those of an older batch of the same name are not its own
+    shards: dict[tuple[str, str, str], list[tuple[str, Phase, BatchFacts]]] = defaultdict(list)
+    listings: dict[tuple[str, str, str], TaskView] = {}
     for task in tasks:
         if task.batch is not None and task.batch.parent is not None:
+            parent = (task.namespace, task.batch.parent, task.batch.parent_uid)
             if task.batch.listing:
-                listings[task.namespace, task.batch.parent] = task
+                listings[parent] = task
             else:
-                shards[task.namespace, task.batch.parent].append((task.name, task.phase, task.batch))
+                shards[parent].append((task.name, task.phase, task.batch))
     claims = set(cluster_spec.get("batchClaims") or ())
     wakes: list[datetime.datetime] = []
     for task in batches:
-        key = (task.namespace, task.name)
+        key = (task.namespace, task.name, task.uid)
         try:
             wake = await _reconcile_batch(rt, task, shards.get(key, []), listings.get(key), claims, now)
         except ApiUnavailableError:
@@ -271,7 +274,9 @@ async def _split(
                                  message=str(exc), now=now)
         await write_task(rt, task, status, event=("Warning", Reason.INVALID_INPUT.value, str(exc)))
         return None
-    await asyncio.gather(*(_create(rt, manifest) for manifest in manifests))
+    made = await asyncio.gather(*(_create(rt, manifest) for manifest in manifests))
+    if not all(made):
+        return None  # an old batch's child is in the way: its deletion wakes the pass
     _forget_source(rt, task)  # a later re-creation of missing shards reads the source afresh
     if only is None:
         # only is None: every shard was made
@@ -391,9 +396,24 @@ async def write_task(
     return await write(rt, task, status, event=event, transition=transition)
 
 
-async def _create(rt: OperatorRuntime, manifest: dict[str, Any]) -> None:
-    with contextlib.suppress(ApiConflictError):  # created by an earlier try of this split
-        await rt.api.create(GROUP, VERSION, TASK_PLURAL, manifest["metadata"]["namespace"], manifest)
+async def _create(rt: OperatorRuntime, manifest: dict[str, Any]) -> bool:
+    """Create a child task; False when a child of another batch of the same name (not collected yet) has its name."""
+    meta = manifest["metadata"]
+    try:
+        await rt.api.create(GROUP, VERSION, TASK_PLURAL, meta["namespace"], manifest)
+        return True
+    except ApiConflictError:
+        pass
+    try:
+        there = await rt.api.get_task(meta["namespace"], meta["name"])
+    except ApiNotFoundError:
+        return False  # collected just now: the next pass creates it
+    ours = owner_uid(meta["ownerReferences"])
+    if owner_uid((there.get("metadata") or {}).get("ownerReferences") or ()) == ours:
+        return True  # created by an earlier try of this split
+    log.info("task %s/%s belongs to an earlier batch of that name; waiting for it to be collected",
+             meta["namespace"], meta["name"])
+    return False
 
 
 async def _cancel(rt: OperatorRuntime, namespace: str, name: str) -> None:

@@ -56,7 +56,7 @@ from legacygpu.core.kube.contract import API_VERSION, TASK_KIND, deadline_time, 
 from legacygpu.core.tasks import TERMINAL_PHASES, Phase, Reason
 
 __all__ = ["BatchFacts", "Failure", "Tally", "batch_facts", "claims_needed", "finished_status", "listing_manifest",
-           "progress_status", "running_status", "shard_manifest", "tally"]
+           "owner_uid", "progress_status", "running_status", "shard_manifest", "tally"]
 
 Failure = Mapping[str, str]
 """``{key, reason, message}`` of one failed input."""
@@ -68,6 +68,9 @@ class BatchFacts:
 
     parent: str | None = None
     """Shards: their batch task's name; None for the batch task itself."""
+    parent_uid: str = ""
+    """Shards: their batch task's uid (controller owner reference): a batch deleted and made again under
+    the same name is another parent, whose children these are not."""
     index: int = 0
     keys: tuple[str, ...] = ()
     """Shards: the keys of their inputs."""
@@ -95,8 +98,10 @@ class BatchFacts:
         return self.parent is not None
 
 
-def batch_facts(spec: Mapping[str, Any], status: Mapping[str, Any]) -> BatchFacts | None:
-    """The batch facts of a task body's spec and status; None for an ordinary task."""
+def batch_facts(
+    spec: Mapping[str, Any], status: Mapping[str, Any], owners: Sequence[Mapping[str, Any]] = ()
+) -> BatchFacts | None:
+    """The batch facts of a task body's spec, status and ``metadata.ownerReferences``; None for an ordinary task."""
     batch = spec.get("batch")
     if not isinstance(batch, Mapping):
         return None
@@ -106,6 +111,7 @@ def batch_facts(spec: Mapping[str, Any], status: Mapping[str, Any]) -> BatchFact
         report = (status.get("result") or {}).get("batch") or {}
         return BatchFacts(
             parent=str(shard.get("parent", "")),
+            parent_uid=owner_uid(owners),
             index=int(shard.get("index") or 0),
             keys=tuple(keys),
             completed=int(report.get("completed") or 0),
@@ -126,6 +132,14 @@ def batch_facts(spec: Mapping[str, Any], status: Mapping[str, Any]) -> BatchFact
         source=str(batch.get("source") or ""),
         output=str(batch.get("output") or ""),
     )
+
+
+def owner_uid(owners: Sequence[Mapping[str, Any]]) -> str:
+    """The uid of the InferenceTask that controls an object with ``owners`` (its ownerReferences); "" if none."""
+    for ref in owners:
+        if ref.get("kind") == TASK_KIND and ref.get("controller"):
+            return str(ref.get("uid") or "")
+    return ""
 
 
 def claims_needed(facts: BatchFacts) -> list[str]:
