@@ -549,3 +549,18 @@ async def test_a_child_left_by_an_earlier_batch_of_the_same_name_is_not_taken_as
     shards = await _shards(dep, "job")
     assert {s["metadata"]["ownerReferences"][0]["uid"] for s in shards} == {parent["metadata"]["uid"]}
     assert sorted(k for s in shards for k in s["spec"]["batch"]["shard"]["keys"]) == sorted(labels)
+
+
+async def test_an_input_key_that_cannot_name_a_file_in_a_pvc_output_is_refused_before_the_split(
+    dep: Deployment, digit_inputs: dict[str, Any], tmp_path: Path
+) -> None:
+    """The CRD's key pattern lets '..' through; a pvc:// output cannot hold '...json' for it: refused, unsplit."""
+    dep.worker_options.update(claims_dir=tmp_path)
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1, batchClaims=["data"]))
+    inputs = [{"key": "fine", "inputs": [digit_inputs["image"]]}, {"key": "..", "inputs": [digit_inputs["image"]]}]
+    await dep.create(batch_manifest("job", "c", inputs=inputs, output="pvc://data/out"))
+    body = await eventually(lambda: _finished(dep, "job"), timeout=30, what="batch refused")
+    assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
+    assert "'..' cannot name a result file in pvc://data/out" in body["status"]["message"], body["status"]
+    assert await _shards(dep, "job") == []

@@ -42,6 +42,7 @@ from typing import Any, cast
 
 from legacygpu.core.errors import ValidationError
 from legacygpu.core.kube.batch import (
+    check_file_key,
     check_unique_keys,
     chunks,
     configmap_keys,
@@ -174,6 +175,16 @@ async def _reconcile_batch(
     return wake
 
 
+def _check_file_keys(keys: Sequence[str], output: str) -> None:
+    """Refuse keys that cannot name a result file in a ``pvc://`` output (else each shard would fail whole)."""
+    for key in keys:
+        try:
+            check_file_key(key)
+        except ValidationError:
+            raise ValidationError(f"spec.batch: input key {key!r} cannot name a result file in {output} (letters, "
+                                  "digits, '-', '_' and '.', at most 200, not '.' or '..')") from None
+
+
 def _forget_source(rt: OperatorRuntime, task: TaskView) -> None:
     """Drop what was read of ``task``'s source URL (the batch is split, ended or refused)."""
     for key in [k for k in rt.source_listings if k[2] == task.uid and k[0] == task.namespace]:
@@ -247,7 +258,8 @@ async def _split(
                                   "to the cluster's spec.batchClaims (every worker mounts those)")
         if batch.get("inputs"):
             items = list(batch["inputs"])
-            check_unique_keys(item["key"] for item in items)
+            names = [str(item["key"]) for item in items]
+            check_unique_keys(names)
             total = len(items)
             for index, piece in enumerate(chunks(items, size)):
                 if only is None or index in only:
@@ -259,10 +271,12 @@ async def _split(
             if not keys:
                 raise ValidationError(f"spec.batch.source {source!r} holds no inputs")
             check_unique_keys(keys)
-            total = len(keys)
+            names, total = keys, len(keys)
             for index, piece in enumerate(chunks(keys, size)):
                 if only is None or index in only:
                     manifests.append(shard_manifest(body, index, now=now, keys=piece))
+        if output.startswith("pvc://"):
+            _check_file_keys(names, output)
         if only is not None and (total, math.ceil(total / max(1, size))) != (task.batch.total, task.batch.shards):
             raise ValidationError(f"the source changed since the split: it holds {total} inputs now, not the "
                                   f"{task.batch.total} in {task.batch.shards} shards it was split into")
