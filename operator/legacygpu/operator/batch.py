@@ -46,7 +46,7 @@ from legacygpu.core.kube.batch import (
     check_unique_keys,
     chunks,
     configmap_keys,
-    output_prefix,
+    output_uri,
     parse_pvc,
     shard_name,
     url_listing,
@@ -245,9 +245,7 @@ async def _split(
     source = str(batch.get("source", ""))
     manifests: list[dict[str, Any]] = []
     try:
-        output = str(batch.get("output") or "")
-        if not output.startswith("pvc://"):
-            output = f"configmap://{output_prefix(task.name, output or None)}"
+        output = output_uri(task.name, str(batch.get("output") or ""))
         assert task.batch is not None
         unmounted = [claim for claim in claims_needed(task.batch) if claim not in claims]
         if source.startswith("pvc://") and output.startswith("pvc://") and parse_pvc(source) == parse_pvc(output):

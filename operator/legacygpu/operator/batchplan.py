@@ -47,7 +47,7 @@ from legacygpu.core.kube.batch import (
     LABEL_BATCH,
     MAX_FAILURES_LISTED,
     listing_name,
-    output_prefix,
+    output_uri,
     parse_pvc,
     result_configmap,
     shard_name,
@@ -193,10 +193,9 @@ def shard_manifest(
 ) -> dict[str, Any]:
     """Shard ``index`` of the batch task ``parent``: its inline ``inputs``, or the ``keys`` of its source."""
     name, batch = parent["metadata"]["name"], parent["spec"]["batch"]
-    output = batch.get("output")
     child_batch: dict[str, Any] = {
         "inputName": batch.get("inputName", "input"),
-        "output": output if str(output or "").startswith("pvc://") else f"configmap://{output_prefix(name, output)}",
+        "output": output_uri(name, batch.get("output")),
         "shard": {"parent": name, "index": index},
     }
     if inputs is not None:
