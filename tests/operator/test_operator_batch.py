@@ -564,3 +564,21 @@ async def test_an_input_key_that_cannot_name_a_file_in_a_pvc_output_is_refused_b
     assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
     assert "'..' cannot name a result file in pvc://data/out" in body["status"]["message"], body["status"]
     assert await _shards(dep, "job") == []
+
+
+async def test_a_folder_listing_too_large_for_a_configmap_fails_the_batch_saying_so(
+    dep: Deployment, tmp_path: Path
+) -> None:
+    """The listing's keys must fit one result ConfigMap (here made tiny): the message says to split the folder."""
+    inbox = tmp_path / "data" / "in"
+    inbox.mkdir(parents=True)
+    for index in range(20):
+        (inbox / f"image-{index:03d}.png").write_bytes((EXAMPLES / "digit-1.png").read_bytes())
+    dep.worker_options.update(claims_dir=tmp_path, inline_limit=100, configmap_limit=200)
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1, batchClaims=["data"]))
+    await dep.create(batch_manifest("job", "c", source="pvc://data/in"))
+    body = await eventually(lambda: _finished(dep, "job"), timeout=60, what="batch refused")
+    assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
+    assert "pvc://data/in holds too many input files" in body["status"]["message"], body["status"]
+    assert "split the folder" in body["status"]["message"]

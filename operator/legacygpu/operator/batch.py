@@ -7,9 +7,14 @@ and ordinary tasks, and finished batch tasks, whose TTL the ordinary path
 applies). Everything it decides from is in the API (the batch task's
 status, its shard tasks' statuses), so a new leader carries on where a
 dead one stopped: a split cut short is redone (the shard names are fixed;
-creates that happened already answer 409), and a shard task that is
-absent from the index for longer than :data:`MISSING_GRACE_SECONDS` after
-the split, and that the API server does not have either, is created again.
+creates that happened already answer 409, and a task there counts as made
+only when this batch, by uid, owns it: an older batch of the same name may
+not be collected yet), and a shard task that is absent from the index for
+longer than :data:`MISSING_GRACE_SECONDS` after the split, and that the API
+server does not have either, is created again, from a second read of the
+source; when that read does not give the split's count of inputs (the
+source changed or is gone) the batch fails ``InvalidInput`` instead, its
+unfinished shards cancelled.
 
 Before its split a batch task ends like any task when cancelled or past its
 deadline (:func:`legacygpu.operator.taskstate.ending`). Its source's keys
@@ -375,9 +380,13 @@ async def _listed_keys(
         return None
     listed = await rt.api.get_task(task.namespace, listing.name)
     status = listed.get("status") or {}
+    source = body["spec"]["batch"]["source"]
+    if listing.phase != Phase.SUCCEEDED and status.get("reason") == Reason.RESULT_TOO_LARGE.value:
+        raise ValidationError(f"{source} holds too many input files for one batch: their names, as one JSON list, "
+                              f"must fit a result ConfigMap (about 900 KiB, some 921,600 / (name length + 3) "
+                              f"files); split the folder into smaller ones, one batch each ({status.get('message')})")
     if listing.phase != Phase.SUCCEEDED:
-        raise ValidationError(f"listing {body['spec']['batch']['source']} failed ({status.get('reason')}): "
-                              f"{status.get('message')}")
+        raise ValidationError(f"listing {source} failed ({status.get('reason')}): {status.get('message')}")
     result = status.get("result")
     ref = str(status.get("resultRef") or "")
     where = f"the listing task {listing.name}'s result"
