@@ -22,7 +22,7 @@ from typing import Any
 from operator_harness import NS, Deployment, cluster_manifest, eventually, phase, task_manifest
 
 from legacygpu.core.kube.contract import GROUP, TASK_PLURAL, VERSION, now_utc
-from legacygpu.operator.batchplan import shard_manifest
+from legacygpu.operator.batchplan import listing_manifest, shard_manifest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "digits"
 
@@ -393,3 +393,192 @@ async def test_a_batch_for_a_cluster_that_does_not_exist_ends_cluster_not_found_
     body = await eventually(lambda: _finished(dep, "job"), timeout=30, what="batch ended")
     assert (phase(body), body["status"]["reason"]) == ("Failed", "ClusterNotFound"), body["status"]
     assert await _shards(dep, "job") == []
+
+
+async def test_a_source_url_httpx_cannot_parse_fails_the_batch_at_once_naming_it(dep: Deployment) -> None:
+    """``http://[::1/…`` passes the CRD's pattern but is no URL: the read's error is the batch's, not a hang."""
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1))
+    manifest = batch_manifest("job", "c", source="http://[::1/list.json")
+    manifest["spec"]["timeoutSeconds"] = 600
+    await dep.create(manifest)
+    body = await eventually(lambda: _finished(dep, "job"), timeout=30, what="batch refused")
+    assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
+    assert "http://[::1/list.json" in body["status"]["message"]
+    assert await _shards(dep, "job") == []
+
+
+async def test_a_listing_result_edited_deleted_or_of_the_wrong_shape_fails_its_batch_not_the_pass(
+    dep: Deployment, digit_inputs: dict[str, Any]
+) -> None:
+    """A bad listing result fails that batch (InvalidInput); the cluster's other tasks are still placed."""
+    await dep.create(cluster_manifest("c", replicas=1, batchClaims=["data"]))
+    bad = {"corrupt": {"resultRef": "configmap://corrupt-list-result/result.json"},
+           "gone": {"resultRef": "configmap://gone-list-result/result.json"},
+           "shape": {"result": {"keys": "not a list"}}}
+    await dep.api.create("", "v1", "configmaps", NS, {"apiVersion": "v1", "kind": "ConfigMap",
+                                                      "metadata": {"name": "corrupt-list-result"},
+                                                      "data": {"result.json": "{not json"}})
+    for name, status in bad.items():
+        parent = await dep.create(batch_manifest(name, "c", source="pvc://data/in"))
+        await dep.api.create(GROUP, VERSION, TASK_PLURAL, NS, listing_manifest(parent, now=now_utc()))
+        await dep.api.patch_task_status(NS, f"{name}-list", {"phase": "Succeeded", "reason": "Completed", **status})
+    await dep.start_operator()
+    await dep.create(task_manifest("single", "c", [digit_inputs["image"]]))
+    single = await eventually(lambda: _finished(dep, "single"), timeout=30, what="the ordinary task finished")
+    assert phase(single) == "Succeeded"
+    for name, words in (("corrupt", "is not JSON"), ("gone", "is gone"), ("shape", "holds no list of keys")):
+        body = await eventually(lambda n=name: _finished(dep, n), what=f"batch {name} failed")
+        assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
+        assert words in body["status"]["message"], body["status"]
+
+
+async def test_a_batch_ended_or_deleted_before_its_split_leaves_no_source_read_and_no_listing_task(
+    dep: Deployment, tmp_path: Path
+) -> None:
+    """Cancelled, deleted: its URL read is forgotten (even one answering later), its listing task cancelled."""
+    release = threading.Event()
+
+    class Held(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            release.wait(30)
+            data = json.dumps(["http://127.0.0.1:1/digit-1.png"]).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Held)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "data" / "in").mkdir(parents=True)
+    dep.worker_options.update(claims_dir=tmp_path)
+    dep.gate.clear()  # the listing task is claimed, then waits
+    try:
+        operator = await dep.start_operator()
+        runtime = operator.runtime
+        assert runtime is not None
+        await dep.create(cluster_manifest("c", replicas=1, batchClaims=["data"]))
+        url = f"http://127.0.0.1:{server.server_address[1]}/list.json"
+        await dep.create(batch_manifest("cancelled", "c", source=url))
+        await dep.create(batch_manifest("deleted", "c", source=url))
+        await dep.create(batch_manifest("listed", "c", source="pvc://data/in"))
+        await eventually(lambda: len(runtime.source_listings) == 2, what="both URL reads under way")
+        await eventually(lambda: dep.task("listed-list"), what="the listing task made")
+        await dep.patch_spec(TASK_PLURAL, "cancelled", {"cancel": True})
+        await dep.patch_spec(TASK_PLURAL, "listed", {"cancel": True})
+        await dep.api.delete(GROUP, VERSION, TASK_PLURAL, NS, "deleted")
+        body = await eventually(lambda: _finished(dep, "cancelled"), what="batch cancelled")
+        assert phase(body) == "Cancelled"
+        listed = await eventually(lambda: _finished(dep, "listed"), what="pvc batch cancelled")
+        assert phase(listed) == "Cancelled"
+        listing = await dep.task("listed-list")
+        assert listing is not None and listing["spec"].get("cancel") is True
+        await eventually(lambda: not runtime.source_listings, what="the reads forgotten")
+        release.set()  # the reads answer now: nothing may be kept for batches that are over
+        await eventually(lambda: not runtime.background, what="the reads done")
+        assert runtime.source_listings == {}
+    finally:
+        release.set()
+        dep.gate.set()
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_missing_shard_is_not_made_again_from_a_changed_or_deleted_source(
+    dep: Deployment, monkeypatch: Any
+) -> None:
+    """Its inputs would be others than the lost shard's: the batch fails InvalidInput, its shards cancelled."""
+    from legacygpu.operator import batch
+
+    monkeypatch.setattr(batch, "MISSING_GRACE_SECONDS", 0.5)
+    changed, _ = digits_configmap("changed-in", copies=1)
+    deleted, _ = digits_configmap("deleted-in", copies=1)
+    for configmap in (changed, deleted):
+        await dep.api.create("", "v1", "configmaps", NS, configmap)
+    dep.gate.clear()  # no shard ends
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1, tasksPerWorker=1))
+    for name in ("changed", "deleted"):
+        await dep.create(batch_manifest(name, "c", source=f"configmap://{name}-in", shardSize=5))
+    try:
+        async def split(name: str) -> bool:
+            body = await dep.task(name)
+            return phase(body) == "Running" and len(await _shards(dep, name)) == 2
+
+        for name in ("changed", "deleted"):
+            await eventually(lambda n=name: split(n), what=f"{name} split in two shards")
+        changed["binaryData"]["extra.png"] = changed["binaryData"]["c00-digit-1.png"]
+        await dep.api.patch("", "v1", "configmaps", NS, "changed-in", {"binaryData": changed["binaryData"]})
+        await dep.api.delete("", "v1", "configmaps", NS, "deleted-in")
+        for name in ("changed", "deleted"):
+            await dep.api.delete(GROUP, VERSION, TASK_PLURAL, NS, f"{name}-s00001")
+        for name, words in (("changed", "holds 11 inputs now"), ("deleted", "not found")):
+            body = await eventually(lambda n=name: _finished(dep, n), what=f"{name} failed")
+            assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
+            assert "shards [1] are missing" in body["status"]["message"] and words in body["status"]["message"]
+            assert await dep.task(f"{name}-s00001") is None  # not made again from other inputs
+            first = await dep.task(f"{name}-s00000")
+            assert first is not None and first["spec"].get("cancel") is True
+    finally:
+        dep.gate.set()
+
+
+async def test_a_child_left_by_an_earlier_batch_of_the_same_name_is_not_taken_as_the_new_ones(
+    dep: Deployment,
+) -> None:
+    """Deleted and made again before the old children are collected: the new batch waits for its own names."""
+    configmap, labels = digits_configmap("digits-in", copies=1)
+    await dep.api.create("", "v1", "configmaps", NS, configmap)
+    await dep.create(cluster_manifest("c", replicas=1))
+    parent = await dep.create(batch_manifest("job", "c", source="configmap://digits-in", shardSize=5))
+    stale = shard_manifest({**parent, "metadata": {**parent["metadata"], "uid": "uid-of-the-old-job"}}, 0,
+                           now=now_utc(), keys=["old-a", "old-b"])
+    stale["spec"]["cancel"] = True  # (so no worker runs it meanwhile)
+    await dep.api.create(GROUP, VERSION, TASK_PLURAL, NS, stale)
+    await dep.start_operator()
+    await eventually(lambda: dep.task("job-s00001"), what="the new batch's own shard made")
+    job = await dep.task("job")
+    assert job is not None and phase(job) in (None, "Pending"), job.get("status")  # not Running on another's shard
+    await dep.api.delete(GROUP, VERSION, TASK_PLURAL, NS, "job-s00000")  # what the garbage collector does
+    body = await eventually(lambda: _finished(dep, "job"), timeout=60, what="batch finished")
+    assert phase(body) == "Succeeded" and body["status"]["progress"]["completed"] == 10, body["status"]
+    shards = await _shards(dep, "job")
+    assert {s["metadata"]["ownerReferences"][0]["uid"] for s in shards} == {parent["metadata"]["uid"]}
+    assert sorted(k for s in shards for k in s["spec"]["batch"]["shard"]["keys"]) == sorted(labels)
+
+
+async def test_an_input_key_that_cannot_name_a_file_in_a_pvc_output_is_refused_before_the_split(
+    dep: Deployment, digit_inputs: dict[str, Any], tmp_path: Path
+) -> None:
+    """The CRD's key pattern lets '..' through; a pvc:// output cannot hold '...json' for it: refused, unsplit."""
+    dep.worker_options.update(claims_dir=tmp_path)
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1, batchClaims=["data"]))
+    inputs = [{"key": "fine", "inputs": [digit_inputs["image"]]}, {"key": "..", "inputs": [digit_inputs["image"]]}]
+    await dep.create(batch_manifest("job", "c", inputs=inputs, output="pvc://data/out"))
+    body = await eventually(lambda: _finished(dep, "job"), timeout=30, what="batch refused")
+    assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
+    assert "'..' cannot name a result file in pvc://data/out" in body["status"]["message"], body["status"]
+    assert await _shards(dep, "job") == []
+
+
+async def test_a_folder_listing_too_large_for_a_configmap_fails_the_batch_saying_so(
+    dep: Deployment, tmp_path: Path
+) -> None:
+    """The listing's keys must fit one result ConfigMap (here made tiny): the message says to split the folder."""
+    inbox = tmp_path / "data" / "in"
+    inbox.mkdir(parents=True)
+    for index in range(20):
+        (inbox / f"image-{index:03d}.png").write_bytes((EXAMPLES / "digit-1.png").read_bytes())
+    dep.worker_options.update(claims_dir=tmp_path, inline_limit=100, configmap_limit=200)
+    await dep.start_operator()
+    await dep.create(cluster_manifest("c", replicas=1, batchClaims=["data"]))
+    await dep.create(batch_manifest("job", "c", source="pvc://data/in"))
+    body = await eventually(lambda: _finished(dep, "job"), timeout=60, what="batch refused")
+    assert (phase(body), body["status"]["reason"]) == ("Failed", "InvalidInput"), body["status"]
+    assert "pvc://data/in holds too many input files" in body["status"]["message"], body["status"]
+    assert "split the folder" in body["status"]["message"]

@@ -238,3 +238,28 @@ def test_a_shard_key_naming_a_path_out_of_its_folder_is_refused(tmp_path: Path) 
     with pytest.raises(ValidationError, match="not an input key"):
         run_shard(host, shard)  # type: ignore[arg-type]
     assert not (tmp_path / "data" / "out").exists()
+
+
+def test_the_output_uri_and_claim_names_follow_one_rule_on_both_sides() -> None:
+    """The operator's status, the shard's spec and the CRD's patterns derive from core.kube.batch alone."""
+    import re
+
+    from legacygpu.core.kube.batch import output_uri
+    from legacygpu.operator.batchplan import shard_manifest
+    from legacygpu.operator.schema_batch import BATCH_SOURCE_PATTERN, OUTPUT_PATTERN
+
+    assert output_uri("job", None) == output_uri("job", "") == "configmap://results-job"
+    assert output_uri("job", "configmap://mine") == "configmap://mine"
+    assert output_uri("job", "pvc://data/out/") == "pvc://data/out/"
+    parent = {"metadata": {"name": "job", "namespace": "ns", "uid": "u"},
+              "spec": {"clusterRef": "c", "model": "m", "batch": {"source": "configmap://in"}}}
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    assert shard_manifest(parent, 0, now=now, keys=["a"])["spec"]["batch"]["output"] == "configmap://results-job"
+    for claim in ("data", "a.b-c", "Data", "-data", "data-", "da_ta"):
+        try:
+            parse_pvc(f"pvc://{claim}/in")
+            accepted = True
+        except ValidationError:
+            accepted = False
+        assert bool(re.match(OUTPUT_PATTERN, f"pvc://{claim}/in")) is accepted, claim
+        assert bool(re.match(BATCH_SOURCE_PATTERN, f"pvc://{claim}/in")) is accepted, claim

@@ -93,3 +93,20 @@ async def test_passes_while_the_index_lags_create_each_worker_once() -> None:
     await reconcile_cluster(rt, body, tasks=[], pods=[indexed(first, current), indexed(second, current)], logger=log)
     assert api.created == [first, second]
     assert api.deleted == []
+
+
+async def test_a_background_task_that_fails_is_logged(caplog: Any) -> None:
+    import asyncio
+
+    rt = OperatorRuntime(config=OperatorConfig(), api=None)  # type: ignore[arg-type]
+
+    async def broken() -> None:
+        raise RuntimeError("the listing read broke")
+
+    with caplog.at_level(logging.ERROR, logger="legacygpu.operator.runtime"):
+        rt.spawn(broken())
+        for _ in range(3):
+            await asyncio.sleep(0)
+    assert not rt.background
+    ours = [r for r in caplog.records if r.name == "legacygpu.operator.runtime"]  # not asyncio's, at GC
+    assert any("the listing read broke" in r.getMessage() for r in ours), caplog.records

@@ -7,9 +7,14 @@ and ordinary tasks, and finished batch tasks, whose TTL the ordinary path
 applies). Everything it decides from is in the API (the batch task's
 status, its shard tasks' statuses), so a new leader carries on where a
 dead one stopped: a split cut short is redone (the shard names are fixed;
-creates that happened already answer 409), and a shard task that is
-absent from the index for longer than :data:`MISSING_GRACE_SECONDS` after
-the split, and that the API server does not have either, is created again.
+creates that happened already answer 409, and a task there counts as made
+only when this batch, by uid, owns it: an older batch of the same name may
+not be collected yet), and a shard task that is absent from the index for
+longer than :data:`MISSING_GRACE_SECONDS` after the split, and that the API
+server does not have either, is created again, from a second read of the
+source; when that read does not give the split's count of inputs (the
+source changed or is gone) the batch fails ``InvalidInput`` instead, its
+unfinished shards cancelled.
 
 Before its split a batch task ends like any task when cancelled or past its
 deadline (:func:`legacygpu.operator.taskstate.ending`). Its source's keys
@@ -35,16 +40,18 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from legacygpu.core.errors import ValidationError
 from legacygpu.core.kube.batch import (
+    check_file_key,
     check_unique_keys,
     chunks,
     configmap_keys,
-    output_prefix,
+    output_uri,
     parse_pvc,
     shard_name,
     url_listing,
@@ -62,9 +69,11 @@ from legacygpu.core.kube.errors import ApiConflictError, ApiError, ApiNotFoundEr
 from legacygpu.core.tasks import Phase, Reason
 from legacygpu.operator.batchplan import (
     BatchFacts,
+    Tally,
     claims_needed,
     finished_status,
     listing_manifest,
+    owner_uid,
     progress_status,
     running_status,
     shard_manifest,
@@ -96,27 +105,31 @@ async def reconcile_batches(
     Returns the other tasks, and when to look again.
     """
     batches = [t for t in tasks if is_open_batch(t)]
+    _prune_source_listings(rt, tasks, batches)
     if not batches:
         return list(tasks), []
-    shards: dict[tuple[str, str], list[tuple[str, Phase, BatchFacts]]] = defaultdict(list)
-    listings: dict[tuple[str, str], TaskView] = {}
+    # children by their batch's namespace, name and uid: those of an older batch of the same name are not its own
+    shards: dict[tuple[str, str, str], list[tuple[str, Phase, BatchFacts]]] = defaultdict(list)
+    listings: dict[tuple[str, str, str], TaskView] = {}
     for task in tasks:
         if task.batch is not None and task.batch.parent is not None:
+            parent = (task.namespace, task.batch.parent, task.batch.parent_uid)
             if task.batch.listing:
-                listings[task.namespace, task.batch.parent] = task
+                listings[parent] = task
             else:
-                shards[task.namespace, task.batch.parent].append((task.name, task.phase, task.batch))
+                shards[parent].append((task.name, task.phase, task.batch))
     claims = set(cluster_spec.get("batchClaims") or ())
     wakes: list[datetime.datetime] = []
     for task in batches:
-        key = (task.namespace, task.name)
+        key = (task.namespace, task.name, task.uid)
         try:
             wake = await _reconcile_batch(rt, task, shards.get(key, []), listings.get(key), claims, now)
         except ApiUnavailableError:
             raise  # the cluster loop backs off and tries the whole pass again
-        except ApiError as exc:
+        except Exception as exc:  # one batch's trouble must not stop the cluster's pass (nothing would be placed)
             rt.metrics.reconcile_errors.labels("InferenceTask").inc()
-            log.warning("batch task %s/%s: %s", task.namespace, task.name, exc)
+            log.warning("batch task %s/%s: %s", task.namespace, task.name, exc,
+                        exc_info=not isinstance(exc, ApiError))
             continue
         if wake is not None:
             wakes.append(wake)
@@ -133,6 +146,9 @@ async def _reconcile_batch(
         ended = ending(task, now)
         if ended is not None:
             assert ended.status is not None
+            _forget_source(rt, task)
+            if listing is not None and not listing.terminal:
+                await _cancel(rt, task.namespace, listing.name)
             await write_task(rt, task, ended.status, event=ended.event)
             return None
         await _split(rt, task, now, listing=listing, claims=claims)
@@ -140,12 +156,7 @@ async def _reconcile_batch(
     counted = tally(facts.shards, shards)
     final = finished_status(facts, counted, now=now, cancelled=task.cancel)
     if final is not None:
-        await asyncio.gather(*(_cancel(rt, task.namespace, name) for name in counted.unfinished))
-        event = None
-        if final["phase"] != Phase.SUCCEEDED.value:
-            event = ("Normal" if final["phase"] == Phase.CANCELLED.value else "Warning", final["reason"],
-                     final["message"])
-        await write_task(rt, task, cast(TaskStatus, final), event=event)
+        await _finish(rt, task, counted, final)
         return None
     wake = None
     if counted.missing:
@@ -157,11 +168,51 @@ async def _reconcile_batch(
             gone = await _really_missing(rt, task, counted.missing)
             if gone:
                 log.info("batch task %s/%s: shards %s missing; creating them again", task.namespace, task.name, gone)
-                await _split(rt, task, now, listing=listing, claims=claims, only=set(gone))
+                problem = await _split(rt, task, now, listing=listing, claims=claims, only=set(gone))
+                if problem is not None:
+                    final = finished_status(facts, counted, now=now, problem=problem)
+                    assert final is not None
+                    await _finish(rt, task, counted, final)
+                    return None
     update = progress_status(facts, counted)
     if update is not None:
         await write_task(rt, task, cast(TaskStatus, update), transition=False)
     return wake
+
+
+def _check_file_keys(keys: Sequence[str], output: str) -> None:
+    """Refuse keys that cannot name a result file in a ``pvc://`` output (else each shard would fail whole)."""
+    for key in keys:
+        try:
+            check_file_key(key)
+        except ValidationError:
+            raise ValidationError(f"spec.batch: input key {key!r} cannot name a result file in {output} (letters, "
+                                  "digits, '-', '_' and '.', at most 200, not '.' or '..')") from None
+
+
+def _forget_source(rt: OperatorRuntime, task: TaskView) -> None:
+    """Drop what was read of ``task``'s source URL (the batch is split, ended or refused)."""
+    for key in [k for k in rt.source_listings if k[2] == task.uid and k[0] == task.namespace]:
+        del rt.source_listings[key]
+
+
+def _prune_source_listings(rt: OperatorRuntime, tasks: Sequence[TaskView], batches: Sequence[TaskView]) -> None:
+    """Drop source reads of this cluster's batches that are gone or ended some other way (deleted)."""
+    if not tasks or not rt.source_listings:
+        return
+    cluster = (tasks[0].namespace, tasks[0].cluster)
+    open_uids = {t.uid for t in batches}
+    for key in [k for k in rt.source_listings if k[:2] == cluster and k[2] not in open_uids]:
+        del rt.source_listings[key]
+
+
+async def _finish(rt: OperatorRuntime, task: TaskView, counted: Tally, final: dict[str, Any]) -> None:
+    """End a split batch with ``final``: its unfinished shards are cancelled first."""
+    await asyncio.gather(*(_cancel(rt, task.namespace, name) for name in counted.unfinished))
+    event = None
+    if final["phase"] != Phase.SUCCEEDED.value:
+        event = ("Normal" if final["phase"] == Phase.CANCELLED.value else "Warning", final["reason"], final["message"])
+    await write_task(rt, task, cast(TaskStatus, final), event=event)
 
 
 async def _really_missing(rt: OperatorRuntime, task: TaskView, indices: Sequence[int]) -> list[int]:
@@ -181,21 +232,25 @@ async def _really_missing(rt: OperatorRuntime, task: TaskView, indices: Sequence
 async def _split(
     rt: OperatorRuntime, task: TaskView, now: datetime.datetime, *, listing: TaskView | None, claims: set[str],
     only: set[int] | None = None,
-) -> None:
-    """Create the shard tasks (``only`` those numbers, if given); then, on the first split, mark it Running."""
+) -> str | None:
+    """Create the shard tasks (``only`` those numbers, if given); then, on the first split, mark it Running.
+
+    ``only`` re-creates missing shards of a running batch from a second read of its source: that
+    read must give the inputs of the split (as many, in as many shards), or shard ``i`` would run other
+    inputs than the lost one (some twice, some never). When it cannot, the answer is why (the caller
+    ends the batch, cancelling its shards); the first split writes its own refusal.
+    """
     try:
         body = await rt.api.get_task(task.namespace, task.name)
     except ApiNotFoundError:
-        return
+        return None
     spec = body.get("spec") or {}
     batch = spec.get("batch") or {}
     size = int(batch.get("shardSize") or 25)
     source = str(batch.get("source", ""))
     manifests: list[dict[str, Any]] = []
     try:
-        output = str(batch.get("output") or "")
-        if not output.startswith("pvc://"):
-            output = f"configmap://{output_prefix(task.name, output or None)}"
+        output = output_uri(task.name, str(batch.get("output") or ""))
         assert task.batch is not None
         unmounted = [claim for claim in claims_needed(task.batch) if claim not in claims]
         if source.startswith("pvc://") and output.startswith("pvc://") and parse_pvc(source) == parse_pvc(output):
@@ -206,7 +261,8 @@ async def _split(
                                   "to the cluster's spec.batchClaims (every worker mounts those)")
         if batch.get("inputs"):
             items = list(batch["inputs"])
-            check_unique_keys(item["key"] for item in items)
+            names = [str(item["key"]) for item in items]
+            check_unique_keys(names)
             total = len(items)
             for index, piece in enumerate(chunks(items, size)):
                 if only is None or index in only:
@@ -214,28 +270,37 @@ async def _split(
         else:
             keys = await _source_keys(rt, task, body, source, listing, now)
             if keys is None:
-                return  # the listing task or the URL's answer wakes the pass
+                return None  # the listing task or the URL's answer wakes the pass
             if not keys:
                 raise ValidationError(f"spec.batch.source {source!r} holds no inputs")
             check_unique_keys(keys)
-            total = len(keys)
+            names, total = keys, len(keys)
             for index, piece in enumerate(chunks(keys, size)):
                 if only is None or index in only:
                     manifests.append(shard_manifest(body, index, now=now, keys=piece))
+        if output.startswith("pvc://"):
+            _check_file_keys(names, output)
+        if only is not None and (total, math.ceil(total / max(1, size))) != (task.batch.total, task.batch.shards):
+            raise ValidationError(f"the source changed since the split: it holds {total} inputs now, not the "
+                                  f"{task.batch.total} in {task.batch.shards} shards it was split into")
     except ValidationError as exc:
-        rt.source_listings.pop((task.namespace, task.name, source), None)
+        _forget_source(rt, task)
+        if only is not None:
+            return f"shards {sorted(only)} are missing and cannot be made again: {exc}"
         status = terminal_status(task.status, created=task.created, phase=Phase.FAILED, reason=Reason.INVALID_INPUT,
                                  message=str(exc), now=now)
         await write_task(rt, task, status, event=("Warning", Reason.INVALID_INPUT.value, str(exc)))
-        return
-    await asyncio.gather(*(_create(rt, manifest) for manifest in manifests))
+        return None
+    made = await asyncio.gather(*(_create(rt, manifest) for manifest in manifests))
+    if not all(made):
+        return None  # an old batch's child is in the way: its deletion wakes the pass
+    _forget_source(rt, task)  # a later re-creation of missing shards reads the source afresh
     if only is None:
         # only is None: every shard was made
         running = running_status(total=total, shards=len(manifests), output=output, now=now,
                                  previous=body.get("status") or {})
         event = ("Normal", Reason.STARTED.value, running["message"])
         await write_task(rt, task, cast(TaskStatus, running), event=event)
-        rt.source_listings.pop((task.namespace, task.name, source), None)
     return None
 
 
@@ -254,7 +319,7 @@ async def _source_keys(
     if source.startswith("pvc://"):
         return await _listed_keys(rt, task, body, listing, now)
     if source.startswith(("http://", "https://")):
-        key = (task.namespace, task.name, source)
+        key = (task.namespace, task.cluster, task.uid, source)
         if key not in rt.source_listings:
             rt.source_listings[key] = None
             rt.spawn(_fetch_listing(rt, key, (task.namespace, task.cluster)))
@@ -266,11 +331,16 @@ async def _source_keys(
     raise ValidationError(f"spec.batch.source: unsupported {source!r}")
 
 
-async def _fetch_listing(rt: OperatorRuntime, key: tuple[str, str, str], cluster: tuple[str, str]) -> None:
-    """Read a source URL's listing in the background; the answer waits in ``rt.source_listings``."""
+async def _fetch_listing(rt: OperatorRuntime, key: tuple[str, str, str, str], cluster: tuple[str, str]) -> None:
+    """Read a source URL's listing in the background; the answer waits in ``rt.source_listings``.
+
+    Whatever goes wrong ends as an answer (the pass fails the batch with it) or, for a server that
+    is down or failing, as another try: never as a read that stays under way until the deadline.
+    """
     import httpx
 
-    source = key[2]
+    source = key[3]
+    answer: list[str] | ValidationError
     try:
         async with httpx.AsyncClient(timeout=30.0, follow_redirects=True) as http:
             response = await http.get(source)
@@ -282,13 +352,20 @@ async def _fetch_listing(rt: OperatorRuntime, key: tuple[str, str, str], cluster
             listing = response.json()
         except ValueError as exc:
             raise ValidationError(f"spec.batch.source: {source} did not serve JSON: {exc}") from exc
-        rt.source_listings[key] = [k for k, _ in url_listing(listing)]
+        answer = [k for k, _ in url_listing(listing)]
     except ValidationError as exc:
-        rt.source_listings[key] = exc
+        answer = exc
     except httpx.HTTPError as exc:
         log.warning("batch source %s unreachable (%s); trying again in %.0f s", source, exc, _SOURCE_RETRY_SECONDS)
         await asyncio.sleep(_SOURCE_RETRY_SECONDS)
         rt.source_listings.pop(key, None)  # the next pass starts another read
+        rt.poke(cluster)
+        return
+    except Exception as exc:  # httpx.InvalidURL (not an HTTPError), an unsupported URL, ...
+        log.warning("batch source %s cannot be read: %r", source, exc)
+        answer = ValidationError(f"spec.batch.source: cannot read {source!r}: {exc or type(exc).__name__}")
+    if key in rt.source_listings:  # else the batch ended (or went) while this read was under way
+        rt.source_listings[key] = answer
     rt.poke(cluster)
 
 
@@ -303,16 +380,31 @@ async def _listed_keys(
         return None
     listed = await rt.api.get_task(task.namespace, listing.name)
     status = listed.get("status") or {}
+    source = body["spec"]["batch"]["source"]
+    if listing.phase != Phase.SUCCEEDED and status.get("reason") == Reason.RESULT_TOO_LARGE.value:
+        raise ValidationError(f"{source} holds too many input files for one batch: their names, as one JSON list, "
+                              f"must fit a result ConfigMap (about 900 KiB, some 921,600 / (name length + 3) "
+                              f"files); split the folder into smaller ones, one batch each ({status.get('message')})")
     if listing.phase != Phase.SUCCEEDED:
-        raise ValidationError(f"listing {body['spec']['batch']['source']} failed ({status.get('reason')}): "
-                              f"{status.get('message')}")
-    result = status.get("result") or {}
+        raise ValidationError(f"listing {source} failed ({status.get('reason')}): {status.get('message')}")
+    result = status.get("result")
     ref = str(status.get("resultRef") or "")
-    if "keys" not in result and ref.startswith("configmap://"):
+    where = f"the listing task {listing.name}'s result"
+    if not (isinstance(result, Mapping) and "keys" in result) and ref.startswith("configmap://"):
         name, _, entry = ref[len("configmap://"):].partition("/")
-        configmap = await rt.api.get("", "v1", "configmaps", task.namespace, name)
-        result = json.loads((configmap.get("data") or {}).get(entry) or "{}")
-    return [str(k) for k in result.get("keys") or ()]
+        where = f"the listing result ConfigMap {name!r}"
+        try:
+            configmap = await rt.api.get("", "v1", "configmaps", task.namespace, name)
+        except ApiNotFoundError as exc:
+            raise ValidationError(f"{where} is gone (deleted before the split); create the batch again") from exc
+        try:
+            result = json.loads((configmap.get("data") or {}).get(entry) or "")
+        except ValueError as exc:
+            raise ValidationError(f"{where}: entry {entry!r} is not JSON ({exc}); create the batch again") from exc
+    keys = result.get("keys") if isinstance(result, Mapping) else None
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ValidationError(f"{where} holds no list of keys; create the batch again")
+    return keys
 
 
 async def write_task(
@@ -325,9 +417,24 @@ async def write_task(
     return await write(rt, task, status, event=event, transition=transition)
 
 
-async def _create(rt: OperatorRuntime, manifest: dict[str, Any]) -> None:
-    with contextlib.suppress(ApiConflictError):  # created by an earlier try of this split
-        await rt.api.create(GROUP, VERSION, TASK_PLURAL, manifest["metadata"]["namespace"], manifest)
+async def _create(rt: OperatorRuntime, manifest: dict[str, Any]) -> bool:
+    """Create a child task; False when a child of another batch of the same name (not collected yet) has its name."""
+    meta = manifest["metadata"]
+    try:
+        await rt.api.create(GROUP, VERSION, TASK_PLURAL, meta["namespace"], manifest)
+        return True
+    except ApiConflictError:
+        pass
+    try:
+        there = await rt.api.get_task(meta["namespace"], meta["name"])
+    except ApiNotFoundError:
+        return False  # collected just now: the next pass creates it
+    ours = owner_uid(meta["ownerReferences"])
+    if owner_uid((there.get("metadata") or {}).get("ownerReferences") or ()) == ours:
+        return True  # created by an earlier try of this split
+    log.info("task %s/%s belongs to an earlier batch of that name; waiting for it to be collected",
+             meta["namespace"], meta["name"])
+    return False
 
 
 async def _cancel(rt: OperatorRuntime, namespace: str, name: str) -> None:

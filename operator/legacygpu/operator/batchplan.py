@@ -47,7 +47,7 @@ from legacygpu.core.kube.batch import (
     LABEL_BATCH,
     MAX_FAILURES_LISTED,
     listing_name,
-    output_prefix,
+    output_uri,
     parse_pvc,
     result_configmap,
     shard_name,
@@ -56,7 +56,7 @@ from legacygpu.core.kube.contract import API_VERSION, TASK_KIND, deadline_time, 
 from legacygpu.core.tasks import TERMINAL_PHASES, Phase, Reason
 
 __all__ = ["BatchFacts", "Failure", "Tally", "batch_facts", "claims_needed", "finished_status", "listing_manifest",
-           "progress_status", "running_status", "shard_manifest", "tally"]
+           "owner_uid", "progress_status", "running_status", "shard_manifest", "tally"]
 
 Failure = Mapping[str, str]
 """``{key, reason, message}`` of one failed input."""
@@ -68,6 +68,9 @@ class BatchFacts:
 
     parent: str | None = None
     """Shards: their batch task's name; None for the batch task itself."""
+    parent_uid: str = ""
+    """Shards: their batch task's uid (controller owner reference): a batch deleted and made again under
+    the same name is another parent, whose children these are not."""
     index: int = 0
     keys: tuple[str, ...] = ()
     """Shards: the keys of their inputs."""
@@ -95,8 +98,10 @@ class BatchFacts:
         return self.parent is not None
 
 
-def batch_facts(spec: Mapping[str, Any], status: Mapping[str, Any]) -> BatchFacts | None:
-    """The batch facts of a task body's spec and status; None for an ordinary task."""
+def batch_facts(
+    spec: Mapping[str, Any], status: Mapping[str, Any], owners: Sequence[Mapping[str, Any]] = ()
+) -> BatchFacts | None:
+    """The batch facts of a task body's spec, status and ``metadata.ownerReferences``; None for an ordinary task."""
     batch = spec.get("batch")
     if not isinstance(batch, Mapping):
         return None
@@ -106,6 +111,7 @@ def batch_facts(spec: Mapping[str, Any], status: Mapping[str, Any]) -> BatchFact
         report = (status.get("result") or {}).get("batch") or {}
         return BatchFacts(
             parent=str(shard.get("parent", "")),
+            parent_uid=owner_uid(owners),
             index=int(shard.get("index") or 0),
             keys=tuple(keys),
             completed=int(report.get("completed") or 0),
@@ -126,6 +132,14 @@ def batch_facts(spec: Mapping[str, Any], status: Mapping[str, Any]) -> BatchFact
         source=str(batch.get("source") or ""),
         output=str(batch.get("output") or ""),
     )
+
+
+def owner_uid(owners: Sequence[Mapping[str, Any]]) -> str:
+    """The uid of the InferenceTask that controls an object with ``owners`` (its ownerReferences); "" if none."""
+    for ref in owners:
+        if ref.get("kind") == TASK_KIND and ref.get("controller"):
+            return str(ref.get("uid") or "")
+    return ""
 
 
 def claims_needed(facts: BatchFacts) -> list[str]:
@@ -179,10 +193,9 @@ def shard_manifest(
 ) -> dict[str, Any]:
     """Shard ``index`` of the batch task ``parent``: its inline ``inputs``, or the ``keys`` of its source."""
     name, batch = parent["metadata"]["name"], parent["spec"]["batch"]
-    output = batch.get("output")
     child_batch: dict[str, Any] = {
         "inputName": batch.get("inputName", "input"),
-        "output": output if str(output or "").startswith("pvc://") else f"configmap://{output_prefix(name, output)}",
+        "output": output_uri(name, batch.get("output")),
         "shard": {"parent": name, "index": index},
     }
     if inputs is not None:
@@ -270,15 +283,21 @@ def progress_status(facts: BatchFacts, counted: Tally) -> dict[str, Any] | None:
 
 
 def finished_status(
-    facts: BatchFacts, counted: Tally, *, now: datetime.datetime, cancelled: bool = False
+    facts: BatchFacts, counted: Tally, *, now: datetime.datetime, cancelled: bool = False, problem: str | None = None
 ) -> dict[str, Any] | None:
-    """The batch's final status if it is over (all shards ended, too many failures, cancelled), else None."""
+    """The batch's final status if it is over (all shards ended, too many failures, cancelled), else None.
+
+    ``problem``: why the batch cannot go on (a missing shard cannot be made again): it fails ``InvalidInput``.
+    """
     assert facts.total is not None and facts.shards is not None
     over_limit = facts.max_failed is not None and counted.failed > facts.max_failed
     done = not counted.unfinished and not counted.missing
-    if not (cancelled or over_limit or done):
+    if not (cancelled or over_limit or done or problem):
         return None
-    if cancelled:
+    if problem:
+        phase, reason = Phase.FAILED, Reason.INVALID_INPUT
+        message = f"{problem}; unfinished shards cancelled"
+    elif cancelled:
         phase, reason = Phase.CANCELLED, Reason.CANCELLED
         message = f"cancelled with {counted.completed} of {facts.total} inputs done"
     elif over_limit:

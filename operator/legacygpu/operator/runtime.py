@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from legacygpu.operator.metrics import OperatorMetrics
 from legacygpu.operator.taskstate import TaskView
 
 __all__ = ["ClusterKey", "OperatorRuntime"]
+
+log = logging.getLogger(__name__)
 
 ClusterKey = tuple[str, str]
 """(namespace, cluster name)."""
@@ -58,9 +61,10 @@ class OperatorRuntime:
     cluster_status: dict[ClusterKey, dict[str, Any]] = field(default_factory=dict)
     """The status last written per cluster (the daemon's body may lag behind it)."""
     orphan_checks: set[tuple[str, str]] = field(default_factory=set)
-    source_listings: dict[tuple[str, str, str], Any] = field(default_factory=dict)
-    """Batch sources read outside the cluster pass (legacygpu.operator.batch): (namespace, task, source) ->
-    the keys, the error, or None while the read is under way."""
+    source_listings: dict[tuple[str, str, str, str], Any] = field(default_factory=dict)
+    """Batch sources read outside the cluster pass (legacygpu.operator.batch): (namespace, cluster, task uid,
+    source) -> the keys, the error, or None while the read is under way. An entry goes when its batch is
+    split or ends, or, once per pass, when the batch is no longer an open batch of its cluster."""
     access: AccessChecker = field(init=False)
     """Cached answers: may a cluster's worker ServiceAccount do a worker's job?"""
 
@@ -80,9 +84,15 @@ class OperatorRuntime:
         self.waker(key).set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background; a failure is logged (nobody awaits it to see the exception)."""
         task = asyncio.ensure_future(coro)
         self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("background task %s failed: %r", task.get_coro(), error, exc_info=error)
 
     async def shutdown(self) -> None:
         for task in list(self.background):
@@ -103,6 +113,8 @@ class OperatorRuntime:
         self.service_checked.pop(key, None)
         self.status_written.pop(key, None)
         self.cluster_status.pop(key, None)
+        for listed in [k for k in self.source_listings if k[:2] == key]:
+            del self.source_listings[listed]
 
     # -- read-your-writes ------------------------------------------------------------------------
 

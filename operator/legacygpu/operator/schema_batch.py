@@ -25,6 +25,7 @@ workers run as ordinary tasks. The fields here are the contract:
 
 from __future__ import annotations
 
+from legacygpu.core.kube.batch import OBJECT_NAME
 from legacygpu.operator.schema import DNS_SUBDOMAIN, Schema, array, boolean, cel, integer, obj, string
 
 __all__ = [
@@ -38,9 +39,9 @@ __all__ = [
 INPUT_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 """What a ConfigMap key may be (an input's key names its result entry)."""
 
-_PVC = r"pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[^/\s]+)*/?"
-BATCH_SOURCE_PATTERN = rf"^(configmap://[a-z0-9]([-a-z0-9.]*[a-z0-9])?|https?://\S+|{_PVC})$"
-OUTPUT_PATTERN = rf"^(configmap://[a-z0-9]([-a-z0-9.]*[a-z0-9])?|{_PVC})$"
+_PVC = rf"pvc://{OBJECT_NAME}(/[^/\s]+)*/?"
+BATCH_SOURCE_PATTERN = rf"^(configmap://{OBJECT_NAME}|https?://\S+|{_PVC})$"
+OUTPUT_PATTERN = rf"^(configmap://{OBJECT_NAME}|{_PVC})$"
 _PVC_INSIDE = "!self.startsWith('pvc://') || !self.matches('/[.][.]?(/|$)')"
 """A pvc:// path never leaves its claim: no '.' or '..' segment."""
 

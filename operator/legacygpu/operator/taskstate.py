@@ -184,7 +184,7 @@ def task_view(body: Mapping[str, Any]) -> TaskView:
         completion_time=status.get("completionTime"),
         history=tuple(status.get("history") or ()),
         problem=validate_inputs(spec) if phase == Phase.PENDING else None,
-        batch=batch_facts(spec, status),
+        batch=batch_facts(spec, status, meta.get("ownerReferences") or ()),
     )
 
 

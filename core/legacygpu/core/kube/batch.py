@@ -36,6 +36,7 @@ __all__ = [
     "CLAIMS_DIR_ENV",
     "LABEL_BATCH",
     "MAX_FAILURES_LISTED",
+    "OBJECT_NAME",
     "check_file_key",
     "check_unique_keys",
     "chunks",
@@ -47,6 +48,7 @@ __all__ = [
     "list_folder",
     "listing_name",
     "output_prefix",
+    "output_uri",
     "parse_pvc",
     "result_configmap",
     "result_key",
@@ -70,7 +72,10 @@ CLAIMS_DIR_ENV = "LEGACYGPU_CLAIMS_DIR"
 
 _KEY_CHARS = re.compile(r"[^-._a-zA-Z0-9]+")
 _KEY = re.compile(r"^[-._a-zA-Z0-9]{1,200}$")
-_CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+OBJECT_NAME = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
+"""The name of a claim or ConfigMap in a ``pvc://`` or ``configmap://`` URI (unanchored: the CRD's patterns
+embed it; its length, at most 253, is checked apart)."""
+_CLAIM = re.compile(rf"^{OBJECT_NAME}$")
 
 
 def shard_name(parent: str, index: int) -> str:
@@ -90,6 +95,13 @@ def output_prefix(task: str, output: str | None) -> str:
             raise ValidationError(f"spec.batch.output: unsupported {output!r} (use configmap://<prefix>)")
         return output[len("configmap://"):]
     return f"results-{task}"[:240]
+
+
+def output_uri(task: str, output: str | None) -> str:
+    """Where batch task ``task``'s results go: a ``pvc://`` output as it is, else ``configmap://<prefix>``."""
+    if output and output.startswith("pvc://"):
+        return output
+    return f"configmap://{output_prefix(task, output or None)}"
 
 
 def parse_pvc(uri: str, field: str = "spec.batch") -> tuple[str, str]:
