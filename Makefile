@@ -45,7 +45,10 @@ lint: setup ## ruff and mypy (strict for legacygpu.core; the allowance is in pyp
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-bench-local: setup ## the local cluster against direct onnxruntime, committed to docs/benchmarks/local/
+bench-local: setup ## the local cluster against direct onnxruntime, three runs in a row, committed to docs/benchmarks/local/
+	@# Runs 1 and 2 are kept under repeats/ so that the run-to-run spread is on record beside the last run.
+	$(LEGACYGPU) bench local --out-dir $(BENCH_DOCS)/local/repeats/1 $(BENCH_LOCAL_ARGS)
+	$(LEGACYGPU) bench local --out-dir $(BENCH_DOCS)/local/repeats/2 $(BENCH_LOCAL_ARGS)
 	$(LEGACYGPU) bench local --out-dir $(BENCH_DOCS)/local $(BENCH_LOCAL_ARGS)
 	$(LEGACYGPU) bench docs
 
