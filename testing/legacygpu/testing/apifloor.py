@@ -108,12 +108,29 @@ class _Watch:
 
     async def run(self) -> None:
         params = {**self.params, "watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": "600"}
-        async with self.session.get(self.url, params=params, timeout=aiohttp.ClientTimeout(total=None)) as response:
-            response.raise_for_status()
-            self.opened.set()
-            async for line in response.content:
-                if line.strip() and not line.startswith(b'{"type":"BOOKMARK"'):
-                    self.events += 1
+        for attempt in range(_TOO_MANY_TRIES):
+            async with self.session.get(self.url, params=params,
+                                        timeout=aiohttp.ClientTimeout(total=None)) as response:
+                if response.status == 429 and attempt + 1 < _TOO_MANY_TRIES:
+                    # A control plane just started is still filling its caches: priority and fairness
+                    # turns requests away for a moment, and a client waits as the answer says.
+                    await asyncio.sleep(_retry_after(response))
+                    continue
+                response.raise_for_status()
+                self.opened.set()
+                async for line in response.content:
+                    if line.strip() and not line.startswith(b'{"type":"BOOKMARK"'):
+                        self.events += 1
+                return
+
+
+_TOO_MANY_TRIES = 20
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float:
+    """Seconds a 429 asks the client to wait (``Retry-After``; 1 s when absent or not a number)."""
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else 1.0
 
 
 def _ssl(ca_file: str, cert: tuple[str, str] | None = None) -> ssl.SSLContext:
@@ -135,11 +152,16 @@ def _session(context: ssl.SSLContext, connections: int, token: str | None = None
 
 async def _call(session: aiohttp.ClientSession, method: str, url: str, body: Any, content_type: str) -> Any:
     data = json.dumps(body, separators=(",", ":")).encode()
-    async with session.request(method, url, data=data, headers={"Content-Type": content_type}) as response:
-        text = await response.read()
-        if response.status >= 300:
-            raise RuntimeError(f"{method} {url}: {response.status} {text[:300]!r}")
-        return json.loads(text)
+    for attempt in range(_TOO_MANY_TRIES):
+        async with session.request(method, url, data=data, headers={"Content-Type": content_type}) as response:
+            text = await response.read()
+            if response.status == 429 and attempt + 1 < _TOO_MANY_TRIES:  # as client-go does: wait, send again
+                await asyncio.sleep(_retry_after(response))
+                continue
+            if response.status >= 300:
+                raise RuntimeError(f"{method} {url}: {response.status} {text[:300]!r}")
+            return json.loads(text)
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 async def drive_floor(
