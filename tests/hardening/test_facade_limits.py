@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import TOKEN, LocalCluster
+from helpers import TOKEN, LocalCluster, serve_in_thread
 from taskfakes import FakeWorker
 
 from .images import png_header_only
@@ -200,11 +200,6 @@ def test_the_data_dir_is_private_to_its_owner(facade: LocalCluster) -> None:
 
 def test_a_500_is_counted_and_keeps_the_connection(tmp_path: Path) -> None:
     """In-process facade on a real uvicorn socket, with one route that raises (no route does on purpose)."""
-    import threading
-    import time
-
-    import uvicorn
-
     from legacygpu.api import create_app
     from legacygpu.core.config import Settings
 
@@ -214,16 +209,9 @@ def test_a_500_is_counted_and_keeps_the_connection(tmp_path: Path) -> None:
     async def boom() -> None:
         raise RuntimeError("a bug")
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.05)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+    with serve_in_thread(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
             r = http.get("/boom")
             assert r.status_code == 500 and "RuntimeError" in r.json()["detail"] and "api.log" in r.json()["detail"]
             assert r.headers.get("connection") != "close"
@@ -239,9 +227,6 @@ def test_a_500_is_counted_and_keeps_the_connection(tmp_path: Path) -> None:
             assert received.count(b"HTTP/1.1 ") == 2, "the connection served the next request after the 500"
             metrics = http.get("/metrics").text
             assert 'legacygpu_http_requests_total{code="500",method="GET",route="/boom"} 2.0' in metrics
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_a_locked_database_is_a_503_with_retry_after_not_a_500(facade: LocalCluster) -> None:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
+from helpers import serve_in_thread
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,19 +31,9 @@ async def _client_port(request: Request) -> PlainTextResponse:
 
 @pytest.fixture
 def worker_url() -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
     app = Starlette(routes=[Route("/v2/models/m/infer", _client_port, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off"))  # timeout_keep_alive: 5 s
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_in_thread(app, lifespan="off") as url:  # uvicorn's timeout_keep_alive: 5 s
+        yield url
 
 
 class _OneWorker:

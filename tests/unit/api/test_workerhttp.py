@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-import uvicorn
+from helpers import serve_in_thread
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -53,20 +53,10 @@ async def _close(_: Request) -> Response:
 
 @pytest.fixture(scope="module")
 def worker_url() -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
     app = Starlette(routes=[Route("/v2/models/{m}/infer", _echo, methods=["POST"]), Route("/chunked", _chunked),
                             Route("/close", _close)])
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_in_thread(app, lifespan="off") as url:  # uvicorn's timeout_keep_alive: 5 s
+        yield url
 
 
 def _raw_server(handle: Callable[[socket.socket], None]) -> tuple[str, list[int]]:
