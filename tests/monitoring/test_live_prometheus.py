@@ -139,9 +139,13 @@ def stack(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         started.append(operator)
         agent = NodeAgentProcess(agent_root, work / "node-agent.log")
         started.append(agent)
-        for _ in range(2):  # no worker yet: they can only miss their deadline (Failed, DeadlineExceeded)
-            cluster.submit(model="digits", timeout_seconds=1,
-                           inputs=[{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}])
+        doomed = [cluster.submit(model="digits", timeout_seconds=1,
+                                 inputs=[{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}])
+                  for _ in range(2)]
+        # No worker yet: they can only miss their deadline (Failed, DeadlineExceeded), the failures panel's data.
+        # Workers start once they have: one that registers within the second would run them.
+        until(lambda: all(cluster.http.get(f"/cluster/tasks/{t['id']}/status").json()["phase"] == "Failed"
+                          for t in doomed), "the deadline tasks to fail", timeout=30)
         for name in ("w1", "w2"):
             cluster.workers[name] = cluster._spawn(name, "worker", "start", "--backend", "onnxruntime", "--name", name)
         (rule,) = find(render(RULES), "PrometheusRule")
