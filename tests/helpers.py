@@ -7,6 +7,7 @@ retry timings so fault tests are quick.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -63,6 +64,33 @@ def serve_in_thread(app: Any, **config: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+
+def raw_server(handle: Callable[[socket.socket], None]) -> tuple[str, list[int]]:
+    """A loopback socket that speaks no protocol of its own: every connection goes to ``handle`` (in a
+    thread, closed after it); its URL and a count of the connections it accepted. For servers that misbehave
+    on purpose (an answer cut short, a peer that never reads)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted = [0]
+
+    def handled(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            handle(conn)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted[0] += 1
+            threading.Thread(target=handled, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:

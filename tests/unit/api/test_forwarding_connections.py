@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
-from helpers import serve_in_thread
+from helpers import raw_server, serve_in_thread
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -61,26 +60,11 @@ async def test_a_connection_is_reused_then_dropped_before_the_workers_keep_alive
         await forwarder.close()
 
 
-def _half_answer_server() -> tuple[socket.socket, threading.Thread]:
+def _half_answer(conn: socket.socket) -> None:
     """A worker that dies while it answers: headers promising 100 bytes, 10 sent, then the connection closed."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
-                             b'{"model_na')
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return listener, thread
+    conn.recv(65536)
+    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+                 b'{"model_na')
 
 
 class _TwoWorkers:
@@ -92,19 +76,15 @@ class _TwoWorkers:
 
 
 async def test_a_worker_that_dies_mid_answer_is_retried_on_another(worker_url: str) -> None:
-    listener, _ = _half_answer_server()
-    dying = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    dying, _ = raw_server(_half_answer)
     registry = CollectorRegistry()
-    try:
-        alone = Forwarder(_TwoWorkers(dying), CollectorRegistry())  # type: ignore[arg-type]
-        with pytest.raises(NoWorker, match="before the whole answer came"):  # the worker failed, not the facade
-            await alone.forward("POST", "/v2/models/m/infer", model="m", content=b"{}")
-        await alone.close()
-        forwarder = Forwarder(_TwoWorkers(worker_url, dying), registry)  # type: ignore[arg-type]
-        forwarder.outstanding[worker_url] = 1  # the healthy one looks busier: the dying one is picked first
-        answer = await forwarder.forward("POST", "/v2/models/m/infer", model="m", content=b"{}")
-        assert answer.status_code == 200 and answer.worker == "w0" and answer.content.isdigit()
-        assert registry.get_sample_value("legacygpu_serving_retries_total", {"model": "m"}) == 1
-        await forwarder.close()
-    finally:
-        listener.close()
+    alone = Forwarder(_TwoWorkers(dying), CollectorRegistry())  # type: ignore[arg-type]
+    with pytest.raises(NoWorker, match="before the whole answer came"):  # the worker failed, not the facade
+        await alone.forward("POST", "/v2/models/m/infer", model="m", content=b"{}")
+    await alone.close()
+    forwarder = Forwarder(_TwoWorkers(worker_url, dying), registry)  # type: ignore[arg-type]
+    forwarder.outstanding[worker_url] = 1  # the healthy one looks busier: the dying one is picked first
+    answer = await forwarder.forward("POST", "/v2/models/m/infer", model="m", content=b"{}")
+    assert answer.status_code == 200 and answer.worker == "w0" and answer.content.isdigit()
+    assert registry.get_sample_value("legacygpu_serving_retries_total", {"model": "m"}) == 1
+    await forwarder.close()

@@ -8,17 +8,16 @@ never answers, answers something that is not HTTP, or dies while it reads a stre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import hashlib
 import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from helpers import serve_in_thread
+from helpers import raw_server, serve_in_thread
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -59,32 +58,6 @@ def worker_url() -> Iterator[str]:
         yield url
 
 
-def _raw_server(handle: Callable[[socket.socket], None]) -> tuple[str, list[int]]:
-    """A listening socket whose every connection goes to ``handle`` (in a thread); its URL and a count of
-    the connections it accepted."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    accepted = [0]
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            accepted[0] += 1
-            threading.Thread(target=_handled, args=(handle, conn), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
-
-
-def _handled(handle: Callable[[socket.socket], None], conn: socket.socket) -> None:
-    with conn, contextlib.suppress(OSError):
-        handle(conn)
-
-
 def _read_request(conn: socket.socket) -> bytes:
     """One whole request (head and a Content-Length body)."""
     data = b""
@@ -110,7 +83,7 @@ def _closing_server() -> tuple[str, threading.Event]:
         finally:
             closed.set()
 
-    url, _ = _raw_server(until_closed)
+    url, _ = raw_server(until_closed)
     return url, closed
 
 
@@ -203,7 +176,7 @@ async def test_a_worker_that_dies_mid_answer_is_a_failure_not_a_short_answer() -
         _read_request(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"outp")
 
-    url, _ = _raw_server(half_answer)
+    url, _ = raw_server(half_answer)
     pool = WorkerPool(keepalive_seconds=4)
     with pytest.raises(WorkerFailed, match="before the whole answer came"):
         await pool.request(url, "POST", "/v2/models/m/infer", (), b"{}")
@@ -218,7 +191,7 @@ async def test_a_kept_connection_the_worker_closed_is_replaced_without_a_failure
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         _read_request(conn)  # the next request on the kept connection: closed unanswered
 
-    url, accepted = _raw_server(answer_one_then_close)
+    url, accepted = raw_server(answer_one_then_close)
     pool = WorkerPool(keepalive_seconds=4)
     try:
         assert (await pool.request(url, "GET", "/")).body == b"ok"
@@ -249,7 +222,7 @@ async def test_a_worker_that_does_not_answer_http_fails(reply: bytes | None, mat
             conn.sendall(reply)
         time.sleep(1)
 
-    url, _ = _raw_server(handle)
+    url, _ = raw_server(handle)
     pool = WorkerPool(keepalive_seconds=4, timeout=0.3)
     with pytest.raises(WorkerFailed, match=match):
         await pool.request(url, "POST", "/", (), b"{}")
@@ -296,7 +269,7 @@ async def test_a_streamed_body_whose_worker_dies_mid_body_goes_whole_to_another(
     def read_some_then_die(conn: socket.socket) -> None:
         conn.recv(1000)
 
-    dying, _ = _raw_server(read_some_then_die)
+    dying, _ = raw_server(read_some_then_die)
     parts = [bytes([i]) * 300_000 for i in range(4)]
     remaining = iter(parts[1:])
 
@@ -378,7 +351,7 @@ def _keepalive_server(gate: threading.Event | None = None) -> tuple[str, list[th
         finally:
             mine.set()
 
-    url, _ = _raw_server(handle)
+    url, _ = raw_server(handle)
     return url, closed
 
 
@@ -473,7 +446,7 @@ async def test_a_streamed_body_is_read_from_the_client_no_faster_than_the_worker
             received += len(conn.recv(1 << 20))
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
-    url, _ = _raw_server(slow_reader)
+    url, _ = raw_server(slow_reader)
     pulled = [1]
 
     async def more() -> tuple[bytes, bool]:
@@ -496,7 +469,7 @@ async def test_a_worker_that_stops_reading_a_streamed_body_fails_after_the_timeo
     def reads_nothing(conn: socket.socket) -> None:
         time.sleep(2)
 
-    url, _ = _raw_server(reads_nothing)
+    url, _ = raw_server(reads_nothing)
     part = b"p" * (1 << 20)
 
     async def more() -> tuple[bytes, bool]:
