@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -25,6 +26,25 @@ def outcome(task_id: str) -> dict[str, Any]:
     return {"task_id": task_id, "worker_id": "w-1", "attempt": 1, "result": {}}
 
 
+@contextmanager
+def running_sender(worker: LocalWorker) -> Iterator[Callable[[str], None]]:
+    """The worker holding t1 and t2 with its sender thread running; yields a function that reports one task's
+    outcome to it. On leaving, the sender must stop when the worker does."""
+    worker.inbox.put([{"id": "t1"}, {"id": "t2"}])
+    sender = threading.Thread(target=worker._sender_loop, daemon=True)
+    sender.start()
+
+    def report(task_id: str) -> None:
+        with worker._outcome_ready:
+            worker._outcomes.append(outcome(task_id))
+            worker._outcome_ready.notify()
+
+    yield report
+    worker._finished.set()
+    sender.join(5)
+    assert not sender.is_alive()
+
+
 @pytest.mark.parametrize("answer", [b"<html>a proxy's page</html>", b'{"unexpected": 1}', b'{"data": [1]}'])
 def test_a_2xx_that_is_not_the_facades_answer_does_not_stop_the_sender(worker: LocalWorker, answer: bytes) -> None:
     posted: list[list[str]] = []
@@ -38,21 +58,13 @@ def test_a_2xx_that_is_not_the_facades_answer_does_not_stop_the_sender(worker: L
         return next(answers)
 
     worker._poster.post = post  # type: ignore[method-assign]
-    worker.inbox.put([{"id": "t1"}, {"id": "t2"}])
-    sender = threading.Thread(target=worker._sender_loop, daemon=True)
-    sender.start()
-    for task_id in ("t1", "t2"):
-        with worker._outcome_ready:
-            worker._outcomes.append(outcome(task_id))
-            worker._outcome_ready.notify()
-        if task_id == "t1":
-            assert _wait(lambda: posted == [["t1"]])
-            assert _wait(lambda: "t1" not in worker.inbox.held()), "the first batch is no longer held"
-    assert both_sent.wait(10), f"the sender died after an unreadable answer: posted {posted}"
-    assert _wait(lambda: worker.inbox.held() == [])
-    worker._finished.set()
-    sender.join(5)
-    assert not sender.is_alive()
+    with running_sender(worker) as report:
+        report("t1")
+        assert _wait(lambda: posted == [["t1"]])
+        assert _wait(lambda: "t1" not in worker.inbox.held()), "the first batch is no longer held"
+        report("t2")
+        assert both_sent.wait(10), f"the sender died after an unreadable answer: posted {posted}"
+        assert _wait(lambda: worker.inbox.held() == [])
 
 
 def test_an_unexpected_error_in_one_batch_does_not_stop_the_sender(worker: LocalWorker) -> None:
@@ -65,18 +77,11 @@ def test_an_unexpected_error_in_one_batch_does_not_stop_the_sender(worker: Local
         return 200, b'{"data": []}'
 
     worker._poster.post = post  # type: ignore[method-assign]
-    worker.inbox.put([{"id": "t1"}, {"id": "t2"}])
-    sender = threading.Thread(target=worker._sender_loop, daemon=True)
-    sender.start()
-    for task_id in ("t1", "t2"):
-        with worker._outcome_ready:
-            worker._outcomes.append(outcome(task_id))
-            worker._outcome_ready.notify()
-        assert _wait(lambda n=len(posted) + 1: len(posted) == n)
-    assert _wait(lambda: worker.inbox.held() == []), "both batches are done with, the failed one included"
-    worker._finished.set()
-    sender.join(5)
-    assert not sender.is_alive()
+    with running_sender(worker) as report:
+        for task_id in ("t1", "t2"):
+            report(task_id)
+            assert _wait(lambda n=len(posted) + 1: len(posted) == n)
+        assert _wait(lambda: worker.inbox.held() == []), "both batches are done with, the failed one included"
 
 
 def _wait(condition: Any, timeout: float = 10.0) -> bool:
