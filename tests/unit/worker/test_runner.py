@@ -74,7 +74,7 @@ def test_try_run_feeds_runs_only_when_it_need_not_wait(repository: ModelReposito
     got = runner.try_run_feeds("digits", feeds)
     assert got is not None and set(got) == set(expected)
     assert all(np.array_equal(got[k], expected[k]) for k in expected)
-    with runner._lock:  # another run holds the device
+    with runner._lock:  # a load (or, on a backend running one at a time, a run) holds the lock
         assert runner.try_run_feeds("digits", feeds) is None
     path = repository.model_path("digits")
     stat = path.stat()

@@ -32,6 +32,8 @@ the event loop itself. For a model that small, handing the batch to another
 thread and back costs more than the run: two thread wake-ups, each waiting
 for a core when the host is busy, and the GIL passed twice. Under
 concurrency that hand-off was the worker's bottleneck on the digits MLP.
+Such a model's batches also run one after another, awaited by the batching
+loop, not in tasks of their own side by side.
 
 Refusals: a full queue (``max_queue_size``) raises
 :class:`~legacygpu.worker.serving.errors.QueueFull` at once; a request
@@ -271,7 +273,10 @@ class ModelScheduler:
                     continue
                 batch = self._take(opener)
                 self._metrics.pending.labels(self.model).set(self.pending)
-                self._start(batch)
+                if self._last_run < self.inline_below:
+                    await self._run(batch)  # likely on the loop itself: a task of its own would cost more
+                else:
+                    self._start(batch)
 
     def _start(self, batch: list[_Request]) -> None:
         """Run ``batch`` in a task of its own; its end wakes the loop, which then has a free slot."""
