@@ -358,3 +358,38 @@ async def test_a_slow_model_or_a_busy_device_stays_on_the_device_thread() -> Non
     outputs = [(await scheduler.infer(_x(v), size=1))[0]["y"][0, 0] for v in (1, 2)]
     assert outputs == [2, 4] and [where for where, _ in busy.ran] == ["execute", "execute"]
     await scheduler.close()
+
+
+# Runs side by side: a backend that takes two runs at once (onnxruntime) -------------------------------------
+
+
+async def test_with_two_runs_the_next_batch_starts_while_one_runs_and_a_third_waits_for_a_free_one() -> None:
+    device = _Device()
+    card = ModelCard(name="digits", max_batch_size=8,
+                     dynamic_batching=DynamicBatchingSpec.model_validate({"max_queue_delay_microseconds": 0}))
+    scheduler = ModelScheduler("digits", card, device, ThreadPoolExecutor(2), ServingMetrics(), runs=2)
+    first = await _busy(scheduler, device)
+    device.started.clear()
+    second = asyncio.ensure_future(scheduler.infer(_x(1), size=1))
+    assert await asyncio.get_running_loop().run_in_executor(None, device.started.wait, 10)  # the device is busy
+    rest = [asyncio.ensure_future(scheduler.infer(_x(v), size=1)) for v in (2, 3)]
+    await asyncio.sleep(0.05)
+    assert scheduler.pending == 2  # both runs are taken: the third batch forms in the queue
+    device.go.set()
+    outputs = await asyncio.wait_for(asyncio.gather(first, second, *rest), 10)
+    assert [o["y"][0, 0] for o, _ in outputs] == [0, 2, 4, 6]
+    assert sorted(map(sorted, device.batches)) == [[0], [1], [2, 3]]
+    await scheduler.close()
+
+
+async def test_closing_fails_the_requests_of_running_batches_too() -> None:
+    device = _Device()
+    scheduler = _scheduler(device, max_queue_delay_microseconds=0)
+    first = await _busy(scheduler, device)
+    queued = asyncio.ensure_future(scheduler.infer(_x(1), size=1))
+    await asyncio.sleep(0.05)
+    await scheduler.close()
+    device.go.set()
+    for task in (first, queued):
+        with pytest.raises(QueueTimeout, match="shutting down"):
+            await asyncio.wait_for(task, 10)

@@ -40,6 +40,22 @@ def test_binary_and_json_inputs_decode_to_the_same_arrays() -> None:
     assert (request.priority, request.timeout_us) == (2, 500)
 
 
+def test_binary_tensors_are_views_of_the_body_not_copies() -> None:
+    x, y = np.arange(6, dtype=np.float32), np.array([b"ab", b"c"], dtype=object)
+    body, length = _binary_body(
+        {"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [2, 3], "parameters": {"binary_data_size": 24}},
+            {"name": "y", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": 11}},
+        ]},
+        x.tobytes(), raw_from_array(y),
+    )
+    request = decode_rest_request("m", "", body, length)
+    decoded_x, decoded_y = request.inputs
+    assert np.shares_memory(decoded_x.array, np.frombuffer(body, np.uint8))
+    np.testing.assert_array_equal(decoded_x.array, x.reshape(2, 3))
+    assert decoded_y.array.tolist() == [b"ab", b"c"] and all(type(item) is bytes for item in decoded_y.array)
+
+
 def test_bytes_elements_round_trip_with_length_prefixes() -> None:
     items = np.array([b"\x89PNG", b"", b"abc"], dtype=object)
     raw = raw_from_array(items)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import SAMPLES, image_tensor
 
 from legacygpu.core.errors import UnknownModelError, ValidationError
 from legacygpu.core.modelcards import ModelRepository
 from legacygpu.worker.backends import create_backend
+from legacygpu.worker.backends.onnxruntime import OnnxRuntimeBackend
 from legacygpu.worker.runner import TaskRunner, preload_from_env
 
 
@@ -50,8 +55,6 @@ def test_preload_from_env_loads_known_models_and_skips_broken_ones(
 def test_sessions_block_instead_of_spinning_and_run_sequentially(repository: ModelRepository) -> None:
     import onnxruntime
 
-    from legacygpu.worker.backends.onnxruntime import OnnxRuntimeBackend
-
     model = OnnxRuntimeBackend(threads=1).load(repository.model_path("digits"))
     options = model._session.get_session_options()  # type: ignore[attr-defined]
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
@@ -63,8 +66,6 @@ def test_sessions_block_instead_of_spinning_and_run_sequentially(repository: Mod
 
 
 def test_try_run_feeds_runs_only_when_it_need_not_wait(repository: ModelRepository) -> None:
-    import numpy as np
-
     runner = TaskRunner(repository, create_backend("onnxruntime"))
     feeds = {"input": np.zeros((1, 64), np.float32)}
     assert runner.try_run_feeds("digits", feeds) is None  # not loaded: loading is the device thread's job
@@ -73,9 +74,67 @@ def test_try_run_feeds_runs_only_when_it_need_not_wait(repository: ModelReposito
     got = runner.try_run_feeds("digits", feeds)
     assert got is not None and set(got) == set(expected)
     assert all(np.array_equal(got[k], expected[k]) for k in expected)
-    with runner._lock:  # another run holds the device
+    with runner._lock:  # a load (or, on a backend running one at a time, a run) holds the lock
         assert runner.try_run_feeds("digits", feeds) is None
     path = repository.model_path("digits")
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the file was replaced
     assert runner.try_run_feeds("digits", feeds) is None
+
+
+class _Gated:
+    """The real onnxruntime backend, whose runs wait at a gate the test opens, counting those inside."""
+
+    name = "gated"
+
+    def __init__(self, concurrent_runs: int) -> None:
+        self.real = OnnxRuntimeBackend(concurrent_runs=concurrent_runs)
+        self.concurrent_runs = self.real.concurrent_runs
+        self.gate = threading.Event()
+        self.inside = 0
+        self.most_inside = 0
+        self.entered = threading.Condition()
+
+    def load(self, path: Path) -> _Gated:
+        self.model = self.real.load(path)
+        return self
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.entered:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.entered.notify_all()
+        self.gate.wait(10)
+        try:
+            return self.model.run(feeds)
+        finally:
+            with self.entered:
+                self.inside -= 1
+
+
+@pytest.mark.parametrize("concurrent_runs", [1, 2])
+def test_runs_go_side_by_side_as_far_as_the_backend_takes_them(repository: ModelRepository,
+                                                               concurrent_runs: int) -> None:
+    backend = _Gated(concurrent_runs)
+    runner = TaskRunner(repository, backend)  # type: ignore[arg-type]
+    assert runner.concurrent_runs == concurrent_runs
+    runner.load("digits")
+    x = np.random.default_rng(0).uniform(0, 16, (2, 64)).astype(np.float32)
+    with ThreadPoolExecutor(3) as pool:
+        runs = [pool.submit(runner.run_feeds, "digits", {"input": x}) for _ in range(3)]
+        with backend.entered:
+            assert backend.entered.wait_for(lambda: backend.inside == concurrent_runs, 10)
+        time.sleep(0.1)  # the third run must still wait
+        assert backend.inside == concurrent_runs
+        assert runner.try_run_feeds("digits", {"input": x}) is None  # every run slot is taken
+        backend.gate.set()
+        results = [run.result(10)["probabilities"] for run in runs]
+    assert backend.most_inside == concurrent_runs
+    expected = backend.model.run({"input": x})["probabilities"]
+    assert all(np.array_equal(r, expected) for r in results)
+    assert runner.try_run_feeds("digits", {"input": x}) is not None  # free again
+
+
+def test_backends_say_how_many_runs_go_at_once() -> None:
+    assert OnnxRuntimeBackend().concurrent_runs == 2
+    assert OnnxRuntimeBackend(concurrent_runs=1).concurrent_runs == 1

@@ -2,17 +2,25 @@
 
 Shared by the local worker process and the Kubernetes worker loop. Loaded
 models are cached per name and file modification time, so a model replaced
-in the repository is reloaded on its next task. Both workers preload the
+in the repository is reloaded on its next task.
+
+How many runs go at once is the backend's ``concurrent_runs`` (1 when it does
+not say): the OpenCL device runs one at a time, loading included, while
+onnxruntime's sessions take concurrent calls, and two runs on a CPU keep its
+cores busier than one run's intra-op threads do (see
+:class:`~legacygpu.worker.backends.onnxruntime.OnnxRuntimeBackend`). Both workers preload the
 models named in ``LEGACYGPU_PRELOAD_MODELS`` (comma-separated; the operator
 sets it from the cluster's ``spec.models``) before taking their first task.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,10 @@ class TaskRunner:
         self.max_cached_models = max_cached_models
         self._cache: dict[str, tuple[float, LoadedModel]] = {}
         self._lock = threading.Lock()
+        """Held to load or drop a model, and for a whole run when runs go one at a time."""
+        self.concurrent_runs = max(1, int(getattr(backend, "concurrent_runs", 1)))
+        """Runs that may go at once (the backend's ``concurrent_runs``)."""
+        self._slots = threading.BoundedSemaphore(self.concurrent_runs)
         self.last_compute_ms: float | None = None
         self.model_errors: dict[str, str] = {}
         """Why a model meant to be served is not (a failed preload or fetch), by name; published by workers."""
@@ -109,15 +121,9 @@ class TaskRunner:
         """
         card = self.repository.get(model)
         feeds = preprocess(card, validate_inputs(card, inputs))
-        with self._lock:
-            loaded = self._model(model)
+        with self._running(model) as loaded:
             started = time.perf_counter()
-            try:
-                outputs = loaded.run(feeds)
-            except (ModelError, ValidationError):
-                raise
-            except Exception as exc:  # a backend must not take the worker down
-                raise ModelError(f"model {model!r} failed: {exc}") from exc
+            outputs = _run(model, loaded, feeds)
             self.last_compute_ms = (time.perf_counter() - started) * 1000
         result = postprocess(card, outputs)
         result["model"] = model
@@ -127,39 +133,63 @@ class TaskRunner:
         """Run ``model`` on feeds already in the model's form (no card processing): the real-time path.
 
         ``path`` is the model file when the caller has read the card already. Shares the loaded
-        models and the lock with :meth:`run`; raises as it does.
+        models, the lock and the run slots with :meth:`run`; raises as it does.
         """
-        with self._lock:
-            loaded = self._model(model, path)
-            try:
-                return loaded.run(feeds)
-            except (ModelError, ValidationError):
-                raise
-            except Exception as exc:  # a backend must not take the worker down
-                raise ModelError(f"model {model!r} failed: {exc}") from exc
+        with self._running(model, path) as loaded:
+            return _run(model, loaded, feeds)
 
     def try_run_feeds(self, model: str, feeds: dict[str, Any], path: Path | None = None) -> dict[str, Any] | None:
-        """:meth:`run_feeds` if it can start at once, else None: another run holds the device, or the
+        """:meth:`run_feeds` if it can start at once, else None: other runs hold the device (every run
+        slot, or the lock: a load, or the one run of a backend that runs one at a time), or the
         model is not loaded (or its file changed, so it must be loaded again). For callers that must
         not block (the serving event loop)."""
-        if not self._lock.acquire(blocking=False):
+        if not self._slots.acquire(blocking=False):
             return None
         try:
-            path = path or self.repository.model_path(model)
-            cached = self._cache.get(model)
-            try:
-                if cached is None or cached[0] != path.stat().st_mtime:
-                    return None
-            except OSError:
+            if not self._lock.acquire(blocking=False):
                 return None
             try:
-                return cached[1].run(feeds)
-            except (ModelError, ValidationError):
-                raise
-            except Exception as exc:  # a backend must not take the worker down
-                raise ModelError(f"model {model!r} failed: {exc}") from exc
+                loaded = self._current(model, path)
+                if loaded is not None and self.concurrent_runs == 1:
+                    return _run(model, loaded, feeds)  # one run at a time: under the lock, as in run_feeds
+            finally:
+                self._lock.release()
+            return None if loaded is None else _run(model, loaded, feeds)
         finally:
-            self._lock.release()
+            self._slots.release()
+
+    def _current(self, model: str, path: Path | None) -> LoadedModel | None:
+        """The loaded model if its file is still the one loaded, else None (it must be loaded again)."""
+        path = path or self.repository.model_path(model)
+        cached = self._cache.get(model)
+        try:
+            if cached is None or cached[0] != path.stat().st_mtime:
+                return None
+        except OSError:
+            return None
+        return cached[1]
+
+    @contextlib.contextmanager
+    def _running(self, model: str, path: Path | None = None) -> Iterator[LoadedModel]:
+        """The model, loaded if need be, held for one run: with the lock throughout when runs go one at a
+        time (nothing else touches the device meanwhile), else with one of the run slots."""
+        if self.concurrent_runs == 1:
+            with self._lock:
+                yield self._model(model, path)
+            return
+        with self._slots:
+            with self._lock:
+                loaded = self._model(model, path)
+            yield loaded
+
+
+def _run(model: str, loaded: LoadedModel, feeds: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return loaded.run(feeds)
+    except (ModelError, ValidationError):
+        raise
+    except Exception as exc:  # a backend must not take the worker down
+        raise ModelError(f"model {model!r} failed: {exc}") from exc
 
 
 def preload_from_env(runner: TaskRunner) -> list[str]:

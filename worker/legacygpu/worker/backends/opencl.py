@@ -30,6 +30,8 @@ class OpenCLBackend:
     """Loads ONNX models onto one OpenCL device."""
 
     name = "opencl"
+    concurrent_runs = 1
+    """The device's command queue, its plans and its buffers serve one run at a time."""
 
     def __init__(
         self,

@@ -15,7 +15,9 @@ Contract for implementers:
   It raises ``ModelError`` for failures inside the model and
   :class:`legacygpu.core.errors.ValidationError` for inputs of the wrong
   name, shape or dtype.
-* A loaded model may be called from one thread at a time.
+* A loaded model is called from at most ``concurrent_runs`` threads at a
+  time (the backend's attribute; 1 if it has none). The runner loads and
+  drops models while runs go on only when that is above 1.
 
 Example::
 
@@ -62,6 +64,8 @@ class InferenceBackend(Protocol):
     """Loads ONNX models for one device."""
 
     name: str
+    concurrent_runs: int
+    """How many runs may go at once, of any of its loaded models."""
 
     def info(self) -> BackendInfo: ...
 

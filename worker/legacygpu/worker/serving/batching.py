@@ -2,8 +2,10 @@
 
 Every real-time request for a model goes through that model's
 :class:`ModelScheduler`: a queue per priority level, and one coroutine that
-picks the next batch and runs it on the engine's executor (one thread: the
-device runs one batch at a time). With ``max_batch_size`` 0 or no
+picks the next batch and runs it on the engine's executor, as many batches at
+once as the backend runs (``runs``: one on the OpenCL device, two on
+onnxruntime, whose second run keeps the CPU's cores busy where one run's
+intra-op threads leave them waiting on each other). With ``max_batch_size`` 0 or no
 ``dynamic_batching`` in the card, each request runs alone, in priority then
 arrival order (the queue policy and priority levels of ``dynamic_batching``
 still apply when ``max_batch_size`` is 0).
@@ -12,8 +14,9 @@ With dynamic batching, the oldest request of the highest priority level
 opens a batch; requests whose inputs have the same shape apart from the
 first (batch) dimension join it until it holds ``max_batch_size`` items or
 a preferred size, or until the opener has waited
-``max_queue_delay_microseconds``. While a batch runs, new requests queue, so
-under load the next batch forms without waiting at all. The batch's inputs
+``max_queue_delay_microseconds``. While every run slot is busy, new requests
+queue, so under load the next batch forms without waiting at all and starts
+as soon as a run ends. The batch's inputs
 are concatenated along the first dimension and its outputs split back.
 
 With preferred sizes, a batch takes the largest of them that the queue
@@ -29,6 +32,8 @@ the event loop itself. For a model that small, handing the batch to another
 thread and back costs more than the run: two thread wake-ups, each waiting
 for a core when the host is busy, and the GIL passed twice. Under
 concurrency that hand-off was the worker's bottleneck on the digits MLP.
+Such a model's batches also run one after another, awaited by the batching
+loop, not in tasks of their own side by side.
 
 Refusals: a full queue (``max_queue_size``) raises
 :class:`~legacygpu.worker.serving.errors.QueueFull` at once; a request
@@ -97,8 +102,11 @@ class ModelScheduler:
     """The queue and batcher of one model; lives on the serving event loop."""
 
     def __init__(self, model: str, card: ModelCard, execute: Execute, executor: Executor,
-                 metrics: ServingMetrics, *, try_execute: TryExecute | None = None) -> None:
+                 metrics: ServingMetrics, *, try_execute: TryExecute | None = None, runs: int = 1) -> None:
         self.model = model
+        self.runs = max(1, runs)
+        """Batches that run at once (the executor needs as many threads)."""
+        self._running: dict[asyncio.Task[None], list[_Request]] = {}
         self.card = card
         self._execute = execute
         self._try_execute = try_execute
@@ -166,6 +174,11 @@ class ModelScheduler:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # a failure was told by _stopped
                 await self._worker
+        for task, batch in list(self._running.items()):
+            task.cancel()
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(QueueTimeout("the server is shutting down"))
         for queue in self._queues:
             while queue:
                 request = queue.popleft()
@@ -250,8 +263,8 @@ class ModelScheduler:
                 now = time.monotonic()
                 self._expire(now)
                 opener = self._first()
-                if opener is None:
-                    break
+                if opener is None or len(self._running) >= self.runs:
+                    break  # woken again by the next request or the end of a run
                 if self.batching is not None and not self._batch_ready(opener, now):
                     wait = opener.enqueued + self.batching.max_queue_delay_microseconds / 1e6 - now
                     with contextlib.suppress(TimeoutError):
@@ -260,7 +273,27 @@ class ModelScheduler:
                     continue
                 batch = self._take(opener)
                 self._metrics.pending.labels(self.model).set(self.pending)
-                await self._run(batch)
+                if self._last_run < self.inline_below:
+                    await self._run(batch)  # likely on the loop itself: a task of its own would cost more
+                else:
+                    self._start(batch)
+
+    def _start(self, batch: list[_Request]) -> None:
+        """Run ``batch`` in a task of its own; its end wakes the loop, which then has a free slot."""
+        task = asyncio.get_running_loop().create_task(self._run(batch), name=f"batch-{self.model}")
+        self._running[task] = batch
+        task.add_done_callback(self._ran)
+
+    def _ran(self, task: asyncio.Task[None]) -> None:
+        batch = self._running.pop(task, [])
+        self._wakeup.set()
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()  # a bug past the model's own failures, which _run tells its requests itself
+        error = ServingError(f"model {self.model!r}: the batch failed: {type(exc).__name__}: {exc}")
+        for request in batch:
+            if not request.future.done():
+                request.future.set_exception(error)
 
     async def _run(self, batch: list[_Request]) -> None:
         started = time.monotonic()

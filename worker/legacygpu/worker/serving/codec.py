@@ -109,7 +109,7 @@ def _shape(name: str, raw: Any) -> list[int]:
     return raw
 
 
-def _split_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
+def _split_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
     items: list[bytes] = []
     offset = 0
     while offset < len(raw):
@@ -119,7 +119,7 @@ def _split_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
         offset += 4
         if offset + length > len(raw):
             raise BadRequest(f"input {name!r}: a BYTES element runs past the end of the data")
-        items.append(raw[offset : offset + length])
+        items.append(bytes(raw[offset : offset + length]))
         offset += length
     if len(items) != count:
         raise BadRequest(f"input {name!r}: shape needs {count} BYTES elements but data has {len(items)}")
@@ -128,8 +128,11 @@ def _split_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
     return array
 
 
-def array_from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
-    """A tensor from its raw little-endian bytes; :class:`BadRequest` when the size is wrong."""
+def array_from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
+    """A tensor from its raw little-endian bytes; :class:`BadRequest` when the size is wrong.
+
+    A numeric tensor is a read-only view of ``raw``, not a copy.
+    """
     count = math.prod(shape)
     if datatype == "BYTES":
         return _split_bytes(name, raw, count).reshape(shape)
@@ -195,8 +198,14 @@ def _int_parameter(parameters: dict[str, Any], key: str) -> int | None:
 
 
 def decode_rest_request(model: str, version: str, body: bytes, header_length: int | None) -> InferRequest:
-    """Decode a REST inference body (JSON, or JSON + binary tensor data)."""
-    header, binary = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
+    """Decode a REST inference body (JSON, or JSON + binary tensor data).
+
+    Binary tensors are views of ``body``: slicing bytes copies them, twice per tensor, which for an
+    image batch costs the event loop more than the rest of the decoding.
+    """
+    view = memoryview(body)
+    header, binary = (body, view[:0]) if header_length is None else (bytes(view[:header_length]),
+                                                                     view[header_length:])
     if header_length is not None and not 0 <= header_length <= len(body):
         raise BadRequest(f"{HEADER_LENGTH} {header_length} is outside the body's {len(body)} bytes")
     try:

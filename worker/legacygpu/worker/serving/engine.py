@@ -3,10 +3,11 @@
 :class:`ServingEngine` answers what REST and gRPC both ask: is the server
 live and ready, is a model ready, what a model takes and gives, and
 inference. It shares the worker's :class:`~legacygpu.worker.runner.TaskRunner`
-(its model repository, its loaded models and their lock), so a model loaded
-for tasks serves real-time requests too and the device runs one thing at a
-time. In local mode the runner exists only once the worker has registered
-(the facade names the repository), so the engine takes a function returning
+(its model repository, its loaded models, their lock and run slots), so a
+model loaded for tasks serves real-time requests too and the device runs no
+more at once than its backend takes (``concurrent_runs``). In local mode the
+runner exists only once the worker has registered (the facade names the
+repository), so the engine takes a function returning
 the runner, or None while there is none: the server is then live but not
 ready. ``readiness`` may add a condition to server readiness alone (in a
 pod: the task watch is open), without refusing inference meanwhile.
@@ -58,6 +59,8 @@ __all__ = ["EXTENSIONS", "MODEL_VERSION", "ServingEngine"]
 MODEL_VERSION = "1"
 """The version of a model added without versions."""
 EXTENSIONS = ["binary_tensor_data"]
+_DEVICE_THREADS = 8
+"""Threads that run models, loads and unloads (made as needed); the runner bounds how many run at once."""
 
 
 def _mtime(path: str) -> int:
@@ -94,7 +97,7 @@ class ServingEngine:
         """Requests between the start and the end of :meth:`infer` (decoding, queued, running)."""
         self.last_request = -1e9
         """``time.monotonic()`` when :meth:`infer` last started (a draining server waits for quiet)."""
-        self._device = ThreadPoolExecutor(1, thread_name_prefix="serving-device")
+        self._device = ThreadPoolExecutor(_DEVICE_THREADS, thread_name_prefix="serving-device")
         self._decode = ThreadPoolExecutor(2, thread_name_prefix="serving-decode")
 
     # server and model state ------------------------------------------------------------------
@@ -299,7 +302,8 @@ class ServingEngine:
             files: dict[str, Path] = {}
 
             scheduler = self._schedulers[model] = ModelScheduler(model, card, execute, self._device, self.metrics,
-                                                                 try_execute=try_execute)
+                                                                 try_execute=try_execute,
+                                                                 runs=runner.concurrent_runs)
         elif scheduler.card is not card:
             scheduler.configure(card)
         return scheduler
