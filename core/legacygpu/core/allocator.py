@@ -1,4 +1,4 @@
-"""The C allocator of processes that pass large request bodies: freed memory kept for the next request.
+"""The C allocator of the facade and the workers: memory freed by one large request kept for the next.
 
 A ``/v2`` request with a 600 KB tensor (SqueezeNet's 1x3x224x224 float32)
 makes the facade allocate and free about 2 MB per request: uvloop reads the
@@ -10,7 +10,8 @@ heap, which ``free`` gives back to the kernel as soon as more than twice the
 largest block seen is free there. Either way the next request touches fresh
 pages: under ``legacygpu bench serve`` at one client the facade took about
 150 page faults per request, roughly half of what it added to a direct call
-to the worker.
+to the worker. A worker's serving thread does the same with every body it
+reads (its own arena's heap is trimmed alike): about 135 faults a request.
 
 :func:`keep_freed_memory` sets both thresholds once, at process start: blocks
 up to :data:`MMAP_THRESHOLD` (twice the default largest request body) come
