@@ -9,7 +9,7 @@ glibc's default settings those blocks are either ``mmap``-ed one by one (over
 heap, which ``free`` gives back to the kernel as soon as more than twice the
 largest block seen is free there. Either way the next request touches fresh
 pages: under ``legacygpu bench serve`` at one client the facade took about
-150 page faults per request, roughly half of what it added to a direct call
+150 page faults per request, a large part of what it added to a direct call
 to the worker. A worker's serving thread does the same with every body it
 reads (its own arena's heap is trimmed alike): about 135 faults a request.
 
