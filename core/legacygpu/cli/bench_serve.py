@@ -237,6 +237,7 @@ async def _paired_load(facade: tuple[str, dict[str, str]], worker: tuple[str, di
         for _ in range(10):  # warm: load the model, open both connections
             for side in sides:
                 await post(*side)
+        errors.update(facade=0, worker=0)
         deadline = time.perf_counter() + 2 * seconds
         while time.perf_counter() < deadline:
             pair = {side[0]: await post(*side) for side in sides}
