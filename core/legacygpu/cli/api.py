@@ -33,7 +33,10 @@ def serve(host: str, port: int, grpc_port: int | None, data_dir: Path | None, cl
 
     from legacygpu.api import create_app
     from legacygpu.api.logredact import uvicorn_log_config
+    from legacygpu.core.allocator import keep_freed_memory
     from legacygpu.core.config import Settings, secure_data_dir
+
+    keep_freed_memory()  # large /v2 bodies reuse the heap rather than fault in fresh pages per request
 
     overrides: dict[str, object] = {}
     if data_dir is not None:

@@ -177,6 +177,8 @@ def render_serve(record: dict[str, Any], make: str) -> str:
             measured += f"; at most {t['ceiling']:.3g}x here ({t['ceiling_from']})"
         if t.get("within_noise"):
             measured += f", within noise (IQR {_ms(t['noise_ms'])} ms)"
+        if "ci95_ms" in t:
+            measured += f" (95% interval {t['ci95_ms'][0]:.3g} to {t['ci95_ms'][1]:.3g} ms, requests alternating)"
         lines.append(f"| {_TARGET_TEXT.get(t['name'], t['name'])} | {t['model']} | {t['concurrency']} | {t['ours']} "
                      f"| {t['reference']} | {measured} | {t['threshold']} | {'**yes**' if t['met'] else 'no'} |")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import click
 
 from legacygpu.cli.client import admin_api_options, join_api_options, make_client, role_token
 from legacygpu.cli.output import Column, emit, output_option
+from legacygpu.core.allocator import keep_freed_memory
 from legacygpu.core.config import Settings
 
 __all__ = ["command"]
@@ -57,6 +58,7 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
                                "serving port")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    keep_freed_memory()  # the serving thread's /v2 bodies reuse the heap rather than fault in fresh pages
     serving = None if no_serving else {
         # In a pod: the pod's own address when known (pods may share a host, as in the e2e stand-in).
         "host": serving_host or ((os.environ.get("POD_IP") or "0.0.0.0") if kubernetes else "127.0.0.1"),

@@ -6,6 +6,7 @@ itself is a script, run by ``make bench-serve``.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -173,3 +174,97 @@ def test_a_ceiling_calls_the_model_with_the_batch_given() -> None:
     point = _batched_load(lambda xs: seen.append(xs.shape), np.zeros((1, 3), np.float32), 8, 0.05)
     assert set(seen) == {(8, 3)} and point["batch"] == 8
     assert point["throughput_rps"] == pytest.approx(8 * point["requests"] / point["wall_seconds"])
+
+
+def _paired(results: dict[str, Any], model: str, p50: float, low: float, high: float) -> None:
+    results[model]["facade/paired"] = [{**_pt(1, 500, 1.0), "minus_worker_p50_ms": p50,
+                                        "minus_worker_ci95_ms": [low, high]}]
+    results[model]["worker/paired"] = [_pt(1, 500, 1.0 - p50)]
+
+
+@pytest.mark.parametrize(("p50", "low", "high", "met"), [
+    (0.3, 0.25, 0.36, True),
+    (0.3, -0.4, 0.45, True),     # the interval holds 0: the overhead may be none, and is at most 0.45 ms
+    (0.45, 0.3, 0.6, False),     # the p50 under the bar, but the run cannot rule out 0.6 ms
+])  # fmt: skip
+def test_paired_points_decide_the_overhead_by_the_upper_end_of_its_interval(p50: float, low: float, high: float,
+                                                                           met: bool) -> None:
+    results = _results()
+    results["squeezenet"]["worker/batching-off"][0] = _pt(1, 41, 22.9, 0.5)  # separate points: within noise
+    _paired(results, "squeezenet", p50, low, high)
+    overhead = _by_key(targets(results))["facade_overhead_p50_ms", "squeezenet"]
+    assert (overhead["ours"], overhead["reference"]) == ("facade/paired", "worker/paired")
+    assert overhead["value"] == p50 and overhead["ci95_ms"] == [low, high] and overhead["met"] is met
+    assert _by_key(targets(results))["facade_overhead_p50_ms", "digits"]["ours"] == "facade/batching-off"
+
+
+def test_the_docs_show_the_paired_interval() -> None:
+    results = _results()
+    _paired(results, "squeezenet", 0.3, 0.25, 0.36)
+    record = {"command": "legacygpu bench serve", "started": "2026-12-07T03:00:00+00:00", "seconds": 600,
+              "seconds_per_point": 3.0, "ray_version": None,
+              "host": {"cpu_count": 2, "load_before": [1, 1, 1], "load_after": [2, 1, 1]}, "results": results}
+    text = bench_docs.render_serve(record, "bench-serve")
+    row = next(line for line in text.splitlines() if line.startswith("| facade p50 minus worker p50")
+               and "| squeezenet |" in line)  # fmt: skip
+    assert "| 0.3 ms (95% interval 0.25 to 0.36 ms, requests alternating) |" in row and row.endswith("**yes** |")
+    assert "| squeezenet | facade | paired | 1 |" in text and "| squeezenet | worker | paired | 1 |" in text
+
+
+def test_the_paired_difference_keeps_the_pairs() -> None:
+    from legacygpu.cli.bench_serve import paired_difference
+
+    worker = np.random.default_rng(1).uniform(0.002, 0.006, 400)  # a wide spread, as SqueezeNet's
+    p50, low, high = paired_difference(list(worker + 0.0003), list(worker))
+    assert p50 == pytest.approx(0.3) and low <= 0.3 <= high and high - low < 1.0
+    assert np.isnan(paired_difference([], [])[0])
+
+
+async def test_the_paired_load_alternates_one_client_between_the_two() -> None:
+    """Against two real aiohttp servers on loopback: every pair has one request to each, and who goes first
+    changes from one pair to the next; a refused request drops its pair."""
+    from aiohttp import web
+
+    from legacygpu.cli.bench_serve import _paired_load
+
+    seen: list[tuple[str, bytes, str]] = []
+    refuse = {"worker": 0}
+
+    def handler(side: str) -> Any:
+        async def answer(request: web.Request) -> web.Response:
+            seen.append((side, await request.read(), request.headers.get("X-Side", "")))
+            if side == "worker" and refuse["worker"] > 0:
+                refuse["worker"] -= 1
+                return web.Response(status=503)
+            return web.Response(body=b"answer")
+        return answer
+
+    runners, urls = [], {}
+    for side in ("facade", "worker"):
+        app = web.Application()
+        app.add_routes([web.post("/infer", handler(side))])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        urls[side] = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/infer"  # type: ignore[union-attr]
+    try:
+        refuse["worker"] = 0
+        facade, worker = await _paired_load((urls["facade"], {"X-Side": "f"}), (urls["worker"], {"X-Side": "w"}),
+                                            b"tensor", 0.1)
+        assert facade["requests"] == worker["requests"] > 0 and facade["errors"] == worker["errors"] == 0
+        assert {(side, body, header) for side, body, header in seen} == {("facade", b"tensor", "f"),
+                                                                          ("worker", b"tensor", "w")}
+        timed = [side for side, _, _ in seen[20:]]  # after the warm-up's ten rounds
+        firsts = timed[0::2]
+        assert all(a != b for a, b in zip(timed[0::2], timed[1::2], strict=False))  # one of each per pair
+        assert all(a != b for a, b in itertools.pairwise(firsts))  # the first alternates
+        assert len(facade["minus_worker_ci95_ms"]) == 2
+        seen.clear()
+        refuse["worker"] = 1_000_000
+        facade, worker = await _paired_load((urls["facade"], {}), (urls["worker"], {}), b"tensor", 0.05)
+        assert facade["requests"] == worker["requests"] == 0 and worker["errors"] > 0
+    finally:
+        for runner in runners:
+            await runner.cleanup()
