@@ -175,6 +175,8 @@ def render_serve(record: dict[str, Any], make: str) -> str:
             measured += f" (p50 {_ms(t['p50_ms'][0])} vs {_ms(t['p50_ms'][1])} ms)"
         if "ceiling" in t:
             measured += f"; at most {t['ceiling']:.3g}x here ({t['ceiling_from']})"
+        if "in_process_gain" in t:
+            measured += f"; in process a batch runs {t['in_process_gain']:.3g}x faster per image than one alone"
         if t.get("within_noise"):
             measured += f", within noise (IQR {_ms(t['noise_ms'])} ms)"
         if "ci95_ms" in t:

@@ -488,8 +488,13 @@ def targets(results: dict[str, Any], *, vs_ray_model: str = "digits", concurrenc
       interquartile range of the two points: then the run cannot tell, and a negative overhead is only noise);
     * batching: on every other model (the CNN) at ``concurrency``, facade throughput with batching on over
       off: at least 3x, for each facade measured (:data:`CEILINGS`: its onnxruntime worker and its OpenCL one).
-      Beside it, ``ceiling``: the backend's best in-process throughput over the batch sizes tried (one caller,
-      no server) over the facade's batching-off throughput, the most any batcher could give on this machine.
+      Beside it, from the in-process points (one caller, no server): ``ceiling``, the backend's best
+      throughput over the batch sizes tried, over the facade's batching-off throughput (no batcher can serve
+      faster than the backend runs alone); and ``in_process_gain``, that best over the backend's own
+      throughput at one image per call: how much faster an image runs in a batch than alone, what batching
+      saves inside the model. A served request saves that, plus a share of the per-call costs around the
+      model (hand-off to its thread, session call); its HTTP and decoding it still pays alone. Where
+      ``in_process_gain`` is near 1 the model itself gives batching little to win on this machine.
     """
     out: list[dict[str, Any]] = []
     ours, ray = _best(results, vs_ray_model, "facade", concurrency), _best(results, vs_ray_model, "ray", concurrency)
@@ -529,6 +534,9 @@ def targets(results: dict[str, Any], *, vs_ray_model: str = "digits", concurrenc
                 if best is not None:
                     row["ceiling"] = best["throughput_rps"] / off["throughput_rps"]
                     row["ceiling_from"] = f"{ceiling_target}, {best['batch']} per call"
+                    single = next((p for p in results[model][ceiling_target] if p["batch"] == 1), None)
+                    if single is not None:
+                        row["in_process_gain"] = best["throughput_rps"] / single["throughput_rps"]
                 out.append(row)
     return out
 
@@ -620,6 +628,8 @@ def command(models: str, concurrency: str, opencl_concurrency: str, ceiling_batc
     click.echo(_table(results))
     for t in found:
         ceiling = f"; at most {t['ceiling']:.3g}x here ({t['ceiling_from']})" if "ceiling" in t else ""
+        if "in_process_gain" in t:
+            ceiling += f"; a batch runs {t['in_process_gain']:.3g}x faster per image than one image alone"
         if "ci95_ms" in t:
             ceiling = f"; 95% interval {t['ci95_ms'][0]:.3g} to {t['ci95_ms'][1]:.3g} ms"
         click.echo(f"target {t['name']} ({t['model']}, {t['ours']}, c={t['concurrency']}): {t['value']:.3g} "
