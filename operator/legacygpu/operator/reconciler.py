@@ -122,8 +122,8 @@ async def write_task(
         created = parse_time(task.created)
         if created is not None:
             rt.metrics.assignment.observe(max(0.0, (now_utc() - created).total_seconds()))
-    if event is not None and rt.config.task_events:
-        events.post(task.ref(), *event)
+    if event is not None and rt.config.task_events and not events.post(task.ref(), *event):
+        rt.spawn(events.create(rt.api, task.ref(), *event))  # outside kopf: the orphan check
     return True
 
 
