@@ -1,8 +1,8 @@
 """One reconcile pass of an InferenceCluster: workers, tasks, status, in that order.
 
-A pass is level-triggered and idempotent: it reads a snapshot (the kopf
-indexes of the cluster's pods and tasks, plus the runtime's read-your-writes
-overlays), decides with the pure functions of :mod:`clusterstate` and
+A pass is level-triggered and idempotent: it reads a snapshot (kopf's index
+of the cluster's pods, the operator's own index of its tasks, plus the
+runtime's read-your-writes overlays), decides with the pure functions of :mod:`clusterstate` and
 :mod:`taskstate`, and writes only differences:
 
 1. **workers**: ensure the headless Service; create, replace or delete
