@@ -133,16 +133,22 @@ async def test_only_the_lease_holder_acts_and_a_standby_takes_over(dep: Deployme
     standby = await dep.start_operator(replace(FAST, leader_election=True, identity="replica-b"), wait_ready=False)
     await dep.create(cluster_manifest("c", replicas=1))
     await eventually(lambda: _ready(dep, "c", 1), what="cluster reconciled by the leader")
+    await dep.create(task_manifest("before-failover", "c", [FLAT]))
+    await eventually(lambda: _when(dep, "before-failover", "Succeeded"), what="task before failover")
     lease = await dep.api.get("coordination.k8s.io", "v1", "leases", NS, "legacygpu-operator")
     assert lease["spec"]["holderIdentity"] == "replica-a"
     assert not standby.ready.is_set() and standby.runtime is not None and not standby.runtime.wakers
     assert leader.runtime is not None and leader.runtime.metrics.leader._value.get() == 1
+    # Only the leader watches tasks (the operator's own watch runs with kopf, after the Lease).
+    assert leader.runtime.tasks.synced.is_set() and len(leader.runtime.tasks) == 1
+    assert not standby.runtime.tasks.synced.is_set() and len(standby.runtime.tasks) == 0
 
     await leader.close()
     await standby.wait_ready()
     await dep.create(task_manifest("after-failover", "c", [FLAT]))
     done = await eventually(lambda: _when(dep, "after-failover", "Succeeded", "Failed"), what="task after failover")
     assert phase(done) == "Succeeded"
+    assert len(standby.runtime.tasks) == 2  # the new leader listed the task from before the failover
     lease = await dep.api.get("coordination.k8s.io", "v1", "leases", NS, "legacygpu-operator")
     assert lease["spec"]["holderIdentity"] == "replica-b" and lease["spec"]["leaseTransitions"] == 1
     assert len(await dep.pods("c")) == 1

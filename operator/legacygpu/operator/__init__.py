@@ -1,10 +1,11 @@
-"""The Kubernetes operator: kopf reconcilers for InferenceCluster and InferenceTask.
+"""The Kubernetes operator: reconcilers for InferenceCluster and InferenceTask (kopf for clusters and pods).
 
 Layout (one topic per module):
 
 * ``schema``, ``schema_cluster``, ``schema_task``, ``crdgen`` — the one CRD source and its YAML
 * ``clusterstate``, ``taskstate``, ``conditions``, ``pods`` — pure decisions and child manifests
-* ``reconciler``, ``cluster_handlers``, ``task_handlers`` — the kopf side
+* ``reconciler``, ``cluster_handlers``, ``task_handlers`` — the handlers (kopf's for clusters and pods)
+* ``taskwatch`` — the operator's own list and watch of tasks, and the task index the passes read
 * ``runtime``, ``leader``, ``metrics``, ``events``, ``app``, ``config``, ``rbac``, ``errors`` — running it
 
 What the worker and the facade share with the operator (API coordinates, labels, status

@@ -4,7 +4,8 @@
 tests start in-process: it builds a fresh kopf registry (no module-level
 handlers, so several operators can live in one process one after another),
 waits for the Lease when leader election is on, serves ``/metrics``, and
-runs kopf until ``stop`` is set or the Lease is lost. Losing the Lease
+runs kopf (clusters and pods) and the operator's own task watch
+(:mod:`legacygpu.operator.taskwatch`) until ``stop`` is set or the Lease is lost. Losing the Lease
 raises :class:`~legacygpu.operator.errors.LeadershipLostError` (after the same cleanup as a stop), so
 ``legacygpu operator run`` exits non-zero and Kubernetes restarts the
 container, which then waits as a standby; a stop returns normally (exit 0).
@@ -18,19 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 import kopf
 import kubernetes
 
 from legacygpu.core.kube.client import KubeApi
-from legacygpu.core.kube.contract import TASK_KIND
-from legacygpu.operator import cluster_handlers, task_handlers
+from legacygpu.operator import cluster_handlers, events, task_handlers
 from legacygpu.operator.config import OperatorConfig
 from legacygpu.operator.errors import LeadershipLostError
 from legacygpu.operator.leader import LeaseElector
 from legacygpu.operator.runtime import OperatorRuntime
+from legacygpu.operator.taskwatch import TaskWatch
 
 __all__ = [
     "FINALIZER", "build_registry", "build_settings", "connection_info", "quiet_event_handler_logs", "run_operator",
@@ -67,17 +67,17 @@ def connection_info(configuration: kubernetes.client.Configuration) -> kopf.Conn
     )
 
 
-_EVENT_HANDLERS = ("task_event", "pod_event", "cluster_event")
+_EVENT_HANDLERS = ("pod_event", "cluster_event")
 
 
 class _EventHandlerSuccesses(logging.Filter):
-    """Drops kopf's ``Handler 'task_event' succeeded.`` (and the pod and cluster event handlers' alike).
+    """Drops kopf's ``Handler 'pod_event' succeeded.`` (and the cluster event handler's alike).
 
     kopf logs every handler's success at INFO on ``kopf.objects``; the operator's
-    default level is INFO, so each task logged a line for each of its four watch
-    events (hundreds of lines a second under load, each formatted and written,
-    saying nothing: these handlers only poke a cluster's loop). Their failures,
-    and every other kopf message, still pass.
+    default level is INFO, so each watch event logged a line (dozens a second
+    while workers report their load, each formatted and written, saying
+    nothing: these handlers only poke a cluster's loop). Their failures, and
+    every other kopf message, still pass.
     """
 
     DROPPED = frozenset(f"Handler {handler!r} succeeded." for handler in _EVENT_HANDLERS)
@@ -100,35 +100,19 @@ def build_registry(configuration: kubernetes.client.Configuration) -> kopf.Opera
         return connection_info(configuration)
 
     kopf.on.login(id="login", registry=registry)(login)
-    cluster_handlers.register(registry)
-    task_handlers.register(registry)
+    cluster_handlers.register(registry)  # tasks are not kopf's: see legacygpu.operator.taskwatch
     return registry
-
-
-class _ClusterDiffBase(kopf.AnnotationsDiffBaseStorage):
-    """kopf's diff base, built only for clusters: tasks have no handler that reads a diff.
-
-    kopf builds the essence (a deep copy of the whole body) for every watch event of every
-    resource it serves, before it looks for change handlers. Tasks have none (an index and an
-    ``on.event`` handler), yet copying each task's inputs on each of its four events was about a
-    seventh of the operator's CPU in the e2e benchmark (py-spy).
-    """
-
-    def build(
-        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
-    ) -> kopf.BodyEssence:
-        if body.get("kind") == TASK_KIND:
-            return kopf.BodyEssence()
-        return super().build(body=body, extra_fields=extra_fields)
 
 
 def build_settings() -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="legacygpu.io")
-    settings.persistence.diffbase_storage = _ClusterDiffBase(prefix="legacygpu.io", key="last-handled-configuration")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="legacygpu.io", key="last-handled-configuration"
+    )
     settings.posting.level = logging.WARNING  # explicit events only, not every log line
-    settings.posting.reporting_component = "legacygpu-operator"
+    settings.posting.reporting_component = events.COMPONENT
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
@@ -167,6 +151,7 @@ async def run_operator(
         port = rt.metrics.serve(config.metrics_port, config.metrics_host)
         log.info("serving /metrics on %s:%d", config.metrics_host, port)
     elector: LeaseElector | None = None
+    watch: TaskWatch | None = None
     keeper: asyncio.Task[None] | None = None
     lost = asyncio.Event()
     kopf_stop = asyncio.Event()
@@ -185,6 +170,7 @@ async def run_operator(
             keeper = asyncio.ensure_future(elector.keep(lost))
             log.info("leading as %s", config.identity)
         rt.metrics.leader.set(1)
+        watch = task_handlers.start_task_watch(rt)
         await kopf.operator(
             registry=build_registry(configuration),
             settings=build_settings(),
@@ -197,6 +183,8 @@ async def run_operator(
         )
     finally:
         rt.metrics.leader.set(0)
+        if watch is not None:
+            watch.stop()
         flags.cancel()
         if keeper is not None:
             keeper.cancel()

@@ -15,8 +15,13 @@ the object goes (the pods' owner references would also let the garbage
 collector remove them). kopf removes the finalizer afterwards.
 
 Indexes (kopf keeps them from its watches; handlers receive them by id):
-``legacygpu_clusters`` (namespace, name) → True; ``legacygpu_pods``
-(namespace, cluster) → :class:`PodView`. The indexing functions are
+``legacygpu_clusters`` (namespace, name) → True (also noted in the runtime's
+``clusters``, which the task watch reads); ``legacygpu_pods``
+(namespace, cluster) → :class:`PodView`. Tasks are indexed by the
+operator's own watch (:mod:`legacygpu.operator.taskwatch`), not by kopf:
+kopf holds handlers back until its own indexes are filled, but not that one,
+so the loop and the finalizer wait for ``rt.tasks.synced`` before they read
+it. The indexing functions are
 coroutines although they never await: kopf runs a plain function in its
 thread pool executor (a hand-off to a thread, and back, for every watch
 event), a coroutine inline on the event loop.
@@ -51,7 +56,8 @@ __all__ = [
 _BACKOFF_START, _BACKOFF_CAP = 1.0, 30.0
 
 
-async def index_clusters(namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
+async def index_clusters(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], bool]:
+    memo.runtime.clusters.add((namespace, name))
     return {(namespace, name): True}
 
 
@@ -61,18 +67,17 @@ async def index_pods(
     return {(namespace, labels[LABEL_CLUSTER]): pod_view(body)}
 
 
-async def on_cluster_event(
-    type: str | None, namespace: str, name: str, memo: kopf.Memo,
-    legacygpu_tasks: kopf.Index[tuple[str, str], Any], **_: Any,
-) -> None:
+async def on_cluster_event(type: str | None, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     rt: OperatorRuntime = memo.runtime
     if type != "DELETED":
         rt.poke((namespace, name))
         return
     # Normally the finalizer (on_cluster_delete) has settled the tasks by now. A cluster whose
     # finalizer was removed by hand vanishes without it: its tasks get the orphan check, which
-    # fails the unfinished ones ClusterNotFound (finished ones only cost a lookup).
-    for task in rt.tasks_seen(list(legacygpu_tasks.get((namespace, name), ()))):
+    # fails the unfinished ones ClusterNotFound (finished ones only cost a lookup). Tasks not
+    # listed yet are checked when their listing arrives (the cluster is no longer known then).
+    rt.clusters.discard((namespace, name))
+    for task in rt.tasks_seen(rt.tasks.get((namespace, name))):
         settle_orphan(rt, task)
 
 
@@ -87,23 +92,30 @@ async def cluster_loop(
     stopped: kopf.DaemonStopped,
     memo: kopf.Memo,
     logger: kopf.Logger,
-    legacygpu_tasks: kopf.Index[tuple[str, str], Any],
     legacygpu_pods: kopf.Index[tuple[str, str], PodView],
     **_: Any,
 ) -> None:
-    """Reconcile the cluster until kopf stops the daemon (deletion or operator exit)."""
+    """Reconcile the cluster until kopf stops the daemon (deletion or operator exit).
+
+    A poke while a pass runs is never lost: the wake-up is cleared *before*
+    each pass, so one set during it ends the wait after it at once.
+    """
     rt: OperatorRuntime = memo.runtime
     key = (namespace, name)
+    rt.clusters.add(key)
     waker = rt.waker(key)
     stop = asyncio.ensure_future(stopped.wait())
     backoff = _BACKOFF_START
     logger.info("reconcile loop started")
     try:
+        synced = asyncio.ensure_future(rt.tasks.synced.wait())
+        await asyncio.wait({synced, stop}, return_when=asyncio.FIRST_COMPLETED)
+        synced.cancel()
         while not stopped:
             waker.clear()
             try:
                 delay = await reconcile_cluster(
-                    rt, body, tasks=legacygpu_tasks.get(key, ()), pods=legacygpu_pods.get(key, ()), logger=logger
+                    rt, body, tasks=rt.tasks.get(key), pods=legacygpu_pods.get(key, ()), logger=logger
                 )
                 backoff = _BACKOFF_START
             except Exception as exc:
@@ -128,17 +140,18 @@ async def on_cluster_delete(
     name: str,
     memo: kopf.Memo,
     logger: kopf.Logger,
-    legacygpu_tasks: kopf.Index[tuple[str, str], Any],
     legacygpu_pods: kopf.Index[tuple[str, str], PodView],
     **_: Any,
 ) -> None:
     """Fail the cluster's unfinished tasks and remove its pods before the finalizer goes."""
     rt: OperatorRuntime = memo.runtime
+    if not rt.tasks.synced.is_set():
+        raise kopf.TemporaryError("the tasks are not listed yet", delay=1)
     key = (namespace, name)
     now = now_utc()
     left = 0
     # Copies: the indexes change under us while we await the API (pod and task events keep arriving).
-    for task in rt.tasks_seen(list(legacygpu_tasks.get(key, ()))):
+    for task in rt.tasks_seen(rt.tasks.get(key)):
         if task.terminal:
             continue
         status = terminal_status(

@@ -299,8 +299,9 @@ def build_worker_pod(
 
 def _hash(pod: Mapping[str, Any]) -> str:
     """A short stable hash of a worker pod without the fields that carry its own name."""
-    unnamed = copy.deepcopy(dict(pod))
-    unnamed["metadata"]["name"] = unnamed["spec"]["hostname"] = ""
+    # Copies of the two levels that change, not of the whole pod: every reconcile pass hashes
+    # the template (twice), and a deep copy was most of that.
+    unnamed = {**pod, "metadata": {**pod["metadata"], "name": ""}, "spec": {**pod["spec"], "hostname": ""}}
     text = json.dumps(unnamed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

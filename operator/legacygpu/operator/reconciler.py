@@ -1,8 +1,8 @@
 """One reconcile pass of an InferenceCluster: workers, tasks, status, in that order.
 
-A pass is level-triggered and idempotent: it reads a snapshot (the kopf
-indexes of the cluster's pods and tasks, plus the runtime's read-your-writes
-overlays), decides with the pure functions of :mod:`clusterstate` and
+A pass is level-triggered and idempotent: it reads a snapshot (kopf's index
+of the cluster's pods, the operator's own index of its tasks, plus the
+runtime's read-your-writes overlays), decides with the pure functions of :mod:`clusterstate` and
 :mod:`taskstate`, and writes only differences:
 
 1. **workers**: ensure the headless Service; create, replace or delete
@@ -122,8 +122,8 @@ async def write_task(
         created = parse_time(task.created)
         if created is not None:
             rt.metrics.assignment.observe(max(0.0, (now_utc() - created).total_seconds()))
-    if event is not None and rt.config.task_events:
-        events.post(task.ref(), *event)
+    if event is not None and rt.config.task_events and not events.post(task.ref(), *event):
+        rt.spawn(events.create(rt.api, task.ref(), *event))  # outside kopf: the orphan check
     return True
 
 

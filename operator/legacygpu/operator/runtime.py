@@ -3,6 +3,8 @@
 All state lives in the objects; what is kept here only makes the operator
 fast and is rebuilt from nothing on restart:
 
+* the index of tasks by cluster (:class:`~legacygpu.operator.taskwatch.TaskIndex`,
+  kept by the operator's own task watch) and the clusters known to exist;
 * a wake-up event per cluster, set by task and pod events, so a cluster's
   reconcile loop runs as soon as something changes instead of polling;
 * read-your-writes overlays: after a status write the watch may lag by a
@@ -34,6 +36,7 @@ from legacygpu.operator.clusterstate import PodView
 from legacygpu.operator.config import OperatorConfig
 from legacygpu.operator.metrics import OperatorMetrics
 from legacygpu.operator.taskstate import TaskView
+from legacygpu.operator.taskwatch import TaskIndex, scopes_of
 
 __all__ = ["ClusterKey", "OperatorRuntime"]
 
@@ -67,9 +70,16 @@ class OperatorRuntime:
     split or ends, or, once per pass, when the batch is no longer an open batch of its cluster."""
     access: AccessChecker = field(init=False)
     """Cached answers: may a cluster's worker ServiceAccount do a worker's job?"""
+    tasks: TaskIndex = field(init=False)
+    """Every served task's view by cluster (legacygpu.operator.taskwatch)."""
+    clusters: set[ClusterKey] = field(default_factory=set)
+    """Clusters known to exist: from kopf's index of clusters and the task watch's listings. A task whose
+    cluster is not here is checked as an orphan (which asks the API, so a cluster missing here costs a
+    lookup, never a wrongly failed task)."""
 
     def __post_init__(self) -> None:
         self.access = AccessChecker(self.api)
+        self.tasks = TaskIndex(scopes_of(self.config.namespaces))
 
     @property
     def policy(self) -> RetryPolicy:

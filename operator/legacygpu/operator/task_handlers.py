@@ -1,10 +1,13 @@
-"""kopf handlers for InferenceTask.
+"""What the operator does when a task changes: poke its cluster's loop, or settle an orphan.
 
-Tasks are handled level-triggered through their cluster's reconcile loop:
-the event handler only indexes the task (``legacygpu_tasks``, keyed by
-(namespace, clusterRef)) and pokes that loop. No kopf state is written to
-tasks (an ``on.event`` handler keeps no progress annotations and adds no
-finalizer): tasks need no finalizer, and every extra write would race with
+Tasks are handled level-triggered through their cluster's reconcile loop.
+The operator's own watch (:mod:`legacygpu.operator.taskwatch`, not kopf)
+delivers every task event and every LIST here, on the event loop:
+:func:`on_task_event` keeps the task index (``rt.tasks``, keyed by
+(namespace, clusterRef)) and pokes the loop of the task's cluster;
+:func:`on_task_listing` replaces a scope's part of the index with a fresh
+LIST and pokes every cluster whose tasks it touched. Nothing is written to
+tasks here: tasks need no finalizer, and every extra write would race with
 the workers' resourceVersion-guarded status writes.
 
 A task whose cluster the operator does not know is an *orphan*:
@@ -19,46 +22,59 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
-import kopf
-
-from legacygpu.core.kube.contract import GROUP, TASK_PLURAL, VERSION, now_utc
+from legacygpu.core.kube.contract import now_utc
 from legacygpu.core.kube.errors import ApiError, ApiNotFoundError
 from legacygpu.operator.reconciler import write_task
-from legacygpu.operator.runtime import OperatorRuntime
+from legacygpu.operator.runtime import ClusterKey, OperatorRuntime
 from legacygpu.operator.taskstate import TaskView, decide, task_view
+from legacygpu.operator.taskwatch import TaskWatch
 
-__all__ = ["check_orphan", "index_tasks", "on_task_event", "register", "settle_orphan"]
+__all__ = ["check_orphan", "on_task_event", "on_task_listing", "settle_orphan", "start_task_watch"]
 
 log = logging.getLogger(__name__)
 
 
-async def index_tasks(
-    namespace: str, spec: kopf.Spec, body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], TaskView]:
-    """The task's view under its cluster (a coroutine so that kopf runs it inline, not in a thread)."""
-    return {(namespace, spec.get("clusterRef", "")): task_view(body)}
-
-
-async def on_task_event(
-    type: str | None,
-    body: kopf.Body,
-    namespace: str,
-    name: str,
-    spec: kopf.Spec,
-    memo: kopf.Memo,
-    legacygpu_clusters: kopf.Index[tuple[str, str], bool],
-    **_: Any,
-) -> None:
-    rt: OperatorRuntime = memo.runtime
-    key = (namespace, spec.get("clusterRef", ""))
-    if key in legacygpu_clusters:
+def on_task_event(rt: OperatorRuntime, kind: str, view: TaskView) -> None:
+    """One watch event: index (or forget) the task, then poke its cluster or settle it as an orphan."""
+    key = (view.namespace, view.cluster)
+    if kind == "DELETED":
+        before = rt.tasks.remove(view.namespace, view.name)
+        rt.task_overlay.pop((view.namespace, view.name), None)
+        for cluster in {key, before} & rt.clusters:
+            rt.poke(cluster)
+        return
+    before = rt.tasks.put(view)
+    if before is not None and before in rt.clusters:
+        rt.poke(before)  # the task left that cluster (a changed clusterRef)
+    if key in rt.clusters:
         rt.poke(key)
-        return
-    if type == "DELETED":
-        return
-    settle_orphan(rt, task_view(body))
+    else:
+        settle_orphan(rt, view)
+
+
+def on_task_listing(
+    rt: OperatorRuntime, scope: str | None, views: list[TaskView], clusters: set[ClusterKey]
+) -> None:
+    """A fresh LIST of a scope: replace its part of the index at once, poke, settle orphans."""
+    rt.clusters |= clusters
+    for key in rt.tasks.replace(scope, views):
+        if key in rt.clusters:
+            rt.poke(key)
+    for view in views:
+        if (view.namespace, view.cluster) not in rt.clusters:
+            settle_orphan(rt, view)
+
+
+def start_task_watch(rt: OperatorRuntime) -> TaskWatch:
+    """Start the operator's watch of the served tasks (the caller stops it)."""
+    watch = TaskWatch(
+        rt.api.configuration, rt.tasks.scopes,
+        on_event=lambda kind, view: on_task_event(rt, kind, view),
+        on_listing=lambda scope, views, clusters: on_task_listing(rt, scope, views, clusters),
+    )
+    watch.start()
+    return watch
 
 
 def settle_orphan(rt: OperatorRuntime, view: TaskView) -> None:
@@ -105,10 +121,3 @@ async def check_orphan(rt: OperatorRuntime, namespace: str, name: str) -> None:
         log.warning("could not settle task %s/%s without a cluster: %s", namespace, name, exc)
     finally:
         rt.orphan_checks.discard((namespace, name))
-
-
-def register(registry: kopf.OperatorRegistry) -> None:
-    """Attach the task handlers to ``registry``."""
-    resource = (GROUP, VERSION, TASK_PLURAL)
-    kopf.index(*resource, id="legacygpu_tasks", registry=registry)(index_tasks)
-    kopf.on.event(*resource, id="task_event", registry=registry)(on_task_event)

@@ -1,0 +1,347 @@
+"""The operator's own task watch (:mod:`legacygpu.operator.taskwatch`) and what the operator does with it.
+
+The watch runs against a scripted API server on loopback (real HTTP, served by uvicorn): each
+LIST and each WATCH answers what the test scripted, so the test can expire a watch (an ``ERROR``
+event with 410 Gone), cut a connection mid-stream, or end a watch cleanly, none of which the
+emulator does on demand. The handlers and the cluster loop run with a stand-in for the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from helpers import serve_in_thread
+
+from legacygpu.core.kube.client import load_configuration
+from legacygpu.core.kube.contract import API_VERSION, TASK_KIND
+from legacygpu.operator import cluster_handlers, task_handlers
+from legacygpu.operator.config import OperatorConfig
+from legacygpu.operator.runtime import OperatorRuntime
+from legacygpu.operator.taskstate import TaskView, task_view
+from legacygpu.operator.taskwatch import TaskIndex, TaskWatch
+
+NS = "ns"
+TASKS = f"/apis/{API_VERSION}/namespaces/{NS}/inferencetasks"
+CLUSTERS = f"/apis/{API_VERSION}/namespaces/{NS}/inferenceclusters"
+
+
+def task(name: str, rv: str, cluster: str = "c", phase: str = "Succeeded", namespace: str = NS) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION, "kind": TASK_KIND,
+        "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}", "resourceVersion": rv,
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"clusterRef": cluster, "model": "digits"},
+        "status": {"phase": phase},
+    }
+
+
+def view(name: str, rv: str = "1", cluster: str = "c", phase: str = "Succeeded", namespace: str = NS) -> TaskView:
+    return task_view(task(name, rv, cluster, phase, namespace))
+
+
+@dataclass
+class Watch:
+    """One scripted watch: the events it sends, then how it ends."""
+
+    events: list[dict[str, Any]]
+    ending: str = "end"
+    """``end`` (the server closes the stream cleanly), ``drop`` (the connection is cut mid-stream)
+    or ``hang`` (nothing more until the client goes)."""
+
+
+@dataclass
+class ScriptedApi:
+    """An ASGI app answering LISTs and WATCHes of tasks (and LISTs of clusters) from a script."""
+
+    listings: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    """(resourceVersion, items) per task LIST, in order; the last repeats."""
+    watches: list[Watch] = field(default_factory=list)
+    """Per task WATCH, in order; once they run out, watches hang."""
+    clusters: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    """("list" | "watch" | "clusters", query) per request, in order."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        query = dict(urllib.parse.parse_qsl(scope["query_string"].decode()))
+        if scope["path"] == CLUSTERS:
+            self.requests.append(("clusters", query))
+            await _json(send, {"metadata": {"resourceVersion": "1"}, "items": self.clusters})
+        elif scope["path"] == TASKS and query.get("watch") == "true":
+            self.requests.append(("watch", query))
+            script = self.watches.pop(0) if self.watches else Watch([], "hang")
+            await self._stream(send, receive, script)
+        elif scope["path"] == TASKS:
+            self.requests.append(("list", query))
+            rv, items = self.listings.pop(0) if len(self.listings) > 1 else self.listings[0]
+            await _json(send, {"metadata": {"resourceVersion": rv}, "items": items})
+        else:
+            await _json(send, {"kind": "Status", "code": 404}, status=404)
+
+    async def _stream(self, send: Any, receive: Any, script: Watch) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        for event in script.events:
+            await send({"type": "http.response.body", "body": json.dumps(event).encode() + b"\n", "more_body": True})
+        if script.ending == "drop":
+            raise RuntimeError("connection cut on purpose")  # uvicorn closes it without the final chunk
+        if script.ending == "hang":
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _json(send: Any, body: Any, status: int = 200) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[ScriptedApi, str]]:
+    api = ScriptedApi()
+    with serve_in_thread(api, lifespan="on") as url:
+        yield api, url
+
+
+@dataclass
+class Recorder:
+    """Feeds a TaskIndex as the operator does and notes what each delivery left in it."""
+
+    index: TaskIndex = field(default_factory=lambda: TaskIndex([NS]))
+    seen: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        return sorted(v.name for v in self.index.get((NS, "c")))
+
+    def event(self, kind: str, view: TaskView) -> None:
+        if kind == "DELETED":
+            self.index.remove(view.namespace, view.name)
+        else:
+            self.index.put(view)
+        self.seen.append((kind, self.names()))
+
+    def listing(self, scope: str | None, views: list[TaskView], clusters: set[tuple[str, str]]) -> None:
+        self.index.replace(scope, views)
+        self.seen.append(("LIST", self.names()))
+
+
+@pytest.fixture
+async def watching() -> AsyncIterator[tuple[Recorder, list[TaskWatch]]]:
+    """A recorder, and a list to put the started watches in (each is stopped after the test)."""
+    recorder = Recorder()
+    started: list[TaskWatch] = []
+    yield recorder, started
+    for watch in started:
+        watch.stop()
+
+
+def start(url: str, recorder: Recorder) -> TaskWatch:
+    watch = TaskWatch(load_configuration(server=url), [NS], on_event=recorder.event, on_listing=recorder.listing)
+    watch.start()
+    return watch
+
+
+async def until(predicate: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def watch_versions(api: ScriptedApi) -> list[str | None]:
+    return [q.get("resourceVersion") for kind, q in api.requests if kind == "watch"]
+
+
+async def test_list_then_watch_and_a_410_lists_again_replacing_the_index(
+    scripted: tuple[ScriptedApi, str], watching: Any,
+) -> None:
+    api, url = scripted
+    recorder, started = watching
+    api.listings = [("10", [task("a", "5"), task("b", "6")]), ("21", [task("a", "11"), task("d", "20")])]
+    api.watches = [Watch([
+        {"type": "MODIFIED", "object": task("a", "11")},
+        {"type": "ADDED", "object": task("c", "12")},
+        {"type": "DELETED", "object": task("b", "13")},
+        {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}},
+    ])]
+    assert not recorder.index.synced.is_set()
+    started.append(watch := start(url, recorder))
+    await until(lambda: watch.listings == 2 and len(watch_versions(api)) == 2, "the second LIST and its watch")
+    assert recorder.seen == [
+        ("LIST", ["a", "b"]),  # the list comes first: nothing is delivered before it
+        ("MODIFIED", ["a", "b"]),
+        ("ADDED", ["a", "b", "c"]),
+        ("DELETED", ["a", "c"]),  # a DELETED event removes the task
+        ("LIST", ["a", "d"]),  # after the 410, the new listing replaces the index: c went while unwatched
+    ]
+    assert recorder.index.synced.is_set()
+    assert [v.resource_version for v in recorder.index.get((NS, "c")) if v.name == "a"] == ["11"]
+    # Each watch starts from its listing's version, with bookmarks.
+    assert watch_versions(api) == ["10", "21"]
+    assert all(q.get("allowWatchBookmarks") == "true" for kind, q in api.requests if kind == "watch")
+
+
+async def test_a_dropped_connection_lists_again(scripted: tuple[ScriptedApi, str], watching: Any) -> None:
+    api, url = scripted
+    recorder, started = watching
+    api.listings = [("10", [task("a", "5")]), ("30", [task("a", "5"), task("e", "12"), task("f", "25")])]
+    api.watches = [Watch([{"type": "ADDED", "object": task("e", "12")}], ending="drop")]
+    started.append(watch := start(url, recorder))
+    await until(lambda: watch.listings == 2 and len(watch_versions(api)) == 2, "a LIST after the cut")
+    assert recorder.seen[-1] == ("LIST", ["a", "e", "f"])
+    assert watch_versions(api) == ["10", "30"]
+
+
+async def test_a_watch_the_server_ends_resumes_from_the_last_version_without_listing(
+    scripted: tuple[ScriptedApi, str], watching: Any,
+) -> None:
+    api, url = scripted
+    recorder, started = watching
+    api.listings = [("10", [task("a", "5")])]
+    api.watches = [Watch([
+        {"type": "MODIFIED", "object": task("a", "15")},
+        {"type": "BOOKMARK", "object": {"kind": TASK_KIND, "metadata": {"resourceVersion": "30"}}},
+    ])]
+    started.append(watch := start(url, recorder))
+    await until(lambda: len(watch_versions(api)) == 2, "the second watch")
+    assert watch.listings == 1
+    assert watch_versions(api) == ["10", "30"]  # the bookmark's version, not a relist
+    assert [kind for kind, _ in recorder.seen] == ["LIST", "MODIFIED"]  # a bookmark is no task event
+
+
+async def test_stop_ends_an_open_watch_and_delivers_nothing_more(
+    scripted: tuple[ScriptedApi, str], watching: Any,
+) -> None:
+    api, url = scripted
+    recorder, _ = watching
+    api.listings = [("10", [task("a", "5")])]
+    watch = start(url, recorder)
+    await until(lambda: len(watch_versions(api)) == 1, "the watch to open")
+    watch.stop()
+    await until(lambda: not any(t.is_alive() for t in watch._threads), "the watch thread to end", timeout=10)
+    watch._listed(NS, [view("z")], set())  # a delivery queued before the stop, run after it
+    assert recorder.names() == ["a"]
+
+
+def test_index_replace_is_per_scope_and_synced_once_every_scope_is_listed() -> None:
+    index = TaskIndex(["one", "two"])
+    index.replace("one", [view("a", namespace="one")])
+    assert not index.synced.is_set()  # "two" is not listed yet: nothing may trust the index
+    index.put(view("b", namespace="two"))
+    touched = index.replace("two", [])
+    assert index.synced.is_set()
+    assert touched == {("two", "c")}
+    assert [v.name for v in index.get(("one", "c"))] == ["a"] and index.get(("two", "c")) == []
+    # A task whose clusterRef changed moves; put says where it was.
+    assert index.put(view("a", "2", cluster="d", namespace="one")) == ("one", "c")
+    assert index.get(("one", "c")) == [] and len(index) == 1
+    assert index.remove("one", "a") == ("one", "d") and len(index) == 0
+    assert index.remove("one", "a") is None
+
+
+# -- what the operator does with the deliveries ------------------------------------------------------
+
+
+class LookupApi:
+    """The calls an orphan check makes: no task and no cluster exist (the check ends at once)."""
+
+    def __init__(self) -> None:
+        self.configuration = None
+        self.task_lookups: list[str] = []
+
+    async def get_task(self, namespace: str, name: str) -> dict[str, Any]:
+        from legacygpu.core.kube.errors import ApiNotFoundError
+
+        self.task_lookups.append(name)
+        raise ApiNotFoundError("gone")
+
+
+def runtime() -> tuple[OperatorRuntime, LookupApi]:
+    api = LookupApi()
+    config = OperatorConfig(namespaces=(NS,), finished_task_ttl_seconds=None)
+    return OperatorRuntime(config=config, api=api), api  # type: ignore[arg-type]
+
+
+async def test_events_poke_known_clusters_and_settle_orphans() -> None:
+    rt, api = runtime()
+    task_handlers.on_task_listing(rt, NS, [view("a", phase="Pending"), view("o", cluster="gone", phase="Pending")],
+                                  {(NS, "c")})
+    assert rt.tasks.synced.is_set() and rt.waker((NS, "c")).is_set()
+    assert not rt.waker((NS, "gone")).is_set()
+    await asyncio.sleep(0.05)
+    assert api.task_lookups == ["o"]  # the orphan (cluster unknown) is checked with the API
+    rt.waker((NS, "c")).clear()
+    rt.wrote_task(view("a", "1", phase="Pending"), view("a", "2", phase="Scheduled"))
+    task_handlers.on_task_event(rt, "DELETED", view("a", "1"))
+    assert rt.tasks.get((NS, "c")) == [] and (NS, "a") not in rt.task_overlay
+    assert rt.waker((NS, "c")).is_set()
+    rt.waker((NS, "c")).clear()
+    task_handlers.on_task_event(rt, "ADDED", view("b", phase="Pending"))
+    assert rt.waker((NS, "c")).is_set() and [v.name for v in rt.tasks.get((NS, "c"))] == ["b"]
+    task_handlers.on_task_event(rt, "MODIFIED", view("o2", cluster="gone", phase="Pending"))
+    await asyncio.sleep(0.05)
+    assert api.task_lookups == ["o", "o2"]
+    await rt.shutdown()
+
+
+class Stopped:
+    """The part of kopf's ``stopped`` flag the cluster loop uses."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.reason = None
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+    async def wait(self) -> None:
+        await self.event.wait()
+
+
+class Memo:
+    def __init__(self, rt: OperatorRuntime) -> None:
+        self.runtime = rt
+
+
+async def test_cluster_loop_waits_for_the_listing_and_never_loses_a_poke(monkeypatch: pytest.MonkeyPatch) -> None:
+    rt, _ = runtime()
+    key = (NS, "c")
+    passes: list[list[str]] = []
+    poke_during = asyncio.Event()
+
+    async def one_pass(rt_: OperatorRuntime, body: Any, *, tasks: Any, pods: Any, logger: Any) -> float:
+        passes.append(sorted(t.name for t in tasks))
+        if len(passes) == 1:
+            await poke_during.wait()
+            rt.poke(key)  # a task event arriving while the pass awaits the API
+            await asyncio.sleep(0)
+        return 3600.0  # nothing timed: only a poke may start the next pass
+
+    monkeypatch.setattr(cluster_handlers, "reconcile_cluster", one_pass)
+    stopped = Stopped()
+    loop = asyncio.ensure_future(cluster_handlers.cluster_loop(
+        body={}, namespace=NS, name="c", stopped=stopped, memo=Memo(rt), logger=logging.getLogger("test"),
+        legacygpu_pods={},
+    ))
+    await asyncio.sleep(0.1)
+    assert passes == []  # no pass before the tasks are listed: the index would look empty
+    task_handlers.on_task_listing(rt, NS, [view("a", phase="Pending")], {key})
+    await until(lambda: len(passes) == 1, "the first pass")
+    poke_during.set()
+    await until(lambda: len(passes) == 2, "a second pass for the poke made during the first")
+    assert passes == [["a"], ["a"]]
+    stopped.event.set()
+    await asyncio.wait_for(loop, 5)
