@@ -240,6 +240,9 @@ async def test_a_short_task_is_reported_in_one_write_that_records_its_start(
     assert [(h["attempt"], h["worker"], h["outcome"]) for h in status["history"]] == [(1, "pod-a", "Completed")]
     assert status["startTime"] == status["history"][0]["startTime"] <= status["completionTime"]
     assert status["result"]["top_k"][0]["label"] == "x" and status["latency"]["runSeconds"] >= 0
+    # A watch that reconnects delivers the assignment again (still Scheduled when it was listed): not run twice.
+    worker._absorb({"type": "ADDED", "object": body})
+    assert worker.pending == {}
 
 
 class _GatedRunner(_Runner):

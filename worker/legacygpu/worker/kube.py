@@ -48,6 +48,7 @@ autoscaler read (at most every :data:`STATS_INTERVAL` seconds), and serves
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import http.server
@@ -116,6 +117,10 @@ CLAIM_AFTER = 1.0
 Long enough that a short inference (milliseconds) needs no claim, short enough that a person or a
 test watching a long one sees it ``Running`` within a second."""
 _TASKS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{TASK_PLURAL}"
+
+
+_RAN_KEPT = 1024
+"""Assignments a worker remembers having run (far more than a watch could deliver again)."""
 
 
 class _DeferredClaim:
@@ -218,6 +223,11 @@ class KubeWorker:
         self._stats_sent = 0.0
         self._stats_dirty = False
         self._stream: Any = None
+        self._ran: set[tuple[str, str | None]] = set()
+        """(name, resourceVersion) of the assignments this worker ran: an unclaimed run leaves the task
+        ``Scheduled`` until its report, so a watch that reconnects may deliver the same assignment
+        again; this keeps it from running twice."""
+        self._ran_order: collections.deque[tuple[str, str | None]] = collections.deque()
         self.node = os.environ.get("NODE_NAME")
 
     # -- API access ------------------------------------------------------------------------------
@@ -301,7 +311,8 @@ class KubeWorker:
         name = body.get("metadata", {}).get("name")
         if not name:
             return
-        if event.get("type") != "DELETED" and self._mine(body):
+        version = body.get("metadata", {}).get("resourceVersion")
+        if event.get("type") != "DELETED" and self._mine(body) and (name, version) not in self._ran:
             self.pending[name] = body
         else:
             self.pending.pop(name, None)
@@ -492,9 +503,16 @@ class KubeWorker:
         summary = {"model": result.get("model"), "outputsOmitted": True, "fields": sorted(result)}
         return summary, f"configmap://{name}/result.json"
 
+    def _remember(self, ran: tuple[str, str | None]) -> None:
+        self._ran.add(ran)
+        self._ran_order.append(ran)
+        while len(self._ran_order) > _RAN_KEPT:
+            self._ran.discard(self._ran_order.popleft())
+
     def execute(self, body: dict[str, Any]) -> None:
         """Run and report one task, claiming it first if it is a batch shard or once it runs long."""
         name = body["metadata"]["name"]
+        self._remember((name, body["metadata"].get("resourceVersion")))
         started_at = now_utc()
         deferred: _DeferredClaim | None = None
         claimed: dict[str, Any] | None = body
