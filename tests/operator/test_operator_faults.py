@@ -94,8 +94,8 @@ async def test_unready_worker_gives_back_its_tasks_and_its_late_result_is_refuse
     assert all(phase(b) == "Succeeded" for b in bodies.values())
     # Never started there, but a worker may run a short task unclaimed: a lost worker's Scheduled
     # task counts as a spent attempt (so an input that kills its worker cannot be retried forever).
-    assert [(h["attempt"], h["worker"], h["outcome"]) for h in bodies[was_scheduled]["status"]["history"]][0] == (
-        1, pod, "WorkerLost")
+    first = bodies[was_scheduled]["status"]["history"][0]
+    assert (first["attempt"], first["worker"], first["outcome"]) == (1, pod, "WorkerLost")
     assert bodies[was_scheduled]["status"]["attempts"] == 2
     assert bodies[was_running]["status"]["attempts"] == 2
     assert bodies[was_running]["status"]["workerRef"]["pod"] != pod
