@@ -8,8 +8,10 @@ A hundred tasks are created at once on a cluster with fewer slots than tasks, so
 for a slot: waiting must not cost a write. The writes to InferenceTasks (status included, counted by
 the API server) and the Events about them (counted from the Events), less the hundred creates, must be
 at most three per task: the operator's
-``Scheduled``, the worker's ``Running`` and ``Succeeded``. A label mirroring the assignment, a
-``Queued`` write for each waiting task or an Event per success would each break the bound.
+``Scheduled`` and the worker's ``Succeeded`` (which records the attempt's start), plus the worker's
+``Running`` claim only for a task that runs longer than its claim delay (a ``busy`` task takes tens
+of milliseconds, so nearly none). A label mirroring the assignment, a ``Queued`` write for each
+waiting task or an Event per success would each break the bound.
 """
 
 from __future__ import annotations
@@ -63,5 +65,5 @@ def test_a_successful_task_costs_at_most_three_writes_besides_its_creation(
     event_writes = sum(e.count or 1 for e in events)  # a repeated Event is one object whose count was patched
     assert counted["task_creates"] == TASKS, counted
     assert counted["task_writes_besides_create"] + event_writes <= 3 * TASKS, (counted, event_writes)
-    assert counted["task_writes_besides_create"] >= 3 * TASKS, counted  # each one did get its three moves
+    assert counted["task_writes_besides_create"] >= 2 * TASKS, counted  # each one was assigned and reported
     assert events == [], [(e.involved_object.name, e.reason) for e in events]

@@ -211,3 +211,111 @@ async def test_worker_serves_health_and_runs_its_own_tasks_only(server: Emulator
     finally:
         stop.set()
         await asyncio.to_thread(thread.join, 10)
+
+
+class _Writes:
+    """The status writes a worker makes (its real ``patch_status``, recorded)."""
+
+    def __init__(self, worker: Any) -> None:
+        self.statuses: list[dict[str, Any]] = []
+        real = worker.patch_status
+
+        def patch_status(name: str, status: dict[str, Any], resource_version: str) -> dict[str, Any]:
+            self.statuses.append(dict(status))
+            return real(name, status, resource_version)  # type: ignore[no-any-return]
+
+        worker.patch_status = patch_status
+
+
+async def test_a_short_task_is_reported_in_one_write_that_records_its_start(
+    server: EmulatorThread, api: KubeApi
+) -> None:
+    body = await _scheduled(api, "t", "pod-a")
+    worker = _worker(server, "pod-a", _Runner())
+    writes = _Writes(worker)
+    await asyncio.to_thread(worker.execute, body)
+    assert [s["phase"] for s in writes.statuses] == ["Succeeded"]  # no Running claim
+    status = (await api.get_task(NS, "t"))["status"]
+    assert (status["phase"], status["attempts"], status["workerRef"]["pod"]) == ("Succeeded", 1, "pod-a")
+    assert [(h["attempt"], h["worker"], h["outcome"]) for h in status["history"]] == [(1, "pod-a", "Completed")]
+    assert status["startTime"] == status["history"][0]["startTime"] <= status["completionTime"]
+    assert status["result"]["top_k"][0]["label"] == "x" and status["latency"]["runSeconds"] >= 0
+    # A watch that reconnects delivers the assignment again (still Scheduled when it was listed): not run twice.
+    worker._absorb({"type": "ADDED", "object": body})
+    assert worker.pending == {}
+
+
+class _GatedRunner(_Runner):
+    def __init__(self) -> None:
+        import threading
+
+        super().__init__()
+        self.gate = threading.Event()
+
+    def run(self, model: str, inputs: list[dict[str, Any]], parameters: Any = None) -> dict[str, Any]:
+        assert self.gate.wait(10), "the test never opened the gate"
+        return super().run(model, inputs, parameters)
+
+
+async def _phase_becomes(api: KubeApi, name: str, phase: str) -> dict[str, Any]:
+    for _ in range(200):
+        body = await api.get_task(NS, name)
+        if (body.get("status") or {}).get("phase") == phase:
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"task {name} never became {phase}")
+
+
+async def test_a_task_still_running_after_the_claim_delay_is_claimed_then_reported(
+    server: EmulatorThread, api: KubeApi
+) -> None:
+    body = await _scheduled(api, "t", "pod-a")
+    runner = _GatedRunner()
+    worker = _worker(server, "pod-a", runner)
+    worker.claim_after = 0.1
+    writes = _Writes(worker)
+    running = asyncio.ensure_future(asyncio.to_thread(worker.execute, body))
+    claimed = await _phase_becomes(api, "t", "Running")
+    assert (claimed["status"]["attempts"], claimed["status"]["workerRef"]["pod"]) == (1, "pod-a")
+    runner.gate.set()
+    await running
+    assert [s["phase"] for s in writes.statuses] == ["Running", "Succeeded"]
+    status = (await api.get_task(NS, "t"))["status"]
+    assert (status["phase"], status["attempts"]) == ("Succeeded", 1)
+    assert status["startTime"] == claimed["status"]["startTime"] == status["history"][0]["startTime"]
+
+
+async def test_a_task_cancelled_before_its_claim_drops_the_run(server: EmulatorThread, api: KubeApi) -> None:
+    body = await _scheduled(api, "t", "pod-a")
+    runner = _GatedRunner()
+    worker = _worker(server, "pod-a", runner)
+    worker.claim_after = 0.3
+    writes = _Writes(worker)
+    running = asyncio.ensure_future(asyncio.to_thread(worker.execute, body))
+    await api.patch_task_status(NS, "t", {"phase": "Cancelled", "reason": "Cancelled", "message": "cancelled"})
+    await asyncio.sleep(0.5)  # past the claim delay: the claim finds the task no longer ours
+    runner.gate.set()
+    await running
+    assert writes.statuses == [] or [s["phase"] for s in writes.statuses] == ["Running"]
+    assert (await api.get_task(NS, "t"))["status"]["phase"] == "Cancelled"
+
+
+@pytest.mark.parametrize("to", ["pod-a", "pod-b"])
+async def test_an_unclaimed_result_after_the_task_was_given_back_is_refused(
+    server: EmulatorThread, api: KubeApi, to: str
+) -> None:
+    body = await _scheduled(api, "t", "pod-a")
+    worker_a = _worker(server, "pod-a", _Runner())
+    # While pod-a ran it unclaimed, the operator gave the task back (pod-a draining) and assigned it
+    # again: to another pod, or later to pod-a itself. A new assignment is a new scheduledTime.
+    await api.patch_task_status(NS, "t", {"phase": "Queued", "workerRef": None, "scheduledTime": None})
+    await asyncio.sleep(0.01)
+    await api.patch_task_status(NS, "t", {"phase": "Scheduled", "workerRef": {"pod": to},
+                                          "scheduledTime": format_time(now_utc())})  # fmt: skip
+    before = await api.get_task(NS, "t")
+
+    def build(status: dict[str, Any], created: str | None) -> dict[str, Any]:
+        return {"phase": "Succeeded", "reason": "Completed", "message": "late", "attempts": 1}
+
+    assert await asyncio.to_thread(lambda: worker_a.finish(body, build, claimed=False)) is False
+    assert (await api.get_task(NS, "t"))["status"] == before["status"]

@@ -158,11 +158,29 @@ def test_lost_worker_sends_a_running_task_back_with_backoff(pods: dict[str, PodV
     assert run(task, pods={"w1": READY}).status is None
 
 
-def test_lost_worker_that_never_started_the_task_costs_no_attempt() -> None:
-    task = view("Scheduled", status={"attempts": 0, "workerRef": {"pod": "w1"}})
+def test_lost_worker_spends_an_attempt_of_a_scheduled_task_it_may_have_been_running() -> None:
+    # A worker runs a short task unclaimed (no Running write): a Scheduled task on a lost pod may
+    # have been running, so it counts as an attempt started at its assignment.
+    scheduled = format_time(T0 + datetime.timedelta(seconds=0.5))
+    task = view("Scheduled", status={"attempts": 0, "workerRef": {"pod": "w1"}, "scheduledTime": scheduled})
     action = run(task, pods={})
-    assert action.status["phase"] == "Queued" and action.status["retryAfter"] is None
-    assert "attempts" not in action.status
+    assert (action.status["phase"], action.status["reason"], action.status["attempts"]) == ("Queued", "WorkerLost", 1)
+    assert action.status["retryAfter"] is not None and action.status["workerRef"] is None
+    assert [(h["attempt"], h["worker"], h["startTime"], h["outcome"]) for h in action.status["history"]] == [
+        (1, "w1", scheduled, "WorkerLost")]
+
+
+def test_input_that_kills_every_worker_it_is_scheduled_on_ends_failed() -> None:
+    # maxRetries=2: the third worker lost while the task is Scheduled on it is the last attempt.
+    status: dict[str, Any] = {"attempts": 0}
+    for attempt in (1, 2, 3):
+        status = {**status, "phase": "Scheduled", "workerRef": {"pod": f"w{attempt}"},
+                  "scheduledTime": format_time(T0)}  # fmt: skip
+        action = run(view("Scheduled", status=status), pods={})
+        status = {**status, **action.status}
+        assert status["attempts"] == attempt
+    assert (status["phase"], status["reason"]) == ("Failed", "WorkerLost")
+    assert "no retries left after 3 attempt(s)" in status["message"]
 
 
 def test_retries_are_exhausted_after_max_retries() -> None:

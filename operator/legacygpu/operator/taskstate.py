@@ -38,6 +38,7 @@ from legacygpu.core.errors import ValidationError
 from legacygpu.core.kube.contract import (
     AttemptStatus,
     TaskStatus,
+    WorkerRef,
     cancelled_status,
     deadline_time,
     expired_status,
@@ -77,6 +78,7 @@ class TaskView:
     phase: Phase = Phase.PENDING
     attempts: int = 0
     worker: str | None = None
+    scheduled_time: str | None = None
     retry_after: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
@@ -117,6 +119,10 @@ class TaskView:
     def status(self) -> TaskStatus:
         """The status fields the builders read."""
         status = TaskStatus(phase=self.phase.value, attempts=self.attempts)
+        if self.worker:  # a lost worker's Scheduled task counts as its attempt (contract.released_status)
+            status["workerRef"] = WorkerRef(pod=self.worker)
+        if self.scheduled_time:
+            status["scheduledTime"] = self.scheduled_time
         if self.start_time:
             status["startTime"] = self.start_time
         if self.history:
@@ -179,6 +185,7 @@ def task_view(body: Mapping[str, Any]) -> TaskView:
         phase=phase,
         attempts=int(status.get("attempts") or 0),
         worker=(status.get("workerRef") or {}).get("pod"),
+        scheduled_time=status.get("scheduledTime"),
         retry_after=status.get("retryAfter"),
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime"),

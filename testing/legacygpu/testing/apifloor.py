@@ -11,14 +11,17 @@ nothing else:
 * the **assignment**: one status merge patch, Pending → Scheduled on a worker (``queued_status`` and
   ``assigned_status`` in one write, as the operator writes it), with the ``resourceVersion`` it was
   decided on, as the operator's ServiceAccount;
-* the **claim** (Scheduled → Running, ``running_status``) and the **report** (Running → Succeeded,
-  ``report_status`` with the model's real result for that input), each a status merge patch with
-  the ``resourceVersion`` of the write before, as the workers' ServiceAccount;
+* the **report** (Scheduled → Succeeded with the attempt's start, ``started_report_status``, with
+  the model's real result for that input): a status merge patch with the ``resourceVersion`` of the
+  assignment, as the workers' ServiceAccount. A worker writes no claim for a task that runs under
+  its claim delay (:data:`legacygpu.worker.kube.CLAIM_AFTER`), as the benchmark's tasks do;
+  ``claim=True`` drives the claim (Scheduled → Running, ``running_status``) a longer task costs
+  before the report (then ``report_status``), to measure what that write costs;
 * the **watches** the platform holds open: the operator's of all tasks in the namespace (kopf's
   parameters: ``allowWatchBookmarks``) and one per worker on the CRD's selectable field
   ``status.workerRef.pod``, each read to the end of every event. The run ends once every
-  watch has received every event it is owed (4 per task to the operator's, 3 per task to the
-  workers'), so their delivery is inside the measured time.
+  watch has received every event it is owed (one per write to the operator's, one per status
+  write to the workers'), so their delivery is inside the measured time.
 
 The client is one asyncio process (aiohttp, several keep-alive connections per identity); its
 bodies are built with the platform's own status builders, so each object is the size and shape
@@ -57,12 +60,13 @@ from legacygpu.core.kube.contract import (
     queued_status,
     report_status,
     running_status,
+    started_report_status,
     worker_field_selector,
 )
 from legacygpu.core.lifecycle import classify
 from legacygpu.core.tasks import RetryPolicy
 
-__all__ = ["FloorClients", "FloorRun", "create_tasks", "drive_floor", "floor_summary"]
+__all__ = ["FloorClients", "FloorRun", "create_tasks", "drive_floor", "floor_summary", "status_writes_per_task"]
 
 _WATCH_GRACE_SECONDS = 60.0
 """How long after the last write the watches may take to deliver what they are owed."""
@@ -174,8 +178,9 @@ async def drive_floor(
     lanes: int = 64,
     cluster: str = "bench",
     on_start: Callable[[], None] | None = None,
+    claim: bool = False,
 ) -> FloorRun:
-    """Create, assign, claim and report ``len(inputs)`` tasks through ``lanes`` concurrent pipelines.
+    """Create, assign and report (``claim``: and claim) ``len(inputs)`` tasks through ``lanes`` concurrent pipelines.
 
     ``results[i]`` is the model's result for ``inputs[i]`` (what the worker would report).
     ``on_start`` runs once every watch is open, just before the first create (the caller
@@ -205,12 +210,19 @@ async def drive_floor(
         status = TaskStatus(**queued_status({}, now))
         status.update(assigned_status(status, pod=pod, node="gpu-node-0", now=now))
         current = await _patch(operator, f"{base}/{name}/status", meta["resourceVersion"], status)
-        running = running_status(current["status"], pod=pod, now=now_utc())
-        current = await _patch(worker, f"{base}/{name}/status", current["metadata"]["resourceVersion"], running)
-        report = report_status(
-            current["status"], classify(None, worker=pod), created=meta["creationTimestamp"], max_retries=3,
-            now=now_utc(), policy=policy, result=results[index], compute_ms=0.2,
-        )
+        started, outcome = now_utc(), classify(None, worker=pod)
+        if claim:
+            running = running_status(current["status"], pod=pod, now=started)
+            current = await _patch(worker, f"{base}/{name}/status", current["metadata"]["resourceVersion"], running)
+            report = report_status(
+                current["status"], outcome, created=meta["creationTimestamp"], max_retries=3, now=now_utc(),
+                policy=policy, result=results[index], compute_ms=0.2,
+            )
+        else:
+            report = started_report_status(
+                current["status"], outcome, pod=pod, started=started, created=meta["creationTimestamp"],
+                max_retries=3, now=now_utc(), policy=policy, result=results[index], compute_ms=0.2,
+            )
         await _patch(worker, f"{base}/{name}/status", current["metadata"]["resourceVersion"], report)
 
     async def lane() -> None:
@@ -235,7 +247,9 @@ async def drive_floor(
         run.started = time.monotonic()
         await asyncio.gather(*(lane() for _ in range(lanes)))
         run.writes_done = time.monotonic()
-        owed_operator, owed_workers = 4 * (tasks - len(run.failures)), 3 * (tasks - len(run.failures))
+        status_writes = status_writes_per_task(claim)
+        owed_operator = (1 + status_writes) * (tasks - len(run.failures))
+        owed_workers = status_writes * (tasks - len(run.failures))
         deadline = run.writes_done + _WATCH_GRACE_SECONDS
         while time.monotonic() < deadline:
             run.operator_events = watches[0].events
@@ -252,6 +266,11 @@ async def drive_floor(
         for session in (admin, operator, worker):
             await session.close()
     return run
+
+
+def status_writes_per_task(claim: bool) -> int:
+    """The status writes of one successful task: assignment and report, and the claim when ``claim``."""
+    return 3 if claim else 2
 
 
 async def create_tasks(
@@ -285,7 +304,8 @@ async def _patch(session: aiohttp.ClientSession, url: str, version: str, status:
 
 
 def floor_summary(
-    run: FloorRun, cpu_ms: Mapping[str, float], idle_ms_per_second: Mapping[str, float], *, lanes: int, workers: int
+    run: FloorRun, cpu_ms: Mapping[str, float], idle_ms_per_second: Mapping[str, float], *, lanes: int, workers: int,
+    claim: bool = False,
 ) -> dict[str, Any]:
     """The ``floor`` section of the benchmark's JSON (``cpu_ms`` is CPU ms per process over the drive).
 
@@ -305,7 +325,8 @@ def floor_summary(
         "tasks": run.tasks,
         "failed": len(run.failures),
         "failures": run.failures[:5],
-        "writes_per_task": {"create": 1, "status": 3},
+        "writes_per_task": {"create": 1, "status": status_writes_per_task(claim)},
+        "claim": claim,
         "watches": {"all_tasks": 1, "by_worker_field": workers},
         "watch_events": {"operator": run.operator_events, "workers": run.worker_events,
                          "complete": run.watch_complete},

@@ -113,7 +113,7 @@ def _slope(points: list[tuple[int, float]]) -> float | None:
 def _stages(items: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Where a task's time goes, from the times written in its status (p50/p99 seconds).
 
-    ``scheduled_to_running``: the worker seeing its assignment and claiming it; ``running_to_finished``:
+    ``scheduled_to_running``: the worker seeing its assignment and starting it (``startTime``); ``running_to_finished``:
     the run and the report; ``finished_to_next_scheduled``: from a task's completion on a worker to
     the next assignment to that worker (the operator refilling a freed slot), counted only for
     assignments made after the completion.

@@ -155,7 +155,7 @@ def test_a_listing_records_no_compute_time_in_the_workers_stats(claims: Path) ->
                         claims_dir=claims)
     recorded: list[tuple[bool, float | None]] = []
     worker.claim = lambda body: body  # type: ignore[method-assign]
-    worker.finish = lambda body, build: True  # type: ignore[method-assign]
+    worker.finish = lambda body, build, **_: True  # type: ignore[method-assign]
     worker._record = lambda ok, compute_ms: recorded.append((ok, compute_ms))  # type: ignore[method-assign]
     worker.execute(listing())
     assert recorded == [(True, None)]

@@ -1,4 +1,4 @@
-"""The worker in Kubernetes: watch the tasks assigned to this pod, claim, run, report.
+"""The worker in Kubernetes: watch the tasks assigned to this pod, run, report.
 
 ``legacygpu worker start --kubernetes`` calls :func:`run_kube_worker` with
 the pod's name and namespace (``POD_NAME``/``POD_NAMESPACE`` from the
@@ -7,19 +7,34 @@ whose ``status.workerRef.pod`` is its pod (a field selector the CRD declares;
 the operator assigns a task in that one status write), and for each
 ``Scheduled`` attempt, highest priority first:
 
-1. **claim**: write ``Running`` with the ``resourceVersion`` it read; the API
-   server refuses the write (409) if the task moved on (the operator took it
-   back, a user cancelled it), so two workers never run one attempt;
-2. **run** it with the lead's :class:`~legacygpu.worker.runner.TaskRunner`
+1. **run** it with the lead's :class:`~legacygpu.worker.runner.TaskRunner`
    (inline inputs, or ``inputsUri``: a ConfigMap key or an http(s) URL; a
    batch task's shard runs each of its inputs, :mod:`legacygpu.worker.batch`);
-3. **report**: read the task again and write the terminal phase, timings
-   and result only if the attempt is still the current one (same
-   ``attempts``, still ``Running`` on this pod), again guarded by the
-   ``resourceVersion``. A stale attempt's result is dropped, so a retried
-   task never ends with two results. A success posts no Event (the status
-   says it all; two writes per task are the worker's whole share), a
-   failure posts a Warning.
+2. **claim** it, only when it runs longer than :data:`CLAIM_AFTER` seconds
+   (and before anything else for a batch shard, whose results are written
+   as it goes): write ``Running`` with the ``resourceVersion`` it read; the
+   API server refuses the write (409) if the task moved on (the operator
+   took it back, a user cancelled it), and the worker drops the attempt;
+3. **report**: write the terminal phase, timings and result only if the
+   attempt is still the current one, again guarded by the
+   ``resourceVersion``: for a claimed attempt, still ``Running`` on this pod
+   with the same ``attempts``; for an unclaimed one, still ``Scheduled`` on
+   this pod by the same assignment (``scheduledTime``), and the report then
+   writes the attempt's start with its end
+   (:func:`~legacygpu.core.kube.contract.started_report_status`). A stale
+   attempt's result is dropped, so a task never ends with two results. A
+   success posts no Event (the status says it all), a failure posts a
+   Warning.
+
+A short task thus costs the API server one write from its worker, not two
+(the claim was a quarter of the API server's CPU per task). What holds
+instead of "no two workers run one attempt": a result is written once, by
+the worker of the current assignment; a ``Scheduled`` task taken back from a
+lost worker counts as a spent attempt (the worker may have been running it),
+so an input that kills its worker ends ``Failed`` once its retries are spent;
+and only when the operator gives back the tasks of a *draining* worker may
+a short task that worker had already started run a second time on another
+worker, whose report is then the only one kept.
 
 Bad input and unknown models end the task ``Failed`` for good; a model that
 cannot load or run ends it ``Failed`` with the loader's message; anything
@@ -33,7 +48,9 @@ autoscaler read (at most every :data:`STATS_INTERVAL` seconds), and serves
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import datetime
 import http.server
 import json
 import logging
@@ -66,6 +83,7 @@ from legacygpu.core.kube.contract import (
     now_utc,
     report_status,
     running_status,
+    started_report_status,
     worker_field_selector,
 )
 from legacygpu.core.kube.errors import ApiError, ApiUnavailableError, from_api_exception
@@ -93,7 +111,53 @@ Every patch is a pod write that the operator, the scheduler, the endpoints contr
 kubelet all receive; at one a second per worker it was a write for almost every task when tasks
 were slow (982 pod patches for 1,000 tasks in the e2e benchmark). The strategies and the
 autoscaler need a recent picture, not every task."""
+CLAIM_AFTER = 1.0
+"""Seconds a task runs before its worker claims it (writes ``Running``); a shorter one is reported at once.
+
+Long enough that a short inference (milliseconds) needs no claim, short enough that a person or a
+test watching a long one sees it ``Running`` within a second."""
 _TASKS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{TASK_PLURAL}"
+
+
+_RAN_KEPT = 1024
+"""Assignments a worker remembers having run (far more than a watch could deliver again)."""
+
+
+class _DeferredClaim:
+    """The claim of a running task, written from a timer thread once it has run ``delay`` seconds.
+
+    :meth:`settle` (after the run) cancels a claim not yet begun or waits for one under way; the
+    lock keeps the claim and the report from ever being written at the same time.
+    """
+
+    def __init__(self, worker: KubeWorker, body: dict[str, Any], started: datetime.datetime, delay: float) -> None:
+        self.worker, self.body, self.started = worker, body, started
+        self.lock = threading.Lock()
+        self.finished = threading.Event()
+        self.settled = False
+        self.attempted = False
+        self.claimed: dict[str, Any] | None = None
+        self.thread = threading.Thread(target=self._run, args=(delay,), name=f"claim-{worker.pod}", daemon=True)
+        self.thread.start()
+
+    def _run(self, delay: float) -> None:
+        if self.finished.wait(delay):
+            return
+        with self.lock:
+            if self.settled:
+                return
+            self.attempted = True
+            try:
+                self.claimed = self.worker.claim(self.body, now=self.started)
+            except Exception as exc:  # the run goes on; its report finds out whether the task is still ours
+                log.warning("claim of task %s failed: %s", self.body["metadata"].get("name"), exc)
+
+    def settle(self) -> tuple[bool, dict[str, Any] | None]:
+        """(whether a claim was tried, the claimed task or None); no claim starts after this."""
+        self.finished.set()
+        with self.lock:
+            self.settled = True
+            return self.attempted, self.claimed
 
 
 class _Health(http.server.ThreadingHTTPServer):
@@ -133,8 +197,11 @@ class KubeWorker:
         stats_interval: float = STATS_INTERVAL,
         load: Callable[[], int] | None = None,
         claims_dir: Path | None = None,
+        claim_after: float = CLAIM_AFTER,
     ) -> None:
         self.api = api_client
+        self.claim_after = claim_after
+        """Seconds a task runs unclaimed (:data:`CLAIM_AFTER`); 0 claims every task before running it."""
         self.claims_dir = claims_dir or claims_dir_default()
         """Where the cluster's ``spec.batchClaims`` are mounted (batch tasks' ``pvc://`` folders)."""
         self.pod = pod_name
@@ -156,6 +223,11 @@ class KubeWorker:
         self._stats_sent = 0.0
         self._stats_dirty = False
         self._stream: Any = None
+        self._ran: set[tuple[str, str | None]] = set()
+        """(name, resourceVersion) of the assignments this worker ran: an unclaimed run leaves the task
+        ``Scheduled`` until its report, so a watch that reconnects may deliver the same assignment
+        again; this keeps it from running twice."""
+        self._ran_order: collections.deque[tuple[str, str | None]] = collections.deque()
         self.node = os.environ.get("NODE_NAME")
 
     # -- API access ------------------------------------------------------------------------------
@@ -239,7 +311,8 @@ class KubeWorker:
         name = body.get("metadata", {}).get("name")
         if not name:
             return
-        if event.get("type") != "DELETED" and self._mine(body):
+        version = body.get("metadata", {}).get("resourceVersion")
+        if event.get("type") != "DELETED" and self._mine(body) and (name, version) not in self._ran:
             self.pending[name] = body
         else:
             self.pending.pop(name, None)
@@ -278,8 +351,8 @@ class KubeWorker:
                 time.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
 
-    def claim(self, body: dict[str, Any]) -> dict[str, Any] | None:
-        """Scheduled → Running for this pod; None when the task is no longer ours to run.
+    def claim(self, body: dict[str, Any], *, now: datetime.datetime | None = None) -> dict[str, Any] | None:
+        """Scheduled → Running for this pod (started at ``now``); None when the task is no longer ours to run.
 
         A claim whose answer was lost (the API server went away mid-request) may have been
         written: after such a try, the task read back ``Running`` on this pod with the attempt
@@ -299,7 +372,7 @@ class KubeWorker:
                     and int(status.get("attempts") or 0) == claiming
                 )
                 return body if written_by_us else None
-            running = running_status(body.get("status") or {}, pod=self.pod, now=now_utc())
+            running = running_status(body.get("status") or {}, pod=self.pod, now=now or now_utc())
             answer, maybe_written = self._claim_write(name, running, body["metadata"]["resourceVersion"])
             uncertain = uncertain or maybe_written
             if answer is not None:
@@ -327,15 +400,19 @@ class KubeWorker:
                 raise
             return None, True
 
-    def finish(self, body: dict[str, Any], build: Any) -> bool:
-        """Write ``build(status, created)`` if the claimed attempt is still current.
+    def finish(self, body: dict[str, Any], build: Any, *, claimed: bool = True) -> bool:
+        """Write ``build(status, created)`` if the attempt is still current.
 
-        The first try writes against the claim's own resourceVersion (nothing else touches a
-        running task in the common case); a 409 means something did, so the task is read
-        again and the attempt checked before trying once more.
+        ``claimed``: ``body`` is the claim's answer (its attempts already count this attempt), and
+        the attempt is current while the task is ``Running`` on this pod with that count; else
+        ``body`` is the assignment the worker ran unclaimed, current while the task is still
+        ``Scheduled`` on this pod by that assignment (same ``scheduledTime`` and attempts). The
+        first try writes against ``body``'s resourceVersion (nothing else touches a running task
+        in the common case); a 409 means something did, so the task is read again and the attempt
+        checked before trying once more.
         """
-        name, attempt = body["metadata"]["name"], int((body.get("status") or {}).get("attempts") or 0)
-        # ``body`` is the claim's answer: its attempts already count this attempt.
+        name, seen = body["metadata"]["name"], body.get("status") or {}
+        attempt = int(seen.get("attempts") or 0) + (0 if claimed else 1)
         current: dict[str, Any] | None = body
         for _ in range(5):
             if current is None:
@@ -343,9 +420,10 @@ class KubeWorker:
                 return False
             status = current.get("status") or {}
             if (
-                status.get("phase") != Phase.RUNNING.value
-                or int(status.get("attempts") or 0) != attempt
+                status.get("phase") != (Phase.RUNNING if claimed else Phase.SCHEDULED).value
+                or int(status.get("attempts") or 0) != (attempt if claimed else attempt - 1)
                 or (status.get("workerRef") or {}).get("pod") != self.pod
+                or (not claimed and status.get("scheduledTime") != seen.get("scheduledTime"))
             ):
                 log.info(
                     "task %s attempt %d is stale (now %s, attempt %s); result dropped",
@@ -425,12 +503,26 @@ class KubeWorker:
         summary = {"model": result.get("model"), "outputsOmitted": True, "fields": sorted(result)}
         return summary, f"configmap://{name}/result.json"
 
+    def _remember(self, ran: tuple[str, str | None]) -> None:
+        self._ran.add(ran)
+        self._ran_order.append(ran)
+        while len(self._ran_order) > _RAN_KEPT:
+            self._ran.discard(self._ran_order.popleft())
+
     def execute(self, body: dict[str, Any]) -> None:
-        """Claim, run and report one task."""
+        """Run and report one task, claiming it first if it is a batch shard or once it runs long."""
         name = body["metadata"]["name"]
-        claimed = self.claim(body)
-        if claimed is None:
-            return
+        self._remember((name, body["metadata"].get("resourceVersion")))
+        started_at = now_utc()
+        deferred: _DeferredClaim | None = None
+        claimed: dict[str, Any] | None = body
+        if self.claim_after <= 0 or is_shard(body.get("spec") or {}):
+            claimed = self.claim(body)
+            if claimed is None:
+                return
+        else:
+            deferred = _DeferredClaim(self, body, started_at, self.claim_after)
+        assert claimed is not None
         spec = claimed.get("spec") or {}
         started = time.perf_counter()
         result: dict[str, Any] | None = None
@@ -455,13 +547,28 @@ class KubeWorker:
         compute_ms = getattr(self.runner, "last_compute_ms", None) if error is None and not is_listing(spec) else None
         elapsed_ms = (time.perf_counter() - started) * 1000
 
+        was_claimed = deferred is None
+        if deferred is not None:
+            was_claimed, claim_answer = deferred.settle()
+            if was_claimed:
+                if claim_answer is None:
+                    log.info("task %s was taken back while it ran; result dropped", name)
+                    return
+                claimed = claim_answer
+
         def build(status: dict[str, Any], created: str | None) -> TaskStatus:
-            return report_status(
-                status, outcome, created=created, max_retries=int(spec.get("maxRetries", 3)), now=now_utc(),
-                policy=self.policy, result=result, result_ref=ref, compute_ms=compute_ms,
+            if was_claimed:
+                return report_status(
+                    status, outcome, created=created, max_retries=int(spec.get("maxRetries", 3)), now=now_utc(),
+                    policy=self.policy, result=result, result_ref=ref, compute_ms=compute_ms,
+                )
+            return started_report_status(
+                status, outcome, pod=self.pod, started=started_at, created=created,
+                max_retries=int(spec.get("maxRetries", 3)), now=now_utc(), policy=self.policy, result=result,
+                result_ref=ref, compute_ms=compute_ms,
             )
 
-        written = self.finish(claimed, build)
+        written = self.finish(claimed, build, claimed=was_claimed)
         if written and not outcome.retryable:
             self._record(outcome.succeeded, compute_ms)
         if written and not outcome.succeeded:

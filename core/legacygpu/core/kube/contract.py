@@ -14,11 +14,16 @@ Assignment is one write: ``status.workerRef.pod``, which the task CRD
 declares a selectable field, so a worker watches only its own tasks with the
 field selector :func:`worker_field_selector` (no label mirrors it: a second
 write that an operator killed between the two could leave undone). A
-successful task costs three writes besides its creation: the operator's
+successful short task costs two writes besides its creation: the operator's
 ``Scheduled`` (admission and placement together: a valid task waits
-``Pending`` until a slot frees), the worker's ``Running`` claim and its
-``Succeeded`` report; Events are posted only for failures, retries and
-cancellations. Every write that moves a phase carries
+``Pending`` until a slot frees) and the worker's report, which writes the
+start of the attempt and its end together (:func:`started_report_status`).
+A task that runs longer than the worker's claim delay, and every batch
+shard, is claimed ``Running`` first (:func:`running_status`), a third write.
+Since a worker may run a ``Scheduled`` task without a trace, a ``Scheduled``
+task taken back from a lost worker counts as a spent attempt
+(:func:`released_status`): an input that kills its worker still uses up its
+retries. Events are posted only for failures, retries and cancellations. Every write that moves a phase carries
 ``metadata.resourceVersion``, so the API server refuses it (409) when the
 object changed in between: two writers never both win.
 """
@@ -78,6 +83,7 @@ __all__ = [
     "requeue_status",
     "running_status",
     "seconds_between",
+    "started_report_status",
     "status_record",
     "task_record",
     "terminal_status",
@@ -368,7 +374,8 @@ def _ended(
             latency[key] = value
     if after.compute_ms is not None:
         latency["computeSeconds"] = round(after.compute_ms / 1000, 6)
-    patch = TaskStatus(phase=after.phase.value, reason=after.reason, message=after.message, completionTime=completed)
+    patch = TaskStatus(phase=after.phase.value, reason=after.reason, message=after.message, attempts=after.attempts,
+                       completionTime=completed)
     if latency:
         patch["latency"] = latency
     if after.history:
@@ -438,6 +445,7 @@ def _requeued(
         phase=after.phase.value,
         reason=after.reason,
         message=after.message,
+        attempts=after.attempts,
         workerRef=None,
         scheduledTime=None,
         startTime=None,
@@ -490,9 +498,15 @@ def released_status(
     policy: RetryPolicy,
     rng: random.Random | None = None,
 ) -> TaskStatus:
-    """Take a task back from a worker pod that is gone (:func:`lifecycle.release`), as a status patch."""
+    """Take a task back from a worker pod that is gone (:func:`lifecycle.release`), as a status patch.
+
+    A ``Scheduled`` task counts as an attempt that started at its assignment (the worker may have
+    been running it unclaimed, :func:`started_report_status`), so it goes back after a backoff, or
+    ends ``Failed`` once its retries are spent.
+    """
     before = status_record(status, created=created, max_retries=max_retries)
-    after = lifecycle.release(before, reason=reason, why=message, now=now.timestamp(), policy=policy, rng=rng)
+    after = lifecycle.release(before, reason=reason, why=message, now=now.timestamp(), policy=policy, rng=rng,
+                              unclaimed_runs=True)  # fmt: skip
     return _requeued(status, after, created=created, now=now)
 
 
@@ -518,3 +532,31 @@ def report_status(
         status, created=created, phase=outcome.phase, reason=Reason(outcome.reason), message=outcome.message,
         now=now, result=result, result_ref=result_ref, compute_ms=compute_ms, reported=True,
     )
+
+
+def started_report_status(
+    status: TaskStatus | dict[str, Any],
+    outcome: lifecycle.Outcome,
+    *,
+    pod: str,
+    started: datetime.datetime,
+    created: str | None,
+    max_retries: int,
+    now: datetime.datetime,
+    policy: RetryPolicy,
+    result: dict[str, Any] | None = None,
+    result_ref: str | None = None,
+    compute_ms: float | None = None,
+) -> TaskStatus:
+    """A ``Scheduled`` attempt the worker ran without a claim: its start and its report in one status patch.
+
+    The same moves as :func:`running_status` (at ``started``) then :func:`report_status`, so the
+    attempt count, ``startTime``, the history and the latencies are what a claim and a report would
+    have written; the patch carries both, the report's fields winning where both set one.
+    """
+    running = running_status(status, pod=pod, now=started)
+    report = report_status(
+        {**status, **running}, outcome, created=created, max_retries=max_retries, now=now, policy=policy,
+        result=result, result_ref=result_ref, compute_ms=compute_ms,
+    )
+    return TaskStatus(**{**running, **report})
