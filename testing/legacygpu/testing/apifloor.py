@@ -17,7 +17,7 @@ nothing else:
   its claim delay (:data:`legacygpu.worker.kube.CLAIM_AFTER`), as the benchmark's tasks do;
   ``claim=True`` drives the claim (Scheduled → Running, ``running_status``) a longer task costs
   before the report (then ``report_status``), to measure what that write costs;
-* the **watches** the platform holds open: the operator's of all tasks in the namespace (kopf's
+* the **watches** the platform holds open: the operator's of all tasks in the namespace (its task watch's
   parameters: ``allowWatchBookmarks``) and one per worker on the CRD's selectable field
   ``status.workerRef.pod``, each read to the end of every event. The run ends once every
   watch has received every event it is owed (one per write to the operator's, one per status
