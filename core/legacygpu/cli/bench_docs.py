@@ -232,7 +232,8 @@ def _floor_rows(floor: dict[str, Any]) -> list[tuple[str, str]]:
     if not floor.get("valid", True):  # runs before the check was recorded were all complete
         return [("API server floor", "not valid: " + "; ".join(floor["invalid_because"]))]
     return [
-        ("API server floor: the same create, 3 status writes and watches, no operator or workers",
+        (f"API server floor: the same create, {floor['writes_per_task']['status']} status writes and watches, "
+         "no operator or workers",
          f"{floor['tasks_per_second']:.3g} tasks/s ({floor['client_lanes']} client pipelines, "
          f"{floor['failed']} failed)"),
         ("floor CPU per task", f"kube-apiserver {cpu['kube-apiserver']:.3g} ms, etcd {cpu['etcd']:.3g} ms"),
