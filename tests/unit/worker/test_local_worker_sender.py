@@ -91,3 +91,68 @@ def _wait(condition: Any, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+class _Runner:
+    """Stands in for the task runner: every task succeeds at once."""
+
+    last_compute_ms = 0.1
+
+    def run(self, model: str, inputs: Any, parameters: Any) -> dict[str, Any]:
+        return {"model": model}
+
+
+def _task(task_id: str) -> dict[str, Any]:
+    return {"id": task_id, "model": "m", "attempt": 1, "inputs": [], "parameters": {}}
+
+
+def test_a_lone_outcome_is_posted_by_the_task_loop_itself(worker: LocalWorker) -> None:
+    """With no report on its way and no task waiting, the task loop posts the outcome: no hand-off to the
+    sender thread (a thread wake-up on the lone task's critical path)."""
+    posted: list[tuple[str, list[str]]] = []
+
+    def post(path: str, body: Any, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        posted.append((threading.current_thread().name, [o["task_id"] for o in body["completed"]]))
+        return 200, b'{"data": []}'
+
+    worker._poster.post = post  # type: ignore[method-assign]
+    worker._runner = _Runner()  # type: ignore[assignment]
+    worker.inbox.put([_task("t1")])
+    worker._run_task(worker.inbox.get(timeout=1))  # type: ignore[arg-type]
+    assert posted == [(threading.current_thread().name, ["t1"])] and worker.inbox.held() == []
+    assert worker._outcomes == [] and not worker._posting
+
+
+def test_with_a_task_waiting_the_outcome_goes_to_the_sender(worker: LocalWorker) -> None:
+    posted: list[list[str]] = []
+
+    def post(path: str, body: Any, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        posted.append([o["task_id"] for o in body["completed"]])
+        return 200, b'{"data": []}'
+
+    worker._poster.post = post  # type: ignore[method-assign]
+    worker._runner = _Runner()  # type: ignore[assignment]
+    worker.inbox.put([_task("t1"), _task("t2")])
+    worker._run_task(worker.inbox.get(timeout=1))  # type: ignore[arg-type]
+    assert posted == [] and [o["task_id"] for o in worker._outcomes] == ["t1"], "t2 waits: the loop runs it next"
+
+
+def test_a_lone_outcome_whose_post_fails_is_retried_by_the_sender(worker: LocalWorker) -> None:
+    posted: list[tuple[str, list[str]]] = []
+
+    def post(path: str, body: Any, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        posted.append((threading.current_thread().name, [o["task_id"] for o in body["completed"]]))
+        return (503, b"database is locked") if len(posted) == 1 else (200, b'{"data": []}')
+
+    worker._poster.post = post  # type: ignore[method-assign]
+    worker._runner = _Runner()  # type: ignore[assignment]
+    worker.inbox.put([_task("t1")])
+    worker._run_task(worker.inbox.get(timeout=1))  # type: ignore[arg-type]
+    assert [o["task_id"] for o in worker._outcomes] == ["t1"] and worker.inbox.held() == ["t1"], "kept, not lost"
+    sender = threading.Thread(target=worker._sender_loop, name="completions", daemon=True)
+    sender.start()
+    assert _wait(lambda: len(posted) == 2)
+    assert posted == [(threading.current_thread().name, ["t1"]), ("completions", ["t1"])]
+    assert _wait(lambda: worker.inbox.held() == [])
+    worker._finished.set()
+    sender.join(5)
