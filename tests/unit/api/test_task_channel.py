@@ -8,6 +8,7 @@ queue at no cost or stay with the worker.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 
@@ -87,3 +88,30 @@ async def test_a_push_that_arrived_and_got_no_answer_is_unanswered() -> None:
     closing, _ = raw_server(_read_then(close=True))  # type: ignore[arg-type]
     with pytest.raises(Unanswered, match="closed with no answer"):
         await channel().push(delivery(closing))
+
+
+async def test_the_worker_queues_a_push_once_its_answer_is_sent() -> None:
+    """So that the task loop does not start the task while the serving thread still writes the answer
+    (the two would pass the interpreter lock back and forth)."""
+    events: list[str] = []
+
+    class Recording(Inbox):
+        def put(self, tasks: list[dict[str, object]]) -> None:
+            events.append("queued")
+            super().put(tasks)
+
+    inbox = Recording()
+    inbox.open("w-1", "own-token")
+    [route] = task_routes(inbox)
+    body = json.dumps({"worker_id": "w-1", "tasks": [TASK.model_dump()]}).encode()
+    scope = {"type": "http", "method": "POST", "path": "/internal/tasks", "headers": [
+        (b"authorization", b"Bearer own-token"), (b"content-type", b"application/json")]}
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        events.append(str(message["type"]))
+
+    await route.handle(scope, receive, send)  # type: ignore[arg-type]
+    assert events == ["http.response.start", "http.response.body", "queued"] and inbox.held() == ["task-1"]
