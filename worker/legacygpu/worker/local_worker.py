@@ -11,13 +11,8 @@ A sender thread posts them in batches (``POST
 /cluster/workers/{id}/completions``, on a lean kept-alive connection of its
 own: :mod:`legacygpu.worker.poster`): whatever finished while the previous
 batch was on its way goes in the next request, so a busy worker pays far less
-than a round trip per task. An outcome that finds nothing else to do (no
-report on its way, no task waiting) is posted by the task loop itself, once:
-handing it to the sender thread would cost a thread wake-up on a lone task's
-critical path (on an idle virtual machine, a halted CPU woken), while the
-loop has nothing better to do; should that post fail, the sender thread
-takes the batch over and retries it. A heartbeat with real stats and the ids
-of the tasks it holds goes out every few seconds from a side thread.
+than a round trip per task. A heartbeat with real stats and the ids of the
+tasks it holds goes out every few seconds from a side thread.
 
 Stopping: ``drain`` (from ``legacygpu worker stop`` via the facade, seen in a
 heartbeat reply) and SIGTERM/SIGINT both mean "take nothing new, finish the
@@ -107,8 +102,6 @@ class LocalWorker:
         self._outcomes: list[dict[str, Any]] = []
         """Outcomes waiting for the sender thread."""
         self._outcome_ready = threading.Condition()
-        self._posting = False
-        """A report is on its way (from the sender thread, or the task loop's own): the next waits for it."""
         self._finished = threading.Event()
         self._started = time.time()
         self._process = _own_process()
@@ -263,40 +256,15 @@ class LocalWorker:
         self._stats = self._stats.observe(ok=outcome.succeeded, latency_ms=body.get("compute_ms"))
         with self._outcome_ready:
             self._outcomes.append({"task_id": task["id"], **body})
-            here = not self._posting and self.inbox.empty()  # nothing else to do: no hand-off to the sender
-            if here:
-                batch = self._take_batch()
-            else:
-                self._outcome_ready.notify()
-        if here:
-            self._report_here(batch)
-
-    def _take_batch(self) -> list[dict[str, Any]]:
-        """The next batch to post (holding ``_outcome_ready``); the poster is then this thread's until it is done."""
-        batch, self._outcomes = self._outcomes[:_BATCH_MAX], self._outcomes[_BATCH_MAX:]
-        self._posting = bool(batch)
-        return batch
-
-    def _report_here(self, batch: list[dict[str, Any]]) -> None:
-        """Post ``batch`` on the task loop's thread, once; if that fails, the sender thread retries it."""
-        try:
-            settled = self._post(batch)
-        except Exception:  # the sender's own try says what happens to it
-            log.exception("reporting %d outcome(s) failed unexpectedly; the sender tries again", len(batch))
-            settled = False
-        with self._outcome_ready:
-            self._posting = False
-            if not settled:
-                self._outcomes[:0] = batch
             self._outcome_ready.notify()
 
     def _sender_loop(self) -> None:
         """Post outcomes as they come: one request for all that finished while the last one was on its way."""
         while True:
             with self._outcome_ready:
-                while (self._posting or not self._outcomes) and not self._finished.is_set():
+                while not self._outcomes and not self._finished.is_set():
                     self._outcome_ready.wait(1.0)
-                batch = self._take_batch()
+                batch, self._outcomes = self._outcomes[:_BATCH_MAX], self._outcomes[_BATCH_MAX:]
             if not batch:
                 return  # finished, and nothing left to send
             try:
@@ -304,50 +272,43 @@ class LocalWorker:
             except Exception:  # the sender must outlive any one batch: later outcomes still go out
                 log.exception("reporting %d outcome(s) failed unexpectedly; they are dropped", len(batch))
                 self.inbox.done([o["task_id"] for o in batch])
-            finally:
-                with self._outcome_ready:
-                    self._posting = False
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
         """Post one batch, retrying while the facade is unreachable (it may be restarting)."""
-        delay = 0.2
-        deadline = time.monotonic() + _REPORT_GIVE_UP_SECONDS
-        while time.monotonic() < deadline:
-            if self._post(batch):
-                return
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        log.error("gave up reporting tasks %s", ", ".join(o["task_id"] for o in batch))
-        self.inbox.done([o["task_id"] for o in batch])
-
-    def _post(self, batch: list[dict[str, Any]]) -> bool:
-        """Post one batch once; whether it is settled (answered, or dropped), False to try again later."""
         ids = [o["task_id"] for o in batch]
         worker_id = batch[0]["worker_id"]
         if worker_id != self.worker_id or any(o["worker_id"] != worker_id for o in batch):
             # Outcomes of an earlier registration: the facade put those tasks back in the queue already.
             log.warning("dropping %d outcome(s) of an earlier registration", len(batch))
             self.inbox.done(ids)
-            return True
-        try:
-            status, content = self._poster.post(f"/cluster/workers/{worker_id}/completions", {"completed": batch},
-                                                {"Authorization": self._http.headers["Authorization"]})
-        except PostError as exc:
-            status, content = 0, str(exc).encode()
-        if status in (0, 503):  # unreachable, or its database busy: the outcomes wait, none is lost
-            log.warning("cannot report %d outcome(s) yet (%s); retrying", len(batch),
-                        content[:200].decode(errors="replace"))
-            return False
-        if status in (404, 409):  # this worker is unknown or not live
-            log.warning("the facade no longer knows worker %s: %d outcome(s) dropped (%s)", worker_id,
-                        len(batch), content[:200].decode(errors="replace"))
-        elif status >= 300:
-            log.error("reporting %d outcome(s) failed: %d %s", len(batch), status,
-                      content[:200].decode(errors="replace"))
-        else:
-            self._log_refused(content)
+            return
+        delay = 0.2
+        deadline = time.monotonic() + _REPORT_GIVE_UP_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                status, content = self._poster.post(f"/cluster/workers/{worker_id}/completions",
+                                                    {"completed": batch},
+                                                    {"Authorization": self._http.headers["Authorization"]})
+            except PostError as exc:
+                status, content = 0, str(exc).encode()
+            if status in (0, 503):  # unreachable, or its database busy: the outcomes wait, none is lost
+                log.warning("cannot report %d outcome(s) yet (%s); retrying", len(batch),
+                            content[:200].decode(errors="replace"))
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if status in (404, 409):  # this worker is unknown or not live
+                log.warning("the facade no longer knows worker %s: %d outcome(s) dropped (%s)", worker_id,
+                            len(batch), content[:200].decode(errors="replace"))
+            elif status >= 300:
+                log.error("reporting %d outcome(s) failed: %d %s", len(batch), status,
+                          content[:200].decode(errors="replace"))
+            else:
+                self._log_refused(content)
+            self.inbox.done(ids)
+            return
+        log.error("gave up reporting tasks %s", ", ".join(ids))
         self.inbox.done(ids)
-        return True
 
     @staticmethod
     def _log_refused(content: bytes) -> None:
