@@ -189,8 +189,10 @@ class LocalBackend:
         self._loop = asyncio.get_running_loop()
         await self._db(self._restart_heartbeat_clocks)
         with self._pass_lock:
-            # A pass queued when stop() shut the old thread down was dropped unrun: none is queued on this one.
+            # A pass queued when stop() shut the old thread down was dropped unrun: none is queued on this one;
+            # nor is any call that was waiting for it.
             self._pass_queued = False
+            self._db_waiting = 0
             self._running = True
         self._loop_task = asyncio.create_task(self._loop_forever(), name="local-coordinator")
 
@@ -284,7 +286,7 @@ class LocalBackend:
             if self._poke_wanted:
                 self._poke_wanted = False
                 with self._pass_lock:
-                    at_once = self._running and not self._pass_queued and self._db_waiting == 0
+                    at_once = self._running and not self._pass_queued and self._db_waiting <= 0
                 if at_once:
                     self._queued_pass()
                 else:
