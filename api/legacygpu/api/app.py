@@ -25,7 +25,6 @@ from legacygpu.api import grpcfacade, inferpath, taskpath
 from legacygpu.api.backends.base import ClusterBackend
 from legacygpu.api.deps import Role, worker_token
 from legacygpu.api.errors import install_error_handlers
-from legacygpu.api.forwarding import forwarder_for
 from legacygpu.api.limits import BodySizeLimit
 from legacygpu.api.metrics import Metrics
 from legacygpu.api.requestcount import RequestCounter
@@ -78,11 +77,12 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await backend.start()
         connect_workers = getattr(backend, "connect_workers", None)
-        if connect_workers is not None:  # local mode: tasks are pushed on the /v2 forwarder's connections
+        channel = None
+        if connect_workers is not None:  # local mode: tasks are pushed to the workers' serving ports
             from legacygpu.api.backends.local.channel import HttpChannel
 
-            connect_workers(HttpChannel(forwarder_for(app).session,
-                                        lambda worker_id: worker_token(app.state.worker_secret, worker_id)))
+            channel = HttpChannel(lambda worker_id: worker_token(app.state.worker_secret, worker_id))
+            connect_workers(channel)
         if local:
             secure_data_dir(settings.data_dir)  # again: starting may have created the database and its WAL
         if grpc_address is not None:
@@ -93,6 +93,8 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
             await grpcfacade.stop(app)
             await v2.close(app)
             await backend.stop()
+            if channel is not None:
+                await channel.close()
 
     local = settings.cluster_backend == "local"  # in Kubernetes the data dir may be read-only and holds nothing
     if local:

@@ -10,21 +10,22 @@ work on the task, and on an idle cluster a good part of a task's latency.
 :class:`TaskPath` is a plain ASGI middleware, like :mod:`legacygpu.api.inferpath`
 for ``/v2`` (inside the request counter and the body-size limit, so both
 still see every request), that answers the common case of those two
-itself, through the same schemas, the same limit checks and the same
-backend calls as the routes in :mod:`legacygpu.api.routes.tasks` and
-:mod:`legacygpu.api.routes.workers`:
+itself, through the same schemas and the very functions the routes' bodies
+are (:func:`legacygpu.api.routes.tasks.submit`,
+:func:`legacygpu.api.routes.workers.complete`), so the two cannot drift apart:
 
 * an authorised request whose JSON body fits the route's schema is parsed
   (``json.loads`` then the pydantic model, as FastAPI does), handed to the
-  backend, and answered with the route's status and body; a core error
-  gets the status and ``{"detail": ...}`` body the facade's error handlers
-  give it, and anything else propagates to the same unexpected-error
-  handler (a 503 for a busy database, else a 500);
+  route's function, and answered with the route's status and body; a core
+  error or an ``HTTPException`` (a worker reporting for another: 403) gets
+  the status and ``{"detail": ...}`` body the facade's error handlers give
+  it, and anything else propagates to the same unexpected-error handler (a
+  503 for a busy database, else a 500);
 * anything else (no token or another role's, a body that is not JSON,
   is nested too deep to parse or does not fit the schema, another content
-  type, a worker reporting for another) goes on to FastAPI with the body
-  it sent, where the route gives its usual 400/401/403/422 answer in its
-  own words. The caller's role is checked before the body is parsed.
+  type) goes on to FastAPI with the body it sent, where the route gives its
+  usual 400/401/403/422 answer in its own words. The caller's role is
+  checked before the body is parsed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -42,7 +43,7 @@ from legacygpu.api.deps import Role, bearer_token, role_of
 from legacygpu.api.errors import error_response, status_for
 from legacygpu.api.limits import replay
 from legacygpu.api.routes import tasks, workers
-from legacygpu.api.schemas import CompletionBatch, CompletionsAnswered, TaskCreate
+from legacygpu.api.schemas import CompletionBatch, TaskCreate
 from legacygpu.core.errors import LegacyGPUError
 from legacygpu.core.oip.asgi import read_body, send_response
 
@@ -88,6 +89,9 @@ class TaskPath:
         except LegacyGPUError as exc:  # what install_error_handlers answers for it
             await error_response(status_for(exc), str(exc))(scope, receive, send)
             return
+        except HTTPException as exc:  # likewise
+            await error_response(exc.status_code, str(exc.detail), exc.headers)(scope, receive, send)
+            return
         await send_response(send, status, _JSON, answer)
 
     def _handler(self, scope: Scope) -> _Handler | None:
@@ -112,9 +116,8 @@ class TaskPath:
         state = scope["app"].state
 
         async def act() -> _Answer:
-            tasks.check_task_limits(task, state.settings)
-            created = await state.backend.submit_task(task)
-            return 201, created.model_dump_json().encode()
+            created = await tasks.submit(task, state.backend, state.settings)
+            return _status(scope), created.model_dump_json().encode()
 
         return act
 
@@ -124,15 +127,18 @@ class TaskPath:
         if _role(scope, worker_id) != Role.WORKER:
             raise _NotMine
         batch = CompletionBatch.model_validate(json.loads(body))
-        if any(done.worker_id != worker_id for done in batch.completed):
-            raise _NotMine  # the route's 403
         backend = scope["app"].state.backend
 
         async def act() -> _Answer:
-            answers = await backend.complete_tasks(worker_id, batch.completed)
-            return 200, CompletionsAnswered(data=answers).model_dump_json().encode()
+            answered = await workers.complete(worker_id, batch, backend)
+            return _status(scope), answered.model_dump_json().encode()
 
         return act
+
+
+def _status(scope: Scope) -> int:
+    """The status the route answers with when all went well (its decorator's, else 200)."""
+    return scope["route"].status_code or 200
 
 
 def _is_json(scope: Scope) -> bool:

@@ -9,6 +9,7 @@ import asyncio
 import random
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,38 @@ async def test_an_idle_coordinator_passes_at_once_and_changes_queued_meanwhile_c
         assert passes == [0, 1, 7, 1], "a batch of seven outcomes: one pass, which places the last task"
         done = {(await backend.get_task(t.id)).phase for t in submitted}
         assert done == {"Succeeded", "Running"}
+    finally:
+        await backend.stop()
+
+
+async def test_an_idle_coordinator_places_and_pushes_a_task_before_answering_its_submitter(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing else waits for the database thread: the pass a submission asks for runs in the same call, so
+    the event loop is woken once and sends the push before the answer (not beside a pass in progress)."""
+    monkeypatch.setattr(local_backend, "_PASS_INTERVAL_SECONDS", 3600.0)  # only changes ask for passes here
+    wid = await worker(backend)
+    order: list[str] = []
+    real = backend._pass
+
+    def slow_pass() -> list[Any]:
+        time.sleep(0.05)  # long enough that an answer sent before the pass would come first
+        deliveries = real()
+        order.append("pass")
+        order.extend(f"pass placed {t.id}" for d in deliveries for t in d.tasks)
+        return deliveries
+
+    monkeypatch.setattr(backend, "_pass", slow_pass)
+    channel = backend.channel
+    assert isinstance(channel, FakeChannel)
+    await backend.start()
+    try:
+        await until(lambda: order == ["pass"])  # the first pass, at start
+        lone = await backend.submit_task(task())
+        order.append(f"answered {lone.id}")
+        assert order == ["pass", "pass", f"pass placed {lone.id}", f"answered {lone.id}"]
+        await until(lambda: channel.pushes)
+        assert [t.id for t in channel.take(wid)] == [lone.id]
     finally:
         await backend.stop()
 

@@ -17,14 +17,16 @@ from starlette.types import Message, Scope
 
 from legacygpu.api.deps import Role, bearer_token, worker_token
 from legacygpu.api.limits import replay
-from legacygpu.api.schemas import CompletionAnswer, TaskPublic
+from legacygpu.api.routes import tasks as routes_tasks
+from legacygpu.api.routes import workers as routes_workers
+from legacygpu.api.schemas import CompletionAnswer, CompletionBatch, CompletionsAnswered, TaskCreate, TaskPublic
 from legacygpu.api.taskpath import TaskPath
 from legacygpu.core.config import Settings
 from legacygpu.core.errors import UnknownModelError
 
 SECRET = b"s" * 32
-ROUTES = {"submit": object(), "completions": object()}
-"""Stand-ins for the FastAPI routes the request counter reads its label from."""
+ROUTES = {"submit": SimpleNamespace(status_code=201), "completions": SimpleNamespace(status_code=None)}
+"""Stand-ins for the FastAPI routes: the request counter reads its label from them, the answer its status."""
 TASK = {"model": "m", "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
 
 
@@ -129,13 +131,48 @@ async def test_a_workers_report_is_answered_here_only_with_its_own_token_and_out
     assert (status, json.loads(body)) == (200, {"data": [{"task_id": "t1", "status": "applied", "detail": ""}]})
     assert backend.calls == [("complete", ("w-1", ["t1"]))] and inner.bodies == []
     assert inner.route is ROUTES["completions"]
-    for path, token, sent in [("/cluster/workers/w-2/completions", own, batch),  # another worker's path
-                              ("/cluster/workers/w-1/completions", "user-token", batch),
-                              ("/cluster/workers/w-1/completions", own,
-                               {"completed": [{**batch["completed"][0], "worker_id": "w-2"}]})]:
-        status, _, inner = await call(backend, path, json.dumps(sent).encode(), token)
-        assert status == 499 and inner.bodies == [json.dumps(sent).encode()], (path, sent)
+    for path, token in [("/cluster/workers/w-2/completions", own),  # another worker's path
+                        ("/cluster/workers/w-1/completions", "user-token")]:
+        status, _, inner = await call(backend, path, json.dumps(batch).encode(), token)
+        assert status == 499 and inner.bodies == [json.dumps(batch).encode()], path
     assert len(backend.calls) == 1
+
+
+async def test_an_outcome_reported_as_another_worker_gets_the_routes_403_and_nothing_is_applied(
+    backend: Backend,
+) -> None:
+    sent = {"completed": [{"task_id": "t1", "worker_id": "w-2", "attempt": 1, "result": {}}]}
+    status, body, inner = await call(backend, "/cluster/workers/w-1/completions", json.dumps(sent).encode(),
+                                     worker_token(SECRET, "w-1"))
+    assert status == 403 and "a worker may report only its own outcomes" in json.loads(body)["detail"]
+    assert backend.calls == [] and inner.bodies == []
+
+
+async def test_the_route_and_the_task_path_run_the_same_function(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each route's body is one function that the task path calls too, so their answers cannot drift apart."""
+    ran: list[str] = []
+
+    async def submit(task: Any, backend: Any, settings: Any) -> TaskPublic:
+        ran.append("submit")
+        return TaskPublic(id="task-9", model=task.model, phase="Queued", created_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+    async def complete(worker_id: str, batch: Any, backend: Any) -> CompletionsAnswered:
+        ran.append("complete")
+        return CompletionsAnswered(data=[])
+
+    monkeypatch.setattr(routes_tasks, "submit", submit)
+    monkeypatch.setattr(routes_workers, "complete", complete)
+    status, body, _ = await call(backend, "/cluster/tasks/submit", json.dumps(TASK).encode())
+    assert (status, json.loads(body)["id"]) == (201, "task-9")
+    batch = {"completed": [{"task_id": "t1", "worker_id": "w-1", "attempt": 1, "result": {}}]}
+    status, _, _ = await call(backend, "/cluster/workers/w-1/completions", json.dumps(batch).encode(),
+                              worker_token(SECRET, "w-1"))
+    assert status == 200
+    await routes_tasks.submit_task(TaskCreate.model_validate(TASK), backend, Settings())  # type: ignore[arg-type]
+    await routes_workers.complete_tasks("w-1", CompletionBatch.model_validate(batch), backend)  # type: ignore[arg-type]
+    assert ran == ["submit", "complete", "submit", "complete"] and backend.calls == []
 
 
 async def test_a_report_nested_too_deep_reaches_fastapi(backend: Backend) -> None:

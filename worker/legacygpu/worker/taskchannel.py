@@ -20,8 +20,15 @@ work. Answers:
   it takes nothing new (the facade puts the tasks back in the queue);
 * 400 for a body that is not that shape.
 
-The handler only queues, never runs anything, so it answers at once. The
-:class:`Inbox` also knows every task the worker still holds (queued,
+The handler only queues, never runs anything, so it answers at once; it
+queues the tasks once the answer is sent (the worker's own checks, above,
+come first). Queued earlier, the task loop would start running the first
+task while this thread still writes the answer, and the two would hand the
+interpreter lock back and forth (each hand-off a wake-up on another CPU)
+on a lone task's critical path. A worker that stops in between holds the
+tasks no more than one that stops just after queueing them: either way the
+facade takes them back (:meth:`Inbox.held`, below, and deregistering).
+The :class:`Inbox` also knows every task the worker still holds (queued,
 running, or finished and not yet acknowledged by the facade), which the
 worker's heartbeat reports, so that a push the facade started but never
 finished (it stopped mid-push) is noticed and undone.
@@ -35,6 +42,7 @@ import queue
 import threading
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -138,7 +146,10 @@ def task_routes(inbox: Inbox) -> list[Route]:
         code, why = inbox.check(worker_id, request.headers.get("authorization", ""))
         if code:
             return JSONResponse({"error": why}, status_code=code)
-        inbox.put(tasks)
-        return JSONResponse({"accepted": len(tasks)}, status_code=202)
+
+        async def queue() -> None:  # a coroutine: a plain function would go to a thread pool
+            inbox.put(tasks)
+
+        return JSONResponse({"accepted": len(tasks)}, status_code=202, background=BackgroundTask(queue))
 
     return [Route(TASKS_PATH, push, methods=["POST"])]

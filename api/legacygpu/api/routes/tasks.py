@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 
+from legacygpu.api.backends.base import ClusterBackend
 from legacygpu.api.deps import Authorized, BackendDep, SettingsDep
 from legacygpu.api.errors import ERROR_RESPONSES
 from legacygpu.api.schemas import INT64_MAX, TaskCreate, TaskPublic, TasksCreate, TasksPublic
@@ -23,8 +24,14 @@ router = APIRouter(
 @router.post("/submit", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
 async def submit_task(body: TaskCreate, backend: BackendDep, settings: SettingsDep) -> TaskPublic:
     """Accept a task after checking it is within the limits, the model exists and the inputs fit it."""
-    check_task_limits(body, settings)
-    return await backend.submit_task(body)
+    return await submit(body, backend, settings)
+
+
+async def submit(task: TaskCreate, backend: ClusterBackend, settings: Settings) -> TaskPublic:
+    """What ``POST /submit`` does once the caller is authorised and the body parsed: the route's body, and
+    :mod:`legacygpu.api.taskpath`'s, which answers the common case without FastAPI (so the two cannot differ)."""
+    check_task_limits(task, settings)
+    return await backend.submit_task(task)
 
 
 @router.post("/submit-many", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])

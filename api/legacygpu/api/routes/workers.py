@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
 
+from legacygpu.api.backends.base import ClusterBackend
 from legacygpu.api.deps import (
     AdminAuthorized,
     Authorized,
@@ -110,14 +111,21 @@ async def complete_tasks(worker_id: str, body: CompletionBatch, backend: Backend
     ``repeated`` and changes nothing, so a worker may resend a batch whose
     answer it did not get.
     """
-    for done in body.completed:
+    return await complete(worker_id, body, backend)
+
+
+async def complete(worker_id: str, batch: CompletionBatch, backend: ClusterBackend) -> CompletionsAnswered:
+    """What ``POST /{worker_id}/completions`` does once the worker is authorised and the body parsed: the
+    route's body, and :mod:`legacygpu.api.taskpath`'s, which answers the common case without FastAPI (so the
+    two cannot differ). 403 for an outcome reported as another worker."""
+    for done in batch.completed:
         if done.worker_id != worker_id:  # this worker's token vouches for this worker's outcomes only
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
                 f"worker {worker_id} reported an outcome as worker {done.worker_id}: a worker may report only "
                 "its own outcomes",
             )
-    return CompletionsAnswered(data=await backend.complete_tasks(worker_id, body.completed))
+    return CompletionsAnswered(data=await backend.complete_tasks(worker_id, batch.completed))
 
 
 @router.post("/{worker_id}/drain", dependencies=[AdminAuthorized])

@@ -36,8 +36,13 @@ queued on the database thread straight away (no trip through the event
 loop), behind whatever that thread has still to do; any number of changes
 made before it starts cost that one pass, a database-thread call (a batch
 of outcomes) asks at most once, and the pass's own writes never ask for
-another. So on an idle cluster a submitted task is placed, started and
-pushed at once, and under load the queued work is taken in one pass. The pass reads
+another. When nothing else waits for that thread, the pass runs at once,
+in the call that asked for it, before the call's answer goes back to the
+event loop: the loop then wakes once, for both, and sends the push before
+it answers the submitter (rather than answering while the pass runs beside
+it, each waiting on the other for the interpreter lock). So on an idle
+cluster a submitted task is placed, started and pushed at once, and under
+load the queued work is taken in one pass. The pass reads
 only what it can act on: the queue one page of free slots at a time,
 expired tasks through an index.
 
@@ -165,6 +170,8 @@ class LocalBackend:
         self._pass_lock = threading.Lock()
         self._in_db_call = False
         self._poke_wanted = False
+        self._db_waiting = 0
+        """Calls handed to the database thread (:meth:`_db`) and not started yet (under ``_pass_lock``)."""
         self._in_pass = False
         self._next_prune = 0.0
         self._loop_task: asyncio.Task[None] | None = None
@@ -182,8 +189,10 @@ class LocalBackend:
         self._loop = asyncio.get_running_loop()
         await self._db(self._restart_heartbeat_clocks)
         with self._pass_lock:
-            # A pass queued when stop() shut the old thread down was dropped unrun: none is queued on this one.
+            # A pass queued when stop() shut the old thread down was dropped unrun: none is queued on this one;
+            # nor is any call that was waiting for it.
             self._pass_queued = False
+            self._db_waiting = 0
             self._running = True
         self._loop_task = asyncio.create_task(self._loop_forever(), name="local-coordinator")
 
@@ -256,11 +265,19 @@ class LocalBackend:
         """Run ``fn`` (anything that touches the database) on the database thread, off the event loop."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        return await self._loop.run_in_executor(self._db_thread, functools.partial(self._one_call, fn, *args,
+        with self._pass_lock:
+            self._db_waiting += 1
+        return await self._loop.run_in_executor(self._db_thread, functools.partial(self._started_call, fn, *args,
                                                                                    **kwargs))
 
+    def _started_call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        with self._pass_lock:
+            self._db_waiting -= 1
+        return self._one_call(fn, *args, **kwargs)
+
     def _one_call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """One database-thread call; the pokes it makes (one per write of a batch) become one, at its end."""
+        """One database-thread call; the pokes it makes (one per write of a batch) become one pass, at its end:
+        run there and then when no other call waits for the thread, else queued behind them (:meth:`_poke`)."""
         self._in_db_call = True
         try:
             return fn(*args, **kwargs)
@@ -268,7 +285,12 @@ class LocalBackend:
             self._in_db_call = False
             if self._poke_wanted:
                 self._poke_wanted = False
-                self._poke()
+                with self._pass_lock:
+                    at_once = self._running and not self._pass_queued and self._db_waiting <= 0
+                if at_once:
+                    self._queued_pass()
+                else:
+                    self._poke()
 
     def _on_loop(self, fn: Callable[..., object], *args: Any) -> None:
         """Call ``fn`` on the event loop: at once when already there, else queued from the database thread."""

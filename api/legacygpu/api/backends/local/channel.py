@@ -5,19 +5,21 @@ sends every worker the tasks it just started for it, several in one request
 (:class:`Delivery`), to the worker's task endpoint on its serving port
 (``POST {rest}/internal/tasks``, :data:`TASKS_PATH`, served by
 :mod:`legacygpu.worker.taskchannel`) over persistent connections to the
-workers (an aiohttp session of the facade's forwarder,
-:meth:`legacygpu.api.forwarding.Forwarder.session`; ``/v2`` requests have
-a pool of their own). The request carries the worker's own
-token (the one it got at registration), which only the facade (holding the
-secret it is derived from) and that worker know, so nobody else can hand a
-worker work. Completions travel the other way, in batches too
-(``POST /cluster/workers/{id}/completions``).
+workers: a :class:`~legacygpu.api.workerhttp.WorkerPool` of the channel's
+own (``/v2`` requests have the forwarder's), the facade's lean HTTP/1.1
+client. On an idle cluster a lone task's push is on its critical path, and
+aiohttp's client spent about twice the pool's time on each round trip
+(request and response objects, timers, tracing hooks). The request carries
+the worker's own token (the one it got at registration), which only the
+facade (holding the secret it is derived from) and that worker know, so
+nobody else can hand a worker work. Completions travel the other way, in
+batches too (``POST /cluster/workers/{id}/completions``).
 
 A push ends one of three ways, which decide what happens to its tasks:
 
 * accepted (2xx): the worker holds them; it reports each one later;
-* :class:`Refused`: the worker certainly did not take them (the connection
-  was refused, or the worker answered with an error: not registered yet,
+* :class:`Refused`: the worker certainly did not take them (no connection
+  could be made, or the worker answered with an error: not registered yet,
   draining, a token of another registration): the coordinator puts them
   back in the queue without spending an attempt;
 * :class:`Unanswered`: the request may have arrived (a timeout, a reset
@@ -27,25 +29,35 @@ A push ends one of three ways, which decide what happens to its tasks:
   answers at once, so this needs a worker whose event loop is stuck, and
   one stuck that long stops heartbeating too.
 
+A kept-alive connection that the worker closed while it was idle fails with
+no byte of an answer; the pool then sends the push once more on a new
+connection (see :mod:`legacygpu.api.workerhttp`). Idle connections are
+dropped well before the worker's own idle timeout, so this is rare, and
+should the first request have arrived after all, the worker runs the task
+twice and the facade answers the second outcome ``repeated``: the attempt
+number keeps it from being applied twice.
+
 :class:`TaskChannel` is the seam: :class:`HttpChannel` in the facade, a
 recording fake in the coordinator's unit tests.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
-
+from legacygpu.api.forwarding import KEEPALIVE_SECONDS
 from legacygpu.api.schemas import ClaimedTask
+from legacygpu.api.workerhttp import FacadeOverloaded, WorkerFailed, WorkerPool
 
 __all__ = ["TASKS_PATH", "Delivery", "HttpChannel", "Refused", "TaskChannel", "Unanswered"]
 
 TASKS_PATH = "/internal/tasks"
 """The worker's task endpoint, under its REST serving URL."""
-_PUSH_TIMEOUT = aiohttp.ClientTimeout(total=10.0, connect=2.0)
+_CONNECT_TIMEOUT_SECONDS = 2.0
+_ANSWER_TIMEOUT_SECONDS = 10.0
 
 
 class Refused(Exception):
@@ -74,22 +86,32 @@ class TaskChannel(Protocol):
 
 
 class HttpChannel:
-    """Pushes over the facade's persistent connections to the workers, as the worker's own token."""
+    """Pushes over persistent connections to the workers (a pool of its own), as the worker's own token."""
 
-    def __init__(self, session: Callable[[], aiohttp.ClientSession], token_for: Callable[[str], str]) -> None:
-        self._session = session
+    def __init__(self, token_for: Callable[[str], str], pool: WorkerPool | None = None) -> None:
         self._token_for = token_for
+        self._pool = pool or WorkerPool(keepalive_seconds=KEEPALIVE_SECONDS, connect_timeout=_CONNECT_TIMEOUT_SECONDS,
+                                        timeout=_ANSWER_TIMEOUT_SECONDS)
 
     async def push(self, delivery: Delivery) -> None:
-        body = {"worker_id": delivery.worker_id, "tasks": [t.model_dump() for t in delivery.tasks]}
-        headers = {"Authorization": f"Bearer {self._token_for(delivery.worker_id)}"}
+        if not delivery.url.startswith("http://"):  # the pool speaks plain HTTP, as workers serve it
+            raise Refused(f"worker {delivery.worker_name} announced {delivery.url!r}, not an http:// URL")
+        body = json.dumps({"worker_id": delivery.worker_id, "tasks": [t.model_dump() for t in delivery.tasks]},
+                          separators=(",", ":")).encode()
+        headers = [(b"authorization", f"Bearer {self._token_for(delivery.worker_id)}".encode()),
+                   (b"content-type", b"application/json")]
         try:
-            async with self._session().post(delivery.url + TASKS_PATH, json=body, headers=headers,
-                                            timeout=_PUSH_TIMEOUT) as response:
-                if response.status >= 300:
-                    raise Refused(f"worker {delivery.worker_name} answered {response.status}: "
-                                  f"{(await response.text())[:200]}")
-        except aiohttp.ClientConnectorError as exc:  # nothing was sent
+            answer = await self._pool.request(delivery.url, "POST", TASKS_PATH, headers, body)
+        except FacadeOverloaded as exc:  # out of file descriptors: no connection, nothing sent
             raise Refused(f"worker {delivery.worker_name} is unreachable: {exc}") from exc
-        except (TimeoutError, aiohttp.ClientError, RuntimeError) as exc:  # RuntimeError: the pool closed (shutdown)
-            raise Unanswered(f"worker {delivery.worker_name} did not answer: {type(exc).__name__}: {exc}") from exc
+        except WorkerFailed as exc:
+            if isinstance(exc.__cause__, OSError):  # the connection could not be made: nothing was sent
+                raise Refused(f"worker {delivery.worker_name} is unreachable: {exc}") from exc
+            raise Unanswered(f"worker {delivery.worker_name} did not answer: {exc}") from exc
+        if answer.status >= 300:
+            raise Refused(f"worker {delivery.worker_name} answered {answer.status}: "
+                          f"{answer.body[:200].decode(errors='replace')}")
+
+    async def close(self) -> None:
+        """Close the idle connections (the facade is stopping)."""
+        await self._pool.close()
