@@ -11,7 +11,7 @@ binary tensor data alike. Nothing is written to the database. Idle
 connections are dropped after :data:`KEEPALIVE_SECONDS`, before a worker's
 server (uvicorn: 5 s unless configured longer, as the worker does) would
 close them under a request in flight. The local task channel pushes tasks
-with aiohttp (:meth:`Forwarder.session`), on connections of its own.
+over a pool of its own (:mod:`legacygpu.api.backends.local.channel`).
 :meth:`Forwarder.dispatch` is the protocol-neutral part (which worker, the
 retry), shared by REST (:meth:`Forwarder.forward`) and gRPC
 (:mod:`legacygpu.api.grpcfacade`).
@@ -47,7 +47,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-import aiohttp
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -100,9 +99,6 @@ class Forwarder:
         self._backend = backend
         self._strategy = make_strategy(strategy)
         self._refresh = refresh_seconds
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds, connect=5.0)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None  # made on first use, inside the event loop
         self._pool = WorkerPool(keepalive_seconds=KEEPALIVE_SECONDS, connect_timeout=5.0, timeout=timeout_seconds,
                                 max_connections=max_connections)
         self._endpoints: list[ServingEndpoint] = []
@@ -131,19 +127,6 @@ class Forwarder:
 
     async def close(self) -> None:
         await self._pool.close()
-        if self._session is not None:
-            await self._session.close()
-
-    def session(self) -> aiohttp.ClientSession:
-        """An aiohttp session with persistent connections to the workers, for the local task channel's pushes."""
-        return self._client()
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=KEEPALIVE_SECONDS)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                                  auto_decompress=False, skip_auto_headers=("User-Agent",))
-        return self._session
 
     async def endpoints(self) -> list[ServingEndpoint]:
         """The workers serving now (cached for ``refresh_seconds``)."""
