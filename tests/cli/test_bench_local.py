@@ -37,3 +37,10 @@ def test_bench_local_smoke(demo_repository: Path, tmp_path: Path) -> None:
         assert re.search(rf"tasks \(succeeded / failed / retried\) \({re.escape(each)}\) +20 / 0 / 0\n", result.stdout)
         assert f"top-1 agreement cluster vs direct ({each})" in result.stdout
     assert "tasks/s" in result.stdout
+    # the direct call paced like the probe's lone tasks: one per probe task, and the overhead over it
+    paced = report["direct"]["paced_per_task_ms"]
+    assert paced["n"] == 3 and paced["idle_seconds"] > 0 and paced["p50"] > 0
+    over = report["overhead"]
+    lone = report["cluster"]["unloaded_latency_ms"]["p50"]
+    assert over["unloaded_latency_p50_minus_paced_direct_p50_ms"] == lone - paced["p50"]
+    assert "one-at-a-time p50 - that paced direct p50" in result.stdout

@@ -274,6 +274,11 @@ def render_local(record: dict[str, Any], make: str) -> str:
          f"{ratio:.3g}x: {'**met**' if ratio <= 3 else 'not met'}"),
         ("issue 10 target: one-at-a-time p50 minus direct p50 ≤ 2 ms",
          f"{_ms(extra)} ms: {'**met**' if extra <= 2 else 'not met'}"),
+        *([("beside it: the direct call paced like the lone tasks (each after "
+            f"{direct['paced_per_task_ms']['idle_seconds'] * 1000:.0f} ms idle), p50; one-at-a-time p50 minus it",
+            f"{_ms(direct['paced_per_task_ms']['p50'])} ms; "
+            f"{_ms(over['unloaded_latency_p50_minus_paced_direct_p50_ms'])} ms")]
+          if direct.get("paced_per_task_ms", {}).get("n") else []),
     ]  # fmt: skip
     lines = [
         f"Made by `make {make}` ({cfg['model']}, onnxruntime {host['onnxruntime']}); started {record['started']}; "

@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 MODEL = "digits"
 TASK_TIMEOUT_SECONDS = 3600
+PROBE_POLL_SECONDS = 0.01
+"""How often the one-at-a-time probe asks whether its task is done; the paced direct calls wait as long."""
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 WARMUP_TASKS = 100
 """Tasks run, not measured, before the first measured run (fewer when ``--tasks`` is smaller)."""
@@ -84,10 +86,15 @@ def make_inputs(count: int) -> tuple[list[list[dict[str, Any]]], list[int]]:
     return bodies, [int(y_test[i % len(pngs)]) for i in range(count)]
 
 
-def direct_reference(models_dir: Path, inputs: list[list[dict[str, Any]]], warmup: int = 20) -> dict[str, Any]:
+def direct_reference(models_dir: Path, inputs: list[list[dict[str, Any]]], warmup: int = 20,
+                     paced: int = 0) -> dict[str, Any]:
     """Per-task times of validation + pre-processing + onnxruntime + post-processing in this process, and the labels.
 
-    The model runs through the worker's own onnxruntime backend, so both sides load it the same way.
+    The model runs through the worker's own onnxruntime backend, so both sides load it the same way. The
+    calls run back to back (a hot cache: the reference for throughput and for every latency but one);
+    then ``paced`` more, each after :data:`PROBE_POLL_SECONDS` idle, the cadence of the one-at-a-time
+    probe's tasks (:func:`_probe`): a model that waited idle runs slower than one called back to back,
+    and a lone task always comes after such a wait.
     """
     import onnxruntime
 
@@ -121,8 +128,13 @@ def direct_reference(models_dir: Path, inputs: list[list[dict[str, Any]]], warmu
         model_ms.append(model)
         labels.append(label)
     wall = time.perf_counter() - started
+    paced_ms: list[float] = []
+    for tensors in inputs[:paced]:
+        time.sleep(PROBE_POLL_SECONDS)
+        paced_ms.append(once(tensors)[1])
     return {
         "per_task_ms": total_ms,
+        "paced_per_task_ms": paced_ms,
         "model_ms": model_ms,
         "labels": labels,
         "wall_seconds": wall,
@@ -212,7 +224,7 @@ def _probe(client: httpx.Client, inputs: list[list[dict[str, Any]]], count: int)
         body = {"model": MODEL, "inputs": inputs[i % len(inputs)], "timeout_seconds": TASK_TIMEOUT_SECONDS}
         task = client.post("/cluster/tasks/submit", json=body).raise_for_status().json()
         while task["phase"] not in TERMINAL:
-            time.sleep(0.01)
+            time.sleep(PROBE_POLL_SECONDS)
             task = client.get(f"/cluster/tasks/{task['id']}/status").raise_for_status().json()
         tasks.append(task)
     return tasks
@@ -243,6 +255,7 @@ def summarize(tasks: list[dict[str, Any]], direct: dict[str, Any], probe: list[d
     throughput = len(done) / span if span > 0 else 0.0
     direct_ms = direct["per_task_ms"]
     direct_mean, direct_p50 = statistics.fmean(direct_ms), percentile(direct_ms, 50)
+    paced_p50 = percentile(direct.get("paced_per_task_ms", []), 50)
     cluster = {
         "succeeded": len(done),
         "failed": sum(t["phase"] == "Failed" for t in tasks),
@@ -261,12 +274,16 @@ def summarize(tasks: list[dict[str, Any]], direct: dict[str, Any], probe: list[d
     reference = {
         "per_task_ms": {"mean": direct_mean, "p50": direct_p50, "p99": percentile(direct_ms, 99)},
         "model_only_ms": {"p50": percentile(direct["model_ms"], 50)},
+        "paced_per_task_ms": {"p50": paced_p50, "n": len(direct.get("paced_per_task_ms", [])),
+                              "idle_seconds": PROBE_POLL_SECONDS},
         "throughput_per_second": direct["throughput_per_second"],
     }
     p50 = cluster["latency_ms"]["p50"]
     idle_p50 = cluster["unloaded_latency_ms"]["p50"]
     overhead = {
         "unloaded_latency_p50_minus_direct_p50_ms": None if idle_p50 is None else idle_p50 - (direct_p50 or 0.0),
+        "unloaded_latency_p50_minus_paced_direct_p50_ms":
+            None if idle_p50 is None or paced_p50 is None else idle_p50 - paced_p50,
         "loaded_latency_p50_minus_direct_p50_ms": None if p50 is None else p50 - (direct_p50 or 0.0),
         "time_per_task_ms": None if not throughput else 1000 / throughput - direct_mean,
         "throughput_ratio_direct_over_cluster": direct["throughput_per_second"] / throughput if throughput else None,
@@ -442,6 +459,10 @@ def _table(report: dict[str, Any]) -> str:
          " / ".join(_fmt(d["per_task_ms"][k], " ms", 3) for k in ("p50", "p99"))),
         ("direct throughput (one process)", _fmt(d["throughput_per_second"], " tasks/s", 1)),
         ("overhead: one-at-a-time p50 - direct p50", _fmt(o["unloaded_latency_p50_minus_direct_p50_ms"], " ms")),
+        ("direct per task p50, each call after the probe's idle wait",
+         _fmt(d["paced_per_task_ms"]["p50"], " ms", 3)),
+        ("overhead: one-at-a-time p50 - that paced direct p50",
+         _fmt(o["unloaded_latency_p50_minus_paced_direct_p50_ms"], " ms")),
         (f"overhead: 1/throughput - direct mean ({mode})", _fmt(o["time_per_task_ms"], " ms per task")),
         (f"ratio: direct / cluster throughput ({mode})", _fmt(o["throughput_ratio_direct_over_cluster"], "x", 1)),
         *([(f"ratio: direct / cluster throughput ({single['submit_mode']})",
@@ -489,7 +510,7 @@ def command(tasks: int, workers: int, concurrency: int, out_dir: Path, models_fr
         models_dir = _prepare_models(data_dir, models_from)
         inputs, truth = make_inputs(tasks)
         log.info("direct onnxruntime reference over %d inputs", tasks)
-        direct = direct_reference(models_dir, inputs)
+        direct = direct_reference(models_dir, inputs, paced=probe)
         run = run_cluster(data_dir, workers, inputs, concurrency, timeout, probe, sorted({1, batch_size}))
     finally:
         if keep_data:
