@@ -18,7 +18,9 @@ up to :data:`MMAP_THRESHOLD` (twice the default largest request body) come
 from the heap, and up to :data:`TRIM_THRESHOLD` of free memory stays at its
 top for reuse, where glibc's own heuristic would let it grow to 32 MiB and
 64 MiB. Larger bodies are ``mmap``-ed as before. An operator who sets
-glibc's ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` keeps what
+either threshold, through glibc's ``MALLOC_MMAP_THRESHOLD_`` or
+``MALLOC_TRIM_THRESHOLD_`` or through ``GLIBC_TUNABLES``
+(``glibc.malloc.mmap_threshold``, ``glibc.malloc.trim_threshold``), keeps what
 they set; with another C library (musl has no ``mallopt``) nothing changes.
 """
 
@@ -40,6 +42,8 @@ TRIM_THRESHOLD = 32 << 20
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 _ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")
+"""The same thresholds as ``GLIBC_TUNABLES`` names them (``name=value`` pairs joined by colons)."""
 
 
 def keep_freed_memory() -> bool:
@@ -48,7 +52,7 @@ def keep_freed_memory() -> bool:
     False where the C library has no ``mallopt`` or refuses a value, or where the environment already
     sets either threshold (glibc read it at start and it stays).
     """
-    if any(name in os.environ for name in _ENVIRONMENT):
+    if any(name in os.environ for name in _ENVIRONMENT) or _tuned_in_environment():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -59,3 +63,9 @@ def keep_freed_memory() -> bool:
     if not done:
         log.warning("the C library refused malloc thresholds of %d and %d bytes", MMAP_THRESHOLD, TRIM_THRESHOLD)
     return done
+
+
+def _tuned_in_environment() -> bool:
+    """Whether ``GLIBC_TUNABLES`` sets either threshold."""
+    settings = (item.partition("=")[0].strip() for item in os.environ.get("GLIBC_TUNABLES", "").split(":"))
+    return any(name in _TUNABLES for name in settings)
