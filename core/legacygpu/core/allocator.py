@@ -17,7 +17,11 @@ reads (its own arena's heap is trimmed alike): about 135 faults a request.
 up to :data:`MMAP_THRESHOLD` (twice the default largest request body) come
 from the heap, and up to :data:`TRIM_THRESHOLD` of free memory stays at its
 top for reuse, where glibc's own heuristic would let it grow to 32 MiB and
-64 MiB. Larger bodies are ``mmap``-ed as before. An operator who sets
+64 MiB. Larger bodies are ``mmap``-ed as before. The trim threshold holds per
+arena, not per process: glibc gives a thread that finds the arenas in use
+another one (up to eight per core, or ``MALLOC_ARENA_MAX``), each with its own
+heap, so a process whose busy threads each freed a large block may keep up
+to 32 MiB free in each of their arenas. An operator who sets
 either threshold, through glibc's ``MALLOC_MMAP_THRESHOLD_`` or
 ``MALLOC_TRIM_THRESHOLD_`` or through ``GLIBC_TUNABLES``
 (``glibc.malloc.mmap_threshold``, ``glibc.malloc.trim_threshold``), keeps what
@@ -37,7 +41,7 @@ log = logging.getLogger(__name__)
 MMAP_THRESHOLD = 16 << 20
 """Blocks from this size up are ``mmap``-ed and unmapped when freed; smaller ones come from the heap."""
 TRIM_THRESHOLD = 32 << 20
-"""Free memory at the top of the heap is given back to the kernel only past this much."""
+"""Free memory at the top of an arena's heap is given back to the kernel only past this much (per arena)."""
 
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
