@@ -88,6 +88,14 @@ def test_leftover_binary_data_is_refused() -> None:
         decode_rest_request("m", "", body, length)
 
 
+@pytest.mark.parametrize("delta", [1, -1_000_000])
+def test_a_header_length_outside_the_body_is_refused(delta: int) -> None:
+    body, length = _binary_body({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]})
+    header_length = length + delta if delta > 0 else delta
+    with pytest.raises(BadRequest, match=f"{HEADER_LENGTH} {header_length} is outside the body's {len(body)} bytes"):
+        decode_rest_request("m", "", body, header_length)
+
+
 def test_response_sends_binary_outputs_after_the_json_header() -> None:
     request = InferRequest("m", outputs=[RequestedOutput("p", True), RequestedOutput("l", False)])
     p = np.array([[0.25, 0.75]], dtype=np.float32)

@@ -43,11 +43,14 @@ def command() -> None:
               help="REST port of the Open Inference Protocol [default: any free port; 8000 with --kubernetes].")
 @click.option("--grpc-port", type=int, envvar="LEGACYGPU_GRPC_PORT", show_envvar=True,
               help="gRPC port of the Open Inference Protocol [default: any free port; 8001 with --kubernetes].")
+@click.option("--concurrent-runs", type=click.IntRange(min=1), envvar="LEGACYGPU_CONCURRENT_RUNS", show_envvar=True,
+              help="Runs the onnxruntime backend takes at once [default: 2]; each holds its own activations, so 2 "
+              "need about twice the peak activation memory of 1. The OpenCL backend runs one at a time.")
 @click.option("--no-serving", is_flag=True, help="With --kubernetes: take tasks only, serve no real-time requests "
               "(a local worker receives its tasks on its serving port, so it always serves).")
 def start(api: str | None, token: str | None, backend: str, device_index: int | None, name: str | None,
           model_dir: Path | None, kubernetes: bool, log_level: str, serving_host: str | None,
-          serving_port: int | None, grpc_port: int | None, no_serving: bool) -> None:
+          serving_port: int | None, grpc_port: int | None, concurrent_runs: int | None, no_serving: bool) -> None:
     """Run a worker until it is drained or gets SIGTERM/SIGINT (it finishes its running task first).
 
     Unless --no-serving, the worker also answers the Open Inference Protocol (REST and gRPC) for
@@ -59,6 +62,8 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     keep_freed_memory()  # the serving thread's /v2 bodies reuse the heap rather than fault in fresh pages
+    if concurrent_runs is not None:  # create_backend reads it, whichever worker builds the backend
+        os.environ["LEGACYGPU_CONCURRENT_RUNS"] = str(concurrent_runs)
     serving = None if no_serving else {
         # In a pod: the pod's own address when known (pods may share a host, as in the e2e stand-in).
         "host": serving_host or ((os.environ.get("POD_IP") or "0.0.0.0") if kubernetes else "127.0.0.1"),

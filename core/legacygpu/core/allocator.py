@@ -17,8 +17,14 @@ reads (its own arena's heap is trimmed alike): about 135 faults a request.
 up to :data:`MMAP_THRESHOLD` (twice the default largest request body) come
 from the heap, and up to :data:`TRIM_THRESHOLD` of free memory stays at its
 top for reuse, where glibc's own heuristic would let it grow to 32 MiB and
-64 MiB. Larger bodies are ``mmap``-ed as before. An operator who sets
-glibc's ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` keeps what
+64 MiB. Larger bodies are ``mmap``-ed as before. The trim threshold holds per
+arena, not per process: glibc gives a thread that finds the arenas in use
+another one (up to eight per core, or ``MALLOC_ARENA_MAX``), each with its own
+heap, so a process whose busy threads each freed a large block may keep up
+to 32 MiB free in each of their arenas. An operator who sets
+either threshold, through glibc's ``MALLOC_MMAP_THRESHOLD_`` or
+``MALLOC_TRIM_THRESHOLD_`` or through ``GLIBC_TUNABLES``
+(``glibc.malloc.mmap_threshold``, ``glibc.malloc.trim_threshold``), keeps what
 they set; with another C library (musl has no ``mallopt``) nothing changes.
 """
 
@@ -35,11 +41,13 @@ log = logging.getLogger(__name__)
 MMAP_THRESHOLD = 16 << 20
 """Blocks from this size up are ``mmap``-ed and unmapped when freed; smaller ones come from the heap."""
 TRIM_THRESHOLD = 32 << 20
-"""Free memory at the top of the heap is given back to the kernel only past this much."""
+"""Free memory at the top of an arena's heap is given back to the kernel only past this much (per arena)."""
 
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 _ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")
+"""The same thresholds as ``GLIBC_TUNABLES`` names them (``name=value`` pairs joined by colons)."""
 
 
 def keep_freed_memory() -> bool:
@@ -48,7 +56,7 @@ def keep_freed_memory() -> bool:
     False where the C library has no ``mallopt`` or refuses a value, or where the environment already
     sets either threshold (glibc read it at start and it stays).
     """
-    if any(name in os.environ for name in _ENVIRONMENT):
+    if any(name in os.environ for name in _ENVIRONMENT) or _tuned_in_environment():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -59,3 +67,9 @@ def keep_freed_memory() -> bool:
     if not done:
         log.warning("the C library refused malloc thresholds of %d and %d bytes", MMAP_THRESHOLD, TRIM_THRESHOLD)
     return done
+
+
+def _tuned_in_environment() -> bool:
+    """Whether ``GLIBC_TUNABLES`` sets either threshold."""
+    settings = (item.partition("=")[0].strip() for item in os.environ.get("GLIBC_TUNABLES", "").split(":"))
+    return any(name in _TUNABLES for name in settings)

@@ -62,7 +62,18 @@ def test_a_large_body_reuses_freed_memory(thread: str) -> None:
     assert untuned >= 100, "glibc's defaults no longer fault per request: the thresholds may be moot"
 
 
-def test_thresholds_set_in_the_environment_are_kept() -> None:
-    tuned, faults = _run("tuned", MALLOC_TRIM_THRESHOLD_=str(128 * 1024))
+@pytest.mark.parametrize("env", [
+    {"MALLOC_TRIM_THRESHOLD_": str(128 * 1024)},
+    {"GLIBC_TUNABLES": f"glibc.malloc.trim_threshold={128 * 1024}"},
+    {"GLIBC_TUNABLES": f"glibc.malloc.tcache_count=7:glibc.malloc.mmap_threshold={128 * 1024}"},
+], ids=["MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES trim", "GLIBC_TUNABLES mmap"])
+def test_thresholds_set_in_the_environment_are_kept(env: dict[str, str]) -> None:
+    tuned, faults = _run("tuned", **env)
     assert tuned == "False"
     assert faults >= 100  # the operator's (small) threshold stays in force
+
+
+def test_other_tunables_leave_the_thresholds_to_us() -> None:
+    tuned, faults = _run("tuned", GLIBC_TUNABLES="glibc.malloc.tcache_count=7")
+    assert tuned == "True"
+    assert faults < 20

@@ -15,7 +15,7 @@ from helpers import SAMPLES, image_tensor
 
 from legacygpu.core.errors import UnknownModelError, ValidationError
 from legacygpu.core.modelcards import ModelRepository
-from legacygpu.worker.backends import create_backend
+from legacygpu.worker.backends import CONCURRENT_RUNS_ENV, create_backend
 from legacygpu.worker.backends.onnxruntime import OnnxRuntimeBackend
 from legacygpu.worker.runner import TaskRunner, preload_from_env
 
@@ -138,3 +138,24 @@ def test_runs_go_side_by_side_as_far_as_the_backend_takes_them(repository: Model
 def test_backends_say_how_many_runs_go_at_once() -> None:
     assert OnnxRuntimeBackend().concurrent_runs == 2
     assert OnnxRuntimeBackend(concurrent_runs=1).concurrent_runs == 1
+
+
+@pytest.mark.parametrize(("setting", "runs"), [(None, 2), ("", 2), ("1", 1), ("3", 3)])
+def test_the_concurrent_runs_setting_reaches_the_backend_and_runner(monkeypatch: pytest.MonkeyPatch,
+                                                                    repository: ModelRepository,
+                                                                    setting: str | None, runs: int) -> None:
+    if setting is None:
+        monkeypatch.delenv(CONCURRENT_RUNS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(CONCURRENT_RUNS_ENV, setting)
+    assert TaskRunner(repository, create_backend("onnxruntime")).concurrent_runs == runs
+
+
+@pytest.mark.parametrize("setting", ["0", "-1", "two", "1.5"])
+def test_a_concurrent_runs_setting_that_is_not_a_positive_integer_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                                                             setting: str) -> None:
+    monkeypatch.setenv(CONCURRENT_RUNS_ENV, setting)
+    with pytest.raises(ValidationError, match=f"{CONCURRENT_RUNS_ENV} must be a positive integer, not '{setting}'"):
+        create_backend("onnxruntime")
+    with pytest.raises(ValidationError, match="concurrent_runs must be at least 1, not 0"):
+        OnnxRuntimeBackend(concurrent_runs=0)

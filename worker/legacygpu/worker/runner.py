@@ -4,10 +4,10 @@ Shared by the local worker process and the Kubernetes worker loop. Loaded
 models are cached per name and file modification time, so a model replaced
 in the repository is reloaded on its next task.
 
-How many runs go at once is the backend's ``concurrent_runs`` (1 when it does
-not say): the OpenCL device runs one at a time, loading included, while
-onnxruntime's sessions take concurrent calls, and two runs on a CPU keep its
-cores busier than one run's intra-op threads do (see
+How many runs go at once is the backend's ``concurrent_runs``: the OpenCL
+device runs one at a time, loading included, while onnxruntime's sessions take
+concurrent calls, and two runs on a CPU keep its cores busier than one run's
+intra-op threads do (see
 :class:`~legacygpu.worker.backends.onnxruntime.OnnxRuntimeBackend`). Both workers preload the
 models named in ``LEGACYGPU_PRELOAD_MODELS`` (comma-separated; the operator
 sets it from the cluster's ``spec.models``) before taking their first task.
@@ -47,7 +47,7 @@ class TaskRunner:
         self._cache: dict[str, tuple[float, LoadedModel]] = {}
         self._lock = threading.Lock()
         """Held to load or drop a model, and for a whole run when runs go one at a time."""
-        self.concurrent_runs = max(1, int(getattr(backend, "concurrent_runs", 1)))
+        self.concurrent_runs = backend.concurrent_runs
         """Runs that may go at once (the backend's ``concurrent_runs``)."""
         self._slots = threading.BoundedSemaphore(self.concurrent_runs)
         self.last_compute_ms: float | None = None

@@ -10,6 +10,10 @@
   on a CPU-only host onnxruntime beats PoCL running our kernels on the same
   cores.
 
+How many runs a backend takes at once is its ``concurrent_runs``: two on
+onnxruntime unless ``LEGACYGPU_CONCURRENT_RUNS`` (``legacygpu worker start
+--concurrent-runs``) says otherwise, always one on the OpenCL device.
+
 Backend modules are imported lazily so a host without OpenCL can still use
 onnxruntime.
 """
@@ -17,15 +21,26 @@ onnxruntime.
 from __future__ import annotations
 
 import logging
+import os
 
 from legacygpu.core.errors import ValidationError
 from legacygpu.worker.backends.runtime import BackendInfo, InferenceBackend, LoadedModel
 
-__all__ = ["BACKENDS", "BackendInfo", "InferenceBackend", "LoadedModel", "create_backend", "gpu_present"]
+__all__ = [
+    "BACKENDS",
+    "CONCURRENT_RUNS_ENV",
+    "BackendInfo",
+    "InferenceBackend",
+    "LoadedModel",
+    "create_backend",
+    "gpu_present",
+]
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "opencl", "auto")
+CONCURRENT_RUNS_ENV = "LEGACYGPU_CONCURRENT_RUNS"
+"""Runs an onnxruntime backend takes at once (its default when unset or empty)."""
 
 
 def gpu_present(device_index: int | None = None) -> bool:
@@ -51,16 +66,32 @@ def gpu_present(device_index: int | None = None) -> bool:
 
 
 def create_backend(name: str, device_index: int | None = None) -> InferenceBackend:
-    """Build the backend called ``name``; ``device_index`` picks the OpenCL device."""
+    """Build the backend called ``name``; ``device_index`` picks the OpenCL device.
+
+    Its ``concurrent_runs`` comes from :data:`CONCURRENT_RUNS_ENV` where that is set.
+    """
+    concurrent_runs = _concurrent_runs()
     if name == "auto":
         name = "opencl" if gpu_present(device_index) else "onnxruntime"
         log.info("backend auto: chose %s", name)
     if name == "onnxruntime":
-        from legacygpu.worker.backends.onnxruntime import OnnxRuntimeBackend
+        from legacygpu.worker.backends.onnxruntime import CONCURRENT_RUNS, OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend()
+        return OnnxRuntimeBackend(concurrent_runs=concurrent_runs or CONCURRENT_RUNS)
     if name == "opencl":
         from legacygpu.worker.backends.opencl import OpenCLBackend
 
+        if concurrent_runs not in (None, 1):
+            log.warning("%s=%d: the OpenCL backend runs one at a time", CONCURRENT_RUNS_ENV, concurrent_runs)
         return OpenCLBackend(device_index)
     raise ValidationError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _concurrent_runs() -> int | None:
+    """:data:`CONCURRENT_RUNS_ENV` as a number, None when unset; a value that is not a positive integer is refused."""
+    raw = os.environ.get(CONCURRENT_RUNS_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValidationError(f"{CONCURRENT_RUNS_ENV} must be a positive integer, not {raw!r}")
+    return int(raw)

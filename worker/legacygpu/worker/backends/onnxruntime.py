@@ -197,14 +197,18 @@ class OnnxRuntimeBackend:
     process, such as the server's own event loop, stalls the others; a large batch runs no faster
     per item, its activations outgrowing the caches. A second run fills those gaps, so the serving
     batcher runs two (smaller) batches side by side. A lone request still gets every intra-op
-    thread. ``concurrent_runs=1`` runs one at a time.
+    thread. ``concurrent_runs=1`` runs one at a time (``LEGACYGPU_CONCURRENT_RUNS``, read by
+    :func:`~legacygpu.worker.backends.create_backend`): each run holds its own activations, so two
+    runs at once need about twice the peak activation memory of one.
     """
 
     name = "onnxruntime"
 
     def __init__(self, threads: int | None = None, concurrent_runs: int = CONCURRENT_RUNS) -> None:
+        if concurrent_runs < 1:
+            raise ValidationError(f"concurrent_runs must be at least 1, not {concurrent_runs}")
         self._threads = threads
-        self.concurrent_runs = max(1, concurrent_runs)
+        self.concurrent_runs = concurrent_runs
 
     def info(self) -> BackendInfo:
         import onnxruntime

@@ -16,7 +16,7 @@ Contract for implementers:
   :class:`legacygpu.core.errors.ValidationError` for inputs of the wrong
   name, shape or dtype.
 * A loaded model is called from at most ``concurrent_runs`` threads at a
-  time (the backend's attribute; 1 if it has none). The runner loads and
+  time (a backend's required attribute, at least 1). The runner loads and
   drops models while runs go on only when that is above 1.
 
 Example::
@@ -65,7 +65,7 @@ class InferenceBackend(Protocol):
 
     name: str
     concurrent_runs: int
-    """How many runs may go at once, of any of its loaded models."""
+    """How many runs may go at once, of any of its loaded models (at least 1; every backend says)."""
 
     def info(self) -> BackendInfo: ...
 

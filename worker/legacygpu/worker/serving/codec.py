@@ -203,11 +203,11 @@ def decode_rest_request(model: str, version: str, body: bytes, header_length: in
     Binary tensors are views of ``body``: slicing bytes copies them, twice per tensor, which for an
     image batch costs the event loop more than the rest of the decoding.
     """
+    if header_length is not None and not 0 <= header_length <= len(body):
+        raise BadRequest(f"{HEADER_LENGTH} {header_length} is outside the body's {len(body)} bytes")
     view = memoryview(body)
     header, binary = (body, view[:0]) if header_length is None else (bytes(view[:header_length]),
                                                                      view[header_length:])
-    if header_length is not None and not 0 <= header_length <= len(body):
-        raise BadRequest(f"{HEADER_LENGTH} {header_length} is outside the body's {len(body)} bytes")
     try:
         doc = json.loads(header)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
