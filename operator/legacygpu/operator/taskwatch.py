@@ -171,12 +171,13 @@ class TaskWatch:
     def __init__(
         self, configuration: kubernetes.client.Configuration, scopes: Sequence[str | None], *,
         on_event: TaskEventHandler, on_listing: ListingHandler, watch_seconds: float = _WATCH_SECONDS,
-        restarts: Counter | None = None,
+        restarts: Counter | None = None, list_timeout: tuple[float, float] = _LIST_TIMEOUT,
     ) -> None:
         self.scopes = list(scopes)
         self.on_event = on_event
         self.on_listing = on_listing
         self.watch_seconds = watch_seconds
+        self.list_timeout = list_timeout
         self.listings = 0
         """LISTs delivered so far (each replaced its scope's index)."""
         self.restarts = restarts
@@ -242,12 +243,12 @@ class TaskWatch:
 
     def _list(self, scope: str | None, tasks: str, clusters: str) -> str:
         """LIST tasks, then clusters, and deliver both; the tasks' resourceVersion to watch from."""
-        listing = self._api.request_sync("GET", tasks, timeout=_LIST_TIMEOUT)
+        listing = self._api.request_sync("GET", tasks, timeout=self.list_timeout)
         views = [view for item in listing.get("items") or () if (view := _readable(item)) is not None]
         begun = time.monotonic()  # a cluster deleted after this may still be in the listing below
         known = {
             (item["metadata"]["namespace"], item["metadata"]["name"])
-            for item in self._api.request_sync("GET", clusters, timeout=_LIST_TIMEOUT).get("items") or ()
+            for item in self._api.request_sync("GET", clusters, timeout=self.list_timeout).get("items") or ()
         }
         self._deliver(self._listed, scope, views, known, begun)
         return str((listing.get("metadata") or {}).get("resourceVersion") or "")
