@@ -556,3 +556,30 @@ async def test_a_cluster_loop_waits_for_its_own_namespace_listing(monkeypatch: p
     for stopped, _ in loops.values():
         stopped.event.set()
     await asyncio.wait_for(asyncio.gather(*running), 5)
+
+
+def test_served_namespaces_are_stripped_and_patterns_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each namespace is watched by its path: " b" or "team-*" would be refused (404) forever."""
+    from click.testing import CliRunner
+
+    import legacygpu.operator.app as app
+    from legacygpu.cli import main
+
+    configs: list[OperatorConfig] = []
+
+    async def run(config: OperatorConfig, *_: Any, **__: Any) -> None:
+        configs.append(config)
+
+    monkeypatch.setattr(app, "run_operator", run)
+    base = ["operator", "run", "--server", "http://127.0.0.1:9", "--no-metrics"]
+    result = CliRunner().invoke(main, base, env={"LEGACYGPU_OPERATOR_NAMESPACES": "a, b,,c"})
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, [*base, "--namespace", " d ", "--namespace", "e,f"])
+    assert result.exit_code == 0, result.output
+    assert [c.namespaces for c in configs] == [("a", "b", "c"), ("d", "e", "f")]
+    for bad in ("team-*", "Upper", "a_b", "x" * 64):
+        result = CliRunner().invoke(main, [*base, "--namespace", bad])
+        assert result.exit_code == 2 and f"namespace {bad!r} is not a namespace name" in result.output, result.output
+    assert len(configs) == 2
+    with pytest.raises(ValueError, match="not a namespace name"):
+        OperatorConfig(namespaces=("ok", " b"))
