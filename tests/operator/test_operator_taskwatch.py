@@ -395,24 +395,28 @@ async def test_a_list_that_gets_no_answer_times_out_and_is_retried_with_a_warnin
     assert len(warnings) == failed and all("list_failed" in r.getMessage() for r in warnings)
 
 
-async def test_one_expired_watch_is_routine_two_in_a_row_warn(
+async def test_one_expired_watch_is_routine_a_watch_failing_again_and_again_warns(
     scripted: tuple[ScriptedApi, str], watching: Any, caplog: pytest.LogCaptureFixture,
 ) -> None:
     api, url = scripted
     recorder, started = watching
     api.listings = [("10", [task("a", "5")])]
     expired = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "old"}}
-    api.watches = [Watch([expired]), Watch([expired])]
-    api.list_failures = ["", "500", ""]  # the LIST after the first expiry fails, the next one answers
+    modified = {"type": "MODIFIED", "object": task("a", "11")}
+    # Each watch expires; only the first and the last delivered an event first.
+    api.watches = [Watch([modified, expired]), Watch([expired]), Watch([expired]), Watch([modified, expired])]
+    api.list_failures = ["", "500"]  # the LIST after the first expiry fails
     with caplog.at_level(logging.INFO, logger="legacygpu.operator.taskwatch"):
         started.append(watch := start(url, recorder, restarts=counter()))
-        await until(lambda: len(watch_versions(api)) == 3, "two expiries and a failed LIST between")
-    assert restarts(watch, "expired") == 2 and restarts(watch, "list_failed") == 1
+        await until(lambda: len(watch_versions(api)) == 5, "four expired watches and a failed LIST")
+    assert restarts(watch, "expired") == 4 and restarts(watch, "list_failed") == 1
     logged = [(r.levelno, "expired" in r.getMessage()) for r in caplog.records if r.name == WATCH_LOG]
     assert logged == [
-        (logging.INFO, True),  # one expiry after a listing: routine
+        (logging.INFO, True),  # a watch that worked, then expired: routine
         (logging.WARNING, False),  # the LIST after it failed too: two in a row
-        (logging.INFO, True),  # a good listing came between: routine again
+        (logging.WARNING, True),  # the next watch expired at once, although its LIST was good: three
+        (logging.WARNING, True),  # and again: a watch that never works keeps warning
+        (logging.INFO, True),  # this one delivered an event first: routine again
     ]
 
 

@@ -217,24 +217,29 @@ class TaskWatch:
         tasks = resource_path(GROUP, VERSION, TASK_PLURAL, scope)
         clusters = resource_path(GROUP, VERSION, CLUSTER_PLURAL, scope)
         backoff = _BACKOFF_START
+        # Failures since the watch last worked (delivered an event, or ran until the server ended it),
+        # not since the last good LIST: a watch refused each time after a good LIST fails forever.
         failures, listed = 0, False
         while not self._stop.is_set():
-            reason = "list_failed"
+            reason, progress = "list_failed", [0]
             try:
                 version = self._list(scope, tasks, clusters)
-                listed, reason, failures, backoff = True, "watch_failed", 0, _BACKOFF_START
+                listed, reason = True, "watch_failed"
                 while not self._stop.is_set():
-                    version = self._watch(tasks, version)
+                    version = self._watch(tasks, version, progress)
+                    failures, backoff = 0, _BACKOFF_START
             except Exception as exc:  # the watch outlives any trouble: LIST again after a pause
                 if self._stop.is_set():
                     return
+                if progress[0]:
+                    failures, backoff = 0, _BACKOFF_START
                 if isinstance(exc, WatchExpiredError):
                     reason = "expired"
                 if self.restarts is not None:
                     self.restarts.labels(reason).inc()
                 failures += 1
                 # One expired or dropped watch is routine; a second failure in a row, or any before the
-                # first listing (the operator is not ready until then), is worth a WARNING.
+                # first listing (nothing may trust the scope's index until then), is worth a WARNING.
                 level = logging.WARNING if failures > 1 or not listed else logging.INFO
                 log.log(level, "task watch (%s): %s (%s, %d in a row); listing again in %.1fs",
                         scope or "all namespaces", exc, reason, failures, backoff)
@@ -253,8 +258,11 @@ class TaskWatch:
         self._deliver(self._listed, scope, views, known, begun)
         return str((listing.get("metadata") or {}).get("resourceVersion") or "")
 
-    def _watch(self, path: str, version: str) -> str:
-        """One watch from ``version`` until the server ends it; the last version seen."""
+    def _watch(self, path: str, version: str, progress: list[int]) -> str:
+        """One watch from ``version`` until the server ends it; the last version seen.
+
+        ``progress[0]`` counts the events (bookmarks too) it received.
+        """
         query = {"allowWatchBookmarks": "true", **({"resourceVersion": version} if version else {})}
         for event in self._api.watch_sync(path, query=query, timeout=self.watch_seconds):
             if self._stop.is_set():
@@ -263,6 +271,7 @@ class TaskWatch:
             if kind == "ERROR":
                 raise WatchExpiredError(f"{obj.get('code')} {obj.get('reason')}: {obj.get('message')}")
             version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+            progress[0] += 1
             if kind in ("ADDED", "MODIFIED", "DELETED") and (view := _readable(obj)) is not None:
                 self._deliver(self._event, kind, view)
         return version
