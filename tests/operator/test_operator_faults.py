@@ -180,6 +180,77 @@ async def test_a_leader_that_loses_its_lease_ends_with_an_error_and_a_stopped_on
     assert other.done.is_set() and other.error is None
 
 
+async def test_a_leader_that_loses_its_lease_stops_watching_tasks_before_kopf_stops(
+    dep: Deployment, monkeypatch: Any
+) -> None:
+    """kopf takes a while to wind down: meanwhile the old leader must neither watch nor settle tasks."""
+    import threading
+    from dataclasses import replace
+
+    import kopf
+
+    from legacygpu.core.kube.contract import format_time, now_utc
+    from legacygpu.operator import task_handlers
+    from legacygpu.operator.taskwatch import TaskWatch
+
+    watches: list[TaskWatch] = []
+    make = task_handlers.make_task_watch
+    monkeypatch.setattr(task_handlers, "make_task_watch", lambda rt: watches.append(make(rt)) or watches[-1])
+    told_to_stop, may_return = threading.Event(), threading.Event()
+    run_kopf = kopf.operator
+
+    async def slow_kopf(**options: Any) -> None:  # kopf ends its daemons, with a 10 s cancellation timeout
+        await run_kopf(**options)
+        told_to_stop.set()
+        await asyncio.to_thread(may_return.wait, 30)
+
+    monkeypatch.setattr(kopf, "operator", slow_kopf)
+    leader = await dep.start_operator(replace(FAST, leader_election=True, identity="replica-a"))
+    try:
+        rt = leader.runtime
+        assert rt is not None and watches and watches[0].alive()
+        listings = watches[0].listings
+        leases = ("coordination.k8s.io", "v1", "leases", NS, "legacygpu-operator")
+        stolen = {"holderIdentity": "intruder", "renewTime": format_time(now_utc()), "leaseDurationSeconds": 3600}
+        await dep.api.patch(*leases, {"spec": stolen})
+        await eventually(told_to_stop.is_set, what="kopf to stop after the lease was lost")
+        assert not watches[0].alive()  # the watch ended before kopf was told to stop
+        # A task of no known cluster, created while kopf winds down: no replica leads, nobody settles it.
+        await dep.create(task_manifest("unled", "nowhere", [FLAT]))
+        await asyncio.sleep(FAST.cluster_not_found_grace_seconds + 1.0)
+        assert phase(await dep.task("unled")) in (None, "Pending")
+        assert watches[0].listings == listings and len(rt.tasks) == 0 and not rt.orphan_checks
+    finally:
+        may_return.set()
+    await eventually(leader.done.is_set, what="the old leader to end")
+
+
+async def test_the_operator_is_ready_only_once_its_tasks_are_listed(dep: Deployment, monkeypatch: Any) -> None:
+    import threading
+
+    from legacygpu.operator.taskwatch import TaskWatch
+
+    listable = threading.Event()
+    list_tasks = TaskWatch._list
+
+    def gated(self: TaskWatch, *args: Any) -> str:
+        if not listable.is_set():
+            raise RuntimeError("refused on purpose")
+        return list_tasks(self, *args)
+
+    monkeypatch.setattr(TaskWatch, "_list", gated)
+    operator = await dep.start_operator(wait_ready=False)
+    await eventually(lambda: operator.runtime is not None, what="the runtime")
+    rt = operator.runtime
+    assert rt is not None
+    await eventually(lambda: rt.metrics.task_watch_restarts.labels("list_failed")._value.get() >= 3,
+                     what="a few refused listings")
+    assert not operator.ready.is_set() and not rt.tasks.synced.is_set()
+    listable.set()
+    await operator.wait_ready()
+    assert rt.tasks.synced.is_set()
+
+
 def test_operator_run_exits_non_zero_when_the_lease_is_lost(monkeypatch: Any) -> None:
     """The CLI's exit status: 1 after a lost Lease (the pod restarts), 0 after a clean stop."""
     from click.testing import CliRunner

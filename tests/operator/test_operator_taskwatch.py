@@ -67,6 +67,9 @@ class ScriptedApi:
     clusters: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     """("list" | "watch" | "clusters", query) per request, in order."""
+    list_failures: list[str] = field(default_factory=list)
+    """How the first task LISTs fail, in order: ``500`` (an error status), ``hang`` (no answer) or ``""``
+    (none: the LIST answers)."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -84,6 +87,14 @@ class ScriptedApi:
             await self._stream(send, receive, script)
         elif scope["path"] == TASKS:
             self.requests.append(("list", query))
+            failure = self.list_failures.pop(0) if self.list_failures else ""
+            if failure:
+                if failure == "hang":
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    return
+                await _json(send, {"kind": "Status", "code": 500}, status=500)
+                return
             rv, items = self.listings.pop(0) if len(self.listings) > 1 else self.listings[0]
             await _json(send, {"metadata": {"resourceVersion": rv}, "items": items})
         else:
@@ -132,7 +143,7 @@ class Recorder:
             self.index.put(view)
         self.seen.append((kind, self.names()))
 
-    def listing(self, scope: str | None, views: list[TaskView], clusters: set[tuple[str, str]]) -> None:
+    def listing(self, scope: str | None, views: list[TaskView], clusters: set[tuple[str, str]], begun: float) -> None:
         self.index.replace(scope, views)
         self.seen.append(("LIST", self.names()))
 
@@ -147,8 +158,10 @@ async def watching() -> AsyncIterator[tuple[Recorder, list[TaskWatch]]]:
         watch.stop()
 
 
-def start(url: str, recorder: Recorder) -> TaskWatch:
-    watch = TaskWatch(load_configuration(server=url), [NS], on_event=recorder.event, on_listing=recorder.listing)
+def start(url: str, recorder: Recorder, **options: Any) -> TaskWatch:
+    watch = TaskWatch(
+        load_configuration(server=url), [NS], on_event=recorder.event, on_listing=recorder.listing, **options
+    )
     watch.start()
     return watch
 
@@ -229,10 +242,10 @@ async def test_stop_ends_an_open_watch_and_delivers_nothing_more(
     recorder, _ = watching
     api.listings = [("10", [task("a", "5")])]
     watch = start(url, recorder)
-    await until(lambda: len(watch_versions(api)) == 1, "the watch to open")
+    await until(lambda: len(watch_versions(api)) == 1 and recorder.names() == ["a"], "the listing and the watch")
     watch.stop()
-    await until(lambda: not any(t.is_alive() for t in watch._threads), "the watch thread to end", timeout=10)
-    watch._listed(NS, [view("z")], set())  # a delivery queued before the stop, run after it
+    assert not watch.alive()  # stop() waits (briefly) for the threads
+    watch._listed(NS, [view("z")], set(), 0.0)  # a delivery queued before the stop, run after it
     assert recorder.names() == ["a"]
 
 
@@ -241,9 +254,9 @@ def test_index_replace_is_per_scope_and_synced_once_every_scope_is_listed() -> N
     index.replace("one", [view("a", namespace="one")])
     assert not index.synced.is_set()  # "two" is not listed yet: nothing may trust the index
     index.put(view("b", namespace="two"))
-    touched = index.replace("two", [])
+    replaced = index.replace("two", [])
     assert index.synced.is_set()
-    assert touched == {("two", "c")}
+    assert replaced.touched == {("two", "c")} and replaced.removed == {("two", "b")}
     assert [v.name for v in index.get(("one", "c"))] == ["a"] and index.get(("two", "c")) == []
     # A task whose clusterRef changed moves; put says where it was.
     assert index.put(view("a", "2", cluster="d", namespace="one")) == ("one", "c")
@@ -278,7 +291,7 @@ def runtime() -> tuple[OperatorRuntime, LookupApi]:
 async def test_events_poke_known_clusters_and_settle_orphans() -> None:
     rt, api = runtime()
     task_handlers.on_task_listing(rt, NS, [view("a", phase="Pending"), view("o", cluster="gone", phase="Pending")],
-                                  {(NS, "c")})
+                                  {(NS, "c")}, 0.0)
     assert rt.tasks.synced.is_set() and rt.waker((NS, "c")).is_set()
     assert not rt.waker((NS, "gone")).is_set()
     await asyncio.sleep(0.05)
@@ -338,10 +351,239 @@ async def test_cluster_loop_waits_for_the_listing_and_never_loses_a_poke(monkeyp
     ))
     await asyncio.sleep(0.1)
     assert passes == []  # no pass before the tasks are listed: the index would look empty
-    task_handlers.on_task_listing(rt, NS, [view("a", phase="Pending")], {key})
+    task_handlers.on_task_listing(rt, NS, [view("a", phase="Pending")], {key}, 0.0)
     await until(lambda: len(passes) == 1, "the first pass")
     poke_during.set()
     await until(lambda: len(passes) == 2, "a second pass for the poke made during the first")
     assert passes == [["a"], ["a"]]
     stopped.event.set()
     await asyncio.wait_for(loop, 5)
+
+
+# -- review findings: each test fails without its mend ----------------------------------------------
+
+
+WATCH_LOG = "legacygpu.operator.taskwatch"
+
+
+def restarts(watch: TaskWatch, reason: str) -> float:
+    assert watch.restarts is not None
+    return float(watch.restarts.labels(reason)._value.get())
+
+
+def counter() -> Any:
+    from legacygpu.operator.metrics import OperatorMetrics
+
+    return OperatorMetrics().task_watch_restarts
+
+
+async def test_a_list_that_gets_no_answer_times_out_and_is_retried_with_a_warning(
+    scripted: tuple[ScriptedApi, str], watching: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    api, url = scripted
+    recorder, started = watching
+    api.list_failures = ["hang"] * 4  # urllib3 itself tries a GET that timed out again, up to three times
+    api.listings = [("10", [task("a", "5")])]
+    with caplog.at_level(logging.INFO, logger="legacygpu.operator.taskwatch"):
+        started.append(watch := start(url, recorder, restarts=counter(), list_timeout=(1.0, 0.3)))
+        await until(lambda: watch.listings == 1, "a listing after the LISTs that got no answer")
+    assert recorder.names() == ["a"] and recorder.index.synced.is_set()
+    failed = restarts(watch, "list_failed")
+    assert failed >= 1 and restarts(watch, "expired") == 0
+    # Not listed yet: every failure is a WARNING (the operator is not ready until the first listing).
+    warnings = [r for r in caplog.records if r.name == WATCH_LOG and r.levelno == logging.WARNING]
+    assert len(warnings) == failed and all("list_failed" in r.getMessage() for r in warnings)
+
+
+async def test_one_expired_watch_is_routine_a_watch_failing_again_and_again_warns(
+    scripted: tuple[ScriptedApi, str], watching: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    api, url = scripted
+    recorder, started = watching
+    api.listings = [("10", [task("a", "5")])]
+    expired = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "old"}}
+    modified = {"type": "MODIFIED", "object": task("a", "11")}
+    # Each watch expires; only the first and the last delivered an event first.
+    api.watches = [Watch([modified, expired]), Watch([expired]), Watch([expired]), Watch([modified, expired])]
+    api.list_failures = ["", "500"]  # the LIST after the first expiry fails
+    with caplog.at_level(logging.INFO, logger="legacygpu.operator.taskwatch"):
+        started.append(watch := start(url, recorder, restarts=counter()))
+        await until(lambda: len(watch_versions(api)) == 5, "four expired watches and a failed LIST")
+    assert restarts(watch, "expired") == 4 and restarts(watch, "list_failed") == 1
+    logged = [(r.levelno, "expired" in r.getMessage()) for r in caplog.records if r.name == WATCH_LOG]
+    assert logged == [
+        (logging.INFO, True),  # a watch that worked, then expired: routine
+        (logging.WARNING, False),  # the LIST after it failed too: two in a row
+        (logging.WARNING, True),  # the next watch expired at once, although its LIST was good: three
+        (logging.WARNING, True),  # and again: a watch that never works keeps warning
+        (logging.INFO, True),  # this one delivered an event first: routine again
+    ]
+
+
+async def test_a_task_the_operator_cannot_read_is_skipped_not_relisted(
+    scripted: tuple[ScriptedApi, str], watching: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    api, url = scripted
+    recorder, started = watching
+    unreadable = task("bad", "6", phase="Bogus")
+    bad_priority = task("worse", "13")
+    bad_priority["spec"]["priority"] = "high"
+    api.listings = [("10", [task("a", "5"), unreadable])]
+    api.watches = [Watch([
+        {"type": "ADDED", "object": bad_priority},
+        {"type": "ADDED", "object": task("b", "14")},
+    ])]
+    with caplog.at_level(logging.WARNING, logger="legacygpu.operator.taskwatch"):
+        started.append(watch := start(url, recorder))
+        await until(lambda: recorder.names() == ["a", "b"], "the readable tasks")
+        await asyncio.sleep(0.2)
+    assert watch.listings == 1  # neither bad task made the watch list again
+    assert [kind for kind, _ in recorder.seen] == ["LIST", "ADDED"]
+    skipped = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"{NS}/bad" in m for m in skipped) and any(f"{NS}/worse" in m for m in skipped), skipped
+
+
+async def test_a_closed_api_ends_a_watch_that_was_still_opening(scripted: tuple[ScriptedApi, str]) -> None:
+    """close() ran while the watch was being opened (its stream not registered yet): it ends once open."""
+    from legacygpu.core.kube.client import KubeApi
+
+    api, url = scripted
+    kube = KubeApi(load_configuration(server=url), concurrency=1)
+    kube.close()
+
+    def drain() -> list[dict[str, Any]]:
+        return list(kube.watch_sync(TASKS, timeout=30))
+
+    events = await asyncio.wait_for(asyncio.to_thread(drain), 5)  # scripted watches hang: without the flag, 30 s
+    assert events == [] and [kind for kind, _ in api.requests] == ["watch"]
+
+
+def test_index_scopes_are_trusted_one_by_one() -> None:
+    index = TaskIndex(["one", "two"])
+    assert not index.listed("one") and not index.listed("two")
+    index.replace("one", [])
+    assert index.listed("one") and not index.listed("two") and not index.synced.is_set()
+    whole = TaskIndex([None])
+    assert not whole.listed("any")
+    whole.replace(None, [])
+    assert whole.listed("any") and whole.synced.is_set()
+
+
+async def test_a_listing_taken_before_a_cluster_was_deleted_does_not_revive_it() -> None:
+    """The reviewer's repro: the LIST saw the cluster; its DELETED event was handled before the listing."""
+    import time
+
+    rt, api = runtime()
+    await cluster_handlers.on_cluster_event(type=None, namespace=NS, name="c", memo=Memo(rt))
+    assert (NS, "c") in rt.clusters
+    begun = time.monotonic()  # the watch thread is about to LIST clusters: c is still there
+    await cluster_handlers.on_cluster_event(type="DELETED", namespace=NS, name="c", memo=Memo(rt))
+    task_handlers.on_task_listing(rt, NS, [], {(NS, "c")}, begun)  # the listing lands after the deletion
+    assert (NS, "c") not in rt.clusters, "deleted cluster re-added by a stale listing"
+    task_handlers.on_task_event(rt, "ADDED", view("late", cluster="c", phase="Pending"))
+    await asyncio.sleep(0.05)
+    assert api.task_lookups == ["late"]  # the orphan check runs (it fails the task ClusterNotFound)
+    # A listing that began after the deletion and still finds the cluster: it was created again.
+    task_handlers.on_task_listing(rt, NS, [], {(NS, "c")}, time.monotonic())
+    assert (NS, "c") in rt.clusters
+    await rt.shutdown()
+
+
+async def test_cluster_events_keep_the_known_clusters() -> None:
+    rt, _ = runtime()
+    await cluster_handlers.on_cluster_event(type=None, namespace=NS, name="c", memo=Memo(rt))
+    assert rt.clusters == {(NS, "c")} and rt.waker((NS, "c")).is_set()
+    await cluster_handlers.on_cluster_event(type="DELETED", namespace=NS, name="c", memo=Memo(rt))
+    assert rt.clusters == set()
+    await cluster_handlers.on_cluster_event(type="ADDED", namespace=NS, name="c", memo=Memo(rt))
+    assert rt.clusters == {(NS, "c")} and rt.clusters_deleted_at == {}
+
+
+async def test_a_listing_drops_the_overlay_of_tasks_deleted_while_unwatched() -> None:
+    rt, _ = runtime()
+    task_handlers.on_task_listing(rt, NS, [view("a", phase="Pending"), view("b", phase="Pending")], {(NS, "c")}, 0.0)
+    rt.wrote_task(view("a", "1", phase="Pending"), view("a", "2", phase="Scheduled"))
+    rt.wrote_task(view("b", "1", phase="Pending"), view("b", "2", phase="Scheduled"))
+    task_handlers.on_task_listing(rt, NS, [view("b", "2", phase="Scheduled")], {(NS, "c")}, 0.0)
+    assert set(rt.task_overlay) == {(NS, "b")}  # a went while no watch was open: no DELETED event for it
+
+
+async def test_nothing_is_handled_once_the_runtime_closes() -> None:
+    rt, api = runtime()
+    await rt.shutdown()  # a stop, or a lost Lease
+    task_handlers.on_task_listing(rt, NS, [view("o", cluster="gone", phase="Pending")], set(), 0.0)
+    task_handlers.on_task_event(rt, "ADDED", view("o2", cluster="gone", phase="Pending"))
+    task_handlers.settle_orphan(rt, view("o3", cluster="gone", phase="Pending"))
+    await asyncio.sleep(0.05)
+    assert api.task_lookups == [] and len(rt.tasks) == 0 and not rt.background
+
+
+async def test_the_finalizer_waits_for_its_namespace_listing_only() -> None:
+    import kopf
+
+    config = OperatorConfig(namespaces=("one", "two"), finished_task_ttl_seconds=None)
+    rt = OperatorRuntime(config=config, api=LookupApi())  # type: ignore[arg-type]
+
+    async def finalize(namespace: str) -> None:
+        await cluster_handlers.on_cluster_delete(
+            body={}, namespace=namespace, name="c", memo=Memo(rt), logger=logging.getLogger("test"),
+            legacygpu_pods={},
+        )
+
+    with pytest.raises(kopf.TemporaryError, match="not listed yet"):
+        await finalize("one")  # before the listing, the index would show no task to fail
+    task_handlers.on_task_listing(rt, "one", [view("done", namespace="one")], {("one", "c")}, 0.0)
+    await finalize("one")  # "one" is listed ("two" is not): its only task is finished, nothing to fail
+    with pytest.raises(kopf.TemporaryError, match="not listed yet"):
+        await finalize("two")
+
+
+async def test_a_cluster_loop_waits_for_its_own_namespace_listing(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = OperatorConfig(namespaces=("one", "two"), finished_task_ttl_seconds=None)
+    rt = OperatorRuntime(config=config, api=LookupApi())  # type: ignore[arg-type]
+    passes: list[str] = []
+
+    async def one_pass(rt_: OperatorRuntime, body: Any, *, tasks: Any, pods: Any, logger: Any) -> float:
+        passes.append(body["ns"])
+        return 3600.0
+
+    monkeypatch.setattr(cluster_handlers, "reconcile_cluster", one_pass)
+    loops = {ns: (Stopped(), ns) for ns in ("one", "two")}
+    running = [asyncio.ensure_future(cluster_handlers.cluster_loop(
+        body={"ns": ns}, namespace=ns, name="c", stopped=stopped, memo=Memo(rt), logger=logging.getLogger("test"),
+        legacygpu_pods={},
+    )) for stopped, ns in loops.values()]
+    task_handlers.on_task_listing(rt, "one", [], set(), 0.0)
+    await until(lambda: passes == ["one"], "the pass of the listed namespace's cluster")
+    await asyncio.sleep(0.1)
+    assert passes == ["one"] and not rt.tasks.synced.is_set()  # "two" waits for its own listing
+    for stopped, _ in loops.values():
+        stopped.event.set()
+    await asyncio.wait_for(asyncio.gather(*running), 5)
+
+
+def test_served_namespaces_are_stripped_and_patterns_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each namespace is watched by its path: " b" or "team-*" would be refused (404) forever."""
+    from click.testing import CliRunner
+
+    import legacygpu.operator.app as app
+    from legacygpu.cli import main
+
+    configs: list[OperatorConfig] = []
+
+    async def run(config: OperatorConfig, *_: Any, **__: Any) -> None:
+        configs.append(config)
+
+    monkeypatch.setattr(app, "run_operator", run)
+    base = ["operator", "run", "--server", "http://127.0.0.1:9", "--no-metrics"]
+    result = CliRunner().invoke(main, base, env={"LEGACYGPU_OPERATOR_NAMESPACES": "a, b,,c"})
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, [*base, "--namespace", " d ", "--namespace", "e,f"])
+    assert result.exit_code == 0, result.output
+    assert [c.namespaces for c in configs] == [("a", "b", "c"), ("d", "e", "f")]
+    for bad in ("team-*", "Upper", "a_b", "x" * 64):
+        result = CliRunner().invoke(main, [*base, "--namespace", bad])
+        assert result.exit_code == 2 and f"namespace {bad!r} is not a namespace name" in result.output, result.output
+    assert len(configs) == 2
+    with pytest.raises(ValueError, match="not a namespace name"):
+        OperatorConfig(namespaces=("ok", " b"))

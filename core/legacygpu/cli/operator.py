@@ -56,9 +56,22 @@ def rbac(namespace: str, worker_namespaces: tuple[str, ...]) -> None:
     click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
 
 
+def _namespaces(_: click.Context, __: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """The served namespaces, split at commas and stripped; a name that is no namespace's is refused."""
+    from legacygpu.operator.config import namespace_problem
+
+    served = tuple(ns for item in values for ns in (part.strip() for part in item.split(",")) if ns)
+    for namespace in served:
+        if (problem := namespace_problem(namespace)) is not None:
+            raise click.BadParameter(problem)
+    return served
+
+
 @command.command("run")
 @click.option("--namespace", "namespaces", multiple=True, envvar="LEGACYGPU_OPERATOR_NAMESPACES",
-              help="Namespace to serve (repeatable; comma-separated in the variable); default: all.")
+              callback=_namespaces,
+              help="Namespace to serve (repeatable; comma-separated in the variable; names, not patterns); "
+              "default: all.")
 @click.option("--server", envvar="LEGACYGPU_OPERATOR_SERVER", default=None,
               help="API server URL; default: in-cluster credentials, else the kubeconfig.")
 @click.option("--token", envvar="LEGACYGPU_OPERATOR_TOKEN", default=None, help="Bearer token for --server.")
@@ -112,10 +125,9 @@ def run(
     from legacygpu.operator.errors import LeadershipLostError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    served = tuple(ns for item in namespaces for ns in item.split(",") if ns.strip())
     extra = {"identity": identity} if identity else {}
     config = OperatorConfig(
-        namespaces=served,
+        namespaces=namespaces,
         worker_image=worker_image,
         worker_service_account=worker_service_account,
         metrics_port=None if no_metrics else metrics_port,

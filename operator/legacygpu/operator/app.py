@@ -5,7 +5,11 @@ tests start in-process: it builds a fresh kopf registry (no module-level
 handlers, so several operators can live in one process one after another),
 waits for the Lease when leader election is on, serves ``/metrics``, and
 runs kopf (clusters and pods) and the operator's own task watch
-(:mod:`legacygpu.operator.taskwatch`) until ``stop`` is set or the Lease is lost. Losing the Lease
+(:mod:`legacygpu.operator.taskwatch`) until ``stop`` is set or the Lease is lost. It is ready
+(``ready``) once kopf is and every served scope's tasks were listed. On a stop or a lost Lease the
+task watch ends first, then the runtime closes (no task event is handled, no orphan check started),
+then kopf is told to stop: kopf can take seconds to wind down, and a replica that lost its Lease
+must not act on tasks meanwhile. Losing the Lease
 raises :class:`~legacygpu.operator.errors.LeadershipLostError` (after the same cleanup as a stop), so
 ``legacygpu operator run`` exits non-zero and Kubernetes restarts the
 container, which then waits as a standby; a stop returns normally (exit 0).
@@ -120,7 +124,7 @@ def build_settings() -> kopf.OperatorSettings:
 
 
 async def _watch_flags(
-    stop: asyncio.Event, lost: asyncio.Event, kopf_stop: asyncio.Event, rt: OperatorRuntime
+    stop: asyncio.Event, lost: asyncio.Event, kopf_stop: asyncio.Event, rt: OperatorRuntime, watch: TaskWatch
 ) -> None:
     waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait())}
     try:
@@ -128,8 +132,17 @@ async def _watch_flags(
     finally:
         for waiter in waits:
             waiter.cancel()
+    rt.closing = True  # at once: task events already queued on the loop are dropped
+    await asyncio.to_thread(watch.stop)
     kopf_stop.set()
     await rt.shutdown()  # kopf waits for tasks spawned while it ran: end ours first
+
+
+async def _ready_when(kopf_ready: asyncio.Event, rt: OperatorRuntime, ready: asyncio.Event) -> None:
+    """Ready once kopf is and the task index is whole (a replica serving before would see no tasks)."""
+    await kopf_ready.wait()
+    await rt.tasks.synced.wait()
+    ready.set()
 
 
 async def run_operator(
@@ -151,11 +164,13 @@ async def run_operator(
         port = rt.metrics.serve(config.metrics_port, config.metrics_host)
         log.info("serving /metrics on %s:%d", config.metrics_host, port)
     elector: LeaseElector | None = None
-    watch: TaskWatch | None = None
+    watch = task_handlers.make_task_watch(rt)
     keeper: asyncio.Task[None] | None = None
     lost = asyncio.Event()
     kopf_stop = asyncio.Event()
-    flags = asyncio.ensure_future(_watch_flags(stop, lost, kopf_stop, rt))
+    kopf_ready = asyncio.Event()
+    flags = asyncio.ensure_future(_watch_flags(stop, lost, kopf_stop, rt, watch))
+    readiness = asyncio.ensure_future(_ready_when(kopf_ready, rt, ready)) if ready is not None else None
     try:
         if config.leader_election:
             # The Lease gets a connection pool of its own: renewals queued behind a burst of task writes
@@ -170,7 +185,7 @@ async def run_operator(
             keeper = asyncio.ensure_future(elector.keep(lost))
             log.info("leading as %s", config.identity)
         rt.metrics.leader.set(1)
-        watch = task_handlers.start_task_watch(rt)
+        watch.start()
         await kopf.operator(
             registry=build_registry(configuration),
             settings=build_settings(),
@@ -179,13 +194,15 @@ async def run_operator(
             clusterwide=not config.namespaces,
             namespaces=list(config.namespaces),
             stop_flag=kopf_stop,
-            ready_flag=ready,
+            ready_flag=kopf_ready,
         )
     finally:
         rt.metrics.leader.set(0)
-        if watch is not None:
-            watch.stop()
+        rt.closing = True
+        await asyncio.to_thread(watch.stop)
         flags.cancel()
+        if readiness is not None:
+            readiness.cancel()
         if keeper is not None:
             keeper.cancel()
         await rt.shutdown()

@@ -14,17 +14,21 @@ cluster's unfinished tasks (``ClusterNotFound``) and deletes its pods before
 the object goes (the pods' owner references would also let the garbage
 collector remove them). kopf removes the finalizer afterwards.
 
-Indexes (kopf keeps them from its watches; handlers receive them by id):
-``legacygpu_clusters`` (namespace, name) → True (also noted in the runtime's
-``clusters``, which the task watch reads); ``legacygpu_pods``
-(namespace, cluster) → :class:`PodView`. Tasks are indexed by the
-operator's own watch (:mod:`legacygpu.operator.taskwatch`), not by kopf:
+The clusters known to exist (``rt.clusters``, which decides whether a task
+is an orphan) come from :func:`on_cluster_event` (every event but
+``DELETED`` adds the cluster, ``DELETED`` removes it) and from the task
+watch's listings, which never add back a cluster deleted after they began
+(:meth:`~legacygpu.operator.runtime.OperatorRuntime.clusters_listed`).
+
+kopf keeps one index from its watches, ``legacygpu_pods`` (namespace,
+cluster) → :class:`PodView`, handed to handlers by id. Tasks are indexed by
+the operator's own watch (:mod:`legacygpu.operator.taskwatch`), not by kopf:
 kopf holds handlers back until its own indexes are filled, but not that one,
-so the loop and the finalizer wait for ``rt.tasks.synced`` before they read
-it. The indexing functions are
-coroutines although they never await: kopf runs a plain function in its
-thread pool executor (a hand-off to a thread, and back, for every watch
-event), a coroutine inline on the event loop.
+so the loop and the finalizer wait until their namespace's tasks were
+listed before they read it. The indexing function is a coroutine although
+it never awaits: kopf runs a plain function in its thread pool executor (a
+hand-off to a thread, and back, for every watch event), a coroutine inline
+on the event loop.
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ from legacygpu.operator.task_handlers import settle_orphan
 
 __all__ = [
     "cluster_loop",
-    "index_clusters",
     "index_pods",
     "on_cluster_delete",
     "on_cluster_event",
@@ -56,11 +59,6 @@ __all__ = [
 _BACKOFF_START, _BACKOFF_CAP = 1.0, 30.0
 
 
-async def index_clusters(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], bool]:
-    memo.runtime.clusters.add((namespace, name))
-    return {(namespace, name): True}
-
-
 async def index_pods(
     namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], PodView]:
@@ -68,15 +66,18 @@ async def index_pods(
 
 
 async def on_cluster_event(type: str | None, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Note the cluster as known (or, ``DELETED``, as gone) and poke its loop."""
     rt: OperatorRuntime = memo.runtime
     if type != "DELETED":
+        rt.cluster_seen((namespace, name))
         rt.poke((namespace, name))
         return
     # Normally the finalizer (on_cluster_delete) has settled the tasks by now. A cluster whose
     # finalizer was removed by hand vanishes without it: its tasks get the orphan check, which
     # fails the unfinished ones ClusterNotFound (finished ones only cost a lookup). Tasks not
-    # listed yet are checked when their listing arrives (the cluster is no longer known then).
-    rt.clusters.discard((namespace, name))
+    # listed yet are checked when their listing arrives: the cluster is no longer known then, and
+    # a listing that began before this event cannot make it known again.
+    rt.cluster_deleted((namespace, name))
     for task in rt.tasks_seen(rt.tasks.get((namespace, name))):
         settle_orphan(rt, task)
 
@@ -102,13 +103,12 @@ async def cluster_loop(
     """
     rt: OperatorRuntime = memo.runtime
     key = (namespace, name)
-    rt.clusters.add(key)
     waker = rt.waker(key)
     stop = asyncio.ensure_future(stopped.wait())
     backoff = _BACKOFF_START
     logger.info("reconcile loop started")
     try:
-        synced = asyncio.ensure_future(rt.tasks.synced.wait())
+        synced = asyncio.ensure_future(rt.tasks.wait_listed(namespace))
         await asyncio.wait({synced, stop}, return_when=asyncio.FIRST_COMPLETED)
         synced.cancel()
         while not stopped:
@@ -145,8 +145,8 @@ async def on_cluster_delete(
 ) -> None:
     """Fail the cluster's unfinished tasks and remove its pods before the finalizer goes."""
     rt: OperatorRuntime = memo.runtime
-    if not rt.tasks.synced.is_set():
-        raise kopf.TemporaryError("the tasks are not listed yet", delay=1)
+    if not rt.tasks.listed(namespace):
+        raise kopf.TemporaryError(f"the tasks of namespace {namespace!r} are not listed yet", delay=1)
     key = (namespace, name)
     now = now_utc()
     left = 0
@@ -171,7 +171,6 @@ async def on_cluster_delete(
 def register(registry: kopf.OperatorRegistry) -> None:
     """Attach the cluster handlers to ``registry``."""
     resource = (GROUP, VERSION, CLUSTER_PLURAL)
-    kopf.index(*resource, id="legacygpu_clusters", registry=registry)(index_clusters)
     kopf.index("v1", "pods", labels={LABEL_CLUSTER: kopf.PRESENT}, id="legacygpu_pods", registry=registry)(index_pods)
     kopf.on.event(*resource, id="cluster_event", registry=registry)(on_cluster_event)
     kopf.on.event("v1", "pods", labels={LABEL_CLUSTER: kopf.PRESENT}, id="pod_event", registry=registry)(on_pod_event)

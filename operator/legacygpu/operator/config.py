@@ -8,10 +8,13 @@ one process.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 
-__all__ = ["OperatorConfig"]
+from legacygpu.operator.schema import DNS_LABEL
+
+__all__ = ["OperatorConfig", "namespace_problem"]
 
 
 def _env(name: str, default: str) -> str:
@@ -21,6 +24,14 @@ def _env(name: str, default: str) -> str:
 def _ttl(value: str) -> int | None:
     seconds = int(value)
     return None if seconds < 0 else seconds
+
+
+def namespace_problem(namespace: str) -> str | None:
+    """Why ``namespace`` cannot be served, or None: it must be a namespace's name, not a pattern."""
+    if len(namespace) > 63 or not re.fullmatch(DNS_LABEL, namespace):
+        return (f"namespace {namespace!r} is not a namespace name (lower-case letters, digits and '-', "
+                "at most 63, starting and ending with a letter or digit; no patterns)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -56,3 +67,10 @@ class OperatorConfig:
     otherwise; None keeps finished tasks (``--finished-task-ttl -1``)."""
     task_events: bool = True
     """Post Kubernetes Events for task transitions (cluster events are always posted)."""
+
+    def __post_init__(self) -> None:
+        # The operator watches each namespace by its path: a name with a blank or a glob would be
+        # refused (404) on every try, forever, so it is refused here, once, instead.
+        for namespace in self.namespaces:
+            if (problem := namespace_problem(namespace)) is not None:
+                raise ValueError(problem)

@@ -16,6 +16,7 @@ legacygpu_operator_task_assignment_seconds     histogram  (creation to first ass
 legacygpu_operator_task_transitions_total      counter    phase, reason (writes by the operator)
 legacygpu_operator_workers                     gauge      namespace, cluster, state (ready/not_ready)
 legacygpu_operator_leader                      gauge      (1 while this replica leads)
+legacygpu_operator_task_watch_restarts_total   counter    reason (expired/list_failed/watch_failed)
 =============================================  =========  =====================================
 """
 
@@ -79,6 +80,14 @@ class OperatorMetrics:
             "legacygpu_operator_workers", "Worker pods by state.", ["namespace", "cluster", "state"], registry=r
         )
         self.leader = Gauge("legacygpu_operator_leader", "1 while this operator replica is the leader.", registry=r)
+        self.task_watch_restarts = Counter(
+            "legacygpu_operator_task_watch_restarts_total",
+            "Times the operator's task watch listed again: its version expired, or a LIST or WATCH failed.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("expired", "list_failed", "watch_failed"):
+            self.task_watch_restarts.labels(reason)
         for kind in ("InferenceCluster", "InferenceTask"):  # series exist from the start, at zero
             self.reconcile_errors.labels(kind)
             self.reconcile_duration.labels(kind)

@@ -4,7 +4,9 @@ All state lives in the objects; what is kept here only makes the operator
 fast and is rebuilt from nothing on restart:
 
 * the index of tasks by cluster (:class:`~legacygpu.operator.taskwatch.TaskIndex`,
-  kept by the operator's own task watch) and the clusters known to exist;
+  kept by the operator's own task watch) and the clusters known to exist
+  (:meth:`OperatorRuntime.cluster_seen`, :meth:`~OperatorRuntime.cluster_deleted`,
+  :meth:`~OperatorRuntime.clusters_listed`);
 * a wake-up event per cluster, set by task and pod events, so a cluster's
   reconcile loop runs as soon as something changes instead of polling;
 * read-your-writes overlays: after a status write the watch may lag by a
@@ -36,16 +38,16 @@ from legacygpu.operator.clusterstate import PodView
 from legacygpu.operator.config import OperatorConfig
 from legacygpu.operator.metrics import OperatorMetrics
 from legacygpu.operator.taskstate import TaskView
-from legacygpu.operator.taskwatch import TaskIndex, scopes_of
+from legacygpu.operator.taskwatch import ClusterKey, TaskIndex, scopes_of
 
 __all__ = ["ClusterKey", "OperatorRuntime"]
 
 log = logging.getLogger(__name__)
 
-ClusterKey = tuple[str, str]
-"""(namespace, cluster name)."""
-
 _OVERLAY_TTL = 60.0
+_DELETIONS_KEPT = 600.0
+"""How long a cluster's deletion is remembered: far longer than a listing can take (its two LISTs time
+out after 70 s each), so no listing that began before the deletion can still arrive after."""
 
 
 @dataclass
@@ -73,9 +75,14 @@ class OperatorRuntime:
     tasks: TaskIndex = field(init=False)
     """Every served task's view by cluster (legacygpu.operator.taskwatch)."""
     clusters: set[ClusterKey] = field(default_factory=set)
-    """Clusters known to exist: from kopf's index of clusters and the task watch's listings. A task whose
-    cluster is not here is checked as an orphan (which asks the API, so a cluster missing here costs a
-    lookup, never a wrongly failed task)."""
+    """Clusters known to exist: added by the cluster event handler and the task watch's listings, removed
+    by the cluster's DELETED event (see :meth:`clusters_listed` for why a listing cannot add one back).
+    A task whose cluster is not here is checked as an orphan (which asks the API, so a cluster missing
+    here costs a lookup, never a wrongly failed task)."""
+    clusters_deleted_at: dict[ClusterKey, float] = field(default_factory=dict)
+    """``time.monotonic()`` when each recently deleted cluster's DELETED event was handled."""
+    closing: bool = False
+    """Set by :meth:`shutdown` (a stop or a lost Lease): from then on nothing new is started or handled."""
 
     def __post_init__(self) -> None:
         self.access = AccessChecker(self.api)
@@ -94,7 +101,13 @@ class OperatorRuntime:
         self.waker(key).set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run ``coro`` in the background; a failure is logged (nobody awaits it to see the exception)."""
+        """Run ``coro`` in the background; a failure is logged (nobody awaits it to see the exception).
+
+        Once closing (after a lost Lease a non-leader must not write), ``coro`` is dropped unrun.
+        """
+        if self.closing:
+            coro.close()
+            return
         task = asyncio.ensure_future(coro)
         self.background.add(task)
         task.add_done_callback(self._background_done)
@@ -105,6 +118,7 @@ class OperatorRuntime:
             log.error("background task %s failed: %r", task.get_coro(), error, exc_info=error)
 
     async def shutdown(self) -> None:
+        self.closing = True
         for task in list(self.background):
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -115,7 +129,36 @@ class OperatorRuntime:
             current = self.strategies[key] = make_strategy(name)
         return current
 
+    # -- known clusters --------------------------------------------------------------------------
+
+    def cluster_seen(self, key: ClusterKey) -> None:
+        """An event showed the cluster (it exists now, even if an earlier one of its name was deleted)."""
+        self.clusters.add(key)
+        self.clusters_deleted_at.pop(key, None)
+
+    def cluster_deleted(self, key: ClusterKey) -> None:
+        """The cluster's DELETED event: forget it, and remember when (for :meth:`clusters_listed`)."""
+        now = time.monotonic()
+        self.clusters.discard(key)
+        self.clusters_deleted_at[key] = now
+        for old in [k for k, at in self.clusters_deleted_at.items() if now - at > _DELETIONS_KEPT]:
+            del self.clusters_deleted_at[old]
+
+    def clusters_listed(self, keys: Iterable[ClusterKey], begun: float) -> None:
+        """Add the clusters a listing found, but none deleted after the listing ``begun``.
+
+        The listing is taken on a thread and handled later, on the event loop: a cluster deleted in
+        between is in it, and adding it back would leave its later tasks poking a cluster that no
+        longer exists instead of failing ``ClusterNotFound``.
+        """
+        for key in keys:
+            deleted = self.clusters_deleted_at.get(key)
+            if deleted is None or deleted < begun:
+                self.clusters.add(key)
+
     def forget(self, key: ClusterKey) -> None:
+        """Drop the caches of a deleted cluster (its deletion time stays: the loop may stop before the
+        DELETED event, or after it when the finalizer was removed by hand; age alone ends that entry)."""
         self.wakers.pop(key, None)
         self.strategies.pop(key, None)
         self.created_pods.pop(key, None)

@@ -6,7 +6,9 @@ delivers every task event and every LIST here, on the event loop:
 :func:`on_task_event` keeps the task index (``rt.tasks``, keyed by
 (namespace, clusterRef)) and pokes the loop of the task's cluster;
 :func:`on_task_listing` replaces a scope's part of the index with a fresh
-LIST and pokes every cluster whose tasks it touched. Nothing is written to
+LIST and pokes every cluster whose tasks it touched. Once the operator is
+closing (stopped, or its Lease lost) both do nothing: a replica that no
+longer leads must not act on a task. Nothing is written to
 tasks here: tasks need no finalizer, and every extra write would race with
 the workers' resourceVersion-guarded status writes.
 
@@ -30,13 +32,15 @@ from legacygpu.operator.runtime import ClusterKey, OperatorRuntime
 from legacygpu.operator.taskstate import TaskView, decide, task_view
 from legacygpu.operator.taskwatch import TaskWatch
 
-__all__ = ["check_orphan", "on_task_event", "on_task_listing", "settle_orphan", "start_task_watch"]
+__all__ = ["check_orphan", "make_task_watch", "on_task_event", "on_task_listing", "settle_orphan"]
 
 log = logging.getLogger(__name__)
 
 
 def on_task_event(rt: OperatorRuntime, kind: str, view: TaskView) -> None:
     """One watch event: index (or forget) the task, then poke its cluster or settle it as an orphan."""
+    if rt.closing:
+        return
     key = (view.namespace, view.cluster)
     if kind == "DELETED":
         before = rt.tasks.remove(view.namespace, view.name)
@@ -54,11 +58,19 @@ def on_task_event(rt: OperatorRuntime, kind: str, view: TaskView) -> None:
 
 
 def on_task_listing(
-    rt: OperatorRuntime, scope: str | None, views: list[TaskView], clusters: set[ClusterKey]
+    rt: OperatorRuntime, scope: str | None, views: list[TaskView], clusters: set[ClusterKey], begun: float
 ) -> None:
-    """A fresh LIST of a scope: replace its part of the index at once, poke, settle orphans."""
-    rt.clusters |= clusters
-    for key in rt.tasks.replace(scope, views):
+    """A fresh LIST of a scope: replace its part of the index at once, poke, settle orphans.
+
+    ``clusters`` were listed at ``begun`` (``time.monotonic()``); see :meth:`OperatorRuntime.clusters_listed`.
+    """
+    if rt.closing:
+        return
+    rt.clusters_listed(clusters, begun)
+    replaced = rt.tasks.replace(scope, views)
+    for task in replaced.removed:  # deleted while no watch was open: no DELETED event will drop these
+        rt.task_overlay.pop(task, None)
+    for key in replaced.touched:
         if key in rt.clusters:
             rt.poke(key)
     for view in views:
@@ -66,15 +78,14 @@ def on_task_listing(
             settle_orphan(rt, view)
 
 
-def start_task_watch(rt: OperatorRuntime) -> TaskWatch:
-    """Start the operator's watch of the served tasks (the caller stops it)."""
-    watch = TaskWatch(
+def make_task_watch(rt: OperatorRuntime) -> TaskWatch:
+    """The operator's watch of the served tasks, not started yet (the caller starts and stops it)."""
+    return TaskWatch(
         rt.api.configuration, rt.tasks.scopes,
         on_event=lambda kind, view: on_task_event(rt, kind, view),
-        on_listing=lambda scope, views, clusters: on_task_listing(rt, scope, views, clusters),
+        on_listing=lambda scope, views, clusters, begun: on_task_listing(rt, scope, views, clusters, begun),
+        restarts=rt.metrics.task_watch_restarts,
     )
-    watch.start()
-    return watch
 
 
 def settle_orphan(rt: OperatorRuntime, view: TaskView) -> None:

@@ -157,9 +157,15 @@ class KubeApi:
         self.client = kubernetes.client.ApiClient(configuration)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kubeapi")
         self._streams: set[Any] = set()
+        self._closed = False
 
     def close(self) -> None:
-        """Release the pool and end every open watch at once (their threads see the stream end)."""
+        """Release the pool and end every open watch at once (their threads see the stream end).
+
+        A watch still opening ends as soon as it is open (:meth:`watch_sync` looks at the flag
+        after it registered its stream, so either this loop or that look sees it).
+        """
+        self._closed = True
         for stream in list(self._streams):
             with contextlib.suppress(Exception):
                 stream.shutdown()
@@ -168,10 +174,15 @@ class KubeApi:
 
     def request_sync(
         self, method: str, path: str, *, body: Any = None, query: dict[str, str] | None = None,
-        content_type: str | None = None,
+        content_type: str | None = None, timeout: float | tuple[float, float] | None = None,
     ) -> dict[str, Any]:
-        """One blocking API call with the client's authentication; raises ``ApiException``."""
-        return request_json(self.client, method, path, body=body, query=query, content_type=content_type)
+        """One blocking API call with the client's authentication; raises ``ApiException``.
+
+        ``timeout``: seconds, or (connect, read) seconds; None waits as long as the connection lasts.
+        """
+        return request_json(
+            self.client, method, path, body=body, query=query, content_type=content_type, timeout=timeout
+        )
 
     def watch_sync(
         self, path: str, *, query: dict[str, str] | None = None, timeout: float = 60.0
@@ -180,6 +191,10 @@ class KubeApi:
         raw = open_watch(self.client, path, query=query, timeout=timeout)
         self._streams.add(raw)
         try:
+            if self._closed:  # closed while the watch was opening: close() may have missed the stream
+                with contextlib.suppress(Exception):
+                    raw.shutdown()
+                return
             yield from json_lines(raw)
         finally:
             self._streams.discard(raw)
