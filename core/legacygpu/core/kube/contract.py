@@ -498,16 +498,29 @@ def released_status(
     policy: RetryPolicy,
     rng: random.Random | None = None,
 ) -> TaskStatus:
-    """Take a task back from a worker pod that is gone (:func:`lifecycle.release`), as a status patch.
+    """Take a task back from a lost worker pod as a spent attempt: Queued after a backoff, or Failed.
 
-    A ``Scheduled`` task counts as an attempt that started at its assignment (the worker may have
-    been running it unclaimed, :func:`started_report_status`), so it goes back after a backoff, or
-    ends ``Failed`` once its retries are spent.
+    A ``Running`` task is requeued (:func:`lifecycle.requeue_or_fail`). A ``Scheduled`` one is
+    first started at its assignment (:func:`lifecycle.start`): the operator charges the task a
+    failed, gone or unready pod may have been running unclaimed (:func:`started_report_status`;
+    the one first in :func:`run_order`), so an input that kills its worker ends ``Failed`` once
+    its retries are spent. The pod's other ``Scheduled`` tasks go back with
+    :func:`unassigned_status` (no attempt spent).
     """
     before = status_record(status, created=created, max_retries=max_retries)
-    after = lifecycle.release(before, reason=reason, why=message, now=now.timestamp(), policy=policy, rng=rng,
-                              unclaimed_runs=True)  # fmt: skip
+    if before.phase == Phase.SCHEDULED:
+        before = lifecycle.start(before, worker_id=before.worker_id or "", now=before.scheduled_at or now.timestamp())
+    after = lifecycle.requeue_or_fail(before, reason=reason, why=message, now=now.timestamp(), policy=policy, rng=rng)
     return _requeued(status, after, created=created, now=now)
+
+
+def run_order(priority: int, created: str | None, name: str) -> tuple[int, str, str]:
+    """The order in which a worker runs the tasks assigned to it: highest priority, then oldest, then name.
+
+    The worker picks by it, and the operator reads it to know which ``Scheduled`` task a lost pod
+    was running (:func:`released_status`): one function, so the two never disagree.
+    """
+    return (-int(priority or 0), created or "", name)
 
 
 def report_status(
