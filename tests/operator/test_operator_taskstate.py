@@ -15,8 +15,10 @@ from legacygpu.core.kube.contract import (
     assigned_status,
     format_time,
     parse_time,
+    report_status,
     requeue_status,
     running_status,
+    started_report_status,
     terminal_status,
 )
 from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
@@ -328,3 +330,34 @@ def test_draining_worker_gives_back_waiting_tasks_but_keeps_running_ones() -> No
     assert (waiting.status["phase"], waiting.status["reason"]) == ("Queued", "WorkerDrained")
     running = run(view("Running", status={"attempts": 1, "workerRef": {"pod": "w1"}}), pods=draining)
     assert running.status is None
+
+
+def _merged(status: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch of status fields (None removes one), as the API server applies it."""
+    out = dict(status)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("error", [None, RuntimeError("the API went away"), ValueError("bad input")])
+@pytest.mark.parametrize("attempts", [0, 2])
+def test_a_start_reported_with_its_outcome_is_a_claim_then_a_report(error: Exception | None, attempts: int) -> None:
+    # The worker's one write for an unclaimed run must leave exactly what the claim and the report
+    # would have (the same attempts, history, times, backoff), drawn with the same seeded rng.
+    created = format_time(T0)
+    outcome = lifecycle.classify(error, worker="w1")
+    assigned = _merged({"phase": "Queued", "attempts": attempts}, assigned_status(
+        {"phase": "Queued", "attempts": attempts}, pod="w1", node="n1", now=T0 + datetime.timedelta(seconds=1)))
+    started, ended = T0 + datetime.timedelta(seconds=2), T0 + datetime.timedelta(seconds=3)
+    kwargs: dict[str, Any] = {"created": created, "max_retries": 2, "now": ended, "policy": POLICY,
+                              "result": {"top_k": []}, "compute_ms": 5.0}  # fmt: skip
+    claimed = _merged(assigned, running_status(assigned, pod="w1", now=started))
+    two_writes = _merged(claimed, report_status(claimed, outcome, rng=random.Random(3), **kwargs))
+    one_write = _merged(assigned, started_report_status(
+        assigned, outcome, pod="w1", started=started, rng=random.Random(3), **kwargs))
+    assert one_write == two_writes
+    assert one_write["attempts"] == attempts + 1 and one_write["history"][-1]["reported"] is True

@@ -534,12 +534,13 @@ def report_status(
     result: dict[str, Any] | None = None,
     result_ref: str | None = None,
     compute_ms: float | None = None,
+    rng: random.Random | None = None,
 ) -> TaskStatus:
     """A worker's outcome for its running attempt (:func:`lifecycle.report`), as a status patch."""
     if outcome.retryable:
         return requeue_status(
             status, created=created, max_retries=max_retries, reason=Reason(outcome.reason), message=outcome.message,
-            now=now, policy=policy, compute_ms=compute_ms, reported=True,
+            now=now, policy=policy, rng=rng, compute_ms=compute_ms, reported=True,
         )
     return terminal_status(
         status, created=created, phase=outcome.phase, reason=Reason(outcome.reason), message=outcome.message,
@@ -560,6 +561,7 @@ def started_report_status(
     result: dict[str, Any] | None = None,
     result_ref: str | None = None,
     compute_ms: float | None = None,
+    rng: random.Random | None = None,
 ) -> TaskStatus:
     """A ``Scheduled`` attempt the worker ran without a claim: its start and its report in one status patch.
 
@@ -570,6 +572,6 @@ def started_report_status(
     running = running_status(status, pod=pod, now=started)
     report = report_status(
         {**status, **running}, outcome, created=created, max_retries=max_retries, now=now, policy=policy,
-        result=result, result_ref=result_ref, compute_ms=compute_ms,
+        result=result, result_ref=result_ref, compute_ms=compute_ms, rng=rng,
     )
     return TaskStatus(**{**running, **report})
