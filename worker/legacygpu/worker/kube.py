@@ -10,17 +10,19 @@ the operator assigns a task in that one status write), and for each
 1. **run** it with the lead's :class:`~legacygpu.worker.runner.TaskRunner`
    (inline inputs, or ``inputsUri``: a ConfigMap key or an http(s) URL; a
    batch task's shard runs each of its inputs, :mod:`legacygpu.worker.batch`);
-2. **claim** it, only when it runs longer than :data:`CLAIM_AFTER` seconds
-   (and before anything else for a batch shard, whose results are written
-   as it goes): write ``Running`` with the ``resourceVersion`` it read; the
-   API server refuses the write (409) if the task moved on (the operator
-   took it back, a user cancelled it), and the worker drops the attempt;
+2. **claim** it (:mod:`legacygpu.worker.claiming`) only when it runs longer than
+   :data:`CLAIM_AFTER` seconds, or before running it when it is a batch shard (whose results are
+   written as it goes) or was found ``Scheduled`` in the first list after this process started
+   (a previous container of this pod may have been running it): write ``Running`` with the
+   ``resourceVersion`` it read; the API server refuses the write (409) if the task moved on (the
+   operator took it back, a user cancelled it), and the worker drops the attempt. A claim whose
+   write fails otherwise is settled by reading the task again;
 3. **report**: write the terminal phase, timings and result only if the
    attempt is still the current one, again guarded by the
    ``resourceVersion``: for a claimed attempt, still ``Running`` on this pod
-   with the same ``attempts``; for an unclaimed one, still ``Scheduled`` on
-   this pod by the same assignment (``scheduledTime``), and the report then
-   writes the attempt's start with its end
+   by the same assignment; for an unclaimed one, still ``Scheduled`` on
+   this pod by the same assignment (uid, ``scheduledTime``, attempts), and
+   the report then writes the attempt's start with its end
    (:func:`~legacygpu.core.kube.contract.started_report_status`). A stale
    attempt's result is dropped, so a task never ends with two results. A
    success posts no Event (the status says it all), a failure posts a
@@ -29,12 +31,16 @@ the operator assigns a task in that one status write), and for each
 A short task thus costs the API server one write from its worker, not two
 (the claim was a quarter of the API server's CPU per task). What holds
 instead of "no two workers run one attempt": a result is written once, by
-the worker of the current assignment; a ``Scheduled`` task taken back from a
-lost worker counts as a spent attempt (the worker may have been running it),
-so an input that kills its worker ends ``Failed`` once its retries are spent;
-and only when the operator gives back the tasks of a *draining* worker may
-a short task that worker had already started run a second time on another
-worker, whose report is then the only one kept.
+the worker of the current assignment (a report whose write failed leaves
+the assignment to run again); when a failed, gone or unready pod is taken
+back, the one ``Scheduled`` task it would be running (the first in
+:func:`~legacygpu.core.kube.contract.run_order`, never a shard) counts as
+a spent attempt, so an input that kills its worker ends ``Failed`` once its
+retries are spent, while its other ``Scheduled`` tasks, and those of a
+draining or terminating pod, go back with no attempt spent. A short task
+the operator takes back while this worker runs it unclaimed (draining,
+terminating, or unready but alive) may therefore run a second time on
+another worker; this worker's report of it is refused.
 
 Bad input and unknown models end the task ``Failed`` for good; a model that
 cannot load or run ends it ``Failed`` with the loader's message; anything
