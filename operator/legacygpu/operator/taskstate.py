@@ -302,9 +302,8 @@ def decide(
     """
     if task.terminal:
         wake = task.ttl_wake(task.ttl_seconds if task.ttl_seconds is not None else default_ttl_seconds)
-        if wake is None:
+        if wake is None or wake.wake_at is None:
             return None
-        assert wake.wake_at is not None
         return _DELETE if now >= wake.wake_at else wake
     ended = ending(task, now)
     if ended is not None:

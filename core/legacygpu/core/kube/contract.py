@@ -435,9 +435,9 @@ def _requeued(
     status: Mapping[str, Any], after: TaskRecord, *, created: str | None, now: datetime.datetime | None
 ) -> TaskStatus:
     """The status patch for a move back to the queue, or into ``Failed`` once the retries are spent."""
-    if after.terminal:
-        assert now is not None  # only requeue_or_fail ends a task, and it is given the time
-        return _ended(status, after, created=created, now=now)
+    if after.terminal:  # only requeue_or_fail ends a task, at the time it is given
+        ended_at = now if now is not None else _moment(after.finished_at or 0.0)
+        return _ended(status, after, created=created, now=ended_at)
     retry_after = None
     if after.not_before is not None and now is not None:
         retry_after = format_time(now + datetime.timedelta(seconds=after.not_before - now.timestamp()))
