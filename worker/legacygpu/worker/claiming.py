@@ -135,6 +135,7 @@ class ClaimTimer:
         self._cond = threading.Condition()
         self._due: tuple[float, PendingClaim] | None = None
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     def start(self, body: dict[str, Any], started: datetime.datetime, delay: float) -> PendingClaim:
         """Claim ``body`` (as started at ``started``) ``delay`` seconds from now unless settled first."""
@@ -156,11 +157,19 @@ class ClaimTimer:
             pending.settled = True
         return pending
 
+    def close(self) -> None:
+        """End the thread (the worker stops); a claim not yet due is not written."""
+        with self._cond:
+            self._closed, self._due = True, None
+            self._cond.notify()
+
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while self._due is None:
+                while self._due is None and not self._closed:
                     self._cond.wait()
+                if self._due is None:
+                    return
                 due, pending = self._due
                 left = due - time.monotonic()
                 if left > 0:

@@ -578,6 +578,7 @@ class KubeWorker:
             except Exception:
                 log.exception("task %s could not be handled", body["metadata"].get("name"))
         self.ready.clear()
+        self._timer.close()
         stream = self._stream
         if stream is not None:  # unblock the watcher's read at once
             with contextlib.suppress(Exception):
