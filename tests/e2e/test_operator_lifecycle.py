@@ -88,7 +88,9 @@ def operator(simulated_kube: Kube, namespace: str, worker_command: Any, demo_rep
 
     models = tmp_path / "models"
     shutil.copytree(demo_repository, models)
-    slow = slow_model(tmp_path / "slow.onnx", layers=80)
+    # Several seconds a run: the worker claims (writes Running) only a task that runs over CLAIM_AFTER,
+    # and the test must see it Running to delete its pod mid-run (80 layers took about a second).
+    slow = slow_model(tmp_path / "slow.onnx", layers=400)
     ModelRepository(models).add(card_from_onnx("slow", slow), slow)
     worker_command(shlex.join([sys.executable, "-m", "legacygpu.cli", "worker", "start", "--kubernetes",
                                "--backend", "onnxruntime", "--model-dir", str(models)]))

@@ -1,4 +1,4 @@
-"""At most three API writes per successful task besides its creation, counted by the real API server.
+"""Two API writes per successful short task besides its creation, counted by the real API server.
 
 Real: the API server (whose own ``apiserver_request_total`` counters are read before and after,
 :mod:`legacygpu.testing.apiwrites`), one operator process as the operator ServiceAccount, four worker
@@ -7,11 +7,12 @@ processes on the ``busy`` model (:mod:`e2e_operators`). Simulated: only the kube
 A hundred tasks are created at once on a cluster with fewer slots than tasks, so most of them wait
 for a slot: waiting must not cost a write. The writes to InferenceTasks (status included, counted by
 the API server) and the Events about them (counted from the Events), less the hundred creates, must be
-at most three per task: the operator's
-``Scheduled`` and the worker's ``Succeeded`` (which records the attempt's start), plus the worker's
+two per task: the operator's
+``Scheduled`` and the worker's ``Succeeded`` (which records the attempt's start). The worker writes a
 ``Running`` claim only for a task that runs longer than its claim delay (a ``busy`` task takes tens
-of milliseconds, so nearly none). A label mirroring the assignment, a ``Queued`` write for each
-waiting task or an Event per success would each break the bound.
+of milliseconds), so the bound allows :data:`LONG_MARGIN` such writes in all, not one per task: a
+worker claiming every task again, a label mirroring the assignment, a ``Queued`` write for each
+waiting task or an Event per success would each break it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from e2ecluster import Kube
 from legacygpu.testing.apiwrites import parse_request_totals, per_task
 
 TASKS = 100
+LONG_MARGIN = 5
+"""Claims allowed in all, for the rare task slowed past the claim delay on a loaded machine."""
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +67,6 @@ def test_a_successful_task_costs_at_most_three_writes_besides_its_creation(
     events = [e for e in kube.core.list_namespaced_event(namespace).items if e.involved_object.kind == "InferenceTask"]
     event_writes = sum(e.count or 1 for e in events)  # a repeated Event is one object whose count was patched
     assert counted["task_creates"] == TASKS, counted
-    assert counted["task_writes_besides_create"] + event_writes <= 3 * TASKS, (counted, event_writes)
+    assert counted["task_writes_besides_create"] + event_writes <= 2 * TASKS + LONG_MARGIN, (counted, event_writes)
     assert counted["task_writes_besides_create"] >= 2 * TASKS, counted  # each one was assigned and reported
     assert events == [], [(e.involved_object.name, e.reason) for e in events]

@@ -319,3 +319,151 @@ async def test_an_unclaimed_result_after_the_task_was_given_back_is_refused(
 
     assert await asyncio.to_thread(lambda: worker_a.finish(body, build, claimed=False)) is False
     assert (await api.get_task(NS, "t"))["status"] == before["status"]
+
+
+def _failing_claim(worker: Any, *, write_first: bool) -> None:
+    """Make the worker's claim raise, after writing it (an answer lost) or before."""
+    real = worker.claim
+
+    def claim(body: dict[str, Any], *, now: Any = None) -> Any:
+        if write_first:
+            real(body, now=now)
+        raise RuntimeError("simulated API error")
+
+    worker.claim = claim
+
+
+@pytest.mark.parametrize("write_first", [False, True])
+async def test_a_claim_that_raises_still_ends_with_one_report(
+    server: EmulatorThread, api: KubeApi, write_first: bool
+) -> None:
+    # The claim timer's write fails: the worker reads the task again and reports the run as it
+    # stands (claimed if the claim got written, else unclaimed): never left Scheduled forever.
+    body = await _scheduled(api, "t", "pod-a")
+    runner = _GatedRunner()
+    worker = _worker(server, "pod-a", runner)
+    worker.claim_after = 0.05
+    _failing_claim(worker, write_first=write_first)
+    writes = _Writes(worker)
+    running = asyncio.ensure_future(asyncio.to_thread(worker.execute, body))
+    await asyncio.sleep(0.3)
+    runner.gate.set()
+    await running
+    assert [s["phase"] for s in writes.statuses] == (["Running", "Succeeded"] if write_first else ["Succeeded"])
+    status = (await api.get_task(NS, "t"))["status"]
+    assert (status["phase"], status["attempts"], len(status["history"])) == ("Succeeded", 1, 1)
+    assert runner.calls == 1
+
+
+async def test_a_claim_that_raises_on_a_task_taken_back_drops_the_result(server: EmulatorThread, api: KubeApi) -> None:
+    body = await _scheduled(api, "t", "pod-a")
+    runner = _GatedRunner()
+    worker = _worker(server, "pod-a", runner)
+    worker.claim_after = 0.05
+    _failing_claim(worker, write_first=False)
+    writes = _Writes(worker)
+    running = asyncio.ensure_future(asyncio.to_thread(worker.execute, body))
+    await api.patch_task_status(NS, "t", {"phase": "Queued", "workerRef": None, "scheduledTime": None})
+    await asyncio.sleep(0.3)
+    runner.gate.set()
+    await running
+    assert writes.statuses == [] and (await api.get_task(NS, "t"))["status"]["phase"] == "Queued"
+
+
+async def test_a_report_that_fails_leaves_the_assignment_to_run_again(server: EmulatorThread, api: KubeApi) -> None:
+    body = await _scheduled(api, "t", "pod-a")
+    worker = _worker(server, "pod-a", _Runner())
+
+    def refuse(name: str, status: dict[str, Any], resource_version: str) -> dict[str, Any]:
+        raise RuntimeError("simulated API error")
+
+    worker.patch_status = refuse
+    with pytest.raises(RuntimeError):
+        await asyncio.to_thread(worker.execute, body)
+    assert (await api.get_task(NS, "t"))["status"]["phase"] == "Scheduled"
+    worker._absorb({"type": "MODIFIED", "object": body})  # the resync delivers it again: it runs again
+    assert list(worker.pending) == ["t"]
+
+
+async def test_an_operator_release_is_not_taken_for_the_workers_own_report(
+    server: EmulatorThread, api: KubeApi
+) -> None:
+    # The operator took the task back from pod-a, recording a WorkerLost attempt by pod-a: that is
+    # no report of pod-a's, so pod-a's result is refused, not counted as written.
+    body = await _scheduled(api, "t", "pod-a")
+    worker = _worker(server, "pod-a", _Runner())
+    scheduled = body["status"]["scheduledTime"]
+    await api.patch_task_status(NS, "t", {
+        "phase": "Queued", "reason": "WorkerLost", "attempts": 1, "workerRef": None, "scheduledTime": None,
+        "history": [{"attempt": 1, "worker": "pod-a", "startTime": scheduled, "outcome": "WorkerLost",
+                     "completionTime": scheduled}]})  # fmt: skip
+    recorded: list[bool] = []
+    worker._record = lambda ok, ms: recorded.append(ok)
+
+    def build(status: dict[str, Any], created: str | None) -> dict[str, Any]:
+        return {"phase": "Succeeded", "reason": "Completed", "message": "x", "attempts": 1}
+
+    assert await asyncio.to_thread(lambda: worker.finish(body, build, claimed=False)) is False
+    assert (await api.get_task(NS, "t"))["status"]["phase"] == "Queued" and recorded == []
+
+
+async def test_a_label_written_while_a_task_waits_does_not_run_it_again(server: EmulatorThread, api: KubeApi) -> None:
+    body = await _scheduled(api, "t", "pod-a")
+    runner = _Runner()
+    worker = _worker(server, "pod-a", runner)
+    # A label (kubectl label) written while the task waits Scheduled, delivered after the run.
+    relabelled = await api.patch(G, V, TASK_PLURAL, NS, "t", {"metadata": {"labels": {"x": "y"}}})
+    assert relabelled["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"]
+    await asyncio.to_thread(worker.execute, body)
+    worker._absorb({"type": "MODIFIED", "object": relabelled})
+    assert worker._next() is None and runner.calls == 1
+
+
+async def test_a_restarted_worker_claims_the_tasks_it_finds_waiting_then_reports_new_ones_in_one_write(
+    server: EmulatorThread, api: KubeApi
+) -> None:
+    # A container restarted under the same pod name may have been running "old" unclaimed: its
+    # first list finds it Scheduled, so it is claimed first (a second run is then a visible attempt).
+    import threading
+
+    await _scheduled(api, "old", "pod-a")
+    runner, stop = _Runner(), threading.Event()
+    worker = _worker(server, "pod-a", runner)
+    writes = _Writes(worker)
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        await _phase_becomes(api, "old", "Succeeded")
+        await _scheduled(api, "new", "pod-a")
+        await _phase_becomes(api, "new", "Succeeded")
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 10)
+    assert [s["phase"] for s in writes.statuses] == ["Running", "Succeeded", "Succeeded"]
+    assert runner.calls == 2
+
+
+async def test_one_claim_thread_serves_every_task_of_a_worker(server: EmulatorThread, api: KubeApi) -> None:
+    import threading
+    import time
+
+    class _Slow(_Runner):
+        def run(self, model: str, inputs: list[dict[str, Any]], parameters: Any = None) -> dict[str, Any]:
+            time.sleep(0.2)
+            return super().run(model, inputs, parameters)
+
+    worker = _worker(server, "pod-a", _Slow())
+    worker.claim_after = 0.02
+    threads: set[int] = set()
+    real = worker.claim
+
+    def claim(body: dict[str, Any], *, now: Any = None) -> Any:
+        threads.add(threading.get_ident())
+        return real(body, now=now)
+
+    worker.claim = claim
+    for name in ("a", "b", "c"):
+        body = await _scheduled(api, name, "pod-a")
+        await asyncio.to_thread(worker.execute, body)
+        assert (await api.get_task(NS, name))["status"]["phase"] == "Succeeded"
+    assert len(threads) == 1 and threading.get_ident() not in threads

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import random
 from typing import Any
@@ -14,14 +15,23 @@ from legacygpu.core.kube.contract import (
     assigned_status,
     format_time,
     parse_time,
+    report_status,
     requeue_status,
     running_status,
+    started_report_status,
     terminal_status,
 )
 from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
 from legacygpu.core.tasks import Phase, Reason, RetryPolicy
 from legacygpu.operator.clusterstate import PodView
-from legacygpu.operator.taskstate import TaskView, decide, plan_assignments, task_view, validate_inputs
+from legacygpu.operator.taskstate import (
+    TaskView,
+    decide,
+    plan_assignments,
+    scheduled_heads,
+    task_view,
+    validate_inputs,
+)
 
 T0 = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 POLICY = RetryPolicy(base_seconds=1.0, cap_seconds=8.0)
@@ -51,10 +61,14 @@ def view(phase: str | None = None, status: dict[str, Any] | None = None, **spec:
     return task_view(b)
 
 
-def run(task: TaskView, *, at: float = 1.0, exists: bool = True, pods: dict[str, PodView] | None = None) -> Any:
+def run(
+    task: TaskView, *, at: float = 1.0, exists: bool = True, pods: dict[str, PodView] | None = None,
+    heads: dict[str, str] | None = None,
+) -> Any:
     return decide(
         task, cluster_exists=exists, pods=pods if pods is not None else {"w1": READY},
         now=T0 + datetime.timedelta(seconds=at), policy=POLICY, grace_seconds=5.0, rng=random.Random(1),
+        heads=heads,
     )
 
 
@@ -159,15 +173,60 @@ def test_lost_worker_sends_a_running_task_back_with_backoff(pods: dict[str, PodV
 
 
 def test_lost_worker_spends_an_attempt_of_a_scheduled_task_it_may_have_been_running() -> None:
-    # A worker runs a short task unclaimed (no Running write): a Scheduled task on a lost pod may
-    # have been running, so it counts as an attempt started at its assignment.
+    # A worker runs a short task unclaimed (no Running write): the Scheduled task a lost pod was
+    # running (its head) counts as an attempt started at its assignment.
     scheduled = format_time(T0 + datetime.timedelta(seconds=0.5))
     task = view("Scheduled", status={"attempts": 0, "workerRef": {"pod": "w1"}, "scheduledTime": scheduled})
-    action = run(task, pods={})
+    action = run(task, pods={}, heads=scheduled_heads([task]))
     assert (action.status["phase"], action.status["reason"], action.status["attempts"]) == ("Queued", "WorkerLost", 1)
     assert action.status["retryAfter"] is not None and action.status["workerRef"] is None
     assert [(h["attempt"], h["worker"], h["startTime"], h["outcome"]) for h in action.status["history"]] == [
         (1, "w1", scheduled, "WorkerLost")]
+
+
+@pytest.mark.parametrize("pods", [{}, {"w1": PodView(name="w1", phase="Failed")},
+                                  {"w1": PodView(name="w1", phase="Running", ready=False, node="n1")}])
+def test_a_lost_pod_charges_only_the_scheduled_task_its_worker_was_running(pods: dict[str, PodView]) -> None:
+    # Two waiting on a crashed pod: the worker runs the higher priority one first (then the older,
+    # then by name), so only that one spends an attempt; the other goes back as it was.
+    status = {"attempts": 0, "workerRef": {"pod": "w1"}, "scheduledTime": format_time(T0)}
+    low = dataclasses.replace(view("Scheduled", status=status, maxRetries=0), name="a-low")
+    high = dataclasses.replace(view("Scheduled", status=status, maxRetries=0, priority=5), name="z-high")
+    heads = scheduled_heads([low, high])
+    assert heads == {"w1": "z-high"}
+    charged, spared = run(high, pods=pods, heads=heads), run(low, pods=pods, heads=heads)
+    assert (charged.status["phase"], charged.status["reason"], charged.status["attempts"]) == (
+        "Failed", "WorkerLost", 1)
+    assert (spared.status["phase"], spared.status["reason"], spared.status["attempts"]) == ("Queued", "WorkerLost", 0)
+    assert spared.status.get("retryAfter") is None and not spared.status.get("history")
+    # Same priority: the older first, then the name (the worker's own pick order).
+    older = dataclasses.replace(low, name="b", created=format_time(T0 - datetime.timedelta(seconds=1)))
+    assert scheduled_heads([low, older]) == {"w1": "b"}
+    assert scheduled_heads([dataclasses.replace(low, name="b"), low]) == {"w1": "a-low"}
+
+
+def test_a_deleted_pod_gives_its_scheduled_tasks_back_without_spending_an_attempt() -> None:
+    # Scale-down, a rolling update and suspend delete pods without a drain: the worker finishes what
+    # it runs and leaves; the tasks waiting on it are innocent, even with maxRetries 0.
+    status = {"attempts": 0, "workerRef": {"pod": "w1"}, "scheduledTime": format_time(T0)}
+    task = view("Scheduled", status=status, maxRetries=0)
+    for ready in (True, False):
+        deleting = {"w1": PodView(name="w1", phase="Running", ready=ready, node="n1", deleting=True)}
+        action = run(task, pods=deleting, heads=scheduled_heads([task]))
+        assert (action.status["phase"], action.status["reason"], action.status["attempts"]) == (
+            "Queued", "WorkerDrained", 0)
+        assert "is terminating" in action.status["message"] and action.status.get("retryAfter") is None
+
+
+def test_a_batch_shard_scheduled_on_a_lost_pod_spends_no_attempt() -> None:
+    # A shard is claimed (Running) before it runs: Scheduled, it never ran.
+    status = {"attempts": 0, "workerRef": {"pod": "w1"}, "scheduledTime": format_time(T0)}
+    shard = view("Scheduled", status=status, maxRetries=0, batch={"shard": {"parent": "b", "index": 0}})
+    assert scheduled_heads([shard]) == {}
+    for heads in (None, {"w1": "t"}):
+        action = run(shard, pods={}, heads=heads)
+        assert (action.status["phase"], action.status["reason"], action.status["attempts"]) == (
+            "Queued", "WorkerLost", 0)
 
 
 def test_input_that_kills_every_worker_it_is_scheduled_on_ends_failed() -> None:
@@ -176,7 +235,7 @@ def test_input_that_kills_every_worker_it_is_scheduled_on_ends_failed() -> None:
     for attempt in (1, 2, 3):
         status = {**status, "phase": "Scheduled", "workerRef": {"pod": f"w{attempt}"},
                   "scheduledTime": format_time(T0)}  # fmt: skip
-        action = run(view("Scheduled", status=status), pods={})
+        action = run(view("Scheduled", status=status), pods={}, heads={f"w{attempt}": "t"})
         status = {**status, **action.status}
         assert status["attempts"] == attempt
     assert (status["phase"], status["reason"]) == ("Failed", "WorkerLost")
@@ -271,3 +330,34 @@ def test_draining_worker_gives_back_waiting_tasks_but_keeps_running_ones() -> No
     assert (waiting.status["phase"], waiting.status["reason"]) == ("Queued", "WorkerDrained")
     running = run(view("Running", status={"attempts": 1, "workerRef": {"pod": "w1"}}), pods=draining)
     assert running.status is None
+
+
+def _merged(status: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch of status fields (None removes one), as the API server applies it."""
+    out = dict(status)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("error", [None, RuntimeError("the API went away"), ValueError("bad input")])
+@pytest.mark.parametrize("attempts", [0, 2])
+def test_a_start_reported_with_its_outcome_is_a_claim_then_a_report(error: Exception | None, attempts: int) -> None:
+    # The worker's one write for an unclaimed run must leave exactly what the claim and the report
+    # would have (the same attempts, history, times, backoff), drawn with the same seeded rng.
+    created = format_time(T0)
+    outcome = lifecycle.classify(error, worker="w1")
+    assigned = _merged({"phase": "Queued", "attempts": attempts}, assigned_status(
+        {"phase": "Queued", "attempts": attempts}, pod="w1", node="n1", now=T0 + datetime.timedelta(seconds=1)))
+    started, ended = T0 + datetime.timedelta(seconds=2), T0 + datetime.timedelta(seconds=3)
+    kwargs: dict[str, Any] = {"created": created, "max_retries": 2, "now": ended, "policy": POLICY,
+                              "result": {"top_k": []}, "compute_ms": 5.0}  # fmt: skip
+    claimed = _merged(assigned, running_status(assigned, pod="w1", now=started))
+    two_writes = _merged(claimed, report_status(claimed, outcome, rng=random.Random(3), **kwargs))
+    one_write = _merged(assigned, started_report_status(
+        assigned, outcome, pod="w1", started=started, rng=random.Random(3), **kwargs))
+    assert one_write == two_writes
+    assert one_write["attempts"] == attempts + 1 and one_write["history"][-1]["reported"] is True

@@ -61,7 +61,7 @@ from legacygpu.core.modelcards import ModelCard, ModelRepository, TensorSpec
 from legacygpu.core.scheduling import make_strategy
 from legacygpu.core.tasks import ASSIGNED_PHASES, Phase, RetryPolicy
 from legacygpu.operator.clusterstate import PodView, worker_infos
-from legacygpu.operator.taskstate import decide, plan_assignments, task_view
+from legacygpu.operator.taskstate import decide, plan_assignments, scheduled_heads, task_view
 
 HEARTBEAT_TIMEOUT = 5.0
 RETRY = RetryPolicy(base_seconds=1.0, cap_seconds=4.0)
@@ -241,11 +241,15 @@ class KubeDriver:
         self.offset += seconds
 
     async def _decide(self, *, only_pending: bool = False) -> None:
-        for body in self._bodies():
-            view = task_view(body)
+        bodies = list(self._bodies())
+        views = [task_view(body) for body in bodies]
+        heads = scheduled_heads(views)  # as the reconciler does: a lost pod charges only its head
+        for body, view in zip(bodies, views, strict=True):
             if only_pending and view.phase != Phase.PENDING:
                 continue
-            action = decide(view, cluster_exists=True, pods=self.pods, now=self.now, policy=RETRY, rng=self.rng)
+            action = decide(
+                view, cluster_exists=True, pods=self.pods, now=self.now, policy=RETRY, rng=self.rng, heads=heads,
+            )
             if action is not None and action.status is not None:
                 self._write(body, dict(action.status))
 

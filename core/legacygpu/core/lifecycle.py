@@ -19,8 +19,9 @@ The moves, and who makes them (``docs/architecture.md`` has the table)::
                                                task's start is written with its report)
     finish           any       → terminal      worker report, cancel, deadline
     requeue_or_fail  Running   → Queued|Failed lost worker, retryable error
-    release          unassign or requeue_or_fail, whichever fits: a worker is gone (in Kubernetes a
-                     Scheduled task counts as started: its worker may run it without a claim)
+    release          unassign or requeue_or_fail, whichever fits: a worker is gone (the Kubernetes
+                     operator instead charges the one Scheduled task a lost pod may have been running
+                     unclaimed: start, then requeue_or_fail; kube.contract.released_status)
     unassign         Scheduled → Queued        lost or draining worker (no attempt spent)
     undeliver        Running   → Queued        a start the worker never received (the attempt undone)
     cancel, expire   any       → Cancelled / Failed(DeadlineExceeded)
@@ -267,26 +268,11 @@ def requeue_or_fail(
 
 
 def release(
-    task: TaskRecord,
-    *,
-    reason: str,
-    why: str,
-    now: float,
-    policy: RetryPolicy,
-    rng: random.Random | None = None,
-    unclaimed_runs: bool = False,
+    task: TaskRecord, *, reason: str, why: str, now: float, policy: RetryPolicy, rng: random.Random | None = None
 ) -> TaskRecord:
-    """Take a task back from a worker that is gone: at once if it never started, else as a spent attempt.
-
-    ``unclaimed_runs``: the worker may run a ``Scheduled`` task without a start (the Kubernetes
-    worker runs a short task and reports it in one write, :mod:`legacygpu.worker.kube`). Then a
-    ``Scheduled`` task is taken back as an attempt that started at its assignment and ended with
-    the worker: a task whose input kills its worker spends its retries and ends ``Failed``.
-    """
+    """Take a task back from a worker that is gone: at once if it never started, else as a spent attempt."""
     if task.phase == Phase.SCHEDULED:
-        if not unclaimed_runs:
-            return unassign(task, reason=reason, why=why)
-        task = start(task, worker_id=task.worker_id or "", now=task.scheduled_at or now)
+        return unassign(task, reason=reason, why=why)
     return requeue_or_fail(task, reason=reason, why=why, now=now, policy=policy, rng=rng)
 
 

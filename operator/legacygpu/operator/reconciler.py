@@ -62,7 +62,7 @@ from legacygpu.operator.conditions import ClusterCondition, ConditionReason, Des
 from legacygpu.operator.events import EventReason
 from legacygpu.operator.pods import build_service, build_worker_pod, new_pod_name, selector_labels, template_hash
 from legacygpu.operator.runtime import ClusterKey, OperatorRuntime
-from legacygpu.operator.taskstate import TaskView, decide, plan_assignments, task_view
+from legacygpu.operator.taskstate import TaskView, decide, plan_assignments, scheduled_heads, task_view
 
 __all__ = ["cluster_problem", "reconcile_cluster", "write_task"]
 
@@ -226,13 +226,14 @@ async def _tasks(
     admitted: list[TaskView] = []
     unfinished: list[TaskView] = []  # what placement reads: finished tasks hold no slot and wait for none
     policy = rt.policy
+    heads = scheduled_heads(tasks)  # which Scheduled task a lost pod was running (charged an attempt)
     for task in tasks:
         if not task.terminal:
             unfinished.append(task)
         action = decide(
             task, cluster_exists=True, pods=pod_map, now=now, policy=policy,
             grace_seconds=rt.config.cluster_not_found_grace_seconds,
-            default_ttl_seconds=rt.config.finished_task_ttl_seconds, defer_admission=True,
+            default_ttl_seconds=rt.config.finished_task_ttl_seconds, defer_admission=True, heads=heads,
         )
         if action is None:
             continue

@@ -12,10 +12,15 @@ operator's whole per-task policy, in this order:
 4. any unfinished task is failed ``ClusterNotFound`` if its cluster is
    unknown after a short grace from its creation; a ``Pending`` task is
    failed ``InvalidInput`` if its tensors do not add up, and queued otherwise;
-5. a ``Scheduled``/``Running`` task whose worker pod is gone, terminating,
-   failed or not ready goes back to the queue (``WorkerLost``): at once if
-   the worker never started it, after a backoff if it did, or ``Failed``
-   (``WorkerLost``) once the retries are spent.
+5. a task whose worker pod is lost goes back to the queue. ``Scheduled`` on
+   a draining or terminating (deleted) pod: at once, no attempt spent
+   (``WorkerDrained``; that worker finishes the task it runs, but its report
+   is refused, so that one task may run twice). On a failed, gone or unready
+   pod (``WorkerLost``): a ``Running`` task, and the one ``Scheduled`` task
+   the worker was running unclaimed (the head in its run order,
+   :func:`scheduled_heads`; never a batch shard), spend an attempt and go
+   back after a backoff, or end ``Failed`` once the retries are spent; its
+   other ``Scheduled`` tasks go back at once, no attempt spent.
 
 Queued tasks are then placed by :func:`plan_assignments`, highest
 ``priority`` first (ties: oldest first), with the cluster's shared
@@ -29,7 +34,7 @@ from __future__ import annotations
 import datetime
 import functools
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +50,7 @@ from legacygpu.core.kube.contract import (
     parse_time,
     queued_status,
     released_status,
+    run_order,
     terminal_status,
     unassigned_status,
 )
@@ -54,7 +60,9 @@ from legacygpu.core.tensors import Tensor, check_consistent
 from legacygpu.operator.batchplan import BatchFacts, batch_facts
 from legacygpu.operator.clusterstate import PodView
 
-__all__ = ["Action", "TaskView", "decide", "ending", "plan_assignments", "task_view", "validate_inputs"]
+__all__ = [
+    "Action", "TaskView", "decide", "ending", "plan_assignments", "scheduled_heads", "task_view", "validate_inputs",
+]
 
 
 @dataclass(frozen=True)
@@ -281,6 +289,7 @@ def decide(
     default_ttl_seconds: int | None = None,
     rng: random.Random | None = None,
     defer_admission: bool = False,
+    heads: Mapping[str, str] | None = None,
 ) -> Action | None:
     """The next step for ``task``, or None when only scheduling (or nothing) can move it.
 
@@ -288,12 +297,13 @@ def decide(
     ``defer_admission``: a valid ``Pending`` task gets ``Action(admit=True)`` without its status
     (the reconciler writes a waiting task only once it places it; building the ``Queued`` status
     of every waiting task on every pass was a third of the operator's CPU with 1,000 waiting).
+    ``heads``: pod → the ``Scheduled`` task its worker runs first (:func:`scheduled_heads` of the
+    cluster's tasks); None treats every ``Scheduled`` task as its pod's head.
     """
     if task.terminal:
         wake = task.ttl_wake(task.ttl_seconds if task.ttl_seconds is not None else default_ttl_seconds)
-        if wake is None:
+        if wake is None or wake.wake_at is None:
             return None
-        assert wake.wake_at is not None
         return _DELETE if now >= wake.wake_at else wake
     ended = ending(task, now)
     if ended is not None:
@@ -316,11 +326,21 @@ def decide(
             problem = f"worker pod {task.worker} ended in phase {pod.phase}"
         elif not pod.ready:
             problem = f"worker pod {task.worker} is not ready"
-        if problem is None and pod is not None and pod.draining and task.phase == Phase.SCHEDULED:
+        if (
+            task.phase == Phase.SCHEDULED and pod is not None and not pod.failed
+            and (pod.deleting or (pod.draining and problem is None))
+        ):
+            # A draining or terminating worker finishes what it runs and starts nothing new: the
+            # rest go back at once, no attempt spent (the worker's report of the task it was
+            # running unclaimed is then refused; the task runs again elsewhere).
+            state = "terminating" if pod.deleting else "draining"
             status = unassigned_status(
-                task.status, reason=Reason.WORKER_DRAINED, message=f"worker pod {task.worker} is draining"
+                task.status, reason=Reason.WORKER_DRAINED, message=f"worker pod {task.worker} is {state}"
             )
             return Action(status=status, event=("Normal", status["reason"], status["message"]))
+        if problem and task.phase == Phase.SCHEDULED and not _charged(task, heads):
+            status = unassigned_status(task.status, reason=Reason.WORKER_LOST, message=problem)
+            return Action(status=status, event=("Warning", status["reason"], status["message"]))
         if problem:
             status = released_status(
                 task.status, created=task.created, max_retries=task.max_retries,
@@ -332,6 +352,36 @@ def decide(
         if retry is not None and retry > now:
             return Action(wake_at=_later(retry, deadline))
     return Action(wake_at=deadline) if deadline is not None else None
+
+
+def _claimed_first(task: TaskView) -> bool:
+    """Batch shards and listings: their worker claims them before running (never run while Scheduled)."""
+    return task.batch is not None and task.batch.parent is not None
+
+
+def _charged(task: TaskView, heads: Mapping[str, str] | None) -> bool:
+    """Whether a lost pod's ``Scheduled`` task spends an attempt: only the one its worker was running."""
+    if _claimed_first(task):
+        return False
+    return heads is None or heads.get(task.worker or "") == task.name
+
+
+def scheduled_heads(tasks: Iterable[TaskView]) -> dict[str, str]:
+    """Pod → the ``Scheduled`` task its worker would be running now (the first in :func:`run_order`).
+
+    A worker runs its tasks one at a time in that order, and runs an unclaimed one while it is
+    still ``Scheduled``; when its pod is lost, this one alone is charged an attempt. Shards and
+    listings are claimed before they run, so they are never a pod's head.
+    """
+    best: dict[str, tuple[tuple[int, str, str], str]] = {}
+    for task in tasks:
+        if task.phase != Phase.SCHEDULED or not task.worker or _claimed_first(task):
+            continue
+        key = run_order(task.priority, task.created, task.name)
+        held = best.get(task.worker)
+        if held is None or key < held[0]:
+            best[task.worker] = (key, task.name)
+    return {pod: name for pod, (_, name) in best.items()}
 
 
 def plan_assignments(

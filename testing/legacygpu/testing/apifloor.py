@@ -234,7 +234,8 @@ async def drive_floor(
 
     try:
         opening = asyncio.ensure_future(asyncio.gather(*(w.opened.wait() for w in watches)))
-        await asyncio.wait([opening, *readers], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        first: list[asyncio.Future[Any]] = [opening, *readers]  # the watches all open, or one ends at once
+        await asyncio.wait(first, timeout=30, return_when=asyncio.FIRST_COMPLETED)
         for reader in readers:
             if reader.done():  # a watch the API server refused: no floor without it
                 reader.result()

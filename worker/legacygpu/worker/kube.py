@@ -10,17 +10,19 @@ the operator assigns a task in that one status write), and for each
 1. **run** it with the lead's :class:`~legacygpu.worker.runner.TaskRunner`
    (inline inputs, or ``inputsUri``: a ConfigMap key or an http(s) URL; a
    batch task's shard runs each of its inputs, :mod:`legacygpu.worker.batch`);
-2. **claim** it, only when it runs longer than :data:`CLAIM_AFTER` seconds
-   (and before anything else for a batch shard, whose results are written
-   as it goes): write ``Running`` with the ``resourceVersion`` it read; the
-   API server refuses the write (409) if the task moved on (the operator
-   took it back, a user cancelled it), and the worker drops the attempt;
+2. **claim** it (:mod:`legacygpu.worker.claiming`) only when it runs longer than
+   :data:`CLAIM_AFTER` seconds, or before running it when it is a batch shard (whose results are
+   written as it goes) or was found ``Scheduled`` in the first list after this process started
+   (a previous container of this pod may have been running it): write ``Running`` with the
+   ``resourceVersion`` it read; the API server refuses the write (409) if the task moved on (the
+   operator took it back, a user cancelled it), and the worker drops the attempt. A claim whose
+   write fails otherwise is settled by reading the task again;
 3. **report**: write the terminal phase, timings and result only if the
    attempt is still the current one, again guarded by the
    ``resourceVersion``: for a claimed attempt, still ``Running`` on this pod
-   with the same ``attempts``; for an unclaimed one, still ``Scheduled`` on
-   this pod by the same assignment (``scheduledTime``), and the report then
-   writes the attempt's start with its end
+   by the same assignment; for an unclaimed one, still ``Scheduled`` on
+   this pod by the same assignment (uid, ``scheduledTime``, attempts), and
+   the report then writes the attempt's start with its end
    (:func:`~legacygpu.core.kube.contract.started_report_status`). A stale
    attempt's result is dropped, so a task never ends with two results. A
    success posts no Event (the status says it all), a failure posts a
@@ -29,12 +31,16 @@ the operator assigns a task in that one status write), and for each
 A short task thus costs the API server one write from its worker, not two
 (the claim was a quarter of the API server's CPU per task). What holds
 instead of "no two workers run one attempt": a result is written once, by
-the worker of the current assignment; a ``Scheduled`` task taken back from a
-lost worker counts as a spent attempt (the worker may have been running it),
-so an input that kills its worker ends ``Failed`` once its retries are spent;
-and only when the operator gives back the tasks of a *draining* worker may
-a short task that worker had already started run a second time on another
-worker, whose report is then the only one kept.
+the worker of the current assignment (a report whose write failed leaves
+the assignment to run again); when a failed, gone or unready pod is taken
+back, the one ``Scheduled`` task it would be running (the first in
+:func:`~legacygpu.core.kube.contract.run_order`, never a shard) counts as
+a spent attempt, so an input that kills its worker ends ``Failed`` once its
+retries are spent, while its other ``Scheduled`` tasks, and those of a
+draining or terminating pod, go back with no attempt spent. A short task
+the operator takes back while this worker runs it unclaimed (draining,
+terminating, or unready but alive) may therefore run a second time on
+another worker; this worker's report of it is refused.
 
 Bad input and unknown models end the task ``Failed`` for good; a model that
 cannot load or run ends it ``Failed`` with the loader's message; anything
@@ -82,7 +88,7 @@ from legacygpu.core.kube.contract import (
     format_time,
     now_utc,
     report_status,
-    running_status,
+    run_order,
     started_report_status,
     worker_field_selector,
 )
@@ -90,7 +96,9 @@ from legacygpu.core.kube.errors import ApiError, ApiUnavailableError, from_api_e
 from legacygpu.core.lifecycle import Outcome, classify
 from legacygpu.core.scheduling import WorkerStats as SharedWorkerStats
 from legacygpu.core.tasks import Phase, Reason, RetryPolicy
+from legacygpu.worker import claiming
 from legacygpu.worker.batch import is_listing, is_shard, run_shard
+from legacygpu.worker.claiming import Assignment
 from legacygpu.worker.resultmaps import write_configmap
 
 __all__ = ["KubeWorker", "run_kube_worker"]
@@ -121,43 +129,6 @@ _TASKS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{TASK_PLURAL}"
 
 _RAN_KEPT = 1024
 """Assignments a worker remembers having run (far more than a watch could deliver again)."""
-
-
-class _DeferredClaim:
-    """The claim of a running task, written from a timer thread once it has run ``delay`` seconds.
-
-    :meth:`settle` (after the run) cancels a claim not yet begun or waits for one under way; the
-    lock keeps the claim and the report from ever being written at the same time.
-    """
-
-    def __init__(self, worker: KubeWorker, body: dict[str, Any], started: datetime.datetime, delay: float) -> None:
-        self.worker, self.body, self.started = worker, body, started
-        self.lock = threading.Lock()
-        self.finished = threading.Event()
-        self.settled = False
-        self.attempted = False
-        self.claimed: dict[str, Any] | None = None
-        self.thread = threading.Thread(target=self._run, args=(delay,), name=f"claim-{worker.pod}", daemon=True)
-        self.thread.start()
-
-    def _run(self, delay: float) -> None:
-        if self.finished.wait(delay):
-            return
-        with self.lock:
-            if self.settled:
-                return
-            self.attempted = True
-            try:
-                self.claimed = self.worker.claim(self.body, now=self.started)
-            except Exception as exc:  # the run goes on; its report finds out whether the task is still ours
-                log.warning("claim of task %s failed: %s", self.body["metadata"].get("name"), exc)
-
-    def settle(self) -> tuple[bool, dict[str, Any] | None]:
-        """(whether a claim was tried, the claimed task or None); no claim starts after this."""
-        self.finished.set()
-        with self.lock:
-            self.settled = True
-            return self.attempted, self.claimed
 
 
 class _Health(http.server.ThreadingHTTPServer):
@@ -223,11 +194,18 @@ class KubeWorker:
         self._stats_sent = 0.0
         self._stats_dirty = False
         self._stream: Any = None
-        self._ran: set[tuple[str, str | None]] = set()
-        """(name, resourceVersion) of the assignments this worker ran: an unclaimed run leaves the task
-        ``Scheduled`` until its report, so a watch that reconnects may deliver the same assignment
-        again; this keeps it from running twice."""
-        self._ran_order: collections.deque[tuple[str, str | None]] = collections.deque()
+        self._ran: set[Assignment] = set()
+        """The assignments this worker ran: an unclaimed run leaves the task ``Scheduled`` until its
+        report, so a watch that reconnects may deliver the same assignment again; this keeps it
+        from running twice. Keyed on the assignment, not the resourceVersion, which any label or
+        annotation written meanwhile changes."""
+        self._ran_order: collections.deque[Assignment] = collections.deque()
+        self._listed = False
+        """Whether the first list of this pod's tasks since the process started is done (no task runs before)."""
+        self._claim_first: set[Assignment] = set()
+        """The assignments found ``Scheduled`` in that first list: a previous container with this pod's
+        name may have been running one unclaimed, so each is claimed before it runs."""
+        self._timer = claiming.ClaimTimer(lambda body, now: self.claim(body, now=now), name=f"claim-{pod_name}")
         self.node = os.environ.get("NODE_NAME")
 
     # -- API access ------------------------------------------------------------------------------
@@ -295,14 +273,17 @@ class KubeWorker:
         answer = self.request(
             "GET", _TASKS.format(ns=self.namespace), query={"fieldSelector": worker_field_selector(self.pod)}
         )
-        for item in answer.get("items") or ():
+        items = answer.get("items") or ()
+        if not self._listed:  # the first list since the process started
+            self._claim_first = {Assignment.of(item) for item in items if self._mine(item)}
+            self._listed = True
+        for item in items:
             self.events.put({"type": "MODIFIED", "object": item})
 
     def _mine(self, body: dict[str, Any]) -> bool:
-        status = body.get("status") or {}
+        """Whether ``body`` is a task waiting on this pod to run it (``Scheduled`` here, not cancelled)."""
         return (
-            (status.get("workerRef") or {}).get("pod") == self.pod
-            and status.get("phase") == Phase.SCHEDULED.value
+            Assignment.of(body).standing(body, self.pod) == "scheduled"
             and not (body.get("spec") or {}).get("cancel")
         )
 
@@ -311,8 +292,7 @@ class KubeWorker:
         name = body.get("metadata", {}).get("name")
         if not name:
             return
-        version = body.get("metadata", {}).get("resourceVersion")
-        if event.get("type") != "DELETED" and self._mine(body) and (name, version) not in self._ran:
+        if event.get("type") != "DELETED" and self._mine(body) and Assignment.of(body) not in self._ran:
             self.pending[name] = body
         else:
             self.pending.pop(name, None)
@@ -322,10 +302,9 @@ class KubeWorker:
             return None
         name = min(
             self.pending,
-            key=lambda n: (
-                -int((self.pending[n].get("spec") or {}).get("priority") or 0),
-                self.pending[n]["metadata"].get("creationTimestamp") or "",
-                n,
+            key=lambda n: run_order(
+                (self.pending[n].get("spec") or {}).get("priority") or 0,
+                self.pending[n]["metadata"].get("creationTimestamp"), n,
             ),
         )
         return self.pending.pop(name)
@@ -352,109 +331,12 @@ class KubeWorker:
                 backoff = min(5.0, backoff * 2)
 
     def claim(self, body: dict[str, Any], *, now: datetime.datetime | None = None) -> dict[str, Any] | None:
-        """Scheduled → Running for this pod (started at ``now``); None when the task is no longer ours to run.
-
-        A claim whose answer was lost (the API server went away mid-request) may have been
-        written: after such a try, the task read back ``Running`` on this pod with the attempt
-        this claim counts is ours. (Without a lost answer it is not: another process with this
-        pod's name, e.g. a restarted container, claimed it.)
-        """
-        name = body["metadata"]["name"]
-        claiming = int((body.get("status") or {}).get("attempts") or 0) + 1
-        uncertain = False
-        for _ in range(5):
-            if not self._mine(body):
-                status = body.get("status") or {}
-                written_by_us = (
-                    uncertain
-                    and status.get("phase") == Phase.RUNNING.value
-                    and (status.get("workerRef") or {}).get("pod") == self.pod
-                    and int(status.get("attempts") or 0) == claiming
-                )
-                return body if written_by_us else None
-            running = running_status(body.get("status") or {}, pod=self.pod, now=now or now_utc())
-            answer, maybe_written = self._claim_write(name, running, body["metadata"]["resourceVersion"])
-            uncertain = uncertain or maybe_written
-            if answer is not None:
-                return answer
-            fresh = self.patiently(f"read {name}", self.get_task, name)
-            if fresh is None:
-                return None
-            body = fresh
-        return None
-
-    def _claim_write(self, name: str, running: TaskStatus, version: str) -> tuple[dict[str, Any] | None, bool]:
-        """The claim's write: (the answer, or None on 409; whether a try without an answer was made)."""
-        try:
-            return self.patch_status(name, running, version), False
-        except ApiUnavailableError:
-            pass
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-            return None, False
-        try:
-            return self.patiently(f"claim {name}", self.patch_status, name, running, version), True
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-            return None, True
+        """Scheduled → Running for this pod (:func:`legacygpu.worker.claiming.claim`)."""
+        return claiming.claim(self, body, now=now)
 
     def finish(self, body: dict[str, Any], build: Any, *, claimed: bool = True) -> bool:
-        """Write ``build(status, created)`` if the attempt is still current.
-
-        ``claimed``: ``body`` is the claim's answer (its attempts already count this attempt), and
-        the attempt is current while the task is ``Running`` on this pod with that count; else
-        ``body`` is the assignment the worker ran unclaimed, current while the task is still
-        ``Scheduled`` on this pod by that assignment (same ``scheduledTime`` and attempts). The
-        first try writes against ``body``'s resourceVersion (nothing else touches a running task
-        in the common case); a 409 means something did, so the task is read again and the attempt
-        checked before trying once more.
-        """
-        name, seen = body["metadata"]["name"], body.get("status") or {}
-        attempt = int(seen.get("attempts") or 0) + (0 if claimed else 1)
-        current: dict[str, Any] | None = body
-        for _ in range(5):
-            if current is None:
-                log.info("task %s was deleted while it ran; result dropped", name)
-                return False
-            status = current.get("status") or {}
-            if (
-                status.get("phase") != (Phase.RUNNING if claimed else Phase.SCHEDULED).value
-                or int(status.get("attempts") or 0) != (attempt if claimed else attempt - 1)
-                or (status.get("workerRef") or {}).get("pod") != self.pod
-                or (not claimed and status.get("scheduledTime") != seen.get("scheduledTime"))
-            ):
-                log.info(
-                    "task %s attempt %d is stale (now %s, attempt %s); result dropped",
-                    name, attempt, status.get("phase"), status.get("attempts"),
-                )
-                return False
-            report = build(status, current["metadata"].get("creationTimestamp"))
-            version = current["metadata"]["resourceVersion"]
-            try:
-                self.patiently(f"report {name}", self.patch_status, name, report, version)
-                return True
-            except ApiError as exc:
-                if exc.status not in (404, 409):
-                    raise
-            current = self.patiently(f"read {name}", self.get_task, name)
-            if current is not None and self._reported(current, attempt):
-                return True  # an earlier try was written, its answer lost with the API server
-        return False
-
-    def _reported(self, body: dict[str, Any], attempt: int) -> bool:
-        """Whether ``body`` already carries this pod's report of ``attempt``."""
-        status = body.get("status") or {}
-        history = status.get("history") or []
-        last = history[-1] if history else {}
-        return (
-            status.get("phase") != Phase.RUNNING.value
-            and int(status.get("attempts") or 0) == attempt
-            and last.get("attempt") == attempt
-            and last.get("worker") == self.pod
-            and bool(last.get("outcome"))
-        )
+        """Write the attempt's report if it is still current (:func:`legacygpu.worker.claiming.finish`)."""
+        return claiming.finish(self, body, build, claimed=claimed)
 
     def inputs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         spec = body.get("spec") or {}
@@ -503,58 +385,55 @@ class KubeWorker:
         summary = {"model": result.get("model"), "outputsOmitted": True, "fields": sorted(result)}
         return summary, f"configmap://{name}/result.json"
 
-    def _remember(self, ran: tuple[str, str | None]) -> None:
+    def _remember(self, ran: Assignment) -> None:
         self._ran.add(ran)
         self._ran_order.append(ran)
         while len(self._ran_order) > _RAN_KEPT:
             self._ran.discard(self._ran_order.popleft())
 
     def execute(self, body: dict[str, Any]) -> None:
-        """Run and report one task, claiming it first if it is a batch shard or once it runs long."""
-        name = body["metadata"]["name"]
-        self._remember((name, body["metadata"].get("resourceVersion")))
-        started_at = now_utc()
-        deferred: _DeferredClaim | None = None
-        claimed: dict[str, Any] | None = body
-        if self.claim_after <= 0 or is_shard(body.get("spec") or {}):
-            claimed = self.claim(body)
-            if claimed is None:
-                return
-        else:
-            deferred = _DeferredClaim(self, body, started_at, self.claim_after)
-        assert claimed is not None
-        spec = claimed.get("spec") or {}
-        started = time.perf_counter()
-        result: dict[str, Any] | None = None
-        ref: str | None = None
-        error: Exception | None = None
+        """Run and report one task, claiming it first if it must be (a shard, found at start) or once it runs long."""
+        assignment = Assignment.of(body)
+        written = False
         try:
-            if is_shard(spec):  # a batch task's shard: its results go to its own ConfigMap or folder
-                result = run_shard(self, claimed)
-                if is_listing(spec):  # a folder's listing may be long: stored like any large result
-                    result, ref = self._store_result(claimed, result)
-            else:
-                output = self.runner.run(spec.get("model", ""), self.inputs(claimed), spec.get("parameters"))
-                result, ref = self._store_result(claimed, output)
-        except Exception as exc:  # classified below: the model's and the input's faults end the task
-            error = exc
-        outcome = classify(error, worker=self.pod)
-        if isinstance(error, _ResultTooLarge):  # the model ran: not ModelError, and no retry would help
-            outcome = Outcome(Reason.RESULT_TOO_LARGE.value, str(error))
-        if outcome.retryable:
-            log.warning("task %s failed in a retryable way: %s", name, error)
-        # A listing runs no model: the runner's figure is the previous task's, not this one's.
-        compute_ms = getattr(self.runner, "last_compute_ms", None) if error is None and not is_listing(spec) else None
-        elapsed_ms = (time.perf_counter() - started) * 1000
+            written = self._execute(body, assignment)
+        finally:
+            if not written:  # still Scheduled here, a later delivery may run it (a stale one is not ours)
+                self._ran.discard(assignment)
 
-        was_claimed = deferred is None
-        if deferred is not None:
-            was_claimed, claim_answer = deferred.settle()
-            if was_claimed:
-                if claim_answer is None:
-                    log.info("task %s was taken back while it ran; result dropped", name)
-                    return
-                claimed = claim_answer
+    def _execute(self, body: dict[str, Any], assignment: Assignment) -> bool:
+        name = body["metadata"]["name"]
+        started_at = now_utc()
+        pending: claiming.PendingClaim | None = None
+        claimed = body
+        if self.claim_after <= 0 or is_shard(body.get("spec") or {}) or assignment in self._claim_first:
+            self._claim_first.discard(assignment)
+            answer = self.claim(body)
+            if answer is None:
+                return False
+            claimed = answer
+            self._remember(assignment)
+        else:
+            self._remember(assignment)
+            pending = self._timer.start(body, started_at, self.claim_after)
+        try:
+            ran = self._run_task(claimed)
+        finally:
+            if pending is not None:
+                self._timer.settle(pending)
+        was_claimed = pending is None
+        if pending is not None and pending.attempted:
+            fresh = pending.claimed
+            standing = "running" if fresh is not None else None
+            if pending.error is not None:  # the claim may or may not have been written: ask the task
+                fresh = self.patiently(f"read {name}", self.get_task, name)
+                standing = assignment.standing(fresh, self.pod)
+            if fresh is None or standing not in ("running", "scheduled"):
+                log.info("task %s was taken back while it ran; result dropped", name)
+                return False
+            was_claimed, claimed = standing == "running", fresh
+        outcome, result, ref, compute_ms = ran
+        spec = claimed.get("spec") or {}
 
         def build(status: dict[str, Any], created: str | None) -> TaskStatus:
             if was_claimed:
@@ -573,7 +452,35 @@ class KubeWorker:
             self._record(outcome.succeeded, compute_ms)
         if written and not outcome.succeeded:
             self._event(claimed, outcome.phase, Reason(outcome.reason), outcome.message)
-        log.info("task %s: %s (%s) in %.1f ms", name, outcome.phase.value, outcome.reason, elapsed_ms)
+        return written
+
+    def _run_task(self, body: dict[str, Any]) -> tuple[Outcome, dict[str, Any] | None, str | None, float | None]:
+        """Run one task: (its outcome, the result, where a large result was stored, the compute time)."""
+        name, spec = body["metadata"]["name"], body.get("spec") or {}
+        started = time.perf_counter()
+        result: dict[str, Any] | None = None
+        ref: str | None = None
+        error: Exception | None = None
+        try:
+            if is_shard(spec):  # a batch task's shard: its results go to its own ConfigMap or folder
+                result = run_shard(self, body)
+                if is_listing(spec):  # a folder's listing may be long: stored like any large result
+                    result, ref = self._store_result(body, result)
+            else:
+                output = self.runner.run(spec.get("model", ""), self.inputs(body), spec.get("parameters"))
+                result, ref = self._store_result(body, output)
+        except Exception as exc:  # classified below: the model's and the input's faults end the task
+            error = exc
+        outcome = classify(error, worker=self.pod)
+        if isinstance(error, _ResultTooLarge):  # the model ran: not ModelError, and no retry would help
+            outcome = Outcome(Reason.RESULT_TOO_LARGE.value, str(error))
+        if outcome.retryable:
+            log.warning("task %s failed in a retryable way: %s", name, error)
+        # A listing runs no model: the runner's figure is the previous task's, not this one's.
+        compute_ms = getattr(self.runner, "last_compute_ms", None) if error is None and not is_listing(spec) else None
+        log.info("task %s: %s (%s) in %.1f ms", name, outcome.phase.value, outcome.reason,
+                 (time.perf_counter() - started) * 1000)
+        return outcome, result, ref, compute_ms
 
     # -- reporting -------------------------------------------------------------------------------
 
@@ -645,7 +552,7 @@ class KubeWorker:
         watcher = threading.Thread(target=self._watch, args=(stop,), name=f"watch-{self.pod}", daemon=True)
         watcher.start()
         self.publish_stats(force=True)
-        last_resync = time.monotonic()
+        last_resync = -float("inf")
         while not stop.is_set():
             try:
                 self._absorb(self.events.get(timeout=0.2))
@@ -658,11 +565,12 @@ class KubeWorker:
                     self._stats_dirty = int(self.load()) != self.stats.get("inflightRequests", 0)
             if self._stats_dirty:
                 self.publish_stats()
-            if time.monotonic() - last_resync > self.resync_seconds:
+            since = time.monotonic() - last_resync
+            if since > self.resync_seconds or (not self._listed and since > 1.0):
                 last_resync = time.monotonic()
                 with contextlib.suppress(Exception):
                     self._resync()
-            body = self._next()
+            body = self._next() if self._listed else None  # nothing runs before the first list
             if body is None:
                 continue
             try:
@@ -670,6 +578,7 @@ class KubeWorker:
             except Exception:
                 log.exception("task %s could not be handled", body["metadata"].get("name"))
         self.ready.clear()
+        self._timer.close()
         stream = self._stream
         if stream is not None:  # unblock the watcher's read at once
             with contextlib.suppress(Exception):

@@ -435,9 +435,9 @@ def _requeued(
     status: Mapping[str, Any], after: TaskRecord, *, created: str | None, now: datetime.datetime | None
 ) -> TaskStatus:
     """The status patch for a move back to the queue, or into ``Failed`` once the retries are spent."""
-    if after.terminal:
-        assert now is not None  # only requeue_or_fail ends a task, and it is given the time
-        return _ended(status, after, created=created, now=now)
+    if after.terminal:  # only requeue_or_fail ends a task, at the time it is given
+        ended_at = now if now is not None else _moment(after.finished_at or 0.0)
+        return _ended(status, after, created=created, now=ended_at)
     retry_after = None
     if after.not_before is not None and now is not None:
         retry_after = format_time(now + datetime.timedelta(seconds=after.not_before - now.timestamp()))
@@ -498,16 +498,29 @@ def released_status(
     policy: RetryPolicy,
     rng: random.Random | None = None,
 ) -> TaskStatus:
-    """Take a task back from a worker pod that is gone (:func:`lifecycle.release`), as a status patch.
+    """Take a task back from a lost worker pod as a spent attempt: Queued after a backoff, or Failed.
 
-    A ``Scheduled`` task counts as an attempt that started at its assignment (the worker may have
-    been running it unclaimed, :func:`started_report_status`), so it goes back after a backoff, or
-    ends ``Failed`` once its retries are spent.
+    A ``Running`` task is requeued (:func:`lifecycle.requeue_or_fail`). A ``Scheduled`` one is
+    first started at its assignment (:func:`lifecycle.start`): the operator charges the task a
+    failed, gone or unready pod may have been running unclaimed (:func:`started_report_status`;
+    the one first in :func:`run_order`), so an input that kills its worker ends ``Failed`` once
+    its retries are spent. The pod's other ``Scheduled`` tasks go back with
+    :func:`unassigned_status` (no attempt spent).
     """
     before = status_record(status, created=created, max_retries=max_retries)
-    after = lifecycle.release(before, reason=reason, why=message, now=now.timestamp(), policy=policy, rng=rng,
-                              unclaimed_runs=True)  # fmt: skip
+    if before.phase == Phase.SCHEDULED:
+        before = lifecycle.start(before, worker_id=before.worker_id or "", now=before.scheduled_at or now.timestamp())
+    after = lifecycle.requeue_or_fail(before, reason=reason, why=message, now=now.timestamp(), policy=policy, rng=rng)
     return _requeued(status, after, created=created, now=now)
+
+
+def run_order(priority: int, created: str | None, name: str) -> tuple[int, str, str]:
+    """The order in which a worker runs the tasks assigned to it: highest priority, then oldest, then name.
+
+    The worker picks by it, and the operator reads it to know which ``Scheduled`` task a lost pod
+    was running (:func:`released_status`): one function, so the two never disagree.
+    """
+    return (-int(priority or 0), created or "", name)
 
 
 def report_status(
@@ -521,12 +534,13 @@ def report_status(
     result: dict[str, Any] | None = None,
     result_ref: str | None = None,
     compute_ms: float | None = None,
+    rng: random.Random | None = None,
 ) -> TaskStatus:
     """A worker's outcome for its running attempt (:func:`lifecycle.report`), as a status patch."""
     if outcome.retryable:
         return requeue_status(
             status, created=created, max_retries=max_retries, reason=Reason(outcome.reason), message=outcome.message,
-            now=now, policy=policy, compute_ms=compute_ms, reported=True,
+            now=now, policy=policy, rng=rng, compute_ms=compute_ms, reported=True,
         )
     return terminal_status(
         status, created=created, phase=outcome.phase, reason=Reason(outcome.reason), message=outcome.message,
@@ -547,6 +561,7 @@ def started_report_status(
     result: dict[str, Any] | None = None,
     result_ref: str | None = None,
     compute_ms: float | None = None,
+    rng: random.Random | None = None,
 ) -> TaskStatus:
     """A ``Scheduled`` attempt the worker ran without a claim: its start and its report in one status patch.
 
@@ -557,6 +572,6 @@ def started_report_status(
     running = running_status(status, pod=pod, now=started)
     report = report_status(
         {**status, **running}, outcome, created=created, max_retries=max_retries, now=now, policy=policy,
-        result=result, result_ref=result_ref, compute_ms=compute_ms,
+        result=result, result_ref=result_ref, compute_ms=compute_ms, rng=rng,
     )
     return TaskStatus(**{**running, **report})
