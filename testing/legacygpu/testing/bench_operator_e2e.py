@@ -63,15 +63,19 @@ def _rss_mib(pid: int, field: str) -> float | None:
     return None
 
 
-def _cpu_seconds(named: dict[str, int]) -> dict[str, float]:
-    """CPU seconds used so far by each named process, its descendants counted with it.
+_CpuReading = dict[str, dict[tuple[int, int], float]]
+"""CPU seconds used so far, by component, then by process (pid and start time, so a reused pid is another)."""
+
+
+def _cpu_seconds(named: dict[str, int]) -> _CpuReading:
+    """CPU seconds used so far by each process of each named component (a pid and its descendants).
 
     ``named`` maps a component to its pid (the simulator's children are the worker processes). A
-    process not under any named pid is left out.
+    process not under any named pid is left out. Read two of these and take :func:`_cpu_used`.
     """
     tick = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
-    used: dict[int, float] = {}
+    used: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -80,16 +84,25 @@ def _cpu_seconds(named: dict[str, int]) -> dict[str, float]:
         except OSError:
             continue
         pid = int(entry.name)
-        parents[pid], used[pid] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+        parents[pid] = int(fields[1])
+        used[pid] = (int(fields[19]), (int(fields[11]) + int(fields[12])) / tick)
     owner = {pid: name for name, pid in named.items()}
-    totals = dict.fromkeys(named, 0.0)
-    for pid, seconds in used.items():
+    reading: _CpuReading = {name: {} for name in named}
+    for pid, (started, seconds) in used.items():
         ancestor, hops = pid, 0
         while ancestor not in owner and ancestor > 1 and hops < 32:
             ancestor, hops = parents.get(ancestor, 0), hops + 1
         if ancestor in owner:
-            totals[owner[ancestor]] += seconds
-    return totals
+            reading[owner[ancestor]][pid, started] = seconds
+    return reading
+
+
+def _cpu_used(before: _CpuReading, after: _CpuReading) -> dict[str, float]:
+    """CPU seconds each component used between two readings: per process, what it used since the first
+    (all of it for a process started since). A process that ended in between is left out: a worker of an
+    earlier run exiting now took its whole lifetime's CPU out of a plain sum, which went negative."""
+    return {name: sum(seconds - before.get(name, {}).get(key, 0.0) for key, seconds in processes.items())
+            for name, processes in after.items()}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -216,9 +229,9 @@ def _measure_floor(
         run = asyncio.run(drive_floor(clients, namespace=namespace, inputs=inputs, results=results,
                                       workers=workers, lanes=lanes, on_start=start))  # fmt: skip
         after, client_after = _cpu_seconds(state.pids), time.process_time()
-        cpu_ms = {name: 1000 * (after[name] - marks["cpu"][name]) for name in after}
+        cpu_ms = {name: 1000 * seconds for name, seconds in _cpu_used(marks["cpu"], after).items()}
         cpu_ms["floor client (this process)"] = 1000 * (client_after - marks["client"])
-        idle = {name: 1000 * (idle_after[name] - idle_before[name]) / idle_seconds for name in idle_after}
+        idle = {name: 1000 * seconds / idle_seconds for name, seconds in _cpu_used(idle_before, idle_after).items()}
         summary = floor_summary(run, cpu_ms, idle, lanes=lanes, workers=workers)
         summary["load_average"] = {"before": [round(v, 2) for v in load_before],
                                    "after": [round(v, 2) for v in os.getloadavg()]}  # fmt: skip
@@ -353,9 +366,8 @@ def run_e2e_benchmark(
         "end_to_end_seconds": {"p50": round(_percentile(total, 50), 4), "p99": round(_percentile(total, 99), 4)},
         "stage_seconds": _stages(items),
         "cpu_ms_per_task": {
-            ("simulator + workers" if name == "simulator" else name):
-                round(1000 * (cpu_after[name] - cpu_before[name]) / tasks, 2)
-            for name in components
+            ("simulator + workers" if name == "simulator" else name): round(1000 * seconds / tasks, 2)
+            for name, seconds in _cpu_used(cpu_before, cpu_after).items()
         },
         "api_writes": writes,
         "operator_peak_rss_mib": round(peak or 0.0, 1),
