@@ -111,7 +111,7 @@ async def cluster_loop(
         synced = asyncio.ensure_future(rt.tasks.wait_listed(namespace))
         await asyncio.wait({synced, stop}, return_when=asyncio.FIRST_COMPLETED)
         synced.cancel()
-        while not stopped:
+        while not stopped and not rt.closing:  # closing: a stop or a lost Lease, kopf not stopped yet
             waker.clear()
             try:
                 delay = await reconcile_cluster(
@@ -145,6 +145,8 @@ async def on_cluster_delete(
 ) -> None:
     """Fail the cluster's unfinished tasks and remove its pods before the finalizer goes."""
     rt: OperatorRuntime = memo.runtime
+    if rt.closing:  # the finalizer stays: the next leader settles the tasks and pods
+        raise kopf.TemporaryError("the operator is stopping", delay=1)
     if not rt.tasks.listed(namespace):
         raise kopf.TemporaryError(f"the tasks of namespace {namespace!r} are not listed yet", delay=1)
     key = (namespace, name)
@@ -161,6 +163,8 @@ async def on_cluster_delete(
         if not await write_task(rt, task, status, event=("Warning", Reason.CLUSTER_NOT_FOUND.value, status["message"])):
             left += 1
     for pod in list(legacygpu_pods.get(key, ())):
+        if rt.closing:
+            raise kopf.TemporaryError("the operator is stopping", delay=1)
         await rt.api.delete_pod(namespace, pod.name)
     if left:
         raise kopf.TemporaryError(f"{left} task(s) changed while failing them; retrying", delay=1)

@@ -407,8 +407,8 @@ class KubeWorker:
         pending: claiming.PendingClaim | None = None
         claimed = body
         if self.claim_after <= 0 or is_shard(body.get("spec") or {}) or assignment in self._claim_first:
+            answer = self.claim(body)  # if it raises, a later delivery is still claimed first
             self._claim_first.discard(assignment)
-            answer = self.claim(body)
             if answer is None:
                 return False
             claimed = answer
