@@ -14,6 +14,10 @@ cluster's unfinished tasks (``ClusterNotFound``) and deletes its pods before
 the object goes (the pods' owner references would also let the garbage
 collector remove them). kopf removes the finalizer afterwards.
 
+Once the runtime closes (a stop, or a lost Lease, while kopf winds down)
+the loop ends after its pass and the finalizer refuses (kopf keeps it, for
+the next leader): a replica that no longer leads writes nothing.
+
 The clusters known to exist (``rt.clusters``, which decides whether a task
 is an orphan) come from :func:`on_cluster_event` (every event but
 ``DELETED`` adds the cluster, ``DELETED`` removes it) and from the task
