@@ -218,7 +218,8 @@ def test_a_lost_pod_running_a_claimed_task_charges_none_of_its_scheduled_ones() 
     assert heads == {}
     charged, spared = run(x, pods={}, heads=heads), run(y, pods={}, heads=heads)
     assert (charged.status["phase"], charged.status["reason"], charged.status["attempts"]) == (
-        "Queued", "WorkerLost", 2)
+        "Queued", "WorkerLost", 1)
+    assert charged.status["retryAfter"] is not None  # its attempt (counted at its claim) is spent
     assert (spared.status["phase"], spared.status["reason"], spared.status["attempts"]) == ("Queued", "WorkerLost", 0)
     assert spared.status.get("retryAfter") is None and not spared.status.get("history")
     # Another pod's Running task does not spare this pod's head.
