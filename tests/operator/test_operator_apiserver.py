@@ -443,6 +443,33 @@ async def test_a_restarted_worker_claims_the_tasks_it_finds_waiting_then_reports
     assert runner.calls == 2
 
 
+async def test_a_claim_that_fails_leaves_a_task_found_waiting_to_be_claimed_first(
+    server: EmulatorThread, api: KubeApi
+) -> None:
+    # A task found Scheduled at start is claimed before it runs; if that claim's write fails, the
+    # next delivery still claims it first (it never runs unclaimed).
+    from legacygpu.core.kube.errors import ApiError
+    from legacygpu.worker.claiming import Assignment
+
+    body = await _scheduled(api, "old", "pod-a")
+    runner = _Runner()
+    worker = _worker(server, "pod-a", runner)
+    worker._claim_first = {Assignment.of(body)}
+    writes = _Writes(worker)
+    recorded = worker.patch_status
+
+    def refused(name: str, status: dict[str, Any], resource_version: str) -> dict[str, Any]:
+        raise ApiError("forbidden", status=403)
+
+    worker.patch_status = refused
+    with pytest.raises(ApiError):
+        await asyncio.to_thread(worker.execute, body)
+    assert runner.calls == 0
+    worker.patch_status = recorded
+    await asyncio.to_thread(worker.execute, body)
+    assert [s["phase"] for s in writes.statuses] == ["Running", "Succeeded"] and runner.calls == 1
+
+
 async def test_one_claim_thread_serves_every_task_of_a_worker(server: EmulatorThread, api: KubeApi) -> None:
     import threading
     import time

@@ -92,11 +92,10 @@ async def test_unready_worker_gives_back_its_tasks_and_its_late_result_is_refuse
         await eventually(lambda n=name: _when(dep, n, "Succeeded", "Failed"), what=f"{name} finished")
     bodies = {n: await dep.task(n) for n in names}
     assert all(phase(b) == "Succeeded" for b in bodies.values())
-    # Never started there, but a worker may run a short task unclaimed: a lost worker's Scheduled
-    # task counts as a spent attempt (so an input that kills its worker cannot be retried forever).
-    first = bodies[was_scheduled]["status"]["history"][0]
-    assert (first["attempt"], first["worker"], first["outcome"]) == (1, pod, "WorkerLost")
-    assert bodies[was_scheduled]["status"]["attempts"] == 2
+    # The worker was running its Running task, not the one waiting: only the Running one spends an
+    # attempt (tests/operator/test_operator_taskstate.py has the Scheduled head a lost pod is charged).
+    assert bodies[was_scheduled]["status"]["attempts"] == 1
+    assert all(h["worker"] != pod for h in bodies[was_scheduled]["status"]["history"])
     assert bodies[was_running]["status"]["attempts"] == 2
     assert bodies[was_running]["status"]["workerRef"]["pod"] != pod
     assert [e["reason"] for e in await dep.events(was_running)] == ["WorkerLost"]  # no success Event, no second report
@@ -180,10 +179,15 @@ async def test_a_leader_that_loses_its_lease_ends_with_an_error_and_a_stopped_on
     assert other.done.is_set() and other.error is None
 
 
-async def test_a_leader_that_loses_its_lease_stops_watching_tasks_before_kopf_stops(
+async def test_a_leader_that_loses_its_lease_stops_acting_before_kopf_stops(
     dep: Deployment, monkeypatch: Any
 ) -> None:
-    """kopf takes a while to wind down: meanwhile the old leader must neither watch nor settle tasks."""
+    """kopf takes a while to wind down: meanwhile the old leader must neither watch nor write anything.
+
+    kopf here is slow to take its stop flag (its daemons, pod events and finalizers go on), so the
+    cluster's loop could still act on its frozen index: a lost worker must not be replaced, nor its
+    task taken back, by a replica that no longer leads.
+    """
     import threading
     from dataclasses import replace
 
@@ -196,32 +200,67 @@ async def test_a_leader_that_loses_its_lease_stops_watching_tasks_before_kopf_st
     watches: list[TaskWatch] = []
     make = task_handlers.make_task_watch
     monkeypatch.setattr(task_handlers, "make_task_watch", lambda rt: watches.append(make(rt)) or watches[-1])
-    told_to_stop, may_return = threading.Event(), threading.Event()
+    told_to_stop, may_stop = threading.Event(), threading.Event()
+    at_stop: list[tuple[bool, bool]] = []  # (watch halted, runtime closing) when kopf was told to stop
     run_kopf = kopf.operator
 
-    async def slow_kopf(**options: Any) -> None:  # kopf ends its daemons, with a 10 s cancellation timeout
-        await run_kopf(**options)
-        told_to_stop.set()
-        await asyncio.to_thread(may_return.wait, 30)
+    async def slow_kopf(**options: Any) -> None:
+        told, slow_flag = options["stop_flag"], asyncio.Event()
+
+        async def relay() -> None:
+            await told.wait()
+            at_stop.append((watches[0]._stop.is_set(), leader.runtime is not None and leader.runtime.closing))
+            told_to_stop.set()
+            await asyncio.to_thread(may_stop.wait, 30)
+            slow_flag.set()
+
+        relaying = asyncio.ensure_future(relay())
+        try:
+            await run_kopf(**{**options, "stop_flag": slow_flag})
+        finally:
+            relaying.cancel()
 
     monkeypatch.setattr(kopf, "operator", slow_kopf)
     leader = await dep.start_operator(replace(FAST, leader_election=True, identity="replica-a"))
     try:
         rt = leader.runtime
         assert rt is not None and watches and watches[0].alive()
+        await dep.create(cluster_manifest("c", replicas=1, tasksPerWorker=1))
+        await eventually(lambda: _ready(dep, "c", 1), what="1 ready worker")
+        dep.gate.clear()
+        await dep.create(task_manifest("t", "c", [FLAT]))
+        running = await eventually(lambda: _when(dep, "t", "Running"), what="task running")
+        pod = running["status"]["workerRef"]["pod"]
+        late: list[str] = []  # the leader's writes once it closed
+        for method in ("patch_task_status", "delete_task", "create_pod", "delete_pod", "patch_cluster_status"):
+            real = getattr(rt.api, method)
+
+            def noted(*args: Any, _real: Any = real, _method: str = method, **kwargs: Any) -> Any:
+                if rt.closing:
+                    late.append(_method)
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(rt.api, method, noted)
         listings = watches[0].listings
         leases = ("coordination.k8s.io", "v1", "leases", NS, "legacygpu-operator")
         stolen = {"holderIdentity": "intruder", "renewTime": format_time(now_utc()), "leaseDurationSeconds": 3600}
         await dep.api.patch(*leases, {"spec": stolen})
-        await eventually(told_to_stop.is_set, what="kopf to stop after the lease was lost")
-        assert not watches[0].alive()  # the watch ended before kopf was told to stop
-        # A task of no known cluster, created while kopf winds down: no replica leads, nobody settles it.
+        await eventually(told_to_stop.is_set, what="kopf to be told to stop after the lease was lost")
+        assert at_stop == [(True, True)]  # the watch halted and the runtime closed before kopf was told
+        await eventually(lambda: not watches[0].alive(), what="the task watch's threads to end")
+        # While kopf winds down: the worker dies (its pod event still reaches kopf), and a task of no
+        # known cluster is created. No replica leads: nobody replaces the pod or settles either task.
+        await dep.kill_worker(pod)
         await dep.create(task_manifest("unled", "nowhere", [FLAT]))
         await asyncio.sleep(FAST.cluster_not_found_grace_seconds + 1.0)
         assert phase(await dep.task("unled")) in (None, "Pending")
-        assert watches[0].listings == listings and len(rt.tasks) == 0 and not rt.orphan_checks
+        after = await dep.task("t")
+        assert after is not None and phase(after) == "Running" and after["status"]["workerRef"]["pod"] == pod
+        assert [p["metadata"]["name"] for p in await dep.pods("c")] == [pod]
+        assert late == [] and watches[0].listings == listings and not rt.orphan_checks
     finally:
-        may_return.set()
+        may_stop.set()
+        dep.gate.set()
     await eventually(leader.done.is_set, what="the old leader to end")
 
 

@@ -1,4 +1,4 @@
-"""The operator's read-your-writes overlay for pods, and a reconcile pass that depends on it.
+"""The operator's read-your-writes overlay for pods, and reconcile passes that depend on what was written.
 
 No API server here: a recording stand-in for :class:`KubeApi` takes the writes,
 and the "index" is whatever list the test passes, so the test can make the
@@ -110,3 +110,62 @@ async def test_a_background_task_that_fails_is_logged(caplog: Any) -> None:
     assert not rt.background
     ours = [r for r in caplog.records if r.name == "legacygpu.operator.runtime"]  # not asyncio's, at GC
     assert any("the listing read broke" in r.getMessage() for r in ours), caplog.records
+
+
+class TaskWritingApi(RecordingApi):
+    """Also takes task status writes: ``conflicts`` answer 409 (changed meanwhile), the rest are written."""
+
+    def __init__(self, bodies: dict[str, dict[str, Any]]) -> None:
+        super().__init__()
+        self.bodies = bodies
+        self.conflicts: set[str] = set()
+        self.writes: list[tuple[str, str | None, int | None]] = []  # (task, phase, attempts) per write tried
+
+    async def patch_task_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
+        from legacygpu.core.kube.errors import ApiConflictError
+
+        self.writes.append((name, status.get("phase"), status.get("attempts")))
+        if name in self.conflicts:
+            raise ApiConflictError("changed meanwhile", status=409)
+        body = self.bodies[name]
+        body["status"] = {**body["status"], **status}
+        body["metadata"]["resourceVersion"] = str(int(body["metadata"]["resourceVersion"]) + 1)
+        return body
+
+
+async def test_a_lost_pod_is_charged_only_once_its_other_tasks_went_back() -> None:
+    # Were the head charged while a sibling's write failed, the next pass would find the sibling
+    # the pod's head and charge it too: one lost pod, two attempts spent.
+    from legacygpu.operator.taskstate import task_view
+
+    def scheduled(name: str, priority: int) -> dict[str, Any]:
+        return {
+            "metadata": {"namespace": "ns", "name": name, "uid": f"uid-{name}", "resourceVersion": "1",
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"clusterRef": "c", "model": "digits", "priority": priority, "maxRetries": 3,
+                     "inputs": [{"name": "input", "datatype": "FP32", "shape": [1], "data": [1]}]},
+            "status": {"phase": "Scheduled", "attempts": 0, "workerRef": {"pod": "lost"},
+                       "scheduledTime": "2026-01-01T00:00:01Z"},
+        }
+
+    bodies = {"head": scheduled("head", 5), "sibling": scheduled("sibling", 0)}
+    api = TaskWritingApi(bodies)
+    api.conflicts.add("sibling")
+    rt = OperatorRuntime(config=OperatorConfig(namespaces=("ns",), task_events=False), api=api)  # type: ignore[arg-type]
+    body = {
+        "apiVersion": "legacygpu.io/v1alpha1", "kind": "InferenceCluster",
+        "metadata": {"namespace": "ns", "name": "c", "uid": "uid-c", "generation": 1},
+        "spec": {"replicas": 0, "minReplicas": 0, "tasksPerWorker": 2, "backend": "onnxruntime"},
+    }
+    log = logging.getLogger("test")
+    await reconcile_cluster(rt, body, tasks=[task_view(b) for b in bodies.values()], pods=[], logger=log)
+    assert api.writes == [("sibling", "Queued", 0)]  # refused: the head's charge waits
+    api.conflicts.clear()
+    api.writes.clear()
+    await reconcile_cluster(rt, body, tasks=[task_view(b) for b in bodies.values()], pods=[], logger=log)
+    assert api.writes == [("sibling", "Queued", 0), ("head", "Queued", 1)]
+    api.writes.clear()
+    await reconcile_cluster(rt, body, tasks=[task_view(b) for b in bodies.values()], pods=[], logger=log)
+    assert api.writes == []  # both back in the queue: nothing more is charged

@@ -11,6 +11,7 @@ import pytest
 
 from legacygpu.core import lifecycle
 from legacygpu.core.errors import ConflictError
+from legacygpu.core.kube import contract
 from legacygpu.core.kube.contract import (
     assigned_status,
     format_time,
@@ -205,6 +206,37 @@ def test_a_lost_pod_charges_only_the_scheduled_task_its_worker_was_running(pods:
     assert scheduled_heads([dataclasses.replace(low, name="b"), low]) == {"w1": "a-low"}
 
 
+def test_a_lost_pod_running_a_claimed_task_charges_none_of_its_scheduled_ones() -> None:
+    # X ran past the claim (Running): the worker runs X, not the waiting Y. X spends its attempt;
+    # Y goes back as it was, even with maxRetries 0.
+    x = dataclasses.replace(view("Running", status={
+        "attempts": 1, "workerRef": {"pod": "w1"}, "startTime": format_time(T0)}, priority=0), name="x")
+    y = dataclasses.replace(view("Scheduled", status={
+        "attempts": 0, "workerRef": {"pod": "w1"}, "scheduledTime": format_time(T0)}, maxRetries=0, priority=5),
+        name="y")
+    heads = scheduled_heads([x, y])
+    assert heads == {}
+    charged, spared = run(x, pods={}, heads=heads), run(y, pods={}, heads=heads)
+    assert (charged.status["phase"], charged.status["reason"], charged.status["attempts"]) == (
+        "Queued", "WorkerLost", 1)
+    assert charged.status["retryAfter"] is not None  # its attempt (counted at its claim) is spent
+    assert (spared.status["phase"], spared.status["reason"], spared.status["attempts"]) == ("Queued", "WorkerLost", 0)
+    assert spared.status.get("retryAfter") is None and not spared.status.get("history")
+    # Another pod's Running task does not spare this pod's head.
+    elsewhere = dataclasses.replace(x, worker="w2")
+    assert scheduled_heads([elsewhere, y]) == {"w1": "y"}
+
+
+def test_a_cancelled_task_is_never_a_pods_head() -> None:
+    # The worker skips a cancelled task, so it runs the next one: that one is the head.
+    status = {"attempts": 0, "workerRef": {"pod": "w1"}, "scheduledTime": format_time(T0)}
+    first = dataclasses.replace(view("Scheduled", status=status, priority=5, cancel=True), name="a")
+    second = dataclasses.replace(view("Scheduled", status=status), name="b")
+    assert first.cancel
+    assert scheduled_heads([first, second]) == {"w1": "b"}
+    assert scheduled_heads([first]) == {}
+
+
 def test_a_deleted_pod_gives_its_scheduled_tasks_back_without_spending_an_attempt() -> None:
     # Scale-down, a rolling update and suspend delete pods without a drain: the worker finishes what
     # it runs and leaves; the tasks waiting on it are innocent, even with maxRetries 0.
@@ -322,6 +354,22 @@ def test_status_builders_follow_the_state_machine() -> None:
     with pytest.raises(ConflictError):
         requeue_status({"phase": "Failed", "attempts": 1}, created=created, max_retries=3,
                        reason=Reason.WORKER_LOST, message="x", now=T0, policy=POLICY)
+
+
+def test_a_task_ending_on_the_requeue_path_needs_the_time_it_ended() -> None:
+    # The requeue path's terminal branch writes completionTime from ``now``: without it, it fails
+    # rather than writing a 1970 completionTime from a record that has none.
+    spent = lifecycle.requeue_or_fail(
+        lifecycle.start(contract.status_record({"phase": "Scheduled", "attempts": 0, "workerRef": {"pod": "w1"}},
+                                               created=format_time(T0), max_retries=0),
+                        worker_id="w1", now=T0.timestamp()),
+        reason=Reason.WORKER_LOST, why="gone", now=T0.timestamp() + 1, policy=POLICY,
+    )
+    assert spent.terminal
+    with pytest.raises(ValueError, match="needs the time it ended"):
+        contract._requeued({}, dataclasses.replace(spent, finished_at=None), created=format_time(T0), now=None)
+    ended = contract._requeued({}, spent, created=format_time(T0), now=T0 + datetime.timedelta(seconds=1))
+    assert ended["phase"] == "Failed" and parse_time(ended["completionTime"]) == T0 + datetime.timedelta(seconds=1)
 
 
 def test_draining_worker_gives_back_waiting_tasks_but_keeps_running_ones() -> None:

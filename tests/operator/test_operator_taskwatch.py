@@ -21,7 +21,7 @@ from helpers import serve_in_thread
 
 from legacygpu.core.kube.client import load_configuration
 from legacygpu.core.kube.contract import API_VERSION, TASK_KIND
-from legacygpu.operator import cluster_handlers, task_handlers
+from legacygpu.operator import cluster_handlers, task_handlers, taskwatch
 from legacygpu.operator.config import OperatorConfig
 from legacygpu.operator.runtime import OperatorRuntime
 from legacygpu.operator.taskstate import TaskView, task_view
@@ -143,6 +143,10 @@ class Recorder:
             self.index.put(view)
         self.seen.append((kind, self.names()))
 
+    def unreadable(self, namespace: str, name: str) -> None:
+        self.index.remove(namespace, name)
+        self.seen.append(("UNREADABLE", self.names()))
+
     def listing(self, scope: str | None, views: list[TaskView], clusters: set[tuple[str, str]], begun: float) -> None:
         self.index.replace(scope, views)
         self.seen.append(("LIST", self.names()))
@@ -160,7 +164,8 @@ async def watching() -> AsyncIterator[tuple[Recorder, list[TaskWatch]]]:
 
 def start(url: str, recorder: Recorder, **options: Any) -> TaskWatch:
     watch = TaskWatch(
-        load_configuration(server=url), [NS], on_event=recorder.event, on_listing=recorder.listing, **options
+        load_configuration(server=url), [NS], on_event=recorder.event, on_listing=recorder.listing,
+        on_unreadable=recorder.unreadable, **options,
     )
     watch.start()
     return watch
@@ -307,6 +312,12 @@ async def test_events_poke_known_clusters_and_settle_orphans() -> None:
     task_handlers.on_task_event(rt, "MODIFIED", view("o2", cluster="gone", phase="Pending"))
     await asyncio.sleep(0.05)
     assert api.task_lookups == ["o", "o2"]
+    # A task an event made unreadable is forgotten, as if deleted.
+    rt.waker((NS, "c")).clear()
+    rt.wrote_task(view("b", "1", phase="Pending"), view("b", "2", phase="Scheduled"))
+    task_handlers.on_task_unreadable(rt, NS, "b")
+    assert rt.tasks.get((NS, "c")) == [] and (NS, "b") not in rt.task_overlay
+    assert rt.waker((NS, "c")).is_set()
     await rt.shutdown()
 
 
@@ -438,9 +449,41 @@ async def test_a_task_the_operator_cannot_read_is_skipped_not_relisted(
         await until(lambda: recorder.names() == ["a", "b"], "the readable tasks")
         await asyncio.sleep(0.2)
     assert watch.listings == 1  # neither bad task made the watch list again
-    assert [kind for kind, _ in recorder.seen] == ["LIST", "ADDED"]
+    assert [kind for kind, _ in recorder.seen] == ["LIST", "UNREADABLE", "ADDED"]
     skipped = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(f"{NS}/bad" in m for m in skipped) and any(f"{NS}/worse" in m for m in skipped), skipped
+
+
+async def test_a_watch_event_that_makes_a_task_unreadable_drops_it_from_the_index(
+    scripted: tuple[ScriptedApi, str], watching: Any,
+) -> None:
+    # Kept, the old view would steer writes that 409 (each one pokes another pass) and, deleted, hold a slot.
+    api, url = scripted
+    recorder, started = watching
+    api.listings = [("10", [task("a", "5"), task("b", "6"), task("d", "7")])]
+    gone = task("d", "12", phase="Bogus")
+    api.watches = [Watch([
+        {"type": "MODIFIED", "object": task("a", "11", phase="Bogus")},
+        {"type": "DELETED", "object": gone},
+        {"type": "ADDED", "object": task("c", "13")},
+    ])]
+    started.append(watch := start(url, recorder))
+    await until(lambda: recorder.names() == ["b", "c"], "the unreadable tasks dropped")
+    assert watch.listings == 1
+
+
+async def test_a_watch_the_server_ends_at_once_with_no_event_is_reopened_after_a_pause(
+    scripted: tuple[ScriptedApi, str], watching: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A proxy that cuts each watch as it opens: reopened at once, that is a hot loop of requests.
+    monkeypatch.setattr(taskwatch, "_EMPTY_WATCH_SECONDS", 10.0)  # "at once" even on a loaded machine
+    api, url = scripted
+    recorder, started = watching
+    api.listings = [("10", [task("a", "5")])]
+    api.watches = [Watch([], "end"), Watch([], "end")]
+    started.append(watch := start(url, recorder, restarts=counter()))
+    await until(lambda: restarts(watch, "watch_failed") == 2 and watch.listings == 3, "two failed watches")
+    assert [kind for kind, _ in api.requests if kind != "clusters"][:5] == ["list", "watch", "list", "watch", "list"]
 
 
 async def test_a_closed_api_ends_a_watch_that_was_still_opening(scripted: tuple[ScriptedApi, str]) -> None:

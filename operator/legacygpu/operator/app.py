@@ -7,9 +7,12 @@ waits for the Lease when leader election is on, serves ``/metrics``, and
 runs kopf (clusters and pods) and the operator's own task watch
 (:mod:`legacygpu.operator.taskwatch`) until ``stop`` is set or the Lease is lost. It is ready
 (``ready``) once kopf is and every served scope's tasks were listed. On a stop or a lost Lease the
-task watch ends first, then the runtime closes (no task event is handled, no orphan check started),
-then kopf is told to stop: kopf can take seconds to wind down, and a replica that lost its Lease
-must not act on tasks meanwhile. Losing the Lease
+runtime closes at once (``rt.closing``: no task event is handled, no orphan check started, no
+task, pod or cluster is written: the cluster loops end after their pass, a pass in flight skips
+its remaining writes, the finalizer leaves the cluster to the next leader), the task watch
+delivers nothing more, and kopf is told to stop: kopf can take seconds to wind down, and a
+replica that lost its Lease must not act on tasks meanwhile. (A request already sent when
+the Lease is lost still lands.) Losing the Lease
 raises :class:`~legacygpu.operator.errors.LeadershipLostError` (after the same cleanup as a stop), so
 ``legacygpu operator run`` exits non-zero and Kubernetes restarts the
 container, which then waits as a standby; a stop returns normally (exit 0).
@@ -132,9 +135,12 @@ async def _watch_flags(
     finally:
         for waiter in waits:
             waiter.cancel()
-    rt.closing = True  # at once: task events already queued on the loop are dropped
-    await asyncio.to_thread(watch.stop)
+    # At once, before anything awaits: task events already queued on the loop are dropped, and
+    # the cluster loops, the finalizer and write_task stop writing while kopf winds down.
+    rt.closing = True
+    watch.halt()
     kopf_stop.set()
+    await asyncio.to_thread(watch.stop)  # closes its connections and waits (briefly) for its threads
     await rt.shutdown()  # kopf waits for tasks spawned while it ran: end ours first
 
 

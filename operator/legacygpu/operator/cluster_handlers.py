@@ -14,6 +14,10 @@ cluster's unfinished tasks (``ClusterNotFound``) and deletes its pods before
 the object goes (the pods' owner references would also let the garbage
 collector remove them). kopf removes the finalizer afterwards.
 
+Once the runtime closes (a stop, or a lost Lease, while kopf winds down)
+the loop ends after its pass and the finalizer refuses (kopf keeps it, for
+the next leader): a replica that no longer leads writes nothing.
+
 The clusters known to exist (``rt.clusters``, which decides whether a task
 is an orphan) come from :func:`on_cluster_event` (every event but
 ``DELETED`` adds the cluster, ``DELETED`` removes it) and from the task
@@ -111,7 +115,7 @@ async def cluster_loop(
         synced = asyncio.ensure_future(rt.tasks.wait_listed(namespace))
         await asyncio.wait({synced, stop}, return_when=asyncio.FIRST_COMPLETED)
         synced.cancel()
-        while not stopped:
+        while not stopped and not rt.closing:  # closing: a stop or a lost Lease, kopf not stopped yet
             waker.clear()
             try:
                 delay = await reconcile_cluster(
@@ -145,6 +149,8 @@ async def on_cluster_delete(
 ) -> None:
     """Fail the cluster's unfinished tasks and remove its pods before the finalizer goes."""
     rt: OperatorRuntime = memo.runtime
+    if rt.closing:  # the finalizer stays: the next leader settles the tasks and pods
+        raise kopf.TemporaryError("the operator is stopping", delay=1)
     if not rt.tasks.listed(namespace):
         raise kopf.TemporaryError(f"the tasks of namespace {namespace!r} are not listed yet", delay=1)
     key = (namespace, name)
@@ -161,6 +167,8 @@ async def on_cluster_delete(
         if not await write_task(rt, task, status, event=("Warning", Reason.CLUSTER_NOT_FOUND.value, status["message"])):
             left += 1
     for pod in list(legacygpu_pods.get(key, ())):
+        if rt.closing:
+            raise kopf.TemporaryError("the operator is stopping", delay=1)
         await rt.api.delete_pod(namespace, pod.name)
     if left:
         raise kopf.TemporaryError(f"{left} task(s) changed while failing them; retrying", delay=1)

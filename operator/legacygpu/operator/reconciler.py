@@ -53,7 +53,7 @@ from legacygpu.core.kube.contract import (
 )
 from legacygpu.core.kube.errors import ApiConflictError, ApiError, ApiNotFoundError, ApiUnavailableError
 from legacygpu.core.scheduling import STRATEGIES
-from legacygpu.core.tasks import ASSIGNED_PHASES, Phase
+from legacygpu.core.tasks import ASSIGNED_PHASES, Phase, Reason
 from legacygpu.operator import events
 from legacygpu.operator.autoscaling import ScaleReason, autoscale, autoscaling_spec, requests_in_flight
 from legacygpu.operator.batch import reconcile_batches
@@ -102,7 +102,12 @@ async def write_task(
     its tasks on ``status.workerRef.pod``, so nothing else (a label, an
     Event) has to follow and nothing is left half done if the operator dies
     right after.
+
+    Once the runtime closes (a stop, or a lost Lease: another replica may lead now) nothing is
+    written: False.
     """
+    if rt.closing:
+        return False
     try:
         body = await rt.api.patch_task_status(
             task.namespace, task.name, dict(status), resource_version=task.resource_version or None
@@ -180,6 +185,8 @@ async def _children(
     current = template_hash(cluster=name, namespace=namespace, spec=spec, config=rt.config)
     plan = plan_scale(desired, pods, assigned, current)
     for victim in plan.delete:
+        if rt.closing:  # another replica may lead now: it decides about the pods
+            return refusal
         await rt.api.delete_pod(namespace, victim)
         rt.deleted_pod(key, victim)
         if victim in plan.replaced:
@@ -192,6 +199,8 @@ async def _children(
             events.post(body, "Normal", EventReason.WORKER_DELETED, f"deleted worker pod {victim}: {why}")
     created = []
     for _ in range(plan.create):
+        if rt.closing:
+            break
         pod_name = new_pod_name(name)
         pod = build_worker_pod(cluster=name, namespace=namespace, name=pod_name, spec=spec, config=rt.config)
         kopf.adopt(pod, owner=dict(body))  # type: ignore[arg-type]
@@ -222,6 +231,7 @@ async def _tasks(
     pod_map = {p.name: p for p in pods}
     wakes: list[datetime.datetime] = []
     writes: list[tuple[TaskView, TaskStatus, tuple[str, str, str] | None]] = []
+    charges: list[tuple[TaskView, TaskStatus, tuple[str, str, str] | None]] = []  # see _spends_attempt
     deletes: list[TaskView] = []
     admitted: list[TaskView] = []
     unfinished: list[TaskView] = []  # what placement reads: finished tasks hold no slot and wait for none
@@ -244,8 +254,9 @@ async def _tasks(
         elif action.admit:
             admitted.append(task)  # its Queued status is built below, only if it is written
         elif action.status is not None:
-            writes.append((task, action.status, action.event))
-    changing = {(t.namespace, t.name) for t, *_ in writes}
+            (charges if _spends_attempt(task, action.status, heads) else writes).append(
+                (task, action.status, action.event))
+    changing = {(t.namespace, t.name) for t, *_ in writes + charges}
     if schedule:
         still = [t for t in unfinished if (t.namespace, t.name) not in changing]
         assigned = Counter(t.worker for t in still if t.phase in ASSIGNED_PHASES and t.worker)
@@ -262,6 +273,8 @@ async def _tasks(
         # Tasks admitted but not placed yet stay Pending: a Queued write would be a second write for each.
     else:  # nothing places tasks now (suspended, invalid spec): say they were accepted
         writes.extend((task, queued_status(task.status, now), None) for task in admitted)
+    if rt.closing:  # a stop or a lost Lease while this pass ran: no write (write_task checks again)
+        return wakes
     results = await asyncio.gather(
         *(write_task(rt, t, s, event=e) for t, s, e in writes),
         *(rt.api.delete_task(t.namespace, t.name) for t in deletes),
@@ -270,7 +283,30 @@ async def _tasks(
     for outcome in results:
         if isinstance(outcome, BaseException):
             raise outcome
+    if charges:
+        # A lost pod's attempt is charged only once its other tasks went back: were one of theirs
+        # not written (changed meanwhile), the next pass would find that one the pod's head and
+        # charge it too. Deferred, the charge is decided again next pass, on the same head.
+        unsettled = {t.worker for (t, *_), written in zip(writes, results, strict=False) if written is False}
+        outcomes = await asyncio.gather(
+            *(write_task(rt, t, s, event=e) for t, s, e in charges if t.worker not in unsettled),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
     return wakes
+
+
+def _spends_attempt(task: TaskView, status: TaskStatus, heads: Mapping[str, str]) -> bool:
+    """Whether ``status`` takes ``task`` back from its lost pod as a spent attempt.
+
+    That is the pod's ``Running`` task, or else its head (:func:`scheduled_heads`); its other
+    ``Scheduled`` tasks go back with none spent.
+    """
+    if status.get("reason") != Reason.WORKER_LOST.value or not task.worker:
+        return False
+    return task.phase == Phase.RUNNING or heads.get(task.worker) == task.name
 
 
 async def _autoscale(
@@ -296,7 +332,7 @@ async def _autoscale(
         in_flight=phases[Phase.SCHEDULED] + phases[Phase.RUNNING] + requests_in_flight(pods),
         low_since=(previous.get("autoscaling") or {}).get("lowSince"), now=now,
     )
-    if decision.changes(current):
+    if decision.changes(current) and not rt.closing:
         await rt.api.patch(GROUP, VERSION, CLUSTER_PLURAL, meta["namespace"], meta["name"],
                            {"spec": {"replicas": decision.replicas}})  # fmt: skip
         spec["replicas"] = decision.replicas
@@ -416,7 +452,7 @@ async def reconcile_cluster(
         last = rt.status_written.get(key, 0.0)
         if counts_only and time.monotonic() - last < _STATUS_COUNTS_EVERY:
             delay = min(delay, _STATUS_COUNTS_EVERY)
-        else:
+        elif not rt.closing:
             await rt.api.patch_cluster_status(namespace, name, status)
             rt.status_written[key] = time.monotonic()
             rt.cluster_status[key] = status

@@ -4,7 +4,8 @@ Tasks are handled level-triggered through their cluster's reconcile loop.
 The operator's own watch (:mod:`legacygpu.operator.taskwatch`, not kopf)
 delivers every task event and every LIST here, on the event loop:
 :func:`on_task_event` keeps the task index (``rt.tasks``, keyed by
-(namespace, clusterRef)) and pokes the loop of the task's cluster;
+(namespace, clusterRef)) and pokes the loop of the task's cluster
+(:func:`on_task_unreadable` forgets a task an event made unreadable);
 :func:`on_task_listing` replaces a scope's part of the index with a fresh
 LIST and pokes every cluster whose tasks it touched. Once the operator is
 closing (stopped, or its Lease lost) both do nothing: a replica that no
@@ -32,7 +33,9 @@ from legacygpu.operator.runtime import ClusterKey, OperatorRuntime
 from legacygpu.operator.taskstate import TaskView, decide, task_view
 from legacygpu.operator.taskwatch import TaskWatch
 
-__all__ = ["check_orphan", "make_task_watch", "on_task_event", "on_task_listing", "settle_orphan"]
+__all__ = [
+    "check_orphan", "make_task_watch", "on_task_event", "on_task_listing", "on_task_unreadable", "settle_orphan",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,7 @@ def on_task_event(rt: OperatorRuntime, kind: str, view: TaskView) -> None:
         return
     key = (view.namespace, view.cluster)
     if kind == "DELETED":
-        before = rt.tasks.remove(view.namespace, view.name)
-        rt.task_overlay.pop((view.namespace, view.name), None)
-        for cluster in {key, before} & rt.clusters:
-            rt.poke(cluster)
+        _forget(rt, view.namespace, view.name, also=key)
         return
     before = rt.tasks.put(view)
     if before is not None and before in rt.clusters:
@@ -55,6 +55,24 @@ def on_task_event(rt: OperatorRuntime, kind: str, view: TaskView) -> None:
         rt.poke(key)
     else:
         settle_orphan(rt, view)
+
+
+def on_task_unreadable(rt: OperatorRuntime, namespace: str, name: str) -> None:
+    """A watch event of a task the operator cannot read: forget its old view (and poke its cluster).
+
+    Kept, that view would steer writes that can only conflict (each conflict pokes the loop for
+    another pass) and hold a slot of its pod until the next LIST, which may never come.
+    """
+    if not rt.closing:
+        _forget(rt, namespace, name)
+
+
+def _forget(rt: OperatorRuntime, namespace: str, name: str, also: ClusterKey | None = None) -> None:
+    """Drop a task from the index and the overlay; poke the cluster(s) it was under."""
+    before = rt.tasks.remove(namespace, name)
+    rt.task_overlay.pop((namespace, name), None)
+    for cluster in {key for key in (also, before) if key is not None and key in rt.clusters}:
+        rt.poke(cluster)
 
 
 def on_task_listing(
@@ -84,6 +102,7 @@ def make_task_watch(rt: OperatorRuntime) -> TaskWatch:
         rt.api.configuration, rt.tasks.scopes,
         on_event=lambda kind, view: on_task_event(rt, kind, view),
         on_listing=lambda scope, views, clusters, begun: on_task_listing(rt, scope, views, clusters, begun),
+        on_unreadable=lambda namespace, name: on_task_unreadable(rt, namespace, name),
         restarts=rt.metrics.task_watch_restarts,
     )
 

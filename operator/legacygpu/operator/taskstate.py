@@ -370,12 +370,20 @@ def scheduled_heads(tasks: Iterable[TaskView]) -> dict[str, str]:
     """Pod → the ``Scheduled`` task its worker would be running now (the first in :func:`run_order`).
 
     A worker runs its tasks one at a time in that order, and runs an unclaimed one while it is
-    still ``Scheduled``; when its pod is lost, this one alone is charged an attempt. Shards and
-    listings are claimed before they run, so they are never a pod's head.
+    still ``Scheduled``; when its pod is lost, this one alone is charged an attempt. It is a
+    best guess: it agrees with what the worker runs unless a better-ranked task was assigned to
+    the pod after the worker started its run. Shards and listings are claimed before they run,
+    so they are never a pod's head; cancelled tasks are skipped by the worker, so they are
+    neither. A pod with a ``Running`` task is running that one (claimed), so it has no head.
     """
+    tasks = list(tasks)
+    busy = {t.worker for t in tasks if t.phase == Phase.RUNNING and t.worker}
     best: dict[str, tuple[tuple[int, str, str], str]] = {}
     for task in tasks:
-        if task.phase != Phase.SCHEDULED or not task.worker or _claimed_first(task):
+        if (
+            task.phase != Phase.SCHEDULED or not task.worker or task.worker in busy
+            or task.cancel or _claimed_first(task)
+        ):
             continue
         key = run_order(task.priority, task.created, task.name)
         held = best.get(task.worker)

@@ -23,10 +23,14 @@ the reconcile passes themselves. So tasks are watched here, plainly:
   see an empty cluster and, say, place a task twice.
 
 A task the operator cannot read (an unknown phase, a number that is not
-one) is skipped with a WARNING naming it, never the reason to list again.
-A watch that keeps failing logs a WARNING from its second failure in a row
-(at once while its scope was never listed) and counts each restart in
-``legacygpu_operator_task_watch_restarts_total{reason}``.
+one) is skipped with a WARNING naming it, never the reason to list again;
+a watch event that makes a task unreadable drops it from the index (its
+old view would steer writes that can only conflict, and hold a slot of
+its pod). A watch that keeps failing logs a WARNING from its second
+failure in a row (at once while its scope was never listed) and counts
+each restart in ``legacygpu_operator_task_watch_restarts_total{reason}``.
+A watch the server ends at once with no event (a proxy cutting the stream)
+counts as a failure, so it is opened again only after a pause.
 
 What to do with a task that changed (poke its cluster's loop, or settle an
 orphan) is :mod:`legacygpu.operator.task_handlers`'s; this module only
@@ -52,8 +56,8 @@ from legacygpu.core.kube.contract import CLUSTER_PLURAL, GROUP, TASK_PLURAL, VER
 from legacygpu.operator.taskstate import TaskView, task_view
 
 __all__ = [
-    "ClusterKey", "ListingHandler", "Replaced", "TaskEventHandler", "TaskIndex", "TaskWatch", "WatchExpiredError",
-    "scopes_of",
+    "ClusterKey", "EmptyWatchError", "ListingHandler", "Replaced", "TaskEventHandler", "TaskIndex", "TaskWatch",
+    "UnreadableHandler", "WatchExpiredError", "scopes_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,6 +66,8 @@ ClusterKey = tuple[str, str]
 """(namespace, cluster name)."""
 TaskEventHandler = Callable[[str, TaskView], None]
 """Called on the event loop for each ``ADDED``/``MODIFIED``/``DELETED`` task: (type, view)."""
+UnreadableHandler = Callable[[str, str], None]
+"""Called on the event loop for a watch event of a task the operator cannot read: (namespace, name)."""
 ListingHandler = Callable[[str | None, list[TaskView], set[ClusterKey], float], None]
 """Called on the event loop for each LIST: (scope, the tasks, the clusters listed, and the
 ``time.monotonic()`` taken just before the clusters were listed)."""
@@ -71,10 +77,16 @@ _LIST_TIMEOUT = (10.0, 60.0)
 """(connect, read) seconds for each LIST: a server that stops answering fails the LIST, which is retried."""
 _JOIN_SECONDS = 2.0
 _BACKOFF_START, _BACKOFF_CAP = 0.5, 10.0
+_EMPTY_WATCH_SECONDS = 1.0
+"""A watch that ends sooner than this with no event failed (it is reopened after a pause, not at once)."""
 
 
 class WatchExpiredError(Exception):
     """The watch sent an ``ERROR`` event (410 Gone: its resourceVersion is too old): LIST again."""
+
+
+class EmptyWatchError(Exception):
+    """The server ended a watch at once with no event: LIST again after a pause, not in a hot loop."""
 
 
 class Replaced(NamedTuple):
@@ -170,12 +182,14 @@ class TaskWatch:
 
     def __init__(
         self, configuration: kubernetes.client.Configuration, scopes: Sequence[str | None], *,
-        on_event: TaskEventHandler, on_listing: ListingHandler, watch_seconds: float = _WATCH_SECONDS,
+        on_event: TaskEventHandler, on_listing: ListingHandler, on_unreadable: UnreadableHandler,
+        watch_seconds: float = _WATCH_SECONDS,
         restarts: Counter | None = None, list_timeout: tuple[float, float] = _LIST_TIMEOUT,
     ) -> None:
         self.scopes = list(scopes)
         self.on_event = on_event
         self.on_listing = on_listing
+        self.on_unreadable = on_unreadable
         self.watch_seconds = watch_seconds
         self.list_timeout = list_timeout
         self.listings = 0
@@ -201,11 +215,15 @@ class TaskWatch:
         Waits up to ``join_seconds`` for the threads (a LIST in flight ends with its answer or its
         timeout; its thread, a daemon, delivers nothing after this).
         """
-        self._stop.set()
+        self.halt()
         self._api.close()
         deadline = time.monotonic() + join_seconds
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+    def halt(self) -> None:
+        """Deliver nothing from now on, at once (without closing the connections: :meth:`stop` does)."""
+        self._stop.set()
 
     def alive(self) -> bool:
         """Whether a thread of this watch still runs."""
@@ -217,7 +235,8 @@ class TaskWatch:
         tasks = resource_path(GROUP, VERSION, TASK_PLURAL, scope)
         clusters = resource_path(GROUP, VERSION, CLUSTER_PLURAL, scope)
         backoff = _BACKOFF_START
-        # Failures since the watch last worked (delivered an event, or ran until the server ended it),
+        # Failures since the watch last worked (delivered an event, or ran until the server ended it
+        # after a while; one ended at once with no event failed: EmptyWatchError),
         # not since the last good LIST: a watch refused each time after a good LIST fails forever.
         failures, listed = 0, False
         while not self._stop.is_set():
@@ -261,9 +280,11 @@ class TaskWatch:
     def _watch(self, path: str, version: str, progress: list[int]) -> str:
         """One watch from ``version`` until the server ends it; the last version seen.
 
-        ``progress[0]`` counts the events (bookmarks too) it received.
+        ``progress[0]`` counts the events (bookmarks too) it received. One that the server ends
+        within :data:`_EMPTY_WATCH_SECONDS` having sent none raises :class:`EmptyWatchError`.
         """
         query = {"allowWatchBookmarks": "true", **({"resourceVersion": version} if version else {})}
+        opened, received = time.monotonic(), progress[0]
         for event in self._api.watch_sync(path, query=query, timeout=self.watch_seconds):
             if self._stop.is_set():
                 break
@@ -272,8 +293,14 @@ class TaskWatch:
                 raise WatchExpiredError(f"{obj.get('code')} {obj.get('reason')}: {obj.get('message')}")
             version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
             progress[0] += 1
-            if kind in ("ADDED", "MODIFIED", "DELETED") and (view := _readable(obj)) is not None:
+            if kind not in ("ADDED", "MODIFIED", "DELETED"):
+                continue
+            if (view := _readable(obj)) is not None:
                 self._deliver(self._event, kind, view)
+            elif (meta := obj.get("metadata") or {}).get("namespace") and meta.get("name"):
+                self._deliver(self._unreadable, str(meta["namespace"]), str(meta["name"]))
+        if progress[0] == received and time.monotonic() - opened < _EMPTY_WATCH_SECONDS and not self._stop.is_set():
+            raise EmptyWatchError("the server ended the watch at once with no event")
         return version
 
     def _deliver(self, callback: Callable[..., None], *args: Any) -> None:
@@ -292,6 +319,10 @@ class TaskWatch:
     def _event(self, kind: str, view: TaskView) -> None:
         if not self._stop.is_set():
             self.on_event(kind, view)
+
+    def _unreadable(self, namespace: str, name: str) -> None:
+        if not self._stop.is_set():
+            self.on_unreadable(namespace, name)
 
 
 def _readable(body: dict[str, Any]) -> TaskView | None:

@@ -33,9 +33,11 @@ A short task thus costs the API server one write from its worker, not two
 instead of "no two workers run one attempt": a result is written once, by
 the worker of the current assignment (a report whose write failed leaves
 the assignment to run again); when a failed, gone or unready pod is taken
-back, the one ``Scheduled`` task it would be running (the first in
-:func:`~legacygpu.core.kube.contract.run_order`, never a shard) counts as
-a spent attempt, so an input that kills its worker ends ``Failed`` once its
+back, the task it was running counts as a spent attempt: its ``Running``
+one, else the one ``Scheduled`` task it would be running (the first in
+:func:`~legacygpu.core.kube.contract.run_order`, never a shard nor a
+cancelled task; a guess, right unless a better-ranked task was assigned
+to the pod during the run), so an input that kills its worker ends ``Failed`` once its
 retries are spent, while its other ``Scheduled`` tasks, and those of a
 draining or terminating pod, go back with no attempt spent. A short task
 the operator takes back while this worker runs it unclaimed (draining,
@@ -407,8 +409,8 @@ class KubeWorker:
         pending: claiming.PendingClaim | None = None
         claimed = body
         if self.claim_after <= 0 or is_shard(body.get("spec") or {}) or assignment in self._claim_first:
+            answer = self.claim(body)  # if it raises, a later delivery is still claimed first
             self._claim_first.discard(assignment)
-            answer = self.claim(body)
             if answer is None:
                 return False
             claimed = answer

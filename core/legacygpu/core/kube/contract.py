@@ -436,8 +436,9 @@ def _requeued(
 ) -> TaskStatus:
     """The status patch for a move back to the queue, or into ``Failed`` once the retries are spent."""
     if after.terminal:  # only requeue_or_fail ends a task, at the time it is given
-        ended_at = now if now is not None else _moment(after.finished_at or 0.0)
-        return _ended(status, after, created=created, now=ended_at)
+        if now is None:
+            raise ValueError(f"{after.phase.value} task needs the time it ended (now)")
+        return _ended(status, after, created=created, now=now)
     retry_after = None
     if after.not_before is not None and now is not None:
         retry_after = format_time(now + datetime.timedelta(seconds=after.not_before - now.timestamp()))
@@ -517,8 +518,10 @@ def released_status(
 def run_order(priority: int, created: str | None, name: str) -> tuple[int, str, str]:
     """The order in which a worker runs the tasks assigned to it: highest priority, then oldest, then name.
 
-    The worker picks by it, and the operator reads it to know which ``Scheduled`` task a lost pod
-    was running (:func:`released_status`): one function, so the two never disagree.
+    The worker picks by it, and the operator reads it to guess which ``Scheduled`` task a lost pod
+    was running (:func:`released_status`): one function, so the two rank alike. The guess agrees
+    with what the worker runs unless a better-ranked task was assigned to the pod during the run
+    (the worker had already picked; the operator then charges the newcomer instead).
     """
     return (-int(priority or 0), created or "", name)
 
