@@ -19,7 +19,6 @@ from legacygpu.core.kube.contract import (
     report_status,
     requeue_status,
     running_status,
-    started_report_status,
     terminal_status,
 )
 from legacygpu.core.scheduling import Requirements, WorkerInfo, make_strategy
@@ -405,7 +404,7 @@ def test_a_start_reported_with_its_outcome_is_a_claim_then_a_report(error: Excep
                               "result": {"top_k": []}, "compute_ms": 5.0}  # fmt: skip
     claimed = _merged(assigned, running_status(assigned, pod="w1", now=started))
     two_writes = _merged(claimed, report_status(claimed, outcome, rng=random.Random(3), **kwargs))
-    one_write = _merged(assigned, started_report_status(
-        assigned, outcome, pod="w1", started=started, rng=random.Random(3), **kwargs))
+    one_write = _merged(assigned, report_status(
+        assigned, outcome, unclaimed=("w1", started), rng=random.Random(3), **kwargs))
     assert one_write == two_writes
     assert one_write["attempts"] == attempts + 1 and one_write["history"][-1]["reported"] is True

@@ -11,7 +11,7 @@ nothing else:
 * the **assignment**: one status merge patch, Pending → Scheduled on a worker (``queued_status`` and
   ``assigned_status`` in one write, as the operator writes it), with the ``resourceVersion`` it was
   decided on, as the operator's ServiceAccount;
-* the **report** (Scheduled → Succeeded with the attempt's start, ``started_report_status``, with
+* the **report** (Scheduled → Succeeded with the attempt's start, ``report_status`` with ``unclaimed``, with
   the model's real result for that input): a status merge patch with the ``resourceVersion`` of the
   assignment, as the workers' ServiceAccount. A worker writes no claim for a task that runs under
   its claim delay (:data:`legacygpu.worker.kube.CLAIM_AFTER`), as the benchmark's tasks do;
@@ -60,7 +60,6 @@ from legacygpu.core.kube.contract import (
     queued_status,
     report_status,
     running_status,
-    started_report_status,
     worker_field_selector,
 )
 from legacygpu.core.lifecycle import classify
@@ -214,15 +213,10 @@ async def drive_floor(
         if claim:
             running = running_status(current["status"], pod=pod, now=started)
             current = await _patch(worker, f"{base}/{name}/status", current["metadata"]["resourceVersion"], running)
-            report = report_status(
-                current["status"], outcome, created=meta["creationTimestamp"], max_retries=3, now=now_utc(),
-                policy=policy, result=results[index], compute_ms=0.2,
-            )
-        else:
-            report = started_report_status(
-                current["status"], outcome, pod=pod, started=started, created=meta["creationTimestamp"],
-                max_retries=3, now=now_utc(), policy=policy, result=results[index], compute_ms=0.2,
-            )
+        report = report_status(
+            current["status"], outcome, created=meta["creationTimestamp"], max_retries=3, now=now_utc(),
+            policy=policy, result=results[index], compute_ms=0.2, unclaimed=None if claim else (pod, started),
+        )
         await _patch(worker, f"{base}/{name}/status", current["metadata"]["resourceVersion"], report)
 
     async def lane() -> None:

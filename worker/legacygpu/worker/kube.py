@@ -23,7 +23,7 @@ the operator assigns a task in that one status write), and for each
    by the same assignment; for an unclaimed one, still ``Scheduled`` on
    this pod by the same assignment (uid, ``scheduledTime``, attempts), and
    the report then writes the attempt's start with its end
-   (:func:`~legacygpu.core.kube.contract.started_report_status`). A stale
+   (:func:`~legacygpu.core.kube.contract.report_status` with ``unclaimed``). A stale
    attempt's result is dropped, so a task never ends with two results. A
    success posts no Event (the status says it all), a failure posts a
    Warning.
@@ -91,7 +91,6 @@ from legacygpu.core.kube.contract import (
     now_utc,
     report_status,
     run_order,
-    started_report_status,
     worker_field_selector,
 )
 from legacygpu.core.kube.errors import ApiError, ApiUnavailableError, from_api_exception
@@ -438,15 +437,10 @@ class KubeWorker:
         spec = claimed.get("spec") or {}
 
         def build(status: dict[str, Any], created: str | None) -> TaskStatus:
-            if was_claimed:
-                return report_status(
-                    status, outcome, created=created, max_retries=int(spec.get("maxRetries", 3)), now=now_utc(),
-                    policy=self.policy, result=result, result_ref=ref, compute_ms=compute_ms,
-                )
-            return started_report_status(
-                status, outcome, pod=self.pod, started=started_at, created=created,
-                max_retries=int(spec.get("maxRetries", 3)), now=now_utc(), policy=self.policy, result=result,
-                result_ref=ref, compute_ms=compute_ms,
+            return report_status(
+                status, outcome, created=created, max_retries=int(spec.get("maxRetries", 3)), now=now_utc(),
+                policy=self.policy, result=result, result_ref=ref, compute_ms=compute_ms,
+                unclaimed=None if was_claimed else (self.pod, started_at),
             )
 
         written = self.finish(claimed, build, claimed=was_claimed)

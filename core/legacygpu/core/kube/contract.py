@@ -17,7 +17,7 @@ write that an operator killed between the two could leave undone). A
 successful short task costs two writes besides its creation: the operator's
 ``Scheduled`` (admission and placement together: a valid task waits
 ``Pending`` until a slot frees) and the worker's report, which writes the
-start of the attempt and its end together (:func:`started_report_status`).
+start of the attempt and its end together (:func:`report_status` with ``unclaimed``).
 A task that runs longer than the worker's claim delay, and every batch
 shard, is claimed ``Running`` first (:func:`running_status`), a third write.
 Since a worker may run a ``Scheduled`` task without a trace, a ``Scheduled``
@@ -83,7 +83,6 @@ __all__ = [
     "requeue_status",
     "running_status",
     "seconds_between",
-    "started_report_status",
     "status_record",
     "task_record",
     "terminal_status",
@@ -503,7 +502,7 @@ def released_status(
 
     A ``Running`` task is requeued (:func:`lifecycle.requeue_or_fail`). A ``Scheduled`` one is
     first started at its assignment (:func:`lifecycle.start`): the operator charges the task a
-    failed, gone or unready pod may have been running unclaimed (:func:`started_report_status`;
+    failed, gone or unready pod may have been running unclaimed (:func:`report_status` with ``unclaimed``;
     the one first in :func:`run_order`), so an input that kills its worker ends ``Failed`` once
     its retries are spent. The pod's other ``Scheduled`` tasks go back with
     :func:`unassigned_status` (no attempt spent).
@@ -538,43 +537,25 @@ def report_status(
     result_ref: str | None = None,
     compute_ms: float | None = None,
     rng: random.Random | None = None,
+    unclaimed: tuple[str, datetime.datetime] | None = None,
 ) -> TaskStatus:
-    """A worker's outcome for its running attempt (:func:`lifecycle.report`), as a status patch."""
+    """A worker's outcome for its attempt (:func:`lifecycle.report`), as a status patch.
+
+    ``unclaimed``: the pod and the moment it started a ``Scheduled`` attempt it ran without a claim.
+    The patch then carries the start too: the same moves as :func:`running_status` then the report, so
+    the attempt count, ``startTime``, the history and the latencies are what a claim and a report would
+    have written, the report's fields winning where both set one.
+    """
+    running = {} if unclaimed is None else running_status(status, pod=unclaimed[0], now=unclaimed[1])
+    current = {**status, **running}
     if outcome.retryable:
-        return requeue_status(
-            status, created=created, max_retries=max_retries, reason=Reason(outcome.reason), message=outcome.message,
+        report = requeue_status(
+            current, created=created, max_retries=max_retries, reason=Reason(outcome.reason), message=outcome.message,
             now=now, policy=policy, rng=rng, compute_ms=compute_ms, reported=True,
         )
-    return terminal_status(
-        status, created=created, phase=outcome.phase, reason=Reason(outcome.reason), message=outcome.message,
-        now=now, result=result, result_ref=result_ref, compute_ms=compute_ms, reported=True,
-    )
-
-
-def started_report_status(
-    status: TaskStatus | dict[str, Any],
-    outcome: lifecycle.Outcome,
-    *,
-    pod: str,
-    started: datetime.datetime,
-    created: str | None,
-    max_retries: int,
-    now: datetime.datetime,
-    policy: RetryPolicy,
-    result: dict[str, Any] | None = None,
-    result_ref: str | None = None,
-    compute_ms: float | None = None,
-    rng: random.Random | None = None,
-) -> TaskStatus:
-    """A ``Scheduled`` attempt the worker ran without a claim: its start and its report in one status patch.
-
-    The same moves as :func:`running_status` (at ``started``) then :func:`report_status`, so the
-    attempt count, ``startTime``, the history and the latencies are what a claim and a report would
-    have written; the patch carries both, the report's fields winning where both set one.
-    """
-    running = running_status(status, pod=pod, now=started)
-    report = report_status(
-        {**status, **running}, outcome, created=created, max_retries=max_retries, now=now, policy=policy,
-        result=result, result_ref=result_ref, compute_ms=compute_ms, rng=rng,
-    )
+    else:
+        report = terminal_status(
+            current, created=created, phase=outcome.phase, reason=Reason(outcome.reason), message=outcome.message,
+            now=now, result=result, result_ref=result_ref, compute_ms=compute_ms, reported=True,
+        )
     return TaskStatus(**{**running, **report})
