@@ -15,7 +15,7 @@ import http.server
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,31 @@ def _serving(folder: Path) -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def _answering(answer: Callable[[str, str], bytes]) -> Iterator[str]:
+    """A loopback HTTP server whose GET of a path answers ``answer(path, its own URL)`` (which may wait)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            data = answer(self.path, f"http://127.0.0.1:{self.server.server_address[1]}")
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
@@ -348,40 +373,26 @@ async def test_a_slow_source_url_does_not_hold_up_the_clusters_other_tasks(
     release = threading.Event()
     pngs = sorted(EXAMPLES.glob("digit-*.png"))[:3]
 
-    class Held(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/list.json":
-                release.wait(30)
-                body = json.dumps([f"http://127.0.0.1:{self.server.server_address[1]}/{p.name}" for p in pngs])
-                data = body.encode()
-            else:
-                data = (EXAMPLES / self.path.lstrip("/")).read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(path: str, url: str) -> bytes:
+        if path == "/list.json":
+            release.wait(30)
+            return json.dumps([f"{url}/{p.name}" for p in pngs]).encode()
+        return (EXAMPLES / path.lstrip("/")).read_bytes()
 
-        def log_message(self, *_: Any) -> None:
-            return
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Held)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        await dep.start_operator()
-        await dep.create(cluster_manifest("c", replicas=1))
-        await dep.create(batch_manifest("job", "c", source=f"http://127.0.0.1:{server.server_address[1]}/list.json"))
-        await dep.create(task_manifest("single", "c", [digit_inputs["image"]]))
-        single = await eventually(lambda: _finished(dep, "single"), timeout=20, what="the ordinary task finished")
-        assert phase(single) == "Succeeded"
-        job = await dep.task("job")
-        assert job is not None and "progress" not in (job.get("status") or {})  # its source has not answered yet
-        release.set()
-        body = await eventually(lambda: _finished(dep, "job"), timeout=60, what="batch finished")
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
+    with _answering(answer) as url:
+        try:
+            await dep.start_operator()
+            await dep.create(cluster_manifest("c", replicas=1))
+            await dep.create(batch_manifest("job", "c", source=f"{url}/list.json"))
+            await dep.create(task_manifest("single", "c", [digit_inputs["image"]]))
+            single = await eventually(lambda: _finished(dep, "single"), timeout=20, what="the ordinary task finished")
+            assert phase(single) == "Succeeded"
+            job = await dep.task("job")
+            assert job is not None and "progress" not in (job.get("status") or {})  # its source has not answered
+            release.set()
+            body = await eventually(lambda: _finished(dep, "job"), timeout=60, what="batch finished")
+        finally:
+            release.set()
     assert phase(body) == "Succeeded" and body["status"]["progress"]["completed"] == 3, body["status"]
 
 
@@ -439,21 +450,12 @@ async def test_a_batch_ended_or_deleted_before_its_split_leaves_no_source_read_a
     """Cancelled, deleted: its URL read is forgotten (even one answering later), its listing task cancelled."""
     release = threading.Event()
 
-    class Held(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            release.wait(30)
-            data = json.dumps(["http://127.0.0.1:1/digit-1.png"]).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(path: str, url: str) -> bytes:
+        release.wait(30)
+        return json.dumps(["http://127.0.0.1:1/digit-1.png"]).encode()
 
-        def log_message(self, *_: Any) -> None:
-            return
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Held)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serving = contextlib.ExitStack()
+    base = serving.enter_context(_answering(answer))
     (tmp_path / "data" / "in").mkdir(parents=True)
     dep.worker_options.update(claims_dir=tmp_path)
     dep.gate.clear()  # the listing task is claimed, then waits
@@ -462,7 +464,7 @@ async def test_a_batch_ended_or_deleted_before_its_split_leaves_no_source_read_a
         runtime = operator.runtime
         assert runtime is not None
         await dep.create(cluster_manifest("c", replicas=1, batchClaims=["data"]))
-        url = f"http://127.0.0.1:{server.server_address[1]}/list.json"
+        url = f"{base}/list.json"
         await dep.create(batch_manifest("cancelled", "c", source=url))
         await dep.create(batch_manifest("deleted", "c", source=url))
         await dep.create(batch_manifest("listed", "c", source="pvc://data/in"))
@@ -484,8 +486,7 @@ async def test_a_batch_ended_or_deleted_before_its_split_leaves_no_source_read_a
     finally:
         release.set()
         dep.gate.set()
-        server.shutdown()
-        server.server_close()
+        serving.close()
 
 
 async def test_a_missing_shard_is_not_made_again_from_a_changed_or_deleted_source(
