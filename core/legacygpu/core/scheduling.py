@@ -156,12 +156,13 @@ class WorkerStats:
 
     def worker_info(
         self, id: str, *, assigned: int, capacity: int, vram_mib: int = 0, gpu_family: str | None = None,
-        accepting: bool = True,
+        accepting: bool = True, model_capacity: Mapping[str, int] | None = None, default_capacity: int | None = None,
     ) -> WorkerInfo:
         """The scheduler's view of the worker these stats describe."""
         return WorkerInfo(
             id=id, accepting=accepting, assigned=assigned, capacity=capacity, vram_mib=vram_mib,
             gpu_family=gpu_family, recent_latency_ms=self.recent_latency_ms, warm_models=frozenset(self.models),
+            model_capacity=model_capacity or {}, default_capacity=default_capacity,
         )
 
 

@@ -371,7 +371,7 @@ async def test_only_outcomes_applied_and_committed_feed_the_model_time(
     monkeypatch.undo()
     assert backend._model_ms == {}, "a batch rolled back does not count"
     [answer] = await backend.complete_tasks(wid, [report(rolled_back, 10.0)])  # the worker sends it again
-    assert answer.status == "applied" and backend._model_ms == {(wid, "m"): 10.0}
+    assert answer.status == "applied" and backend._model_ms == {wid: {"m": 10.0}}
 
 
 async def test_applying_outcomes_reads_no_inputs(backend: LocalBackend) -> None:

@@ -155,7 +155,7 @@ class LocalBackend:
         self._rng = rng or random.Random()
         self.channel: TaskChannel | None = None
         """Where started tasks go (:meth:`connect_workers`); until then no task is placed."""
-        self._model_ms: dict[tuple[str, str], float] = {}
+        self._model_ms: dict[str, dict[str, float]] = {}
         """Moving average of the model time of each (worker, model)'s successful outcomes (what capacity follows)."""
         self._unreachable: set[str] = set()
         """Workers whose last push failed: given nothing until their next heartbeat."""
@@ -377,8 +377,7 @@ class LocalBackend:
         """Registry hygiene: stopped and lost workers leave the list once silent past the retention period."""
         cutoff = now - self.settings.worker_retention_seconds
         for worker_id in self.store.delete_workers(("stopped", "lost"), cutoff):
-            for key in [k for k in self._model_ms if k[0] == worker_id]:
-                del self._model_ms[key]
+            self._model_ms.pop(worker_id, None)
             log.info("worker %s removed: stopped or lost for over %.0fs", worker_id,
                      self.settings.worker_retention_seconds)
             self._on_loop(self.events.publish, "worker.removed", {"id": worker_id})
@@ -506,16 +505,15 @@ class LocalBackend:
             stats = WorkerStats.from_local(w["stats"])
             slots = w["concurrency"]
             by_model = {model: slots * prefetch(ms, floor=floor, cap=cap)
-                        for (wid, model), ms in self._model_ms.items() if wid == w["id"]}
-            infos.append(replace(
-                stats.worker_info(
-                    w["id"],
-                    assigned=counts.get(w["id"], 0),
-                    capacity=max([slots * floor, *by_model.values()]),
-                    vram_mib=w["device"].get("vram_mib", 0),
-                    gpu_family=w["device"].get("gpu_family"),
-                ),
-                model_capacity=by_model, default_capacity=slots * floor,
+                        for model, ms in self._model_ms.get(w["id"], {}).items()}
+            infos.append(stats.worker_info(
+                w["id"],
+                assigned=counts.get(w["id"], 0),
+                capacity=max([slots * floor, *by_model.values()]),
+                vram_mib=w["device"].get("vram_mib", 0),
+                gpu_family=w["device"].get("gpu_family"),
+                model_capacity=by_model,
+                default_capacity=slots * floor,
             ))
         return infos
 
@@ -734,9 +732,9 @@ class LocalBackend:
         return "applied"
 
     def _observe_model_ms(self, worker_id: str, model: str, model_ms: float) -> None:
-        key = (worker_id, model)
-        average = self._model_ms.get(key)
-        self._model_ms[key] = model_ms if average is None else average + LATENCY_SMOOTHING * (model_ms - average)
+        models = self._model_ms.setdefault(worker_id, {})
+        average = models.get(model)
+        models[model] = model_ms if average is None else average + LATENCY_SMOOTHING * (model_ms - average)
 
     def _worker_name(self, worker_id: str) -> str:
         try:
