@@ -356,7 +356,7 @@ def decide(
 
 def _claimed_first(task: TaskView) -> bool:
     """Batch shards and listings: their worker claims them before running (never run while Scheduled)."""
-    return task.batch is not None and task.batch.parent is not None
+    return task.batch is not None and task.batch.is_shard
 
 
 def _charged(task: TaskView, heads: Mapping[str, str] | None) -> bool:
@@ -378,7 +378,7 @@ def scheduled_heads(tasks: Iterable[TaskView]) -> dict[str, str]:
     """
     tasks = list(tasks)
     busy = {t.worker for t in tasks if t.phase == Phase.RUNNING and t.worker}
-    best: dict[str, tuple[tuple[int, str, str], str]] = {}
+    best: dict[str, tuple[int, str, str]] = {}  # pod -> the run_order key of its head (the name last)
     for task in tasks:
         if (
             task.phase != Phase.SCHEDULED or not task.worker or task.worker in busy
@@ -386,10 +386,9 @@ def scheduled_heads(tasks: Iterable[TaskView]) -> dict[str, str]:
         ):
             continue
         key = run_order(task.priority, task.created, task.name)
-        held = best.get(task.worker)
-        if held is None or key < held[0]:
-            best[task.worker] = (key, task.name)
-    return {pod: name for pod, (_, name) in best.items()}
+        if task.worker not in best or key < best[task.worker]:
+            best[task.worker] = key
+    return {pod: key[2] for pod, key in best.items()}
 
 
 def plan_assignments(

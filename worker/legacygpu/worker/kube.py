@@ -56,7 +56,6 @@ autoscaler read (at most every :data:`STATS_INTERVAL` seconds), and serves
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime
 import http.server
@@ -195,12 +194,11 @@ class KubeWorker:
         self._stats_sent = 0.0
         self._stats_dirty = False
         self._stream: Any = None
-        self._ran: set[Assignment] = set()
-        """The assignments this worker ran: an unclaimed run leaves the task ``Scheduled`` until its
-        report, so a watch that reconnects may deliver the same assignment again; this keeps it
-        from running twice. Keyed on the assignment, not the resourceVersion, which any label or
-        annotation written meanwhile changes."""
-        self._ran_order: collections.deque[Assignment] = collections.deque()
+        self._ran: dict[Assignment, None] = {}
+        """The assignments this worker ran, oldest first (the last :data:`_RAN_KEPT`): an unclaimed run
+        leaves the task ``Scheduled`` until its report, so a watch that reconnects may deliver the same
+        assignment again; this keeps it from running twice. Keyed on the assignment, not the
+        resourceVersion, which any label or annotation written meanwhile changes."""
         self._listed = False
         """Whether the first list of this pod's tasks since the process started is done (no task runs before)."""
         self._claim_first: set[Assignment] = set()
@@ -283,8 +281,10 @@ class KubeWorker:
 
     def _mine(self, body: dict[str, Any]) -> bool:
         """Whether ``body`` is a task waiting on this pod to run it (``Scheduled`` here, not cancelled)."""
+        status = body.get("status") or {}
         return (
-            Assignment.of(body).standing(body, self.pod) == "scheduled"
+            status.get("phase") == Phase.SCHEDULED.value
+            and (status.get("workerRef") or {}).get("pod") == self.pod
             and not (body.get("spec") or {}).get("cancel")
         )
 
@@ -387,10 +387,9 @@ class KubeWorker:
         return summary, f"configmap://{name}/result.json"
 
     def _remember(self, ran: Assignment) -> None:
-        self._ran.add(ran)
-        self._ran_order.append(ran)
-        while len(self._ran_order) > _RAN_KEPT:
-            self._ran.discard(self._ran_order.popleft())
+        self._ran[ran] = None
+        if len(self._ran) > _RAN_KEPT:
+            del self._ran[next(iter(self._ran))]
 
     def execute(self, body: dict[str, Any]) -> None:
         """Run and report one task, claiming it first if it must be (a shard, found at start) or once it runs long."""
@@ -400,7 +399,7 @@ class KubeWorker:
             written = self._execute(body, assignment)
         finally:
             if not written:  # still Scheduled here, a later delivery may run it (a stale one is not ours)
-                self._ran.discard(assignment)
+                self._ran.pop(assignment, None)
 
     def _execute(self, body: dict[str, Any], assignment: Assignment) -> bool:
         name = body["metadata"]["name"]
@@ -413,10 +412,9 @@ class KubeWorker:
             if answer is None:
                 return False
             claimed = answer
-            self._remember(assignment)
         else:
-            self._remember(assignment)
             pending = self._timer.start(body, started_at, self.claim_after)
+        self._remember(assignment)
         try:
             ran = self._run_task(claimed)
         finally:
