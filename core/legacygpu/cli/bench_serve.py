@@ -681,7 +681,7 @@ def command(models: str, concurrency: str, opencl_concurrency: str, ceiling_batc
         if "in_process_gain" in t:
             ceiling += f"; a batch runs {t['in_process_gain']:.3g}x faster per image than one image alone"
         if t.get("ci95_ms"):
-            ceiling = f"; 95% interval {t['ci95_ms'][0]:.3g} to {t['ci95_ms'][1]:.3g} ms"
+            ceiling += f"; 95% interval {t['ci95_ms'][0]:.3g} to {t['ci95_ms'][1]:.3g} ms"
         value = "none measured" if t["value"] is None else f"{t['value']:.3g}"
         click.echo(f"target {t['name']} ({t['model']}, {t['ours']}, c={t['concurrency']}): {value} "
                    f"(wanted {t['threshold']}{ceiling}): {'met' if t['met'] else 'NOT met'}")

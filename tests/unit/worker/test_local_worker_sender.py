@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from helpers import wait_until
 
 from legacygpu.worker.local_worker import LocalWorker
 
@@ -60,11 +60,12 @@ def test_a_2xx_that_is_not_the_facades_answer_does_not_stop_the_sender(worker: L
     worker._poster.post = post  # type: ignore[method-assign]
     with running_sender(worker) as report:
         report("t1")
-        assert _wait(lambda: posted == [["t1"]])
-        assert _wait(lambda: "t1" not in worker.inbox.held()), "the first batch is no longer held"
+        wait_until(lambda: posted == [["t1"]], timeout=10, interval=0.005)
+        wait_until(lambda: "t1" not in worker.inbox.held(), timeout=10, interval=0.005,
+                   what="the first batch is no longer held")
         report("t2")
         assert both_sent.wait(10), f"the sender died after an unreadable answer: posted {posted}"
-        assert _wait(lambda: worker.inbox.held() == [])
+        wait_until(lambda: worker.inbox.held() == [], timeout=10, interval=0.005)
 
 
 def test_an_unexpected_error_in_one_batch_does_not_stop_the_sender(worker: LocalWorker) -> None:
@@ -80,14 +81,6 @@ def test_an_unexpected_error_in_one_batch_does_not_stop_the_sender(worker: Local
     with running_sender(worker) as report:
         for task_id in ("t1", "t2"):
             report(task_id)
-            assert _wait(lambda n=len(posted) + 1: len(posted) == n)
-        assert _wait(lambda: worker.inbox.held() == []), "both batches are done with, the failed one included"
-
-
-def _wait(condition: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+            wait_until(lambda n=len(posted) + 1: len(posted) == n, timeout=10, interval=0.005)
+        wait_until(lambda: worker.inbox.held() == [], timeout=10, interval=0.005,
+                   what="both batches are done with, the failed one included")
