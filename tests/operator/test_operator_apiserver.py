@@ -13,6 +13,7 @@ from typing import Any
 
 import kubernetes
 import pytest
+from operator_harness import eventually
 
 from legacygpu.core.kube.client import KubeApi, load_configuration
 from legacygpu.core.kube.contract import LABEL_WORKER, TASK_PLURAL, format_time, now_utc
@@ -258,12 +259,12 @@ class _GatedRunner(_Runner):
 
 
 async def _phase_becomes(api: KubeApi, name: str, phase: str) -> dict[str, Any]:
-    for _ in range(200):
+    async def reached() -> dict[str, Any] | None:
         body = await api.get_task(NS, name)
-        if (body.get("status") or {}).get("phase") == phase:
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"task {name} never became {phase}")
+        return body if (body.get("status") or {}).get("phase") == phase else None
+
+    found: dict[str, Any] = await eventually(reached, timeout=10, interval=0.05, what=f"task {name} to become {phase}")
+    return found
 
 
 async def test_a_task_still_running_after_the_claim_delay_is_claimed_then_reported(

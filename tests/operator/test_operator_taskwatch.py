@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from helpers import serve_in_thread
+from operator_harness import eventually
 
 from legacygpu.core.kube.client import load_configuration
 from legacygpu.core.kube.contract import API_VERSION, TASK_KIND
@@ -172,11 +173,7 @@ def start(url: str, recorder: Recorder, **options: Any) -> TaskWatch:
 
 
 async def until(predicate: Any, what: str, timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+    await eventually(predicate, timeout=timeout, interval=0.02, what=what)
 
 
 def watch_versions(api: ScriptedApi) -> list[str | None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from helpers import free_port, raw_server, serve_in_thread
@@ -73,7 +73,7 @@ async def test_no_connection_means_refused() -> None:
         await channel().push(delivery("https://127.0.0.1:1"))
 
 
-def _read_then(close: bool) -> object:
+def _read_then(close: bool) -> Callable[[socket.socket], None]:
     def handle(conn: socket.socket) -> None:
         conn.recv(65536)  # the whole push, then no answer
         if not close:
@@ -82,10 +82,10 @@ def _read_then(close: bool) -> object:
 
 
 async def test_a_push_that_arrived_and_got_no_answer_is_unanswered() -> None:
-    silent, _ = raw_server(_read_then(close=False))  # type: ignore[arg-type]
+    silent, _ = raw_server(_read_then(close=False))
     with pytest.raises(Unanswered, match="no whole answer"):
         await channel(WorkerPool(keepalive_seconds=4, timeout=0.3)).push(delivery(silent))
-    closing, _ = raw_server(_read_then(close=True))  # type: ignore[arg-type]
+    closing, _ = raw_server(_read_then(close=True))
     with pytest.raises(Unanswered, match="closed with no answer"):
         await channel().push(delivery(closing))
 
