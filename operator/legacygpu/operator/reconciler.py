@@ -35,7 +35,7 @@ import datetime
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -275,27 +275,26 @@ async def _tasks(
         writes.extend((task, queued_status(task.status, now), None) for task in admitted)
     if rt.closing:  # a stop or a lost Lease while this pass ran: no write (write_task checks again)
         return wakes
-    results = await asyncio.gather(
+    results = await _all_then_raise(
         *(write_task(rt, t, s, event=e) for t, s, e in writes),
         *(rt.api.delete_task(t.namespace, t.name) for t in deletes),
-        return_exceptions=True,
     )
-    for outcome in results:
-        if isinstance(outcome, BaseException):
-            raise outcome
     if charges:
         # A lost pod's attempt is charged only once its other tasks went back: were one of theirs
         # not written (changed meanwhile), the next pass would find that one the pod's head and
         # charge it too. Deferred, the charge is decided again next pass, on the same head.
         unsettled = {t.worker for (t, *_), written in zip(writes, results, strict=False) if written is False}
-        outcomes = await asyncio.gather(
-            *(write_task(rt, t, s, event=e) for t, s, e in charges if t.worker not in unsettled),
-            return_exceptions=True,
-        )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await _all_then_raise(*(write_task(rt, t, s, event=e) for t, s, e in charges if t.worker not in unsettled))
     return wakes
+
+
+async def _all_then_raise(*writes: Awaitable[Any]) -> list[Any]:
+    """Every write's answer, once all are done; the first error raised after the others have landed."""
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    for outcome in results:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return results
 
 
 def _spends_attempt(task: TaskView, status: TaskStatus, heads: Mapping[str, str]) -> bool:
