@@ -14,6 +14,7 @@ import asyncio
 import json
 import queue
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -34,13 +35,18 @@ class FakeChannel:
     def __init__(self) -> None:
         self.pushes: list[Delivery] = []
         self.refuse: set[str] = set()
+        self.run_now: Callable[[Delivery], list[TaskCompletion]] | None = None
+        """Plays a worker that runs what it is pushed before answering: its outcomes come back in the answer."""
         self._unread: dict[str, list[ClaimedTask]] = {}
 
-    async def push(self, delivery: Delivery) -> None:
+    async def push(self, delivery: Delivery) -> list[TaskCompletion]:
         if delivery.worker_id in self.refuse:
             raise Refused(f"worker {delivery.worker_name} answered 503: draining")
         self.pushes.append(delivery)
+        if self.run_now is not None:
+            return self.run_now(delivery)
         self._unread.setdefault(delivery.worker_id, []).extend(delivery.tasks)
+        return []
 
     def take(self, worker_id: str) -> list[ClaimedTask]:
         return self._unread.pop(worker_id, [])

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from helpers import JOIN_TOKEN, TOKEN, LocalCluster, wait_until
 
+from legacygpu.worker import local_worker
 from legacygpu.worker.local_worker import LocalWorker
 from legacygpu.worker.serving import ServingEngine, ServingServer
 from legacygpu.worker.taskchannel import TASKS_PATH
@@ -140,3 +141,33 @@ def test_a_refused_outcome_in_a_batch_does_not_stop_the_others(cluster: LocalClu
     assert bad.status_code == 422 and "worker_id" in bad.text, "a malformed outcome is a 4xx naming the field"
     empty = cluster.http.post(f"/cluster/workers/{wid}/completions", json={"completed": []}, headers=own)
     assert empty.status_code == 422 and "completed" in empty.text
+
+
+def test_a_lone_task_on_an_idle_worker_comes_back_in_the_push_answer(
+    cluster: LocalCluster, running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # However long this loaded machine takes to run digits, it counts as quick: the mechanism is under test.
+    monkeypatch.setattr(local_worker, "INLINE_TASK_SECONDS", 60.0)
+    worker = running.worker
+    reported: list[str] = []
+    real_post = worker._poster.post
+
+    def record_post(path: str, body: Any, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        reported.extend(c["task_id"] for c in body.get("completed", []))
+        return real_post(path, body, headers)
+
+    worker._poster.post = record_post  # type: ignore[method-assign]
+    running.thread.start()
+    warm = [cluster.submit(model="digits", inputs=digit_inputs())["id"] for _ in range(2)]
+    for task_id in warm:  # the model loads and is timed
+        assert cluster.wait_phase(task_id, {"Succeeded", "Failed"}, timeout=120)["phase"] == "Succeeded"
+    assert warm[0] in reported, "a model not yet timed here: its first task is reported the usual way"
+    wait_until(lambda: worker.inbox.held() == [] and not worker._outcomes, timeout=30,
+               what="the warm-up outcomes to be reported")
+    lone = cluster.submit(model="digits", inputs=digit_inputs())["id"]
+    done = cluster.wait_phase(lone, {"Succeeded", "Failed"}, timeout=60)
+    assert done["phase"] == "Succeeded" and done["result"]["top_k"] == cluster.task(warm[0])["result"]["top_k"]
+    assert done["attempts"] == 1 and done["compute_ms"] is not None
+    time.sleep(0.5)  # a report, had one been made, would be on its way by now
+    assert lone not in reported, "its outcome came back in the push's answer, not in a report of its own"
+    assert worker.inbox.held() == []

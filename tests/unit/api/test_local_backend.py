@@ -339,6 +339,46 @@ async def test_a_push_the_worker_never_got_goes_back_once_its_heartbeat_says_so(
     assert (await backend.get_task(kept)).phase == "Running"
 
 
+async def test_a_push_answered_with_its_outcome_finishes_the_task_with_no_report_of_its_own(
+    backend: LocalBackend,
+) -> None:
+    submitted = await backend.submit_task(task())
+    wid = await worker(backend)
+    channel = backend.channel
+    assert isinstance(channel, FakeChannel)
+    channel.run_now = lambda d: [TaskCompletion(task_id=t.id, worker_id=d.worker_id, attempt=t.attempt,
+                                                result={"ran": "at once"}, compute_ms=0.5) for t in d.tasks]
+    backend.reconcile()
+    await run_pass(backend)
+    done = await backend.get_task(submitted.id)
+    assert done.phase == "Succeeded" and done.result == {"ran": "at once"} and done.attempts == 1
+    assert channel.take(wid) == [], "nothing left for the worker to report"
+
+
+async def test_an_outcome_answered_with_a_push_that_cannot_be_applied_leaves_the_task_to_the_heartbeat_check(
+    backend: LocalBackend, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submitted = await backend.submit_task(task())
+    wid = await worker(backend)
+    channel = backend.channel
+    assert isinstance(channel, FakeChannel)
+    channel.run_now = lambda d: [TaskCompletion(task_id=t.id, worker_id=d.worker_id, attempt=t.attempt, result={})
+                                 for t in d.tasks]
+
+    def locked(*args: object) -> object:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(backend, "_complete_tasks", locked)
+    backend.reconcile()
+    await run_pass(backend)  # the failure is logged, not raised into the push
+    monkeypatch.undo()
+    assert (await backend.get_task(submitted.id)).phase == "Running"
+    clock.now += 20
+    await backend.heartbeat(wid, Heartbeat(stats=SERVING, holding=[]))  # the worker ran it: it holds it no more
+    back = await backend.get_task(submitted.id)
+    assert back.phase == "Queued" and back.attempts == 0, "its outcome was lost on the way: it runs again"
+
+
 async def test_restart_keeps_every_task(tmp_path: Path, clock: Clock) -> None:
     first = make_backend(tmp_path, clock)
     ids = [(await first.submit_task(task())).id for _ in range(5)]

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import pytest
 from helpers import free_port, raw_server, serve_in_thread
 from starlette.applications import Starlette
 
 from legacygpu.api.backends.local.channel import Delivery, HttpChannel, Refused, Unanswered
-from legacygpu.api.schemas import ClaimedTask
+from legacygpu.api.schemas import ClaimedTask, TaskCompletion
 from legacygpu.api.workerhttp import WorkerPool
 from legacygpu.worker.taskchannel import Inbox, task_routes
 
@@ -115,3 +116,49 @@ async def test_the_worker_queues_a_push_once_its_answer_is_sent() -> None:
 
     await route.handle(scope, receive, send)  # type: ignore[arg-type]
     assert events == ["http.response.start", "http.response.body", "queued"] and inbox.held() == ["task-1"]
+
+
+def _ran(task: dict[str, object], worker_id: str = "w-1") -> dict[str, object]:
+    """The outcome a worker that ran ``task`` at once answers with."""
+    return {"task_id": task["id"], "worker_id": worker_id, "attempt": task["attempt"], "result": {"top": 7},
+            "compute_ms": 0.2}
+
+
+def _serving(inbox: Inbox,
+             run_now: Callable[[dict[str, object]], dict[str, object] | None]) -> AbstractContextManager[str]:
+    return serve_in_thread(Starlette(routes=task_routes(inbox, run_now)))
+
+
+async def test_a_lone_task_the_worker_runs_at_once_comes_back_in_the_answer(inbox: Inbox) -> None:
+    asked: list[str] = []
+
+    def run_now(task: dict[str, object]) -> dict[str, object]:
+        asked.append(str(task["id"]))
+        return _ran(task)
+
+    second = TASK.model_copy(update={"id": "task-2"})
+    with _serving(inbox, run_now) as url:
+        [done] = await channel().push(delivery(url))
+        assert done == TaskCompletion(task_id="task-1", worker_id="w-1", attempt=1, result={"top": 7}, compute_ms=0.2)
+        assert inbox.empty() and inbox.held() == [], "run, not queued: the worker holds nothing more"
+        assert await channel().push(delivery(url, tasks=(TASK, second))) == [], "several tasks are queued"
+    assert asked == ["task-1"]
+    assert inbox.held() == ["task-1", "task-2"]
+
+
+async def test_a_task_the_worker_cannot_run_at_once_is_queued(inbox: Inbox) -> None:
+    with _serving(inbox, lambda task: None) as url:
+        assert await channel().push(delivery(url)) == []
+    assert inbox.get(timeout=1) == TASK.model_dump() and inbox.held() == ["task-1"]
+
+
+@pytest.mark.parametrize("answered", [
+    lambda task: _ran(task, worker_id="w-2"),  # another worker's
+    lambda task: {**_ran(task), "task_id": "task-9"},  # a task not pushed
+    lambda task: {"task_id": task["id"]},  # unreadable: no worker, no attempt
+])
+async def test_an_outcome_not_of_the_pushed_task_and_worker_is_not_applied(
+    inbox: Inbox, answered: Callable[[dict[str, object]], dict[str, object]]
+) -> None:
+    with _serving(inbox, answered) as url:
+        assert await channel().push(delivery(url)) == []

@@ -11,7 +11,9 @@ A sender thread posts them in batches (``POST
 /cluster/workers/{id}/completions``, on a lean kept-alive connection of its
 own: :mod:`legacygpu.worker.poster`): whatever finished while the previous
 batch was on its way goes in the next request, so a busy worker pays far less
-than a round trip per task. A heartbeat with real stats and the ids of the
+than a round trip per task. A lone task pushed to an idle worker skips all of
+that when it is quick: it runs before the push is answered, and its outcome
+goes back in the answer (:meth:`LocalWorker.run_now`). A heartbeat with real stats and the ids of the
 tasks it holds goes out every few seconds from a side thread.
 
 Stopping: ``drain`` (from ``legacygpu worker stop`` via the facade, seen in a
@@ -31,6 +33,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +56,23 @@ _BATCH_MAX = 256
 _REPORT_GIVE_UP_SECONDS = 120.0
 
 
+INLINE_TASK_SECONDS = 0.002
+"""A pushed task runs in the push's answer when its model's last task here took less than this
+(:meth:`LocalWorker.run_now`): the serving loop answers nothing else meanwhile."""
+
+
+_ALSO_REPORT_SECONDS = 1.0
+"""A task run at once that took this long is also reported the usual way: the facade waits 10 s for a push's
+answer (:mod:`legacygpu.api.backends.local.channel`), and an outcome it never got would make it run the task
+again."""
+
+
 class _Gone(Exception):
     """The facade no longer knows this worker; register again."""
+
+
+class _Declined(Exception):
+    """The runner could not start the task at once: it waits in the inbox instead."""
 
 
 def _own_process() -> Any:
@@ -99,6 +117,8 @@ class LocalWorker:
         self._stats = WorkerStats()
         self.inbox = Inbox()
         """Tasks the coordinator pushed here, waiting to run."""
+        self._task_seconds: dict[str, float] = {}
+        """How long each model's last task here took, run to outcome (what :meth:`run_now` goes by)."""
         self._outcomes: list[dict[str, Any]] = []
         """Outcomes waiting for the sender thread."""
         self._outcome_ready = threading.Condition()
@@ -115,7 +135,7 @@ class LocalWorker:
 
     def routes(self) -> list[Any]:
         """The task channel's route, for the serving app (the worker's tasks arrive on its serving port)."""
-        return task_routes(self.inbox)
+        return task_routes(self.inbox, self.run_now)
 
     # HTTP ---------------------------------------------------------------------------------
 
@@ -237,16 +257,66 @@ class LocalWorker:
 
     def _run_task(self, task: dict[str, Any]) -> None:
         assert self._runner is not None
-        self.running += 1
-        body: dict[str, Any] = {"worker_id": self.worker_id, "attempt": task["attempt"]}
-        error: Exception | None = None
+        runner = self._runner
+
+        def run() -> tuple[dict[str, Any], float | None]:
+            result = runner.run(task["model"], task["inputs"], task["parameters"])
+            return result, runner.last_compute_ms
+
+        self._report(self._outcome(task, run))
+
+    def _report(self, outcome: dict[str, Any]) -> None:
+        """Hand ``outcome`` to the sender thread."""
+        with self._outcome_ready:
+            self._outcomes.append(outcome)
+            self._outcome_ready.notify()
+
+    def run_now(self, task: dict[str, Any]) -> dict[str, Any] | None:
+        """Run a pushed task at once, on the calling thread (the serving loop), and return its outcome; None when
+        it must wait in the inbox instead.
+
+        A lone task on an idle worker is answered in the push's own answer (:mod:`legacygpu.worker.taskchannel`):
+        no hand-off to the task loop, none to the sender, no request of its own for the outcome. Only when
+        nothing is queued or running here, the model is loaded and a run can start without waiting, and the
+        model's last task here took under :data:`INLINE_TASK_SECONDS` (the loop answers nothing else
+        meanwhile): a model not yet timed here, or a slow one, waits in the inbox.
+        """
+        runner = self._runner
+        if (runner is None or self.running or not self.inbox.empty()
+                or self._task_seconds.get(task["model"], INLINE_TASK_SECONDS) >= INLINE_TASK_SECONDS):
+            return None
+
+        def run() -> tuple[dict[str, Any], float | None]:
+            ran = runner.try_run(task["model"], task["inputs"], task["parameters"])
+            if ran is None:
+                raise _Declined
+            return ran
+
         try:
-            body["result"] = self._runner.run(task["model"], task["inputs"], task["parameters"])
-            body["compute_ms"] = self._runner.last_compute_ms
+            outcome = self._outcome(task, run)
+        except _Declined:
+            return None
+        if self._task_seconds[task["model"]] >= _ALSO_REPORT_SECONDS:
+            # Unexpectedly long (an input this model is slow on): the facade may have stopped waiting for the
+            # answer, so the outcome goes the usual way too (a second copy is answered ``repeated``).
+            self._report(outcome)
+        return outcome
+
+    def _outcome(self, task: dict[str, Any], run: Callable[[], tuple[dict[str, Any], float | None]]) -> dict[str, Any]:
+        """``task``'s outcome, as the facade takes it: ``run`` gives its result and model time, or raises."""
+        self.running += 1
+        body: dict[str, Any] = {"task_id": task["id"], "worker_id": self.worker_id, "attempt": task["attempt"]}
+        error: Exception | None = None
+        started = time.perf_counter()
+        try:
+            body["result"], body["compute_ms"] = run()
+        except _Declined:
+            raise
         except Exception as exc:  # classified below: only this worker's own trouble is retried
             error = exc
         finally:
             self.running -= 1
+        self._task_seconds[task["model"]] = time.perf_counter() - started
         outcome = classify(error, worker=self.name)
         if outcome.retryable:
             log.error("task %s failed unexpectedly", task["id"], exc_info=error)
@@ -254,9 +324,7 @@ class LocalWorker:
             body.pop("result", None)
             body["error"] = {"reason": outcome.reason, "message": outcome.message, "retryable": outcome.retryable}
         self._stats = self._stats.observe(ok=outcome.succeeded, latency_ms=body.get("compute_ms"))
-        with self._outcome_ready:
-            self._outcomes.append({"task_id": task["id"], **body})
-            self._outcome_ready.notify()
+        return body
 
     def _sender_loop(self) -> None:
         """Post outcomes as they come: one request for all that finished while the last one was on its way."""

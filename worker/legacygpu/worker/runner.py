@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from legacygpu.core.errors import ModelError, ValidationError
-from legacygpu.core.modelcards import ModelRepository
+from legacygpu.core.modelcards import ModelCard, ModelRepository
 from legacygpu.core.tensors import validate_inputs
 from legacygpu.worker.backends.runtime import InferenceBackend, LoadedModel
 from legacygpu.worker.processing import postprocess, preprocess
@@ -122,12 +122,35 @@ class TaskRunner:
         card = self.repository.get(model)
         feeds = preprocess(card, validate_inputs(card, inputs))
         with self._running(model) as loaded:
-            started = time.perf_counter()
-            outputs = _run(model, loaded, feeds)
-            self.last_compute_ms = (time.perf_counter() - started) * 1000
-        result = postprocess(card, outputs)
-        result["model"] = model
-        return result
+            result, self.last_compute_ms = _timed_run(model, loaded, feeds)
+        return _result(card, model, result)
+
+    def try_run(self, model: str, inputs: list[dict[str, Any]],
+                parameters: dict[str, Any] | None = None) -> tuple[dict[str, Any], float] | None:
+        """:meth:`run`, and its model time in ms, if the model is loaded and a run can start at once; else None.
+
+        For a caller that must not block (the serving event loop), on the conditions of
+        :meth:`try_run_feeds`; raises as :meth:`run` does once it runs.
+        """
+        if not self._slots.acquire(blocking=False):
+            return None
+        try:
+            if not self._lock.acquire(blocking=False):
+                return None
+            try:
+                loaded = self._current(model, None)
+                if loaded is not None and self.concurrent_runs == 1:
+                    return self._run_card(model, loaded, inputs)  # one run at a time: under the lock, as in run
+            finally:
+                self._lock.release()
+            return None if loaded is None else self._run_card(model, loaded, inputs)
+        finally:
+            self._slots.release()
+
+    def _run_card(self, model: str, loaded: LoadedModel, inputs: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
+        card = self.repository.get(model)
+        outputs, compute_ms = _timed_run(model, loaded, preprocess(card, validate_inputs(card, inputs)))
+        return _result(card, model, outputs), compute_ms
 
     def run_feeds(self, model: str, feeds: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
         """Run ``model`` on feeds already in the model's form (no card processing): the real-time path.
@@ -181,6 +204,19 @@ class TaskRunner:
             with self._lock:
                 loaded = self._model(model, path)
             yield loaded
+
+
+def _timed_run(model: str, loaded: LoadedModel, feeds: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """The model's outputs, and the ms it took."""
+    started = time.perf_counter()
+    outputs = _run(model, loaded, feeds)
+    return outputs, (time.perf_counter() - started) * 1000
+
+
+def _result(card: ModelCard, model: str, outputs: dict[str, Any]) -> dict[str, Any]:
+    result = postprocess(card, outputs)
+    result["model"] = model
+    return result
 
 
 def _run(model: str, loaded: LoadedModel, feeds: dict[str, Any]) -> dict[str, Any]:

@@ -14,13 +14,21 @@ authentication otherwise, and nobody but the facade may hand this worker
 work. Answers:
 
 * 202 ``{"accepted": n}``: the tasks are queued in the :class:`Inbox`;
+* 200 ``{"accepted": 1, "completed": [outcome]}``: a lone task that the
+  worker could run at once, idle as it was (``run_now``, see
+  :meth:`~legacygpu.worker.local_worker.LocalWorker.run_now`), ran before the
+  answer, which carries its outcome as a completions batch would: on an
+  idle cluster this spares the task two thread hand-offs in the worker and a
+  request of its own to report it. The worker does not hold such a task: if
+  the answer is lost on the way, the facade sees a push unanswered and a
+  task its worker does not hold, and puts it back in the queue (below);
 * 401 for a missing or wrong token, 409 for another worker id (the push
   was meant for an earlier registration of this process);
 * 503 while the worker is not registered yet, or is draining or stopping:
   it takes nothing new (the facade puts the tasks back in the queue);
 * 400 for a body that is not that shape.
 
-The handler only queues, never runs anything, so it answers at once; it
+Otherwise the handler only queues, never runs anything, so it answers at once; it
 queues the tasks once the answer is sent (the worker's own checks, above,
 come first). Queued earlier, the task loop would start running the first
 task while this thread still writes the answer, and the two would hand the
@@ -40,6 +48,7 @@ import hmac
 import json
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from starlette.background import BackgroundTask
@@ -47,7 +56,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["TASKS_PATH", "Inbox", "task_routes"]
+__all__ = ["TASKS_PATH", "Inbox", "RunNow", "task_routes"]
 
 TASKS_PATH = "/internal/tasks"
 _TASK_FIELDS = {"id": str, "model": str, "attempt": int, "inputs": list, "parameters": dict}
@@ -135,8 +144,12 @@ def _parse(body: bytes) -> tuple[str, list[dict[str, Any]]]:
     return push["worker_id"], push["tasks"]
 
 
-def task_routes(inbox: Inbox) -> list[Route]:
-    """The task channel's route, to add to the worker's REST serving app."""
+RunNow = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+"""Runs a pushed task at once and returns its outcome, or returns None when the task must wait in the inbox."""
+
+
+def task_routes(inbox: Inbox, run_now: RunNow | None = None) -> list[Route]:
+    """The task channel's route, to add to the worker's REST serving app; ``run_now`` answers a lone task."""
 
     async def push(request: Request) -> Response:
         try:
@@ -146,6 +159,8 @@ def task_routes(inbox: Inbox) -> list[Route]:
         code, why = inbox.check(worker_id, request.headers.get("authorization", ""))
         if code:
             return JSONResponse({"error": why}, status_code=code)
+        if run_now is not None and len(tasks) == 1 and (outcome := run_now(tasks[0])) is not None:
+            return JSONResponse({"accepted": 1, "completed": [outcome]})
 
         async def queue() -> None:  # a coroutine: a plain function would go to a thread pool
             inbox.put(tasks)

@@ -253,13 +253,20 @@ class LocalBackend:
     async def _push(self, delivery: Delivery) -> None:
         assert self.channel is not None
         try:
-            await self.channel.push(delivery)
+            completed = await self.channel.push(delivery)
         except Refused as exc:
             log.warning("%s; its %d task(s) go back to the queue", exc, len(delivery.tasks))
             await self._db(self._undeliver, delivery, str(exc))
+            return
         except Unanswered as exc:
             # It may hold them: they stay Running there until it reports them or is declared lost.
             log.warning("%s; its %d task(s) stay with it", exc, len(delivery.tasks))
+            return
+        if completed:  # run before the answer: applied as that worker's completions
+            try:
+                await self.complete_tasks(delivery.worker_id, completed)
+            except Exception:  # the worker holds them no more: its heartbeats put them back in the queue
+                log.exception("applying the outcome(s) worker %s answered a push with failed", delivery.worker_name)
 
     async def _db(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run ``fn`` (anything that touches the database) on the database thread, off the event loop."""

@@ -17,7 +17,12 @@ batches too (``POST /cluster/workers/{id}/completions``).
 
 A push ends one of three ways, which decide what happens to its tasks:
 
-* accepted (2xx): the worker holds them; it reports each one later;
+* accepted (2xx): the worker holds them; it reports each one later. Or,
+  for a lone task on an idle worker, it ran it before answering, and the
+  answer (200) carries the outcome, which the coordinator applies as that
+  worker's completion (:mod:`legacygpu.worker.taskchannel`); an outcome
+  that does not come back (the answer lost) is a task the worker does not
+  hold, which its next heartbeats put back in the queue;
 * :class:`Refused`: the worker certainly did not take them (no connection
   could be made, or the worker answered with an error: not registered yet,
   draining, a token of another registration): the coordinator puts them
@@ -44,12 +49,15 @@ recording fake in the coordinator's unit tests.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from pydantic import BaseModel, ValidationError
+
 from legacygpu.api.forwarding import KEEPALIVE_SECONDS
-from legacygpu.api.schemas import ClaimedTask
+from legacygpu.api.schemas import ClaimedTask, TaskCompletion
 from legacygpu.api.workerhttp import FacadeOverloaded, WorkerFailed, WorkerPool
 
 __all__ = ["TASKS_PATH", "Delivery", "HttpChannel", "Refused", "TaskChannel", "Unanswered"]
@@ -58,6 +66,15 @@ TASKS_PATH = "/internal/tasks"
 """The worker's task endpoint, under its REST serving URL."""
 _CONNECT_TIMEOUT_SECONDS = 2.0
 _ANSWER_TIMEOUT_SECONDS = 10.0
+
+
+log = logging.getLogger(__name__)
+
+
+class _Answered(BaseModel):
+    """A push's 200 answer: the outcomes of the tasks the worker ran before answering."""
+
+    completed: list[TaskCompletion]
 
 
 class Refused(Exception):
@@ -80,9 +97,12 @@ class Delivery:
 
 
 class TaskChannel(Protocol):
-    """Sends a :class:`Delivery`; raises :class:`Refused` or :class:`Unanswered` when it does not arrive."""
+    """Sends a :class:`Delivery`; raises :class:`Refused` or :class:`Unanswered` when it does not arrive.
 
-    async def push(self, delivery: Delivery) -> None: ...
+    Returns the outcomes the worker answered with (tasks it ran at once), to be applied as its completions.
+    """
+
+    async def push(self, delivery: Delivery) -> list[TaskCompletion]: ...
 
 
 class HttpChannel:
@@ -93,7 +113,7 @@ class HttpChannel:
         self._pool = pool or WorkerPool(keepalive_seconds=KEEPALIVE_SECONDS, connect_timeout=_CONNECT_TIMEOUT_SECONDS,
                                         timeout=_ANSWER_TIMEOUT_SECONDS)
 
-    async def push(self, delivery: Delivery) -> None:
+    async def push(self, delivery: Delivery) -> list[TaskCompletion]:
         if not delivery.url.startswith("http://"):  # the pool speaks plain HTTP, as workers serve it
             raise Refused(f"worker {delivery.worker_name} announced {delivery.url!r}, not an http:// URL")
         body = json.dumps({"worker_id": delivery.worker_id, "tasks": [t.model_dump() for t in delivery.tasks]},
@@ -111,6 +131,20 @@ class HttpChannel:
         if answer.status >= 300:
             raise Refused(f"worker {delivery.worker_name} answered {answer.status}: "
                           f"{answer.body[:200].decode(errors='replace')}")
+        if answer.status != 200:
+            return []  # 202: queued there, reported later
+        try:
+            completed = _Answered.model_validate_json(answer.body).completed
+        except ValidationError as exc:  # taken, but its outcome unreadable: like an outcome lost on the way
+            log.warning("worker %s answered a push with an unreadable outcome (%s); its tasks go back to the queue "
+                        "once its heartbeat shows it does not hold them", delivery.worker_name, exc)
+            return []
+        sent = {t.id for t in delivery.tasks}
+        mine = [c for c in completed if c.worker_id == delivery.worker_id and c.task_id in sent]
+        if len(mine) < len(completed):
+            log.warning("worker %s answered a push with %d outcome(s) of other workers or tasks; ignored",
+                        delivery.worker_name, len(completed) - len(mine))
+        return mine
 
     async def close(self) -> None:
         """Close the idle connections (the facade is stopping)."""
