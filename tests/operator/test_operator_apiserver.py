@@ -246,6 +246,29 @@ async def test_a_short_task_is_reported_in_one_write_that_records_its_start(
     assert worker.pending == {}
 
 
+async def test_a_task_that_fails_posts_a_warning_event_from_its_worker(
+    server: EmulatorThread, api: KubeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from legacygpu.core.errors import ValidationError
+
+    monkeypatch.delenv("NODE_NAME", raising=False)
+
+    class _Refusing(_Runner):
+        def run(self, model: str, inputs: list[dict[str, Any]], parameters: Any = None) -> dict[str, Any]:
+            raise ValidationError("input 'input' has the wrong shape")
+
+    body = await _scheduled(api, "t", "pod-a")
+    await asyncio.to_thread(_worker(server, "pod-a", _Refusing()).execute, body)
+    assert (await api.get_task(NS, "t"))["status"]["phase"] == "Failed"
+    [event] = await api.list("", "v1", "events", NS)
+    assert event["involvedObject"] == {"apiVersion": f"{G}/{V}", "kind": "InferenceTask", "name": "t",
+                                       "namespace": NS, "uid": body["metadata"]["uid"]}  # fmt: skip
+    assert (event["type"], event["reason"], event["metadata"]["namespace"]) == ("Warning", "InvalidInput", NS)
+    assert "wrong shape" in event["message"] and event["count"] == 1
+    assert (event["reportingComponent"], event["reportingInstance"]) == ("legacygpu-worker", "pod-a")
+    assert event["source"] == {"component": "legacygpu-worker", "host": "pod-a"}  # no NODE_NAME: the pod
+
+
 class _GatedRunner(_Runner):
     def __init__(self) -> None:
         import threading
