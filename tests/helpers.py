@@ -93,6 +93,42 @@ def raw_server(handle: Callable[[socket.socket], None]) -> tuple[str, list[int]]
     return f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
 
 
+def read_http_request(conn: socket.socket) -> bytes:
+    """Read one whole HTTP request off ``conn`` (its head and a Content-Length body); its head.
+
+    A peer that closes first raises ConnectionError (an OSError: :func:`raw_server` then closes the connection).
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += _received(conn)
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+    length = lengths[0] if lengths else 0
+    while len(body) < length:
+        body += _received(conn)
+    return head
+
+
+def _received(conn: socket.socket) -> bytes:
+    chunk = conn.recv(65536)
+    if not chunk:
+        raise ConnectionError("the client closed the connection before its request was whole")
+    return chunk
+
+
+def half_answer_server() -> str:
+    """A worker that dies while it answers: to each request, headers promising 100 bytes, 10 of them, then
+    the connection closed. Its URL."""
+
+    def half_answer(conn: socket.socket) -> None:
+        read_http_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+                     b'{"model_na')
+
+    url, _ = raw_server(half_answer)
+    return url
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail naming ``what`` otherwise."""
     deadline = time.monotonic() + timeout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -246,6 +247,29 @@ async def test_a_short_task_is_reported_in_one_write_that_records_its_start(
     assert worker.pending == {}
 
 
+async def test_a_task_that_fails_posts_a_warning_event_from_its_worker(
+    server: EmulatorThread, api: KubeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from legacygpu.core.errors import ValidationError
+
+    monkeypatch.delenv("NODE_NAME", raising=False)
+
+    class _Refusing(_Runner):
+        def run(self, model: str, inputs: list[dict[str, Any]], parameters: Any = None) -> dict[str, Any]:
+            raise ValidationError("input 'input' has the wrong shape")
+
+    body = await _scheduled(api, "t", "pod-a")
+    await asyncio.to_thread(_worker(server, "pod-a", _Refusing()).execute, body)
+    assert (await api.get_task(NS, "t"))["status"]["phase"] == "Failed"
+    [event] = await api.list("", "v1", "events", NS)
+    assert event["involvedObject"] == {"apiVersion": f"{G}/{V}", "kind": "InferenceTask", "name": "t",
+                                       "namespace": NS, "uid": body["metadata"]["uid"]}  # fmt: skip
+    assert (event["type"], event["reason"], event["metadata"]["namespace"]) == ("Warning", "InvalidInput", NS)
+    assert "wrong shape" in event["message"] and event["count"] == 1
+    assert (event["reportingComponent"], event["reportingInstance"]) == ("legacygpu-worker", "pod-a")
+    assert event["source"] == {"component": "legacygpu-worker", "host": "pod-a"}  # no NODE_NAME: the pod
+
+
 class _GatedRunner(_Runner):
     def __init__(self) -> None:
         import threading
@@ -267,37 +291,68 @@ async def _phase_becomes(api: KubeApi, name: str, phase: str) -> dict[str, Any]:
     return found
 
 
-async def test_a_task_still_running_after_the_claim_delay_is_claimed_then_reported(
-    server: EmulatorThread, api: KubeApi
-) -> None:
+def _failing_claim(worker: Any, *, write_first: bool) -> None:
+    """Make the worker's claim raise, after writing it (an answer lost) or before."""
+    real = worker.claim
+
+    def claim(body: dict[str, Any], *, now: Any = None) -> Any:
+        if write_first:
+            real(body, now=now)
+        raise RuntimeError("simulated API error")
+
+    worker.claim = claim
+
+
+@dataclasses.dataclass
+class _GatedRun:
+    """A worker executing task ``t`` (Scheduled on pod-a) in a thread, its runner held at the gate."""
+
+    runner: _GatedRunner
+    writes: _Writes
+    running: asyncio.Future[Any]
+
+    async def finish(self) -> None:
+        """Open the gate and wait for the execution to end."""
+        self.runner.gate.set()
+        await self.running
+
+
+async def _start_gated(
+    server: EmulatorThread, api: KubeApi, *, claim_after: float, claim_raises: bool | None = None
+) -> _GatedRun:
+    """Start pod-a's worker on a new task ``t``; ``claim_raises`` fails its claim (see :func:`_failing_claim`).
+
+    ``claim_raises``: None, the claim works; False, it raises before writing; True, after writing.
+    """
     body = await _scheduled(api, "t", "pod-a")
     runner = _GatedRunner()
     worker = _worker(server, "pod-a", runner)
-    worker.claim_after = 0.1
+    worker.claim_after = claim_after
+    if claim_raises is not None:
+        _failing_claim(worker, write_first=claim_raises)
     writes = _Writes(worker)
-    running = asyncio.ensure_future(asyncio.to_thread(worker.execute, body))
+    return _GatedRun(runner, writes, asyncio.ensure_future(asyncio.to_thread(worker.execute, body)))
+
+
+async def test_a_task_still_running_after_the_claim_delay_is_claimed_then_reported(
+    server: EmulatorThread, api: KubeApi
+) -> None:
+    run = await _start_gated(server, api, claim_after=0.1)
     claimed = await _phase_becomes(api, "t", "Running")
     assert (claimed["status"]["attempts"], claimed["status"]["workerRef"]["pod"]) == (1, "pod-a")
-    runner.gate.set()
-    await running
-    assert [s["phase"] for s in writes.statuses] == ["Running", "Succeeded"]
+    await run.finish()
+    assert [s["phase"] for s in run.writes.statuses] == ["Running", "Succeeded"]
     status = (await api.get_task(NS, "t"))["status"]
     assert (status["phase"], status["attempts"]) == ("Succeeded", 1)
     assert status["startTime"] == claimed["status"]["startTime"] == status["history"][0]["startTime"]
 
 
 async def test_a_task_cancelled_before_its_claim_drops_the_run(server: EmulatorThread, api: KubeApi) -> None:
-    body = await _scheduled(api, "t", "pod-a")
-    runner = _GatedRunner()
-    worker = _worker(server, "pod-a", runner)
-    worker.claim_after = 0.3
-    writes = _Writes(worker)
-    running = asyncio.ensure_future(asyncio.to_thread(worker.execute, body))
+    run = await _start_gated(server, api, claim_after=0.3)
     await api.patch_task_status(NS, "t", {"phase": "Cancelled", "reason": "Cancelled", "message": "cancelled"})
     await asyncio.sleep(0.5)  # past the claim delay: the claim finds the task no longer ours
-    runner.gate.set()
-    await running
-    assert writes.statuses == [] or [s["phase"] for s in writes.statuses] == ["Running"]
+    await run.finish()
+    assert run.writes.statuses == [] or [s["phase"] for s in run.writes.statuses] == ["Running"]
     assert (await api.get_task(NS, "t"))["status"]["phase"] == "Cancelled"
 
 
@@ -322,53 +377,27 @@ async def test_an_unclaimed_result_after_the_task_was_given_back_is_refused(
     assert (await api.get_task(NS, "t"))["status"] == before["status"]
 
 
-def _failing_claim(worker: Any, *, write_first: bool) -> None:
-    """Make the worker's claim raise, after writing it (an answer lost) or before."""
-    real = worker.claim
-
-    def claim(body: dict[str, Any], *, now: Any = None) -> Any:
-        if write_first:
-            real(body, now=now)
-        raise RuntimeError("simulated API error")
-
-    worker.claim = claim
-
-
 @pytest.mark.parametrize("write_first", [False, True])
 async def test_a_claim_that_raises_still_ends_with_one_report(
     server: EmulatorThread, api: KubeApi, write_first: bool
 ) -> None:
     # The claim timer's write fails: the worker reads the task again and reports the run as it
     # stands (claimed if the claim got written, else unclaimed): never left Scheduled forever.
-    body = await _scheduled(api, "t", "pod-a")
-    runner = _GatedRunner()
-    worker = _worker(server, "pod-a", runner)
-    worker.claim_after = 0.05
-    _failing_claim(worker, write_first=write_first)
-    writes = _Writes(worker)
-    running = asyncio.ensure_future(asyncio.to_thread(worker.execute, body))
+    run = await _start_gated(server, api, claim_after=0.05, claim_raises=write_first)
     await asyncio.sleep(0.3)
-    runner.gate.set()
-    await running
-    assert [s["phase"] for s in writes.statuses] == (["Running", "Succeeded"] if write_first else ["Succeeded"])
+    await run.finish()
+    assert [s["phase"] for s in run.writes.statuses] == (["Running", "Succeeded"] if write_first else ["Succeeded"])
     status = (await api.get_task(NS, "t"))["status"]
     assert (status["phase"], status["attempts"], len(status["history"])) == ("Succeeded", 1, 1)
-    assert runner.calls == 1
+    assert run.runner.calls == 1
 
 
 async def test_a_claim_that_raises_on_a_task_taken_back_drops_the_result(server: EmulatorThread, api: KubeApi) -> None:
-    body = await _scheduled(api, "t", "pod-a")
-    runner = _GatedRunner()
-    worker = _worker(server, "pod-a", runner)
-    worker.claim_after = 0.05
-    _failing_claim(worker, write_first=False)
-    writes = _Writes(worker)
-    running = asyncio.ensure_future(asyncio.to_thread(worker.execute, body))
+    run = await _start_gated(server, api, claim_after=0.05, claim_raises=False)
     await api.patch_task_status(NS, "t", {"phase": "Queued", "workerRef": None, "scheduledTime": None})
     await asyncio.sleep(0.3)
-    runner.gate.set()
-    await running
-    assert writes.statuses == [] and (await api.get_task(NS, "t"))["status"]["phase"] == "Queued"
+    await run.finish()
+    assert run.writes.statuses == [] and (await api.get_task(NS, "t"))["status"]["phase"] == "Queued"
 
 
 async def test_a_report_that_fails_leaves_the_assignment_to_run_again(server: EmulatorThread, api: KubeApi) -> None:

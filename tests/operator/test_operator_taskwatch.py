@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,8 @@ class ScriptedApi:
     list_failures: list[str] = field(default_factory=list)
     """How the first task LISTs fail, in order: ``500`` (an error status), ``hang`` (no answer) or ``""``
     (none: the LIST answers)."""
+    url: str = ""
+    """Where it serves (set by the :func:`api` fixture)."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -121,10 +123,12 @@ async def _json(send: Any, body: Any, status: int = 200) -> None:
 
 
 @pytest.fixture
-def scripted() -> Iterator[tuple[ScriptedApi, str]]:
-    api = ScriptedApi()
-    with serve_in_thread(api, lifespan="on") as url:
-        yield api, url
+def api() -> Iterator[ScriptedApi]:
+    """The scripted API server, serving on loopback at its ``url``."""
+    scripted = ScriptedApi()
+    with serve_in_thread(scripted, lifespan="on") as url:
+        scripted.url = url
+        yield scripted
 
 
 @dataclass
@@ -154,22 +158,31 @@ class Recorder:
 
 
 @pytest.fixture
-async def watching() -> AsyncIterator[tuple[Recorder, list[TaskWatch]]]:
-    """A recorder, and a list to put the started watches in (each is stopped after the test)."""
-    recorder = Recorder()
+def recorder() -> Recorder:
+    return Recorder()
+
+
+StartWatch = Callable[..., TaskWatch]
+"""Starts a :class:`TaskWatch` with the given options (see the :func:`start_watch` fixture)."""
+
+
+@pytest.fixture
+async def start_watch(api: ScriptedApi, recorder: Recorder) -> AsyncIterator[StartWatch]:
+    """Starts watches of the scripted server that feed ``recorder``; each is stopped after the test."""
     started: list[TaskWatch] = []
-    yield recorder, started
+
+    def start(**options: Any) -> TaskWatch:
+        watch = TaskWatch(
+            load_configuration(server=api.url), [NS], on_event=recorder.event, on_listing=recorder.listing,
+            on_unreadable=recorder.unreadable, **options,
+        )
+        watch.start()
+        started.append(watch)
+        return watch
+
+    yield start
     for watch in started:
         watch.stop()
-
-
-def start(url: str, recorder: Recorder, **options: Any) -> TaskWatch:
-    watch = TaskWatch(
-        load_configuration(server=url), [NS], on_event=recorder.event, on_listing=recorder.listing,
-        on_unreadable=recorder.unreadable, **options,
-    )
-    watch.start()
-    return watch
 
 
 async def until(predicate: Any, what: str, timeout: float = 15.0) -> None:
@@ -181,10 +194,8 @@ def watch_versions(api: ScriptedApi) -> list[str | None]:
 
 
 async def test_list_then_watch_and_a_410_lists_again_replacing_the_index(
-    scripted: tuple[ScriptedApi, str], watching: Any,
+    api: ScriptedApi, recorder: Recorder, start_watch: StartWatch,
 ) -> None:
-    api, url = scripted
-    recorder, started = watching
     api.listings = [("10", [task("a", "5"), task("b", "6")]), ("21", [task("a", "11"), task("d", "20")])]
     api.watches = [Watch([
         {"type": "MODIFIED", "object": task("a", "11")},
@@ -193,7 +204,7 @@ async def test_list_then_watch_and_a_410_lists_again_replacing_the_index(
         {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}},
     ])]
     assert not recorder.index.synced.is_set()
-    started.append(watch := start(url, recorder))
+    watch = start_watch()
     await until(lambda: watch.listings == 2 and len(watch_versions(api)) == 2, "the second LIST and its watch")
     assert recorder.seen == [
         ("LIST", ["a", "b"]),  # the list comes first: nothing is delivered before it
@@ -209,28 +220,24 @@ async def test_list_then_watch_and_a_410_lists_again_replacing_the_index(
     assert all(q.get("allowWatchBookmarks") == "true" for kind, q in api.requests if kind == "watch")
 
 
-async def test_a_dropped_connection_lists_again(scripted: tuple[ScriptedApi, str], watching: Any) -> None:
-    api, url = scripted
-    recorder, started = watching
+async def test_a_dropped_connection_lists_again(api: ScriptedApi, recorder: Recorder, start_watch: StartWatch) -> None:
     api.listings = [("10", [task("a", "5")]), ("30", [task("a", "5"), task("e", "12"), task("f", "25")])]
     api.watches = [Watch([{"type": "ADDED", "object": task("e", "12")}], ending="drop")]
-    started.append(watch := start(url, recorder))
+    watch = start_watch()
     await until(lambda: watch.listings == 2 and len(watch_versions(api)) == 2, "a LIST after the cut")
     assert recorder.seen[-1] == ("LIST", ["a", "e", "f"])
     assert watch_versions(api) == ["10", "30"]
 
 
 async def test_a_watch_the_server_ends_resumes_from_the_last_version_without_listing(
-    scripted: tuple[ScriptedApi, str], watching: Any,
+    api: ScriptedApi, recorder: Recorder, start_watch: StartWatch,
 ) -> None:
-    api, url = scripted
-    recorder, started = watching
     api.listings = [("10", [task("a", "5")])]
     api.watches = [Watch([
         {"type": "MODIFIED", "object": task("a", "15")},
         {"type": "BOOKMARK", "object": {"kind": TASK_KIND, "metadata": {"resourceVersion": "30"}}},
     ])]
-    started.append(watch := start(url, recorder))
+    watch = start_watch()
     await until(lambda: len(watch_versions(api)) == 2, "the second watch")
     assert watch.listings == 1
     assert watch_versions(api) == ["10", "30"]  # the bookmark's version, not a relist
@@ -238,12 +245,10 @@ async def test_a_watch_the_server_ends_resumes_from_the_last_version_without_lis
 
 
 async def test_stop_ends_an_open_watch_and_delivers_nothing_more(
-    scripted: tuple[ScriptedApi, str], watching: Any,
+    api: ScriptedApi, recorder: Recorder, start_watch: StartWatch,
 ) -> None:
-    api, url = scripted
-    recorder, _ = watching
     api.listings = [("10", [task("a", "5")])]
-    watch = start(url, recorder)
+    watch = start_watch()
     await until(lambda: len(watch_versions(api)) == 1 and recorder.names() == ["a"], "the listing and the watch")
     watch.stop()
     assert not watch.alive()  # stop() waits (briefly) for the threads
@@ -386,14 +391,12 @@ def counter() -> Any:
 
 
 async def test_a_list_that_gets_no_answer_times_out_and_is_retried_with_a_warning(
-    scripted: tuple[ScriptedApi, str], watching: Any, caplog: pytest.LogCaptureFixture,
+    api: ScriptedApi, recorder: Recorder, start_watch: StartWatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    api, url = scripted
-    recorder, started = watching
     api.list_failures = ["hang"] * 4  # urllib3 itself tries a GET that timed out again, up to three times
     api.listings = [("10", [task("a", "5")])]
     with caplog.at_level(logging.INFO, logger="legacygpu.operator.taskwatch"):
-        started.append(watch := start(url, recorder, restarts=counter(), list_timeout=(1.0, 0.3)))
+        watch = start_watch(restarts=counter(), list_timeout=(1.0, 0.3))
         await until(lambda: watch.listings == 1, "a listing after the LISTs that got no answer")
     assert recorder.names() == ["a"] and recorder.index.synced.is_set()
     failed = restarts(watch, "list_failed")
@@ -404,10 +407,8 @@ async def test_a_list_that_gets_no_answer_times_out_and_is_retried_with_a_warnin
 
 
 async def test_one_expired_watch_is_routine_a_watch_failing_again_and_again_warns(
-    scripted: tuple[ScriptedApi, str], watching: Any, caplog: pytest.LogCaptureFixture,
+    api: ScriptedApi, start_watch: StartWatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    api, url = scripted
-    recorder, started = watching
     api.listings = [("10", [task("a", "5")])]
     expired = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "old"}}
     modified = {"type": "MODIFIED", "object": task("a", "11")}
@@ -415,7 +416,7 @@ async def test_one_expired_watch_is_routine_a_watch_failing_again_and_again_warn
     api.watches = [Watch([modified, expired]), Watch([expired]), Watch([expired]), Watch([modified, expired])]
     api.list_failures = ["", "500"]  # the LIST after the first expiry fails
     with caplog.at_level(logging.INFO, logger="legacygpu.operator.taskwatch"):
-        started.append(watch := start(url, recorder, restarts=counter()))
+        watch = start_watch(restarts=counter())
         await until(lambda: len(watch_versions(api)) == 5, "four expired watches and a failed LIST")
     assert restarts(watch, "expired") == 4 and restarts(watch, "list_failed") == 1
     logged = [(r.levelno, "expired" in r.getMessage()) for r in caplog.records if r.name == WATCH_LOG]
@@ -429,10 +430,8 @@ async def test_one_expired_watch_is_routine_a_watch_failing_again_and_again_warn
 
 
 async def test_a_task_the_operator_cannot_read_is_skipped_not_relisted(
-    scripted: tuple[ScriptedApi, str], watching: Any, caplog: pytest.LogCaptureFixture,
+    api: ScriptedApi, recorder: Recorder, start_watch: StartWatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    api, url = scripted
-    recorder, started = watching
     unreadable = task("bad", "6", phase="Bogus")
     bad_priority = task("worse", "13")
     bad_priority["spec"]["priority"] = "high"
@@ -442,7 +441,7 @@ async def test_a_task_the_operator_cannot_read_is_skipped_not_relisted(
         {"type": "ADDED", "object": task("b", "14")},
     ])]
     with caplog.at_level(logging.WARNING, logger="legacygpu.operator.taskwatch"):
-        started.append(watch := start(url, recorder))
+        watch = start_watch()
         await until(lambda: recorder.names() == ["a", "b"], "the readable tasks")
         await asyncio.sleep(0.2)
     assert watch.listings == 1  # neither bad task made the watch list again
@@ -452,11 +451,9 @@ async def test_a_task_the_operator_cannot_read_is_skipped_not_relisted(
 
 
 async def test_a_watch_event_that_makes_a_task_unreadable_drops_it_from_the_index(
-    scripted: tuple[ScriptedApi, str], watching: Any,
+    api: ScriptedApi, recorder: Recorder, start_watch: StartWatch,
 ) -> None:
     # Kept, the old view would steer writes that 409 (each one pokes another pass) and, deleted, hold a slot.
-    api, url = scripted
-    recorder, started = watching
     api.listings = [("10", [task("a", "5"), task("b", "6"), task("d", "7")])]
     gone = task("d", "12", phase="Bogus")
     api.watches = [Watch([
@@ -464,31 +461,28 @@ async def test_a_watch_event_that_makes_a_task_unreadable_drops_it_from_the_inde
         {"type": "DELETED", "object": gone},
         {"type": "ADDED", "object": task("c", "13")},
     ])]
-    started.append(watch := start(url, recorder))
+    watch = start_watch()
     await until(lambda: recorder.names() == ["b", "c"], "the unreadable tasks dropped")
     assert watch.listings == 1
 
 
 async def test_a_watch_the_server_ends_at_once_with_no_event_is_reopened_after_a_pause(
-    scripted: tuple[ScriptedApi, str], watching: Any, monkeypatch: pytest.MonkeyPatch,
+    api: ScriptedApi, start_watch: StartWatch, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A proxy that cuts each watch as it opens: reopened at once, that is a hot loop of requests.
     monkeypatch.setattr(taskwatch, "_EMPTY_WATCH_SECONDS", 10.0)  # "at once" even on a loaded machine
-    api, url = scripted
-    recorder, started = watching
     api.listings = [("10", [task("a", "5")])]
     api.watches = [Watch([], "end"), Watch([], "end")]
-    started.append(watch := start(url, recorder, restarts=counter()))
+    watch = start_watch(restarts=counter())
     await until(lambda: restarts(watch, "watch_failed") == 2 and watch.listings == 3, "two failed watches")
     assert [kind for kind, _ in api.requests if kind != "clusters"][:5] == ["list", "watch", "list", "watch", "list"]
 
 
-async def test_a_closed_api_ends_a_watch_that_was_still_opening(scripted: tuple[ScriptedApi, str]) -> None:
+async def test_a_closed_api_ends_a_watch_that_was_still_opening(api: ScriptedApi) -> None:
     """close() ran while the watch was being opened (its stream not registered yet): it ends once open."""
     from legacygpu.core.kube.client import KubeApi
 
-    api, url = scripted
-    kube = KubeApi(load_configuration(server=url), concurrency=1)
+    kube = KubeApi(load_configuration(server=api.url), concurrency=1)
     kube.close()
 
     def drain() -> list[dict[str, Any]]:

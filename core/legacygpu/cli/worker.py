@@ -16,7 +16,7 @@ import click
 from legacygpu.cli.client import admin_api_options, join_api_options, make_client, role_token
 from legacygpu.cli.output import Column, emit, output_option
 from legacygpu.core.allocator import keep_freed_memory
-from legacygpu.core.config import Settings
+from legacygpu.core.config import CONCURRENT_RUNS_ENV, Settings
 
 __all__ = ["command"]
 
@@ -43,7 +43,7 @@ def command() -> None:
               help="REST port of the Open Inference Protocol [default: any free port; 8000 with --kubernetes].")
 @click.option("--grpc-port", type=int, envvar="LEGACYGPU_GRPC_PORT", show_envvar=True,
               help="gRPC port of the Open Inference Protocol [default: any free port; 8001 with --kubernetes].")
-@click.option("--concurrent-runs", type=click.IntRange(min=1), envvar="LEGACYGPU_CONCURRENT_RUNS", show_envvar=True,
+@click.option("--concurrent-runs", type=click.IntRange(min=1), envvar=CONCURRENT_RUNS_ENV, show_envvar=True,
               help="Runs the onnxruntime backend takes at once [default: 2]; each holds its own activations, so 2 "
               "need about twice the peak activation memory of 1. The OpenCL backend runs one at a time.")
 @click.option("--no-serving", is_flag=True, help="With --kubernetes: take tasks only, serve no real-time requests "
@@ -63,7 +63,7 @@ def start(api: str | None, token: str | None, backend: str, device_index: int | 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     keep_freed_memory()  # the serving thread's /v2 bodies reuse the heap rather than fault in fresh pages
     if concurrent_runs is not None:  # create_backend reads it, whichever worker builds the backend
-        os.environ["LEGACYGPU_CONCURRENT_RUNS"] = str(concurrent_runs)
+        os.environ[CONCURRENT_RUNS_ENV] = str(concurrent_runs)
     serving = None if no_serving else {
         # In a pod: the pod's own address when known (pods may share a host, as in the e2e stand-in).
         "host": serving_host or ((os.environ.get("POD_IP") or "0.0.0.0") if kubernetes else "127.0.0.1"),

@@ -31,6 +31,7 @@ from legacygpu.core.limits import Limits
 
 __all__ = [
     "ADMIN_TOKEN_FILE",
+    "CONCURRENT_RUNS_ENV",
     "JOIN_TOKEN_FILE",
     "TOKEN_FILE",
     "WORKER_SECRET_FILE",
@@ -50,6 +51,14 @@ TOKEN_FILE = "api-token"
 ADMIN_TOKEN_FILE = "admin-token"
 JOIN_TOKEN_FILE = "join-token"
 WORKER_SECRET_FILE = "worker-secret"
+
+CONCURRENT_RUNS_ENV = "LEGACYGPU_CONCURRENT_RUNS"
+"""Runs an onnxruntime backend takes at once (its default when unset or empty).
+
+The worker's backends read it (:func:`legacygpu.worker.backends.create_backend`) and
+``legacygpu worker start --concurrent-runs`` sets it; it lives here so the CLI can name it
+without importing the worker, which the operator's image does not hold.
+"""
 
 
 def default_data_dir() -> Path:

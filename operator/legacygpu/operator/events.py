@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 
 from legacygpu.core.kube.client import KubeApi
-from legacygpu.core.kube.contract import format_time, now_utc
+from legacygpu.core.kube.contract import event_manifest
 from legacygpu.core.kube.errors import ApiError
 
 __all__ = ["COMPONENT", "EventReason", "create", "post"]
@@ -64,24 +64,7 @@ def post(body: Mapping[str, Any], type_: str, reason: str, message: str) -> bool
 async def create(api: KubeApi, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
     """Write one Event about ``body`` now (best effort: a refusal is logged, never raised)."""
     meta = body.get("metadata") or {}
-    now = format_time(now_utc())
-    event = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": meta.get("namespace")},
-        "involvedObject": {
-            "apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "name": meta.get("name"),
-            "namespace": meta.get("namespace"), "uid": meta.get("uid"),
-        },
-        "type": type_,
-        "reason": reason,
-        "message": message[:1024],
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-        "source": {"component": COMPONENT},
-        "reportingComponent": COMPONENT,
-    }
+    event = event_manifest(body, type_, reason, message, component=COMPONENT)
     try:
         await api.create("", "v1", "events", meta.get("namespace") or "default", event)
     except ApiError as exc:

@@ -8,11 +8,10 @@ which connection the forwarder used. No mock: the backend is a stand-in only for
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 
 import pytest
-from helpers import raw_server, serve_in_thread
+from helpers import half_answer_server, serve_in_thread
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -60,13 +59,6 @@ async def test_a_connection_is_reused_then_dropped_before_the_workers_keep_alive
         await forwarder.close()
 
 
-def _half_answer(conn: socket.socket) -> None:
-    """A worker that dies while it answers: headers promising 100 bytes, 10 sent, then the connection closed."""
-    conn.recv(65536)
-    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
-                 b'{"model_na')
-
-
 class _TwoWorkers:
     def __init__(self, *urls: str) -> None:
         self.urls = urls
@@ -76,7 +68,7 @@ class _TwoWorkers:
 
 
 async def test_a_worker_that_dies_mid_answer_is_retried_on_another(worker_url: str) -> None:
-    dying, _ = raw_server(_half_answer)
+    dying = half_answer_server()
     registry = CollectorRegistry()
     alone = Forwarder(_TwoWorkers(dying), CollectorRegistry())  # type: ignore[arg-type]
     with pytest.raises(NoWorker, match="before the whole answer came"):  # the worker failed, not the facade

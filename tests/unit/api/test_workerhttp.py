@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import raw_server, serve_in_thread
+from helpers import half_answer_server, raw_server, read_http_request, serve_in_thread
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -56,19 +56,6 @@ def worker_url() -> Iterator[str]:
                             Route("/close", _close)])
     with serve_in_thread(app, lifespan="off") as url:  # uvicorn's timeout_keep_alive: 5 s
         yield url
-
-
-def _read_request(conn: socket.socket) -> bytes:
-    """One whole request (head and a Content-Length body)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += conn.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    lengths = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
-    length = lengths[0] if lengths else 0
-    while len(body) < length:
-        body += conn.recv(65536)
-    return head
 
 
 def _closing_server() -> tuple[str, threading.Event]:
@@ -172,11 +159,7 @@ async def test_a_connection_the_worker_says_it_closes_is_not_kept(worker_url: st
 
 
 async def test_a_worker_that_dies_mid_answer_is_a_failure_not_a_short_answer() -> None:
-    def half_answer(conn: socket.socket) -> None:
-        _read_request(conn)
-        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"outp")
-
-    url, _ = raw_server(half_answer)
+    url = half_answer_server()
     pool = WorkerPool(keepalive_seconds=4)
     with pytest.raises(WorkerFailed, match="before the whole answer came"):
         await pool.request(url, "POST", "/v2/models/m/infer", (), b"{}")
@@ -187,9 +170,9 @@ async def test_a_kept_connection_the_worker_closed_is_replaced_without_a_failure
     """The worker closes a kept connection just as the next request arrives on it (its idle timeout, a
     restart): that request had no answer, so it goes again on a new connection, not counted as a failure."""
     def answer_one_then_close(conn: socket.socket) -> None:
-        _read_request(conn)
+        read_http_request(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-        _read_request(conn)  # the next request on the kept connection: closed unanswered
+        read_http_request(conn)  # the next request on the kept connection: closed unanswered
 
     url, accepted = raw_server(answer_one_then_close)
     pool = WorkerPool(keepalive_seconds=4)
@@ -217,7 +200,7 @@ async def test_a_connection_idle_past_the_keepalive_is_not_reused(worker_url: st
 ], ids=["silent", "not-http"])
 async def test_a_worker_that_does_not_answer_http_fails(reply: bytes | None, match: str) -> None:
     def handle(conn: socket.socket) -> None:
-        _read_request(conn)
+        read_http_request(conn)
         if reply is not None:
             conn.sendall(reply)
         time.sleep(1)

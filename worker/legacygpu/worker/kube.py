@@ -86,7 +86,7 @@ from legacygpu.core.kube.contract import (
     ModelFetchStatus,
     TaskStatus,
     WorkerStats,
-    format_time,
+    event_manifest,
     now_utc,
     report_status,
     run_order,
@@ -105,6 +105,9 @@ __all__ = ["KubeWorker", "run_kube_worker"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+
+WORKER_COMPONENT = "legacygpu-worker"
+"""The reporting component of the Events a worker posts."""
 
 CONFIGMAP_LIMIT = 900 * 1024
 """Largest result (JSON bytes) a worker stores in a ConfigMap (whose data may hold 1 MiB in all)."""
@@ -517,25 +520,12 @@ class KubeWorker:
 
     def _event(self, body: dict[str, Any], phase: Phase, reason: Reason, message: str) -> None:
         meta = body["metadata"]
-        now = format_time(now_utc())
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": self.namespace},
-            "involvedObject": {
-                "apiVersion": API_VERSION, "kind": TASK_KIND, "name": meta["name"],
-                "namespace": self.namespace, "uid": meta.get("uid"),
-            },
-            "type": "Normal" if phase == Phase.SUCCEEDED else "Warning",
-            "reason": reason.value,
-            "message": message[:1024],
-            "source": {"component": "legacygpu-worker", "host": self.node or self.pod},
-            "reportingComponent": "legacygpu-worker",
-            "reportingInstance": self.pod,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
+        task = {"apiVersion": API_VERSION, "kind": TASK_KIND,
+                "metadata": {"name": meta["name"], "namespace": self.namespace, "uid": meta.get("uid")}}
+        event = event_manifest(
+            task, "Normal" if phase == Phase.SUCCEEDED else "Warning", reason.value, message,
+            component=WORKER_COMPONENT, instance=self.pod, host=self.node or self.pod,
+        )
         with contextlib.suppress(ApiError):
             self.request("POST", f"/api/v1/namespaces/{self.namespace}/events", body=event)
 

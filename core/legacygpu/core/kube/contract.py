@@ -50,6 +50,7 @@ __all__ = [
     "CLUSTER_PLURAL",
     "DEFAULT_DEVICE_RESOURCE",
     "DEFAULT_RESULT_INLINE_BYTES",
+    "EVENT_MESSAGE_LIMIT",
     "GPU_NODE_LABEL",
     "GROUP",
     "LABEL_CLUSTER",
@@ -73,6 +74,7 @@ __all__ = [
     "assigned_status",
     "cancelled_status",
     "deadline_time",
+    "event_manifest",
     "expired_status",
     "format_time",
     "now_utc",
@@ -215,6 +217,58 @@ def parse_time(value: str | None) -> datetime.datetime | None:
     if not value:
         return None
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(datetime.UTC)
+
+
+EVENT_MESSAGE_LIMIT = 1024
+"""Longest Event message sent (the limit events.k8s.io sets on a note); a longer one is cut."""
+
+
+def event_manifest(
+    involved: Mapping[str, Any],
+    type_: str,
+    reason: str,
+    message: str,
+    *,
+    component: str,
+    instance: str | None = None,
+    host: str | None = None,
+    now: datetime.datetime | None = None,
+) -> dict[str, Any]:
+    """A core/v1 Event about ``involved`` (a body with ``apiVersion``, ``kind`` and ``metadata``).
+
+    The operator and the workers both post Events through this. It writes the
+    core/v1 form: ``firstTimestamp`` and ``lastTimestamp`` with ``count`` 1 and
+    no ``eventTime`` (so no ``series`` and no ``action``). The API server then
+    asks that the Event's namespace be the involved object's (both are taken
+    from ``metadata.namespace``), and ``kubectl describe`` finds the Event by
+    ``involvedObject``. ``component`` is the reporting component (and
+    ``source.component``); ``instance`` (``reportingInstance``) and ``host``
+    (``source.host``) are left out when not given.
+    """
+    meta = involved.get("metadata") or {}
+    namespace = meta.get("namespace")
+    stamp = format_time(now or now_utc())
+    source = {"component": component} if host is None else {"component": component, "host": host}
+    event: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"), "name": meta.get("name"),
+            "namespace": namespace, "uid": meta.get("uid"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:EVENT_MESSAGE_LIMIT],
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+        "source": source,
+        "reportingComponent": component,
+    }
+    if instance is not None:
+        event["reportingInstance"] = instance
+    return event
 
 
 def seconds_between(start: str | None, end: str | None) -> float | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 
+from legacygpu.core.config import CONCURRENT_RUNS_ENV
 from legacygpu.core.errors import ValidationError
 from legacygpu.worker.backends.runtime import BackendInfo, InferenceBackend, LoadedModel
 
@@ -39,8 +40,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "opencl", "auto")
-CONCURRENT_RUNS_ENV = "LEGACYGPU_CONCURRENT_RUNS"
-"""Runs an onnxruntime backend takes at once (its default when unset or empty)."""
 
 
 def gpu_present(device_index: int | None = None) -> bool:
