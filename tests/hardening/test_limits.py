@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import io
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from legacygpu.core.config import Settings, secure_data_dir
 from legacygpu.core.errors import ModelError, PayloadTooLargeError, ValidationError
@@ -114,6 +117,41 @@ def test_image_pixels_are_refused_from_the_header_before_decoding() -> None:
     with pytest.raises(PayloadTooLargeError, match="LEGACYGPU_MAX_IMAGE_PIXELS"):
         check_limits([Tensor.model_validate(image_tensor(png(20, 20)))], Limits(max_image_pixels=399))
     check_limits([Tensor.model_validate(image_tensor(png(20, 20)))], Limits(max_image_pixels=400))
+
+
+@pytest.mark.parametrize("image", [
+    lambda: png(37, 21),
+    lambda: _saved(Image.new("RGBA", (37, 21)), "PNG"),
+    lambda: _saved(Image.new("L", (37, 21)), "JPEG"),
+    lambda: _saved(Image.new("RGB", (37, 21)), "GIF"),
+])
+def test_the_header_gives_the_size_pillow_reads_whatever_the_format(image: Callable[[], bytes]) -> None:
+    """PNG headers are read without Pillow (:func:`check_image_header`); any format gives Pillow's size."""
+    raw = image()
+    with Image.open(io.BytesIO(raw)) as opened:
+        assert check_image_header("input 'x'", raw, 10_000) == opened.size == (37, 21)
+
+
+def test_a_png_header_is_read_without_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Pillow opened a PNG only to read its size")
+
+    raw = png(37, 21)
+    monkeypatch.setattr(Image, "open", unused)
+    assert check_image_header("input 'x'", raw, 10_000) == (37, 21)
+    with pytest.raises(PayloadTooLargeError, match="37x21"):
+        check_image_header("input 'x'", raw, 776)
+
+
+def test_a_png_header_claiming_no_pixels_is_refused_in_pillows_words() -> None:
+    with pytest.raises(ValidationError, match="not a readable image file"):
+        check_image_header("input 'x'", png_header_only(0, 50), 10_000)
+
+
+def _saved(image: Image.Image, fmt: str) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()
 
 
 def test_the_worker_refuses_a_bomb_before_decoding_it() -> None:
