@@ -107,6 +107,7 @@ def create_rest_app(engine: ServingEngine, extra_routes: Sequence[BaseRoute] = (
         return error_response(ModelNotFound(f"no endpoint {request.method} {request.url.path}"))
 
     routes = [
+        *extra_routes,  # first: the task channel's pushes are matched before the /v2 routes are tried
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
         Route("/v2", server_metadata),
@@ -118,7 +119,6 @@ def create_rest_app(engine: ServingEngine, extra_routes: Sequence[BaseRoute] = (
         Route("/v2/repository/models/{model}/load", load, methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", unload, methods=["POST"]),
         Route("/metrics", metrics),
-        *extra_routes,
     ]
     return _InferFirst(engine, Starlette(routes=routes, exception_handlers={404: not_found}))
 
