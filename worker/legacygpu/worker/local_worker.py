@@ -114,6 +114,8 @@ class LocalWorker:
         self.stop_requested = threading.Event()
         self.draining = threading.Event()
         self.running = 0
+        self._running_lock = threading.Lock()
+        """Guards ``running`` and the stats: the task loop and the serving loop (:meth:`run_now`) both run tasks."""
         self._stats = WorkerStats()
         self.inbox = Inbox()
         """Tasks the coordinator pushed here, waiting to run."""
@@ -304,7 +306,8 @@ class LocalWorker:
 
     def _outcome(self, task: dict[str, Any], run: Callable[[], tuple[dict[str, Any], float | None]]) -> dict[str, Any]:
         """``task``'s outcome, as the facade takes it: ``run`` gives its result and model time, or raises."""
-        self.running += 1
+        with self._running_lock:
+            self.running += 1
         body: dict[str, Any] = {"task_id": task["id"], "worker_id": self.worker_id, "attempt": task["attempt"]}
         error: Exception | None = None
         started = time.perf_counter()
@@ -315,7 +318,8 @@ class LocalWorker:
         except Exception as exc:  # classified below: only this worker's own trouble is retried
             error = exc
         finally:
-            self.running -= 1
+            with self._running_lock:
+                self.running -= 1
         self._task_seconds[task["model"]] = time.perf_counter() - started
         outcome = classify(error, worker=self.name)
         if outcome.retryable:
@@ -323,7 +327,8 @@ class LocalWorker:
         if not outcome.succeeded:
             body.pop("result", None)
             body["error"] = {"reason": outcome.reason, "message": outcome.message, "retryable": outcome.retryable}
-        self._stats = self._stats.observe(ok=outcome.succeeded, latency_ms=body.get("compute_ms"))
+        with self._running_lock:
+            self._stats = self._stats.observe(ok=outcome.succeeded, latency_ms=body.get("compute_ms"))
         return body
 
     def _sender_loop(self) -> None:
