@@ -26,8 +26,8 @@ each sending its next request when the last one is answered, through:
   throughput at 32 clients, is the most any batcher could give on this
   machine; :func:`targets` reports it beside the batching target.
 
-All targets are up for the whole run and, at each concurrency, take turns in
-an order rotated per level (:func:`run_benchmark`).
+All targets are up for the rest of the run and, at each concurrency, take
+turns in an order rotated per level (:func:`run_benchmark`).
 
 The facade's overhead over a direct worker call (at one client, batching off)
 is measured on its own as well, when one client is among the levels: one
@@ -39,7 +39,14 @@ and by SqueezeNet's own spread (its interquartile range is wider than the
 0.5 ms the target allows), so a difference from separate points cannot show
 the target met; alternating puts the same load and spread on both, and a
 bootstrap over runs of consecutive pairs gives the difference's 95% confidence
-interval (:func:`paired_difference`).
+interval (:func:`paired_difference`). It runs first, for every model, while
+the one cluster it measures is all that runs: before the OpenCL cluster and
+Ray Serve start. The target is the facade's own overhead, not what a
+third-party server's idle load adds to it. Ray Serve idling (a dozen daemons
+and actors waking on timers: a few percent of one core) raised the paired
+SqueezeNet difference in every alternation of blocks with and without it on
+a two-core machine, where the facade's path (client, facade and worker all
+busy at once while a body streams through) has no core to spare for it.
 
 Every server target runs twice: batching off and on (the model card's
 ``dynamic_batching``; ``@serve.batch`` for Ray, whose per-request access log
@@ -447,11 +454,13 @@ def run_benchmark(models: list[str], levels: list[int], seconds: float, ray: boo
                   opencl_levels: Sequence[int] = (), ceiling_batches: Sequence[int] = ()) -> dict[str, Any]:
     """Every target at every level; at each level the targets take turns, in an order rotated per level.
 
-    Ray Serve and the local clusters run side by side for the whole run (each idle while the other is
-    measured), so that a change in the machine's load between the first and last minute of the run
-    falls on all targets alike rather than on whichever was measured last. The OpenCL worker (a cluster
-    of its own, with the same models) serves the CNNs only, at ``opencl_levels``; the in-process
-    ceilings (``ceiling_batches`` images per call) are measured once per CNN, before its levels.
+    First, with one client among the levels, the facade's overhead for every model (:func:`_overhead`),
+    while only the onnxruntime cluster runs (the module's docstring says why). Then Ray Serve and the
+    local clusters run side by side for the rest of the run (each idle while the other is measured), so
+    that a change in the machine's load between the first and last minute of the run falls on all targets
+    alike rather than on whichever was measured last. The OpenCL worker (a cluster of its own, with the
+    same models) serves the CNNs only, at ``opencl_levels``; the in-process ceilings (``ceiling_batches``
+    images per call) are measured once per CNN, before its levels.
     """
     import onnxruntime as ort
 
@@ -464,6 +473,8 @@ def run_benchmark(models: list[str], levels: list[int], seconds: float, ray: boo
         token = secrets.token_urlsafe(24)
         facade, worker = _cluster(stack, workdir / "data", token, "onnxruntime")
         clusters = _Clusters({"Authorization": f"Bearer {token}"}, facade, worker)
+        overheads = {name: _overhead(name, model, clusters, seconds) for name, model in prepared.items()
+                     if 1 in levels}  # before anything else starts (the module's docstring)
         opencl = bool(opencl_levels) and any(_is_cnn(name) for name in prepared)
         if opencl:
             _prepare([m for m in models if _is_cnn(m)], workdir / "opencl" / "models", workdir,
@@ -483,14 +494,18 @@ def run_benchmark(models: list[str], levels: list[int], seconds: float, ray: boo
                     run, at = series[target]
                     if c in at:
                         results[name][target].append(_logged(name, target, c, run(c)))
-            if 1 in levels:  # the overhead target's own measurement (the module's docstring)
-                body, headers = _binary_body(model["input"], model["x"])
-                facade_point, worker_point = asyncio.run(_paired_load(
-                    (f"{clusters.facade}/v2/models/{name}-single/infer", {**headers, **clusters.auth}),
-                    (f"{clusters.worker}/v2/models/{name}-single/infer", headers), body, seconds))
-                results[name]["facade/paired"] = [_logged(name, "facade/paired", 1, facade_point)]
-                results[name]["worker/paired"] = [_logged(name, "worker/paired", 1, worker_point)]
+            results[name].update(overheads.get(name, {}))
     return results
+
+
+def _overhead(name: str, model: dict[str, Any], clusters: _Clusters, seconds: float) -> dict[str, list[dict[str, Any]]]:
+    """The overhead target's own measurement (the module's docstring): ``facade/paired`` and ``worker/paired``."""
+    body, headers = _binary_body(model["input"], model["x"])
+    facade_point, worker_point = asyncio.run(_paired_load(
+        (f"{clusters.facade}/v2/models/{name}-single/infer", {**headers, **clusters.auth}),
+        (f"{clusters.worker}/v2/models/{name}-single/infer", headers), body, seconds))
+    return {"facade/paired": [_logged(name, "facade/paired", 1, facade_point)],
+            "worker/paired": [_logged(name, "worker/paired", 1, worker_point)]}
 
 
 def _logged(name: str, target: str, c: int, point: dict[str, Any]) -> dict[str, Any]:
