@@ -41,12 +41,13 @@ the target met; alternating puts the same load and spread on both, and a
 bootstrap over runs of consecutive pairs gives the difference's 95% confidence
 interval (:func:`paired_difference`). It runs first, for every model, while
 the one cluster it measures is all that runs: before the OpenCL cluster and
-Ray Serve start. The target is the facade's own overhead, not what a
-third-party server's idle load adds to it. Ray Serve idling (a dozen daemons
-and actors waking on timers: a few percent of one core) raised the paired
-SqueezeNet difference in every alternation of blocks with and without it on
-a two-core machine, where the facade's path (client, facade and worker all
-busy at once while a body streams through) has no core to spare for it.
+Ray Serve start, and before any point has loaded the machine. The target is
+the facade's own overhead, not what a third-party server's idle daemons (Ray
+Serve keeps a dozen processes waking on timers) or the after-effects of the
+64-client points add to it, on two cores where the facade's path (client,
+facade and worker all busy at once while a body streams through) has no core
+to spare. Measured last, as it was before, it ran at the run's highest load
+average and answered fewer pairs per second than the same measurement alone.
 
 Every server target runs twice: batching off and on (the model card's
 ``dynamic_batching``; ``@serve.batch`` for Ray, whose per-request access log
@@ -67,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -95,6 +97,7 @@ __all__ = [
     "BOOTSTRAP_BLOCK",
     "BOOTSTRAP_RESAMPLES",
     "OPENCL_PREFERRED",
+    "PAIRED_WARM_UP_SECONDS",
     "PREFERRED",
     "batching_spec",
     "command",
@@ -224,7 +227,8 @@ async def _http_load(url: str, body: bytes, headers: dict[str, str], concurrency
 
 async def _paired_load(facade: tuple[str, dict[str, str]], worker: tuple[str, dict[str, str]], body: bytes,
                        seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One client alternating between ``facade`` and ``worker`` (each a URL and its headers) for ``2 * seconds``.
+    """One client alternating between ``facade`` and ``worker`` (each a URL and its headers) for ``2 * seconds``,
+    after a warm-up of :data:`PAIRED_WARM_UP_SECONDS` (ten pairs at least).
 
     Which of the two goes first changes from one pair to the next. Returns each side's point; a side's
     throughput is one over its mean latency (the two share the wall time). The facade's point also holds
@@ -251,9 +255,13 @@ async def _paired_load(facade: tuple[str, dict[str, str]], worker: tuple[str, di
             return time.perf_counter() - started
 
         sides = [("facade", *facade), ("worker", *worker)]
-        for _ in range(10):  # warm: load the model, open both connections
+        warm_until = time.perf_counter() + PAIRED_WARM_UP_SECONDS
+        for pair in itertools.count():  # warm: load the model, open both connections, settle
+            if pair >= 10 and time.perf_counter() >= warm_until:
+                break
             for side in sides:
                 await post(*side)
+            sides.reverse()
         errors.update(facade=0, worker=0)
         deadline = time.perf_counter() + 2 * seconds
         while time.perf_counter() < deadline:
@@ -270,6 +278,9 @@ async def _paired_load(facade: tuple[str, dict[str, str]], worker: tuple[str, di
     return points["facade"], points["worker"]
 
 
+PAIRED_WARM_UP_SECONDS = 2.0
+"""How long the paired run warms up (ten pairs at least) before it measures. It runs first, just after its cluster
+started, and its first seconds there answered slower than the rest of the same run."""
 BOOTSTRAP_RESAMPLES = 4000
 """Resamples of the paired bootstrap: with 200 the interval's ends moved by hundredths of a ms from one seed
 to the next, with 4000 by thousandths (for about 1,500 pairs)."""

@@ -274,12 +274,16 @@ def test_a_run_without_pairs_writes_null_not_nan(tmp_path: Path) -> None:
     assert "| - ms |" in row and row.endswith("| no |")
 
 
-async def test_the_paired_load_alternates_one_client_between_the_two() -> None:
+async def test_the_paired_load_alternates_one_client_between_the_two(monkeypatch: pytest.MonkeyPatch) -> None:
     """Against two real aiohttp servers on loopback: every pair has one request to each, and who goes first
-    changes from one pair to the next; a refused request drops its pair."""
+    changes from one pair to the next (warm-up included); the warm-up lasts its time, not only ten pairs;
+    a refused request drops its pair."""
     from aiohttp import web
 
+    from legacygpu.cli import bench_serve
     from legacygpu.cli.bench_serve import _paired_load
+
+    monkeypatch.setattr(bench_serve, "PAIRED_WARM_UP_SECONDS", 0.3)
 
     seen: list[tuple[str, bytes, str]] = []
     refuse = {"worker": 0}
@@ -308,9 +312,10 @@ async def test_the_paired_load_alternates_one_client_between_the_two() -> None:
         facade, worker = await _paired_load((urls["facade"], {"X-Side": "f"}), (urls["worker"], {"X-Side": "w"}),
                                             b"tensor", 0.1)
         assert facade["requests"] == worker["requests"] > 0 and facade["errors"] == worker["errors"] == 0
+        assert len(seen) // 2 - facade["requests"] > 10, "the warm-up went on for its 0.3 s, past ten pairs"
         assert {(side, body, header) for side, body, header in seen} == {("facade", b"tensor", "f"),
                                                                           ("worker", b"tensor", "w")}
-        timed = [side for side, _, _ in seen[20:]]  # after the warm-up's ten rounds
+        timed = [side for side, _, _ in seen]
         firsts = timed[0::2]
         assert all(a != b for a, b in zip(timed[0::2], timed[1::2], strict=False))  # one of each per pair
         assert all(a != b for a, b in itertools.pairwise(firsts))  # the first alternates
