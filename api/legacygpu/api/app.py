@@ -127,11 +127,14 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
                    repository.router):
         app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
-    inferpath.install(app)  # /v2 inference past FastAPI's routing; inside the body limit and the counter
-    taskpath.install(app)  # task submissions and worker reports, likewise
+    taskpath.install(app)  # task submissions and worker reports past FastAPI's routing; inside the limit and counter
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
 
     install_error_handlers(app)
-    app.add_middleware(RequestCounter, counter=metrics.http_requests)  # outermost: sees every answer
+    app.add_middleware(RequestCounter, counter=metrics.http_requests)  # outermost: sees every answer past InferPath
+    # /v2 inference in front of all the middleware, FastAPI's own included: the stack is built here rather than at
+    # the first request (so no middleware can be added later). InferPath counts its own answers with a
+    # RequestCounter too, and leaves to the stack what the body-size limit must see.
+    app.middleware_stack = inferpath.InferPath(app, app.build_middleware_stack(), max_bytes=settings.max_request_bytes)
 
     return app

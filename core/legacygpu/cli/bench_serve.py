@@ -26,8 +26,8 @@ each sending its next request when the last one is answered, through:
   throughput at 32 clients, is the most any batcher could give on this
   machine; :func:`targets` reports it beside the batching target.
 
-All targets are up for the whole run and, at each concurrency, take turns in
-an order rotated per level (:func:`run_benchmark`).
+All targets are up for the rest of the run and, at each concurrency, take
+turns in an order rotated per level (:func:`run_benchmark`).
 
 The facade's overhead over a direct worker call (at one client, batching off)
 is measured on its own as well, when one client is among the levels: one
@@ -39,7 +39,15 @@ and by SqueezeNet's own spread (its interquartile range is wider than the
 0.5 ms the target allows), so a difference from separate points cannot show
 the target met; alternating puts the same load and spread on both, and a
 bootstrap over runs of consecutive pairs gives the difference's 95% confidence
-interval (:func:`paired_difference`).
+interval (:func:`paired_difference`). It runs first, for every model, while
+the one cluster it measures is all that runs: before the OpenCL cluster and
+Ray Serve start, and before any point has loaded the machine. The target is
+the facade's own overhead, not what a third-party server's idle daemons (Ray
+Serve keeps a dozen processes waking on timers) or the after-effects of the
+64-client points add to it, on two cores where the facade's path (client,
+facade and worker all busy at once while a body streams through) has no core
+to spare. Measured last, as it was before, it ran at the run's highest load
+average and answered fewer pairs per second than the same measurement alone.
 
 Every server target runs twice: batching off and on (the model card's
 ``dynamic_batching``; ``@serve.batch`` for Ray, whose per-request access log
@@ -60,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -88,6 +97,7 @@ __all__ = [
     "BOOTSTRAP_BLOCK",
     "BOOTSTRAP_RESAMPLES",
     "OPENCL_PREFERRED",
+    "PAIRED_WARM_UP_SECONDS",
     "PREFERRED",
     "batching_spec",
     "command",
@@ -217,7 +227,8 @@ async def _http_load(url: str, body: bytes, headers: dict[str, str], concurrency
 
 async def _paired_load(facade: tuple[str, dict[str, str]], worker: tuple[str, dict[str, str]], body: bytes,
                        seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One client alternating between ``facade`` and ``worker`` (each a URL and its headers) for ``2 * seconds``.
+    """One client alternating between ``facade`` and ``worker`` (each a URL and its headers) for ``2 * seconds``,
+    after a warm-up of :data:`PAIRED_WARM_UP_SECONDS` (ten pairs at least).
 
     Which of the two goes first changes from one pair to the next. Returns each side's point; a side's
     throughput is one over its mean latency (the two share the wall time). The facade's point also holds
@@ -244,9 +255,13 @@ async def _paired_load(facade: tuple[str, dict[str, str]], worker: tuple[str, di
             return time.perf_counter() - started
 
         sides = [("facade", *facade), ("worker", *worker)]
-        for _ in range(10):  # warm: load the model, open both connections
+        warm_until = time.perf_counter() + PAIRED_WARM_UP_SECONDS
+        for pair in itertools.count():  # warm: load the model, open both connections, settle
+            if pair >= 10 and time.perf_counter() >= warm_until:
+                break
             for side in sides:
                 await post(*side)
+            sides.reverse()
         errors.update(facade=0, worker=0)
         deadline = time.perf_counter() + 2 * seconds
         while time.perf_counter() < deadline:
@@ -263,6 +278,9 @@ async def _paired_load(facade: tuple[str, dict[str, str]], worker: tuple[str, di
     return points["facade"], points["worker"]
 
 
+PAIRED_WARM_UP_SECONDS = 2.0
+"""How long the paired run warms up (ten pairs at least) before it measures. It runs first, just after its cluster
+started, and its first seconds there answered slower than the rest of the same run."""
 BOOTSTRAP_RESAMPLES = 4000
 """Resamples of the paired bootstrap: with 200 the interval's ends moved by hundredths of a ms from one seed
 to the next, with 4000 by thousandths (for about 1,500 pairs)."""
@@ -447,11 +465,13 @@ def run_benchmark(models: list[str], levels: list[int], seconds: float, ray: boo
                   opencl_levels: Sequence[int] = (), ceiling_batches: Sequence[int] = ()) -> dict[str, Any]:
     """Every target at every level; at each level the targets take turns, in an order rotated per level.
 
-    Ray Serve and the local clusters run side by side for the whole run (each idle while the other is
-    measured), so that a change in the machine's load between the first and last minute of the run
-    falls on all targets alike rather than on whichever was measured last. The OpenCL worker (a cluster
-    of its own, with the same models) serves the CNNs only, at ``opencl_levels``; the in-process
-    ceilings (``ceiling_batches`` images per call) are measured once per CNN, before its levels.
+    First, with one client among the levels, the facade's overhead for every model (:func:`_overhead`),
+    while only the onnxruntime cluster runs (the module's docstring says why). Then Ray Serve and the
+    local clusters run side by side for the rest of the run (each idle while the other is measured), so
+    that a change in the machine's load between the first and last minute of the run falls on all targets
+    alike rather than on whichever was measured last. The OpenCL worker (a cluster of its own, with the
+    same models) serves the CNNs only, at ``opencl_levels``; the in-process ceilings (``ceiling_batches``
+    images per call) are measured once per CNN, before its levels.
     """
     import onnxruntime as ort
 
@@ -464,6 +484,8 @@ def run_benchmark(models: list[str], levels: list[int], seconds: float, ray: boo
         token = secrets.token_urlsafe(24)
         facade, worker = _cluster(stack, workdir / "data", token, "onnxruntime")
         clusters = _Clusters({"Authorization": f"Bearer {token}"}, facade, worker)
+        overheads = {name: _overhead(name, model, clusters, seconds) for name, model in prepared.items()
+                     if 1 in levels}  # before anything else starts (the module's docstring)
         opencl = bool(opencl_levels) and any(_is_cnn(name) for name in prepared)
         if opencl:
             _prepare([m for m in models if _is_cnn(m)], workdir / "opencl" / "models", workdir,
@@ -483,14 +505,18 @@ def run_benchmark(models: list[str], levels: list[int], seconds: float, ray: boo
                     run, at = series[target]
                     if c in at:
                         results[name][target].append(_logged(name, target, c, run(c)))
-            if 1 in levels:  # the overhead target's own measurement (the module's docstring)
-                body, headers = _binary_body(model["input"], model["x"])
-                facade_point, worker_point = asyncio.run(_paired_load(
-                    (f"{clusters.facade}/v2/models/{name}-single/infer", {**headers, **clusters.auth}),
-                    (f"{clusters.worker}/v2/models/{name}-single/infer", headers), body, seconds))
-                results[name]["facade/paired"] = [_logged(name, "facade/paired", 1, facade_point)]
-                results[name]["worker/paired"] = [_logged(name, "worker/paired", 1, worker_point)]
+            results[name].update(overheads.get(name, {}))
     return results
+
+
+def _overhead(name: str, model: dict[str, Any], clusters: _Clusters, seconds: float) -> dict[str, list[dict[str, Any]]]:
+    """The overhead target's own measurement (the module's docstring): ``facade/paired`` and ``worker/paired``."""
+    body, headers = _binary_body(model["input"], model["x"])
+    facade_point, worker_point = asyncio.run(_paired_load(
+        (f"{clusters.facade}/v2/models/{name}-single/infer", {**headers, **clusters.auth}),
+        (f"{clusters.worker}/v2/models/{name}-single/infer", headers), body, seconds))
+    return {"facade/paired": [_logged(name, "facade/paired", 1, facade_point)],
+            "worker/paired": [_logged(name, "worker/paired", 1, worker_point)]}
 
 
 def _logged(name: str, target: str, c: int, point: dict[str, Any]) -> dict[str, Any]:

@@ -274,12 +274,16 @@ def test_a_run_without_pairs_writes_null_not_nan(tmp_path: Path) -> None:
     assert "| - ms |" in row and row.endswith("| no |")
 
 
-async def test_the_paired_load_alternates_one_client_between_the_two() -> None:
+async def test_the_paired_load_alternates_one_client_between_the_two(monkeypatch: pytest.MonkeyPatch) -> None:
     """Against two real aiohttp servers on loopback: every pair has one request to each, and who goes first
-    changes from one pair to the next; a refused request drops its pair."""
+    changes from one pair to the next (warm-up included); the warm-up lasts its time, not only ten pairs;
+    a refused request drops its pair."""
     from aiohttp import web
 
+    from legacygpu.cli import bench_serve
     from legacygpu.cli.bench_serve import _paired_load
+
+    monkeypatch.setattr(bench_serve, "PAIRED_WARM_UP_SECONDS", 0.3)
 
     seen: list[tuple[str, bytes, str]] = []
     refuse = {"worker": 0}
@@ -308,9 +312,10 @@ async def test_the_paired_load_alternates_one_client_between_the_two() -> None:
         facade, worker = await _paired_load((urls["facade"], {"X-Side": "f"}), (urls["worker"], {"X-Side": "w"}),
                                             b"tensor", 0.1)
         assert facade["requests"] == worker["requests"] > 0 and facade["errors"] == worker["errors"] == 0
+        assert len(seen) // 2 - facade["requests"] > 10, "the warm-up went on for its 0.3 s, past ten pairs"
         assert {(side, body, header) for side, body, header in seen} == {("facade", b"tensor", "f"),
                                                                           ("worker", b"tensor", "w")}
-        timed = [side for side, _, _ in seen[20:]]  # after the warm-up's ten rounds
+        timed = [side for side, _, _ in seen]
         firsts = timed[0::2]
         assert all(a != b for a, b in zip(timed[0::2], timed[1::2], strict=False))  # one of each per pair
         assert all(a != b for a, b in itertools.pairwise(firsts))  # the first alternates
@@ -322,3 +327,61 @@ async def test_the_paired_load_alternates_one_client_between_the_two() -> None:
     finally:
         for runner in runners:
             await runner.cleanup()
+
+
+def test_the_overhead_is_measured_first_with_only_its_own_cluster_running(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:
+    """Ray Serve's and the OpenCL cluster's idle load must not fall on the facade's overhead (the module's
+    docstring): every model's paired run comes before either starts. Servers and loads are stand-ins that
+    log what runs when; the order is what is checked."""
+    import contextlib
+    from collections.abc import Iterator
+
+    import onnxruntime
+
+    from legacygpu.cli import bench_serve, bench_serve_ray
+
+    running: list[str] = []
+    log: list[tuple[str, tuple[str, ...]]] = []
+
+    def prepare(models: list[str], *_: Any, **__: Any) -> dict[str, dict[str, Any]]:
+        return {m: {"path": tmp_path / f"{m}.onnx", "input": "x", "x": np.zeros((1, 4), np.float32)} for m in models}
+
+    def cluster(_stack: Any, _data: Path, _token: str, backend: str) -> tuple[str, str]:
+        running.append(backend)
+        return f"http://{backend}-facade", f"http://{backend}-worker"
+
+    @contextlib.contextmanager
+    def serving(*_: Any) -> Iterator[str]:
+        running.append("ray")
+        yield "http://ray"
+
+    def point(*_: Any) -> dict[str, Any]:
+        return bench_serve._summary([0.001], 1.0, 0)
+
+    async def http_load(url: str, *_: Any) -> dict[str, Any]:
+        log.append((url, tuple(running)))
+        return point()
+
+    async def paired_load(*_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        log.append(("paired", tuple(running)))
+        return {**point(), "minus_worker_p50_ms": 0.3, "minus_worker_ci95_ms": [0.2, 0.4]}, point()
+
+    monkeypatch.setattr(bench_serve, "_prepare", prepare)
+    monkeypatch.setattr(bench_serve, "_cluster", cluster)
+    monkeypatch.setattr(bench_serve, "_http_load", http_load)
+    monkeypatch.setattr(bench_serve, "_paired_load", paired_load)
+    monkeypatch.setattr(bench_serve, "_ort_load", point)
+    monkeypatch.setattr(bench_serve, "_ceilings", lambda *_: {})
+    monkeypatch.setattr(bench_serve_ray, "python", lambda venv: venv / "bin" / "python")
+    monkeypatch.setattr(bench_serve_ray, "serving", serving)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *_, **__: None)
+
+    results = bench_serve.run_benchmark(["digits", "squeezenet"], [1, 8], 0.01, True, tmp_path,
+                                        opencl_levels=[8], ceiling_batches=[1])
+    paired = [i for i, (what, _) in enumerate(log) if what == "paired"]
+    assert paired == [0, 1] and all(up == ("onnxruntime",) for _, up in log[:2])
+    assert {up for _, up in log[2:]} == {("onnxruntime", "opencl", "ray")}  # the rest with every server up
+    for model in ("digits", "squeezenet"):  # the JSON as before: the paired points last in each model's series
+        assert list(results[model])[-2:] == ["facade/paired", "worker/paired"]
+        assert results[model]["facade/paired"][0]["minus_worker_ci95_ms"] == [0.2, 0.4]
