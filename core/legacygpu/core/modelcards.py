@@ -198,8 +198,9 @@ class ModelRepository:
             raise UnknownModelError(f"unknown model {name!r} (models in the repository: {known})")
         return load_card(card_path)
 
-    def model_path(self, name: str) -> Path:
-        card = self.get(name)
+    def model_path(self, name: str, card: ModelCard | None = None) -> Path:
+        """The model file of ``name``; pass ``card`` when it was just read, to spare reading it again."""
+        card = card or self.get(name)
         return self.root / name / card.file
 
     def add(self, card: ModelCard, onnx_file: Path, *, replace: bool = False) -> Path:

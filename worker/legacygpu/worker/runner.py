@@ -121,7 +121,7 @@ class TaskRunner:
         """
         card = self.repository.get(model)
         feeds = preprocess(card, validate_inputs(card, inputs))
-        with self._running(model) as loaded:
+        with self._running(model, self.repository.model_path(model, card)) as loaded:
             result, self.last_compute_ms = _timed_run(model, loaded, feeds)
         return _result(card, model, result)
 
@@ -132,25 +132,22 @@ class TaskRunner:
         For a caller that must not block (the serving event loop), on the conditions of
         :meth:`try_run_feeds`; raises as :meth:`run` does once it runs.
         """
+        card = self.repository.get(model)
+        path = self.repository.model_path(model, card)
         if not self._slots.acquire(blocking=False):
             return None
         try:
             if not self._lock.acquire(blocking=False):
                 return None
             try:
-                loaded = self._current(model, None)
+                loaded = self._current(model, path)
                 if loaded is not None and self.concurrent_runs == 1:
-                    return self._run_card(model, loaded, inputs)  # one run at a time: under the lock, as in run
+                    return _run_card(model, card, loaded, inputs)  # one run at a time: under the lock, as in run
             finally:
                 self._lock.release()
-            return None if loaded is None else self._run_card(model, loaded, inputs)
+            return None if loaded is None else _run_card(model, card, loaded, inputs)
         finally:
             self._slots.release()
-
-    def _run_card(self, model: str, loaded: LoadedModel, inputs: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
-        card = self.repository.get(model)
-        outputs, compute_ms = _timed_run(model, loaded, preprocess(card, validate_inputs(card, inputs)))
-        return _result(card, model, outputs), compute_ms
 
     def run_feeds(self, model: str, feeds: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
         """Run ``model`` on feeds already in the model's form (no card processing): the real-time path.
@@ -211,6 +208,13 @@ def _timed_run(model: str, loaded: LoadedModel, feeds: dict[str, Any]) -> tuple[
     started = time.perf_counter()
     outputs = _run(model, loaded, feeds)
     return outputs, (time.perf_counter() - started) * 1000
+
+
+def _run_card(model: str, card: ModelCard, loaded: LoadedModel,
+              inputs: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
+    """``inputs`` through the card's processing and ``loaded``: the result, and the model's time in ms."""
+    outputs, compute_ms = _timed_run(model, loaded, preprocess(card, validate_inputs(card, inputs)))
+    return _result(card, model, outputs), compute_ms
 
 
 def _result(card: ModelCard, model: str, outputs: dict[str, Any]) -> dict[str, Any]:
