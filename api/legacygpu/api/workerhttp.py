@@ -44,9 +44,10 @@ side effects.
 
 What counts as the worker failing, raised as :class:`WorkerFailed` so that the
 caller may send the request to another worker: the connection refused or not
-made within ``connect_timeout``; the connection closed or reset before the
-whole answer came (an answer cut short included: the parser knows its length
-from ``Content-Length`` or the chunked encoding; an answer delimited only by
+made within ``connect_timeout`` (:class:`WorkerUnreachable`: nothing was
+sent); the connection closed or reset before the whole answer came (an
+answer cut short included: the parser knows its length from
+``Content-Length`` or the chunked encoding; an answer delimited only by
 closing the connection is not accepted, and HTTP/1.1 servers such as uvicorn
 never send one); bytes that are not HTTP; no whole answer within
 ``timeout`` of the whole request being sent. The facade running out of file
@@ -70,13 +71,19 @@ from urllib.parse import quote, urlsplit
 
 import httptools
 
-__all__ = ["Answer", "BodyStream", "FacadeOverloaded", "IncompleteBody", "WorkerFailed", "WorkerPool"]
+__all__ = [
+    "Answer", "BodyStream", "FacadeOverloaded", "IncompleteBody", "WorkerFailed", "WorkerPool", "WorkerUnreachable",
+]
 
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 class WorkerFailed(Exception):
     """The worker could not be reached, or went away mid-request: the request may go to another one."""
+
+
+class WorkerUnreachable(WorkerFailed):
+    """No connection to the worker could be made: nothing of the request was sent."""
 
 
 class _Dropped(WorkerFailed):
@@ -360,7 +367,7 @@ class WorkerPool:
         except OSError as exc:
             if exc.errno in _OUT_OF_DESCRIPTORS:
                 raise FacadeOverloaded(f"cannot open a connection to {address.host}:{address.port}: {exc}") from exc
-            raise WorkerFailed(f"cannot connect to {address.host}:{address.port}: {type(exc).__name__}: {exc}") \
+            raise WorkerUnreachable(f"cannot connect to {address.host}:{address.port}: {type(exc).__name__}: {exc}") \
                 from exc
         return connection
 

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from legacygpu.api.discovery import ServingEndpoint
 from legacygpu.api.forwarding import Forwarder, NoWorker
-from legacygpu.api.workerhttp import BodyStream, IncompleteBody, WorkerFailed, WorkerPool
+from legacygpu.api.workerhttp import BodyStream, IncompleteBody, WorkerFailed, WorkerPool, WorkerUnreachable
 
 
 async def _echo(request: Request) -> Response:
@@ -243,7 +243,7 @@ async def test_a_refused_connection_fails() -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{unused.getsockname()[1]}"  # bound, not listening: refused
-        with pytest.raises(WorkerFailed, match="cannot connect"):
+        with pytest.raises(WorkerUnreachable, match="cannot connect"):  # a WorkerFailed that sent nothing
             await WorkerPool(keepalive_seconds=4).request(url, "GET", "/")
 
 

@@ -58,7 +58,7 @@ from pydantic import BaseModel, ValidationError
 
 from legacygpu.api.forwarding import KEEPALIVE_SECONDS
 from legacygpu.api.schemas import ClaimedTask, TaskCompletion
-from legacygpu.api.workerhttp import FacadeOverloaded, WorkerFailed, WorkerPool
+from legacygpu.api.workerhttp import FacadeOverloaded, WorkerFailed, WorkerPool, WorkerUnreachable
 
 __all__ = ["TASKS_PATH", "Delivery", "HttpChannel", "Refused", "TaskChannel", "Unanswered"]
 
@@ -124,9 +124,9 @@ class HttpChannel:
             answer = await self._pool.request(delivery.url, "POST", TASKS_PATH, headers, body)
         except FacadeOverloaded as exc:  # out of file descriptors: no connection, nothing sent
             raise Refused(f"worker {delivery.worker_name} is unreachable: {exc}") from exc
+        except WorkerUnreachable as exc:  # nothing was sent
+            raise Refused(f"worker {delivery.worker_name} is unreachable: {exc}") from exc
         except WorkerFailed as exc:
-            if isinstance(exc.__cause__, OSError):  # the connection could not be made: nothing was sent
-                raise Refused(f"worker {delivery.worker_name} is unreachable: {exc}") from exc
             raise Unanswered(f"worker {delivery.worker_name} did not answer: {exc}") from exc
         if answer.status >= 300:
             raise Refused(f"worker {delivery.worker_name} answered {answer.status}: "
