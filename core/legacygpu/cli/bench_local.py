@@ -189,8 +189,8 @@ def _wait_finished(client: httpx.Client, total: int, timeout: float) -> None:
     """Until ``total`` tasks have finished, asking every 0.25 s.
 
     It asks for a count of finished tasks, not for ``/cluster/metrics``: the summary reads every task
-    finished in the last five minutes to give their latency percentiles, which at thousands of tasks took
-    a tenth of the facade's interpreter time in this run, on the cores it shares with the cluster measured.
+    finished in the last five minutes to give their latency percentiles, work for the facade on the
+    cores it shares with the cluster measured.
     """
     deadline = time.monotonic() + timeout
     last_report = 0.0
