@@ -45,7 +45,8 @@ side effects.
 What counts as the worker failing, raised as :class:`WorkerFailed` so that the
 caller may send the request to another worker: the connection refused or not
 made within ``connect_timeout`` (:class:`WorkerUnreachable`: nothing was
-sent); the connection closed or reset before the whole answer came (an
+sent; but not after a kept-alive connection closed with no answer, since
+that first try was sent); the connection closed or reset before the whole answer came (an
 answer cut short included: the parser knows its length from
 ``Content-Length`` or the chunked encoding; an answer delimited only by
 closing the connection is not accepted, and HTTP/1.1 servers such as uvicorn
@@ -302,15 +303,24 @@ class WorkerPool:
                          *(b"%s: %s\r\n" % header for header in headers), b"\r\n"))
         parts.insert(0, head)
         connection = self._take(base_url)
+        dropped: _Dropped | None = None
         if connection is not None:
             try:
                 return await self._exchange(base_url, connection, parts, stream)
-            except _Dropped:
+            except _Dropped as exc:
                 # Closed under us while idle (see the module's docstring): once more on a new connection.
+                dropped = exc
                 if stream is not None:
                     parts[1:] = stream.parts
         self._make_room()
-        return await self._exchange(base_url, await self._connect(address), parts, stream)
+        try:
+            fresh = await self._connect(address)
+        except WorkerUnreachable as exc:
+            if dropped is None:
+                raise
+            # The first try was sent, and the worker may have gone down while it ran: not "nothing was sent".
+            raise WorkerFailed(f"{dropped}, and then {exc}") from exc
+        return await self._exchange(base_url, fresh, parts, stream)
 
     async def close(self) -> None:
         """Close every idle connection (those in use close when their request ends)."""

@@ -464,3 +464,28 @@ async def test_a_worker_that_stops_reading_a_streamed_body_fails_after_the_timeo
             await asyncio.wait_for(pool.request(url, "POST", "/", (), BodyStream(1 << 30, part, more)), 10)
     finally:
         await pool.close()
+
+
+async def test_a_request_dropped_on_a_kept_alive_connection_whose_worker_then_refuses_may_have_arrived() -> None:
+    """The first try was sent: the worker may have gone down while it ran it (a worker runs a lone task before
+    answering its push), so the failure is not :class:`WorkerUnreachable`, which says nothing was sent."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def worker() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            read_http_request(conn)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")  # kept alive
+            read_http_request(conn)
+            listener.close()  # gone: the next connection is refused
+        # closed with no answer to the second request
+
+    threading.Thread(target=worker, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    pool = WorkerPool(keepalive_seconds=4)
+    assert (await pool.request(url, "POST", "/internal/tasks", body=b"{}")).body == b"ok"
+    with pytest.raises(WorkerFailed, match=r"closed with no answer.*cannot connect") as failed:
+        await pool.request(url, "POST", "/internal/tasks", body=b"{}")
+    assert not isinstance(failed.value, WorkerUnreachable)
