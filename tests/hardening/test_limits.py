@@ -143,6 +143,15 @@ def test_a_png_header_is_read_without_pillow(monkeypatch: pytest.MonkeyPatch) ->
         check_image_header("input 'x'", raw, 776)
 
 
+def test_a_png_past_pillows_own_bomb_limit_is_refused_even_under_a_higher_configured_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses to decode past twice this
+    with pytest.raises(PayloadTooLargeError, match="too large to decode safely"):
+        check_image_header("input 'x'", png(37, 21), 10_000)
+    assert check_image_header("input 'x'", png(10, 20), 10_000) == (10, 20)
+
+
 def test_a_png_header_claiming_no_pixels_is_refused_in_pillows_words() -> None:
     with pytest.raises(ValidationError, match="not a readable image file"):
         check_image_header("input 'x'", png_header_only(0, 50), 10_000)

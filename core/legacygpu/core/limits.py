@@ -100,6 +100,10 @@ def check_image_header(what: str, raw: bytes, max_pixels: int) -> tuple[int, int
     from PIL import Image, UnidentifiedImageError
 
     size = _png_size(raw)
+    if size is not None and Image.MAX_IMAGE_PIXELS and size[0] * size[1] > 2 * Image.MAX_IMAGE_PIXELS:
+        # What Pillow would refuse to open (and the decoding later, uncaught there): refused here as it did.
+        raise PayloadTooLargeError(f"{what}: image is too large to decode safely: {size[0]}x{size[1]} pixels "
+                                   f"exceed Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS}")
     if size is None:
         try:
             with Image.open(io.BytesIO(raw)) as image:  # reads the header only; decoding is lazy

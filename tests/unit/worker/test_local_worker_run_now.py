@@ -34,11 +34,14 @@ def worker(demo_repository: Path) -> Iterator[LocalWorker]:
     worker._finished.set()
 
 
-def test_a_model_not_yet_timed_here_waits_in_the_inbox_then_its_next_task_runs_at_once(worker: LocalWorker) -> None:
+def test_a_model_not_yet_timed_here_waits_in_the_inbox_then_its_next_task_runs_at_once(
+    worker: LocalWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # However long this machine takes to run digits, it counts as quick: the bound is test_a_busy_worker...'s.
+    monkeypatch.setattr(local_worker, "INLINE_TASK_SECONDS", 60.0)
     assert worker.run_now(pushed("t0")) is None, "how long the model takes is not known yet"
     worker._run_task(pushed("t0"))  # the task loop's way, the outcome to the sender; this one loads the model
-    assert worker.run_now(pushed("t1")) is None, "its last task took as long as loading it"
-    worker._run_task(pushed("t1"))
+    assert "digits" in worker._task_seconds, "timed by the task loop"
     queued = worker._outcomes[-1]
     done = worker.run_now(pushed("t2"))
     assert done is not None
@@ -46,7 +49,7 @@ def test_a_model_not_yet_timed_here_waits_in_the_inbox_then_its_next_task_runs_a
                                                                         "attempt": 2}
     assert done["result"] == {**queued["result"]}, "the same result as the task loop gives for the same input"
     assert done["compute_ms"] > 0 and "error" not in done
-    assert [o["task_id"] for o in worker._outcomes] == ["t0", "t1"], "an outcome answered at once is not also sent"
+    assert [o["task_id"] for o in worker._outcomes] == ["t0"], "an outcome answered at once is not also sent"
     assert worker.running == 0
 
 
@@ -70,11 +73,12 @@ def test_a_busy_worker_or_a_slow_model_queues_the_task(worker: LocalWorker) -> N
 
 def test_a_task_that_fails_at_once_is_answered_with_its_error(worker: LocalWorker) -> None:
     worker.runner.load("digits")  # type: ignore[union-attr]
-    worker._task_seconds["digits"] = 0.0
+    worker._task_seconds["digits"] = INLINE_TASK_SECONDS / 2
     wrong = [{**INPUTS[0], "shape": [1, 3], "data": [1.0, 2.0, 3.0]}]
     failed = worker.run_now(pushed("t2", wrong))
     assert failed is not None and "result" not in failed
     assert failed["error"]["retryable"] is False and "input" in failed["error"]["message"]
+    assert worker._task_seconds["digits"] == INLINE_TASK_SECONDS / 2, "a quick failure does not time the model"
 
 
 def test_a_task_run_at_once_that_took_unexpectedly_long_is_also_reported(
@@ -85,7 +89,7 @@ def test_a_task_run_at_once_that_took_unexpectedly_long_is_also_reported(
     worker.runner.load("digits")  # type: ignore[union-attr]
     worker._task_seconds["digits"] = 0.0
     assert worker.run_now(pushed("t1")) is not None and worker._outcomes == []
-    monkeypatch.setattr(local_worker, "_ALSO_REPORT_SECONDS", 0.0)
+    monkeypatch.setattr(local_worker, "_ALSO_REPORT_SECONDS", 0.0)  # any run took that long
     worker._task_seconds["digits"] = 0.0
     answered = worker.run_now(pushed("t2"))
     assert answered is not None and worker._outcomes == [answered]

@@ -82,6 +82,28 @@ def test_try_run_feeds_runs_only_when_it_need_not_wait(repository: ModelReposito
     assert runner.try_run_feeds("digits", feeds) is None
 
 
+@pytest.mark.parametrize("concurrent_runs", [1, 2])
+def test_try_run_runs_a_task_only_when_it_need_not_wait(repository: ModelRepository, concurrent_runs: int) -> None:
+    """:meth:`TaskRunner.try_run` (a lone task in a push's answer) declines as :meth:`try_run_feeds` does, and
+    otherwise gives what :meth:`run` gives, one run at a time or not."""
+    runner = TaskRunner(repository, OnnxRuntimeBackend(concurrent_runs=concurrent_runs))
+    inputs = [image_tensor(SAMPLES / "digit-6.png")]
+    assert runner.try_run("digits", inputs) is None, "not loaded: loading is the task loop's job"
+    expected = runner.run("digits", inputs)
+    ran = runner.try_run("digits", inputs)
+    assert ran is not None and ran[0] == expected and ran[1] > 0
+    with runner._lock:  # a load (or, one run at a time, a run) holds the lock
+        assert runner.try_run("digits", inputs) is None
+    for _ in range(concurrent_runs):  # every run slot taken
+        runner._slots.acquire()
+    assert runner.try_run("digits", inputs) is None
+    for _ in range(concurrent_runs):
+        runner._slots.release()
+    assert runner.try_run("digits", inputs) is not None, "free again"
+    with pytest.raises(UnknownModelError):
+        runner.try_run("nope", inputs)
+
+
 class _Gated:
     """The real onnxruntime backend, whose runs wait at a gate the test opens, counting those inside."""
 

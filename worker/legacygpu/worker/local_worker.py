@@ -57,8 +57,9 @@ _REPORT_GIVE_UP_SECONDS = 120.0
 
 
 INLINE_TASK_SECONDS = 0.002
-"""A pushed task runs in the push's answer when its model's last task here took less than this
-(:meth:`LocalWorker.run_now`): the serving loop answers nothing else meanwhile."""
+"""A pushed task may run in the push's answer only when its model's last successful task here took less than
+this (and the worker is idle, the model loaded: :meth:`LocalWorker.run_now`): the serving loop answers nothing
+else meanwhile."""
 
 
 _ALSO_REPORT_SECONDS = 1.0
@@ -237,7 +238,7 @@ class LocalWorker:
             while True:
                 if self.stop_requested.is_set() or self.draining.is_set():
                     self.inbox.close()  # nothing new; what was pushed already still runs
-                    if self.inbox.empty():
+                    if self.inbox.empty() and not self.running:  # a task run in a push's answer included
                         break
                 if self.worker_id is None:
                     self._register()
@@ -294,13 +295,15 @@ class LocalWorker:
                 raise _Declined
             return ran
 
+        started = time.perf_counter()
         try:
             outcome = self._outcome(task, run)
         except _Declined:
             return None
-        if self._task_seconds[task["model"]] >= _ALSO_REPORT_SECONDS:
+        if time.perf_counter() - started >= _ALSO_REPORT_SECONDS:
             # Unexpectedly long (an input this model is slow on): the facade may have stopped waiting for the
-            # answer, so the outcome goes the usual way too (a second copy is answered ``repeated``).
+            # answer, so the outcome goes the usual way too (the copy that comes second is answered
+            # ``repeated``, or refused if the first put the task back in the queue).
             self._report(outcome)
         return outcome
 
@@ -320,7 +323,8 @@ class LocalWorker:
         finally:
             with self._running_lock:
                 self.running -= 1
-        self._task_seconds[task["model"]] = time.perf_counter() - started
+        if error is None:  # a failure (a bad input refused at once, say) says nothing of the model's time
+            self._task_seconds[task["model"]] = time.perf_counter() - started
         outcome = classify(error, worker=self.name)
         if outcome.retryable:
             log.error("task %s failed unexpectedly", task["id"], exc_info=error)

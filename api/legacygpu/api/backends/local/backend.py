@@ -265,7 +265,7 @@ class LocalBackend:
         if completed:  # run before the answer: applied as that worker's completions
             try:
                 await self.complete_tasks(delivery.worker_id, completed)
-            except Exception:  # the worker holds them no more: its heartbeats put them back in the queue
+            except Exception:  # the worker holds them no more: the heartbeat check puts them back
                 log.exception("applying the outcome(s) worker %s answered a push with failed", delivery.worker_name)
 
     async def _db(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:

@@ -22,7 +22,8 @@ A push ends one of three ways, which decide what happens to its tasks:
   answer (200) carries the outcome, which the coordinator applies as that
   worker's completion (:mod:`legacygpu.worker.taskchannel`); an outcome
   that does not come back (the answer lost) is a task the worker does not
-  hold, which its next heartbeats put back in the queue;
+  hold, which the heartbeat check puts back in the queue once the push's
+  grace period (``_PUSH_GRACE_SECONDS`` plus a heartbeat interval) has passed;
 * :class:`Refused`: the worker certainly did not take them (no connection
   could be made, or the worker answered with an error: not registered yet,
   draining, a token of another registration): the coordinator puts them
