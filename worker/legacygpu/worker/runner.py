@@ -20,9 +20,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from legacygpu.core.errors import ModelError, ValidationError
 from legacygpu.core.modelcards import ModelCard, ModelRepository
@@ -35,6 +35,8 @@ __all__ = ["PRELOAD_ENV", "TaskRunner", "preload_from_env"]
 PRELOAD_ENV = "LEGACYGPU_PRELOAD_MODELS"
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 class TaskRunner:
@@ -133,21 +135,8 @@ class TaskRunner:
         :meth:`try_run_feeds`; raises as :meth:`run` does once it runs.
         """
         card = self.repository.get(model)
-        path = self.repository.model_path(model, card)
-        if not self._slots.acquire(blocking=False):
-            return None
-        try:
-            if not self._lock.acquire(blocking=False):
-                return None
-            try:
-                loaded = self._current(model, path)
-                if loaded is not None and self.concurrent_runs == 1:
-                    return _run_card(model, card, loaded, inputs)  # one run at a time: under the lock, as in run
-            finally:
-                self._lock.release()
-            return None if loaded is None else _run_card(model, card, loaded, inputs)
-        finally:
-            self._slots.release()
+        return self._try(model, self.repository.model_path(model, card),
+                         lambda loaded: _run_card(model, card, loaded, inputs))
 
     def run_feeds(self, model: str, feeds: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
         """Run ``model`` on feeds already in the model's form (no card processing): the real-time path.
@@ -163,6 +152,11 @@ class TaskRunner:
         slot, or the lock: a load, or the one run of a backend that runs one at a time), or the
         model is not loaded (or its file changed, so it must be loaded again). For callers that must
         not block (the serving event loop)."""
+        return self._try(model, path, lambda loaded: _run(model, loaded, feeds))
+
+    def _try(self, model: str, path: Path | None, run: Callable[[LoadedModel], _T]) -> _T | None:
+        """``run`` on the loaded model if a run can start at once (a run slot and the lock free, the model loaded
+        from its current file), else None; with the lock held throughout when runs go one at a time."""
         if not self._slots.acquire(blocking=False):
             return None
         try:
@@ -171,10 +165,10 @@ class TaskRunner:
             try:
                 loaded = self._current(model, path)
                 if loaded is not None and self.concurrent_runs == 1:
-                    return _run(model, loaded, feeds)  # one run at a time: under the lock, as in run_feeds
+                    return run(loaded)  # one run at a time: under the lock, as in run
             finally:
                 self._lock.release()
-            return None if loaded is None else _run(model, loaded, feeds)
+            return None if loaded is None else run(loaded)
         finally:
             self._slots.release()
 
