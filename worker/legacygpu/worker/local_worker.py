@@ -121,7 +121,7 @@ class LocalWorker:
         self.inbox = Inbox()
         """Tasks the coordinator pushed here, waiting to run."""
         self._task_seconds: dict[str, float] = {}
-        """How long each model's last task here took, run to outcome (what :meth:`run_now` goes by)."""
+        """How long each model's last successful task here took, run to outcome (what :meth:`run_now` goes by)."""
         self._outcomes: list[dict[str, Any]] = []
         """Outcomes waiting for the sender thread."""
         self._outcome_ready = threading.Condition()
@@ -281,8 +281,8 @@ class LocalWorker:
         A lone task on an idle worker is answered in the push's own answer (:mod:`legacygpu.worker.taskchannel`):
         no hand-off to the task loop, none to the sender, no request of its own for the outcome. Only when
         nothing is queued or running here, the model is loaded and a run can start without waiting, and the
-        model's last task here took under :data:`INLINE_TASK_SECONDS` (the loop answers nothing else
-        meanwhile): a model not yet timed here, or a slow one, waits in the inbox.
+        model's last successful task here took under :data:`INLINE_TASK_SECONDS` (the loop answers nothing
+        else meanwhile): a model not yet timed here, or a slow one, waits in the inbox.
         """
         runner = self._runner
         if (runner is None or self.running or not self.inbox.empty()
