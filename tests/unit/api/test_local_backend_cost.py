@@ -6,10 +6,12 @@ Driven directly with a fake clock (no HTTP, no processes), like test_local_backe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from taskfakes import SERVING, FakeChannel, complete, connect, take
 
 from legacygpu.api.backends.local import LocalBackend, store
 from legacygpu.api.backends.local import backend as local_backend
+from legacygpu.api.backends.local.channel import Delivery
 from legacygpu.api.schemas import (
     Completion,
     DeviceInfoPublic,
@@ -98,23 +101,15 @@ async def test_the_pass_looks_past_tasks_no_worker_can_take(backend: LocalBacken
 async def test_an_idle_coordinator_passes_at_once_and_changes_queued_meanwhile_cost_one_pass(
     backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local_backend, "_PASS_INTERVAL_SECONDS", 3600.0)  # only changes ask for passes here
     backend.settings.worker_prefetch = backend.settings.worker_prefetch_max = 8
     wid = await worker(backend)
-    passes: list[int] = []
-    real = backend._pass
+    passes: list[int] = []  # tasks each pass started
 
-    def counting() -> list[Any]:
-        deliveries = real()
+    def count(deliveries: list[Delivery]) -> None:
         passes.append(sum(len(d.tasks) for d in deliveries))
-        return deliveries
 
-    monkeypatch.setattr(backend, "_pass", counting)
-    channel = backend.channel
-    assert isinstance(channel, FakeChannel)
-    await backend.start()
-    try:
-        await until(lambda: passes == [0])  # the first pass, at start
+    async with passes_recorded(backend, monkeypatch, count) as channel:
+        assert passes == [0], "the first pass, at start"
         lone = await backend.submit_task(task())
         await until(lambda: channel.pushes)
         assert passes == [0, 1] and [t.id for t in channel.take(wid)] == [lone.id], "placed and pushed at once"
@@ -135,8 +130,6 @@ async def test_an_idle_coordinator_passes_at_once_and_changes_queued_meanwhile_c
         assert passes == [0, 1, 7, 1], "a batch of seven outcomes: one pass, which places the last task"
         done = {(await backend.get_task(t.id)).phase for t in submitted}
         assert done == {"Succeeded", "Running"}
-    finally:
-        await backend.stop()
 
 
 async def test_an_idle_coordinator_places_and_pushes_a_task_before_answering_its_submitter(
@@ -144,29 +137,44 @@ async def test_an_idle_coordinator_places_and_pushes_a_task_before_answering_its
 ) -> None:
     """Nothing else waits for the database thread: the pass a submission asks for runs in the same call, so
     the event loop is woken once and sends the push before the answer (not beside a pass in progress)."""
-    monkeypatch.setattr(local_backend, "_PASS_INTERVAL_SECONDS", 3600.0)  # only changes ask for passes here
     wid = await worker(backend)
     order: list[str] = []
-    real = backend._pass
 
-    def slow_pass() -> list[Any]:
-        time.sleep(0.05)  # long enough that an answer sent before the pass would come first
-        deliveries = real()
+    def slow(deliveries: list[Delivery]) -> None:
+        time.sleep(0.05)  # long enough that an answer sent before the pass ended would come first
         order.append("pass")
         order.extend(f"pass placed {t.id}" for d in deliveries for t in d.tasks)
-        return deliveries
 
-    monkeypatch.setattr(backend, "_pass", slow_pass)
-    channel = backend.channel
-    assert isinstance(channel, FakeChannel)
-    await backend.start()
-    try:
-        await until(lambda: order == ["pass"])  # the first pass, at start
+    async with passes_recorded(backend, monkeypatch, slow) as channel:
+        assert order == ["pass"], "the first pass, at start"
         lone = await backend.submit_task(task())
         order.append(f"answered {lone.id}")
         assert order == ["pass", "pass", f"pass placed {lone.id}", f"answered {lone.id}"]
         await until(lambda: channel.pushes)
         assert [t.id for t in channel.take(wid)] == [lone.id]
+
+
+@contextlib.asynccontextmanager
+async def passes_recorded(backend: LocalBackend, monkeypatch: pytest.MonkeyPatch,
+                          record: Callable[[list[Delivery]], None]) -> AsyncIterator[FakeChannel]:
+    """``backend`` started with only changes asking for passes, each pass's deliveries handed to ``record``
+    before the pass returns them; yields its channel once the first pass (at start) has run, stops it after."""
+    monkeypatch.setattr(local_backend, "_PASS_INTERVAL_SECONDS", 3600.0)
+    real, passes = backend._pass, [0]
+
+    def recording() -> list[Delivery]:
+        deliveries = real()
+        record(deliveries)
+        passes[0] += 1
+        return deliveries
+
+    monkeypatch.setattr(backend, "_pass", recording)
+    channel = backend.channel
+    assert isinstance(channel, FakeChannel)
+    await backend.start()
+    try:
+        await until(lambda: passes[0])
+        yield channel
     finally:
         await backend.stop()
 
