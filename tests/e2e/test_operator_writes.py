@@ -45,7 +45,7 @@ def operator(
         yield running["a"]
 
 
-def test_a_successful_task_costs_at_most_three_writes_besides_its_creation(
+def test_a_successful_task_costs_two_writes_besides_its_creation(
     simulated_kube: Kube, namespace: str, operator: subprocess.Popen[bytes]
 ) -> None:
     kube = simulated_kube

@@ -192,12 +192,11 @@ class TaskWatch:
         self.on_unreadable = on_unreadable
         self.watch_seconds = watch_seconds
         self.list_timeout = list_timeout
-        self.listings = 0
-        """LISTs delivered so far (each replaced its scope's index)."""
         self.restarts = restarts
         """Counts each restart by reason (``expired``, ``list_failed``, ``watch_failed``)."""
         self._api = KubeApi(configuration, concurrency=1)
         self._stop = threading.Event()
+        self._stopped = False
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -216,6 +215,9 @@ class TaskWatch:
         timeout; its thread, a daemon, delivers nothing after this).
         """
         self.halt()
+        if self._stopped:  # the lost Lease stopped it already; the operator's exit asks again
+            return
+        self._stopped = True
         self._api.close()
         deadline = time.monotonic() + join_seconds
         for thread in self._threads:
@@ -224,10 +226,6 @@ class TaskWatch:
     def halt(self) -> None:
         """Deliver nothing from now on, at once (without closing the connections: :meth:`stop` does)."""
         self._stop.set()
-
-    def alive(self) -> bool:
-        """Whether a thread of this watch still runs."""
-        return any(thread.is_alive() for thread in self._threads)
 
     # -- on the threads --------------------------------------------------------------------------
 
@@ -313,7 +311,6 @@ class TaskWatch:
 
     def _listed(self, scope: str | None, views: list[TaskView], clusters: set[ClusterKey], begun: float) -> None:
         if not self._stop.is_set():
-            self.listings += 1
             self.on_listing(scope, views, clusters, begun)
 
     def _event(self, kind: str, view: TaskView) -> None:
