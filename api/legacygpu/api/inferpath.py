@@ -55,6 +55,8 @@ __all__ = ["InferPath"]
 
 _ALLOWED = (Role.USER, Role.ADMIN)
 _RETRY_AFTER_SECONDS = b"1"
+_FORWARD = "legacygpu.forward"
+"""Scope key: the request's ``Content-Length`` and the headers sent on, read once in :meth:`InferPath.__call__`."""
 
 
 class InferPath:
@@ -78,29 +80,26 @@ class InferPath:
             await self.framework(scope, receive, send)
             return
         token = length = None
+        headers: list[tuple[bytes, bytes]] = []
         for name, value in scope["headers"]:
             if name == b"authorization":
                 token = bearer_token(value)
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else None
-        scope["app"] = self.app  # as FastAPI sets it: the token check reads the app's state
+            elif name in FORWARDED_RAW_HEADERS:
+                headers.append((name, value))
         if (length is None or length > self.max_bytes or token is None
                 or role_of(HTTPConnection(scope), token) not in _ALLOWED):
             await self.framework(scope, receive, send)  # the module's docstring: FastAPI answers these
             return
         scope["route"] = self._routes[match["version"] is not None]
         scope["path_params"] = match.groupdict()
+        scope[_FORWARD] = (length, headers)
         await self._counted(scope, receive, send)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The body (of the ``Content-Length`` checked) to a worker, and its answer back."""
-        headers: list[tuple[bytes, bytes]] = []
-        length = 0
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                length = int(value)
-            elif name in FORWARDED_RAW_HEADERS:
-                headers.append((name, value))
+        length, headers = scope[_FORWARD]
         try:
             first, more_body = await _next_part(receive)
             body = BodyStream(length, first, lambda: _next_part(receive)) if more_body else first
