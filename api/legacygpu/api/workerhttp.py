@@ -84,7 +84,8 @@ class WorkerFailed(Exception):
 
 
 class WorkerUnreachable(WorkerFailed):
-    """No connection to the worker could be made: nothing of the request was sent."""
+    """No connection to the worker could be made (or its URL is not ``http://``): nothing of the request was
+    sent."""
 
 
 class _Dropped(WorkerFailed):
@@ -333,7 +334,7 @@ class WorkerPool:
     def _address(self, base_url: str) -> _Address:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
-            raise WorkerFailed(f"not a worker's http:// URL: {base_url!r}")
+            raise WorkerUnreachable(f"{base_url!r} is not an http:// URL")  # the pool speaks plain HTTP only
         address = _Address(parts.hostname, parts.port or 80, parts.netloc.encode("ascii"))
         self._addresses[base_url] = address
         return address

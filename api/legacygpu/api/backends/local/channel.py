@@ -115,17 +115,13 @@ class HttpChannel:
                                         timeout=_ANSWER_TIMEOUT_SECONDS)
 
     async def push(self, delivery: Delivery) -> list[TaskCompletion]:
-        if not delivery.url.startswith("http://"):  # the pool speaks plain HTTP, as workers serve it
-            raise Refused(f"worker {delivery.worker_name} announced {delivery.url!r}, not an http:// URL")
         body = json.dumps({"worker_id": delivery.worker_id, "tasks": [t.model_dump() for t in delivery.tasks]},
                           separators=(",", ":")).encode()
         headers = [(b"authorization", f"Bearer {self._token_for(delivery.worker_id)}".encode()),
                    (b"content-type", b"application/json")]
         try:
             answer = await self._pool.request(delivery.url, "POST", TASKS_PATH, headers, body)
-        except FacadeOverloaded as exc:  # out of file descriptors: no connection, nothing sent
-            raise Refused(f"worker {delivery.worker_name} is unreachable: {exc}") from exc
-        except WorkerUnreachable as exc:  # nothing was sent
+        except (FacadeOverloaded, WorkerUnreachable) as exc:  # no connection (or no http:// URL): nothing sent
             raise Refused(f"worker {delivery.worker_name} is unreachable: {exc}") from exc
         except WorkerFailed as exc:
             raise Unanswered(f"worker {delivery.worker_name} did not answer: {exc}") from exc
