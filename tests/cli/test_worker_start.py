@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from legacygpu.cli import worker as worker_cli
+from legacygpu.core.config import CONCURRENT_RUNS_ENV
 from legacygpu.worker import local_worker
-from legacygpu.worker.backends import CONCURRENT_RUNS_ENV, create_backend
+from legacygpu.worker.backends import create_backend
 
 
 class _Worker:

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from helpers import SAMPLES, image_tensor
 
+from legacygpu.core.config import CONCURRENT_RUNS_ENV
 from legacygpu.core.errors import UnknownModelError, ValidationError
 from legacygpu.core.modelcards import ModelRepository
-from legacygpu.worker.backends import CONCURRENT_RUNS_ENV, create_backend
+from legacygpu.worker.backends import create_backend
 from legacygpu.worker.backends.onnxruntime import OnnxRuntimeBackend
 from legacygpu.worker.runner import TaskRunner, preload_from_env
 

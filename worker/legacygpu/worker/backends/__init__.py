@@ -29,7 +29,6 @@ from legacygpu.worker.backends.runtime import BackendInfo, InferenceBackend, Loa
 
 __all__ = [
     "BACKENDS",
-    "CONCURRENT_RUNS_ENV",
     "BackendInfo",
     "InferenceBackend",
     "LoadedModel",
