@@ -198,8 +198,25 @@ async def test_a_leader_that_loses_its_lease_stops_acting_before_kopf_stops(
     from legacygpu.operator.taskwatch import TaskWatch
 
     watches: list[TaskWatch] = []
+    listed: list[str | None] = []  # the scopes of the listings the watch delivered
     make = task_handlers.make_task_watch
-    monkeypatch.setattr(task_handlers, "make_task_watch", lambda rt: watches.append(make(rt)) or watches[-1])
+
+    def counting(rt: Any) -> TaskWatch:
+        watch = make(rt)
+        deliver = watch.on_listing
+
+        def listing(scope: str | None, *rest: Any) -> None:
+            listed.append(scope)
+            deliver(scope, *rest)
+
+        watch.on_listing = listing
+        watches.append(watch)
+        return watch
+
+    def alive() -> bool:
+        return any(thread.is_alive() for thread in watches[0]._threads)
+
+    monkeypatch.setattr(task_handlers, "make_task_watch", counting)
     told_to_stop, may_stop = threading.Event(), threading.Event()
     at_stop: list[tuple[bool, bool]] = []  # (watch halted, runtime closing) when kopf was told to stop
     run_kopf = kopf.operator
@@ -224,7 +241,7 @@ async def test_a_leader_that_loses_its_lease_stops_acting_before_kopf_stops(
     leader = await dep.start_operator(replace(FAST, leader_election=True, identity="replica-a"))
     try:
         rt = leader.runtime
-        assert rt is not None and watches and watches[0].alive()
+        assert rt is not None and watches and alive()
         await dep.create(cluster_manifest("c", replicas=1, tasksPerWorker=1))
         await eventually(lambda: _ready(dep, "c", 1), what="1 ready worker")
         dep.gate.clear()
@@ -241,13 +258,13 @@ async def test_a_leader_that_loses_its_lease_stops_acting_before_kopf_stops(
                 return _real(*args, **kwargs)
 
             monkeypatch.setattr(rt.api, method, noted)
-        listings = watches[0].listings
+        listings = len(listed)
         leases = ("coordination.k8s.io", "v1", "leases", NS, "legacygpu-operator")
         stolen = {"holderIdentity": "intruder", "renewTime": format_time(now_utc()), "leaseDurationSeconds": 3600}
         await dep.api.patch(*leases, {"spec": stolen})
         await eventually(told_to_stop.is_set, what="kopf to be told to stop after the lease was lost")
         assert at_stop == [(True, True)]  # the watch halted and the runtime closed before kopf was told
-        await eventually(lambda: not watches[0].alive(), what="the task watch's threads to end")
+        await eventually(lambda: not alive(), what="the task watch's threads to end")
         # While kopf winds down: the worker dies (its pod event still reaches kopf), and a task of no
         # known cluster is created. No replica leads: nobody replaces the pod or settles either task.
         await dep.kill_worker(pod)
@@ -257,7 +274,7 @@ async def test_a_leader_that_loses_its_lease_stops_acting_before_kopf_stops(
         after = await dep.task("t")
         assert after is not None and phase(after) == "Running" and after["status"]["workerRef"]["pod"] == pod
         assert [p["metadata"]["name"] for p in await dep.pods("c")] == [pod]
-        assert late == [] and watches[0].listings == listings and not rt.orphan_checks
+        assert late == [] and len(listed) == listings and not rt.orphan_checks
     finally:
         may_stop.set()
         dep.gate.set()
