@@ -53,7 +53,7 @@ from legacygpu.core.kube.contract import (
 )
 from legacygpu.core.kube.errors import ApiConflictError, ApiError, ApiNotFoundError, ApiUnavailableError
 from legacygpu.core.scheduling import STRATEGIES
-from legacygpu.core.tasks import ASSIGNED_PHASES, Phase, Reason
+from legacygpu.core.tasks import ASSIGNED_PHASES, Phase
 from legacygpu.operator import events
 from legacygpu.operator.autoscaling import ScaleReason, autoscale, autoscaling_spec, requests_in_flight
 from legacygpu.operator.batch import reconcile_batches
@@ -231,7 +231,7 @@ async def _tasks(
     pod_map = {p.name: p for p in pods}
     wakes: list[datetime.datetime] = []
     writes: list[tuple[TaskView, TaskStatus, tuple[str, str, str] | None]] = []
-    charges: list[tuple[TaskView, TaskStatus, tuple[str, str, str] | None]] = []  # see _spends_attempt
+    charges: list[tuple[TaskView, TaskStatus, tuple[str, str, str] | None]] = []  # Action.charge: written last
     deletes: list[TaskView] = []
     admitted: list[TaskView] = []
     unfinished: list[TaskView] = []  # what placement reads: finished tasks hold no slot and wait for none
@@ -254,8 +254,7 @@ async def _tasks(
         elif action.admit:
             admitted.append(task)  # its Queued status is built below, only if it is written
         elif action.status is not None:
-            (charges if _spends_attempt(task, action.status, heads) else writes).append(
-                (task, action.status, action.event))
+            (charges if action.charge else writes).append((task, action.status, action.event))
     changing = {(t.namespace, t.name) for t, *_ in writes + charges}
     if schedule:
         still = [t for t in unfinished if (t.namespace, t.name) not in changing]
@@ -295,17 +294,6 @@ async def _all_then_raise(*writes: Awaitable[Any]) -> list[Any]:
         if isinstance(outcome, BaseException):
             raise outcome
     return results
-
-
-def _spends_attempt(task: TaskView, status: TaskStatus, heads: Mapping[str, str]) -> bool:
-    """Whether ``status`` takes ``task`` back from its lost pod as a spent attempt.
-
-    That is the pod's ``Running`` task, or else its head (:func:`scheduled_heads`); its other
-    ``Scheduled`` tasks go back with none spent.
-    """
-    if status.get("reason") != Reason.WORKER_LOST.value or not task.worker:
-        return False
-    return task.phase == Phase.RUNNING or heads.get(task.worker) == task.name
 
 
 async def _autoscale(

@@ -216,6 +216,8 @@ class Action:
     """A valid ``Pending`` task to accept (``Queued``). Its status is in ``status`` unless
     :func:`decide` was asked to defer it: then the caller builds it (:func:`queued_status`) only
     for the tasks it writes."""
+    charge: bool = False
+    """``status`` takes the task back from its lost pod as a spent attempt (the caller writes these last)."""
 
     @property
     def phase(self) -> Phase | None:
@@ -346,7 +348,7 @@ def decide(
                 task.status, created=task.created, max_retries=task.max_retries,
                 reason=Reason.WORKER_LOST, message=problem, now=now, policy=policy, rng=rng,
             )
-            return Action(status=status, event=("Warning", status["reason"], status["message"]))
+            return Action(status=status, event=("Warning", status["reason"], status["message"]), charge=True)
     if task.phase == Phase.QUEUED:
         retry = parse_time(task.retry_after)
         if retry is not None and retry > now:
