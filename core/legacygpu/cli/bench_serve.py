@@ -186,6 +186,22 @@ def _binary_body(input_name: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]
 # load generation --------------------------------------------------------------------------------------
 
 
+async def _timed_post(client: Any, url: str, body: bytes, headers: dict[str, str]) -> float | None:
+    """Seconds from sending ``body`` to ``url`` to the whole answer, or None when it was not a 200 (an error is
+    logged and counted by the caller, as a client sees it)."""
+    import aiohttp
+
+    started = time.perf_counter()
+    try:
+        async with client.post(url, data=body, headers=headers) as response:
+            await response.read()
+            status = response.status
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        log.warning("%s: %s: %s", url, type(exc).__name__, exc)
+        return None
+    return time.perf_counter() - started if status == 200 else None
+
+
 async def _http_load(url: str, body: bytes, headers: dict[str, str], concurrency: int,
                      seconds: float) -> dict[str, Any]:
     import aiohttp
@@ -194,30 +210,18 @@ async def _http_load(url: str, body: bytes, headers: dict[str, str], concurrency
     errors = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
-
-        async def post() -> int:
-            async with client.post(url, data=body, headers=headers) as response:
-                await response.read()
-                return response.status
-
-        await post()  # warm: load the model, open the connections
-        await asyncio.gather(*(post() for _ in range(concurrency)), return_exceptions=True)
+        await _timed_post(client, url, body, headers)  # warm: load the model, open the connections
+        await asyncio.gather(*(_timed_post(client, url, body, headers) for _ in range(concurrency)))
         deadline = time.perf_counter() + seconds
 
         async def one_client() -> None:
             nonlocal errors
             while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                try:
-                    status = await post()
-                except (TimeoutError, aiohttp.ClientError) as exc:  # counted, as a client sees it
-                    log.warning("%s: %s: %s", url, type(exc).__name__, exc)
+                latency = await _timed_post(client, url, body, headers)
+                if latency is None:
                     errors += 1
-                    continue
-                if status == 200:
-                    latencies.append(time.perf_counter() - started)
                 else:
-                    errors += 1
+                    latencies.append(latency)
 
         started = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(concurrency)))
@@ -241,18 +245,10 @@ async def _paired_load(facade: tuple[str, dict[str, str]], worker: tuple[str, di
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as client:
 
         async def post(side: str, url: str, headers: dict[str, str]) -> float | None:
-            started = time.perf_counter()
-            try:
-                async with client.post(url, data=body, headers=headers) as response:
-                    await response.read()
-                    status = response.status
-            except (TimeoutError, aiohttp.ClientError) as exc:  # counted, as a client sees it
-                log.warning("%s: %s: %s", url, type(exc).__name__, exc)
-                status = 0
-            if status != 200:
+            latency = await _timed_post(client, url, body, headers)
+            if latency is None:
                 errors[side] += 1
-                return None
-            return time.perf_counter() - started
+            return latency
 
         sides = [("facade", *facade), ("worker", *worker)]
         warm_until = time.perf_counter() + PAIRED_WARM_UP_SECONDS
