@@ -167,20 +167,15 @@ def render_serve(record: dict[str, Any], make: str) -> str:
                 )
     lines += ["", "| issue 10 target | model | clients | ours | reference | measured | wanted | met |",
               "|---|---|---:|---|---|---:|---|---|"]  # fmt: skip
-    from legacygpu.cli.bench_serve import targets
+    from legacygpu.cli.bench_serve import target_notes, targets
 
     for t in targets(record["results"]):  # from the points, by the code of this commit
         measured = _num(t["value"]) + ("x" if t["name"] != "facade_overhead_p50_ms" else " ms")
         if "p50_ms" in t:
             measured += f" (p50 {_ms(t['p50_ms'][0])} vs {_ms(t['p50_ms'][1])} ms)"
-        if "ceiling" in t:
-            measured += f"; at most {t['ceiling']:.3g}x here ({t['ceiling_from']})"
-        if "in_process_gain" in t:
-            measured += f"; in process a batch runs {t['in_process_gain']:.3g}x faster per image than one alone"
+        measured += target_notes(t)
         if t.get("within_noise"):
             measured += f", within noise (IQR {_ms(t['noise_ms'])} ms)"
-        if t.get("ci95_ms"):
-            measured += f" (95% interval {t['ci95_ms'][0]:.3g} to {t['ci95_ms'][1]:.3g} ms, requests alternating)"
         lines.append(f"| {_TARGET_TEXT.get(t['name'], t['name'])} | {t['model']} | {t['concurrency']} | {t['ours']} "
                      f"| {t['reference']} | {measured} | {t['threshold']} | {'**yes**' if t['met'] else 'no'} |")
     return "\n".join(lines)

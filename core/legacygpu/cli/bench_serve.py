@@ -598,6 +598,20 @@ def targets(results: dict[str, Any], *, vs_ray_model: str = "digits", concurrenc
     return out
 
 
+def target_notes(target: dict[str, Any]) -> str:
+    """What a target of :func:`targets` says beside its value (its ceiling, the in-process batch gain, its
+    interval), for the printed summary and the docs' table alike."""
+    notes = ""
+    if "ceiling" in target:
+        notes += f"; at most {target['ceiling']:.3g}x here ({target['ceiling_from']})"
+    if "in_process_gain" in target:
+        notes += f"; in process a batch runs {target['in_process_gain']:.3g}x faster per image than one alone"
+    if target.get("ci95_ms"):
+        low, high = target["ci95_ms"]
+        notes += f" (95% interval {low:.3g} to {high:.3g} ms, requests alternating)"
+    return notes
+
+
 def write_report(path: Path, report: dict[str, Any]) -> None:
     """``report`` as JSON, a figure that could not be measured (NaN: no answered request) as null."""
     path.write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
@@ -699,13 +713,8 @@ def command(models: str, concurrency: str, opencl_concurrency: str, ceiling_batc
     _plot(out_dir / "serve.png", results, f"legacygpu bench serve, {os.cpu_count()} cores, load before {load}")
     click.echo(_table(results))
     for t in found:
-        ceiling = f"; at most {t['ceiling']:.3g}x here ({t['ceiling_from']})" if "ceiling" in t else ""
-        if "in_process_gain" in t:
-            ceiling += f"; a batch runs {t['in_process_gain']:.3g}x faster per image than one image alone"
-        if t.get("ci95_ms"):
-            ceiling += f"; 95% interval {t['ci95_ms'][0]:.3g} to {t['ci95_ms'][1]:.3g} ms"
         value = "none measured" if t["value"] is None else f"{t['value']:.3g}"
         click.echo(f"target {t['name']} ({t['model']}, {t['ours']}, c={t['concurrency']}): {value} "
-                   f"(wanted {t['threshold']}{ceiling}): {'met' if t['met'] else 'NOT met'}")
+                   f"(wanted {t['threshold']}{target_notes(t)}): {'met' if t['met'] else 'NOT met'}")
     click.echo(f"load average before {load}, after {', '.join(f'{v:.1f}' for v in os.getloadavg())}; "
                f"wrote {out_dir / 'serve.json'} and {out_dir / 'serve.png'}")
