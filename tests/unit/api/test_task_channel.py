@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
@@ -20,6 +21,7 @@ from starlette.applications import Starlette
 from legacygpu.api.backends.local.channel import Delivery, HttpChannel, Refused, Unanswered
 from legacygpu.api.schemas import ClaimedTask, TaskCompletion
 from legacygpu.api.workerhttp import WorkerPool
+from legacygpu.worker import taskchannel
 from legacygpu.worker.taskchannel import Inbox, task_routes
 
 TASK = ClaimedTask(id="task-1", model="digits", attempt=1, inputs=[{"name": "x"}], parameters={})
@@ -72,6 +74,25 @@ async def test_no_connection_means_refused() -> None:
         await channel().push(delivery(f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(Refused, match="not an http:// URL"):
         await channel().push(delivery("https://127.0.0.1:1"))
+
+
+async def test_a_push_that_overtakes_the_registrations_answer_waits_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The facade schedules onto a worker once it has registered it; its push can reach the worker before the
+    registration's answer (the id and token the push is checked against) does."""
+    inbox = Inbox()
+    inbox.registering()
+    with serve_in_thread(Starlette(routes=task_routes(inbox))) as url:
+        answer = threading.Timer(0.3, inbox.open, ("w-1", "own-token"))
+        answer.start()
+        await channel().push(delivery(url))
+        answer.join()
+        assert inbox.get(timeout=1) == TASK.model_dump() and inbox.held() == ["task-1"]
+
+        monkeypatch.setattr(taskchannel, "REGISTRATION_WAIT_SECONDS", 0.2)
+        inbox.registering()  # registering again (the facade forgot this worker), and no answer comes
+        with pytest.raises(Refused, match=r"answered 409: .*this worker is w-1, not w-2"):
+            await channel().push(delivery(url, worker_id="w-2"))
+        assert inbox.empty()
 
 
 def _read_then(close: bool) -> Callable[[socket.socket], None]:

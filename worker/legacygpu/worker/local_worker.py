@@ -166,6 +166,7 @@ class LocalWorker:
             "stats": self.stats(),
         }
         delay = 0.2
+        self.inbox.registering()
         while not self.stop_requested.is_set():
             try:
                 reply = self._call("POST", "/cluster/workers/register", json=body,
@@ -176,6 +177,7 @@ class LocalWorker:
                 self.stop_requested.wait(delay)
                 delay = min(delay * 2, 5.0)
         else:
+            self.inbox.close()
             return
         self.worker_id = reply["id"]
         if reply.get("token"):

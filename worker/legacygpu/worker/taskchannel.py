@@ -26,6 +26,11 @@ work. Answers:
   was meant for an earlier registration of this process);
 * 503 while the worker is not registered yet, or is draining or stopping:
   it takes nothing new (the facade puts the tasks back in the queue);
+  a push that arrives while the worker's registration request is still
+  waiting for its answer waits for that answer first (up to
+  :data:`REGISTRATION_WAIT_SECONDS`): the facade schedules onto a worker as
+  soon as it has registered it, and its push can overtake the registration's
+  answer, which carries the id and token the push is checked against;
 * 400 for a body that is not that shape.
 
 Otherwise the handler only queues, never runs anything, so it answers at once; it
@@ -44,6 +49,7 @@ finished (it stopped mid-push) is noticed and undone.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import queue
@@ -56,9 +62,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["TASKS_PATH", "Inbox", "RunNow", "task_routes"]
+__all__ = ["REGISTRATION_WAIT_SECONDS", "TASKS_PATH", "Inbox", "RunNow", "task_routes"]
 
 TASKS_PATH = "/internal/tasks"
+REGISTRATION_WAIT_SECONDS = 5.0
+"""How long a push waits for the answer to a registration in flight (the facade waits 10 s for a push's answer)."""
 _TASK_FIELDS = {"id": str, "model": str, "attempt": int, "inputs": list, "parameters": dict}
 
 
@@ -72,6 +80,16 @@ class Inbox:
         self._worker_id: str | None = None
         self._token: str | None = None
         self._accepting = False
+        self._settled = threading.Event()  # cleared while a registration waits for its answer
+        self._settled.set()
+
+    def registering(self) -> None:
+        """A registration request is on its way: pushes wait for its answer (:meth:`open`) before their check."""
+        self._settled.clear()
+
+    def settled(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for no registration to be in flight; whether none is."""
+        return self._settled.wait(timeout)
 
     def open(self, worker_id: str, token: str) -> None:
         """Take pushes for this registration; anything held for an earlier one is dropped (it was released)."""
@@ -80,11 +98,13 @@ class Inbox:
             self._held.clear()
             while not self._queue.empty():
                 self._queue.get_nowait()
+        self._settled.set()
 
     def close(self) -> None:
         """Take nothing new (draining, stopping); what is queued stays to be run."""
         with self._lock:
             self._accepting = False
+        self._settled.set()
 
     def check(self, worker_id: str, authorization: str) -> tuple[int, str]:
         """Whether a push for ``worker_id`` with this ``Authorization`` header is taken: ``(0, "")`` or an error."""
@@ -156,6 +176,8 @@ def task_routes(inbox: Inbox, run_now: RunNow | None = None) -> list[Route]:
             worker_id, tasks = _parse(await request.body())
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
+        if not inbox.settled(0):  # the registration's answer (this push's id and token) is still on its way
+            await asyncio.to_thread(inbox.settled, REGISTRATION_WAIT_SECONDS)
         code, why = inbox.check(worker_id, request.headers.get("authorization", ""))
         if code:
             return JSONResponse({"error": why}, status_code=code)
