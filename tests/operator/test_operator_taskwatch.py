@@ -133,10 +133,15 @@ def api() -> Iterator[ScriptedApi]:
 
 @dataclass
 class Recorder:
-    """Feeds a TaskIndex as the operator does and notes what each delivery left in it."""
+    """Delivers to the operator's own handlers (:mod:`legacygpu.operator.task_handlers`, on a runtime with a
+    stand-in API) and notes what each delivery left in its task index."""
 
-    index: TaskIndex = field(default_factory=lambda: TaskIndex([NS]))
+    rt: OperatorRuntime = field(default_factory=lambda: runtime()[0])
     seen: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    @property
+    def index(self) -> TaskIndex:
+        return self.rt.tasks
 
     def names(self) -> list[str]:
         return sorted(v.name for v in self.index.get((NS, "c")))
@@ -146,24 +151,23 @@ class Recorder:
         return sum(kind == "LIST" for kind, _ in self.seen)
 
     def event(self, kind: str, view: TaskView) -> None:
-        if kind == "DELETED":
-            self.index.remove(view.namespace, view.name)
-        else:
-            self.index.put(view)
+        task_handlers.on_task_event(self.rt, kind, view)
         self.seen.append((kind, self.names()))
 
     def unreadable(self, namespace: str, name: str) -> None:
-        self.index.remove(namespace, name)
+        task_handlers.on_task_unreadable(self.rt, namespace, name)
         self.seen.append(("UNREADABLE", self.names()))
 
     def listing(self, scope: str | None, views: list[TaskView], clusters: set[tuple[str, str]], begun: float) -> None:
-        self.index.replace(scope, views)
+        task_handlers.on_task_listing(self.rt, scope, views, clusters, begun)
         self.seen.append(("LIST", self.names()))
 
 
 @pytest.fixture
-def recorder() -> Recorder:
-    return Recorder()
+async def recorder() -> AsyncIterator[Recorder]:
+    recorder = Recorder()
+    yield recorder
+    await recorder.rt.shutdown()
 
 
 StartWatch = Callable[..., TaskWatch]
