@@ -377,6 +377,7 @@ async def test_an_outcome_answered_with_a_push_that_cannot_be_applied_leaves_the
     await backend.heartbeat(wid, Heartbeat(stats=SERVING, holding=[]))  # the worker ran it: it holds it no more
     back = await backend.get_task(submitted.id)
     assert back.phase == "Queued" and back.attempts == 0, "its outcome was lost on the way: it runs again"
+    assert back.message.startswith("worker w does not hold it: the push did not arrive, or its answer")
 
 
 async def test_restart_keeps_every_task(tmp_path: Path, clock: Clock) -> None:

@@ -256,7 +256,7 @@ class LocalBackend:
             completed = await self.channel.push(delivery)
         except Refused as exc:
             log.warning("%s; its %d task(s) go back to the queue", exc, len(delivery.tasks))
-            await self._db(self._undeliver, delivery, str(exc))
+            await self._db(self._undeliver, delivery, f"not delivered: {exc}")
             return
         except Unanswered as exc:
             # It may hold them: they stay Running there until it reports them or is declared lost.
@@ -458,7 +458,8 @@ class LocalBackend:
                          tasks=tuple(tasks)) for wid, tasks in started.items()]
 
     def _undeliver(self, delivery: Delivery, why: str, *, unreachable: bool = True) -> None:
-        """The worker did not take a push: its tasks go back to the queue as if never started (no attempt spent)."""
+        """The worker does not hold a push's tasks: they go back to the queue as if never started (no attempt
+        spent)."""
         if unreachable:
             self._unreachable.add(delivery.worker_id)
         with self.store.transaction():
@@ -469,7 +470,7 @@ class LocalBackend:
                     continue
                 if task.phase != Phase.RUNNING or task.worker_id != delivery.worker_id or task.attempts != sent.attempt:
                     continue  # moved on already (cancelled, expired, the worker lost)
-                self._apply(task, lifecycle.undeliver(task, reason=Reason.WORKER_LOST, why=f"not delivered: {why}"))
+                self._apply(task, lifecycle.undeliver(task, reason=Reason.WORKER_LOST, why=why))
 
     def _recover_lost_pushes(self, worker: dict[str, Any], holding: set[str]) -> None:
         """Tasks Running on a worker that says it does not hold them, started long enough ago that their push
@@ -483,7 +484,10 @@ class LocalBackend:
             log.warning("worker %s does not hold %d task(s) pushed to it over %.0fs ago", worker["name"],
                         len(lost), grace)
             delivery = Delivery(worker_id=worker["id"], worker_name=worker["name"], url="", tasks=tuple(lost))
-            self._undeliver(delivery, f"worker {worker['name']} never received it", unreachable=False)
+            # Either the push never arrived, or the worker ran the task in the push's answer and that answer was
+            # lost: the worker cannot tell which, so the message says both (the task's history keeps one run).
+            self._undeliver(delivery, f"worker {worker['name']} does not hold it: the push did not arrive, or its "
+                                      "answer, carrying the outcome, was lost", unreachable=False)
 
     def _prune(self, now: float) -> None:
         """Delete tasks finished more than the retention period ago, a batch per pass, checked once a minute."""
