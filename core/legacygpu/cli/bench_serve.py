@@ -31,9 +31,13 @@ turns in an order rotated per level (:func:`run_benchmark`).
 
 The facade's overhead over a direct worker call (at one client, batching off)
 is measured on its own as well, when one client is among the levels: one
-client alternates between the facade and the worker, request by request, for
-twice ``--seconds`` (``facade/paired`` and ``worker/paired``,
-:func:`_paired_load`). Measured one after the other, as the levels are, the
+client takes turns between the facade, a bare TCP relay to the worker and the
+worker itself, request by request, for ``--seconds`` each (``facade/paired``,
+``relay/paired`` and ``worker/paired``, :func:`_paired_load`). The relay
+(:mod:`legacygpu.cli.bench_relay`) parses nothing and only passes bytes on: what
+it adds is what any process between client and worker costs here (a large body
+through loopback twice more, on the same cores), the floor under the facade's
+overhead. Measured one after the other, as the levels are, the
 two p50s differ by whatever the machine's load did between the two points,
 and by SqueezeNet's own spread (its interquartile range is wider than the
 0.5 ms the target allows), so a difference from separate points cannot show
@@ -74,15 +78,17 @@ import logging
 import os
 import platform
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 import click
 import httpx
@@ -229,49 +235,51 @@ async def _http_load(url: str, body: bytes, headers: dict[str, str], concurrency
     return _summary(latencies, wall, errors)
 
 
-async def _paired_load(facade: tuple[str, dict[str, str]], worker: tuple[str, dict[str, str]], body: bytes,
-                       seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One client alternating between ``facade`` and ``worker`` (each a URL and its headers) for ``2 * seconds``,
-    after a warm-up of :data:`PAIRED_WARM_UP_SECONDS` (ten pairs at least).
+async def _paired_load(targets: dict[str, tuple[str, dict[str, str]]], body: bytes,
+                       seconds: float) -> dict[str, dict[str, Any]]:
+    """One client taking turns between ``targets`` (each a name, a URL and its headers; one named ``worker``,
+    the reference) for ``seconds`` per target, after a warm-up of :data:`PAIRED_WARM_UP_SECONDS` (ten rounds at
+    least).
 
-    Which of the two goes first changes from one pair to the next. Returns each side's point; a side's
-    throughput is one over its mean latency (the two share the wall time). The facade's point also holds
-    :func:`paired_difference` of the two, as ``minus_worker_p50_ms`` and ``minus_worker_ci95_ms``.
+    The order of the turns rotates from one round to the next. Returns each target's point; its throughput is
+    one over its mean latency (the targets share the wall time). Every point but the worker's also holds
+    :func:`paired_difference` of it and the worker, as ``minus_worker_p50_ms`` and ``minus_worker_ci95_ms``.
     """
     import aiohttp
 
-    latencies: dict[str, list[float]] = {"facade": [], "worker": []}
-    errors = {"facade": 0, "worker": 0}
+    latencies: dict[str, list[float]] = {name: [] for name in targets}
+    errors = dict.fromkeys(targets, 0)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as client:
 
-        async def post(side: str, url: str, headers: dict[str, str]) -> float | None:
+        async def post(name: str, url: str, headers: dict[str, str]) -> float | None:
             latency = await _timed_post(client, url, body, headers)
             if latency is None:
-                errors[side] += 1
+                errors[name] += 1
             return latency
 
-        sides = [("facade", *facade), ("worker", *worker)]
+        order = [(name, *target) for name, target in targets.items()]
         warm_until = time.perf_counter() + PAIRED_WARM_UP_SECONDS
-        for pair in itertools.count():  # warm: load the model, open both connections, settle
-            if pair >= 10 and time.perf_counter() >= warm_until:
+        for round_ in itertools.count():  # warm: load the model, open the connections, settle
+            if round_ >= 10 and time.perf_counter() >= warm_until:
                 break
-            for side in sides:
-                await post(*side)
-            sides.reverse()
-        errors.update(facade=0, worker=0)
-        deadline = time.perf_counter() + 2 * seconds
+            for turn in order:
+                await post(*turn)
+            order.append(order.pop(0))
+        errors = dict.fromkeys(targets, 0)
+        deadline = time.perf_counter() + len(targets) * seconds
         while time.perf_counter() < deadline:
-            pair = {side[0]: await post(*side) for side in sides}
-            ours, reference = pair["facade"], pair["worker"]
-            if ours is not None and reference is not None:  # a pair counts whole, or not at all
-                latencies["facade"].append(ours)
-                latencies["worker"].append(reference)
-            sides.reverse()
-    points = {side: _summary(values, sum(values), errors[side]) for side, values in latencies.items()}
-    difference = paired_difference(latencies["facade"], latencies["worker"])
-    points["facade"].update(minus_worker_p50_ms=difference[0] if difference else None,
-                            minus_worker_ci95_ms=list(difference[1:]) if difference else None)
-    return points["facade"], points["worker"]
+            answered = {turn[0]: await post(*turn) for turn in order}
+            if None not in answered.values():  # a round counts whole, or not at all
+                for name, latency in answered.items():
+                    latencies[name].append(cast(float, latency))
+            order.append(order.pop(0))
+    points = {name: _summary(values, sum(values), errors[name]) for name, values in latencies.items()}
+    for name, point in points.items():
+        if name != "worker":
+            difference = paired_difference(latencies[name], latencies["worker"])
+            point.update(minus_worker_p50_ms=difference[0] if difference else None,
+                         minus_worker_ci95_ms=list(difference[1:]) if difference else None)
+    return points
 
 
 PAIRED_WARM_UP_SECONDS = 2.0
@@ -506,13 +514,32 @@ def run_benchmark(models: list[str], levels: list[int], seconds: float, ray: boo
 
 
 def _overhead(name: str, model: dict[str, Any], clusters: _Clusters, seconds: float) -> dict[str, list[dict[str, Any]]]:
-    """The overhead target's own measurement (the module's docstring): ``facade/paired`` and ``worker/paired``."""
+    """The overhead target's own measurement (the module's docstring): ``facade/paired``, ``relay/paired`` and
+    ``worker/paired``."""
     body, headers = _binary_body(model["input"], model["x"])
-    facade_point, worker_point = asyncio.run(_paired_load(
-        (f"{clusters.facade}/v2/models/{name}-single/infer", {**headers, **clusters.auth}),
-        (f"{clusters.worker}/v2/models/{name}-single/infer", headers), body, seconds))
-    return {"facade/paired": [_logged(name, "facade/paired", 1, facade_point)],
-            "worker/paired": [_logged(name, "worker/paired", 1, worker_point)]}
+    path = f"/v2/models/{name}-single/infer"
+    with _relay(clusters.worker) as relay:
+        points = asyncio.run(_paired_load({"facade": (clusters.facade + path, {**headers, **clusters.auth}),
+                                           "relay": (relay + path, headers),
+                                           "worker": (clusters.worker + path, headers)}, body, seconds))
+    return {f"{target}/paired": [_logged(name, f"{target}/paired", 1, point)] for target, point in points.items()}
+
+
+@contextlib.contextmanager
+def _relay(worker: str) -> Iterator[str]:
+    """A bare TCP relay to ``worker`` in a process of its own (:mod:`legacygpu.cli.bench_relay`): its URL."""
+    parts = urlsplit(worker)
+    process = subprocess.Popen([sys.executable, "-m", "legacygpu.cli.bench_relay", parts.hostname or "",
+                                str(parts.port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        port = process.stdout.readline().strip()
+        if not port.isdigit():
+            raise click.ClickException(f"the relay did not start (exit code {process.wait()})")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def _logged(name: str, target: str, c: int, point: dict[str, Any]) -> dict[str, Any]:
@@ -540,7 +567,9 @@ def targets(results: dict[str, Any], *, vs_ray_model: str = "digits", concurrenc
       against Ray Serve's better one: at least 5x the throughput and a lower p50;
     * facade overhead: facade p50 minus worker p50 at one client, batching off, per model: at most 0.5 ms.
       From the paired points where the run has them (``facade/paired``, ``worker/paired``): met when the
-      upper end of the difference's 95% interval is at most 0.5 ms. Else (a run from before them) from the
+      upper end of the difference's 95% interval is at most 0.5 ms; beside it (``relay_ms``, ``relay_ci95_ms``)
+      what a bare TCP relay in the same run adds over the worker (``relay/paired``): the floor under any
+      proxy's overhead on this machine (:mod:`legacygpu.cli.bench_relay`). Else (a run from before them) from the
       two separate points, and not met while the difference is within noise (smaller than the wider
       interquartile range of the two points: then the run cannot tell, and a negative overhead is only noise);
     * batching: on every other model (the CNN) at ``concurrency``, facade throughput with batching on over
@@ -567,9 +596,14 @@ def targets(results: dict[str, Any], *, vs_ray_model: str = "digits", concurrenc
         paired = _point(results, model, "facade/paired", 1)
         if paired and "minus_worker_ci95_ms" in paired:
             interval = paired["minus_worker_ci95_ms"]  # None: no pair was answered on both sides
-            out.append({"name": "facade_overhead_p50_ms", "model": model, "concurrency": 1,
-                        "ours": "facade/paired", "reference": "worker/paired", "value": paired["minus_worker_p50_ms"],
-                        "threshold": "<= 0.5", "ci95_ms": interval, "met": interval is not None and interval[1] <= 0.5})
+            row = {"name": "facade_overhead_p50_ms", "model": model, "concurrency": 1,
+                   "ours": "facade/paired", "reference": "worker/paired", "value": paired["minus_worker_p50_ms"],
+                   "threshold": "<= 0.5", "ci95_ms": interval, "met": interval is not None and interval[1] <= 0.5}
+            relay = _point(results, model, "relay/paired", 1)
+            if relay and relay.get("minus_worker_ci95_ms"):
+                row["relay_ms"] = relay["minus_worker_p50_ms"]
+                row["relay_ci95_ms"] = relay["minus_worker_ci95_ms"]
+            out.append(row)
         elif facade and worker:
             overhead = facade["p50_ms"] - worker["p50_ms"]
             noise = max(p["p75_ms"] - p["p25_ms"] for p in (facade, worker))
@@ -609,6 +643,10 @@ def target_notes(target: dict[str, Any]) -> str:
     if target.get("ci95_ms"):
         low, high = target["ci95_ms"]
         notes += f" (95% interval {low:.3g} to {high:.3g} ms, requests alternating)"
+    if "relay_ms" in target:
+        low, high = target["relay_ci95_ms"]
+        notes += (f"; a bare TCP relay in the same turns adds {target['relay_ms']:.3g} ms "
+                  f"({low:.3g} to {high:.3g})")
     return notes
 
 

@@ -217,6 +217,24 @@ def test_the_docs_show_the_paired_interval() -> None:
     assert "| squeezenet | facade | paired | 1 |" in text and "| squeezenet | worker | paired | 1 |" in text
 
 
+def test_the_relays_difference_stands_beside_the_overhead_and_does_not_decide_it() -> None:
+    """The relay is a reference, the floor under any proxy: the target is still met or not by the facade's own
+    interval, and the docs' row says what the relay added in the same turns."""
+    results = _results()
+    _paired(results, "squeezenet", 0.45, 0.3, 0.6)
+    results["squeezenet"]["relay/paired"] = [{**_pt(1, 500, 1.0), "minus_worker_p50_ms": 0.2,
+                                              "minus_worker_ci95_ms": [0.15, 0.25]}]
+    overhead = _by_key(targets(results))["facade_overhead_p50_ms", "squeezenet"]
+    assert (overhead["relay_ms"], overhead["relay_ci95_ms"], overhead["met"]) == (0.2, [0.15, 0.25], False)
+    assert "relay_ms" not in _by_key(targets(results))["facade_overhead_p50_ms", "digits"]
+    record = {"command": "legacygpu bench serve", "started": "2026-12-07T03:00:00+00:00", "seconds": 600,
+              "seconds_per_point": 3.0, "ray_version": None,
+              "host": {"cpu_count": 2, "load_before": [1, 1, 1], "load_after": [2, 1, 1]}, "results": results}
+    row = next(line for line in bench_docs.render_serve(record, "bench-serve").splitlines()
+               if line.startswith("| facade p50 minus worker p50") and "| squeezenet |" in line)
+    assert "; a bare TCP relay in the same turns adds 0.2 ms (0.15 to 0.25) |" in row and row.endswith("| no |")
+
+
 def test_the_paired_difference_keeps_the_pairs() -> None:
     """A constant shift under a wide spread: resampled pair by pair, every resample differs by the shift
     alone; drawing the two sides apart (pairing lost) would give an interval as wide as the spread."""
@@ -274,10 +292,10 @@ def test_a_run_without_pairs_writes_null_not_nan(tmp_path: Path) -> None:
     assert "| - ms |" in row and row.endswith("| no |")
 
 
-async def test_the_paired_load_alternates_one_client_between_the_two(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Against two real aiohttp servers on loopback: every pair has one request to each, and who goes first
-    changes from one pair to the next (warm-up included); the warm-up lasts its time, not only ten pairs;
-    a refused request drops its pair."""
+async def test_the_paired_load_takes_turns_between_the_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against three real aiohttp servers on loopback: every round has one request to each target, and who goes
+    first changes from one round to the next (warm-up included); the warm-up lasts its time, not only ten
+    rounds; a refused request drops its round; every target but the worker gets its difference to the worker."""
     from aiohttp import web
 
     from legacygpu.cli import bench_serve
@@ -287,6 +305,7 @@ async def test_the_paired_load_alternates_one_client_between_the_two(monkeypatch
 
     seen: list[tuple[str, bytes, str]] = []
     refuse = {"worker": 0}
+    names = ("facade", "relay", "worker")
 
     def handler(side: str) -> Any:
         async def answer(request: web.Request) -> web.Response:
@@ -298,7 +317,7 @@ async def test_the_paired_load_alternates_one_client_between_the_two(monkeypatch
         return answer
 
     runners, urls = [], {}
-    for side in ("facade", "worker"):
+    for side in names:
         app = web.Application()
         app.add_routes([web.post("/infer", handler(side))])
         runner = web.AppRunner(app)
@@ -308,25 +327,60 @@ async def test_the_paired_load_alternates_one_client_between_the_two(monkeypatch
         runners.append(runner)
         urls[side] = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/infer"  # type: ignore[union-attr]
     try:
-        refuse["worker"] = 0
-        facade, worker = await _paired_load((urls["facade"], {"X-Side": "f"}), (urls["worker"], {"X-Side": "w"}),
-                                            b"tensor", 0.1)
-        assert facade["requests"] == worker["requests"] > 0 and facade["errors"] == worker["errors"] == 0
-        assert len(seen) // 2 - facade["requests"] > 10, "the warm-up went on for its 0.3 s, past ten pairs"
-        assert {(side, body, header) for side, body, header in seen} == {("facade", b"tensor", "f"),
-                                                                          ("worker", b"tensor", "w")}
+        points = await _paired_load({side: (urls[side], {"X-Side": side[0]}) for side in names}, b"tensor", 0.1)
+        assert points["facade"]["requests"] == points["relay"]["requests"] == points["worker"]["requests"] > 0
+        assert all(point["errors"] == 0 for point in points.values())
+        assert len(seen) // 3 - points["facade"]["requests"] > 10, "the warm-up went on for its 0.3 s, past ten rounds"
+        assert {(side, body, header) for side, body, header in seen} == {(n, b"tensor", n[0]) for n in names}
         timed = [side for side, _, _ in seen]
-        firsts = timed[0::2]
-        assert all(a != b for a, b in zip(timed[0::2], timed[1::2], strict=False))  # one of each per pair
-        assert all(a != b for a, b in itertools.pairwise(firsts))  # the first alternates
-        assert len(facade["minus_worker_ci95_ms"]) == 2
+        rounds = [timed[i:i + 3] for i in range(0, len(timed) - len(timed) % 3, 3)]
+        assert all(sorted(r) == sorted(names) for r in rounds)  # one of each per round
+        assert all(a[0] != b[0] for a, b in itertools.pairwise(rounds))  # the first changes every round
+        assert len(points["facade"]["minus_worker_ci95_ms"]) == len(points["relay"]["minus_worker_ci95_ms"]) == 2
+        assert "minus_worker_p50_ms" not in points["worker"]
         seen.clear()
         refuse["worker"] = 1_000_000
-        facade, worker = await _paired_load((urls["facade"], {}), (urls["worker"], {}), b"tensor", 0.05)
-        assert facade["requests"] == worker["requests"] == 0 and worker["errors"] > 0
+        points = await _paired_load({side: (urls[side], {}) for side in names}, b"tensor", 0.05)
+        assert points["facade"]["requests"] == points["worker"]["requests"] == 0 and points["worker"]["errors"] > 0
     finally:
         for runner in runners:
             await runner.cleanup()
+
+
+async def test_the_relay_passes_large_bodies_on_unchanged_over_kept_alive_connections() -> None:
+    """The relay the overhead is measured against (``legacygpu.cli.bench_relay``, run as ``bench serve`` runs
+    it: a process of its own): a real aiohttp server behind it gets each 2 MB body byte for byte, and its
+    answers come back whole, several requests on one client connection."""
+    import aiohttp
+    from aiohttp import web
+
+    from legacygpu.cli.bench_serve import _relay
+
+    connections: set[object] = set()
+
+    async def echo(request: web.Request) -> web.Response:
+        connections.add(request.transport)
+        body = await request.read()
+        return web.Response(body=body[::-1])
+
+    app = web.Application(client_max_size=8 << 20)
+    app.add_routes([web.post("/echo", echo)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    worker = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    bodies = [np.random.default_rng(seed).bytes(2 << 20) for seed in range(3)]
+    try:
+        with _relay(worker) as relay:
+            assert relay != worker
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as client:
+                for body in bodies:
+                    async with client.post(f"{relay}/echo", data=body) as answer:
+                        assert answer.status == 200 and await answer.read() == body[::-1]
+        assert len(connections) == 1, "one client connection is one connection to the worker"
+    finally:
+        await runner.cleanup()
 
 
 def test_the_overhead_is_measured_first_with_only_its_own_cluster_running(monkeypatch: pytest.MonkeyPatch,
@@ -363,14 +417,21 @@ def test_the_overhead_is_measured_first_with_only_its_own_cluster_running(monkey
         log.append((url, tuple(running)))
         return point()
 
-    async def paired_load(*_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def paired_load(targets: dict[str, Any], *_: Any) -> dict[str, dict[str, Any]]:
         log.append(("paired", tuple(running)))
-        return {**point(), "minus_worker_p50_ms": 0.3, "minus_worker_ci95_ms": [0.2, 0.4]}, point()
+        assert list(targets) == ["facade", "relay", "worker"] and targets["relay"][0].startswith("http://relay/")
+        differences = {"minus_worker_p50_ms": 0.3, "minus_worker_ci95_ms": [0.2, 0.4]}
+        return {"facade": {**point(), **differences}, "relay": {**point(), **differences}, "worker": point()}
+
+    @contextlib.contextmanager
+    def relay(worker: str) -> Iterator[str]:
+        yield "http://relay"
 
     monkeypatch.setattr(bench_serve, "_prepare", prepare)
     monkeypatch.setattr(bench_serve, "_cluster", cluster)
     monkeypatch.setattr(bench_serve, "_http_load", http_load)
     monkeypatch.setattr(bench_serve, "_paired_load", paired_load)
+    monkeypatch.setattr(bench_serve, "_relay", relay)
     monkeypatch.setattr(bench_serve, "_ort_load", point)
     monkeypatch.setattr(bench_serve, "_ceilings", lambda *_: {})
     monkeypatch.setattr(bench_serve_ray, "python", lambda venv: venv / "bin" / "python")
@@ -383,5 +444,5 @@ def test_the_overhead_is_measured_first_with_only_its_own_cluster_running(monkey
     assert paired == [0, 1] and all(up == ("onnxruntime",) for _, up in log[:2])
     assert {up for _, up in log[2:]} == {("onnxruntime", "opencl", "ray")}  # the rest with every server up
     for model in ("digits", "squeezenet"):  # the JSON as before: the paired points last in each model's series
-        assert list(results[model])[-2:] == ["facade/paired", "worker/paired"]
+        assert list(results[model])[-3:] == ["facade/paired", "relay/paired", "worker/paired"]
         assert results[model]["facade/paired"][0]["minus_worker_ci95_ms"] == [0.2, 0.4]
