@@ -9,7 +9,8 @@ the facade's own RBAC is the chart's business); ``tritonclient`` from PyPI. Simu
 kubelets, whose stand-in runs the pods' readiness and liveness probes (``/v2/health/ready``,
 ``/v2/health/live`` on the ``http-v2`` port) and sets the pods' Ready condition from them.
 
-gRPC goes to the facade (which forwards it to the Ready pods) and straight to a worker pod's port 8001.
+REST and gRPC go to the facade (which forwards them to the Ready pods) and straight to a worker pod's ports
+8000 and 8001; the guide's Kubernetes serving examples run against the same deployment.
 """
 
 from __future__ import annotations
@@ -178,6 +179,9 @@ def test_tritonclient_through_the_facade_on_ready_worker_pods_and_a_killed_worke
     assert expected == [0, 3, 7]
     assert _infer_http(url) == expected
 
+    assert _infer_http(f"http://{pods[0].status.pod_ip}:8000") == expected  # a worker pod, directly
+    _run_the_guides_examples(url, grpc_address, pods[0].status.pod_ip)
+
     tensor = triton_grpc.InferInput("input", [len(DIGITS)], "BYTES")
     tensor.set_data_from_numpy(_images())
     grpc_client = triton_grpc.InferenceServerClient(f"{pods[0].status.pod_ip}:8001")  # a worker pod, directly
@@ -241,6 +245,33 @@ def test_tritonclient_through_the_facade_on_ready_worker_pods_and_a_killed_worke
     answers += more + [_infer_http(url) for _ in range(20)]
     assert all(a == [0, 3, 7] for a in answers)
     sys.stdout.write(f"{len(answers)} requests, {_retries(url):.0f} retried on another worker\n")
+
+
+GUIDE = REPO / "docs" / "CLUSTER_DEPLOYMENT_GUIDE.md"
+_NOT_RUN = ("export LEGACYGPU_API_TOKEN=$(kubectl ", "kubectl -n ", "sleep ")
+"""Lines of the guide's examples left out here: the token from the chart's Secret (the test has its own), the
+port-forwards (the stand-in kubelets forward no ports: the addresses are put in instead) and their waits."""
+
+
+def _run_the_guides_examples(url: str, grpc_address: str, pod_ip: str) -> None:
+    """The guide's Kubernetes serving examples (Part 2, section 10) as written but for the addresses and the
+    token (:data:`_NOT_RUN`): each prints what its ``# ...`` comments say."""
+    guide = GUIDE.read_text()
+    section = guide[guide.index("### 10. Real-time serving"):]
+    blocks = re.findall(r"```(bash|python)\n(.*?)```", section, re.DOTALL)
+    assert [lang for lang, _ in blocks] == ["bash", "python", "bash"]
+    addresses = {"127.0.0.1:8000": url.removeprefix("http://"), "127.0.0.1:8001": grpc_address,
+                 "127.0.0.1:9001": f"{pod_ip}:8001"}
+    env = {**os.environ, "LEGACYGPU_API_TOKEN": TOKEN, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for lang, code in blocks:
+        script = "\n".join(line for line in code.splitlines() if not line.startswith(_NOT_RUN))
+        for written, actual in addresses.items():
+            script = script.replace(written, actual)
+        argv = ["bash", "-c", script] if lang == "bash" else [sys.executable, "-c", script]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=REPO, check=False)
+        assert done.returncode == 0, f"{script}\n{done.stderr}"
+        printed = re.findall(r"^# (.*)$", code, re.MULTILINE)
+        assert done.stdout.strip().splitlines() == printed, f"{script}\n{done.stdout}"
 
 
 @contextlib.contextmanager
