@@ -1,10 +1,12 @@
 """Which worker the facade's ``/v2`` requests go to, and what they cost the cluster's database.
 
 A real facade (``create_app`` with its real :class:`LocalBackend` and SQLite store) on a real uvicorn
-socket; two stand-in workers, each a real uvicorn server on loopback, registered with the facade over
-HTTP as a worker registers (join token, its serving endpoint in its stats). Each worker answers an
-inference with its own name, and holds a request whose body is ``hold`` until the test lets it go, so
-the test decides how many requests each worker has outstanding.
+socket, with workers registered over HTTP as a worker process registers (join token, its serving
+endpoints and loaded model in its stats). For where requests go, the workers are two stand-ins, each a
+real uvicorn server on loopback that answers an inference with its own name and holds a request whose
+body is ``hold`` until the test lets it go, so the test decides how many requests each one has
+outstanding. For the database, the worker is a real one (the worker's REST and gRPC servers, onnxruntime,
+the demo digits model) and the facade serves gRPC too.
 """
 
 from __future__ import annotations
@@ -19,15 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
-from helpers import JOIN_TOKEN, TOKEN, serve_in_thread, wait_until
+import tritonclient.grpc as triton_grpc
+from helpers import JOIN_TOKEN, TOKEN, free_port, serve_in_thread, wait_until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from legacygpu.api.backends.local import LocalBackend
+from legacygpu.core.modelcards import ModelRepository
 from legacygpu.core.scheduling import STRATEGIES
+from legacygpu.worker.backends import create_backend
+from legacygpu.worker.runner import TaskRunner
+from legacygpu.worker.serving import ServingEngine, ServingServer
 
 INFER = "/v2/models/m/infer"
 
@@ -61,30 +69,24 @@ class Facade:
 
 
 @contextmanager
-def running_facade(tmp_path: Path, strategy: str) -> Iterator[Facade]:
+def running_facade(tmp_path: Path, strategy: str = "least-loaded",
+                   grpc_address: str | None = None) -> Iterator[tuple[httpx.Client, LocalBackend]]:
+    """A facade on a real socket (and gRPC at ``grpc_address``), its cluster in ``tmp_path``; its client (with the
+    user token) and its backend."""
     from legacygpu.api import create_app
     from legacygpu.core.config import Settings
 
     settings = Settings(data_dir=tmp_path / "data", api_token=TOKEN, join_token=JOIN_TOKEN,
                         scheduling_strategy=strategy, heartbeat_timeout_seconds=3600)  # no heartbeats here
-    app = create_app(settings)
-    workers = [Worker("a"), Worker("b")]
-    with ExitStack() as stack:
-        for worker in workers:
-            worker.url = stack.enter_context(serve_in_thread(
-                Starlette(routes=[Route(INFER, worker.infer, methods=["POST"])]), lifespan="off"))
-        url = stack.enter_context(serve_in_thread(app))
-        client = stack.enter_context(httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"},
-                                                  timeout=30))
-        for worker in workers:
-            register(client, worker.name, worker.url)
-        for worker in workers:
-            stack.callback(worker.release.set)  # nothing left hanging on the way out
-        yield Facade(client, app.state.backend, workers)
+    app = create_app(settings, grpc_address=grpc_address)
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"},
+                                                   timeout=30) as client:
+        yield client, app.state.backend
 
 
-def register(client: httpx.Client, name: str, url: str) -> None:
-    stats = {"serving": {"rest": url}, "models_loaded": ["m"]}
+def register(client: httpx.Client, name: str, url: str, *, grpc: str | None = None, model: str = "m") -> None:
+    """Register a worker as a worker process does, with its serving endpoints and loaded model in its stats."""
+    stats = {"serving": {"rest": url, "grpc": grpc}, "models_loaded": [model]}
     body = {"name": name, "host": "h", "pid": 1, "device": {"name": "d"}, "concurrency": 1, "stats": stats}
     response = client.post("/cluster/workers/register", json=body, headers={"Authorization": f"Bearer {JOIN_TOKEN}"})
     assert response.status_code == 201, response.text
@@ -92,9 +94,17 @@ def register(client: httpx.Client, name: str, url: str) -> None:
 
 @pytest.fixture(params=sorted(STRATEGIES))
 def facade(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Facade]:
-    """A facade whose cluster schedules tasks with each of the strategies in turn."""
-    with running_facade(tmp_path, request.param) as facade:
-        yield facade
+    """A facade whose cluster schedules tasks with each of the strategies in turn, and two stand-in workers."""
+    workers = [Worker("a"), Worker("b")]
+    with ExitStack() as stack:
+        for worker in workers:
+            worker.url = stack.enter_context(serve_in_thread(
+                Starlette(routes=[Route(INFER, worker.infer, methods=["POST"])]), lifespan="off"))
+            stack.callback(worker.release.set)  # nothing left hanging on the way out
+        client, backend = stack.enter_context(running_facade(tmp_path, request.param))
+        for worker in workers:
+            register(client, worker.name, worker.url)
+        yield Facade(client, backend, workers)
 
 
 def test_v2_goes_to_the_worker_with_the_fewest_outstanding_requests_whatever_the_task_strategy(
@@ -148,19 +158,40 @@ def _data_version(db: sqlite3.Connection) -> int:
     return int(db.execute("PRAGMA data_version").fetchall()[0][0])
 
 
-def test_v2_inference_writes_nothing_to_the_database(tmp_path: Path) -> None:
-    """The facade's /v2 path reads its workers from the store (registration) and writes nothing: no row
-    per request. A registration, which does write, shows the two measures see writes when there are some."""
-    with (running_facade(tmp_path, "least-loaded") as facade,  # the strategy is not this test's question
-          closing(sqlite3.connect(facade.backend.settings.database_path)) as other):
-        assert facade.client.post(INFER, content=b"{}").status_code == 200  # the workers are read: warm
+@pytest.fixture
+def worker(demo_repository: Path) -> Iterator[ServingServer]:
+    """A real worker's REST and gRPC endpoints (onnxruntime, the demo digits model), in this process."""
+    runner = TaskRunner(ModelRepository(demo_repository), create_backend("onnxruntime"))
+    server = ServingServer(ServingEngine(runner, server_version="test"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
-        changes, version = _total_changes(facade.backend), _data_version(other)
-        answers = [facade.client.post(INFER, content=b"{}") for _ in range(20)]
-        assert [r.status_code for r in answers] == [200] * 20
-        assert _total_changes(facade.backend) == changes, "a /v2 request wrote to the database"
+
+def test_v2_inference_writes_nothing_to_the_database(tmp_path: Path, worker: ServingServer) -> None:
+    """The facade's /v2 path, REST and gRPC, reads its workers from the store (registration) and writes nothing:
+    no row per request. A registration, which does write, shows the two measures see writes when there are some."""
+    grpc_address = f"127.0.0.1:{free_port()}"
+    with (running_facade(tmp_path, grpc_address=grpc_address) as (client, backend),
+          closing(sqlite3.connect(backend.settings.database_path)) as other,
+          closing(triton_grpc.InferenceServerClient(grpc_address)) as grpc_client):
+        register(client, "w", worker.endpoints["rest"], grpc=worker.endpoints["grpc"], model="digits")
+        body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+        tensor = triton_grpc.InferInput("input", [1, 64], "FP32")
+        tensor.set_data_from_numpy(np.zeros((1, 64), dtype=np.float32))
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        assert client.post("/v2/models/digits/infer", json=body).status_code == 200  # the worker is read: warm
+
+        changes, version = _total_changes(backend), _data_version(other)
+        for _ in range(10):
+            assert client.post("/v2/models/digits/infer", json=body).status_code == 200
+            assert grpc_client.infer("digits", [tensor], headers=auth).as_numpy("probabilities").shape == (1, 10)
+        assert client.get("/v2/models/digits/ready").status_code == 200
+        assert _total_changes(backend) == changes, "a /v2 request wrote to the database"
         assert _data_version(other) == version, "a /v2 request wrote to the database file"
 
-        register(facade.client, "c", facade.workers[0].url)
-        assert _total_changes(facade.backend) > changes, "a write is seen (the measure works)"
+        register(client, "c", worker.endpoints["rest"])
+        assert _total_changes(backend) > changes, "a write is seen (the measure works)"
         assert _data_version(other) != version, "a write is seen from another connection too"
