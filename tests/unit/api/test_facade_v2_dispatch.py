@@ -12,11 +12,12 @@ the demo digits model) and the facade serves gRPC too.
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,3 +196,54 @@ def test_v2_inference_writes_nothing_to_the_database(tmp_path: Path, worker: Ser
         register(client, "c", worker.endpoints["rest"])
         assert _total_changes(backend) > changes, "a write is seen (the measure works)"
         assert _data_version(other) != version, "a write is seen from another connection too"
+
+
+@contextmanager
+def counting_proxy(target: str) -> Iterator[tuple[str, list[int]]]:
+    """A TCP relay on loopback to ``target`` (``host:port``): its ``host:port``, and a count of the connections it
+    took (each relayed whole, both ways, to a connection of its own to ``target``)."""
+    host, port = target.rsplit(":", 1)
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = [0]
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            accepted[0] += 1
+            upstream = socket.create_connection((host, int(port)))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pump, args=(source, sink), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}", accepted
+    finally:
+        listener.close()
+
+
+def test_grpc_through_the_facade_keeps_one_connection_to_the_worker(tmp_path: Path, worker: ServingServer) -> None:
+    """The facade's gRPC calls to a worker share one persistent channel: many calls, from clients that each
+    connect anew, cross one connection to the worker."""
+    grpc_address = f"127.0.0.1:{free_port()}"
+    tensor = triton_grpc.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 64), dtype=np.float32))
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with (running_facade(tmp_path, grpc_address=grpc_address) as (client, _),
+          counting_proxy(worker.endpoints["grpc"]) as (relay, connections)):
+        register(client, "w", worker.endpoints["rest"], grpc=relay, model="digits")
+        for _ in range(5):
+            with closing(triton_grpc.InferenceServerClient(grpc_address)) as grpc_client:
+                for _ in range(2):
+                    answer = grpc_client.infer("digits", [tensor], headers=auth)
+                    assert answer.as_numpy("probabilities").shape == (1, 10)
+        assert connections[0] == 1
