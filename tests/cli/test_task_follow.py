@@ -8,11 +8,19 @@ it likes.
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from helpers import TOKEN, LocalCluster, free_port
+import httpx
+import pytest
+from helpers import TOKEN, LocalCluster, free_port, wait_until
 from taskfakes import FakeWorker
 
 from legacygpu.cli import follow
@@ -80,3 +88,52 @@ def test_a_wrong_token_means_no_stream_rather_than_a_hang(cluster: LocalCluster)
     client = ApiClient(cluster.url, "wrong-token")
     with follow.open_events(client) as stream:
         assert stream is None
+
+
+@pytest.fixture
+def logged_cluster(data_dir: Path) -> Iterator[LocalCluster]:
+    """A facade process as ``cluster`` starts it, but logging at info: its log shows each WebSocket it accepts."""
+    c = LocalCluster(data_dir)
+    c.api = c._spawn("api", "api", "serve", "--port", str(c.port), "--log-level", "info")
+    try:
+        wait_until(lambda: _answers(f"{c.url}/cluster/health"), timeout=60, what="the facade to answer")
+        yield c
+    finally:
+        c.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _task_gets(cluster: LocalCluster) -> float:
+    """GETs the facade has answered on any one task's routes (``/cluster/tasks/{task_id}...``), from its metrics."""
+    text = cluster.http.get("/metrics").text
+    found = re.findall(r'^legacygpu_http_requests_total\{(.*)\} (\S+)$', text, re.MULTILINE)
+    return sum(float(value) for labels, value in found
+               if 'method="GET"' in labels and 'route="/cluster/tasks/{task_id}' in labels)
+
+
+def test_the_cli_command_follows_the_event_stream_rather_than_polling(logged_cluster: LocalCluster,
+                                                                      tmp_path: Path) -> None:
+    """``legacygpu task submit --wait`` as a user runs it, on a task a worker holds Running for 1.5 s: the
+    facade accepts its event stream and answers it at most a few GETs of the task (polling every 0.1 s would
+    take about fifteen), and the CLI prints the result."""
+    cluster = logged_cluster
+    tensor = tmp_path / "input.json"
+    tensor.write_text(json.dumps(INPUTS[0]))
+    worker = fake_worker(cluster)
+    before = _task_gets(cluster)
+    done = subprocess.run([sys.executable, "-m", "legacygpu.cli", "task", "submit", "-m", "digits", "-i",
+                           str(tensor), "--wait"], env=cluster.env, capture_output=True, text=True, timeout=120)
+    worker.join(10)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"task task-\S+: Succeeded", done.stdout), done.stdout
+    assert "Running" in done.stderr, done.stderr  # the phases shown as they came
+    gets = _task_gets(cluster) - before
+    assert 1 <= gets <= 3, f"the CLI fetched the task {gets:.0f} times: it polled rather than followed the stream"
+    log = (cluster.logs / "api.log").read_text()
+    assert '"WebSocket /ws/cluster/events" [accepted]' in log, log[-2000:]
