@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
+from helpers import JOIN_TOKEN, TOKEN, serve_in_thread
+from prometheus_client import CollectorRegistry
 
+from legacygpu.api.discovery import ServingEndpoint
+from legacygpu.api.forwarding import Forwarder
 from legacygpu.core.modelcards import CARD_FILE, DynamicBatchingSpec, load_card, save_card
 from legacygpu.worker.backends import BackendInfo, LoadedModel, create_backend
 
-__all__ = ["EXAMPLES", "GatedBackend", "enable_batching"]
+__all__ = ["EXAMPLES", "Facade", "GatedBackend", "enable_batching", "facade"]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "digits"
 
@@ -69,3 +76,41 @@ class _GatedModel:
         time.sleep(GatedBackend.MIN_RUN_SECONDS)
         backend.batches.append(np.asarray(next(iter(feeds.values())))[:, 0].tolist())
         return self._real.run(feeds)
+
+
+class _Workers:
+    """Discovery stand-in: the facade's workers are the endpoints given."""
+
+    def __init__(self, endpoints: tuple[ServingEndpoint, ...]) -> None:
+        self.endpoints = endpoints
+
+    async def serving_endpoints(self) -> list[ServingEndpoint]:
+        return list(self.endpoints)
+
+
+@dataclass
+class Facade:
+    http: httpx.Client
+    """To the facade's REST port, with the users' token."""
+    grpc: str
+    """``host:port`` of the facade's gRPC port."""
+    forwarder: Forwarder
+    metrics: CollectorRegistry
+    """The facade's metrics."""
+
+
+@contextlib.contextmanager
+def facade(data_dir: Path, *endpoints: ServingEndpoint) -> Iterator[Facade]:
+    """A real facade (``create_app``: REST on uvicorn, gRPC on a port of its own) on loopback, forwarding
+    ``/v2`` to ``endpoints``; only discovery is a stand-in. It reads the worker list once (refresh: 60 s), so a
+    worker that fails stays passed over for the whole test."""
+    from legacygpu.api import create_app
+    from legacygpu.core.config import Settings
+
+    app = create_app(Settings(data_dir=data_dir, api_token=TOKEN, join_token=JOIN_TOKEN),
+                     grpc_address="127.0.0.1:0")
+    forwarder = app.state.forwarder = Forwarder(_Workers(endpoints), app.state.metrics.registry,  # type: ignore[arg-type]
+                                                refresh_seconds=60)
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60,
+                                                   headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        yield Facade(http, f"127.0.0.1:{app.state.grpc_port}", forwarder, app.state.metrics.registry)

@@ -24,10 +24,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from helpers import wait_until
-from serving_support import GatedBackend, enable_batching
+from helpers import TOKEN, wait_until
+from serving_support import GatedBackend, enable_batching, facade
 from tritonclient.utils import InferenceServerException
 
+from legacygpu.api.discovery import ServingEndpoint
 from legacygpu.core.modelcards import ModelRepository
 from legacygpu.core.oip import grpc_predict_v2_pb2 as pb
 from legacygpu.worker.runner import TaskRunner
@@ -124,20 +125,33 @@ def grpc_refusal(address: str, value: float, metadata: tuple[tuple[str, str], ..
     return refused.value
 
 
-def test_a_full_queue_is_unavailable_over_grpc_with_retry_after(gated_worker: Callable[..., Worker]) -> None:
+def test_a_full_queue_is_unavailable_with_retry_after_from_a_workers_grpc_and_through_the_facade(
+        gated_worker: Callable[..., Worker], tmp_path: Path) -> None:
     worker = gated_worker(default_queue_policy={"max_queue_size": 1})
-    first = _hold_the_device(worker)
-    queued = _queue(worker, "rest", 1.0)
-    refused = grpc_refusal(worker.server.endpoints["grpc"], 2.0)
-    assert refused.code() == grpc.StatusCode.UNAVAILABLE
-    assert refused.details() == "model 'digits': the queue is full (1 requests wait)"
-    trailing = dict(refused.trailing_metadata() or ())
-    assert trailing["retry-after"] == "1" and trailing["legacygpu-error"] == "QueueFull"
-    worker.device.gate.set()
-    first.result(60), queued.result(60)
-    assert worker.device.batches == [[0.0], [1.0]]  # the refused request never ran
+    endpoints = worker.server.endpoints
+    with facade(tmp_path / "data", ServingEndpoint("w", endpoints["rest"], frozenset({"digits"}),
+                                                   endpoints["grpc"])) as front:
+        first = _hold_the_device(worker)
+        queued = _queue(worker, "rest", 1.0)
+        refusals = [grpc_refusal(endpoints["grpc"], 2.0),
+                    grpc_refusal(front.grpc, 3.0, (("authorization", f"Bearer {TOKEN}"),))]
+        body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [4.0] * 64}]}
+        rest = front.http.post("/v2/models/digits/infer", json=body)
+        worker.device.gate.set()
+        first.result(60), queued.result(60)
+    message = "model 'digits': the queue is full (1 requests wait)"
+    for refused in refusals:
+        assert refused.code() == grpc.StatusCode.UNAVAILABLE
+        assert refused.details() == message
+        trailing = dict(refused.trailing_metadata() or ())
+        assert trailing["retry-after"] == "1" and trailing["legacygpu-error"] == "QueueFull"
+    assert front.metrics.get_sample_value("legacygpu_serving_requests_total",
+                                          {"model": "digits", "code": "UNAVAILABLE"}) == 1
+    assert front.metrics.get_sample_value("legacygpu_serving_retries_total", {"model": "digits"}) is None
+    assert rest.status_code == 503 and rest.headers["retry-after"] == "1" and rest.json() == {"error": message}
+    assert worker.device.batches == [[0.0], [1.0]]  # the refused requests never ran
     assert worker.engine.metrics.registry.get_sample_value(
-        "legacygpu_inference_request_failure_total", {"model": "digits", "reason": "queue_full"}) == 1
+        "legacygpu_inference_request_failure_total", {"model": "digits", "reason": "queue_full"}) == 3
 
 
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
