@@ -314,6 +314,26 @@ async def test_a_request_queued_past_its_timeout_is_refused() -> None:
     await scheduler.close()
 
 
+@pytest.mark.parametrize(("override", "refused"), [(False, [True, True]), (True, [True, False])])
+async def test_the_cards_default_timeout_applies_and_a_request_lengthens_it_only_if_allowed(
+        override: bool, refused: list[bool]) -> None:
+    """``default_timeout_microseconds`` 1 ms: a request without a timeout of its own is refused once it has
+    waited longer; one asking for 60 s waits on only where ``allow_timeout_override`` lets it."""
+    device = _Device()
+    scheduler = _scheduler(device, default_queue_policy={"default_timeout_microseconds": 1_000,
+                                                         "allow_timeout_override": override})
+    first = await _busy(scheduler, device)
+    queued = [asyncio.ensure_future(scheduler.infer(_x(v), size=1, timeout_us=t))
+              for v, t in ((1, None), (2, 60_000_000))]
+    await asyncio.sleep(0.05)
+    device.go.set()
+    await first
+    outcomes = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 10)
+    assert [isinstance(o, QueueTimeout) for o in outcomes] == refused
+    assert device.batches == [[0]] + [[2]] * refused.count(False)
+    await scheduler.close()
+
+
 async def test_a_failed_batching_loop_fails_its_queued_requests_and_empties_the_gauge(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in the loop (here ``_take`` raising) must not leave queued requests waiting for ever."""
