@@ -5,10 +5,11 @@ scheduler) in this process over :class:`~serving_support.GatedBackend`:
 onnxruntime running the digits model only once the test opens the gate, so
 the device stays busy for as long as the test needs and requests queue behind
 it. The clients are ``tritonclient`` (HTTP and gRPC), which sends ``priority``
-and ``timeout`` as the protocol's request parameters, and grpc's own stub
-where the trailing metadata is asserted (tritonclient does not show it).
-Each request sends rows of one value, so the batches the device ran show
-whose requests they held, and in which order.
+and ``timeout`` as the protocol's request parameters, and a bare grpc channel
+with the protocol's messages where the trailing metadata is asserted
+(tritonclient does not show it). The facade in front, where there is one, is
+:func:`serving_support.facade`. Each request sends rows of one value, so the
+batches the device ran show whose requests they held, and in which order.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _queue(worker: Worker, protocol: str, value: float, **parameters: int) -> Fu
     return future
 
 
-def grpc_refusal(address: str, value: float, metadata: tuple[tuple[str, str], ...] = ()) -> grpc.RpcError:
+def _grpc_refusal(address: str, value: float, metadata: tuple[tuple[str, str], ...] = ()) -> grpc.RpcError:
     """One ModelInfer over grpc itself, expected to be refused: its error (code, details, trailing metadata)."""
     request = pb.ModelInferRequest(model_name="digits", raw_input_contents=[_rows(value).tobytes()])
     request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
@@ -133,8 +134,8 @@ def test_a_full_queue_is_unavailable_with_retry_after_from_a_workers_grpc_and_th
                                                    endpoints["grpc"])) as front:
         first = _hold_the_device(worker)
         queued = _queue(worker, "rest", 1.0)
-        refusals = [grpc_refusal(endpoints["grpc"], 2.0),
-                    grpc_refusal(front.grpc, 3.0, (("authorization", f"Bearer {TOKEN}"),))]
+        refusals = [_grpc_refusal(endpoints["grpc"], 2.0),
+                    _grpc_refusal(front.grpc, 3.0, (("authorization", f"Bearer {TOKEN}"),))]
         body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [4.0] * 64}]}
         rest = front.http.post("/v2/models/digits/infer", json=body)
         worker.device.gate.set()
