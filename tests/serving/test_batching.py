@@ -133,6 +133,41 @@ async def test_a_cnn_batched_on_opencl_answers_each_request_as_it_does_alone(tmp
     assert executed is not None and executed < len(xs)
 
 
+@pytest.mark.parametrize(("delay_us", "batch"), [(0, [1, 1]), (2_000_000, [2, 2])])
+async def test_the_batching_loop_holds_a_request_its_queue_delay_for_a_later_one_to_join(
+        serving_models: Path, delay_us: int, batch: list[int]) -> None:
+    """The device free, max batch 2: a request then another 20 ms later run in one execution when the card's
+    ``max_queue_delay_microseconds`` (2 s: wide, for a busy host) holds the first; with no delay, in two."""
+    enable_batching(serving_models, max_batch_size=2, delay_us=delay_us)
+    runner = TaskRunner(ModelRepository(serving_models), create_backend("onnxruntime"))
+    engine = ServingEngine(runner)
+    xs = [np.full((1, 64), value, np.float32) for value in (3, 9)]
+    try:
+        first = asyncio.ensure_future(engine.infer(_request(xs[0])))
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(engine.infer(_request(xs[1])))
+        results = await asyncio.wait_for(asyncio.gather(first, second), 30)
+    finally:
+        await engine.close()
+    assert [timings.batch_size for _, timings, _ in results] == batch
+    assert _count(engine.metrics, "legacygpu_inference_exec_count_total") == 3 - batch[0]
+    for x, (outputs, _, _) in zip(xs, results, strict=True):  # each its own row back
+        np.testing.assert_allclose(outputs["probabilities"], runner.run_feeds("digits", {"input": x})["probabilities"],
+                                   rtol=1e-5, atol=1e-6)
+
+
+async def test_a_lone_request_runs_when_its_queue_delay_ends_though_its_batch_is_not_full(
+        serving_models: Path) -> None:
+    enable_batching(serving_models, max_batch_size=64, delay_us=200_000)
+    engine = ServingEngine(TaskRunner(ModelRepository(serving_models), create_backend("onnxruntime")))
+    try:
+        outputs, timings, _ = await asyncio.wait_for(engine.infer(_request(np.zeros((2, 64), np.float32))), 30)
+    finally:
+        await engine.close()
+    assert outputs["probabilities"].shape == (2, 10) and timings.batch_size == 2
+    assert _count(engine.metrics, "legacygpu_inference_exec_count_total") == 1
+
+
 async def test_a_request_larger_than_max_batch_size_is_refused(serving_models: Path) -> None:
     enable_batching(serving_models, max_batch_size=4)
     engine = ServingEngine(TaskRunner(ModelRepository(serving_models), create_backend("onnxruntime")))
@@ -276,6 +311,26 @@ async def test_a_request_queued_past_its_timeout_is_refused() -> None:
     with pytest.raises(QueueTimeout):
         await late
     assert (await patient)[0]["y"][0, 0] == 4
+    await scheduler.close()
+
+
+@pytest.mark.parametrize(("override", "refused"), [(False, [True, True]), (True, [True, False])])
+async def test_the_cards_default_timeout_applies_and_a_request_lengthens_it_only_if_allowed(
+        override: bool, refused: list[bool]) -> None:
+    """``default_timeout_microseconds`` 1 ms: a request without a timeout of its own is refused once it has
+    waited longer; one asking for 60 s waits on only where ``allow_timeout_override`` lets it."""
+    device = _Device()
+    scheduler = _scheduler(device, default_queue_policy={"default_timeout_microseconds": 1_000,
+                                                         "allow_timeout_override": override})
+    first = await _busy(scheduler, device)
+    queued = [asyncio.ensure_future(scheduler.infer(_x(v), size=1, timeout_us=t))
+              for v, t in ((1, None), (2, 60_000_000))]
+    await asyncio.sleep(0.05)
+    device.go.set()
+    await first
+    outcomes = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 10)
+    assert [isinstance(o, QueueTimeout) for o in outcomes] == refused
+    assert device.batches == [[0]] + [[2]] * refused.count(False)
     await scheduler.close()
 
 

@@ -152,6 +152,22 @@ def test_grpc_errors_carry_status_codes(worker_server: ServingServer) -> None:
     assert missing.value.status() == "StatusCode.NOT_FOUND"
 
 
+def test_an_unloaded_model_is_unavailable_over_grpc(worker_server: ServingServer) -> None:
+    client = triton_grpc.InferenceServerClient(worker_server.endpoints["grpc"])
+    tensor = triton_grpc.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 64), np.float32))
+    repository = _http(worker_server)  # the repository extension is REST's
+    repository.load_model("digits")
+    repository.unload_model("digits")
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("digits", [tensor])
+    assert refused.value.status() == "StatusCode.UNAVAILABLE"
+    assert refused.value.message() == (
+        "model 'digits' is unloaded; load it with POST /v2/repository/models/digits/load")
+    repository.load_model("digits")
+    assert client.infer("digits", [tensor]).as_numpy("label").shape == (1,)
+
+
 def test_metrics_count_requests_by_model(worker_server: ServingServer) -> None:
     base = worker_server.endpoints["rest"]
     body = {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [0.0] * 128}]}
@@ -163,6 +179,22 @@ def test_metrics_count_requests_by_model(worker_server: ServingServer) -> None:
     assert 'legacygpu_inference_request_failure_total{model="digits",reason="bad_request"} 1.0' in text
     assert 'legacygpu_inference_count_total{model="digits"} 2.0' in text
     assert 'legacygpu_inference_compute_infer_duration_seconds_count{model="digits"} 1.0' in text
+
+
+def test_queue_and_compute_histograms_observe_each_answered_request_by_model(worker_server: ServingServer) -> None:
+    """Queue time and compute input / infer / output time: one observation per request answered, none for a
+    request refused."""
+    base = worker_server.endpoints["rest"]
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+    for _ in range(3):
+        assert httpx.post(f"{base}/v2/models/digits/infer", json=body).status_code == 200
+    body["inputs"][0]["shape"] = [2, 32]
+    assert httpx.post(f"{base}/v2/models/digits/infer", json=body).status_code == 400
+    text = httpx.get(f"{base}/metrics").text
+    for stage in ("queue", "compute_input", "compute_infer", "compute_output"):
+        name = f"legacygpu_inference_{stage}_duration_seconds"
+        assert f'{name}_count{{model="digits"}} 3.0' in text, name
+        assert f'{name}_bucket{{le="+Inf",model="digits"}} 3.0' in text, name
 
 
 def test_a_worker_whose_serving_port_is_taken_keeps_its_task_loop(caplog: pytest.LogCaptureFixture) -> None:

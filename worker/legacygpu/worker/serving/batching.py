@@ -207,6 +207,7 @@ class ModelScheduler:
                 kept = [r for r in queue if r.deadline is None or r.deadline > now]
                 queue.clear()
                 queue.extend(kept)
+                self._metrics.pending.labels(self.model).set(self.pending)
             for request in expired:
                 self._metrics.failure.labels(self.model, "timeout").inc()
                 if not request.future.done():
