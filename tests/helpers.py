@@ -227,6 +227,11 @@ class LocalCluster:
         live = [w for w in workers if w["name"] == name and w["state"] == "active"]
         return live[-1] if live else None
 
+    def serving(self, name: str) -> dict[str, str]:
+        """Worker ``name``'s Open Inference Protocol endpoints (``rest``, ``grpc``), once it has announced them."""
+        return wait_until(lambda: (self.worker(name) or {}).get("stats", {}).get("serving"), timeout=60,
+                          what=f"worker {name} to announce its endpoints")
+
     def submit(self, **body: Any) -> dict[str, Any]:
         response = self.http.post("/cluster/tasks/submit", json=body)
         assert response.status_code == 201, response.text
@@ -264,6 +269,34 @@ def cluster_with_worker(data_dir: Path, models: Path, worker: str) -> Iterator[L
         yield cluster
     finally:
         cluster.stop()
+
+
+@contextmanager
+def serving_cluster(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[LocalCluster]:
+    """A facade plus two worker processes, ``w1`` and ``w2``, each once it has announced its serving endpoints."""
+    cluster = LocalCluster(data_dir, env)
+    try:
+        cluster.start_api()
+        for name in ("w1", "w2"):
+            cluster.start_worker(name)
+            cluster.serving(name)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@contextmanager
+def serving_server(runner: Any) -> Iterator[Any]:
+    """A worker's REST and gRPC endpoints on loopback, in this process, over ``runner`` (a
+    :class:`~legacygpu.worker.runner.TaskRunner`): a started :class:`~legacygpu.worker.serving.ServingServer`."""
+    from legacygpu.worker.serving import ServingEngine, ServingServer
+
+    server = ServingServer(ServingEngine(runner, server_version="test"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def image_tensor(path: Path, name: str = "input") -> dict[str, Any]:

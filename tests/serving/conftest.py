@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import serving_server
 
 from legacygpu.core.modelcards import ModelRepository
 from legacygpu.worker.backends import create_backend
 from legacygpu.worker.runner import TaskRunner
-from legacygpu.worker.serving import ServingEngine, ServingServer
+from legacygpu.worker.serving import ServingServer
 
 # The helpers beside this file are imported by name (as the operator tests do theirs).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,9 +37,5 @@ def runner(serving_models: Path) -> TaskRunner:
 @pytest.fixture
 def worker_server(runner: TaskRunner) -> Iterator[ServingServer]:
     """A worker's REST and gRPC endpoints on loopback, in this process, over the real onnxruntime backend."""
-    server = ServingServer(ServingEngine(runner, server_version="test"))
-    server.start()
-    try:
+    with serving_server(runner) as server:
         yield server
-    finally:
-        server.stop()

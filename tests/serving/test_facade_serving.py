@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from helpers import ADMIN_TOKEN, JOIN_TOKEN, TOKEN, LocalCluster, image_tensor, slow_model, wait_until
+from helpers import ADMIN_TOKEN, JOIN_TOKEN, TOKEN, LocalCluster, image_tensor, serving_cluster, slow_model, wait_until
 from serving_support import EXAMPLES, enable_batching
 from tritonclient.utils import InferenceServerException
 
@@ -43,25 +43,13 @@ GRPC_AUTH = {"authorization": f"Bearer {TOKEN}"}
 DIGITS = [EXAMPLES / f"digit-{d}.png" for d in (1, 4, 9)]
 
 
-def _serving(cluster: LocalCluster, name: str) -> dict[str, str]:
-    return wait_until(lambda: (cluster.worker(name) or {}).get("stats", {}).get("serving"),
-                      timeout=60, what=f"worker {name} to announce its endpoints")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, demo_repository: Path) -> Iterator[LocalCluster]:
     data = tmp_path_factory.mktemp("serving") / "data"
     shutil.copytree(demo_repository, data / "models")
     enable_batching(data / "models")
-    c = LocalCluster(data)
-    try:
-        c.start_api()
-        for name in ("w1", "w2"):
-            c.start_worker(name)
-            _serving(c, name)
+    with serving_cluster(data) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def _http(cluster: LocalCluster) -> triton_http.InferenceServerClient:
@@ -85,7 +73,7 @@ def test_tritonclient_through_the_facade_gets_the_task_paths_top1(cluster: Local
     result = client.infer("digits", [tensor], headers=AUTH)
     assert result.as_numpy("probabilities").argmax(axis=1).tolist() == expected
 
-    grpc_client = triton_grpc.InferenceServerClient(_serving(cluster, "w2")["grpc"])
+    grpc_client = triton_grpc.InferenceServerClient(cluster.serving("w2")["grpc"])
     grpc_tensor = triton_grpc.InferInput("input", [len(DIGITS)], "BYTES")
     grpc_tensor.set_data_from_numpy(images)
     assert grpc_client.infer("digits", [grpc_tensor]).as_numpy("label").tolist() == expected
@@ -206,7 +194,7 @@ def test_a_large_request_goes_through_the_facade_byte_for_byte(cluster: LocalClu
                          "parameters": {"padding": "x" * 3_000_000}}).encode()
     headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
     through = cluster.http.post("/v2/models/digits/infer", content=header + x.tobytes(), headers=headers, timeout=60)
-    direct = httpx.post(_serving(cluster, "w1")["rest"] + "/v2/models/digits/infer", json={
+    direct = httpx.post(cluster.serving("w1")["rest"] + "/v2/models/digits/infer", json={
         "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x.ravel().tolist()}]}, timeout=60)
     assert through.status_code == direct.status_code == 200
     assert through.json()["outputs"] == direct.json()["outputs"]
@@ -235,7 +223,7 @@ def test_concurrent_load_is_batched_on_the_workers(cluster: LocalCluster) -> Non
     assert len(labels) == 96
     inferred = executed = 0.0
     for name in ("w1", "w2"):
-        text = httpx.get(f"{_serving(cluster, name)['rest']}/metrics").text
+        text = httpx.get(f"{cluster.serving(name)['rest']}/metrics").text
         inferred += _metric(text, "legacygpu_inference_count_total")
         executed += _metric(text, "legacygpu_inference_exec_count_total")
     assert inferred >= 96
@@ -323,7 +311,7 @@ def test_the_guides_grpc_and_repository_examples_work_as_written(cluster: LocalC
 def _kill_a_preferred_worker(cluster: LocalCluster, victim: str, other: str) -> None:
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
     for name in (victim, other):  # both load digits, so both are preferred and concurrent requests go to both
-        assert httpx.post(f"{_serving(cluster, name)['rest']}/v2/models/digits/infer", json=body).status_code == 200
+        assert httpx.post(f"{cluster.serving(name)['rest']}/v2/models/digits/infer", json=body).status_code == 200
         wait_until(lambda n=name: "digits" in cluster.worker(n)["stats"]["models_loaded"], timeout=60)
     # The facade reads the worker list at most once a second: let it see both workers with digits
     # loaded, else it prefers the survivor alone and never tries the dead one (the retry under test).
@@ -346,7 +334,7 @@ def test_a_worker_that_dies_is_replaced_by_another_for_the_same_request(cluster:
     # two tries could both land on dead workers, and once is all the retry there is.
     wait_until(lambda: cluster.worker("w1") is None, timeout=60, what="w1 to be seen lost")
     cluster.start_worker("w3")
-    _serving(cluster, "w3")
+    cluster.serving("w3")
     _kill_a_preferred_worker(cluster, "w3", "w2")
     facade = _grpc(cluster)
     with ThreadPoolExecutor(8) as pool:
@@ -366,7 +354,7 @@ def test_a_full_queue_is_503_with_retry_after(data_dir: Path, tmp_path: Path) ->
     try:
         cluster.start_api()
         cluster.start_worker("w1")
-        _serving(cluster, "w1")
+        cluster.serving("w1")
         body = {"inputs": [{"name": "x", "shape": [1, 1024], "datatype": "FP32", "data": [0.5] * 1024}]}
         with ThreadPoolExecutor(4) as pool:
             responses = list(pool.map(lambda _: cluster.http.post("/v2/models/slow/infer", json=body), range(4)))

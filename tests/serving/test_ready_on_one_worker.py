@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import tritonclient.grpc as triton_grpc
-from helpers import SAMPLES, TOKEN, LocalCluster, image_tensor, wait_until
+from helpers import SAMPLES, TOKEN, LocalCluster, image_tensor, serving_cluster, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +27,8 @@ REFRESH_SECONDS = 1.0
 
 @pytest.fixture
 def cluster(data_dir: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(data_dir, env={"LEGACYGPU_PRELOAD_MODELS": ""})
-    try:
-        c.start_api()
-        for name in ("w1", "w2"):
-            c.start_worker(name)
-            wait_until(lambda n=name: (c.worker(n) or {}).get("stats", {}).get("serving"), timeout=60,
-                       what=f"worker {name} to announce its endpoints")
+    with serving_cluster(data_dir, env={"LEGACYGPU_PRELOAD_MODELS": ""}) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def _rest(cluster: LocalCluster, name: str) -> str:

@@ -23,7 +23,7 @@ import onnx
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from helpers import ADMIN_TOKEN, TOKEN, LocalCluster, wait_until
+from helpers import ADMIN_TOKEN, TOKEN, LocalCluster, serving_cluster, wait_until
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
@@ -50,17 +50,9 @@ def scale_model(path: Path, k: float) -> Path:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     data = tmp_path_factory.mktemp("repository") / "data"
     data.mkdir(parents=True)
-    c = LocalCluster(data)
-    try:
-        c.start_api()
-        for name in ("w1", "w2"):
-            c.start_worker(name)
-            wait_until(lambda n=name: (c.worker(n) or {}).get("stats", {}).get("serving"), timeout=60,
-                       what=f"worker {name} to announce its endpoints")
+    with serving_cluster(data) as c:
         wait_until(lambda: c.http.get("/v2/health/ready").status_code == 200, timeout=30, what="/v2 ready")
         yield c
-    finally:
-        c.stop()
 
 
 def _cli(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:

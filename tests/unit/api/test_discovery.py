@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,17 +92,6 @@ def _dead_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def worker(demo_repository: Path) -> Iterator[ServingServer]:
-    runner = TaskRunner(ModelRepository(demo_repository), create_backend("onnxruntime"))
-    server = ServingServer(ServingEngine(runner, server_version="test"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_the_forwarder_sends_to_ready_pods_and_retries_a_dead_one_on_another(worker: ServingServer) -> None:

@@ -32,11 +32,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from legacygpu.api.backends.local import LocalBackend
-from legacygpu.core.modelcards import ModelRepository
 from legacygpu.core.scheduling import STRATEGIES
-from legacygpu.worker.backends import create_backend
-from legacygpu.worker.runner import TaskRunner
-from legacygpu.worker.serving import ServingEngine, ServingServer
+from legacygpu.worker.serving import ServingServer
 
 INFER = "/v2/models/m/infer"
 
@@ -157,18 +154,6 @@ def _total_changes(backend: LocalBackend) -> int:
 def _data_version(db: sqlite3.Connection) -> int:
     """Changes whenever another connection (the store's, or any other one) commits a change to the file."""
     return int(db.execute("PRAGMA data_version").fetchall()[0][0])
-
-
-@pytest.fixture
-def worker(demo_repository: Path) -> Iterator[ServingServer]:
-    """A real worker's REST and gRPC endpoints (onnxruntime, the demo digits model), in this process."""
-    runner = TaskRunner(ModelRepository(demo_repository), create_backend("onnxruntime"))
-    server = ServingServer(ServingEngine(runner, server_version="test"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_v2_inference_writes_nothing_to_the_database(tmp_path: Path, worker: ServingServer) -> None:
