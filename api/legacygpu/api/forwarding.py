@@ -159,7 +159,7 @@ class Forwarder:
         itself cannot open a connection (:class:`~legacygpu.api.workerhttp.FacadeOverloaded`).
         """
         tried: set[str] = set()
-        last_error: WorkerFailed | None = None
+        last_error = ""
         for attempt in range(2):
             candidates = [e for e in await self.endpoints()
                           if e.url not in tried and (protocol == "rest" or e.grpc is not None)]
@@ -177,7 +177,7 @@ class Forwarder:
                 return await send(endpoint)
             except WorkerFailed as exc:
                 self._failed.add(endpoint.url)
-                last_error = exc
+                last_error = f"{endpoint.name}: {exc}"  # the worker named the same way over REST and gRPC
             except FacadeOverloaded as exc:  # the facade's own limit: no worker is to blame, none is tried
                 raise NoWorker(f"the facade cannot forward the request now: {exc}") from exc
             finally:

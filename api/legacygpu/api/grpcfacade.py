@@ -148,7 +148,7 @@ class _FacadeService:
                 trailing = tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str))
                 answered = any(k == ERROR_KEY for k, _ in trailing)
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and not answered:
-                    raise WorkerFailed(f"{endpoint.name}: {exc.details()}") from exc
+                    raise WorkerFailed(exc.details() or "UNAVAILABLE") from exc
                 raise _Aborted(exc.code(), exc.details() or "", trailing) from exc
             return answer
 
