@@ -132,11 +132,16 @@ class TaskRunner:
         """:meth:`run`, and its model time in ms, if the model is loaded and a run can start at once; else None.
 
         For a caller that must not block (the serving event loop), on the conditions of
-        :meth:`try_run_feeds`; raises as :meth:`run` does once it runs.
+        :meth:`try_run_feeds`; raises as :meth:`run` does. The inputs are checked and prepared before, and the
+        result formed after, the run slot (and the lock) are held, as in :meth:`run`.
         """
         card = self.repository.get(model)
-        return self._try(model, self.repository.model_path(model, card),
-                         lambda loaded: _run_card(model, card, loaded, inputs))
+        feeds = preprocess(card, validate_inputs(card, inputs))
+        ran = self._try(model, self.repository.model_path(model, card), lambda loaded: _timed_run(model, loaded, feeds))
+        if ran is None:
+            return None
+        outputs, compute_ms = ran
+        return _result(card, model, outputs), compute_ms
 
     def run_feeds(self, model: str, feeds: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
         """Run ``model`` on feeds already in the model's form (no card processing): the real-time path.
@@ -202,13 +207,6 @@ def _timed_run(model: str, loaded: LoadedModel, feeds: dict[str, Any]) -> tuple[
     started = time.perf_counter()
     outputs = _run(model, loaded, feeds)
     return outputs, (time.perf_counter() - started) * 1000
-
-
-def _run_card(model: str, card: ModelCard, loaded: LoadedModel,
-              inputs: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
-    """``inputs`` through the card's processing and ``loaded``: the result, and the model's time in ms."""
-    outputs, compute_ms = _timed_run(model, loaded, preprocess(card, validate_inputs(card, inputs)))
-    return _result(card, model, outputs), compute_ms
 
 
 def _result(card: ModelCard, model: str, outputs: dict[str, Any]) -> dict[str, Any]:
