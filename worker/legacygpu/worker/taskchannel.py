@@ -14,7 +14,7 @@ authentication otherwise, and nobody but the facade may hand this worker
 work. Answers:
 
 * 202 ``{"accepted": n}``: the tasks are queued in the :class:`Inbox`;
-* 200 ``{"accepted": 1, "completed": [outcome]}``: a lone task that the
+* 200 ``{"completed": [outcome]}`` (a completions batch): a lone task that the
   worker could run at once, idle as it was (``run_now``, see
   :meth:`~legacygpu.worker.local_worker.LocalWorker.run_now`), ran before the
   answer, which carries its outcome as a completions batch would: on an
@@ -182,7 +182,7 @@ def task_routes(inbox: Inbox, run_now: RunNow | None = None) -> list[Route]:
         if code:
             return JSONResponse({"error": why}, status_code=code)
         if run_now is not None and len(tasks) == 1 and (outcome := run_now(tasks[0])) is not None:
-            return JSONResponse({"accepted": 1, "completed": [outcome]})
+            return JSONResponse({"completed": [outcome]})
 
         async def queue() -> None:  # a coroutine: a plain function would go to a thread pool
             inbox.put(tasks)

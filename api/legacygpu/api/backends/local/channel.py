@@ -55,10 +55,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from legacygpu.api.forwarding import KEEPALIVE_SECONDS
-from legacygpu.api.schemas import ClaimedTask, TaskCompletion
+from legacygpu.api.schemas import ClaimedTask, CompletionBatch, TaskCompletion
 from legacygpu.api.workerhttp import FacadeOverloaded, WorkerFailed, WorkerPool, WorkerUnreachable
 
 __all__ = ["TASKS_PATH", "Delivery", "HttpChannel", "Refused", "TaskChannel", "Unanswered"]
@@ -70,12 +70,6 @@ _ANSWER_TIMEOUT_SECONDS = 10.0
 
 
 log = logging.getLogger(__name__)
-
-
-class _Answered(BaseModel):
-    """A push's 200 answer: the outcomes of the tasks the worker ran before answering."""
-
-    completed: list[TaskCompletion]
 
 
 class Refused(Exception):
@@ -131,7 +125,7 @@ class HttpChannel:
         if answer.status != 200:
             return []  # 202: queued there, reported later
         try:
-            completed = _Answered.model_validate_json(answer.body).completed
+            completed = CompletionBatch.model_validate_json(answer.body).completed
         except ValidationError as exc:  # taken, but its outcome unreadable: like an outcome lost on the way
             log.warning("worker %s answered a push with an unreadable outcome (%s); its tasks go back to the queue "
                         "once its heartbeat shows it does not hold them", delivery.worker_name, exc)
