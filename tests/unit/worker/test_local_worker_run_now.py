@@ -67,6 +67,9 @@ def test_a_busy_worker_or_a_slow_model_queues_the_task(worker: LocalWorker) -> N
     worker._task_seconds["digits"] = INLINE_TASK_SECONDS
     assert worker.run_now(pushed("t3")) is None, "a slow model would hold up the serving loop"
     worker._task_seconds["digits"] = 0.0
+    worker.worker_id = None
+    assert worker.run_now(pushed("t3")) is None, "the facade forgot this worker: an outcome would name none"
+    worker.worker_id = "w-1"
     worker.runner.unload("digits")  # type: ignore[union-attr]
     assert worker.run_now(pushed("t3")) is None, "a model to load first would too"
 

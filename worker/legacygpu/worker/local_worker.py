@@ -287,9 +287,9 @@ class LocalWorker:
         else meanwhile): a model not yet timed here, or a slow one, waits in the inbox.
         """
         runner = self._runner
-        if (runner is None or self.running or not self.inbox.empty()
+        if (runner is None or self.worker_id is None or self.running or not self.inbox.empty()
                 or self._task_seconds.get(task["model"], INLINE_TASK_SECONDS) >= INLINE_TASK_SECONDS):
-            return None
+            return None  # (no worker id: the facade forgot this worker, and an outcome would name none)
 
         def run() -> tuple[dict[str, Any], float | None]:
             ran = runner.try_run(task["model"], task["inputs"], task["parameters"])

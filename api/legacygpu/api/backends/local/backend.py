@@ -485,7 +485,8 @@ class LocalBackend:
                         len(lost), grace)
             delivery = Delivery(worker_id=worker["id"], worker_name=worker["name"], url="", tasks=tuple(lost))
             # Either the push never arrived, or the worker ran the task in the push's answer and that answer was
-            # lost: the worker cannot tell which, so the message says both (the task's history keeps one run).
+            # lost: the worker cannot tell which, so the message says both. In the second case the task runs again
+            # under the same attempt, and its history shows one run where there were two.
             self._undeliver(delivery, f"worker {worker['name']} does not hold it: the push did not arrive, or its "
                                       "answer, carrying the outcome, was lost", unreachable=False)
 
