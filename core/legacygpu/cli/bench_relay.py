@@ -40,8 +40,9 @@ class _Side(asyncio.Protocol):
             self.peer.transport.write(data)
 
     def joined(self, peer: _Side) -> None:
-        """``peer`` is connected: pass on what came before it."""
-        self.peer = peer
+        """``peer`` (the worker's side, just connected) and this side are linked both ways; what came before
+        goes on."""
+        self.peer, peer.peer = peer, self
         assert peer.transport is not None
         peer.transport.writelines(self._early)
         self._early.clear()
@@ -75,7 +76,6 @@ async def serve(host: str, port: int) -> asyncio.Server:
                 if client.transport is not None:
                     client.transport.close()
                 return
-            worker.peer = client
             client.joined(worker)
             if client.transport is None or client.transport.is_closing():  # the client left meanwhile
                 assert worker.transport is not None

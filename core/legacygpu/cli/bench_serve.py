@@ -488,8 +488,8 @@ def run_benchmark(models: list[str], levels: list[int], seconds: float, ray: boo
         token = secrets.token_urlsafe(24)
         facade, worker = _cluster(stack, workdir / "data", token, "onnxruntime")
         clusters = _Clusters({"Authorization": f"Bearer {token}"}, facade, worker)
-        overheads = {name: _overhead(name, model, clusters, seconds) for name, model in prepared.items()
-                     if 1 in levels}  # before anything else starts (the module's docstring)
+        overheads = ({name: _overhead(name, model, clusters, seconds) for name, model in prepared.items()}
+                     if 1 in levels else {})  # before anything else starts (the module's docstring)
         opencl = bool(opencl_levels) and any(_is_cnn(name) for name in prepared)
         if opencl:
             _prepare([m for m in models if _is_cnn(m)], workdir / "opencl" / "models", workdir,
@@ -530,7 +530,7 @@ def _relay(worker: str) -> Iterator[str]:
     """A bare TCP relay to ``worker`` in a process of its own (:mod:`legacygpu.cli.bench_relay`): its URL."""
     parts = urlsplit(worker)
     process = subprocess.Popen([sys.executable, "-m", "legacygpu.cli.bench_relay", parts.hostname or "",
-                                str(parts.port)], stdout=subprocess.PIPE, text=True)
+                                str(parts.port or 80)], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         port = process.stdout.readline().strip()
