@@ -133,7 +133,8 @@ def create_app(settings: Settings | None = None, *, backend: ClusterBackend | No
     install_error_handlers(app)
     app.add_middleware(RequestCounter, counter=metrics.http_requests)  # outermost: sees every answer past InferPath
     # /v2 inference in front of all the middleware, FastAPI's own included: the stack is built here rather than at
-    # the first request (so no middleware can be added later). InferPath counts its own answers with a
+    # the first request, so add_middleware after this line raises, and an exception handler added later is not
+    # used (both belong above). InferPath counts its own answers with a
     # RequestCounter too, and leaves to the stack what the body-size limit must see.
     app.middleware_stack = inferpath.InferPath(app, app.build_middleware_stack(), max_bytes=settings.max_request_bytes)
 
