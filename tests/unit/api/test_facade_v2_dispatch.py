@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
-from helpers import JOIN_TOKEN, TOKEN, free_port, serve_in_thread, wait_until
+from helpers import JOIN_TOKEN, TOKEN, serve_in_thread, wait_until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -45,7 +45,6 @@ class Worker:
     name: str
     held: int = 0
     """Requests it holds now."""
-    answered: int = 0
     release: threading.Event = field(default_factory=threading.Event)
     url: str = ""
 
@@ -55,7 +54,6 @@ class Worker:
             while not self.release.is_set():
                 await asyncio.sleep(0.01)
             self.held -= 1
-        self.answered += 1
         return PlainTextResponse(self.name)
 
 
@@ -68,18 +66,18 @@ class Facade:
 
 @contextmanager
 def running_facade(tmp_path: Path, strategy: str = "least-loaded",
-                   grpc_address: str | None = None) -> Iterator[tuple[httpx.Client, LocalBackend]]:
-    """A facade on a real socket (and gRPC at ``grpc_address``), its cluster in ``tmp_path``; its client (with the
-    user token) and its backend."""
+                   grpc: bool = False) -> Iterator[tuple[httpx.Client, LocalBackend, str]]:
+    """A facade on a real socket (and, with ``grpc``, gRPC on a port it binds itself), its cluster in ``tmp_path``;
+    its client (with the user token), its backend and its gRPC address ("" without)."""
     from legacygpu.api import create_app
     from legacygpu.core.config import Settings
 
     settings = Settings(data_dir=tmp_path / "data", api_token=TOKEN, join_token=JOIN_TOKEN,
                         scheduling_strategy=strategy, heartbeat_timeout_seconds=3600)  # no heartbeats here
-    app = create_app(settings, grpc_address=grpc_address)
+    app = create_app(settings, grpc_address="127.0.0.1:0" if grpc else None)
     with serve_in_thread(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"},
                                                    timeout=30) as client:
-        yield client, app.state.backend
+        yield client, app.state.backend, f"127.0.0.1:{app.state.grpc_port}" if grpc else ""
 
 
 def register(client: httpx.Client, name: str, url: str, *, grpc: str | None = None, model: str = "m") -> None:
@@ -99,7 +97,7 @@ def facade(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Facade]:
             worker.url = stack.enter_context(serve_in_thread(
                 Starlette(routes=[Route(INFER, worker.infer, methods=["POST"])]), lifespan="off"))
             stack.callback(worker.release.set)  # nothing left hanging on the way out
-        client, backend = stack.enter_context(running_facade(tmp_path, request.param))
+        client, backend, _ = stack.enter_context(running_facade(tmp_path, request.param))
         for worker in workers:
             register(client, worker.name, worker.url)
         yield Facade(client, backend, workers)
@@ -159,8 +157,7 @@ def _data_version(db: sqlite3.Connection) -> int:
 def test_v2_inference_writes_nothing_to_the_database(tmp_path: Path, worker: ServingServer) -> None:
     """The facade's /v2 path, REST and gRPC, reads its workers from the store (registration) and writes nothing:
     no row per request. A registration, which does write, shows the two measures see writes when there are some."""
-    grpc_address = f"127.0.0.1:{free_port()}"
-    with (running_facade(tmp_path, grpc_address=grpc_address) as (client, backend),
+    with (running_facade(tmp_path, grpc=True) as (client, backend, grpc_address),
           closing(sqlite3.connect(backend.settings.database_path)) as other,
           closing(triton_grpc.InferenceServerClient(grpc_address)) as grpc_client):
         register(client, "w", worker.endpoints["rest"], grpc=worker.endpoints["grpc"], model="digits")
@@ -219,11 +216,10 @@ def counting_proxy(target: str) -> Iterator[tuple[str, list[int]]]:
 def test_grpc_through_the_facade_keeps_one_connection_to_the_worker(tmp_path: Path, worker: ServingServer) -> None:
     """The facade's gRPC calls to a worker share one persistent channel: many calls, from clients that each
     connect anew, cross one connection to the worker."""
-    grpc_address = f"127.0.0.1:{free_port()}"
     tensor = triton_grpc.InferInput("input", [1, 64], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 64), dtype=np.float32))
     auth = {"authorization": f"Bearer {TOKEN}"}
-    with (running_facade(tmp_path, grpc_address=grpc_address) as (client, _),
+    with (running_facade(tmp_path, grpc=True) as (client, _, grpc_address),
           counting_proxy(worker.endpoints["grpc"]) as (relay, connections)):
         register(client, "w", worker.endpoints["rest"], grpc=relay, model="digits")
         for _ in range(5):
