@@ -79,10 +79,25 @@ async def test_no_connection_means_refused() -> None:
 async def test_a_push_that_overtakes_the_registrations_answer_waits_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """The facade schedules onto a worker once it has registered it; its push can reach the worker before the
     registration's answer (the id and token the push is checked against) does."""
-    inbox = Inbox()
+    class Watched(Inbox):
+        def __init__(self) -> None:
+            super().__init__()
+            self.waited = threading.Event()
+
+        def settled(self, timeout: float) -> bool:
+            if timeout:  # a push waits for the registration's answer
+                self.waited.set()
+            return super().settled(timeout)
+
+    inbox = Watched()
     inbox.registering()
+
+    def answer_once_the_push_waits() -> None:
+        if inbox.waited.wait(10):
+            inbox.open("w-1", "own-token")
+
     with serve_in_thread(Starlette(routes=task_routes(inbox))) as url:
-        answer = threading.Timer(0.3, inbox.open, ("w-1", "own-token"))
+        answer = threading.Thread(target=answer_once_the_push_waits)
         answer.start()
         await channel().push(delivery(url))
         answer.join()
