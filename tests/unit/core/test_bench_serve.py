@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -304,12 +305,14 @@ async def test_the_paired_load_takes_turns_between_the_targets(monkeypatch: pyte
     monkeypatch.setattr(bench_serve, "PAIRED_WARM_UP_SECONDS", 0.3)
 
     seen: list[tuple[str, bytes, str]] = []
+    arrived: list[float] = []  # when each request came, as seen
     refuse = {"worker": 0}
     names = ("facade", "relay", "worker")
 
     def handler(side: str) -> Any:
         async def answer(request: web.Request) -> web.Response:
             seen.append((side, await request.read(), request.headers.get("X-Side", "")))
+            arrived.append(time.perf_counter())
             if side == "worker" and refuse["worker"] > 0:
                 refuse["worker"] -= 1
                 return web.Response(status=503)
@@ -327,10 +330,13 @@ async def test_the_paired_load_takes_turns_between_the_targets(monkeypatch: pyte
         runners.append(runner)
         urls[side] = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/infer"  # type: ignore[union-attr]
     try:
+        called = time.perf_counter()  # the warm-up's 0.3 s start after this
         points = await _paired_load({side: (urls[side], {"X-Side": side[0]}) for side in names}, b"tensor", 0.1)
         assert points["facade"]["requests"] == points["relay"]["requests"] == points["worker"]["requests"] > 0
         assert all(point["errors"] == 0 for point in points.values())
-        assert len(seen) // 3 - points["facade"]["requests"] > 10, "the warm-up went on for its 0.3 s, past ten rounds"
+        warm = len(seen) - 3 * points["facade"]["requests"]  # requests before the measured rounds
+        assert warm >= 30, "ten rounds of warm-up at least"
+        assert arrived[warm] - called >= 0.3, "the warm-up lasted its 0.3 s, not only ten rounds"
         assert {(side, body, header) for side, body, header in seen} == {(n, b"tensor", n[0]) for n in names}
         timed = [side for side, _, _ in seen]
         rounds = [timed[i:i + 3] for i in range(0, len(timed) - len(timed) % 3, 3)]
