@@ -11,14 +11,13 @@ worker when its first fails, but never to a third.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
-from helpers import TOKEN
+from helpers import TOKEN, free_port, serving_server
 from serving_support import facade
 from tritonclient.utils import InferenceServerException
 
@@ -50,7 +49,7 @@ def pair_worker(tmp_path: Path) -> Iterator[ServingServer]:
     path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
     repository = ModelRepository(tmp_path / "models")
     repository.add(card_from_onnx("pair", path), path)
-    with ServingServer(ServingEngine(TaskRunner(repository, create_backend("onnxruntime")))) as server:
+    with serving_server(TaskRunner(repository, create_backend("onnxruntime"))) as server:
         yield server
 
 
@@ -78,15 +77,8 @@ def test_a_request_missing_one_of_two_inputs_is_refused_through_the_facade_namin
     assert over_grpc.value.message() == "model 'pair' needs input 'b'"
 
 
-def _nobody_listens() -> str:
-    """``127.0.0.1:port`` of a port that refuses connections (bound, then let go)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
-
-
 def _dead(name: str) -> ServingEndpoint:
-    return ServingEndpoint(name, f"http://{_nobody_listens()}", frozenset({"digits"}), _nobody_listens())
+    return ServingEndpoint(name, f"http://127.0.0.1:{free_port()}", frozenset({"digits"}), f"127.0.0.1:{free_port()}")
 
 
 def _answered(engine: ServingEngine) -> float:

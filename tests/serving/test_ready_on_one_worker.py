@@ -31,12 +31,6 @@ def cluster(data_dir: Path) -> Iterator[LocalCluster]:
         yield c
 
 
-def _rest(cluster: LocalCluster, name: str) -> str:
-    worker = cluster.worker(name)
-    assert worker is not None
-    return str(worker["stats"]["serving"]["rest"]).rstrip("/")
-
-
 def _ready(cluster: LocalCluster) -> httpx.Response:
     return cluster.http.get("/v2/models/digits/ready")
 
@@ -67,7 +61,7 @@ def _loaded(cluster: LocalCluster, name: str) -> list[Any]:
 
 
 def test_ready_when_one_of_two_workers_has_it_loaded_and_inferences_go_to_that_one(cluster: LocalCluster) -> None:
-    urls = {name: _rest(cluster, name) for name in ("w1", "w2")}
+    urls = {name: cluster.serving(name)["rest"].rstrip("/") for name in ("w1", "w2")}
     # Loaded on the worker that the facade's tie-break (lowest URL) would pass over: a facade that did not
     # prefer the worker with the model would send the requests below to the other one.
     holder = max(urls, key=lambda n: urls[n])
