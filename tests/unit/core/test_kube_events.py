@@ -55,4 +55,5 @@ def test_a_long_message_is_cut_and_a_nameless_object_still_gets_a_generated_name
 def test_the_time_defaults_to_now() -> None:
     before = datetime.datetime.now(datetime.UTC)
     event = event_manifest(TASK, "Normal", "X", "m", component="c")
-    assert before <= datetime.datetime.fromisoformat(event["firstTimestamp"].replace("Z", "+00:00"))
+    after = datetime.datetime.now(datetime.UTC)
+    assert before <= datetime.datetime.fromisoformat(event["firstTimestamp"].replace("Z", "+00:00")) <= after
