@@ -18,6 +18,7 @@ from legacygpu.api.discovery import ServingEndpoint
 from legacygpu.api.forwarding import Forwarder
 from legacygpu.core.modelcards import CARD_FILE, DynamicBatchingSpec, load_card, save_card
 from legacygpu.worker.backends import BackendInfo, LoadedModel, create_backend
+from legacygpu.worker.serving.batching import INLINE_SECONDS
 
 __all__ = ["EXAMPLES", "Facade", "GatedBackend", "enable_batching", "facade"]
 
@@ -45,7 +46,7 @@ class GatedBackend:
     the loop itself.
     """
 
-    MIN_RUN_SECONDS = 0.005
+    MIN_RUN_SECONDS = 5 * INLINE_SECONDS
 
     def __init__(self) -> None:
         self._real = create_backend("onnxruntime")

@@ -9,6 +9,7 @@ inferences go.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +20,12 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from helpers import SAMPLES, TOKEN, LocalCluster, image_tensor, serving_cluster, wait_until
 
+from legacygpu.api.forwarding import Forwarder
+
 pytestmark = pytest.mark.slow
 
-REFRESH_SECONDS = 1.0
-"""How long the facade keeps its list of workers and their loaded models (``Forwarder``'s refresh_seconds)."""
+REFRESH_SECONDS: float = inspect.signature(Forwarder).parameters["refresh_seconds"].default
+"""How long the facade keeps its list of workers and their loaded models (``Forwarder``'s default)."""
 
 
 @pytest.fixture
