@@ -202,8 +202,8 @@ class LocalCluster:
         log = (self.logs / f"{name}.log").open("ab")
         return subprocess.Popen([sys.executable, "-m", "legacygpu.cli", *args], env=self.env, stdout=log, stderr=log)
 
-    def start_api(self) -> None:
-        self.api = self._spawn("api", "api", "serve", "--port", str(self.port), "--log-level", "warning")
+    def start_api(self, log_level: str = "warning") -> None:
+        self.api = self._spawn("api", "api", "serve", "--port", str(self.port), "--log-level", log_level)
 
         def healthy() -> bool:
             try:

@@ -18,9 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from helpers import TOKEN, LocalCluster, free_port, wait_until
+from helpers import TOKEN, LocalCluster, free_port
 from taskfakes import FakeWorker
 
 from legacygpu.cli import follow
@@ -94,19 +93,11 @@ def test_a_wrong_token_means_no_stream_rather_than_a_hang(cluster: LocalCluster)
 def logged_cluster(data_dir: Path) -> Iterator[LocalCluster]:
     """A facade process as ``cluster`` starts it, but logging at info: its log shows each WebSocket it accepts."""
     c = LocalCluster(data_dir)
-    c.api = c._spawn("api", "api", "serve", "--port", str(c.port), "--log-level", "info")
     try:
-        wait_until(lambda: _answers(f"{c.url}/cluster/health"), timeout=60, what="the facade to answer")
+        c.start_api(log_level="info")
         yield c
     finally:
         c.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def _task_gets(cluster: LocalCluster) -> float:
