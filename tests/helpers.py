@@ -116,17 +116,16 @@ def _received(conn: socket.socket) -> bytes:
     return chunk
 
 
-def half_answer_server() -> str:
+def half_answer_server() -> tuple[str, list[int]]:
     """A worker that dies while it answers: to each request, headers promising 100 bytes, 10 of them, then
-    the connection closed. Its URL."""
+    the connection closed. Its URL, and a count of the connections it took (as :func:`raw_server`)."""
 
     def half_answer(conn: socket.socket) -> None:
         read_http_request(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
                      b'{"model_na')
 
-    url, _ = raw_server(half_answer)
-    return url
+    return raw_server(half_answer)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:

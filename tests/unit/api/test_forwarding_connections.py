@@ -8,11 +8,10 @@ which connection the forwarder used. No mock: the backend is a stand-in only for
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 
 import pytest
-from helpers import half_answer_server, raw_server, read_http_request, serve_in_thread
+from helpers import half_answer_server, serve_in_thread
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -69,7 +68,7 @@ class _TwoWorkers:
 
 
 async def test_a_worker_that_dies_mid_answer_is_retried_on_another(worker_url: str) -> None:
-    dying = half_answer_server()
+    dying, _ = half_answer_server()
     registry = CollectorRegistry()
     alone = Forwarder(_TwoWorkers(dying), CollectorRegistry())  # type: ignore[arg-type]
     with pytest.raises(NoWorker, match="before the whole answer came"):  # the worker failed, not the facade
@@ -83,20 +82,10 @@ async def test_a_worker_that_dies_mid_answer_is_retried_on_another(worker_url: s
     await forwarder.close()
 
 
-def _dying_worker() -> tuple[str, list[int]]:
-    """A worker that dies while it answers (as :func:`half_answer_server`), and a count of the connections it took."""
-
-    def half_answer(conn: socket.socket) -> None:
-        read_http_request(conn)
-        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{")
-
-    return raw_server(half_answer)
-
-
 async def test_a_request_is_sent_again_once_only(worker_url: str) -> None:
     """Two workers that die mid-answer, picked first: the request fails after the second, though a third worker
     is healthy (one retry, not one per worker). Both are then passed over, and the next request gets the third."""
-    (first, first_taken), (second, second_taken) = _dying_worker(), _dying_worker()
+    (first, first_taken), (second, second_taken) = half_answer_server(), half_answer_server()
     registry = CollectorRegistry()
     forwarder = Forwarder(_TwoWorkers(first, second, worker_url), registry)  # type: ignore[arg-type]
     forwarder.outstanding[worker_url] = 1  # the healthy one looks busiest: the dying ones are picked first

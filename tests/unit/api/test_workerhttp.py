@@ -159,7 +159,7 @@ async def test_a_connection_the_worker_says_it_closes_is_not_kept(worker_url: st
 
 
 async def test_a_worker_that_dies_mid_answer_is_a_failure_not_a_short_answer() -> None:
-    url = half_answer_server()
+    url, _ = half_answer_server()
     pool = WorkerPool(keepalive_seconds=4)
     with pytest.raises(WorkerFailed, match="before the whole answer came"):
         await pool.request(url, "POST", "/v2/models/m/infer", (), b"{}")
