@@ -67,6 +67,24 @@ def serve_in_thread(app: Any, **config: Any) -> Iterator[str]:
 
 
 
+def facade_app(data_dir: Path, *, grpc: bool = False, **settings: Any) -> Any:
+    """The facade's app (``create_app``) over ``data_dir`` with the tests' tokens and ``settings``; with ``grpc``,
+    its gRPC on a port it binds itself (``app.state.grpc_port`` once served)."""
+    from legacygpu.api import create_app
+    from legacygpu.core.config import Settings
+
+    return create_app(Settings(data_dir=data_dir, api_token=TOKEN, join_token=JOIN_TOKEN, **settings),
+                      grpc_address="127.0.0.1:0" if grpc else None)
+
+
+@contextmanager
+def facade_client(app: Any, token: str | None = TOKEN) -> Iterator[httpx.Client]:
+    """``app`` served on loopback (:func:`serve_in_thread`): a client to it, sending ``token`` unless None."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60, headers=headers) as client:
+        yield client
+
+
 def raw_server(handle: Callable[[socket.socket], None]) -> tuple[str, list[int]]:
     """A loopback socket that speaks no protocol of its own: every connection goes to ``handle`` (in a
     thread, closed after it); its URL and a count of the connections it accepted. For servers that misbehave

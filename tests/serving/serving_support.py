@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from helpers import JOIN_TOKEN, TOKEN, serve_in_thread
+from helpers import facade_app, facade_client
 from prometheus_client import CollectorRegistry
 
 from legacygpu.api.discovery import ServingEndpoint
@@ -105,13 +105,8 @@ def facade(data_dir: Path, *endpoints: ServingEndpoint) -> Iterator[Facade]:
     """A real facade (``create_app``: REST on uvicorn, gRPC on a port of its own) on loopback, forwarding
     ``/v2`` to ``endpoints``; only discovery is a stand-in. It reads the worker list once (refresh: 60 s), so a
     worker that fails stays passed over for the whole test."""
-    from legacygpu.api import create_app
-    from legacygpu.core.config import Settings
-
-    app = create_app(Settings(data_dir=data_dir, api_token=TOKEN, join_token=JOIN_TOKEN),
-                     grpc_address="127.0.0.1:0")
+    app = facade_app(data_dir, grpc=True)
     forwarder = app.state.forwarder = Forwarder(_Workers(endpoints), app.state.metrics.registry,  # type: ignore[arg-type]
                                                 refresh_seconds=60)
-    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60,
-                                                   headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+    with facade_client(app) as http:
         yield Facade(http, f"127.0.0.1:{app.state.grpc_port}", forwarder, app.state.metrics.registry)

@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
-from helpers import JOIN_TOKEN, TOKEN, serve_in_thread, wait_until
+from helpers import JOIN_TOKEN, TOKEN, facade_app, facade_client, serve_in_thread, wait_until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -69,14 +69,9 @@ def running_facade(tmp_path: Path, strategy: str = "least-loaded",
                    grpc: bool = False) -> Iterator[tuple[httpx.Client, LocalBackend, str]]:
     """A facade on a real socket (and, with ``grpc``, gRPC on a port it binds itself), its cluster in ``tmp_path``;
     its client (with the user token), its backend and its gRPC address ("" without)."""
-    from legacygpu.api import create_app
-    from legacygpu.core.config import Settings
-
-    settings = Settings(data_dir=tmp_path / "data", api_token=TOKEN, join_token=JOIN_TOKEN,
-                        scheduling_strategy=strategy, heartbeat_timeout_seconds=3600)  # no heartbeats here
-    app = create_app(settings, grpc_address="127.0.0.1:0" if grpc else None)
-    with serve_in_thread(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"},
-                                                   timeout=30) as client:
+    app = facade_app(tmp_path / "data", grpc=grpc, scheduling_strategy=strategy,
+                     heartbeat_timeout_seconds=3600)  # no heartbeats here
+    with facade_client(app) as client:
         yield client, app.state.backend, f"127.0.0.1:{app.state.grpc_port}" if grpc else ""
 
 

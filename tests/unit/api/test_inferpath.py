@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import JOIN_TOKEN, TOKEN, serve_in_thread
+from helpers import JOIN_TOKEN, TOKEN, facade_app, facade_client, serve_in_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -65,17 +65,13 @@ def worker_url() -> Iterator[str]:
 
 @pytest.fixture
 def facade(tmp_path: Path, worker_url: str) -> Iterator[tuple[httpx.Client, list[str]]]:
-    from legacygpu.api import create_app
-    from legacygpu.core.config import Settings
-
-    settings = Settings(data_dir=tmp_path / "data", api_token=TOKEN, join_token=JOIN_TOKEN, max_request_bytes=LIMIT)
-    app = create_app(settings)
+    app = facade_app(tmp_path / "data", max_request_bytes=LIMIT)
     app.state.forwarder = Forwarder(_OneWorker(worker_url), app.state.metrics.registry)  # type: ignore[arg-type]
     seen: list[str] = []
     front = app.middleware_stack
     assert isinstance(front, InferPath)
     front.framework = _Spy(front.framework, seen)  # what the front passes on: FastAPI's whole middleware stack
-    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with facade_client(app, token=None) as client:
         yield client, seen
 
 
