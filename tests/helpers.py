@@ -67,6 +67,23 @@ def serve_in_thread(app: Any, **config: Any) -> Iterator[str]:
 
 
 
+class FixedWorkers:
+    """Discovery stand-in for a ``Forwarder``: the workers serving are ``endpoints``, a list the test may change."""
+
+    def __init__(self, *endpoints: Any) -> None:
+        self.endpoints = list(endpoints)
+
+    async def serving_endpoints(self) -> list[Any]:
+        return list(self.endpoints)
+
+
+def endpoint(name: str, url: str, models: tuple[str, ...] = ("m",), grpc: str | None = None) -> Any:
+    """A worker's :class:`~legacygpu.api.discovery.ServingEndpoint`: REST at ``url``, ``models`` loaded."""
+    from legacygpu.api.discovery import ServingEndpoint
+
+    return ServingEndpoint(name, url, frozenset(models), grpc)
+
+
 def facade_app(data_dir: Path, *, grpc: bool = False, **settings: Any) -> Any:
     """The facade's app (``create_app``) over ``data_dir`` with the tests' tokens and ``settings``; with ``grpc``,
     its gRPC on a port it binds itself (``app.state.grpc_port`` once served)."""

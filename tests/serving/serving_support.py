@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from helpers import facade_app, facade_client
+from helpers import FixedWorkers, facade_app, facade_client
 from prometheus_client import CollectorRegistry
 
 from legacygpu.api.discovery import ServingEndpoint
@@ -79,16 +79,6 @@ class _GatedModel:
         return self._real.run(feeds)
 
 
-class _Workers:
-    """Discovery stand-in: the facade's workers are the endpoints given."""
-
-    def __init__(self, endpoints: tuple[ServingEndpoint, ...]) -> None:
-        self.endpoints = endpoints
-
-    async def serving_endpoints(self) -> list[ServingEndpoint]:
-        return list(self.endpoints)
-
-
 @dataclass
 class Facade:
     http: httpx.Client
@@ -106,7 +96,7 @@ def facade(data_dir: Path, *endpoints: ServingEndpoint) -> Iterator[Facade]:
     ``/v2`` to ``endpoints``; only discovery is a stand-in. It reads the worker list once (refresh: 60 s), so a
     worker that fails stays passed over for the whole test."""
     app = facade_app(data_dir, grpc=True)
-    forwarder = app.state.forwarder = Forwarder(_Workers(endpoints), app.state.metrics.registry,  # type: ignore[arg-type]
+    forwarder = app.state.forwarder = Forwarder(FixedWorkers(*endpoints), app.state.metrics.registry,  # type: ignore[arg-type]
                                                 refresh_seconds=60)
     with facade_client(app) as http:
         yield Facade(http, f"127.0.0.1:{app.state.grpc_port}", forwarder, app.state.metrics.registry)

@@ -11,14 +11,13 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from helpers import half_answer_server, serve_in_thread
+from helpers import FixedWorkers, endpoint, half_answer_server, serve_in_thread
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from legacygpu.api.discovery import ServingEndpoint
 from legacygpu.api.forwarding import KEEPALIVE_SECONDS, Forwarder, NoWorker
 
 
@@ -34,17 +33,9 @@ def worker_url() -> Iterator[str]:
         yield url
 
 
-class _OneWorker:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    async def serving_endpoints(self) -> list[ServingEndpoint]:
-        return [ServingEndpoint("w", self.url, frozenset({"m"}), None)]
-
-
 async def test_a_connection_is_reused_then_dropped_before_the_workers_keep_alive_ends(worker_url: str) -> None:
     assert KEEPALIVE_SECONDS < 5, "uvicorn closes idle connections after 5 s: ours must go first"
-    forwarder = Forwarder(_OneWorker(worker_url), CollectorRegistry())  # type: ignore[arg-type]
+    forwarder = Forwarder(FixedWorkers(endpoint("w", worker_url)), CollectorRegistry())  # type: ignore[arg-type]
     try:
         async def port() -> bytes:
             answer = await forwarder.forward("POST", "/v2/models/m/infer", model="m", content=b"{}")
@@ -59,22 +50,19 @@ async def test_a_connection_is_reused_then_dropped_before_the_workers_keep_alive
         await forwarder.close()
 
 
-class _TwoWorkers:
-    def __init__(self, *urls: str) -> None:
-        self.urls = urls
-
-    async def serving_endpoints(self) -> list[ServingEndpoint]:
-        return [ServingEndpoint(f"w{i}", url, frozenset({"m"}), None) for i, url in enumerate(self.urls)]
+def _workers(*urls: str) -> FixedWorkers:
+    """Workers ``w0``, ``w1``, ... at ``urls``."""
+    return FixedWorkers(*(endpoint(f"w{i}", url) for i, url in enumerate(urls)))
 
 
 async def test_a_worker_that_dies_mid_answer_is_retried_on_another(worker_url: str) -> None:
     dying, _ = half_answer_server()
     registry = CollectorRegistry()
-    alone = Forwarder(_TwoWorkers(dying), CollectorRegistry())  # type: ignore[arg-type]
+    alone = Forwarder(_workers(dying), CollectorRegistry())  # type: ignore[arg-type]
     with pytest.raises(NoWorker, match="before the whole answer came"):  # the worker failed, not the facade
         await alone.forward("POST", "/v2/models/m/infer", model="m", content=b"{}")
     await alone.close()
-    forwarder = Forwarder(_TwoWorkers(worker_url, dying), registry)  # type: ignore[arg-type]
+    forwarder = Forwarder(_workers(worker_url, dying), registry)  # type: ignore[arg-type]
     forwarder.outstanding[worker_url] = 1  # the healthy one looks busier: the dying one is picked first
     answer = await forwarder.forward("POST", "/v2/models/m/infer", model="m", content=b"{}")
     assert answer.status_code == 200 and answer.worker == "w0" and answer.content.isdigit()
@@ -87,7 +75,7 @@ async def test_a_request_is_sent_again_once_only(worker_url: str) -> None:
     is healthy (one retry, not one per worker). Both are then passed over, and the next request gets the third."""
     (first, first_taken), (second, second_taken) = half_answer_server(), half_answer_server()
     registry = CollectorRegistry()
-    forwarder = Forwarder(_TwoWorkers(first, second, worker_url), registry)  # type: ignore[arg-type]
+    forwarder = Forwarder(_workers(first, second, worker_url), registry)  # type: ignore[arg-type]
     forwarder.outstanding[worker_url] = 1  # the healthy one looks busiest: the dying ones are picked first
     try:
         with pytest.raises(NoWorker, match="before the whole answer came"):

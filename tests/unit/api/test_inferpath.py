@@ -14,14 +14,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import JOIN_TOKEN, TOKEN, facade_app, facade_client, serve_in_thread
+from helpers import JOIN_TOKEN, TOKEN, FixedWorkers, endpoint, facade_app, facade_client, serve_in_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from legacygpu.api.discovery import ServingEndpoint
 from legacygpu.api.forwarding import Forwarder
 from legacygpu.api.inferpath import InferPath
 
@@ -33,14 +32,6 @@ async def _echo(request: Request) -> Response:
     body = await request.body()
     return JSONResponse({"length": len(body), "sha256": hashlib.sha256(body).hexdigest(), "path": request.url.path,
                          "header": request.headers.get("inference-header-content-length")})
-
-
-class _OneWorker:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    async def serving_endpoints(self) -> list[ServingEndpoint]:
-        return [ServingEndpoint("w", self.url, frozenset({"m"}), None)]
 
 
 class _Spy:
@@ -66,7 +57,7 @@ def worker_url() -> Iterator[str]:
 @pytest.fixture
 def facade(tmp_path: Path, worker_url: str) -> Iterator[tuple[httpx.Client, list[str]]]:
     app = facade_app(tmp_path / "data", max_request_bytes=LIMIT)
-    app.state.forwarder = Forwarder(_OneWorker(worker_url), app.state.metrics.registry)  # type: ignore[arg-type]
+    app.state.forwarder = Forwarder(FixedWorkers(endpoint("w", worker_url)), app.state.metrics.registry)  # type: ignore[arg-type]
     seen: list[str] = []
     front = app.middleware_stack
     assert isinstance(front, InferPath)

@@ -17,14 +17,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import half_answer_server, raw_server, read_http_request, serve_in_thread
+from helpers import FixedWorkers, endpoint, half_answer_server, raw_server, read_http_request, serve_in_thread
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from legacygpu.api.discovery import ServingEndpoint
 from legacygpu.api.forwarding import Forwarder, NoWorker
 from legacygpu.api.workerhttp import BodyStream, IncompleteBody, WorkerFailed, WorkerPool, WorkerUnreachable
 
@@ -222,12 +221,8 @@ async def test_a_client_slower_than_the_worker_timeout_is_not_a_worker_failure(w
         await asyncio.sleep(1.0)  # longer than the worker timeout
         return next(remaining), False
 
-    class Workers:
-        async def serving_endpoints(self) -> list[ServingEndpoint]:
-            return [ServingEndpoint("healthy", worker_url, frozenset({"m"}), None)]
-
     registry = CollectorRegistry()
-    forwarder = Forwarder(Workers(), registry, timeout_seconds=0.5)  # type: ignore[arg-type]
+    forwarder = Forwarder(FixedWorkers(endpoint("healthy", worker_url)), registry, timeout_seconds=0.5)  # type: ignore[arg-type]
     try:
         answer = await forwarder.forward("POST", "/v2/models/m/infer", model="m",
                                          content=BodyStream(2000, parts[0], slow))
@@ -261,13 +256,8 @@ async def test_a_streamed_body_whose_worker_dies_mid_body_goes_whole_to_another(
         part = next(remaining)
         return part, part is not parts[-1]
 
-    class Workers:
-        async def serving_endpoints(self) -> list[ServingEndpoint]:
-            return [ServingEndpoint("healthy", worker_url, frozenset({"m"}), None),
-                    ServingEndpoint("dying", dying, frozenset({"m"}), None)]
-
     registry = CollectorRegistry()
-    forwarder = Forwarder(Workers(), registry)  # type: ignore[arg-type]
+    forwarder = Forwarder(FixedWorkers(endpoint("healthy", worker_url), endpoint("dying", dying)), registry)  # type: ignore[arg-type]
     forwarder.outstanding[worker_url] = 1  # the healthy one looks busier: the dying one is picked first
     try:
         answer = await forwarder.forward("POST", "/v2/models/m/infer", model="m",
@@ -377,16 +367,11 @@ async def test_idle_connections_past_the_keepalive_are_closed_when_another_is_pu
 async def test_connections_to_workers_that_left_are_closed_at_the_next_refresh() -> None:
     leaving, leaving_opened = _keepalive_server()
     staying, _ = _keepalive_server()
-    serving = [ServingEndpoint("leaving", leaving, frozenset({"m"}), None)]
-
-    class Workers:
-        async def serving_endpoints(self) -> list[ServingEndpoint]:
-            return list(serving)
-
-    forwarder = Forwarder(Workers(), CollectorRegistry(), refresh_seconds=0)  # type: ignore[arg-type]
+    workers = FixedWorkers(endpoint("leaving", leaving))
+    forwarder = Forwarder(workers, CollectorRegistry(), refresh_seconds=0)  # type: ignore[arg-type]
     try:
         assert (await forwarder.forward("GET", "/v2", model=None)).worker == "leaving"
-        serving[:] = [ServingEndpoint("staying", staying, frozenset({"m"}), None)]
+        workers.endpoints[:] = [endpoint("staying", staying)]
         assert (await forwarder.forward("GET", "/v2", model=None)).worker == "staying"
         assert await _closed(leaving_opened[0]), "the departed worker's idle connection is closed"
         assert leaving not in forwarder._pool._idle and leaving not in forwarder._pool._addresses
@@ -397,14 +382,10 @@ async def test_connections_to_workers_that_left_are_closed_at_the_next_refresh()
 async def test_the_facade_out_of_file_descriptors_is_no_worker_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     url, _ = _keepalive_server()
 
-    class Workers:
-        async def serving_endpoints(self) -> list[ServingEndpoint]:
-            return [ServingEndpoint("healthy", url, frozenset({"m"}), None)]
-
     async def no_descriptors(*_: object, **__: object) -> None:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    forwarder = Forwarder(Workers(), CollectorRegistry())  # type: ignore[arg-type]
+    forwarder = Forwarder(FixedWorkers(endpoint("healthy", url)), CollectorRegistry())  # type: ignore[arg-type]
     try:
         monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", no_descriptors)
         with pytest.raises(NoWorker, match=r"the facade cannot forward the request now: .*Too many open files"):
