@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
-from helpers import JOIN_TOKEN, TOKEN, facade_app, facade_client, serve_in_thread, wait_until
+from helpers import JOIN_TOKEN, TOKEN, facade_app, facade_client, raw_server, serve_in_thread, wait_until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -180,8 +180,6 @@ def counting_proxy(target: str) -> Iterator[tuple[str, list[int]]]:
     """A TCP relay on loopback to ``target`` (``host:port``): its ``host:port``, and a count of the connections it
     took (each relayed whole, both ways, to a connection of its own to ``target``)."""
     host, port = target.rsplit(":", 1)
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted = [0]
 
     def pump(source: socket.socket, sink: socket.socket) -> None:
         with suppress(OSError):
@@ -190,22 +188,15 @@ def counting_proxy(target: str) -> Iterator[tuple[str, list[int]]]:
         with suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
 
-    def serve() -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            accepted[0] += 1
-            upstream = socket.create_connection((host, int(port)))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=pump, args=(source, sink), daemon=True).start()
+    def relay(client: socket.socket) -> None:  # raw_server closes the client's socket once both ways are done
+        with socket.create_connection((host, int(port))) as upstream:
+            back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+            back.start()
+            pump(client, upstream)
+            back.join()
 
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{listener.getsockname()[1]}", accepted
-    finally:
-        listener.close()
+    url, accepted = raw_server(relay)
+    yield url.removeprefix("http://"), accepted
 
 
 def test_grpc_through_the_facade_keeps_one_connection_to_the_worker(tmp_path: Path, worker: ServingServer) -> None:
