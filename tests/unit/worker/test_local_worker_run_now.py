@@ -70,8 +70,14 @@ def test_a_busy_worker_or_a_slow_model_queues_the_task(worker: LocalWorker) -> N
     worker.worker_id = None
     assert worker.run_now(pushed("t3")) is None, "the facade forgot this worker: an outcome would name none"
     worker.worker_id = "w-1"
+    worker.inbox.close()
+    assert worker.run_now(pushed("t3")) is None, (
+        "a stopping worker: its task loop may have seen nothing running and deregistered, and the facade taken the "
+        "task back")
+    worker.inbox.open("w-1", "own")
     worker.runner.unload("digits")  # type: ignore[union-attr]
     assert worker.run_now(pushed("t3")) is None, "a model to load first would too"
+    assert worker.running == 0, "declined by the runner: nothing is left reserved"
 
 
 def test_a_task_that_fails_at_once_is_answered_with_its_error(worker: LocalWorker) -> None:

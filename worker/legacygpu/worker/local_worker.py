@@ -240,8 +240,9 @@ class LocalWorker:
             while True:
                 if self.stop_requested.is_set() or self.draining.is_set():
                     self.inbox.close()  # nothing new; what was pushed already still runs
-                    if self.inbox.empty() and not self.running:  # a task run in a push's answer included
-                        break
+                    with self._running_lock:  # run_now reserves under it: nothing starts after this check
+                        if self.inbox.empty() and not self.running:  # a task run in a push's answer included
+                            break
                 if self.worker_id is None:
                     self._register()
                     continue
@@ -268,7 +269,14 @@ class LocalWorker:
             result = runner.run(task["model"], task["inputs"], task["parameters"])
             return result, runner.last_compute_ms
 
-        self._report(self._outcome(task, run))
+        with self._running_lock:
+            self.running += 1
+        try:
+            outcome = self._outcome(task, run)
+        finally:
+            with self._running_lock:
+                self.running -= 1
+        self._report(outcome)
 
     def _report(self, outcome: dict[str, Any]) -> None:
         """Hand ``outcome`` to the sender thread."""
@@ -282,14 +290,22 @@ class LocalWorker:
 
         A lone task on an idle worker is answered in the push's own answer (:mod:`legacygpu.worker.taskchannel`):
         no hand-off to the task loop, none to the sender, no request of its own for the outcome. Only when
-        nothing is queued or running here, the model is loaded and a run can start without waiting, and the
+        nothing is queued or running here, the worker takes pushes (it is not draining or stopping), the model is
+        loaded and a run can start without waiting, and the
         model's last successful task here took under :data:`INLINE_TASK_SECONDS` (the loop answers nothing
         else meanwhile): a model not yet timed here, or a slow one, waits in the inbox.
         """
         runner = self._runner
-        if (runner is None or self.worker_id is None or self.running or not self.inbox.empty()
+        if (runner is None or self.worker_id is None
                 or self._task_seconds.get(task["model"], INLINE_TASK_SECONDS) >= INLINE_TASK_SECONDS):
             return None  # (no worker id: the facade forgot this worker, and an outcome would name none)
+        with self._running_lock:
+            # Checked and reserved at once, under the lock the task loop's stop check takes: a worker stopping
+            # (its inbox closed, nothing running) deregisters, and the facade takes back what it held, so a task
+            # started here after that check would run twice.
+            if self.running or not self.inbox.empty() or not self.inbox.accepting:
+                return None
+            self.running += 1
 
         def run() -> tuple[dict[str, Any], float | None]:
             ran = runner.try_run(task["model"], task["inputs"], task["parameters"])
@@ -302,6 +318,9 @@ class LocalWorker:
             outcome = self._outcome(task, run)
         except _Declined:
             return None
+        finally:
+            with self._running_lock:
+                self.running -= 1
         if time.perf_counter() - started >= _ALSO_REPORT_SECONDS:
             # Unexpectedly long (an input this model is slow on): the facade may have stopped waiting for the
             # answer, so the outcome goes the usual way too (the copy that comes second is answered
@@ -310,9 +329,8 @@ class LocalWorker:
         return outcome
 
     def _outcome(self, task: dict[str, Any], run: Callable[[], tuple[dict[str, Any], float | None]]) -> dict[str, Any]:
-        """``task``'s outcome, as the facade takes it: ``run`` gives its result and model time, or raises."""
-        with self._running_lock:
-            self.running += 1
+        """``task``'s outcome, as the facade takes it: ``run`` gives its result and model time, or raises (the caller
+        counts it in ``running``)."""
         body: dict[str, Any] = {"task_id": task["id"], "worker_id": self.worker_id, "attempt": task["attempt"]}
         error: Exception | None = None
         started = time.perf_counter()
@@ -322,9 +340,6 @@ class LocalWorker:
             raise
         except Exception as exc:  # classified below: only this worker's own trouble is retried
             error = exc
-        finally:
-            with self._running_lock:
-                self.running -= 1
         if error is None:  # a failure (a bad input refused at once, say) says nothing of the model's time
             self._task_seconds[task["model"]] = time.perf_counter() - started
         outcome = classify(error, worker=self.name)

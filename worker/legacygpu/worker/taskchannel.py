@@ -106,6 +106,12 @@ class Inbox:
             self._accepting = False
         self._settled.set()
 
+    @property
+    def accepting(self) -> bool:
+        """Whether pushes are taken: registered, and not draining or stopping."""
+        with self._lock:
+            return self._accepting
+
     def check(self, worker_id: str, authorization: str) -> tuple[int, str]:
         """Whether a push for ``worker_id`` with this ``Authorization`` header is taken: ``(0, "")`` or an error."""
         with self._lock:
