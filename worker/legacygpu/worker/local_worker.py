@@ -59,7 +59,8 @@ _REPORT_GIVE_UP_SECONDS = 120.0
 INLINE_TASK_SECONDS = 0.002
 """A pushed task may run in the push's answer only when its model's last successful task here took less than
 this (and the worker is idle, the model loaded: :meth:`LocalWorker.run_now`): the serving loop answers nothing
-else meanwhile."""
+else meanwhile. It is timed run to outcome (inputs decoded, result formed), where the ``/v2`` batcher's
+:data:`~legacygpu.worker.serving.batching.INLINE_SECONDS` times the model's run alone."""
 
 
 _ALSO_REPORT_SECONDS = 1.0
