@@ -181,8 +181,10 @@ class _Connection(asyncio.Protocol):
         return False  # close: an answer delimited by the end of the stream is not accepted (docstring)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(f": {type(exc).__name__}: {exc}" if exc is not None else "")
+
+    def _lost(self, why: str) -> None:
         self.closed = True
-        why = f": {type(exc).__name__}: {exc}" if exc is not None else ""
         if self._answering:
             self._fail(WorkerFailed(f"the connection closed before the whole answer came{why}"))
         else:
@@ -209,14 +211,23 @@ class _Connection(asyncio.Protocol):
 
     def send(self, parts: Sequence[bytes]) -> asyncio.Future[Answer]:
         """Write a request (head and body parts, or the first of them); the future resolves with its answer."""
-        assert self.transport is not None and self._waiter is None
+        assert self._waiter is None
         self._waiter = waiter = self._loop.create_future()
-        self.transport.writelines(parts)
+        self._write(parts)
         return waiter
 
     def write(self, parts: Sequence[bytes]) -> None:
         """More of the request's body."""
+        self._write(parts)
+
+    def _write(self, parts: Sequence[bytes]) -> None:
         assert self.transport is not None
+        if self.closed or self.transport.is_closing():
+            # Closed under us: the worker reset a connection just made (it died) while the connection was on its
+            # way from connect() to the first write. uvloop raises RuntimeError on a write to a closed transport;
+            # the request fails as a worker's failure instead, which the caller may send to another worker.
+            self._lost(" (before the whole request was sent)")
+            return
         self.transport.writelines(parts)
 
     @property

@@ -269,6 +269,41 @@ async def test_a_streamed_body_whose_worker_dies_mid_body_goes_whole_to_another(
         await forwarder.close()
 
 
+def test_a_new_connection_the_worker_resets_before_the_request_is_sent_is_a_worker_failure(
+    worker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On uvloop, as the facade runs: the worker resets a connection just made (it died), and the connection is
+    lost while it is on its way from connect() to the request's first write. Writing then raised RuntimeError,
+    which no caller took for a worker failure: the facade answered 500 where another worker could serve (seen in
+    the Kubernetes serving test, a worker pod killed under load). The request goes to the other worker instead."""
+    uvloop = pytest.importorskip("uvloop")
+    resetting, _ = raw_server(lambda conn: conn.recv(1))
+    connect = WorkerPool._connect
+
+    async def reset_on_connect(pool: WorkerPool, address: object) -> object:
+        connection = await connect(pool, address)  # type: ignore[arg-type]
+        if f":{address.port}" in resetting:  # type: ignore[attr-defined]
+            connection.transport.close()
+            await asyncio.sleep(0.05)  # connection_lost has run: the transport is closed for good
+            assert connection.closed
+        return connection
+
+    monkeypatch.setattr(WorkerPool, "_connect", reset_on_connect)
+
+    async def forward() -> None:
+        registry = CollectorRegistry()
+        forwarder = Forwarder(FixedWorkers(endpoint("healthy", worker_url), endpoint("reset", resetting)), registry)  # type: ignore[arg-type]
+        forwarder.outstanding[worker_url] = 1  # the healthy one looks busier: the resetting one is picked first
+        try:
+            answer = await forwarder.forward("POST", "/v2/models/m/infer", model="m", content=b"x" * 1000)
+            assert answer.worker == "healthy" and json.loads(answer.content)["length"] == 1000
+            assert registry.get_sample_value("legacygpu_serving_retries_total", {"model": "m"}) == 1
+        finally:
+            await forwarder.close()
+
+    uvloop.run(forward())
+
+
 async def test_a_streamed_body_cut_short_by_its_client_is_no_request(worker_url: str) -> None:
     pool = WorkerPool(keepalive_seconds=4)
 
