@@ -270,14 +270,8 @@ class LocalWorker:
             result = runner.run(task["model"], task["inputs"], task["parameters"])
             return result, runner.last_compute_ms
 
-        with self._running_lock:
-            self.running += 1
-        try:
-            outcome = self._outcome(task, run)
-        finally:
-            with self._running_lock:
-                self.running -= 1
-        self._report(outcome)
+        self._reserve()
+        self._report(self._outcome(task, run))
 
     def _report(self, outcome: dict[str, Any]) -> None:
         """Hand ``outcome`` to the sender thread."""
@@ -300,13 +294,8 @@ class LocalWorker:
         if (runner is None or self.worker_id is None
                 or self._task_seconds.get(task["model"], INLINE_TASK_SECONDS) >= INLINE_TASK_SECONDS):
             return None  # (no worker id: the facade forgot this worker, and an outcome would name none)
-        with self._running_lock:
-            # Checked and reserved at once, under the lock the task loop's stop check takes: a worker stopping
-            # (its inbox closed, nothing running) deregisters, and the facade takes back what it held, so a task
-            # started here after that check would run twice.
-            if self.running or not self.inbox.empty() or not self.inbox.accepting:
-                return None
-            self.running += 1
+        if not self._reserve(only_if_idle=True):
+            return None
 
         def run() -> tuple[dict[str, Any], float | None]:
             ran = runner.try_run(task["model"], task["inputs"], task["parameters"])
@@ -319,9 +308,6 @@ class LocalWorker:
             outcome = self._outcome(task, run)
         except _Declined:
             return None
-        finally:
-            with self._running_lock:
-                self.running -= 1
         if time.perf_counter() - started >= _ALSO_REPORT_SECONDS:
             # Unexpectedly long (an input this model is slow on): the facade may have stopped waiting for the
             # answer, so the outcome goes the usual way too (the copy that comes second is answered
@@ -329,9 +315,22 @@ class LocalWorker:
             self._report(outcome)
         return outcome
 
+    def _reserve(self, *, only_if_idle: bool = False) -> bool:
+        """Count one more task in ``running`` (:meth:`_outcome` counts it out); with ``only_if_idle``, only when
+        nothing is queued or running and the worker takes pushes, checked and counted at once.
+
+        Under the lock the task loop's stop check takes: a stopping worker (its inbox closed, nothing running)
+        deregisters, and the facade takes back what it held, so a task started after that check would run twice.
+        """
+        with self._running_lock:
+            if only_if_idle and (self.running or not self.inbox.empty() or not self.inbox.accepting):
+                return False
+            self.running += 1
+            return True
+
     def _outcome(self, task: dict[str, Any], run: Callable[[], tuple[dict[str, Any], float | None]]) -> dict[str, Any]:
-        """``task``'s outcome, as the facade takes it: ``run`` gives its result and model time, or raises (the caller
-        counts it in ``running``)."""
+        """``task``'s outcome, as the facade takes it: ``run`` gives its result and model time, or raises. The task
+        was counted in ``running`` by :meth:`_reserve`; it is counted out here, however it ends."""
         body: dict[str, Any] = {"task_id": task["id"], "worker_id": self.worker_id, "attempt": task["attempt"]}
         error: Exception | None = None
         started = time.perf_counter()
@@ -341,6 +340,9 @@ class LocalWorker:
             raise
         except Exception as exc:  # classified below: only this worker's own trouble is retried
             error = exc
+        finally:
+            with self._running_lock:
+                self.running -= 1
         if error is None:  # a failure (a bad input refused at once, say) says nothing of the model's time
             self._task_seconds[task["model"]] = time.perf_counter() - started
         outcome = classify(error, worker=self.name)
