@@ -119,6 +119,8 @@ class ModelScheduler:
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self.configure(card)
+        # Read from the queues when scraped, so no change to them can leave the gauge behind.
+        metrics.pending.labels(model).set_function(lambda: self.pending)
 
     # configuration ---------------------------------------------------------------------------
 
@@ -162,7 +164,6 @@ class ModelScheduler:
         request = _Request(feeds, size, _signature(feeds), loop.create_future(), now,
                            now + timeout / 1e6 if timeout else None)
         self._queues[level - 1].append(request)
-        self._metrics.pending.labels(self.model).set(self.pending)
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._loop(), name=f"scheduler-{self.model}")
             self._worker.add_done_callback(self._stopped)
@@ -196,7 +197,6 @@ class ModelScheduler:
                 request = queue.popleft()
                 if not request.future.done():
                     request.future.set_exception(error)
-        self._metrics.pending.labels(self.model).set(0)
 
     # the batching loop ---------------------------------------------------------------------------
 
@@ -207,7 +207,6 @@ class ModelScheduler:
                 kept = [r for r in queue if r.deadline is None or r.deadline > now]
                 queue.clear()
                 queue.extend(kept)
-                self._metrics.pending.labels(self.model).set(self.pending)
             for request in expired:
                 self._metrics.failure.labels(self.model, "timeout").inc()
                 if not request.future.done():
@@ -273,7 +272,6 @@ class ModelScheduler:
                     self._wakeup.clear()
                     continue
                 batch = self._take(opener)
-                self._metrics.pending.labels(self.model).set(self.pending)
                 if self._last_run < self.inline_below:
                     await self._run(batch)  # likely on the loop itself: a task of its own would cost more
                 else:
