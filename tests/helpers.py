@@ -84,6 +84,12 @@ def endpoint(name: str, url: str, models: tuple[str, ...] = ("m",), grpc: str | 
     return ServingEndpoint(name, url, frozenset(models), grpc)
 
 
+def served_by(name: str, server: Any, models: tuple[str, ...]) -> Any:
+    """The :func:`endpoint` of a worker server in this process (a started
+    :class:`~legacygpu.worker.serving.ServingServer`): its REST and gRPC addresses, ``models`` loaded."""
+    return endpoint(name, server.endpoints["rest"], models, server.endpoints["grpc"])
+
+
 def facade_app(data_dir: Path, *, grpc: bool = False, **settings: Any) -> Any:
     """The facade's app (``create_app``) over ``data_dir`` with the tests' tokens and ``settings``; with ``grpc``,
     its gRPC on a port it binds itself (``app.state.grpc_port`` once served)."""

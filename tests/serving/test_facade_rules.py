@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
-from helpers import TOKEN, free_port, serving_server
+from helpers import TOKEN, endpoint, free_port, served_by, serving_server
 from serving_support import facade
 from tritonclient.utils import InferenceServerException
 
@@ -29,10 +29,6 @@ from legacygpu.worker.runner import TaskRunner
 from legacygpu.worker.serving import ServingEngine, ServingServer
 
 GRPC_AUTH = {"authorization": f"Bearer {TOKEN}"}
-
-
-def _endpoint(name: str, server: ServingServer, models: set[str]) -> ServingEndpoint:
-    return ServingEndpoint(name, server.endpoints["rest"], frozenset(models), server.endpoints["grpc"])
 
 
 @pytest.fixture
@@ -59,7 +55,7 @@ def _tensor(name: str, values: list[float]) -> dict[str, object]:
 
 def test_a_request_missing_one_of_two_inputs_is_refused_through_the_facade_naming_it(
         pair_worker: ServingServer, tmp_path: Path) -> None:
-    with facade(tmp_path / "data", _endpoint("w", pair_worker, {"pair"})) as front:
+    with facade(tmp_path / "data", served_by("w", pair_worker, ("pair",))) as front:
         both = front.http.post("/v2/models/pair/infer", json={"inputs": [_tensor("a", [1, 2]), _tensor("b", [3, 4])]})
         assert both.status_code == 200, both.text
         assert both.json()["outputs"][0]["data"] == [4, 6]
@@ -78,7 +74,7 @@ def test_a_request_missing_one_of_two_inputs_is_refused_through_the_facade_namin
 
 
 def _dead(name: str) -> ServingEndpoint:
-    return ServingEndpoint(name, f"http://127.0.0.1:{free_port()}", frozenset({"digits"}), f"127.0.0.1:{free_port()}")
+    return endpoint(name, f"http://127.0.0.1:{free_port()}", ("digits",), f"127.0.0.1:{free_port()}")
 
 
 def _answered(engine: ServingEngine) -> float:
@@ -93,7 +89,7 @@ def test_a_request_is_retried_once_so_two_dead_workers_fail_it_though_a_third_li
     worker"; then "with no worker left the answer is 503 with Retry-After". The live worker looks busier (one
     request outstanding) so both tries go to the dead ones: it gets nothing. The failed workers are then passed
     over until the worker list is read again, so the next request goes to the live one."""
-    live, dead = _endpoint("live", worker_server, {"digits"}), [_dead("dead-1"), _dead("dead-2")]
+    live, dead = served_by("live", worker_server, ("digits",)), [_dead("dead-1"), _dead("dead-2")]
     with facade(tmp_path / "data", dead[0], live, dead[1]) as front:
         front.forwarder.outstanding[live.url] = 1
 

@@ -25,11 +25,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from helpers import TOKEN, wait_until
+from helpers import TOKEN, served_by, wait_until
 from serving_support import GatedBackend, enable_batching, facade
 from tritonclient.utils import InferenceServerException
 
-from legacygpu.api.discovery import ServingEndpoint
 from legacygpu.core.modelcards import ModelRepository
 from legacygpu.core.oip import grpc_predict_v2_pb2 as pb
 from legacygpu.worker.runner import TaskRunner
@@ -130,8 +129,7 @@ def test_a_full_queue_is_unavailable_with_retry_after_from_a_workers_grpc_and_th
         gated_worker: Callable[..., Worker], tmp_path: Path) -> None:
     worker = gated_worker(default_queue_policy={"max_queue_size": 1})
     endpoints = worker.server.endpoints
-    with facade(tmp_path / "data", ServingEndpoint("w", endpoints["rest"], frozenset({"digits"}),
-                                                   endpoints["grpc"])) as front:
+    with facade(tmp_path / "data", served_by("w", worker.server, ("digits",))) as front:
         first = _hold_the_device(worker)
         queued = _queue(worker, "rest", 1.0)
         refusals = [_grpc_refusal(endpoints["grpc"], 2.0),
