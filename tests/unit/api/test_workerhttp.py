@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -277,18 +278,23 @@ def test_a_new_connection_the_worker_resets_before_the_request_is_sent_is_a_work
     which no caller took for a worker failure: the facade answered 500 where another worker could serve (seen in
     the Kubernetes serving test, a worker pod killed under load). The request goes to the other worker instead."""
     uvloop = pytest.importorskip("uvloop")
-    resetting, _ = raw_server(lambda conn: conn.recv(1))
+
+    def reset(conn: socket.socket) -> None:  # closed with no lingering: a reset, as a dying process's socket
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    resetting, _ = raw_server(reset)
     connect = WorkerPool._connect
 
-    async def reset_on_connect(pool: WorkerPool, address: object) -> object:
+    async def reset_before_the_write(pool: WorkerPool, address: object) -> object:
+        """The connection, handed over only once the worker's reset has closed it: the race made certain."""
         connection = await connect(pool, address)  # type: ignore[arg-type]
-        if f":{address.port}" in resetting:  # type: ignore[attr-defined]
-            connection.transport.close()
-            await asyncio.sleep(0.05)  # connection_lost has run: the transport is closed for good
-            assert connection.closed
+        for _ in range(500):
+            if connection.closed or f":{address.port}" not in resetting:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.01)
         return connection
 
-    monkeypatch.setattr(WorkerPool, "_connect", reset_on_connect)
+    monkeypatch.setattr(WorkerPool, "_connect", reset_before_the_write)
 
     async def forward() -> None:
         registry = CollectorRegistry()
